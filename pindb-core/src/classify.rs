@@ -1,0 +1,517 @@
+//! The SQL classifier: is a statement safe to run on a replica?
+//!
+//! It owns one decision, [`classify`], shared by every adapter. It reads the statement text
+//! byte by byte with no allocation and never panics. It does not parse SQL fully: when in
+//! doubt, the answer is [`StatementKind::Write`], which is always safe (the master can run
+//! anything).
+
+/// What a statement may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum StatementKind {
+    /// Only reads: a replica may run it.
+    Read,
+    /// Writes, locks, has side effects, or could not be classified: the master must run it.
+    Write,
+}
+
+/// Classifies SQL text (one statement or several separated by `;`).
+///
+/// Read only if every statement starts (after comments, whitespace and opening parentheses)
+/// with `SELECT`, `VALUES`, `TABLE`, `SHOW`, `WITH` or `EXPLAIN` and none contains a
+/// data-modifying keyword (`INSERT`/`UPDATE`/`DELETE`/`MERGE`, so data-modifying CTEs are
+/// writes), `INTO` (`SELECT ... INTO` creates a table), a locking clause (`FOR UPDATE`,
+/// `FOR NO KEY UPDATE`, `FOR SHARE`, `FOR KEY SHARE`) or a call to a function that writes
+/// or that a standby refuses (`nextval`, `setval`, `pg_advisory_*lock*`, `pg_notify`,
+/// `lo_*`...). `EXPLAIN` without `ANALYZE` only plans, so it is a read whatever it explains;
+/// `EXPLAIN ANALYZE` runs the statement and is classified as that statement. Keywords inside
+/// string literals (including `E'..'` and dollar-quoted ones), quoted identifiers and comments
+/// (`--` and nested `/* */`) are ignored. Anything else, and empty input, is a write.
+///
+/// ```
+/// use pindb_core::{classify, StatementKind::*};
+///
+/// assert_eq!(classify("SELECT * FROM users WHERE id = $1"), Read);
+/// assert_eq!(classify("/* app */ INSERT INTO users (name) VALUES ($1) RETURNING id"), Write);
+/// assert_eq!(classify("SELECT * FROM jobs FOR UPDATE SKIP LOCKED"), Write);
+/// assert_eq!(classify("WITH gone AS (DELETE FROM t RETURNING *) SELECT count(*) FROM gone"), Write);
+/// assert_eq!(classify("SELECT $$ INSERT $$"), Read);
+/// ```
+pub fn classify(sql: &str) -> StatementKind {
+    let mut lexer = Lexer::new(sql.as_bytes());
+    let mut statements = 0usize;
+    loop {
+        match classify_statement(&mut lexer) {
+            Outcome::Empty { end_of_input: true } => break,
+            Outcome::Empty {
+                end_of_input: false,
+            } => continue,
+            Outcome::Read { end_of_input } => {
+                statements += 1;
+                if end_of_input {
+                    break;
+                }
+            }
+            Outcome::Write => return StatementKind::Write,
+        }
+    }
+    if statements == 0 {
+        StatementKind::Write
+    } else {
+        StatementKind::Read
+    }
+}
+
+enum Outcome {
+    Empty { end_of_input: bool },
+    Read { end_of_input: bool },
+    Write,
+}
+
+/// Classifies one statement and leaves the lexer after its `;` (or at the end).
+fn classify_statement(lexer: &mut Lexer<'_>) -> Outcome {
+    let first = loop {
+        match lexer.next_token() {
+            Token::Punct(b'(') => continue,
+            Token::End => return Outcome::Empty { end_of_input: true },
+            Token::Punct(b';') => {
+                return Outcome::Empty {
+                    end_of_input: false,
+                }
+            }
+            other => break other,
+        }
+    };
+    let Token::Word(word) = first else {
+        return Outcome::Write;
+    };
+    if is(word, "EXPLAIN") {
+        return classify_explain(lexer);
+    }
+    if is(word, "SELECT")
+        || is(word, "VALUES")
+        || is(word, "TABLE")
+        || is(word, "WITH")
+        || is(word, "SHOW")
+    {
+        return scan_read_body(lexer);
+    }
+    Outcome::Write
+}
+
+/// `EXPLAIN [ANALYZE] [VERBOSE] ...` or `EXPLAIN ( option [, ...] ) ...`.
+fn classify_explain(lexer: &mut Lexer<'_>) -> Outcome {
+    let mut analyze = false;
+    loop {
+        let checkpoint = lexer.pos;
+        match lexer.next_token() {
+            Token::Word(w) if is(w, "ANALYZE") || is(w, "ANALYSE") => analyze = true,
+            Token::Word(w) if is(w, "VERBOSE") => {}
+            Token::Punct(b'(') => {
+                // Option list: `ANALYZE` anywhere in it counts, even `ANALYZE false` (safe side).
+                let mut depth = 1usize;
+                while depth > 0 {
+                    match lexer.next_token() {
+                        Token::Punct(b'(') => depth += 1,
+                        Token::Punct(b')') => depth -= 1,
+                        Token::Word(w) if is(w, "ANALYZE") || is(w, "ANALYSE") => analyze = true,
+                        Token::End => return Outcome::Write,
+                        _ => {}
+                    }
+                }
+            }
+            _ => {
+                lexer.pos = checkpoint;
+                break;
+            }
+        }
+    }
+    if analyze {
+        classify_statement(lexer)
+    } else {
+        // Planning only: nothing runs. Skip to the end of the statement.
+        loop {
+            match lexer.next_token() {
+                Token::End => return Outcome::Read { end_of_input: true },
+                Token::Punct(b';') => {
+                    return Outcome::Read {
+                        end_of_input: false,
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+}
+
+/// Scans the rest of a statement that started like a read, looking for anything that writes.
+fn scan_read_body(lexer: &mut Lexer<'_>) -> Outcome {
+    let mut after_for = false;
+    loop {
+        let token = lexer.next_token();
+        match token {
+            Token::End => return Outcome::Read { end_of_input: true },
+            Token::Punct(b';') => {
+                return Outcome::Read {
+                    end_of_input: false,
+                }
+            }
+            Token::Word(w) => {
+                if after_for && (is(w, "UPDATE") || is(w, "SHARE") || is(w, "NO") || is(w, "KEY")) {
+                    return Outcome::Write;
+                }
+                if is(w, "INSERT")
+                    || is(w, "UPDATE")
+                    || is(w, "DELETE")
+                    || is(w, "MERGE")
+                    || is(w, "INTO")
+                    || writes_when_called(w)
+                {
+                    return Outcome::Write;
+                }
+                after_for = is(w, "FOR");
+            }
+            _ => after_for = false,
+        }
+    }
+}
+
+/// Functions that write, take locks a standby cannot grant, or that a standby refuses.
+/// Matching the name alone (not only calls) errs on the safe side.
+fn writes_when_called(w: &[u8]) -> bool {
+    const EXACT: [&str; 8] = [
+        "NEXTVAL",
+        "SETVAL",
+        "PG_NOTIFY",
+        "TXID_CURRENT",
+        "PG_CURRENT_XACT_ID",
+        "PG_SWITCH_WAL",
+        "PG_CREATE_RESTORE_POINT",
+        "SET_CONFIG",
+    ];
+    if EXACT.iter().any(|name| is(w, name)) {
+        return true;
+    }
+    starts_with_ci(w, b"PG_ADVISORY_")
+        || starts_with_ci(w, b"PG_TRY_ADVISORY_")
+        || starts_with_ci(w, b"LO_")
+        || starts_with_ci(w, b"PG_CURRENT_WAL_")
+}
+
+fn is(word: &[u8], keyword: &str) -> bool {
+    word.eq_ignore_ascii_case(keyword.as_bytes())
+}
+
+fn starts_with_ci(word: &[u8], prefix: &[u8]) -> bool {
+    word.len() >= prefix.len() && word[..prefix.len()].eq_ignore_ascii_case(prefix)
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Token<'a> {
+    /// An unquoted identifier or keyword.
+    Word(&'a [u8]),
+    /// A single punctuation byte: `(`, `)`, `;`, `,` ...
+    Punct(u8),
+    /// A literal, quoted identifier, number, parameter or operator: never a keyword.
+    Other,
+    End,
+}
+
+struct Lexer<'a> {
+    src: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Lexer<'a> {
+    fn new(src: &'a [u8]) -> Self {
+        Lexer { src, pos: 0 }
+    }
+
+    fn peek(&self, offset: usize) -> Option<u8> {
+        self.src.get(self.pos + offset).copied()
+    }
+
+    fn next_token(&mut self) -> Token<'a> {
+        self.skip_trivia();
+        let Some(c) = self.peek(0) else {
+            return Token::End;
+        };
+        match c {
+            b'\'' => {
+                self.pos += 1;
+                self.skip_quoted(b'\'', false);
+                Token::Other
+            }
+            b'"' => {
+                self.pos += 1;
+                self.skip_quoted(b'"', false);
+                Token::Other
+            }
+            b'$' => {
+                self.dollar();
+                Token::Other
+            }
+            c if is_ident_start(c) => {
+                let start = self.pos;
+                while self.peek(0).is_some_and(is_ident_continue) {
+                    self.pos += 1;
+                }
+                let word = &self.src[start..self.pos];
+                // E'..' (backslash escapes), and B'', X'', U&'', N'' literals.
+                if self.peek(0) == Some(b'\'') && word.len() == 1 {
+                    self.pos += 1;
+                    self.skip_quoted(b'\'', word.eq_ignore_ascii_case(b"e"));
+                    return Token::Other;
+                }
+                if word.eq_ignore_ascii_case(b"u") && self.peek(0) == Some(b'&') {
+                    if let Some(q @ (b'\'' | b'"')) = self.peek(1) {
+                        self.pos += 2;
+                        self.skip_quoted(q, false);
+                        return Token::Other;
+                    }
+                }
+                Token::Word(word)
+            }
+            c if c.is_ascii_digit() => {
+                while self
+                    .peek(0)
+                    .is_some_and(|c| c.is_ascii_alphanumeric() || c == b'.' || c == b'_')
+                {
+                    self.pos += 1;
+                }
+                Token::Other
+            }
+            c => {
+                self.pos += 1;
+                Token::Punct(c)
+            }
+        }
+    }
+
+    fn skip_trivia(&mut self) {
+        loop {
+            match (self.peek(0), self.peek(1)) {
+                (Some(c), _) if c.is_ascii_whitespace() => self.pos += 1,
+                (Some(b'-'), Some(b'-')) => {
+                    while self.peek(0).is_some_and(|c| c != b'\n') {
+                        self.pos += 1;
+                    }
+                }
+                (Some(b'/'), Some(b'*')) => {
+                    self.pos += 2;
+                    let mut depth = 1usize;
+                    while depth > 0 {
+                        match (self.peek(0), self.peek(1)) {
+                            (None, _) => return,
+                            (Some(b'/'), Some(b'*')) => {
+                                depth += 1;
+                                self.pos += 2;
+                            }
+                            (Some(b'*'), Some(b'/')) => {
+                                depth -= 1;
+                                self.pos += 2;
+                            }
+                            _ => self.pos += 1,
+                        }
+                    }
+                }
+                _ => return,
+            }
+        }
+    }
+
+    /// After the opening quote: skips to just past the closing one. A doubled quote is an
+    /// escaped quote; with `backslash`, `\x` escapes any byte.
+    fn skip_quoted(&mut self, quote: u8, backslash: bool) {
+        while let Some(c) = self.peek(0) {
+            self.pos += 1;
+            if backslash && c == b'\\' {
+                self.pos = (self.pos + 1).min(self.src.len());
+            } else if c == quote {
+                if self.peek(0) == Some(quote) {
+                    self.pos += 1;
+                } else {
+                    return;
+                }
+            }
+        }
+    }
+
+    /// At a `$`: a positional parameter (`$1`), or a dollar-quoted string (`$$..$$`, `$tag$..$tag$`).
+    fn dollar(&mut self) {
+        let start = self.pos;
+        self.pos += 1;
+        if self.peek(0).is_some_and(|c| c.is_ascii_digit()) {
+            while self.peek(0).is_some_and(|c| c.is_ascii_digit()) {
+                self.pos += 1;
+            }
+            return;
+        }
+        while self
+            .peek(0)
+            .is_some_and(|c| is_ident_continue(c) && c != b'$')
+        {
+            self.pos += 1;
+        }
+        if self.peek(0) != Some(b'$') {
+            return; // a lone `$`: not valid SQL; treat as an operator byte.
+        }
+        self.pos += 1;
+        let tag = &self.src[start..self.pos];
+        let body = &self.src[self.pos..];
+        match body.windows(tag.len()).position(|w| w == tag) {
+            Some(i) => self.pos += i + tag.len(),
+            None => self.pos = self.src.len(),
+        }
+    }
+}
+
+fn is_ident_start(c: u8) -> bool {
+    c.is_ascii_alphabetic() || c == b'_' || c >= 0x80
+}
+
+fn is_ident_continue(c: u8) -> bool {
+    c.is_ascii_alphanumeric() || c == b'_' || c == b'$' || c >= 0x80
+}
+
+#[cfg(test)]
+mod tests {
+    use super::StatementKind::{Read, Write};
+    use super::*;
+
+    /// Real statements: what diesel, SeaORM and hand-written code send.
+    const TABLE: &[(&str, StatementKind)] = &[
+        // Plain reads.
+        ("SELECT 1", Read),
+        ("select 1", Read),
+        ("  \n\tSELECT now()", Read),
+        (r#"SELECT "users"."id", "users"."name" FROM "users" WHERE "users"."id" = $1"#, Read),
+        (r#"SELECT "users"."id" FROM "users" WHERE "users"."name" = $1 LIMIT $2 OFFSET $3"#, Read),
+        (r#"SELECT COUNT(*) FROM "posts" WHERE "posts"."user_id" = $1"#, Read),
+        (r#"SELECT COUNT(*) AS num_items FROM (SELECT "posts"."id" FROM "posts") AS "sub""#, Read),
+        ("SELECT EXISTS (SELECT 1 FROM users WHERE id = $1)", Read),
+        ("SELECT * FROM users ORDER BY id DESC", Read),
+        ("SELECT a, b FROM t1 JOIN t2 USING (id) WHERE t1.x IN (1, 2, 3)", Read),
+        ("SELECT substring('abc' FROM 1 FOR 2)", Read),
+        ("SELECT * FROM t WHERE x = 'INSERT INTO t VALUES (1)'", Read),
+        ("SELECT 'it''s; DELETE FROM t'", Read),
+        (r"SELECT E'\' DELETE FROM t; '", Read),
+        ("SELECT $$ DELETE FROM t $$", Read),
+        ("SELECT $body$ UPDATE t SET x = 1; $body$ AS code", Read),
+        (r#"SELECT "update", "delete" FROM "insert""#, Read),
+        ("SELECT 1 -- DELETE FROM t", Read),
+        ("SELECT /* UPDATE t */ 1", Read),
+        ("SELECT /* outer /* nested UPDATE */ still comment */ 1", Read),
+        ("-- leading comment\nSELECT 1", Read),
+        ("/* a */ /* b */ SELECT 1", Read),
+        ("(SELECT 1) UNION ALL (SELECT 2)", Read),
+        ("SELECT 1; SELECT 2;", Read),
+        ("SELECT 1;", Read),
+        ("VALUES (1, 'a'), (2, 'b')", Read),
+        ("TABLE users", Read),
+        ("SHOW server_version", Read),
+        ("show transaction_isolation", Read),
+        ("WITH recent AS (SELECT * FROM posts WHERE created_at > now() - interval '1 day') SELECT * FROM recent", Read),
+        ("WITH RECURSIVE r(n) AS (VALUES (1) UNION ALL SELECT n + 1 FROM r WHERE n < 5) SELECT n FROM r", Read),
+        ("EXPLAIN SELECT * FROM users", Read),
+        ("EXPLAIN DELETE FROM users", Read),
+        ("EXPLAIN (FORMAT JSON) UPDATE users SET x = 1", Read),
+        ("EXPLAIN VERBOSE SELECT 1", Read),
+        ("EXPLAIN ANALYZE SELECT * FROM users", Read),
+        ("SELECT pg_last_wal_replay_lsn()", Read),
+        ("SELECT U&'d\\0061t\\+000061' AS x", Read),
+        ("SELECT x::text FROM t WHERE y @> '{1}'", Read),
+        ("SELECT * FROM \"weird\"\"name\" WHERE a = $1", Read),
+        // Writes.
+        ("INSERT INTO users (name) VALUES ($1)", Write),
+        (r#"INSERT INTO "users" ("name") VALUES ($1) RETURNING "users"."id", "users"."name""#, Write),
+        ("UPDATE users SET name = $1 WHERE id = $2", Write),
+        (r#"UPDATE "posts" SET "title" = $1 WHERE "posts"."id" = $2 RETURNING "id", "title""#, Write),
+        ("DELETE FROM users WHERE id = $1", Write),
+        ("MERGE INTO t USING s ON t.id = s.id WHEN MATCHED THEN UPDATE SET x = s.x", Write),
+        ("-- app=web\nINSERT INTO t VALUES (1)", Write),
+        ("/* SELECT */ INSERT INTO t VALUES (1)", Write),
+        ("/* nested /* SELECT */ */ DELETE FROM t", Write),
+        ("SELECT * FROM jobs FOR UPDATE", Write),
+        ("SELECT * FROM jobs WHERE id = $1 FOR UPDATE SKIP LOCKED", Write),
+        ("SELECT * FROM jobs FOR NO KEY UPDATE", Write),
+        ("SELECT * FROM jobs FOR SHARE", Write),
+        ("SELECT * FROM jobs FOR KEY SHARE OF jobs NOWAIT", Write),
+        ("select * from jobs for update", Write),
+        ("WITH x AS (DELETE FROM t RETURNING *) SELECT * FROM x", Write),
+        ("WITH x AS (INSERT INTO t VALUES (1) RETURNING id) SELECT id FROM x", Write),
+        ("WITH x AS (UPDATE t SET a = 1 RETURNING *) SELECT count(*) FROM x", Write),
+        ("WITH x AS (SELECT 1) INSERT INTO t SELECT * FROM x", Write),
+        ("EXPLAIN ANALYZE DELETE FROM users", Write),
+        ("EXPLAIN (ANALYZE, BUFFERS) UPDATE users SET x = 1", Write),
+        ("EXPLAIN ANALYZE VERBOSE INSERT INTO t VALUES (1)", Write),
+        ("SELECT * INTO new_table FROM users", Write),
+        ("SELECT nextval('users_id_seq')", Write),
+        ("SELECT setval('users_id_seq', 10)", Write),
+        ("SELECT pg_advisory_lock(42)", Write),
+        ("SELECT pg_try_advisory_xact_lock(42)", Write),
+        ("SELECT pg_notify('ch', 'payload')", Write),
+        ("SELECT lo_create(0)", Write),
+        ("SELECT pg_current_wal_insert_lsn()", Write),
+        ("SELECT 1; DELETE FROM t", Write),
+        ("SELECT 'a;b'; UPDATE t SET a = 1", Write),
+        ("CREATE TABLE t (id int)", Write),
+        ("DROP TABLE t", Write),
+        ("ALTER TABLE t ADD COLUMN x int", Write),
+        ("TRUNCATE t", Write),
+        ("BEGIN", Write),
+        ("COMMIT", Write),
+        ("SET search_path TO app", Write),
+        ("LOCK TABLE t IN ACCESS EXCLUSIVE MODE", Write),
+        ("COPY t FROM STDIN", Write),
+        ("CALL do_things()", Write),
+        ("DO $$ BEGIN PERFORM 1; END $$", Write),
+        ("VACUUM t", Write),
+        ("REFRESH MATERIALIZED VIEW mv", Write),
+        ("", Write),
+        ("   ", Write),
+        ("-- only a comment", Write),
+        (";", Write),
+        ("SELECT 'unterminated", Read),
+        ("/* unterminated comment SELECT 1", Write),
+        ("42", Write),
+        ("$1", Write),
+    ];
+
+    #[test]
+    fn table_of_real_statements() {
+        assert!(TABLE.len() >= 60);
+        let wrong: Vec<_> = TABLE
+            .iter()
+            .filter(|(sql, want)| classify(sql) != *want)
+            .map(|(sql, want)| format!("{want:?} expected for {sql:?}"))
+            .collect();
+        assert!(wrong.is_empty(), "misclassified:\n{}", wrong.join("\n"));
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn never_panics_on_arbitrary_text(s in "\\PC*") {
+            let _ = classify(&s);
+        }
+
+        #[test]
+        fn never_panics_on_sql_like_fragments(
+            parts in proptest::collection::vec(
+                proptest::sample::select(vec![
+                    "SELECT", "INSERT", "EXPLAIN", "ANALYZE", "(", ")", ";", "'", "\"", "$$", "$a$",
+                    "$1", "--", "\n", "/*", "*/", "E'", "\\", "U&'", "FOR", "UPDATE", " ", "x", "é",
+                ]),
+                0..40,
+            )
+        ) {
+            let _ = classify(&parts.concat());
+        }
+
+        #[test]
+        fn a_comment_or_string_never_turns_a_write_into_a_read(noise in "[a-zA-Z0-9 ;'$]*") {
+            let lit = noise.replace('\'', "''").replace('$', "");
+            let sql = format!("/* {} */ INSERT INTO t VALUES ('{lit}')", noise.replace("*/", ""));
+            proptest::prop_assert_eq!(classify(&sql), Write);
+        }
+    }
+}

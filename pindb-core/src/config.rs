@@ -1,0 +1,445 @@
+//! Configuration: what the user writes (TOML or code), and environment overrides for URLs.
+//!
+//! This module owns parsing and the shape of the settings. Turning them into the final alias map
+//! is [`populate_replicas`](crate::populate_replicas)'s job; routing is the router's. Loading
+//! always validates, so a `Config` that exists can be turned into a router.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::error::PinDbError;
+use crate::populate::{populate_replicas, Database};
+
+/// How writes to a set that is not pinned are treated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RouterMode {
+    /// The first write to a set pins it for the rest of the context and goes to the master.
+    /// Ordinary ORM code keeps working unchanged, so this is the default.
+    #[default]
+    Greedy,
+    /// A write to a set that is not pinned (and not under a `master()` guard) is an
+    /// [`PinDbError::UnpinnedWrite`] error, raised before any I/O.
+    Strict,
+}
+
+/// How a context picks among a set's replicas (once per context and set).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ReplicaPolicy {
+    /// Each new context takes the next replica in turn.
+    #[default]
+    RoundRobin,
+    /// Each new context takes a replica at random.
+    Random,
+    /// The replica with the least lag. Needs the replica monitor, which is not built yet:
+    /// choosing it is a config error for now.
+    LeastLag,
+}
+
+/// Connection settings of one database, or the overrides of one replica.
+///
+/// Every field is optional so that the same type serves as a replica *override*: only the
+/// fields that differ from the master are given. `url` is parsed into parts; explicit parts win
+/// over the URL's.
+///
+/// ```
+/// use pindb_core::DatabaseSettings;
+///
+/// let replica: DatabaseSettings = toml::from_str("port = 5433").unwrap();
+/// assert_eq!(replica.port, Some(5433));
+/// assert_eq!(replica.url, None);
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatabaseSettings {
+    /// A `postgres://user:password@host:port/dbname?param=value` URL.
+    pub url: Option<String>,
+    /// Host name or IP address.
+    pub host: Option<String>,
+    /// TCP port.
+    pub port: Option<u16>,
+    /// Role to connect as.
+    pub user: Option<String>,
+    /// Password (prefer putting it in the URL from an environment variable).
+    pub password: Option<String>,
+    /// Database name.
+    pub dbname: Option<String>,
+    /// Extra connection parameters (`sslmode`, `application_name`, ...), merged key by key.
+    #[serde(default)]
+    pub options: BTreeMap<String, String>,
+    /// Largest number of pooled connections.
+    pub max_size: Option<u32>,
+    /// Idle connections the pool keeps open.
+    pub min_idle: Option<u32>,
+    /// How long a checkout or a connection attempt may take, in milliseconds.
+    pub connect_timeout_ms: Option<u64>,
+}
+
+impl DatabaseSettings {
+    /// Settings from a URL alone.
+    ///
+    /// ```
+    /// let s = pindb_core::DatabaseSettings::from_url("postgres://app@db1/app");
+    /// assert_eq!(s.url.as_deref(), Some("postgres://app@db1/app"));
+    /// ```
+    pub fn from_url(url: impl Into<String>) -> Self {
+        DatabaseSettings {
+            url: Some(url.into()),
+            ..Default::default()
+        }
+    }
+}
+
+/// The whole pindb configuration.
+///
+/// ```
+/// use pindb_core::{Config, RouterMode};
+///
+/// let config = Config::from_toml_str(r#"
+///     router = "strict"
+///     [masters.default]
+///     url = "postgres://app@127.0.0.1:5432/app"
+///     [sets]
+///     default = [{ port = 5433 }, { port = 5434 }]
+/// "#).unwrap();
+/// assert_eq!(config.router, RouterMode::Strict);
+/// let aliases: Vec<_> = config.databases().unwrap().into_iter().map(|d| d.alias).collect();
+/// assert_eq!(aliases, ["default", "default-1", "default-2"]);
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// `false` sends everything to masters with no pinning, errors or cookies (for test suites).
+    #[serde(default = "default_enabled")]
+    pub enabled: bool,
+    /// Strict or greedy handling of unpinned writes.
+    #[serde(default)]
+    pub router: RouterMode,
+    /// How a context picks a replica.
+    #[serde(default)]
+    pub replica_policy: ReplicaPolicy,
+    /// How long a set pinned in a request stays pinned for the same client (cookie pinning).
+    #[serde(default = "default_pinning_seconds")]
+    pub pinning_seconds: u64,
+    /// Name of the pin cookie.
+    #[serde(default = "default_cookie_name")]
+    pub cookie_name: String,
+    /// Allow the `default` alias to be an unmanaged database instead of a master.
+    #[serde(default)]
+    pub unmanaged_default: bool,
+    /// Master settings by set name.
+    #[serde(default)]
+    pub masters: BTreeMap<String, DatabaseSettings>,
+    /// Replica overrides by set name, merged on top of the set's master settings.
+    #[serde(default)]
+    pub sets: BTreeMap<String, Vec<DatabaseSettings>>,
+    /// Databases outside every set.
+    #[serde(default)]
+    pub unmanaged: BTreeMap<String, DatabaseSettings>,
+}
+
+fn default_enabled() -> bool {
+    true
+}
+fn default_pinning_seconds() -> u64 {
+    15
+}
+fn default_cookie_name() -> String {
+    "pindb_pinned_set".to_owned()
+}
+
+/// Prefix of the environment variables that override a database URL:
+/// `PINDB_URL_DEFAULT`, `PINDB_URL_DEFAULT_1`, `PINDB_URL_ANALYTICS`...
+pub const ENV_URL_PREFIX: &str = "PINDB_URL_";
+
+impl Config {
+    /// A config with one master `default` and the given replica URLs, with default settings.
+    ///
+    /// ```
+    /// let config = pindb_core::Config::single_set(
+    ///     "postgres://app@127.0.0.1:5432/app",
+    ///     ["postgres://app@127.0.0.1:5433/app"],
+    /// );
+    /// assert_eq!(config.databases().unwrap().len(), 2);
+    /// ```
+    pub fn single_set<I, S>(master_url: impl Into<String>, replica_urls: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        Config {
+            enabled: true,
+            router: RouterMode::default(),
+            replica_policy: ReplicaPolicy::default(),
+            pinning_seconds: default_pinning_seconds(),
+            cookie_name: default_cookie_name(),
+            unmanaged_default: false,
+            masters: BTreeMap::from([(
+                "default".to_owned(),
+                DatabaseSettings::from_url(master_url),
+            )]),
+            sets: BTreeMap::from([(
+                "default".to_owned(),
+                replica_urls
+                    .into_iter()
+                    .map(DatabaseSettings::from_url)
+                    .collect(),
+            )]),
+            unmanaged: BTreeMap::new(),
+        }
+    }
+
+    /// Parses and validates a TOML document. Environment variables are not read.
+    ///
+    /// ```
+    /// let err = pindb_core::Config::from_toml_str("routr = 'strict'").unwrap_err();
+    /// assert!(err.to_string().contains("unknown field `routr`"));
+    /// ```
+    pub fn from_toml_str(toml_text: &str) -> Result<Self, PinDbError> {
+        let config: Config = toml::from_str(toml_text).map_err(|e| {
+            PinDbError::config_global(format!(
+                "the TOML does not parse: {}",
+                e.to_string().trim_end()
+            ))
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Reads a TOML file, applies `PINDB_URL_<ALIAS>` environment overrides and validates.
+    ///
+    /// ```no_run
+    /// let config = pindb_core::Config::load("pindb.toml")?;
+    /// # Ok::<(), pindb_core::PinDbError>(())
+    /// ```
+    pub fn load(path: impl AsRef<std::path::Path>) -> Result<Self, PinDbError> {
+        let path = path.as_ref();
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            PinDbError::config_global(format!(
+                "cannot read config file {}: {e}; check the path",
+                path.display()
+            ))
+        })?;
+        let mut config: Config = toml::from_str(&text).map_err(|e| {
+            PinDbError::config_global(format!(
+                "{} does not parse: {}",
+                path.display(),
+                e.to_string().trim_end()
+            ))
+        })?;
+        config.apply_env_overrides(std::env::vars())?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Replaces database URLs from `PINDB_URL_<ALIAS>` variables, so secrets stay out of files.
+    ///
+    /// The alias is upper-cased with every non-alphanumeric character turned into `_`
+    /// (`default-1` -> `PINDB_URL_DEFAULT_1`). The variable replaces the whole connection target
+    /// (URL, host, port, user, password, dbname); options and pool settings are kept. A master's
+    /// URL is replaced before replicas inherit from it. A variable that names no alias is an error.
+    ///
+    /// ```
+    /// let mut config = pindb_core::Config::single_set("postgres://app@db1/app", ["postgres://app@db2/app"]);
+    /// config.apply_env_overrides([(
+    ///     "PINDB_URL_DEFAULT".to_owned(),
+    ///     "postgres://app:s3cret@db1/app".to_owned(),
+    /// )])?;
+    /// assert_eq!(config.databases()?[0].password.as_deref(), Some("s3cret"));
+    /// # Ok::<(), pindb_core::PinDbError>(())
+    /// ```
+    pub fn apply_env_overrides<I>(&mut self, vars: I) -> Result<(), PinDbError>
+    where
+        I: IntoIterator<Item = (String, String)>,
+    {
+        for (key, value) in vars {
+            let Some(suffix) = key.strip_prefix(ENV_URL_PREFIX) else {
+                continue;
+            };
+            let known = self.env_names();
+            let target = self.settings_for_env_suffix(suffix).ok_or_else(|| {
+                PinDbError::config(
+                    key.clone(),
+                    format!(
+                        "environment variable {key} names no configured database; \
+                         expected one of: {}",
+                        known.join(", ")
+                    ),
+                )
+            })?;
+            *target = DatabaseSettings {
+                url: Some(value),
+                host: None,
+                port: None,
+                user: None,
+                password: None,
+                dbname: None,
+                ..std::mem::take(target)
+            };
+        }
+        Ok(())
+    }
+
+    fn env_names(&self) -> Vec<String> {
+        let mut names = Vec::new();
+        for name in self.masters.keys().chain(self.unmanaged.keys()) {
+            names.push(format!("{ENV_URL_PREFIX}{}", env_key(name)));
+        }
+        for (set, replicas) in &self.sets {
+            for i in 1..=replicas.len() {
+                names.push(format!(
+                    "{ENV_URL_PREFIX}{}",
+                    env_key(&format!("{set}-{i}"))
+                ));
+            }
+        }
+        names
+    }
+
+    fn settings_for_env_suffix(&mut self, suffix: &str) -> Option<&mut DatabaseSettings> {
+        if let Some((_, s)) = self.masters.iter_mut().find(|(n, _)| env_key(n) == suffix) {
+            return Some(s);
+        }
+        if let Some((_, s)) = self
+            .unmanaged
+            .iter_mut()
+            .find(|(n, _)| env_key(n) == suffix)
+        {
+            return Some(s);
+        }
+        for (set, replicas) in self.sets.iter_mut() {
+            for (i, s) in replicas.iter_mut().enumerate() {
+                if env_key(&format!("{set}-{}", i + 1)) == suffix {
+                    return Some(s);
+                }
+            }
+        }
+        None
+    }
+
+    /// Checks everything [`Config::databases`] checks, plus the policy.
+    pub fn validate(&self) -> Result<(), PinDbError> {
+        if self.replica_policy == ReplicaPolicy::LeastLag {
+            return Err(PinDbError::config_global(
+                "replica_policy = \"least-lag\" needs the replica monitor, which this version \
+                 does not have yet; use \"round-robin\" or \"random\"",
+            ));
+        }
+        self.databases().map(|_| ())
+    }
+
+    /// The final alias map: see [`populate_replicas`].
+    pub fn databases(&self) -> Result<Vec<Database>, PinDbError> {
+        populate_replicas(
+            &self.masters,
+            &self.sets,
+            &self.unmanaged,
+            self.unmanaged_default,
+        )
+    }
+
+    /// `pinning_seconds` as a `Duration`.
+    pub fn pinning_duration(&self) -> Duration {
+        Duration::from_secs(self.pinning_seconds)
+    }
+}
+
+/// `default-1` -> `DEFAULT_1`.
+fn env_key(alias: &str) -> String {
+    alias
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_uppercase()
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_match_django_pindb() {
+        let c = Config::from_toml_str(
+            "[masters.default]\nurl = 'postgres://h/d'\n[sets]\ndefault = []",
+        )
+        .unwrap();
+        assert!(c.enabled);
+        assert_eq!(c.router, RouterMode::Greedy);
+        assert_eq!(c.replica_policy, ReplicaPolicy::RoundRobin);
+        assert_eq!(c.pinning_seconds, 15);
+        assert_eq!(c.cookie_name, "pindb_pinned_set");
+    }
+
+    #[test]
+    fn toml_errors_are_config_errors_naming_the_field() {
+        let e = Config::from_toml_str("[masters.default]\nport = 'x'").unwrap_err();
+        assert!(matches!(e, PinDbError::Config { .. }), "{e}");
+        assert!(e.to_string().contains("port"), "{e}");
+    }
+
+    #[test]
+    fn least_lag_is_refused_until_the_monitor_exists() {
+        let e = Config::from_toml_str(
+            "replica_policy = 'least-lag'\n[masters.default]\nurl = 'postgres://h/d'\n[sets]\ndefault = []",
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("least-lag"), "{e}");
+    }
+
+    #[test]
+    fn env_override_replaces_master_target_and_replicas_inherit() {
+        let mut c = Config::from_toml_str(
+            "[masters.default]\nhost = 'file-host'\nuser = 'app'\ndbname = 'app'\nmax_size = 3\n\
+             [sets]\ndefault = [{ host = 'replica-host' }]",
+        )
+        .unwrap();
+        c.apply_env_overrides([
+            ("PATH".to_owned(), "/bin".to_owned()),
+            (
+                "PINDB_URL_DEFAULT".to_owned(),
+                "postgres://app:pw@env-host:6000/app".to_owned(),
+            ),
+        ])
+        .unwrap();
+        let dbs = c.databases().unwrap();
+        assert_eq!(dbs[0].host, "env-host");
+        assert_eq!(dbs[0].port, 6000);
+        assert_eq!(dbs[0].pool.max_size, 3);
+        assert_eq!(dbs[1].host, "replica-host");
+        assert_eq!(dbs[1].password.as_deref(), Some("pw"));
+        assert_eq!(dbs[1].port, 6000);
+    }
+
+    #[test]
+    fn env_override_of_a_replica() {
+        let mut c = Config::single_set("postgres://app@m/app", ["postgres://app@r1/app"]);
+        c.apply_env_overrides([(
+            "PINDB_URL_DEFAULT_1".to_owned(),
+            "postgres://app@r9:7/app".to_owned(),
+        )])
+        .unwrap();
+        let dbs = c.databases().unwrap();
+        assert_eq!((dbs[1].host.as_str(), dbs[1].port), ("r9", 7));
+    }
+
+    #[test]
+    fn env_override_for_unknown_alias_is_an_error() {
+        let mut c = Config::single_set("postgres://app@m/app", ["postgres://app@r1/app"]);
+        let e = c
+            .apply_env_overrides([("PINDB_URL_NOPE".to_owned(), "postgres://x/y".to_owned())])
+            .unwrap_err();
+        let msg = e.to_string();
+        assert!(
+            msg.contains("PINDB_URL_NOPE") && msg.contains("PINDB_URL_DEFAULT_1"),
+            "{msg}"
+        );
+    }
+}

@@ -1,0 +1,354 @@
+//! The pinning context: the unit of work (a request, a job, a CLI run) and its pinned sets.
+//!
+//! This module owns the task-local that carries the context, its shared state, and the
+//! explicit propagation helpers (`in_current_scope`, [`spawn`], [`spawn_blocking`],
+//! [`Context::enter`]). Like tokio's `task_local!`, a context is never inherited implicitly
+//! (`tokio::spawn` starts outside it): propagation is always written down.
+//! It does not decide routes (the router does) and does not validate aliases.
+//!
+//! Outside any context: [`is_pinned`] is `false`, [`get_pinned`] and [`get_newly_pinned`] are
+//! empty, [`unpin_all`] has nothing to clear, and `pin`/guards return
+//! [`PinDbError::NoContext`](crate::PinDbError::NoContext) (pinning would otherwise be lost
+//! silently).
+
+use std::future::Future;
+use std::pin::Pin as StdPin;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::task::{Context as TaskCx, Poll};
+
+use tokio::task::futures::TaskLocalFuture;
+use tokio::task::JoinHandle;
+
+use crate::guard::GuardKind;
+
+tokio::task_local! {
+    static CURRENT: Context;
+}
+
+/// A pinning context. Cheap to clone: clones share one state, so a pin made through any
+/// clone (for example in a spawned child task) is seen by all.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// use pindb_core::Context;
+///
+/// let ctx = Context::new();
+/// ctx.carry_pin("default"); // e.g. read from a cookie by the middleware
+/// ctx.scope(async {
+///     assert!(pindb_core::is_pinned("default"));
+///     assert!(pindb_core::get_newly_pinned().is_empty());
+/// }).await;
+/// # }
+/// ```
+#[derive(Clone, Default)]
+pub struct Context {
+    state: Arc<Mutex<State>>,
+}
+
+impl std::fmt::Debug for Context {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Context")
+            .field("pinned", &self.pinned(|_| true))
+            .finish()
+    }
+}
+
+/// How a set came to be pinned in a context.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum PinOrigin {
+    /// Pinned in this context (explicitly or by a greedy write).
+    New,
+    /// Carried in from an earlier request (cookie, token).
+    Carried,
+}
+
+#[derive(Default)]
+pub(crate) struct State {
+    sets: Vec<SetState>,
+    guards: Vec<Frame>,
+    next_guard_id: u64,
+}
+
+pub(crate) struct SetState {
+    name: Arc<str>,
+    pub(crate) pin: Option<PinOrigin>,
+    /// `(router id, replica index)` chosen for this set, kept for the rest of the context.
+    pub(crate) replica: Option<(u64, usize)>,
+}
+
+struct Frame {
+    id: u64,
+    set: Arc<str>,
+    kind: GuardKind,
+}
+
+impl State {
+    /// The entry for `set`, created on first use (the only allocation of a context's life,
+    /// once per set).
+    pub(crate) fn set_mut(&mut self, set: &Arc<str>) -> &mut SetState {
+        let i = match self.sets.iter().position(|s| *s.name == **set) {
+            Some(i) => i,
+            None => {
+                self.sets.push(SetState {
+                    name: Arc::clone(set),
+                    pin: None,
+                    replica: None,
+                });
+                self.sets.len() - 1
+            }
+        };
+        &mut self.sets[i]
+    }
+
+    fn get(&self, set: &str) -> Option<&SetState> {
+        self.sets.iter().find(|s| &*s.name == set)
+    }
+
+    /// The innermost live guard for `set`, if any.
+    pub(crate) fn guard(&self, set: &str) -> Option<GuardKind> {
+        self.guards
+            .iter()
+            .rev()
+            .find(|f| &*f.set == set)
+            .map(|f| f.kind)
+    }
+
+    pub(crate) fn is_pinned(&self, set: &str) -> bool {
+        self.get(set).is_some_and(|s| s.pin.is_some())
+    }
+
+    /// Pins `set`; an existing pin keeps its origin (a carried pin stays carried).
+    pub(crate) fn pin(&mut self, set: &Arc<str>, origin: PinOrigin) {
+        let entry = self.set_mut(set);
+        entry.pin = Some(entry.pin.unwrap_or(origin));
+    }
+}
+
+impl Context {
+    /// A fresh context with nothing pinned.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The context the current task runs in, if any.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// assert!(pindb_core::Context::current().is_none());
+    /// pindb_core::scope(async { assert!(pindb_core::Context::current().is_some()) }).await;
+    /// # }
+    /// ```
+    pub fn current() -> Option<Context> {
+        CURRENT.try_with(Context::clone).ok()
+    }
+
+    /// Runs `fut` inside this context.
+    pub fn scope<F: Future>(self, fut: F) -> TaskLocalFuture<Context, F> {
+        CURRENT.scope(self, fut)
+    }
+
+    /// Runs a synchronous closure inside this context: the way back in for `spawn_blocking`
+    /// closures and plain threads.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let ctx = pindb_core::Context::new();
+    /// let child = ctx.clone();
+    /// std::thread::spawn(move || child.enter(|| pindb_core::Context::current().is_some()))
+    ///     .join()
+    ///     .map(|inside| assert!(inside))
+    ///     .unwrap();
+    /// # }
+    /// ```
+    pub fn enter<R>(self, f: impl FnOnce() -> R) -> R {
+        CURRENT.sync_scope(self, f)
+    }
+
+    /// Marks `set` as pinned by an earlier request (cookie, consistency token): reads go to
+    /// its master, but it is not reported by [`get_newly_pinned`]. The name is not validated
+    /// here; the middleware checks it against the router first.
+    pub fn carry_pin(&self, set: &str) {
+        self.lock().pin(&Arc::from(set), PinOrigin::Carried);
+    }
+
+    /// Sets pinned in this context matching `filter`, in the order they were first used.
+    fn pinned(&self, filter: impl Fn(PinOrigin) -> bool) -> Vec<String> {
+        self.lock()
+            .sets
+            .iter()
+            .filter(|s| s.pin.is_some_and(&filter))
+            .map(|s| s.name.to_string())
+            .collect()
+    }
+
+    pub(crate) fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock cannot leave the state half-updated in a harmful way
+        // (each update is a single assignment), so a poisoned lock is still usable.
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub(crate) fn push_guard(&self, set: Arc<str>, kind: GuardKind) -> u64 {
+        let mut state = self.lock();
+        state.next_guard_id += 1;
+        let id = state.next_guard_id;
+        state.guards.push(Frame { id, set, kind });
+        id
+    }
+
+    /// Removes exactly the frame `id`, wherever it sits, so guards may drop in any order.
+    pub(crate) fn remove_guard(&self, id: u64) {
+        let mut state = self.lock();
+        if let Some(i) = state.guards.iter().position(|f| f.id == id) {
+            state.guards.remove(i);
+        }
+    }
+}
+
+/// Runs `f` with the current context, without cloning it. `None` outside any context.
+pub(crate) fn with_current<R>(f: impl FnOnce(&Context) -> R) -> Option<R> {
+    CURRENT.try_with(f).ok()
+}
+
+/// Runs `fut` in a fresh pinning context: one per request, job or CLI run.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// let pinned = pindb_core::scope(async { pindb_core::get_pinned() }).await;
+/// assert!(pinned.is_empty());
+/// # }
+/// ```
+pub fn scope<F: Future>(fut: F) -> TaskLocalFuture<Context, F> {
+    Context::new().scope(fut)
+}
+
+/// Whether `set` is pinned in the current context (`false` outside any context).
+pub fn is_pinned(set: &str) -> bool {
+    with_current(|ctx| ctx.lock().is_pinned(set)).unwrap_or(false)
+}
+
+/// Every set pinned in the current context, new or carried in (empty outside any context).
+pub fn get_pinned() -> Vec<String> {
+    with_current(|ctx| ctx.pinned(|_| true)).unwrap_or_default()
+}
+
+/// Sets pinned in this context, not carried in from a cookie or token: the ones the
+/// middleware writes to the cookie (empty outside any context).
+pub fn get_newly_pinned() -> Vec<String> {
+    with_current(|ctx| ctx.pinned(|o| o == PinOrigin::New)).unwrap_or_default()
+}
+
+/// Clears every pin and replica choice of the current context; live guards stay in force
+/// until dropped. Background workers call it between jobs. Outside any context there is
+/// nothing to clear.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// pindb_core::scope(async {
+///     pindb_core::Context::current().unwrap().carry_pin("default");
+///     pindb_core::unpin_all();
+///     assert!(!pindb_core::is_pinned("default"));
+/// }).await;
+/// # }
+/// ```
+pub fn unpin_all() {
+    with_current(|ctx| ctx.lock().sets.clear());
+}
+
+pin_project_lite::pin_project! {
+    /// A future that runs in the context that was current when it was created.
+    /// Made by [`InContext::in_current_scope`].
+    #[project = ScopedProj]
+    #[allow(missing_docs)] // pin-project-lite cannot carry docs on variant fields
+    pub enum Scoped<F: Future> {
+        /// Created inside a context.
+        Inside {
+            #[pin]
+            fut: TaskLocalFuture<Context, F>,
+        },
+        /// Created outside any context: runs outside one too.
+        Outside {
+            #[pin]
+            fut: F,
+        },
+    }
+}
+
+impl<F: Future> Future for Scoped<F> {
+    type Output = F::Output;
+
+    fn poll(self: StdPin<&mut Self>, cx: &mut TaskCx<'_>) -> Poll<F::Output> {
+        match self.project() {
+            ScopedProj::Inside { fut } => fut.poll(cx),
+            ScopedProj::Outside { fut } => fut.poll(cx),
+        }
+    }
+}
+
+/// Explicit propagation of the pinning context into futures, like tracing's
+/// `in_current_span`.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// use pindb_core::InContext;
+///
+/// pindb_core::scope(async {
+///     let child = tokio::spawn(async { pindb_core::Context::current().is_some() }.in_current_scope());
+///     assert!(child.await.unwrap());
+/// }).await;
+/// # }
+/// ```
+pub trait InContext: Future + Sized {
+    /// Binds the future to the current context (if any), so it can be given to
+    /// `tokio::spawn` and still see and make the same pins.
+    fn in_current_scope(self) -> Scoped<Self> {
+        match Context::current() {
+            Some(ctx) => Scoped::Inside {
+                fut: ctx.scope(self),
+            },
+            None => Scoped::Outside { fut: self },
+        }
+    }
+}
+
+impl<F: Future> InContext for F {}
+
+/// `tokio::spawn` that carries the current pinning context into the new task.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// let seen = pindb_core::scope(async {
+///     pindb_core::spawn(async { pindb_core::Context::current().is_some() }).await.unwrap()
+/// }).await;
+/// assert!(seen);
+/// # }
+/// ```
+pub fn spawn<F>(fut: F) -> JoinHandle<F::Output>
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    tokio::spawn(fut.in_current_scope())
+}
+
+/// `tokio::task::spawn_blocking` that re-enters the current pinning context inside the
+/// closure (for sync diesel, `web::block`-style code).
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// let seen = pindb_core::scope(async {
+///     pindb_core::spawn_blocking(|| pindb_core::Context::current().is_some()).await.unwrap()
+/// }).await;
+/// assert!(seen);
+/// # }
+/// ```
+pub fn spawn_blocking<F, R>(f: F) -> JoinHandle<R>
+where
+    F: FnOnce() -> R + Send + 'static,
+    R: Send + 'static,
+{
+    let ctx = Context::current();
+    tokio::task::spawn_blocking(move || match ctx {
+        Some(ctx) => ctx.enter(f),
+        None => f(),
+    })
+}

@@ -1,0 +1,101 @@
+//! The one error type of pindb-core.
+//!
+//! Every variant names the alias or set it concerns and says how to fix the problem.
+//! Adapters wrap this type in their ORM's error; they never invent routing errors of their own.
+
+/// Everything that can go wrong in pindb-core.
+///
+/// ```
+/// use pindb_core::{Config, PinDbError};
+///
+/// let err = Config::from_toml_str("[sets]\ndefault = []").unwrap_err();
+/// assert!(matches!(err, PinDbError::Config { .. }));
+/// assert!(err.to_string().contains("no masters"));
+/// ```
+#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum PinDbError {
+    /// The configuration is invalid. `alias` is the database it concerns, when there is one.
+    #[error("invalid pindb config{}: {problem}", for_alias(.alias))]
+    Config {
+        /// The alias (or set) the problem concerns, if any.
+        alias: Option<String>,
+        /// What is wrong and how to fix it.
+        problem: String,
+    },
+
+    /// A write to a managed set that is not pinned, under the strict router.
+    #[error(
+        "write to database set `{set}` refused: the set is not pinned in this context (strict router). \
+         Call `pin(\"{set}\")` before writing, wrap the write in a `master(\"{set}\")` guard, \
+         or use the greedy router"
+    )]
+    UnpinnedWrite {
+        /// The set the write was aimed at.
+        set: String,
+    },
+
+    /// An alias that is neither a master, a replica nor an unmanaged database.
+    #[error("unknown database alias `{alias}`; known aliases: {known}")]
+    UnknownAlias {
+        /// The alias that was asked for.
+        alias: String,
+        /// The configured aliases, comma separated.
+        known: String,
+    },
+
+    /// Pinning and guards only make sense for databases that belong to a set.
+    #[error(
+        "`{alias}` is an unmanaged database: reads and writes always go to it, so it cannot be \
+         pinned or guarded; pin a set's master alias instead"
+    )]
+    NotManaged {
+        /// The unmanaged alias.
+        alias: String,
+    },
+
+    /// A call that needs a pinning context was made outside one.
+    #[error(
+        "`{operation}` was called outside a pinning context; run the code inside \
+         `pindb_core::scope(..)` (the tower layer does this per request), or propagate the \
+         context into spawned tasks with `in_current_scope()` / `pindb_core::spawn`"
+    )]
+    NoContext {
+        /// The call that needed a context.
+        operation: &'static str,
+    },
+
+    /// A free function was called before a global router was installed.
+    #[error(
+        "no global pindb router is installed; call `Router::install_global()` at start-up, \
+         or call the method on your `Router` instance"
+    )]
+    NoGlobalRouter,
+
+    /// `Router::install_global` was called twice.
+    #[error("a global pindb router is already installed; install it once at start-up")]
+    GlobalRouterAlreadyInstalled,
+}
+
+fn for_alias(alias: &Option<String>) -> String {
+    match alias {
+        Some(alias) => format!(" for `{alias}`"),
+        None => String::new(),
+    }
+}
+
+impl PinDbError {
+    pub(crate) fn config(alias: impl Into<String>, problem: impl Into<String>) -> Self {
+        PinDbError::Config {
+            alias: Some(alias.into()),
+            problem: problem.into(),
+        }
+    }
+
+    pub(crate) fn config_global(problem: impl Into<String>) -> Self {
+        PinDbError::Config {
+            alias: None,
+            problem: problem.into(),
+        }
+    }
+}

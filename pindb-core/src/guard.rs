@@ -1,0 +1,86 @@
+//! RAII guards that override routing for one set while they live.
+//!
+//! This module owns the guard objects and their drop behaviour. Each guard is a frame in its
+//! context; the innermost live frame for a set wins, and dropping removes exactly its own
+//! frame, so guards nest correctly and may be dropped in any order. Guards never touch pins:
+//! a `pin()` made inside `master()` outlives the guard. Guards are made by the router
+//! ([`Router::master`](crate::Router::master), [`Router::unpinned_replica`](crate::Router::unpinned_replica)
+//! or the free functions), which validates the alias.
+
+use std::sync::Arc;
+
+use crate::context::Context;
+
+/// What a guard does to its set while it lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GuardKind {
+    /// Reads and writes go to the master; nothing new is pinned.
+    Master,
+    /// Reads go to a replica even if the set is pinned; writes are refused by the strict router.
+    UnpinnedReplica,
+}
+
+/// A live routing override; dropping it restores the previous behaviour.
+///
+/// `Send`, so it may be held across `.await`.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), pindb_core::PinDbError> {
+/// use pindb_core::{Config, Router, Role};
+///
+/// let router = Router::new(Config::single_set("postgres://m/app", ["postgres://r/app"]))?;
+/// pindb_core::scope(async {
+///     let guard = router.master("default")?;
+///     assert_eq!(router.db_for_read(&Default::default())?.role, Role::Master);
+///     drop(guard);
+///     assert_eq!(router.db_for_read(&Default::default())?.role, Role::Replica);
+///     Ok(())
+/// }).await
+/// # }
+/// ```
+#[must_use = "a guard only has effect while it is alive; bind it with `let _guard = ...`"]
+#[derive(Debug)]
+pub struct Guard {
+    /// `None` for guards made in disabled mode: they change nothing.
+    frame: Option<(Context, u64)>,
+    kind: GuardKind,
+}
+
+impl Guard {
+    pub(crate) fn push(ctx: &Context, set: Arc<str>, kind: GuardKind) -> Guard {
+        let id = ctx.push_guard(set, kind);
+        Guard {
+            frame: Some((ctx.clone(), id)),
+            kind,
+        }
+    }
+
+    pub(crate) fn inert(kind: GuardKind) -> Guard {
+        Guard { frame: None, kind }
+    }
+
+    /// What this guard does.
+    pub fn kind(&self) -> GuardKind {
+        self.kind
+    }
+}
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        if let Some((ctx, id)) = self.frame.take() {
+            ctx.remove_guard(id);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn assert_send<T: Send + Sync>() {}
+
+    #[test]
+    fn guards_are_send_and_sync() {
+        assert_send::<Guard>();
+    }
+}

@@ -1,0 +1,664 @@
+//! The router: given a hint and the current pinning context, which alias serves a read or a
+//! write, and why.
+//!
+//! This module owns the alias table built from the config, the strict/greedy/disabled rules,
+//! delegate chains, and the global router behind the free functions. A decision reads the
+//! context under one uncontended lock and does not allocate (the first decision for a set in a
+//! context adds its entry). It does no I/O: adapters act on the [`Route`] it returns.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+
+use crate::config::{Config, RouterMode};
+use crate::context::{with_current, PinOrigin, State};
+use crate::error::PinDbError;
+use crate::guard::{Guard, GuardKind};
+use crate::populate::{Database, Membership};
+use crate::replica::Picker;
+
+/// Read or write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Operation {
+    /// A statement [`classify`](crate::classify) calls a read.
+    Read,
+    /// Anything else.
+    Write,
+}
+
+/// What the router knows about a query: an explicit alias, the tables, the model type.
+/// All empty (the `Default`) means "the `default` set, unless a delegate says otherwise".
+///
+/// ```
+/// use pindb_core::Hint;
+///
+/// let hint = Hint::tables(&["events"]).with_model("Event");
+/// assert_eq!(hint.tables, ["events"]);
+/// assert_eq!(Hint::alias("analytics").alias, Some("analytics"));
+/// ```
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Hint<'a> {
+    /// Route within this alias's set (or to this unmanaged alias); skips delegates.
+    pub alias: Option<&'a str>,
+    /// Tables the statement touches, when the adapter knows them.
+    pub tables: &'a [&'a str],
+    /// The model / entity type name, when the adapter knows it.
+    pub model: Option<&'a str>,
+}
+
+impl<'a> Hint<'a> {
+    /// A hint naming an alias (a set's master, one of its replicas, or an unmanaged database).
+    pub fn alias(alias: &'a str) -> Self {
+        Hint {
+            alias: Some(alias),
+            ..Hint::default()
+        }
+    }
+
+    /// A hint carrying table names, for delegates.
+    pub fn tables(tables: &'a [&'a str]) -> Self {
+        Hint {
+            tables,
+            ..Hint::default()
+        }
+    }
+
+    /// Adds a model type name.
+    pub fn with_model(self, model: &'a str) -> Self {
+        Hint {
+            model: Some(model),
+            ..self
+        }
+    }
+}
+
+/// User code that picks which database (usually a set's master alias) a query belongs to.
+/// Delegates are asked in order; the first `Some` wins; when none answers, `default` is used.
+///
+/// Any `Fn(&Hint, Operation) -> Option<&'static str>` is a delegate:
+///
+/// ```
+/// use pindb_core::{Config, Hint, Operation, Router};
+///
+/// let config = Config::from_toml_str(r#"
+///     [masters.default]
+///     url = "postgres://db/app"
+///     [masters.analytics]
+///     url = "postgres://olap/stats"
+///     [sets]
+///     default = []
+///     analytics = []
+/// "#)?;
+/// let by_table = |hint: &Hint, _: Operation| {
+///     hint.tables.iter().any(|t| t.starts_with("stats_")).then_some("analytics")
+/// };
+/// let router = Router::with_delegates(config, vec![Box::new(by_table)])?;
+/// assert_eq!(router.db_for_read(&Hint::tables(&["stats_daily"]))?.alias, "analytics");
+/// assert_eq!(router.db_for_read(&Hint::tables(&["users"]))?.alias, "default");
+/// # Ok::<(), pindb_core::PinDbError>(())
+/// ```
+pub trait Delegate: Send + Sync + 'static {
+    /// The alias to use for this query, or `None` to let the next delegate decide.
+    fn route(&self, hint: &Hint<'_>, op: Operation) -> Option<&str>;
+}
+
+impl<F> Delegate for F
+where
+    F: Fn(&Hint<'_>, Operation) -> Option<&'static str> + Send + Sync + 'static,
+{
+    fn route(&self, hint: &Hint<'_>, op: Operation) -> Option<&str> {
+        self(hint, op)
+    }
+}
+
+/// Which kind of database serves a route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Role {
+    /// A set's master.
+    Master,
+    /// One of a set's replicas.
+    Replica,
+    /// A database outside every set.
+    Unmanaged,
+}
+
+impl Role {
+    /// A short lowercase name for logs and metrics labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Master => "master",
+            Role::Replica => "replica",
+            Role::Unmanaged => "unmanaged",
+        }
+    }
+}
+
+/// Why a route was chosen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Reason {
+    /// pindb is disabled: everything goes to masters.
+    Disabled,
+    /// The alias is unmanaged: always used directly.
+    Unmanaged,
+    /// The set is pinned in this context.
+    Pinned,
+    /// A `master()` guard is live for the set.
+    MasterGuard,
+    /// An `unpinned_replica()` guard is live for the set.
+    ReplicaGuard,
+    /// An unpinned read: the context's replica for the set.
+    Replica,
+    /// The hint named a replica alias explicitly.
+    ExplicitReplica,
+    /// The set has no replica to read from.
+    NoReplica,
+    /// Greedy router: this write pinned the set.
+    GreedyPin,
+    /// Greedy router, outside any context: the write goes to the master but nothing can be pinned.
+    NoContextWrite,
+}
+
+impl Reason {
+    /// A short kebab-case name for logs and metrics labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::Disabled => "disabled",
+            Reason::Unmanaged => "unmanaged",
+            Reason::Pinned => "pinned",
+            Reason::MasterGuard => "master-guard",
+            Reason::ReplicaGuard => "replica-guard",
+            Reason::Replica => "replica",
+            Reason::ExplicitReplica => "explicit-replica",
+            Reason::NoReplica => "no-replica",
+            Reason::GreedyPin => "greedy-pin",
+            Reason::NoContextWrite => "no-context-write",
+        }
+    }
+}
+
+/// A routing decision: the alias to use, its role, its set, and why.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Route<'r> {
+    /// The alias whose pool should run the statement.
+    pub alias: &'r str,
+    /// The set it belongs to (`None` for unmanaged aliases).
+    pub set: Option<&'r str>,
+    /// Master, replica or unmanaged.
+    pub role: Role,
+    /// Why.
+    pub reason: Reason,
+}
+
+impl fmt::Display for Route<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} ({}, {})",
+            self.alias,
+            self.role.as_str(),
+            self.reason.as_str()
+        )
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Target {
+    Set(usize),
+    Replica { set: usize, replica: usize },
+    Unmanaged(usize),
+}
+
+struct SetEntry {
+    name: Arc<str>,
+    /// Index into `databases`.
+    master: usize,
+    /// Indexes into `databases`, in replica order.
+    replicas: Vec<usize>,
+    picker: Picker,
+}
+
+struct Inner {
+    id: u64,
+    config: Config,
+    databases: Vec<Database>,
+    by_alias: HashMap<String, Target>,
+    sets: Vec<SetEntry>,
+    default: Target,
+    delegates: Vec<Box<dyn Delegate>>,
+}
+
+/// The routing engine. Build it once from a [`Config`]; clones share it.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), pindb_core::PinDbError> {
+/// use pindb_core::{Config, Hint, Reason, Role, Router, RouterMode};
+///
+/// let mut config = Config::single_set("postgres://m/app", ["postgres://r1/app", "postgres://r2/app"]);
+/// config.router = RouterMode::Strict;
+/// let router = Router::new(config)?;
+///
+/// pindb_core::scope(async {
+///     let read = router.db_for_read(&Hint::default())?;
+///     assert_eq!(read.role, Role::Replica);
+///
+///     let refused = router.db_for_write(&Hint::default()).unwrap_err();
+///     assert!(matches!(refused, pindb_core::PinDbError::UnpinnedWrite { .. }));
+///
+///     router.pin("default")?;
+///     assert_eq!(router.db_for_write(&Hint::default())?.alias, "default");
+///     assert_eq!(router.db_for_read(&Hint::default())?.reason, Reason::Pinned);
+///     Ok(())
+/// }).await
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct Router {
+    inner: Arc<Inner>,
+}
+
+impl fmt::Debug for Router {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Router")
+            .field("enabled", &self.inner.config.enabled)
+            .field("mode", &self.inner.config.router)
+            .field("databases", &self.inner.databases)
+            .finish()
+    }
+}
+
+static NEXT_ROUTER_ID: AtomicU64 = AtomicU64::new(1);
+static GLOBAL: OnceLock<Router> = OnceLock::new();
+
+impl Router {
+    /// Validates the config and builds the alias table.
+    pub fn new(config: Config) -> Result<Router, PinDbError> {
+        Router::with_delegates(config, Vec::new())
+    }
+
+    /// Like [`Router::new`], with a chain of delegate routers.
+    pub fn with_delegates(
+        config: Config,
+        delegates: Vec<Box<dyn Delegate>>,
+    ) -> Result<Router, PinDbError> {
+        config.validate()?;
+        let databases = config.databases()?;
+        let mut sets: Vec<SetEntry> = Vec::new();
+        let mut by_alias = HashMap::new();
+        for (i, db) in databases.iter().enumerate() {
+            match &db.membership {
+                Membership::Master { set } => {
+                    by_alias.insert(db.alias.clone(), Target::Set(sets.len()));
+                    sets.push(SetEntry {
+                        name: Arc::from(set.as_str()),
+                        master: i,
+                        replicas: Vec::new(),
+                        picker: Picker::default(),
+                    });
+                }
+                Membership::Replica { set, .. } => {
+                    // populate_replicas yields each master before its replicas.
+                    let s = sets
+                        .iter()
+                        .position(|e| &*e.name == set.as_str())
+                        .ok_or_else(|| {
+                            PinDbError::config(db.alias.clone(), "replica listed before its master")
+                        })?;
+                    by_alias.insert(
+                        db.alias.clone(),
+                        Target::Replica {
+                            set: s,
+                            replica: sets[s].replicas.len(),
+                        },
+                    );
+                    sets[s].replicas.push(i);
+                }
+                Membership::Unmanaged => {
+                    by_alias.insert(db.alias.clone(), Target::Unmanaged(i));
+                }
+            }
+        }
+        let default = *by_alias
+            .get("default")
+            .ok_or_else(|| PinDbError::config("default", "no `default` database"))?;
+        Ok(Router {
+            inner: Arc::new(Inner {
+                id: NEXT_ROUTER_ID.fetch_add(1, Ordering::Relaxed),
+                config,
+                databases,
+                by_alias,
+                sets,
+                default,
+                delegates,
+            }),
+        })
+    }
+
+    /// Makes this router the one behind the free functions ([`pin`], [`db_for_read`], ...).
+    ///
+    /// ```
+    /// # fn main() -> Result<(), pindb_core::PinDbError> {
+    /// let config = pindb_core::Config::single_set("postgres://m/app", ["postgres://r/app"]);
+    /// let router = pindb_core::Router::new(config)?.install_global()?;
+    /// assert_eq!(router.get_replica("default")?, "default-1");
+    /// # Ok(()) }
+    /// ```
+    pub fn install_global(self) -> Result<&'static Router, PinDbError> {
+        GLOBAL
+            .set(self)
+            .map_err(|_| PinDbError::GlobalRouterAlreadyInstalled)?;
+        global()
+    }
+
+    /// The config this router was built from.
+    pub fn config(&self) -> &Config {
+        &self.inner.config
+    }
+
+    /// The final alias map, in `populate_replicas` order: what adapters open pools for.
+    pub fn databases(&self) -> &[Database] {
+        &self.inner.databases
+    }
+
+    /// The database behind an alias.
+    pub fn database(&self, alias: &str) -> Result<&Database, PinDbError> {
+        let i = match self.target(alias)? {
+            Target::Set(s) => self.inner.sets[s].master,
+            Target::Replica { set, replica } => self.inner.sets[set].replicas[replica],
+            Target::Unmanaged(i) => i,
+        };
+        Ok(&self.inner.databases[i])
+    }
+
+    /// Where a read should go.
+    pub fn db_for_read(&self, hint: &Hint<'_>) -> Result<Route<'_>, PinDbError> {
+        let route = self.read_route(hint)?;
+        trace(Operation::Read, &route);
+        Ok(route)
+    }
+
+    /// Where a write should go. Strict: [`PinDbError::UnpinnedWrite`] for an unpinned managed
+    /// set. Greedy: pins the set.
+    pub fn db_for_write(&self, hint: &Hint<'_>) -> Result<Route<'_>, PinDbError> {
+        let result = self.write_route(hint, true);
+        match &result {
+            Ok(route) => trace(Operation::Write, route),
+            Err(PinDbError::UnpinnedWrite { set }) => {
+                tracing::debug!(target: "pindb", op = "write", set = %set, reason = "strict-error", "pindb route refused");
+            }
+            Err(_) => {}
+        }
+        result
+    }
+
+    /// The decision `db_for_read`/`db_for_write` would make, without pinning anything.
+    pub fn explain(&self, op: Operation, hint: &Hint<'_>) -> Result<Route<'_>, PinDbError> {
+        match op {
+            Operation::Read => self.read_route(hint),
+            Operation::Write => self.write_route(hint, false),
+        }
+    }
+
+    /// Pins the set of `alias` in the current context: its reads go to the master from now on.
+    /// A replica alias pins its set. Disabled mode: does nothing.
+    pub fn pin(&self, alias: &str) -> Result<(), PinDbError> {
+        if !self.inner.config.enabled {
+            return Ok(());
+        }
+        let set = &self.inner.sets[self.managed_set(alias)?];
+        with_current(|ctx| ctx.lock().pin(&set.name, PinOrigin::New))
+            .ok_or(PinDbError::NoContext { operation: "pin" })
+    }
+
+    /// A guard that sends the set's reads and writes to its master while it lives, without
+    /// pinning it. Disabled mode: an inert guard.
+    pub fn master(&self, alias: &str) -> Result<Guard, PinDbError> {
+        self.guard(alias, GuardKind::Master, "master")
+    }
+
+    /// A guard that sends the set's reads to a replica while it lives, even if the set is
+    /// pinned. Disabled mode: an inert guard.
+    pub fn unpinned_replica(&self, alias: &str) -> Result<Guard, PinDbError> {
+        self.guard(alias, GuardKind::UnpinnedReplica, "unpinned_replica")
+    }
+
+    fn guard(
+        &self,
+        alias: &str,
+        kind: GuardKind,
+        operation: &'static str,
+    ) -> Result<Guard, PinDbError> {
+        if !self.inner.config.enabled {
+            return Ok(Guard::inert(kind));
+        }
+        let set = &self.inner.sets[self.managed_set(alias)?];
+        with_current(|ctx| Guard::push(ctx, Arc::clone(&set.name), kind))
+            .ok_or(PinDbError::NoContext { operation })
+    }
+
+    /// The alias of the replica this context reads the set of `alias` from (chosen by the
+    /// policy and then kept); the master's alias when the set has no replica or pindb is
+    /// disabled.
+    pub fn get_replica(&self, alias: &str) -> Result<&str, PinDbError> {
+        let s = self.managed_set(alias)?;
+        let set = &self.inner.sets[s];
+        let i = if self.inner.config.enabled {
+            with_current(|ctx| self.pick_replica(s, Some(&mut ctx.lock())))
+                .unwrap_or_else(|| self.pick_replica(s, None))
+                .unwrap_or(set.master)
+        } else {
+            set.master
+        };
+        Ok(&self.inner.databases[i].alias)
+    }
+
+    fn target(&self, alias: &str) -> Result<Target, PinDbError> {
+        self.inner
+            .by_alias
+            .get(alias)
+            .copied()
+            .ok_or_else(|| self.unknown(alias))
+    }
+
+    fn unknown(&self, alias: &str) -> PinDbError {
+        PinDbError::UnknownAlias {
+            alias: alias.to_owned(),
+            known: self
+                .inner
+                .databases
+                .iter()
+                .map(|d| d.alias.as_str())
+                .collect::<Vec<_>>()
+                .join(", "),
+        }
+    }
+
+    fn managed_set(&self, alias: &str) -> Result<usize, PinDbError> {
+        match self.target(alias)? {
+            Target::Set(s) | Target::Replica { set: s, .. } => Ok(s),
+            Target::Unmanaged(_) => Err(PinDbError::NotManaged {
+                alias: alias.to_owned(),
+            }),
+        }
+    }
+
+    fn resolve(&self, hint: &Hint<'_>, op: Operation) -> Result<Target, PinDbError> {
+        if let Some(alias) = hint.alias {
+            return self.target(alias);
+        }
+        for delegate in &self.inner.delegates {
+            if let Some(alias) = delegate.route(hint, op) {
+                return self.target(alias);
+            }
+        }
+        Ok(self.inner.default)
+    }
+
+    fn route(&self, db: usize, role: Role, reason: Reason) -> Route<'_> {
+        let db = &self.inner.databases[db];
+        Route {
+            alias: &db.alias,
+            set: db.set(),
+            role,
+            reason,
+        }
+    }
+
+    fn master_route(&self, set: usize, reason: Reason) -> Route<'_> {
+        self.route(self.inner.sets[set].master, Role::Master, reason)
+    }
+
+    fn read_route(&self, hint: &Hint<'_>) -> Result<Route<'_>, PinDbError> {
+        let enabled = self.inner.config.enabled;
+        let s = match self.resolve(hint, Operation::Read)? {
+            Target::Unmanaged(i) => return Ok(self.route(i, Role::Unmanaged, Reason::Unmanaged)),
+            Target::Set(s) | Target::Replica { set: s, .. } if !enabled => {
+                return Ok(self.master_route(s, Reason::Disabled))
+            }
+            Target::Replica { set, replica } => {
+                let i = self.inner.sets[set].replicas[replica];
+                return Ok(self.route(i, Role::Replica, Reason::ExplicitReplica));
+            }
+            Target::Set(s) => s,
+        };
+        let name = &self.inner.sets[s].name;
+        // One lock for guard, pin and the sticky replica choice.
+        let (reason, replica) = with_current(|ctx| {
+            let mut state = ctx.lock();
+            match state.guard(name) {
+                Some(GuardKind::Master) => (Reason::MasterGuard, None),
+                Some(GuardKind::UnpinnedReplica) => {
+                    (Reason::ReplicaGuard, self.pick_replica(s, Some(&mut state)))
+                }
+                None if state.is_pinned(name) => (Reason::Pinned, None),
+                None => (Reason::Replica, self.pick_replica(s, Some(&mut state))),
+            }
+        })
+        .unwrap_or_else(|| (Reason::Replica, self.pick_replica(s, None)));
+        Ok(match (reason, replica) {
+            (Reason::MasterGuard | Reason::Pinned, _) => self.master_route(s, reason),
+            (_, Some(i)) => self.route(i, Role::Replica, reason),
+            (_, None) => self.master_route(s, Reason::NoReplica),
+        })
+    }
+
+    fn write_route(&self, hint: &Hint<'_>, commit: bool) -> Result<Route<'_>, PinDbError> {
+        let s = match self.resolve(hint, Operation::Write)? {
+            Target::Unmanaged(i) => return Ok(self.route(i, Role::Unmanaged, Reason::Unmanaged)),
+            Target::Set(s) | Target::Replica { set: s, .. } => s,
+        };
+        if !self.inner.config.enabled {
+            return Ok(self.master_route(s, Reason::Disabled));
+        }
+        let set = &self.inner.sets[s];
+        let strict = self.inner.config.router == RouterMode::Strict;
+        let refused = || PinDbError::UnpinnedWrite {
+            set: set.name.to_string(),
+        };
+        let reason = with_current(|ctx| {
+            let mut state = ctx.lock();
+            let guard = state.guard(&set.name);
+            match guard {
+                Some(GuardKind::Master) => Ok(Reason::MasterGuard),
+                None if state.is_pinned(&set.name) => Ok(Reason::Pinned),
+                _ if strict => Err(refused()),
+                _ => {
+                    if commit {
+                        state.pin(&set.name, PinOrigin::New);
+                    }
+                    Ok(Reason::GreedyPin)
+                }
+            }
+        })
+        .unwrap_or_else(|| {
+            if strict {
+                Err(refused())
+            } else {
+                Ok(Reason::NoContextWrite)
+            }
+        })?;
+        Ok(self.master_route(s, reason))
+    }
+
+    /// The database index of the replica set `s` reads from: inside a context, chosen once
+    /// and then kept; outside, a fresh choice. `None` when the set has no replica.
+    fn pick_replica(&self, s: usize, state: Option<&mut State>) -> Option<usize> {
+        let set = &self.inner.sets[s];
+        let n = set.replicas.len();
+        if n == 0 {
+            return None;
+        }
+        let policy = self.inner.config.replica_policy;
+        let index = match state {
+            Some(state) => {
+                let entry = state.set_mut(&set.name);
+                match entry.replica {
+                    Some((router, i)) if router == self.inner.id && i < n => i,
+                    _ => {
+                        let i = set.picker.pick(policy, n);
+                        entry.replica = Some((self.inner.id, i));
+                        i
+                    }
+                }
+            }
+            None => set.picker.pick(policy, n),
+        };
+        Some(set.replicas[index])
+    }
+}
+
+fn trace(op: Operation, route: &Route<'_>) {
+    tracing::debug!(
+        target: "pindb",
+        op = if op == Operation::Read { "read" } else { "write" },
+        set = route.set.unwrap_or(""),
+        alias = route.alias,
+        role = route.role.as_str(),
+        reason = route.reason.as_str(),
+        "pindb route"
+    );
+}
+
+/// The router installed with [`Router::install_global`].
+pub fn global() -> Result<&'static Router, PinDbError> {
+    GLOBAL.get().ok_or(PinDbError::NoGlobalRouter)
+}
+
+/// [`Router::pin`] on the global router.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// // Outside a context, pinning is an error rather than a silent no-op:
+/// let err = pindb_core::pin("default").unwrap_err();
+/// assert!(err.to_string().contains("scope") || err.to_string().contains("global"));
+/// # }
+/// ```
+pub fn pin(alias: &str) -> Result<(), PinDbError> {
+    global()?.pin(alias)
+}
+
+/// [`Router::master`] on the global router.
+pub fn master(alias: &str) -> Result<Guard, PinDbError> {
+    global()?.master(alias)
+}
+
+/// [`Router::unpinned_replica`] on the global router.
+pub fn unpinned_replica(alias: &str) -> Result<Guard, PinDbError> {
+    global()?.unpinned_replica(alias)
+}
+
+/// [`Router::get_replica`] on the global router.
+pub fn get_replica(alias: &str) -> Result<&'static str, PinDbError> {
+    global()?.get_replica(alias)
+}
+
+/// [`Router::db_for_read`] on the global router.
+pub fn db_for_read(hint: &Hint<'_>) -> Result<Route<'static>, PinDbError> {
+    global()?.db_for_read(hint)
+}
+
+/// [`Router::db_for_write`] on the global router.
+pub fn db_for_write(hint: &Hint<'_>) -> Result<Route<'static>, PinDbError> {
+    global()?.db_for_write(hint)
+}
