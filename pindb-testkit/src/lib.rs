@@ -1,1 +1,387 @@
-pub fn x() {}
+//! Test support for pindb's integration tests: the local primary + two streaming replicas
+//! started by `scripts/cluster up`, fresh schemas, WAL replay pause/resume, and waiting for a
+//! replica to reach an LSN.
+//!
+//! Dev-only. Nothing is skipped silently: when the cluster is not reachable, every helper
+//! panics with a message that says to run `scripts/cluster up`.
+//!
+//! Tests run in parallel (threads and, under nextest, processes). Pausing replay on a replica
+//! affects every test that reads from it, so tests coordinate through advisory locks on the
+//! primary: [`Cluster::exclusive`] for tests that pause replay, [`Cluster::shared`] for tests
+//! that need replay flowing.
+//!
+//! ```no_run
+//! # #[tokio::main] async fn main() {
+//! use pindb_testkit::Cluster;
+//!
+//! let cluster = Cluster::from_env();
+//! let mut control = cluster.exclusive().await;
+//! let schema = cluster.fresh_schema().await;
+//! control.pause(1).await;
+//! // ... writes on the primary stay invisible on replica 1 ...
+//! control.resume(1).await;
+//! schema.drop().await;
+//! # }
+//! ```
+#![deny(missing_docs)]
+
+use std::fmt;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use tokio_postgres::{Client, NoTls};
+
+/// Environment variables (printed by `scripts/cluster env`) and their defaults.
+pub const PRIMARY_URL_VAR: &str = "PINDB_PRIMARY_URL";
+/// Replica 1's URL variable.
+pub const REPLICA1_URL_VAR: &str = "PINDB_REPLICA1_URL";
+/// Replica 2's URL variable.
+pub const REPLICA2_URL_VAR: &str = "PINDB_REPLICA2_URL";
+/// Redis URL variable.
+pub const REDIS_URL_VAR: &str = "PINDB_REDIS_URL";
+
+const DEFAULT_PRIMARY: &str = "postgres://pindb@127.0.0.1:25432/pindb";
+const DEFAULT_REPLICA1: &str = "postgres://pindb@127.0.0.1:25433/pindb";
+const DEFAULT_REPLICA2: &str = "postgres://pindb@127.0.0.1:25434/pindb";
+const DEFAULT_REDIS: &str = "redis://127.0.0.1:6379/";
+
+/// Advisory lock key that serialises replay control across test processes.
+const REPLAY_LOCK: i64 = 0x7069_6e64_6201;
+
+/// How long helpers wait for replication before failing the test.
+pub const REPLICATION_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A WAL position (`pg_lsn`), as a number. Text form `X/Y` is `X << 32 | Y`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Lsn(pub u64);
+
+impl Lsn {
+    /// Parses PostgreSQL's `X/Y` text form.
+    ///
+    /// ```
+    /// assert_eq!(pindb_testkit::Lsn::parse("1/2A").unwrap().0, (1 << 32) | 0x2A);
+    /// ```
+    pub fn parse(text: &str) -> Option<Lsn> {
+        let (hi, lo) = text.split_once('/')?;
+        let hi = u64::from_str_radix(hi, 16).ok()?;
+        let lo = u64::from_str_radix(lo, 16).ok()?;
+        Some(Lsn(hi << 32 | lo))
+    }
+}
+
+impl fmt::Display for Lsn {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:X}/{:X}", self.0 >> 32, self.0 & 0xFFFF_FFFF)
+    }
+}
+
+/// The dev cluster's addresses.
+#[derive(Debug, Clone)]
+pub struct Cluster {
+    /// The primary.
+    pub primary_url: String,
+    /// Replica 1 and replica 2 (index 0 and 1).
+    pub replica_urls: [String; 2],
+    /// Redis.
+    pub redis_url: String,
+}
+
+fn var_or(name: &str, default: &str) -> String {
+    std::env::var(name)
+        .ok()
+        .filter(|v| !v.is_empty())
+        .unwrap_or_else(|| default.to_owned())
+}
+
+impl Cluster {
+    /// Reads `PINDB_PRIMARY_URL`, `PINDB_REPLICA1_URL`, `PINDB_REPLICA2_URL`,
+    /// `PINDB_REDIS_URL`, falling back to `scripts/cluster`'s defaults.
+    pub fn from_env() -> Cluster {
+        Cluster {
+            primary_url: var_or(PRIMARY_URL_VAR, DEFAULT_PRIMARY),
+            replica_urls: [
+                var_or(REPLICA1_URL_VAR, DEFAULT_REPLICA1),
+                var_or(REPLICA2_URL_VAR, DEFAULT_REPLICA2),
+            ],
+            redis_url: var_or(REDIS_URL_VAR, DEFAULT_REDIS),
+        }
+    }
+
+    /// The URL of replica `n` (1 or 2).
+    pub fn replica_url(&self, n: usize) -> &str {
+        match n {
+            1 | 2 => &self.replica_urls[n - 1],
+            _ => panic!("the dev cluster has replicas 1 and 2, not {n}"),
+        }
+    }
+
+    /// A connection to the primary.
+    pub async fn primary(&self) -> Client {
+        connect(&self.primary_url).await
+    }
+
+    /// A connection to replica `n` (1 or 2).
+    pub async fn replica(&self, n: usize) -> Client {
+        connect(self.replica_url(n)).await
+    }
+
+    /// The primary's current WAL write position (everything committed so far is before it).
+    pub async fn primary_lsn(&self) -> Lsn {
+        let client = self.primary().await;
+        query_lsn(&client, "SELECT pg_current_wal_lsn()::text").await
+    }
+
+    /// Waits until replica `n` has replayed `lsn`; panics after [`REPLICATION_TIMEOUT`].
+    pub async fn wait_for_replay(&self, n: usize, lsn: Lsn) {
+        let client = self.replica(n).await;
+        self.wait_for(&client, n, lsn, "pg_last_wal_replay_lsn()")
+            .await
+    }
+
+    /// Waits until replica `n` has *received* `lsn` (whether or not it replayed it): proof that
+    /// a paused replica is behind because of the pause, not because it is slow.
+    pub async fn wait_for_receive(&self, n: usize, lsn: Lsn) {
+        let client = self.replica(n).await;
+        self.wait_for(&client, n, lsn, "pg_last_wal_receive_lsn()")
+            .await
+    }
+
+    async fn wait_for(&self, client: &Client, n: usize, lsn: Lsn, position: &str) {
+        let sql = format!("SELECT coalesce({position} >= $1::text::pg_lsn, false)");
+        let target = lsn.to_string();
+        let deadline = Instant::now() + REPLICATION_TIMEOUT;
+        loop {
+            let row = client
+                .query_one(&sql, &[&target])
+                .await
+                .unwrap_or_else(|e| panic!("replica {n}: {position} query failed: {e:?}"));
+            if row.get::<_, bool>(0) {
+                return;
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "replica {n} did not reach {position} >= {lsn} within {REPLICATION_TIMEOUT:?}; \
+                     check `scripts/cluster status`"
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    /// Waits until both replicas have replayed everything committed on the primary so far.
+    pub async fn sync_replicas(&self) {
+        let lsn = self.primary_lsn().await;
+        self.wait_for_replay(1, lsn).await;
+        self.wait_for_replay(2, lsn).await;
+    }
+
+    /// A schema of its own for one test, created on the primary. Use [`TestSchema::url`] to
+    /// point connections at it.
+    pub async fn fresh_schema(&self) -> TestSchema {
+        static COUNTER: AtomicU32 = AtomicU32::new(0);
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+        let name = format!(
+            "t_{}_{}_{nanos}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::Relaxed)
+        );
+        let client = self.primary().await;
+        client
+            .batch_execute(&format!("CREATE SCHEMA {name}"))
+            .await
+            .unwrap_or_else(|e| panic!("CREATE SCHEMA {name} failed: {e:?}"));
+        TestSchema {
+            name,
+            primary_url: self.primary_url.clone(),
+        }
+    }
+
+    /// Exclusive control of replay: waits until no other test holds replay control or needs
+    /// replay flowing, then lets this test pause and resume replicas. Dropping it resumes every
+    /// replica it paused.
+    pub async fn exclusive(&self) -> ReplayControl {
+        let lock = self.primary().await;
+        lock.execute("SELECT pg_advisory_lock($1)", &[&REPLAY_LOCK])
+            .await
+            .unwrap_or_else(|e| panic!("taking the replay-control lock failed: {e:?}"));
+        ReplayControl {
+            cluster: self.clone(),
+            paused: Vec::new(),
+            _lock: lock,
+        }
+    }
+
+    /// Shared access with replay flowing: waits while another test has paused a replica.
+    /// Hold it for as long as the test needs replicas to catch up.
+    pub async fn shared(&self) -> SharedReplay {
+        let lock = self.primary().await;
+        lock.execute("SELECT pg_advisory_lock_shared($1)", &[&REPLAY_LOCK])
+            .await
+            .unwrap_or_else(|e| panic!("taking the shared replay lock failed: {e:?}"));
+        SharedReplay { _lock: lock }
+    }
+}
+
+/// Holds the shared replay lock: no replica is paused while it lives.
+pub struct SharedReplay {
+    _lock: Client,
+}
+
+/// Exclusive replay control; see [`Cluster::exclusive`].
+pub struct ReplayControl {
+    cluster: Cluster,
+    paused: Vec<usize>,
+    // Last field: dropped after `Drop::drop` resumed replay, which releases the lock.
+    _lock: Client,
+}
+
+impl ReplayControl {
+    /// Pauses WAL replay on replica `n` and waits until it is really paused.
+    pub async fn pause(&mut self, n: usize) {
+        pause_replay(self.cluster.replica_url(n)).await;
+        if !self.paused.contains(&n) {
+            self.paused.push(n);
+        }
+    }
+
+    /// Resumes WAL replay on replica `n`.
+    pub async fn resume(&mut self, n: usize) {
+        resume_replay(self.cluster.replica_url(n)).await;
+        self.paused.retain(|&p| p != n);
+    }
+}
+
+impl Drop for ReplayControl {
+    fn drop(&mut self) {
+        if self.paused.is_empty() {
+            return;
+        }
+        // Drop cannot await: resume on a thread with its own runtime, and wait for it, so the
+        // next test never finds a replica paused.
+        let urls: Vec<String> = self
+            .paused
+            .iter()
+            .map(|&n| self.cluster.replica_url(n).to_owned())
+            .collect();
+        let resumed = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("a current-thread runtime builds");
+            rt.block_on(async {
+                for url in &urls {
+                    resume_replay(url).await;
+                }
+            })
+        })
+        .join();
+        if resumed.is_err() && !std::thread::panicking() {
+            panic!("could not resume replay on {:?}", self.paused);
+        }
+    }
+}
+
+/// `pg_wal_replay_pause()` on the replica at `url`, then waits for the `paused` state.
+pub async fn pause_replay(url: &str) {
+    let client = connect(url).await;
+    client
+        .execute("SELECT pg_wal_replay_pause()", &[])
+        .await
+        .unwrap_or_else(|e| panic!("pg_wal_replay_pause() on {url} failed: {e:?}"));
+    let deadline = Instant::now() + REPLICATION_TIMEOUT;
+    loop {
+        let state: String = client
+            .query_one("SELECT pg_get_wal_replay_pause_state()", &[])
+            .await
+            .unwrap_or_else(|e| panic!("reading the pause state on {url} failed: {e:?}"))
+            .get(0);
+        if state == "paused" {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "replay on {url} is still `{state}`"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// `pg_wal_replay_resume()` on the replica at `url`.
+pub async fn resume_replay(url: &str) {
+    connect(url)
+        .await
+        .execute("SELECT pg_wal_replay_resume()", &[])
+        .await
+        .unwrap_or_else(|e| panic!("pg_wal_replay_resume() on {url} failed: {e:?}"));
+}
+
+/// Connects to `url`, or panics with a message that says how to start the cluster.
+pub async fn connect(url: &str) -> Client {
+    match tokio_postgres::connect(url, NoTls).await {
+        Ok((client, connection)) => {
+            tokio::spawn(async move {
+                // The connection ends when the client is dropped; errors surface on queries.
+                let _ = connection.await;
+            });
+            client
+        }
+        Err(e) => panic!(
+            "cannot connect to the pindb dev cluster at {url}: {e}\n\
+             Start it with `scripts/cluster up` (or point PINDB_PRIMARY_URL / PINDB_REPLICA1_URL / \
+             PINDB_REPLICA2_URL at another cluster)."
+        ),
+    }
+}
+
+async fn query_lsn(client: &Client, sql: &str) -> Lsn {
+    let text: String = client
+        .query_one(sql, &[])
+        .await
+        .unwrap_or_else(|e| panic!("{sql} failed: {e:?}"))
+        .get(0);
+    Lsn::parse(&text).unwrap_or_else(|| panic!("{sql} returned `{text}`, not an LSN"))
+}
+
+/// A schema created for one test.
+#[derive(Debug, Clone)]
+pub struct TestSchema {
+    /// The schema name (`t_<pid>_<n>_<nanos>`).
+    pub name: String,
+    primary_url: String,
+}
+
+impl TestSchema {
+    /// `base` with this schema as the search path, for any of the cluster's URLs.
+    ///
+    /// ```
+    /// # let schema = pindb_testkit::TestSchema::for_tests("t_1");
+    /// assert_eq!(
+    ///     schema.url("postgres://pindb@127.0.0.1:25432/pindb"),
+    ///     "postgres://pindb@127.0.0.1:25432/pindb?options=-c%20search_path%3Dt_1",
+    /// );
+    /// ```
+    pub fn url(&self, base: &str) -> String {
+        let sep = if base.contains('?') { '&' } else { '?' };
+        format!("{base}{sep}options=-c%20search_path%3D{}", self.name)
+    }
+
+    /// A schema value without creating anything (for examples and unit tests).
+    pub fn for_tests(name: &str) -> TestSchema {
+        TestSchema {
+            name: name.to_owned(),
+            primary_url: String::new(),
+        }
+    }
+
+    /// Drops the schema and everything in it.
+    pub async fn drop(self) {
+        connect(&self.primary_url)
+            .await
+            .batch_execute(&format!("DROP SCHEMA {} CASCADE", self.name))
+            .await
+            .unwrap_or_else(|e| panic!("DROP SCHEMA {} failed: {e:?}", self.name));
+    }
+}
