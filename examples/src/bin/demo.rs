@@ -64,7 +64,10 @@ impl Db {
             .await
             .map(|r| r.get(0))
             .unwrap_or_else(|e| format!("? ({e})"));
-        let rows = client.simple_query(sql).await.map_err(|e| format!("{e:?}"))?;
+        let rows = client
+            .simple_query(sql)
+            .await
+            .map_err(|e| format!("{e:?}"))?;
         let values: Vec<String> = rows
             .iter()
             .filter_map(|m| match m {
@@ -129,13 +132,20 @@ async fn main() -> ExitCode {
 
     let mut db = Db::connect(greedy).await;
     let list = format!("SELECT body FROM {table} WHERE author = 'alice' ORDER BY id");
-    let insert = format!("INSERT INTO {table} (author, body) VALUES ('alice', 'hello') RETURNING id");
+    let insert =
+        format!("INSERT INTO {table} (author, body) VALUES ('alice', 'hello') RETURNING id");
 
     println!("\n== request 1 (greedy router): alice lists her notes");
     pindb_core::scope(async {
         let rows = db.run("read, nothing pinned", &list).await;
-        let on_replica = db.log.last().is_some_and(|l| l.served_by.contains("replica"));
-        db.expect(on_replica && rows == Ok(vec![]), "served by a replica, empty");
+        let on_replica = db
+            .log
+            .last()
+            .is_some_and(|l| l.served_by.contains("replica"));
+        db.expect(
+            on_replica && rows == Ok(vec![]),
+            "served by a replica, empty",
+        );
     })
     .await;
 
@@ -149,23 +159,34 @@ async fn main() -> ExitCode {
         let pinned = db.log.last().is_some_and(|l| l.why == "greedy-pin");
         db.expect(pinned, "the write went to the primary and pinned the set");
         let rows = db.run("read after write", &list).await;
-        db.expect(rows == Ok(vec!["hello".into()]), "alice reads her own write (primary)");
+        db.expect(
+            rows == Ok(vec!["hello".into()]),
+            "alice reads her own write (primary)",
+        );
     })
     .await;
 
     println!("\n== request 3: a new request with no carried pin reads a lagging replica");
     pindb_core::scope(async {
         let rows = db.run("read, nothing pinned", &list).await;
-        db.expect(rows == Ok(vec![]), "stale: the replica has not replayed the note");
+        db.expect(
+            rows == Ok(vec![]),
+            "stale: the replica has not replayed the note",
+        );
     })
     .await;
 
-    println!("\n== request 4: the pin carried in (what the cookie/LSN layer does) keeps alice safe");
+    println!(
+        "\n== request 4: the pin carried in (what the cookie/LSN layer does) keeps alice safe"
+    );
     let ctx = pindb_core::Context::new();
     ctx.carry_pin("default");
     ctx.scope(async {
         let rows = db.run("read, pin carried in", &list).await;
-        db.expect(rows == Ok(vec!["hello".into()]), "alice still sees her note");
+        db.expect(
+            rows == Ok(vec!["hello".into()]),
+            "alice still sees her note",
+        );
     })
     .await;
 
@@ -197,7 +218,10 @@ async fn main() -> ExitCode {
     schema.drop().await;
 
     println!("\n== summary");
-    println!("{:<3} {:<28} {:<27} {:<16} result", "ok", "step", "served by", "reason");
+    println!(
+        "{:<3} {:<28} {:<27} {:<16} result",
+        "ok", "step", "served by", "reason"
+    );
     for l in &db.log {
         println!(
             "{:<3} {:<28} {:<27} {:<16} {}",
