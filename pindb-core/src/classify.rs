@@ -61,6 +61,78 @@ pub fn classify(sql: &str) -> StatementKind {
     }
 }
 
+/// The main table of a statement, for delegate-router hints: the target of `INSERT INTO`,
+/// `UPDATE`, `DELETE FROM` or `TABLE`, else the first table after a top-level `FROM`
+/// (so a CTE's inner tables are skipped). A schema-qualified name yields the table part;
+/// quotes are removed. `None` when there is no such table. Never allocates.
+///
+/// ```
+/// use pindb_core::classify::main_table;
+///
+/// assert_eq!(main_table(r#"SELECT "users"."id" FROM "users" WHERE "users"."id" = $1"#), Some("users"));
+/// assert_eq!(main_table("insert into app.notes (body) values ($1)"), Some("notes"));
+/// assert_eq!(main_table("SELECT 1"), None);
+/// ```
+pub fn main_table(sql: &str) -> Option<&str> {
+    let mut lexer = Lexer::new(sql.as_bytes());
+    let first = loop {
+        match lexer.next_token() {
+            Token::Punct(b'(') => continue,
+            Token::Word(w) => break w,
+            _ => return None,
+        }
+    };
+    if is(first, "INSERT") || is(first, "DELETE") {
+        match lexer.next_token() {
+            Token::Word(w) if is(w, "INTO") || is(w, "FROM") => {}
+            _ => return None,
+        }
+        return qualified_name(&mut lexer, sql);
+    }
+    if is(first, "UPDATE") || is(first, "TABLE") {
+        return qualified_name(&mut lexer, sql);
+    }
+    let mut depth = 0usize;
+    loop {
+        match lexer.next_token() {
+            Token::End | Token::Punct(b';') => return None,
+            Token::Punct(b'(') => depth += 1,
+            Token::Punct(b')') => depth = depth.saturating_sub(1),
+            Token::Word(w) if depth == 0 && is(w, "FROM") => {
+                return qualified_name(&mut lexer, sql)
+            }
+            _ => {}
+        }
+    }
+}
+
+/// `[ONLY] name[.name...]`: the last part, as a slice of `sql`.
+fn qualified_name<'a>(lexer: &mut Lexer<'a>, sql: &'a str) -> Option<&'a str> {
+    let mut token = lexer.next_token();
+    if matches!(token, Token::Word(w) if is(w, "ONLY")) {
+        token = lexer.next_token();
+    }
+    let mut name = match token {
+        Token::Word(w) | Token::Quoted(w) => w,
+        _ => return None,
+    };
+    loop {
+        let checkpoint = lexer.pos;
+        if lexer.next_token() != Token::Punct(b'.') {
+            lexer.pos = checkpoint;
+            break;
+        }
+        match lexer.next_token() {
+            Token::Word(w) | Token::Quoted(w) => name = w,
+            _ => return None,
+        }
+    }
+    // `name` is a sub-slice of `sql`'s bytes that starts and ends at ASCII boundaries
+    // (quotes, punctuation or whitespace), so it is valid UTF-8.
+    let start = name.as_ptr() as usize - sql.as_ptr() as usize;
+    sql.get(start..start + name.len())
+}
+
 enum Outcome {
     Empty { end_of_input: bool },
     Read { end_of_input: bool },
@@ -211,6 +283,8 @@ enum Token<'a> {
     Word(&'a [u8]),
     /// A single punctuation byte: `(`, `)`, `;`, `,` ...
     Punct(u8),
+    /// A quoted identifier's text, without the quotes: never a keyword.
+    Quoted(&'a [u8]),
     /// A literal, quoted identifier, number, parameter or operator: never a keyword.
     Other,
     End,
@@ -242,9 +316,11 @@ impl<'a> Lexer<'a> {
                 Token::Other
             }
             b'"' => {
-                self.pos += 1;
+                let start = self.pos + 1;
+                self.pos = start;
                 self.skip_quoted(b'"', false);
-                Token::Other
+                let end = self.pos.saturating_sub(1).max(start);
+                Token::Quoted(&self.src[start..end])
             }
             b'$' => {
                 self.dollar();
@@ -478,6 +554,37 @@ mod tests {
     ];
 
     #[test]
+    fn main_tables() {
+        let cases = [
+            (
+                r#"SELECT "users"."id" FROM "users" WHERE "users"."id" = $1"#,
+                Some("users"),
+            ),
+            (
+                r#"INSERT INTO "notes" ("body") VALUES ($1) RETURNING "notes"."id""#,
+                Some("notes"),
+            ),
+            (r#"UPDATE "posts" SET "title" = $1"#, Some("posts")),
+            ("DELETE FROM ONLY app.jobs WHERE id = 1", Some("jobs")),
+            ("TABLE stats", Some("stats")),
+            (
+                "WITH x AS (SELECT * FROM inner_t) SELECT * FROM outer_t",
+                Some("outer_t"),
+            ),
+            ("SELECT (SELECT 1 FROM a) FROM b", Some("b")),
+            ("SELECT extract(year FROM now())", None),
+            (r#"SELECT * FROM "we""ird""#, Some(r#"we""ird"#)),
+            ("SELECT * FROM données", Some("données")),
+            ("SELECT 1", None),
+            ("", None),
+            ("INSERT", None),
+        ];
+        for (sql, want) in cases {
+            assert_eq!(main_table(sql), want, "{sql}");
+        }
+    }
+
+    #[test]
     fn table_of_real_statements() {
         assert!(TABLE.len() >= 60);
         let wrong: Vec<_> = TABLE
@@ -492,6 +599,7 @@ mod tests {
         #[test]
         fn never_panics_on_arbitrary_text(s in "\\PC*") {
             let _ = classify(&s);
+            let _ = main_table(&s);
         }
 
         #[test]
@@ -505,6 +613,7 @@ mod tests {
             )
         ) {
             let _ = classify(&parts.concat());
+            let _ = main_table(&parts.concat());
         }
 
         #[test]

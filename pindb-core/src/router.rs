@@ -183,6 +183,9 @@ impl Reason {
 pub struct Route<'r> {
     /// The alias whose pool should run the statement.
     pub alias: &'r str,
+    /// Position of that alias in [`Router::databases`], so adapters can keep their pools in a
+    /// `Vec` and skip a lookup by name.
+    pub index: usize,
     /// The set it belongs to (`None` for unmanaged aliases).
     pub set: Option<&'r str>,
     /// Master, replica or unmanaged.
@@ -361,6 +364,12 @@ impl Router {
         &self.inner.databases
     }
 
+    /// Whether any delegate router is configured: adapters only work out table names for
+    /// hints when one is.
+    pub fn has_delegates(&self) -> bool {
+        !self.inner.delegates.is_empty()
+    }
+
     /// The database behind an alias.
     pub fn database(&self, alias: &str) -> Result<&Database, PinDbError> {
         let i = match self.target(alias)? {
@@ -495,10 +504,11 @@ impl Router {
         Ok(self.inner.default)
     }
 
-    fn route(&self, db: usize, role: Role, reason: Reason) -> Route<'_> {
-        let db = &self.inner.databases[db];
+    fn route(&self, index: usize, role: Role, reason: Reason) -> Route<'_> {
+        let db = &self.inner.databases[index];
         Route {
             alias: &db.alias,
+            index,
             set: db.set(),
             role,
             reason,
