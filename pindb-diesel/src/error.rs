@@ -1,0 +1,92 @@
+//! The one error type of pindb-diesel, and how it travels through diesel's `Error`.
+//!
+//! Diesel's error enum has no variant for a third party, so routing and pool errors ride in
+//! `diesel::result::Error::QueryBuilderError` and are recognised with [`routing_error`] /
+//! [`is_unpinned_write`]. This module does not decide anything: it only describes failures.
+
+use std::time::Duration;
+
+use pindb_core::PinDbError;
+
+/// Everything pindb-diesel adds to diesel's own failures.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The router refused or could not resolve the statement (unpinned write, unknown alias...).
+    #[error(transparent)]
+    Routing(#[from] PinDbError),
+
+    /// No connection could be checked out of an alias's pool in time.
+    #[error(
+        "timed out after {timeout:?} waiting for a connection to `{alias}`; the pool is \
+         exhausted or the server does not answer: raise `max_size` / `connect_timeout_ms` for \
+         `{alias}` or check the server"
+    )]
+    PoolTimeout {
+        /// The alias whose pool timed out.
+        alias: String,
+        /// The configured checkout timeout.
+        timeout: Duration,
+    },
+
+    /// A new connection to an alias could not be made.
+    #[error("could not connect to `{alias}` ({url}): {message}")]
+    Connect {
+        /// The alias.
+        alias: String,
+        /// Its URL, password hidden.
+        url: String,
+        /// What the driver said.
+        message: String,
+    },
+
+    /// The first statement on a not-yet-checked-out connection binds a custom PostgreSQL type
+    /// whose OID must be looked up, which needs a connection.
+    #[error(
+        "the first statement of this connection on `{alias}` binds the custom type `{type_name}`, \
+         whose OID needs a database lookup before a connection is checked out; call \
+         `conn.checkout_for_read().await` / `conn.checkout_for_write().await` first, or run the \
+         statement in a transaction"
+    )]
+    CustomTypeBeforeCheckout {
+        /// The alias the statement was routed to.
+        alias: String,
+        /// The type (as diesel names it).
+        type_name: String,
+    },
+
+    /// The call cannot work on a routed connection.
+    #[error("{0}")]
+    Unsupported(&'static str),
+}
+
+impl From<Error> for diesel::result::Error {
+    fn from(e: Error) -> Self {
+        diesel::result::Error::QueryBuilderError(Box::new(e))
+    }
+}
+
+/// The pindb error inside a diesel error, if it is one.
+///
+/// ```
+/// use pindb_diesel::{routing_error, Error};
+/// use pindb_core::PinDbError;
+///
+/// let e: diesel::result::Error = Error::Routing(PinDbError::UnpinnedWrite { set: "default".into() }).into();
+/// assert!(matches!(routing_error(&e), Some(Error::Routing(PinDbError::UnpinnedWrite { .. }))));
+/// assert!(routing_error(&diesel::result::Error::NotFound).is_none());
+/// ```
+pub fn routing_error(e: &diesel::result::Error) -> Option<&Error> {
+    match e {
+        diesel::result::Error::QueryBuilderError(inner) => inner.downcast_ref::<Error>(),
+        _ => None,
+    }
+}
+
+/// Whether a diesel error is the strict router's refusal of an unpinned write.
+pub fn is_unpinned_write(e: &diesel::result::Error) -> bool {
+    matches!(
+        routing_error(e),
+        Some(Error::Routing(PinDbError::UnpinnedWrite { .. }))
+    )
+}

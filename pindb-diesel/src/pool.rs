@@ -1,0 +1,192 @@
+//! [`PinDb`]: one bb8 pool of `AsyncPgConnection` per alias, and the checkouts the routed
+//! connection and the explicit handles make from them.
+//!
+//! This module owns pool construction (settings from the config, replicas opened with
+//! `default_transaction_read_only=on`) and checkout accounting. It makes no routing decision
+//! of its own: callers pass the router's [`Route`](pindb_core::Route).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use diesel_async::pooled_connection::{AsyncDieselConnectionManager, ManagerConfig, PoolError};
+use diesel_async::{AsyncConnection, AsyncPgConnection, SimpleAsyncConnection};
+use futures_util::FutureExt;
+use pindb_core::{Config, Database, Hint, Membership, PinDbError, Router};
+
+use crate::connection::PinDbConnection;
+use crate::error::Error;
+use crate::read_only::ReplicaConnection;
+
+/// A pooled `AsyncPgConnection`, as bb8 hands it out.
+pub type Pooled = bb8::PooledConnection<'static, AsyncDieselConnectionManager<AsyncPgConnection>>;
+
+type Pool = bb8::Pool<AsyncDieselConnectionManager<AsyncPgConnection>>;
+
+struct Inner {
+    router: Router,
+    /// Parallel to `router.databases()`.
+    pools: Vec<Pool>,
+    checkouts: Vec<AtomicU64>,
+}
+
+/// The entry point: the router plus a pool per alias. Cheap to clone.
+///
+/// ```no_run
+/// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+/// use diesel_async::RunQueryDsl;
+/// use pindb_diesel::PinDb;
+///
+/// let db = PinDb::new(pindb_core::Config::load("pindb.toml")?)?;
+/// pindb_core::scope(async {
+///     let mut conn = db.get();
+///     // Ordinary diesel-async code: reads go to a replica, writes to the master.
+///     let n: i64 = diesel::select(diesel::dsl::sql::<diesel::sql_types::BigInt>("1")).get_result(&mut conn).await?;
+///     Ok::<_, diesel::result::Error>(n)
+/// }).await?;
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct PinDb {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for PinDb {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PinDb")
+            .field("router", &self.inner.router)
+            .finish()
+    }
+}
+
+impl PinDb {
+    /// Builds the router and one pool per alias. No connection is opened until first use, so a
+    /// server that is down at start-up does not stop the application.
+    pub fn new(config: Config) -> Result<PinDb, PinDbError> {
+        Ok(PinDb::from_router(Router::new(config)?))
+    }
+
+    /// Like [`PinDb::new`], from a router you built (delegates, a shared global router...).
+    pub fn from_router(router: Router) -> PinDb {
+        let pools = router.databases().iter().map(build_pool).collect();
+        let checkouts = router
+            .databases()
+            .iter()
+            .map(|_| AtomicU64::new(0))
+            .collect();
+        PinDb {
+            inner: Arc::new(Inner {
+                router,
+                pools,
+                checkouts,
+            }),
+        }
+    }
+
+    /// The router.
+    pub fn router(&self) -> &Router {
+        &self.inner.router
+    }
+
+    /// A routed connection. Nothing is checked out yet: the first read checks out the
+    /// context's replica, the first write (or transaction) the master, each at most once.
+    pub fn get(&self) -> PinDbConnection {
+        PinDbConnection::new(self.clone())
+    }
+
+    /// An explicit read connection: the router's read route for `hint` (the context's
+    /// replica, or the master when the set is pinned). Plain `AsyncPgConnection`, no routing.
+    pub async fn read_with(&self, hint: &Hint<'_>) -> Result<Pooled, Error> {
+        let index = self.inner.router.db_for_read(hint)?.index;
+        self.checkout(index).await
+    }
+
+    /// [`PinDb::read_with`] for the `default` set.
+    pub async fn read(&self) -> Result<Pooled, Error> {
+        self.read_with(&Hint::default()).await
+    }
+
+    /// An explicit write connection: the master of the hinted set, under the router's rules
+    /// (strict: an error if the set is not pinned; greedy: pins it).
+    pub async fn write_with(&self, hint: &Hint<'_>) -> Result<Pooled, Error> {
+        let index = self.inner.router.db_for_write(hint)?.index;
+        self.checkout(index).await
+    }
+
+    /// [`PinDb::write_with`] for the `default` set.
+    pub async fn write(&self) -> Result<Pooled, Error> {
+        self.write_with(&Hint::default()).await
+    }
+
+    /// A connection that only accepts queries that are reads by construction
+    /// ([`ReadOnlyQuery`](crate::ReadOnlyQuery)), on the read route for `hint`.
+    pub async fn replica_with(&self, hint: &Hint<'_>) -> Result<ReplicaConnection, Error> {
+        Ok(ReplicaConnection::new(self.read_with(hint).await?))
+    }
+
+    /// [`PinDb::replica_with`] for the `default` set.
+    pub async fn replica(&self) -> Result<ReplicaConnection, Error> {
+        self.replica_with(&Hint::default()).await
+    }
+
+    /// How many connections have been checked out of `alias`'s pool so far.
+    pub fn checkouts(&self, alias: &str) -> Result<u64, PinDbError> {
+        let db = self.inner.router.database(alias)?;
+        let i = self
+            .inner
+            .router
+            .databases()
+            .iter()
+            .position(|d| d.alias == db.alias)
+            .unwrap_or(0);
+        Ok(self.inner.checkouts[i].load(Ordering::Relaxed))
+    }
+
+    /// Checks out a connection of the database at `index` in `router.databases()`.
+    pub(crate) async fn checkout(&self, index: usize) -> Result<Pooled, Error> {
+        let db = &self.inner.router.databases()[index];
+        let conn = self.inner.pools[index]
+            .get_owned()
+            .await
+            .map_err(|e| match e {
+                bb8::RunError::TimedOut => Error::PoolTimeout {
+                    alias: db.alias.clone(),
+                    timeout: db.pool.connect_timeout,
+                },
+                bb8::RunError::User(e) => Error::Connect {
+                    alias: db.alias.clone(),
+                    url: db.redacted_url(),
+                    message: match e {
+                        PoolError::ConnectionError(e) => e.to_string(),
+                        PoolError::QueryError(e) => e.to_string(),
+                    },
+                },
+            })?;
+        self.inner.checkouts[index].fetch_add(1, Ordering::Relaxed);
+        Ok(conn)
+    }
+}
+
+fn build_pool(db: &Database) -> Pool {
+    let mut config = ManagerConfig::default();
+    if matches!(db.membership, Membership::Replica { .. }) {
+        // Safety net: a write that reaches a replica pool fails with SQLSTATE 25006 even if the
+        // replica were promoted or misconfigured.
+        config.custom_setup = Box::new(|url| {
+            let url = url.to_owned();
+            async move {
+                let mut conn = AsyncPgConnection::establish(&url).await?;
+                conn.batch_execute("SET default_transaction_read_only = on")
+                    .await
+                    .map_err(diesel::ConnectionError::CouldntSetupConfiguration)?;
+                Ok(conn)
+            }
+            .boxed()
+        });
+    }
+    let manager = AsyncDieselConnectionManager::new_with_config(db.url(), config);
+    bb8::Pool::builder()
+        .max_size(db.pool.max_size)
+        .min_idle(db.pool.min_idle)
+        .connection_timeout(db.pool.connect_timeout)
+        .build_unchecked(manager)
+}

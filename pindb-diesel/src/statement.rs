@@ -1,0 +1,106 @@
+//! What the routed connection needs to know about a diesel query before it runs: read or
+//! write (pindb-core's classifier on the rendered SQL, cached per query type), the main table
+//! for delegate hints, and an owned, `Send` copy of the statement for when a connection must
+//! be checked out first.
+//!
+//! This module makes no routing decision and does no I/O.
+
+use std::any::TypeId;
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use diesel::pg::{Pg, PgMetadataLookup, PgQueryBuilder, PgTypeMetadata};
+use diesel::query_builder::bind_collector::RawBytesBindCollector;
+use diesel::query_builder::{CollectedQuery, QueryBuilder, QueryFragment, QueryId};
+use diesel::result::QueryResult;
+use pindb_core::classify::{classify, main_table, StatementKind};
+
+use crate::error::Error;
+
+/// A statement rendered to SQL text plus bind bytes: `Send + 'static`, so it can wait for a
+/// pool checkout, and runnable on any `AsyncPgConnection`.
+pub(crate) type Owned = CollectedQuery<RawBytesBindCollector<Pg>>;
+
+/// Read or write, and the main table when delegates need one.
+#[derive(Clone)]
+pub(crate) struct Shape {
+    pub(crate) kind: StatementKind,
+    pub(crate) table: Option<Arc<str>>,
+}
+
+thread_local! {
+    // Per thread, so the hot path takes no lock. Bounded by the number of query types.
+    static SHAPES: RefCell<HashMap<TypeId, Shape>> = RefCell::new(HashMap::new());
+}
+
+/// The shape of `query`: cached by its static `QueryId` when it has one (with the table
+/// worked out once), else rendered each time (and the table only looked for when asked).
+pub(crate) fn shape<T>(query: &T, with_table: bool) -> QueryResult<Shape>
+where
+    T: QueryFragment<Pg> + QueryId,
+{
+    let Some(id) = T::query_id() else {
+        return Ok(shape_of_sql(&render(query)?, with_table));
+    };
+    if let Some(shape) = SHAPES.with(|c| c.borrow().get(&id).cloned()) {
+        return Ok(shape);
+    }
+    let shape = shape_of_sql(&render(query)?, true);
+    SHAPES.with(|c| c.borrow_mut().insert(id, shape.clone()));
+    Ok(shape)
+}
+
+/// Classification of raw SQL (`batch_execute`).
+pub(crate) fn shape_of_sql(sql: &str, with_table: bool) -> Shape {
+    Shape {
+        kind: classify(sql),
+        table: if with_table {
+            main_table(sql).map(Arc::from)
+        } else {
+            None
+        },
+    }
+}
+
+fn render<T: QueryFragment<Pg>>(query: &T) -> QueryResult<String> {
+    let mut qb = PgQueryBuilder::default();
+    query.to_sql(&mut qb, &Pg)?;
+    Ok(qb.finish())
+}
+
+/// Records custom types instead of looking them up: there is no connection yet.
+#[derive(Default)]
+struct NoLookup {
+    missing: Option<String>,
+}
+
+impl PgMetadataLookup for NoLookup {
+    fn lookup_type(&mut self, type_name: &str, schema: Option<&str>) -> PgTypeMetadata {
+        self.missing.get_or_insert_with(|| match schema {
+            Some(schema) => format!("{schema}.{type_name}"),
+            None => type_name.to_owned(),
+        });
+        PgTypeMetadata::new(0, 0)
+    }
+}
+
+/// Renders `query` into an owned statement. `alias` is only for the error message.
+pub(crate) fn to_owned<T>(query: &T, alias: &str) -> QueryResult<Owned>
+where
+    T: QueryFragment<Pg> + QueryId,
+{
+    let sql = render(query)?;
+    let safe_to_cache = query.is_safe_to_cache_prepared(&Pg)?;
+    let mut binds = RawBytesBindCollector::<Pg>::new();
+    let mut lookup = NoLookup::default();
+    query.collect_binds(&mut binds, &mut lookup as &mut dyn PgMetadataLookup, &Pg)?;
+    if let Some(type_name) = lookup.missing {
+        return Err(Error::CustomTypeBeforeCheckout {
+            alias: alias.to_owned(),
+            type_name,
+        }
+        .into());
+    }
+    Ok(CollectedQuery::new(sql, safe_to_cache, binds))
+}

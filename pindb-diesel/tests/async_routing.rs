@@ -1,0 +1,611 @@
+//! diesel-async routing against the real dev cluster (`scripts/cluster up`): a primary and two
+//! streaming replicas, with replay paused so that "stale" is provable.
+
+use std::collections::BTreeSet;
+
+use diesel::prelude::*;
+use diesel_async::{AsyncConnection, RunQueryDsl};
+use pindb_core::{scope, Config, Hint, Operation, Router, RouterMode};
+use pindb_diesel::{is_unpinned_write, routing_error, PinDb};
+use pindb_testkit::{Cluster, ReplayControl, TestSchema};
+
+diesel::table! {
+    notes (id) {
+        id -> Integer,
+        author -> Text,
+        body -> Text,
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Queryable, Selectable, Identifiable, AsChangeset)]
+#[diesel(table_name = notes)]
+struct Note {
+    id: i32,
+    author: String,
+    body: String,
+}
+
+#[derive(Insertable)]
+#[diesel(table_name = notes)]
+struct NewNote<'a> {
+    author: &'a str,
+    body: &'a str,
+}
+
+/// One test's world: its schema with a `notes` table holding one row ("old"), replicas caught
+/// up, exclusive control of replay.
+struct World {
+    cluster: Cluster,
+    schema: TestSchema,
+    control: ReplayControl,
+}
+
+impl World {
+    async fn new() -> World {
+        let cluster = Cluster::from_env();
+        let control = cluster.exclusive().await;
+        let schema = cluster.fresh_schema().await;
+        cluster
+            .primary()
+            .await
+            .batch_execute(&format!(
+                "CREATE TABLE {s}.notes (id serial PRIMARY KEY, author text NOT NULL, body text NOT NULL);
+                 INSERT INTO {s}.notes (author, body) VALUES ('alice', 'old');",
+                s = schema.name
+            ))
+            .await
+            .unwrap();
+        cluster.sync_replicas().await;
+        World {
+            cluster,
+            schema,
+            control,
+        }
+    }
+
+    /// A config over the primary and the given replicas (1-based), in this test's schema.
+    fn config(&self, mode: RouterMode, replicas: &[usize]) -> Config {
+        let mut config = Config::single_set(
+            self.schema.url(&self.cluster.primary_url),
+            replicas
+                .iter()
+                .map(|&n| self.schema.url(self.cluster.replica_url(n))),
+        );
+        config.router = mode;
+        config
+    }
+
+    fn db(&self, mode: RouterMode, replicas: &[usize]) -> PinDb {
+        PinDb::new(self.config(mode, replicas)).unwrap()
+    }
+
+    /// Pauses replay on replica `n`, then writes a "new" row on the primary that the replica
+    /// has received but not replayed.
+    async fn make_stale(&mut self, n: usize) {
+        self.control.pause(n).await;
+        self.cluster
+            .primary()
+            .await
+            .batch_execute(&format!(
+                "INSERT INTO {}.notes (author, body) VALUES ('alice', 'new')",
+                self.schema.name
+            ))
+            .await
+            .unwrap();
+        let lsn = self.cluster.primary_lsn().await;
+        self.cluster.wait_for_receive(n, lsn).await;
+    }
+
+    async fn primary_bodies(&self) -> Vec<String> {
+        self.cluster
+            .primary()
+            .await
+            .query(
+                &format!("SELECT body FROM {}.notes ORDER BY id", self.schema.name),
+                &[],
+            )
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect()
+    }
+
+    async fn finish(self) {
+        drop(self.control);
+        self.schema.drop().await;
+    }
+}
+
+async fn bodies(conn: &mut pindb_diesel::PinDbConnection) -> QueryResult<Vec<String>> {
+    notes::table
+        .select(notes::body)
+        .order(notes::id)
+        .load(conn)
+        .await
+}
+
+fn insert(
+    body: &str,
+) -> impl diesel_async::methods::ExecuteDsl<pindb_diesel::PinDbConnection> + '_ {
+    diesel::insert_into(notes::table).values(NewNote {
+        author: "alice",
+        body,
+    })
+}
+
+#[tokio::test]
+async fn unpinned_reads_see_the_replica_and_pinned_reads_the_master() {
+    let mut w = World::new().await;
+    let db = w.db(RouterMode::Strict, &[1]);
+    w.make_stale(1).await;
+    scope(async {
+        let mut conn = db.get();
+        assert_eq!(
+            bodies(&mut conn).await.unwrap(),
+            ["old"],
+            "the paused replica is behind"
+        );
+        assert_eq!(conn.held_aliases(), ["default-1"]);
+        db.router().pin("default").unwrap();
+        assert_eq!(
+            bodies(&mut conn).await.unwrap(),
+            ["old", "new"],
+            "pinned: the master"
+        );
+        assert_eq!(conn.held_aliases(), ["default-1", "default"]);
+    })
+    .await;
+    w.finish().await;
+}
+
+#[tokio::test]
+async fn strict_refuses_unpinned_writes_before_any_io_and_allows_them_under_master() {
+    let w = World::new().await;
+    let db = w.db(RouterMode::Strict, &[1, 2]);
+    scope(async {
+        let mut conn = db.get();
+        let err = insert("x").execute(&mut conn).await.unwrap_err();
+        assert!(is_unpinned_write(&err), "{err}");
+        let err = diesel::insert_into(notes::table)
+            .values(NewNote {
+                author: "alice",
+                body: "y",
+            })
+            .returning(Note::as_returning())
+            .get_result::<Note>(&mut conn)
+            .await
+            .unwrap_err();
+        assert!(
+            is_unpinned_write(&err),
+            "INSERT ... RETURNING through load: {err}"
+        );
+        let err = diesel::sql_query(format!("DELETE FROM {}.notes", w.schema.name))
+            .execute(&mut conn)
+            .await
+            .unwrap_err();
+        assert!(is_unpinned_write(&err), "raw SQL is classified too: {err}");
+        assert!(
+            conn.held_aliases().is_empty(),
+            "refused before any checkout"
+        );
+        assert_eq!(
+            w.primary_bodies().await,
+            ["old"],
+            "nothing reached the database"
+        );
+
+        let guard = db.router().master("default").unwrap();
+        insert("x").execute(&mut conn).await.unwrap();
+        let note: Note = diesel::insert_into(notes::table)
+            .values(NewNote {
+                author: "alice",
+                body: "y",
+            })
+            .returning(Note::as_returning())
+            .get_result(&mut conn)
+            .await
+            .unwrap();
+        assert_eq!(note.body, "y");
+        drop(guard);
+        assert!(
+            pindb_core::get_newly_pinned().is_empty(),
+            "master() pins nothing"
+        );
+        assert!(is_unpinned_write(
+            &insert("z").execute(&mut conn).await.unwrap_err()
+        ));
+    })
+    .await;
+    assert_eq!(w.primary_bodies().await, ["old", "x", "y"]);
+    w.finish().await;
+}
+
+#[tokio::test]
+async fn greedy_first_write_goes_to_the_master_and_later_reads_see_it() {
+    let mut w = World::new().await;
+    w.control.pause(1).await;
+    w.control.pause(2).await;
+    let db = w.db(RouterMode::Greedy, &[1, 2]);
+    scope(async {
+        let mut conn = db.get();
+        // The very first statement of the connection is a write: nothing is checked out yet.
+        let n = insert("mine").execute(&mut conn).await.unwrap();
+        assert_eq!(n, 1);
+        assert_eq!(
+            conn.held_aliases(),
+            ["default"],
+            "the write never touched a replica"
+        );
+        assert!(pindb_core::is_pinned("default"));
+        assert_eq!(bodies(&mut conn).await.unwrap(), ["old", "mine"]);
+        // A fresh connection in the same context reads the master too.
+        assert_eq!(bodies(&mut db.get()).await.unwrap(), ["old", "mine"]);
+    })
+    .await;
+    // Another context is not pinned: the paused replicas have not replayed the write.
+    scope(async { assert_eq!(bodies(&mut db.get()).await.unwrap(), ["old"]) }).await;
+    w.finish().await;
+}
+
+#[tokio::test]
+async fn unpinned_replica_guard_reads_stale_data_even_when_pinned() {
+    let mut w = World::new().await;
+    let db = w.db(RouterMode::Strict, &[1]);
+    w.make_stale(1).await;
+    scope(async {
+        let mut conn = db.get();
+        db.router().pin("default").unwrap();
+        assert_eq!(bodies(&mut conn).await.unwrap(), ["old", "new"]);
+        let guard = db.router().unpinned_replica("default").unwrap();
+        assert_eq!(bodies(&mut conn).await.unwrap(), ["old"]);
+        assert!(is_unpinned_write(
+            &insert("no").execute(&mut conn).await.unwrap_err()
+        ));
+        drop(guard);
+        assert_eq!(bodies(&mut conn).await.unwrap(), ["old", "new"]);
+    })
+    .await;
+    w.finish().await;
+}
+
+#[tokio::test]
+async fn transactions_run_on_the_master_and_see_their_own_writes() {
+    let mut w = World::new().await;
+    w.control.pause(1).await;
+    let db = w.db(RouterMode::Greedy, &[1]);
+    scope(async {
+        let mut conn = db.get();
+        let seen = conn
+            .transaction(async |conn| {
+                insert("in-tx").execute(conn).await?;
+                bodies(conn).await
+            })
+            .await
+            .unwrap();
+        assert_eq!(seen, ["old", "in-tx"]);
+        assert_eq!(conn.held_aliases(), ["default"]);
+        // Rolled back: nothing stays.
+        let err = conn
+            .transaction::<(), _, _>(async |conn| {
+                insert("rolled-back").execute(conn).await?;
+                Err(diesel::result::Error::RollbackTransaction)
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(err, diesel::result::Error::RollbackTransaction);
+        // Nested transactions use savepoints on the same connection.
+        conn.transaction(async |conn| {
+            insert("outer").execute(conn).await?;
+            let _ = conn
+                .transaction::<(), _, _>(async |conn| {
+                    insert("inner").execute(conn).await?;
+                    Err(diesel::result::Error::RollbackTransaction)
+                })
+                .await;
+            Ok::<_, diesel::result::Error>(())
+        })
+        .await
+        .unwrap();
+    })
+    .await;
+    assert_eq!(w.primary_bodies().await, ["old", "in-tx", "outer"]);
+    w.finish().await;
+}
+
+#[tokio::test]
+async fn strict_unpinned_transaction_is_refused() {
+    let w = World::new().await;
+    let db = w.db(RouterMode::Strict, &[1]);
+    scope(async {
+        let mut conn = db.get();
+        let err = conn
+            .transaction(async |conn| insert("no").execute(conn).await)
+            .await
+            .unwrap_err();
+        assert!(is_unpinned_write(&err), "{err}");
+        assert!(conn.held_aliases().is_empty());
+    })
+    .await;
+    w.finish().await;
+}
+
+#[tokio::test]
+async fn save_changes_routes_to_the_master() {
+    let mut w = World::new().await;
+    w.control.pause(1).await;
+    let db = w.db(RouterMode::Greedy, &[1]);
+    scope(async {
+        let mut conn = db.get();
+        let mut note: Note = notes::table.first(&mut conn).await.unwrap();
+        assert_eq!(conn.held_aliases(), ["default-1"]);
+        note.body = "edited".into();
+        let saved: Note = diesel_async::SaveChangesDsl::save_changes(&note, &mut conn)
+            .await
+            .unwrap();
+        assert_eq!(saved.body, "edited");
+        assert_eq!(conn.held_aliases(), ["default-1", "default"]);
+    })
+    .await;
+    assert_eq!(w.primary_bodies().await, ["edited"]);
+    w.finish().await;
+}
+
+#[tokio::test]
+async fn read_only_contexts_never_check_out_the_master_and_write_only_never_a_replica() {
+    let w = World::new().await;
+    let db = w.db(RouterMode::Greedy, &[1, 2]);
+    for _ in 0..5 {
+        scope(async {
+            let mut conn = db.get();
+            for _ in 0..3 {
+                bodies(&mut conn).await.unwrap();
+            }
+        })
+        .await;
+    }
+    assert_eq!(db.checkouts("default").unwrap(), 0);
+    assert_eq!(
+        db.checkouts("default-1").unwrap() + db.checkouts("default-2").unwrap(),
+        5
+    );
+    for _ in 0..3 {
+        scope(async {
+            let mut conn = db.get();
+            insert("w").execute(&mut conn).await.unwrap();
+            insert("w").execute(&mut conn).await.unwrap();
+        })
+        .await;
+    }
+    assert_eq!(db.checkouts("default").unwrap(), 3);
+    assert_eq!(
+        db.checkouts("default-1").unwrap() + db.checkouts("default-2").unwrap(),
+        5
+    );
+    w.finish().await;
+}
+
+#[tokio::test]
+async fn disabled_mode_sends_everything_to_the_master() {
+    let mut w = World::new().await;
+    let mut config = w.config(RouterMode::Strict, &[1, 2]);
+    config.enabled = false;
+    let db = PinDb::new(config).unwrap();
+    w.make_stale(1).await;
+    scope(async {
+        let mut conn = db.get();
+        assert_eq!(bodies(&mut conn).await.unwrap(), ["old", "new"]);
+        insert("ok").execute(&mut conn).await.unwrap();
+        assert_eq!(conn.held_aliases(), ["default"]);
+    })
+    .await;
+    w.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_contexts_see_only_their_own_pins() {
+    let mut w = World::new().await;
+    let db = w.db(RouterMode::Strict, &[1]);
+    w.make_stale(1).await;
+    let mut tasks = Vec::new();
+    for i in 0..200 {
+        let db = db.clone();
+        tasks.push(tokio::spawn(scope(async move {
+            let pin = i % 2 == 0;
+            if pin {
+                db.router().pin("default").unwrap();
+            }
+            tokio::task::yield_now().await;
+            let seen = bodies(&mut db.get()).await.unwrap();
+            let want: &[&str] = if pin { &["old", "new"] } else { &["old"] };
+            seen == want
+        })));
+    }
+    let mut wrong = 0;
+    for t in tasks {
+        if !t.await.unwrap() {
+            wrong += 1;
+        }
+    }
+    assert_eq!(
+        wrong, 0,
+        "{wrong} of 200 contexts saw another context's pin state"
+    );
+    w.finish().await;
+}
+
+#[tokio::test]
+async fn replica_pools_are_read_only_and_routing_errors_differ_from_database_errors() {
+    let w = World::new().await;
+    let db = w.db(RouterMode::Strict, &[1]);
+    let mut replica = db.read().await.unwrap();
+    let recovery: bool = diesel::select(diesel::dsl::sql::<diesel::sql_types::Bool>(
+        "pg_is_in_recovery()",
+    ))
+    .get_result(&mut replica)
+    .await
+    .unwrap();
+    assert!(recovery, "db.read() is a replica");
+    // Even a statement that slipped past routing cannot write there.
+    let err = diesel::sql_query("CREATE TEMP TABLE t (x int)")
+        .execute(&mut replica)
+        .await
+        .unwrap_err();
+    assert!(
+        routing_error(&err).is_none(),
+        "a database error, not a routing one"
+    );
+    assert!(
+        matches!(
+            err,
+            diesel::result::Error::DatabaseError(
+                diesel::result::DatabaseErrorKind::ReadOnlyTransaction,
+                _
+            )
+        ),
+        "{err:?}"
+    );
+    // Explicit write handle: the strict router still applies.
+    let err = scope(async { db.write().await.map(drop) })
+        .await
+        .unwrap_err();
+    assert!(matches!(
+        err,
+        pindb_diesel::Error::Routing(pindb_core::PinDbError::UnpinnedWrite { .. })
+    ));
+    scope(async {
+        db.router().pin("default").unwrap();
+        let mut master = db.write().await.unwrap();
+        diesel::insert_into(notes::table)
+            .values(NewNote {
+                author: "alice",
+                body: "explicit",
+            })
+            .execute(&mut *master)
+            .await
+            .unwrap();
+    })
+    .await;
+    w.finish().await;
+}
+
+#[tokio::test]
+async fn compile_time_replica_api_loads_from_the_replica() {
+    let mut w = World::new().await;
+    let db = w.db(RouterMode::Strict, &[1]);
+    w.make_stale(1).await;
+    let rows: Vec<Note> = scope(async {
+        let mut replica = db.replica().await.unwrap();
+        replica
+            .load_all(notes::table.select(Note::as_select()).order(notes::id))
+            .await
+            .unwrap()
+    })
+    .await;
+    assert_eq!(rows.len(), 1, "stale replica: {rows:?}");
+    let boxed: Vec<String> = scope(async {
+        let mut replica = db.replica().await.unwrap();
+        replica
+            .load_all(notes::table.select(notes::body).into_boxed())
+            .await
+            .unwrap()
+    })
+    .await;
+    assert_eq!(boxed, ["old"]);
+    w.finish().await;
+}
+
+#[tokio::test]
+async fn batch_execute_is_routed_by_its_text() {
+    let w = World::new().await;
+    let db = w.db(RouterMode::Strict, &[1]);
+    scope(async {
+        let mut conn = db.get();
+        diesel_async::SimpleAsyncConnection::batch_execute(&mut conn, "SELECT 1")
+            .await
+            .unwrap();
+        assert_eq!(conn.held_aliases(), ["default-1"]);
+        let err = diesel_async::SimpleAsyncConnection::batch_execute(
+            &mut conn,
+            "INSERT INTO notes (author, body) VALUES ('a', 'b')",
+        )
+        .await
+        .unwrap_err();
+        assert!(is_unpinned_write(&err));
+    })
+    .await;
+    w.finish().await;
+}
+
+#[tokio::test]
+async fn delegate_hints_carry_the_table_name() {
+    let w = World::new().await;
+    // Two sets on the same cluster: `default` and `archive`; a delegate sends `notes` to archive.
+    let toml = format!(
+        r#"
+        router = "greedy"
+        [masters.default]
+        url = "{p}"
+        [masters.archive]
+        url = "{p}"
+        [sets]
+        default = [{{ url = "{r1}" }}]
+        archive = [{{ url = "{r2}" }}]
+        "#,
+        p = w.schema.url(&w.cluster.primary_url),
+        r1 = w.schema.url(w.cluster.replica_url(1)),
+        r2 = w.schema.url(w.cluster.replica_url(2)),
+    );
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(BTreeSet::new()));
+    let log = seen.clone();
+    let delegate = move |hint: &Hint, _: Operation| {
+        log.lock()
+            .unwrap()
+            .extend(hint.tables.iter().map(|t| t.to_string()));
+        hint.tables.contains(&"notes").then_some("archive")
+    };
+    let router = Router::with_delegates(
+        Config::from_toml_str(&toml).unwrap(),
+        vec![Box::new(delegate)],
+    )
+    .unwrap();
+    let db = PinDb::from_router(router);
+    scope(async {
+        let mut conn = db.get();
+        bodies(&mut conn).await.unwrap();
+        assert_eq!(conn.held_aliases(), ["archive-1"]);
+        insert("a").execute(&mut conn).await.unwrap();
+        assert_eq!(conn.held_aliases(), ["archive-1", "archive"]);
+        assert!(pindb_core::is_pinned("archive") && !pindb_core::is_pinned("default"));
+        diesel::select(diesel::dsl::sql::<diesel::sql_types::Integer>("1"))
+            .get_result::<i32>(&mut conn)
+            .await
+            .unwrap();
+        assert_eq!(
+            conn.held_aliases(),
+            ["archive-1", "archive", "default-1"],
+            "no table: default"
+        );
+    })
+    .await;
+    assert!(seen.lock().unwrap().contains("notes"));
+    w.finish().await;
+}
+
+#[tokio::test]
+async fn an_unreachable_replica_is_an_error_naming_its_alias() {
+    let cluster = Cluster::from_env();
+    let mut config = Config::from_toml_str(&format!(
+        "[masters.default]\nurl = '{}'\n[sets]\ndefault = [{{ url = 'postgres://pindb@127.0.0.1:1/pindb', connect_timeout_ms = 500 }}]",
+        cluster.primary_url
+    ))
+    .unwrap();
+    config.router = RouterMode::Strict;
+    let db = PinDb::new(config).unwrap();
+    let err = scope(async { bodies(&mut db.get()).await })
+        .await
+        .unwrap_err();
+    let message = err.to_string();
+    assert!(routing_error(&err).is_some(), "{message}");
+    assert!(message.contains("default-1"), "{message}");
+}
