@@ -40,9 +40,9 @@ use diesel_async::{
 };
 use futures_util::future::BoxFuture;
 use futures_util::FutureExt;
-use pindb_core::{Hint, StatementKind};
+use pindb_core::StatementKind;
 
-use crate::error::Error;
+use crate::checkouts::{Checkouts, Slot};
 use crate::pool::{PinDb, Pooled};
 use crate::statement::{self, Shape};
 
@@ -65,10 +65,7 @@ use crate::statement::{self, Shape};
 /// ```
 pub struct PinDbConnection {
     db: PinDb,
-    /// Checked-out connections, by database index (at most one each).
-    held: Vec<(usize, Pooled)>,
-    /// Position in `held` of the connection running the open transaction.
-    tx: Option<usize>,
+    slots: Checkouts<Pooled>,
     /// The status reported when no transaction is open.
     idle: TransactionManagerStatus,
     instrumentation: Option<Box<dyn Instrumentation>>,
@@ -78,23 +75,16 @@ impl std::fmt::Debug for PinDbConnection {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PinDbConnection")
             .field("held", &self.held_aliases())
-            .field("in_transaction", &self.tx.is_some())
+            .field("in_transaction", &self.slots.tx().is_some())
             .finish()
     }
-}
-
-/// Where a statement runs: a held connection, or one to check out first.
-enum Slot {
-    Held(usize),
-    Checkout(usize),
 }
 
 impl PinDbConnection {
     pub(crate) fn new(db: PinDb) -> Self {
         PinDbConnection {
             db,
-            held: Vec::new(),
-            tx: None,
+            slots: Checkouts::new(),
             idle: TransactionManagerStatus::default(),
             instrumentation: None,
         }
@@ -102,11 +92,7 @@ impl PinDbConnection {
 
     /// The aliases this connection has checked out so far.
     pub fn held_aliases(&self) -> Vec<&str> {
-        let dbs = self.db.router().databases();
-        self.held
-            .iter()
-            .map(|(i, _)| dbs[*i].alias.as_str())
-            .collect()
+        self.slots.aliases(self.db.router())
     }
 
     /// Checks out the connection the next read would use (see the module docs for when this
@@ -120,32 +106,8 @@ impl PinDbConnection {
         self.slot(&Shape::of(StatementKind::Write)).await.map(drop)
     }
 
-    /// Decides where a statement of this shape runs. Synchronous: errors (strict refusal,
-    /// unknown alias) happen before any I/O.
     fn decide(&self, shape: &Shape) -> QueryResult<Slot> {
-        if let Some(h) = self.tx {
-            return Ok(Slot::Held(h));
-        }
-        let router = self.db.router();
-        let tables;
-        let hint = match &shape.table {
-            Some(table) if router.has_delegates() => {
-                tables = [&**table];
-                Hint::tables(&tables)
-            }
-            _ => Hint::default(),
-        };
-        let route = match shape.kind {
-            StatementKind::Read => router.db_for_read(&hint),
-            StatementKind::Write => router.db_for_write(&hint),
-        }
-        .map_err(Error::from)?;
-        Ok(
-            match self.held.iter().position(|(i, _)| *i == route.index) {
-                Some(h) => Slot::Held(h),
-                None => Slot::Checkout(route.index),
-            },
-        )
+        self.slots.decide(self.db.router(), shape)
     }
 
     /// The position in `held` of the connection for this shape, checking it out if needed.
@@ -158,8 +120,7 @@ impl PinDbConnection {
 
     async fn hold(&mut self, index: usize) -> QueryResult<usize> {
         let conn = self.db.checkout(index).await?;
-        self.held.push((index, conn));
-        Ok(self.held.len() - 1)
+        Ok(self.slots.push(index, conn))
     }
 
     fn alias(&self, index: usize) -> &str {
@@ -167,12 +128,8 @@ impl PinDbConnection {
     }
 
     fn status_mut(&mut self) -> &mut TransactionManagerStatus {
-        match self.tx {
-            Some(h) => {
-                <AnsiTransactionManager as TransactionManager<AsyncPgConnection>>::transaction_manager_status_mut(
-                    &mut self.held[h].1,
-                )
-            }
+        match self.slots.tx() {
+            Some(h) => Ansi::transaction_manager_status_mut(self.slots.get(h)),
             None => &mut self.idle,
         }
     }
@@ -180,13 +137,10 @@ impl PinDbConnection {
     /// After commit/rollback: the routed connection leaves transaction mode once the held
     /// connection has no transaction open.
     fn settle(&mut self) {
-        if let Some(h) = self.tx {
-            let status =
-                <AnsiTransactionManager as TransactionManager<AsyncPgConnection>>::transaction_manager_status_mut(
-                    &mut self.held[h].1,
-                );
+        if let Some(h) = self.slots.tx() {
+            let status = Ansi::transaction_manager_status_mut(self.slots.get(h));
             if matches!(status.transaction_depth(), Ok(None)) {
-                self.tx = None;
+                self.slots.set_tx(None);
             }
         }
     }
@@ -202,7 +156,7 @@ impl SimpleAsyncConnection for PinDbConnection {
     async fn batch_execute(&mut self, query: &str) -> QueryResult<()> {
         let shape = statement::shape_of_sql(query, self.db.router().has_delegates());
         let h = self.slot(&shape).await?;
-        self.held[h].1.batch_execute(query).await
+        self.slots.get(h).batch_execute(query).await
     }
 }
 
@@ -223,12 +177,12 @@ impl AsyncConnectionCore for PinDbConnection {
             .and_then(|shape| self.decide(&shape));
         match slot {
             Err(e) => std::future::ready(Err(e)).boxed(),
-            Ok(Slot::Held(h)) => AsyncConnectionCore::load(&mut *self.held[h].1, query),
+            Ok(Slot::Held(h)) => AsyncConnectionCore::load(&mut **self.slots.get(h), query),
             Ok(Slot::Checkout(index)) => match statement::to_owned(&query, self.alias(index)) {
                 Err(e) => std::future::ready(Err(e)).boxed(),
                 Ok(owned) => async move {
                     let h = self.hold(index).await?;
-                    AsyncConnectionCore::load(&mut *self.held[h].1, owned).await
+                    AsyncConnectionCore::load(&mut **self.slots.get(h), owned).await
                 }
                 .boxed(),
             },
@@ -247,13 +201,13 @@ impl AsyncConnectionCore for PinDbConnection {
         match slot {
             Err(e) => std::future::ready(Err(e)).boxed(),
             Ok(Slot::Held(h)) => {
-                AsyncConnectionCore::execute_returning_count(&mut *self.held[h].1, source)
+                AsyncConnectionCore::execute_returning_count(&mut **self.slots.get(h), source)
             }
             Ok(Slot::Checkout(index)) => match statement::to_owned(&source, self.alias(index)) {
                 Err(e) => std::future::ready(Err(e)).boxed(),
                 Ok(owned) => async move {
                     let h = self.hold(index).await?;
-                    AsyncConnectionCore::execute_returning_count(&mut *self.held[h].1, owned).await
+                    AsyncConnectionCore::execute_returning_count(&mut **self.slots.get(h), owned).await
                 }
                 .boxed(),
             },
@@ -285,7 +239,7 @@ impl AsyncConnection for PinDbConnection {
     }
 
     fn set_prepared_statement_cache_size(&mut self, size: CacheSize) {
-        for (_, conn) in &mut self.held {
+        for conn in self.slots.iter_mut() {
             conn.set_prepared_statement_cache_size(size);
         }
     }
@@ -297,38 +251,47 @@ impl AsyncConnection for PinDbConnection {
 #[derive(Debug, Default, Clone, Copy)]
 pub struct RoutedTransactionManager;
 
-type Ansi = AnsiTransactionManager;
+/// diesel-async's transaction manager, on a pooled `AsyncPgConnection`.
+struct Ansi;
+
+impl Ansi {
+    fn transaction_manager_status_mut(conn: &mut Pooled) -> &mut TransactionManagerStatus {
+        <AnsiTransactionManager as TransactionManager<AsyncPgConnection>>::transaction_manager_status_mut(conn)
+    }
+    async fn begin_transaction(conn: &mut Pooled) -> QueryResult<()> {
+        <AnsiTransactionManager as TransactionManager<AsyncPgConnection>>::begin_transaction(conn).await
+    }
+    async fn commit_transaction(conn: &mut Pooled) -> QueryResult<()> {
+        <AnsiTransactionManager as TransactionManager<AsyncPgConnection>>::commit_transaction(conn).await
+    }
+    async fn rollback_transaction(conn: &mut Pooled) -> QueryResult<()> {
+        <AnsiTransactionManager as TransactionManager<AsyncPgConnection>>::rollback_transaction(conn).await
+    }
+}
 
 impl TransactionManager<PinDbConnection> for RoutedTransactionManager {
     type TransactionStateData = TransactionManagerStatus;
 
     async fn begin_transaction(conn: &mut PinDbConnection) -> QueryResult<()> {
-        let h = match conn.tx {
+        let h = match conn.slots.tx() {
             Some(h) => h,
             None => conn.slot(&Shape::of(StatementKind::Write)).await?,
         };
-        <Ansi as TransactionManager<AsyncPgConnection>>::begin_transaction(&mut conn.held[h].1)
-            .await?;
-        conn.tx = Some(h);
+        Ansi::begin_transaction(conn.slots.get(h)).await?;
+        conn.slots.set_tx(Some(h));
         Ok(())
     }
 
     async fn rollback_transaction(conn: &mut PinDbConnection) -> QueryResult<()> {
-        let h = conn.tx.ok_or(diesel::result::Error::NotInTransaction)?;
-        let result = <Ansi as TransactionManager<AsyncPgConnection>>::rollback_transaction(
-            &mut conn.held[h].1,
-        )
-        .await;
+        let h = conn.slots.tx().ok_or(diesel::result::Error::NotInTransaction)?;
+        let result = Ansi::rollback_transaction(conn.slots.get(h)).await;
         conn.settle();
         result
     }
 
     async fn commit_transaction(conn: &mut PinDbConnection) -> QueryResult<()> {
-        let h = conn.tx.ok_or(diesel::result::Error::NotInTransaction)?;
-        let result = <Ansi as TransactionManager<AsyncPgConnection>>::commit_transaction(
-            &mut conn.held[h].1,
-        )
-        .await;
+        let h = conn.slots.tx().ok_or(diesel::result::Error::NotInTransaction)?;
+        let result = Ansi::commit_transaction(conn.slots.get(h)).await;
         conn.settle();
         result
     }

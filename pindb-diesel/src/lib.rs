@@ -18,6 +18,7 @@
 //! [`routing_error`] and [`is_unpinned_write`].
 #![deny(missing_docs)]
 
+mod checkouts;
 pub mod connection;
 pub mod error;
 pub mod pool;
