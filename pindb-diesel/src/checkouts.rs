@@ -52,10 +52,12 @@ impl<C> Checkouts<C> {
             StatementKind::Write => router.db_for_write(&hint),
         }
         .map_err(Error::from)?;
-        Ok(match self.held.iter().position(|(i, _)| *i == route.index) {
-            Some(h) => Slot::Held(h),
-            None => Slot::Checkout(route.index),
-        })
+        Ok(
+            match self.held.iter().position(|(i, _)| *i == route.index) {
+                Some(h) => Slot::Held(h),
+                None => Slot::Checkout(route.index),
+            },
+        )
     }
 
     /// Keeps a new checkout; returns its position.
@@ -79,7 +81,10 @@ impl<C> Checkouts<C> {
 
     pub(crate) fn aliases<'r>(&self, router: &'r Router) -> Vec<&'r str> {
         let dbs = router.databases();
-        self.held.iter().map(|(i, _)| dbs[*i].alias.as_str()).collect()
+        self.held
+            .iter()
+            .map(|(i, _)| dbs[*i].alias.as_str())
+            .collect()
     }
 
     pub(crate) fn iter_mut(&mut self) -> impl Iterator<Item = &mut C> {

@@ -146,12 +146,6 @@ impl PinDbConnection {
     }
 }
 
-impl Shape {
-    fn of(kind: StatementKind) -> Shape {
-        Shape { kind, table: None }
-    }
-}
-
 impl SimpleAsyncConnection for PinDbConnection {
     async fn batch_execute(&mut self, query: &str) -> QueryResult<()> {
         let shape = statement::shape_of_sql(query, self.db.router().has_delegates());
@@ -207,7 +201,8 @@ impl AsyncConnectionCore for PinDbConnection {
                 Err(e) => std::future::ready(Err(e)).boxed(),
                 Ok(owned) => async move {
                     let h = self.hold(index).await?;
-                    AsyncConnectionCore::execute_returning_count(&mut **self.slots.get(h), owned).await
+                    AsyncConnectionCore::execute_returning_count(&mut **self.slots.get(h), owned)
+                        .await
                 }
                 .boxed(),
             },
@@ -259,13 +254,18 @@ impl Ansi {
         <AnsiTransactionManager as TransactionManager<AsyncPgConnection>>::transaction_manager_status_mut(conn)
     }
     async fn begin_transaction(conn: &mut Pooled) -> QueryResult<()> {
-        <AnsiTransactionManager as TransactionManager<AsyncPgConnection>>::begin_transaction(conn).await
+        <AnsiTransactionManager as TransactionManager<AsyncPgConnection>>::begin_transaction(conn)
+            .await
     }
     async fn commit_transaction(conn: &mut Pooled) -> QueryResult<()> {
-        <AnsiTransactionManager as TransactionManager<AsyncPgConnection>>::commit_transaction(conn).await
+        <AnsiTransactionManager as TransactionManager<AsyncPgConnection>>::commit_transaction(conn)
+            .await
     }
     async fn rollback_transaction(conn: &mut Pooled) -> QueryResult<()> {
-        <AnsiTransactionManager as TransactionManager<AsyncPgConnection>>::rollback_transaction(conn).await
+        <AnsiTransactionManager as TransactionManager<AsyncPgConnection>>::rollback_transaction(
+            conn,
+        )
+        .await
     }
 }
 
@@ -283,14 +283,20 @@ impl TransactionManager<PinDbConnection> for RoutedTransactionManager {
     }
 
     async fn rollback_transaction(conn: &mut PinDbConnection) -> QueryResult<()> {
-        let h = conn.slots.tx().ok_or(diesel::result::Error::NotInTransaction)?;
+        let h = conn
+            .slots
+            .tx()
+            .ok_or(diesel::result::Error::NotInTransaction)?;
         let result = Ansi::rollback_transaction(conn.slots.get(h)).await;
         conn.settle();
         result
     }
 
     async fn commit_transaction(conn: &mut PinDbConnection) -> QueryResult<()> {
-        let h = conn.slots.tx().ok_or(diesel::result::Error::NotInTransaction)?;
+        let h = conn
+            .slots
+            .tx()
+            .ok_or(diesel::result::Error::NotInTransaction)?;
         let result = Ansi::commit_transaction(conn.slots.get(h)).await;
         conn.settle();
         result

@@ -60,6 +60,16 @@ pub enum Error {
     Unsupported(&'static str),
 }
 
+impl Error {
+    pub(crate) fn connect(db: &pindb_core::Database, message: String) -> Error {
+        Error::Connect {
+            alias: db.alias.clone(),
+            url: db.redacted_url(),
+            message,
+        }
+    }
+}
+
 impl From<Error> for diesel::result::Error {
     fn from(e: Error) -> Self {
         diesel::result::Error::QueryBuilderError(Box::new(e))

@@ -14,6 +14,8 @@
 //! 3. **Checked at compile time**: [`PinDb::replica`] returns a [`ReplicaConnection`] that only
 //!    accepts [`ReadOnlyQuery`] queries (unlocked selects).
 //!
+//! With the `sync` feature, [`sync`] offers the same over r2d2 pools of `PgConnection`.
+//!
 //! Routing errors ride inside `diesel::result::Error::QueryBuilderError`; recognise them with
 //! [`routing_error`] and [`is_unpinned_write`].
 #![deny(missing_docs)]
@@ -24,6 +26,8 @@ pub mod error;
 pub mod pool;
 pub mod read_only;
 mod statement;
+#[cfg(feature = "sync")]
+pub mod sync;
 
 pub use connection::{PinDbConnection, RoutedTransactionManager};
 pub use error::{is_unpinned_write, routing_error, Error};

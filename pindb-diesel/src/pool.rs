@@ -22,11 +22,47 @@ pub type Pooled = bb8::PooledConnection<'static, AsyncDieselConnectionManager<As
 
 type Pool = bb8::Pool<AsyncDieselConnectionManager<AsyncPgConnection>>;
 
-struct Inner {
+/// The router and one pool per alias (parallel to `router.databases()`), with checkout
+/// counts. Shared by the async [`PinDb`] and the sync one.
+pub(crate) struct Pools<P> {
     router: Router,
-    /// Parallel to `router.databases()`.
-    pools: Vec<Pool>,
+    pools: Vec<P>,
     checkouts: Vec<AtomicU64>,
+}
+
+impl<P> Pools<P> {
+    pub(crate) fn new(router: Router, build: impl Fn(&Database) -> P) -> Self {
+        Pools {
+            pools: router.databases().iter().map(build).collect(),
+            checkouts: router
+                .databases()
+                .iter()
+                .map(|_| AtomicU64::new(0))
+                .collect(),
+            router,
+        }
+    }
+
+    pub(crate) fn router(&self) -> &Router {
+        &self.router
+    }
+
+    /// The pool of the database at `index`, counting the checkout about to be made.
+    pub(crate) fn pool_for_checkout(&self, index: usize) -> (&P, &Database) {
+        self.checkouts[index].fetch_add(1, Ordering::Relaxed);
+        (&self.pools[index], &self.router.databases()[index])
+    }
+
+    pub(crate) fn checkouts(&self, alias: &str) -> Result<u64, PinDbError> {
+        self.router.database(alias)?;
+        let i = self
+            .router
+            .databases()
+            .iter()
+            .position(|d| d.alias == alias)
+            .unwrap_or_default();
+        Ok(self.checkouts[i].load(Ordering::Relaxed))
+    }
 }
 
 /// The entry point: the router plus a pool per alias. Cheap to clone.
@@ -47,13 +83,13 @@ struct Inner {
 /// ```
 #[derive(Clone)]
 pub struct PinDb {
-    inner: Arc<Inner>,
+    inner: Arc<Pools<Pool>>,
 }
 
 impl std::fmt::Debug for PinDb {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PinDb")
-            .field("router", &self.inner.router)
+            .field("router", self.inner.router())
             .finish()
     }
 }
@@ -67,24 +103,14 @@ impl PinDb {
 
     /// Like [`PinDb::new`], from a router you built (delegates, a shared global router...).
     pub fn from_router(router: Router) -> PinDb {
-        let pools = router.databases().iter().map(build_pool).collect();
-        let checkouts = router
-            .databases()
-            .iter()
-            .map(|_| AtomicU64::new(0))
-            .collect();
         PinDb {
-            inner: Arc::new(Inner {
-                router,
-                pools,
-                checkouts,
-            }),
+            inner: Arc::new(Pools::new(router, build_pool)),
         }
     }
 
     /// The router.
     pub fn router(&self) -> &Router {
-        &self.inner.router
+        self.inner.router()
     }
 
     /// A routed connection. Nothing is checked out yet: the first read checks out the
@@ -96,7 +122,7 @@ impl PinDb {
     /// An explicit read connection: the router's read route for `hint` (the context's
     /// replica, or the master when the set is pinned). Plain `AsyncPgConnection`, no routing.
     pub async fn read_with(&self, hint: &Hint<'_>) -> Result<Pooled, Error> {
-        let index = self.inner.router.db_for_read(hint)?.index;
+        let index = self.inner.router().db_for_read(hint)?.index;
         self.checkout(index).await
     }
 
@@ -108,7 +134,7 @@ impl PinDb {
     /// An explicit write connection: the master of the hinted set, under the router's rules
     /// (strict: an error if the set is not pinned; greedy: pins it).
     pub async fn write_with(&self, hint: &Hint<'_>) -> Result<Pooled, Error> {
-        let index = self.inner.router.db_for_write(hint)?.index;
+        let index = self.inner.router().db_for_write(hint)?.index;
         self.checkout(index).await
     }
 
@@ -128,41 +154,27 @@ impl PinDb {
         self.replica_with(&Hint::default()).await
     }
 
-    /// How many connections have been checked out of `alias`'s pool so far.
+    /// How many checkouts of `alias`'s pool have been asked for so far.
     pub fn checkouts(&self, alias: &str) -> Result<u64, PinDbError> {
-        let db = self.inner.router.database(alias)?;
-        let i = self
-            .inner
-            .router
-            .databases()
-            .iter()
-            .position(|d| d.alias == db.alias)
-            .unwrap_or(0);
-        Ok(self.inner.checkouts[i].load(Ordering::Relaxed))
+        self.inner.checkouts(alias)
     }
 
     /// Checks out a connection of the database at `index` in `router.databases()`.
     pub(crate) async fn checkout(&self, index: usize) -> Result<Pooled, Error> {
-        let db = &self.inner.router.databases()[index];
-        let conn = self.inner.pools[index]
-            .get_owned()
-            .await
-            .map_err(|e| match e {
-                bb8::RunError::TimedOut => Error::PoolTimeout {
-                    alias: db.alias.clone(),
-                    timeout: db.pool.connect_timeout,
+        let (pool, db) = self.inner.pool_for_checkout(index);
+        pool.get_owned().await.map_err(|e| match e {
+            bb8::RunError::TimedOut => Error::PoolTimeout {
+                alias: db.alias.clone(),
+                timeout: db.pool.connect_timeout,
+            },
+            bb8::RunError::User(e) => Error::connect(
+                db,
+                match e {
+                    PoolError::ConnectionError(e) => e.to_string(),
+                    PoolError::QueryError(e) => e.to_string(),
                 },
-                bb8::RunError::User(e) => Error::Connect {
-                    alias: db.alias.clone(),
-                    url: db.redacted_url(),
-                    message: match e {
-                        PoolError::ConnectionError(e) => e.to_string(),
-                        PoolError::QueryError(e) => e.to_string(),
-                    },
-                },
-            })?;
-        self.inner.checkouts[index].fetch_add(1, Ordering::Relaxed);
-        Ok(conn)
+            ),
+        })
     }
 }
 

@@ -51,6 +51,13 @@ where
     Ok(shape)
 }
 
+impl Shape {
+    /// A shape with no table (transactions, explicit checkouts).
+    pub(crate) fn of(kind: StatementKind) -> Shape {
+        Shape { kind, table: None }
+    }
+}
+
 /// Classification of raw SQL (`batch_execute`).
 pub(crate) fn shape_of_sql(sql: &str, with_table: bool) -> Shape {
     Shape {

@@ -7,114 +7,14 @@ use diesel::prelude::*;
 use diesel_async::{AsyncConnection, RunQueryDsl};
 use pindb_core::{scope, Config, Hint, Operation, Router, RouterMode};
 use pindb_diesel::{is_unpinned_write, routing_error, PinDb};
-use pindb_testkit::{Cluster, ReplayControl, TestSchema};
+use pindb_testkit::Cluster;
 
-diesel::table! {
-    notes (id) {
-        id -> Integer,
-        author -> Text,
-        body -> Text,
-    }
-}
+mod common;
 
-#[derive(Debug, Clone, PartialEq, Queryable, Selectable, Identifiable, AsChangeset)]
-#[diesel(table_name = notes)]
-struct Note {
-    id: i32,
-    author: String,
-    body: String,
-}
+use common::{notes, NewNote, Note, World};
 
-#[derive(Insertable)]
-#[diesel(table_name = notes)]
-struct NewNote<'a> {
-    author: &'a str,
-    body: &'a str,
-}
-
-/// One test's world: its schema with a `notes` table holding one row ("old"), replicas caught
-/// up, exclusive control of replay.
-struct World {
-    cluster: Cluster,
-    schema: TestSchema,
-    control: ReplayControl,
-}
-
-impl World {
-    async fn new() -> World {
-        let cluster = Cluster::from_env();
-        let control = cluster.exclusive().await;
-        let schema = cluster.fresh_schema().await;
-        cluster
-            .primary()
-            .await
-            .batch_execute(&format!(
-                "CREATE TABLE {s}.notes (id serial PRIMARY KEY, author text NOT NULL, body text NOT NULL);
-                 INSERT INTO {s}.notes (author, body) VALUES ('alice', 'old');",
-                s = schema.name
-            ))
-            .await
-            .unwrap();
-        cluster.sync_replicas().await;
-        World {
-            cluster,
-            schema,
-            control,
-        }
-    }
-
-    /// A config over the primary and the given replicas (1-based), in this test's schema.
-    fn config(&self, mode: RouterMode, replicas: &[usize]) -> Config {
-        let mut config = Config::single_set(
-            self.schema.url(&self.cluster.primary_url),
-            replicas
-                .iter()
-                .map(|&n| self.schema.url(self.cluster.replica_url(n))),
-        );
-        config.router = mode;
-        config
-    }
-
-    fn db(&self, mode: RouterMode, replicas: &[usize]) -> PinDb {
-        PinDb::new(self.config(mode, replicas)).unwrap()
-    }
-
-    /// Pauses replay on replica `n`, then writes a "new" row on the primary that the replica
-    /// has received but not replayed.
-    async fn make_stale(&mut self, n: usize) {
-        self.control.pause(n).await;
-        self.cluster
-            .primary()
-            .await
-            .batch_execute(&format!(
-                "INSERT INTO {}.notes (author, body) VALUES ('alice', 'new')",
-                self.schema.name
-            ))
-            .await
-            .unwrap();
-        let lsn = self.cluster.primary_lsn().await;
-        self.cluster.wait_for_receive(n, lsn).await;
-    }
-
-    async fn primary_bodies(&self) -> Vec<String> {
-        self.cluster
-            .primary()
-            .await
-            .query(
-                &format!("SELECT body FROM {}.notes ORDER BY id", self.schema.name),
-                &[],
-            )
-            .await
-            .unwrap()
-            .iter()
-            .map(|r| r.get(0))
-            .collect()
-    }
-
-    async fn finish(self) {
-        drop(self.control);
-        self.schema.drop().await;
-    }
+fn db(w: &World, mode: RouterMode, replicas: &[usize]) -> PinDb {
+    PinDb::new(w.config(mode, replicas)).unwrap()
 }
 
 async fn bodies(conn: &mut pindb_diesel::PinDbConnection) -> QueryResult<Vec<String>> {
@@ -137,7 +37,7 @@ fn insert(
 #[tokio::test]
 async fn unpinned_reads_see_the_replica_and_pinned_reads_the_master() {
     let mut w = World::new().await;
-    let db = w.db(RouterMode::Strict, &[1]);
+    let db = db(&w, RouterMode::Strict, &[1]);
     w.make_stale(1).await;
     scope(async {
         let mut conn = db.get();
@@ -162,7 +62,7 @@ async fn unpinned_reads_see_the_replica_and_pinned_reads_the_master() {
 #[tokio::test]
 async fn strict_refuses_unpinned_writes_before_any_io_and_allows_them_under_master() {
     let w = World::new().await;
-    let db = w.db(RouterMode::Strict, &[1, 2]);
+    let db = db(&w, RouterMode::Strict, &[1, 2]);
     scope(async {
         let mut conn = db.get();
         let err = insert("x").execute(&mut conn).await.unwrap_err();
@@ -226,7 +126,7 @@ async fn greedy_first_write_goes_to_the_master_and_later_reads_see_it() {
     let mut w = World::new().await;
     w.control.pause(1).await;
     w.control.pause(2).await;
-    let db = w.db(RouterMode::Greedy, &[1, 2]);
+    let db = db(&w, RouterMode::Greedy, &[1, 2]);
     scope(async {
         let mut conn = db.get();
         // The very first statement of the connection is a write: nothing is checked out yet.
@@ -251,7 +151,7 @@ async fn greedy_first_write_goes_to_the_master_and_later_reads_see_it() {
 #[tokio::test]
 async fn unpinned_replica_guard_reads_stale_data_even_when_pinned() {
     let mut w = World::new().await;
-    let db = w.db(RouterMode::Strict, &[1]);
+    let db = db(&w, RouterMode::Strict, &[1]);
     w.make_stale(1).await;
     scope(async {
         let mut conn = db.get();
@@ -273,7 +173,7 @@ async fn unpinned_replica_guard_reads_stale_data_even_when_pinned() {
 async fn transactions_run_on_the_master_and_see_their_own_writes() {
     let mut w = World::new().await;
     w.control.pause(1).await;
-    let db = w.db(RouterMode::Greedy, &[1]);
+    let db = db(&w, RouterMode::Greedy, &[1]);
     scope(async {
         let mut conn = db.get();
         let seen = conn
@@ -316,7 +216,7 @@ async fn transactions_run_on_the_master_and_see_their_own_writes() {
 #[tokio::test]
 async fn strict_unpinned_transaction_is_refused() {
     let w = World::new().await;
-    let db = w.db(RouterMode::Strict, &[1]);
+    let db = db(&w, RouterMode::Strict, &[1]);
     scope(async {
         let mut conn = db.get();
         let err = conn
@@ -334,7 +234,7 @@ async fn strict_unpinned_transaction_is_refused() {
 async fn save_changes_routes_to_the_master() {
     let mut w = World::new().await;
     w.control.pause(1).await;
-    let db = w.db(RouterMode::Greedy, &[1]);
+    let db = db(&w, RouterMode::Greedy, &[1]);
     scope(async {
         let mut conn = db.get();
         let mut note: Note = notes::table.first(&mut conn).await.unwrap();
@@ -354,7 +254,7 @@ async fn save_changes_routes_to_the_master() {
 #[tokio::test]
 async fn read_only_contexts_never_check_out_the_master_and_write_only_never_a_replica() {
     let w = World::new().await;
-    let db = w.db(RouterMode::Greedy, &[1, 2]);
+    let db = db(&w, RouterMode::Greedy, &[1, 2]);
     for _ in 0..5 {
         scope(async {
             let mut conn = db.get();
@@ -405,7 +305,7 @@ async fn disabled_mode_sends_everything_to_the_master() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_contexts_see_only_their_own_pins() {
     let mut w = World::new().await;
-    let db = w.db(RouterMode::Strict, &[1]);
+    let db = db(&w, RouterMode::Strict, &[1]);
     w.make_stale(1).await;
     let mut tasks = Vec::new();
     for i in 0..200 {
@@ -437,7 +337,7 @@ async fn concurrent_contexts_see_only_their_own_pins() {
 #[tokio::test]
 async fn replica_pools_are_read_only_and_routing_errors_differ_from_database_errors() {
     let w = World::new().await;
-    let db = w.db(RouterMode::Strict, &[1]);
+    let db = db(&w, RouterMode::Strict, &[1]);
     let mut replica = db.read().await.unwrap();
     let recovery: bool = diesel::select(diesel::dsl::sql::<diesel::sql_types::Bool>(
         "pg_is_in_recovery()",
@@ -492,7 +392,7 @@ async fn replica_pools_are_read_only_and_routing_errors_differ_from_database_err
 #[tokio::test]
 async fn compile_time_replica_api_loads_from_the_replica() {
     let mut w = World::new().await;
-    let db = w.db(RouterMode::Strict, &[1]);
+    let db = db(&w, RouterMode::Strict, &[1]);
     w.make_stale(1).await;
     let rows: Vec<Note> = scope(async {
         let mut replica = db.replica().await.unwrap();
@@ -518,7 +418,7 @@ async fn compile_time_replica_api_loads_from_the_replica() {
 #[tokio::test]
 async fn batch_execute_is_routed_by_its_text() {
     let w = World::new().await;
-    let db = w.db(RouterMode::Strict, &[1]);
+    let db = db(&w, RouterMode::Strict, &[1]);
     scope(async {
         let mut conn = db.get();
         diesel_async::SimpleAsyncConnection::batch_execute(&mut conn, "SELECT 1")

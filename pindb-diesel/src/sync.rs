@@ -1,0 +1,341 @@
+//! Sync diesel (feature `sync`): the same routing over r2d2 pools of `PgConnection`, for
+//! actix-web / `web::block` users.
+//!
+//! Everything is synchronous here, so a connection is simply checked out when the router
+//! first sends a statement to it. The pinning context is a tokio task-local: capture it before
+//! leaving the async world and re-enter it in the blocking closure, with
+//! [`pindb_core::spawn_blocking`] or `Context::current()` + [`Context::enter`](pindb_core::Context::enter):
+//!
+//! ```no_run
+//! # async fn handler(db: pindb_diesel::sync::SyncPinDb) -> Result<(), Box<dyn std::error::Error>> {
+//! use diesel::prelude::*;
+//!
+//! pindb_core::scope(async {
+//!     pindb_core::spawn_blocking(move || {
+//!         let mut conn = db.get();
+//!         diesel::sql_query("SELECT 1").execute(&mut conn)   // routed by the request's context
+//!     }).await
+//! }).await??;
+//! # Ok(()) }
+//! ```
+//!
+//! Classification, routing and checkout bookkeeping are the async adapter's (shared modules);
+//! only the connection traits differ.
+
+use std::sync::Arc;
+
+use diesel::connection::{
+    AnsiTransactionManager, CacheSize, Connection, ConnectionSealed, DefaultLoadingMode,
+    Instrumentation, LoadConnection, SimpleConnection, TransactionManager,
+    TransactionManagerStatus,
+};
+use diesel::pg::{Pg, PgConnection};
+use diesel::query_builder::{Query, QueryFragment, QueryId};
+use diesel::r2d2::{ConnectionManager, CustomizeConnection, Pool, PooledConnection};
+use diesel::result::QueryResult;
+use diesel::{ConnectionError, ConnectionResult};
+use pindb_core::{Config, Database, Hint, Membership, PinDbError, Router, StatementKind};
+
+use crate::checkouts::{Checkouts, Slot};
+use crate::error::Error;
+use crate::pool::Pools;
+use crate::statement::{self, Shape};
+
+/// A pooled sync `PgConnection`.
+pub type SyncPooled = PooledConnection<ConnectionManager<PgConnection>>;
+
+type SyncPool = Pool<ConnectionManager<PgConnection>>;
+
+/// The sync entry point: the router plus an r2d2 pool per alias. Cheap to clone.
+#[derive(Clone)]
+pub struct SyncPinDb {
+    inner: Arc<Pools<SyncPool>>,
+}
+
+impl std::fmt::Debug for SyncPinDb {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SyncPinDb")
+            .field("router", self.inner.router())
+            .finish()
+    }
+}
+
+/// Makes replica connections refuse writes server-side.
+#[derive(Debug)]
+struct ReadOnlySession;
+
+impl CustomizeConnection<PgConnection, diesel::r2d2::Error> for ReadOnlySession {
+    fn on_acquire(&self, conn: &mut PgConnection) -> Result<(), diesel::r2d2::Error> {
+        conn.batch_execute("SET default_transaction_read_only = on")
+            .map_err(diesel::r2d2::Error::QueryError)
+    }
+}
+
+fn build_pool(db: &Database) -> SyncPool {
+    let mut builder = Pool::builder()
+        .max_size(db.pool.max_size)
+        .min_idle(db.pool.min_idle)
+        .connection_timeout(db.pool.connect_timeout);
+    if matches!(db.membership, Membership::Replica { .. }) {
+        builder = builder.connection_customizer(Box::new(ReadOnlySession));
+    }
+    builder.build_unchecked(ConnectionManager::new(db.url()))
+}
+
+impl SyncPinDb {
+    /// Builds the router and one r2d2 pool per alias; no connection is opened yet.
+    pub fn new(config: Config) -> Result<SyncPinDb, PinDbError> {
+        Ok(SyncPinDb::from_router(Router::new(config)?))
+    }
+
+    /// Like [`SyncPinDb::new`], from a router you built.
+    pub fn from_router(router: Router) -> SyncPinDb {
+        SyncPinDb {
+            inner: Arc::new(Pools::new(router, build_pool)),
+        }
+    }
+
+    /// The router.
+    pub fn router(&self) -> &Router {
+        self.inner.router()
+    }
+
+    /// A routed sync connection; nothing is checked out until the first statement.
+    pub fn get(&self) -> SyncPinDbConnection {
+        SyncPinDbConnection {
+            db: self.clone(),
+            slots: Checkouts::new(),
+            idle: TransactionManagerStatus::default(),
+            instrumentation: None,
+        }
+    }
+
+    /// An explicit read connection on the router's read route for `hint`.
+    pub fn read_with(&self, hint: &Hint<'_>) -> Result<SyncPooled, Error> {
+        let index = self.router().db_for_read(hint)?.index;
+        self.checkout(index)
+    }
+
+    /// An explicit write connection on the master of the hinted set, under the router's rules.
+    pub fn write_with(&self, hint: &Hint<'_>) -> Result<SyncPooled, Error> {
+        let index = self.router().db_for_write(hint)?.index;
+        self.checkout(index)
+    }
+
+    /// How many checkouts of `alias`'s pool have been asked for so far.
+    pub fn checkouts(&self, alias: &str) -> Result<u64, PinDbError> {
+        self.inner.checkouts(alias)
+    }
+
+    fn checkout(&self, index: usize) -> Result<SyncPooled, Error> {
+        let (pool, db) = self.inner.pool_for_checkout(index);
+        // r2d2 only fails after its timeout; its message carries the last connection error.
+        pool.get().map_err(|e| Error::connect(db, e.to_string()))
+    }
+}
+
+/// A routed sync diesel connection, from [`SyncPinDb::get`]: `RunQueryDsl`, `transaction`
+/// and `save_changes` work on it as on a `PgConnection`.
+pub struct SyncPinDbConnection {
+    db: SyncPinDb,
+    slots: Checkouts<SyncPooled>,
+    idle: TransactionManagerStatus,
+    instrumentation: Option<Box<dyn Instrumentation>>,
+}
+
+impl std::fmt::Debug for SyncPinDbConnection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SyncPinDbConnection")
+            .field("held", &self.held_aliases())
+            .finish()
+    }
+}
+
+impl SyncPinDbConnection {
+    /// The aliases this connection has checked out so far.
+    pub fn held_aliases(&self) -> Vec<&str> {
+        self.slots.aliases(self.db.router())
+    }
+
+    /// The position of the held connection for a statement of this shape, checked out if
+    /// needed.
+    fn slot(&mut self, shape: &Shape) -> QueryResult<usize> {
+        Ok(match self.slots.decide(self.db.router(), shape)? {
+            Slot::Held(h) => h,
+            Slot::Checkout(index) => {
+                let conn = self.db.checkout(index)?;
+                self.slots.push(index, conn)
+            }
+        })
+    }
+
+    fn connection_for(&mut self, shape: &Shape) -> QueryResult<&mut PgConnection> {
+        let h = self.slot(shape)?;
+        Ok(&mut **self.slots.get(h))
+    }
+
+    fn shape<T: QueryFragment<Pg> + QueryId>(&self, query: &T) -> QueryResult<Shape> {
+        statement::shape(query, self.db.router().has_delegates())
+    }
+
+    fn tx_connection(&mut self) -> QueryResult<&mut PgConnection> {
+        let h = self
+            .slots
+            .tx()
+            .ok_or(diesel::result::Error::NotInTransaction)?;
+        Ok(&mut **self.slots.get(h))
+    }
+
+    fn status_mut(&mut self) -> &mut TransactionManagerStatus {
+        match self.slots.tx() {
+            Some(h) => {
+                AnsiTransactionManager::transaction_manager_status_mut(&mut **self.slots.get(h))
+            }
+            None => &mut self.idle,
+        }
+    }
+
+    fn settle(&mut self) {
+        if let Some(h) = self.slots.tx() {
+            let status =
+                AnsiTransactionManager::transaction_manager_status_mut(&mut **self.slots.get(h));
+            if matches!(status.transaction_depth(), Ok(None)) {
+                self.slots.set_tx(None);
+            }
+        }
+    }
+}
+
+impl SimpleConnection for SyncPinDbConnection {
+    fn batch_execute(&mut self, query: &str) -> QueryResult<()> {
+        let shape = statement::shape_of_sql(query, self.db.router().has_delegates());
+        self.connection_for(&shape)?.batch_execute(query)
+    }
+}
+
+impl ConnectionSealed for SyncPinDbConnection {}
+
+impl Connection for SyncPinDbConnection {
+    type Backend = Pg;
+    type TransactionManager = SyncRoutedTransactionManager;
+
+    fn establish(_database_url: &str) -> ConnectionResult<Self> {
+        Err(ConnectionError::BadConnection(
+            "a SyncPinDbConnection routes between several databases and cannot be established \
+             from one URL; build a pindb_diesel::sync::SyncPinDb and call `db.get()`"
+                .to_owned(),
+        ))
+    }
+
+    fn execute_returning_count<T>(&mut self, source: &T) -> QueryResult<usize>
+    where
+        T: QueryFragment<Pg> + QueryId,
+    {
+        let shape = self.shape(source)?;
+        self.connection_for(&shape)?.execute_returning_count(source)
+    }
+
+    fn transaction_state(&mut self) -> &mut TransactionManagerStatus {
+        self.status_mut()
+    }
+
+    fn instrumentation(&mut self) -> &mut dyn Instrumentation {
+        &mut self.instrumentation
+    }
+
+    fn set_instrumentation(&mut self, instrumentation: impl Instrumentation) {
+        self.instrumentation = Some(Box::new(instrumentation));
+    }
+
+    fn set_prepared_statement_cache_size(&mut self, size: CacheSize) {
+        for conn in self.slots.iter_mut() {
+            conn.set_prepared_statement_cache_size(size);
+        }
+    }
+}
+
+impl LoadConnection<DefaultLoadingMode> for SyncPinDbConnection {
+    type Cursor<'conn, 'query>
+        = <PgConnection as LoadConnection<DefaultLoadingMode>>::Cursor<'conn, 'query>
+    where
+        Self: 'conn;
+    type Row<'conn, 'query>
+        = <PgConnection as LoadConnection<DefaultLoadingMode>>::Row<'conn, 'query>
+    where
+        Self: 'conn;
+
+    fn load<'conn, 'query, T>(
+        &'conn mut self,
+        source: T,
+    ) -> QueryResult<Self::Cursor<'conn, 'query>>
+    where
+        T: Query + QueryFragment<Pg> + QueryId + 'query,
+        Pg: diesel::expression::QueryMetadata<T::SqlType>,
+    {
+        let shape = self.shape(&source)?;
+        LoadConnection::<DefaultLoadingMode>::load(self.connection_for(&shape)?, source)
+    }
+}
+
+/// Transactions on the master (checked out by `begin`), forwarded to diesel's
+/// `AnsiTransactionManager` on that connection; same rules as the async adapter.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct SyncRoutedTransactionManager;
+
+impl TransactionManager<SyncPinDbConnection> for SyncRoutedTransactionManager {
+    type TransactionStateData = TransactionManagerStatus;
+
+    fn begin_transaction(conn: &mut SyncPinDbConnection) -> QueryResult<()> {
+        let h = match conn.slots.tx() {
+            Some(h) => h,
+            None => conn.slot(&Shape::of(StatementKind::Write))?,
+        };
+        AnsiTransactionManager::begin_transaction(&mut **conn.slots.get(h))?;
+        conn.slots.set_tx(Some(h));
+        Ok(())
+    }
+
+    fn rollback_transaction(conn: &mut SyncPinDbConnection) -> QueryResult<()> {
+        let result = AnsiTransactionManager::rollback_transaction(conn.tx_connection()?);
+        conn.settle();
+        result
+    }
+
+    fn commit_transaction(conn: &mut SyncPinDbConnection) -> QueryResult<()> {
+        let result = AnsiTransactionManager::commit_transaction(conn.tx_connection()?);
+        conn.settle();
+        result
+    }
+
+    fn transaction_manager_status_mut(
+        conn: &mut SyncPinDbConnection,
+    ) -> &mut TransactionManagerStatus {
+        conn.status_mut()
+    }
+}
+
+mod save_changes {
+    use diesel::associations::HasTable;
+    use diesel::dsl::Update;
+    use diesel::expression::{is_aggregate, MixedAggregates, ValidGrouping};
+    use diesel::query_builder::{AsChangeset, IntoUpdateTarget};
+    use diesel::query_dsl::methods::LoadQuery;
+    use diesel::query_dsl::UpdateAndFetchResults;
+    use diesel::{RunQueryDsl, Table};
+
+    use super::SyncPinDbConnection;
+
+    /// `save_changes` on the routed sync connection: an `UPDATE ... RETURNING`, a write.
+    impl<'b, Changes, Output> UpdateAndFetchResults<Changes, Output> for SyncPinDbConnection
+    where
+        Changes: Copy + AsChangeset<Target = <Changes as HasTable>::Table> + IntoUpdateTarget,
+        Update<Changes, Changes>: LoadQuery<'b, SyncPinDbConnection, Output>,
+        <Changes::Table as Table>::AllColumns: ValidGrouping<()>,
+        <<Changes::Table as Table>::AllColumns as ValidGrouping<()>>::IsAggregate:
+            MixedAggregates<is_aggregate::No, Output = is_aggregate::No>,
+    {
+        fn update_and_fetch(&mut self, changeset: Changes) -> diesel::QueryResult<Output> {
+            diesel::update(changeset).set(changeset).get_result(self)
+        }
+    }
+}
