@@ -55,6 +55,13 @@ pub enum Error {
         type_name: String,
     },
 
+    /// Async pools were built outside a tokio runtime.
+    #[error(
+        "PinDb::new was called outside a tokio runtime; bb8 pools start a background task, so \
+         build the PinDb inside `#[tokio::main]` or `runtime.block_on(..)`"
+    )]
+    NoRuntime,
+
     /// The call cannot work on a routed connection.
     #[error("{0}")]
     Unsupported(&'static str),

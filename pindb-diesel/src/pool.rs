@@ -72,7 +72,7 @@ impl<P> Pools<P> {
 /// use diesel_async::RunQueryDsl;
 /// use pindb_diesel::PinDb;
 ///
-/// let db = PinDb::new(pindb_core::Config::load("pindb.toml")?)?;
+/// let db = PinDb::new(pindb_core::Config::load("pindb.toml")?)?; // inside the runtime
 /// pindb_core::scope(async {
 ///     let mut conn = db.get();
 ///     // Ordinary diesel-async code: reads go to a replica, writes to the master.
@@ -96,16 +96,20 @@ impl std::fmt::Debug for PinDb {
 
 impl PinDb {
     /// Builds the router and one pool per alias. No connection is opened until first use, so a
-    /// server that is down at start-up does not stop the application.
-    pub fn new(config: Config) -> Result<PinDb, PinDbError> {
-        Ok(PinDb::from_router(Router::new(config)?))
+    /// server that is down at start-up does not stop the application. Must be called inside a
+    /// tokio runtime (bb8 starts its reaper task there): [`Error::NoRuntime`] otherwise.
+    pub fn new(config: Config) -> Result<PinDb, Error> {
+        PinDb::from_router(Router::new(config)?)
     }
 
     /// Like [`PinDb::new`], from a router you built (delegates, a shared global router...).
-    pub fn from_router(router: Router) -> PinDb {
-        PinDb {
-            inner: Arc::new(Pools::new(router, build_pool)),
+    pub fn from_router(router: Router) -> Result<PinDb, Error> {
+        if tokio::runtime::Handle::try_current().is_err() {
+            return Err(Error::NoRuntime);
         }
+        Ok(PinDb {
+            inner: Arc::new(Pools::new(router, build_pool)),
+        })
     }
 
     /// The router.

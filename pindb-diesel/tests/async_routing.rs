@@ -469,7 +469,7 @@ async fn delegate_hints_carry_the_table_name() {
         vec![Box::new(delegate)],
     )
     .unwrap();
-    let db = PinDb::from_router(router);
+    let db = PinDb::from_router(router).unwrap();
     scope(async {
         let mut conn = db.get();
         bodies(&mut conn).await.unwrap();
@@ -490,6 +490,14 @@ async fn delegate_hints_carry_the_table_name() {
     .await;
     assert!(seen.lock().unwrap().contains("notes"));
     w.finish().await;
+}
+
+#[test]
+fn building_pools_outside_a_runtime_is_a_clear_error() {
+    let config = Config::single_set("postgres://pindb@127.0.0.1:1/x", Vec::<String>::new());
+    let err = PinDb::new(config).unwrap_err();
+    assert!(matches!(err, pindb_diesel::Error::NoRuntime));
+    assert!(err.to_string().contains("tokio runtime"), "{err}");
 }
 
 #[tokio::test]

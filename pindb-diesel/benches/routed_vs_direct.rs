@@ -1,0 +1,159 @@
+//! A primary-key SELECT through the routed connection vs. the same query on a plain bb8
+//! `AsyncPgConnection` checkout from a pool to the same replica, same pool size, same run.
+//! Needs the dev cluster (`scripts/cluster up`).
+//!
+//! - `per_request`: one checkout + one query, as a request that reads one row does. The routed
+//!   side goes through its first-statement path (render, check out, run).
+//! - `held_connection`: the query alone on a connection already checked out.
+
+use std::hint::black_box;
+use std::time::Instant;
+
+use criterion::{criterion_group, criterion_main, Criterion};
+use diesel::prelude::*;
+use diesel_async::pooled_connection::AsyncDieselConnectionManager;
+use diesel_async::{AsyncPgConnection, RunQueryDsl};
+use pindb_core::{Config, RouterMode};
+use pindb_diesel::PinDb;
+use pindb_testkit::Cluster;
+
+diesel::table! {
+    bench_users (id) {
+        id -> Integer,
+        name -> Text,
+    }
+}
+
+type Row = (i32, String);
+
+fn bench(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let cluster = Cluster::from_env();
+    let schema = rt.block_on(async {
+        let schema = cluster.fresh_schema().await;
+        cluster
+            .primary()
+            .await
+            .batch_execute(&format!(
+                "CREATE TABLE {s}.bench_users (id int PRIMARY KEY, name text NOT NULL);
+                 INSERT INTO {s}.bench_users SELECT g, 'user ' || g FROM generate_series(1, 1000) g;",
+                s = schema.name
+            ))
+            .await
+            .unwrap();
+        cluster.sync_replicas().await;
+        schema
+    });
+    let replica_url = schema.url(cluster.replica_url(1));
+    let mut config = Config::single_set(schema.url(&cluster.primary_url), [replica_url.clone()]);
+    config.router = RouterMode::Strict;
+    let db = rt.block_on(async { PinDb::new(config).unwrap() });
+    let plain = rt.block_on(async {
+        bb8::Pool::builder()
+            .max_size(10)
+            .build(AsyncDieselConnectionManager::<AsyncPgConnection>::new(
+                replica_url,
+            ))
+            .await
+            .unwrap()
+    });
+
+    let mut g = c.benchmark_group("pk_select");
+    g.bench_function("per_request/plain_bb8", |b| {
+        b.to_async(&rt).iter(|| async {
+            let mut conn = plain.get().await.unwrap();
+            let row: Row = bench_users::table
+                .find(42)
+                .get_result(&mut *conn)
+                .await
+                .unwrap();
+            black_box(row)
+        })
+    });
+    g.bench_function("per_request/routed", |b| {
+        b.to_async(&rt).iter(|| {
+            pindb_core::scope(async {
+                let mut conn = db.get();
+                let row: Row = bench_users::table
+                    .find(42)
+                    .get_result(&mut conn)
+                    .await
+                    .unwrap();
+                black_box(row)
+            })
+        })
+    });
+    g.bench_function("per_request/routed_checkout_first", |b| {
+        b.to_async(&rt).iter(|| {
+            pindb_core::scope(async {
+                let mut conn = db.get();
+                conn.checkout_for_read().await.unwrap();
+                let row: Row = bench_users::table
+                    .find(42)
+                    .get_result(&mut conn)
+                    .await
+                    .unwrap();
+                black_box(row)
+            })
+        })
+    });
+    g.bench_function("per_request/explicit_read_handle", |b| {
+        b.to_async(&rt).iter(|| {
+            pindb_core::scope(async {
+                let mut conn = db.read().await.unwrap();
+                let row: Row = bench_users::table
+                    .find(42)
+                    .get_result(&mut *conn)
+                    .await
+                    .unwrap();
+                black_box(row)
+            })
+        })
+    });
+    g.bench_function("held_connection/plain_bb8", |b| {
+        b.to_async(&rt).iter_custom(|iters| {
+            let plain = plain.clone();
+            async move {
+                let mut conn = plain.get_owned().await.unwrap();
+                let start = Instant::now();
+                for _ in 0..iters {
+                    let row: Row = bench_users::table
+                        .find(42)
+                        .get_result(&mut *conn)
+                        .await
+                        .unwrap();
+                    black_box(row);
+                }
+                start.elapsed()
+            }
+        })
+    });
+    g.bench_function("held_connection/routed", |b| {
+        b.to_async(&rt).iter_custom(|iters| {
+            let db = db.clone();
+            pindb_core::scope(async move {
+                let mut conn = db.get();
+                conn.checkout_for_read().await.unwrap();
+                let start = Instant::now();
+                for _ in 0..iters {
+                    let row: Row = bench_users::table
+                        .find(42)
+                        .get_result(&mut conn)
+                        .await
+                        .unwrap();
+                    black_box(row);
+                }
+                start.elapsed()
+            })
+        })
+    });
+    g.finish();
+    rt.block_on(schema.drop());
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);
