@@ -85,6 +85,11 @@ fn for_alias(alias: &Option<String>) -> String {
 }
 
 impl PinDbError {
+    /// Whether this is the strict router's refusal of an unpinned write.
+    pub fn is_unpinned_write(&self) -> bool {
+        matches!(self, PinDbError::UnpinnedWrite { .. })
+    }
+
     pub(crate) fn config(alias: impl Into<String>, problem: impl Into<String>) -> Self {
         PinDbError::Config {
             alias: Some(alias.into()),

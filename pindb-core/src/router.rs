@@ -372,12 +372,16 @@ impl Router {
 
     /// The database behind an alias.
     pub fn database(&self, alias: &str) -> Result<&Database, PinDbError> {
-        let i = match self.target(alias)? {
+        Ok(&self.inner.databases[self.index_of(alias)?])
+    }
+
+    /// The position of an alias in [`Router::databases`] (what [`Route::index`] holds).
+    pub fn index_of(&self, alias: &str) -> Result<usize, PinDbError> {
+        Ok(match self.target(alias)? {
             Target::Set(s) => self.inner.sets[s].master,
             Target::Replica { set, replica } => self.inner.sets[set].replicas[replica],
             Target::Unmanaged(i) => i,
-        };
-        Ok(&self.inner.databases[i])
+        })
     }
 
     /// Where a read should go.

@@ -54,14 +54,7 @@ impl<P> Pools<P> {
     }
 
     pub(crate) fn checkouts(&self, alias: &str) -> Result<u64, PinDbError> {
-        self.router.database(alias)?;
-        let i = self
-            .router
-            .databases()
-            .iter()
-            .position(|d| d.alias == alias)
-            .unwrap_or_default();
-        Ok(self.checkouts[i].load(Ordering::Relaxed))
+        Ok(self.checkouts[self.router.index_of(alias)?].load(Ordering::Relaxed))
     }
 }
 

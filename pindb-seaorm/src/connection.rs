@@ -1,0 +1,237 @@
+//! [`PinDbConnection`]: one SeaORM `DatabaseConnection` (a pool) per alias, and the
+//! `ConnectionTrait` / `TransactionTrait` / `StreamTrait` implementations that route each
+//! statement with pindb-core's router and classifier.
+//!
+//! It owns no per-request state: a `DatabaseConnection` acquires a pooled connection per
+//! statement, so routing is a choice of pool. Decisions are pindb-core's.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use pindb_core::classify::{classify, main_table, StatementKind};
+use pindb_core::{Config, Database, Hint, Membership, Operation, Router};
+use sea_orm::{
+    AccessMode, ConnectOptions, ConnectionTrait, DatabaseConnection, DatabaseTransaction,
+    DbBackend, DbErr, ExecResult, IsolationLevel, QueryResult, QueryStream, Statement, StreamTrait,
+    TransactionError, TransactionOptions, TransactionTrait,
+};
+
+use crate::error::to_db_err;
+
+struct Inner {
+    router: Router,
+    /// Parallel to `router.databases()`.
+    conns: Vec<DatabaseConnection>,
+}
+
+/// A routed SeaORM connection. Cheap to clone; clones share the pools.
+#[derive(Clone)]
+pub struct PinDbConnection {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for PinDbConnection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PinDbConnection")
+            .field("router", &self.inner.router)
+            .finish()
+    }
+}
+
+fn connect_options(db: &Database) -> ConnectOptions {
+    let mut opts = ConnectOptions::new(db.url());
+    opts.max_connections(db.pool.max_size)
+        .acquire_timeout(db.pool.connect_timeout)
+        .connect_timeout(db.pool.connect_timeout)
+        .connect_lazy(true)
+        .sqlx_logging(false);
+    if let Some(min) = db.pool.min_idle {
+        opts.min_connections(min);
+    }
+    if matches!(db.membership, Membership::Replica { .. }) {
+        // Safety net: a write that reaches a replica pool fails with SQLSTATE 25006.
+        opts.map_sqlx_postgres_opts(|o| o.options([("default_transaction_read_only", "on")]));
+    }
+    opts
+}
+
+impl PinDbConnection {
+    /// Builds the router and one lazily connecting `DatabaseConnection` per alias: a server
+    /// that is down at start-up does not stop the application.
+    pub async fn connect(config: Config) -> Result<PinDbConnection, DbErr> {
+        PinDbConnection::from_router(Router::new(config).map_err(to_db_err)?).await
+    }
+
+    /// Like [`PinDbConnection::connect`], from a router you built (delegates...).
+    pub async fn from_router(router: Router) -> Result<PinDbConnection, DbErr> {
+        let mut conns = Vec::with_capacity(router.databases().len());
+        for db in router.databases() {
+            conns.push(sea_orm::Database::connect(connect_options(db)).await?);
+        }
+        Ok(PinDbConnection {
+            inner: Arc::new(Inner { router, conns }),
+        })
+    }
+
+    /// The router.
+    pub fn router(&self) -> &Router {
+        &self.inner.router
+    }
+
+    /// The `default` set's master, for APIs that need a concrete `DatabaseConnection`
+    /// (migrations, `ping`, `close`...). Statements sent through it are not routed.
+    pub fn master(&self) -> &DatabaseConnection {
+        // Router::new refuses a config without a `default` database, so the lookup succeeds.
+        let index = self.inner.router.index_of("default").unwrap_or(0);
+        &self.inner.conns[index]
+    }
+
+    /// The connection of any alias (`default-2`, `analytics`, `legacy`...), unrouted.
+    pub fn connection(&self, alias: &str) -> Result<&DatabaseConnection, DbErr> {
+        let index = self.inner.router.index_of(alias).map_err(to_db_err)?;
+        Ok(&self.inner.conns[index])
+    }
+
+    /// The pool a statement with this text goes to, under the router's rules.
+    fn route_sql(&self, sql: &str) -> Result<&DatabaseConnection, DbErr> {
+        let op = match classify(sql) {
+            StatementKind::Read => Operation::Read,
+            StatementKind::Write => Operation::Write,
+        };
+        self.route(op, sql)
+    }
+
+    /// The pool for `op`; `sql` only feeds delegate hints.
+    fn route(&self, op: Operation, sql: &str) -> Result<&DatabaseConnection, DbErr> {
+        let router = &self.inner.router;
+        let table;
+        let hint = match router.has_delegates().then(|| main_table(sql)).flatten() {
+            Some(t) => {
+                table = [t];
+                Hint::tables(&table)
+            }
+            None => Hint::default(),
+        };
+        let route = match op {
+            Operation::Read => router.db_for_read(&hint),
+            Operation::Write => router.db_for_write(&hint),
+        }
+        .map_err(to_db_err)?;
+        Ok(&self.inner.conns[route.index])
+    }
+
+    /// Read-only transactions may run on a replica; every other one runs on the master.
+    fn route_transaction(&self, access: Option<AccessMode>) -> Result<&DatabaseConnection, DbErr> {
+        match access {
+            Some(AccessMode::ReadOnly) => self.route(Operation::Read, ""),
+            _ => self.route(Operation::Write, ""),
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl ConnectionTrait for PinDbConnection {
+    fn get_database_backend(&self) -> DbBackend {
+        DbBackend::Postgres
+    }
+
+    async fn execute_raw(&self, stmt: Statement) -> Result<ExecResult, DbErr> {
+        self.route_sql(&stmt.sql)?.execute_raw(stmt).await
+    }
+
+    async fn execute_unprepared(&self, sql: &str) -> Result<ExecResult, DbErr> {
+        self.route(Operation::Write, sql)?
+            .execute_unprepared(sql)
+            .await
+    }
+
+    async fn query_one_raw(&self, stmt: Statement) -> Result<Option<QueryResult>, DbErr> {
+        self.route_sql(&stmt.sql)?.query_one_raw(stmt).await
+    }
+
+    async fn query_all_raw(&self, stmt: Statement) -> Result<Vec<QueryResult>, DbErr> {
+        self.route_sql(&stmt.sql)?.query_all_raw(stmt).await
+    }
+}
+
+impl StreamTrait for PinDbConnection {
+    type Stream<'a> = QueryStream;
+
+    fn get_database_backend(&self) -> DbBackend {
+        DbBackend::Postgres
+    }
+
+    fn stream_raw<'a>(
+        &'a self,
+        stmt: Statement,
+    ) -> Pin<Box<dyn Future<Output = Result<QueryStream, DbErr>> + 'a + Send>> {
+        match self.route_sql(&stmt.sql) {
+            Ok(conn) => conn.stream_raw(stmt),
+            Err(e) => Box::pin(std::future::ready(Err(e))),
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl TransactionTrait for PinDbConnection {
+    type Transaction = DatabaseTransaction;
+
+    async fn begin(&self) -> Result<DatabaseTransaction, DbErr> {
+        self.route_transaction(None)?.begin().await
+    }
+
+    async fn begin_with_config(
+        &self,
+        isolation_level: Option<IsolationLevel>,
+        access_mode: Option<AccessMode>,
+    ) -> Result<DatabaseTransaction, DbErr> {
+        self.route_transaction(access_mode)?
+            .begin_with_config(isolation_level, access_mode)
+            .await
+    }
+
+    async fn begin_with_options(
+        &self,
+        options: TransactionOptions,
+    ) -> Result<DatabaseTransaction, DbErr> {
+        self.route_transaction(options.access_mode)?
+            .begin_with_options(options)
+            .await
+    }
+
+    async fn transaction<F, T, E>(&self, callback: F) -> Result<T, TransactionError<E>>
+    where
+        F: for<'c> FnOnce(
+                &'c DatabaseTransaction,
+            ) -> Pin<Box<dyn Future<Output = Result<T, E>> + Send + 'c>>
+            + Send,
+        T: Send,
+        E: std::fmt::Display + std::fmt::Debug + Send,
+    {
+        self.route_transaction(None)
+            .map_err(TransactionError::Connection)?
+            .transaction(callback)
+            .await
+    }
+
+    async fn transaction_with_config<F, T, E>(
+        &self,
+        callback: F,
+        isolation_level: Option<IsolationLevel>,
+        access_mode: Option<AccessMode>,
+    ) -> Result<T, TransactionError<E>>
+    where
+        F: for<'c> FnOnce(
+                &'c DatabaseTransaction,
+            ) -> Pin<Box<dyn Future<Output = Result<T, E>> + Send + 'c>>
+            + Send,
+        T: Send,
+        E: std::fmt::Display + std::fmt::Debug + Send,
+    {
+        self.route_transaction(access_mode)
+            .map_err(TransactionError::Connection)?
+            .transaction_with_config(callback, isolation_level, access_mode)
+            .await
+    }
+}
