@@ -4,7 +4,7 @@
 
 use diesel::prelude::*;
 use pindb_core::{Config, RouterMode};
-use pindb_testkit::{Cluster, ReplayControl, TestSchema};
+use pindb_testkit::Fixture;
 
 diesel::table! {
     notes (id) {
@@ -29,83 +29,54 @@ pub struct NewNote<'a> {
     pub body: &'a str,
 }
 
-/// One test's world: its schema with a `notes` table holding one row ("old"), replicas caught
-/// up, exclusive control of replay.
-pub struct World {
-    pub cluster: Cluster,
-    pub schema: TestSchema,
-    pub control: ReplayControl,
+/// One test's world: a `notes` table holding one row ("old"), replicas caught up.
+pub struct World(pub Fixture);
+
+impl std::ops::Deref for World {
+    type Target = Fixture;
+    fn deref(&self) -> &Fixture {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for World {
+    fn deref_mut(&mut self) -> &mut Fixture {
+        &mut self.0
+    }
 }
 
 impl World {
     pub async fn new() -> World {
-        let cluster = Cluster::from_env();
-        let control = cluster.exclusive().await;
-        let schema = cluster.fresh_schema().await;
-        cluster
-            .primary()
-            .await
-            .batch_execute(&format!(
-                "CREATE TABLE {s}.notes (id serial PRIMARY KEY, author text NOT NULL, body text NOT NULL);
-                 INSERT INTO {s}.notes (author, body) VALUES ('alice', 'old');",
-                s = schema.name
-            ))
-            .await
-            .unwrap();
-        cluster.sync_replicas().await;
-        World {
-            cluster,
-            schema,
-            control,
-        }
+        World(
+            Fixture::new(
+                "CREATE TABLE {schema}.notes (id serial PRIMARY KEY, author text NOT NULL, body text NOT NULL);
+                 INSERT INTO {schema}.notes (author, body) VALUES ('alice', 'old');",
+            )
+            .await,
+        )
     }
 
-    /// A config over the primary and the given replicas (1-based), in this test's schema.
     pub fn config(&self, mode: RouterMode, replicas: &[usize]) -> Config {
-        let mut config = Config::single_set(
-            self.schema.url(&self.cluster.primary_url),
-            replicas
-                .iter()
-                .map(|&n| self.schema.url(self.cluster.replica_url(n))),
-        );
-        config.router = mode;
-        config
+        self.0.config(mode, replicas)
     }
 
-    /// Pauses replay on replica `n`, then writes a "new" row on the primary that the replica
-    /// has received but not replayed.
+    /// Replica `n` stops replaying, then a "new" row is written that it has not replayed.
     pub async fn make_stale(&mut self, n: usize) {
-        self.control.pause(n).await;
-        self.cluster
-            .primary()
-            .await
-            .batch_execute(&format!(
-                "INSERT INTO {}.notes (author, body) VALUES ('alice', 'new')",
-                self.schema.name
-            ))
-            .await
-            .unwrap();
-        let lsn = self.cluster.primary_lsn().await;
-        self.cluster.wait_for_receive(n, lsn).await;
+        self.0
+            .write_unseen_by(
+                n,
+                "INSERT INTO {schema}.notes (author, body) VALUES ('alice', 'new')",
+            )
+            .await;
     }
 
     pub async fn primary_bodies(&self) -> Vec<String> {
-        self.cluster
-            .primary()
+        self.0
+            .primary_column("SELECT body FROM {schema}.notes ORDER BY id")
             .await
-            .query(
-                &format!("SELECT body FROM {}.notes ORDER BY id", self.schema.name),
-                &[],
-            )
-            .await
-            .unwrap()
-            .iter()
-            .map(|r| r.get(0))
-            .collect()
     }
 
     pub async fn finish(self) {
-        drop(self.control);
-        self.schema.drop().await;
+        self.0.finish().await;
     }
 }
