@@ -34,18 +34,7 @@ fn bench(c: &mut Criterion) {
         .unwrap();
     let cluster = Cluster::from_env();
     let schema = rt.block_on(async {
-        let schema = cluster.fresh_schema().await;
-        cluster
-            .primary()
-            .await
-            .batch_execute(&format!(
-                "CREATE TABLE {s}.bench_users (id int PRIMARY KEY, name text NOT NULL);
-                 INSERT INTO {s}.bench_users SELECT g, 'user ' || g FROM generate_series(1, 1000) g;",
-                s = schema.name
-            ))
-            .await
-            .unwrap();
-        cluster.sync_replicas().await;
+        let schema = pindb_testkit::bench_users(&cluster).await;
         schema
     });
     let replica_url = schema.url(cluster.replica_url(1));

@@ -7,7 +7,7 @@ use diesel::prelude::*;
 use diesel_async::{AsyncConnection, RunQueryDsl};
 use pindb_core::{scope, Config, Hint, Operation, Router, RouterMode};
 use pindb_diesel::{is_unpinned_write, routing_error, PinDb};
-use pindb_testkit::Cluster;
+use pindb_testkit::{contexts_that_saw_foreign_pins, Cluster};
 
 mod common;
 
@@ -307,29 +307,17 @@ async fn concurrent_contexts_see_only_their_own_pins() {
     let mut w = World::new().await;
     let db = db(&w, RouterMode::Strict, &[1]);
     w.make_stale(1).await;
-    let mut tasks = Vec::new();
-    for i in 0..200 {
+    let failed = contexts_that_saw_foreign_pins(db.router(), 200, |_, pinned| {
         let db = db.clone();
-        tasks.push(tokio::spawn(scope(async move {
-            let pin = i % 2 == 0;
-            if pin {
-                db.router().pin("default").unwrap();
-            }
-            tokio::task::yield_now().await;
-            let seen = bodies(&mut db.get()).await.unwrap();
-            let want: &[&str] = if pin { &["old", "new"] } else { &["old"] };
-            seen == want
-        })));
-    }
-    let mut wrong = 0;
-    for t in tasks {
-        if !t.await.unwrap() {
-            wrong += 1;
+        async move {
+            let want: &[&str] = if pinned { &["old", "new"] } else { &["old"] };
+            bodies(&mut db.get()).await.unwrap() == want
         }
-    }
+    })
+    .await;
     assert_eq!(
-        wrong, 0,
-        "{wrong} of 200 contexts saw another context's pin state"
+        failed, 0,
+        "{failed} of 200 contexts saw another context's pin state"
     );
     w.finish().await;
 }

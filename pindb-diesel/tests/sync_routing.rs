@@ -6,6 +6,7 @@ use diesel::prelude::*;
 use pindb_core::{scope, spawn_blocking, RouterMode};
 use pindb_diesel::is_unpinned_write;
 use pindb_diesel::sync::{SyncPinDb, SyncPinDbConnection};
+use pindb_testkit::contexts_that_saw_foreign_pins;
 
 mod common;
 
@@ -237,28 +238,19 @@ async fn concurrent_contexts_see_only_their_own_pins() {
     let mut w = World::new().await;
     let db = db(&w, RouterMode::Strict, &[1]);
     w.make_stale(1).await;
-    let mut tasks = Vec::new();
-    for i in 0..200 {
+    let failed = contexts_that_saw_foreign_pins(db.router(), 200, |_, pinned| {
         let db = db.clone();
-        tasks.push(tokio::spawn(in_context(move || {
-            let pin = i % 2 == 0;
-            if pin {
-                db.router().pin("default").unwrap();
-            }
-            let seen = bodies(&mut db.get()).unwrap();
-            let want: &[&str] = if pin { &["old", "new"] } else { &["old"] };
-            seen == want
-        })));
-    }
-    let mut wrong = 0;
-    for t in tasks {
-        if !t.await.unwrap() {
-            wrong += 1;
+        async move {
+            let want: &[&str] = if pinned { &["old", "new"] } else { &["old"] };
+            spawn_blocking(move || bodies(&mut db.get()).unwrap() == want)
+                .await
+                .unwrap()
         }
-    }
+    })
+    .await;
     assert_eq!(
-        wrong, 0,
-        "{wrong} of 200 contexts saw another context's pin state"
+        failed, 0,
+        "{failed} of 200 contexts saw another context's pin state"
     );
     w.finish().await;
 }

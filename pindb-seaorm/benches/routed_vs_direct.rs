@@ -35,20 +35,10 @@ fn bench(c: &mut Criterion) {
         .unwrap();
     let cluster = Cluster::from_env();
     let (schema, routed, plain) = rt.block_on(async {
-        let schema = cluster.fresh_schema().await;
-        cluster
-            .primary()
-            .await
-            .batch_execute(&format!(
-                "CREATE TABLE {s}.bench_users (id int PRIMARY KEY, name text NOT NULL);
-                 INSERT INTO {s}.bench_users SELECT g, 'user ' || g FROM generate_series(1, 1000) g;",
-                s = schema.name
-            ))
-            .await
-            .unwrap();
-        cluster.sync_replicas().await;
+        let schema = pindb_testkit::bench_users(&cluster).await;
         let replica_url = schema.url(cluster.replica_url(1));
-        let mut config = Config::single_set(schema.url(&cluster.primary_url), [replica_url.clone()]);
+        let mut config =
+            Config::single_set(schema.url(&cluster.primary_url), [replica_url.clone()]);
         config.router = RouterMode::Strict;
         let routed = PinDbConnection::connect(config).await.unwrap();
         let mut opts = ConnectOptions::new(replica_url);

@@ -4,7 +4,7 @@
 use futures_util::TryStreamExt;
 use pindb_core::{scope, RouterMode};
 use pindb_seaorm::{is_unpinned_write, routing_error, PinDbConnection};
-use pindb_testkit::Fixture;
+use pindb_testkit::{contexts_that_saw_foreign_pins, Fixture};
 use sea_orm::entity::prelude::*;
 use sea_orm::{
     AccessMode, ActiveValue::Set, ConnectionTrait, DbBackend, PaginatorTrait, QueryOrder,
@@ -361,28 +361,17 @@ async fn concurrent_contexts_are_isolated() {
     let mut f = world().await;
     let db = db(&f, RouterMode::Strict, &[1]).await;
     make_stale(&mut f, 1).await;
-    let mut tasks = Vec::new();
-    for i in 0..200 {
+    let failed = contexts_that_saw_foreign_pins(db.router(), 200, |_, pinned| {
         let db = db.clone();
-        tasks.push(tokio::spawn(scope(async move {
-            let pin = i % 2 == 0;
-            if pin {
-                db.router().pin("default").unwrap();
-            }
-            tokio::task::yield_now().await;
-            let want: &[&str] = if pin { &["old", "new"] } else { &["old"] };
+        async move {
+            let want: &[&str] = if pinned { &["old", "new"] } else { &["old"] };
             names(&db).await == want
-        })));
-    }
-    let mut wrong = 0;
-    for t in tasks {
-        if !t.await.unwrap() {
-            wrong += 1;
         }
-    }
+    })
+    .await;
     assert_eq!(
-        wrong, 0,
-        "{wrong} of 200 contexts saw another context's pin state"
+        failed, 0,
+        "{failed} of 200 contexts saw another context's pin state"
     );
     f.finish().await;
 }
