@@ -34,9 +34,87 @@ pub enum ReplicaPolicy {
     RoundRobin,
     /// Each new context takes a replica at random.
     Random,
-    /// The replica with the least lag. Needs the replica monitor, which is not built yet:
-    /// choosing it is a config error for now.
+    /// The replica with the least lag, as the replica monitor last saw it.
     LeastLag,
+}
+
+/// What to do when the start-up topology check finds a misconfigured database.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum TopologyCheck {
+    /// Refuse to start (a `PinDbError::Config` naming the alias).
+    #[default]
+    Error,
+    /// Log a warning and go on.
+    Warn,
+    /// Do not check.
+    Off,
+}
+
+/// The replica monitor's settings (`[monitor]`).
+///
+/// ```
+/// let m: pindb_core::config::MonitorSettings = toml::from_str("max_lag_ms = 5000").unwrap();
+/// assert_eq!(m.max_lag_ms, 5000);
+/// assert_eq!(m.interval_ms, 250);
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MonitorSettings {
+    /// How often each replica and master is polled.
+    pub interval_ms: u64,
+    /// A health query (and a connection attempt) that takes longer fails.
+    pub check_timeout_ms: u64,
+    /// Consecutive failed checks before a replica is marked down.
+    pub failures_before_down: u32,
+    /// A replica further behind than this many bytes of WAL is not read from.
+    pub max_lag_bytes: u64,
+    /// A replica that has not replayed WAL the master has had for this long is not read from.
+    pub max_lag_ms: u64,
+    /// The start-up topology check.
+    pub topology_check: TopologyCheck,
+}
+
+impl Default for MonitorSettings {
+    fn default() -> Self {
+        MonitorSettings {
+            interval_ms: 250,
+            check_timeout_ms: 500,
+            failures_before_down: 2,
+            max_lag_bytes: 16 * 1024 * 1024,
+            max_lag_ms: 30_000,
+            topology_check: TopologyCheck::Error,
+        }
+    }
+}
+
+/// Read-your-writes across contexts (`[stickiness]`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StickinessSettings {
+    /// How long a recorded write position is kept for a key.
+    pub ttl_seconds: u64,
+    /// At a keyed context's start, how long to wait for a replica to catch up with the key's
+    /// last write before reading that set from the master (0: do not wait).
+    pub max_wait_ms: u64,
+    /// Keys the in-memory store keeps at most (the oldest are dropped first).
+    pub memory_capacity: usize,
+    /// Prefix of the Redis keys.
+    pub redis_prefix: String,
+    /// Timeout of each Redis command and connection attempt.
+    pub redis_timeout_ms: u64,
+}
+
+impl Default for StickinessSettings {
+    fn default() -> Self {
+        StickinessSettings {
+            ttl_seconds: 30,
+            max_wait_ms: 0,
+            memory_capacity: 100_000,
+            redis_prefix: "pindb:lsn:".to_owned(),
+            redis_timeout_ms: 100,
+        }
+    }
 }
 
 /// Connection settings of one database, or the overrides of one replica.
@@ -139,6 +217,12 @@ pub struct Config {
     /// Databases outside every set.
     #[serde(default)]
     pub unmanaged: BTreeMap<String, DatabaseSettings>,
+    /// The replica monitor.
+    #[serde(default)]
+    pub monitor: MonitorSettings,
+    /// Read-your-writes across contexts.
+    #[serde(default)]
+    pub stickiness: StickinessSettings,
 }
 
 fn default_enabled() -> bool {
@@ -189,6 +273,8 @@ impl Config {
                     .collect(),
             )]),
             unmanaged: BTreeMap::new(),
+            monitor: MonitorSettings::default(),
+            stickiness: StickinessSettings::default(),
         }
     }
 
@@ -322,10 +408,10 @@ impl Config {
 
     /// Checks everything [`Config::databases`] checks, plus the policy.
     pub fn validate(&self) -> Result<(), PinDbError> {
-        if self.replica_policy == ReplicaPolicy::LeastLag {
-            return Err(PinDbError::config_global(
-                "replica_policy = \"least-lag\" needs the replica monitor, which this version \
-                 does not have yet; use \"round-robin\" or \"random\"",
+        if self.monitor.interval_ms == 0 || self.monitor.check_timeout_ms == 0 {
+            return Err(PinDbError::config(
+                "monitor",
+                "interval_ms and check_timeout_ms must be at least 1",
             ));
         }
         self.databases().map(|_| ())
@@ -386,12 +472,22 @@ mod tests {
     }
 
     #[test]
-    fn least_lag_is_refused_until_the_monitor_exists() {
+    fn monitor_and_stickiness_sections() {
+        let c = Config::from_toml_str(
+            "replica_policy = 'least-lag'\n[masters.default]\nurl = 'postgres://h/d'\n[sets]\ndefault = []\n\
+             [monitor]\nmax_lag_bytes = 1024\ntopology_check = 'warn'\n[stickiness]\nmax_wait_ms = 50",
+        )
+        .unwrap();
+        assert_eq!(c.replica_policy, ReplicaPolicy::LeastLag);
+        assert_eq!(c.monitor.max_lag_bytes, 1024);
+        assert_eq!(c.monitor.topology_check, TopologyCheck::Warn);
+        assert_eq!(c.stickiness.max_wait_ms, 50);
+        assert_eq!(c.stickiness.ttl_seconds, 30);
         let e = Config::from_toml_str(
-            "replica_policy = 'least-lag'\n[masters.default]\nurl = 'postgres://h/d'\n[sets]\ndefault = []",
+            "[masters.default]\nurl = 'postgres://h/d'\n[sets]\ndefault = []\n[monitor]\ninterval_ms = 0",
         )
         .unwrap_err();
-        assert!(e.to_string().contains("least-lag"), "{e}");
+        assert!(e.to_string().contains("interval_ms"), "{e}");
     }
 
     #[test]

@@ -20,6 +20,7 @@ use tokio::task::futures::TaskLocalFuture;
 use tokio::task::JoinHandle;
 
 use crate::guard::GuardKind;
+use crate::lsn::Lsn;
 
 tokio::task_local! {
     static CURRENT: Context;
@@ -67,6 +68,9 @@ pub(crate) struct State {
     sets: Vec<SetState>,
     guards: Vec<Frame>,
     next_guard_id: u64,
+    /// The stickiness store could not be read for this context's key: positions are unknown,
+    /// so every set is read from its master.
+    pub(crate) store_unavailable: bool,
 }
 
 pub(crate) struct SetState {
@@ -74,6 +78,8 @@ pub(crate) struct SetState {
     pub(crate) pin: Option<PinOrigin>,
     /// `(router id, replica index)` chosen for this set, kept for the rest of the context.
     pub(crate) replica: Option<(u64, usize)>,
+    /// The WAL position a replica must have replayed to serve this context (read-your-writes).
+    pub(crate) required: Option<Lsn>,
 }
 
 struct Frame {
@@ -93,6 +99,7 @@ impl State {
                     name: Arc::clone(set),
                     pin: None,
                     replica: None,
+                    required: None,
                 });
                 self.sets.len() - 1
             }
@@ -171,8 +178,27 @@ impl Context {
         self.lock().pin(&Arc::from(set), PinOrigin::Carried);
     }
 
+    /// Requires replicas of `set` to have replayed `lsn` before they serve this context (from a
+    /// stickiness store or a [`ConsistencyToken`](crate::ConsistencyToken)); a later, higher
+    /// position wins. Until a replica has, the set is read from its master.
+    pub fn require(&self, set: &str, lsn: Lsn) {
+        let mut state = self.lock();
+        let entry = state.set_mut(&Arc::from(set));
+        entry.required = Some(entry.required.map_or(lsn, |r| r.max(lsn)));
+        entry.replica = None;
+    }
+
+    /// The positions this context requires, by set.
+    pub fn required(&self) -> Vec<(String, Lsn)> {
+        self.lock()
+            .sets
+            .iter()
+            .filter_map(|s| s.required.map(|lsn| (s.name.to_string(), lsn)))
+            .collect()
+    }
+
     /// Sets pinned in this context matching `filter`, in the order they were first used.
-    fn pinned(&self, filter: impl Fn(PinOrigin) -> bool) -> Vec<String> {
+    pub(crate) fn pinned(&self, filter: impl Fn(PinOrigin) -> bool) -> Vec<String> {
         self.lock()
             .sets
             .iter()
@@ -237,7 +263,8 @@ pub fn get_newly_pinned() -> Vec<String> {
     with_current(|ctx| ctx.pinned(|o| o == PinOrigin::New)).unwrap_or_default()
 }
 
-/// Clears every pin and replica choice of the current context; live guards stay in force
+/// Clears every pin, replica choice and required position of the current context; live
+/// guards stay in force
 /// until dropped. Background workers call it between jobs. Outside any context there is
 /// nothing to clear.
 ///
@@ -251,7 +278,11 @@ pub fn get_newly_pinned() -> Vec<String> {
 /// # }
 /// ```
 pub fn unpin_all() {
-    with_current(|ctx| ctx.lock().sets.clear());
+    with_current(|ctx| {
+        let mut state = ctx.lock();
+        state.sets.clear();
+        state.store_unavailable = false;
+    });
 }
 
 pin_project_lite::pin_project! {

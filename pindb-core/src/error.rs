@@ -72,6 +72,26 @@ pub enum PinDbError {
     )]
     NoGlobalRouter,
 
+    /// A consistency token that does not parse.
+    #[error(
+        "consistency token part `{part}` is not `set@X/Y`; tokens come from \
+         `Router::consistency_token().to_string()`"
+    )]
+    BadToken {
+        /// The offending part.
+        part: String,
+    },
+
+    /// The stickiness store could not be reached. Never returned to callers by routing:
+    /// the context reads from masters instead.
+    #[error("stickiness store `{store}` unavailable: {message}")]
+    StoreUnavailable {
+        /// The store's name (`memory`, `redis`).
+        store: &'static str,
+        /// What failed.
+        message: String,
+    },
+
     /// `Router::install_global` was called twice.
     #[error("a global pindb router is already installed; install it once at start-up")]
     GlobalRouterAlreadyInstalled,

@@ -42,9 +42,12 @@ pub mod config;
 pub mod context;
 pub mod error;
 pub mod guard;
+pub mod lsn;
+pub mod monitor;
 pub mod populate;
-mod replica;
+pub mod replica;
 pub mod router;
+pub mod stickiness;
 
 pub use classify::{classify, StatementKind};
 pub use config::{Config, DatabaseSettings, ReplicaPolicy, RouterMode};
@@ -54,6 +57,9 @@ pub use context::{
 };
 pub use error::PinDbError;
 pub use guard::{Guard, GuardKind};
+pub use lsn::Lsn;
+pub use replica::ReplicaStatus;
+pub use stickiness::{ConsistencyToken, Store};
 pub use populate::{populate_replicas, Database, Membership, PoolSettings};
 pub use router::{
     db_for_read, db_for_write, get_replica, global, master, pin, unpinned_replica, Delegate, Hint,

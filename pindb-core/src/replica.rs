@@ -1,11 +1,110 @@
-//! Replica choice: which of a set's replicas a new context reads from.
+//! Replica choice and replica health: which of a set's replicas a context reads from, and
+//! which ones are fit to be read at all.
 //!
-//! This module owns the per-set policy state (the round-robin counter). It picks an index and
-//! nothing else: stickiness within a context is the router's, via the context's state.
+//! This module owns the per-set policy state (the round-robin counter) and the per-replica
+//! health cells that the monitor writes and the router reads without locks. It picks an index
+//! and nothing else: stickiness within a context is the router's, via the context's state; I/O
+//! is the monitor's.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
 use crate::config::ReplicaPolicy;
+use crate::lsn::Lsn;
+
+/// Live state of one replica. Written by the monitor, read lock-free by every decision.
+///
+/// Without a monitor a replica counts as up, not lagging, with an unknown position (so a
+/// context that needs a position reads that set from the master).
+#[derive(Debug)]
+pub(crate) struct Health {
+    up: AtomicBool,
+    over_lag: AtomicBool,
+    replay_lsn: AtomicU64,
+    lag_bytes: AtomicU64,
+    lag_ms: AtomicU64,
+}
+
+impl Default for Health {
+    fn default() -> Self {
+        Health {
+            up: AtomicBool::new(true),
+            over_lag: AtomicBool::new(false),
+            replay_lsn: AtomicU64::new(0),
+            lag_bytes: AtomicU64::new(0),
+            lag_ms: AtomicU64::new(0),
+        }
+    }
+}
+
+/// A snapshot of one replica's health, for observability and tests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReplicaStatus {
+    /// Answering health checks.
+    pub up: bool,
+    /// Beyond `max_lag_bytes` or `max_lag_ms`: not read from.
+    pub over_lag: bool,
+    /// The last replay position seen (`0/0` until the first check).
+    pub replay_lsn: Lsn,
+    /// Bytes of WAL the master has that the replica has not replayed.
+    pub lag_bytes: u64,
+    /// For how long the master has had WAL the replica has not replayed (0 when caught up,
+    /// however idle the master is).
+    pub lag_ms: u64,
+}
+
+impl Health {
+    pub(crate) fn status(&self) -> ReplicaStatus {
+        ReplicaStatus {
+            up: self.up.load(Ordering::Relaxed),
+            over_lag: self.over_lag.load(Ordering::Relaxed),
+            replay_lsn: Lsn(self.replay_lsn.load(Ordering::Relaxed)),
+            lag_bytes: self.lag_bytes.load(Ordering::Relaxed),
+            lag_ms: self.lag_ms.load(Ordering::Relaxed),
+        }
+    }
+
+    pub(crate) fn set_down(&self) {
+        self.up.store(false, Ordering::Relaxed);
+    }
+
+    pub(crate) fn set_position(&self, replay: Lsn, lag_bytes: u64, lag_ms: u64, over_lag: bool) {
+        self.replay_lsn.store(replay.0, Ordering::Relaxed);
+        self.lag_bytes.store(lag_bytes, Ordering::Relaxed);
+        self.lag_ms.store(lag_ms, Ordering::Relaxed);
+        self.over_lag.store(over_lag, Ordering::Relaxed);
+        self.up.store(true, Ordering::Relaxed);
+    }
+
+    /// A direct check saw the replica at `replay` (at least): raise the known position.
+    pub(crate) fn raise_replay(&self, replay: Lsn) {
+        self.replay_lsn.fetch_max(replay.0, Ordering::Relaxed);
+    }
+
+    pub(crate) fn replay_lsn(&self) -> Lsn {
+        Lsn(self.replay_lsn.load(Ordering::Relaxed))
+    }
+
+    fn usable(&self) -> bool {
+        self.up.load(Ordering::Relaxed) && !self.over_lag.load(Ordering::Relaxed)
+    }
+
+    fn has_replayed(&self, required: Option<Lsn>) -> bool {
+        required.is_none_or(|r| self.replay_lsn.load(Ordering::Relaxed) >= r.0)
+    }
+}
+
+/// Why no replica could serve a read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum NoReplica {
+    /// The set has none.
+    None,
+    /// Every replica is down.
+    AllDown,
+    /// Every replica that is up is over the lag limits.
+    AllLagging,
+    /// Usable replicas exist, but none has replayed the context's required position.
+    NotCaughtUp,
+}
 
 /// Per-set choice state.
 #[derive(Debug, Default)]
@@ -14,17 +113,44 @@ pub(crate) struct Picker {
 }
 
 impl Picker {
-    /// An index in `0..count`. `count` must be non-zero (the router checks).
-    pub(crate) fn pick(&self, policy: ReplicaPolicy, count: usize) -> usize {
-        debug_assert!(count > 0);
-        match policy {
-            ReplicaPolicy::Random => fastrand::usize(..count),
-            // LeastLag is refused by config validation until the monitor exists; should a
-            // hand-built config reach here, round-robin is the safe stand-in.
-            ReplicaPolicy::RoundRobin | ReplicaPolicy::LeastLag => {
-                self.next.fetch_add(1, Ordering::Relaxed) % count
-            }
+    /// An index into `health` (the set's replicas): `keep` if it is still fit, else a fresh
+    /// choice by `policy` among the fit ones.
+    pub(crate) fn choose(
+        &self,
+        policy: ReplicaPolicy,
+        health: &[Health],
+        required: Option<Lsn>,
+        keep: Option<usize>,
+    ) -> Result<usize, NoReplica> {
+        let n = health.len();
+        if n == 0 {
+            return Err(NoReplica::None);
         }
+        let fit = |i: usize| health[i].usable() && health[i].has_replayed(required);
+        if let Some(k) = keep.filter(|&k| k < n && fit(k)) {
+            return Ok(k);
+        }
+        let found = match policy {
+            ReplicaPolicy::LeastLag => (0..n)
+                .filter(|&i| fit(i))
+                .min_by_key(|&i| health[i].lag_bytes.load(Ordering::Relaxed)),
+            ReplicaPolicy::RoundRobin | ReplicaPolicy::Random => {
+                let start = match policy {
+                    ReplicaPolicy::Random => fastrand::usize(..n),
+                    _ => self.next.fetch_add(1, Ordering::Relaxed) % n,
+                };
+                (0..n).map(|k| (start + k) % n).find(|&i| fit(i))
+            }
+        };
+        found.ok_or_else(|| {
+            if health.iter().all(|h| !h.up.load(Ordering::Relaxed)) {
+                NoReplica::AllDown
+            } else if health.iter().any(Health::usable) {
+                NoReplica::NotCaughtUp
+            } else {
+                NoReplica::AllLagging
+            }
+        })
     }
 }
 
@@ -32,11 +158,16 @@ impl Picker {
 mod tests {
     use super::*;
 
+    fn healthy(n: usize) -> Vec<Health> {
+        (0..n).map(|_| Health::default()).collect()
+    }
+
     #[test]
     fn round_robin_cycles() {
         let p = Picker::default();
+        let h = healthy(3);
         let picks: Vec<_> = (0..6)
-            .map(|_| p.pick(ReplicaPolicy::RoundRobin, 3))
+            .map(|_| p.choose(ReplicaPolicy::RoundRobin, &h, None, None).unwrap())
             .collect();
         assert_eq!(picks, [0, 1, 2, 0, 1, 2]);
     }
@@ -44,10 +175,54 @@ mod tests {
     #[test]
     fn random_stays_in_range_and_uses_every_replica() {
         let p = Picker::default();
+        let h = healthy(3);
         let mut seen = [0usize; 3];
         for _ in 0..3000 {
-            seen[p.pick(ReplicaPolicy::Random, 3)] += 1;
+            seen[p.choose(ReplicaPolicy::Random, &h, None, None).unwrap()] += 1;
         }
         assert!(seen.iter().all(|&n| n > 500), "{seen:?}");
+    }
+
+    #[test]
+    fn unfit_replicas_are_skipped_and_the_reason_says_why() {
+        let p = Picker::default();
+        let h = healthy(2);
+        h[0].set_down();
+        for _ in 0..4 {
+            assert_eq!(p.choose(ReplicaPolicy::RoundRobin, &h, None, None), Ok(1));
+        }
+        assert_eq!(p.choose(ReplicaPolicy::RoundRobin, &h, None, Some(0)), Ok(1), "a kept choice that went down is replaced");
+        h[1].set_position(Lsn(10), 9_000_000, 0, true);
+        assert_eq!(p.choose(ReplicaPolicy::RoundRobin, &h, None, None), Err(NoReplica::AllLagging));
+        h[1].set_down();
+        assert_eq!(p.choose(ReplicaPolicy::RoundRobin, &h, None, None), Err(NoReplica::AllDown));
+        assert_eq!(p.choose(ReplicaPolicy::RoundRobin, &[], None, None), Err(NoReplica::None));
+    }
+
+    #[test]
+    fn required_position_filters_replicas() {
+        let p = Picker::default();
+        let h = healthy(2);
+        h[0].set_position(Lsn(100), 0, 0, false);
+        h[1].set_position(Lsn(50), 50, 10, false);
+        for _ in 0..4 {
+            assert_eq!(p.choose(ReplicaPolicy::RoundRobin, &h, Some(Lsn(80)), None), Ok(0));
+        }
+        assert_eq!(
+            p.choose(ReplicaPolicy::RoundRobin, &h, Some(Lsn(101)), None),
+            Err(NoReplica::NotCaughtUp)
+        );
+    }
+
+    #[test]
+    fn least_lag_takes_the_freshest_fit_replica() {
+        let p = Picker::default();
+        let h = healthy(3);
+        h[0].set_position(Lsn(90), 10, 5, false);
+        h[1].set_position(Lsn(99), 1, 1, false);
+        h[2].set_position(Lsn(100), 0, 0, false);
+        assert_eq!(p.choose(ReplicaPolicy::LeastLag, &h, None, None), Ok(2));
+        h[2].set_down();
+        assert_eq!(p.choose(ReplicaPolicy::LeastLag, &h, None, None), Ok(1));
     }
 }

@@ -16,7 +16,10 @@ use crate::context::{with_current, PinOrigin, State};
 use crate::error::PinDbError;
 use crate::guard::{Guard, GuardKind};
 use crate::populate::{Database, Membership};
-use crate::replica::Picker;
+use crate::lsn::Lsn;
+use crate::monitor::{lsn_column, Probe};
+use crate::replica::{Health, NoReplica, Picker, ReplicaStatus};
+use crate::stickiness::{MemoryStore, Store};
 
 /// Read or write.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -158,6 +161,14 @@ pub enum Reason {
     GreedyPin,
     /// Greedy router, outside any context: the write goes to the master but nothing can be pinned.
     NoContextWrite,
+    /// Every replica of the set is down: the master serves the read.
+    ReplicaDown,
+    /// Every replica that is up is beyond the lag limits: the master serves the read.
+    LagFallback,
+    /// No usable replica has replayed this context's last write yet: the master serves it.
+    NotCaughtUp,
+    /// The stickiness store could not be read for this context: the master serves its reads.
+    StoreUnavailable,
 }
 
 impl Reason {
@@ -174,6 +185,10 @@ impl Reason {
             Reason::NoReplica => "no-replica",
             Reason::GreedyPin => "greedy-pin",
             Reason::NoContextWrite => "no-context-write",
+            Reason::ReplicaDown => "replica-down",
+            Reason::LagFallback => "lag-fallback",
+            Reason::NotCaughtUp => "not-caught-up",
+            Reason::StoreUnavailable => "store-unavailable",
         }
     }
 }
@@ -219,11 +234,22 @@ struct SetEntry {
     master: usize,
     /// Indexes into `databases`, in replica order.
     replicas: Vec<usize>,
+    /// Parallel to `replicas`; written by the monitor.
+    health: Arc<[Health]>,
     picker: Picker,
 }
 
 struct Inner {
     id: u64,
+    /// The monitor's tasks, stopped when the last clone of the router is dropped.
+    monitor: std::sync::Mutex<Vec<tokio::task::AbortHandle>>,
+    /// Small connections of pindb's own, parallel to `databases`: master positions for
+    /// stickiness, direct replica checks.
+    probes: Vec<tokio::sync::Mutex<Probe>>,
+    store: std::sync::RwLock<Arc<dyn Store>>,
+    /// When a store failure was last logged (ms since `started`), to log once per interval.
+    store_logged_at: AtomicU64,
+    started: std::time::Instant,
     config: Config,
     databases: Vec<Database>,
     by_alias: HashMap<String, Target>,
@@ -272,6 +298,21 @@ impl fmt::Debug for Router {
 }
 
 static NEXT_ROUTER_ID: AtomicU64 = AtomicU64::new(1);
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.stop_monitor();
+    }
+}
+
+impl Inner {
+    fn stop_monitor(&self) {
+        let mut tasks = self.monitor.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        for task in tasks.drain(..) {
+            task.abort();
+        }
+    }
+}
 static GLOBAL: OnceLock<Router> = OnceLock::new();
 
 impl Router {
@@ -297,6 +338,7 @@ impl Router {
                         name: Arc::from(set.as_str()),
                         master: i,
                         replicas: Vec::new(),
+                        health: Arc::from([]),
                         picker: Picker::default(),
                     });
                 }
@@ -322,12 +364,30 @@ impl Router {
                 }
             }
         }
+        for set in &mut sets {
+            set.health = set.replicas.iter().map(|_| Health::default()).collect();
+        }
         let default = *by_alias
             .get("default")
             .ok_or_else(|| PinDbError::config("default", "no `default` database"))?;
         Ok(Router {
             inner: Arc::new(Inner {
                 id: NEXT_ROUTER_ID.fetch_add(1, Ordering::Relaxed),
+                monitor: std::sync::Mutex::new(Vec::new()),
+                probes: databases
+                    .iter()
+                    .map(|db| {
+                        tokio::sync::Mutex::new(Probe::new(
+                            db,
+                            std::time::Duration::from_millis(config.monitor.check_timeout_ms),
+                        ))
+                    })
+                    .collect(),
+                store: std::sync::RwLock::new(Arc::new(MemoryStore::new(
+                    config.stickiness.memory_capacity,
+                ))),
+                store_logged_at: AtomicU64::new(u64::MAX),
+                started: std::time::Instant::now(),
                 config,
                 databases,
                 by_alias,
@@ -352,6 +412,108 @@ impl Router {
             .set(self)
             .map_err(|_| PinDbError::GlobalRouterAlreadyInstalled)?;
         global()
+    }
+
+    /// Checks the topology ([`verify_topology`](crate::monitor::verify_topology), as
+    /// configured) and starts the replica monitor: from then on replicas that are down, too
+    /// far behind, or behind a context's last write are skipped. Runs until [`Router::stop_monitor`]
+    /// or until the last clone of the router is dropped. Calling it again restarts it.
+    ///
+    /// Returns the topology warnings. Must run inside a tokio runtime.
+    pub async fn start_monitor(&self) -> Result<Vec<String>, PinDbError> {
+        let warnings = crate::monitor::verify_topology(self).await?;
+        let tasks = crate::monitor::spawn(self);
+        self.inner.stop_monitor();
+        *self
+            .inner
+            .monitor
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = tasks;
+        Ok(warnings)
+    }
+
+    /// Replaces the stickiness store (the default keeps positions in memory).
+    ///
+    /// ```no_run
+    /// # async fn demo(router: pindb_core::Router) -> Result<(), pindb_core::PinDbError> {
+    /// use std::{sync::Arc, time::Duration};
+    /// let redis = pindb_core::stickiness::RedisStore::new("redis://127.0.0.1/", "pindb:lsn:", Duration::from_millis(100))?;
+    /// router.set_store(Arc::new(redis));
+    /// # Ok(()) }
+    /// ```
+    pub fn set_store(&self, store: Arc<dyn Store>) {
+        *self
+            .inner
+            .store
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = store;
+    }
+
+    pub(crate) fn store(&self) -> Arc<dyn Store> {
+        Arc::clone(
+            &self
+                .inner
+                .store
+                .read()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        )
+    }
+
+    /// True at most once per 10 s: store outages are logged, not once per request.
+    pub(crate) fn should_log_store_failure(&self) -> bool {
+        let now = self.inner.started.elapsed().as_millis() as u64;
+        let last = self.inner.store_logged_at.load(Ordering::Relaxed);
+        (last == u64::MAX || now.saturating_sub(last) >= 10_000)
+            && self
+                .inner
+                .store_logged_at
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+    }
+
+    /// `pg_current_wal_insert_lsn()` on the master of `set`, over pindb's own connection.
+    pub(crate) async fn master_insert_lsn(&self, set: &str) -> Result<Lsn, String> {
+        let s = self
+            .inner
+            .sets
+            .iter()
+            .find(|e| &*e.name == set)
+            .ok_or_else(|| format!("unknown set `{set}`"))?;
+        let row = Probe::shared_row(
+            &self.inner.probes[s.master],
+            "SELECT pg_current_wal_insert_lsn()::text",
+        )
+        .await?;
+        lsn_column(&row, 0)?.ok_or_else(|| "the master returned no position".to_owned())
+    }
+
+    /// Asks each usable replica of `set` for its replay position and records it. `None` when
+    /// the set has no replica.
+    pub(crate) async fn check_replicas(&self, set: &str) -> Option<()> {
+        let s = self.inner.sets.iter().find(|e| &*e.name == set)?;
+        if s.replicas.is_empty() {
+            return None;
+        }
+        for (r, &index) in s.replicas.iter().enumerate() {
+            if !s.health[r].status().up {
+                continue;
+            }
+            if let Ok(Some(lsn)) = Probe::shared_row(
+                &self.inner.probes[index],
+                "SELECT pg_last_wal_replay_lsn()::text",
+            )
+            .await
+            .and_then(|row| lsn_column(&row, 0))
+            {
+                s.health[r].raise_replay(lsn);
+            }
+        }
+        Some(())
+    }
+
+    /// Stops the replica monitor; replicas keep their last known state.
+    pub fn stop_monitor(&self) {
+        self.inner.stop_monitor();
     }
 
     /// The config this router was built from.
@@ -457,8 +619,8 @@ impl Router {
         let s = self.managed_set(alias)?;
         let set = &self.inner.sets[s];
         let i = if self.inner.config.enabled {
-            with_current(|ctx| self.pick_replica(s, Some(&mut ctx.lock())))
-                .unwrap_or_else(|| self.pick_replica(s, None))
+            with_current(|ctx| self.pick_replica(s, Some(&mut ctx.lock()), true))
+                .unwrap_or_else(|| self.pick_replica(s, None, true))
                 .unwrap_or(set.master)
         } else {
             set.master
@@ -537,23 +699,29 @@ impl Router {
             Target::Set(s) => s,
         };
         let name = &self.inner.sets[s].name;
-        // One lock for guard, pin and the sticky replica choice.
-        let (reason, replica) = with_current(|ctx| {
+        // One lock for guard, pin, stickiness and the replica choice.
+        let (reason, pick) = with_current(|ctx| {
             let mut state = ctx.lock();
             match state.guard(name) {
                 Some(GuardKind::Master) => (Reason::MasterGuard, None),
-                Some(GuardKind::UnpinnedReplica) => {
-                    (Reason::ReplicaGuard, self.pick_replica(s, Some(&mut state)))
-                }
+                // The guard accepts stale reads: positions are not required, health still is.
+                Some(GuardKind::UnpinnedReplica) => (
+                    Reason::ReplicaGuard,
+                    Some(self.pick_replica(s, Some(&mut state), false)),
+                ),
                 None if state.is_pinned(name) => (Reason::Pinned, None),
-                None => (Reason::Replica, self.pick_replica(s, Some(&mut state))),
+                None if state.store_unavailable => (Reason::StoreUnavailable, None),
+                None => (
+                    Reason::Replica,
+                    Some(self.pick_replica(s, Some(&mut state), true)),
+                ),
             }
         })
-        .unwrap_or_else(|| (Reason::Replica, self.pick_replica(s, None)));
-        Ok(match (reason, replica) {
-            (Reason::MasterGuard | Reason::Pinned, _) => self.master_route(s, reason),
-            (_, Some(i)) => self.route(i, Role::Replica, reason),
-            (_, None) => self.master_route(s, Reason::NoReplica),
+        .unwrap_or_else(|| (Reason::Replica, Some(self.pick_replica(s, None, true))));
+        Ok(match pick {
+            None => self.master_route(s, reason),
+            Some(Ok(i)) => self.route(i, Role::Replica, reason),
+            Some(Err(no)) => self.master_route(s, fallback_reason(no)),
         })
     }
 
@@ -596,29 +764,63 @@ impl Router {
     }
 
     /// The database index of the replica set `s` reads from: inside a context, chosen once
-    /// and then kept; outside, a fresh choice. `None` when the set has no replica.
-    fn pick_replica(&self, s: usize, state: Option<&mut State>) -> Option<usize> {
+    /// and kept while it stays fit (up, within lag limits and, with `honor_required`, past
+    /// the context's required position); outside, a fresh choice.
+    fn pick_replica(
+        &self,
+        s: usize,
+        state: Option<&mut State>,
+        honor_required: bool,
+    ) -> Result<usize, NoReplica> {
         let set = &self.inner.sets[s];
-        let n = set.replicas.len();
-        if n == 0 {
-            return None;
-        }
         let policy = self.inner.config.replica_policy;
-        let index = match state {
-            Some(state) => {
-                let entry = state.set_mut(&set.name);
-                match entry.replica {
-                    Some((router, i)) if router == self.inner.id && i < n => i,
-                    _ => {
-                        let i = set.picker.pick(policy, n);
-                        entry.replica = Some((self.inner.id, i));
-                        i
-                    }
-                }
-            }
-            None => set.picker.pick(policy, n),
+        let Some(state) = state else {
+            return set
+                .picker
+                .choose(policy, &set.health, None, None)
+                .map(|i| set.replicas[i]);
         };
-        Some(set.replicas[index])
+        let entry = state.set_mut(&set.name);
+        let keep = entry
+            .replica
+            .filter(|(router, _)| *router == self.inner.id)
+            .map(|(_, i)| i);
+        let required = if honor_required { entry.required } else { None };
+        let i = set.picker.choose(policy, &set.health, required, keep)?;
+        entry.replica = Some((self.inner.id, i));
+        Ok(set.replicas[i])
+    }
+
+    /// Health of a replica alias; `None` for masters and unmanaged aliases.
+    pub fn replica_status(&self, alias: &str) -> Result<Option<ReplicaStatus>, PinDbError> {
+        Ok(match self.target(alias)? {
+            Target::Replica { set, replica } => Some(self.inner.sets[set].health[replica].status()),
+            _ => None,
+        })
+    }
+
+    /// `(set name, master index, [(replica index, health)])` for each set: what the monitor
+    /// watches.
+    pub(crate) fn topology(&self) -> impl Iterator<Item = (&str, usize, &[usize], Arc<[Health]>)> {
+        self.inner
+            .sets
+            .iter()
+            .map(|s| (&*s.name, s.master, s.replicas.as_slice(), Arc::clone(&s.health)))
+    }
+
+    /// The highest position the replicas of the set of `alias` are known to have replayed.
+    pub(crate) fn best_replay(&self, set: &str) -> Option<Lsn> {
+        let s = self.inner.sets.iter().find(|e| &*e.name == set)?;
+        s.health.iter().map(Health::replay_lsn).max()
+    }
+}
+
+fn fallback_reason(no: NoReplica) -> Reason {
+    match no {
+        NoReplica::None => Reason::NoReplica,
+        NoReplica::AllDown => Reason::ReplicaDown,
+        NoReplica::AllLagging => Reason::LagFallback,
+        NoReplica::NotCaughtUp => Reason::NotCaughtUp,
     }
 }
 

@@ -25,7 +25,6 @@
 //! ```
 #![deny(missing_docs)]
 
-use std::fmt;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
@@ -39,11 +38,14 @@ pub const REPLICA1_URL_VAR: &str = "PINDB_REPLICA1_URL";
 pub const REPLICA2_URL_VAR: &str = "PINDB_REPLICA2_URL";
 /// Redis URL variable.
 pub const REDIS_URL_VAR: &str = "PINDB_REDIS_URL";
+/// The unrelated primary's URL variable.
+pub const STRANGER_URL_VAR: &str = "PINDB_STRANGER_URL";
 
 const DEFAULT_PRIMARY: &str = "postgres://pindb@127.0.0.1:25432/pindb";
 const DEFAULT_REPLICA1: &str = "postgres://pindb@127.0.0.1:25433/pindb";
 const DEFAULT_REPLICA2: &str = "postgres://pindb@127.0.0.1:25434/pindb";
 const DEFAULT_REDIS: &str = "redis://127.0.0.1:6379/";
+const DEFAULT_STRANGER: &str = "postgres://pindb@127.0.0.1:25435/pindb";
 
 /// Advisory lock key that serialises replay control across test processes.
 const REPLAY_LOCK: i64 = 0x7069_6e64_6201;
@@ -51,29 +53,7 @@ const REPLAY_LOCK: i64 = 0x7069_6e64_6201;
 /// How long helpers wait for replication before failing the test.
 pub const REPLICATION_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// A WAL position (`pg_lsn`), as a number. Text form `X/Y` is `X << 32 | Y`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct Lsn(pub u64);
-
-impl Lsn {
-    /// Parses PostgreSQL's `X/Y` text form.
-    ///
-    /// ```
-    /// assert_eq!(pindb_testkit::Lsn::parse("1/2A").unwrap().0, (1 << 32) | 0x2A);
-    /// ```
-    pub fn parse(text: &str) -> Option<Lsn> {
-        let (hi, lo) = text.split_once('/')?;
-        let hi = u64::from_str_radix(hi, 16).ok()?;
-        let lo = u64::from_str_radix(lo, 16).ok()?;
-        Some(Lsn(hi << 32 | lo))
-    }
-}
-
-impl fmt::Display for Lsn {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{:X}/{:X}", self.0 >> 32, self.0 & 0xFFFF_FFFF)
-    }
-}
+pub use pindb_core::Lsn;
 
 /// The dev cluster's addresses.
 #[derive(Debug, Clone)]
@@ -84,6 +64,8 @@ pub struct Cluster {
     pub replica_urls: [String; 2],
     /// Redis.
     pub redis_url: String,
+    /// A primary of another cluster (its own `initdb`), for topology checks.
+    pub stranger_url: String,
 }
 
 fn var_or(name: &str, default: &str) -> String {
@@ -104,7 +86,19 @@ impl Cluster {
                 var_or(REPLICA2_URL_VAR, DEFAULT_REPLICA2),
             ],
             redis_url: var_or(REDIS_URL_VAR, DEFAULT_REDIS),
+            stranger_url: var_or(STRANGER_URL_VAR, DEFAULT_STRANGER),
         }
+    }
+
+    /// Stops replica `n`'s server process (`scripts/cluster stop-node`, immediate mode: like
+    /// a crash). Hold [`Cluster::exclusive`] while a replica is down.
+    pub fn stop_replica(&self, n: usize) {
+        run_cluster_script(&["stop-node", &format!("replica{n}")]);
+    }
+
+    /// Starts replica `n` again and waits until it streams.
+    pub fn start_replica(&self, n: usize) {
+        run_cluster_script(&["start-node", &format!("replica{n}")]);
     }
 
     /// The URL of replica `n` (1 or 2).
@@ -523,4 +517,70 @@ pub async fn bench_users(cluster: &Cluster) -> TestSchema {
         .unwrap_or_else(|e| panic!("creating bench_users failed: {e:?}"));
     cluster.sync_replicas().await;
     schema
+}
+
+fn run_cluster_script(args: &[&str]) {
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/cluster");
+    let out = std::process::Command::new(&script)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("running {} failed: {e}", script.display()));
+    assert!(
+        out.status.success(),
+        "{} {args:?} failed: {}",
+        script.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A Redis server of a test's own, on its own loopback port, that the test may stop and start
+/// (the shared one on 6379 must stay up for everyone else).
+pub struct PrivateRedis {
+    port: u16,
+    child: Option<std::process::Child>,
+}
+
+impl PrivateRedis {
+    /// Starts `redis-server` on `port` (no persistence) and waits until it answers.
+    pub fn start(port: u16) -> PrivateRedis {
+        let mut redis = PrivateRedis { port, child: None };
+        redis.resume();
+        redis
+    }
+
+    /// `redis://127.0.0.1:<port>/`.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    /// Kills the server.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the server again (after [`PrivateRedis::stop`]) and waits until it answers.
+    pub fn resume(&mut self) {
+        self.stop();
+        let child = std::process::Command::new("redis-server")
+            .args(["--bind", "127.0.0.1", "--port", &self.port.to_string()])
+            .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("redis-server could not start ({e}); `scripts/cluster up` installs it"));
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(Instant::now() < deadline, "redis-server on port {} did not answer", self.port);
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for PrivateRedis {
+    fn drop(&mut self) {
+        self.stop();
+    }
 }

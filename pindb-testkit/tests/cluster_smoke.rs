@@ -2,7 +2,7 @@
 //! on replica 1 it is missing there (although received) but present on replica 2; after
 //! resume it arrives.
 
-use pindb_testkit::{Cluster, Lsn};
+use pindb_testkit::Cluster;
 
 async fn count(client: &tokio_postgres::Client, table: &str) -> i64 {
     client
@@ -94,12 +94,4 @@ async fn dropping_control_resumes_paused_replicas() {
         .unwrap()
         .get(0);
     assert_eq!(state, "not paused");
-}
-
-#[test]
-fn lsn_text_round_trips() {
-    for text in ["0/0", "0/16B3748", "1/0", "FFFFFFFF/FFFFFFFF"] {
-        assert_eq!(Lsn::parse(text).unwrap().to_string(), text);
-    }
-    assert_eq!(Lsn::parse("nope"), None);
 }

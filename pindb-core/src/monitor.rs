@@ -1,0 +1,407 @@
+//! The replica monitor: background tasks that keep each replica's health and position fresh,
+//! and the start-up topology check.
+//!
+//! This module owns every database round trip pindb-core makes on its own, over small
+//! connections of its own (so a saturated application pool cannot blind it): one task per
+//! master (its WAL position) and one per replica (recovery state, replay position). Routing
+//! never waits for it; it only reads the health cells the monitor writes.
+//!
+//! Time lag is measured against the master's own history, not replay timestamps: a replica is
+//! `lag_ms` behind when the master first had WAL the replica has not replayed `lag_ms` ago. An
+//! idle master therefore never counts as lag, and a NULL replay position (receiver stopped)
+//! counts as infinitely behind.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use tokio::task::AbortHandle;
+use tokio_postgres::{Client, NoTls, Row};
+
+use crate::config::{MonitorSettings, TopologyCheck};
+use crate::error::PinDbError;
+use crate::lsn::Lsn;
+use crate::populate::Database;
+use crate::replica::Health;
+use crate::router::Router;
+
+/// A small connection of the monitor's own, reconnected on demand.
+pub(crate) struct Probe {
+    url: String,
+    alias: String,
+    timeout: Duration,
+    client: Option<Arc<Client>>,
+}
+
+impl Probe {
+    pub(crate) fn new(db: &Database, timeout: Duration) -> Probe {
+        Probe {
+            url: db.url(),
+            alias: db.alias.clone(),
+            timeout,
+            client: None,
+        }
+    }
+
+    /// Runs `sql` (no parameters) and returns its single row. Any failure, including a
+    /// timeout, drops the connection so the next call reconnects.
+    pub(crate) async fn row(&mut self, sql: &str) -> Result<Row, String> {
+        let result = tokio::time::timeout(self.timeout, async {
+            let client = self.client().await?;
+            client.query_one(sql, &[]).await.map_err(|e| describe(&e))
+        })
+        .await
+        .unwrap_or_else(|_| Err(format!("no answer within {:?}", self.timeout)));
+        if result.is_err() {
+            self.client = None;
+        }
+        result.map_err(|e| format!("`{}`: {e}", self.alias))
+    }
+
+    /// Runs a one-row query on the connection behind `probe`, holding the lock only to
+    /// (re)connect, so concurrent callers share the connection (tokio-postgres pipelines).
+    pub(crate) async fn shared_row(
+        probe: &tokio::sync::Mutex<Probe>,
+        sql: &str,
+    ) -> Result<Row, String> {
+        let (client, timeout, alias) = {
+            let mut p = probe.lock().await;
+            let client = tokio::time::timeout(p.timeout, p.client())
+                .await
+                .unwrap_or_else(|_| Err(format!("no connection within {:?}", p.timeout)));
+            (client, p.timeout, p.alias.clone())
+        };
+        let client = client.map_err(|e| format!("`{alias}`: {e}"))?;
+        match tokio::time::timeout(timeout, client.query_one(sql, &[])).await {
+            Ok(Ok(row)) => Ok(row),
+            Ok(Err(e)) => Err(format!("`{alias}`: {}", describe(&e))),
+            Err(_) => Err(format!("`{alias}`: no answer within {timeout:?}")),
+        }
+    }
+
+    async fn client(&mut self) -> Result<Arc<Client>, String> {
+        if let Some(c) = self.client.as_ref().filter(|c| !c.is_closed()) {
+            return Ok(Arc::clone(c));
+        }
+        let (client, connection) = tokio_postgres::connect(&self.url, NoTls)
+            .await
+            .map_err(|e| describe(&e))?;
+        tokio::spawn(async move {
+            // Ends when the client is dropped; errors surface on the next query.
+            let _ = connection.await;
+        });
+        let ms = self.timeout.as_millis();
+        client
+            .batch_execute(&format!(
+                "SET statement_timeout = {ms}; SET application_name = 'pindb-monitor'"
+            ))
+            .await
+            .map_err(|e| describe(&e))?;
+        let client = Arc::new(client);
+        self.client = Some(Arc::clone(&client));
+        Ok(client)
+    }
+}
+
+fn describe(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!("{} ({})", db.message(), db.code().code()),
+        None => e.to_string(),
+    }
+}
+
+pub(crate) fn lsn_column(row: &Row, i: usize) -> Result<Option<Lsn>, String> {
+    let text: Option<String> = row.try_get(i).map_err(|e| e.to_string())?;
+    text.map(|t| t.parse().map_err(|e: crate::lsn::ParseLsnError| e.to_string()))
+        .transpose()
+}
+
+/// The master's recent positions, newest last: what replica lag is measured against.
+#[derive(Default)]
+struct MasterTrack {
+    samples: Mutex<VecDeque<(Instant, Lsn)>>,
+}
+
+impl MasterTrack {
+    const CAPACITY: usize = 4096;
+
+    fn push(&self, lsn: Lsn) {
+        let mut s = self.samples.lock().unwrap_or_else(PoisonError::into_inner);
+        if s.len() == Self::CAPACITY {
+            s.pop_front();
+        }
+        s.push_back((Instant::now(), lsn));
+    }
+
+    /// `(lag bytes, lag ms)` of a replica at `replay`; `None` before the first master sample.
+    fn lag(&self, replay: Lsn) -> Option<(u64, u64)> {
+        let s = self.samples.lock().unwrap_or_else(PoisonError::into_inner);
+        let &(_, newest) = s.back()?;
+        let bytes = newest.0.saturating_sub(replay.0);
+        if bytes == 0 {
+            return Some((0, 0));
+        }
+        // The first time the master was past `replay` (or the oldest sample we kept).
+        let since = s
+            .iter()
+            .find(|(_, lsn)| *lsn > replay)
+            .map(|(t, _)| *t)
+            .unwrap_or(s[0].0);
+        Some((bytes, since.elapsed().as_millis() as u64))
+    }
+}
+
+/// Starts one task per master and per replica. Returns their abort handles.
+pub(crate) fn spawn(router: &Router) -> Vec<AbortHandle> {
+    let settings = router.config().monitor.clone();
+    let mut handles = Vec::new();
+    for (set, master, replicas, health) in router.topology() {
+        let track = Arc::new(MasterTrack::default());
+        let master_db = &router.databases()[master];
+        handles.push(
+            tokio::spawn(watch_master(
+                Probe::new(master_db, timeout(&settings)),
+                Arc::clone(&track),
+                interval(&settings),
+            ))
+            .abort_handle(),
+        );
+        for (r, &index) in replicas.iter().enumerate() {
+            let db = &router.databases()[index];
+            handles.push(
+                tokio::spawn(watch_replica(
+                    set.to_owned(),
+                    Probe::new(db, timeout(&settings)),
+                    Arc::clone(&track),
+                    Arc::clone(&health),
+                    r,
+                    settings.clone(),
+                ))
+                .abort_handle(),
+            );
+        }
+    }
+    handles
+}
+
+fn timeout(s: &MonitorSettings) -> Duration {
+    Duration::from_millis(s.check_timeout_ms)
+}
+
+fn interval(s: &MonitorSettings) -> tokio::time::Interval {
+    let mut i = tokio::time::interval(Duration::from_millis(s.interval_ms));
+    i.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    i
+}
+
+async fn watch_master(mut probe: Probe, track: Arc<MasterTrack>, mut every: tokio::time::Interval) {
+    let mut logged = false;
+    loop {
+        every.tick().await;
+        match probe
+            .row("SELECT pg_current_wal_lsn()::text")
+            .await
+            .and_then(|row| lsn_column(&row, 0))
+        {
+            Ok(Some(lsn)) => {
+                track.push(lsn);
+                logged = false;
+            }
+            Ok(None) => {}
+            Err(e) => {
+                if !logged {
+                    tracing::warn!(target: "pindb", error = %e, "pindb monitor: master position unavailable");
+                    logged = true;
+                }
+            }
+        }
+    }
+}
+
+async fn watch_replica(
+    set: String,
+    mut probe: Probe,
+    track: Arc<MasterTrack>,
+    health: Arc<[Health]>,
+    r: usize,
+    settings: MonitorSettings,
+) {
+    let mut every = interval(&settings);
+    let mut failures = 0u32;
+    let alias = probe.alias.clone();
+    let gauge_labels = [("set", set.clone()), ("alias", alias.clone())];
+    loop {
+        every.tick().await;
+        let checked = probe
+            .row("SELECT pg_is_in_recovery(), pg_last_wal_replay_lsn()::text")
+            .await
+            .and_then(|row| {
+                let in_recovery: bool = row.try_get(0).map_err(|e| e.to_string())?;
+                Ok((in_recovery, lsn_column(&row, 1)?))
+            });
+        let was_up = health[r].status().up;
+        match checked {
+            Ok((true, replay)) => {
+                failures = 0;
+                let (lag_bytes, lag_ms, over) = match replay {
+                    // The receiver stopped or never started: infinitely behind.
+                    None => (u64::MAX, u64::MAX, true),
+                    Some(replay) => match track.lag(replay) {
+                        Some((bytes, ms)) => (
+                            bytes,
+                            ms,
+                            bytes > settings.max_lag_bytes || ms > settings.max_lag_ms,
+                        ),
+                        None => (0, 0, false),
+                    },
+                };
+                let was_over = health[r].status().over_lag;
+                health[r].set_position(replay.unwrap_or_default(), lag_bytes, lag_ms, over);
+                if over != was_over {
+                    tracing::info!(target: "pindb", %alias, lag_bytes, lag_ms, over_lag = over, "pindb monitor: replica lag state changed");
+                }
+                metrics::gauge!("pindb_replica_lag_bytes", &gauge_labels).set(lag_bytes as f64);
+                metrics::gauge!("pindb_replica_lag_ms", &gauge_labels).set(lag_ms as f64);
+            }
+            Ok((false, _)) => {
+                // Promoted, or a primary by mistake: never read from it as a replica.
+                failures = settings.failures_before_down;
+                health[r].set_down();
+                if was_up {
+                    tracing::error!(target: "pindb", %alias, "pindb monitor: replica is not in recovery (promoted?); not reading from it");
+                }
+            }
+            Err(e) => {
+                failures = failures.saturating_add(1);
+                if failures >= settings.failures_before_down {
+                    health[r].set_down();
+                    if was_up {
+                        tracing::warn!(target: "pindb", %alias, error = %e, "pindb monitor: replica down");
+                    }
+                }
+            }
+        }
+        let up = health[r].status().up;
+        if up != was_up {
+            metrics::counter!("pindb_replica_state_changes_total", &gauge_labels).increment(1);
+            if up {
+                tracing::info!(target: "pindb", %alias, "pindb monitor: replica back up");
+            }
+        }
+        metrics::gauge!("pindb_replica_up", &gauge_labels).set(if up { 1.0 } else { 0.0 });
+    }
+}
+
+/// Checks that every master is a primary and every replica is a standby of the same cluster
+/// as its master (same `system_identifier`). Returns the warnings (unreachable servers cannot
+/// be checked; with [`TopologyCheck::Warn`], problems too); a problem is a
+/// [`PinDbError::Config`] naming the alias under [`TopologyCheck::Error`].
+///
+/// ```no_run
+/// # async fn demo(router: pindb_core::Router) -> Result<(), pindb_core::PinDbError> {
+/// for warning in pindb_core::monitor::verify_topology(&router).await? {
+///     eprintln!("{warning}");
+/// }
+/// # Ok(()) }
+/// ```
+pub async fn verify_topology(router: &Router) -> Result<Vec<String>, PinDbError> {
+    let settings = &router.config().monitor;
+    if settings.topology_check == TopologyCheck::Off {
+        return Ok(Vec::new());
+    }
+    let mut warnings = Vec::new();
+    let mut problems = Vec::new();
+    let sql = "SELECT pg_is_in_recovery(), system_identifier::text FROM pg_control_system()";
+    for (_, master, replicas, _) in router.topology() {
+        let master_db = &router.databases()[master];
+        let master_id = match Probe::new(master_db, timeout(settings)).row(sql).await {
+            Ok(row) => {
+                let (in_recovery, id): (bool, String) = (row.get(0), row.get(1));
+                if in_recovery {
+                    problems.push(PinDbError::config(
+                        master_db.alias.clone(),
+                        format!(
+                            "configured as a master but {} is in recovery (a standby); point it at the primary",
+                            master_db.redacted_url()
+                        ),
+                    ));
+                }
+                Some(id)
+            }
+            Err(e) => {
+                warnings.push(format!("topology not checked for `{}`: {e}", master_db.alias));
+                None
+            }
+        };
+        for &index in replicas {
+            let db = &router.databases()[index];
+            match Probe::new(db, timeout(settings)).row(sql).await {
+                Ok(row) => {
+                    let (in_recovery, id): (bool, String) = (row.get(0), row.get(1));
+                    if !in_recovery {
+                        problems.push(PinDbError::config(
+                            db.alias.clone(),
+                            format!(
+                                "configured as a replica but {} is not in recovery (a primary, or promoted); \
+                                 point it at a streaming standby of `{}`",
+                                db.redacted_url(),
+                                master_db.alias
+                            ),
+                        ));
+                    } else if master_id.as_ref().is_some_and(|m| *m != id) {
+                        problems.push(PinDbError::config(
+                            db.alias.clone(),
+                            format!(
+                                "{} belongs to another cluster (system_identifier {id}, its master `{}` has {}); \
+                                 point it at a standby of that master",
+                                db.redacted_url(),
+                                master_db.alias,
+                                master_id.as_deref().unwrap_or("?")
+                            ),
+                        ));
+                    }
+                }
+                Err(e) => warnings.push(format!("topology not checked for `{}`: {e}", db.alias)),
+            }
+        }
+    }
+    if settings.topology_check == TopologyCheck::Error {
+        if let Some(first) = problems.into_iter().next() {
+            return Err(first);
+        }
+    } else {
+        warnings.extend(problems.into_iter().map(|p| p.to_string()));
+    }
+    for w in &warnings {
+        tracing::warn!(target: "pindb", "{w}");
+    }
+    Ok(warnings)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_idle_master_is_not_lag() {
+        let t = MasterTrack::default();
+        t.push(Lsn(100));
+        t.push(Lsn(100));
+        assert_eq!(t.lag(Lsn(100)), Some((0, 0)));
+        assert_eq!(t.lag(Lsn(120)), Some((0, 0)), "a replica ahead of the last sample is caught up");
+    }
+
+    #[test]
+    fn lag_is_measured_from_when_the_master_passed_the_replica() {
+        let t = MasterTrack::default();
+        assert_eq!(t.lag(Lsn(1)), None, "no master sample yet");
+        t.push(Lsn(100));
+        std::thread::sleep(Duration::from_millis(30));
+        t.push(Lsn(200));
+        let (bytes150, ms150) = t.lag(Lsn(150)).unwrap();
+        let (bytes50, ms50) = t.lag(Lsn(50)).unwrap();
+        assert_eq!((bytes150, bytes50), (50, 150));
+        // The master passed 50 at the first sample and 150 only at the second, 30 ms later.
+        assert!(ms50 >= ms150 + 29, "{ms50} vs {ms150}");
+    }
+}

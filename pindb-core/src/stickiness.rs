@@ -1,0 +1,504 @@
+//! Read-your-writes across contexts: remember the master's WAL position after a context
+//! writes, per *stickiness key* (user, session, job), and only read that set from replicas
+//! that have replayed it.
+//!
+//! This module owns the [`Store`] trait and its in-memory implementation (Redis: the
+//! `redis` feature, [`RedisStore`](crate::stickiness::RedisStore)), the [`ConsistencyToken`]
+//! that carries positions in a job payload, and the context start/end steps
+//! ([`Router::scope_with_key`]). Stores fail safe: when one cannot be read, the context reads
+//! every set from its master; when one cannot be written, the write itself is already
+//! committed, so nothing is lost but the replica offload of the key's next request. Neither
+//! ever reaches the caller as an error.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::str::FromStr;
+use std::sync::{Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use crate::context::{Context, PinOrigin};
+use crate::error::PinDbError;
+use crate::lsn::Lsn;
+use crate::router::Router;
+
+/// A boxed, `Send` future, as [`Store`] methods return.
+pub type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, PinDbError>> + Send + 'a>>;
+
+/// Write positions per set, as stored for a key.
+pub type Positions = Vec<(String, Lsn)>;
+
+/// Where positions are kept between contexts.
+pub trait Store: Send + Sync + 'static {
+    /// The positions recorded for `key` (empty when none or expired).
+    fn load<'a>(&'a self, key: &'a str) -> StoreFuture<'a, Positions>;
+
+    /// Records positions for `key` for `ttl`; per set, the higher position wins.
+    fn save<'a>(&'a self, key: &'a str, positions: &'a [(String, Lsn)], ttl: Duration)
+        -> StoreFuture<'a, ()>;
+
+    /// A short name for logs and metrics labels.
+    fn name(&self) -> &'static str;
+}
+
+/// Merges `new` into `into`, keeping the higher position per set.
+fn merge(into: &mut Positions, new: &[(String, Lsn)]) {
+    for (set, lsn) in new {
+        match into.iter_mut().find(|(s, _)| s == set) {
+            Some((_, old)) => *old = (*old).max(*lsn),
+            None => into.push((set.clone(), *lsn)),
+        }
+    }
+}
+
+/// The default store: positions in this process's memory, bounded and expiring. Enough for
+/// one application instance; use Redis when several share users.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// use std::time::Duration;
+/// use pindb_core::{Lsn, stickiness::{MemoryStore, Store}};
+///
+/// let store = MemoryStore::new(1000);
+/// store.save("user:1", &[("default".into(), Lsn(42))], Duration::from_secs(30)).await.unwrap();
+/// assert_eq!(store.load("user:1").await.unwrap(), [("default".to_string(), Lsn(42))]);
+/// assert!(store.load("user:2").await.unwrap().is_empty());
+/// # }
+/// ```
+#[derive(Debug)]
+pub struct MemoryStore {
+    capacity: usize,
+    entries: Mutex<HashMap<String, (Positions, Instant)>>,
+}
+
+impl MemoryStore {
+    /// A store keeping at most `capacity` keys (expired ones go first, then the soonest to
+    /// expire).
+    pub fn new(capacity: usize) -> MemoryStore {
+        MemoryStore {
+            capacity: capacity.max(1),
+            entries: Mutex::new(HashMap::new()),
+        }
+    }
+}
+
+impl Store for MemoryStore {
+    fn load<'a>(&'a self, key: &'a str) -> StoreFuture<'a, Positions> {
+        let entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
+        let found = match entries.get(key) {
+            Some((positions, expires)) if *expires > Instant::now() => positions.clone(),
+            _ => Vec::new(),
+        };
+        Box::pin(std::future::ready(Ok(found)))
+    }
+
+    fn save<'a>(
+        &'a self,
+        key: &'a str,
+        positions: &'a [(String, Lsn)],
+        ttl: Duration,
+    ) -> StoreFuture<'a, ()> {
+        let now = Instant::now();
+        let mut entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
+        if !entries.contains_key(key) && entries.len() >= self.capacity {
+            entries.retain(|_, (_, expires)| *expires > now);
+            if entries.len() >= self.capacity {
+                if let Some(oldest) = entries
+                    .iter()
+                    .min_by_key(|(_, (_, expires))| *expires)
+                    .map(|(k, _)| k.clone())
+                {
+                    entries.remove(&oldest);
+                }
+            }
+        }
+        let entry = entries
+            .entry(key.to_owned())
+            .or_insert_with(|| (Vec::new(), now));
+        if entry.1 <= now {
+            entry.0.clear();
+        }
+        merge(&mut entry.0, positions);
+        entry.1 = now + ttl;
+        Box::pin(std::future::ready(Ok(())))
+    }
+
+    fn name(&self) -> &'static str {
+        "memory"
+    }
+}
+
+/// Write positions carried explicitly from one context to another (a web request to the
+/// background job it enqueues, like GitLab's Sidekiq `:sticky` jobs). Compact text form:
+/// `set@X/Y` joined by `;`.
+///
+/// ```
+/// use pindb_core::{stickiness::ConsistencyToken, Lsn};
+///
+/// let token: ConsistencyToken = "default@0/16B3748;analytics@1/0".parse().unwrap();
+/// assert_eq!(token.positions()[0], ("default".to_string(), Lsn(0x16B3748)));
+/// assert_eq!(token.to_string(), "default@0/16B3748;analytics@1/0");
+/// assert!("default@nope".parse::<ConsistencyToken>().is_err());
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ConsistencyToken {
+    positions: Positions,
+}
+
+impl ConsistencyToken {
+    /// A token from positions.
+    pub fn new(positions: Positions) -> Self {
+        ConsistencyToken { positions }
+    }
+
+    /// The positions, by set.
+    pub fn positions(&self) -> &[(String, Lsn)] {
+        &self.positions
+    }
+
+    /// Makes `ctx` require these positions: its reads of each set go to replicas that have
+    /// replayed them, or to the master.
+    pub fn apply_to(&self, ctx: &Context) {
+        for (set, lsn) in &self.positions {
+            ctx.require(set, *lsn);
+        }
+    }
+}
+
+impl fmt::Display for ConsistencyToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, (set, lsn)) in self.positions.iter().enumerate() {
+            if i > 0 {
+                f.write_str(";")?;
+            }
+            write!(f, "{set}@{lsn}")?;
+        }
+        Ok(())
+    }
+}
+
+impl FromStr for ConsistencyToken {
+    type Err = PinDbError;
+
+    fn from_str(s: &str) -> Result<Self, PinDbError> {
+        let bad = |part: &str| PinDbError::BadToken {
+            part: part.to_owned(),
+        };
+        let mut positions = Vec::new();
+        for part in s.split(';').filter(|p| !p.is_empty()) {
+            let (set, lsn) = part.split_once('@').ok_or_else(|| bad(part))?;
+            if set.is_empty() {
+                return Err(bad(part));
+            }
+            positions.push((set.to_owned(), lsn.parse().map_err(|_| bad(part))?));
+        }
+        Ok(ConsistencyToken { positions })
+    }
+}
+
+impl Router {
+    /// Runs `fut` in a fresh pinning context with read-your-writes for `key`: at the start,
+    /// the positions recorded for `key` are loaded (the context's reads of those sets go to
+    /// replicas that have replayed them, else to the master); at the end, if the context
+    /// pinned a set (it wrote, or called `pin`), the master's current WAL insert position is
+    /// recorded for `key`. Store failures never reach the caller.
+    ///
+    /// ```no_run
+    /// # async fn demo(router: pindb_core::Router) {
+    /// let user_id = "user:42";
+    /// router.scope_with_key(Some(user_id), async {
+    ///     // handle the request: reads and writes through an adapter
+    /// }).await;
+    /// # }
+    /// ```
+    pub async fn scope_with_key<F: Future>(&self, key: Option<&str>, fut: F) -> F::Output {
+        let ctx = Context::new();
+        if let Some(key) = key {
+            self.load_positions(&ctx, key).await;
+        }
+        let out = ctx.clone().scope(fut).await;
+        if let Some(key) = key {
+            self.record_positions(&ctx, key).await;
+        }
+        out
+    }
+
+    /// The start of a keyed context: loads `key`'s positions into `ctx`, then, when
+    /// `max_wait_ms` allows, waits for a replica to reach them. A store failure makes `ctx`
+    /// read every set from its master.
+    pub async fn load_positions(&self, ctx: &Context, key: &str) {
+        let store = self.store();
+        match store.load(key).await {
+            Ok(positions) => {
+                for (set, lsn) in &positions {
+                    ctx.require(set, *lsn);
+                }
+                self.wait_for_replicas(ctx).await;
+            }
+            Err(e) => {
+                ctx.lock().store_unavailable = true;
+                self.store_failed(store.name(), "load", &e);
+            }
+        }
+    }
+
+    /// The end of a keyed context: records the master's position for every set `ctx`
+    /// pinned itself. Returns what was recorded.
+    pub async fn record_positions(&self, ctx: &Context, key: &str) -> Positions {
+        let positions = self.positions_of(ctx).await;
+        if positions.is_empty() {
+            return positions;
+        }
+        let store = self.store();
+        let ttl = Duration::from_secs(self.config().stickiness.ttl_seconds);
+        if let Err(e) = store.save(key, &positions, ttl).await {
+            self.store_failed(store.name(), "save", &e);
+        }
+        positions
+    }
+
+    /// A token with the current context's write positions (sets it pinned, at the master's
+    /// current position, plus positions it was already required to see), for a background
+    /// job to import with [`ConsistencyToken::apply_to`].
+    pub async fn consistency_token(&self) -> ConsistencyToken {
+        match Context::current() {
+            Some(ctx) => {
+                let mut positions = ctx.required();
+                merge(&mut positions, &self.positions_of(&ctx).await);
+                ConsistencyToken { positions }
+            }
+            None => ConsistencyToken::default(),
+        }
+    }
+
+    /// Master positions of the sets `ctx` pinned itself. A master that cannot be asked is
+    /// logged and skipped: its write already committed.
+    async fn positions_of(&self, ctx: &Context) -> Positions {
+        let mut positions = Vec::new();
+        for set in ctx.pinned(|o| o == PinOrigin::New) {
+            match self.master_insert_lsn(&set).await {
+                Ok(lsn) => positions.push((set, lsn)),
+                Err(e) => {
+                    metrics::counter!("pindb_position_failures_total").increment(1);
+                    tracing::warn!(target: "pindb", %set, error = %e, "pindb: could not read the master's WAL position; the next read of this key may go to the master only if the store still holds an older position");
+                }
+            }
+        }
+        positions
+    }
+
+    /// With `max_wait_ms > 0`: for each required set that no replica is known to have
+    /// reached, asks the replicas directly until one has or the time is up.
+    async fn wait_for_replicas(&self, ctx: &Context) {
+        let wait = Duration::from_millis(self.config().stickiness.max_wait_ms);
+        if wait.is_zero() {
+            return;
+        }
+        let deadline = Instant::now() + wait;
+        for (set, lsn) in ctx.required() {
+            while self.best_replay(&set).is_some_and(|best| best < lsn) {
+                if self.check_replicas(&set).await.is_none() || Instant::now() >= deadline {
+                    break;
+                }
+                if self.best_replay(&set).is_some_and(|best| best >= lsn) {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+    }
+
+    fn store_failed(&self, store: &'static str, op: &'static str, e: &PinDbError) {
+        metrics::counter!("pindb_store_failures_total", "store" => store, "op" => op).increment(1);
+        if self.should_log_store_failure() {
+            tracing::warn!(target: "pindb", store, op, error = %e, "pindb: stickiness store unavailable; keyed reads go to the master");
+        }
+    }
+}
+
+#[cfg(feature = "redis")]
+mod redis_store {
+    use std::time::{Duration, Instant};
+
+    use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+    use redis::AsyncCommands;
+
+    use super::{Positions, Store, StoreFuture};
+    use crate::error::PinDbError;
+    use crate::lsn::Lsn;
+
+    /// Positions in Redis (a hash per key, `set -> X/Y`, with a TTL), shared by every
+    /// application instance. Commands time out quickly; after a failure the store is skipped
+    /// for a second (keyed reads go to the master), then tried again.
+    pub struct RedisStore {
+        manager: ConnectionManager,
+        prefix: String,
+        url: String,
+        timeout: Duration,
+        skip_until: std::sync::Mutex<Option<Instant>>,
+    }
+
+    impl std::fmt::Debug for RedisStore {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.debug_struct("RedisStore")
+                .field("url", &self.url)
+                .field("prefix", &self.prefix)
+                .finish()
+        }
+    }
+
+    impl RedisStore {
+        /// A store on the Redis at `url`. Connects lazily: Redis being down at start-up
+        /// does not stop the application. Must be called inside a tokio runtime.
+        pub fn new(url: &str, prefix: &str, timeout: Duration) -> Result<RedisStore, PinDbError> {
+            let client = redis::Client::open(url).map_err(|e| {
+                PinDbError::config(
+                    "stickiness",
+                    format!("the Redis URL `{url}` is invalid ({e}); expected redis://host:port/db"),
+                )
+            })?;
+            let config = ConnectionManagerConfig::new()
+                .set_connection_timeout(Some(timeout))
+                .set_response_timeout(Some(timeout))
+                .set_number_of_retries(0);
+            let manager = ConnectionManager::new_lazy_with_config(client, config).map_err(|e| {
+                PinDbError::config("stickiness", format!("cannot set up Redis at `{url}`: {e}"))
+            })?;
+            Ok(RedisStore {
+                manager,
+                prefix: prefix.to_owned(),
+                url: url.to_owned(),
+                timeout,
+                skip_until: std::sync::Mutex::new(None),
+            })
+        }
+
+        fn unavailable(&self, e: impl std::fmt::Display) -> PinDbError {
+            *self
+                .skip_until
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) =
+                Some(Instant::now() + Duration::from_secs(1));
+            PinDbError::StoreUnavailable {
+                store: "redis",
+                message: format!("{} ({e})", self.url),
+            }
+        }
+
+        fn skipping(&self) -> Option<PinDbError> {
+            let until = *self
+                .skip_until
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            until.filter(|u| *u > Instant::now()).map(|_| PinDbError::StoreUnavailable {
+                store: "redis",
+                message: format!("{} failed less than a second ago", self.url),
+            })
+        }
+
+        async fn with_timeout<T>(
+            &self,
+            f: impl std::future::Future<Output = redis::RedisResult<T>>,
+        ) -> Result<T, PinDbError> {
+            match tokio::time::timeout(self.timeout, f).await {
+                Ok(Ok(v)) => Ok(v),
+                Ok(Err(e)) => Err(self.unavailable(e)),
+                Err(_) => Err(self.unavailable(format!("no answer within {:?}", self.timeout))),
+            }
+        }
+    }
+
+    impl Store for RedisStore {
+        fn load<'a>(&'a self, key: &'a str) -> StoreFuture<'a, Positions> {
+            Box::pin(async move {
+                if let Some(e) = self.skipping() {
+                    return Err(e);
+                }
+                let mut conn = self.manager.clone();
+                let raw: Vec<(String, String)> = self
+                    .with_timeout(conn.hgetall(format!("{}{key}", self.prefix)))
+                    .await?;
+                // A value that does not parse is ignored: the master still holds the truth.
+                Ok(raw
+                    .into_iter()
+                    .filter_map(|(set, lsn)| Some((set, lsn.parse::<Lsn>().ok()?)))
+                    .collect())
+            })
+        }
+
+        fn save<'a>(
+            &'a self,
+            key: &'a str,
+            positions: &'a [(String, Lsn)],
+            ttl: Duration,
+        ) -> StoreFuture<'a, ()> {
+            Box::pin(async move {
+                if let Some(e) = self.skipping() {
+                    return Err(e);
+                }
+                let key = format!("{}{key}", self.prefix);
+                let mut pipe = redis::pipe();
+                pipe.atomic();
+                for (set, lsn) in positions {
+                    pipe.hset(&key, set, lsn.to_string()).ignore();
+                }
+                pipe.pexpire(&key, ttl.as_millis() as i64).ignore();
+                let mut conn = self.manager.clone();
+                self.with_timeout(pipe.query_async::<()>(&mut conn)).await
+            })
+        }
+
+        fn name(&self) -> &'static str {
+            "redis"
+        }
+    }
+}
+
+#[cfg(feature = "redis")]
+pub use redis_store::RedisStore;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn memory_store_merges_expires_and_stays_bounded() {
+        let store = MemoryStore::new(2);
+        let ttl = Duration::from_secs(60);
+        store.save("a", &[("s".into(), Lsn(5))], ttl).await.unwrap();
+        store.save("a", &[("s".into(), Lsn(3)), ("t".into(), Lsn(1))], ttl).await.unwrap();
+        let mut got = store.load("a").await.unwrap();
+        got.sort();
+        assert_eq!(got, [("s".to_string(), Lsn(5)), ("t".to_string(), Lsn(1))]);
+        store.save("b", &[("s".into(), Lsn(1))], ttl).await.unwrap();
+        store.save("c", &[("s".into(), Lsn(1))], ttl).await.unwrap();
+        let kept = ["a", "b", "c"].iter().filter(|k| {
+            futures_lite_block_on(store.load(k)).map(|p| !p.is_empty()).unwrap_or(false)
+        });
+        assert_eq!(kept.count(), 2, "capacity 2");
+        store.save("gone", &[("s".into(), Lsn(1))], Duration::ZERO).await.unwrap();
+        assert!(store.load("gone").await.unwrap().is_empty(), "expired");
+    }
+
+    fn futures_lite_block_on<T>(f: StoreFuture<'_, T>) -> Result<T, PinDbError> {
+        // MemoryStore futures are ready immediately.
+        let waker = std::task::Waker::noop();
+        let mut cx = std::task::Context::from_waker(waker);
+        let mut f = f;
+        match f.as_mut().poll(&mut cx) {
+            std::task::Poll::Ready(v) => v,
+            std::task::Poll::Pending => unreachable!("memory store futures are ready"),
+        }
+    }
+
+    #[test]
+    fn token_text_round_trips_and_rejects_garbage() {
+        let t = ConsistencyToken::new(vec![("default".into(), Lsn(1)), ("x".into(), Lsn(1 << 32))]);
+        assert_eq!(t.to_string().parse::<ConsistencyToken>().unwrap(), t);
+        assert_eq!("".parse::<ConsistencyToken>().unwrap(), ConsistencyToken::default());
+        for bad in ["default", "@0/1", "default@0/1;x", "d@1/2/3"] {
+            assert!(bad.parse::<ConsistencyToken>().is_err(), "{bad}");
+        }
+    }
+}
