@@ -58,10 +58,10 @@ pub use context::{
 pub use error::PinDbError;
 pub use guard::{Guard, GuardKind};
 pub use lsn::Lsn;
-pub use replica::ReplicaStatus;
-pub use stickiness::{ConsistencyToken, Store};
 pub use populate::{populate_replicas, Database, Membership, PoolSettings};
+pub use replica::ReplicaStatus;
 pub use router::{
     db_for_read, db_for_write, get_replica, global, master, pin, unpinned_replica, Delegate, Hint,
     Operation, Reason, Role, Route, Router,
 };
+pub use stickiness::{ConsistencyToken, Store};

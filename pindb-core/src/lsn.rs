@@ -23,8 +23,12 @@ impl Lsn {
     /// Parses `X/Y`.
     pub fn parse(text: &str) -> Option<Lsn> {
         let (hi, lo) = text.split_once('/')?;
-        let hi = u64::from_str_radix(hi, 16).ok().filter(|h| *h <= u32::MAX as u64)?;
-        let lo = u64::from_str_radix(lo, 16).ok().filter(|l| *l <= u32::MAX as u64)?;
+        let hi = u64::from_str_radix(hi, 16)
+            .ok()
+            .filter(|h| *h <= u32::MAX as u64)?;
+        let lo = u64::from_str_radix(lo, 16)
+            .ok()
+            .filter(|l| *l <= u32::MAX as u64)?;
         Some(Lsn((hi << 32) | lo))
     }
 }

@@ -112,8 +112,11 @@ fn describe(e: &tokio_postgres::Error) -> String {
 
 pub(crate) fn lsn_column(row: &Row, i: usize) -> Result<Option<Lsn>, String> {
     let text: Option<String> = row.try_get(i).map_err(|e| e.to_string())?;
-    text.map(|t| t.parse().map_err(|e: crate::lsn::ParseLsnError| e.to_string()))
-        .transpose()
+    text.map(|t| {
+        t.parse()
+            .map_err(|e: crate::lsn::ParseLsnError| e.to_string())
+    })
+    .transpose()
 }
 
 /// The master's recent positions, newest last: what replica lag is measured against.
@@ -329,7 +332,10 @@ pub async fn verify_topology(router: &Router) -> Result<Vec<String>, PinDbError>
                 Some(id)
             }
             Err(e) => {
-                warnings.push(format!("topology not checked for `{}`: {e}", master_db.alias));
+                warnings.push(format!(
+                    "topology not checked for `{}`: {e}",
+                    master_db.alias
+                ));
                 None
             }
         };
@@ -388,7 +394,11 @@ mod tests {
         t.push(Lsn(100));
         t.push(Lsn(100));
         assert_eq!(t.lag(Lsn(100)), Some((0, 0)));
-        assert_eq!(t.lag(Lsn(120)), Some((0, 0)), "a replica ahead of the last sample is caught up");
+        assert_eq!(
+            t.lag(Lsn(120)),
+            Some((0, 0)),
+            "a replica ahead of the last sample is caught up"
+        );
     }
 
     #[test]

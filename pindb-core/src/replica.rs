@@ -191,12 +191,25 @@ mod tests {
         for _ in 0..4 {
             assert_eq!(p.choose(ReplicaPolicy::RoundRobin, &h, None, None), Ok(1));
         }
-        assert_eq!(p.choose(ReplicaPolicy::RoundRobin, &h, None, Some(0)), Ok(1), "a kept choice that went down is replaced");
+        assert_eq!(
+            p.choose(ReplicaPolicy::RoundRobin, &h, None, Some(0)),
+            Ok(1),
+            "a kept choice that went down is replaced"
+        );
         h[1].set_position(Lsn(10), 9_000_000, 0, true);
-        assert_eq!(p.choose(ReplicaPolicy::RoundRobin, &h, None, None), Err(NoReplica::AllLagging));
+        assert_eq!(
+            p.choose(ReplicaPolicy::RoundRobin, &h, None, None),
+            Err(NoReplica::AllLagging)
+        );
         h[1].set_down();
-        assert_eq!(p.choose(ReplicaPolicy::RoundRobin, &h, None, None), Err(NoReplica::AllDown));
-        assert_eq!(p.choose(ReplicaPolicy::RoundRobin, &[], None, None), Err(NoReplica::None));
+        assert_eq!(
+            p.choose(ReplicaPolicy::RoundRobin, &h, None, None),
+            Err(NoReplica::AllDown)
+        );
+        assert_eq!(
+            p.choose(ReplicaPolicy::RoundRobin, &[], None, None),
+            Err(NoReplica::None)
+        );
     }
 
     #[test]
@@ -206,7 +219,10 @@ mod tests {
         h[0].set_position(Lsn(100), 0, 0, false);
         h[1].set_position(Lsn(50), 50, 10, false);
         for _ in 0..4 {
-            assert_eq!(p.choose(ReplicaPolicy::RoundRobin, &h, Some(Lsn(80)), None), Ok(0));
+            assert_eq!(
+                p.choose(ReplicaPolicy::RoundRobin, &h, Some(Lsn(80)), None),
+                Ok(0)
+            );
         }
         assert_eq!(
             p.choose(ReplicaPolicy::RoundRobin, &h, Some(Lsn(101)), None),

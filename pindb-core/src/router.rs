@@ -15,9 +15,9 @@ use crate::config::{Config, RouterMode};
 use crate::context::{with_current, PinOrigin, State};
 use crate::error::PinDbError;
 use crate::guard::{Guard, GuardKind};
-use crate::populate::{Database, Membership};
 use crate::lsn::Lsn;
 use crate::monitor::{lsn_column, Probe};
+use crate::populate::{Database, Membership};
 use crate::replica::{Health, NoReplica, Picker, ReplicaStatus};
 use crate::stickiness::{MemoryStore, Store};
 
@@ -250,6 +250,8 @@ struct Inner {
     /// When a store failure was last logged (ms since `started`), to log once per interval.
     store_logged_at: AtomicU64,
     started: std::time::Instant,
+    /// Database round trips made for consistency (write positions, direct replica checks).
+    round_trips: AtomicU64,
     config: Config,
     databases: Vec<Database>,
     by_alias: HashMap<String, Target>,
@@ -307,7 +309,10 @@ impl Drop for Inner {
 
 impl Inner {
     fn stop_monitor(&self) {
-        let mut tasks = self.monitor.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut tasks = self
+            .monitor
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         for task in tasks.drain(..) {
             task.abort();
         }
@@ -388,6 +393,7 @@ impl Router {
                 ))),
                 store_logged_at: AtomicU64::new(u64::MAX),
                 started: std::time::Instant::now(),
+                round_trips: AtomicU64::new(0),
                 config,
                 databases,
                 by_alias,
@@ -471,6 +477,18 @@ impl Router {
                 .is_ok()
     }
 
+    /// Database round trips pindb has made for consistency so far: one per write position
+    /// recorded, one per direct replica check. Reads themselves make none (the monitor's
+    /// polling is separate and does not grow with traffic).
+    pub fn consistency_round_trips(&self) -> u64 {
+        self.inner.round_trips.load(Ordering::Relaxed)
+    }
+
+    fn count_round_trip(&self) {
+        self.inner.round_trips.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!("pindb_consistency_round_trips_total").increment(1);
+    }
+
     /// `pg_current_wal_insert_lsn()` on the master of `set`, over pindb's own connection.
     pub(crate) async fn master_insert_lsn(&self, set: &str) -> Result<Lsn, String> {
         let s = self
@@ -479,6 +497,7 @@ impl Router {
             .iter()
             .find(|e| &*e.name == set)
             .ok_or_else(|| format!("unknown set `{set}`"))?;
+        self.count_round_trip();
         let row = Probe::shared_row(
             &self.inner.probes[s.master],
             "SELECT pg_current_wal_insert_lsn()::text",
@@ -498,6 +517,7 @@ impl Router {
             if !s.health[r].status().up {
                 continue;
             }
+            self.count_round_trip();
             if let Ok(Some(lsn)) = Probe::shared_row(
                 &self.inner.probes[index],
                 "SELECT pg_last_wal_replay_lsn()::text",
@@ -721,7 +741,12 @@ impl Router {
         Ok(match pick {
             None => self.master_route(s, reason),
             Some(Ok(i)) => self.route(i, Role::Replica, reason),
-            Some(Err(no)) => self.master_route(s, fallback_reason(no)),
+            Some(Err(no)) => {
+                let reason = fallback_reason(no);
+                metrics::counter!("pindb_replica_fallbacks_total", "reason" => reason.as_str())
+                    .increment(1);
+                self.master_route(s, reason)
+            }
         })
     }
 
@@ -802,10 +827,14 @@ impl Router {
     /// `(set name, master index, [(replica index, health)])` for each set: what the monitor
     /// watches.
     pub(crate) fn topology(&self) -> impl Iterator<Item = (&str, usize, &[usize], Arc<[Health]>)> {
-        self.inner
-            .sets
-            .iter()
-            .map(|s| (&*s.name, s.master, s.replicas.as_slice(), Arc::clone(&s.health)))
+        self.inner.sets.iter().map(|s| {
+            (
+                &*s.name,
+                s.master,
+                s.replicas.as_slice(),
+                Arc::clone(&s.health),
+            )
+        })
     }
 
     /// The highest position the replicas of the set of `alias` are known to have replayed.

@@ -35,8 +35,12 @@ pub trait Store: Send + Sync + 'static {
     fn load<'a>(&'a self, key: &'a str) -> StoreFuture<'a, Positions>;
 
     /// Records positions for `key` for `ttl`; per set, the higher position wins.
-    fn save<'a>(&'a self, key: &'a str, positions: &'a [(String, Lsn)], ttl: Duration)
-        -> StoreFuture<'a, ()>;
+    fn save<'a>(
+        &'a self,
+        key: &'a str,
+        positions: &'a [(String, Lsn)],
+        ttl: Duration,
+    ) -> StoreFuture<'a, ()>;
 
     /// A short name for logs and metrics labels.
     fn name(&self) -> &'static str;
@@ -355,7 +359,9 @@ mod redis_store {
             let client = redis::Client::open(url).map_err(|e| {
                 PinDbError::config(
                     "stickiness",
-                    format!("the Redis URL `{url}` is invalid ({e}); expected redis://host:port/db"),
+                    format!(
+                        "the Redis URL `{url}` is invalid ({e}); expected redis://host:port/db"
+                    ),
                 )
             })?;
             let config = ConnectionManagerConfig::new()
@@ -391,10 +397,12 @@ mod redis_store {
                 .skip_until
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
-            until.filter(|u| *u > Instant::now()).map(|_| PinDbError::StoreUnavailable {
-                store: "redis",
-                message: format!("{} failed less than a second ago", self.url),
-            })
+            until
+                .filter(|u| *u > Instant::now())
+                .map(|_| PinDbError::StoreUnavailable {
+                    store: "redis",
+                    message: format!("{} failed less than a second ago", self.url),
+                })
         }
 
         async fn with_timeout<T>(
@@ -467,17 +475,25 @@ mod tests {
         let store = MemoryStore::new(2);
         let ttl = Duration::from_secs(60);
         store.save("a", &[("s".into(), Lsn(5))], ttl).await.unwrap();
-        store.save("a", &[("s".into(), Lsn(3)), ("t".into(), Lsn(1))], ttl).await.unwrap();
+        store
+            .save("a", &[("s".into(), Lsn(3)), ("t".into(), Lsn(1))], ttl)
+            .await
+            .unwrap();
         let mut got = store.load("a").await.unwrap();
         got.sort();
         assert_eq!(got, [("s".to_string(), Lsn(5)), ("t".to_string(), Lsn(1))]);
         store.save("b", &[("s".into(), Lsn(1))], ttl).await.unwrap();
         store.save("c", &[("s".into(), Lsn(1))], ttl).await.unwrap();
         let kept = ["a", "b", "c"].iter().filter(|k| {
-            futures_lite_block_on(store.load(k)).map(|p| !p.is_empty()).unwrap_or(false)
+            futures_lite_block_on(store.load(k))
+                .map(|p| !p.is_empty())
+                .unwrap_or(false)
         });
         assert_eq!(kept.count(), 2, "capacity 2");
-        store.save("gone", &[("s".into(), Lsn(1))], Duration::ZERO).await.unwrap();
+        store
+            .save("gone", &[("s".into(), Lsn(1))], Duration::ZERO)
+            .await
+            .unwrap();
         assert!(store.load("gone").await.unwrap().is_empty(), "expired");
     }
 
@@ -496,7 +512,10 @@ mod tests {
     fn token_text_round_trips_and_rejects_garbage() {
         let t = ConsistencyToken::new(vec![("default".into(), Lsn(1)), ("x".into(), Lsn(1 << 32))]);
         assert_eq!(t.to_string().parse::<ConsistencyToken>().unwrap(), t);
-        assert_eq!("".parse::<ConsistencyToken>().unwrap(), ConsistencyToken::default());
+        assert_eq!(
+            "".parse::<ConsistencyToken>().unwrap(),
+            ConsistencyToken::default()
+        );
         for bad in ["default", "@0/1", "default@0/1;x", "d@1/2/3"] {
             assert!(bad.parse::<ConsistencyToken>().is_err(), "{bad}");
         }

@@ -1,0 +1,457 @@
+//! Read-your-writes across contexts, the replica monitor and the stickiness stores, through
+//! the diesel-async adapter, against the real cluster and real Redis.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use diesel::prelude::*;
+use diesel_async::RunQueryDsl;
+use pindb_core::config::TopologyCheck;
+use pindb_core::stickiness::RedisStore;
+use pindb_core::{Config, Context, PinDbError, RouterMode};
+use pindb_diesel::PinDb;
+use pindb_testkit::{wait_until, Cluster, PrivateRedis};
+
+mod common;
+
+use common::{notes, NewNote, World};
+
+const SOON: Duration = Duration::from_secs(10);
+
+/// A greedy config over the given replicas with a fast monitor.
+fn config(w: &World, replicas: &[usize]) -> Config {
+    let mut config = w.config(RouterMode::Greedy, replicas);
+    config.monitor.interval_ms = 20;
+    config.monitor.check_timeout_ms = 300;
+    config.monitor.failures_before_down = 2;
+    config
+}
+
+async fn started(config: Config) -> PinDb {
+    let db = PinDb::new(config).unwrap();
+    db.router().start_monitor().await.unwrap();
+    for alias in replicas_of(&db) {
+        let router = db.router().clone();
+        wait_until(&format!("the monitor has seen {alias}"), SOON, || {
+            router.replica_status(&alias).unwrap().unwrap().replay_lsn.0 > 0
+        })
+        .await;
+    }
+    db
+}
+
+fn replicas_of(db: &PinDb) -> Vec<String> {
+    db.router()
+        .databases()
+        .iter()
+        .filter(|d| matches!(d.membership, pindb_core::Membership::Replica { .. }))
+        .map(|d| d.alias.clone())
+        .collect()
+}
+
+/// One keyed request that reads the notes: `(bodies, aliases it used)`.
+async fn read_as(db: &PinDb, key: &str) -> (Vec<String>, Vec<String>) {
+    db.router()
+        .scope_with_key(Some(key), async {
+            let mut conn = db.get();
+            let rows = notes::table
+                .select(notes::body)
+                .order(notes::id)
+                .load::<String>(&mut conn)
+                .await
+                .unwrap();
+            (
+                rows,
+                conn.held_aliases().iter().map(|a| a.to_string()).collect(),
+            )
+        })
+        .await
+}
+
+/// One keyed request that writes a note.
+async fn write_as(db: &PinDb, key: &str, body: &str) {
+    db.router()
+        .scope_with_key(Some(key), async {
+            diesel::insert_into(notes::table)
+                .values(NewNote { author: key, body })
+                .execute(&mut db.get())
+                .await
+                .unwrap();
+        })
+        .await;
+}
+
+fn on_master(held: &[String]) -> bool {
+    held == ["default"]
+}
+
+#[tokio::test]
+async fn a_writer_reads_its_write_from_the_master_until_a_replica_catches_up() {
+    let mut w = World::new().await;
+    let db = started(config(&w, &[1, 2])).await;
+    w.control.pause(1).await;
+    w.control.pause(2).await;
+
+    write_as(&db, "alice", "mine").await;
+    let (rows, held) = read_as(&db, "alice").await;
+    assert_eq!(rows, ["old", "mine"], "alice reads her own write");
+    assert!(
+        on_master(&held),
+        "from the master while the replicas lag: {held:?}"
+    );
+    let (rows, held) = read_as(&db, "bob").await;
+    assert_eq!(
+        rows,
+        ["old"],
+        "bob, who wrote nothing, reads a (stale) replica"
+    );
+    assert!(!on_master(&held), "{held:?}");
+
+    w.control.resume(1).await;
+    w.control.resume(2).await;
+    let lsn = w.cluster.primary_lsn().await;
+    for alias in replicas_of(&db) {
+        let router = db.router().clone();
+        wait_until("the monitor sees the replicas caught up", SOON, || {
+            router.replica_status(&alias).unwrap().unwrap().replay_lsn >= lsn
+        })
+        .await;
+    }
+    let (rows, held) = read_as(&db, "alice").await;
+    assert_eq!(rows, ["old", "mine"]);
+    assert!(
+        !on_master(&held),
+        "caught up: alice reads a replica again: {held:?}"
+    );
+    w.finish().await;
+}
+
+#[tokio::test]
+async fn no_stale_read_in_a_thousand_write_then_read_rounds_with_replicas_pausing() {
+    let mut w = World::new().await;
+    let mut config = config(&w, &[1, 2]);
+    config.stickiness.max_wait_ms = 20;
+    let db = started(config).await;
+    let mut rng = fastrand::Rng::with_seed(7);
+    let mut paused = [false, false];
+    let (mut stale, mut from_replica) = (0, 0);
+    for i in 0..1000 {
+        if i % 40 == 0 {
+            let n = rng.usize(1..=2);
+            if paused[n - 1] {
+                w.control.resume(n).await;
+            } else {
+                w.control.pause(n).await;
+            }
+            paused[n - 1] = !paused[n - 1];
+        }
+        let body = format!("w{i}");
+        write_as(&db, "alice", &body).await;
+        let (rows, held) = read_as(&db, "alice").await;
+        if rows.last() != Some(&body) {
+            stale += 1;
+        }
+        if !on_master(&held) {
+            from_replica += 1;
+        }
+    }
+    assert_eq!(stale, 0, "alice read her own write stale {stale} times");
+    assert!(
+        from_replica > 100,
+        "the replicas served alice too ({from_replica} of 1000)"
+    );
+    w.finish().await;
+}
+
+#[tokio::test]
+async fn reads_cost_no_extra_round_trips_on_a_healthy_cluster() {
+    let w = World::new().await;
+    let mut config = config(&w, &[1, 2]);
+    config.stickiness.max_wait_ms = 20;
+    let db = started(config).await;
+    write_as(&db, "alice", "once").await;
+    let after_write = db.router().consistency_round_trips();
+    assert_eq!(
+        after_write, 1,
+        "recording the write position is one round trip"
+    );
+    let mut from_replica = 0;
+    for _ in 0..1000 {
+        let (rows, held) = read_as(&db, "alice").await;
+        assert_eq!(rows.last().map(String::as_str), Some("once"));
+        from_replica += usize::from(!on_master(&held));
+    }
+    let extra = db.router().consistency_round_trips() - after_write;
+    assert!(extra < 10, "{extra} extra round trips for 1,000 reads");
+    assert!(
+        from_replica > 990,
+        "{from_replica} of 1,000 reads on replicas"
+    );
+    w.finish().await;
+}
+
+#[tokio::test]
+async fn two_app_instances_share_positions_through_redis() {
+    let mut w = World::new().await;
+    let prefix = format!("pindb:test:{}:", w.schema.name);
+    let timeout = Duration::from_millis(200);
+    let mut instances = Vec::new();
+    for _ in 0..2 {
+        let db = started(config(&w, &[1])).await;
+        db.router().set_store(Arc::new(
+            RedisStore::new(&w.cluster.redis_url, &prefix, timeout).unwrap(),
+        ));
+        instances.push(db);
+    }
+    w.control.pause(1).await;
+    write_as(&instances[0], "alice", "via-a").await;
+    let (rows, held) = read_as(&instances[1], "alice").await;
+    assert_eq!(
+        rows,
+        ["old", "via-a"],
+        "instance B knows alice's write position"
+    );
+    assert!(on_master(&held), "{held:?}");
+    let (rows, _) = read_as(&instances[1], "bob").await;
+    assert_eq!(rows, ["old"]);
+    w.finish().await;
+}
+
+#[tokio::test]
+async fn redis_going_down_never_errors_and_sends_keyed_reads_to_the_master() {
+    let w = World::new().await;
+    let mut redis = PrivateRedis::start(26391);
+    let db = started(config(&w, &[1])).await;
+    db.router().set_store(Arc::new(
+        RedisStore::new(&redis.url(), "pindb:", Duration::from_millis(100)).unwrap(),
+    ));
+    write_as(&db, "alice", "before").await;
+    let (_, held) = read_as(&db, "carol").await;
+    assert!(
+        !on_master(&held),
+        "redis up: a key with no write reads a replica"
+    );
+
+    redis.stop();
+    write_as(&db, "alice", "during").await; // no error, although its position is lost
+    for key in ["alice", "carol"] {
+        let (rows, held) = read_as(&db, key).await;
+        assert_eq!(rows.last().map(String::as_str), Some("during"));
+        assert!(
+            on_master(&held),
+            "store down: {key} reads the master: {held:?}"
+        );
+    }
+
+    redis.resume();
+    let deadline = std::time::Instant::now() + SOON;
+    loop {
+        let (_, held) = read_as(&db, "carol").await;
+        if !on_master(&held) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "redis back, but keyed reads still go to the master"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    w.finish().await;
+}
+
+/// Restarts the replicas a test stopped, even when the test fails.
+struct Restart<'a>(&'a Cluster, Vec<usize>);
+
+impl Drop for Restart<'_> {
+    fn drop(&mut self) {
+        for &n in &self.1 {
+            self.0.start_replica(n);
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_killed_replica_is_skipped_then_used_again_when_it_returns() {
+    let w = World::new().await;
+    let db = started(config(&w, &[1, 2])).await;
+    let router = db.router().clone();
+    {
+        let _restart = Restart(&w.cluster, vec![2, 1]);
+        w.cluster.stop_replica(2);
+        wait_until("replica 2 is marked down", SOON, || {
+            !router.replica_status("default-2").unwrap().unwrap().up
+        })
+        .await;
+        for _ in 0..6 {
+            let (_, held) = read_as(&db, "reader").await;
+            assert_eq!(held, ["default-1"], "the other replica serves");
+        }
+        w.cluster.stop_replica(1);
+        wait_until("replica 1 is marked down", SOON, || {
+            !router.replica_status("default-1").unwrap().unwrap().up
+        })
+        .await;
+        let (rows, held) = read_as(&db, "reader").await;
+        assert_eq!(rows, ["old"]);
+        assert!(on_master(&held), "both down: the master serves: {held:?}");
+        pindb_core::scope(async {
+            let route = db.router().db_for_read(&Default::default()).unwrap();
+            assert_eq!(route.reason, pindb_core::Reason::ReplicaDown);
+        })
+        .await;
+    }
+    for alias in ["default-1", "default-2"] {
+        wait_until("the replicas are back up", SOON, || {
+            router.replica_status(alias).unwrap().unwrap().up
+        })
+        .await;
+    }
+    let mut used = std::collections::BTreeSet::new();
+    for _ in 0..4 {
+        used.extend(read_as(&db, "reader").await.1);
+    }
+    assert_eq!(
+        used.into_iter().collect::<Vec<_>>(),
+        ["default-1", "default-2"]
+    );
+    w.finish().await;
+}
+
+#[tokio::test]
+async fn a_replica_past_max_lag_bytes_is_ejected_for_everyone_and_returns() {
+    let mut w = World::new().await;
+    let mut config = config(&w, &[1]);
+    config.monitor.max_lag_bytes = 256 * 1024;
+    let db = started(config).await;
+    let router = db.router().clone();
+    w.write_unseen_by(
+        1,
+        // Random text, so that compression cannot shrink the WAL below the limit.
+        "INSERT INTO {schema}.notes (author, body)
+         SELECT 'bulk', (SELECT string_agg(md5(random()::text || g || i), '') FROM generate_series(1, 64) i)
+         FROM generate_series(1, 1000) g",
+    )
+    .await;
+    wait_until("replica 1 is over the lag limit", SOON, || {
+        router
+            .replica_status("default-1")
+            .unwrap()
+            .unwrap()
+            .over_lag
+    })
+    .await;
+    let (_, held) = read_as(&db, "anyone").await;
+    assert!(on_master(&held), "{held:?}");
+    pindb_core::scope(async {
+        let route = router.db_for_read(&Default::default()).unwrap();
+        assert_eq!(route.reason, pindb_core::Reason::LagFallback);
+    })
+    .await;
+    w.control.resume(1).await;
+    wait_until("replica 1 is back within limits", SOON, || {
+        !router
+            .replica_status("default-1")
+            .unwrap()
+            .unwrap()
+            .over_lag
+    })
+    .await;
+    let (_, held) = read_as(&db, "anyone").await;
+    assert_eq!(held, ["default-1"]);
+    w.finish().await;
+}
+
+#[tokio::test]
+async fn an_idle_primary_is_not_replica_lag() {
+    let w = World::new().await;
+    let mut config = config(&w, &[1, 2]);
+    config.monitor.max_lag_ms = 500;
+    let db = started(config).await;
+    for _ in 0..30 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        for alias in ["default-1", "default-2"] {
+            let status = db.router().replica_status(alias).unwrap().unwrap();
+            assert!(status.up && !status.over_lag, "{alias}: {status:?}");
+        }
+    }
+    w.finish().await;
+}
+
+#[tokio::test]
+async fn topology_check_refuses_a_replica_of_another_cluster() {
+    let cluster = Cluster::from_env();
+    // A "replica" that is an unrelated primary.
+    let config = Config::single_set(cluster.primary_url.clone(), [cluster.stranger_url.clone()]);
+    let router = pindb_core::Router::new(config.clone()).unwrap();
+    let err = router.start_monitor().await.unwrap_err();
+    assert!(
+        matches!(&err, PinDbError::Config { alias: Some(a), .. } if a == "default-1"),
+        "{err}"
+    );
+    assert!(err.to_string().contains("not in recovery"), "{err}");
+
+    // Real standbys, but of another master.
+    let config = Config::single_set(
+        cluster.stranger_url.clone(),
+        [cluster.replica_urls[0].clone()],
+    );
+    let err = pindb_core::Router::new(config.clone())
+        .unwrap()
+        .start_monitor()
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("another cluster"), "{err}");
+
+    let mut warn = config;
+    warn.monitor.topology_check = TopologyCheck::Warn;
+    let warnings = pindb_core::Router::new(warn)
+        .unwrap()
+        .start_monitor()
+        .await
+        .unwrap();
+    assert!(
+        warnings.iter().any(|w| w.contains("another cluster")),
+        "{warnings:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_job_that_imports_the_token_never_reads_stale() {
+    let mut w = World::new().await;
+    let db = started(config(&w, &[1])).await;
+    w.control.pause(1).await;
+    let token = pindb_core::scope(async {
+        diesel::insert_into(notes::table)
+            .values(NewNote {
+                author: "web",
+                body: "enqueued",
+            })
+            .execute(&mut db.get())
+            .await
+            .unwrap();
+        db.router().consistency_token().await.to_string()
+    })
+    .await;
+    assert!(token.starts_with("default@"), "{token}");
+
+    // The worker, in another context, with the token from the job payload.
+    let job = Context::new();
+    token
+        .parse::<pindb_core::ConsistencyToken>()
+        .unwrap()
+        .apply_to(&job);
+    let rows = job
+        .scope(async {
+            notes::table
+                .select(notes::body)
+                .load::<String>(&mut db.get())
+                .await
+                .unwrap()
+        })
+        .await;
+    assert!(rows.contains(&"enqueued".to_string()), "{rows:?}");
+    // Without the token the same job would have read the stale replica.
+    let (rows, _) = read_as(&db, "no-token").await;
+    assert!(!rows.contains(&"enqueued".to_string()));
+    w.finish().await;
+}
