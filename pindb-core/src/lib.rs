@@ -33,8 +33,10 @@
 //!
 //! Modules, one concept each: [`config`] (settings, loading), [`populate`] (the alias map),
 //! [`context`] (the pinning context and its propagation), [`guard`] (`master` /
-//! `unpinned_replica`), [`router`] (decisions), [`replica`] (replica choice), [`classify`]
-//! (read or write), [`error`].
+//! `unpinned_replica`), [`router`] (decisions), [`replica`] (replica choice and health),
+//! [`monitor`] (replica polling, topology check), [`stickiness`] (read-your-writes across
+//! contexts: stores, tokens), [`lsn`] (WAL positions), [`classify`] (read or write),
+//! [`error`].
 #![deny(missing_docs)]
 
 pub mod classify;
