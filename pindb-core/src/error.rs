@@ -74,8 +74,8 @@ pub enum PinDbError {
 
     /// A consistency token that does not parse.
     #[error(
-        "consistency token part `{part}` is not `set@X/Y`; tokens come from \
-         `Router::consistency_token().to_string()`"
+        "consistency token part `{part}` is not a valid `set@X/Y` (or the signature does not \
+         match); tokens come from `Router::consistency_token()`"
     )]
     BadToken {
         /// The offending part.

@@ -134,16 +134,23 @@ impl Store for MemoryStore {
 }
 
 /// Write positions carried explicitly from one context to another (a web request to the
-/// background job it enqueues, like GitLab's Sidekiq `:sticky` jobs). Compact text form:
-/// `set@X/Y` joined by `;`.
+/// background job it enqueues, like GitLab's Sidekiq `:sticky` jobs). Compact text form,
+/// usable as a cookie or header value: `set@X/Y` joined by `|`. [`ConsistencyToken::sign`]
+/// makes it tamper-proof for a trip through a client (stateless stickiness across app
+/// instances).
 ///
 /// ```
 /// use pindb_core::{stickiness::ConsistencyToken, Lsn};
 ///
-/// let token: ConsistencyToken = "default@0/16B3748;analytics@1/0".parse().unwrap();
+/// let token: ConsistencyToken = "default@0/16B3748|analytics@1/0".parse().unwrap();
 /// assert_eq!(token.positions()[0], ("default".to_string(), Lsn(0x16B3748)));
-/// assert_eq!(token.to_string(), "default@0/16B3748;analytics@1/0");
+/// assert_eq!(token.to_string(), "default@0/16B3748|analytics@1/0");
 /// assert!("default@nope".parse::<ConsistencyToken>().is_err());
+///
+/// let key = cookie::Key::derive_from(&[7; 32]);
+/// let signed = token.sign(&key);
+/// assert_eq!(ConsistencyToken::verify(&signed, &key).unwrap(), token);
+/// assert!(ConsistencyToken::verify(&signed.replace("0/16B3748", "0/0"), &key).is_err());
 /// ```
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ConsistencyToken {
@@ -161,6 +168,30 @@ impl ConsistencyToken {
         &self.positions
     }
 
+    /// The token, signed with `key` (HMAC-SHA256, the `cookie` crate's signed jar).
+    pub fn sign(&self, key: &cookie::Key) -> String {
+        let mut jar = cookie::CookieJar::new();
+        jar.signed_mut(key)
+            .add(cookie::Cookie::new(TOKEN_COOKIE, self.to_string()));
+        jar.get(TOKEN_COOKIE)
+            .map(|c| c.value().to_owned())
+            .unwrap_or_default()
+    }
+
+    /// A token from [`ConsistencyToken::sign`]'s output; a forged or altered one is
+    /// [`PinDbError::BadToken`].
+    pub fn verify(signed: &str, key: &cookie::Key) -> Result<ConsistencyToken, PinDbError> {
+        let mut jar = cookie::CookieJar::new();
+        jar.add_original(cookie::Cookie::new(TOKEN_COOKIE, signed.to_owned()));
+        let verified = jar
+            .signed(key)
+            .get(TOKEN_COOKIE)
+            .ok_or(PinDbError::BadToken {
+                part: "(signature)".to_owned(),
+            })?;
+        verified.value().parse()
+    }
+
     /// Makes `ctx` require these positions: its reads of each set go to replicas that have
     /// replayed them, or to the master.
     pub fn apply_to(&self, ctx: &Context) {
@@ -170,11 +201,13 @@ impl ConsistencyToken {
     }
 }
 
+const TOKEN_COOKIE: &str = "pindb_token";
+
 impl fmt::Display for ConsistencyToken {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         for (i, (set, lsn)) in self.positions.iter().enumerate() {
             if i > 0 {
-                f.write_str(";")?;
+                f.write_str("|")?;
             }
             write!(f, "{set}@{lsn}")?;
         }
@@ -190,8 +223,8 @@ impl FromStr for ConsistencyToken {
             part: part.to_owned(),
         };
         let mut positions = Vec::new();
-        for part in s.split(';').filter(|p| !p.is_empty()) {
-            let (set, lsn) = part.split_once('@').ok_or_else(|| bad(part))?;
+        for part in s.split('|').filter(|p| !p.is_empty()) {
+            let (set, lsn) = part.rsplit_once('@').ok_or_else(|| bad(part))?;
             if set.is_empty() {
                 return Err(bad(part));
             }
@@ -516,7 +549,7 @@ mod tests {
             "".parse::<ConsistencyToken>().unwrap(),
             ConsistencyToken::default()
         );
-        for bad in ["default", "@0/1", "default@0/1;x", "d@1/2/3"] {
+        for bad in ["default", "@0/1", "default@0/1|x", "d@1/2/3"] {
             assert!(bad.parse::<ConsistencyToken>().is_err(), "{bad}");
         }
     }
