@@ -205,6 +205,14 @@ pub struct Config {
     /// Name of the pin cookie.
     #[serde(default = "default_cookie_name")]
     pub cookie_name: String,
+    /// Secret that signs the pin cookie and consistency tokens (at least 32 bytes; set it from
+    /// the environment with `PINDB_COOKIE_SECRET`). Without one, a random secret is made at
+    /// start-up: cookies then do not survive a restart or reach another instance.
+    #[serde(default)]
+    pub cookie_secret: Option<String>,
+    /// Mark the pin cookie `Secure` (HTTPS only).
+    #[serde(default)]
+    pub cookie_secure: bool,
     /// Allow the `default` alias to be an unmanaged database instead of a master.
     #[serde(default)]
     pub unmanaged_default: bool,
@@ -260,6 +268,8 @@ impl Config {
             replica_policy: ReplicaPolicy::default(),
             pinning_seconds: default_pinning_seconds(),
             cookie_name: default_cookie_name(),
+            cookie_secret: None,
+            cookie_secure: false,
             unmanaged_default: false,
             masters: BTreeMap::from([(
                 "default".to_owned(),
@@ -342,6 +352,10 @@ impl Config {
         I: IntoIterator<Item = (String, String)>,
     {
         for (key, value) in vars {
+            if key == "PINDB_COOKIE_SECRET" {
+                self.cookie_secret = Some(value);
+                continue;
+            }
             let Some(suffix) = key.strip_prefix(ENV_URL_PREFIX) else {
                 continue;
             };
@@ -408,6 +422,13 @@ impl Config {
 
     /// Checks everything [`Config::databases`] checks, plus the policy.
     pub fn validate(&self) -> Result<(), PinDbError> {
+        if self.cookie_secret.as_ref().is_some_and(|s| s.len() < 32) {
+            return Err(PinDbError::config(
+                "cookie_secret",
+                "the cookie secret must be at least 32 bytes; generate one with \
+                 `openssl rand -base64 48` and set PINDB_COOKIE_SECRET",
+            ));
+        }
         if self.monitor.interval_ms == 0 || self.monitor.check_timeout_ms == 0 {
             return Err(PinDbError::config(
                 "monitor",

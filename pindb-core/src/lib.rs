@@ -44,12 +44,15 @@ pub mod config;
 pub mod context;
 pub mod error;
 pub mod guard;
+pub mod jobs;
 pub mod lsn;
 pub mod monitor;
 pub mod populate;
 pub mod replica;
 pub mod router;
 pub mod stickiness;
+#[cfg(feature = "tower")]
+pub mod web;
 
 pub use classify::{classify, StatementKind};
 pub use config::{Config, DatabaseSettings, ReplicaPolicy, RouterMode};

@@ -252,6 +252,8 @@ struct Inner {
     started: std::time::Instant,
     /// Database round trips made for consistency (write positions, direct replica checks).
     round_trips: AtomicU64,
+    /// Signs pin cookies and consistency tokens.
+    cookie_key: cookie::Key,
     config: Config,
     databases: Vec<Database>,
     by_alias: HashMap<String, Target>,
@@ -394,6 +396,10 @@ impl Router {
                 store_logged_at: AtomicU64::new(u64::MAX),
                 started: std::time::Instant::now(),
                 round_trips: AtomicU64::new(0),
+                cookie_key: match &config.cookie_secret {
+                    Some(secret) => cookie::Key::derive_from(secret.as_bytes()),
+                    None => cookie::Key::generate(),
+                },
                 config,
                 databases,
                 by_alias,
@@ -475,6 +481,16 @@ impl Router {
                 .store_logged_at
                 .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
                 .is_ok()
+    }
+
+    /// The key that signs pin cookies and consistency tokens (from `cookie_secret`).
+    pub fn cookie_key(&self) -> &cookie::Key {
+        &self.inner.cookie_key
+    }
+
+    /// Whether `name` is a set (a master's alias).
+    pub fn is_set(&self, name: &str) -> bool {
+        self.inner.sets.iter().any(|s| &*s.name == name)
     }
 
     /// Database round trips pindb has made for consistency so far: one per write position

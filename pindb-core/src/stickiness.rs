@@ -163,6 +163,11 @@ impl ConsistencyToken {
         ConsistencyToken { positions }
     }
 
+    /// Adds positions; per set, the higher one wins.
+    pub fn merge(&mut self, positions: &[(String, Lsn)]) {
+        merge(&mut self.positions, positions);
+    }
+
     /// The positions, by set.
     pub fn positions(&self) -> &[(String, Lsn)] {
         &self.positions

@@ -1,0 +1,246 @@
+//! The tower layer (feature `tower`): one pinning context per request, for axum, tonic or any
+//! tower stack.
+//!
+//! This module owns the HTTP side of consistency: the signed pin cookie (django-pindb's
+//! `pindb_pinned_set`, signed), the consistency-token header, and the stickiness key taken
+//! from the request by a closure of the application's. It decides nothing about routes.
+//!
+//! Per request: pins carried in the cookie (valid signature, known set, not expired) are
+//! applied; a token in the `x-pindb-token` header is applied; the key's recorded positions are
+//! loaded. The handler and the response future run in the context. When the response is ready:
+//! sets pinned in this request are added to the cookie with expiry `pinning_seconds` (carried
+//! pins keep their original expiry), the key's write positions are recorded, and a fresh
+//! signed token is sent back in `x-pindb-token` when the request wrote. Forged, expired,
+//! unknown or corrupt cookies and tokens are ignored: never a 4xx/5xx. Disabled mode sets no
+//! cookie. A streaming body is polled after the response future ends, outside the context:
+//! statements run while streaming are not covered.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context as TaskCx, Poll};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use cookie::{Cookie, CookieJar, SameSite};
+use http::header::{HeaderValue, COOKIE, SET_COOKIE};
+use http::{Request, Response};
+
+use crate::context::{Context, PinOrigin};
+use crate::router::Router;
+use crate::stickiness::ConsistencyToken;
+
+/// The header that carries a signed [`ConsistencyToken`] both ways.
+pub const TOKEN_HEADER: &str = "x-pindb-token";
+
+type KeyFn = dyn Fn(&http::request::Parts) -> Option<String> + Send + Sync;
+
+/// The layer. Add it to an axum `Router` with `.layer(PinDbLayer::new(router))`.
+///
+/// ```
+/// use pindb_core::{web::PinDbLayer, Config, Router};
+///
+/// let router = Router::new(Config::single_set("postgres://m/app", ["postgres://r/app"]))?;
+/// let layer = PinDbLayer::new(router)
+///     // The stickiness key: e.g. a user id your auth middleware put in the extensions.
+///     .with_key(|parts| parts.headers.get("x-user-id")?.to_str().ok().map(str::to_owned));
+/// # let _ = layer;
+/// # Ok::<(), pindb_core::PinDbError>(())
+/// ```
+#[derive(Clone)]
+pub struct PinDbLayer {
+    router: Router,
+    key: Option<Arc<KeyFn>>,
+}
+
+impl std::fmt::Debug for PinDbLayer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PinDbLayer")
+            .field("keyed", &self.key.is_some())
+            .finish()
+    }
+}
+
+impl PinDbLayer {
+    /// A layer that pins per request and carries pins in the signed cookie.
+    pub fn new(router: Router) -> Self {
+        PinDbLayer { router, key: None }
+    }
+
+    /// Adds LSN stickiness: `key` returns the request's stickiness key (user or session id),
+    /// or `None` for anonymous requests.
+    pub fn with_key(
+        mut self,
+        key: impl Fn(&http::request::Parts) -> Option<String> + Send + Sync + 'static,
+    ) -> Self {
+        self.key = Some(Arc::new(key));
+        self
+    }
+}
+
+impl<S> tower_layer::Layer<S> for PinDbLayer {
+    type Service = PinDbService<S>;
+
+    fn layer(&self, inner: S) -> PinDbService<S> {
+        PinDbService {
+            inner,
+            layer: self.clone(),
+        }
+    }
+}
+
+/// The service made by [`PinDbLayer`].
+#[derive(Clone, Debug)]
+pub struct PinDbService<S> {
+    inner: S,
+    layer: PinDbLayer,
+}
+
+impl<S, ReqB, ResB> tower_service::Service<Request<ReqB>> for PinDbService<S>
+where
+    S: tower_service::Service<Request<ReqB>, Response = Response<ResB>> + Clone + Send + 'static,
+    S::Future: Send,
+    S::Error: Send,
+    ReqB: Send + 'static,
+    ResB: Send + 'static,
+{
+    type Response = Response<ResB>;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<ResB>, S::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut TaskCx<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<ReqB>) -> Self::Future {
+        // The clone that was polled ready handles this request (tower's usual dance).
+        let ready = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, ready);
+        let layer = self.layer.clone();
+        Box::pin(async move {
+            let router = &layer.router;
+            let (parts, body) = req.into_parts();
+            let ctx = Context::new();
+            let carried = read_pin_cookie(router, &parts.headers);
+            for (set, _) in &carried {
+                ctx.carry_pin(set);
+            }
+            if let Some(token) = read_token(router, &parts.headers) {
+                token.apply_to(&ctx);
+            }
+            let key = layer.key.as_ref().and_then(|f| f(&parts));
+            if let Some(key) = &key {
+                router.load_positions(&ctx, key).await;
+            }
+            let response = ctx
+                .clone()
+                .scope(inner.call(Request::from_parts(parts, body)))
+                .await?;
+            Ok(finish(router, &ctx, key.as_deref(), carried, response).await)
+        })
+    }
+}
+
+/// Response time: cookie for new pins, positions for the key, a token when the request wrote.
+async fn finish<B>(
+    router: &Router,
+    ctx: &Context,
+    key: Option<&str>,
+    carried: Vec<(String, u64)>,
+    mut response: Response<B>,
+) -> Response<B> {
+    if !router.config().enabled {
+        return response;
+    }
+    let newly = ctx.pinned(|o| o == PinOrigin::New);
+    if !newly.is_empty() {
+        let until = now_secs() + router.config().pinning_seconds;
+        let mut entries = carried;
+        for set in newly {
+            entries.retain(|(s, _)| *s != set);
+            entries.push((set, until));
+        }
+        if let Some(cookie) = pin_cookie(router, &entries) {
+            response.headers_mut().append(SET_COOKIE, cookie);
+        }
+        let positions = match key {
+            Some(key) => router.record_positions(ctx, key).await,
+            None => Vec::new(),
+        };
+        let mut token = ConsistencyToken::new(ctx.required());
+        token.merge(&positions);
+        if !token.positions().is_empty() {
+            if let Ok(value) = HeaderValue::from_str(&token.sign(router.cookie_key())) {
+                response.headers_mut().insert(TOKEN_HEADER, value);
+            }
+        }
+    }
+    response
+}
+
+fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// Valid, unexpired entries `(set, until_epoch_secs)` of the signed pin cookie; anything
+/// else is ignored.
+fn read_pin_cookie(router: &Router, headers: &http::HeaderMap) -> Vec<(String, u64)> {
+    let name = &router.config().cookie_name;
+    let mut jar = CookieJar::new();
+    for header in headers.get_all(COOKIE) {
+        let Ok(text) = header.to_str() else { continue };
+        for cookie in Cookie::split_parse(text.to_owned()).flatten() {
+            if cookie.name() == name {
+                jar.add_original(cookie);
+            }
+        }
+    }
+    let Some(verified) = jar.signed(router.cookie_key()).get(name) else {
+        return Vec::new();
+    };
+    let now = now_secs();
+    verified
+        .value()
+        .split('|')
+        .filter_map(|entry| {
+            let (set, until) = entry.rsplit_once(':')?;
+            let until: u64 = until.parse().ok()?;
+            (until > now && router.is_set(set)).then(|| (set.to_owned(), until))
+        })
+        .collect()
+}
+
+fn read_token(router: &Router, headers: &http::HeaderMap) -> Option<ConsistencyToken> {
+    let text = headers.get(TOKEN_HEADER)?.to_str().ok()?;
+    let token = ConsistencyToken::verify(text, router.cookie_key()).ok()?;
+    let known: Vec<_> = token
+        .positions()
+        .iter()
+        .filter(|(set, _)| router.is_set(set))
+        .cloned()
+        .collect();
+    Some(ConsistencyToken::new(known))
+}
+
+fn pin_cookie(router: &Router, entries: &[(String, u64)]) -> Option<HeaderValue> {
+    let value: Vec<String> = entries.iter().map(|(s, u)| format!("{s}:{u}")).collect();
+    let max_age = entries
+        .iter()
+        .map(|(_, u)| *u)
+        .max()?
+        .saturating_sub(now_secs());
+    let config = router.config();
+    let cookie = Cookie::build((config.cookie_name.clone(), value.join("|")))
+        .http_only(true)
+        .same_site(SameSite::Lax)
+        .path("/")
+        .secure(config.cookie_secure)
+        .max_age(cookie::time::Duration::seconds(max_age as i64))
+        .build();
+    let mut jar = CookieJar::new();
+    jar.signed_mut(router.cookie_key()).add(cookie);
+    let signed = jar.delta().next()?.to_string();
+    HeaderValue::from_str(&signed).ok()
+}
