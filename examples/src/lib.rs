@@ -436,3 +436,72 @@ pub fn replicas_reached(router: &pindb_core::Router, lsn: pindb_core::Lsn) -> bo
                 .is_some_and(|s| s.replay_lsn >= lsn)
         })
 }
+
+/// The application's error type: every failure becomes a 500 with a JSON body that says what
+/// happened. The message is made by the service (a pindb refusal is told apart from a
+/// database error there, with its adapter's `routing_error`).
+pub struct AppError(pub String, pub Vec<RouteLine>);
+
+impl axum::response::IntoResponse for AppError {
+    fn into_response(self) -> axum::response::Response {
+        let reply = Reply {
+            notes: Vec::new(),
+            routes: self.1,
+            error: Some(self.0),
+        };
+        (
+            axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+            axum::Json(reply),
+        )
+            .into_response()
+    }
+}
+
+/// A handler's answer: the notes and routes, or the error.
+pub fn respond(
+    result: Result<Vec<String>, String>,
+    routes: Vec<RouteLine>,
+) -> Result<axum::Json<Reply>, AppError> {
+    match result {
+        Ok(notes) => Ok(axum::Json(Reply {
+            notes,
+            routes,
+            error: None,
+        })),
+        Err(message) => Err(AppError(message, routes)),
+    }
+}
+
+/// Serves the two services, runs the scenario, prints the summary, cleans up.
+pub async fn run_demo(
+    title: &str,
+    fixture: pindb_testkit::Fixture,
+    greedy_router: pindb_core::Router,
+    greedy_app: axum::Router,
+    strict_app: axum::Router,
+) -> std::process::ExitCode {
+    let mut fixture = fixture;
+    let (greedy_url, strict_url) = (serve(greedy_app).await, serve(strict_app).await);
+    println!("{title}: greedy service {greedy_url}, strict service {strict_url}\n");
+    let report = scenario::run(
+        &greedy_url,
+        &strict_url,
+        &fixture.cluster,
+        &mut fixture.control,
+        |lsn| {
+            let router = greedy_router.clone();
+            async move {
+                scenario::eventually(Duration::from_secs(10), || replicas_reached(&router, lsn))
+                    .await
+            }
+        },
+    )
+    .await;
+    let ok = report.summary();
+    fixture.finish().await;
+    if ok {
+        std::process::ExitCode::SUCCESS
+    } else {
+        std::process::ExitCode::FAILURE
+    }
+}
