@@ -288,7 +288,7 @@ impl Router {
     /// The end of a keyed context: records the master's position for every set `ctx`
     /// pinned itself. Returns what was recorded.
     pub async fn record_positions(&self, ctx: &Context, key: &str) -> Positions {
-        let positions = self.positions_of(ctx).await;
+        let positions = self.write_positions(ctx).await;
         if positions.is_empty() {
             return positions;
         }
@@ -307,7 +307,7 @@ impl Router {
         match Context::current() {
             Some(ctx) => {
                 let mut positions = ctx.required();
-                merge(&mut positions, &self.positions_of(&ctx).await);
+                merge(&mut positions, &self.write_positions(&ctx).await);
                 ConsistencyToken { positions }
             }
             None => ConsistencyToken::default(),
@@ -316,7 +316,7 @@ impl Router {
 
     /// Master positions of the sets `ctx` pinned itself. A master that cannot be asked is
     /// logged and skipped: its write already committed.
-    async fn positions_of(&self, ctx: &Context) -> Positions {
+    pub(crate) async fn write_positions(&self, ctx: &Context) -> Positions {
         let mut positions = Vec::new();
         for set in ctx.pinned(|o| o == PinOrigin::New) {
             match self.master_insert_lsn(&set).await {

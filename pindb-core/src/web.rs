@@ -164,7 +164,7 @@ async fn finish<B>(
         }
         let positions = match key {
             Some(key) => router.record_positions(ctx, key).await,
-            None => Vec::new(),
+            None => router.write_positions(ctx).await,
         };
         let mut token = ConsistencyToken::new(ctx.required());
         token.merge(&positions);

@@ -1,0 +1,314 @@
+//! The tower layer over real HTTP: a real axum server on loopback, a real HTTP client, the
+//! real cluster.
+
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::routing::{get, post};
+use axum::Json;
+use diesel::prelude::*;
+use diesel_async::RunQueryDsl;
+use pindb_core::web::{PinDbLayer, TOKEN_HEADER};
+use pindb_core::RouterMode;
+use pindb_diesel::PinDb;
+use pindb_examples::capture::{self, routes_of};
+use pindb_examples::{respond, serve, user_key, AppError, Reply, SCHEMA_SQL};
+use pindb_testkit::Fixture;
+
+diesel::table! {
+    notes (id) {
+        id -> Integer,
+        author -> Text,
+        body -> Text,
+    }
+}
+
+async fn read(db: &PinDb) -> Result<Vec<String>, String> {
+    notes::table
+        .select(notes::body)
+        .order(notes::id)
+        .load::<String>(&mut db.get())
+        .await
+        .map_err(|e| e.to_string())
+}
+
+async fn write(db: &PinDb) -> Result<Vec<String>, String> {
+    diesel::insert_into(notes::table)
+        .values((notes::author.eq("t"), notes::body.eq("w")))
+        .execute(&mut db.get())
+        .await
+        .map(|_| Vec::new())
+        .map_err(|e| match pindb_diesel::routing_error(&e) {
+            Some(r) => format!("pindb refused the statement: {r}"),
+            None => e.to_string(),
+        })
+}
+
+type Answer = Result<Json<Reply>, AppError>;
+
+async fn get_read(State(db): State<PinDb>) -> Answer {
+    let (r, routes) = routes_of(read(&db)).await;
+    respond(r, routes)
+}
+
+async fn post_write(State(db): State<PinDb>) -> Answer {
+    let (r, routes) = routes_of(write(&db)).await;
+    respond(r, routes)
+}
+
+async fn post_write_then_read(State(db): State<PinDb>) -> Answer {
+    let (r, routes) = routes_of(async {
+        write(&db).await?;
+        read(&db).await
+    })
+    .await;
+    respond(r, routes)
+}
+
+/// The write happens in a task spawned with pindb's propagation helper.
+async fn post_spawned(State(db): State<PinDb>) -> Answer {
+    let child = db.clone();
+    let (r, routes) = routes_of(async {
+        pindb_core::spawn(async move { write(&child).await })
+            .await
+            .map_err(|e| e.to_string())??;
+        read(&db).await
+    })
+    .await;
+    respond(r, routes)
+}
+
+async fn service(f: &Fixture, mode: RouterMode, pinning_seconds: u64) -> (String, PinDb) {
+    capture::install();
+    let mut config = f.config(mode, &[1]);
+    config.pinning_seconds = pinning_seconds;
+    config.cookie_secret = Some("a-test-secret-of-more-than-thirty-two-bytes".into());
+    let db = PinDb::new(config).unwrap();
+    let app = axum::Router::new()
+        .route("/read", get(get_read))
+        .route("/write", post(post_write))
+        .route("/write-then-read", post(post_write_then_read))
+        .route("/spawned", post(post_spawned))
+        .with_state(db.clone())
+        .layer(PinDbLayer::new(db.router().clone()).with_key(user_key));
+    (serve(app).await, db)
+}
+
+fn read_role(reply: &Reply) -> &str {
+    reply
+        .routes
+        .iter()
+        .find(|r| r.op == "read")
+        .map(|r| r.role.as_str())
+        .unwrap_or("none")
+}
+
+async fn fetch(client: &reqwest::Client, url: String) -> Reply {
+    let r = client.get(url).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    r.json().await.unwrap()
+}
+
+#[tokio::test]
+async fn the_pin_cookie_round_trips_and_expires() {
+    let f = Fixture::new(SCHEMA_SQL).await;
+    let (base, _db) = service(&f, RouterMode::Greedy, 2).await;
+    let browser = reqwest::Client::builder()
+        .cookie_store(true)
+        .build()
+        .unwrap();
+    assert_eq!(
+        read_role(&fetch(&browser, format!("{base}/read")).await),
+        "replica"
+    );
+
+    let r = browser.post(format!("{base}/write")).send().await.unwrap();
+    let set_cookie = r
+        .headers()
+        .get("set-cookie")
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(set_cookie.starts_with("pindb_pinned_set="), "{set_cookie}");
+    for attribute in ["HttpOnly", "SameSite=Lax", "Path=/", "Max-Age=2"] {
+        assert!(
+            set_cookie.contains(attribute),
+            "{attribute} missing: {set_cookie}"
+        );
+    }
+    assert!(!set_cookie.contains("Secure"));
+
+    let reply = fetch(&browser, format!("{base}/read")).await;
+    assert_eq!(read_role(&reply), "master");
+    assert_eq!(reply.routes[0].reason, "pinned");
+    tokio::time::sleep(Duration::from_millis(3100)).await;
+    assert_eq!(
+        read_role(&fetch(&browser, format!("{base}/read")).await),
+        "replica",
+        "expired"
+    );
+    f.finish().await;
+}
+
+#[tokio::test]
+async fn forged_expired_unknown_and_corrupt_cookies_are_ignored() {
+    let f = Fixture::new(SCHEMA_SQL).await;
+    let (base, db) = service(&f, RouterMode::Greedy, 15).await;
+    let plain = reqwest::Client::new();
+    let far = 9_999_999_999u64;
+    let sign = |value: String| {
+        let mut jar = cookie::CookieJar::new();
+        jar.signed_mut(db.router().cookie_key())
+            .add(cookie::Cookie::new("pindb_pinned_set", value));
+        jar.get("pindb_pinned_set").unwrap().value().to_owned()
+    };
+    let cases = [
+        ("forged (unsigned)", format!("default:{far}")),
+        ("corrupt", "%%%;;garbage".to_owned()),
+        ("expired", sign("default:1000".into())),
+        ("unknown set", sign(format!("nosuchset:{far}"))),
+        ("empty", String::new()),
+    ];
+    for (what, value) in cases {
+        let r = plain
+            .get(format!("{base}/read"))
+            .header("cookie", format!("pindb_pinned_set={value}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "{what}");
+        let reply: Reply = r.json().await.unwrap();
+        assert_eq!(
+            read_role(&reply),
+            "replica",
+            "{what} cookie must be ignored"
+        );
+    }
+    // A genuine one is honoured.
+    let r = plain
+        .get(format!("{base}/read"))
+        .header(
+            "cookie",
+            format!("pindb_pinned_set={}", sign(format!("default:{far}"))),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(read_role(&r.json::<Reply>().await.unwrap()), "master");
+    f.finish().await;
+}
+
+#[tokio::test]
+async fn strict_refusals_reach_the_apps_error_handler() {
+    let f = Fixture::new(SCHEMA_SQL).await;
+    let (base, _db) = service(&f, RouterMode::Strict, 15).await;
+    let r = reqwest::Client::new()
+        .post(format!("{base}/write"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 500);
+    let reply: Reply = r.json().await.unwrap();
+    let error = reply.error.unwrap();
+    assert!(
+        error.contains("pindb refused") && error.contains("`default`"),
+        "{error}"
+    );
+    assert_eq!(
+        f.primary_column("SELECT count(*) FROM {schema}.notes")
+            .await,
+        ["0"]
+    );
+    f.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hundreds_of_concurrent_requests_each_have_their_own_context() {
+    let mut f = Fixture::new(SCHEMA_SQL).await;
+    let (base, _db) = service(&f, RouterMode::Greedy, 15).await;
+    f.control.pause(1).await;
+    let client = reqwest::Client::new();
+    let mut tasks = Vec::new();
+    for i in 0..300 {
+        let (client, base) = (client.clone(), base.clone());
+        tasks.push(tokio::spawn(async move {
+            let writes = i % 2 == 0;
+            let path = if writes { "write-then-read" } else { "read" };
+            let req = if writes {
+                client.post(format!("{base}/{path}"))
+            } else {
+                client.get(format!("{base}/{path}"))
+            };
+            let reply: Reply = req.send().await.unwrap().json().await.unwrap();
+            read_role(&reply) == if writes { "master" } else { "replica" }
+        }));
+    }
+    let mut wrong = 0;
+    for t in tasks {
+        wrong += usize::from(!t.await.unwrap());
+    }
+    assert_eq!(
+        wrong, 0,
+        "{wrong} of 300 requests saw another request's pin state"
+    );
+    f.finish().await;
+}
+
+#[tokio::test]
+async fn the_context_covers_tasks_spawned_with_the_propagation_helper() {
+    let f = Fixture::new(SCHEMA_SQL).await;
+    let (base, _db) = service(&f, RouterMode::Greedy, 15).await;
+    let r = reqwest::Client::new()
+        .post(format!("{base}/spawned"))
+        .send()
+        .await
+        .unwrap();
+    let reply: Reply = r.json().await.unwrap();
+    assert_eq!(reply.error, None);
+    assert_eq!(
+        read_role(&reply),
+        "master",
+        "the child task's write pinned the request: {reply:?}"
+    );
+    f.finish().await;
+}
+
+#[tokio::test]
+async fn the_token_header_carries_read_your_writes_to_another_instance() {
+    let mut f = Fixture::new(SCHEMA_SQL).await;
+    let (writer, _a) = service(&f, RouterMode::Greedy, 15).await;
+    let (reader, _b) = service(&f, RouterMode::Greedy, 15).await;
+    f.control.pause(1).await;
+    let client = reqwest::Client::new();
+    let r = client.post(format!("{writer}/write")).send().await.unwrap();
+    let token = r
+        .headers()
+        .get(TOKEN_HEADER)
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let with_token: Reply = client
+        .get(format!("{reader}/read"))
+        .header(TOKEN_HEADER, &token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(read_role(&with_token), "master");
+    assert_eq!(with_token.notes, ["w"]);
+    let forged: Reply = client
+        .get(format!("{reader}/read"))
+        .header(TOKEN_HEADER, token.replace('@', "@1"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(read_role(&forged), "replica", "an altered token is ignored");
+    f.finish().await;
+}
