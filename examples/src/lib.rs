@@ -8,6 +8,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+pub mod loadtest;
+
 pub mod capture {
     //! Records pindb's routing events (`tracing`, target `pindb`) for the current request, so
     //! the service can show which database served each statement and why.

@@ -124,10 +124,15 @@ impl State {
         self.get(set).is_some_and(|s| s.pin.is_some())
     }
 
-    /// Pins `set`; an existing pin keeps its origin (a carried pin stays carried).
+    /// Pins `set`. Pinning in this context (a write, or `pin`) makes even a carried pin new,
+    /// so its cookie expiry and write position are refreshed; carrying never downgrades.
     pub(crate) fn pin(&mut self, set: &Arc<str>, origin: PinOrigin) {
         let entry = self.set_mut(set);
-        entry.pin = Some(entry.pin.unwrap_or(origin));
+        entry.pin = Some(match (entry.pin, origin) {
+            (_, PinOrigin::New) => PinOrigin::New,
+            (Some(existing), PinOrigin::Carried) => existing,
+            (None, PinOrigin::Carried) => PinOrigin::Carried,
+        });
     }
 }
 
@@ -186,6 +191,11 @@ impl Context {
         let entry = state.set_mut(&Arc::from(set));
         entry.required = Some(entry.required.map_or(lsn, |r| r.max(lsn)));
         entry.replica = None;
+    }
+
+    /// The sets pinned in this context itself (not carried in): what a cookie would carry on.
+    pub fn newly_pinned(&self) -> Vec<String> {
+        self.pinned(|o| o == PinOrigin::New)
     }
 
     /// The positions this context requires, by set.

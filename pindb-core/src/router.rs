@@ -784,7 +784,14 @@ impl Router {
             let guard = state.guard(&set.name);
             match guard {
                 Some(GuardKind::Master) => Ok(Reason::MasterGuard),
-                None if state.is_pinned(&set.name) => Ok(Reason::Pinned),
+                None if state.is_pinned(&set.name) => {
+                    // A write to a set carried in from a cookie pins it anew: the client's
+                    // pin must outlive this write, not the earlier one.
+                    if commit {
+                        state.pin(&set.name, PinOrigin::New);
+                    }
+                    Ok(Reason::Pinned)
+                }
                 _ if strict => Err(refused()),
                 _ => {
                     if commit {
