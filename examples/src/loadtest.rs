@@ -41,8 +41,10 @@ pub enum Strategy {
     /// pindb greedy router, pins last for one request only.
     PinRequest,
     /// django-pindb: pins carried to the user's next requests for 15 s.
+    #[value(name = "cookie-15s")]
     Cookie15s,
     /// Rails' default: all of a user's reads on the master for 2 s after a write.
+    #[value(name = "delay-2s")]
     Delay2s,
     /// pindb: per-user LSN stickiness with the replica monitor, in-memory store.
     Lsn,
