@@ -152,6 +152,37 @@ async fn the_pin_cookie_round_trips_and_expires() {
 }
 
 #[tokio::test]
+async fn a_write_under_a_carried_pin_restarts_its_expiry() {
+    let f = Fixture::new(SCHEMA_SQL).await;
+    let (base, _db) = service(&f, RouterMode::Greedy, 4).await;
+    let browser = reqwest::Client::builder()
+        .cookie_store(true)
+        .build()
+        .unwrap();
+    browser.post(format!("{base}/write")).send().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    // Still pinned by the cookie; this write must push the pin's expiry 4 s further.
+    let r = browser.post(format!("{base}/write")).send().await.unwrap();
+    assert!(
+        r.headers().get("set-cookie").is_some(),
+        "the cookie is refreshed"
+    );
+    let reply: Reply = r.json().await.unwrap();
+    assert_eq!(
+        reply.routes[0].reason, "pinned",
+        "the second write ran under the carried pin"
+    );
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let reply = fetch(&browser, format!("{base}/read")).await;
+    assert_eq!(
+        read_role(&reply),
+        "master",
+        "5 s after the first write, 2.5 s after the second"
+    );
+    f.finish().await;
+}
+
+#[tokio::test]
 async fn forged_expired_unknown_and_corrupt_cookies_are_ignored() {
     let f = Fixture::new(SCHEMA_SQL).await;
     let (base, db) = service(&f, RouterMode::Greedy, 15).await;
