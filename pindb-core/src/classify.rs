@@ -173,12 +173,20 @@ fn classify_statement(lexer: &mut Lexer<'_>) -> Outcome {
 /// `EXPLAIN [ANALYZE] [VERBOSE] ...` or `EXPLAIN ( option [, ...] ) ...`.
 fn classify_explain(lexer: &mut Lexer<'_>) -> Outcome {
     let mut analyze = false;
+    let mut first = true;
     loop {
         let checkpoint = lexer.pos;
-        match lexer.next_token() {
+        let token = lexer.next_token();
+        // Only `EXPLAIN (` opens an option list, and only if it does not start a statement:
+        // `EXPLAIN ANALYZE (SELECT nextval('s'))` explains a parenthesised query.
+        let options = first
+            && token == Token::Punct(b'(')
+            && !matches!(lexer.clone().next_token(), Token::Word(w) if starts_statement(w));
+        first = false;
+        match token {
             Token::Word(w) if is(w, "ANALYZE") || is(w, "ANALYSE") => analyze = true,
             Token::Word(w) if is(w, "VERBOSE") => {}
-            Token::Punct(b'(') => {
+            Token::Punct(b'(') if options => {
                 // Option list: `ANALYZE` anywhere in it counts, even `ANALYZE false` (safe side).
                 let mut depth = 1usize;
                 while depth > 0 {
@@ -198,7 +206,11 @@ fn classify_explain(lexer: &mut Lexer<'_>) -> Outcome {
         }
     }
     if analyze {
-        classify_statement(lexer)
+        match classify_statement(lexer) {
+            // `EXPLAIN ANALYZE` of nothing we can see: not provably a read.
+            Outcome::Empty { .. } => Outcome::Write,
+            outcome => outcome,
+        }
     } else {
         // Planning only: nothing runs. Skip to the end of the statement.
         loop {
@@ -227,6 +239,8 @@ fn scan_read_body(lexer: &mut Lexer<'_>) -> Outcome {
                     end_of_input: false,
                 }
             }
+            // A quoted function name is still a call: `"nextval"('s')`.
+            Token::Quoted(w) if writes_when_called(w) => return Outcome::Write,
             Token::Word(w) => {
                 if after_for && (is(w, "UPDATE") || is(w, "SHARE") || is(w, "NO") || is(w, "KEY")) {
                     return Outcome::Write;
@@ -247,18 +261,34 @@ fn scan_read_body(lexer: &mut Lexer<'_>) -> Outcome {
     }
 }
 
+fn starts_statement(w: &[u8]) -> bool {
+    [
+        "SELECT", "WITH", "VALUES", "TABLE", "INSERT", "UPDATE", "DELETE", "MERGE",
+    ]
+    .iter()
+    .any(|k| is(w, k))
+}
+
 /// Functions that write, take locks a standby cannot grant, or that a standby refuses.
 /// Matching the name alone (not only calls) errs on the safe side.
 fn writes_when_called(w: &[u8]) -> bool {
-    const EXACT: [&str; 8] = [
+    const EXACT: [&str; 15] = [
         "NEXTVAL",
         "SETVAL",
+        // Depend on this session's `nextval`, which ran on the master.
+        "CURRVAL",
+        "LASTVAL",
         "PG_NOTIFY",
         "TXID_CURRENT",
         "PG_CURRENT_XACT_ID",
         "PG_SWITCH_WAL",
         "PG_CREATE_RESTORE_POINT",
         "SET_CONFIG",
+        "PG_LOGICAL_EMIT_MESSAGE",
+        "PG_PROMOTE",
+        "PG_WAL_REPLAY_PAUSE",
+        "PG_WAL_REPLAY_RESUME",
+        "DBLINK_EXEC",
     ];
     if EXACT.iter().any(|name| is(w, name)) {
         return true;
@@ -290,6 +320,7 @@ enum Token<'a> {
     End,
 }
 
+#[derive(Clone)]
 struct Lexer<'a> {
     src: &'a [u8],
     pos: usize,
@@ -340,9 +371,14 @@ impl<'a> Lexer<'a> {
                 }
                 if word.eq_ignore_ascii_case(b"u") && self.peek(0) == Some(b'&') {
                     if let Some(q @ (b'\'' | b'"')) = self.peek(1) {
-                        self.pos += 2;
+                        let start = self.pos + 2;
+                        self.pos = start;
                         self.skip_quoted(q, false);
-                        return Token::Other;
+                        if q == b'\'' {
+                            return Token::Other;
+                        }
+                        let end = self.pos.saturating_sub(1).max(start);
+                        return Token::Quoted(&self.src[start..end]);
                     }
                 }
                 Token::Word(word)
@@ -551,6 +587,16 @@ mod tests {
         ("/* unterminated comment SELECT 1", Write),
         ("42", Write),
         ("$1", Write),
+        // From review: parenthesised statements after EXPLAIN ANALYZE, quoted function names.
+        ("SELECT 1; EXPLAIN ANALYZE (SELECT nextval('s'))", Write),
+        ("EXPLAIN (ANALYZE) (SELECT pg_advisory_lock(1)); SELECT 1", Write),
+        ("EXPLAIN ANALYZE (WITH d AS (DELETE FROM t RETURNING *) SELECT * FROM d); SELECT 1", Write),
+        ("EXPLAIN (SELECT 1)", Read),
+        (r#"SELECT "nextval"('s')"#, Write),
+        (r#"SELECT pg_catalog."setval"('s', 1)"#, Write),
+        (r#"SELECT U&"nextval"('s')"#, Write),
+        ("SELECT currval('s')", Write),
+        ("SELECT pg_logical_emit_message(true, 'p', 'x')", Write),
     ];
 
     #[test]
