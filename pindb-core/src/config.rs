@@ -429,6 +429,13 @@ impl Config {
                  `openssl rand -base64 48` and set PINDB_COOKIE_SECRET",
             ));
         }
+        const TEN_YEARS: u64 = 315_360_000;
+        if self.pinning_seconds > TEN_YEARS || self.stickiness.ttl_seconds > TEN_YEARS {
+            return Err(PinDbError::config(
+                "pinning_seconds",
+                "pinning_seconds and stickiness.ttl_seconds must be at most 315360000 (10 years)",
+            ));
+        }
         if self.monitor.interval_ms == 0 || self.monitor.check_timeout_ms == 0 {
             return Err(PinDbError::config(
                 "monitor",
@@ -533,6 +540,15 @@ mod tests {
         assert_eq!(dbs[1].host, "replica-host");
         assert_eq!(dbs[1].password.as_deref(), Some("pw"));
         assert_eq!(dbs[1].port, 6000);
+    }
+
+    #[test]
+    fn absurd_durations_are_refused() {
+        let e = Config::from_toml_str(
+            "pinning_seconds = 18446744073709551615\n[masters.default]\nurl = 'postgres://h/d'\n[sets]\ndefault = []",
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("10 years"), "{e}");
     }
 
     #[test]

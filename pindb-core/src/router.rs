@@ -52,6 +52,8 @@ pub struct Hint<'a> {
 
 impl<'a> Hint<'a> {
     /// A hint naming an alias (a set's master, one of its replicas, or an unmanaged database).
+    /// A replica alias is an explicit choice: reads go to that replica whatever the context
+    /// pinned or requires (use the set's name to let pindb choose safely).
     pub fn alias(alias: &'a str) -> Self {
         Hint {
             alias: Some(alias),

@@ -46,6 +46,9 @@ pub trait Store: Send + Sync + 'static {
     fn name(&self) -> &'static str;
 }
 
+/// Longer TTLs are cut to this (about 10 years): `Instant` arithmetic must not overflow.
+const MAX_TTL: Duration = Duration::from_secs(315_360_000);
+
 /// Merges `new` into `into`, keeping the higher position per set.
 fn merge(into: &mut Positions, new: &[(String, Lsn)]) {
     for (set, lsn) in new {
@@ -124,7 +127,7 @@ impl Store for MemoryStore {
             entry.0.clear();
         }
         merge(&mut entry.0, positions);
-        entry.1 = now + ttl;
+        entry.1 = now + ttl.min(MAX_TTL);
         Box::pin(std::future::ready(Ok(())))
     }
 
@@ -489,7 +492,8 @@ mod redis_store {
                 for (set, lsn) in positions {
                     pipe.hset(&key, set, lsn.to_string()).ignore();
                 }
-                pipe.pexpire(&key, ttl.as_millis() as i64).ignore();
+                pipe.pexpire(&key, i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX))
+                    .ignore();
                 let mut conn = self.manager.clone();
                 self.with_timeout(pipe.query_async::<()>(&mut conn)).await
             })

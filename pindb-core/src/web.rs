@@ -63,6 +63,9 @@ impl std::fmt::Debug for PinDbLayer {
 impl PinDbLayer {
     /// A layer that pins per request and carries pins in the signed cookie.
     pub fn new(router: Router) -> Self {
+        if router.config().cookie_secret.is_none() {
+            tracing::warn!(target: "pindb", "no cookie_secret configured: pin cookies and tokens are signed with a per-process key and will not survive a restart or reach another instance; set PINDB_COOKIE_SECRET");
+        }
         PinDbLayer { router, key: None }
     }
 
@@ -131,11 +134,22 @@ where
             if let Some(key) = &key {
                 router.load_positions(&ctx, key).await;
             }
-            let response = ctx
+            let request = Request::from_parts(parts, body);
+            // `call` itself runs in the context too: a service may do work before its future.
+            let result = ctx
                 .clone()
-                .scope(inner.call(Request::from_parts(parts, body)))
-                .await?;
-            Ok(finish(router, &ctx, key.as_deref(), carried, response).await)
+                .scope(async move { inner.call(request).await })
+                .await;
+            match result {
+                Ok(response) => Ok(finish(router, &ctx, key.as_deref(), carried, response).await),
+                Err(e) => {
+                    // Writes may have committed before the failure: the key must still see them.
+                    if let Some(key) = &key {
+                        router.record_positions(&ctx, key).await;
+                    }
+                    Err(e)
+                }
+            }
         })
     }
 }
@@ -153,7 +167,7 @@ async fn finish<B>(
     }
     let newly = ctx.pinned(|o| o == PinOrigin::New);
     if !newly.is_empty() {
-        let until = now_secs() + router.config().pinning_seconds;
+        let until = now_secs().saturating_add(router.config().pinning_seconds);
         let mut entries = carried;
         for set in newly {
             entries.retain(|(s, _)| *s != set);
@@ -237,7 +251,9 @@ fn pin_cookie(router: &Router, entries: &[(String, u64)]) -> Option<HeaderValue>
         .same_site(SameSite::Lax)
         .path("/")
         .secure(config.cookie_secure)
-        .max_age(cookie::time::Duration::seconds(max_age as i64))
+        .max_age(cookie::time::Duration::seconds(
+            i64::try_from(max_age).unwrap_or(i64::MAX),
+        ))
         .build();
     let mut jar = CookieJar::new();
     jar.signed_mut(router.cookie_key()).add(cookie);

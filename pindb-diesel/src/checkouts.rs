@@ -79,6 +79,22 @@ impl<C> Checkouts<C> {
         self.tx = tx;
     }
 
+    /// After a commit or rollback, given the transaction depth the connection now reports:
+    /// still open keeps the transaction mode; closed leaves it; a broken transaction manager
+    /// also gives the connection back (the pool discards it), so the next statement is routed
+    /// afresh instead of sticking to a dead connection.
+    pub(crate) fn settle<D>(&mut self, depth: QueryResult<Option<D>>) {
+        let Some(h) = self.tx else { return };
+        match depth {
+            Ok(Some(_)) => {}
+            Ok(None) => self.tx = None,
+            Err(_) => {
+                self.tx = None;
+                self.held.remove(h);
+            }
+        }
+    }
+
     pub(crate) fn aliases<'r>(&self, router: &'r Router) -> Vec<&'r str> {
         let dbs = router.databases();
         self.held

@@ -138,10 +138,8 @@ impl PinDbConnection {
     /// connection has no transaction open.
     fn settle(&mut self) {
         if let Some(h) = self.slots.tx() {
-            let status = Ansi::transaction_manager_status_mut(self.slots.get(h));
-            if matches!(status.transaction_depth(), Ok(None)) {
-                self.slots.set_tx(None);
-            }
+            let depth = Ansi::transaction_manager_status_mut(self.slots.get(h)).transaction_depth();
+            self.slots.settle(depth);
         }
     }
 }

@@ -40,7 +40,9 @@ pub(crate) fn shape<T>(query: &T, with_table: bool) -> QueryResult<Shape>
 where
     T: QueryFragment<Pg> + QueryId,
 {
-    let Some(id) = T::query_id() else {
+    // Diesel's own rule: a query type whose SQL varies at run time is not cached by type.
+    let id = T::query_id().filter(|_| query.is_safe_to_cache_prepared(&Pg).unwrap_or(false));
+    let Some(id) = id else {
         return Ok(shape_of_sql(&render(query)?, with_table));
     };
     if let Some(shape) = SHAPES.with(|c| c.borrow().get(&id).cloned()) {

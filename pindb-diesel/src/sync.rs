@@ -197,11 +197,10 @@ impl SyncPinDbConnection {
 
     fn settle(&mut self) {
         if let Some(h) = self.slots.tx() {
-            let status =
-                AnsiTransactionManager::transaction_manager_status_mut(&mut **self.slots.get(h));
-            if matches!(status.transaction_depth(), Ok(None)) {
-                self.slots.set_tx(None);
-            }
+            let depth =
+                AnsiTransactionManager::transaction_manager_status_mut(&mut **self.slots.get(h))
+                    .transaction_depth();
+            self.slots.settle(depth);
         }
     }
 }
