@@ -79,6 +79,15 @@ async fn post_spawned(State(db): State<PinDb>) -> Answer {
 }
 
 async fn service(f: &Fixture, mode: RouterMode, pinning_seconds: u64) -> (String, PinDb) {
+    service_with(f, mode, pinning_seconds, false).await
+}
+
+async fn service_with(
+    f: &Fixture,
+    mode: RouterMode,
+    pinning_seconds: u64,
+    token: bool,
+) -> (String, PinDb) {
     capture::install();
     let mut config = f.config(mode, &[1]);
     config.pinning_seconds = pinning_seconds;
@@ -90,7 +99,14 @@ async fn service(f: &Fixture, mode: RouterMode, pinning_seconds: u64) -> (String
         .route("/write-then-read", post(post_write_then_read))
         .route("/spawned", post(post_spawned))
         .with_state(db.clone())
-        .layer(PinDbLayer::new(db.router().clone()).with_key(user_key));
+        .layer({
+            let layer = PinDbLayer::new(db.router().clone()).with_key(user_key);
+            if token {
+                layer.with_token()
+            } else {
+                layer
+            }
+        });
     (serve(app).await, db)
 }
 
@@ -138,6 +154,10 @@ async fn the_pin_cookie_round_trips_and_expires() {
         );
     }
     assert!(!set_cookie.contains("Secure"));
+    assert!(
+        r.headers().get(TOKEN_HEADER).is_none(),
+        "no token unless asked for: it would cost a master round trip per write"
+    );
 
     let reply = fetch(&browser, format!("{base}/read")).await;
     assert_eq!(read_role(&reply), "master");
@@ -308,8 +328,8 @@ async fn the_context_covers_tasks_spawned_with_the_propagation_helper() {
 #[tokio::test]
 async fn the_token_header_carries_read_your_writes_to_another_instance() {
     let mut f = Fixture::new(SCHEMA_SQL).await;
-    let (writer, _a) = service(&f, RouterMode::Greedy, 15).await;
-    let (reader, _b) = service(&f, RouterMode::Greedy, 15).await;
+    let (writer, _a) = service_with(&f, RouterMode::Greedy, 15, true).await;
+    let (reader, _b) = service_with(&f, RouterMode::Greedy, 15, true).await;
     f.control.pause(1).await;
     let client = reqwest::Client::new();
     let r = client.post(format!("{writer}/write")).send().await.unwrap();

@@ -10,9 +10,9 @@
 //! loaded. The handler and the response future run in the context. When the response is ready:
 //! sets pinned in this request are added to the cookie with expiry `pinning_seconds` (carried
 //! pins keep their original expiry), the key's write positions are recorded, and a fresh
-//! signed token is sent back in `x-pindb-token` when the request wrote. Forged, expired,
-//! unknown or corrupt cookies and tokens are ignored: never a 4xx/5xx. Disabled mode sets no
-//! cookie. A streaming body is polled after the response future ends, outside the context:
+//! signed token is sent back in `x-pindb-token` when the request wrote (opt-in:
+//! [`PinDbLayer::with_token`]). Forged, expired, unknown or corrupt cookies and tokens are
+//! ignored: never a 4xx/5xx. Disabled mode sets no cookie. A streaming body is polled after the response future ends, outside the context:
 //! statements run while streaming are not covered.
 
 use std::future::Future;
@@ -50,12 +50,15 @@ type KeyFn = dyn Fn(&http::request::Parts) -> Option<String> + Send + Sync;
 pub struct PinDbLayer {
     router: Router,
     key: Option<Arc<KeyFn>>,
+    /// Send a signed token back from writing requests (costs a master round trip).
+    token: bool,
 }
 
 impl std::fmt::Debug for PinDbLayer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PinDbLayer")
             .field("keyed", &self.key.is_some())
+            .field("token", &self.token)
             .finish()
     }
 }
@@ -66,7 +69,19 @@ impl PinDbLayer {
         if router.config().cookie_secret.is_none() {
             tracing::warn!(target: "pindb", "no cookie_secret configured: pin cookies and tokens are signed with a per-process key and will not survive a restart or reach another instance; set PINDB_COOKIE_SECRET");
         }
-        PinDbLayer { router, key: None }
+        PinDbLayer {
+            router,
+            key: None,
+            token: false,
+        }
+    }
+
+    /// Sends a signed [`ConsistencyToken`] back in `x-pindb-token` from every request that
+    /// wrote, for clients that carry it to other instances (stateless stickiness). Off by
+    /// default: it costs one master round trip per writing request without a key.
+    pub fn with_token(mut self) -> Self {
+        self.token = true;
+        self
     }
 
     /// Adds LSN stickiness: `key` returns the request's stickiness key (user or session id),
@@ -141,7 +156,7 @@ where
                 .scope(async move { inner.call(request).await })
                 .await;
             match result {
-                Ok(response) => Ok(finish(router, &ctx, key.as_deref(), carried, response).await),
+                Ok(response) => Ok(finish(&layer, &ctx, key.as_deref(), carried, response).await),
                 Err(e) => {
                     // Writes may have committed before the failure: the key must still see them.
                     if let Some(key) = &key {
@@ -156,12 +171,13 @@ where
 
 /// Response time: cookie for new pins, positions for the key, a token when the request wrote.
 async fn finish<B>(
-    router: &Router,
+    layer: &PinDbLayer,
     ctx: &Context,
     key: Option<&str>,
     carried: Vec<(String, u64)>,
     mut response: Response<B>,
 ) -> Response<B> {
+    let router = &layer.router;
     if !router.config().enabled {
         return response;
     }
@@ -178,8 +194,12 @@ async fn finish<B>(
         }
         let positions = match key {
             Some(key) => router.record_positions(ctx, key).await,
-            None => router.write_positions(ctx).await,
+            None if layer.token => router.write_positions(ctx).await,
+            None => return response,
         };
+        if !layer.token {
+            return response;
+        }
         let mut token = ConsistencyToken::new(ctx.required());
         token.merge(&positions);
         if !token.positions().is_empty() {

@@ -40,13 +40,16 @@ pub(crate) fn shape<T>(query: &T, with_table: bool) -> QueryResult<Shape>
 where
     T: QueryFragment<Pg> + QueryId,
 {
-    // Diesel's own rule: a query type whose SQL varies at run time is not cached by type.
-    let id = T::query_id().filter(|_| query.is_safe_to_cache_prepared(&Pg).unwrap_or(false));
-    let Some(id) = id else {
+    let Some(id) = T::query_id() else {
         return Ok(shape_of_sql(&render(query)?, with_table));
     };
     if let Some(shape) = SHAPES.with(|c| c.borrow().get(&id).cloned()) {
         return Ok(shape);
+    }
+    // Diesel's own rule: only a statement whose SQL is fixed by its type is cached by type.
+    // Checked on a miss only, so the hit path stays one lookup.
+    if !query.is_safe_to_cache_prepared(&Pg)? {
+        return Ok(shape_of_sql(&render(query)?, with_table));
     }
     let shape = shape_of_sql(&render(query)?, true);
     SHAPES.with(|c| c.borrow_mut().insert(id, shape.clone()));
