@@ -605,6 +605,17 @@ impl Router {
         result
     }
 
+    /// The database a statement with this hint belongs to: the index in [`Router::databases`]
+    /// of its set's master, or of the unmanaged alias it names. No decision, no pin, no
+    /// strict check: adapters use it to keep every statement of a transaction on the
+    /// transaction's database.
+    pub fn home_of(&self, hint: &Hint<'_>, op: Operation) -> Result<usize, PinDbError> {
+        Ok(match self.resolve(hint, op)? {
+            Target::Unmanaged(i) => i,
+            Target::Set(s) | Target::Replica { set: s, .. } => self.inner.sets[s].master,
+        })
+    }
+
     /// The decision `db_for_read`/`db_for_write` would make, without pinning anything.
     pub fn explain(&self, op: Operation, hint: &Hint<'_>) -> Result<Route<'_>, PinDbError> {
         match op {

@@ -1,44 +1,219 @@
-//! The connections one routed connection has checked out, and where its next statement runs.
+//! The connection one routed connection has checked out, its open transaction, and where its
+//! next statement runs.
 //!
-//! Shared by the async and the sync routed connections: at most one checkout per alias, made
-//! on first use; while a transaction is open every statement goes to its connection;
-//! otherwise the router decides. No I/O here: the caller checks out when told to.
+//! Shared by the async and the sync routed connections. Three rules live here:
+//! - **No hold-and-wait.** At most one checkout is held. Before waiting for another pool the
+//!   idle one is given back, so two requests taking two pools in opposite orders can never
+//!   wait for each other (a transaction never checks out: its statements stay on its
+//!   connection).
+//! - **A transaction stays on its database.** While a transaction is open every statement goes
+//!   to its connection; with delegates, a statement that belongs to another database is
+//!   refused instead of running on the wrong one.
+//! - **An abandoned transaction is never reused.** A `transaction(..)` whose future was dropped
+//!   or whose closure panicked leaves a mark ([`Scopes`]); the next call on the routed
+//!   connection discards that connection (the pool closes it, the server rolls back) and
+//!   routes normally again.
+//!
+//! No I/O here: the caller checks out when told to.
 
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+
+use diesel::connection::{CacheSize, Instrumentation, InstrumentationEvent};
 use diesel::result::QueryResult;
-use pindb_core::{Hint, Router, StatementKind};
+use pindb_core::{Hint, Operation, Router, StatementKind};
 
 use crate::error::Error;
 use crate::statement::Shape;
 
+/// What the routed connection needs from a pooled connection, async or sync.
+pub(crate) trait Held {
+    /// Marks its transaction manager broken: the pool discards it when it comes back instead
+    /// of handing out a connection with a transaction open.
+    fn poison(&mut self);
+    /// Its transaction depth (`Err` when its transaction manager is broken).
+    fn depth(&mut self) -> QueryResult<Option<std::num::NonZeroU32>>;
+    /// Sets its prepared statement cache size.
+    fn set_cache(&mut self, size: CacheSize);
+    /// Forwards its events to the routed connection's instrumentation; `None` restores
+    /// diesel's default instrumentation.
+    fn set_events(&mut self, events: Option<Forward>);
+}
+
 /// Where a statement runs.
 pub(crate) enum Slot {
-    /// On the held connection at this position.
-    Held(usize),
-    /// On a connection of the database at this index, to check out first.
+    /// On the held connection.
+    Held,
+    /// On a connection of the database at this index, to check out first (after giving the
+    /// held one back).
     Checkout(usize),
 }
 
-pub(crate) struct Checkouts<C> {
-    /// `(database index, connection)`, at most one per database.
-    held: Vec<(usize, C)>,
-    /// Position in `held` of the connection running the open transaction.
-    tx: Option<usize>,
+/// Transaction scopes of one routed connection: how many `transaction(..)` calls are running
+/// and whether one ended without finishing (dropped future, panic).
+#[derive(Debug, Default)]
+pub(crate) struct Scopes {
+    active: AtomicU32,
+    abandoned: AtomicBool,
 }
 
-impl<C> Checkouts<C> {
+/// Lives in a `transaction(..)` future: marks the scope abandoned unless it finished.
+pub(crate) struct ScopeGuard {
+    scopes: Arc<Scopes>,
+    finished: bool,
+}
+
+impl ScopeGuard {
+    /// The scope ran to completion (committed, rolled back or failed to begin).
+    pub(crate) fn finish(mut self) {
+        self.finished = true;
+    }
+}
+
+impl Drop for ScopeGuard {
+    fn drop(&mut self) {
+        if !self.finished {
+            self.scopes.abandoned.store(true, Ordering::Release);
+        }
+        self.scopes.active.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// The routed connection's instrumentation, installed on each connection it checks out so
+/// events reach it, with the serving alias in the query text.
+#[derive(Clone)]
+pub(crate) struct Forward {
+    alias: Option<Arc<str>>,
+    user: Arc<Mutex<Box<dyn Instrumentation>>>,
+}
+
+impl Forward {
+    fn with_alias(&self, alias: &str) -> Forward {
+        Forward {
+            alias: Some(Arc::from(alias)),
+            user: Arc::clone(&self.user),
+        }
+    }
+}
+
+/// A query as the instrumentation sees it: `/* pindb: <alias> */ <query>`.
+#[derive(Debug)]
+struct Served<'a> {
+    alias: &'a str,
+    query: &'a dyn diesel::connection::DebugQuery,
+}
+
+impl std::fmt::Display for Served<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "/* pindb: {} */ {}", self.alias, self.query)
+    }
+}
+
+impl diesel::connection::DebugQuery for Served<'_> {}
+
+impl Instrumentation for Forward {
+    fn on_connection_event(&mut self, event: InstrumentationEvent<'_>) {
+        let mut user = self.user.lock().unwrap_or_else(|e| e.into_inner());
+        match (&self.alias, event) {
+            (Some(alias), InstrumentationEvent::StartQuery { query, .. }) => {
+                let served = Served { alias, query };
+                user.on_connection_event(InstrumentationEvent::start_query(&served));
+            }
+            (Some(alias), InstrumentationEvent::FinishQuery { query, error, .. }) => {
+                let served = Served { alias, query };
+                user.on_connection_event(InstrumentationEvent::finish_query(&served, error));
+            }
+            (_, event) => user.on_connection_event(event),
+        }
+    }
+}
+
+pub(crate) struct Checkouts<C: Held> {
+    /// `(database index, connection)`: the one checkout this routed connection holds.
+    held: Option<(usize, C)>,
+    /// The database index of the open transaction; `held` is its connection.
+    tx: Option<usize>,
+    scopes: Option<Arc<Scopes>>,
+    /// The set the next top-level transaction opens on (`transaction_on`).
+    next_tx: Option<String>,
+    cache: Option<CacheSize>,
+    /// The user's instrumentation, forwarded to every checkout.
+    events: Option<Forward>,
+    /// What `instrumentation()` hands out when the user set none.
+    none: Option<Box<dyn Instrumentation>>,
+}
+
+impl<C: Held> Drop for Checkouts<C> {
+    fn drop(&mut self) {
+        if self.tx.is_some() {
+            // Dropped with a transaction open (a dropped request future): never back to the
+            // pool.
+            if let Some((_, conn)) = &mut self.held {
+                conn.poison();
+            }
+        } else {
+            self.release();
+        }
+    }
+}
+
+impl<C: Held> Checkouts<C> {
     pub(crate) fn new() -> Self {
         Checkouts {
-            held: Vec::new(),
+            held: None,
             tx: None,
+            scopes: None,
+            next_tx: None,
+            cache: None,
+            events: None,
+            none: None,
         }
     }
 
-    /// Decides where a statement of this shape runs. Synchronous: a strict refusal or an
-    /// unknown alias is reported before any I/O.
-    pub(crate) fn decide(&self, router: &Router, shape: &Shape) -> QueryResult<Slot> {
-        if let Some(h) = self.tx {
-            return Ok(Slot::Held(h));
+    /// Settles what an abandoned transaction scope left behind; called first by every
+    /// operation. The abandoned transaction's connection is poisoned and given back (the pool
+    /// discards it: the server rolls the transaction back). While an enclosing scope is still
+    /// running, its statements fail with [`Error::TransactionAbandoned`]: it has lost its
+    /// transaction and must not go on outside one.
+    pub(crate) fn recover(&mut self) -> QueryResult<()> {
+        let Some(scopes) = &self.scopes else {
+            return Ok(());
+        };
+        if !scopes.abandoned.load(Ordering::Acquire) {
+            return Ok(());
         }
+        if self.tx.take().is_some() {
+            if let Some((_, mut conn)) = self.held.take() {
+                conn.poison();
+                tracing::warn!(target: "pindb", "a transaction was abandoned (future dropped or closure panicked); its connection was discarded and the transaction rolled back");
+            }
+        }
+        if scopes.active.load(Ordering::Acquire) > 0 {
+            return Err(Error::TransactionAbandoned.into());
+        }
+        scopes.abandoned.store(false, Ordering::Release);
+        Ok(())
+    }
+
+    /// Enters a `transaction(..)` scope.
+    pub(crate) fn enter_scope(&mut self) -> ScopeGuard {
+        let scopes = Arc::clone(self.scopes.get_or_insert_with(Default::default));
+        scopes.active.fetch_add(1, Ordering::AcqRel);
+        ScopeGuard {
+            scopes,
+            finished: false,
+        }
+    }
+
+    /// Decides where a statement of this shape runs. Synchronous: a strict refusal, an
+    /// unknown alias or a statement of another database inside a transaction is reported
+    /// before any I/O.
+    pub(crate) fn decide(&mut self, router: &Router, shape: &Shape) -> QueryResult<Slot> {
+        self.recover()?;
+        let op = match shape.kind {
+            StatementKind::Read => Operation::Read,
+            StatementKind::Write => Operation::Write,
+        };
         let tables;
         let hint = match &shape.table {
             Some(table) if router.has_delegates() => {
@@ -47,52 +222,145 @@ impl<C> Checkouts<C> {
             }
             _ => Hint::default(),
         };
-        let route = match shape.kind {
-            StatementKind::Read => router.db_for_read(&hint),
-            StatementKind::Write => router.db_for_write(&hint),
+        if let Some(home) = self.tx {
+            if !hint.tables.is_empty() {
+                let own = router.home_of(&hint, op).map_err(Error::from)?;
+                if own != home {
+                    let dbs = router.databases();
+                    return Err(Error::OtherDatabaseInTransaction {
+                        statement: dbs[own].alias.clone(),
+                        table: hint.tables[0].to_owned(),
+                        transaction: dbs[home].alias.clone(),
+                    }
+                    .into());
+                }
+            }
+            return Ok(Slot::Held);
+        }
+        let route = match op {
+            Operation::Read => router.db_for_read(&hint),
+            Operation::Write => router.db_for_write(&hint),
         }
         .map_err(Error::from)?;
-        Ok(
-            match self.held.iter().position(|(i, _)| *i == route.index) {
-                Some(h) => Slot::Held(h),
-                None => Slot::Checkout(route.index),
-            },
-        )
+        Ok(self.slot_for(route.index))
     }
 
-    /// Keeps a new checkout; returns its position.
-    pub(crate) fn push(&mut self, index: usize, conn: C) -> usize {
-        self.held.push((index, conn));
-        self.held.len() - 1
+    fn slot_for(&self, index: usize) -> Slot {
+        match &self.held {
+            Some((i, _)) if *i == index => Slot::Held,
+            _ => Slot::Checkout(index),
+        }
     }
 
-    pub(crate) fn get(&mut self, h: usize) -> &mut C {
-        &mut self.held[h].1
+    /// Where a transaction that begins now runs: the open transaction's connection (a
+    /// savepoint), else the master of the set named by `transaction_on` or of the `default`
+    /// set (strict: refused when that set is not pinned; greedy: pins it).
+    pub(crate) fn decide_begin(&mut self, router: &Router) -> QueryResult<Slot> {
+        let named = self.next_tx.take();
+        self.recover()?;
+        let hint = named.as_deref().map(Hint::alias).unwrap_or_default();
+        if let Some(home) = self.tx {
+            if named.is_some() {
+                let own = router
+                    .home_of(&hint, Operation::Write)
+                    .map_err(Error::from)?;
+                if own != home {
+                    let dbs = router.databases();
+                    return Err(Error::OtherDatabaseInTransaction {
+                        statement: dbs[own].alias.clone(),
+                        table: String::new(),
+                        transaction: dbs[home].alias.clone(),
+                    }
+                    .into());
+                }
+            }
+            return Ok(Slot::Held);
+        }
+        let route = router.db_for_write(&hint).map_err(Error::from)?;
+        Ok(self.slot_for(route.index))
     }
 
-    /// The held connection running the open transaction, if any.
-    pub(crate) fn tx(&self) -> Option<usize> {
-        self.tx
+    /// Names the set the next top-level transaction opens on.
+    pub(crate) fn set_next_transaction(&mut self, set: String) {
+        self.next_tx = Some(set);
     }
 
-    pub(crate) fn set_tx(&mut self, tx: Option<usize>) {
-        self.tx = tx;
+    /// Gives the held connection back (before waiting for another pool).
+    pub(crate) fn release(&mut self) {
+        debug_assert!(
+            self.tx.is_none(),
+            "a transaction's connection is never released"
+        );
+        if let Some((_, mut conn)) = self.held.take() {
+            // Back to the pool as it came: no setting of this routed connection leaks.
+            if self.cache.is_some() {
+                conn.set_cache(CacheSize::Unbounded);
+            }
+            if self.events.is_some() {
+                conn.set_events(None);
+            }
+        }
     }
 
-    /// After a commit or rollback, given the transaction depth the connection now reports:
-    /// still open keeps the transaction mode; closed leaves it; a broken transaction manager
-    /// also gives the connection back (the pool discards it), so the next statement is routed
-    /// afresh instead of sticking to a dead connection.
-    pub(crate) fn settle<D>(&mut self, depth: QueryResult<Option<D>>) {
-        let Some(h) = self.tx else { return };
+    /// Keeps a new checkout of the database at `index`, with this routed connection's
+    /// settings applied.
+    pub(crate) fn hold(&mut self, index: usize, alias: &str, mut conn: C) -> &mut C {
+        if let Some(size) = self.cache {
+            conn.set_cache(size);
+        }
+        if let Some(events) = &self.events {
+            conn.set_events(Some(events.with_alias(alias)));
+        }
+        &mut self.held.insert((index, conn)).1
+    }
+
+    /// The held connection. Callers only ask after `decide` said [`Slot::Held`] or after
+    /// `hold`.
+    pub(crate) fn get(&mut self) -> QueryResult<&mut C> {
+        match &mut self.held {
+            Some((_, conn)) => Ok(conn),
+            None => Err(Error::Unsupported("no connection is checked out").into()),
+        }
+    }
+
+    /// The open transaction's connection.
+    pub(crate) fn tx_conn(&mut self) -> Option<&mut C> {
+        match (self.tx, &mut self.held) {
+            (Some(_), Some((_, conn))) => Some(conn),
+            _ => None,
+        }
+    }
+
+    /// Marks the held connection as running a transaction. Called *before* `BEGIN` is sent,
+    /// so a drop while it is in flight still poisons the connection.
+    pub(crate) fn start_transaction(&mut self) {
+        self.tx = self.held.as_ref().map(|(i, _)| *i);
+    }
+
+    /// After a begin, commit or rollback: still open keeps the transaction mode; closed
+    /// leaves it (the connection stays held, idle); a broken transaction manager also gives
+    /// the connection back (the pool discards it), so the next statement is routed afresh
+    /// instead of sticking to a dead connection.
+    pub(crate) fn settle(&mut self) {
+        if self.tx.is_none() {
+            return;
+        }
+        let depth = match &mut self.held {
+            Some((_, conn)) => conn.depth(),
+            None => Ok(None),
+        };
         match depth {
             Ok(Some(_)) => {}
             Ok(None) => self.tx = None,
             Err(_) => {
                 self.tx = None;
-                self.held.remove(h);
+                self.held = None;
             }
         }
+    }
+
+    pub(crate) fn in_transaction(&self) -> bool {
+        self.tx.is_some()
     }
 
     pub(crate) fn aliases<'r>(&self, router: &'r Router) -> Vec<&'r str> {
@@ -103,7 +371,36 @@ impl<C> Checkouts<C> {
             .collect()
     }
 
-    pub(crate) fn iter_mut(&mut self) -> impl Iterator<Item = &mut C> {
-        self.held.iter_mut().map(|(_, c)| c)
+    /// Applies a statement cache size to the held connection and every later checkout.
+    pub(crate) fn set_cache_size(&mut self, size: CacheSize) {
+        self.cache = Some(size);
+        if let Some((_, conn)) = &mut self.held {
+            conn.set_cache(size);
+        }
+    }
+
+    /// Forwards the events of the held connection and every later checkout to
+    /// `instrumentation`.
+    pub(crate) fn set_instrumentation(
+        &mut self,
+        router: &Router,
+        instrumentation: Box<dyn Instrumentation>,
+    ) {
+        let events = Forward {
+            alias: None,
+            user: Arc::new(Mutex::new(instrumentation)),
+        };
+        if let Some((i, conn)) = &mut self.held {
+            conn.set_events(Some(events.with_alias(&router.databases()[*i].alias)));
+        }
+        self.events = Some(events);
+    }
+
+    /// The instrumentation, for diesel's transaction events on the routed connection itself.
+    pub(crate) fn instrumentation(&mut self) -> &mut dyn Instrumentation {
+        match &mut self.events {
+            Some(events) => events,
+            None => &mut self.none,
+        }
     }
 }

@@ -28,6 +28,7 @@
 //!   are not on the routed connection; use [`PinDb::write`] for a plain master connection.
 
 use std::future::Future;
+use std::num::NonZeroU32;
 
 use diesel::connection::{CacheSize, Instrumentation, TransactionManagerStatus};
 use diesel::pg::Pg;
@@ -42,9 +43,10 @@ use futures_util::future::BoxFuture;
 use futures_util::FutureExt;
 use pindb_core::StatementKind;
 
-use crate::checkouts::{Checkouts, Slot};
+use crate::checkouts::{Checkouts, Forward, Held, Slot};
+use crate::error::{routing_error, Error};
 use crate::pool::{PinDb, Pooled};
-use crate::statement::{self, Shape};
+use crate::statement::{self, OwnedQuery, Shape};
 
 /// A routed diesel-async connection, from [`PinDb::get`]. Use it wherever an
 /// `AsyncPgConnection` goes: `RunQueryDsl`, `transaction`, `save_changes`...
@@ -68,15 +70,38 @@ pub struct PinDbConnection {
     slots: Checkouts<Pooled>,
     /// The status reported when no transaction is open.
     idle: TransactionManagerStatus,
-    instrumentation: Option<Box<dyn Instrumentation>>,
 }
 
 impl std::fmt::Debug for PinDbConnection {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PinDbConnection")
             .field("held", &self.held_aliases())
-            .field("in_transaction", &self.slots.tx().is_some())
+            .field("in_transaction", &self.slots.in_transaction())
             .finish()
+    }
+}
+
+impl Held for Pooled {
+    fn poison(&mut self) {
+        Ansi::transaction_manager_status_mut(self).set_in_error();
+    }
+
+    fn depth(&mut self) -> QueryResult<Option<NonZeroU32>> {
+        Ansi::transaction_manager_status_mut(self).transaction_depth()
+    }
+
+    fn set_cache(&mut self, size: CacheSize) {
+        AsyncConnection::set_prepared_statement_cache_size(&mut **self, size);
+    }
+
+    fn set_events(&mut self, events: Option<Forward>) {
+        match events {
+            Some(events) => AsyncConnection::set_instrumentation(&mut **self, events),
+            None => AsyncConnection::set_instrumentation(
+                &mut **self,
+                diesel::connection::get_default_instrumentation(),
+            ),
+        }
     }
 }
 
@@ -86,11 +111,12 @@ impl PinDbConnection {
             db,
             slots: Checkouts::new(),
             idle: TransactionManagerStatus::default(),
-            instrumentation: None,
         }
     }
 
-    /// The aliases this connection has checked out so far.
+    /// The alias of the connection this routed connection holds, if any (at most one: it gives
+    /// an idle connection back before checking out another, so it never waits for a pool
+    /// while holding one).
     pub fn held_aliases(&self) -> Vec<&str> {
         self.slots.aliases(self.db.router())
     }
@@ -98,29 +124,62 @@ impl PinDbConnection {
     /// Checks out the connection the next read would use (see the module docs for when this
     /// is needed).
     pub async fn checkout_for_read(&mut self) -> QueryResult<()> {
-        self.slot(&Shape::of(StatementKind::Read)).await.map(drop)
+        self.slot(&Shape::of(StatementKind::Read)).await
     }
 
     /// Checks out the connection the next write would use, under the router's rules.
     pub async fn checkout_for_write(&mut self) -> QueryResult<()> {
-        self.slot(&Shape::of(StatementKind::Write)).await.map(drop)
+        self.slot(&Shape::of(StatementKind::Write)).await
     }
 
-    fn decide(&self, shape: &Shape) -> QueryResult<Slot> {
-        self.slots.decide(self.db.router(), shape)
+    /// Runs `callback` in a transaction on the master of `set` (a set name, or an unmanaged
+    /// alias) instead of the `default` set's: what a transaction needs when delegates send
+    /// its tables to another set. Strict: refused unless `set` is pinned or under `master()`;
+    /// greedy: pins it. Inside a transaction already open on another database it is refused
+    /// ([`Error::OtherDatabaseInTransaction`](crate::Error::OtherDatabaseInTransaction)).
+    ///
+    /// ```no_run
+    /// # async fn demo(db: pindb_diesel::PinDb) -> diesel::QueryResult<()> {
+    /// use diesel_async::RunQueryDsl;
+    ///
+    /// let mut conn = db.get();
+    /// conn.transaction_on("analytics", async |conn| {
+    ///     diesel::sql_query("INSERT INTO stats_daily (n) VALUES (1)").execute(conn).await
+    /// }).await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn transaction_on<'a, 'conn, R, E, F>(
+        &'conn mut self,
+        set: &str,
+        callback: F,
+    ) -> impl Future<Output = Result<R, E>> + Send + 'conn
+    where
+        for<'r> F: AsyncFnOnce(&'r mut Self) -> Result<R, E>
+            + TransactionCallback<&'r mut Self, Result<R, E>, Fut: Send>
+            + Send
+            + 'a,
+        E: From<diesel::result::Error> + Send + 'a,
+        R: Send + 'a,
+        'a: 'conn,
+    {
+        RoutedTransactionManager::run(self, Some(set.to_owned()), callback)
     }
 
-    /// The position in `held` of the connection for this shape, checking it out if needed.
-    async fn slot(&mut self, shape: &Shape) -> QueryResult<usize> {
-        match self.decide(shape)? {
-            Slot::Held(h) => Ok(h),
-            Slot::Checkout(index) => self.hold(index).await,
+    /// Makes sure the connection for this shape is held, checking it out if needed.
+    async fn slot(&mut self, shape: &Shape) -> QueryResult<()> {
+        match self.slots.decide(self.db.router(), shape)? {
+            Slot::Held => Ok(()),
+            Slot::Checkout(index) => self.hold(index).await.map(drop),
         }
     }
 
-    async fn hold(&mut self, index: usize) -> QueryResult<usize> {
+    /// Gives the held connection back, then checks out one of the database at `index`: never
+    /// waits for a pool while holding another pool's connection.
+    async fn hold(&mut self, index: usize) -> QueryResult<&mut Pooled> {
+        self.slots.release();
         let conn = self.db.checkout(index).await?;
-        Ok(self.slots.push(index, conn))
+        let alias = &self.db.router().databases()[index].alias;
+        Ok(self.slots.hold(index, alias, conn))
     }
 
     fn alias(&self, index: usize) -> &str {
@@ -128,28 +187,54 @@ impl PinDbConnection {
     }
 
     fn status_mut(&mut self) -> &mut TransactionManagerStatus {
-        match self.slots.tx() {
-            Some(h) => Ansi::transaction_manager_status_mut(self.slots.get(h)),
+        match self.slots.tx_conn() {
+            Some(conn) => Ansi::transaction_manager_status_mut(conn),
             None => &mut self.idle,
         }
     }
 
-    /// After commit/rollback: the routed connection leaves transaction mode once the held
-    /// connection has no transaction open.
-    fn settle(&mut self) {
-        if let Some(h) = self.slots.tx() {
-            let depth = Ansi::transaction_manager_status_mut(self.slots.get(h)).transaction_depth();
-            self.slots.settle(depth);
+    fn load_owned<'conn, 'query, Q>(
+        &'conn mut self,
+        index: usize,
+        query: Q,
+    ) -> <Self as AsyncConnectionCore>::LoadFuture<'conn, 'query>
+    where
+        Q: AsQuery + Send + 'query + 'conn,
+        Q::Query: QueryFragment<Pg> + QueryId + Send + 'query,
+    {
+        async move {
+            let conn = self.hold(index).await?;
+            AsyncConnectionCore::load(&mut **conn, query).await
         }
+        .boxed()
+    }
+
+    fn execute_owned<'conn, 'query, Q>(
+        &'conn mut self,
+        index: usize,
+        query: Q,
+    ) -> <Self as AsyncConnectionCore>::ExecuteFuture<'conn, 'query>
+    where
+        Q: QueryFragment<Pg> + QueryId + Send + 'query + 'conn,
+    {
+        async move {
+            let conn = self.hold(index).await?;
+            AsyncConnectionCore::execute_returning_count(&mut **conn, query).await
+        }
+        .boxed()
     }
 }
 
 impl SimpleAsyncConnection for PinDbConnection {
     async fn batch_execute(&mut self, query: &str) -> QueryResult<()> {
         let shape = statement::shape_of_sql(query, self.db.router().has_delegates());
-        let h = self.slot(&shape).await?;
-        self.slots.get(h).batch_execute(query).await
+        self.slot(&shape).await?;
+        self.slots.get()?.batch_execute(query).await
     }
+}
+
+fn ready<'a, T: Send + 'a>(result: QueryResult<T>) -> BoxFuture<'a, QueryResult<T>> {
+    std::future::ready(result).boxed()
 }
 
 impl AsyncConnectionCore for PinDbConnection {
@@ -165,18 +250,19 @@ impl AsyncConnectionCore for PinDbConnection {
         T::Query: QueryFragment<Pg> + QueryId + 'query,
     {
         let query = source.as_query();
-        let slot = statement::shape(&query, self.db.router().has_delegates())
-            .and_then(|shape| self.decide(&shape));
+        let router = self.db.router();
+        let slot = statement::shape(&query, router.has_delegates())
+            .and_then(|shape| self.slots.decide(router, &shape));
         match slot {
-            Err(e) => std::future::ready(Err(e)).boxed(),
-            Ok(Slot::Held(h)) => AsyncConnectionCore::load(&mut **self.slots.get(h), query),
+            Err(e) => ready(Err(e)),
+            Ok(Slot::Held) => match self.slots.get() {
+                Ok(conn) => AsyncConnectionCore::load(&mut **conn, query),
+                Err(e) => ready(Err(e)),
+            },
             Ok(Slot::Checkout(index)) => match statement::to_owned(&query, self.alias(index)) {
-                Err(e) => std::future::ready(Err(e)).boxed(),
-                Ok(owned) => async move {
-                    let h = self.hold(index).await?;
-                    AsyncConnectionCore::load(&mut **self.slots.get(h), owned).await
-                }
-                .boxed(),
+                Err(e) => ready(Err(e)),
+                Ok(OwnedQuery::Static(owned)) => self.load_owned(index, owned),
+                Ok(OwnedQuery::Dynamic(owned)) => self.load_owned(index, owned),
             },
         }
     }
@@ -188,21 +274,19 @@ impl AsyncConnectionCore for PinDbConnection {
     where
         T: QueryFragment<Pg> + QueryId + 'query,
     {
-        let slot = statement::shape(&source, self.db.router().has_delegates())
-            .and_then(|shape| self.decide(&shape));
+        let router = self.db.router();
+        let slot = statement::shape(&source, router.has_delegates())
+            .and_then(|shape| self.slots.decide(router, &shape));
         match slot {
-            Err(e) => std::future::ready(Err(e)).boxed(),
-            Ok(Slot::Held(h)) => {
-                AsyncConnectionCore::execute_returning_count(&mut **self.slots.get(h), source)
-            }
+            Err(e) => ready(Err(e)),
+            Ok(Slot::Held) => match self.slots.get() {
+                Ok(conn) => AsyncConnectionCore::execute_returning_count(&mut **conn, source),
+                Err(e) => ready(Err(e)),
+            },
             Ok(Slot::Checkout(index)) => match statement::to_owned(&source, self.alias(index)) {
-                Err(e) => std::future::ready(Err(e)).boxed(),
-                Ok(owned) => async move {
-                    let h = self.hold(index).await?;
-                    AsyncConnectionCore::execute_returning_count(&mut **self.slots.get(h), owned)
-                        .await
-                }
-                .boxed(),
+                Err(e) => ready(Err(e)),
+                Ok(OwnedQuery::Static(owned)) => self.execute_owned(index, owned),
+                Ok(OwnedQuery::Dynamic(owned)) => self.execute_owned(index, owned),
             },
         }
     }
@@ -224,23 +308,50 @@ impl AsyncConnection for PinDbConnection {
     }
 
     fn instrumentation(&mut self) -> &mut dyn Instrumentation {
-        &mut self.instrumentation
+        self.slots.instrumentation()
     }
 
+    /// Applies to the connection held now and to every connection checked out later; query
+    /// events name the alias that served them (`/* pindb: default-1 */ SELECT ...`).
     fn set_instrumentation(&mut self, instrumentation: impl Instrumentation) {
-        self.instrumentation = Some(Box::new(instrumentation));
+        self.slots
+            .set_instrumentation(self.db.router(), Box::new(instrumentation));
     }
 
+    /// Applies to the connection held now and to every connection checked out later (each
+    /// goes back to its pool with the default restored).
     fn set_prepared_statement_cache_size(&mut self, size: CacheSize) {
-        for conn in self.slots.iter_mut() {
-            conn.set_prepared_statement_cache_size(size);
-        }
+        self.slots.set_cache_size(size);
     }
+}
+
+/// The callback of a transaction, with its future named so it can be required `Send`: the
+/// same shape as diesel-async's own bound (which cannot be named outside diesel-async).
+/// Every `async |conn| { .. }` closure implements it.
+pub trait TransactionCallback<T, R>:
+    AsyncFnOnce(T) -> R + FnOnce(T) -> <Self as TransactionCallback<T, R>>::Fut
+{
+    /// The future the callback returns.
+    type Fut: Future<Output = R>;
+}
+
+impl<F, T, Fut, R> TransactionCallback<T, R> for F
+where
+    F: AsyncFnOnce(T) -> R + FnOnce(T) -> Fut,
+    Fut: Future<Output = R>,
+{
+    type Fut = Fut;
 }
 
 /// Runs transactions on the master (checked out lazily by `begin`), forwarding to diesel's
 /// `AnsiTransactionManager` on that connection. Strict router: beginning a transaction on an
 /// unpinned set is an `UnpinnedWrite` error; greedy: it pins the set.
+///
+/// A `transaction(..)` whose future is dropped (a timeout, a client that went away,
+/// `select!`) or whose closure panics leaves nothing behind: the next call on the routed
+/// connection discards the connection that held it (the server rolls it back) and routes
+/// normally again; an enclosing transaction, if any, fails with
+/// [`Error::TransactionAbandoned`](crate::Error::TransactionAbandoned).
 #[derive(Debug, Default, Clone, Copy)]
 pub struct RoutedTransactionManager;
 
@@ -267,41 +378,111 @@ impl Ansi {
     }
 }
 
+impl RoutedTransactionManager {
+    /// diesel-async's transaction loop, inside a scope guard that marks the transaction
+    /// abandoned if this future is dropped or the callback panics before it ends.
+    fn run<'a, 'conn, R, E, F>(
+        conn: &'conn mut PinDbConnection,
+        set: Option<String>,
+        callback: F,
+    ) -> impl Future<Output = Result<R, E>> + Send + 'conn
+    where
+        for<'r> F: AsyncFnOnce(&'r mut PinDbConnection) -> Result<R, E>
+            + TransactionCallback<&'r mut PinDbConnection, Result<R, E>, Fut: Send>
+            + Send
+            + 'a,
+        E: From<diesel::result::Error> + Send,
+        R: Send,
+        'a: 'conn,
+    {
+        async move {
+            conn.slots.recover()?;
+            if let Some(set) = set {
+                conn.slots.set_next_transaction(set);
+            }
+            let scope = conn.slots.enter_scope();
+            let result = async {
+                Self::begin_transaction(conn).await?;
+                match callback(&mut *conn).await {
+                    Ok(value) => {
+                        Self::commit_transaction(conn).await?;
+                        Ok(value)
+                    }
+                    Err(user_error) => match Self::rollback_transaction(conn).await {
+                        Ok(()) | Err(diesel::result::Error::BrokenTransactionManager) => {
+                            Err(user_error)
+                        }
+                        Err(rollback_error) => Err(rollback_error.into()),
+                    },
+                }
+            }
+            .await;
+            scope.finish();
+            result
+        }
+    }
+}
+
 impl TransactionManager<PinDbConnection> for RoutedTransactionManager {
     type TransactionStateData = TransactionManagerStatus;
 
     async fn begin_transaction(conn: &mut PinDbConnection) -> QueryResult<()> {
-        let h = match conn.slots.tx() {
-            Some(h) => h,
-            None => conn.slot(&Shape::of(StatementKind::Write)).await?,
-        };
-        Ansi::begin_transaction(conn.slots.get(h)).await?;
-        conn.slots.set_tx(Some(h));
-        Ok(())
+        if let Slot::Checkout(index) = conn.slots.decide_begin(conn.db.router())? {
+            conn.hold(index).await?;
+        }
+        // Marked before BEGIN is sent: dropped while in flight, the connection is poisoned.
+        conn.slots.start_transaction();
+        let result = Ansi::begin_transaction(conn.slots.get()?).await;
+        conn.slots.settle();
+        result
     }
 
     async fn rollback_transaction(conn: &mut PinDbConnection) -> QueryResult<()> {
-        let h = conn
+        if let Err(e) = conn.slots.recover() {
+            // The abandoned transaction's connection was discarded: nothing left to roll back.
+            return match routing_error(&e) {
+                Some(Error::TransactionAbandoned) => Ok(()),
+                _ => Err(e),
+            };
+        }
+        let tx = conn
             .slots
-            .tx()
+            .tx_conn()
             .ok_or(diesel::result::Error::NotInTransaction)?;
-        let result = Ansi::rollback_transaction(conn.slots.get(h)).await;
-        conn.settle();
+        let result = Ansi::rollback_transaction(tx).await;
+        conn.slots.settle();
         result
     }
 
     async fn commit_transaction(conn: &mut PinDbConnection) -> QueryResult<()> {
-        let h = conn
+        conn.slots.recover()?;
+        let tx = conn
             .slots
-            .tx()
+            .tx_conn()
             .ok_or(diesel::result::Error::NotInTransaction)?;
-        let result = Ansi::commit_transaction(conn.slots.get(h)).await;
-        conn.settle();
+        let result = Ansi::commit_transaction(tx).await;
+        conn.slots.settle();
         result
     }
 
     fn transaction_manager_status_mut(conn: &mut PinDbConnection) -> &mut TransactionManagerStatus {
         conn.status_mut()
+    }
+
+    fn transaction<'a, 'conn, F, R, E>(
+        conn: &'conn mut PinDbConnection,
+        callback: F,
+    ) -> impl Future<Output = Result<R, E>> + Send + 'conn
+    where
+        for<'r> F: AsyncFnOnce(&'r mut PinDbConnection) -> Result<R, E>
+            + TransactionCallback<&'r mut PinDbConnection, Result<R, E>, Fut: Send>
+            + Send
+            + 'a,
+        E: From<diesel::result::Error> + Send,
+        R: Send,
+        'a: 'conn,
+    {
+        Self::run(conn, None, callback)
     }
 }
 

@@ -55,6 +55,35 @@ pub enum Error {
         type_name: String,
     },
 
+    /// A `transaction(..)` nested in the running one was abandoned (its future was dropped or
+    /// its closure panicked). pindb discarded the transaction's database connection, so the
+    /// whole transaction was rolled back; the enclosing transaction cannot go on.
+    #[error(
+        "this transaction was rolled back: a transaction inside it was abandoned (its future \
+         was dropped or its closure panicked) and pindb discarded the connection rather than \
+         reuse it in an unknown state; return this error so the enclosing transaction ends, \
+         then retry the whole unit of work"
+    )]
+    TransactionAbandoned,
+
+    /// Inside a transaction, a statement (or a nested `transaction_on`) belongs to another
+    /// database than the one the transaction runs on.
+    #[error(
+        "this statement belongs to `{statement}`{}, but the open transaction runs on \
+         `{transaction}`: a transaction runs on one database, so the statement was refused \
+         instead of running on the wrong one; open the transaction with \
+         `conn.transaction_on(\"{statement}\", ..)`, or run the statement outside it",
+        if table.is_empty() { String::new() } else { format!(" (table `{table}`)") }
+    )]
+    OtherDatabaseInTransaction {
+        /// The database (master or unmanaged alias) the statement belongs to.
+        statement: String,
+        /// The statement's main table, as the delegates saw it (empty for `transaction_on`).
+        table: String,
+        /// The database the transaction runs on.
+        transaction: String,
+    },
+
     /// Async pools were built outside a tokio runtime.
     #[error(
         "PinDb::new was called outside a tokio runtime; bb8 pools start a background task, so \

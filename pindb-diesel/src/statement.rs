@@ -8,19 +8,52 @@
 use std::any::TypeId;
 use std::cell::RefCell;
 use std::collections::HashMap;
+use std::marker::PhantomData;
 use std::sync::Arc;
 
 use diesel::pg::{Pg, PgMetadataLookup, PgQueryBuilder, PgTypeMetadata};
 use diesel::query_builder::bind_collector::RawBytesBindCollector;
-use diesel::query_builder::{CollectedQuery, QueryBuilder, QueryFragment, QueryId};
+use diesel::query_builder::{AstPass, CollectedQuery, Query, QueryBuilder, QueryFragment, QueryId};
 use diesel::result::QueryResult;
+use diesel::sql_types::Untyped;
 use pindb_core::classify::{classify, main_table, StatementKind};
 
 use crate::error::Error;
 
+type Collected = CollectedQuery<RawBytesBindCollector<Pg>>;
+
 /// A statement rendered to SQL text plus bind bytes: `Send + 'static`, so it can wait for a
 /// pool checkout, and runnable on any `AsyncPgConnection`.
-pub(crate) type Owned = CollectedQuery<RawBytesBindCollector<Pg>>;
+///
+/// It keeps the original query's static `QueryId` (`Id`), so the connection's prepared
+/// statement cache files it under the same key as the typed query: the statement is prepared
+/// once per connection, whichever path ran it first.
+pub(crate) struct Owned<Id> {
+    query: Collected,
+    _id: PhantomData<fn() -> Id>,
+}
+
+impl<Id: 'static> QueryId for Owned<Id> {
+    type QueryId = Id;
+    const HAS_STATIC_QUERY_ID: bool = true;
+}
+
+impl<Id> QueryFragment<Pg> for Owned<Id> {
+    fn walk_ast<'b>(&'b self, pass: AstPass<'_, 'b, Pg>) -> QueryResult<()> {
+        self.query.walk_ast(pass)
+    }
+}
+
+impl<Id> Query for Owned<Id> {
+    type SqlType = Untyped;
+}
+
+/// An owned statement: with the query's static id when it has one (cached by type, as diesel
+/// caches the typed query), else SQL-keyed (as diesel caches a query without one).
+pub(crate) enum OwnedQuery<Id> {
+    Static(Owned<Id>),
+    Dynamic(Collected),
+}
 
 /// Read or write, and the main table when delegates need one.
 #[derive(Clone)]
@@ -98,7 +131,7 @@ impl PgMetadataLookup for NoLookup {
 }
 
 /// Renders `query` into an owned statement. `alias` is only for the error message.
-pub(crate) fn to_owned<T>(query: &T, alias: &str) -> QueryResult<Owned>
+pub(crate) fn to_owned<T>(query: &T, alias: &str) -> QueryResult<OwnedQuery<T::QueryId>>
 where
     T: QueryFragment<Pg> + QueryId,
 {
@@ -114,5 +147,12 @@ where
         }
         .into());
     }
-    Ok(CollectedQuery::new(sql, safe_to_cache, binds))
+    let query = CollectedQuery::new(sql, safe_to_cache, binds);
+    Ok(match T::query_id() {
+        Some(_) => OwnedQuery::Static(Owned {
+            query,
+            _id: PhantomData,
+        }),
+        None => OwnedQuery::Dynamic(query),
+    })
 }

@@ -22,6 +22,7 @@
 //! Classification, routing and checkout bookkeeping are the async adapter's (shared modules);
 //! only the connection traits differ.
 
+use std::num::NonZeroU32;
 use std::sync::Arc;
 
 use diesel::connection::{
@@ -34,10 +35,10 @@ use diesel::query_builder::{Query, QueryFragment, QueryId};
 use diesel::r2d2::{ConnectionManager, CustomizeConnection, Pool, PooledConnection};
 use diesel::result::QueryResult;
 use diesel::{ConnectionError, ConnectionResult};
-use pindb_core::{Config, Database, Hint, Membership, PinDbError, Router, StatementKind};
+use pindb_core::{Config, Database, Hint, Membership, PinDbError, Router};
 
-use crate::checkouts::{Checkouts, Slot};
-use crate::error::Error;
+use crate::checkouts::{Checkouts, Forward, Held, Slot};
+use crate::error::{routing_error, Error};
 use crate::pool::Pools;
 use crate::statement::{self, Shape};
 
@@ -106,7 +107,6 @@ impl SyncPinDb {
             db: self.clone(),
             slots: Checkouts::new(),
             idle: TransactionManagerStatus::default(),
-            instrumentation: None,
         }
     }
 
@@ -135,72 +135,91 @@ impl SyncPinDb {
 }
 
 /// A routed sync diesel connection, from [`SyncPinDb::get`]: `RunQueryDsl`, `transaction`
-/// and `save_changes` work on it as on a `PgConnection`.
+/// and `save_changes` work on it as on a `PgConnection`. Same rules as the async
+/// [`PinDbConnection`](crate::PinDbConnection): at most one checkout held, transactions on
+/// their set's master, a panicked transaction never reused.
 pub struct SyncPinDbConnection {
     db: SyncPinDb,
     slots: Checkouts<SyncPooled>,
     idle: TransactionManagerStatus,
-    instrumentation: Option<Box<dyn Instrumentation>>,
 }
 
 impl std::fmt::Debug for SyncPinDbConnection {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SyncPinDbConnection")
             .field("held", &self.held_aliases())
+            .field("in_transaction", &self.slots.in_transaction())
             .finish()
     }
 }
 
+impl Held for SyncPooled {
+    fn poison(&mut self) {
+        AnsiTransactionManager::transaction_manager_status_mut(&mut **self).set_in_error();
+    }
+
+    fn depth(&mut self) -> QueryResult<Option<NonZeroU32>> {
+        AnsiTransactionManager::transaction_manager_status_mut(&mut **self).transaction_depth()
+    }
+
+    fn set_cache(&mut self, size: CacheSize) {
+        Connection::set_prepared_statement_cache_size(&mut **self, size);
+    }
+
+    fn set_events(&mut self, events: Option<Forward>) {
+        match events {
+            Some(events) => Connection::set_instrumentation(&mut **self, events),
+            None => Connection::set_instrumentation(
+                &mut **self,
+                diesel::connection::get_default_instrumentation(),
+            ),
+        }
+    }
+}
+
 impl SyncPinDbConnection {
-    /// The aliases this connection has checked out so far.
+    /// The alias of the connection this routed connection holds, if any (at most one).
     pub fn held_aliases(&self) -> Vec<&str> {
         self.slots.aliases(self.db.router())
     }
 
-    /// The position of the held connection for a statement of this shape, checked out if
-    /// needed.
-    fn slot(&mut self, shape: &Shape) -> QueryResult<usize> {
-        Ok(match self.slots.decide(self.db.router(), shape)? {
-            Slot::Held(h) => h,
-            Slot::Checkout(index) => {
-                let conn = self.db.checkout(index)?;
-                self.slots.push(index, conn)
-            }
-        })
+    /// Runs `f` in a transaction on the master of `set` instead of the `default` set's (see
+    /// [`PinDbConnection::transaction_on`](crate::PinDbConnection::transaction_on)).
+    pub fn transaction_on<T, E, F>(&mut self, set: &str, f: F) -> Result<T, E>
+    where
+        F: FnOnce(&mut Self) -> Result<T, E>,
+        E: From<diesel::result::Error>,
+    {
+        SyncRoutedTransactionManager::run(self, Some(set.to_owned()), f)
     }
 
+    /// The held connection for a statement of this shape, checked out if needed (after giving
+    /// the held one back: never waits for a pool while holding another).
     fn connection_for(&mut self, shape: &Shape) -> QueryResult<&mut PgConnection> {
-        let h = self.slot(shape)?;
-        Ok(&mut **self.slots.get(h))
+        let slot = self.slots.decide(self.db.router(), shape)?;
+        self.take(slot)
+    }
+
+    fn take(&mut self, slot: Slot) -> QueryResult<&mut PgConnection> {
+        Ok(match slot {
+            Slot::Held => &mut **self.slots.get()?,
+            Slot::Checkout(index) => {
+                self.slots.release();
+                let conn = self.db.checkout(index)?;
+                let alias = &self.db.router().databases()[index].alias;
+                &mut **self.slots.hold(index, alias, conn)
+            }
+        })
     }
 
     fn shape<T: QueryFragment<Pg> + QueryId>(&self, query: &T) -> QueryResult<Shape> {
         statement::shape(query, self.db.router().has_delegates())
     }
 
-    fn tx_connection(&mut self) -> QueryResult<&mut PgConnection> {
-        let h = self
-            .slots
-            .tx()
-            .ok_or(diesel::result::Error::NotInTransaction)?;
-        Ok(&mut **self.slots.get(h))
-    }
-
     fn status_mut(&mut self) -> &mut TransactionManagerStatus {
-        match self.slots.tx() {
-            Some(h) => {
-                AnsiTransactionManager::transaction_manager_status_mut(&mut **self.slots.get(h))
-            }
+        match self.slots.tx_conn() {
+            Some(conn) => AnsiTransactionManager::transaction_manager_status_mut(&mut **conn),
             None => &mut self.idle,
-        }
-    }
-
-    fn settle(&mut self) {
-        if let Some(h) = self.slots.tx() {
-            let depth =
-                AnsiTransactionManager::transaction_manager_status_mut(&mut **self.slots.get(h))
-                    .transaction_depth();
-            self.slots.settle(depth);
         }
     }
 }
@@ -239,17 +258,19 @@ impl Connection for SyncPinDbConnection {
     }
 
     fn instrumentation(&mut self) -> &mut dyn Instrumentation {
-        &mut self.instrumentation
+        self.slots.instrumentation()
     }
 
+    /// Applies to the connection held now and every later checkout; query events name the
+    /// alias that served them.
     fn set_instrumentation(&mut self, instrumentation: impl Instrumentation) {
-        self.instrumentation = Some(Box::new(instrumentation));
+        self.slots
+            .set_instrumentation(self.db.router(), Box::new(instrumentation));
     }
 
+    /// Applies to the connection held now and every later checkout.
     fn set_prepared_statement_cache_size(&mut self, size: CacheSize) {
-        for conn in self.slots.iter_mut() {
-            conn.set_prepared_statement_cache_size(size);
-        }
+        self.slots.set_cache_size(size);
     }
 }
 
@@ -277,32 +298,81 @@ impl LoadConnection<DefaultLoadingMode> for SyncPinDbConnection {
 }
 
 /// Transactions on the master (checked out by `begin`), forwarded to diesel's
-/// `AnsiTransactionManager` on that connection; same rules as the async adapter.
+/// `AnsiTransactionManager` on that connection; same rules as the async adapter, including
+/// a transaction whose closure panicked: the next call discards its connection.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct SyncRoutedTransactionManager;
+
+impl SyncRoutedTransactionManager {
+    /// diesel's transaction loop inside a scope guard that marks the transaction abandoned if
+    /// the closure panics.
+    fn run<T, E, F>(conn: &mut SyncPinDbConnection, set: Option<String>, f: F) -> Result<T, E>
+    where
+        F: FnOnce(&mut SyncPinDbConnection) -> Result<T, E>,
+        E: From<diesel::result::Error>,
+    {
+        conn.slots.recover()?;
+        if let Some(set) = set {
+            conn.slots.set_next_transaction(set);
+        }
+        let scope = conn.slots.enter_scope();
+        let result = (|| {
+            Self::begin_transaction(conn)?;
+            match f(&mut *conn) {
+                Ok(value) => {
+                    Self::commit_transaction(conn)?;
+                    Ok(value)
+                }
+                Err(user_error) => match Self::rollback_transaction(conn) {
+                    Ok(()) | Err(diesel::result::Error::BrokenTransactionManager) => {
+                        Err(user_error)
+                    }
+                    Err(rollback_error) => Err(rollback_error.into()),
+                },
+            }
+        })();
+        scope.finish();
+        result
+    }
+}
 
 impl TransactionManager<SyncPinDbConnection> for SyncRoutedTransactionManager {
     type TransactionStateData = TransactionManagerStatus;
 
     fn begin_transaction(conn: &mut SyncPinDbConnection) -> QueryResult<()> {
-        let h = match conn.slots.tx() {
-            Some(h) => h,
-            None => conn.slot(&Shape::of(StatementKind::Write))?,
-        };
-        AnsiTransactionManager::begin_transaction(&mut **conn.slots.get(h))?;
-        conn.slots.set_tx(Some(h));
-        Ok(())
+        let slot = conn.slots.decide_begin(conn.db.router())?;
+        conn.take(slot)?;
+        conn.slots.start_transaction();
+        let result = AnsiTransactionManager::begin_transaction(&mut **conn.slots.get()?);
+        conn.slots.settle();
+        result
     }
 
     fn rollback_transaction(conn: &mut SyncPinDbConnection) -> QueryResult<()> {
-        let result = AnsiTransactionManager::rollback_transaction(conn.tx_connection()?);
-        conn.settle();
+        if let Err(e) = conn.slots.recover() {
+            // The abandoned transaction's connection was discarded: nothing left to roll back.
+            return match routing_error(&e) {
+                Some(Error::TransactionAbandoned) => Ok(()),
+                _ => Err(e),
+            };
+        }
+        let tx = conn
+            .slots
+            .tx_conn()
+            .ok_or(diesel::result::Error::NotInTransaction)?;
+        let result = AnsiTransactionManager::rollback_transaction(&mut **tx);
+        conn.slots.settle();
         result
     }
 
     fn commit_transaction(conn: &mut SyncPinDbConnection) -> QueryResult<()> {
-        let result = AnsiTransactionManager::commit_transaction(conn.tx_connection()?);
-        conn.settle();
+        conn.slots.recover()?;
+        let tx = conn
+            .slots
+            .tx_conn()
+            .ok_or(diesel::result::Error::NotInTransaction)?;
+        let result = AnsiTransactionManager::commit_transaction(&mut **tx);
+        conn.slots.settle();
         result
     }
 
@@ -310,6 +380,14 @@ impl TransactionManager<SyncPinDbConnection> for SyncRoutedTransactionManager {
         conn: &mut SyncPinDbConnection,
     ) -> &mut TransactionManagerStatus {
         conn.status_mut()
+    }
+
+    fn transaction<F, R, E>(conn: &mut SyncPinDbConnection, callback: F) -> Result<R, E>
+    where
+        F: FnOnce(&mut SyncPinDbConnection) -> Result<R, E>,
+        E: From<diesel::result::Error>,
+    {
+        Self::run(conn, None, callback)
     }
 }
 

@@ -3,8 +3,16 @@
 #![allow(dead_code)] // each test binary uses its own part
 
 use diesel::prelude::*;
-use pindb_core::{Config, RouterMode};
+use diesel::sql_types::BigInt;
+use pindb_core::{Config, Hint, Operation, Router, RouterMode};
 use pindb_testkit::Fixture;
+
+diesel::table! {
+    ledger (id) {
+        id -> Integer,
+        entry -> Text,
+    }
+}
 
 diesel::table! {
     notes (id) {
@@ -79,4 +87,81 @@ impl World {
     pub async fn finish(self) {
         self.0.finish().await;
     }
+}
+
+/// A config whose pools (master and replicas) hold at most `size` connections.
+pub fn sized(
+    w: &World,
+    mode: RouterMode,
+    replicas: &[usize],
+    size: u32,
+    timeout_ms: u64,
+) -> Config {
+    let mut config = w.config(mode, replicas);
+    let master = config.masters.get_mut("default").unwrap();
+    master.max_size = Some(size);
+    master.connect_timeout_ms = Some(timeout_ms);
+    config
+}
+
+#[derive(QueryableByName)]
+pub struct Count {
+    #[diesel(sql_type = BigInt)]
+    pub n: i64,
+}
+
+/// Two sets on two primaries: `default` (the cluster's primary) and `books` (the stranger),
+/// with a delegate that sends the `ledger` table to `books`. Both primaries have a `ledger`
+/// table, so a row on the wrong one would land silently.
+pub async fn two_primaries(w: &World, mode: RouterMode) -> (Router, tokio_postgres::Client) {
+    w.on_primary("CREATE TABLE {schema}.ledger (id serial PRIMARY KEY, entry text NOT NULL)")
+        .await;
+    let stranger = pindb_testkit::connect(&w.cluster.stranger_url).await;
+    stranger
+        .batch_execute(&format!(
+            "CREATE SCHEMA IF NOT EXISTS {s}; \
+             CREATE TABLE {s}.ledger (id serial PRIMARY KEY, entry text NOT NULL)",
+            s = w.schema.name
+        ))
+        .await
+        .unwrap();
+    let toml = format!(
+        r#"
+        router = "{mode}"
+        [masters.default]
+        url = "{p}"
+        [masters.books]
+        url = "{b}"
+        [sets]
+        default = [{{ url = "{r1}" }}]
+        books = []
+        "#,
+        mode = match mode {
+            RouterMode::Strict => "strict",
+            _ => "greedy",
+        },
+        p = w.schema.url(&w.cluster.primary_url),
+        b = w.schema.url(&w.cluster.stranger_url),
+        r1 = w.schema.url(w.cluster.replica_url(1)),
+    );
+    let delegate = |hint: &Hint, _: Operation| hint.tables.contains(&"ledger").then_some("books");
+    let router = Router::with_delegates(
+        Config::from_toml_str(&toml).unwrap(),
+        vec![Box::new(delegate)],
+    )
+    .unwrap();
+    (router, stranger)
+}
+
+pub async fn entries(client: &tokio_postgres::Client, schema: &str) -> Vec<String> {
+    client
+        .query(
+            &format!("SELECT entry FROM {schema}.ledger ORDER BY id"),
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
 }
