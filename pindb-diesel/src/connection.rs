@@ -2,7 +2,7 @@
 //!
 //! This module owns the connection type, its checkouts (at most one per alias, made lazily on
 //! first use) and its transaction manager. Decisions come from pindb-core's router;
-//! classification from [`statement`](crate::statement).
+//! classification from the private `statement` module.
 //!
 //! # How a statement reaches a connection that is not checked out yet
 //!
@@ -15,14 +15,51 @@
 //! That is how greedy mode's first write reaches the master: it never errors and never touches
 //! a replica. The price is one extra rendering of that first statement.
 //!
-//! Known limitations:
+//! # What pindb guarantees beyond a plain diesel-async connection
+//!
+//! - **Cancellation and panics.** A `transaction(..)` whose future is dropped (a timeout, a
+//!   client that disconnects, `select!`) or whose closure panics leaves a mark; the next call
+//!   on the routed connection discards the database connection that held it (bb8 closes it;
+//!   the server rolls the transaction back) and routes normally again: strict checks apply,
+//!   nothing runs inside the dead transaction, and a statement that returns `Ok` is
+//!   committed. If an enclosing transaction is still running (an inner `transaction` dropped
+//!   inside a `select!`), its next statement and its commit fail with
+//!   [`Error::TransactionAbandoned`] rather than go on
+//!   outside a transaction. A routed connection dropped with a transaction open never returns
+//!   that connection to the pool. (A plain diesel-async connection that outlives a cancelled
+//!   transaction stays inside it; only a pool that checks it on return protects you.)
+//! - **No hold-and-wait.** A routed connection holds at most one checkout. Before it waits for
+//!   another pool it gives the idle one back, so requests that take two small pools in
+//!   opposite orders (read then write, `master()` then a plain read) cannot deadlock. The price:
+//!   a connection that alternates between a replica and the master checks out again each time
+//!   it switches. A transaction never checks out: its statements stay on its connection.
+//! - **A transaction runs on one database.** `transaction(..)` opens on the master of the
+//!   `default` set (or of the set a delegate picks for a hint-less write);
+//!   [`PinDbConnection::transaction_on`] opens on another set's master. With delegates, a
+//!   statement inside the transaction that belongs to another database is refused with
+//!   [`Error::OtherDatabaseInTransaction`] instead of
+//!   running on the wrong one. Strict mode checks the set the transaction really runs on.
+//! - **Settings follow every checkout.** `set_prepared_statement_cache_size` and
+//!   `set_instrumentation` apply to the connection held now and to every later checkout (and
+//!   are undone when the connection goes back to its pool); query events name the alias that
+//!   served them: `/* pindb: default-1 */ SELECT ...`. The first statement of a checkout is
+//!   prepared under the same cache key as the typed query, so it is prepared once.
+//!
+//! # Known limitations
+//!
 //! - A custom PostgreSQL type (`#[diesel(postgres_type(name = ..))]`) bound in the *first*
 //!   statement on a connection not yet checked out needs an OID lookup, which needs a
 //!   connection: it fails with [`Error::CustomTypeBeforeCheckout`]. Call
 //!   [`PinDbConnection::checkout_for_write`] / [`checkout_for_read`](PinDbConnection::checkout_for_read)
 //!   first, or run it in a transaction.
-//! - Transactions run on the master of the `default` set (or of the set a delegate picks for a
-//!   hint-less write); every statement inside one goes to that connection.
+//! - Session state set with `batch_execute("SET ...")` outside a transaction lives on one
+//!   checkout; it is lost when the routed connection switches database. Use `SET LOCAL` inside
+//!   a transaction, or the pool's connection setup.
+//! - Without delegates pindb cannot tell which set a statement belongs to, so inside a
+//!   transaction every statement runs on the transaction's database.
+//! - Manual `TransactionManager::begin_transaction` calls (outside `transaction(..)`) are not
+//!   tracked for cancellation; the pool still discards a connection returned with a
+//!   transaction open.
 //! - `AsyncConnection::establish` is refused: a routed connection comes from [`PinDb::get`].
 //! - Inherent `AsyncPgConnection` methods (`build_transaction`, `cancel_token`, notifications)
 //!   are not on the routed connection; use [`PinDb::write`] for a plain master connection.
@@ -136,7 +173,7 @@ impl PinDbConnection {
     /// alias) instead of the `default` set's: what a transaction needs when delegates send
     /// its tables to another set. Strict: refused unless `set` is pinned or under `master()`;
     /// greedy: pins it. Inside a transaction already open on another database it is refused
-    /// ([`Error::OtherDatabaseInTransaction`](crate::Error::OtherDatabaseInTransaction)).
+    /// ([`Error::OtherDatabaseInTransaction`]).
     ///
     /// ```no_run
     /// # async fn demo(db: pindb_diesel::PinDb) -> diesel::QueryResult<()> {
@@ -351,7 +388,7 @@ where
 /// `select!`) or whose closure panics leaves nothing behind: the next call on the routed
 /// connection discards the connection that held it (the server rolls it back) and routes
 /// normally again; an enclosing transaction, if any, fails with
-/// [`Error::TransactionAbandoned`](crate::Error::TransactionAbandoned).
+/// [`Error::TransactionAbandoned`].
 #[derive(Debug, Default, Clone, Copy)]
 pub struct RoutedTransactionManager;
 

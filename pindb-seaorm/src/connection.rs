@@ -128,6 +128,63 @@ impl PinDbConnection {
             _ => self.route(Operation::Write, ""),
         }
     }
+
+    /// The master of `set` (a set name or an unmanaged alias), under the router's write rules.
+    fn route_set(&self, set: &str) -> Result<&DatabaseConnection, DbErr> {
+        let route = self
+            .inner
+            .router
+            .db_for_write(&Hint::alias(set))
+            .map_err(to_db_err)?;
+        Ok(&self.inner.conns[route.index])
+    }
+
+    /// Begins a transaction on the master of `set` instead of the `default` set's: what a
+    /// transaction needs when delegates send its tables to another set. Strict: refused
+    /// unless `set` is pinned or under `master()`; greedy: pins it.
+    ///
+    /// SeaORM hands every statement of a transaction straight to its own
+    /// `DatabaseTransaction`, so pindb cannot check the statements inside: choose the set
+    /// here.
+    pub async fn begin_on(&self, set: &str) -> Result<DatabaseTransaction, DbErr> {
+        self.route_set(set)?.begin().await
+    }
+
+    /// [`TransactionTrait::transaction`] on the master of `set` (see
+    /// [`PinDbConnection::begin_on`]).
+    ///
+    /// ```no_run
+    /// # async fn demo(db: pindb_seaorm::PinDbConnection) -> Result<(), sea_orm::DbErr> {
+    /// use sea_orm::ConnectionTrait;
+    ///
+    /// db.transaction_on::<_, _, sea_orm::DbErr>("analytics", |txn| {
+    ///     Box::pin(async move {
+    ///         txn.execute_unprepared("INSERT INTO stats_daily (n) VALUES (1)").await?;
+    ///         Ok(())
+    ///     })
+    /// })
+    /// .await
+    /// .map_err(|e| sea_orm::DbErr::Custom(e.to_string()))?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn transaction_on<F, T, E>(
+        &self,
+        set: &str,
+        callback: F,
+    ) -> Result<T, TransactionError<E>>
+    where
+        F: for<'c> FnOnce(
+                &'c DatabaseTransaction,
+            ) -> Pin<Box<dyn Future<Output = Result<T, E>> + Send + 'c>>
+            + Send,
+        T: Send,
+        E: std::fmt::Display + std::fmt::Debug + Send,
+    {
+        self.route_set(set)
+            .map_err(TransactionError::Connection)?
+            .transaction(callback)
+            .await
+    }
 }
 
 #[async_trait::async_trait]

@@ -30,6 +30,15 @@
 //!   `begin_with_options`, `transaction_with_config`) they run on the context's replica.
 //!   Every statement inside a transaction runs on its connection (a SeaORM
 //!   `DatabaseTransaction`).
+//! - A transaction whose future is dropped, whose closure panics, or that is begun and dropped
+//!   is rolled back by SeaORM and sqlx (the pooled connection runs the queued `ROLLBACK`
+//!   before it is reused); the routed connection keeps no transaction state of its own, so
+//!   nothing else is needed (tests: `tests/lifecycle.rs`).
+//! - With several sets, `begin` / `transaction` open on the `default` set's master;
+//!   [`PinDbConnection::begin_on`] / [`PinDbConnection::transaction_on`] open on another
+//!   set's. SeaORM hands every statement of a transaction straight to its own
+//!   `DatabaseTransaction`, so pindb cannot refuse a statement of another set inside one:
+//!   choose the set when the transaction begins.
 //! - Delegate-router hints: the statement's main table, from
 //!   [`pindb_core::classify::main_table`] (the target of `INSERT INTO` / `UPDATE` /
 //!   `DELETE FROM`, else the first table after the top-level `FROM`). Only worked out when a
