@@ -16,7 +16,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::str::FromStr;
 use std::sync::{Mutex, PoisonError};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use crate::context::{Context, PinOrigin};
 use crate::error::PinDbError;
@@ -44,6 +44,16 @@ pub trait Store: Send + Sync + 'static {
 
     /// A short name for logs and metrics labels.
     fn name(&self) -> &'static str;
+
+    /// Until when this store may be missing positions it was given: after a restart or flush
+    /// it cannot see, a save that failed, a live position evicted. Positions expire after
+    /// `ttl`, so a loss stops mattering `ttl` after it happened. `None`: nothing lost that
+    /// could still matter. While it is in the future, keyed contexts read from the masters.
+    /// Asked right after a successful [`Store::load`].
+    fn lost_until(&self, ttl: Duration) -> Option<SystemTime> {
+        let _ = ttl;
+        None
+    }
 }
 
 /// Longer TTLs are cut to this (about 10 years): `Instant` arithmetic must not overflow.
@@ -76,16 +86,25 @@ fn merge(into: &mut Positions, new: &[(String, Lsn)]) {
 #[derive(Debug)]
 pub struct MemoryStore {
     capacity: usize,
-    entries: Mutex<HashMap<String, (Positions, Instant)>>,
+    entries: Mutex<Entries>,
+}
+
+#[derive(Debug, Default)]
+struct Entries {
+    by_key: HashMap<String, (Positions, Instant)>,
+    /// When the latest live position this store had to evict would have expired.
+    evicted_until: Option<Instant>,
 }
 
 impl MemoryStore {
-    /// A store keeping at most `capacity` keys (expired ones go first, then the soonest to
-    /// expire).
+    /// A store keeping at most `capacity` keys. When full, expired positions go first; if a
+    /// live one must go (the soonest to expire), every keyed context reads from the masters
+    /// until it would have expired (the key it belonged to must not read stale), and
+    /// `pindb_store_evictions_total` counts it: raise `memory_capacity`.
     pub fn new(capacity: usize) -> MemoryStore {
         MemoryStore {
             capacity: capacity.max(1),
-            entries: Mutex::new(HashMap::new()),
+            entries: Mutex::new(Entries::default()),
         }
     }
 }
@@ -93,7 +112,7 @@ impl MemoryStore {
 impl Store for MemoryStore {
     fn load<'a>(&'a self, key: &'a str) -> StoreFuture<'a, Positions> {
         let entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
-        let found = match entries.get(key) {
+        let found = match entries.by_key.get(key) {
             Some((positions, expires)) if *expires > Instant::now() => positions.clone(),
             _ => Vec::new(),
         };
@@ -107,16 +126,23 @@ impl Store for MemoryStore {
         ttl: Duration,
     ) -> StoreFuture<'a, ()> {
         let now = Instant::now();
-        let mut entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut guard = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
+        let Entries {
+            by_key: entries,
+            evicted_until,
+        } = &mut *guard;
         if !entries.contains_key(key) && entries.len() >= self.capacity {
             entries.retain(|_, (_, expires)| *expires > now);
             if entries.len() >= self.capacity {
-                if let Some(oldest) = entries
+                if let Some((oldest, expires)) = entries
                     .iter()
                     .min_by_key(|(_, (_, expires))| *expires)
-                    .map(|(k, _)| k.clone())
+                    .map(|(k, (_, e))| (k.clone(), *e))
                 {
                     entries.remove(&oldest);
+                    *evicted_until = Some(evicted_until.map_or(expires, |u| u.max(expires)));
+                    metrics::counter!("pindb_store_evictions_total", "store" => "memory")
+                        .increment(1);
                 }
             }
         }
@@ -133,6 +159,14 @@ impl Store for MemoryStore {
 
     fn name(&self) -> &'static str {
         "memory"
+    }
+
+    fn lost_until(&self, _ttl: Duration) -> Option<SystemTime> {
+        let entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
+        let left = entries
+            .evicted_until?
+            .checked_duration_since(Instant::now())?;
+        SystemTime::now().checked_add(left)
     }
 }
 

@@ -134,6 +134,8 @@ pub(crate) struct Checkouts<C: Held> {
     /// The database index of the open transaction; `held` is its connection.
     tx: Option<usize>,
     scopes: Option<Arc<Scopes>>,
+    /// The open transaction was begun by hand, outside `transaction(..)`.
+    manual: bool,
     /// The set the next top-level transaction opens on (`transaction_on`).
     next_tx: Option<String>,
     cache: Option<CacheSize>,
@@ -163,6 +165,7 @@ impl<C: Held> Checkouts<C> {
             held: None,
             tx: None,
             scopes: None,
+            manual: false,
             next_tx: None,
             cache: None,
             events: None,
@@ -176,23 +179,55 @@ impl<C: Held> Checkouts<C> {
     /// running, its statements fail with [`Error::TransactionAbandoned`]: it has lost its
     /// transaction and must not go on outside one.
     pub(crate) fn recover(&mut self) -> QueryResult<()> {
-        let Some(scopes) = &self.scopes else {
+        if !self.discard_abandoned() {
             return Ok(());
-        };
-        if !scopes.abandoned.load(Ordering::Acquire) {
-            return Ok(());
+        }
+        let active = self
+            .scopes
+            .as_ref()
+            .is_some_and(|s| s.active.load(Ordering::Acquire) > 0);
+        // A transaction begun by hand (`begin_test_transaction`) around the abandoned one has
+        // lost its transaction too, until its own commit or rollback ends it.
+        if active || self.manual {
+            return Err(Error::TransactionAbandoned.into());
+        }
+        if let Some(scopes) = &self.scopes {
+            scopes.abandoned.store(false, Ordering::Release);
+        }
+        Ok(())
+    }
+
+    /// The part of [`Checkouts::recover`] that cannot fail: when a scope was abandoned, the
+    /// transaction's connection is poisoned and given back. True when a scope was abandoned.
+    /// Also run before reporting the transaction state, so nobody sees a dead transaction
+    /// as open.
+    pub(crate) fn discard_abandoned(&mut self) -> bool {
+        if !self
+            .scopes
+            .as_ref()
+            .is_some_and(|s| s.abandoned.load(Ordering::Acquire))
+        {
+            return false;
         }
         if self.tx.take().is_some() {
             if let Some((_, mut conn)) = self.held.take() {
                 conn.poison();
-                tracing::warn!(target: "pindb", "a transaction was abandoned (future dropped or closure panicked); its connection was discarded and the transaction rolled back");
+                tracing::warn!(target: "pindb", "a transaction was abandoned (future dropped or closure panicked); its connection was discarded, so the server rolls it back (or, if COMMIT was in flight, its outcome is unknown)");
             }
         }
-        if scopes.active.load(Ordering::Acquire) > 0 {
-            return Err(Error::TransactionAbandoned.into());
+        true
+    }
+
+    /// The commit or rollback that ends a transaction found abandoned: a hand-begun
+    /// transaction around it is over now.
+    pub(crate) fn end_abandoned(&mut self) {
+        let active = self
+            .scopes
+            .as_ref()
+            .is_some_and(|s| s.active.load(Ordering::Acquire) > 0);
+        if !active {
+            self.manual = false;
         }
-        scopes.abandoned.store(false, Ordering::Release);
-        Ok(())
     }
 
     /// Enters a `transaction(..)` scope.
@@ -224,8 +259,15 @@ impl<C: Held> Checkouts<C> {
         };
         if let Some(home) = self.tx {
             if !hint.tables.is_empty() {
+                // Refused only when neither the statement's own operation nor a write would
+                // go to the transaction's database: a delegate may send reads of a table
+                // elsewhere (a reporting copy) while its writes, and so the transaction,
+                // belong here.
                 let own = router.home_of(&hint, op).map_err(Error::from)?;
-                if own != home {
+                let write_home = router
+                    .home_of(&hint, Operation::Write)
+                    .map_err(Error::from)?;
+                if own != home && write_home != home {
                     let dbs = router.databases();
                     return Err(Error::OtherDatabaseInTransaction {
                         statement: dbs[own].alias.clone(),
@@ -334,6 +376,12 @@ impl<C: Held> Checkouts<C> {
     /// Marks the held connection as running a transaction. Called *before* `BEGIN` is sent,
     /// so a drop while it is in flight still poisons the connection.
     pub(crate) fn start_transaction(&mut self) {
+        if self.tx.is_none() {
+            self.manual = !self
+                .scopes
+                .as_ref()
+                .is_some_and(|s| s.active.load(Ordering::Acquire) > 0);
+        }
         self.tx = self.held.as_ref().map(|(i, _)| *i);
     }
 
@@ -351,9 +399,13 @@ impl<C: Held> Checkouts<C> {
         };
         match depth {
             Ok(Some(_)) => {}
-            Ok(None) => self.tx = None,
+            Ok(None) => {
+                self.tx = None;
+                self.manual = false;
+            }
             Err(_) => {
                 self.tx = None;
+                self.manual = false;
                 self.held = None;
             }
         }

@@ -20,12 +20,14 @@
 //! - **Cancellation and panics.** A `transaction(..)` whose future is dropped (a timeout, a
 //!   client that disconnects, `select!`) or whose closure panics leaves a mark; the next call
 //!   on the routed connection discards the database connection that held it (bb8 closes it;
-//!   the server rolls the transaction back) and routes normally again: strict checks apply,
+//!   the server rolls the transaction back; if the future was dropped while `COMMIT` was in
+//!   flight the outcome is unknown, as with any client) and routes normally again: strict checks apply,
 //!   nothing runs inside the dead transaction, and a statement that returns `Ok` is
 //!   committed. If an enclosing transaction is still running (an inner `transaction` dropped
 //!   inside a `select!`), its next statement and its commit fail with
 //!   [`Error::TransactionAbandoned`] rather than go on
-//!   outside a transaction. A routed connection dropped with a transaction open never returns
+//!   outside a transaction; so does a transaction begun by hand (`begin_test_transaction`)
+//!   around it, until its own commit or rollback. A routed connection dropped with a transaction open never returns
 //!   that connection to the pool. (A plain diesel-async connection that outlives a cancelled
 //!   transaction stays inside it; only a pool that checks it on return protects you.)
 //! - **No hold-and-wait.** A routed connection holds at most one checkout. Before it waits for
@@ -38,7 +40,10 @@
 //!   [`PinDbConnection::transaction_on`] opens on another set's master. With delegates, a
 //!   statement inside the transaction that belongs to another database is refused with
 //!   [`Error::OtherDatabaseInTransaction`] instead of
-//!   running on the wrong one. Strict mode checks the set the transaction really runs on.
+//!   running on the wrong one (a statement whose read *or* write route is the transaction's
+//!   database is accepted). Delegates must therefore claim every table of a non-default set:
+//!   an unclaimed table belongs to `default`, and is refused inside another set's
+//!   transaction. Strict mode checks the set the transaction really runs on.
 //! - **Settings follow every checkout.** `set_prepared_statement_cache_size` and
 //!   `set_instrumentation` apply to the connection held now and to every later checkout (and
 //!   are undone when the connection goes back to its pool); query events name the alias that
@@ -224,6 +229,7 @@ impl PinDbConnection {
     }
 
     fn status_mut(&mut self) -> &mut TransactionManagerStatus {
+        self.slots.discard_abandoned();
         match self.slots.tx_conn() {
             Some(conn) => Ansi::transaction_manager_status_mut(conn),
             None => &mut self.idle,
@@ -478,7 +484,10 @@ impl TransactionManager<PinDbConnection> for RoutedTransactionManager {
         if let Err(e) = conn.slots.recover() {
             // The abandoned transaction's connection was discarded: nothing left to roll back.
             return match routing_error(&e) {
-                Some(Error::TransactionAbandoned) => Ok(()),
+                Some(Error::TransactionAbandoned) => {
+                    conn.slots.end_abandoned();
+                    Ok(())
+                }
                 _ => Err(e),
             };
         }
@@ -492,7 +501,11 @@ impl TransactionManager<PinDbConnection> for RoutedTransactionManager {
     }
 
     async fn commit_transaction(conn: &mut PinDbConnection) -> QueryResult<()> {
-        conn.slots.recover()?;
+        if let Err(e) = conn.slots.recover() {
+            // An abandoned transaction cannot be committed; this ends it.
+            conn.slots.end_abandoned();
+            return Err(e);
+        }
         let tx = conn
             .slots
             .tx_conn()

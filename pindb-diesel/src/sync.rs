@@ -217,6 +217,7 @@ impl SyncPinDbConnection {
     }
 
     fn status_mut(&mut self) -> &mut TransactionManagerStatus {
+        self.slots.discard_abandoned();
         match self.slots.tx_conn() {
             Some(conn) => AnsiTransactionManager::transaction_manager_status_mut(&mut **conn),
             None => &mut self.idle,
@@ -352,7 +353,10 @@ impl TransactionManager<SyncPinDbConnection> for SyncRoutedTransactionManager {
         if let Err(e) = conn.slots.recover() {
             // The abandoned transaction's connection was discarded: nothing left to roll back.
             return match routing_error(&e) {
-                Some(Error::TransactionAbandoned) => Ok(()),
+                Some(Error::TransactionAbandoned) => {
+                    conn.slots.end_abandoned();
+                    Ok(())
+                }
                 _ => Err(e),
             };
         }
@@ -366,7 +370,11 @@ impl TransactionManager<SyncPinDbConnection> for SyncRoutedTransactionManager {
     }
 
     fn commit_transaction(conn: &mut SyncPinDbConnection) -> QueryResult<()> {
-        conn.slots.recover()?;
+        if let Err(e) = conn.slots.recover() {
+            // An abandoned transaction cannot be committed; this ends it.
+            conn.slots.end_abandoned();
+            return Err(e);
+        }
         let tx = conn
             .slots
             .tx_conn()

@@ -64,6 +64,10 @@ async fn a_transaction_dropped_by_a_timeout_leaves_nothing_behind() {
         )
         .await;
         assert!(cancelled.is_err(), "the timeout fired mid-transaction");
+        assert!(
+            !conn.slots_in_transaction(),
+            "the dead transaction is not reported as open"
+        );
 
         // The same routed connection, as a handler that caught the timeout would go on.
         assert_eq!(insert("after").execute(&mut conn).await.unwrap(), 1);
@@ -185,6 +189,37 @@ async fn an_abandoned_inner_transaction_fails_the_outer_one_and_commits_nothing(
     );
     assert!(err.to_string().contains("rolled back"), "{err}");
     assert_eq!(w.primary_bodies().await, ["old", "later"]);
+    w.finish().await;
+}
+
+#[tokio::test]
+async fn a_test_transaction_around_an_abandoned_one_lets_nothing_through_afterwards() {
+    let w = World::new().await;
+    let db = PinDb::new(w.config(RouterMode::Greedy, &[1])).unwrap();
+    scope(async {
+        let mut conn = db.get();
+        conn.begin_test_transaction().await.unwrap();
+        insert("in-test").execute(&mut conn).await.unwrap();
+        let inner = tokio::time::timeout(
+            Duration::from_millis(200),
+            conn.transaction(async |c| {
+                insert("inner").execute(c).await?;
+                tokio::time::sleep(Duration::from_secs(3600)).await;
+                Ok::<_, diesel::result::Error>(())
+            }),
+        )
+        .await;
+        assert!(inner.is_err());
+        // The hand-begun transaction went with the abandoned one: going on would commit
+        // statements one by one.
+        let err = insert("after").execute(&mut conn).await.unwrap_err();
+        assert!(
+            matches!(routing_error(&err), Some(Error::TransactionAbandoned)),
+            "{err}"
+        );
+    })
+    .await;
+    assert_eq!(w.primary_bodies().await, ["old"], "nothing committed");
     w.finish().await;
 }
 
