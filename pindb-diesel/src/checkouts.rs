@@ -377,10 +377,10 @@ impl<C: Held> Checkouts<C> {
     /// so a drop while it is in flight still poisons the connection.
     pub(crate) fn start_transaction(&mut self) {
         if self.tx.is_none() {
-            self.manual = !self
+            self.manual = self
                 .scopes
                 .as_ref()
-                .is_some_and(|s| s.active.load(Ordering::Acquire) > 0);
+                .is_none_or(|s| s.active.load(Ordering::Acquire) == 0);
         }
         self.tx = self.held.as_ref().map(|(i, _)| *i);
     }
