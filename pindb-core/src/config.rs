@@ -70,6 +70,8 @@ pub struct MonitorSettings {
     /// A replica further behind than this many bytes of WAL is not read from.
     pub max_lag_bytes: u64,
     /// A replica that has not replayed WAL the master has had for this long is not read from.
+    /// Must stay below `stickiness.ttl_seconds` minus the detection time (see
+    /// [`Config::validate`]).
     pub max_lag_ms: u64,
     /// The start-up topology check.
     pub topology_check: TopologyCheck,
@@ -82,7 +84,7 @@ impl Default for MonitorSettings {
             check_timeout_ms: 500,
             failures_before_down: 2,
             max_lag_bytes: 16 * 1024 * 1024,
-            max_lag_ms: 30_000,
+            max_lag_ms: 10_000,
             topology_check: TopologyCheck::Error,
         }
     }
@@ -442,7 +444,35 @@ impl Config {
                 "interval_ms and check_timeout_ms must be at least 1",
             ));
         }
+        let needed = self.min_ttl_ms();
+        if self.stickiness.ttl_seconds.saturating_mul(1000) < needed {
+            return Err(PinDbError::config(
+                "stickiness",
+                format!(
+                    "ttl_seconds ({} s) must outlive the longest lag a replica in rotation can \
+                     have: monitor.max_lag_ms ({} ms) plus the time to notice it (two \
+                     monitor.interval_ms and one monitor.check_timeout_ms: {} ms). Otherwise a \
+                     user's write position expires while a replica that has not replayed it is \
+                     still read from. Raise ttl_seconds to at least {} or lower max_lag_ms",
+                    self.stickiness.ttl_seconds,
+                    self.monitor.max_lag_ms,
+                    needed - self.monitor.max_lag_ms,
+                    needed.div_ceil(1000),
+                ),
+            ));
+        }
         self.databases().map(|_| ())
+    }
+
+    /// The shortest `stickiness.ttl_seconds` (in ms) without a stale window: a replica is
+    /// read from until its measured lag exceeds `max_lag_ms`, and that lag is measured at most
+    /// two intervals plus a check timeout late, so a write position must live at least that
+    /// long.
+    pub fn min_ttl_ms(&self) -> u64 {
+        let m = &self.monitor;
+        m.max_lag_ms
+            .saturating_add(m.interval_ms.saturating_mul(2))
+            .saturating_add(m.check_timeout_ms)
     }
 
     /// The final alias map: see [`populate_replicas`].
@@ -574,5 +604,23 @@ mod tests {
             msg.contains("PINDB_URL_NOPE") && msg.contains("PINDB_URL_DEFAULT_1"),
             "{msg}"
         );
+    }
+
+    #[test]
+    fn a_position_must_outlive_the_lag_a_replica_in_rotation_can_have() {
+        let mut c = Config::single_set("postgres://app@m/app", ["postgres://app@r1/app"]);
+        assert!(c.validate().is_ok(), "the defaults are consistent");
+        // The old defaults: a replica 30 s behind stayed in rotation while 30 s positions
+        // expired.
+        c.monitor.max_lag_ms = 30_000;
+        c.stickiness.ttl_seconds = 30;
+        let msg = c.validate().unwrap_err().to_string();
+        assert!(
+            msg.contains("ttl_seconds (30 s)") && msg.contains("at least 31"),
+            "{msg}"
+        );
+        c.stickiness.ttl_seconds = 31;
+        assert!(c.validate().is_ok());
+        assert_eq!(c.min_ttl_ms(), 31_000);
     }
 }

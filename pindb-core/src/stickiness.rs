@@ -296,9 +296,12 @@ impl Router {
         if let Some(key) = key {
             self.load_positions(&ctx, key).await;
         }
+        // Armed before the work: a write that commits and is then cancelled or panics still
+        // leaves its position behind.
+        let record = key.map(|key| RecordOnDrop::new(self, &ctx, key));
         let out = ctx.clone().scope(fut).await;
-        if let Some(key) = key {
-            self.record_positions(&ctx, key).await;
+        if let Some(record) = record {
+            record.record().await;
         }
         out
     }
@@ -310,6 +313,22 @@ impl Router {
         let store = self.store();
         match store.load(key).await {
             Ok(positions) => {
+                let ttl = Duration::from_secs(self.config().stickiness.ttl_seconds);
+                if let Some(until) = store.lost_until(ttl).filter(|u| *u > SystemTime::now()) {
+                    // The store may have lost this key's positions: fail safe until they
+                    // would have expired.
+                    ctx.lock().store_unavailable = true;
+                    let left = until.duration_since(SystemTime::now()).unwrap_or_default();
+                    let e = PinDbError::StoreUnavailable {
+                        store: store.name(),
+                        message: format!(
+                            "it may have lost positions (restarted, flushed, a failed save or \
+                             an eviction); keyed reads go to the masters for {left:.0?} more"
+                        ),
+                    };
+                    self.store_failed(store.name(), "lost", &e);
+                    return;
+                }
                 for (set, lsn) in &positions {
                     ctx.require(set, *lsn);
                 }
@@ -374,10 +393,16 @@ impl Router {
         if wait.is_zero() {
             return;
         }
-        let deadline = Instant::now() + wait;
+        let deadline = tokio::time::Instant::now() + wait;
         for (set, lsn) in ctx.required() {
             while self.best_replay(&set).is_some_and(|best| best < lsn) {
-                if self.check_replicas(&set).await.is_none() || Instant::now() >= deadline {
+                // The deadline bounds the probes too: a replica that does not answer must
+                // not stretch the wait to its check timeout.
+                match tokio::time::timeout_at(deadline, self.check_replicas(&set)).await {
+                    Ok(Some(())) => {}
+                    Ok(None) | Err(_) => break,
+                }
+                if tokio::time::Instant::now() >= deadline {
                     break;
                 }
                 if self.best_replay(&set).is_some_and(|best| best >= lsn) {
@@ -396,26 +421,150 @@ impl Router {
     }
 }
 
+/// Records a keyed context's write positions however the context ends: normally, through
+/// [`RecordOnDrop::record`]; dropped (a timeout, a client that went away, `select!`) or
+/// unwound by a panic, from `Drop`, which spawns the recording on the current runtime. Drop
+/// is the only hook a cancelled future gets, and it cannot wait, hence the spawn: the
+/// position lands a moment after the cancellation, not before it.
+pub(crate) struct RecordOnDrop {
+    router: Router,
+    ctx: Context,
+    /// `None` once recorded.
+    key: Option<String>,
+}
+
+impl RecordOnDrop {
+    pub(crate) fn new(router: &Router, ctx: &Context, key: &str) -> Self {
+        RecordOnDrop {
+            router: router.clone(),
+            ctx: ctx.clone(),
+            key: Some(key.to_owned()),
+        }
+    }
+
+    /// Records now. Dropped while recording, `Drop` records again (the store keeps the
+    /// higher position, so twice is harmless).
+    pub(crate) async fn record(mut self) -> Positions {
+        let positions = match &self.key {
+            Some(key) => self.router.record_positions(&self.ctx, key).await,
+            None => Vec::new(),
+        };
+        self.key = None;
+        positions
+    }
+}
+
+impl Drop for RecordOnDrop {
+    fn drop(&mut self) {
+        let Some(key) = self.key.take() else { return };
+        if self.ctx.pinned(|o| o == PinOrigin::New).is_empty() {
+            return;
+        }
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                let router = self.router.clone();
+                let ctx = self.ctx.clone();
+                metrics::counter!("pindb_positions_recorded_on_drop_total").increment(1);
+                runtime.spawn(async move {
+                    router.record_positions(&ctx, &key).await;
+                });
+            }
+            Err(_) => {
+                metrics::counter!("pindb_position_failures_total").increment(1);
+                tracing::warn!(target: "pindb", "pindb: a keyed context that wrote ended outside a tokio runtime; its write position was not recorded");
+            }
+        }
+    }
+}
+
 #[cfg(feature = "redis")]
 mod redis_store {
-    use std::time::{Duration, Instant};
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
     use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-    use redis::AsyncCommands;
 
     use super::{Positions, Store, StoreFuture};
     use crate::error::PinDbError;
     use crate::lsn::Lsn;
 
+    /// Loads a key's positions and the store's *epoch*: the time (Unix ms) since which this
+    /// Redis is known to hold every position saved to it. A missing epoch means Redis lost
+    /// its data (restart without persistence, flush) or is new: the epoch becomes now. An
+    /// instance whose save failed passes that time in ARGV[2] to move the epoch forward, so
+    /// every instance learns of the loss.
+    /// KEYS: epoch, key. ARGV: now, failed-save time (0: none).
+    const LOAD: &str = r"
+        local epoch = tonumber(redis.call('GET', KEYS[1]) or '0') or 0
+        local bump = tonumber(ARGV[2])
+        if epoch == 0 then epoch = tonumber(ARGV[1]) end
+        if bump > epoch then epoch = bump end
+        redis.call('SET', KEYS[1], string.format('%d', epoch))
+        return {string.format('%d', epoch), redis.call('HGETALL', KEYS[2])}
+    ";
+
+    /// Saves positions keeping, per set, the higher one (two requests of one user on two
+    /// instances may finish in any order), and keeps the epoch as `LOAD` does.
+    /// KEYS: epoch, key. ARGV: now, failed-save time, ttl ms, then set/position pairs.
+    const SAVE: &str = r"
+        local function parse(v)
+            local hi, lo = string.match(v or '', '^(%x+)/(%x+)$')
+            if not hi then return nil end
+            return tonumber(hi, 16), tonumber(lo, 16)
+        end
+        local epoch = tonumber(redis.call('GET', KEYS[1]) or '0') or 0
+        local bump = tonumber(ARGV[2])
+        if epoch == 0 then epoch = tonumber(ARGV[1]) end
+        if bump > epoch then epoch = bump end
+        redis.call('SET', KEYS[1], string.format('%d', epoch))
+        for i = 4, #ARGV, 2 do
+            local nh, nl = parse(ARGV[i + 1])
+            local oh, ol = parse(redis.call('HGET', KEYS[2], ARGV[i]))
+            if nh and not (oh and (oh > nh or (oh == nh and ol >= nl))) then
+                redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1])
+            end
+        end
+        redis.call('PEXPIRE', KEYS[2], ARGV[3])
+        return 1
+    ";
+
+    /// Moves the epoch forward to ARGV[1] (a loss seen by an instance), never back; a
+    /// missing epoch becomes now (ARGV[2]), as in `LOAD`. KEYS: epoch.
+    const BUMP: &str = r"
+        local epoch = tonumber(redis.call('GET', KEYS[1]) or '0') or 0
+        local bump = tonumber(ARGV[1])
+        if epoch == 0 then epoch = tonumber(ARGV[2]) end
+        if bump > epoch then epoch = bump end
+        redis.call('SET', KEYS[1], string.format('%d', epoch))
+        return string.format('%d', epoch)
+    ";
+
     /// Positions in Redis (a hash per key, `set -> X/Y`, with a TTL), shared by every
     /// application instance. Commands time out quickly; after a failure the store is skipped
     /// for a second (keyed reads go to the master), then tried again.
+    ///
+    /// A Redis that may have lost positions is noticed, on every instance: an *epoch* key
+    /// (`<prefix>` + `\0epoch`) holds the time since which Redis is known to hold every
+    /// position. A restart without persistence or a flush removes it (the next command sets
+    /// it to now); a save that failed moves it forward once Redis answers again. Keyed
+    /// contexts read from the masters until `ttl_seconds` after the epoch. A Redis that is new
+    /// looks the same as one that lost its data, so the first `ttl_seconds` after pindb first
+    /// uses it send keyed reads to the masters too. Not detected: a failover to a Redis
+    /// replica that had not received the latest saves (its epoch key came along).
     pub struct RedisStore {
         manager: ConnectionManager,
         prefix: String,
         url: String,
         timeout: Duration,
         skip_until: std::sync::Mutex<Option<Instant>>,
+        /// The epoch (Unix ms) the last command returned; 0 before the first.
+        epoch_ms: AtomicU64,
+        /// When something was last possibly lost (Unix ms): a failed save or an outage seen
+        /// by a load, until an answer carried it into the epoch. Shared with the task that
+        /// tells Redis.
+        failed_save_ms: std::sync::Arc<AtomicU64>,
+        /// Whether that task runs.
+        bumping: std::sync::Arc<std::sync::atomic::AtomicBool>,
     }
 
     impl std::fmt::Debug for RedisStore {
@@ -425,6 +574,12 @@ mod redis_store {
                 .field("prefix", &self.prefix)
                 .finish()
         }
+    }
+
+    fn unix_ms(t: SystemTime) -> u64 {
+        t.duration_since(UNIX_EPOCH)
+            .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+            .unwrap_or(0)
     }
 
     impl RedisStore {
@@ -452,6 +607,9 @@ mod redis_store {
                 url: url.to_owned(),
                 timeout,
                 skip_until: std::sync::Mutex::new(None),
+                epoch_ms: AtomicU64::new(0),
+                failed_save_ms: std::sync::Arc::new(AtomicU64::new(0)),
+                bumping: Default::default(),
             })
         }
 
@@ -490,6 +648,89 @@ mod redis_store {
                 Err(_) => Err(self.unavailable(format!("no answer within {:?}", self.timeout))),
             }
         }
+
+        fn epoch_key(&self) -> String {
+            format!("{}\0epoch", self.prefix)
+        }
+
+        /// A script call with the epoch key, `key`, now and the failed-save time first.
+        fn script(&self, script: &str, key: &str) -> (redis::Cmd, u64) {
+            let failed = self.failed_save_ms.load(Ordering::Acquire);
+            let mut cmd = redis::cmd("EVAL");
+            cmd.arg(script)
+                .arg(2)
+                .arg(self.epoch_key())
+                .arg(format!("{}{key}", self.prefix))
+                .arg(unix_ms(SystemTime::now()))
+                .arg(failed);
+            (cmd, failed)
+        }
+
+        /// Records the epoch an answer carried; the failed save it included is now known
+        /// to every instance.
+        fn answered(&self, epoch: &str, failed: u64) {
+            if let Ok(epoch) = epoch.parse::<u64>() {
+                self.epoch_ms.store(epoch, Ordering::Release);
+            }
+            if failed != 0 {
+                let _ = self.failed_save_ms.compare_exchange(
+                    failed,
+                    0,
+                    Ordering::AcqRel,
+                    Ordering::Relaxed,
+                );
+            }
+        }
+
+        /// Something may have been lost now: the next command moves the epoch here.
+        fn mark_loss(&self) {
+            self.failed_save_ms
+                .fetch_max(unix_ms(SystemTime::now()), Ordering::AcqRel);
+        }
+
+        /// A save failed: marks the loss, and tells Redis as soon as it answers again (every
+        /// 100 ms, for at most `ttl`), so every instance learns of it even if this one gets
+        /// no more traffic.
+        fn save_failed(&self, ttl: Duration) {
+            self.mark_loss();
+            if self.bumping.swap(true, Ordering::AcqRel) {
+                return;
+            }
+            let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+                self.bumping.store(false, Ordering::Release);
+                return;
+            };
+            let manager = self.manager.clone();
+            let epoch_key = self.epoch_key();
+            let shared = std::sync::Arc::clone(&self.failed_save_ms);
+            let timeout = self.timeout;
+            let bumping = std::sync::Arc::clone(&self.bumping);
+            runtime.spawn(async move {
+                let give_up = Instant::now() + ttl;
+                while Instant::now() < give_up {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    let failed = shared.load(Ordering::Acquire);
+                    if failed == 0 {
+                        break;
+                    }
+                    let mut conn = manager.clone();
+                    let mut cmd = redis::cmd("EVAL");
+                    cmd.arg(BUMP)
+                        .arg(1)
+                        .arg(&epoch_key)
+                        .arg(failed)
+                        .arg(unix_ms(SystemTime::now()));
+                    if let Ok(Ok(_)) =
+                        tokio::time::timeout(timeout, cmd.query_async::<String>(&mut conn)).await
+                    {
+                        // Every instance sees it now. This one keeps its mark until its next
+                        // answer also brings the new epoch (`answered`).
+                        break;
+                    }
+                }
+                bumping.store(false, Ordering::Release);
+            });
+        }
     }
 
     impl Store for RedisStore {
@@ -499,9 +740,18 @@ mod redis_store {
                     return Err(e);
                 }
                 let mut conn = self.manager.clone();
-                let raw: Vec<(String, String)> = self
-                    .with_timeout(conn.hgetall(format!("{}{key}", self.prefix)))
-                    .await?;
+                let (cmd, failed) = self.script(LOAD, key);
+                let (epoch, raw): (String, Vec<(String, String)>) =
+                    match self.with_timeout(cmd.query_async(&mut conn)).await {
+                        Ok(answer) => answer,
+                        Err(e) => {
+                            // An outage: other instances' saves may be failing now too. The
+                            // next answer moves the epoch, so nobody trusts what Redis lacks.
+                            self.mark_loss();
+                            return Err(e);
+                        }
+                    };
+                self.answered(&epoch, failed);
                 // A value that does not parse is ignored: the master still holds the truth.
                 Ok(raw
                     .into_iter()
@@ -518,23 +768,49 @@ mod redis_store {
         ) -> StoreFuture<'a, ()> {
             Box::pin(async move {
                 if let Some(e) = self.skipping() {
+                    self.save_failed(ttl);
                     return Err(e);
                 }
-                let key = format!("{}{key}", self.prefix);
-                let mut pipe = redis::pipe();
-                pipe.atomic();
+                let (mut cmd, failed) = self.script(SAVE, key);
+                cmd.arg(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1));
                 for (set, lsn) in positions {
-                    pipe.hset(&key, set, lsn.to_string()).ignore();
+                    cmd.arg(set).arg(lsn.to_string());
                 }
-                pipe.pexpire(&key, i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX))
-                    .ignore();
                 let mut conn = self.manager.clone();
-                self.with_timeout(pipe.query_async::<()>(&mut conn)).await
+                match self.with_timeout(cmd.query_async::<i64>(&mut conn)).await {
+                    Ok(_) => {
+                        // The script moved the epoch to the failed save (at least).
+                        if failed != 0 {
+                            self.epoch_ms.fetch_max(failed, Ordering::AcqRel);
+                            self.answered("", failed);
+                        }
+                        Ok(())
+                    }
+                    Err(e) => {
+                        // Lost, or maybe applied: either way, the next reads must not trust
+                        // the store until this position would have expired.
+                        self.save_failed(ttl);
+                        Err(e)
+                    }
+                }
             })
         }
 
         fn name(&self) -> &'static str {
             "redis"
+        }
+
+        fn lost_until(&self, ttl: Duration) -> Option<SystemTime> {
+            let since = self
+                .epoch_ms
+                .load(Ordering::Acquire)
+                .max(self.failed_save_ms.load(Ordering::Acquire));
+            if since == 0 {
+                return None;
+            }
+            UNIX_EPOCH
+                .checked_add(Duration::from_millis(since))?
+                .checked_add(ttl)
         }
     }
 }

@@ -27,7 +27,7 @@ use http::{Request, Response};
 
 use crate::context::{Context, PinOrigin};
 use crate::router::Router;
-use crate::stickiness::ConsistencyToken;
+use crate::stickiness::{ConsistencyToken, RecordOnDrop};
 
 /// The header that carries a signed [`ConsistencyToken`] both ways.
 pub const TOKEN_HEADER: &str = "x-pindb-token";
@@ -149,6 +149,11 @@ where
             if let Some(key) = &key {
                 router.load_positions(&ctx, key).await;
             }
+            // Armed before the handler runs: a write that commits and is then cut off (the
+            // client went away, a timeout layer, a panic) still records its position.
+            let record = key
+                .as_deref()
+                .map(|key| RecordOnDrop::new(router, &ctx, key));
             let request = Request::from_parts(parts, body);
             // `call` itself runs in the context too: a service may do work before its future.
             let result = ctx
@@ -156,11 +161,11 @@ where
                 .scope(async move { inner.call(request).await })
                 .await;
             match result {
-                Ok(response) => Ok(finish(&layer, &ctx, key.as_deref(), carried, response).await),
+                Ok(response) => Ok(finish(&layer, &ctx, record, carried, response).await),
                 Err(e) => {
                     // Writes may have committed before the failure: the key must still see them.
-                    if let Some(key) = &key {
-                        router.record_positions(&ctx, key).await;
+                    if let Some(record) = record {
+                        record.record().await;
                     }
                     Err(e)
                 }
@@ -169,11 +174,10 @@ where
     }
 }
 
-/// Response time: cookie for new pins, positions for the key, a token when the request wrote.
 async fn finish<B>(
     layer: &PinDbLayer,
     ctx: &Context,
-    key: Option<&str>,
+    record: Option<RecordOnDrop>,
     carried: Vec<(String, u64)>,
     mut response: Response<B>,
 ) -> Response<B> {
@@ -192,8 +196,8 @@ async fn finish<B>(
         if let Some(cookie) = pin_cookie(router, &entries) {
             response.headers_mut().append(SET_COOKIE, cookie);
         }
-        let positions = match key {
-            Some(key) => router.record_positions(ctx, key).await,
+        let positions = match record {
+            Some(record) => record.record().await,
             None if layer.token => router.write_positions(ctx).await,
             None => return response,
         };

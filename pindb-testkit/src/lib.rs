@@ -556,9 +556,32 @@ impl PrivateRedis {
     /// Kills the server.
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
+            let _ = std::process::Command::new("kill")
+                .args(["-CONT", &child.id().to_string()])
+                .status();
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+
+    /// Freezes the server (SIGSTOP): it accepts connections and answers nothing, like a hung
+    /// peer, without losing its data.
+    pub fn freeze(&self) {
+        self.signal("-STOP");
+    }
+
+    /// Thaws a frozen server (SIGCONT).
+    pub fn thaw(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, signal: &str) {
+        let child = self.child.as_ref().expect("the private Redis is running");
+        let status = std::process::Command::new("kill")
+            .args([signal, &child.id().to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(status.success(), "kill {signal} failed");
     }
 
     /// Starts the server again (after [`PrivateRedis::stop`]) and waits until it answers.
