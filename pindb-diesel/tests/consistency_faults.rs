@@ -1,0 +1,349 @@
+//! Read-your-writes under faults, against the real cluster and real Redis processes: saves
+//! that arrive out of order, keyed contexts cancelled or panicking after their write, a Redis
+//! restarted empty or hung while positions were being saved, a full memory store, and a
+//! replica that never answers while a context waits for catch-up.
+
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use diesel::prelude::*;
+use diesel_async::RunQueryDsl;
+use futures_util::FutureExt;
+use pindb_core::config::TopologyCheck;
+use pindb_core::stickiness::{MemoryStore, RedisStore, Store};
+use pindb_core::{Config, Lsn, RouterMode};
+use pindb_diesel::PinDb;
+use pindb_testkit::{wait_until, PrivateRedis};
+
+mod common;
+
+use common::{notes, NewNote, World};
+
+const SOON: Duration = Duration::from_secs(10);
+const TTL: Duration = Duration::from_secs(4);
+
+/// Greedy, a fast monitor, and a short position lifetime (with a lag limit it outlives).
+fn config(w: &World, replicas: &[usize]) -> Config {
+    let mut config = w.config(RouterMode::Greedy, replicas);
+    config.monitor.interval_ms = 20;
+    config.monitor.check_timeout_ms = 300;
+    config.monitor.failures_before_down = 2;
+    config.monitor.max_lag_ms = 3_000;
+    config.stickiness.ttl_seconds = TTL.as_secs();
+    config
+}
+
+async fn started(config: Config) -> PinDb {
+    let db = PinDb::new(config).unwrap();
+    db.router().start_monitor().await.unwrap();
+    let router = db.router().clone();
+    wait_until("the monitor has seen default-1", SOON, || {
+        router
+            .replica_status("default-1")
+            .unwrap()
+            .unwrap()
+            .replay_lsn
+            .0
+            > 0
+    })
+    .await;
+    db
+}
+
+async fn bodies(db: &PinDb) -> (Vec<String>, Vec<String>) {
+    let mut conn = db.get();
+    let rows = notes::table
+        .select(notes::body)
+        .order(notes::id)
+        .load::<String>(&mut conn)
+        .await
+        .unwrap();
+    (
+        rows,
+        conn.held_aliases().iter().map(|a| a.to_string()).collect(),
+    )
+}
+
+async fn read_as(db: &PinDb, key: &str) -> (Vec<String>, Vec<String>) {
+    db.router().scope_with_key(Some(key), bodies(db)).await
+}
+
+async fn insert(db: &PinDb, author: &str, body: &str) {
+    diesel::insert_into(notes::table)
+        .values(NewNote { author, body })
+        .execute(&mut db.get())
+        .await
+        .unwrap();
+}
+
+async fn write_as(db: &PinDb, key: &str, body: &str) {
+    db.router()
+        .scope_with_key(Some(key), insert(db, key, body))
+        .await
+}
+
+fn on_master(held: &[String]) -> bool {
+    held == ["default"]
+}
+
+/// Waits until keyed reads go to replicas: a store pindb has just met (or that lost data) is
+/// trusted `ttl_seconds` later.
+async fn until_store_trusted(db: &PinDb) {
+    let deadline = Instant::now() + SOON;
+    while on_master(&read_as(db, "probe").await.1) {
+        assert!(Instant::now() < deadline, "the store is still not trusted");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn until_saved(store: &dyn Store, key: &str) {
+    let deadline = Instant::now() + SOON;
+    while Store::load(store, key).await.unwrap().is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "no position was ever recorded for {key}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test]
+async fn redis_keeps_the_higher_position_when_saves_arrive_out_of_order() {
+    let w = World::new().await;
+    let store = RedisStore::new(
+        &w.cluster.redis_url,
+        &format!("pindb:test:{}:", w.schema.name),
+        Duration::from_millis(500),
+    )
+    .unwrap();
+    let ttl = Duration::from_secs(60);
+    // Two requests of one user on two instances: the later write's save lands first.
+    store
+        .save("alice", &[("default".into(), Lsn(0x2_0000_0010))], ttl)
+        .await
+        .unwrap();
+    store
+        .save(
+            "alice",
+            &[
+                ("default".into(), Lsn(0x1_FFFF_FFFF)),
+                ("other".into(), Lsn(7)),
+            ],
+            ttl,
+        )
+        .await
+        .unwrap();
+    let mut got = Store::load(&store, "alice").await.unwrap();
+    got.sort();
+    assert_eq!(
+        got,
+        [
+            ("default".to_string(), Lsn(0x2_0000_0010)),
+            ("other".to_string(), Lsn(7))
+        ]
+    );
+    w.finish().await;
+}
+
+#[tokio::test]
+async fn a_keyed_context_cancelled_after_its_write_still_records_the_position() {
+    let mut w = World::new().await;
+    let db = started(config(&w, &[1])).await;
+    let store = Arc::new(MemoryStore::new(1000));
+    db.router().set_store(store.clone());
+    w.control.pause(1).await;
+    let cancelled = tokio::time::timeout(
+        Duration::from_millis(300),
+        db.router().scope_with_key(Some("alice"), async {
+            insert(&db, "alice", "mine").await;
+            // The client goes away (or a timeout layer fires) after the commit.
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+        }),
+    )
+    .await;
+    assert!(cancelled.is_err());
+    until_saved(&*store, "alice").await;
+    let (rows, held) = read_as(&db, "alice").await;
+    assert_eq!(rows, ["old", "mine"], "alice reads her write");
+    assert!(on_master(&held), "{held:?}");
+    w.finish().await;
+}
+
+#[tokio::test]
+async fn a_keyed_context_that_panics_after_its_write_still_records_the_position() {
+    let mut w = World::new().await;
+    let db = started(config(&w, &[1])).await;
+    let store = Arc::new(MemoryStore::new(1000));
+    db.router().set_store(store.clone());
+    w.control.pause(1).await;
+    let caught = AssertUnwindSafe(db.router().scope_with_key(Some("alice"), async {
+        insert(&db, "alice", "mine").await;
+        panic!("handler bug after the commit");
+    }))
+    .catch_unwind()
+    .await;
+    assert!(caught.is_err());
+    until_saved(&*store, "alice").await;
+    let (rows, _) = read_as(&db, "alice").await;
+    assert_eq!(rows, ["old", "mine"]);
+    w.finish().await;
+}
+
+#[tokio::test]
+async fn a_redis_restarted_empty_sends_keyed_reads_to_the_master_on_every_instance() {
+    let mut w = World::new().await;
+    let mut redis = PrivateRedis::start(26392);
+    let mut instances = Vec::new();
+    let mut stores = Vec::new();
+    for _ in 0..2 {
+        let db = started(config(&w, &[1])).await;
+        let store =
+            Arc::new(RedisStore::new(&redis.url(), "pindb:", Duration::from_millis(100)).unwrap());
+        db.router().set_store(store.clone());
+        instances.push(db);
+        stores.push(store);
+    }
+    for db in &instances {
+        until_store_trusted(db).await;
+    }
+    w.control.pause(1).await;
+    write_as(&instances[0], "alice", "mine").await;
+    // Restarted without persistence: alice's position is gone. Wait until every instance
+    // talks to the new Redis (the first command after a restart may fail on the old
+    // connection, which is not what is tested here).
+    redis.resume();
+    for store in &stores {
+        let deadline = Instant::now() + SOON;
+        while Store::load(&**store, "someone").await.is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "the restarted Redis never answered"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    for (i, db) in instances.iter().enumerate() {
+        let (rows, held) = read_as(db, "alice").await;
+        assert_eq!(rows, ["old", "mine"], "instance {i}: alice reads her write");
+        assert!(on_master(&held), "instance {i}: {held:?}");
+    }
+    // Once the lost positions would have expired, keyed reads use the replicas again.
+    w.control.resume(1).await;
+    until_store_trusted(&instances[1]).await;
+    w.finish().await;
+}
+
+#[tokio::test]
+async fn a_save_lost_while_redis_hung_is_known_to_every_instance() {
+    let mut w = World::new().await;
+    let redis = PrivateRedis::start(26393);
+    let mut instances = Vec::new();
+    let mut stores = Vec::new();
+    for _ in 0..3 {
+        let db = started(config(&w, &[1])).await;
+        let store =
+            Arc::new(RedisStore::new(&redis.url(), "pindb:", Duration::from_millis(100)).unwrap());
+        db.router().set_store(store.clone());
+        instances.push(db);
+        stores.push(store);
+    }
+    for db in &instances {
+        until_store_trusted(db).await;
+    }
+    w.control.pause(1).await;
+    redis.freeze();
+    // Instance 0's save times out; instance 1 sees the outage on a read; instance 2 sees
+    // nothing at all.
+    write_as(&instances[0], "alice", "mine").await;
+    let (_, held) = read_as(&instances[1], "carol").await;
+    assert!(on_master(&held), "store unreachable: master");
+    redis.thaw();
+
+    let (rows, held) = read_as(&instances[1], "alice").await;
+    assert_eq!(rows, ["old", "mine"], "instance 1 does not trust the store");
+    assert!(on_master(&held));
+    // Instance 0 tells Redis as soon as it answers, without waiting for traffic.
+    let deadline = Instant::now() + SOON;
+    loop {
+        Store::load(&*stores[2], "someone").await.unwrap();
+        if stores[2]
+            .lost_until(TTL)
+            .is_some_and(|u| u > SystemTime::now())
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "instance 2 never learned of the lost save"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (rows, held) = read_as(&instances[2], "alice").await;
+    assert_eq!(rows, ["old", "mine"], "instance 2 does not trust the store");
+    assert!(on_master(&held));
+    w.finish().await;
+}
+
+#[tokio::test]
+async fn a_full_memory_store_sends_keyed_reads_to_the_master_instead_of_forgetting() {
+    let mut w = World::new().await;
+    let db = started(config(&w, &[1])).await;
+    db.router().set_store(Arc::new(MemoryStore::new(2)));
+    w.control.pause(1).await;
+    write_as(&db, "alice", "a").await;
+    write_as(&db, "bob", "b").await;
+    // A third writer: a live position (alice's, the soonest to expire) must go.
+    write_as(&db, "carol", "c").await;
+    let (rows, held) = read_as(&db, "alice").await;
+    assert_eq!(rows, ["old", "a", "b", "c"], "alice still reads her write");
+    assert!(on_master(&held), "{held:?}");
+    w.finish().await;
+}
+
+/// A TCP endpoint that accepts connections and never answers.
+async fn hung_endpoint() -> (u16, tokio::task::JoinHandle<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let task = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = listener.accept().await {
+            held.push(socket);
+        }
+    });
+    (port, task)
+}
+
+#[tokio::test]
+async fn max_wait_ends_at_its_deadline_when_a_replica_never_answers() {
+    let mut w = World::new().await;
+    let (port, hung) = hung_endpoint().await;
+    let mut config = config(&w, &[1]);
+    config.monitor.topology_check = TopologyCheck::Off;
+    // The hung replica stays "up" for the whole test, and each probe of it would take 5 s.
+    config.monitor.check_timeout_ms = 5_000;
+    config.monitor.failures_before_down = 1_000;
+    config.monitor.max_lag_ms = 10_000;
+    config.stickiness.ttl_seconds = 30;
+    config.stickiness.max_wait_ms = 50;
+    config
+        .sets
+        .get_mut("default")
+        .unwrap()
+        .push(pindb_core::DatabaseSettings::from_url(format!(
+            "postgres://pindb@127.0.0.1:{port}/pindb"
+        )));
+    let db = started(config).await;
+    w.control.pause(1).await;
+    write_as(&db, "alice", "mine").await;
+    let start = Instant::now();
+    let (rows, _) = read_as(&db, "alice").await;
+    let took = start.elapsed();
+    assert_eq!(rows, ["old", "mine"]);
+    assert!(
+        took < Duration::from_millis(2_500),
+        "max_wait_ms = 50, but the context start waited {took:?} for a probe"
+    );
+    hung.abort();
+    w.finish().await;
+}
