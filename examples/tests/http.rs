@@ -58,7 +58,7 @@ async fn post_write(State(db): State<PinDb>) -> Answer {
 
 async fn post_write_then_read(State(db): State<PinDb>) -> Answer {
     let (r, routes) = routes_of(async {
-        write(&db).await?;
+        write(&db).await.unwrap();
         read(&db).await
     })
     .await;
@@ -361,5 +361,139 @@ async fn the_token_header_carries_read_your_writes_to_another_instance() {
         .await
         .unwrap();
     assert_eq!(read_role(&forged), "replica", "an altered token is ignored");
+    f.finish().await;
+}
+
+/// A writing request that never finishes (its client gives up) or panics after its write;
+/// replica 1 paused, positions in a store the test can look into.
+async fn faulty_service(
+    f: &Fixture,
+) -> (String, std::sync::Arc<pindb_core::stickiness::MemoryStore>) {
+    capture::install();
+    let mut config = f.config(RouterMode::Greedy, &[1]);
+    config.cookie_secret = Some("a-test-secret-of-more-than-thirty-two-bytes".into());
+    config.monitor.interval_ms = 20;
+    let db = PinDb::new(config).unwrap();
+    db.router().start_monitor().await.unwrap();
+    let store = std::sync::Arc::new(pindb_core::stickiness::MemoryStore::new(100));
+    db.router().set_store(store.clone());
+    async fn write_then_hang(State(db): State<PinDb>) -> Answer {
+        write(&db).await.unwrap();
+        tokio::time::sleep(Duration::from_secs(3600)).await;
+        respond(Ok(Vec::new()), Vec::new())
+    }
+    async fn write_then_panic(State(db): State<PinDb>) -> Answer {
+        write(&db).await.unwrap();
+        panic!("a handler bug after the commit");
+    }
+    let app = axum::Router::new()
+        .route("/read", get(get_read))
+        .route("/write-then-hang", post(write_then_hang))
+        .route("/write-then-panic", post(write_then_panic))
+        .with_state(db.clone())
+        .layer(PinDbLayer::new(db.router().clone()).with_key(user_key))
+        // Outside pindb's layer: the panic unwinds through it.
+        .layer(tower_http::catch_panic::CatchPanicLayer::new());
+    (serve(app).await, store)
+}
+
+async fn until_saved(store: &pindb_core::stickiness::MemoryStore, key: &str) {
+    use pindb_core::stickiness::Store;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while Store::load(store, key).await.unwrap().is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no write position was recorded for {key}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_client_that_disconnects_after_its_write_still_reads_it_next_time() {
+    let mut f = Fixture::new(SCHEMA_SQL).await;
+    let (base, store) = faulty_service(&f).await;
+    f.control.pause(1).await;
+    let impatient = reqwest::Client::builder()
+        .timeout(Duration::from_millis(500))
+        .build()
+        .unwrap();
+    let gave_up = impatient
+        .post(format!("{base}/write-then-hang"))
+        .header("x-user", "alice")
+        .send()
+        .await;
+    assert!(gave_up.is_err(), "the client gave up and disconnected");
+    drop(impatient);
+    until_saved(&store, "user:alice").await;
+    let next: Reply = reqwest::Client::new()
+        .get(format!("{base}/read"))
+        .header("x-user", "alice")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(read_role(&next), "master");
+    assert_eq!(next.notes, ["w"], "alice reads her write");
+    f.finish().await;
+}
+
+#[tokio::test]
+async fn a_handler_that_panics_after_its_write_still_leaves_its_position() {
+    let mut f = Fixture::new(SCHEMA_SQL).await;
+    let (base, store) = faulty_service(&f).await;
+    f.control.pause(1).await;
+    let client = reqwest::Client::new();
+    let r = client
+        .post(format!("{base}/write-then-panic"))
+        .header("x-user", "alice")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 500, "the catch-panic layer answered");
+    until_saved(&store, "user:alice").await;
+    let next: Reply = client
+        .get(format!("{base}/read"))
+        .header("x-user", "alice")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(read_role(&next), "master");
+    assert_eq!(next.notes, ["w"]);
+    f.finish().await;
+}
+
+#[tokio::test]
+async fn a_request_future_dropped_by_a_timeout_still_records_its_position() {
+    use tower::ServiceExt;
+    let mut f = Fixture::new(SCHEMA_SQL).await;
+    let (_, store) = faulty_service(&f).await;
+    f.control.pause(1).await;
+    // The same layer without a server: a timeout drops the service future mid-handler.
+    let config = f.config(RouterMode::Greedy, &[1]);
+    let db = PinDb::new(config).unwrap();
+    db.router().set_store(store.clone());
+    let svc = tower::ServiceBuilder::new()
+        .layer(PinDbLayer::new(db.router().clone()).with_key(user_key))
+        .service_fn(move |_req: axum::http::Request<()>| {
+            let db = db.clone();
+            async move {
+                write(&db).await.unwrap();
+                tokio::time::sleep(Duration::from_secs(3600)).await;
+                Ok::<_, std::convert::Infallible>(axum::http::Response::new(()))
+            }
+        });
+    let req = axum::http::Request::builder()
+        .header("x-user", "bob")
+        .body(())
+        .unwrap();
+    let dropped = tokio::time::timeout(Duration::from_millis(300), svc.oneshot(req)).await;
+    assert!(dropped.is_err());
+    until_saved(&store, "user:bob").await;
     f.finish().await;
 }
