@@ -100,7 +100,9 @@ async fn service_with(
         .route("/spawned", post(post_spawned))
         .with_state(db.clone())
         .layer({
-            let layer = PinDbLayer::new(db.router().clone()).with_key(user_key);
+            let layer = PinDbLayer::new(db.router().clone())
+                .unwrap()
+                .with_key(user_key);
             if token {
                 layer.with_token()
             } else {
@@ -391,7 +393,11 @@ async fn faulty_service(
         .route("/write-then-hang", post(write_then_hang))
         .route("/write-then-panic", post(write_then_panic))
         .with_state(db.clone())
-        .layer(PinDbLayer::new(db.router().clone()).with_key(user_key))
+        .layer(
+            PinDbLayer::new(db.router().clone())
+                .unwrap()
+                .with_key(user_key),
+        )
         // Outside pindb's layer: the panic unwinds through it.
         .layer(tower_http::catch_panic::CatchPanicLayer::new());
     (serve(app).await, store)
@@ -475,11 +481,16 @@ async fn a_request_future_dropped_by_a_timeout_still_records_its_position() {
     let (_, store) = faulty_service(&f).await;
     f.control.pause(1).await;
     // The same layer without a server: a timeout drops the service future mid-handler.
-    let config = f.config(RouterMode::Greedy, &[1]);
+    let mut config = f.config(RouterMode::Greedy, &[1]);
+    config.ephemeral_cookie_key = true;
     let db = PinDb::new(config).unwrap();
     db.router().set_store(store.clone());
     let svc = tower::ServiceBuilder::new()
-        .layer(PinDbLayer::new(db.router().clone()).with_key(user_key))
+        .layer(
+            PinDbLayer::new(db.router().clone())
+                .unwrap()
+                .with_key(user_key),
+        )
         .service_fn(move |_req: axum::http::Request<()>| {
             let db = db.clone();
             async move {

@@ -207,11 +207,21 @@ pub struct Config {
     /// Name of the pin cookie.
     #[serde(default = "default_cookie_name")]
     pub cookie_name: String,
-    /// Secret that signs the pin cookie and consistency tokens (at least 32 bytes; set it from
-    /// the environment with `PINDB_COOKIE_SECRET`). Without one, a random secret is made at
-    /// start-up: cookies then do not survive a restart or reach another instance.
+    /// Secret that signs the pin cookie and consistency tokens (at least 32 bytes, the same on
+    /// every instance; set it from the environment with `PINDB_COOKIE_SECRET`). The tower
+    /// layer refuses to start without one unless `ephemeral_cookie_key` is set.
     #[serde(default)]
     pub cookie_secret: Option<String>,
+    /// Earlier secrets, still accepted for the cookies and tokens they signed, never used to
+    /// sign: rotate by moving the current secret here and setting a new `cookie_secret`; drop
+    /// it after `pinning_seconds` / `stickiness.ttl_seconds`.
+    #[serde(default)]
+    pub cookie_old_secrets: Vec<String>,
+    /// Without `cookie_secret`, sign with a random per-process key. Only for single-process
+    /// demos and tests: every restart and every other instance ignores the pins users carry,
+    /// so a user who just wrote could read stale.
+    #[serde(default)]
+    pub ephemeral_cookie_key: bool,
     /// Mark the pin cookie `Secure` (HTTPS only).
     #[serde(default)]
     pub cookie_secure: bool,
@@ -271,6 +281,8 @@ impl Config {
             pinning_seconds: default_pinning_seconds(),
             cookie_name: default_cookie_name(),
             cookie_secret: None,
+            cookie_old_secrets: Vec::new(),
+            ephemeral_cookie_key: false,
             cookie_secure: false,
             unmanaged_default: false,
             masters: BTreeMap::from([(
@@ -358,6 +370,16 @@ impl Config {
                 self.cookie_secret = Some(value);
                 continue;
             }
+            if key == "PINDB_COOKIE_OLD_SECRETS" {
+                // Comma-separated: secrets are base64 or hex in practice, never commas.
+                self.cookie_old_secrets = value
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|s| !s.is_empty())
+                    .map(str::to_owned)
+                    .collect();
+                continue;
+            }
             let Some(suffix) = key.strip_prefix(ENV_URL_PREFIX) else {
                 continue;
             };
@@ -424,7 +446,12 @@ impl Config {
 
     /// Checks everything [`Config::databases`] checks, plus the policy.
     pub fn validate(&self) -> Result<(), PinDbError> {
-        if self.cookie_secret.as_ref().is_some_and(|s| s.len() < 32) {
+        if self
+            .cookie_secret
+            .iter()
+            .chain(&self.cookie_old_secrets)
+            .any(|s| s.len() < 32)
+        {
             return Err(PinDbError::config(
                 "cookie_secret",
                 "the cookie secret must be at least 32 bytes; generate one with \

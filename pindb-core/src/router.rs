@@ -254,8 +254,8 @@ struct Inner {
     started: std::time::Instant,
     /// Database round trips made for consistency (write positions, direct replica checks).
     round_trips: AtomicU64,
-    /// Signs pin cookies and consistency tokens.
-    cookie_key: cookie::Key,
+    /// Verify pin cookies and consistency tokens; the first signs.
+    cookie_keys: Vec<cookie::Key>,
     config: Config,
     databases: Vec<Database>,
     by_alias: HashMap<String, Target>,
@@ -398,10 +398,17 @@ impl Router {
                 store_logged_at: AtomicU64::new(u64::MAX),
                 started: std::time::Instant::now(),
                 round_trips: AtomicU64::new(0),
-                cookie_key: match &config.cookie_secret {
+                cookie_keys: std::iter::once(match &config.cookie_secret {
                     Some(secret) => cookie::Key::derive_from(secret.as_bytes()),
                     None => cookie::Key::generate(),
-                },
+                })
+                .chain(
+                    config
+                        .cookie_old_secrets
+                        .iter()
+                        .map(|s| cookie::Key::derive_from(s.as_bytes())),
+                )
+                .collect(),
                 config,
                 databases,
                 by_alias,
@@ -487,7 +494,13 @@ impl Router {
 
     /// The key that signs pin cookies and consistency tokens (from `cookie_secret`).
     pub fn cookie_key(&self) -> &cookie::Key {
-        &self.inner.cookie_key
+        &self.inner.cookie_keys[0]
+    }
+
+    /// Every key a pin cookie or token may be signed with: `cookie_secret`'s, then
+    /// `cookie_old_secrets`' (rotation).
+    pub fn cookie_keys(&self) -> &[cookie::Key] {
+        &self.inner.cookie_keys
     }
 
     /// Whether `name` is a set (a master's alias).

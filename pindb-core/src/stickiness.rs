@@ -172,16 +172,19 @@ impl Store for MemoryStore {
 
 /// Write positions carried explicitly from one context to another (a web request to the
 /// background job it enqueues, like GitLab's Sidekiq `:sticky` jobs). Compact text form,
-/// usable as a cookie or header value: `set@X/Y` joined by `|`. [`ConsistencyToken::sign`]
-/// makes it tamper-proof for a trip through a client (stateless stickiness across app
-/// instances).
+/// usable as a cookie or header value: `set@X/Y~T` joined by `|`, where `T` is when the
+/// position was issued (Unix seconds). [`ConsistencyToken::sign`] makes it tamper-proof for a
+/// trip through a client (stateless stickiness across app instances);
+/// [`Router::accept_token`] takes one back, dropping positions older than `ttl_seconds` or
+/// beyond anything the master has written.
 ///
 /// ```
 /// use pindb_core::{stickiness::ConsistencyToken, Lsn};
 ///
-/// let token: ConsistencyToken = "default@0/16B3748|analytics@1/0".parse().unwrap();
+/// let token: ConsistencyToken = "default@0/16B3748~1700000000|analytics@1/0~1700000001".parse().unwrap();
 /// assert_eq!(token.positions()[0], ("default".to_string(), Lsn(0x16B3748)));
-/// assert_eq!(token.to_string(), "default@0/16B3748|analytics@1/0");
+/// assert_eq!(token.issued_at("analytics"), Some(1_700_000_001));
+/// assert_eq!(token.to_string(), "default@0/16B3748~1700000000|analytics@1/0~1700000001");
 /// assert!("default@nope".parse::<ConsistencyToken>().is_err());
 ///
 /// let key = cookie::Key::derive_from(&[7; 32]);
@@ -192,22 +195,66 @@ impl Store for MemoryStore {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ConsistencyToken {
     positions: Positions,
+    /// Parallel to `positions`: when each was issued (Unix seconds; 0: unknown).
+    issued: Vec<u64>,
+}
+
+/// Now, in Unix seconds.
+pub(crate) fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 impl ConsistencyToken {
-    /// A token from positions.
+    /// A token from positions, issued now.
     pub fn new(positions: Positions) -> Self {
-        ConsistencyToken { positions }
+        let issued = vec![unix_now(); positions.len()];
+        ConsistencyToken { positions, issued }
     }
 
-    /// Adds positions; per set, the higher one wins.
+    /// Adds positions issued now; per set, the higher position wins (and, when it is the
+    /// new one, its issue time).
     pub fn merge(&mut self, positions: &[(String, Lsn)]) {
-        merge(&mut self.positions, positions);
+        let now = unix_now();
+        for (set, lsn) in positions {
+            match self.positions.iter().position(|(s, _)| s == set) {
+                Some(i) if self.positions[i].1 >= *lsn => {}
+                Some(i) => {
+                    self.positions[i].1 = *lsn;
+                    self.issued[i] = now;
+                }
+                None => {
+                    self.positions.push((set.clone(), *lsn));
+                    self.issued.push(now);
+                }
+            }
+        }
     }
 
     /// The positions, by set.
     pub fn positions(&self) -> &[(String, Lsn)] {
         &self.positions
+    }
+
+    /// When the position of `set` was issued (Unix seconds), if the token has one.
+    pub fn issued_at(&self, set: &str) -> Option<u64> {
+        let i = self.positions.iter().position(|(s, _)| s == set)?;
+        Some(self.issued[i])
+    }
+
+    /// Keeps the positions `keep(set, position, issued)` accepts.
+    pub(crate) fn retain(&mut self, mut keep: impl FnMut(&str, Lsn, u64) -> bool) {
+        let mut i = 0;
+        while i < self.positions.len() {
+            if keep(&self.positions[i].0, self.positions[i].1, self.issued[i]) {
+                i += 1;
+            } else {
+                self.positions.remove(i);
+                self.issued.remove(i);
+            }
+        }
     }
 
     /// The token, signed with `key` (HMAC-SHA256, the `cookie` crate's signed jar).
@@ -221,7 +268,7 @@ impl ConsistencyToken {
     }
 
     /// A token from [`ConsistencyToken::sign`]'s output; a forged or altered one is
-    /// [`PinDbError::BadToken`].
+    /// [`PinDbError::BadToken`]. Says nothing about its age: see [`Router::accept_token`].
     pub fn verify(signed: &str, key: &cookie::Key) -> Result<ConsistencyToken, PinDbError> {
         let mut jar = cookie::CookieJar::new();
         jar.add_original(cookie::Cookie::new(TOKEN_COOKIE, signed.to_owned()));
@@ -245,13 +292,20 @@ impl ConsistencyToken {
 
 const TOKEN_COOKIE: &str = "pindb_token";
 
+/// How far beyond the best replica a token position may be before the master is asked
+/// whether it has written that far.
+const PLAUSIBLE_AHEAD: u64 = 64 * 1024 * 1024;
+
+/// Clock difference between instances tolerated in a token's issue times.
+const CLOCK_SKEW_SECS: u64 = 60;
+
 impl fmt::Display for ConsistencyToken {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for (i, (set, lsn)) in self.positions.iter().enumerate() {
+        for (i, ((set, lsn), issued)) in self.positions.iter().zip(&self.issued).enumerate() {
             if i > 0 {
                 f.write_str("|")?;
             }
-            write!(f, "{set}@{lsn}")?;
+            write!(f, "{set}@{lsn}~{issued}")?;
         }
         Ok(())
     }
@@ -264,15 +318,23 @@ impl FromStr for ConsistencyToken {
         let bad = |part: &str| PinDbError::BadToken {
             part: part.to_owned(),
         };
-        let mut positions = Vec::new();
+        let mut token = ConsistencyToken::default();
         for part in s.split('|').filter(|p| !p.is_empty()) {
-            let (set, lsn) = part.rsplit_once('@').ok_or_else(|| bad(part))?;
+            let (set, rest) = part.rsplit_once('@').ok_or_else(|| bad(part))?;
             if set.is_empty() {
                 return Err(bad(part));
             }
-            positions.push((set.to_owned(), lsn.parse().map_err(|_| bad(part))?));
+            // A position without an issue time is unknown-aged: `accept_token` drops it.
+            let (lsn, issued) = match rest.split_once('~') {
+                Some((lsn, t)) => (lsn, t.parse().map_err(|_| bad(part))?),
+                None => (rest, 0),
+            };
+            token
+                .positions
+                .push((set.to_owned(), lsn.parse().map_err(|_| bad(part))?));
+            token.issued.push(issued);
         }
-        Ok(ConsistencyToken { positions })
+        Ok(token)
     }
 }
 
@@ -356,6 +418,45 @@ impl Router {
         positions
     }
 
+    /// A token a client sent back (signed with any of [`Router::cookie_keys`]), with only the
+    /// positions that may still matter: of a known set, issued less than `ttl_seconds` ago
+    /// (a token echoed forever must not keep its client on the master forever), and not
+    /// beyond what the master has written (a restore, another cluster). `None` when the
+    /// signature is wrong. A position far ahead of every replica costs one master round trip
+    /// to check.
+    pub async fn accept_token(&self, signed: &str) -> Option<ConsistencyToken> {
+        let mut token = self
+            .cookie_keys()
+            .iter()
+            .find_map(|key| ConsistencyToken::verify(signed, key).ok())?;
+        let now = unix_now();
+        let ttl = self.config().stickiness.ttl_seconds;
+        token.retain(|set, _, issued| {
+            self.is_set(set)
+                && issued != 0
+                && issued <= now.saturating_add(CLOCK_SKEW_SECS)
+                && now.saturating_sub(issued) < ttl
+        });
+        let mut implausible = Vec::new();
+        for (set, lsn) in token.positions() {
+            let known = self.best_replay(set).unwrap_or(Lsn(0));
+            if lsn.0 > known.0.saturating_add(PLAUSIBLE_AHEAD) {
+                match self.master_insert_lsn(set).await {
+                    Ok(master) if *lsn > master => implausible.push(set.clone()),
+                    // Cannot check: keep it (at worst, reads of the set go to the master).
+                    _ => {}
+                }
+            }
+        }
+        if !implausible.is_empty() {
+            metrics::counter!("pindb_tokens_rejected_total", "reason" => "beyond-master")
+                .increment(1);
+            tracing::warn!(target: "pindb", sets = ?implausible, "pindb: a consistency token carried a position beyond the master's; ignored");
+            token.retain(|set, _, _| !implausible.iter().any(|s| s == set));
+        }
+        Some(token)
+    }
+
     /// A token with the current context's write positions (sets it pinned, at the master's
     /// current position, plus positions it was already required to see), for a background
     /// job to import with [`ConsistencyToken::apply_to`].
@@ -364,7 +465,7 @@ impl Router {
             Some(ctx) => {
                 let mut positions = ctx.required();
                 merge(&mut positions, &self.write_positions(&ctx).await);
-                ConsistencyToken { positions }
+                ConsistencyToken::new(positions)
             }
             None => ConsistencyToken::default(),
         }

@@ -39,8 +39,9 @@ type KeyFn = dyn Fn(&http::request::Parts) -> Option<String> + Send + Sync;
 /// ```
 /// use pindb_core::{web::PinDbLayer, Config, Router};
 ///
-/// let router = Router::new(Config::single_set("postgres://m/app", ["postgres://r/app"]))?;
-/// let layer = PinDbLayer::new(router)
+/// let mut config = Config::single_set("postgres://m/app", ["postgres://r/app"]);
+/// config.cookie_secret = Some("the same 32+ byte secret on every instance".into());
+/// let layer = PinDbLayer::new(Router::new(config)?)?
 ///     // The stickiness key: e.g. a user id your auth middleware put in the extensions.
 ///     .with_key(|parts| parts.headers.get("x-user-id")?.to_str().ok().map(str::to_owned));
 /// # let _ = layer;
@@ -65,15 +66,40 @@ impl std::fmt::Debug for PinDbLayer {
 
 impl PinDbLayer {
     /// A layer that pins per request and carries pins in the signed cookie.
-    pub fn new(router: Router) -> Self {
-        if router.config().cookie_secret.is_none() {
-            tracing::warn!(target: "pindb", "no cookie_secret configured: pin cookies and tokens are signed with a per-process key and will not survive a restart or reach another instance; set PINDB_COOKIE_SECRET");
+    ///
+    /// Without `cookie_secret` this is a config error (unless `ephemeral_cookie_key` says a
+    /// per-process key is wanted): cookies and tokens signed with a key that dies with the
+    /// process are ignored after every restart and by every other instance, and a user who
+    /// just wrote would read stale.
+    ///
+    /// ```
+    /// use pindb_core::{web::PinDbLayer, Config, Router};
+    ///
+    /// let config = Config::single_set("postgres://m/app", ["postgres://r/app"]);
+    /// let err = PinDbLayer::new(Router::new(config)?).unwrap_err();
+    /// assert!(err.to_string().contains("PINDB_COOKIE_SECRET"));
+    /// # Ok::<(), pindb_core::PinDbError>(())
+    /// ```
+    pub fn new(router: Router) -> Result<Self, crate::PinDbError> {
+        let config = router.config();
+        if config.enabled && config.cookie_secret.is_none() && !config.ephemeral_cookie_key {
+            return Err(crate::PinDbError::config(
+                "cookie_secret",
+                "the pin cookie and consistency tokens need a secret shared by every instance: \
+                 set cookie_secret (PINDB_COOKIE_SECRET, at least 32 bytes; generate one with \
+                 `openssl rand -base64 48`). For a single-process demo or test, set \
+                 ephemeral_cookie_key = true instead: with a per-process key every restart and \
+                 every other instance ignores the pins users carry",
+            ));
         }
-        PinDbLayer {
+        if config.cookie_secret.is_none() {
+            tracing::warn!(target: "pindb", "ephemeral_cookie_key: pin cookies and tokens are signed with a per-process key and will not survive a restart or reach another instance");
+        }
+        Ok(PinDbLayer {
             router,
             key: None,
             token: false,
-        }
+        })
     }
 
     /// Sends a signed [`ConsistencyToken`] back in `x-pindb-token` from every request that
@@ -142,7 +168,11 @@ where
             for (set, _) in &carried {
                 ctx.carry_pin(set);
             }
-            if let Some(token) = read_token(router, &parts.headers) {
+            let incoming = match parts.headers.get(TOKEN_HEADER).map(|v| v.to_str()) {
+                Some(Ok(text)) => router.accept_token(text).await,
+                _ => None,
+            };
+            if let Some(token) = &incoming {
                 token.apply_to(&ctx);
             }
             let key = layer.key.as_ref().and_then(|f| f(&parts));
@@ -161,7 +191,7 @@ where
                 .scope(async move { inner.call(request).await })
                 .await;
             match result {
-                Ok(response) => Ok(finish(&layer, &ctx, record, carried, response).await),
+                Ok(response) => Ok(finish(&layer, &ctx, record, carried, incoming, response).await),
                 Err(e) => {
                     // Writes may have committed before the failure: the key must still see them.
                     if let Some(record) = record {
@@ -179,6 +209,7 @@ async fn finish<B>(
     ctx: &Context,
     record: Option<RecordOnDrop>,
     carried: Vec<(String, u64)>,
+    incoming: Option<ConsistencyToken>,
     mut response: Response<B>,
 ) -> Response<B> {
     let router = &layer.router;
@@ -204,7 +235,8 @@ async fn finish<B>(
         if !layer.token {
             return response;
         }
-        let mut token = ConsistencyToken::new(ctx.required());
+        // Carried positions keep their issue time: echoing a token never extends it.
+        let mut token = incoming.unwrap_or_default();
         token.merge(&positions);
         if !token.positions().is_empty() {
             if let Ok(value) = HeaderValue::from_str(&token.sign(router.cookie_key())) {
@@ -235,31 +267,26 @@ fn read_pin_cookie(router: &Router, headers: &http::HeaderMap) -> Vec<(String, u
             }
         }
     }
-    let Some(verified) = jar.signed(router.cookie_key()).get(name) else {
+    let Some(verified) = router
+        .cookie_keys()
+        .iter()
+        .find_map(|key| jar.signed(key).get(name))
+    else {
         return Vec::new();
     };
     let now = now_secs();
+    // A cookie we signed never pins longer than `pinning_seconds`; a longer one (a changed
+    // setting, a leaked key) is cut back rather than trusted for years.
+    let longest = now.saturating_add(router.config().pinning_seconds);
     verified
         .value()
         .split('|')
         .filter_map(|entry| {
             let (set, until) = entry.rsplit_once(':')?;
             let until: u64 = until.parse().ok()?;
-            (until > now && router.is_set(set)).then(|| (set.to_owned(), until))
+            (until > now && router.is_set(set)).then(|| (set.to_owned(), until.min(longest)))
         })
         .collect()
-}
-
-fn read_token(router: &Router, headers: &http::HeaderMap) -> Option<ConsistencyToken> {
-    let text = headers.get(TOKEN_HEADER)?.to_str().ok()?;
-    let token = ConsistencyToken::verify(text, router.cookie_key()).ok()?;
-    let known: Vec<_> = token
-        .positions()
-        .iter()
-        .filter(|(set, _)| router.is_set(set))
-        .cloned()
-        .collect();
-    Some(ConsistencyToken::new(known))
 }
 
 fn pin_cookie(router: &Router, entries: &[(String, u64)]) -> Option<HeaderValue> {

@@ -347,3 +347,28 @@ async fn max_wait_ends_at_its_deadline_when_a_replica_never_answers() {
     hung.abort();
     w.finish().await;
 }
+
+#[tokio::test]
+async fn a_token_position_beyond_the_master_is_not_trusted() {
+    use pindb_core::stickiness::ConsistencyToken;
+    let w = World::new().await;
+    let db = started(config(&w, &[1])).await;
+    let router = db.router();
+    let now = SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    // Validly signed, but from a restored backup or another cluster.
+    let far = format!("default@FFFFFFFF/FFFFFFFF~{now}")
+        .parse::<ConsistencyToken>()
+        .unwrap()
+        .sign(router.cookie_key());
+    let accepted = router.accept_token(&far).await.unwrap();
+    assert!(accepted.positions().is_empty(), "{accepted:?}");
+    // A real position, even one no replica has replayed yet, is kept.
+    let real = w.cluster.primary_lsn().await;
+    let token = ConsistencyToken::new(vec![("default".into(), real)]).sign(router.cookie_key());
+    let accepted = router.accept_token(&token).await.unwrap();
+    assert_eq!(accepted.positions(), [("default".to_string(), real)]);
+    w.finish().await;
+}

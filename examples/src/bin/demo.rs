@@ -64,7 +64,9 @@ async fn add(State(db): State<PinDb>, Json(new): Json<NewNote>) -> Result<Json<R
 }
 
 fn app(db: PinDb) -> axum::Router {
-    let layer = PinDbLayer::new(db.router().clone()).with_key(user_key);
+    let layer = PinDbLayer::new(db.router().clone())
+        .expect("the demo config has a cookie secret")
+        .with_key(user_key);
     axum::Router::new()
         .route("/notes", get(list).post(add))
         .with_state(db)

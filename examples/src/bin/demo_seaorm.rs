@@ -74,7 +74,9 @@ async fn add(
 }
 
 fn app(db: PinDbConnection) -> axum::Router {
-    let layer = PinDbLayer::new(db.router().clone()).with_key(user_key);
+    let layer = PinDbLayer::new(db.router().clone())
+        .expect("the demo config has a cookie secret")
+        .with_key(user_key);
     axum::Router::new()
         .route("/notes", get(list).post(add))
         .with_state(db)
