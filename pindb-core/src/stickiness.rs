@@ -406,7 +406,15 @@ impl Router {
     /// The end of a keyed context: records the master's position for every set `ctx`
     /// pinned itself. Returns what was recorded.
     pub async fn record_positions(&self, ctx: &Context, key: &str) -> Positions {
-        let positions = self.write_positions(ctx).await;
+        let mut positions = self.write_positions(ctx).await;
+        // A set whose master could not tell its position (it went away right after the
+        // write): record "beyond every replica", so the key reads that set from its master
+        // until the position expires instead of from a replica that may lack the write.
+        for set in ctx.pinned(|o| o == PinOrigin::New) {
+            if !positions.iter().any(|(s, _)| *s == set) {
+                positions.push((set, Lsn(u64::MAX)));
+            }
+        }
         if positions.is_empty() {
             return positions;
         }
