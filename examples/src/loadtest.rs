@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use diesel::dsl::max;
 use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
+use futures_util::FutureExt;
 use pindb_core::{Config, Context, PinDbError, ReplicaPolicy, RouterMode};
 use pindb_diesel::PinDb;
 use pindb_testkit::Fixture;
@@ -108,7 +109,17 @@ pub struct Settings {
     pub pool_size: u32,
     /// Pause between a user's iterations (a person reading the page).
     pub think: Duration,
+    /// The fault-injecting stale-read hunt, for the `lsn` strategies: writing requests
+    /// cancelled (dropped right after the insert committed) or panicking after it, a private
+    /// Redis restarted empty or frozen every 2-5 s (`lsn-redis`), and 2 s position lifetimes
+    /// so the distrust windows pass. A cancelled or panicked write counts as the user's: it
+    /// committed. (A full memory store has its own test: here it would distrust all the
+    /// time.)
+    pub faults: bool,
 }
+
+/// Port of the private Redis the fault hunt restarts and freezes.
+const FAULT_REDIS_PORT: u16 = 26_399;
 
 /// What one strategy did.
 #[derive(Debug, Clone, Serialize)]
@@ -164,7 +175,27 @@ fn config(f: &Fixture, s: Strategy, settings: &Settings) -> Config {
         Strategy::RandomReplica => config.replica_policy = ReplicaPolicy::Random,
         _ => {}
     }
+    if settings.faults {
+        // Short distrust windows, so replicas serve between faults.
+        config.monitor.max_lag_ms = 1_200;
+        config.stickiness.ttl_seconds = 2;
+    }
     config
+}
+
+/// Restarts (empty) or freezes the private Redis at random until told to stop.
+async fn break_redis(mut redis: pindb_testkit::PrivateRedis, stop: Arc<AtomicBool>) {
+    let mut rng = fastrand::Rng::new();
+    while !AtomicBool::load(&stop, Ordering::Relaxed) {
+        nap(&stop, Duration::from_millis(rng.u64(2_000..5_000))).await;
+        if rng.bool() {
+            redis.resume(); // killed and started again: empty
+        } else {
+            redis.freeze();
+            nap(&stop, Duration::from_millis(300)).await;
+            redis.thaw();
+        }
+    }
 }
 
 /// Runs one strategy under load; `progress` is told the elapsed time.
@@ -182,19 +213,25 @@ pub async fn run(
     if matches!(strategy, Strategy::Lsn | Strategy::LsnRedis) {
         db.router().start_monitor().await?;
     }
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut breaker = None;
     if strategy == Strategy::LsnRedis {
         let prefix = format!("pindb:loadtest:{}:", f.schema.name);
+        let private = settings
+            .faults
+            .then(|| pindb_testkit::PrivateRedis::start(FAULT_REDIS_PORT));
+        let url = private.as_ref().map_or(redis_url.to_owned(), |r| r.url());
         db.router()
             .set_store(Arc::new(pindb_core::stickiness::RedisStore::new(
-                redis_url,
+                &url,
                 &prefix,
                 Duration::from_millis(100),
             )?));
+        breaker = private.map(|r| tokio::spawn(break_redis(r, Arc::clone(&stop))));
     }
     let round_trips_before = db.router().consistency_round_trips();
     let cpu_before = master_cpu_ticks();
 
-    let stop = Arc::new(AtomicBool::new(false));
     let lag = tokio::spawn(make_lag(
         f.cluster.clone(),
         settings.clone(),
@@ -223,6 +260,9 @@ pub async fn run(
     }
     stop.store(true, Ordering::Relaxed);
     let _ = lag.await;
+    if let Some(breaker) = breaker {
+        let _ = breaker.await;
+    }
     for n in &settings.lagging_replicas {
         f.control.resume(*n).await;
     }
@@ -311,6 +351,30 @@ async fn simulate_user(
         if writes {
             let seq = acked + 1;
             let t0 = Instant::now();
+            let fault = s.faults && matches!(strategy, Strategy::Lsn | Strategy::LsnRedis);
+            let roll = rng.f64();
+            if fault && roll < 0.15 {
+                // The client goes away (or a timeout fires) right after the commit, or the
+                // handler panics there: the write is the user's all the same.
+                let cancel = roll < 0.1;
+                let (committed, done) = tokio::sync::oneshot::channel::<()>();
+                let work = request(db, strategy, user, &mut carried_until, async {
+                    insert(db, user, seq).await;
+                    let _ = committed.send(());
+                    if !cancel {
+                        panic!("load test: a handler bug right after the commit");
+                    }
+                    std::future::pending::<Option<(i32, bool)>>().await
+                });
+                let work = std::panic::AssertUnwindSafe(work).catch_unwind();
+                tokio::select! {
+                    _ = work => {}
+                    _ = done => {}
+                }
+                acked = seq;
+                record(tally, start, t0, None, acked);
+                continue;
+            }
             let seen = request(db, strategy, user, &mut carried_until, async {
                 insert(db, user, seq).await;
                 if same {

@@ -21,6 +21,7 @@ async fn the_stale_read_checker_catches_random_replica_and_clears_lsn() {
         lagging_replicas: vec![1, 2],
         pool_size: 4,
         think: Duration::from_millis(5),
+        faults: false,
     };
     let redis = f.cluster.redis_url.clone();
     let random = run(&mut f, Strategy::RandomReplica, &settings, &redis, |_| {})
@@ -40,5 +41,47 @@ async fn the_stale_read_checker_catches_random_replica_and_clears_lsn() {
         .await
         .unwrap();
     assert_eq!((master.stale_reads, master.replica_share), (0, 0.0));
+    f.finish().await;
+}
+
+/// The fault-injecting stale-read hunt: both `lsn` strategies under real lag while requests
+/// are cancelled or panic right after their write and (`lsn-redis`) a private Redis is
+/// restarted empty or frozen every few seconds. No user may ever list without their own
+/// committed write; replicas still serve between faults.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_fault_hunt_finds_no_stale_read() {
+    let mut f = Fixture::new(SCHEMA_SQL).await;
+    let settings = Settings {
+        users: 8,
+        duration: Duration::from_secs(10),
+        write_ratio: 0.3,
+        same_request_ratio: 0.3,
+        lag_pause: Duration::from_millis(400),
+        lag_period: Duration::from_secs(1),
+        lagging_replicas: vec![1],
+        pool_size: 8,
+        think: Duration::from_millis(5),
+        faults: true,
+    };
+    let redis = f.cluster.redis_url.clone();
+    for strategy in [Strategy::Lsn, Strategy::LsnRedis] {
+        let outcome = run(&mut f, strategy, &settings, &redis, |_| {})
+            .await
+            .unwrap();
+        eprintln!(
+            "fault hunt {}: {} requests, {} reads, {:.1}% on replicas, {} stale",
+            strategy.name(),
+            outcome.requests,
+            outcome.reads,
+            outcome.replica_share * 100.0,
+            outcome.stale_reads
+        );
+        assert!(outcome.reads > 100, "{outcome:?}");
+        assert_eq!(outcome.stale_reads, 0, "{outcome:?}");
+        assert!(
+            outcome.replica_share > 0.05,
+            "the hunt must exercise replicas, not only the fail-safe: {outcome:?}"
+        );
+    }
     f.finish().await;
 }

@@ -254,6 +254,9 @@ struct Inner {
     started: std::time::Instant,
     /// Database round trips made for consistency (write positions, direct replica checks).
     round_trips: AtomicU64,
+    /// Keyed contexts dropped mid-flight whose positions are being recorded: the key's next
+    /// context on this instance waits for them (see `RecordOnDrop`).
+    pending_records: std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// Verify pin cookies and consistency tokens; the first signs.
     cookie_keys: Vec<cookie::Key>,
     config: Config,
@@ -398,6 +401,7 @@ impl Router {
                 store_logged_at: AtomicU64::new(u64::MAX),
                 started: std::time::Instant::now(),
                 round_trips: AtomicU64::new(0),
+                pending_records: std::sync::Mutex::new(HashMap::new()),
                 cookie_keys: std::iter::once(match &config.cookie_secret {
                     Some(secret) => cookie::Key::derive_from(secret.as_bytes()),
                     None => cookie::Key::generate(),
@@ -478,6 +482,16 @@ impl Router {
                 .read()
                 .unwrap_or_else(std::sync::PoisonError::into_inner),
         )
+    }
+
+    /// Recordings in flight for keys whose contexts were dropped.
+    pub(crate) fn pending_records(
+        &self,
+    ) -> std::sync::MutexGuard<'_, HashMap<String, Arc<tokio::sync::Mutex<()>>>> {
+        self.inner
+            .pending_records
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// True at most once per 10 s: store outages are logged, not once per request.

@@ -15,7 +15,7 @@ use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::str::FromStr;
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
 
 use crate::context::{Context, PinOrigin};
@@ -372,6 +372,19 @@ impl Router {
     /// `max_wait_ms` allows, waits for a replica to reach them. A store failure makes `ctx`
     /// read every set from its master.
     pub async fn load_positions(&self, ctx: &Context, key: &str) {
+        // A context of this key was dropped and its position is still being recorded: wait
+        // for it (bounded), or the key could read without its own write.
+        let pending = self.pending_records().get(key).cloned();
+        if let Some(pending) = pending {
+            let wait = Duration::from_millis(self.config().stickiness.redis_timeout_ms)
+                .saturating_mul(3)
+                .max(Duration::from_secs(1));
+            if tokio::time::timeout(wait, pending.lock()).await.is_err() {
+                // Still not recorded: fail safe.
+                ctx.lock().store_unavailable = true;
+                return;
+            }
+        }
         let store = self.store();
         match store.load(key).await {
             Ok(positions) => {
@@ -574,8 +587,21 @@ impl Drop for RecordOnDrop {
                 let router = self.router.clone();
                 let ctx = self.ctx.clone();
                 metrics::counter!("pindb_positions_recorded_on_drop_total").increment(1);
+                // Held until recorded: the key's next context on this instance waits for it.
+                let lock = Arc::new(tokio::sync::Mutex::new(()));
+                let Ok(held) = Arc::clone(&lock).try_lock_owned() else {
+                    return;
+                };
+                router
+                    .pending_records()
+                    .insert(key.clone(), Arc::clone(&lock));
                 runtime.spawn(async move {
                     router.record_positions(&ctx, &key).await;
+                    drop(held);
+                    let mut pending = router.pending_records();
+                    if pending.get(&key).is_some_and(|l| Arc::ptr_eq(l, &lock)) {
+                        pending.remove(&key);
+                    }
                 });
             }
             Err(_) => {

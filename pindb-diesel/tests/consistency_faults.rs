@@ -163,10 +163,11 @@ async fn a_keyed_context_cancelled_after_its_write_still_records_the_position() 
     )
     .await;
     assert!(cancelled.is_err());
-    until_saved(&*store, "alice").await;
+    // Her very next request, at once: it waits for the recording still in flight.
     let (rows, held) = read_as(&db, "alice").await;
     assert_eq!(rows, ["old", "mine"], "alice reads her write");
     assert!(on_master(&held), "{held:?}");
+    until_saved(&*store, "alice").await;
     w.finish().await;
 }
 

@@ -49,6 +49,11 @@ struct Args {
     /// Pause between a user's iterations.
     #[arg(long, default_value = "20ms", value_parser = parse_duration)]
     think: Duration,
+    /// Inject faults into the `lsn` strategies while they run: requests cancelled or
+    /// panicking right after their write, a private Redis restarted empty or frozen every
+    /// 2-5 s (`lsn-redis`), 2 s position lifetimes.
+    #[arg(long)]
+    faults: bool,
     /// Where the JSON and the plots go.
     #[arg(long, default_value = "target/loadtest")]
     out: PathBuf,
@@ -88,6 +93,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         lagging_replicas: args.lagging.clone(),
         pool_size: args.pool_size,
         think: args.think,
+        faults: args.faults,
     };
     let mut fixture = Fixture::new(loadtest::SCHEMA_SQL).await;
     let redis_url = Cluster::from_env().redis_url;
