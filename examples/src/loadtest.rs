@@ -111,7 +111,7 @@ pub struct Settings {
     pub think: Duration,
     /// The fault-injecting stale-read hunt, for the `lsn` strategies: writing requests
     /// cancelled (dropped right after the insert committed) or panicking after it, a private
-    /// Redis restarted empty or frozen every 2-5 s (`lsn-redis`), and 2 s position lifetimes
+    /// Redis restarted empty or frozen every 3-5 s (`lsn-redis`), and 2 s position lifetimes
     /// so the distrust windows pass. A cancelled or panicked write counts as the user's: it
     /// committed. (A full memory store has its own test: here it would distrust all the
     /// time.)
@@ -187,7 +187,7 @@ fn config(f: &Fixture, s: Strategy, settings: &Settings) -> Config {
 async fn break_redis(mut redis: pindb_testkit::PrivateRedis, stop: Arc<AtomicBool>) {
     let mut rng = fastrand::Rng::new();
     while !AtomicBool::load(&stop, Ordering::Relaxed) {
-        nap(&stop, Duration::from_millis(rng.u64(2_000..5_000))).await;
+        nap(&stop, Duration::from_millis(rng.u64(3_000..5_000))).await;
         if rng.bool() {
             redis.resume(); // killed and started again: empty
         } else {
