@@ -111,7 +111,7 @@ pub struct Settings {
     pub think: Duration,
     /// The fault-injecting stale-read hunt, for the `lsn` strategies: writing requests
     /// cancelled (dropped right after the insert committed) or panicking after it, a private
-    /// Redis restarted empty or frozen every 3-5 s (`lsn-redis`), and 2 s position lifetimes
+    /// Redis restarted empty or frozen every 3-5 s (`lsn-redis`), and 3 s position lifetimes
     /// so the distrust windows pass. A cancelled or panicked write counts as the user's: it
     /// committed. (A full memory store has its own test: here it would distrust all the
     /// time.)
@@ -178,7 +178,7 @@ fn config(f: &Fixture, s: Strategy, settings: &Settings) -> Config {
     if settings.faults {
         // Short distrust windows, so replicas serve between faults.
         config.monitor.max_lag_ms = 1_200;
-        config.stickiness.ttl_seconds = 2;
+        config.stickiness.ttl_seconds = 3;
     }
     config
 }

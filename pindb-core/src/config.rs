@@ -477,8 +477,9 @@ impl Config {
                 "stickiness",
                 format!(
                     "ttl_seconds ({} s) must outlive the longest lag a replica in rotation can \
-                     have: monitor.max_lag_ms ({} ms) plus the time to notice it (two \
-                     monitor.interval_ms and one monitor.check_timeout_ms: {} ms). Otherwise a \
+                     have: monitor.max_lag_ms ({} ms) plus the time to notice it and a second of \
+                     rounding (two monitor.interval_ms, one monitor.check_timeout_ms, 1000 ms: \
+                     {} ms). Otherwise a \
                      user's write position expires while a replica that has not replayed it is \
                      still read from. Raise ttl_seconds to at least {} or lower max_lag_ms",
                     self.stickiness.ttl_seconds,
@@ -494,12 +495,14 @@ impl Config {
     /// The shortest `stickiness.ttl_seconds` (in ms) without a stale window: a replica is
     /// read from until its measured lag exceeds `max_lag_ms`, and that lag is measured at most
     /// two intervals plus a check timeout late, so a write position must live at least that
-    /// long.
+    /// long, plus a second of rounding.
     pub fn min_ttl_ms(&self) -> u64 {
         let m = &self.monitor;
         m.max_lag_ms
             .saturating_add(m.interval_ms.saturating_mul(2))
             .saturating_add(m.check_timeout_ms)
+            // Positions live whole seconds (token issue times): one second of margin.
+            .saturating_add(1_000)
     }
 
     /// The final alias map: see [`populate_replicas`].
@@ -643,11 +646,11 @@ mod tests {
         c.stickiness.ttl_seconds = 30;
         let msg = c.validate().unwrap_err().to_string();
         assert!(
-            msg.contains("ttl_seconds (30 s)") && msg.contains("at least 31"),
+            msg.contains("ttl_seconds (30 s)") && msg.contains("at least 32"),
             "{msg}"
         );
-        c.stickiness.ttl_seconds = 31;
+        c.stickiness.ttl_seconds = 32;
         assert!(c.validate().is_ok());
-        assert_eq!(c.min_ttl_ms(), 31_000);
+        assert_eq!(c.min_ttl_ms(), 32_000);
     }
 }

@@ -256,7 +256,7 @@ struct Inner {
     round_trips: AtomicU64,
     /// Keyed contexts dropped mid-flight whose positions are being recorded: the key's next
     /// context on this instance waits for them (see `RecordOnDrop`).
-    pending_records: std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    pending_records: std::sync::Mutex<HashMap<String, Arc<crate::stickiness::Pending>>>,
     /// Verify pin cookies and consistency tokens; the first signs.
     cookie_keys: Vec<cookie::Key>,
     config: Config,
@@ -487,7 +487,7 @@ impl Router {
     /// Recordings in flight for keys whose contexts were dropped.
     pub(crate) fn pending_records(
         &self,
-    ) -> std::sync::MutexGuard<'_, HashMap<String, Arc<tokio::sync::Mutex<()>>>> {
+    ) -> std::sync::MutexGuard<'_, HashMap<String, Arc<crate::stickiness::Pending>>> {
         self.inner
             .pending_records
             .lock()

@@ -244,6 +244,22 @@ impl ConsistencyToken {
         Some(self.issued[i])
     }
 
+    /// Replaces the position of `set`, keeping its issue time.
+    pub(crate) fn set_position(&mut self, set: &str, lsn: Lsn) {
+        if let Some((_, old)) = self.positions.iter_mut().find(|(s, _)| s == set) {
+            *old = lsn;
+        }
+    }
+
+    /// Gives positions without an issue time the time `now`.
+    pub(crate) fn stamp_unknown(&mut self, now: u64) {
+        for issued in &mut self.issued {
+            if *issued == 0 {
+                *issued = now;
+            }
+        }
+    }
+
     /// Keeps the positions `keep(set, position, issued)` accepts.
     pub(crate) fn retain(&mut self, mut keep: impl FnMut(&str, Lsn, u64) -> bool) {
         let mut i = 0;
@@ -324,7 +340,7 @@ impl FromStr for ConsistencyToken {
             if set.is_empty() {
                 return Err(bad(part));
             }
-            // A position without an issue time is unknown-aged: `accept_token` drops it.
+            // A position without an issue time (an earlier pindb): `accept_token` dates it.
             let (lsn, issued) = match rest.split_once('~') {
                 Some((lsn, t)) => (lsn, t.parse().map_err(|_| bad(part))?),
                 None => (rest, 0),
@@ -372,14 +388,14 @@ impl Router {
     /// `max_wait_ms` allows, waits for a replica to reach them. A store failure makes `ctx`
     /// read every set from its master.
     pub async fn load_positions(&self, ctx: &Context, key: &str) {
-        // A context of this key was dropped and its position is still being recorded: wait
-        // for it (bounded), or the key could read without its own write.
+        // Contexts of this key were dropped and their positions are still being recorded:
+        // wait for all of them (bounded), or the key could read without its own write.
         let pending = self.pending_records().get(key).cloned();
         if let Some(pending) = pending {
             let wait = Duration::from_millis(self.config().stickiness.redis_timeout_ms)
                 .saturating_mul(3)
                 .max(Duration::from_secs(1));
-            if tokio::time::timeout(wait, pending.lock()).await.is_err() {
+            if tokio::time::timeout(wait, pending.settled()).await.is_err() {
                 // Still not recorded: fail safe.
                 ctx.lock().store_unavailable = true;
                 return;
@@ -419,15 +435,7 @@ impl Router {
     /// The end of a keyed context: records the master's position for every set `ctx`
     /// pinned itself. Returns what was recorded.
     pub async fn record_positions(&self, ctx: &Context, key: &str) -> Positions {
-        let mut positions = self.write_positions(ctx).await;
-        // A set whose master could not tell its position (it went away right after the
-        // write): record "beyond every replica", so the key reads that set from its master
-        // until the position expires instead of from a replica that may lack the write.
-        for set in ctx.pinned(|o| o == PinOrigin::New) {
-            if !positions.iter().any(|(s, _)| *s == set) {
-                positions.push((set, Lsn(u64::MAX)));
-            }
-        }
+        let positions = self.write_positions_or_unknown(ctx).await;
         if positions.is_empty() {
             return positions;
         }
@@ -452,22 +460,39 @@ impl Router {
             .find_map(|key| ConsistencyToken::verify(signed, key).ok())?;
         let now = unix_now();
         let ttl = self.config().stickiness.ttl_seconds;
+        // A position without an issue time comes from an instance of an earlier pindb (a
+        // rolling deploy, a queued job): taken as issued now, so it is re-issued with a time
+        // and still expires, instead of being dropped while it may matter.
+        token.stamp_unknown(now);
+        // Issue times are whole seconds and instances' clocks differ: a position is kept up
+        // to the skew allowance past `ttl` (longer is safe, shorter could read stale).
         token.retain(|set, _, issued| {
             self.is_set(set)
-                && issued != 0
                 && issued <= now.saturating_add(CLOCK_SKEW_SECS)
-                && now.saturating_sub(issued) < ttl
+                && now.saturating_sub(issued) <= ttl.saturating_add(CLOCK_SKEW_SECS)
         });
         let mut implausible = Vec::new();
+        let mut resolved = Vec::new();
         for (set, lsn) in token.positions() {
             let known = self.best_replay(set).unwrap_or(Lsn(0));
-            if lsn.0 > known.0.saturating_add(PLAUSIBLE_AHEAD) {
+            if *lsn == Lsn(u64::MAX) {
+                // pindb's own "unknown, beyond every replica" marker (the master could not
+                // tell its position when the write's context ended): now that it may answer,
+                // its current position covers the write; if not, the marker stays (reads of
+                // the set go to the master until it expires).
+                if let Ok(master) = self.master_insert_lsn(set).await {
+                    resolved.push((set.clone(), master));
+                }
+            } else if lsn.0 > known.0.saturating_add(PLAUSIBLE_AHEAD) {
                 match self.master_insert_lsn(set).await {
                     Ok(master) if *lsn > master => implausible.push(set.clone()),
                     // Cannot check: keep it (at worst, reads of the set go to the master).
                     _ => {}
                 }
             }
+        }
+        for (set, lsn) in resolved {
+            token.set_position(&set, lsn);
         }
         if !implausible.is_empty() {
             metrics::counter!("pindb_tokens_rejected_total", "reason" => "beyond-master")
@@ -485,11 +510,25 @@ impl Router {
         match Context::current() {
             Some(ctx) => {
                 let mut positions = ctx.required();
-                merge(&mut positions, &self.write_positions(&ctx).await);
+                merge(&mut positions, &self.write_positions_or_unknown(&ctx).await);
                 ConsistencyToken::new(positions)
             }
             None => ConsistencyToken::default(),
         }
+    }
+
+    /// [`Router::write_positions`], plus `Lsn::MAX` for a set whose master could not tell its
+    /// position (it went away right after the write): "beyond every replica", so the key
+    /// reads that set from its master until the position expires instead of from a replica
+    /// that may lack the write.
+    pub(crate) async fn write_positions_or_unknown(&self, ctx: &Context) -> Positions {
+        let mut positions = self.write_positions(ctx).await;
+        for set in ctx.pinned(|o| o == PinOrigin::New) {
+            if !positions.iter().any(|(s, _)| *s == set) {
+                positions.push((set, Lsn(u64::MAX)));
+            }
+        }
+        positions
     }
 
     /// Master positions of the sets `ctx` pinned itself. A master that cannot be asked is
@@ -543,6 +582,41 @@ impl Router {
     }
 }
 
+/// Recordings of one key's positions in flight (contexts dropped mid-flight).
+#[derive(Debug, Default)]
+pub(crate) struct Pending {
+    count: std::sync::atomic::AtomicUsize,
+    settled: tokio::sync::Notify,
+}
+
+impl Pending {
+    fn start(&self) {
+        self.count.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+    }
+
+    /// One recording is done; true when it was the last.
+    fn finish(&self) -> bool {
+        let last = self.count.fetch_sub(1, std::sync::atomic::Ordering::AcqRel) == 1;
+        if last {
+            self.settled.notify_waiters();
+        }
+        last
+    }
+
+    /// Resolves once no recording is in flight.
+    async fn settled(&self) {
+        loop {
+            let notified = self.settled.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.count.load(std::sync::atomic::Ordering::Acquire) == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
 /// Records a keyed context's write positions however the context ends: normally, through
 /// [`RecordOnDrop::record`]; dropped (a timeout, a client that went away, `select!`) or
 /// unwound by a panic, from `Drop`, which spawns the recording on the current runtime. Drop
@@ -587,20 +661,22 @@ impl Drop for RecordOnDrop {
                 let router = self.router.clone();
                 let ctx = self.ctx.clone();
                 metrics::counter!("pindb_positions_recorded_on_drop_total").increment(1);
-                // Held until recorded: the key's next context on this instance waits for it.
-                let lock = Arc::new(tokio::sync::Mutex::new(()));
-                let Ok(held) = Arc::clone(&lock).try_lock_owned() else {
-                    return;
-                };
-                router
-                    .pending_records()
-                    .insert(key.clone(), Arc::clone(&lock));
+                // Counted until recorded: the key's next context on this instance waits for
+                // every recording of the key still in flight.
+                let pending = Arc::clone(
+                    router
+                        .pending_records()
+                        .entry(key.clone())
+                        .or_insert_with(Default::default),
+                );
+                pending.start();
                 runtime.spawn(async move {
                     router.record_positions(&ctx, &key).await;
-                    drop(held);
-                    let mut pending = router.pending_records();
-                    if pending.get(&key).is_some_and(|l| Arc::ptr_eq(l, &lock)) {
-                        pending.remove(&key);
+                    let mut records = router.pending_records();
+                    if pending.finish() {
+                        if records.get(&key).is_some_and(|p| Arc::ptr_eq(p, &pending)) {
+                            records.remove(&key);
+                        }
                     }
                 });
             }
@@ -623,55 +699,58 @@ mod redis_store {
     use crate::error::PinDbError;
     use crate::lsn::Lsn;
 
-    /// Loads a key's positions and the store's *epoch*: the time (Unix ms) since which this
-    /// Redis is known to hold every position saved to it. A missing epoch means Redis lost
-    /// its data (restart without persistence, flush) or is new: the epoch becomes now. An
-    /// instance whose save failed passes that time in ARGV[2] to move the epoch forward, so
-    /// every instance learns of the loss.
-    /// KEYS: epoch, key. ARGV: now, failed-save time (0: none).
-    const LOAD: &str = r"
-        local epoch = tonumber(redis.call('GET', KEYS[1]) or '0') or 0
-        local bump = tonumber(ARGV[2])
-        if epoch == 0 then epoch = tonumber(ARGV[1]) end
-        if bump > epoch then epoch = bump end
-        redis.call('SET', KEYS[1], string.format('%d', epoch))
-        return {string.format('%d', epoch), redis.call('HGETALL', KEYS[2])}
+    /// Keeps the store's *epoch*: the time (Redis's clock, Unix ms) since which this Redis is
+    /// known to hold every position saved to it, with the `run_id` of the server process that
+    /// vouches for it. A missing epoch (restart without persistence, flush) or another
+    /// `run_id` (a restart that restored older data from disk, a failover to a replica)
+    /// means positions may be lost: the epoch becomes now. An instance that saw a loss passes
+    /// how long ago (ARGV[1], ms; -1: none) to move the epoch there, so every instance learns
+    /// of it. Leaves `epoch` and `now` set. KEYS[1]: the epoch key.
+    const EPOCH: &str = r"
+        local t = redis.call('TIME')
+        local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+        local run = string.match(redis.call('INFO', 'server'), 'run_id:(%x+)') or ''
+        local stored = redis.call('GET', KEYS[1])
+        local epoch, vouched = 0, ''
+        if stored then
+            local e, r = string.match(stored, '^(%d+):(%x*)$')
+            epoch, vouched = tonumber(e or '0') or 0, r or ''
+        end
+        if epoch == 0 or vouched ~= run then epoch = now end
+        local age = tonumber(ARGV[1])
+        if age >= 0 and now - age > epoch then epoch = now - age end
+        redis.call('SET', KEYS[1], string.format('%d:%s', epoch, run))
     ";
 
-    /// Saves positions keeping, per set, the higher one (two requests of one user on two
-    /// instances may finish in any order), and keeps the epoch as `LOAD` does.
-    /// KEYS: epoch, key. ARGV: now, failed-save time, ttl ms, then set/position pairs.
+    /// The epoch, then a key's positions. KEYS: epoch, key. ARGV: loss age.
+    const LOAD: &str = r"
+        return {string.format('%d', epoch), string.format('%d', now),
+                redis.call('HGETALL', KEYS[2])}
+    ";
+
+    /// The epoch, then saves positions keeping, per set, the higher one (two requests of one
+    /// user on two instances may finish in any order).
+    /// KEYS: epoch, key. ARGV: loss age, ttl ms, then set/position pairs.
     const SAVE: &str = r"
         local function parse(v)
             local hi, lo = string.match(v or '', '^(%x+)/(%x+)$')
             if not hi then return nil end
             return tonumber(hi, 16), tonumber(lo, 16)
         end
-        local epoch = tonumber(redis.call('GET', KEYS[1]) or '0') or 0
-        local bump = tonumber(ARGV[2])
-        if epoch == 0 then epoch = tonumber(ARGV[1]) end
-        if bump > epoch then epoch = bump end
-        redis.call('SET', KEYS[1], string.format('%d', epoch))
-        for i = 4, #ARGV, 2 do
+        for i = 3, #ARGV, 2 do
             local nh, nl = parse(ARGV[i + 1])
             local oh, ol = parse(redis.call('HGET', KEYS[2], ARGV[i]))
             if nh and not (oh and (oh > nh or (oh == nh and ol >= nl))) then
                 redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1])
             end
         end
-        redis.call('PEXPIRE', KEYS[2], ARGV[3])
-        return 1
+        redis.call('PEXPIRE', KEYS[2], ARGV[2])
+        return {string.format('%d', epoch), string.format('%d', now)}
     ";
 
-    /// Moves the epoch forward to ARGV[1] (a loss seen by an instance), never back; a
-    /// missing epoch becomes now (ARGV[2]), as in `LOAD`. KEYS: epoch.
+    /// The epoch alone. KEYS: epoch. ARGV: loss age.
     const BUMP: &str = r"
-        local epoch = tonumber(redis.call('GET', KEYS[1]) or '0') or 0
-        local bump = tonumber(ARGV[1])
-        if epoch == 0 then epoch = tonumber(ARGV[2]) end
-        if bump > epoch then epoch = bump end
-        redis.call('SET', KEYS[1], string.format('%d', epoch))
-        return string.format('%d', epoch)
+        return {string.format('%d', epoch), string.format('%d', now)}
     ";
 
     /// Positions in Redis (a hash per key, `set -> X/Y`, with a TTL), shared by every
@@ -679,21 +758,30 @@ mod redis_store {
     /// for a second (keyed reads go to the master), then tried again.
     ///
     /// A Redis that may have lost positions is noticed, on every instance: an *epoch* key
-    /// (`<prefix>` + `\0epoch`) holds the time since which Redis is known to hold every
-    /// position. A restart without persistence or a flush removes it (the next command sets
-    /// it to now); a save that failed moves it forward once Redis answers again. Keyed
-    /// contexts read from the masters until `ttl_seconds` after the epoch. A Redis that is new
-    /// looks the same as one that lost its data, so the first `ttl_seconds` after pindb first
-    /// uses it send keyed reads to the masters too. Not detected: a failover to a Redis
-    /// replica that had not received the latest saves (its epoch key came along).
+    /// (`<prefix>` + `\0epoch`) holds the time (Redis's clock) since which Redis is known to
+    /// hold every position, and the `run_id` of the server process that vouches for it. A
+    /// restart or flush removes it, a restart that restored older data from disk or a
+    /// failover to a replica changes the `run_id`: the next command moves the epoch to now. A
+    /// save that failed, or a command that timed out, moves it to that moment once Redis
+    /// answers again. Keyed contexts read from the masters until `ttl_seconds` after the
+    /// epoch. A Redis that is new looks the same as one that lost its data, so the first
+    /// `ttl_seconds` after pindb first uses it send keyed reads to the masters too.
+    ///
+    /// Needs: `maxmemory-policy` `noeviction` or `allkeys-*` (a `volatile-*` policy can evict
+    /// positions and keep the epoch), and a non-cluster Redis (the epoch and a user's key are
+    /// used in one script: a Redis Cluster refuses it, and every keyed read goes to the
+    /// master). Not detected: an instance that cannot reach Redis while the others can (its
+    /// failed save is told to Redis, and so to them, only when it reaches Redis again).
     pub struct RedisStore {
         manager: ConnectionManager,
         prefix: String,
         url: String,
         timeout: Duration,
         skip_until: std::sync::Mutex<Option<Instant>>,
-        /// The epoch (Unix ms) the last command returned; 0 before the first.
-        epoch_ms: AtomicU64,
+        /// The latest epoch an answer carried, in this instance's clock (Unix ms: the answer's
+        /// epoch shifted by the difference between Redis's clock and ours); 0 before the
+        /// first. Only ever moves forward.
+        epoch_ms: std::sync::Arc<AtomicU64>,
         /// When something was last possibly lost (Unix ms): a failed save or an outage seen
         /// by a load, until an answer carried it into the epoch. Shared with the task that
         /// tells Redis.
@@ -742,7 +830,7 @@ mod redis_store {
                 url: url.to_owned(),
                 timeout,
                 skip_until: std::sync::Mutex::new(None),
-                epoch_ms: AtomicU64::new(0),
+                epoch_ms: std::sync::Arc::new(AtomicU64::new(0)),
                 failed_save_ms: std::sync::Arc::new(AtomicU64::new(0)),
                 bumping: Default::default(),
             })
@@ -788,33 +876,20 @@ mod redis_store {
             format!("{}\0epoch", self.prefix)
         }
 
-        /// A script call with the epoch key, `key`, now and the failed-save time first.
-        fn script(&self, script: &str, key: &str) -> (redis::Cmd, u64) {
-            let failed = self.failed_save_ms.load(Ordering::Acquire);
-            let mut cmd = redis::cmd("EVAL");
-            cmd.arg(script)
-                .arg(2)
-                .arg(self.epoch_key())
-                .arg(format!("{}{key}", self.prefix))
-                .arg(unix_ms(SystemTime::now()))
-                .arg(failed);
-            (cmd, failed)
+        /// A script call with the epoch key, `key` (when given) and the loss age first.
+        fn script(&self, script: &str, key: Option<&str>) -> (redis::Cmd, u64) {
+            script_cmd(
+                script,
+                &self.epoch_key(),
+                key.map(|k| format!("{}{k}", self.prefix)),
+                &self.failed_save_ms,
+            )
         }
 
-        /// Records the epoch an answer carried; the failed save it included is now known
-        /// to every instance.
-        fn answered(&self, epoch: &str, failed: u64) {
-            if let Ok(epoch) = epoch.parse::<u64>() {
-                self.epoch_ms.store(epoch, Ordering::Release);
-            }
-            if failed != 0 {
-                let _ = self.failed_save_ms.compare_exchange(
-                    failed,
-                    0,
-                    Ordering::AcqRel,
-                    Ordering::Relaxed,
-                );
-            }
+        /// Records the epoch an answer carried; the loss mark it included is now known to
+        /// every instance.
+        fn answered(&self, answer: &[String], failed: u64) {
+            answered(&self.epoch_ms, &self.failed_save_ms, answer, failed);
         }
 
         /// Something may have been lost now: the next command moves the epoch here.
@@ -837,34 +912,71 @@ mod redis_store {
             };
             let manager = self.manager.clone();
             let epoch_key = self.epoch_key();
-            let shared = std::sync::Arc::clone(&self.failed_save_ms);
+            let failed_mark = std::sync::Arc::clone(&self.failed_save_ms);
+            let epoch_ms = std::sync::Arc::clone(&self.epoch_ms);
             let timeout = self.timeout;
             let bumping = std::sync::Arc::clone(&self.bumping);
             runtime.spawn(async move {
                 let give_up = Instant::now() + ttl;
                 while Instant::now() < give_up {
                     tokio::time::sleep(Duration::from_millis(100)).await;
-                    let failed = shared.load(Ordering::Acquire);
+                    let (cmd, failed) = script_cmd(BUMP, &epoch_key, None, &failed_mark);
                     if failed == 0 {
                         break;
                     }
                     let mut conn = manager.clone();
-                    let mut cmd = redis::cmd("EVAL");
-                    cmd.arg(BUMP)
-                        .arg(1)
-                        .arg(&epoch_key)
-                        .arg(failed)
-                        .arg(unix_ms(SystemTime::now()));
-                    if let Ok(Ok(_)) =
-                        tokio::time::timeout(timeout, cmd.query_async::<String>(&mut conn)).await
+                    if let Ok(Ok(answer)) =
+                        tokio::time::timeout(timeout, cmd.query_async::<Vec<String>>(&mut conn))
+                            .await
                     {
-                        // Every instance sees it now. This one keeps its mark until its next
-                        // answer also brings the new epoch (`answered`).
+                        // Every instance sees it now.
+                        answered(&epoch_ms, &failed_mark, &answer, failed);
                         break;
                     }
                 }
                 bumping.store(false, Ordering::Release);
             });
+        }
+    }
+
+    /// `EVAL` of `EPOCH` + `body` with the epoch key, `key` (when given), and how long ago
+    /// this instance marked a possible loss (-1: none). Returns the mark it carries.
+    fn script_cmd(
+        body: &str,
+        epoch_key: &str,
+        key: Option<String>,
+        failed_mark: &AtomicU64,
+    ) -> (redis::Cmd, u64) {
+        let failed = failed_mark.load(Ordering::Acquire);
+        let age = match failed {
+            0 => -1,
+            at => i64::try_from(unix_ms(SystemTime::now()).saturating_sub(at)).unwrap_or(i64::MAX),
+        };
+        let mut cmd = redis::cmd("EVAL");
+        cmd.arg(format!("{EPOCH}\n{body}"));
+        match key {
+            Some(key) => cmd.arg(2).arg(epoch_key).arg(key),
+            None => cmd.arg(1).arg(epoch_key),
+        };
+        cmd.arg(age);
+        (cmd, failed)
+    }
+
+    /// Takes `[epoch, now]` (Redis's clock) from an answer: the epoch moves to this
+    /// instance's clock (so clocks that differ between instances and Redis do not matter)
+    /// and only forward; the loss mark the command carried is cleared.
+    fn answered(epoch_ms: &AtomicU64, failed_mark: &AtomicU64, answer: &[String], failed: u64) {
+        let parse = |i: usize| answer.get(i).and_then(|v| v.parse::<u64>().ok());
+        if let (Some(epoch), Some(now)) = (parse(0), parse(1)) {
+            let ago = now.saturating_sub(epoch);
+            epoch_ms.fetch_max(
+                unix_ms(SystemTime::now()).saturating_sub(ago),
+                Ordering::AcqRel,
+            );
+            if failed != 0 {
+                let _ =
+                    failed_mark.compare_exchange(failed, 0, Ordering::AcqRel, Ordering::Relaxed);
+            }
         }
     }
 
@@ -875,8 +987,8 @@ mod redis_store {
                     return Err(e);
                 }
                 let mut conn = self.manager.clone();
-                let (cmd, failed) = self.script(LOAD, key);
-                let (epoch, raw): (String, Vec<(String, String)>) =
+                let (cmd, failed) = self.script(LOAD, Some(key));
+                let (epoch, now, raw): (String, String, Vec<(String, String)>) =
                     match self.with_timeout(cmd.query_async(&mut conn)).await {
                         Ok(answer) => answer,
                         Err(e) => {
@@ -886,7 +998,7 @@ mod redis_store {
                             return Err(e);
                         }
                     };
-                self.answered(&epoch, failed);
+                self.answered(&[epoch, now], failed);
                 // A value that does not parse is ignored: the master still holds the truth.
                 Ok(raw
                     .into_iter()
@@ -906,19 +1018,18 @@ mod redis_store {
                     self.save_failed(ttl);
                     return Err(e);
                 }
-                let (mut cmd, failed) = self.script(SAVE, key);
+                let (mut cmd, failed) = self.script(SAVE, Some(key));
                 cmd.arg(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1));
                 for (set, lsn) in positions {
                     cmd.arg(set).arg(lsn.to_string());
                 }
                 let mut conn = self.manager.clone();
-                match self.with_timeout(cmd.query_async::<i64>(&mut conn)).await {
-                    Ok(_) => {
-                        // The script moved the epoch to the failed save (at least).
-                        if failed != 0 {
-                            self.epoch_ms.fetch_max(failed, Ordering::AcqRel);
-                            self.answered("", failed);
-                        }
+                match self
+                    .with_timeout(cmd.query_async::<Vec<String>>(&mut conn))
+                    .await
+                {
+                    Ok(answer) => {
+                        self.answered(&answer, failed);
                         Ok(())
                     }
                     Err(e) => {

@@ -62,3 +62,77 @@ async fn a_full_memory_store_fails_safe_until_the_evicted_position_would_have_ex
     let until = store.lost_until(ttl).expect("a live position was evicted");
     assert!(until > std::time::SystemTime::now() + Duration::from_secs(50));
 }
+
+/// A memory store whose saves of set `slow` take a while.
+struct SlowFor(MemoryStore, &'static str);
+
+impl Store for SlowFor {
+    fn load<'a>(
+        &'a self,
+        key: &'a str,
+    ) -> pindb_core::stickiness::StoreFuture<'a, Vec<(String, Lsn)>> {
+        self.0.load(key)
+    }
+
+    fn save<'a>(
+        &'a self,
+        key: &'a str,
+        positions: &'a [(String, Lsn)],
+        ttl: Duration,
+    ) -> pindb_core::stickiness::StoreFuture<'a, ()> {
+        Box::pin(async move {
+            if positions.iter().any(|(s, _)| s == self.1) {
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+            self.0.save(key, positions, ttl).await
+        })
+    }
+
+    fn name(&self) -> &'static str {
+        "slow"
+    }
+}
+
+#[tokio::test]
+async fn the_next_context_waits_for_every_recording_of_its_key_still_in_flight() {
+    let router = Router::new(
+        Config::from_toml_str(
+            r#"
+            [masters.default]
+            url = "postgres://app@127.0.0.1:1/app"
+            [masters.b]
+            url = "postgres://app@127.0.0.1:1/b"
+            [sets]
+            default = [{ port = 2 }]
+            b = [{ port = 2 }]
+            "#,
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    router.set_store(Arc::new(SlowFor(MemoryStore::new(10), "default")));
+    // Two requests of alice, each cut off after its write: one to `default` (slow to
+    // record), then one to `b` (quick).
+    for set in ["default", "b"] {
+        let cut = tokio::time::timeout(
+            Duration::from_millis(20),
+            router.scope_with_key(Some("alice"), async {
+                router.pin(set).unwrap();
+                std::future::pending::<()>().await
+            }),
+        )
+        .await;
+        assert!(cut.is_err());
+    }
+    tokio::time::sleep(Duration::from_millis(50)).await; // `b` is recorded, `default` is not
+    let reason = router
+        .scope_with_key(Some("alice"), async {
+            router.db_for_read(&Hint::default()).unwrap().reason
+        })
+        .await;
+    assert_eq!(
+        reason,
+        Reason::NotCaughtUp,
+        "alice's `default` write is honoured"
+    );
+}

@@ -43,7 +43,7 @@ async fn started(config: Config) -> PinDb {
 /// A short position lifetime (with a lag limit it outlives), so tests can wait out the
 /// time a store that may have lost positions is not trusted.
 fn short_ttl(mut config: Config) -> Config {
-    config.monitor.max_lag_ms = 3_000;
+    config.monitor.max_lag_ms = 2_500;
     config.stickiness.ttl_seconds = 4;
     config
 }

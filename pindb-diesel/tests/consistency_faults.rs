@@ -29,7 +29,7 @@ fn config(w: &World, replicas: &[usize]) -> Config {
     config.monitor.interval_ms = 20;
     config.monitor.check_timeout_ms = 300;
     config.monitor.failures_before_down = 2;
-    config.monitor.max_lag_ms = 3_000;
+    config.monitor.max_lag_ms = 2_500;
     config.stickiness.ttl_seconds = TTL.as_secs();
     config
 }
@@ -360,16 +360,62 @@ async fn a_token_position_beyond_the_master_is_not_trusted() {
         .unwrap()
         .as_secs();
     // Validly signed, but from a restored backup or another cluster.
-    let far = format!("default@FFFFFFFF/FFFFFFFF~{now}")
+    let far = format!("default@FFFFFFFF/0~{now}")
         .parse::<ConsistencyToken>()
         .unwrap()
         .sign(router.cookie_key());
     let accepted = router.accept_token(&far).await.unwrap();
     assert!(accepted.positions().is_empty(), "{accepted:?}");
+    // pindb's own "unknown position" marker becomes the master's current position.
+    let before = w.cluster.primary_lsn().await;
+    let marker = format!("default@FFFFFFFF/FFFFFFFF~{now}")
+        .parse::<ConsistencyToken>()
+        .unwrap()
+        .sign(router.cookie_key());
+    let accepted = router.accept_token(&marker).await.unwrap();
+    let resolved = accepted.positions()[0].1;
+    assert!(
+        resolved >= before && resolved < Lsn(u64::MAX),
+        "{accepted:?}"
+    );
     // A real position, even one no replica has replayed yet, is kept.
     let real = w.cluster.primary_lsn().await;
     let token = ConsistencyToken::new(vec![("default".into(), real)]).sign(router.cookie_key());
     let accepted = router.accept_token(&token).await.unwrap();
     assert_eq!(accepted.positions(), [("default".to_string(), real)]);
     w.finish().await;
+}
+
+#[tokio::test]
+async fn a_redis_that_restarts_from_an_older_snapshot_is_not_trusted() {
+    let mut redis = PrivateRedis::start_persistent(26394);
+    let store = RedisStore::new(&redis.url(), "pindb:", Duration::from_millis(200)).unwrap();
+    let ttl = Duration::from_secs(30);
+    let p = |n| [("default".to_string(), Lsn(n))];
+    Store::save(&store, "alice", &p(0x100), ttl).await.unwrap();
+    redis.snapshot();
+    Store::save(&store, "alice", &p(0x900), ttl).await.unwrap();
+    // Pretend the store has been trusted for long: only the restart may change that.
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    // A crash: the server comes back with the snapshot, epoch key included.
+    redis.resume();
+    let deadline = Instant::now() + SOON;
+    let loaded = loop {
+        match Store::load(&store, "alice").await {
+            Ok(positions) => break positions,
+            Err(_) => {
+                assert!(
+                    Instant::now() < deadline,
+                    "the restarted Redis never answered"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    assert_eq!(loaded, p(0x100), "the snapshot's older position came back");
+    let until = store.lost_until(ttl).expect("the restart is noticed");
+    assert!(
+        until > SystemTime::now() + Duration::from_secs(25),
+        "keyed reads go to the master for ttl after the restart: {until:?}"
+    );
 }

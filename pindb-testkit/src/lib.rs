@@ -537,15 +537,47 @@ fn run_cluster_script(args: &[&str]) {
 /// (the shared one on 6379 must stay up for everyone else).
 pub struct PrivateRedis {
     port: u16,
+    /// Where snapshots go, for a server that keeps them.
+    dir: Option<std::path::PathBuf>,
     child: Option<std::process::Child>,
 }
 
 impl PrivateRedis {
     /// Starts `redis-server` on `port` (no persistence) and waits until it answers.
     pub fn start(port: u16) -> PrivateRedis {
-        let mut redis = PrivateRedis { port, child: None };
+        let mut redis = PrivateRedis {
+            port,
+            dir: None,
+            child: None,
+        };
         redis.resume();
         redis
+    }
+
+    /// Starts `redis-server` on `port` with snapshots in a fresh folder: after
+    /// [`PrivateRedis::snapshot`] and a restart ([`PrivateRedis::resume`]) it comes back with
+    /// the data of the snapshot, as a crashed server with RDB persistence does.
+    pub fn start_persistent(port: u16) -> PrivateRedis {
+        let dir = std::env::temp_dir().join(format!("pindb-redis-{}-{port}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("a temporary folder for Redis");
+        let mut redis = PrivateRedis {
+            port,
+            dir: Some(dir),
+            child: None,
+        };
+        redis.resume();
+        redis
+    }
+
+    /// Writes a snapshot now (`SAVE`).
+    pub fn snapshot(&self) {
+        let status = std::process::Command::new("redis-cli")
+            .args(["-p", &self.port.to_string(), "SAVE"])
+            .stdout(std::process::Stdio::null())
+            .status()
+            .expect("redis-cli runs");
+        assert!(status.success(), "SAVE failed");
     }
 
     /// `redis://127.0.0.1:<port>/`.
@@ -587,9 +619,14 @@ impl PrivateRedis {
     /// Starts the server again (after [`PrivateRedis::stop`]) and waits until it answers.
     pub fn resume(&mut self) {
         self.stop();
-        let child = std::process::Command::new("redis-server")
+        let mut command = std::process::Command::new("redis-server");
+        command
             .args(["--bind", "127.0.0.1", "--port", &self.port.to_string()])
-            .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
+            .args(["--save", "", "--appendonly", "no", "--daemonize", "no"]);
+        if let Some(dir) = &self.dir {
+            command.arg("--dir").arg(dir);
+        }
+        let child = command
             .stdout(std::process::Stdio::null())
             .spawn()
             .unwrap_or_else(|e| {
@@ -611,6 +648,9 @@ impl PrivateRedis {
 impl Drop for PrivateRedis {
     fn drop(&mut self) {
         self.stop();
+        if let Some(dir) = &self.dir {
+            let _ = std::fs::remove_dir_all(dir);
+        }
     }
 }
 

@@ -1,0 +1,172 @@
+//! Interleaved A/B: a primary-key SELECT through the routed connection vs. the same query on a
+//! plain bb8 checkout of the same replica, in one run. Each round runs both sides (in random
+//! order) for `BATCH` requests; the result is the ratio of the medians of the per-request
+//! times, with its spread over blocks of rounds, so machine noise between the sides cancels.
+//! Needs the dev cluster (`scripts/cluster up`). `cargo bench -p pindb-diesel --bench ab`.
+//!
+//! - `per request`: one checkout + one query, as a request that reads one row does.
+//! - `held connection`: the query alone on a connection already checked out.
+
+use std::hint::black_box;
+use std::time::{Duration, Instant};
+
+use diesel::prelude::*;
+use diesel_async::pooled_connection::AsyncDieselConnectionManager;
+use diesel_async::{AsyncPgConnection, RunQueryDsl};
+use pindb_core::{Config, RouterMode};
+use pindb_diesel::PinDb;
+use pindb_testkit::Cluster;
+
+diesel::table! {
+    bench_users (id) {
+        id -> Integer,
+        name -> Text,
+    }
+}
+
+type Row = (i32, String);
+type Plain = bb8::Pool<AsyncDieselConnectionManager<AsyncPgConnection>>;
+
+const ROUNDS: usize = 60;
+const BLOCK: usize = 10;
+const BATCH: u32 = 200;
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// Runs `rounds` rounds of both sides in random order; returns per-request times (ns).
+async fn interleave<A, B, FA, FB>(mut a: A, mut b: B) -> (Vec<f64>, Vec<f64>)
+where
+    A: FnMut() -> FA,
+    B: FnMut() -> FB,
+    FA: std::future::Future<Output = Duration>,
+    FB: std::future::Future<Output = Duration>,
+{
+    let mut rng = fastrand::Rng::with_seed(7);
+    let (mut ta, mut tb) = (Vec::new(), Vec::new());
+    for _ in 0..ROUNDS {
+        let per = |d: Duration| d.as_nanos() as f64 / f64::from(BATCH);
+        if rng.bool() {
+            ta.push(per(a().await));
+            tb.push(per(b().await));
+        } else {
+            tb.push(per(b().await));
+            ta.push(per(a().await));
+        }
+    }
+    (ta, tb)
+}
+
+fn report(name: &str, plain: &[f64], routed: &[f64]) {
+    let ratio = median(&mut routed.to_vec()) / median(&mut plain.to_vec());
+    let blocks: Vec<f64> = plain
+        .chunks(BLOCK)
+        .zip(routed.chunks(BLOCK))
+        .map(|(p, r)| median(&mut r.to_vec()) / median(&mut p.to_vec()))
+        .collect();
+    let lo = blocks.iter().copied().fold(f64::MAX, f64::min);
+    let hi = blocks.iter().copied().fold(f64::MIN, f64::max);
+    println!(
+        "{name}: plain {:.1} µs, routed {:.1} µs, routed/plain {ratio:.3} (blocks of {BLOCK} rounds: {lo:.3}..{hi:.3})",
+        median(&mut plain.to_vec()) / 1000.0,
+        median(&mut routed.to_vec()) / 1000.0,
+    );
+}
+
+async fn plain_per_request(plain: &Plain) -> Duration {
+    let start = Instant::now();
+    for _ in 0..BATCH {
+        let mut conn = plain.get().await.unwrap();
+        let row: Row = bench_users::table
+            .find(42)
+            .get_result(&mut *conn)
+            .await
+            .unwrap();
+        black_box(row);
+    }
+    start.elapsed()
+}
+
+async fn routed_per_request(db: &PinDb) -> Duration {
+    let start = Instant::now();
+    for _ in 0..BATCH {
+        pindb_core::scope(async {
+            let mut conn = db.get();
+            let row: Row = bench_users::table
+                .find(42)
+                .get_result(&mut conn)
+                .await
+                .unwrap();
+            black_box(row);
+        })
+        .await;
+    }
+    start.elapsed()
+}
+
+async fn plain_held(plain: &Plain) -> Duration {
+    let mut conn = plain.get().await.unwrap();
+    let start = Instant::now();
+    for _ in 0..BATCH {
+        let row: Row = bench_users::table
+            .find(42)
+            .get_result(&mut *conn)
+            .await
+            .unwrap();
+        black_box(row);
+    }
+    start.elapsed()
+}
+
+async fn routed_held(db: &PinDb) -> Duration {
+    pindb_core::scope(async {
+        let mut conn = db.get();
+        conn.checkout_for_read().await.unwrap();
+        let start = Instant::now();
+        for _ in 0..BATCH {
+            let row: Row = bench_users::table
+                .find(42)
+                .get_result(&mut conn)
+                .await
+                .unwrap();
+            black_box(row);
+        }
+        start.elapsed()
+    })
+    .await
+}
+
+fn main() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let cluster = Cluster::from_env();
+        let schema = pindb_testkit::bench_users(&cluster).await;
+        let replica_url = schema.url(cluster.replica_url(1));
+        let mut config =
+            Config::single_set(schema.url(&cluster.primary_url), [replica_url.clone()]);
+        config.router = RouterMode::Strict;
+        let db = PinDb::new(config).unwrap();
+        let plain: Plain = bb8::Pool::builder()
+            .max_size(10)
+            .build(AsyncDieselConnectionManager::<AsyncPgConnection>::new(
+                replica_url,
+            ))
+            .await
+            .unwrap();
+        // Warm both pools and both statement caches.
+        plain_per_request(&plain).await;
+        routed_per_request(&db).await;
+
+        let (p, r) = interleave(|| plain_per_request(&plain), || routed_per_request(&db)).await;
+        report("per request", &p, &r);
+        let (p, r) = interleave(|| plain_held(&plain), || routed_held(&db)).await;
+        report("held connection", &p, &r);
+        schema.drop().await;
+    });
+}
