@@ -663,20 +663,15 @@ impl Drop for RecordOnDrop {
                 metrics::counter!("pindb_positions_recorded_on_drop_total").increment(1);
                 // Counted until recorded: the key's next context on this instance waits for
                 // every recording of the key still in flight.
-                let pending = Arc::clone(
-                    router
-                        .pending_records()
-                        .entry(key.clone())
-                        .or_insert_with(Default::default),
-                );
+                let pending = Arc::clone(router.pending_records().entry(key.clone()).or_default());
                 pending.start();
                 runtime.spawn(async move {
                     router.record_positions(&ctx, &key).await;
                     let mut records = router.pending_records();
-                    if pending.finish() {
-                        if records.get(&key).is_some_and(|p| Arc::ptr_eq(p, &pending)) {
-                            records.remove(&key);
-                        }
+                    if pending.finish()
+                        && records.get(&key).is_some_and(|p| Arc::ptr_eq(p, &pending))
+                    {
+                        records.remove(&key);
                     }
                 });
             }
