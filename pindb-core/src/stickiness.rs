@@ -663,8 +663,14 @@ impl Drop for RecordOnDrop {
                 metrics::counter!("pindb_positions_recorded_on_drop_total").increment(1);
                 // Counted until recorded: the key's next context on this instance waits for
                 // every recording of the key still in flight.
-                let pending = Arc::clone(router.pending_records().entry(key.clone()).or_default());
-                pending.start();
+                // Started under the map's lock, as finishing is: an entry is never removed
+                // while a recording it counts is about to start.
+                let pending = {
+                    let mut records = router.pending_records();
+                    let pending = Arc::clone(records.entry(key.clone()).or_default());
+                    pending.start();
+                    pending
+                };
                 runtime.spawn(async move {
                     router.record_positions(&ctx, &key).await;
                     let mut records = router.pending_records();
