@@ -218,9 +218,37 @@ impl<C: Held> Checkouts<C> {
         true
     }
 
+    /// What a commit runs on: the open transaction's connection. An abandoned transaction
+    /// cannot be committed: [`Error::TransactionAbandoned`], and it is over.
+    pub(crate) fn for_commit(&mut self) -> QueryResult<&mut C> {
+        if let Err(e) = self.recover() {
+            self.end_abandoned();
+            return Err(e);
+        }
+        self.tx_conn()
+            .ok_or(diesel::result::Error::NotInTransaction)
+    }
+
+    /// What a rollback runs on: the open transaction's connection, or `None` when the
+    /// transaction was abandoned (its connection was discarded: nothing left to roll back).
+    pub(crate) fn for_rollback(&mut self) -> QueryResult<Option<&mut C>> {
+        if let Err(e) = self.recover() {
+            return match crate::error::routing_error(&e) {
+                Some(Error::TransactionAbandoned) => {
+                    self.end_abandoned();
+                    Ok(None)
+                }
+                _ => Err(e),
+            };
+        }
+        self.tx_conn()
+            .map(Some)
+            .ok_or(diesel::result::Error::NotInTransaction)
+    }
+
     /// The commit or rollback that ends a transaction found abandoned: a hand-begun
     /// transaction around it is over now.
-    pub(crate) fn end_abandoned(&mut self) {
+    fn end_abandoned(&mut self) {
         let active = self
             .scopes
             .as_ref()

@@ -86,7 +86,6 @@ use futures_util::FutureExt;
 use pindb_core::StatementKind;
 
 use crate::checkouts::{Checkouts, Forward, Held, Slot};
-use crate::error::{routing_error, Error};
 use crate::pool::{PinDb, Pooled};
 use crate::statement::{self, OwnedQuery, Shape};
 
@@ -481,36 +480,16 @@ impl TransactionManager<PinDbConnection> for RoutedTransactionManager {
     }
 
     async fn rollback_transaction(conn: &mut PinDbConnection) -> QueryResult<()> {
-        if let Err(e) = conn.slots.recover() {
-            // The abandoned transaction's connection was discarded: nothing left to roll back.
-            return match routing_error(&e) {
-                Some(Error::TransactionAbandoned) => {
-                    conn.slots.end_abandoned();
-                    Ok(())
-                }
-                _ => Err(e),
-            };
-        }
-        let tx = conn
-            .slots
-            .tx_conn()
-            .ok_or(diesel::result::Error::NotInTransaction)?;
+        let Some(tx) = conn.slots.for_rollback()? else {
+            return Ok(());
+        };
         let result = Ansi::rollback_transaction(tx).await;
         conn.slots.settle();
         result
     }
 
     async fn commit_transaction(conn: &mut PinDbConnection) -> QueryResult<()> {
-        if let Err(e) = conn.slots.recover() {
-            // An abandoned transaction cannot be committed; this ends it.
-            conn.slots.end_abandoned();
-            return Err(e);
-        }
-        let tx = conn
-            .slots
-            .tx_conn()
-            .ok_or(diesel::result::Error::NotInTransaction)?;
-        let result = Ansi::commit_transaction(tx).await;
+        let result = Ansi::commit_transaction(conn.slots.for_commit()?).await;
         conn.slots.settle();
         result
     }

@@ -38,7 +38,7 @@ use diesel::{ConnectionError, ConnectionResult};
 use pindb_core::{Config, Database, Hint, Membership, PinDbError, Router};
 
 use crate::checkouts::{Checkouts, Forward, Held, Slot};
-use crate::error::{routing_error, Error};
+use crate::error::Error;
 use crate::pool::Pools;
 use crate::statement::{self, Shape};
 
@@ -350,36 +350,16 @@ impl TransactionManager<SyncPinDbConnection> for SyncRoutedTransactionManager {
     }
 
     fn rollback_transaction(conn: &mut SyncPinDbConnection) -> QueryResult<()> {
-        if let Err(e) = conn.slots.recover() {
-            // The abandoned transaction's connection was discarded: nothing left to roll back.
-            return match routing_error(&e) {
-                Some(Error::TransactionAbandoned) => {
-                    conn.slots.end_abandoned();
-                    Ok(())
-                }
-                _ => Err(e),
-            };
-        }
-        let tx = conn
-            .slots
-            .tx_conn()
-            .ok_or(diesel::result::Error::NotInTransaction)?;
+        let Some(tx) = conn.slots.for_rollback()? else {
+            return Ok(());
+        };
         let result = AnsiTransactionManager::rollback_transaction(&mut **tx);
         conn.slots.settle();
         result
     }
 
     fn commit_transaction(conn: &mut SyncPinDbConnection) -> QueryResult<()> {
-        if let Err(e) = conn.slots.recover() {
-            // An abandoned transaction cannot be committed; this ends it.
-            conn.slots.end_abandoned();
-            return Err(e);
-        }
-        let tx = conn
-            .slots
-            .tx_conn()
-            .ok_or(diesel::result::Error::NotInTransaction)?;
-        let result = AnsiTransactionManager::commit_transaction(&mut **tx);
+        let result = AnsiTransactionManager::commit_transaction(&mut **conn.slots.for_commit()?);
         conn.slots.settle();
         result
     }
