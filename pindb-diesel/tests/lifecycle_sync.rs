@@ -167,3 +167,35 @@ async fn a_disabled_statement_cache_applies_to_sync_checkouts_made_later() {
     .await;
     w.finish().await;
 }
+
+#[tokio::test]
+async fn sync_instrumentation_set_before_checkout_sees_every_statement_and_its_alias() {
+    use diesel::connection::InstrumentationEvent;
+    let w = World::new().await;
+    let db = SyncPinDb::new(w.config(RouterMode::Greedy, &[1])).unwrap();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let log = seen.clone();
+    in_context(move || {
+        let mut conn = db.get();
+        conn.set_instrumentation(move |event: InstrumentationEvent<'_>| {
+            if let InstrumentationEvent::StartQuery { query, .. } = event {
+                log.lock().unwrap().push(query.to_string());
+            }
+        });
+        bodies(&mut conn).unwrap();
+        insert(&mut conn, "x").unwrap();
+    })
+    .await;
+    let seen = seen.lock().unwrap().clone();
+    assert!(
+        seen.iter()
+            .any(|q| q.starts_with("/* pindb: default-1 */ SELECT")),
+        "{seen:?}"
+    );
+    assert!(
+        seen.iter()
+            .any(|q| q.starts_with("/* pindb: default */ INSERT")),
+        "{seen:?}"
+    );
+    w.finish().await;
+}
