@@ -111,7 +111,7 @@ pub struct Settings {
     pub think: Duration,
     /// The fault-injecting stale-read hunt, for the `lsn` strategies: writing requests
     /// cancelled (dropped right after the insert committed) or panicking after it, a private
-    /// Redis restarted empty or frozen every 3-5 s (`lsn-redis`), and 3 s position lifetimes
+    /// Redis restarted empty or frozen every 5-7 s (`lsn-redis`), and 3 s position lifetimes
     /// so the distrust windows pass. A cancelled or panicked write counts as the user's: it
     /// committed. (A full memory store has its own test: here it would distrust all the
     /// time.)
@@ -183,11 +183,13 @@ fn config(f: &Fixture, s: Strategy, settings: &Settings) -> Config {
     config
 }
 
-/// Restarts (empty) or freezes the private Redis at random until told to stop.
+/// Restarts (empty) or freezes the private Redis at random until told to stop. Faults are
+/// 5-7 s apart, longer than the distrust each one causes (the 3 s position lifetime plus the
+/// 1 s retry pause), so replicas serve between them.
 async fn break_redis(mut redis: pindb_testkit::PrivateRedis, stop: Arc<AtomicBool>) {
     let mut rng = fastrand::Rng::new();
     while !AtomicBool::load(&stop, Ordering::Relaxed) {
-        nap(&stop, Duration::from_millis(rng.u64(3_000..5_000))).await;
+        nap(&stop, Duration::from_millis(rng.u64(5_000..7_000))).await;
         if rng.bool() {
             redis.resume(); // killed and started again: empty
         } else {

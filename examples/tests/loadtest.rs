@@ -46,14 +46,14 @@ async fn the_stale_read_checker_catches_random_replica_and_clears_lsn() {
 
 /// The fault-injecting stale-read hunt: both `lsn` strategies under real lag while requests
 /// are cancelled or panic right after their write and (`lsn-redis`) a private Redis is
-/// restarted empty or frozen every few seconds. No user may ever list without their own
+/// restarted empty or frozen every 5-7 s. No user may ever list without their own
 /// committed write; replicas still serve between faults.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_fault_hunt_finds_no_stale_read() {
     let mut f = Fixture::new(SCHEMA_SQL).await;
     let settings = Settings {
         users: 8,
-        duration: Duration::from_secs(10),
+        duration: Duration::from_secs(12),
         write_ratio: 0.3,
         same_request_ratio: 0.3,
         lag_pause: Duration::from_millis(400),

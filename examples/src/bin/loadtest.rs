@@ -51,7 +51,7 @@ struct Args {
     think: Duration,
     /// Inject faults into the `lsn` strategies while they run: requests cancelled or
     /// panicking right after their write, a private Redis restarted empty or frozen every
-    /// 3-5 s (`lsn-redis`), 3 s position lifetimes.
+    /// 5-7 s (`lsn-redis`), 3 s position lifetimes.
     #[arg(long)]
     faults: bool,
     /// Where the JSON and the plots go.
