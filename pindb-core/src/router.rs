@@ -257,6 +257,8 @@ struct Inner {
     /// Keyed contexts dropped mid-flight whose positions are being recorded: the key's next
     /// context on this instance waits for them (see `RecordOnDrop`).
     pending_records: std::sync::Mutex<HashMap<String, Arc<crate::stickiness::Pending>>>,
+    /// Entries in `pending_records`: a keyed context start skips the lock when it is 0.
+    pending_len: std::sync::atomic::AtomicUsize,
     /// Verify pin cookies and consistency tokens; the first signs.
     cookie_keys: Vec<cookie::Key>,
     config: Config,
@@ -402,6 +404,7 @@ impl Router {
                 started: std::time::Instant::now(),
                 round_trips: AtomicU64::new(0),
                 pending_records: std::sync::Mutex::new(HashMap::new()),
+                pending_len: std::sync::atomic::AtomicUsize::new(0),
                 cookie_keys: std::iter::once(match &config.cookie_secret {
                     Some(secret) => cookie::Key::derive_from(secret.as_bytes()),
                     None => cookie::Key::generate(),
@@ -484,14 +487,44 @@ impl Router {
         )
     }
 
-    /// Recordings in flight for keys whose contexts were dropped.
-    pub(crate) fn pending_records(
+    fn pending_records(
         &self,
     ) -> std::sync::MutexGuard<'_, HashMap<String, Arc<crate::stickiness::Pending>>> {
         self.inner
             .pending_records
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The recordings in flight for `key` (contexts dropped mid-flight), if any. Lock-free
+    /// when there are none anywhere, the usual case.
+    pub(crate) fn pending_for(&self, key: &str) -> Option<Arc<crate::stickiness::Pending>> {
+        if self.inner.pending_len.load(Ordering::Acquire) == 0 {
+            return None;
+        }
+        self.pending_records().get(key).cloned()
+    }
+
+    /// Counts one more recording in flight for `key`.
+    pub(crate) fn start_pending(&self, key: &str) -> Arc<crate::stickiness::Pending> {
+        let mut records = self.pending_records();
+        let pending = Arc::clone(records.entry(key.to_owned()).or_default());
+        pending.start();
+        self.inner
+            .pending_len
+            .store(records.len(), Ordering::Release);
+        pending
+    }
+
+    /// One recording for `key` is done; the entry goes with its last one.
+    pub(crate) fn finish_pending(&self, key: &str, pending: &Arc<crate::stickiness::Pending>) {
+        let mut records = self.pending_records();
+        if pending.finish() && records.get(key).is_some_and(|p| Arc::ptr_eq(p, pending)) {
+            records.remove(key);
+        }
+        self.inner
+            .pending_len
+            .store(records.len(), Ordering::Release);
     }
 
     /// True at most once per 10 s: store outages are logged, not once per request.

@@ -15,7 +15,7 @@ use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::str::FromStr;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
 
 use crate::context::{Context, PinOrigin};
@@ -390,8 +390,7 @@ impl Router {
     pub async fn load_positions(&self, ctx: &Context, key: &str) {
         // Contexts of this key were dropped and their positions are still being recorded:
         // wait for all of them (bounded), or the key could read without its own write.
-        let pending = self.pending_records().get(key).cloned();
-        if let Some(pending) = pending {
+        if let Some(pending) = self.pending_for(key) {
             let wait = Duration::from_millis(self.config().stickiness.redis_timeout_ms)
                 .saturating_mul(3)
                 .max(Duration::from_secs(1));
@@ -540,7 +539,7 @@ impl Router {
                 Ok(lsn) => positions.push((set, lsn)),
                 Err(e) => {
                     metrics::counter!("pindb_position_failures_total").increment(1);
-                    tracing::warn!(target: "pindb", %set, error = %e, "pindb: could not read the master's WAL position; the next read of this key may go to the master only if the store still holds an older position");
+                    tracing::warn!(target: "pindb", %set, error = %e, "pindb: could not read the master's WAL position after a write; the key's reads of this set go to the master until the position expires");
                 }
             }
         }
@@ -590,12 +589,12 @@ pub(crate) struct Pending {
 }
 
 impl Pending {
-    fn start(&self) {
+    pub(crate) fn start(&self) {
         self.count.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
     }
 
     /// One recording is done; true when it was the last.
-    fn finish(&self) -> bool {
+    pub(crate) fn finish(&self) -> bool {
         let last = self.count.fetch_sub(1, std::sync::atomic::Ordering::AcqRel) == 1;
         if last {
             self.settled.notify_waiters();
@@ -622,27 +621,28 @@ impl Pending {
 /// unwound by a panic, from `Drop`, which spawns the recording on the current runtime. Drop
 /// is the only hook a cancelled future gets, and it cannot wait, hence the spawn: the
 /// position lands a moment after the cancellation, not before it.
-pub(crate) struct RecordOnDrop {
-    router: Router,
-    ctx: Context,
-    /// `None` once recorded.
-    key: Option<String>,
+pub(crate) struct RecordOnDrop<'a> {
+    router: &'a Router,
+    ctx: &'a Context,
+    /// `None` once recorded. Borrowed: a keyed context pays no allocation for the guard,
+    /// only a dropped one clones what its spawned recording needs.
+    key: Option<&'a str>,
 }
 
-impl RecordOnDrop {
-    pub(crate) fn new(router: &Router, ctx: &Context, key: &str) -> Self {
+impl<'a> RecordOnDrop<'a> {
+    pub(crate) fn new(router: &'a Router, ctx: &'a Context, key: &'a str) -> Self {
         RecordOnDrop {
-            router: router.clone(),
-            ctx: ctx.clone(),
-            key: Some(key.to_owned()),
+            router,
+            ctx,
+            key: Some(key),
         }
     }
 
     /// Records now. Dropped while recording, `Drop` records again (the store keeps the
     /// higher position, so twice is harmless).
     pub(crate) async fn record(mut self) -> Positions {
-        let positions = match &self.key {
-            Some(key) => self.router.record_positions(&self.ctx, key).await,
+        let positions = match self.key {
+            Some(key) => self.router.record_positions(self.ctx, key).await,
             None => Vec::new(),
         };
         self.key = None;
@@ -650,7 +650,7 @@ impl RecordOnDrop {
     }
 }
 
-impl Drop for RecordOnDrop {
+impl Drop for RecordOnDrop<'_> {
     fn drop(&mut self) {
         let Some(key) = self.key.take() else { return };
         if self.ctx.pinned(|o| o == PinOrigin::New).is_empty() {
@@ -660,25 +660,16 @@ impl Drop for RecordOnDrop {
             Ok(runtime) => {
                 let router = self.router.clone();
                 let ctx = self.ctx.clone();
+                let key = key.to_owned();
                 metrics::counter!("pindb_positions_recorded_on_drop_total").increment(1);
                 // Counted until recorded: the key's next context on this instance waits for
-                // every recording of the key still in flight.
-                // Started under the map's lock, as finishing is: an entry is never removed
-                // while a recording it counts is about to start.
-                let pending = {
-                    let mut records = router.pending_records();
-                    let pending = Arc::clone(records.entry(key.clone()).or_default());
-                    pending.start();
-                    pending
-                };
+                // every recording of the key still in flight. Started under the map's lock,
+                // as finishing is: an entry is never removed while a recording it counts is
+                // about to start.
+                let pending = router.start_pending(&key);
                 runtime.spawn(async move {
                     router.record_positions(&ctx, &key).await;
-                    let mut records = router.pending_records();
-                    if pending.finish()
-                        && records.get(&key).is_some_and(|p| Arc::ptr_eq(p, &pending))
-                    {
-                        records.remove(&key);
-                    }
+                    router.finish_pending(&key, &pending);
                 });
             }
             Err(_) => {

@@ -207,7 +207,7 @@ where
 async fn finish<B>(
     layer: &PinDbLayer,
     ctx: &Context,
-    record: Option<RecordOnDrop>,
+    record: Option<RecordOnDrop<'_>>,
     carried: Vec<(String, u64)>,
     incoming: Option<ConsistencyToken>,
     mut response: Response<B>,

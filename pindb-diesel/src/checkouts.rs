@@ -128,6 +128,18 @@ impl Instrumentation for Forward {
     }
 }
 
+/// The refusal of a statement (or nested `transaction_on`) of database `own` inside a
+/// transaction on database `home`.
+fn other_database(router: &Router, own: usize, table: &str, home: usize) -> diesel::result::Error {
+    let dbs = router.databases();
+    Error::OtherDatabaseInTransaction {
+        statement: dbs[own].alias.clone(),
+        table: table.to_owned(),
+        transaction: dbs[home].alias.clone(),
+    }
+    .into()
+}
+
 pub(crate) struct Checkouts<C: Held> {
     /// `(database index, connection)`: the one checkout this routed connection holds.
     held: Option<(usize, C)>,
@@ -296,13 +308,7 @@ impl<C: Held> Checkouts<C> {
                     .home_of(&hint, Operation::Write)
                     .map_err(Error::from)?;
                 if own != home && write_home != home {
-                    let dbs = router.databases();
-                    return Err(Error::OtherDatabaseInTransaction {
-                        statement: dbs[own].alias.clone(),
-                        table: hint.tables[0].to_owned(),
-                        transaction: dbs[home].alias.clone(),
-                    }
-                    .into());
+                    return Err(other_database(router, own, hint.tables[0], home));
                 }
             }
             return Ok(Slot::Held);
@@ -335,13 +341,7 @@ impl<C: Held> Checkouts<C> {
                     .home_of(&hint, Operation::Write)
                     .map_err(Error::from)?;
                 if own != home {
-                    let dbs = router.databases();
-                    return Err(Error::OtherDatabaseInTransaction {
-                        statement: dbs[own].alias.clone(),
-                        table: String::new(),
-                        transaction: dbs[home].alias.clone(),
-                    }
-                    .into());
+                    return Err(other_database(router, own, "", home));
                 }
             }
             return Ok(Slot::Held);
