@@ -1,0 +1,368 @@
+//! [`RedisStore`]: positions in Redis, shared by every application instance, with an epoch
+//! that tells every instance when Redis may have lost some.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+
+use super::{Positions, Store, StoreFuture};
+use crate::error::PinDbError;
+use crate::lsn::Lsn;
+
+/// Keeps the store's *epoch*: the time (Redis's clock, Unix ms) since which this Redis is
+/// known to hold every position saved to it, with the `run_id` of the server process that
+/// vouches for it. A missing epoch (restart without persistence, flush) or another
+/// `run_id` (a restart that restored older data from disk, a failover to a replica)
+/// means positions may be lost: the epoch becomes now. An instance that saw a loss passes
+/// how long ago (ARGV[1], ms; -1: none) to move the epoch there, so every instance learns
+/// of it. Leaves `epoch` and `now` set. KEYS[1]: the epoch key.
+const EPOCH: &str = r"
+    local t = redis.call('TIME')
+    local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+    local run = string.match(redis.call('INFO', 'server'), 'run_id:(%x+)') or ''
+    local stored = redis.call('GET', KEYS[1])
+    local epoch, vouched = 0, ''
+    if stored then
+        local e, r = string.match(stored, '^(%d+):(%x*)$')
+        epoch, vouched = tonumber(e or '0') or 0, r or ''
+    end
+    if epoch == 0 or vouched ~= run then epoch = now end
+    local age = tonumber(ARGV[1])
+    if age >= 0 and now - age > epoch then epoch = now - age end
+    redis.call('SET', KEYS[1], string.format('%d:%s', epoch, run))
+";
+
+/// The epoch, then a key's positions. KEYS: epoch, key. ARGV: loss age.
+const LOAD: &str = r"
+    return {string.format('%d', epoch), string.format('%d', now),
+            redis.call('HGETALL', KEYS[2])}
+";
+
+/// The epoch, then saves positions keeping, per set, the higher one (two requests of one
+/// user on two instances may finish in any order).
+/// KEYS: epoch, key. ARGV: loss age, ttl ms, then set/position pairs.
+const SAVE: &str = r"
+    local function parse(v)
+        local hi, lo = string.match(v or '', '^(%x+)/(%x+)$')
+        if not hi then return nil end
+        return tonumber(hi, 16), tonumber(lo, 16)
+    end
+    for i = 3, #ARGV, 2 do
+        local nh, nl = parse(ARGV[i + 1])
+        local oh, ol = parse(redis.call('HGET', KEYS[2], ARGV[i]))
+        if nh and not (oh and (oh > nh or (oh == nh and ol >= nl))) then
+            redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1])
+        end
+    end
+    redis.call('PEXPIRE', KEYS[2], ARGV[2])
+    return {string.format('%d', epoch), string.format('%d', now)}
+";
+
+/// The epoch alone. KEYS: epoch. ARGV: loss age.
+const BUMP: &str = r"
+    return {string.format('%d', epoch), string.format('%d', now)}
+";
+
+/// Positions in Redis (a hash per key, `set -> X/Y`, with a TTL), shared by every
+/// application instance. Commands time out quickly; after a failure the store is skipped
+/// for a second (keyed reads go to the master), then tried again.
+///
+/// A Redis that may have lost positions is noticed, on every instance: an *epoch* key
+/// (`<prefix>` + `\0epoch`) holds the time (Redis's clock) since which Redis is known to
+/// hold every position, and the `run_id` of the server process that vouches for it. A
+/// restart or flush removes it, a restart that restored older data from disk or a
+/// failover to a replica changes the `run_id`: the next command moves the epoch to now. A
+/// save that failed, or a command that timed out, moves it to that moment once Redis
+/// answers again. Keyed contexts read from the masters until `ttl_seconds` after the
+/// epoch. A Redis that is new looks the same as one that lost its data, so the first
+/// `ttl_seconds` after pindb first uses it send keyed reads to the masters too.
+///
+/// Needs: `maxmemory-policy` `noeviction` or `allkeys-*` (a `volatile-*` policy can evict
+/// positions and keep the epoch), and a non-cluster Redis (the epoch and a user's key are
+/// used in one script: a Redis Cluster refuses it, and every keyed read goes to the
+/// master). Not detected: an instance that cannot reach Redis while the others can (its
+/// failed save is told to Redis, and so to them, only when it reaches Redis again).
+pub struct RedisStore {
+    manager: ConnectionManager,
+    prefix: String,
+    url: String,
+    timeout: Duration,
+    skip_until: std::sync::Mutex<Option<Instant>>,
+    /// The latest epoch an answer carried, in this instance's clock (Unix ms: the answer's
+    /// epoch shifted by the difference between Redis's clock and ours); 0 before the
+    /// first. Only ever moves forward.
+    epoch_ms: std::sync::Arc<AtomicU64>,
+    /// When something was last possibly lost (Unix ms): a failed save or an outage seen
+    /// by a load, until an answer carried it into the epoch. Shared with the task that
+    /// tells Redis.
+    failed_save_ms: std::sync::Arc<AtomicU64>,
+    /// Whether that task runs.
+    bumping: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl std::fmt::Debug for RedisStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisStore")
+            .field("url", &self.url)
+            .field("prefix", &self.prefix)
+            .finish()
+    }
+}
+
+fn unix_ms(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+impl RedisStore {
+    /// A store on the Redis at `url`. Connects lazily: Redis being down at start-up
+    /// does not stop the application. Must be called inside a tokio runtime.
+    pub fn new(url: &str, prefix: &str, timeout: Duration) -> Result<RedisStore, PinDbError> {
+        let client = redis::Client::open(url).map_err(|e| {
+            PinDbError::config(
+                "stickiness",
+                format!("the Redis URL `{url}` is invalid ({e}); expected redis://host:port/db"),
+            )
+        })?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(timeout))
+            .set_response_timeout(Some(timeout))
+            .set_number_of_retries(0);
+        let manager = ConnectionManager::new_lazy_with_config(client, config).map_err(|e| {
+            PinDbError::config("stickiness", format!("cannot set up Redis at `{url}`: {e}"))
+        })?;
+        Ok(RedisStore {
+            manager,
+            prefix: prefix.to_owned(),
+            url: url.to_owned(),
+            timeout,
+            skip_until: std::sync::Mutex::new(None),
+            epoch_ms: std::sync::Arc::new(AtomicU64::new(0)),
+            failed_save_ms: std::sync::Arc::new(AtomicU64::new(0)),
+            bumping: Default::default(),
+        })
+    }
+
+    fn unavailable(&self, e: impl std::fmt::Display) -> PinDbError {
+        *self
+            .skip_until
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) =
+            Some(Instant::now() + Duration::from_secs(1));
+        PinDbError::StoreUnavailable {
+            store: "redis",
+            message: format!("{} ({e})", self.url),
+        }
+    }
+
+    fn skipping(&self) -> Option<PinDbError> {
+        let until = *self
+            .skip_until
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        until
+            .filter(|u| *u > Instant::now())
+            .map(|_| PinDbError::StoreUnavailable {
+                store: "redis",
+                message: format!("{} failed less than a second ago", self.url),
+            })
+    }
+
+    async fn with_timeout<T>(
+        &self,
+        f: impl std::future::Future<Output = redis::RedisResult<T>>,
+    ) -> Result<T, PinDbError> {
+        match tokio::time::timeout(self.timeout, f).await {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => Err(self.unavailable(e)),
+            Err(_) => Err(self.unavailable(format!("no answer within {:?}", self.timeout))),
+        }
+    }
+
+    fn epoch_key(&self) -> String {
+        format!("{}\0epoch", self.prefix)
+    }
+
+    /// A script call with the epoch key, `key` (when given) and the loss age first.
+    fn script(&self, script: &str, key: Option<&str>) -> (redis::Cmd, u64) {
+        script_cmd(
+            script,
+            &self.epoch_key(),
+            key.map(|k| format!("{}{k}", self.prefix)),
+            &self.failed_save_ms,
+        )
+    }
+
+    /// Records the epoch an answer carried; the loss mark it included is now known to
+    /// every instance.
+    fn answered(&self, answer: &[String], failed: u64) {
+        answered(&self.epoch_ms, &self.failed_save_ms, answer, failed);
+    }
+
+    /// Something may have been lost now: the next command moves the epoch here.
+    fn mark_loss(&self) {
+        self.failed_save_ms
+            .fetch_max(unix_ms(SystemTime::now()), Ordering::AcqRel);
+    }
+
+    /// A save failed: marks the loss, and tells Redis as soon as it answers again (every
+    /// 100 ms, for at most `ttl`), so every instance learns of it even if this one gets
+    /// no more traffic.
+    fn save_failed(&self, ttl: Duration) {
+        self.mark_loss();
+        if self.bumping.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            self.bumping.store(false, Ordering::Release);
+            return;
+        };
+        let manager = self.manager.clone();
+        let epoch_key = self.epoch_key();
+        let failed_mark = std::sync::Arc::clone(&self.failed_save_ms);
+        let epoch_ms = std::sync::Arc::clone(&self.epoch_ms);
+        let timeout = self.timeout;
+        let bumping = std::sync::Arc::clone(&self.bumping);
+        runtime.spawn(async move {
+            let give_up = Instant::now() + ttl;
+            while Instant::now() < give_up {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                let (cmd, failed) = script_cmd(BUMP, &epoch_key, None, &failed_mark);
+                if failed == 0 {
+                    break;
+                }
+                let mut conn = manager.clone();
+                if let Ok(Ok(answer)) =
+                    tokio::time::timeout(timeout, cmd.query_async::<Vec<String>>(&mut conn)).await
+                {
+                    // Every instance sees it now.
+                    answered(&epoch_ms, &failed_mark, &answer, failed);
+                    break;
+                }
+            }
+            bumping.store(false, Ordering::Release);
+        });
+    }
+}
+
+/// `EVAL` of `EPOCH` + `body` with the epoch key, `key` (when given), and how long ago
+/// this instance marked a possible loss (-1: none). Returns the mark it carries.
+fn script_cmd(
+    body: &str,
+    epoch_key: &str,
+    key: Option<String>,
+    failed_mark: &AtomicU64,
+) -> (redis::Cmd, u64) {
+    let failed = failed_mark.load(Ordering::Acquire);
+    let age = match failed {
+        0 => -1,
+        at => i64::try_from(unix_ms(SystemTime::now()).saturating_sub(at)).unwrap_or(i64::MAX),
+    };
+    let mut cmd = redis::cmd("EVAL");
+    cmd.arg(format!("{EPOCH}\n{body}"));
+    match key {
+        Some(key) => cmd.arg(2).arg(epoch_key).arg(key),
+        None => cmd.arg(1).arg(epoch_key),
+    };
+    cmd.arg(age);
+    (cmd, failed)
+}
+
+/// Takes `[epoch, now]` (Redis's clock) from an answer: the epoch moves to this
+/// instance's clock (so clocks that differ between instances and Redis do not matter)
+/// and only forward; the loss mark the command carried is cleared.
+fn answered(epoch_ms: &AtomicU64, failed_mark: &AtomicU64, answer: &[String], failed: u64) {
+    let parse = |i: usize| answer.get(i).and_then(|v| v.parse::<u64>().ok());
+    if let (Some(epoch), Some(now)) = (parse(0), parse(1)) {
+        let ago = now.saturating_sub(epoch);
+        epoch_ms.fetch_max(
+            unix_ms(SystemTime::now()).saturating_sub(ago),
+            Ordering::AcqRel,
+        );
+        if failed != 0 {
+            let _ = failed_mark.compare_exchange(failed, 0, Ordering::AcqRel, Ordering::Relaxed);
+        }
+    }
+}
+
+impl Store for RedisStore {
+    fn load<'a>(&'a self, key: &'a str) -> StoreFuture<'a, Positions> {
+        Box::pin(async move {
+            if let Some(e) = self.skipping() {
+                return Err(e);
+            }
+            let mut conn = self.manager.clone();
+            let (cmd, failed) = self.script(LOAD, Some(key));
+            let (epoch, now, raw): (String, String, Vec<(String, String)>) =
+                match self.with_timeout(cmd.query_async(&mut conn)).await {
+                    Ok(answer) => answer,
+                    Err(e) => {
+                        // An outage: other instances' saves may be failing now too. The
+                        // next answer moves the epoch, so nobody trusts what Redis lacks.
+                        self.mark_loss();
+                        return Err(e);
+                    }
+                };
+            self.answered(&[epoch, now], failed);
+            // A value that does not parse is ignored: the master still holds the truth.
+            Ok(raw
+                .into_iter()
+                .filter_map(|(set, lsn)| Some((set, lsn.parse::<Lsn>().ok()?)))
+                .collect())
+        })
+    }
+
+    fn save<'a>(
+        &'a self,
+        key: &'a str,
+        positions: &'a [(String, Lsn)],
+        ttl: Duration,
+    ) -> StoreFuture<'a, ()> {
+        Box::pin(async move {
+            if let Some(e) = self.skipping() {
+                self.save_failed(ttl);
+                return Err(e);
+            }
+            let (mut cmd, failed) = self.script(SAVE, Some(key));
+            cmd.arg(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1));
+            for (set, lsn) in positions {
+                cmd.arg(set).arg(lsn.to_string());
+            }
+            let mut conn = self.manager.clone();
+            match self
+                .with_timeout(cmd.query_async::<Vec<String>>(&mut conn))
+                .await
+            {
+                Ok(answer) => {
+                    self.answered(&answer, failed);
+                    Ok(())
+                }
+                Err(e) => {
+                    // Lost, or maybe applied: either way, the next reads must not trust
+                    // the store until this position would have expired.
+                    self.save_failed(ttl);
+                    Err(e)
+                }
+            }
+        })
+    }
+
+    fn name(&self) -> &'static str {
+        "redis"
+    }
+
+    fn lost_until(&self, ttl: Duration) -> Option<SystemTime> {
+        let since = self
+            .epoch_ms
+            .load(Ordering::Acquire)
+            .max(self.failed_save_ms.load(Ordering::Acquire));
+        if since == 0 {
+            return None;
+        }
+        UNIX_EPOCH
+            .checked_add(Duration::from_millis(since))?
+            .checked_add(ttl)
+    }
+}
