@@ -2,6 +2,7 @@
 //! that tells every instance when Redis may have lost some.
 
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::LazyLock;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
@@ -186,8 +187,12 @@ impl RedisStore {
     }
 
     /// A script call with the epoch key, `key` (when given) and the loss age first.
-    fn script(&self, script: &str, key: Option<&str>) -> (redis::Cmd, u64) {
-        script_cmd(
+    fn script(
+        &self,
+        script: &'static redis::Script,
+        key: Option<&str>,
+    ) -> (redis::ScriptInvocation<'static>, u64) {
+        invocation(
             script,
             &self.epoch_key(),
             key.map(|k| format!("{}{k}", self.prefix)),
@@ -229,13 +234,13 @@ impl RedisStore {
             let give_up = Instant::now() + ttl;
             while Instant::now() < give_up {
                 tokio::time::sleep(Duration::from_millis(100)).await;
-                let (cmd, failed) = script_cmd(BUMP, &epoch_key, None, &failed_mark);
+                let (call, failed) = invocation(&BUMP_SCRIPT, &epoch_key, None, &failed_mark);
                 if failed == 0 {
                     break;
                 }
                 let mut conn = manager.clone();
                 if let Ok(Ok(answer)) =
-                    tokio::time::timeout(timeout, cmd.query_async::<Vec<String>>(&mut conn)).await
+                    tokio::time::timeout(timeout, call.invoke_async::<Vec<String>>(&mut conn)).await
                 {
                     // Every instance sees it now.
                     answered(&epoch_ms, &failed_mark, &answer, failed);
@@ -247,27 +252,36 @@ impl RedisStore {
     }
 }
 
-/// `EVAL` of `EPOCH` + `body` with the epoch key, `key` (when given), and how long ago
-/// this instance marked a possible loss (-1: none). Returns the mark it carries.
-fn script_cmd(
-    body: &str,
+/// The scripts, with the `EPOCH` prelude. `redis::Script` sends `EVALSHA` (loading the
+/// script once per server on `NOSCRIPT`): no script text per command.
+static LOAD_SCRIPT: LazyLock<redis::Script> = LazyLock::new(|| with_epoch(LOAD));
+static SAVE_SCRIPT: LazyLock<redis::Script> = LazyLock::new(|| with_epoch(SAVE));
+static BUMP_SCRIPT: LazyLock<redis::Script> = LazyLock::new(|| with_epoch(BUMP));
+
+fn with_epoch(body: &str) -> redis::Script {
+    redis::Script::new(&format!("{EPOCH}\n{body}"))
+}
+
+/// An invocation of `script` with the epoch key, `key` (when given), and how long ago this
+/// instance marked a possible loss (-1: none). Returns the mark it carries.
+fn invocation(
+    script: &'static redis::Script,
     epoch_key: &str,
     key: Option<String>,
     failed_mark: &AtomicU64,
-) -> (redis::Cmd, u64) {
+) -> (redis::ScriptInvocation<'static>, u64) {
     let failed = failed_mark.load(Ordering::Acquire);
     let age = match failed {
         0 => -1,
         at => i64::try_from(unix_ms(SystemTime::now()).saturating_sub(at)).unwrap_or(i64::MAX),
     };
-    let mut cmd = redis::cmd("EVAL");
-    cmd.arg(format!("{EPOCH}\n{body}"));
-    match key {
-        Some(key) => cmd.arg(2).arg(epoch_key).arg(key),
-        None => cmd.arg(1).arg(epoch_key),
-    };
-    cmd.arg(age);
-    (cmd, failed)
+    let mut call = script.prepare_invoke();
+    call.key(epoch_key);
+    if let Some(key) = key {
+        call.key(key);
+    }
+    call.arg(age);
+    (call, failed)
 }
 
 /// Takes `[epoch, now]` (Redis's clock) from an answer: the epoch moves to this
@@ -294,9 +308,9 @@ impl Store for RedisStore {
                 return Err(e);
             }
             let mut conn = self.manager.clone();
-            let (cmd, failed) = self.script(LOAD, Some(key));
+            let (call, failed) = self.script(&LOAD_SCRIPT, Some(key));
             let (epoch, now, raw): (String, String, Vec<(String, String)>) =
-                match self.with_timeout(cmd.query_async(&mut conn)).await {
+                match self.with_timeout(call.invoke_async(&mut conn)).await {
                     Ok(answer) => answer,
                     Err(e) => {
                         // An outage: other instances' saves may be failing now too. The
@@ -325,14 +339,14 @@ impl Store for RedisStore {
                 self.save_failed(ttl);
                 return Err(e);
             }
-            let (mut cmd, failed) = self.script(SAVE, Some(key));
-            cmd.arg(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1));
+            let (mut call, failed) = self.script(&SAVE_SCRIPT, Some(key));
+            call.arg(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1));
             for (set, lsn) in positions {
-                cmd.arg(set).arg(lsn.to_string());
+                call.arg(set).arg(lsn.to_string());
             }
             let mut conn = self.manager.clone();
             match self
-                .with_timeout(cmd.query_async::<Vec<String>>(&mut conn))
+                .with_timeout(call.invoke_async::<Vec<String>>(&mut conn))
                 .await
             {
                 Ok(answer) => {
