@@ -27,6 +27,24 @@ fn insert(body: &str) -> impl diesel_async::methods::ExecuteDsl<PinDbConnection>
     })
 }
 
+/// A transaction that inserts `body`, then hangs until a `timeout_ms` timeout drops it:
+/// `Err` (elapsed) when it was cut off.
+async fn cut_off_after_insert(
+    conn: &mut PinDbConnection,
+    body: &str,
+    timeout_ms: u64,
+) -> Result<QueryResult<()>, tokio::time::error::Elapsed> {
+    tokio::time::timeout(
+        Duration::from_millis(timeout_ms),
+        conn.transaction(async |c| {
+            insert(body).execute(c).await?;
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+            Ok::<_, diesel::result::Error>(())
+        }),
+    )
+    .await
+}
+
 async fn bodies(conn: &mut PinDbConnection) -> QueryResult<Vec<String>> {
     notes::table
         .select(notes::body)
@@ -54,15 +72,7 @@ async fn a_transaction_dropped_by_a_timeout_leaves_nothing_behind() {
     let db = PinDb::new(sized(&w, RouterMode::Greedy, &[1], 1, 3_000)).unwrap();
     scope(async {
         let mut conn = db.get();
-        let cancelled = tokio::time::timeout(
-            Duration::from_millis(300),
-            conn.transaction(async |c| {
-                insert("lost").execute(c).await?;
-                tokio::time::sleep(Duration::from_secs(3600)).await;
-                Ok::<_, diesel::result::Error>(())
-            }),
-        )
-        .await;
+        let cancelled = cut_off_after_insert(&mut conn, "lost", 300).await;
         assert!(cancelled.is_err(), "the timeout fired mid-transaction");
         assert!(
             !conn.slots_in_transaction(),
@@ -107,15 +117,7 @@ async fn strict_mode_refuses_again_after_a_cancelled_transaction() {
         let mut conn = db.get();
         {
             let _master = db.router().master("default").unwrap();
-            let cancelled = tokio::time::timeout(
-                Duration::from_millis(300),
-                conn.transaction(async |c| {
-                    insert("lost").execute(c).await?;
-                    tokio::time::sleep(Duration::from_secs(3600)).await;
-                    Ok::<_, diesel::result::Error>(())
-                }),
-            )
-            .await;
+            let cancelled = cut_off_after_insert(&mut conn, "lost", 300).await;
             assert!(cancelled.is_err());
         }
         let err = insert("unpinned").execute(&mut conn).await.unwrap_err();
@@ -162,15 +164,7 @@ async fn an_abandoned_inner_transaction_fails_the_outer_one_and_commits_nothing(
         let outcome = conn
             .transaction(async |c| {
                 insert("outer-1").execute(c).await?;
-                let inner = tokio::time::timeout(
-                    Duration::from_millis(200),
-                    c.transaction(async |c| {
-                        insert("inner").execute(c).await?;
-                        tokio::time::sleep(Duration::from_secs(3600)).await;
-                        Ok::<_, diesel::result::Error>(())
-                    }),
-                )
-                .await;
+                let inner = cut_off_after_insert(c, "inner", 200).await;
                 assert!(inner.is_err());
                 // Carrying on would run outside any transaction: refused instead.
                 insert("outer-2").execute(c).await?;
@@ -200,15 +194,7 @@ async fn a_test_transaction_around_an_abandoned_one_lets_nothing_through_afterwa
         let mut conn = db.get();
         conn.begin_test_transaction().await.unwrap();
         insert("in-test").execute(&mut conn).await.unwrap();
-        let inner = tokio::time::timeout(
-            Duration::from_millis(200),
-            conn.transaction(async |c| {
-                insert("inner").execute(c).await?;
-                tokio::time::sleep(Duration::from_secs(3600)).await;
-                Ok::<_, diesel::result::Error>(())
-            }),
-        )
-        .await;
+        let inner = cut_off_after_insert(&mut conn, "inner", 200).await;
         assert!(inner.is_err());
         // The hand-begun transaction went with the abandoned one: going on would commit
         // statements one by one.
