@@ -19,8 +19,16 @@ use std::task::{Context as TaskCx, Poll};
 use tokio::task::futures::TaskLocalFuture;
 use tokio::task::JoinHandle;
 
-use crate::guard::GuardKind;
 use crate::lsn::Lsn;
+
+/// What a guard does to its set while it lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GuardKind {
+    /// Reads and writes go to the master; nothing new is pinned.
+    Master,
+    /// Reads go to a replica even if the set is pinned; writes are refused by the strict router.
+    UnpinnedReplica,
+}
 
 tokio::task_local! {
     static CURRENT: Context;

@@ -9,16 +9,11 @@
 
 use std::sync::Arc;
 
-use crate::context::Context;
+// The context keeps guard frames, so the kind is its vocabulary; re-exported here where
+// users look for it.
+pub use crate::context::GuardKind;
 
-/// What a guard does to its set while it lives.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum GuardKind {
-    /// Reads and writes go to the master; nothing new is pinned.
-    Master,
-    /// Reads go to a replica even if the set is pinned; writes are refused by the strict router.
-    UnpinnedReplica,
-}
+use crate::context::Context;
 
 /// A live routing override; dropping it restores the previous behaviour.
 ///
