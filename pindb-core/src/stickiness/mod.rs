@@ -135,8 +135,17 @@ impl Router {
                 .saturating_mul(3)
                 .max(Duration::from_secs(1));
             if tokio::time::timeout(wait, pending.settled()).await.is_err() {
-                // Still not recorded: fail safe.
+                // Still not recorded: fail safe, and say why.
                 ctx.lock().store_unavailable = true;
+                let store = self.store().name();
+                let e = PinDbError::StoreUnavailable {
+                    store,
+                    message: format!(
+                        "a dropped context's write position was still being recorded after \
+                         {wait:?}; this context reads from the masters"
+                    ),
+                };
+                self.store_failed(store, "pending", &e);
                 return;
             }
         }
