@@ -5,7 +5,8 @@ use std::collections::HashMap;
 use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use pindb_core::{classify, scope, Config, Hint, Router, RouterMode};
+use pindb_core::adapter::classify;
+use pindb_core::{scope, Config, Hint, Router, RouterMode};
 
 fn router(mode: RouterMode) -> Router {
     let mut config = Config::single_set("postgres://m/a", ["postgres://r1/a", "postgres://r2/a"]);

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use pindb_core::stickiness::{RedisStore, Store};
+use pindb_core::{RedisStore, Store};
 use pindb_core::{scope, Config, Hint, Lsn, Router};
 
 fn bench(c: &mut Criterion) {
@@ -24,7 +24,7 @@ fn bench(c: &mut Criterion) {
     });
     g.bench_function("key_memory_store", |b| {
         b.to_async(&rt).iter(|| {
-            router.scope_with_key(Some("user:1"), async {
+            router.consistency().scope_with_key(Some("user:1"), async {
                 black_box(router.db_for_read(&hint).unwrap().index)
             })
         })
@@ -44,10 +44,13 @@ fn bench(c: &mut Criterion) {
             .expect("the bench needs Redis: run scripts/cluster up");
         store
     });
-    router.set_store(Arc::new(redis));
+    let router = Router::builder(Config::single_set("postgres://m/a", ["postgres://r1/a"]))
+        .store(Arc::new(redis))
+        .build()
+        .unwrap();
     g.bench_function("key_redis_store", |b| {
         b.to_async(&rt).iter(|| {
-            router.scope_with_key(Some("user:1"), async {
+            router.consistency().scope_with_key(Some("user:1"), async {
                 black_box(router.db_for_read(&hint).unwrap().index)
             })
         })

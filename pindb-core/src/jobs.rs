@@ -9,7 +9,7 @@ use std::fmt::Display;
 use std::future::Future;
 
 use crate::context::{unpin_all, Context};
-use crate::stickiness::ConsistencyToken;
+use crate::consistency::ConsistencyToken;
 
 /// Runs one job in a fresh context, requiring the positions of `token` (from the payload).
 ///

@@ -7,7 +7,7 @@
 //!
 //! ```
 //! # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), pindb_core::PinDbError> {
-//! use pindb_core::{classify, Config, Hint, Operation, Role, Router, StatementKind};
+//! use pindb_core::{Config, Hint, Role, Router};
 //!
 //! let router = Router::new(Config::from_toml_str(r#"
 //!     [masters.default]
@@ -31,42 +31,73 @@
 //! # }
 //! ```
 //!
-//! Modules, one concept each: [`config`] (settings, loading), [`populate`] (the alias map),
-//! [`context`] (the pinning context and its propagation), [`guard`] (`master` /
-//! `unpinned_replica`), [`router`] (decisions), [`replica`] (replica choice and health),
-//! [`monitor`] (replica polling, topology check), [`stickiness`] (read-your-writes across
-//! contexts: stores, tokens), [`lsn`] (WAL positions), [`classify`] (read or write),
-//! [`error`].
+//! Every public item has one path: the crate root, except what only adapters need, under
+//! [`adapter`]. Inside, one module per concept: `config` (settings, loading), `populate` (the
+//! alias map), `topology` (aliases, sets, health cells), `context` (the pinning context and
+//! its propagation), `guard` (`master` / `unpinned_replica`), `router` (decisions, the
+//! builder, the global router), `replica` (replica choice and health), `probe` and `monitor`
+//! (pindb's own connections, replica polling, the topology check), `consistency`
+//! (read-your-writes across contexts, tokens), `store` (where positions are kept), `lsn`,
+//! `classify` (read or write), `jobs`, `web` (the tower layer), `error`.
 #![deny(missing_docs)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
-pub mod classify;
-pub mod config;
-pub mod context;
-pub mod error;
-pub mod guard;
-pub mod jobs;
-pub mod lsn;
-pub mod monitor;
-pub mod populate;
-pub mod replica;
-pub mod router;
-pub mod stickiness;
+mod classify;
+mod config;
+mod consistency;
+mod context;
+mod error;
+mod guard;
+mod jobs;
+mod lsn;
+mod monitor;
+mod populate;
+mod probe;
+mod replica;
+mod router;
+mod store;
+mod topology;
 #[cfg(feature = "tower")]
-pub mod web;
+mod web;
 
-pub use classify::{classify, StatementKind};
-pub use config::{Config, DatabaseSettings, ReplicaPolicy, RouterMode};
+pub use config::{
+    Config, MonitorSettings, ReplicaPolicy, RouterMode, StickinessSettings, TopologyCheck,
+    WebSettings, ENV_URL_PREFIX,
+};
+pub use consistency::{Consistency, ConsistencyToken};
 pub use context::{
     get_newly_pinned, get_pinned, is_pinned, scope, spawn, spawn_blocking, unpin_all, Context,
-    InContext, Scoped,
+    GuardKind, InContext, Scoped,
 };
 pub use error::PinDbError;
-pub use guard::{Guard, GuardKind};
-pub use lsn::Lsn;
-pub use populate::{populate_replicas, Database, Membership, PoolSettings};
+pub use guard::Guard;
+pub use jobs::{import_token, run_job, run_worker, UnpinOnDrop, WorkerReport};
+pub use lsn::{Lsn, ParseLsnError};
+pub use populate::DatabaseSettings;
 pub use replica::ReplicaStatus;
 pub use router::{
     db_for_read, db_for_write, get_replica, global, master, pin, unpinned_replica, Delegate, Hint,
-    Operation, Reason, Role, Route, Router,
+    Operation, Reason, Role, Route, Router, RouterBuilder,
 };
-pub use stickiness::{ConsistencyToken, Store};
+#[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+pub use store::RedisStore;
+pub use store::{MemoryStore, Positions, Store, StoreFuture};
+#[cfg(feature = "tower")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tower")))]
+pub use web::{PinDbLayer, PinDbService, TOKEN_HEADER};
+
+pub mod adapter {
+    //! What adapters (pindb-diesel, pindb-seaorm, your own) need and applications do not:
+    //! the alias map to open pools for, the classifier, statement shapes.
+    //!
+    //! An adapter opens one pool per entry of [`Topology::databases`] (reached with
+    //! [`Router::topology`](crate::Router::topology)), keeps them in that order, and runs each
+    //! statement on the pool at the index of the [`Route`](crate::Route) that
+    //! [`Router::route_sql`](crate::Router::route_sql) (or
+    //! [`Router::route_shape`](crate::Router::route_shape) for a cached [`Shape`]) returns.
+    pub use crate::classify::{classify, main_table, StatementKind};
+    pub use crate::populate::{populate_replicas, Database, Membership, PoolSettings, DEFAULT_PORT};
+    pub use crate::router::Shape;
+    pub use crate::topology::Topology;
+}

@@ -1,9 +1,9 @@
 //! The replica monitor: background tasks that keep each replica's health and position fresh,
 //! and the start-up topology check.
 //!
-//! This module owns every database round trip pindb-core makes on its own, over small
-//! connections of its own (so a saturated application pool cannot blind it): one task per
-//! master (its WAL position) and one per replica (recovery state, replay position). Routing
+//! It takes the [`Topology`] and writes its health cells, over [`Probe`]s (connections of
+//! pindb's own): one task per master (its WAL position) and one per replica (recovery state,
+//! replay position). Routing
 //! never waits for it; it only reads the health cells the monitor writes.
 //!
 //! Time lag is measured against the master's own history, not replay timestamps: a replica is
@@ -16,108 +16,13 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use tokio::task::AbortHandle;
-use tokio_postgres::{Client, NoTls, Row};
 
 use crate::config::{MonitorSettings, TopologyCheck};
 use crate::error::PinDbError;
 use crate::lsn::Lsn;
-use crate::populate::Database;
+use crate::probe::{lsn_column, Probe};
 use crate::replica::Health;
-use crate::router::Router;
-
-/// A small connection of the monitor's own, reconnected on demand.
-pub(crate) struct Probe {
-    url: String,
-    alias: String,
-    timeout: Duration,
-    client: Option<Arc<Client>>,
-}
-
-impl Probe {
-    pub(crate) fn new(db: &Database, timeout: Duration) -> Probe {
-        Probe {
-            url: db.url(),
-            alias: db.alias.clone(),
-            timeout,
-            client: None,
-        }
-    }
-
-    /// Runs `sql` (no parameters) and returns its single row. Any failure, including a
-    /// timeout, drops the connection so the next call reconnects.
-    pub(crate) async fn row(&mut self, sql: &str) -> Result<Row, String> {
-        let result = tokio::time::timeout(self.timeout, async {
-            let client = self.client().await?;
-            client.query_one(sql, &[]).await.map_err(|e| describe(&e))
-        })
-        .await
-        .unwrap_or_else(|_| Err(format!("no answer within {:?}", self.timeout)));
-        if result.is_err() {
-            self.client = None;
-        }
-        result.map_err(|e| format!("`{}`: {e}", self.alias))
-    }
-
-    /// Runs a one-row query on the connection behind `probe`, holding the lock only to
-    /// (re)connect, so concurrent callers share the connection (tokio-postgres pipelines).
-    pub(crate) async fn shared_row(
-        probe: &tokio::sync::Mutex<Probe>,
-        sql: &str,
-    ) -> Result<Row, String> {
-        let (client, timeout, alias) = {
-            let mut p = probe.lock().await;
-            let client = tokio::time::timeout(p.timeout, p.client())
-                .await
-                .unwrap_or_else(|_| Err(format!("no connection within {:?}", p.timeout)));
-            (client, p.timeout, p.alias.clone())
-        };
-        let client = client.map_err(|e| format!("`{alias}`: {e}"))?;
-        match tokio::time::timeout(timeout, client.query_one(sql, &[])).await {
-            Ok(Ok(row)) => Ok(row),
-            Ok(Err(e)) => Err(format!("`{alias}`: {}", describe(&e))),
-            Err(_) => Err(format!("`{alias}`: no answer within {timeout:?}")),
-        }
-    }
-
-    async fn client(&mut self) -> Result<Arc<Client>, String> {
-        if let Some(c) = self.client.as_ref().filter(|c| !c.is_closed()) {
-            return Ok(Arc::clone(c));
-        }
-        let (client, connection) = tokio_postgres::connect(&self.url, NoTls)
-            .await
-            .map_err(|e| describe(&e))?;
-        tokio::spawn(async move {
-            // Ends when the client is dropped; errors surface on the next query.
-            let _ = connection.await;
-        });
-        let ms = self.timeout.as_millis();
-        client
-            .batch_execute(&format!(
-                "SET statement_timeout = {ms}; SET application_name = 'pindb-monitor'"
-            ))
-            .await
-            .map_err(|e| describe(&e))?;
-        let client = Arc::new(client);
-        self.client = Some(Arc::clone(&client));
-        Ok(client)
-    }
-}
-
-fn describe(e: &tokio_postgres::Error) -> String {
-    match e.as_db_error() {
-        Some(db) => format!("{} ({})", db.message(), db.code().code()),
-        None => e.to_string(),
-    }
-}
-
-pub(crate) fn lsn_column(row: &Row, i: usize) -> Result<Option<Lsn>, String> {
-    let text: Option<String> = row.try_get(i).map_err(|e| e.to_string())?;
-    text.map(|t| {
-        t.parse()
-            .map_err(|e: crate::lsn::ParseLsnError| e.to_string())
-    })
-    .transpose()
-}
+use crate::topology::Topology;
 
 /// The master's recent positions, newest last: what replica lag is measured against.
 #[derive(Default)]
@@ -155,28 +60,29 @@ impl MasterTrack {
 }
 
 /// Starts one task per master and per replica. Returns their abort handles.
-pub(crate) fn spawn(router: &Router) -> Vec<AbortHandle> {
-    let settings = router.config().monitor.clone();
+pub(crate) fn spawn(topology: &Topology, settings: &MonitorSettings) -> Vec<AbortHandle> {
     let mut handles = Vec::new();
-    for (set, master, replicas, health) in router.topology() {
+    for set in topology.sets() {
+        let (master, replicas, health) = (set.master, &set.replicas, &set.health);
+        let set = &*set.name;
         let track = Arc::new(MasterTrack::default());
-        let master_db = &router.databases()[master];
+        let master_db = &topology.databases()[master];
         handles.push(
             tokio::spawn(watch_master(
-                Probe::new(master_db, timeout(&settings)),
+                Probe::new(master_db, timeout(settings)),
                 Arc::clone(&track),
-                interval(&settings),
+                interval(settings),
             ))
             .abort_handle(),
         );
         for (r, &index) in replicas.iter().enumerate() {
-            let db = &router.databases()[index];
+            let db = &topology.databases()[index];
             handles.push(
                 tokio::spawn(watch_replica(
                     set.to_owned(),
-                    Probe::new(db, timeout(&settings)),
+                    Probe::new(db, timeout(settings)),
                     Arc::clone(&track),
-                    Arc::clone(&health),
+                    Arc::clone(health),
                     r,
                     settings.clone(),
                 ))
@@ -299,24 +205,19 @@ async fn watch_replica(
 /// as its master (same `system_identifier`). Returns the warnings (unreachable servers cannot
 /// be checked; with [`TopologyCheck::Warn`], problems too); a problem is a
 /// [`PinDbError::Config`] naming the alias under [`TopologyCheck::Error`].
-///
-/// ```no_run
-/// # async fn demo(router: pindb_core::Router) -> Result<(), pindb_core::PinDbError> {
-/// for warning in pindb_core::monitor::verify_topology(&router).await? {
-///     eprintln!("{warning}");
-/// }
-/// # Ok(()) }
-/// ```
-pub async fn verify_topology(router: &Router) -> Result<Vec<String>, PinDbError> {
-    let settings = &router.config().monitor;
+pub(crate) async fn verify_topology(
+    topology: &Topology,
+    settings: &MonitorSettings,
+) -> Result<Vec<String>, PinDbError> {
     if settings.topology_check == TopologyCheck::Off {
         return Ok(Vec::new());
     }
     let mut warnings = Vec::new();
     let mut problems = Vec::new();
     let sql = "SELECT pg_is_in_recovery(), system_identifier::text FROM pg_control_system()";
-    for (_, master, replicas, _) in router.topology() {
-        let master_db = &router.databases()[master];
+    for set in topology.sets() {
+        let (master, replicas) = (set.master, &set.replicas);
+        let master_db = &topology.databases()[master];
         let master_id = match Probe::new(master_db, timeout(settings)).row(sql).await {
             Ok(row) => {
                 let (in_recovery, id): (bool, String) = (row.get(0), row.get(1));
@@ -340,7 +241,7 @@ pub async fn verify_topology(router: &Router) -> Result<Vec<String>, PinDbError>
             }
         };
         for &index in replicas {
-            let db = &router.databases()[index];
+            let db = &topology.databases()[index];
             match Probe::new(db, timeout(settings)).row(sql).await {
                 Ok(row) => {
                     let (in_recovery, id): (bool, String) = (row.get(0), row.get(1));

@@ -26,8 +26,8 @@ use http::header::{HeaderValue, COOKIE, SET_COOKIE};
 use http::{Request, Response};
 
 use crate::context::{Context, PinOrigin};
+use crate::consistency::{ConsistencyToken, RecordOnDrop};
 use crate::router::Router;
-use crate::stickiness::{ConsistencyToken, RecordOnDrop};
 
 /// The header that carries a signed [`ConsistencyToken`] both ways.
 pub const TOKEN_HEADER: &str = "x-pindb-token";
@@ -40,7 +40,7 @@ type KeyFn = dyn Fn(&http::request::Parts) -> Option<String> + Send + Sync;
 /// use pindb_core::{web::PinDbLayer, Config, Router};
 ///
 /// let mut config = Config::single_set("postgres://m/app", ["postgres://r/app"]);
-/// config.cookie_secret = Some("the same 32+ byte secret on every instance".into());
+/// config.web.cookie_secret = Some("the same 32+ byte secret on every instance".into());
 /// let layer = PinDbLayer::new(Router::new(config)?)?
 ///     // The stickiness key: e.g. a user id your auth middleware put in the extensions.
 ///     .with_key(|parts| parts.headers.get("x-user-id")?.to_str().ok().map(str::to_owned));
@@ -82,9 +82,9 @@ impl PinDbLayer {
     /// ```
     pub fn new(router: Router) -> Result<Self, crate::PinDbError> {
         let config = router.config();
-        if config.enabled && config.cookie_secret.is_none() && !config.ephemeral_cookie_key {
+        if config.enabled && config.web.cookie_secret.is_none() && !config.web.ephemeral_cookie_key {
             return Err(crate::PinDbError::config(
-                "cookie_secret",
+                "web.cookie_secret",
                 "the pin cookie and consistency tokens need a secret shared by every instance: \
                  set cookie_secret (PINDB_COOKIE_SECRET, at least 32 bytes; generate one with \
                  `openssl rand -base64 48`). For a single-process demo or test, set \
@@ -92,7 +92,7 @@ impl PinDbLayer {
                  every other instance ignores the pins users carry",
             ));
         }
-        if config.cookie_secret.is_none() {
+        if config.web.cookie_secret.is_none() {
             tracing::warn!(target: "pindb", "ephemeral_cookie_key: pin cookies and tokens are signed with a per-process key and will not survive a restart or reach another instance");
         }
         Ok(PinDbLayer {
@@ -169,7 +169,7 @@ where
                 ctx.carry_pin(set);
             }
             let incoming = match parts.headers.get(TOKEN_HEADER).map(|v| v.to_str()) {
-                Some(Ok(text)) => router.accept_token(text).await,
+                Some(Ok(text)) => router.consistency().accept_token(text).await,
                 _ => None,
             };
             if let Some(token) = &incoming {
@@ -177,13 +177,13 @@ where
             }
             let key = layer.key.as_ref().and_then(|f| f(&parts));
             if let Some(key) = &key {
-                router.load_positions(&ctx, key).await;
+                router.consistency().load_positions(&ctx, key).await;
             }
             // Armed before the handler runs: a write that commits and is then cut off (the
             // client went away, a timeout layer, a panic) still records its position.
             let record = key
                 .as_deref()
-                .map(|key| RecordOnDrop::new(router, &ctx, key));
+                .map(|key| RecordOnDrop::new(router.consistency(), &ctx, key));
             let request = Request::from_parts(parts, body);
             // `call` itself runs in the context too: a service may do work before its future.
             let result = ctx
@@ -218,7 +218,7 @@ async fn finish<B>(
     }
     let newly = ctx.pinned(|o| o == PinOrigin::New);
     if !newly.is_empty() {
-        let until = now_secs().saturating_add(router.config().pinning_seconds);
+        let until = now_secs().saturating_add(router.config().web.pinning_seconds);
         let mut entries = carried;
         for set in newly {
             entries.retain(|(s, _)| *s != set);
@@ -229,7 +229,7 @@ async fn finish<B>(
         }
         let positions = match record {
             Some(record) => record.record().await,
-            None if layer.token => router.write_positions(ctx).await,
+            None if layer.token => router.consistency().write_positions(ctx).await,
             None => return response,
         };
         if !layer.token {
@@ -239,7 +239,7 @@ async fn finish<B>(
         let mut token = incoming.unwrap_or_default();
         token.merge(&positions);
         if !token.positions().is_empty() {
-            if let Ok(value) = HeaderValue::from_str(&token.sign(router.cookie_key())) {
+            if let Ok(value) = HeaderValue::from_str(&token.sign(router.consistency().cookie_key())) {
                 response.headers_mut().insert(TOKEN_HEADER, value);
             }
         }
@@ -257,7 +257,7 @@ fn now_secs() -> u64 {
 /// Valid, unexpired entries `(set, until_epoch_secs)` of the signed pin cookie; anything
 /// else is ignored.
 fn read_pin_cookie(router: &Router, headers: &http::HeaderMap) -> Vec<(String, u64)> {
-    let name = &router.config().cookie_name;
+    let name = &router.config().web.cookie_name;
     let mut jar = CookieJar::new();
     for header in headers.get_all(COOKIE) {
         let Ok(text) = header.to_str() else { continue };
@@ -268,6 +268,7 @@ fn read_pin_cookie(router: &Router, headers: &http::HeaderMap) -> Vec<(String, u
         }
     }
     let Some(verified) = router
+        .consistency()
         .cookie_keys()
         .iter()
         .find_map(|key| jar.signed(key).get(name))
@@ -277,14 +278,14 @@ fn read_pin_cookie(router: &Router, headers: &http::HeaderMap) -> Vec<(String, u
     let now = now_secs();
     // A cookie we signed never pins longer than `pinning_seconds`; a longer one (a changed
     // setting, a leaked key) is cut back rather than trusted for years.
-    let longest = now.saturating_add(router.config().pinning_seconds);
+    let longest = now.saturating_add(router.config().web.pinning_seconds);
     verified
         .value()
         .split('|')
         .filter_map(|entry| {
             let (set, until) = entry.rsplit_once(':')?;
             let until: u64 = until.parse().ok()?;
-            (until > now && router.is_set(set)).then(|| (set.to_owned(), until.min(longest)))
+            (until > now && router.topology().is_set(set)).then(|| (set.to_owned(), until.min(longest)))
         })
         .collect()
 }
@@ -297,17 +298,17 @@ fn pin_cookie(router: &Router, entries: &[(String, u64)]) -> Option<HeaderValue>
         .max()?
         .saturating_sub(now_secs());
     let config = router.config();
-    let cookie = Cookie::build((config.cookie_name.clone(), value.join("|")))
+    let cookie = Cookie::build((config.web.cookie_name.clone(), value.join("|")))
         .http_only(true)
         .same_site(SameSite::Lax)
         .path("/")
-        .secure(config.cookie_secure)
+        .secure(config.web.cookie_secure)
         .max_age(cookie::time::Duration::seconds(
             i64::try_from(max_age).unwrap_or(i64::MAX),
         ))
         .build();
     let mut jar = CookieJar::new();
-    jar.signed_mut(router.cookie_key()).add(cookie);
+    jar.signed_mut(router.consistency().cookie_key()).add(cookie);
     let signed = jar.delta().next()?.to_string();
     HeaderValue::from_str(&signed).ok()
 }

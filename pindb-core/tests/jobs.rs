@@ -2,7 +2,7 @@
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
-use pindb_core::jobs::{run_worker, UnpinOnDrop, WorkerReport};
+use pindb_core::{run_worker, UnpinOnDrop, WorkerReport};
 use pindb_core::{is_pinned, Config, Context, Router};
 use tokio::sync::mpsc;
 

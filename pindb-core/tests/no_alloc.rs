@@ -4,7 +4,8 @@
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 
-use pindb_core::{classify, scope, Config, Hint, Router, RouterMode};
+use pindb_core::adapter::classify;
+use pindb_core::{scope, Config, Hint, Router, RouterMode};
 
 struct Counting;
 

@@ -383,15 +383,12 @@ async fn delegates_chain_first_answer_wins_none_means_default() {
     let writes_elsewhere = |h: &Hint, op: Operation| {
         (op == Operation::Write && h.tables.contains(&"audit")).then_some("legacy")
     };
-    let r = Router::with_delegates(
-        config,
-        vec![
-            Box::new(stats),
-            Box::new(old),
-            Box::new(catch_stats_too),
-            Box::new(writes_elsewhere),
-        ],
-    )
+    let r = Router::builder(config)
+        .delegate(stats)
+        .delegate(old)
+        .delegate(catch_stats_too)
+        .delegate(writes_elsewhere)
+        .build()
     .unwrap();
     scope(async {
         assert_eq!(
@@ -435,7 +432,7 @@ async fn delegates_chain_first_answer_wins_none_means_default() {
 async fn delegate_answering_an_unknown_alias_is_an_error() {
     let config = Config::from_toml_str(TOML).unwrap();
     let bad = |_: &Hint, _: Operation| Some("analytic");
-    let r = Router::with_delegates(config, vec![Box::new(bad)]).unwrap();
+    let r = Router::builder(config).delegate(bad).build().unwrap();
     let err = r.db_for_read(&any()).unwrap_err();
     assert!(matches!(err, PinDbError::UnknownAlias { ref alias, .. } if alias == "analytic"));
 }

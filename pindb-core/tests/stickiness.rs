@@ -4,21 +4,23 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use pindb_core::stickiness::{MemoryStore, Store};
+use pindb_core::{MemoryStore, Store};
 use pindb_core::{Config, Hint, Lsn, Reason, Router};
 
 /// A set whose master and replica refuse connections (port 1, port 2): nothing answers.
-fn router() -> Router {
-    Router::new(Config::single_set(
+fn router_with(store: Arc<dyn Store>) -> Router {
+    Router::builder(Config::single_set(
         "postgres://app@127.0.0.1:1/app",
         ["postgres://app@127.0.0.1:2/app"],
     ))
+    .store(store)
+    .build()
     .unwrap()
 }
 
 async fn read_reason(router: &Router, key: &str) -> Reason {
     router
-        .scope_with_key(Some(key), async {
+        .consistency().scope_with_key(Some(key), async {
             router.db_for_read(&Hint::default()).unwrap().reason
         })
         .await
@@ -26,11 +28,10 @@ async fn read_reason(router: &Router, key: &str) -> Reason {
 
 #[tokio::test]
 async fn a_write_whose_position_the_master_cannot_tell_sends_the_key_to_the_master() {
-    let router = router();
     let store = Arc::new(MemoryStore::new(10));
-    router.set_store(store.clone());
+    let router = router_with(store.clone());
     router
-        .scope_with_key(Some("alice"), async {
+        .consistency().scope_with_key(Some("alice"), async {
             // What a write does to the context; the master is gone when it ends.
             router.pin("default").unwrap();
         })
@@ -70,7 +71,7 @@ impl Store for SlowFor {
     fn load<'a>(
         &'a self,
         key: &'a str,
-    ) -> pindb_core::stickiness::StoreFuture<'a, Vec<(String, Lsn)>> {
+    ) -> pindb_core::StoreFuture<'a, Vec<(String, Lsn)>> {
         self.0.load(key)
     }
 
@@ -79,7 +80,7 @@ impl Store for SlowFor {
         key: &'a str,
         positions: &'a [(String, Lsn)],
         ttl: Duration,
-    ) -> pindb_core::stickiness::StoreFuture<'a, ()> {
+    ) -> pindb_core::StoreFuture<'a, ()> {
         Box::pin(async move {
             if positions.iter().any(|(s, _)| s == self.1) {
                 tokio::time::sleep(Duration::from_millis(300)).await;
@@ -95,7 +96,7 @@ impl Store for SlowFor {
 
 #[tokio::test]
 async fn the_next_context_waits_for_every_recording_of_its_key_still_in_flight() {
-    let router = Router::new(
+    let router = Router::builder(
         Config::from_toml_str(
             r#"
             [masters.default]
@@ -109,14 +110,15 @@ async fn the_next_context_waits_for_every_recording_of_its_key_still_in_flight()
         )
         .unwrap(),
     )
+    .store(Arc::new(SlowFor(MemoryStore::new(10), "default")))
+    .build()
     .unwrap();
-    router.set_store(Arc::new(SlowFor(MemoryStore::new(10), "default")));
     // Two requests of alice, each cut off after its write: one to `default` (slow to
     // record), then one to `b` (quick).
     for set in ["default", "b"] {
         let cut = tokio::time::timeout(
             Duration::from_millis(20),
-            router.scope_with_key(Some("alice"), async {
+            router.consistency().scope_with_key(Some("alice"), async {
                 router.pin(set).unwrap();
                 std::future::pending::<()>().await
             }),
@@ -126,7 +128,7 @@ async fn the_next_context_waits_for_every_recording_of_its_key_still_in_flight()
     }
     tokio::time::sleep(Duration::from_millis(50)).await; // `b` is recorded, `default` is not
     let reason = router
-        .scope_with_key(Some("alice"), async {
+        .consistency().scope_with_key(Some("alice"), async {
             router.db_for_read(&Hint::default()).unwrap().reason
         })
         .await;

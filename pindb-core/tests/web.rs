@@ -11,8 +11,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use http::header::{COOKIE, SET_COOKIE};
 use http::{Request, Response};
-use pindb_core::stickiness::ConsistencyToken;
-use pindb_core::web::{PinDbLayer, TOKEN_HEADER};
+use pindb_core::ConsistencyToken;
+use pindb_core::{PinDbLayer, TOKEN_HEADER};
 use pindb_core::{Config, Context, Lsn, Router};
 use tower_layer::Layer;
 use tower_service::Service;
@@ -35,7 +35,7 @@ fn config(secret: Option<&str>) -> Config {
         "#,
     )
     .unwrap();
-    config.cookie_secret = secret.map(str::to_owned);
+    config.web.cookie_secret = secret.map(str::to_owned);
     config
 }
 
@@ -93,7 +93,7 @@ fn a_layer_without_a_secret_is_an_error_unless_a_per_process_key_is_asked_for() 
         "{err}"
     );
     let mut explicit = config(None);
-    explicit.ephemeral_cookie_key = true;
+    explicit.web.ephemeral_cookie_key = true;
     assert!(PinDbLayer::new(Router::new(explicit).unwrap()).is_ok());
     let mut disabled = config(None);
     disabled.enabled = false;
@@ -120,11 +120,11 @@ async fn pins_and_tokens_signed_with_a_rotated_secret_are_still_accepted() {
     let cookie = pinned.headers()[SET_COOKIE].to_str().unwrap().to_owned();
     let cookie = cookie.split(';').next().unwrap().to_owned();
     let token =
-        ConsistencyToken::new(vec![("default".into(), Lsn(0x1000))]).sign(old_router.cookie_key());
+        ConsistencyToken::new(vec![("default".into(), Lsn(0x1000))]).sign(old_router.consistency().cookie_key());
 
     // Today's instance signs with a new secret and still accepts the old one.
     let mut rotated = config(Some(SECRET));
-    rotated.cookie_old_secrets = vec![OLD_SECRET.to_owned()];
+    rotated.web.cookie_old_secrets = vec![OLD_SECRET.to_owned()];
     let router = Router::new(rotated).unwrap();
     let layer = PinDbLayer::new(router.clone()).unwrap();
     let body = send(
@@ -167,7 +167,7 @@ async fn a_token_older_than_the_position_lifetime_is_ignored_and_echoing_never_r
         let text = format!("default@0/1000~{}", now() - age);
         text.parse::<ConsistencyToken>()
             .unwrap()
-            .sign(router.cookie_key())
+            .sign(router.consistency().cookie_key())
     };
 
     // Past `ttl_seconds` and the clock-skew allowance (60 s): ignored.
@@ -189,7 +189,7 @@ async fn a_token_older_than_the_position_lifetime_is_ignored_and_echoing_never_r
     let unaged = "default@0/1000"
         .parse::<ConsistencyToken>()
         .unwrap()
-        .sign(router.cookie_key());
+        .sign(router.consistency().cookie_key());
     let before = now();
     let dated = send(
         &layer,
@@ -203,7 +203,7 @@ async fn a_token_older_than_the_position_lifetime_is_ignored_and_echoing_never_r
     .await;
     assert!(dated.body().contains("Lsn(4096)"), "{}", dated.body());
     let back = dated.headers()[TOKEN_HEADER].to_str().unwrap();
-    let back = ConsistencyToken::verify(back, router.cookie_key()).unwrap();
+    let back = ConsistencyToken::verify(back, router.consistency().cookie_key()).unwrap();
     assert!(back.issued_at("default").unwrap() >= before);
 
     // A writing request echoes the token back: the carried position keeps its issue time.
@@ -211,7 +211,7 @@ async fn a_token_older_than_the_position_lifetime_is_ignored_and_echoing_never_r
     let fresh = format!("default@0/1000~{issued}")
         .parse::<ConsistencyToken>()
         .unwrap()
-        .sign(router.cookie_key());
+        .sign(router.consistency().cookie_key());
     let echoed = send(
         &layer,
         &router,
@@ -224,7 +224,7 @@ async fn a_token_older_than_the_position_lifetime_is_ignored_and_echoing_never_r
     .await;
     assert!(echoed.body().contains("Lsn(4096)"), "{}", echoed.body());
     let back = echoed.headers()[TOKEN_HEADER].to_str().unwrap();
-    let back = ConsistencyToken::verify(back, router.cookie_key()).unwrap();
+    let back = ConsistencyToken::verify(back, router.consistency().cookie_key()).unwrap();
     assert_eq!(back.issued_at("default"), Some(issued));
 }
 
@@ -234,11 +234,11 @@ async fn a_signed_cookie_with_an_absurd_expiry_is_cut_back_to_pinning_seconds() 
     let layer = PinDbLayer::new(router.clone()).unwrap();
     // A cookie we would have signed, but pinning for ten years.
     let mut jar = cookie::CookieJar::new();
-    jar.signed_mut(router.cookie_key()).add(cookie::Cookie::new(
-        router.config().cookie_name.clone(),
+    jar.signed_mut(router.consistency().cookie_key()).add(cookie::Cookie::new(
+        router.config().web.cookie_name.clone(),
         format!("default:{}", now() + 315_360_000),
     ));
-    let value = jar.get(&router.config().cookie_name).unwrap().to_string();
+    let value = jar.get(&router.config().web.cookie_name).unwrap().to_string();
     let response = send(
         &layer,
         &router,
@@ -254,8 +254,8 @@ async fn a_signed_cookie_with_an_absurd_expiry_is_cut_back_to_pinning_seconds() 
     let mut jar = cookie::CookieJar::new();
     jar.add_original(cookie::Cookie::parse(set_cookie).unwrap().into_owned());
     let verified = jar
-        .signed(router.cookie_key())
-        .get(&router.config().cookie_name)
+        .signed(router.consistency().cookie_key())
+        .get(&router.config().web.cookie_name)
         .unwrap();
     let until: u64 = verified
         .value()
@@ -265,7 +265,7 @@ async fn a_signed_cookie_with_an_absurd_expiry_is_cut_back_to_pinning_seconds() 
         .parse()
         .unwrap();
     assert!(
-        until <= now() + router.config().pinning_seconds,
+        until <= now() + router.config().web.pinning_seconds,
         "the carried pin was cut back: {until} vs now {}",
         now()
     );

@@ -14,7 +14,7 @@ use diesel::prelude::*;
 use diesel_async::pooled_connection::AsyncDieselConnectionManager;
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use pindb_core::{Config, RouterMode};
-use pindb_diesel::PinDb;
+use pindb_diesel::bb8::PinDb;
 use pindb_testkit::Cluster;
 
 diesel::table! {

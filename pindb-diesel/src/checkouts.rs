@@ -21,10 +21,10 @@ use std::sync::{Arc, Mutex};
 
 use diesel::connection::{CacheSize, Instrumentation, InstrumentationEvent};
 use diesel::result::QueryResult;
-use pindb_core::{Hint, Operation, Router, StatementKind};
+use pindb_core::adapter::Shape;
+use pindb_core::{Hint, Operation, Router};
 
 use crate::error::Error;
-use crate::statement::Shape;
 
 /// What the routed connection needs from a pooled connection, async or sync.
 pub(crate) trait Held {
@@ -131,7 +131,7 @@ impl Instrumentation for Forward {
 /// The refusal of a statement (or nested `transaction_on`) of database `own` inside a
 /// transaction on database `home`.
 fn other_database(router: &Router, own: usize, table: &str, home: usize) -> diesel::result::Error {
-    let dbs = router.databases();
+    let dbs = router.topology().databases();
     Error::OtherDatabaseInTransaction {
         statement: dbs[own].alias.clone(),
         table: table.to_owned(),
@@ -285,10 +285,7 @@ impl<C: Held> Checkouts<C> {
     /// before any I/O.
     pub(crate) fn decide(&mut self, router: &Router, shape: &Shape) -> QueryResult<Slot> {
         self.recover()?;
-        let op = match shape.kind {
-            StatementKind::Read => Operation::Read,
-            StatementKind::Write => Operation::Write,
-        };
+        let op = shape.op;
         let tables;
         let hint = match &shape.table {
             Some(table) if router.has_delegates() => {
@@ -444,7 +441,7 @@ impl<C: Held> Checkouts<C> {
     }
 
     pub(crate) fn aliases<'r>(&self, router: &'r Router) -> Vec<&'r str> {
-        let dbs = router.databases();
+        let dbs = router.topology().databases();
         self.held
             .iter()
             .map(|(i, _)| dbs[*i].alias.as_str())
@@ -471,7 +468,7 @@ impl<C: Held> Checkouts<C> {
             user: Arc::new(Mutex::new(instrumentation)),
         };
         if let Some((i, conn)) = &mut self.held {
-            conn.set_events(Some(events.with_alias(&router.databases()[*i].alias)));
+            conn.set_events(Some(events.with_alias(&router.topology().databases()[*i].alias)));
         }
         self.events = Some(events);
     }

@@ -97,7 +97,7 @@ pub enum Error {
 }
 
 impl Error {
-    pub(crate) fn connect(db: &pindb_core::Database, message: String) -> Error {
+    pub(crate) fn connect(db: &pindb_core::adapter::Database, message: String) -> Error {
         Error::Connect {
             alias: db.alias.clone(),
             url: db.redacted_url(),

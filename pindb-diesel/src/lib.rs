@@ -1,35 +1,45 @@
 //! # pindb-diesel
 //!
-//! pindb for Diesel: ordinary diesel-async code, with every statement routed to a replica or
-//! the master by the pinning context (see `pindb-core`).
+//! pindb for Diesel: ordinary diesel code, with every statement routed to a replica or the
+//! master by the pinning context (see [`pindb_core`], re-exported here: one dependency line is
+//! enough).
+//!
+//! One module per pool, with the same names in each (diesel-async's `pooled_connection` is the
+//! model):
+//!
+//! | role | diesel-async over bb8 | sync diesel over r2d2 (feature `r2d2`) |
+//! |---|---|---|
+//! | the pools, built once, cheap to clone | [`bb8::PinDb`] | `r2d2::PinDb` |
+//! | a routed connection (`db.get()`) | [`bb8::PinDbConnection`] | `r2d2::PinDbConnection` |
+//! | a plain pooled connection | [`bb8::Pooled`] | `r2d2::Pooled` |
+//! | its transaction manager | [`bb8::RoutedTransactionManager`] | `r2d2::RoutedTransactionManager` |
 //!
 //! Three ways to use it:
-//! 1. **Automatic**: `db.get()` returns a [`PinDbConnection`] implementing diesel-async's
-//!    connection traits. Reads go to the context's replica, writes and transactions to the
-//!    master (strict: an unpinned write is an error before any I/O; greedy: it pins the set).
-//!    See [`connection`] for how the first statement reaches a connection not yet checked out,
-//!    and the known limitations.
-//! 2. **Explicit**: [`PinDb::read`] / [`PinDb::write`] return plain pooled `AsyncPgConnection`s
-//!    chosen by the router.
-//! 3. **Checked at compile time**: [`PinDb::replica`] returns a [`ReplicaConnection`] that only
-//!    accepts [`ReadOnlyQuery`] queries (unlocked selects).
-//!
-//! With the `sync` feature, [`sync`] offers the same over r2d2 pools of `PgConnection`.
+//! 1. **Automatic**: `db.get()` returns a `PinDbConnection` implementing diesel's connection
+//!    traits. Reads go to the context's replica, writes and transactions to the master
+//!    (strict: an unpinned write is an error before any I/O; greedy: it pins the set). See
+//!    [`bb8::PinDbConnection`] for how the first statement reaches a connection not yet
+//!    checked out, and the known limitations.
+//! 2. **Explicit**: `PinDb::read` / `PinDb::write` (`read_with` / `write_with` for a hint)
+//!    return plain pooled connections chosen by the router.
+//! 3. **Checked at compile time** (bb8): [`bb8::PinDb::replica`] returns a
+//!    [`bb8::ReplicaConnection`] that only accepts [`bb8::ReadOnlyQuery`] queries (unlocked
+//!    selects).
 //!
 //! Routing errors ride inside `diesel::result::Error::QueryBuilderError`; recognise them with
 //! [`routing_error`] and [`is_unpinned_write`].
 #![deny(missing_docs)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
+pub use pindb_core;
+
+pub mod bb8;
 mod checkouts;
-pub mod connection;
-pub mod error;
-pub mod pool;
-pub mod read_only;
+mod error;
+mod pools;
+#[cfg(feature = "r2d2")]
+#[cfg_attr(docsrs, doc(cfg(feature = "r2d2")))]
+pub mod r2d2;
 mod statement;
-#[cfg(feature = "sync")]
-pub mod sync;
 
-pub use connection::{PinDbConnection, RoutedTransactionManager};
 pub use error::{is_unpinned_write, routing_error, Error};
-pub use pool::{PinDb, Pooled};
-pub use read_only::{ReadOnlyQuery, ReplicaConnection};

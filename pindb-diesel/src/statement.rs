@@ -1,6 +1,6 @@
-//! What the routed connection needs to know about a diesel query before it runs: read or
-//! write (pindb-core's classifier on the rendered SQL, cached per query type), the main table
-//! for delegate hints, and an owned, `Send` copy of the statement for when a connection must
+//! What the routed connection needs to know about a diesel query before it runs: its
+//! [`Shape`] (read or write and the main table for delegate hints, from pindb-core, cached per
+//! query type), and an owned, `Send` copy of the statement for when a connection must
 //! be checked out first.
 //!
 //! This module makes no routing decision and does no I/O.
@@ -9,14 +9,13 @@ use std::any::TypeId;
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::marker::PhantomData;
-use std::sync::Arc;
 
 use diesel::pg::{Pg, PgMetadataLookup, PgQueryBuilder, PgTypeMetadata};
 use diesel::query_builder::bind_collector::RawBytesBindCollector;
 use diesel::query_builder::{AstPass, CollectedQuery, Query, QueryBuilder, QueryFragment, QueryId};
 use diesel::result::QueryResult;
 use diesel::sql_types::Untyped;
-use pindb_core::classify::{classify, main_table, StatementKind};
+use pindb_core::adapter::Shape;
 
 use crate::error::Error;
 
@@ -55,13 +54,6 @@ pub(crate) enum OwnedQuery<Id> {
     Dynamic(Collected),
 }
 
-/// Read or write, and the main table when delegates need one.
-#[derive(Clone)]
-pub(crate) struct Shape {
-    pub(crate) kind: StatementKind,
-    pub(crate) table: Option<Arc<str>>,
-}
-
 thread_local! {
     // Per thread, so the hot path takes no lock. Bounded by the number of query types.
     static SHAPES: RefCell<HashMap<TypeId, Shape>> = RefCell::new(HashMap::new());
@@ -74,7 +66,7 @@ where
     T: QueryFragment<Pg> + QueryId,
 {
     let Some(id) = T::query_id() else {
-        return Ok(shape_of_sql(&render(query)?, with_table));
+        return Ok(Shape::of_sql(&render(query)?, with_table));
     };
     if let Some(shape) = SHAPES.with(|c| c.borrow().get(&id).cloned()) {
         return Ok(shape);
@@ -82,30 +74,11 @@ where
     // Diesel's own rule: only a statement whose SQL is fixed by its type is cached by type.
     // Checked on a miss only, so the hit path stays one lookup.
     if !query.is_safe_to_cache_prepared(&Pg)? {
-        return Ok(shape_of_sql(&render(query)?, with_table));
+        return Ok(Shape::of_sql(&render(query)?, with_table));
     }
-    let shape = shape_of_sql(&render(query)?, true);
+    let shape = Shape::of_sql(&render(query)?, true);
     SHAPES.with(|c| c.borrow_mut().insert(id, shape.clone()));
     Ok(shape)
-}
-
-impl Shape {
-    /// A shape with no table (transactions, explicit checkouts).
-    pub(crate) fn of(kind: StatementKind) -> Shape {
-        Shape { kind, table: None }
-    }
-}
-
-/// Classification of raw SQL (`batch_execute`).
-pub(crate) fn shape_of_sql(sql: &str, with_table: bool) -> Shape {
-    Shape {
-        kind: classify(sql),
-        table: if with_table {
-            main_table(sql).map(Arc::from)
-        } else {
-            None
-        },
-    }
 }
 
 fn render<T: QueryFragment<Pg>>(query: &T) -> QueryResult<String> {

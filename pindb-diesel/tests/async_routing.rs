@@ -6,7 +6,8 @@ use std::collections::BTreeSet;
 use diesel::prelude::*;
 use diesel_async::{AsyncConnection, RunQueryDsl};
 use pindb_core::{scope, Config, Hint, Operation, Router, RouterMode};
-use pindb_diesel::{is_unpinned_write, routing_error, PinDb};
+use pindb_diesel::bb8::PinDb;
+use pindb_diesel::{is_unpinned_write, routing_error};
 use pindb_testkit::{contexts_that_saw_foreign_pins, Cluster};
 
 mod common;
@@ -17,7 +18,7 @@ fn db(w: &World, mode: RouterMode, replicas: &[usize]) -> PinDb {
     PinDb::new(w.config(mode, replicas)).unwrap()
 }
 
-async fn bodies(conn: &mut pindb_diesel::PinDbConnection) -> QueryResult<Vec<String>> {
+async fn bodies(conn: &mut pindb_diesel::bb8::PinDbConnection) -> QueryResult<Vec<String>> {
     notes::table
         .select(notes::body)
         .order(notes::id)
@@ -27,7 +28,7 @@ async fn bodies(conn: &mut pindb_diesel::PinDbConnection) -> QueryResult<Vec<Str
 
 fn insert(
     body: &str,
-) -> impl diesel_async::methods::ExecuteDsl<pindb_diesel::PinDbConnection> + '_ {
+) -> impl diesel_async::methods::ExecuteDsl<pindb_diesel::bb8::PinDbConnection> + '_ {
     diesel::insert_into(notes::table).values(NewNote {
         author: "alice",
         body,
@@ -456,10 +457,9 @@ async fn delegate_hints_carry_the_table_name() {
             .extend(hint.tables.iter().map(|t| t.to_string()));
         hint.tables.contains(&"notes").then_some("archive")
     };
-    let router = Router::with_delegates(
-        Config::from_toml_str(&toml).unwrap(),
-        vec![Box::new(delegate)],
-    )
+    let router = Router::builder(Config::from_toml_str(&toml).unwrap())
+        .delegate(delegate)
+        .build()
     .unwrap();
     let db = PinDb::from_router(router).unwrap();
     scope(async {

@@ -6,10 +6,10 @@ use std::time::Duration;
 
 use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
-use pindb_core::config::TopologyCheck;
-use pindb_core::stickiness::RedisStore;
-use pindb_core::{Config, Context, PinDbError, RouterMode};
-use pindb_diesel::PinDb;
+use pindb_core::{
+    Config, Context, MemoryStore, PinDbError, RedisStore, Router, RouterMode, Store, TopologyCheck,
+};
+use pindb_diesel::bb8::PinDb;
 use pindb_testkit::{wait_until, Cluster, PrivateRedis};
 
 mod common;
@@ -28,12 +28,18 @@ fn config(w: &World, replicas: &[usize]) -> Config {
 }
 
 async fn started(config: Config) -> PinDb {
-    let db = PinDb::new(config).unwrap();
+    started_with(config, Arc::new(MemoryStore::new(100_000))).await
+}
+
+/// A started `PinDb` whose router keeps positions in `store`.
+async fn started_with(config: Config, store: Arc<dyn Store>) -> PinDb {
+    let router = Router::builder(config).store(store).build().unwrap();
+    let db = PinDb::from_router(router).unwrap();
     db.router().start_monitor().await.unwrap();
     for alias in replicas_of(&db) {
         let router = db.router().clone();
         wait_until(&format!("the monitor has seen {alias}"), SOON, || {
-            router.replica_status(&alias).unwrap().unwrap().replay_lsn.0 > 0
+            router.topology().replica_status(&alias).unwrap().unwrap().replay_lsn.0 > 0
         })
         .await;
     }
@@ -67,9 +73,9 @@ async fn until_store_trusted(db: &PinDb) {
 
 fn replicas_of(db: &PinDb) -> Vec<String> {
     db.router()
-        .databases()
+        .topology().databases()
         .iter()
-        .filter(|d| matches!(d.membership, pindb_core::Membership::Replica { .. }))
+        .filter(|d| matches!(d.membership, pindb_core::adapter::Membership::Replica { .. }))
         .map(|d| d.alias.clone())
         .collect()
 }
@@ -77,7 +83,7 @@ fn replicas_of(db: &PinDb) -> Vec<String> {
 /// One keyed request that reads the notes: `(bodies, aliases it used)`.
 async fn read_as(db: &PinDb, key: &str) -> (Vec<String>, Vec<String>) {
     db.router()
-        .scope_with_key(Some(key), async {
+        .consistency().scope_with_key(Some(key), async {
             let mut conn = db.get();
             let rows = notes::table
                 .select(notes::body)
@@ -96,7 +102,7 @@ async fn read_as(db: &PinDb, key: &str) -> (Vec<String>, Vec<String>) {
 /// One keyed request that writes a note.
 async fn write_as(db: &PinDb, key: &str, body: &str) {
     db.router()
-        .scope_with_key(Some(key), async {
+        .consistency().scope_with_key(Some(key), async {
             diesel::insert_into(notes::table)
                 .values(NewNote { author: key, body })
                 .execute(&mut db.get())
@@ -138,7 +144,7 @@ async fn a_writer_reads_its_write_from_the_master_until_a_replica_catches_up() {
     for alias in replicas_of(&db) {
         let router = db.router().clone();
         wait_until("the monitor sees the replicas caught up", SOON, || {
-            router.replica_status(&alias).unwrap().unwrap().replay_lsn >= lsn
+            router.topology().replica_status(&alias).unwrap().unwrap().replay_lsn >= lsn
         })
         .await;
     }
@@ -195,7 +201,7 @@ async fn reads_cost_no_extra_round_trips_on_a_healthy_cluster() {
     config.stickiness.max_wait_ms = 20;
     let db = started(config).await;
     write_as(&db, "alice", "once").await;
-    let after_write = db.router().consistency_round_trips();
+    let after_write = db.router().consistency().round_trips();
     assert_eq!(
         after_write, 1,
         "recording the write position is one round trip"
@@ -206,7 +212,7 @@ async fn reads_cost_no_extra_round_trips_on_a_healthy_cluster() {
         assert_eq!(rows.last().map(String::as_str), Some("once"));
         from_replica += usize::from(!on_master(&held));
     }
-    let extra = db.router().consistency_round_trips() - after_write;
+    let extra = db.router().consistency().round_trips() - after_write;
     assert!(extra < 10, "{extra} extra round trips for 1,000 reads");
     assert!(
         from_replica > 990,
@@ -222,10 +228,9 @@ async fn two_app_instances_share_positions_through_redis() {
     let timeout = Duration::from_millis(200);
     let mut instances = Vec::new();
     for _ in 0..2 {
-        let db = started(short_ttl(config(&w, &[1]))).await;
-        db.router().set_store(Arc::new(
+        let db = started_with(short_ttl(config(&w, &[1])), Arc::new(
             RedisStore::new(&w.cluster.redis_url, &prefix, timeout).unwrap(),
-        ));
+        )).await;
         until_store_trusted(&db).await;
         instances.push(db);
     }
@@ -247,10 +252,9 @@ async fn two_app_instances_share_positions_through_redis() {
 async fn redis_going_down_never_errors_and_sends_keyed_reads_to_the_master() {
     let w = World::new().await;
     let mut redis = PrivateRedis::start(26391);
-    let db = started(short_ttl(config(&w, &[1]))).await;
-    db.router().set_store(Arc::new(
+    let db = started_with(short_ttl(config(&w, &[1])), Arc::new(
         RedisStore::new(&redis.url(), "pindb:", Duration::from_millis(100)).unwrap(),
-    ));
+    )).await;
     until_store_trusted(&db).await;
     write_as(&db, "alice", "before").await;
     let (_, held) = read_as(&db, "carol").await;
@@ -300,7 +304,7 @@ async fn a_killed_replica_is_skipped_then_used_again_when_it_returns() {
         let _restart = Restart(&w.cluster, vec![2, 1]);
         w.cluster.stop_replica(2);
         wait_until("replica 2 is marked down", SOON, || {
-            !router.replica_status("default-2").unwrap().unwrap().up
+            !router.topology().replica_status("default-2").unwrap().unwrap().up
         })
         .await;
         for _ in 0..6 {
@@ -309,7 +313,7 @@ async fn a_killed_replica_is_skipped_then_used_again_when_it_returns() {
         }
         w.cluster.stop_replica(1);
         wait_until("replica 1 is marked down", SOON, || {
-            !router.replica_status("default-1").unwrap().unwrap().up
+            !router.topology().replica_status("default-1").unwrap().unwrap().up
         })
         .await;
         let (rows, held) = read_as(&db, "reader").await;
@@ -323,7 +327,7 @@ async fn a_killed_replica_is_skipped_then_used_again_when_it_returns() {
     }
     for alias in ["default-1", "default-2"] {
         wait_until("the replicas are back up", SOON, || {
-            router.replica_status(alias).unwrap().unwrap().up
+            router.topology().replica_status(alias).unwrap().unwrap().up
         })
         .await;
     }
@@ -355,7 +359,7 @@ async fn a_replica_past_max_lag_bytes_is_ejected_for_everyone_and_returns() {
     .await;
     wait_until("replica 1 is over the lag limit", SOON, || {
         router
-            .replica_status("default-1")
+            .topology().replica_status("default-1")
             .unwrap()
             .unwrap()
             .over_lag
@@ -371,7 +375,7 @@ async fn a_replica_past_max_lag_bytes_is_ejected_for_everyone_and_returns() {
     w.control.resume(1).await;
     wait_until("replica 1 is back within limits", SOON, || {
         !router
-            .replica_status("default-1")
+            .topology().replica_status("default-1")
             .unwrap()
             .unwrap()
             .over_lag
@@ -391,7 +395,7 @@ async fn an_idle_primary_is_not_replica_lag() {
     for _ in 0..30 {
         tokio::time::sleep(Duration::from_millis(100)).await;
         for alias in ["default-1", "default-2"] {
-            let status = db.router().replica_status(alias).unwrap().unwrap();
+            let status = db.router().topology().replica_status(alias).unwrap().unwrap();
             assert!(status.up && !status.over_lag, "{alias}: {status:?}");
         }
     }
@@ -450,7 +454,7 @@ async fn a_job_that_imports_the_token_never_reads_stale() {
             .execute(&mut db.get())
             .await
             .unwrap();
-        db.router().consistency_token().await.to_string()
+        db.router().consistency().token().await.to_string()
     })
     .await;
     assert!(token.starts_with("default@"), "{token}");

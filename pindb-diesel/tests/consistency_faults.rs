@@ -10,10 +10,10 @@ use std::time::{Duration, Instant, SystemTime};
 use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
 use futures_util::FutureExt;
-use pindb_core::config::TopologyCheck;
-use pindb_core::stickiness::{MemoryStore, RedisStore, Store};
-use pindb_core::{Config, Lsn, RouterMode};
-use pindb_diesel::PinDb;
+use pindb_core::TopologyCheck;
+use pindb_core::{MemoryStore, RedisStore, Store};
+use pindb_core::{Config, Lsn, Router, RouterMode};
+use pindb_diesel::bb8::PinDb;
 use pindb_testkit::{wait_until, PrivateRedis};
 
 mod common;
@@ -35,12 +35,18 @@ fn config(w: &World, replicas: &[usize]) -> Config {
 }
 
 async fn started(config: Config) -> PinDb {
-    let db = PinDb::new(config).unwrap();
+    started_with(config, Arc::new(MemoryStore::new(100_000))).await
+}
+
+/// A started `PinDb` whose router keeps positions in `store`.
+async fn started_with(config: Config, store: Arc<dyn Store>) -> PinDb {
+    let router = Router::builder(config).store(store).build().unwrap();
+    let db = PinDb::from_router(router).unwrap();
     db.router().start_monitor().await.unwrap();
     let router = db.router().clone();
     wait_until("the monitor has seen default-1", SOON, || {
         router
-            .replica_status("default-1")
+            .topology().replica_status("default-1")
             .unwrap()
             .unwrap()
             .replay_lsn
@@ -66,7 +72,7 @@ async fn bodies(db: &PinDb) -> (Vec<String>, Vec<String>) {
 }
 
 async fn read_as(db: &PinDb, key: &str) -> (Vec<String>, Vec<String>) {
-    db.router().scope_with_key(Some(key), bodies(db)).await
+    db.router().consistency().scope_with_key(Some(key), bodies(db)).await
 }
 
 async fn insert(db: &PinDb, author: &str, body: &str) {
@@ -79,7 +85,7 @@ async fn insert(db: &PinDb, author: &str, body: &str) {
 
 async fn write_as(db: &PinDb, key: &str, body: &str) {
     db.router()
-        .scope_with_key(Some(key), insert(db, key, body))
+        .consistency().scope_with_key(Some(key), insert(db, key, body))
         .await
 }
 
@@ -149,13 +155,12 @@ async fn redis_keeps_the_higher_position_when_saves_arrive_out_of_order() {
 #[tokio::test]
 async fn a_keyed_context_cancelled_after_its_write_still_records_the_position() {
     let mut w = World::new().await;
-    let db = started(config(&w, &[1])).await;
     let store = Arc::new(MemoryStore::new(1000));
-    db.router().set_store(store.clone());
+    let db = started_with(config(&w, &[1]), store.clone()).await;
     w.control.pause(1).await;
     let cancelled = tokio::time::timeout(
         Duration::from_millis(300),
-        db.router().scope_with_key(Some("alice"), async {
+        db.router().consistency().scope_with_key(Some("alice"), async {
             insert(&db, "alice", "mine").await;
             // The client goes away (or a timeout layer fires) after the commit.
             tokio::time::sleep(Duration::from_secs(3600)).await;
@@ -174,11 +179,10 @@ async fn a_keyed_context_cancelled_after_its_write_still_records_the_position() 
 #[tokio::test]
 async fn a_keyed_context_that_panics_after_its_write_still_records_the_position() {
     let mut w = World::new().await;
-    let db = started(config(&w, &[1])).await;
     let store = Arc::new(MemoryStore::new(1000));
-    db.router().set_store(store.clone());
+    let db = started_with(config(&w, &[1]), store.clone()).await;
     w.control.pause(1).await;
-    let caught = AssertUnwindSafe(db.router().scope_with_key(Some("alice"), async {
+    let caught = AssertUnwindSafe(db.router().consistency().scope_with_key(Some("alice"), async {
         insert(&db, "alice", "mine").await;
         panic!("handler bug after the commit");
     }))
@@ -198,10 +202,9 @@ async fn a_redis_restarted_empty_sends_keyed_reads_to_the_master_on_every_instan
     let mut instances = Vec::new();
     let mut stores = Vec::new();
     for _ in 0..2 {
-        let db = started(config(&w, &[1])).await;
         let store =
             Arc::new(RedisStore::new(&redis.url(), "pindb:", Duration::from_millis(100)).unwrap());
-        db.router().set_store(store.clone());
+        let db = started_with(config(&w, &[1]), store.clone()).await;
         instances.push(db);
         stores.push(store);
     }
@@ -242,10 +245,9 @@ async fn a_save_lost_while_redis_hung_is_known_to_every_instance() {
     let mut instances = Vec::new();
     let mut stores = Vec::new();
     for _ in 0..3 {
-        let db = started(config(&w, &[1])).await;
         let store =
             Arc::new(RedisStore::new(&redis.url(), "pindb:", Duration::from_millis(100)).unwrap());
-        db.router().set_store(store.clone());
+        let db = started_with(config(&w, &[1]), store.clone()).await;
         instances.push(db);
         stores.push(store);
     }
@@ -289,8 +291,7 @@ async fn a_save_lost_while_redis_hung_is_known_to_every_instance() {
 #[tokio::test]
 async fn a_full_memory_store_sends_keyed_reads_to_the_master_instead_of_forgetting() {
     let mut w = World::new().await;
-    let db = started(config(&w, &[1])).await;
-    db.router().set_store(Arc::new(MemoryStore::new(2)));
+    let db = started_with(config(&w, &[1]), Arc::new(MemoryStore::new(2))).await;
     w.control.pause(1).await;
     write_as(&db, "alice", "a").await;
     write_as(&db, "bob", "b").await;
@@ -351,7 +352,7 @@ async fn max_wait_ends_at_its_deadline_when_a_replica_never_answers() {
 
 #[tokio::test]
 async fn a_token_position_beyond_the_master_is_not_trusted() {
-    use pindb_core::stickiness::ConsistencyToken;
+    use pindb_core::ConsistencyToken;
     let w = World::new().await;
     let db = started(config(&w, &[1])).await;
     let router = db.router();
@@ -363,16 +364,16 @@ async fn a_token_position_beyond_the_master_is_not_trusted() {
     let far = format!("default@FFFFFFFF/0~{now}")
         .parse::<ConsistencyToken>()
         .unwrap()
-        .sign(router.cookie_key());
-    let accepted = router.accept_token(&far).await.unwrap();
+        .sign(router.consistency().cookie_key());
+    let accepted = router.consistency().accept_token(&far).await.unwrap();
     assert!(accepted.positions().is_empty(), "{accepted:?}");
     // pindb's own "unknown position" marker becomes the master's current position.
     let before = w.cluster.primary_lsn().await;
     let marker = format!("default@FFFFFFFF/FFFFFFFF~{now}")
         .parse::<ConsistencyToken>()
         .unwrap()
-        .sign(router.cookie_key());
-    let accepted = router.accept_token(&marker).await.unwrap();
+        .sign(router.consistency().cookie_key());
+    let accepted = router.consistency().accept_token(&marker).await.unwrap();
     let resolved = accepted.positions()[0].1;
     assert!(
         resolved >= before && resolved < Lsn(u64::MAX),
@@ -380,8 +381,8 @@ async fn a_token_position_beyond_the_master_is_not_trusted() {
     );
     // A real position, even one no replica has replayed yet, is kept.
     let real = w.cluster.primary_lsn().await;
-    let token = ConsistencyToken::new(vec![("default".into(), real)]).sign(router.cookie_key());
-    let accepted = router.accept_token(&token).await.unwrap();
+    let token = ConsistencyToken::new(vec![("default".into(), real)]).sign(router.consistency().cookie_key());
+    let accepted = router.consistency().accept_token(&token).await.unwrap();
     assert_eq!(accepted.positions(), [("default".to_string(), real)]);
     w.finish().await;
 }

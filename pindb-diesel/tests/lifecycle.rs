@@ -14,7 +14,8 @@ use diesel::sql_types::Text;
 use diesel_async::{AsyncConnection, RunQueryDsl};
 use futures_util::FutureExt;
 use pindb_core::{scope, RouterMode};
-use pindb_diesel::{is_unpinned_write, routing_error, Error, PinDb, PinDbConnection};
+use pindb_diesel::bb8::{PinDb, PinDbConnection};
+use pindb_diesel::{is_unpinned_write, routing_error, Error};
 
 mod common;
 

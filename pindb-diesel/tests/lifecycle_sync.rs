@@ -1,7 +1,7 @@
 //! Sync routed diesel connections (r2d2) under faults: a transaction whose closure panics,
 //! tiny pools taken in opposite orders, a second set on another primary, settings made
 //! before the first checkout. The async twin is `lifecycle.rs`.
-#![cfg(feature = "sync")]
+#![cfg(feature = "r2d2")]
 
 use std::panic::AssertUnwindSafe;
 use std::time::Duration;
@@ -16,7 +16,7 @@ mod common;
 
 use common::{entries, ledger, notes, sized, two_primaries, Count, NewNote, World};
 use pindb_core::spawn_blocking;
-use pindb_diesel::sync::{SyncPinDb, SyncPinDbConnection};
+use pindb_diesel::r2d2::{PinDb as SyncPinDb, PinDbConnection as SyncPinDbConnection};
 
 fn insert(conn: &mut SyncPinDbConnection, body: &str) -> QueryResult<usize> {
     diesel::insert_into(notes::table)
@@ -119,7 +119,7 @@ async fn sync_requests_taking_two_tiny_pools_in_opposite_orders_never_deadlock()
 async fn a_sync_transaction_runs_on_the_primary_of_its_set() {
     let w = World::new().await;
     let (router, stranger) = two_primaries(&w, RouterMode::Greedy).await;
-    let db = SyncPinDb::from_router(router);
+    let db = SyncPinDb::from_router(router).unwrap();
     in_context(move || {
         let mut conn = db.get();
         let add = |c: &mut SyncPinDbConnection, e: &str| {

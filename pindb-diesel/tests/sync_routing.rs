@@ -1,11 +1,11 @@
 //! Sync diesel (r2d2) routing against the real dev cluster, called the way actix-style code
 //! does: from `spawn_blocking` with the request's pinning context re-entered.
-#![cfg(feature = "sync")]
+#![cfg(feature = "r2d2")]
 
 use diesel::prelude::*;
 use pindb_core::{scope, spawn_blocking, RouterMode};
 use pindb_diesel::is_unpinned_write;
-use pindb_diesel::sync::{SyncPinDb, SyncPinDbConnection};
+use pindb_diesel::r2d2::{PinDb as SyncPinDb, PinDbConnection as SyncPinDbConnection};
 use pindb_testkit::contexts_that_saw_foreign_pins;
 
 mod common;

@@ -5,7 +5,7 @@ use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use pindb_core::{Config, RouterMode};
-use pindb_seaorm::PinDbConnection;
+use pindb_seaorm::PinDb;
 use pindb_testkit::Cluster;
 use sea_orm::entity::prelude::*;
 use sea_orm::{ConnectOptions, Database};
@@ -40,7 +40,7 @@ fn bench(c: &mut Criterion) {
         let mut config =
             Config::single_set(schema.url(&cluster.primary_url), [replica_url.clone()]);
         config.router = RouterMode::Strict;
-        let routed = PinDbConnection::connect(config).await.unwrap();
+        let routed = PinDb::connect(config).await.unwrap();
         let mut opts = ConnectOptions::new(replica_url);
         opts.max_connections(10).sqlx_logging(false);
         let plain = Database::connect(opts).await.unwrap();

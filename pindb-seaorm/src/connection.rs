@@ -1,4 +1,4 @@
-//! [`PinDbConnection`]: one SeaORM `DatabaseConnection` (a pool) per alias, and the
+//! [`PinDb`]: one SeaORM `DatabaseConnection` (a pool) per alias, and the
 //! `ConnectionTrait` / `TransactionTrait` / `StreamTrait` implementations that route each
 //! statement with pindb-core's router and classifier.
 //!
@@ -9,31 +9,31 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
-use pindb_core::classify::{classify, main_table, StatementKind};
-use pindb_core::{Config, Database, Hint, Membership, Operation, Router};
+use pindb_core::adapter::{Database, Membership, Shape};
+use pindb_core::{Config, Hint, Operation, Router};
 use sea_orm::{
     AccessMode, ConnectOptions, ConnectionTrait, DatabaseConnection, DatabaseTransaction,
     DbBackend, DbErr, ExecResult, IsolationLevel, QueryResult, QueryStream, Statement, StreamTrait,
     TransactionError, TransactionOptions, TransactionTrait,
 };
 
-use crate::error::to_db_err;
+use crate::error::{to_db_err, Error};
 
 struct Inner {
     router: Router,
-    /// Parallel to `router.databases()`.
+    /// Parallel to `router.topology().databases()`.
     conns: Vec<DatabaseConnection>,
 }
 
 /// A routed SeaORM connection. Cheap to clone; clones share the pools.
 #[derive(Clone)]
-pub struct PinDbConnection {
+pub struct PinDb {
     inner: Arc<Inner>,
 }
 
-impl std::fmt::Debug for PinDbConnection {
+impl std::fmt::Debug for PinDb {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PinDbConnection")
+        f.debug_struct("PinDb")
             .field("router", &self.inner.router)
             .finish()
     }
@@ -56,20 +56,27 @@ fn connect_options(db: &Database) -> ConnectOptions {
     opts
 }
 
-impl PinDbConnection {
+impl PinDb {
     /// Builds the router and one lazily connecting `DatabaseConnection` per alias: a server
     /// that is down at start-up does not stop the application.
-    pub async fn connect(config: Config) -> Result<PinDbConnection, DbErr> {
-        PinDbConnection::from_router(Router::new(config).map_err(to_db_err)?).await
+    pub async fn connect(config: Config) -> Result<PinDb, Error> {
+        PinDb::from_router(Router::new(config)?).await
     }
 
-    /// Like [`PinDbConnection::connect`], from a router you built (delegates...).
-    pub async fn from_router(router: Router) -> Result<PinDbConnection, DbErr> {
-        let mut conns = Vec::with_capacity(router.databases().len());
-        for db in router.databases() {
-            conns.push(sea_orm::Database::connect(connect_options(db)).await?);
+    /// Like [`PinDb::connect`], from a router you built (delegates...).
+    pub async fn from_router(router: Router) -> Result<PinDb, Error> {
+        let mut conns = Vec::with_capacity(router.topology().databases().len());
+        for db in router.topology().databases() {
+            let conn = sea_orm::Database::connect(connect_options(db))
+                .await
+                .map_err(|source| Error::Pool {
+                    alias: db.alias.clone(),
+                    url: db.redacted_url(),
+                    source,
+                })?;
+            conns.push(conn);
         }
-        Ok(PinDbConnection {
+        Ok(PinDb {
             inner: Arc::new(Inner { router, conns }),
         })
     }
@@ -83,41 +90,30 @@ impl PinDbConnection {
     /// (migrations, `ping`, `close`...). Statements sent through it are not routed.
     pub fn master(&self) -> &DatabaseConnection {
         // Router::new refuses a config without a `default` database, so the lookup succeeds.
-        let index = self.inner.router.index_of("default").unwrap_or(0);
+        let index = self.inner.router.topology().index_of("default").unwrap_or(0);
         &self.inner.conns[index]
     }
 
     /// The connection of any alias (`default-2`, `analytics`, `legacy`...), unrouted.
     pub fn connection(&self, alias: &str) -> Result<&DatabaseConnection, DbErr> {
-        let index = self.inner.router.index_of(alias).map_err(to_db_err)?;
+        let index = self.inner.router.topology().index_of(alias).map_err(to_db_err)?;
         Ok(&self.inner.conns[index])
     }
 
     /// The pool a statement with this text goes to, under the router's rules.
     fn route_sql(&self, sql: &str) -> Result<&DatabaseConnection, DbErr> {
-        let op = match classify(sql) {
-            StatementKind::Read => Operation::Read,
-            StatementKind::Write => Operation::Write,
-        };
-        self.route(op, sql)
+        let route = self.inner.router.route_sql(sql).map_err(to_db_err)?;
+        Ok(&self.inner.conns[route.index])
     }
 
-    /// The pool for `op`; `sql` only feeds delegate hints.
+    /// The pool for `op` whatever `sql` looks like; `sql` only feeds delegate hints.
     fn route(&self, op: Operation, sql: &str) -> Result<&DatabaseConnection, DbErr> {
         let router = &self.inner.router;
-        let table;
-        let hint = match router.has_delegates().then(|| main_table(sql)).flatten() {
-            Some(t) => {
-                table = [t];
-                Hint::tables(&table)
-            }
-            None => Hint::default(),
+        let shape = Shape {
+            op,
+            ..Shape::of_sql(sql, router.has_delegates())
         };
-        let route = match op {
-            Operation::Read => router.db_for_read(&hint),
-            Operation::Write => router.db_for_write(&hint),
-        }
-        .map_err(to_db_err)?;
+        let route = router.route_shape(&shape).map_err(to_db_err)?;
         Ok(&self.inner.conns[route.index])
     }
 
@@ -151,10 +147,10 @@ impl PinDbConnection {
     }
 
     /// [`TransactionTrait::transaction`] on the master of `set` (see
-    /// [`PinDbConnection::begin_on`]).
+    /// [`PinDb::begin_on`]).
     ///
     /// ```no_run
-    /// # async fn demo(db: pindb_seaorm::PinDbConnection) -> Result<(), sea_orm::DbErr> {
+    /// # async fn demo(db: pindb_seaorm::PinDb) -> Result<(), sea_orm::DbErr> {
     /// use sea_orm::ConnectionTrait;
     ///
     /// db.transaction_on::<_, _, sea_orm::DbErr>("analytics", |txn| {
@@ -188,7 +184,7 @@ impl PinDbConnection {
 }
 
 #[async_trait::async_trait]
-impl ConnectionTrait for PinDbConnection {
+impl ConnectionTrait for PinDb {
     fn get_database_backend(&self) -> DbBackend {
         DbBackend::Postgres
     }
@@ -212,7 +208,7 @@ impl ConnectionTrait for PinDbConnection {
     }
 }
 
-impl StreamTrait for PinDbConnection {
+impl StreamTrait for PinDb {
     type Stream<'a> = QueryStream;
 
     fn get_database_backend(&self) -> DbBackend {
@@ -231,7 +227,7 @@ impl StreamTrait for PinDbConnection {
 }
 
 #[async_trait::async_trait]
-impl TransactionTrait for PinDbConnection {
+impl TransactionTrait for PinDb {
     type Transaction = DatabaseTransaction;
 
     async fn begin(&self) -> Result<DatabaseTransaction, DbErr> {

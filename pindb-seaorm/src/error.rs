@@ -1,8 +1,9 @@
-//! How pindb's routing errors travel through SeaORM's `DbErr`.
+//! [`Error`], pindb-seaorm's error, and how it travels through SeaORM's `DbErr`.
 //!
 //! `DbErr` has no variant for a third party's typed error except `TryIntoErr`, whose `source`
-//! is an `Arc<dyn Error>`; pindb puts its [`PinDbError`] there (with `from = "pindb"`), so it
-//! can be recognised by [`routing_error`] and its message says which set and why.
+//! is an `Arc<dyn Error>`; pindb puts its [`Error`] there (with `from = "pindb"`), so it can be
+//! recognised by [`routing_error`] and its message says which set and why. `?` converts an
+//! [`Error`] into a `DbErr`.
 
 use std::sync::Arc;
 
@@ -12,25 +13,53 @@ use sea_orm::DbErr;
 const FROM: &str = "pindb";
 const INTO: &str = "a routed database connection";
 
-/// Wraps a pindb error in a `DbErr`.
-///
-/// ```
-/// use pindb_core::PinDbError;
-///
-/// let e = pindb_seaorm::to_db_err(PinDbError::UnpinnedWrite { set: "default".into() });
-/// assert!(pindb_seaorm::is_unpinned_write(&e));
-/// assert!(e.to_string().contains("`default`"));
-/// ```
-pub fn to_db_err(e: PinDbError) -> DbErr {
-    DbErr::TryIntoErr {
-        from: FROM,
-        into: INTO,
-        source: Arc::new(e),
+/// What pindb-seaorm reports: a routing refusal, or a pool that could not be set up.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The router refused or could not route (strict mode's unpinned write, an unknown alias,
+    /// a bad config...).
+    #[error(transparent)]
+    Routing(#[from] PinDbError),
+    /// SeaORM could not set up the pool of `alias`.
+    #[error("cannot set up the pool of `{alias}` ({url}): {source}")]
+    Pool {
+        /// The alias whose pool failed.
+        alias: String,
+        /// Its URL, password redacted.
+        url: String,
+        /// SeaORM's error.
+        source: DbErr,
+    },
+}
+
+impl From<Error> for DbErr {
+    fn from(e: Error) -> DbErr {
+        DbErr::TryIntoErr {
+            from: FROM,
+            into: INTO,
+            source: Arc::new(e),
+        }
     }
 }
 
+/// A routing error as a `DbErr`, for the `ConnectionTrait` methods.
+pub(crate) fn to_db_err(e: PinDbError) -> DbErr {
+    Error::Routing(e).into()
+}
+
 /// The pindb error inside a `DbErr`, if it is one.
-pub fn routing_error(e: &DbErr) -> Option<&PinDbError> {
+///
+/// ```
+/// use pindb_core::PinDbError;
+/// use pindb_seaorm::{routing_error, Error};
+///
+/// let e = sea_orm::DbErr::from(Error::from(PinDbError::UnpinnedWrite { set: "default".into() }));
+/// assert!(matches!(routing_error(&e), Some(Error::Routing(PinDbError::UnpinnedWrite { .. }))));
+/// assert!(e.to_string().contains("`default`"));
+/// assert!(routing_error(&sea_orm::DbErr::RecordNotFound("x".into())).is_none());
+/// ```
+pub fn routing_error(e: &DbErr) -> Option<&Error> {
     match e {
         DbErr::TryIntoErr { from, source, .. } if *from == FROM => source.downcast_ref(),
         _ => None,
@@ -39,5 +68,5 @@ pub fn routing_error(e: &DbErr) -> Option<&PinDbError> {
 
 /// Whether a `DbErr` is the strict router's refusal of an unpinned write.
 pub fn is_unpinned_write(e: &DbErr) -> bool {
-    routing_error(e).is_some_and(PinDbError::is_unpinned_write)
+    matches!(routing_error(e), Some(Error::Routing(e)) if e.is_unpinned_write())
 }

@@ -4,11 +4,11 @@
 use std::time::Duration;
 
 use pindb_core::RouterMode;
-use pindb_seaorm::PinDbConnection;
+use pindb_seaorm::PinDb;
 use pindb_testkit::{wait_until, Fixture};
 use sea_orm::{ConnectionTrait, DbBackend, Statement};
 
-async fn names(db: &PinDbConnection) -> (Vec<String>, bool) {
+async fn names(db: &PinDb) -> (Vec<String>, bool) {
     let rows = db
         .query_all_raw(Statement::from_string(
             DbBackend::Postgres,
@@ -37,24 +37,24 @@ async fn a_writer_reads_its_write_and_others_read_replicas() {
     .await;
     let mut config = f.config(RouterMode::Greedy, &[1]);
     config.monitor.interval_ms = 20;
-    let db = PinDbConnection::connect(config).await.unwrap();
+    let db = PinDb::connect(config).await.unwrap();
     db.router().start_monitor().await.unwrap();
     f.control.pause(1).await;
 
     let router = db.router().clone();
     router
-        .scope_with_key(Some("alice"), async {
+        .consistency().scope_with_key(Some("alice"), async {
             db.execute_unprepared("INSERT INTO users (name) VALUES ('mine')")
                 .await
                 .unwrap();
         })
         .await;
-    let (rows, on_replica) = router.scope_with_key(Some("alice"), names(&db)).await;
+    let (rows, on_replica) = router.consistency().scope_with_key(Some("alice"), names(&db)).await;
     assert_eq!(
         (rows.as_slice(), on_replica),
         (&["old".to_string(), "mine".to_string()][..], false)
     );
-    let (rows, on_replica) = router.scope_with_key(Some("bob"), names(&db)).await;
+    let (rows, on_replica) = router.consistency().scope_with_key(Some("bob"), names(&db)).await;
     assert_eq!(
         (rows.as_slice(), on_replica),
         (&["old".to_string()][..], true)
@@ -64,14 +64,14 @@ async fn a_writer_reads_its_write_and_others_read_replicas() {
     let lsn = f.cluster.primary_lsn().await;
     wait_until("the replica caught up", Duration::from_secs(10), || {
         router
-            .replica_status("default-1")
+            .topology().replica_status("default-1")
             .unwrap()
             .unwrap()
             .replay_lsn
             >= lsn
     })
     .await;
-    let (rows, on_replica) = router.scope_with_key(Some("alice"), names(&db)).await;
+    let (rows, on_replica) = router.consistency().scope_with_key(Some("alice"), names(&db)).await;
     assert_eq!(rows.len(), 2);
     assert!(on_replica, "caught up: alice reads the replica");
     f.finish().await;

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use futures_util::FutureExt;
 use pindb_core::{scope, Config, Hint, Operation, Router, RouterMode};
-use pindb_seaorm::{is_unpinned_write, PinDbConnection};
+use pindb_seaorm::{is_unpinned_write, PinDb};
 use pindb_testkit::Fixture;
 use sea_orm::{ConnectionTrait, DbErr, TransactionError, TransactionTrait};
 
@@ -17,12 +17,12 @@ const SETUP: &str = "CREATE TABLE {schema}.users (id serial PRIMARY KEY, name te
 
 /// A routed connection whose master pool holds one connection: after a fault, the next
 /// statement gets the very connection the fault left behind.
-async fn one_master_connection(f: &Fixture, mode: RouterMode) -> PinDbConnection {
+async fn one_master_connection(f: &Fixture, mode: RouterMode) -> PinDb {
     let mut config = f.config(mode, &[1]);
     let master = config.masters.get_mut("default").unwrap();
     master.max_size = Some(1);
     master.connect_timeout_ms = Some(3_000);
-    PinDbConnection::connect(config).await.unwrap()
+    PinDb::connect(config).await.unwrap()
 }
 
 async fn primary_names(f: &Fixture) -> Vec<String> {
@@ -138,12 +138,11 @@ async fn transaction_on_runs_on_the_primary_of_the_named_set() {
         r1 = f.schema.url(f.cluster.replica_url(1)),
     );
     let delegate = |hint: &Hint, _: Operation| hint.tables.contains(&"ledger").then_some("books");
-    let router = Router::with_delegates(
-        Config::from_toml_str(&toml).unwrap(),
-        vec![Box::new(delegate)],
-    )
+    let router = Router::builder(Config::from_toml_str(&toml).unwrap())
+        .delegate(delegate)
+        .build()
     .unwrap();
-    let db = PinDbConnection::from_router(router).await.unwrap();
+    let db = PinDb::from_router(router).await.unwrap();
     scope(async {
         // Strict: the named set must be pinned.
         let err = db

@@ -3,7 +3,7 @@
 
 use futures_util::TryStreamExt;
 use pindb_core::{scope, RouterMode};
-use pindb_seaorm::{is_unpinned_write, routing_error, PinDbConnection};
+use pindb_seaorm::{is_unpinned_write, routing_error, PinDb};
 use pindb_testkit::{contexts_that_saw_foreign_pins, Fixture};
 use sea_orm::entity::prelude::*;
 use sea_orm::{
@@ -79,8 +79,8 @@ async fn world() -> Fixture {
     Fixture::new(SETUP).await
 }
 
-async fn db(f: &Fixture, mode: RouterMode, replicas: &[usize]) -> PinDbConnection {
-    PinDbConnection::connect(f.config(mode, replicas))
+async fn db(f: &Fixture, mode: RouterMode, replicas: &[usize]) -> PinDb {
+    PinDb::connect(f.config(mode, replicas))
         .await
         .unwrap()
 }
@@ -308,7 +308,7 @@ async fn disabled_mode_sends_everything_to_the_master() {
     let mut f = world().await;
     let mut config = f.config(RouterMode::Strict, &[1]);
     config.enabled = false;
-    let db = PinDbConnection::connect(config).await.unwrap();
+    let db = PinDb::connect(config).await.unwrap();
     make_stale(&mut f, 1).await;
     scope(async {
         assert_eq!(names(&db).await, ["old", "new"]);

@@ -145,10 +145,9 @@ pub async fn two_primaries(w: &World, mode: RouterMode) -> (Router, tokio_postgr
         r1 = w.schema.url(w.cluster.replica_url(1)),
     );
     let delegate = |hint: &Hint, _: Operation| hint.tables.contains(&"ledger").then_some("books");
-    let router = Router::with_delegates(
-        Config::from_toml_str(&toml).unwrap(),
-        vec![Box::new(delegate)],
-    )
+    let router = Router::builder(Config::from_toml_str(&toml).unwrap())
+        .delegate(delegate)
+        .build()
     .unwrap();
     (router, stranger)
 }

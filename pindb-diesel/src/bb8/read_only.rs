@@ -8,7 +8,7 @@ use diesel::query_builder::{BoxedSelectStatement, SelectStatement};
 use diesel_async::methods::LoadQuery;
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 
-use crate::pool::Pooled;
+use super::Pooled;
 
 /// A query that cannot write: a `SELECT` without `FOR UPDATE`/`FOR SHARE`.
 ///

@@ -5,65 +5,34 @@
 //! `default_transaction_read_only=on`) and checkout accounting. It makes no routing decision
 //! of its own: callers pass the router's [`Route`](pindb_core::Route).
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use diesel_async::pooled_connection::{AsyncDieselConnectionManager, ManagerConfig, PoolError};
 use diesel_async::{AsyncConnection, AsyncPgConnection, SimpleAsyncConnection};
 use futures_util::FutureExt;
-use pindb_core::{Config, Database, Hint, Membership, PinDbError, Router};
+use pindb_core::adapter::{Database, Membership};
+use pindb_core::{Config, Hint, PinDbError, Router};
 
-use crate::connection::PinDbConnection;
 use crate::error::Error;
-use crate::read_only::ReplicaConnection;
+use crate::pools::Pools;
+
+mod connection;
+mod read_only;
+
+pub use connection::{PinDbConnection, RoutedTransactionManager};
+pub use read_only::{ReadOnlyQuery, ReplicaConnection};
 
 /// A pooled `AsyncPgConnection`, as bb8 hands it out.
 pub type Pooled = bb8::PooledConnection<'static, AsyncDieselConnectionManager<AsyncPgConnection>>;
 
 type Pool = bb8::Pool<AsyncDieselConnectionManager<AsyncPgConnection>>;
 
-/// The router and one pool per alias (parallel to `router.databases()`), with checkout
-/// counts. Shared by the async [`PinDb`] and the sync one.
-pub(crate) struct Pools<P> {
-    router: Router,
-    pools: Vec<P>,
-    checkouts: Vec<AtomicU64>,
-}
-
-impl<P> Pools<P> {
-    pub(crate) fn new(router: Router, build: impl Fn(&Database) -> P) -> Self {
-        Pools {
-            pools: router.databases().iter().map(build).collect(),
-            checkouts: router
-                .databases()
-                .iter()
-                .map(|_| AtomicU64::new(0))
-                .collect(),
-            router,
-        }
-    }
-
-    pub(crate) fn router(&self) -> &Router {
-        &self.router
-    }
-
-    /// The pool of the database at `index`, counting the checkout about to be made.
-    pub(crate) fn pool_for_checkout(&self, index: usize) -> (&P, &Database) {
-        self.checkouts[index].fetch_add(1, Ordering::Relaxed);
-        (&self.pools[index], &self.router.databases()[index])
-    }
-
-    pub(crate) fn checkouts(&self, alias: &str) -> Result<u64, PinDbError> {
-        Ok(self.checkouts[self.router.index_of(alias)?].load(Ordering::Relaxed))
-    }
-}
-
 /// The entry point: the router plus a pool per alias. Cheap to clone.
 ///
 /// ```no_run
 /// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
 /// use diesel_async::RunQueryDsl;
-/// use pindb_diesel::PinDb;
+/// use pindb_diesel::bb8::PinDb;
 ///
 /// let db = PinDb::new(pindb_core::Config::load("pindb.toml")?)?; // inside the runtime
 /// pindb_core::scope(async {
@@ -156,7 +125,7 @@ impl PinDb {
         self.inner.checkouts(alias)
     }
 
-    /// Checks out a connection of the database at `index` in `router.databases()`.
+    /// Checks out a connection of the database at `index` in `router.topology().databases()`.
     pub(crate) async fn checkout(&self, index: usize) -> Result<Pooled, Error> {
         let (pool, db) = self.inner.pool_for_checkout(index);
         pool.get_owned().await.map_err(|e| match e {

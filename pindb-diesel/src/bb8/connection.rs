@@ -83,11 +83,12 @@ use diesel_async::{
 };
 use futures_util::future::BoxFuture;
 use futures_util::FutureExt;
-use pindb_core::StatementKind;
+use pindb_core::adapter::Shape;
+use pindb_core::Operation;
 
 use crate::checkouts::{Checkouts, Forward, Held, Slot};
-use crate::pool::{PinDb, Pooled};
-use crate::statement::{self, OwnedQuery, Shape};
+use super::{PinDb, Pooled};
+use crate::statement::{self, OwnedQuery};
 
 /// A routed diesel-async connection, from [`PinDb::get`]. Use it wherever an
 /// `AsyncPgConnection` goes: `RunQueryDsl`, `transaction`, `save_changes`...
@@ -165,12 +166,12 @@ impl PinDbConnection {
     /// Checks out the connection the next read would use (see the module docs for when this
     /// is needed).
     pub async fn checkout_for_read(&mut self) -> QueryResult<()> {
-        self.slot(&Shape::of(StatementKind::Read)).await
+        self.slot(&Shape::of(Operation::Read)).await
     }
 
     /// Checks out the connection the next write would use, under the router's rules.
     pub async fn checkout_for_write(&mut self) -> QueryResult<()> {
-        self.slot(&Shape::of(StatementKind::Write)).await
+        self.slot(&Shape::of(Operation::Write)).await
     }
 
     /// Runs `callback` in a transaction on the master of `set` (a set name, or an unmanaged
@@ -219,12 +220,12 @@ impl PinDbConnection {
     async fn hold(&mut self, index: usize) -> QueryResult<&mut Pooled> {
         self.slots.release();
         let conn = self.db.checkout(index).await?;
-        let alias = &self.db.router().databases()[index].alias;
+        let alias = &self.db.router().topology().databases()[index].alias;
         Ok(self.slots.hold(index, alias, conn))
     }
 
     fn alias(&self, index: usize) -> &str {
-        &self.db.router().databases()[index].alias
+        &self.db.router().topology().databases()[index].alias
     }
 
     fn status_mut(&mut self) -> &mut TransactionManagerStatus {
@@ -269,7 +270,7 @@ impl PinDbConnection {
 
 impl SimpleAsyncConnection for PinDbConnection {
     async fn batch_execute(&mut self, query: &str) -> QueryResult<()> {
-        let shape = statement::shape_of_sql(query, self.db.router().has_delegates());
+        let shape = Shape::of_sql(query, self.db.router().has_delegates());
         self.slot(&shape).await?;
         self.slots.get()?.batch_execute(query).await
     }

@@ -1,29 +1,7 @@
-//! Sync diesel (feature `sync`): the same routing over r2d2 pools of `PgConnection`, for
-//! actix-web / `web::block` users.
-//!
-//! Everything is synchronous here, so a connection is simply checked out when the router
-//! first sends a statement to it. The pinning context is a tokio task-local: capture it before
-//! leaving the async world and re-enter it in the blocking closure, with
-//! [`pindb_core::spawn_blocking`] or `Context::current()` + [`Context::enter`](pindb_core::Context::enter):
-//!
-//! ```no_run
-//! # async fn handler(db: pindb_diesel::sync::SyncPinDb) -> Result<(), Box<dyn std::error::Error>> {
-//! use diesel::prelude::*;
-//!
-//! pindb_core::scope(async {
-//!     pindb_core::spawn_blocking(move || {
-//!         let mut conn = db.get();
-//!         diesel::sql_query("SELECT 1").execute(&mut conn)   // routed by the request's context
-//!     }).await
-//! }).await??;
-//! # Ok(()) }
-//! ```
-//!
-//! Classification, routing and checkout bookkeeping are the async adapter's (shared modules);
-//! only the connection traits differ.
+//! [`PinDbConnection`]: a routed sync diesel connection over r2d2 checkouts, and its
+//! transaction manager.
 
 use std::num::NonZeroU32;
-use std::sync::Arc;
 
 use diesel::connection::{
     AnsiTransactionManager, CacheSize, Connection, ConnectionSealed, DefaultLoadingMode,
@@ -32,128 +10,34 @@ use diesel::connection::{
 };
 use diesel::pg::{Pg, PgConnection};
 use diesel::query_builder::{Query, QueryFragment, QueryId};
-use diesel::r2d2::{ConnectionManager, CustomizeConnection, Pool, PooledConnection};
 use diesel::result::QueryResult;
 use diesel::{ConnectionError, ConnectionResult};
-use pindb_core::{Config, Database, Hint, Membership, PinDbError, Router};
+use pindb_core::adapter::Shape;
 
+use super::{PinDb, Pooled};
 use crate::checkouts::{Checkouts, Forward, Held, Slot};
-use crate::error::Error;
-use crate::pool::Pools;
-use crate::statement::{self, Shape};
+use crate::statement;
 
-/// A pooled sync `PgConnection`.
-pub type SyncPooled = PooledConnection<ConnectionManager<PgConnection>>;
-
-type SyncPool = Pool<ConnectionManager<PgConnection>>;
-
-/// The sync entry point: the router plus an r2d2 pool per alias. Cheap to clone.
-#[derive(Clone)]
-pub struct SyncPinDb {
-    inner: Arc<Pools<SyncPool>>,
-}
-
-impl std::fmt::Debug for SyncPinDb {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SyncPinDb")
-            .field("router", self.inner.router())
-            .finish()
-    }
-}
-
-/// Makes replica connections refuse writes server-side.
-#[derive(Debug)]
-struct ReadOnlySession;
-
-impl CustomizeConnection<PgConnection, diesel::r2d2::Error> for ReadOnlySession {
-    fn on_acquire(&self, conn: &mut PgConnection) -> Result<(), diesel::r2d2::Error> {
-        conn.batch_execute("SET default_transaction_read_only = on")
-            .map_err(diesel::r2d2::Error::QueryError)
-    }
-}
-
-fn build_pool(db: &Database) -> SyncPool {
-    let mut builder = Pool::builder()
-        .max_size(db.pool.max_size)
-        .min_idle(db.pool.min_idle)
-        .connection_timeout(db.pool.connect_timeout);
-    if matches!(db.membership, Membership::Replica { .. }) {
-        builder = builder.connection_customizer(Box::new(ReadOnlySession));
-    }
-    builder.build_unchecked(ConnectionManager::new(db.url()))
-}
-
-impl SyncPinDb {
-    /// Builds the router and one r2d2 pool per alias; no connection is opened yet.
-    pub fn new(config: Config) -> Result<SyncPinDb, PinDbError> {
-        Ok(SyncPinDb::from_router(Router::new(config)?))
-    }
-
-    /// Like [`SyncPinDb::new`], from a router you built.
-    pub fn from_router(router: Router) -> SyncPinDb {
-        SyncPinDb {
-            inner: Arc::new(Pools::new(router, build_pool)),
-        }
-    }
-
-    /// The router.
-    pub fn router(&self) -> &Router {
-        self.inner.router()
-    }
-
-    /// A routed sync connection; nothing is checked out until the first statement.
-    pub fn get(&self) -> SyncPinDbConnection {
-        SyncPinDbConnection {
-            db: self.clone(),
-            slots: Checkouts::new(),
-            idle: TransactionManagerStatus::default(),
-        }
-    }
-
-    /// An explicit read connection on the router's read route for `hint`.
-    pub fn read_with(&self, hint: &Hint<'_>) -> Result<SyncPooled, Error> {
-        let index = self.router().db_for_read(hint)?.index;
-        self.checkout(index)
-    }
-
-    /// An explicit write connection on the master of the hinted set, under the router's rules.
-    pub fn write_with(&self, hint: &Hint<'_>) -> Result<SyncPooled, Error> {
-        let index = self.router().db_for_write(hint)?.index;
-        self.checkout(index)
-    }
-
-    /// How many checkouts of `alias`'s pool have been asked for so far.
-    pub fn checkouts(&self, alias: &str) -> Result<u64, PinDbError> {
-        self.inner.checkouts(alias)
-    }
-
-    fn checkout(&self, index: usize) -> Result<SyncPooled, Error> {
-        let (pool, db) = self.inner.pool_for_checkout(index);
-        // r2d2 only fails after its timeout; its message carries the last connection error.
-        pool.get().map_err(|e| Error::connect(db, e.to_string()))
-    }
-}
-
-/// A routed sync diesel connection, from [`SyncPinDb::get`]: `RunQueryDsl`, `transaction`
+/// A routed sync diesel connection, from [`PinDb::get`]: `RunQueryDsl`, `transaction`
 /// and `save_changes` work on it as on a `PgConnection`. Same rules as the async
-/// [`PinDbConnection`](crate::PinDbConnection): at most one checkout held, transactions on
+/// [`bb8::PinDbConnection`](crate::bb8::PinDbConnection): at most one checkout held, transactions on
 /// their set's master, a panicked transaction never reused.
-pub struct SyncPinDbConnection {
-    db: SyncPinDb,
-    slots: Checkouts<SyncPooled>,
+pub struct PinDbConnection {
+    db: PinDb,
+    slots: Checkouts<Pooled>,
     idle: TransactionManagerStatus,
 }
 
-impl std::fmt::Debug for SyncPinDbConnection {
+impl std::fmt::Debug for PinDbConnection {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SyncPinDbConnection")
+        f.debug_struct("PinDbConnection")
             .field("held", &self.held_aliases())
             .field("in_transaction", &self.slots.in_transaction())
             .finish()
     }
 }
 
-impl Held for SyncPooled {
+impl Held for Pooled {
     fn poison(&mut self) {
         AnsiTransactionManager::transaction_manager_status_mut(&mut **self).set_in_error();
     }
@@ -177,20 +61,28 @@ impl Held for SyncPooled {
     }
 }
 
-impl SyncPinDbConnection {
+impl PinDbConnection {
+    pub(super) fn new(db: PinDb) -> Self {
+        PinDbConnection {
+            db,
+            slots: Checkouts::new(),
+            idle: TransactionManagerStatus::default(),
+        }
+    }
+
     /// The alias of the connection this routed connection holds, if any (at most one).
     pub fn held_aliases(&self) -> Vec<&str> {
         self.slots.aliases(self.db.router())
     }
 
     /// Runs `f` in a transaction on the master of `set` instead of the `default` set's (see
-    /// [`PinDbConnection::transaction_on`](crate::PinDbConnection::transaction_on)).
+    /// [`bb8::PinDbConnection::transaction_on`](crate::bb8::PinDbConnection::transaction_on)).
     pub fn transaction_on<T, E, F>(&mut self, set: &str, f: F) -> Result<T, E>
     where
         F: FnOnce(&mut Self) -> Result<T, E>,
         E: From<diesel::result::Error>,
     {
-        SyncRoutedTransactionManager::run(self, Some(set.to_owned()), f)
+        RoutedTransactionManager::run(self, Some(set.to_owned()), f)
     }
 
     /// The held connection for a statement of this shape, checked out if needed (after giving
@@ -206,7 +98,7 @@ impl SyncPinDbConnection {
             Slot::Checkout(index) => {
                 self.slots.release();
                 let conn = self.db.checkout(index)?;
-                let alias = &self.db.router().databases()[index].alias;
+                let alias = &self.db.router().topology().databases()[index].alias;
                 &mut **self.slots.hold(index, alias, conn)
             }
         })
@@ -225,23 +117,23 @@ impl SyncPinDbConnection {
     }
 }
 
-impl SimpleConnection for SyncPinDbConnection {
+impl SimpleConnection for PinDbConnection {
     fn batch_execute(&mut self, query: &str) -> QueryResult<()> {
-        let shape = statement::shape_of_sql(query, self.db.router().has_delegates());
+        let shape = Shape::of_sql(query, self.db.router().has_delegates());
         self.connection_for(&shape)?.batch_execute(query)
     }
 }
 
-impl ConnectionSealed for SyncPinDbConnection {}
+impl ConnectionSealed for PinDbConnection {}
 
-impl Connection for SyncPinDbConnection {
+impl Connection for PinDbConnection {
     type Backend = Pg;
-    type TransactionManager = SyncRoutedTransactionManager;
+    type TransactionManager = RoutedTransactionManager;
 
     fn establish(_database_url: &str) -> ConnectionResult<Self> {
         Err(ConnectionError::BadConnection(
-            "a SyncPinDbConnection routes between several databases and cannot be established \
-             from one URL; build a pindb_diesel::sync::SyncPinDb and call `db.get()`"
+            "a PinDbConnection routes between several databases and cannot be established \
+             from one URL; build a pindb_diesel::r2d2::PinDb and call `db.get()`"
                 .to_owned(),
         ))
     }
@@ -275,7 +167,7 @@ impl Connection for SyncPinDbConnection {
     }
 }
 
-impl LoadConnection<DefaultLoadingMode> for SyncPinDbConnection {
+impl LoadConnection<DefaultLoadingMode> for PinDbConnection {
     type Cursor<'conn, 'query>
         = <PgConnection as LoadConnection<DefaultLoadingMode>>::Cursor<'conn, 'query>
     where
@@ -302,14 +194,14 @@ impl LoadConnection<DefaultLoadingMode> for SyncPinDbConnection {
 /// `AnsiTransactionManager` on that connection; same rules as the async adapter, including
 /// a transaction whose closure panicked: the next call discards its connection.
 #[derive(Debug, Default, Clone, Copy)]
-pub struct SyncRoutedTransactionManager;
+pub struct RoutedTransactionManager;
 
-impl SyncRoutedTransactionManager {
+impl RoutedTransactionManager {
     /// diesel's transaction loop inside a scope guard that marks the transaction abandoned if
     /// the closure panics.
-    fn run<T, E, F>(conn: &mut SyncPinDbConnection, set: Option<String>, f: F) -> Result<T, E>
+    fn run<T, E, F>(conn: &mut PinDbConnection, set: Option<String>, f: F) -> Result<T, E>
     where
-        F: FnOnce(&mut SyncPinDbConnection) -> Result<T, E>,
+        F: FnOnce(&mut PinDbConnection) -> Result<T, E>,
         E: From<diesel::result::Error>,
     {
         conn.slots.recover()?;
@@ -337,10 +229,10 @@ impl SyncRoutedTransactionManager {
     }
 }
 
-impl TransactionManager<SyncPinDbConnection> for SyncRoutedTransactionManager {
+impl TransactionManager<PinDbConnection> for RoutedTransactionManager {
     type TransactionStateData = TransactionManagerStatus;
 
-    fn begin_transaction(conn: &mut SyncPinDbConnection) -> QueryResult<()> {
+    fn begin_transaction(conn: &mut PinDbConnection) -> QueryResult<()> {
         let slot = conn.slots.decide_begin(conn.db.router())?;
         conn.take(slot)?;
         conn.slots.start_transaction();
@@ -349,7 +241,7 @@ impl TransactionManager<SyncPinDbConnection> for SyncRoutedTransactionManager {
         result
     }
 
-    fn rollback_transaction(conn: &mut SyncPinDbConnection) -> QueryResult<()> {
+    fn rollback_transaction(conn: &mut PinDbConnection) -> QueryResult<()> {
         let Some(tx) = conn.slots.for_rollback()? else {
             return Ok(());
         };
@@ -358,21 +250,21 @@ impl TransactionManager<SyncPinDbConnection> for SyncRoutedTransactionManager {
         result
     }
 
-    fn commit_transaction(conn: &mut SyncPinDbConnection) -> QueryResult<()> {
+    fn commit_transaction(conn: &mut PinDbConnection) -> QueryResult<()> {
         let result = AnsiTransactionManager::commit_transaction(&mut **conn.slots.for_commit()?);
         conn.slots.settle();
         result
     }
 
     fn transaction_manager_status_mut(
-        conn: &mut SyncPinDbConnection,
+        conn: &mut PinDbConnection,
     ) -> &mut TransactionManagerStatus {
         conn.status_mut()
     }
 
-    fn transaction<F, R, E>(conn: &mut SyncPinDbConnection, callback: F) -> Result<R, E>
+    fn transaction<F, R, E>(conn: &mut PinDbConnection, callback: F) -> Result<R, E>
     where
-        F: FnOnce(&mut SyncPinDbConnection) -> Result<R, E>,
+        F: FnOnce(&mut PinDbConnection) -> Result<R, E>,
         E: From<diesel::result::Error>,
     {
         Self::run(conn, None, callback)
@@ -388,13 +280,13 @@ mod save_changes {
     use diesel::query_dsl::UpdateAndFetchResults;
     use diesel::{RunQueryDsl, Table};
 
-    use super::SyncPinDbConnection;
+    use super::PinDbConnection;
 
     /// `save_changes` on the routed sync connection: an `UPDATE ... RETURNING`, a write.
-    impl<'b, Changes, Output> UpdateAndFetchResults<Changes, Output> for SyncPinDbConnection
+    impl<'b, Changes, Output> UpdateAndFetchResults<Changes, Output> for PinDbConnection
     where
         Changes: Copy + AsChangeset<Target = <Changes as HasTable>::Table> + IntoUpdateTarget,
-        Update<Changes, Changes>: LoadQuery<'b, SyncPinDbConnection, Output>,
+        Update<Changes, Changes>: LoadQuery<'b, PinDbConnection, Output>,
         <Changes::Table as Table>::AllColumns: ValidGrouping<()>,
         <<Changes::Table as Table>::AllColumns as ValidGrouping<()>>::IsAggregate:
             MixedAggregates<is_aggregate::No, Output = is_aggregate::No>,

@@ -4,10 +4,18 @@
 use std::fmt;
 use std::str::FromStr;
 
-use super::{unix_now, Positions};
+use super::{unix_now, Consistency};
 use crate::context::Context;
 use crate::error::PinDbError;
 use crate::lsn::Lsn;
+use crate::store::{merge, Positions};
+
+/// How far beyond the best replica a token position may be before the master is asked
+/// whether it has written that far.
+const PLAUSIBLE_AHEAD: u64 = 64 * 1024 * 1024;
+
+/// Clock difference between instances tolerated in a token's issue times.
+const CLOCK_SKEW_SECS: u64 = 60;
 
 /// Write positions carried explicitly from one context to another (a web request to the
 /// background job it enqueues, like GitLab's Sidekiq `:sticky` jobs). Compact text form,
@@ -175,6 +183,78 @@ impl FromStr for ConsistencyToken {
             token.issued.push(issued);
         }
         Ok(token)
+    }
+}
+
+impl Consistency {
+    /// A token a client sent back (signed with any of [`Consistency::cookie_keys`]), with only the
+    /// positions that may still matter: of a known set, issued less than `ttl_seconds` ago
+    /// (a token echoed forever must not keep its client on the master forever), and not
+    /// beyond what the master has written (a restore, another cluster). `None` when the
+    /// signature is wrong. A position far ahead of every replica costs one master round trip
+    /// to check.
+    pub async fn accept_token(&self, signed: &str) -> Option<ConsistencyToken> {
+        let mut token = self
+            .cookie_keys()
+            .iter()
+            .find_map(|key| ConsistencyToken::verify(signed, key).ok())?;
+        let now = unix_now();
+        let ttl = self.settings.ttl_seconds;
+        // A position without an issue time comes from an instance of an earlier pindb (a
+        // rolling deploy, a queued job): taken as issued now, so it is re-issued with a time
+        // and still expires, instead of being dropped while it may matter.
+        token.stamp_unknown(now);
+        // Issue times are whole seconds and instances' clocks differ: a position is kept up
+        // to the skew allowance past `ttl` (longer is safe, shorter could read stale).
+        token.retain(|set, _, issued| {
+            self.topology.is_set(set)
+                && issued <= now.saturating_add(CLOCK_SKEW_SECS)
+                && now.saturating_sub(issued) <= ttl.saturating_add(CLOCK_SKEW_SECS)
+        });
+        let mut implausible = Vec::new();
+        let mut resolved = Vec::new();
+        for (set, lsn) in token.positions() {
+            let known = self.topology.best_replay(set).unwrap_or(Lsn(0));
+            if *lsn == Lsn(u64::MAX) {
+                // pindb's own "unknown, beyond every replica" marker (the master could not
+                // tell its position when the write's context ended): now that it may answer,
+                // its current position covers the write; if not, the marker stays (reads of
+                // the set go to the master until it expires).
+                if let Ok(master) = self.master_insert_lsn(set).await {
+                    resolved.push((set.clone(), master));
+                }
+            } else if lsn.0 > known.0.saturating_add(PLAUSIBLE_AHEAD) {
+                match self.master_insert_lsn(set).await {
+                    Ok(master) if *lsn > master => implausible.push(set.clone()),
+                    // Cannot check: keep it (at worst, reads of the set go to the master).
+                    _ => {}
+                }
+            }
+        }
+        for (set, lsn) in resolved {
+            token.set_position(&set, lsn);
+        }
+        if !implausible.is_empty() {
+            metrics::counter!("pindb_tokens_rejected_total", "reason" => "beyond-master")
+                .increment(1);
+            tracing::warn!(target: "pindb", sets = ?implausible, "pindb: a consistency token carried a position beyond the master's; ignored");
+            token.retain(|set, _, _| !implausible.iter().any(|s| s == set));
+        }
+        Some(token)
+    }
+
+    /// A token with the current context's write positions (sets it pinned, at the master's
+    /// current position, plus positions it was already required to see), for a background
+    /// job to import with [`ConsistencyToken::apply_to`].
+    pub async fn token(&self) -> ConsistencyToken {
+        match Context::current() {
+            Some(ctx) => {
+                let mut positions = ctx.required();
+                merge(&mut positions, &self.write_positions_or_unknown(&ctx).await);
+                ConsistencyToken::new(positions)
+            }
+            None => ConsistencyToken::default(),
+        }
     }
 }
 

@@ -1,0 +1,182 @@
+use super::StatementKind::{Read, Write};
+use super::*;
+
+/// Real statements: what diesel, SeaORM and hand-written code send.
+const TABLE: &[(&str, StatementKind)] = &[
+    // Plain reads.
+    ("SELECT 1", Read),
+    ("select 1", Read),
+    ("  \n\tSELECT now()", Read),
+    (r#"SELECT "users"."id", "users"."name" FROM "users" WHERE "users"."id" = $1"#, Read),
+    (r#"SELECT "users"."id" FROM "users" WHERE "users"."name" = $1 LIMIT $2 OFFSET $3"#, Read),
+    (r#"SELECT COUNT(*) FROM "posts" WHERE "posts"."user_id" = $1"#, Read),
+    (r#"SELECT COUNT(*) AS num_items FROM (SELECT "posts"."id" FROM "posts") AS "sub""#, Read),
+    ("SELECT EXISTS (SELECT 1 FROM users WHERE id = $1)", Read),
+    ("SELECT * FROM users ORDER BY id DESC", Read),
+    ("SELECT a, b FROM t1 JOIN t2 USING (id) WHERE t1.x IN (1, 2, 3)", Read),
+    ("SELECT substring('abc' FROM 1 FOR 2)", Read),
+    ("SELECT * FROM t WHERE x = 'INSERT INTO t VALUES (1)'", Read),
+    ("SELECT 'it''s; DELETE FROM t'", Read),
+    (r"SELECT E'\' DELETE FROM t; '", Read),
+    ("SELECT $$ DELETE FROM t $$", Read),
+    ("SELECT $body$ UPDATE t SET x = 1; $body$ AS code", Read),
+    (r#"SELECT "update", "delete" FROM "insert""#, Read),
+    ("SELECT 1 -- DELETE FROM t", Read),
+    ("SELECT /* UPDATE t */ 1", Read),
+    ("SELECT /* outer /* nested UPDATE */ still comment */ 1", Read),
+    ("-- leading comment\nSELECT 1", Read),
+    ("/* a */ /* b */ SELECT 1", Read),
+    ("(SELECT 1) UNION ALL (SELECT 2)", Read),
+    ("SELECT 1; SELECT 2;", Read),
+    ("SELECT 1;", Read),
+    ("VALUES (1, 'a'), (2, 'b')", Read),
+    ("TABLE users", Read),
+    ("SHOW server_version", Read),
+    ("show transaction_isolation", Read),
+    ("WITH recent AS (SELECT * FROM posts WHERE created_at > now() - interval '1 day') SELECT * FROM recent", Read),
+    ("WITH RECURSIVE r(n) AS (VALUES (1) UNION ALL SELECT n + 1 FROM r WHERE n < 5) SELECT n FROM r", Read),
+    ("EXPLAIN SELECT * FROM users", Read),
+    ("EXPLAIN DELETE FROM users", Read),
+    ("EXPLAIN (FORMAT JSON) UPDATE users SET x = 1", Read),
+    ("EXPLAIN VERBOSE SELECT 1", Read),
+    ("EXPLAIN ANALYZE SELECT * FROM users", Read),
+    ("SELECT pg_last_wal_replay_lsn()", Read),
+    ("SELECT U&'d\\0061t\\+000061' AS x", Read),
+    ("SELECT x::text FROM t WHERE y @> '{1}'", Read),
+    ("SELECT * FROM \"weird\"\"name\" WHERE a = $1", Read),
+    // Writes.
+    ("INSERT INTO users (name) VALUES ($1)", Write),
+    (r#"INSERT INTO "users" ("name") VALUES ($1) RETURNING "users"."id", "users"."name""#, Write),
+    ("UPDATE users SET name = $1 WHERE id = $2", Write),
+    (r#"UPDATE "posts" SET "title" = $1 WHERE "posts"."id" = $2 RETURNING "id", "title""#, Write),
+    ("DELETE FROM users WHERE id = $1", Write),
+    ("MERGE INTO t USING s ON t.id = s.id WHEN MATCHED THEN UPDATE SET x = s.x", Write),
+    ("-- app=web\nINSERT INTO t VALUES (1)", Write),
+    ("/* SELECT */ INSERT INTO t VALUES (1)", Write),
+    ("/* nested /* SELECT */ */ DELETE FROM t", Write),
+    ("SELECT * FROM jobs FOR UPDATE", Write),
+    ("SELECT * FROM jobs WHERE id = $1 FOR UPDATE SKIP LOCKED", Write),
+    ("SELECT * FROM jobs FOR NO KEY UPDATE", Write),
+    ("SELECT * FROM jobs FOR SHARE", Write),
+    ("SELECT * FROM jobs FOR KEY SHARE OF jobs NOWAIT", Write),
+    ("select * from jobs for update", Write),
+    ("WITH x AS (DELETE FROM t RETURNING *) SELECT * FROM x", Write),
+    ("WITH x AS (INSERT INTO t VALUES (1) RETURNING id) SELECT id FROM x", Write),
+    ("WITH x AS (UPDATE t SET a = 1 RETURNING *) SELECT count(*) FROM x", Write),
+    ("WITH x AS (SELECT 1) INSERT INTO t SELECT * FROM x", Write),
+    ("EXPLAIN ANALYZE DELETE FROM users", Write),
+    ("EXPLAIN (ANALYZE, BUFFERS) UPDATE users SET x = 1", Write),
+    ("EXPLAIN ANALYZE VERBOSE INSERT INTO t VALUES (1)", Write),
+    ("SELECT * INTO new_table FROM users", Write),
+    ("SELECT nextval('users_id_seq')", Write),
+    ("SELECT setval('users_id_seq', 10)", Write),
+    ("SELECT pg_advisory_lock(42)", Write),
+    ("SELECT pg_try_advisory_xact_lock(42)", Write),
+    ("SELECT pg_notify('ch', 'payload')", Write),
+    ("SELECT lo_create(0)", Write),
+    ("SELECT pg_current_wal_insert_lsn()", Write),
+    ("SELECT 1; DELETE FROM t", Write),
+    ("SELECT 'a;b'; UPDATE t SET a = 1", Write),
+    ("CREATE TABLE t (id int)", Write),
+    ("DROP TABLE t", Write),
+    ("ALTER TABLE t ADD COLUMN x int", Write),
+    ("TRUNCATE t", Write),
+    ("BEGIN", Write),
+    ("COMMIT", Write),
+    ("SET search_path TO app", Write),
+    ("LOCK TABLE t IN ACCESS EXCLUSIVE MODE", Write),
+    ("COPY t FROM STDIN", Write),
+    ("CALL do_things()", Write),
+    ("DO $$ BEGIN PERFORM 1; END $$", Write),
+    ("VACUUM t", Write),
+    ("REFRESH MATERIALIZED VIEW mv", Write),
+    ("", Write),
+    ("   ", Write),
+    ("-- only a comment", Write),
+    (";", Write),
+    ("SELECT 'unterminated", Read),
+    ("/* unterminated comment SELECT 1", Write),
+    ("42", Write),
+    ("$1", Write),
+    // From review: parenthesised statements after EXPLAIN ANALYZE, quoted function names.
+    ("SELECT 1; EXPLAIN ANALYZE (SELECT nextval('s'))", Write),
+    ("EXPLAIN (ANALYZE) (SELECT pg_advisory_lock(1)); SELECT 1", Write),
+    ("EXPLAIN ANALYZE (WITH d AS (DELETE FROM t RETURNING *) SELECT * FROM d); SELECT 1", Write),
+    ("EXPLAIN (SELECT 1)", Read),
+    (r#"SELECT "nextval"('s')"#, Write),
+    (r#"SELECT pg_catalog."setval"('s', 1)"#, Write),
+    (r#"SELECT U&"nextval"('s')"#, Write),
+    ("SELECT currval('s')", Write),
+    ("SELECT pg_logical_emit_message(true, 'p', 'x')", Write),
+];
+
+#[test]
+fn main_tables() {
+    let cases = [
+        (
+            r#"SELECT "users"."id" FROM "users" WHERE "users"."id" = $1"#,
+            Some("users"),
+        ),
+        (
+            r#"INSERT INTO "notes" ("body") VALUES ($1) RETURNING "notes"."id""#,
+            Some("notes"),
+        ),
+        (r#"UPDATE "posts" SET "title" = $1"#, Some("posts")),
+        ("DELETE FROM ONLY app.jobs WHERE id = 1", Some("jobs")),
+        ("TABLE stats", Some("stats")),
+        (
+            "WITH x AS (SELECT * FROM inner_t) SELECT * FROM outer_t",
+            Some("outer_t"),
+        ),
+        ("SELECT (SELECT 1 FROM a) FROM b", Some("b")),
+        ("SELECT extract(year FROM now())", None),
+        (r#"SELECT * FROM "we""ird""#, Some(r#"we""ird"#)),
+        ("SELECT * FROM données", Some("données")),
+        ("SELECT 1", None),
+        ("", None),
+        ("INSERT", None),
+    ];
+    for (sql, want) in cases {
+        assert_eq!(main_table(sql), want, "{sql}");
+    }
+}
+
+#[test]
+fn table_of_real_statements() {
+    assert!(TABLE.len() >= 60);
+    let wrong: Vec<_> = TABLE
+        .iter()
+        .filter(|(sql, want)| classify(sql) != *want)
+        .map(|(sql, want)| format!("{want:?} expected for {sql:?}"))
+        .collect();
+    assert!(wrong.is_empty(), "misclassified:\n{}", wrong.join("\n"));
+}
+
+proptest::proptest! {
+    #[test]
+    fn never_panics_on_arbitrary_text(s in "\\PC*") {
+        let _ = classify(&s);
+        let _ = main_table(&s);
+    }
+
+    #[test]
+    fn never_panics_on_sql_like_fragments(
+        parts in proptest::collection::vec(
+            proptest::sample::select(vec![
+                "SELECT", "INSERT", "EXPLAIN", "ANALYZE", "(", ")", ";", "'", "\"", "$$", "$a$",
+                "$1", "--", "\n", "/*", "*/", "E'", "\\", "U&'", "FOR", "UPDATE", " ", "x", "é",
+            ]),
+            0..40,
+        )
+    ) {
+        let _ = classify(&parts.concat());
+        let _ = main_table(&parts.concat());
+    }
+
+    #[test]
+    fn a_comment_or_string_never_turns_a_write_into_a_read(noise in "[a-zA-Z0-9 ;'$]*") {
+        let lit = noise.replace('\'', "''").replace('$', "");
+        let sql = format!("/* {} */ INSERT INTO t VALUES ('{lit}')", noise.replace("*/", ""));
+        proptest::prop_assert_eq!(classify(&sql), Write);
+    }
+}

@@ -1,0 +1,264 @@
+//! Read-your-writes across contexts, and all the I/O it takes: remember the master's WAL
+//! position after a context writes, per *stickiness key* (user, session, job), and only read
+//! that set from replicas that have replayed it.
+//!
+//! [`Consistency`] (owned by the [`Router`](crate::Router), reached with
+//! [`Router::consistency`](crate::Router::consistency)) holds pindb's own connections for master
+//! positions and direct replica checks, the [`Store`], the signing keys and the counters.
+//! Files: `keyed.rs` (a keyed context's start and end steps, and recording when it is
+//! dropped), `token.rs` ([`ConsistencyToken`]: positions carried in a job payload or header).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant, SystemTime};
+
+use crate::config::{Config, StickinessSettings};
+use crate::context::{Context, PinOrigin};
+use crate::error::PinDbError;
+use crate::lsn::Lsn;
+use crate::probe::{lsn_column, Probe};
+use crate::store::{Positions, Store};
+use crate::topology::Topology;
+
+mod keyed;
+mod token;
+
+#[cfg(feature = "tower")]
+pub(crate) use keyed::RecordOnDrop;
+use keyed::Pending;
+pub use token::ConsistencyToken;
+
+/// Now, in Unix seconds.
+pub(crate) fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// Read-your-writes across contexts: the store, pindb's own connections for positions, the
+/// signing keys. One per router.
+///
+/// ```no_run
+/// # async fn demo(router: pindb_core::Router) {
+/// let consistency = router.consistency();
+/// consistency.scope_with_key(Some("user:42"), async {
+///     // reads and writes through an adapter
+/// }).await;
+/// println!("{} consistency round trips so far", consistency.round_trips());
+/// # }
+/// ```
+pub struct Consistency {
+    topology: Arc<Topology>,
+    settings: StickinessSettings,
+    /// Small connections of pindb's own, parallel to `topology.databases()`: master
+    /// positions, direct replica checks.
+    probes: Vec<tokio::sync::Mutex<Probe>>,
+    store: Arc<dyn Store>,
+    /// When a store failure was last logged (ms since `started`), to log once per interval.
+    store_logged_at: AtomicU64,
+    started: Instant,
+    /// Database round trips made for consistency (write positions, direct replica checks).
+    round_trips: AtomicU64,
+    /// Keyed contexts dropped mid-flight whose positions are being recorded: the key's next
+    /// context on this instance waits for them (see `RecordOnDrop`).
+    pending: Mutex<HashMap<String, Arc<Pending>>>,
+    /// Entries in `pending`: a keyed context start skips the lock when it is 0.
+    pending_len: AtomicUsize,
+    /// Verify pin cookies and consistency tokens; the first signs.
+    cookie_keys: Vec<cookie::Key>,
+}
+
+impl std::fmt::Debug for Consistency {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Consistency")
+            .field("store", &self.store.name())
+            .field("settings", &self.settings)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Consistency {
+    pub(crate) fn new(topology: Arc<Topology>, config: &Config, store: Arc<dyn Store>) -> Self {
+        let timeout = Duration::from_millis(config.monitor.check_timeout_ms);
+        let web = &config.web;
+        Consistency {
+            probes: topology
+                .databases()
+                .iter()
+                .map(|db| tokio::sync::Mutex::new(Probe::new(db, timeout)))
+                .collect(),
+            topology,
+            settings: config.stickiness.clone(),
+            store,
+            store_logged_at: AtomicU64::new(u64::MAX),
+            started: Instant::now(),
+            round_trips: AtomicU64::new(0),
+            pending: Mutex::new(HashMap::new()),
+            pending_len: AtomicUsize::new(0),
+            cookie_keys: std::iter::once(match &web.cookie_secret {
+                Some(secret) => cookie::Key::derive_from(secret.as_bytes()),
+                None => cookie::Key::generate(),
+            })
+            .chain(
+                web.cookie_old_secrets
+                    .iter()
+                    .map(|s| cookie::Key::derive_from(s.as_bytes())),
+            )
+            .collect(),
+        }
+    }
+
+    /// The store positions are kept in (set with
+    /// [`RouterBuilder::store`](crate::RouterBuilder::store); in memory by default).
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    /// The key that signs pin cookies and consistency tokens (from `web.cookie_secret`).
+    pub fn cookie_key(&self) -> &cookie::Key {
+        &self.cookie_keys[0]
+    }
+
+    /// Every key a pin cookie or token may be signed with: `web.cookie_secret`'s, then
+    /// `web.cookie_old_secrets`' (rotation).
+    pub fn cookie_keys(&self) -> &[cookie::Key] {
+        &self.cookie_keys
+    }
+
+    /// Database round trips pindb has made for consistency so far: one per write position
+    /// recorded, one per direct replica check. Reads themselves make none (the monitor's
+    /// polling is separate and does not grow with traffic).
+    pub fn round_trips(&self) -> u64 {
+        self.round_trips.load(Ordering::Relaxed)
+    }
+
+    fn count_round_trip(&self) {
+        self.round_trips.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!("pindb_consistency_round_trips_total").increment(1);
+    }
+
+    fn ttl(&self) -> Duration {
+        Duration::from_secs(self.settings.ttl_seconds)
+    }
+
+    /// `pg_current_wal_insert_lsn()` on the master of `set`, over pindb's own connection.
+    pub(crate) async fn master_insert_lsn(&self, set: &str) -> Result<Lsn, String> {
+        let s = self
+            .topology
+            .set_named(set)
+            .ok_or_else(|| format!("unknown set `{set}`"))?;
+        self.count_round_trip();
+        let row = Probe::shared_row(
+            &self.probes[s.master],
+            "SELECT pg_current_wal_insert_lsn()::text",
+        )
+        .await?;
+        lsn_column(&row, 0)?.ok_or_else(|| "the master returned no position".to_owned())
+    }
+
+    /// Asks each usable replica of `set` for its replay position and records it. `None` when
+    /// the set has no replica.
+    pub(crate) async fn check_replicas(&self, set: &str) -> Option<()> {
+        let s = self.topology.set_named(set)?;
+        if s.replicas.is_empty() {
+            return None;
+        }
+        for (r, &index) in s.replicas.iter().enumerate() {
+            if !s.health[r].status().up {
+                continue;
+            }
+            self.count_round_trip();
+            if let Ok(Some(lsn)) = Probe::shared_row(
+                &self.probes[index],
+                "SELECT pg_last_wal_replay_lsn()::text",
+            )
+            .await
+            .and_then(|row| lsn_column(&row, 0))
+            {
+                s.health[r].raise_replay(lsn);
+            }
+        }
+        Some(())
+    }
+
+    /// [`Consistency::write_positions`], plus `Lsn::MAX` for a set whose master could not
+    /// tell its position (it went away right after the write): "beyond every replica", so the
+    /// key reads that set from its master until the position expires instead of from a
+    /// replica that may lack the write.
+    pub(crate) async fn write_positions_or_unknown(&self, ctx: &Context) -> Positions {
+        let mut positions = self.write_positions(ctx).await;
+        for set in ctx.pinned(|o| o == PinOrigin::New) {
+            if !positions.iter().any(|(s, _)| *s == set) {
+                positions.push((set, Lsn(u64::MAX)));
+            }
+        }
+        positions
+    }
+
+    /// Master positions of the sets `ctx` pinned itself. A master that cannot be asked is
+    /// logged and skipped: its write already committed.
+    pub(crate) async fn write_positions(&self, ctx: &Context) -> Positions {
+        let mut positions = Vec::new();
+        for set in ctx.pinned(|o| o == PinOrigin::New) {
+            match self.master_insert_lsn(&set).await {
+                Ok(lsn) => positions.push((set, lsn)),
+                Err(e) => {
+                    metrics::counter!("pindb_position_failures_total").increment(1);
+                    tracing::warn!(target: "pindb", %set, error = %e, "pindb: could not read the master's WAL position after a write; the key's reads of this set go to the master until the position expires");
+                }
+            }
+        }
+        positions
+    }
+
+    fn store_failed(&self, store: &'static str, op: &'static str, e: &PinDbError) {
+        metrics::counter!("pindb_store_failures_total", "store" => store, "op" => op).increment(1);
+        if self.should_log_store_failure() {
+            tracing::warn!(target: "pindb", store, op, error = %e, "pindb: stickiness store unavailable; keyed reads go to the master");
+        }
+    }
+
+    /// True at most once per 10 s: store outages are logged, not once per request.
+    fn should_log_store_failure(&self) -> bool {
+        let now = self.started.elapsed().as_millis() as u64;
+        let last = self.store_logged_at.load(Ordering::Relaxed);
+        (last == u64::MAX || now.saturating_sub(last) >= 10_000)
+            && self
+                .store_logged_at
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+    }
+
+    fn pending_records(&self) -> MutexGuard<'_, HashMap<String, Arc<Pending>>> {
+        self.pending.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The recordings in flight for `key` (contexts dropped mid-flight), if any. Lock-free
+    /// when there are none anywhere, the usual case.
+    fn pending_for(&self, key: &str) -> Option<Arc<Pending>> {
+        if self.pending_len.load(Ordering::Acquire) == 0 {
+            return None;
+        }
+        self.pending_records().get(key).cloned()
+    }
+
+    /// Counts one more recording in flight for `key`.
+    fn start_pending(&self, key: &str) -> Arc<Pending> {
+        let mut records = self.pending_records();
+        let pending = Arc::clone(records.entry(key.to_owned()).or_default());
+        pending.start();
+        self.pending_len.store(records.len(), Ordering::Release);
+        pending
+    }
+
+    /// One recording for `key` is done; the entry goes with its last one.
+    fn finish_pending(&self, key: &str, pending: &Arc<Pending>) {
+        let mut records = self.pending_records();
+        if pending.finish() && records.get(key).is_some_and(|p| Arc::ptr_eq(p, pending)) {
+            records.remove(key);
+        }
+        self.pending_len.store(records.len(), Ordering::Release);
+    }
+}

@@ -1,0 +1,217 @@
+use super::*;
+use crate::Config;
+
+fn err(toml: &str) -> (Option<String>, String) {
+    match Config::from_toml_str(toml).unwrap_err() {
+        PinDbError::Config { alias, problem } => (alias, problem),
+        other => panic!("expected a config error, got {other:?}"),
+    }
+}
+
+#[test]
+fn no_masters() {
+    let (alias, problem) = err("");
+    assert_eq!(alias, None);
+    assert!(
+        problem.contains("no masters") && problem.contains("[masters.default]"),
+        "{problem}"
+    );
+}
+
+#[test]
+fn master_without_sets_entry() {
+    let (alias, problem) = err("[masters.default]\nurl = 'postgres://h/d'");
+    assert_eq!(alias.as_deref(), Some("default"));
+    assert!(problem.contains("default = []"), "{problem}");
+}
+
+#[test]
+fn empty_sets_entry_means_zero_replicas() {
+    let c = Config::from_toml_str(
+        "[masters.default]\nurl = 'postgres://h/d'\n[sets]\ndefault = []",
+    )
+    .unwrap();
+    assert_eq!(c.databases().unwrap().len(), 1);
+}
+
+#[test]
+fn sets_entry_without_master() {
+    let (alias, problem) = err(
+        "[masters.default]\nurl = 'postgres://h/d'\n[sets]\ndefault = []\nanalytics = [{}]",
+    );
+    assert_eq!(alias.as_deref(), Some("analytics"));
+    assert!(problem.contains("[masters.analytics]"), "{problem}");
+}
+
+#[test]
+fn no_default_master() {
+    let (alias, problem) = err("[masters.main]\nurl = 'postgres://h/d'\n[sets]\nmain = []");
+    assert_eq!(alias.as_deref(), Some("default"));
+    assert!(problem.contains("unmanaged_default"), "{problem}");
+}
+
+#[test]
+fn unmanaged_default_needs_an_unmanaged_default() {
+    let (alias, problem) = err(
+        "unmanaged_default = true\n[masters.main]\nurl = 'postgres://h/d'\n[sets]\nmain = []",
+    );
+    assert_eq!(alias.as_deref(), Some("default"));
+    assert!(problem.contains("[unmanaged.default]"), "{problem}");
+}
+
+#[test]
+fn unmanaged_default_is_accepted() {
+    let c = Config::from_toml_str(
+        "unmanaged_default = true\n[masters.main]\nurl = 'postgres://h/d'\n[sets]\nmain = []\n\
+         [unmanaged.default]\nurl = 'postgres://legacy/d'",
+    )
+    .unwrap();
+    let dbs = c.databases().unwrap();
+    assert_eq!(dbs[1].alias, "default");
+    assert_eq!(dbs[1].membership, Membership::Unmanaged);
+}
+
+#[test]
+fn unmanaged_default_beside_a_default_master_collides() {
+    let (alias, problem) = err(
+        "[masters.default]\nurl = 'postgres://h/d'\n[sets]\ndefault = []\n\
+         [unmanaged.default]\nurl = 'postgres://legacy/d'",
+    );
+    assert_eq!(alias.as_deref(), Some("default"));
+    assert!(problem.contains("used twice"), "{problem}");
+}
+
+#[test]
+fn generated_replica_alias_collides_with_a_master() {
+    let (alias, problem) = err(
+        "[masters.default]\nurl = 'postgres://h/d'\n[masters.default-1]\nurl = 'postgres://h2/d'\n\
+         [sets]\ndefault = [{ host = 'r' }]\n'default-1' = []",
+    );
+    assert_eq!(alias.as_deref(), Some("default-1"));
+    assert!(problem.contains("used twice"), "{problem}");
+}
+
+#[test]
+fn unparsable_url_names_the_alias_and_hides_the_password() {
+    let (alias, problem) = err(
+        "[masters.default]\nurl = 'postgres://u:secret@h:notaport/d'\n[sets]\ndefault = []",
+    );
+    assert_eq!(alias.as_deref(), Some("default"));
+    assert!(
+        problem.contains("does not parse") && !problem.contains("secret"),
+        "{problem}"
+    );
+}
+
+#[test]
+fn wrong_scheme() {
+    let (_, problem) = err("[masters.default]\nurl = 'mysql://h/d'\n[sets]\ndefault = []");
+    assert!(problem.contains("postgres://"), "{problem}");
+}
+
+#[test]
+fn replica_url_error_names_the_replica_alias() {
+    let (alias, _) = err(
+        "[masters.default]\nurl = 'postgres://h/d'\n[sets]\ndefault = [{}, { url = 'nonsense' }]",
+    );
+    assert_eq!(alias.as_deref(), Some("default-2"));
+}
+
+#[test]
+fn missing_host() {
+    let (alias, problem) = err("[masters.default]\ndbname = 'd'\n[sets]\ndefault = []");
+    assert_eq!(alias.as_deref(), Some("default"));
+    assert!(problem.contains("no host"), "{problem}");
+}
+
+#[test]
+fn zero_max_size() {
+    let (_, problem) =
+        err("[masters.default]\nurl = 'postgres://h/d'\nmax_size = 0\n[sets]\ndefault = []");
+    assert!(problem.contains("max_size"), "{problem}");
+}
+
+#[test]
+fn aliases_are_named_and_ordered_deterministically() {
+    let c = Config::from_toml_str(
+        "[masters.default]\nurl = 'postgres://h/d'\n[masters.analytics]\nurl = 'postgres://a/d'\n\
+         [sets]\ndefault = [{ host = 'r1' }, { host = 'r2' }]\nanalytics = [{ host = 'a1' }]\n\
+         [unmanaged.legacy]\nurl = 'postgres://l/d'",
+    )
+    .unwrap();
+    let names: Vec<_> = c
+        .databases()
+        .unwrap()
+        .into_iter()
+        .map(|d| d.alias)
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "analytics",
+            "analytics-1",
+            "default",
+            "default-1",
+            "default-2",
+            "legacy"
+        ]
+    );
+}
+
+#[test]
+fn overrides_merge_on_top_of_the_master() {
+    let c = Config::from_toml_str(
+        "[masters.default]\nurl = 'postgres://app:p%40ss@m:5000/app?sslmode=disable&application_name=web'\n\
+         max_size = 20\nconnect_timeout_ms = 1500\n\
+         [sets]\ndefault = [\n\
+           { host = 'r1', options = { application_name = 'web-ro' } },\n\
+           { url = 'postgres://reader@r2:6000', max_size = 4 },\n\
+         ]",
+    )
+    .unwrap();
+    let dbs = c.databases().unwrap();
+    let (m, r1, r2) = (&dbs[0], &dbs[1], &dbs[2]);
+    assert_eq!(m.password.as_deref(), Some("p@ss"));
+    assert_eq!(r1.host, "r1");
+    assert_eq!(r1.port, 5000);
+    assert_eq!(r1.user.as_deref(), Some("app"));
+    assert_eq!(r1.password.as_deref(), Some("p@ss"));
+    assert_eq!(r1.options["sslmode"], "disable");
+    assert_eq!(r1.options["application_name"], "web-ro");
+    assert_eq!(r1.pool.max_size, 20);
+    assert_eq!(r1.pool.connect_timeout, Duration::from_millis(1500));
+    assert_eq!((r2.host.as_str(), r2.port), ("r2", 6000));
+    assert_eq!(r2.user.as_deref(), Some("reader"));
+    assert_eq!(
+        r2.dbname.as_deref(),
+        Some("app"),
+        "the database name is inherited"
+    );
+    assert_eq!(r2.pool.max_size, 4);
+    assert_eq!(
+        r1.url(),
+        "postgres://app:p%40ss@r1:5000/app?application%5Fname=web%2Dro&sslmode=disable"
+    );
+    assert_eq!(
+        r1.membership,
+        Membership::Replica {
+            set: "default".into(),
+            index: 1
+        }
+    );
+    assert_eq!(r1.set(), Some("default"));
+}
+
+#[test]
+fn rendered_url_round_trips_through_the_parser() {
+    let c = Config::single_set(
+        "postgres://a%20b:p%2Fw@h:1/d%20b?x=y%20z",
+        Vec::<String>::new(),
+    );
+    let db = &c.databases().unwrap()[0];
+    let again = parse_url("x", &db.url()).unwrap();
+    assert_eq!(again.user.as_deref(), Some("a b"));
+    assert_eq!(again.password.as_deref(), Some("p/w"));
+    assert_eq!(again.dbname.as_deref(), Some("d b"));
+    assert_eq!(again.options["x"], "y z");
+}

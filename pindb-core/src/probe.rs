@@ -1,0 +1,106 @@
+//! pindb's own small connections to each database (the monitor's checks, master positions
+//! for stickiness, direct replica checks), so a saturated application pool cannot blind it.
+//! Every call is bounded by the check timeout; a failure drops the connection.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_postgres::{Client, NoTls, Row};
+
+use crate::lsn::Lsn;
+use crate::populate::Database;
+
+/// A small connection of pindb's own, reconnected on demand.
+pub(crate) struct Probe {
+    url: String,
+    pub(crate) alias: String,
+    timeout: Duration,
+    client: Option<Arc<Client>>,
+}
+
+impl Probe {
+    pub(crate) fn new(db: &Database, timeout: Duration) -> Probe {
+        Probe {
+            url: db.url(),
+            alias: db.alias.clone(),
+            timeout,
+            client: None,
+        }
+    }
+
+    /// Runs `sql` (no parameters) and returns its single row. Any failure, including a
+    /// timeout, drops the connection so the next call reconnects.
+    pub(crate) async fn row(&mut self, sql: &str) -> Result<Row, String> {
+        let result = tokio::time::timeout(self.timeout, async {
+            let client = self.client().await?;
+            client.query_one(sql, &[]).await.map_err(|e| describe(&e))
+        })
+        .await
+        .unwrap_or_else(|_| Err(format!("no answer within {:?}", self.timeout)));
+        if result.is_err() {
+            self.client = None;
+        }
+        result.map_err(|e| format!("`{}`: {e}", self.alias))
+    }
+
+    /// Runs a one-row query on the connection behind `probe`, holding the lock only to
+    /// (re)connect, so concurrent callers share the connection (tokio-postgres pipelines).
+    pub(crate) async fn shared_row(
+        probe: &tokio::sync::Mutex<Probe>,
+        sql: &str,
+    ) -> Result<Row, String> {
+        let (client, timeout, alias) = {
+            let mut p = probe.lock().await;
+            let client = tokio::time::timeout(p.timeout, p.client())
+                .await
+                .unwrap_or_else(|_| Err(format!("no connection within {:?}", p.timeout)));
+            (client, p.timeout, p.alias.clone())
+        };
+        let client = client.map_err(|e| format!("`{alias}`: {e}"))?;
+        match tokio::time::timeout(timeout, client.query_one(sql, &[])).await {
+            Ok(Ok(row)) => Ok(row),
+            Ok(Err(e)) => Err(format!("`{alias}`: {}", describe(&e))),
+            Err(_) => Err(format!("`{alias}`: no answer within {timeout:?}")),
+        }
+    }
+
+    async fn client(&mut self) -> Result<Arc<Client>, String> {
+        if let Some(c) = self.client.as_ref().filter(|c| !c.is_closed()) {
+            return Ok(Arc::clone(c));
+        }
+        let (client, connection) = tokio_postgres::connect(&self.url, NoTls)
+            .await
+            .map_err(|e| describe(&e))?;
+        tokio::spawn(async move {
+            // Ends when the client is dropped; errors surface on the next query.
+            let _ = connection.await;
+        });
+        let ms = self.timeout.as_millis();
+        client
+            .batch_execute(&format!(
+                "SET statement_timeout = {ms}; SET application_name = 'pindb-monitor'"
+            ))
+            .await
+            .map_err(|e| describe(&e))?;
+        let client = Arc::new(client);
+        self.client = Some(Arc::clone(&client));
+        Ok(client)
+    }
+}
+
+fn describe(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!("{} ({})", db.message(), db.code().code()),
+        None => e.to_string(),
+    }
+}
+
+pub(crate) fn lsn_column(row: &Row, i: usize) -> Result<Option<Lsn>, String> {
+    let text: Option<String> = row.try_get(i).map_err(|e| e.to_string())?;
+    text.map(|t| {
+        t.parse()
+            .map_err(|e: crate::lsn::ParseLsnError| e.to_string())
+    })
+    .transpose()
+}
+

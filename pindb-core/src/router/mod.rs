@@ -1,0 +1,476 @@
+//! The router: given a hint and the current pinning context, which alias serves a read or a
+//! write, and why.
+//!
+//! This module owns the strict/greedy/disabled rules, delegate chains and guards; `route.rs`
+//! holds the vocabulary ([`Route`], [`Hint`], ...), `builder.rs` the construction, `global.rs`
+//! the router behind the free functions. A decision reads the context under one uncontended
+//! lock and does not allocate (the first decision for a set in a context adds its entry). It
+//! does no I/O: the alias table is the [`Topology`], the I/O of read-your-writes is
+//! [`Consistency`]'s, and adapters act on the [`Route`] returned.
+
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use tokio::task::AbortHandle;
+
+use crate::config::{Config, RouterMode};
+use crate::consistency::Consistency;
+use crate::context::{with_current, PinOrigin, State};
+use crate::error::PinDbError;
+use crate::guard::{Guard, GuardKind};
+use crate::replica::NoReplica;
+use crate::topology::{Target, Topology};
+
+mod builder;
+mod global;
+mod route;
+
+pub use builder::RouterBuilder;
+pub use global::{db_for_read, db_for_write, get_replica, global, master, pin, unpinned_replica};
+pub use route::{Delegate, Hint, Operation, Reason, Role, Route, Shape};
+
+struct Inner {
+    id: u64,
+    config: Config,
+    topology: Arc<Topology>,
+    consistency: Arc<Consistency>,
+    delegates: Vec<Box<dyn Delegate>>,
+    /// The monitor's tasks, stopped when the last clone of the router is dropped.
+    monitor: Mutex<Vec<AbortHandle>>,
+}
+
+/// The routing engine. Build it once from a [`Config`]; clones share it.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), pindb_core::PinDbError> {
+/// use pindb_core::{Config, Hint, Reason, Role, Router, RouterMode};
+///
+/// let mut config = Config::single_set("postgres://m/app", ["postgres://r1/app", "postgres://r2/app"]);
+/// config.router = RouterMode::Strict;
+/// let router = Router::new(config)?;
+///
+/// pindb_core::scope(async {
+///     let read = router.db_for_read(&Hint::default())?;
+///     assert_eq!(read.role, Role::Replica);
+///
+///     let refused = router.db_for_write(&Hint::default()).unwrap_err();
+///     assert!(matches!(refused, pindb_core::PinDbError::UnpinnedWrite { .. }));
+///
+///     router.pin("default")?;
+///     assert_eq!(router.db_for_write(&Hint::default())?.alias, "default");
+///     assert_eq!(router.db_for_read(&Hint::default())?.reason, Reason::Pinned);
+///     Ok(())
+/// }).await
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct Router {
+    inner: Arc<Inner>,
+}
+
+impl fmt::Debug for Router {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Router")
+            .field("enabled", &self.inner.config.enabled)
+            .field("mode", &self.inner.config.router)
+            .field("databases", &self.inner.topology.databases())
+            .finish()
+    }
+}
+
+static NEXT_ROUTER_ID: AtomicU64 = AtomicU64::new(1);
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.stop_monitor();
+    }
+}
+
+impl Inner {
+    fn stop_monitor(&self) {
+        let mut tasks = self.monitor.lock().unwrap_or_else(PoisonError::into_inner);
+        for task in tasks.drain(..) {
+            task.abort();
+        }
+    }
+}
+
+impl Router {
+    /// A router with no delegate and the in-memory store: `Router::builder(config).build()`.
+    pub fn new(config: Config) -> Result<Router, PinDbError> {
+        Router::builder(config).build()
+    }
+
+    /// Starts building a router: delegates, a store, then [`RouterBuilder::build`].
+    pub fn builder(config: Config) -> RouterBuilder {
+        RouterBuilder::new(config)
+    }
+
+    fn from_parts(
+        config: Config,
+        delegates: Vec<Box<dyn Delegate>>,
+        store: Option<Arc<dyn crate::store::Store>>,
+    ) -> Result<Router, PinDbError> {
+        config.validate()?;
+        let topology = Arc::new(Topology::new(&config)?);
+        let store = store.unwrap_or_else(|| {
+            Arc::new(crate::store::MemoryStore::new(
+                config.stickiness.memory_capacity,
+            ))
+        });
+        Ok(Router {
+            inner: Arc::new(Inner {
+                id: NEXT_ROUTER_ID.fetch_add(1, Ordering::Relaxed),
+                consistency: Arc::new(Consistency::new(Arc::clone(&topology), &config, store)),
+                topology,
+                config,
+                delegates,
+                monitor: Mutex::new(Vec::new()),
+            }),
+        })
+    }
+
+    /// Checks the topology (as `monitor.topology_check` says) and starts the replica
+    /// monitor: from then on replicas that are down, too far behind, or behind a context's
+    /// last write are skipped. Runs until [`Router::stop_monitor`] or until the last clone of
+    /// the router is dropped. Calling it again restarts it.
+    ///
+    /// Returns the topology warnings. Must run inside a tokio runtime.
+    pub async fn start_monitor(&self) -> Result<Vec<String>, PinDbError> {
+        let settings = &self.inner.config.monitor;
+        let warnings = crate::monitor::verify_topology(&self.inner.topology, settings).await?;
+        let tasks = crate::monitor::spawn(&self.inner.topology, settings);
+        self.inner.stop_monitor();
+        *self
+            .inner
+            .monitor
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = tasks;
+        Ok(warnings)
+    }
+
+    /// Stops the replica monitor; replicas keep their last known state.
+    pub fn stop_monitor(&self) {
+        self.inner.stop_monitor();
+    }
+
+    /// The config this router was built from.
+    pub fn config(&self) -> &Config {
+        &self.inner.config
+    }
+
+    /// The alias table: databases, sets, replica health.
+    pub fn topology(&self) -> &Topology {
+        &self.inner.topology
+    }
+
+    /// Read-your-writes across contexts: keyed scopes, tokens, the store.
+    pub fn consistency(&self) -> &Arc<Consistency> {
+        &self.inner.consistency
+    }
+
+    /// Whether any delegate router is configured: adapters only work out table names for
+    /// hints when one is.
+    pub fn has_delegates(&self) -> bool {
+        !self.inner.delegates.is_empty()
+    }
+
+    /// Where a statement with this SQL text goes: classified by pindb's classifier, with its
+    /// main table as the hint when delegates exist, then decided as [`Router::db_for_read`] /
+    /// [`Router::db_for_write`] would. The one entry point adapters need.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), pindb_core::PinDbError> {
+    /// use pindb_core::{Config, Role, Router};
+    ///
+    /// let router = Router::new(Config::single_set("postgres://m/app", ["postgres://r/app"]))?;
+    /// pindb_core::scope(async {
+    ///     assert_eq!(router.route_sql("SELECT * FROM notes")?.role, Role::Replica);
+    ///     assert_eq!(router.route_sql("DELETE FROM notes")?.role, Role::Master);
+    ///     assert_eq!(router.route_sql("SELECT * FROM notes")?.role, Role::Master, "greedy: pinned");
+    ///     Ok(())
+    /// }).await
+    /// # }
+    /// ```
+    pub fn route_sql(&self, sql: &str) -> Result<Route<'_>, PinDbError> {
+        self.route_shape(&Shape::of_sql(sql, self.has_delegates()))
+    }
+
+    /// [`Router::route_sql`] for a statement already classified (adapters that cache a
+    /// [`Shape`] per statement type).
+    pub fn route_shape(&self, shape: &Shape) -> Result<Route<'_>, PinDbError> {
+        let tables;
+        let hint = match shape.table.as_deref() {
+            Some(table) if self.has_delegates() => {
+                tables = [table];
+                Hint::tables(&tables)
+            }
+            _ => Hint::default(),
+        };
+        match shape.op {
+            Operation::Read => self.db_for_read(&hint),
+            Operation::Write => self.db_for_write(&hint),
+        }
+    }
+
+    /// Where a read should go.
+    pub fn db_for_read(&self, hint: &Hint<'_>) -> Result<Route<'_>, PinDbError> {
+        let route = self.read_route(hint)?;
+        trace(Operation::Read, &route);
+        Ok(route)
+    }
+
+    /// Where a write should go. Strict: [`PinDbError::UnpinnedWrite`] for an unpinned managed
+    /// set. Greedy: pins the set.
+    pub fn db_for_write(&self, hint: &Hint<'_>) -> Result<Route<'_>, PinDbError> {
+        let result = self.write_route(hint, true);
+        match &result {
+            Ok(route) => trace(Operation::Write, route),
+            Err(PinDbError::UnpinnedWrite { set }) => {
+                tracing::debug!(target: "pindb", op = "write", set = %set, reason = "strict-error", "pindb route refused");
+            }
+            Err(_) => {}
+        }
+        result
+    }
+
+    /// The database a statement with this hint belongs to: the index in [`Topology::databases`]
+    /// of its set's master, or of the unmanaged alias it names. No decision, no pin, no
+    /// strict check: adapters use it to keep every statement of a transaction on the
+    /// transaction's database.
+    pub fn home_of(&self, hint: &Hint<'_>, op: Operation) -> Result<usize, PinDbError> {
+        Ok(match self.resolve(hint, op)? {
+            Target::Unmanaged(i) => i,
+            Target::Set(s) | Target::Replica { set: s, .. } => self.inner.topology.set(s).master,
+        })
+    }
+
+    /// The decision `db_for_read`/`db_for_write` would make, without pinning anything.
+    pub fn explain(&self, op: Operation, hint: &Hint<'_>) -> Result<Route<'_>, PinDbError> {
+        match op {
+            Operation::Read => self.read_route(hint),
+            Operation::Write => self.write_route(hint, false),
+        }
+    }
+
+    /// Pins the set of `alias` in the current context: its reads go to the master from now on.
+    /// A replica alias pins its set. Disabled mode: does nothing.
+    pub fn pin(&self, alias: &str) -> Result<(), PinDbError> {
+        if !self.inner.config.enabled {
+            return Ok(());
+        }
+        let set = &self.inner.topology.set(self.inner.topology.managed_set(alias)?);
+        with_current(|ctx| ctx.lock().pin(&set.name, PinOrigin::New))
+            .ok_or(PinDbError::NoContext { operation: "pin" })
+    }
+
+    /// A guard that sends the set's reads and writes to its master while it lives, without
+    /// pinning it. Disabled mode: an inert guard.
+    pub fn master(&self, alias: &str) -> Result<Guard, PinDbError> {
+        self.guard(alias, GuardKind::Master, "master")
+    }
+
+    /// A guard that sends the set's reads to a replica while it lives, even if the set is
+    /// pinned. Disabled mode: an inert guard.
+    pub fn unpinned_replica(&self, alias: &str) -> Result<Guard, PinDbError> {
+        self.guard(alias, GuardKind::UnpinnedReplica, "unpinned_replica")
+    }
+
+    fn guard(
+        &self,
+        alias: &str,
+        kind: GuardKind,
+        operation: &'static str,
+    ) -> Result<Guard, PinDbError> {
+        if !self.inner.config.enabled {
+            return Ok(Guard::inert(kind));
+        }
+        let set = &self.inner.topology.set(self.inner.topology.managed_set(alias)?);
+        with_current(|ctx| Guard::push(ctx, Arc::clone(&set.name), kind))
+            .ok_or(PinDbError::NoContext { operation })
+    }
+
+    /// The alias of the replica this context reads the set of `alias` from (chosen by the
+    /// policy and then kept); the master's alias when the set has no replica or pindb is
+    /// disabled.
+    pub fn get_replica(&self, alias: &str) -> Result<&str, PinDbError> {
+        let s = self.inner.topology.managed_set(alias)?;
+        let set = &self.inner.topology.set(s);
+        let i = if self.inner.config.enabled {
+            with_current(|ctx| self.pick_replica(s, Some(&mut ctx.lock()), true))
+                .unwrap_or_else(|| self.pick_replica(s, None, true))
+                .unwrap_or(set.master)
+        } else {
+            set.master
+        };
+        Ok(&self.inner.topology.databases()[i].alias)
+    }
+
+    fn resolve(&self, hint: &Hint<'_>, op: Operation) -> Result<Target, PinDbError> {
+        if let Some(alias) = hint.alias {
+            return self.inner.topology.target(alias);
+        }
+        for delegate in &self.inner.delegates {
+            if let Some(alias) = delegate.route(hint, op) {
+                return self.inner.topology.target(alias);
+            }
+        }
+        Ok(self.inner.topology.default_target())
+    }
+
+    fn route(&self, index: usize, role: Role, reason: Reason) -> Route<'_> {
+        let db = &self.inner.topology.databases()[index];
+        Route {
+            alias: &db.alias,
+            index,
+            set: db.set(),
+            role,
+            reason,
+        }
+    }
+
+    fn master_route(&self, set: usize, reason: Reason) -> Route<'_> {
+        self.route(self.inner.topology.set(set).master, Role::Master, reason)
+    }
+
+    fn read_route(&self, hint: &Hint<'_>) -> Result<Route<'_>, PinDbError> {
+        let enabled = self.inner.config.enabled;
+        let s = match self.resolve(hint, Operation::Read)? {
+            Target::Unmanaged(i) => return Ok(self.route(i, Role::Unmanaged, Reason::Unmanaged)),
+            Target::Set(s) | Target::Replica { set: s, .. } if !enabled => {
+                return Ok(self.master_route(s, Reason::Disabled))
+            }
+            Target::Replica { set, replica } => {
+                let i = self.inner.topology.set(set).replicas[replica];
+                return Ok(self.route(i, Role::Replica, Reason::ExplicitReplica));
+            }
+            Target::Set(s) => s,
+        };
+        let name = &self.inner.topology.set(s).name;
+        // One lock for guard, pin, stickiness and the replica choice.
+        let (reason, pick) = with_current(|ctx| {
+            let mut state = ctx.lock();
+            match state.guard(name) {
+                Some(GuardKind::Master) => (Reason::MasterGuard, None),
+                // The guard accepts stale reads: positions are not required, health still is.
+                Some(GuardKind::UnpinnedReplica) => (
+                    Reason::ReplicaGuard,
+                    Some(self.pick_replica(s, Some(&mut state), false)),
+                ),
+                None if state.is_pinned(name) => (Reason::Pinned, None),
+                None if state.store_unavailable => (Reason::StoreUnavailable, None),
+                None => (
+                    Reason::Replica,
+                    Some(self.pick_replica(s, Some(&mut state), true)),
+                ),
+            }
+        })
+        .unwrap_or_else(|| (Reason::Replica, Some(self.pick_replica(s, None, true))));
+        Ok(match pick {
+            None => self.master_route(s, reason),
+            Some(Ok(i)) => self.route(i, Role::Replica, reason),
+            Some(Err(no)) => {
+                let reason = fallback_reason(no);
+                metrics::counter!("pindb_replica_fallbacks_total", "reason" => reason.as_str())
+                    .increment(1);
+                self.master_route(s, reason)
+            }
+        })
+    }
+
+    fn write_route(&self, hint: &Hint<'_>, commit: bool) -> Result<Route<'_>, PinDbError> {
+        let s = match self.resolve(hint, Operation::Write)? {
+            Target::Unmanaged(i) => return Ok(self.route(i, Role::Unmanaged, Reason::Unmanaged)),
+            Target::Set(s) | Target::Replica { set: s, .. } => s,
+        };
+        if !self.inner.config.enabled {
+            return Ok(self.master_route(s, Reason::Disabled));
+        }
+        let set = &self.inner.topology.set(s);
+        let strict = self.inner.config.router == RouterMode::Strict;
+        let refused = || PinDbError::UnpinnedWrite {
+            set: set.name.to_string(),
+        };
+        let reason = with_current(|ctx| {
+            let mut state = ctx.lock();
+            let guard = state.guard(&set.name);
+            match guard {
+                Some(GuardKind::Master) => Ok(Reason::MasterGuard),
+                None if state.is_pinned(&set.name) => {
+                    // A write to a set carried in from a cookie pins it anew: the client's
+                    // pin must outlive this write, not the earlier one.
+                    if commit {
+                        state.pin(&set.name, PinOrigin::New);
+                    }
+                    Ok(Reason::Pinned)
+                }
+                _ if strict => Err(refused()),
+                _ => {
+                    if commit {
+                        state.pin(&set.name, PinOrigin::New);
+                    }
+                    Ok(Reason::GreedyPin)
+                }
+            }
+        })
+        .unwrap_or_else(|| {
+            if strict {
+                Err(refused())
+            } else {
+                Ok(Reason::NoContextWrite)
+            }
+        })?;
+        Ok(self.master_route(s, reason))
+    }
+
+    /// The database index of the replica set `s` reads from: inside a context, chosen once
+    /// and kept while it stays fit (up, within lag limits and, with `honor_required`, past
+    /// the context's required position); outside, a fresh choice.
+    fn pick_replica(
+        &self,
+        s: usize,
+        state: Option<&mut State>,
+        honor_required: bool,
+    ) -> Result<usize, NoReplica> {
+        let set = &self.inner.topology.set(s);
+        let policy = self.inner.config.replica_policy;
+        let Some(state) = state else {
+            return set
+                .picker
+                .choose(policy, &set.health, None, None)
+                .map(|i| set.replicas[i]);
+        };
+        let entry = state.set_mut(&set.name);
+        let keep = entry
+            .replica
+            .filter(|(router, _)| *router == self.inner.id)
+            .map(|(_, i)| i);
+        let required = if honor_required { entry.required } else { None };
+        let i = set.picker.choose(policy, &set.health, required, keep)?;
+        entry.replica = Some((self.inner.id, i));
+        Ok(set.replicas[i])
+    }
+}
+
+fn fallback_reason(no: NoReplica) -> Reason {
+    match no {
+        NoReplica::None => Reason::NoReplica,
+        NoReplica::AllDown => Reason::ReplicaDown,
+        NoReplica::AllLagging => Reason::LagFallback,
+        NoReplica::NotCaughtUp => Reason::NotCaughtUp,
+    }
+}
+
+fn trace(op: Operation, route: &Route<'_>) {
+    tracing::debug!(
+        target: "pindb",
+        op = if op == Operation::Read { "read" } else { "write" },
+        set = route.set.unwrap_or(""),
+        alias = route.alias,
+        role = route.role.as_str(),
+        reason = route.reason.as_str(),
+        "pindb route"
+    );
+}
+

@@ -1,0 +1,201 @@
+//! The topology: every alias of the config, which set each belongs to and in what role, and
+//! one health cell per replica (written by the monitor, read by every routing decision).
+//!
+//! Built once from the [`Config`]; it does no I/O and makes no decision.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use crate::config::Config;
+use crate::error::PinDbError;
+use crate::lsn::Lsn;
+use crate::populate::{Database, Membership};
+use crate::replica::{Health, Picker, ReplicaStatus};
+
+/// What an alias names.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Target {
+    /// A set, by its master's alias (the set's name).
+    Set(usize),
+    /// One replica of a set.
+    Replica { set: usize, replica: usize },
+    /// A database outside every set, by its index in `databases`.
+    Unmanaged(usize),
+}
+
+/// One set: its master, its replicas and their health.
+pub(crate) struct SetEntry {
+    pub(crate) name: Arc<str>,
+    /// Index into `databases`.
+    pub(crate) master: usize,
+    /// Indexes into `databases`, in replica order.
+    pub(crate) replicas: Vec<usize>,
+    /// Parallel to `replicas`; written by the monitor.
+    pub(crate) health: Arc<[Health]>,
+    pub(crate) picker: Picker,
+}
+
+/// The alias table of a router: what adapters open pools for, and what the monitor watches.
+///
+/// ```
+/// let config = pindb_core::Config::single_set("postgres://m/app", ["postgres://r/app"]);
+/// let router = pindb_core::Router::new(config)?;
+/// let topology = router.topology();
+/// assert_eq!(topology.index_of("default-1")?, 1);
+/// assert!(topology.is_set("default"));
+/// assert!(topology.replica_status("default-1")?.unwrap().up);
+/// # Ok::<(), pindb_core::PinDbError>(())
+/// ```
+pub struct Topology {
+    databases: Vec<Database>,
+    by_alias: HashMap<String, Target>,
+    sets: Vec<SetEntry>,
+    default: Target,
+}
+
+impl std::fmt::Debug for Topology {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Topology")
+            .field("databases", &self.databases)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Topology {
+    /// The alias table of a validated config.
+    pub(crate) fn new(config: &Config) -> Result<Topology, PinDbError> {
+        let databases = config.databases()?;
+        let mut sets: Vec<SetEntry> = Vec::new();
+        let mut by_alias = HashMap::new();
+        for (i, db) in databases.iter().enumerate() {
+            match &db.membership {
+                Membership::Master { set } => {
+                    by_alias.insert(db.alias.clone(), Target::Set(sets.len()));
+                    sets.push(SetEntry {
+                        name: Arc::from(set.as_str()),
+                        master: i,
+                        replicas: Vec::new(),
+                        health: Arc::from([]),
+                        picker: Picker::default(),
+                    });
+                }
+                Membership::Replica { set, .. } => {
+                    // populate_replicas yields each master before its replicas.
+                    let s = sets
+                        .iter()
+                        .position(|e| &*e.name == set.as_str())
+                        .ok_or_else(|| {
+                            PinDbError::config(db.alias.clone(), "replica listed before its master")
+                        })?;
+                    by_alias.insert(
+                        db.alias.clone(),
+                        Target::Replica {
+                            set: s,
+                            replica: sets[s].replicas.len(),
+                        },
+                    );
+                    sets[s].replicas.push(i);
+                }
+                Membership::Unmanaged => {
+                    by_alias.insert(db.alias.clone(), Target::Unmanaged(i));
+                }
+            }
+        }
+        for set in &mut sets {
+            set.health = set.replicas.iter().map(|_| Health::default()).collect();
+        }
+        let default = *by_alias
+            .get("default")
+            .ok_or_else(|| PinDbError::config("default", "no `default` database"))?;
+        Ok(Topology {
+            databases,
+            by_alias,
+            sets,
+            default,
+        })
+    }
+
+    /// Every database, in `populate_replicas` order: each master, then its replicas, then the
+    /// unmanaged ones. Adapters keep their pools in a `Vec` in this order.
+    pub fn databases(&self) -> &[Database] {
+        &self.databases
+    }
+
+    /// The database behind an alias.
+    pub fn database(&self, alias: &str) -> Result<&Database, PinDbError> {
+        Ok(&self.databases[self.index_of(alias)?])
+    }
+
+    /// The position of an alias in [`Topology::databases`] (what [`Route::index`](crate::Route::index) holds).
+    pub fn index_of(&self, alias: &str) -> Result<usize, PinDbError> {
+        Ok(match self.target(alias)? {
+            Target::Set(s) => self.sets[s].master,
+            Target::Replica { set, replica } => self.sets[set].replicas[replica],
+            Target::Unmanaged(i) => i,
+        })
+    }
+
+    /// Whether `name` is a set (a master's alias).
+    pub fn is_set(&self, name: &str) -> bool {
+        self.sets.iter().any(|s| &*s.name == name)
+    }
+
+    /// Health of a replica alias; `None` for masters and unmanaged aliases.
+    pub fn replica_status(&self, alias: &str) -> Result<Option<ReplicaStatus>, PinDbError> {
+        Ok(match self.target(alias)? {
+            Target::Replica { set, replica } => Some(self.sets[set].health[replica].status()),
+            _ => None,
+        })
+    }
+
+    pub(crate) fn target(&self, alias: &str) -> Result<Target, PinDbError> {
+        self.by_alias
+            .get(alias)
+            .copied()
+            .ok_or_else(|| PinDbError::UnknownAlias {
+                alias: alias.to_owned(),
+                known: self
+                    .databases
+                    .iter()
+                    .map(|d| d.alias.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            })
+    }
+
+    /// The set an alias belongs to: [`PinDbError::NotManaged`] for an unmanaged alias.
+    pub(crate) fn managed_set(&self, alias: &str) -> Result<usize, PinDbError> {
+        match self.target(alias)? {
+            Target::Set(s) | Target::Replica { set: s, .. } => Ok(s),
+            Target::Unmanaged(_) => Err(PinDbError::NotManaged {
+                alias: alias.to_owned(),
+            }),
+        }
+    }
+
+    /// What a hint naming no alias and answered by no delegate routes to.
+    pub(crate) fn default_target(&self) -> Target {
+        self.default
+    }
+
+    pub(crate) fn sets(&self) -> &[SetEntry] {
+        &self.sets
+    }
+
+    pub(crate) fn set(&self, s: usize) -> &SetEntry {
+        &self.sets[s]
+    }
+
+    pub(crate) fn set_named(&self, name: &str) -> Option<&SetEntry> {
+        self.sets.iter().find(|e| &*e.name == name)
+    }
+
+    /// The highest position the replicas of `set` are known to have replayed.
+    pub(crate) fn best_replay(&self, set: &str) -> Option<Lsn> {
+        self.set_named(set)?
+            .health
+            .iter()
+            .map(Health::replay_lsn)
+            .max()
+    }
+}

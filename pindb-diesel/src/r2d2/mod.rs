@@ -1,0 +1,128 @@
+//! Sync diesel over r2d2 (feature `r2d2`): the same routing over r2d2 pools of `PgConnection`,
+//! for actix-web / `web::block` users. The same names as [`crate::bb8`]: [`PinDb`] (the pools),
+//! [`PinDbConnection`] (a routed connection), [`Pooled`], [`RoutedTransactionManager`].
+//!
+//! Everything is synchronous here, so a connection is simply checked out when the router
+//! first sends a statement to it. The pinning context is a tokio task-local: capture it before
+//! leaving the async world and re-enter it in the blocking closure, with
+//! [`pindb_core::spawn_blocking`] or `Context::current()` + [`Context::enter`](pindb_core::Context::enter):
+//!
+//! ```no_run
+//! # async fn handler(db: pindb_diesel::r2d2::PinDb) -> Result<(), Box<dyn std::error::Error>> {
+//! use diesel::prelude::*;
+//!
+//! pindb_core::scope(async {
+//!     pindb_core::spawn_blocking(move || {
+//!         let mut conn = db.get();
+//!         diesel::sql_query("SELECT 1").execute(&mut conn)   // routed by the request's context
+//!     }).await
+//! }).await??;
+//! # Ok(()) }
+//! ```
+//!
+//! Classification, routing and checkout bookkeeping are the async adapter's (shared modules);
+//! only the connection traits differ.
+
+use std::sync::Arc;
+
+use diesel::connection::SimpleConnection;
+use diesel::pg::PgConnection;
+use diesel::r2d2::{ConnectionManager, CustomizeConnection, PooledConnection};
+use pindb_core::adapter::{Database, Membership};
+use pindb_core::{Config, Hint, PinDbError, Router};
+
+use crate::error::Error;
+use crate::pools::Pools;
+
+mod connection;
+
+pub use connection::{PinDbConnection, RoutedTransactionManager};
+
+/// A pooled sync `PgConnection`.
+pub type Pooled = PooledConnection<ConnectionManager<PgConnection>>;
+
+type Pool = diesel::r2d2::Pool<ConnectionManager<PgConnection>>;
+
+/// The sync entry point: the router plus an r2d2 pool per alias. Cheap to clone.
+#[derive(Clone)]
+pub struct PinDb {
+    inner: Arc<Pools<Pool>>,
+}
+
+impl std::fmt::Debug for PinDb {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PinDb")
+            .field("router", self.inner.router())
+            .finish()
+    }
+}
+
+/// Makes replica connections refuse writes server-side.
+#[derive(Debug)]
+struct ReadOnlySession;
+
+impl CustomizeConnection<PgConnection, diesel::r2d2::Error> for ReadOnlySession {
+    fn on_acquire(&self, conn: &mut PgConnection) -> Result<(), diesel::r2d2::Error> {
+        conn.batch_execute("SET default_transaction_read_only = on")
+            .map_err(diesel::r2d2::Error::QueryError)
+    }
+}
+
+fn build_pool(db: &Database) -> Pool {
+    let mut builder = Pool::builder()
+        .max_size(db.pool.max_size)
+        .min_idle(db.pool.min_idle)
+        .connection_timeout(db.pool.connect_timeout);
+    if matches!(db.membership, Membership::Replica { .. }) {
+        builder = builder.connection_customizer(Box::new(ReadOnlySession));
+    }
+    builder.build_unchecked(ConnectionManager::new(db.url()))
+}
+
+impl PinDb {
+    /// Builds the router and one r2d2 pool per alias; no connection is opened yet.
+    pub fn new(config: Config) -> Result<PinDb, Error> {
+        PinDb::from_router(Router::new(config)?)
+    }
+
+    /// Like [`PinDb::new`], from a router you built.
+    pub fn from_router(router: Router) -> Result<PinDb, Error> {
+        Ok(PinDb {
+            inner: Arc::new(Pools::new(router, build_pool)),
+        })
+    }
+
+    /// The router.
+    pub fn router(&self) -> &Router {
+        self.inner.router()
+    }
+
+    /// A routed sync connection; nothing is checked out until the first statement.
+    pub fn get(&self) -> PinDbConnection {
+        PinDbConnection::new(self.clone())
+    }
+
+    /// An explicit read connection on the router's read route for `hint`.
+    pub fn read_with(&self, hint: &Hint<'_>) -> Result<Pooled, Error> {
+        let index = self.router().db_for_read(hint)?.index;
+        self.checkout(index)
+    }
+
+    /// An explicit write connection on the master of the hinted set, under the router's rules.
+    pub fn write_with(&self, hint: &Hint<'_>) -> Result<Pooled, Error> {
+        let index = self.router().db_for_write(hint)?.index;
+        self.checkout(index)
+    }
+
+    /// How many checkouts of `alias`'s pool have been asked for so far.
+    pub fn checkouts(&self, alias: &str) -> Result<u64, PinDbError> {
+        self.inner.checkouts(alias)
+    }
+
+    fn checkout(&self, index: usize) -> Result<Pooled, Error> {
+        let (pool, db) = self.inner.pool_for_checkout(index);
+        // r2d2 only fails after its timeout; its message carries the last connection error.
+        pool.get().map_err(|e| Error::connect(db, e.to_string()))
+    }
+}
+
