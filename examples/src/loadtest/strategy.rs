@@ -1,0 +1,118 @@
+//! The strategies compared, the shape of the load, and the pindb config of each strategy.
+
+use std::time::Duration;
+
+use pindb_core::{Config, ReplicaPolicy, RouterMode};
+use pindb_testkit::Fixture;
+use serde::Serialize;
+
+/// A consistency strategy, as users deploy them today and as pindb offers them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum Strategy {
+    /// No replicas at all.
+    MasterOnly,
+    /// Every read on a random replica, no pinning (many hand-rolled setups).
+    RandomReplica,
+    /// pindb greedy router, pins last for one request only.
+    PinRequest,
+    /// django-pindb: pins carried to the user's next requests for 15 s.
+    #[value(name = "cookie-15s")]
+    Cookie15s,
+    /// Rails' default: all of a user's reads on the master for 2 s after a write.
+    #[value(name = "delay-2s")]
+    Delay2s,
+    /// pindb: per-user LSN stickiness with the replica monitor, in-memory store.
+    Lsn,
+    /// The same with the Redis store.
+    LsnRedis,
+}
+
+impl Strategy {
+    /// Every strategy, in report order.
+    pub const ALL: [Strategy; 7] = [
+        Strategy::MasterOnly,
+        Strategy::RandomReplica,
+        Strategy::PinRequest,
+        Strategy::Cookie15s,
+        Strategy::Delay2s,
+        Strategy::Lsn,
+        Strategy::LsnRedis,
+    ];
+
+    /// The kebab-case name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Strategy::MasterOnly => "master-only",
+            Strategy::RandomReplica => "random-replica",
+            Strategy::PinRequest => "pin-request",
+            Strategy::Cookie15s => "cookie-15s",
+            Strategy::Delay2s => "delay-2s",
+            Strategy::Lsn => "lsn",
+            Strategy::LsnRedis => "lsn-redis",
+        }
+    }
+
+    /// How long a write keeps the user on the master, for the time-based strategies.
+    pub(super) fn carry(self) -> Option<Duration> {
+        match self {
+            Strategy::Cookie15s => Some(Duration::from_secs(15)),
+            Strategy::Delay2s => Some(Duration::from_secs(2)),
+            _ => None,
+        }
+    }
+}
+
+/// How the load is shaped.
+#[derive(Debug, Clone, Serialize)]
+pub struct Settings {
+    /// Concurrent users.
+    pub users: usize,
+    /// How long each strategy runs.
+    pub duration: Duration,
+    /// Share of iterations that write (the rest only list).
+    pub write_ratio: f64,
+    /// Share of writes whose list happens in the same request (the rest: the next request).
+    pub same_request_ratio: f64,
+    /// Replay is paused for `lag_pause` out of every `lag_period` on the lagging replicas.
+    pub lag_pause: Duration,
+    /// See `lag_pause`.
+    pub lag_period: Duration,
+    /// Which replicas lag (1 and/or 2).
+    pub lagging_replicas: Vec<usize>,
+    /// Pool size per alias.
+    pub pool_size: u32,
+    /// Pause between a user's iterations (a person reading the page).
+    pub think: Duration,
+    /// The fault-injecting stale-read hunt, for the `lsn` strategies: writing requests
+    /// cancelled (dropped right after the insert committed) or panicking after it, a private
+    /// Redis restarted empty or frozen every 5-7 s (`lsn-redis`), and 3 s position lifetimes
+    /// so the distrust windows pass. A cancelled or panicked write counts as the user's: it
+    /// committed. (A full memory store has its own test: here it would distrust all the
+    /// time.)
+    pub faults: bool,
+}
+
+/// The config of a strategy over the fixture's cluster.
+pub(super) fn config(f: &Fixture, s: Strategy, settings: &Settings) -> Config {
+    let mut config = f.config(RouterMode::Greedy, &[1, 2]);
+    config.monitor.interval_ms = 50;
+    for db in config
+        .masters
+        .values_mut()
+        .chain(config.sets.values_mut().flatten())
+    {
+        db.max_size = Some(settings.pool_size);
+    }
+    match s {
+        Strategy::MasterOnly => config.enabled = false,
+        Strategy::RandomReplica => config.replica_policy = ReplicaPolicy::Random,
+        _ => {}
+    }
+    if settings.faults {
+        // Short distrust windows, so replicas serve between faults.
+        config.monitor.max_lag_ms = 1_200;
+        config.stickiness.ttl_seconds = 3;
+    }
+    config
+}

@@ -1,0 +1,194 @@
+//! One simulated user: its loop of writes and lists, each request under its strategy's rules,
+//! the table it writes, and what it records.
+
+use std::sync::Mutex;
+use std::time::Instant;
+
+use diesel::dsl::max;
+use diesel::prelude::*;
+use diesel_async::RunQueryDsl;
+use futures_util::FutureExt;
+use pindb_core::Context;
+use pindb_diesel::PinDb;
+
+use super::strategy::{Settings, Strategy};
+
+diesel::table! {
+    lt_rows (id) {
+        id -> Integer,
+        author -> Text,
+        seq -> Integer,
+    }
+}
+
+/// The table the load test writes, in `{schema}`.
+pub const SCHEMA_SQL: &str =
+    "CREATE TABLE {schema}.lt_rows (id serial PRIMARY KEY, author text NOT NULL, seq int NOT NULL);
+     CREATE INDEX ON {schema}.lt_rows (author, seq)";
+
+/// What the users of a run recorded.
+#[derive(Default)]
+pub(super) struct Tally {
+    pub(super) latencies_us: Vec<u64>,
+    pub(super) reads: u64,
+    pub(super) replica_reads: u64,
+    pub(super) stale: u64,
+    pub(super) per_second: Vec<u64>,
+}
+
+/// One user's loop: write-then-list (same request or the next one) or list only.
+pub(super) async fn simulate_user(
+    db: &PinDb,
+    strategy: Strategy,
+    s: &Settings,
+    user: &str,
+    start: Instant,
+    tally: &Mutex<Tally>,
+) {
+    let mut rng = fastrand::Rng::new();
+    let mut acked = 0i32;
+    let mut carried_until: Option<Instant> = None;
+    while start.elapsed() < s.duration {
+        if !s.think.is_zero() {
+            tokio::time::sleep(s.think).await;
+        }
+        let writes = rng.f64() < s.write_ratio;
+        let same = writes && rng.f64() < s.same_request_ratio;
+        if writes {
+            let seq = acked + 1;
+            let t0 = Instant::now();
+            let fault = s.faults && matches!(strategy, Strategy::Lsn | Strategy::LsnRedis);
+            let roll = rng.f64();
+            if fault && roll < 0.15 {
+                // The client goes away (or a timeout fires) right after the commit, or the
+                // handler panics there: the write is the user's all the same.
+                let cancel = roll < 0.1;
+                let (committed, done) = tokio::sync::oneshot::channel::<()>();
+                let work = request(db, strategy, user, &mut carried_until, async {
+                    insert(db, user, seq).await;
+                    let _ = committed.send(());
+                    if !cancel {
+                        panic!("load test: a handler bug right after the commit");
+                    }
+                    std::future::pending::<Option<(i32, bool)>>().await
+                });
+                let work = std::panic::AssertUnwindSafe(work).catch_unwind();
+                tokio::select! {
+                    _ = work => {}
+                    _ = done => {}
+                }
+                acked = seq;
+                record(tally, start, t0, None, acked);
+                continue;
+            }
+            let seen = request(db, strategy, user, &mut carried_until, async {
+                insert(db, user, seq).await;
+                if same {
+                    Some(list(db, user).await)
+                } else {
+                    None
+                }
+            })
+            .await;
+            acked = seq;
+            record(tally, start, t0, seen, acked);
+            if same {
+                continue;
+            }
+        }
+        let t0 = Instant::now();
+        let seen = request(db, strategy, user, &mut carried_until, async {
+            Some(list(db, user).await)
+        })
+        .await;
+        record(tally, start, t0, seen, acked);
+    }
+}
+
+fn record(
+    tally: &Mutex<Tally>,
+    start: Instant,
+    t0: Instant,
+    seen: Option<(i32, bool)>,
+    acked: i32,
+) {
+    let mut t = tally.lock().unwrap_or_else(|p| p.into_inner());
+    t.latencies_us.push(t0.elapsed().as_micros() as u64);
+    let second = start.elapsed().as_secs() as usize;
+    if t.per_second.len() <= second {
+        t.per_second.resize(second + 1, 0);
+    }
+    t.per_second[second] += 1;
+    if let Some((max_seq, on_replica)) = seen {
+        t.reads += 1;
+        t.replica_reads += u64::from(on_replica);
+        t.stale += u64::from(max_seq < acked);
+    }
+}
+
+/// One request under `strategy`'s rules.
+async fn request<F: std::future::Future>(
+    db: &PinDb,
+    strategy: Strategy,
+    user: &str,
+    carried_until: &mut Option<Instant>,
+    work: F,
+) -> F::Output {
+    match strategy {
+        // Each statement in a context of its own: nothing is ever pinned.
+        Strategy::RandomReplica => {
+            pindb_core::scope(async { UNPINNED.scope((), work).await }).await
+        }
+        Strategy::Lsn | Strategy::LsnRedis => db.router().scope_with_key(Some(user), work).await,
+        Strategy::Cookie15s | Strategy::Delay2s => {
+            let ctx = Context::new();
+            if carried_until.is_some_and(|u| u > Instant::now()) {
+                ctx.carry_pin("default");
+            }
+            let out = ctx.clone().scope(work).await;
+            if !ctx.newly_pinned().is_empty() {
+                *carried_until = strategy.carry().map(|d| Instant::now() + d);
+            }
+            out
+        }
+        Strategy::MasterOnly | Strategy::PinRequest => pindb_core::scope(work).await,
+    }
+}
+
+tokio::task_local! {
+    /// Set for `random-replica`: every statement runs in a fresh context.
+    static UNPINNED: ();
+}
+
+async fn insert(db: &PinDb, user: &str, seq: i32) {
+    let q = diesel::insert_into(lt_rows::table)
+        .values((lt_rows::author.eq(user), lt_rows::seq.eq(seq)));
+    let result = if UNPINNED.try_with(|_| ()).is_ok() {
+        pindb_core::scope(async { q.execute(&mut db.get()).await }).await
+    } else {
+        q.execute(&mut db.get()).await
+    };
+    result.expect("load-test insert");
+}
+
+/// `(max seq seen, served by a replica)`.
+async fn list(db: &PinDb, user: &str) -> (i32, bool) {
+    let run = async {
+        let mut conn = db.get();
+        let seen: Option<i32> = lt_rows::table
+            .filter(lt_rows::author.eq(user))
+            .select(max(lt_rows::seq))
+            .first(&mut conn)
+            .await
+            .expect("load-test list");
+        (
+            seen.unwrap_or(0),
+            conn.held_aliases().iter().any(|a| *a != "default"),
+        )
+    };
+    if UNPINNED.try_with(|_| ()).is_ok() {
+        pindb_core::scope(run).await
+    } else {
+        run.await
+    }
+}
