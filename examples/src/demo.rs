@@ -14,18 +14,25 @@ pub fn demo_config(
 ) -> pindb_core::Config {
     let mut config = fixture.config(mode, &[1, 2]);
     config.monitor.interval_ms = 50;
-    config.cookie_secret = Some("pindb-demo-secret-that-is-long-enough-for-hmac".to_owned());
+    config.web.cookie_secret = Some("pindb-demo-secret-that-is-long-enough-for-hmac".to_owned());
     config
 }
 
 /// Whether every replica of `router` has replayed `lsn`, as its monitor last saw.
 pub fn replicas_reached(router: &pindb_core::Router, lsn: pindb_core::Lsn) -> bool {
     router
+        .topology()
         .databases()
         .iter()
-        .filter(|d| matches!(d.membership, pindb_core::Membership::Replica { .. }))
+        .filter(|d| {
+            matches!(
+                d.membership,
+                pindb_core::adapter::Membership::Replica { .. }
+            )
+        })
         .all(|d| {
             router
+                .topology()
                 .replica_status(&d.alias)
                 .ok()
                 .flatten()

@@ -8,9 +8,9 @@ use axum::routing::{get, post};
 use axum::Json;
 use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
-use pindb_core::web::{PinDbLayer, TOKEN_HEADER};
 use pindb_core::RouterMode;
-use pindb_diesel::PinDb;
+use pindb_core::{PinDbLayer, TOKEN_HEADER};
+use pindb_diesel::bb8::PinDb;
 use pindb_examples::capture::{self, routes_of};
 use pindb_examples::{respond, serve, user_key, AppError, Reply, SCHEMA_SQL};
 use pindb_testkit::Fixture;
@@ -90,8 +90,8 @@ async fn service_with(
 ) -> (String, PinDb) {
     capture::install();
     let mut config = f.config(mode, &[1]);
-    config.pinning_seconds = pinning_seconds;
-    config.cookie_secret = Some("a-test-secret-of-more-than-thirty-two-bytes".into());
+    config.web.pinning_seconds = pinning_seconds;
+    config.web.cookie_secret = Some("a-test-secret-of-more-than-thirty-two-bytes".into());
     let db = PinDb::new(config).unwrap();
     let app = axum::Router::new()
         .route("/read", get(get_read))
@@ -212,7 +212,7 @@ async fn forged_expired_unknown_and_corrupt_cookies_are_ignored() {
     let far = 9_999_999_999u64;
     let sign = |value: String| {
         let mut jar = cookie::CookieJar::new();
-        jar.signed_mut(db.router().cookie_key())
+        jar.signed_mut(db.router().consistency().cookie_key())
             .add(cookie::Cookie::new("pindb_pinned_set", value));
         jar.get("pindb_pinned_set").unwrap().value().to_owned()
     };
@@ -368,17 +368,18 @@ async fn the_token_header_carries_read_your_writes_to_another_instance() {
 
 /// A writing request that never finishes (its client gives up) or panics after its write;
 /// replica 1 paused, positions in a store the test can look into.
-async fn faulty_service(
-    f: &Fixture,
-) -> (String, std::sync::Arc<pindb_core::stickiness::MemoryStore>) {
+async fn faulty_service(f: &Fixture) -> (String, std::sync::Arc<pindb_core::MemoryStore>) {
     capture::install();
     let mut config = f.config(RouterMode::Greedy, &[1]);
-    config.cookie_secret = Some("a-test-secret-of-more-than-thirty-two-bytes".into());
+    config.web.cookie_secret = Some("a-test-secret-of-more-than-thirty-two-bytes".into());
     config.monitor.interval_ms = 20;
-    let db = PinDb::new(config).unwrap();
+    let store = std::sync::Arc::new(pindb_core::MemoryStore::new(100));
+    let router = pindb_core::Router::builder(config)
+        .store(store.clone())
+        .build()
+        .unwrap();
+    let db = PinDb::from_router(router).unwrap();
     db.router().start_monitor().await.unwrap();
-    let store = std::sync::Arc::new(pindb_core::stickiness::MemoryStore::new(100));
-    db.router().set_store(store.clone());
     async fn write_then_hang(State(db): State<PinDb>) -> Answer {
         write(&db).await.unwrap();
         tokio::time::sleep(Duration::from_secs(3600)).await;
@@ -403,8 +404,8 @@ async fn faulty_service(
     (serve(app).await, store)
 }
 
-async fn until_saved(store: &pindb_core::stickiness::MemoryStore, key: &str) {
-    use pindb_core::stickiness::Store;
+async fn until_saved(store: &pindb_core::MemoryStore, key: &str) {
+    use pindb_core::Store;
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while Store::load(store, key).await.unwrap().is_empty() {
         assert!(
@@ -482,9 +483,12 @@ async fn a_request_future_dropped_by_a_timeout_still_records_its_position() {
     f.control.pause(1).await;
     // The same layer without a server: a timeout drops the service future mid-handler.
     let mut config = f.config(RouterMode::Greedy, &[1]);
-    config.ephemeral_cookie_key = true;
-    let db = PinDb::new(config).unwrap();
-    db.router().set_store(store.clone());
+    config.web.ephemeral_cookie_key = true;
+    let router = pindb_core::Router::builder(config)
+        .store(store.clone())
+        .build()
+        .unwrap();
+    let db = PinDb::from_router(router).unwrap();
     let svc = tower::ServiceBuilder::new()
         .layer(
             PinDbLayer::new(db.router().clone())

@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use pindb_core::{RedisStore, Store};
 use pindb_core::{scope, Config, Hint, Lsn, Router};
+use pindb_core::{RedisStore, Store};
 
 fn bench(c: &mut Criterion) {
     let rt = tokio::runtime::Builder::new_current_thread()

@@ -8,15 +8,15 @@
 use std::fmt::Display;
 use std::future::Future;
 
-use crate::context::{unpin_all, Context};
 use crate::consistency::ConsistencyToken;
+use crate::context::{unpin_all, Context};
 
 /// Runs one job in a fresh context, requiring the positions of `token` (from the payload).
 ///
 /// ```
 /// # #[tokio::main(flavor = "current_thread")] async fn main() {
 /// let token: pindb_core::ConsistencyToken = "default@0/16B3748".parse().unwrap();
-/// let required = pindb_core::jobs::run_job(Some(&token), async {
+/// let required = pindb_core::run_job(Some(&token), async {
 ///     pindb_core::Context::current().unwrap().required()
 /// }).await;
 /// assert_eq!(required[0].0, "default");
@@ -56,7 +56,7 @@ pub struct WorkerReport {
 /// let (tx, rx) = tokio::sync::mpsc::channel(8);
 /// tx.send(1).await.unwrap();
 /// drop(tx);
-/// let report = pindb_core::jobs::run_worker(rx, |n: i32| async move {
+/// let report = pindb_core::run_worker(rx, |n: i32| async move {
 ///     if n > 0 { Ok(()) } else { Err("negative") }
 /// }).await;
 /// assert_eq!(report.succeeded, 1);
@@ -96,7 +96,7 @@ where
 /// pindb_core::scope(async {
 ///     let ctx = pindb_core::Context::current().unwrap();
 ///     {
-///         let _clean = pindb_core::jobs::UnpinOnDrop;
+///         let _clean = pindb_core::UnpinOnDrop;
 ///         ctx.carry_pin("default");
 ///     }
 ///     assert!(!pindb_core::is_pinned("default"));

@@ -17,10 +17,11 @@
 //! "#)?)?;
 //!
 //! pindb_core::scope(async {
-//!     let sql = "SELECT * FROM users WHERE id = $1";
-//!     assert_eq!(classify(sql), StatementKind::Read);
-//!     let read = router.db_for_read(&Hint::default())?;
+//!     // What an adapter does for each statement: classify it, then decide.
+//!     let read = router.route_sql("SELECT * FROM users WHERE id = $1")?;
 //!     assert_eq!(read.role, Role::Replica);
+//!     // Code that knows it reads or writes can ask directly.
+//!     assert_eq!(router.db_for_read(&Hint::default())?.alias, read.alias);
 //!
 //!     // Greedy (the default): the first write pins the set; later reads see the master.
 //!     router.db_for_write(&Hint::default())?;
@@ -97,7 +98,9 @@ pub mod adapter {
     //! [`Router::route_sql`](crate::Router::route_sql) (or
     //! [`Router::route_shape`](crate::Router::route_shape) for a cached [`Shape`]) returns.
     pub use crate::classify::{classify, main_table, StatementKind};
-    pub use crate::populate::{populate_replicas, Database, Membership, PoolSettings, DEFAULT_PORT};
+    pub use crate::populate::{
+        populate_replicas, Database, Membership, PoolSettings, DEFAULT_PORT,
+    };
     pub use crate::router::Shape;
     pub use crate::topology::Topology;
 }

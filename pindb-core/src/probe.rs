@@ -103,4 +103,3 @@ pub(crate) fn lsn_column(row: &Row, i: usize) -> Result<Option<Lsn>, String> {
     })
     .transpose()
 }
-

@@ -25,8 +25,8 @@ use cookie::{Cookie, CookieJar, SameSite};
 use http::header::{HeaderValue, COOKIE, SET_COOKIE};
 use http::{Request, Response};
 
-use crate::context::{Context, PinOrigin};
 use crate::consistency::{ConsistencyToken, RecordOnDrop};
+use crate::context::{Context, PinOrigin};
 use crate::router::Router;
 
 /// The header that carries a signed [`ConsistencyToken`] both ways.
@@ -37,7 +37,7 @@ type KeyFn = dyn Fn(&http::request::Parts) -> Option<String> + Send + Sync;
 /// The layer. Add it to an axum `Router` with `.layer(PinDbLayer::new(router))`.
 ///
 /// ```
-/// use pindb_core::{web::PinDbLayer, Config, Router};
+/// use pindb_core::{PinDbLayer, Config, Router};
 ///
 /// let mut config = Config::single_set("postgres://m/app", ["postgres://r/app"]);
 /// config.web.cookie_secret = Some("the same 32+ byte secret on every instance".into());
@@ -73,7 +73,7 @@ impl PinDbLayer {
     /// just wrote would read stale.
     ///
     /// ```
-    /// use pindb_core::{web::PinDbLayer, Config, Router};
+    /// use pindb_core::{PinDbLayer, Config, Router};
     ///
     /// let config = Config::single_set("postgres://m/app", ["postgres://r/app"]);
     /// let err = PinDbLayer::new(Router::new(config)?).unwrap_err();
@@ -82,7 +82,8 @@ impl PinDbLayer {
     /// ```
     pub fn new(router: Router) -> Result<Self, crate::PinDbError> {
         let config = router.config();
-        if config.enabled && config.web.cookie_secret.is_none() && !config.web.ephemeral_cookie_key {
+        if config.enabled && config.web.cookie_secret.is_none() && !config.web.ephemeral_cookie_key
+        {
             return Err(crate::PinDbError::config(
                 "web.cookie_secret",
                 "the pin cookie and consistency tokens need a secret shared by every instance: \
@@ -239,7 +240,8 @@ async fn finish<B>(
         let mut token = incoming.unwrap_or_default();
         token.merge(&positions);
         if !token.positions().is_empty() {
-            if let Ok(value) = HeaderValue::from_str(&token.sign(router.consistency().cookie_key())) {
+            if let Ok(value) = HeaderValue::from_str(&token.sign(router.consistency().cookie_key()))
+            {
                 response.headers_mut().insert(TOKEN_HEADER, value);
             }
         }
@@ -285,7 +287,8 @@ fn read_pin_cookie(router: &Router, headers: &http::HeaderMap) -> Vec<(String, u
         .filter_map(|entry| {
             let (set, until) = entry.rsplit_once(':')?;
             let until: u64 = until.parse().ok()?;
-            (until > now && router.topology().is_set(set)).then(|| (set.to_owned(), until.min(longest)))
+            (until > now && router.topology().is_set(set))
+                .then(|| (set.to_owned(), until.min(longest)))
         })
         .collect()
 }
@@ -308,7 +311,8 @@ fn pin_cookie(router: &Router, entries: &[(String, u64)]) -> Option<HeaderValue>
         ))
         .build();
     let mut jar = CookieJar::new();
-    jar.signed_mut(router.consistency().cookie_key()).add(cookie);
+    jar.signed_mut(router.consistency().cookie_key())
+        .add(cookie);
     let signed = jar.delta().next()?.to_string();
     HeaderValue::from_str(&signed).ok()
 }

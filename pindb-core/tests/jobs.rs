@@ -2,8 +2,8 @@
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
-use pindb_core::{run_worker, UnpinOnDrop, WorkerReport};
 use pindb_core::{is_pinned, Config, Context, Router};
+use pindb_core::{run_worker, UnpinOnDrop, WorkerReport};
 use tokio::sync::mpsc;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

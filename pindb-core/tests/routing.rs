@@ -389,7 +389,7 @@ async fn delegates_chain_first_answer_wins_none_means_default() {
         .delegate(catch_stats_too)
         .delegate(writes_elsewhere)
         .build()
-    .unwrap();
+        .unwrap();
     scope(async {
         assert_eq!(
             r.db_for_read(&Hint::tables(&["stats"])).unwrap().alias,

@@ -4,8 +4,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use pindb_core::{MemoryStore, Store};
 use pindb_core::{Config, Hint, Lsn, Reason, Router};
+use pindb_core::{MemoryStore, Store};
 
 /// A set whose master and replica refuse connections (port 1, port 2): nothing answers.
 fn router_with(store: Arc<dyn Store>) -> Router {
@@ -20,7 +20,8 @@ fn router_with(store: Arc<dyn Store>) -> Router {
 
 async fn read_reason(router: &Router, key: &str) -> Reason {
     router
-        .consistency().scope_with_key(Some(key), async {
+        .consistency()
+        .scope_with_key(Some(key), async {
             router.db_for_read(&Hint::default()).unwrap().reason
         })
         .await
@@ -31,7 +32,8 @@ async fn a_write_whose_position_the_master_cannot_tell_sends_the_key_to_the_mast
     let store = Arc::new(MemoryStore::new(10));
     let router = router_with(store.clone());
     router
-        .consistency().scope_with_key(Some("alice"), async {
+        .consistency()
+        .scope_with_key(Some("alice"), async {
             // What a write does to the context; the master is gone when it ends.
             router.pin("default").unwrap();
         })
@@ -68,10 +70,7 @@ async fn a_full_memory_store_fails_safe_until_the_evicted_position_would_have_ex
 struct SlowFor(MemoryStore, &'static str);
 
 impl Store for SlowFor {
-    fn load<'a>(
-        &'a self,
-        key: &'a str,
-    ) -> pindb_core::StoreFuture<'a, Vec<(String, Lsn)>> {
+    fn load<'a>(&'a self, key: &'a str) -> pindb_core::StoreFuture<'a, Vec<(String, Lsn)>> {
         self.0.load(key)
     }
 
@@ -128,7 +127,8 @@ async fn the_next_context_waits_for_every_recording_of_its_key_still_in_flight()
     }
     tokio::time::sleep(Duration::from_millis(50)).await; // `b` is recorded, `default` is not
     let reason = router
-        .consistency().scope_with_key(Some("alice"), async {
+        .consistency()
+        .scope_with_key(Some("alice"), async {
             router.db_for_read(&Hint::default()).unwrap().reason
         })
         .await;

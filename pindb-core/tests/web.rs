@@ -12,8 +12,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use http::header::{COOKIE, SET_COOKIE};
 use http::{Request, Response};
 use pindb_core::ConsistencyToken;
-use pindb_core::{PinDbLayer, TOKEN_HEADER};
 use pindb_core::{Config, Context, Lsn, Router};
+use pindb_core::{PinDbLayer, TOKEN_HEADER};
 use tower_layer::Layer;
 use tower_service::Service;
 
@@ -24,6 +24,7 @@ const OLD_SECRET: &str = "the previous secret, 32 bytes or more";
 fn config(secret: Option<&str>) -> Config {
     let mut config = Config::from_toml_str(
         r#"
+        [web]
         pinning_seconds = 15
         [masters.default]
         url = "postgres://app@127.0.0.1:1/app"
@@ -119,8 +120,8 @@ async fn pins_and_tokens_signed_with_a_rotated_secret_are_still_accepted() {
     .await;
     let cookie = pinned.headers()[SET_COOKIE].to_str().unwrap().to_owned();
     let cookie = cookie.split(';').next().unwrap().to_owned();
-    let token =
-        ConsistencyToken::new(vec![("default".into(), Lsn(0x1000))]).sign(old_router.consistency().cookie_key());
+    let token = ConsistencyToken::new(vec![("default".into(), Lsn(0x1000))])
+        .sign(old_router.consistency().cookie_key());
 
     // Today's instance signs with a new secret and still accepts the old one.
     let mut rotated = config(Some(SECRET));
@@ -234,11 +235,15 @@ async fn a_signed_cookie_with_an_absurd_expiry_is_cut_back_to_pinning_seconds() 
     let layer = PinDbLayer::new(router.clone()).unwrap();
     // A cookie we would have signed, but pinning for ten years.
     let mut jar = cookie::CookieJar::new();
-    jar.signed_mut(router.consistency().cookie_key()).add(cookie::Cookie::new(
-        router.config().web.cookie_name.clone(),
-        format!("default:{}", now() + 315_360_000),
-    ));
-    let value = jar.get(&router.config().web.cookie_name).unwrap().to_string();
+    jar.signed_mut(router.consistency().cookie_key())
+        .add(cookie::Cookie::new(
+            router.config().web.cookie_name.clone(),
+            format!("default:{}", now() + 315_360_000),
+        ));
+    let value = jar
+        .get(&router.config().web.cookie_name)
+        .unwrap()
+        .to_string();
     let response = send(
         &layer,
         &router,

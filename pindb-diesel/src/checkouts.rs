@@ -468,7 +468,9 @@ impl<C: Held> Checkouts<C> {
             user: Arc::new(Mutex::new(instrumentation)),
         };
         if let Some((i, conn)) = &mut self.held {
-            conn.set_events(Some(events.with_alias(&router.topology().databases()[*i].alias)));
+            conn.set_events(Some(
+                events.with_alias(&router.topology().databases()[*i].alias),
+            ));
         }
         self.events = Some(events);
     }

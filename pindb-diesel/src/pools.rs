@@ -19,7 +19,8 @@ impl<P> Pools<P> {
         Pools {
             pools: router.topology().databases().iter().map(build).collect(),
             checkouts: router
-                .topology().databases()
+                .topology()
+                .databases()
                 .iter()
                 .map(|_| AtomicU64::new(0))
                 .collect(),
@@ -34,11 +35,13 @@ impl<P> Pools<P> {
     /// The pool of the database at `index`, counting the checkout about to be made.
     pub(crate) fn pool_for_checkout(&self, index: usize) -> (&P, &Database) {
         self.checkouts[index].fetch_add(1, Ordering::Relaxed);
-        (&self.pools[index], &self.router.topology().databases()[index])
+        (
+            &self.pools[index],
+            &self.router.topology().databases()[index],
+        )
     }
 
     pub(crate) fn checkouts(&self, alias: &str) -> Result<u64, PinDbError> {
         Ok(self.checkouts[self.router.topology().index_of(alias)?].load(Ordering::Relaxed))
     }
 }
-

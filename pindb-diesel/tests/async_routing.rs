@@ -460,7 +460,7 @@ async fn delegate_hints_carry_the_table_name() {
     let router = Router::builder(Config::from_toml_str(&toml).unwrap())
         .delegate(delegate)
         .build()
-    .unwrap();
+        .unwrap();
     let db = PinDb::from_router(router).unwrap();
     scope(async {
         let mut conn = db.get();

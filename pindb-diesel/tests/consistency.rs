@@ -39,7 +39,14 @@ async fn started_with(config: Config, store: Arc<dyn Store>) -> PinDb {
     for alias in replicas_of(&db) {
         let router = db.router().clone();
         wait_until(&format!("the monitor has seen {alias}"), SOON, || {
-            router.topology().replica_status(&alias).unwrap().unwrap().replay_lsn.0 > 0
+            router
+                .topology()
+                .replica_status(&alias)
+                .unwrap()
+                .unwrap()
+                .replay_lsn
+                .0
+                > 0
         })
         .await;
     }
@@ -73,9 +80,15 @@ async fn until_store_trusted(db: &PinDb) {
 
 fn replicas_of(db: &PinDb) -> Vec<String> {
     db.router()
-        .topology().databases()
+        .topology()
+        .databases()
         .iter()
-        .filter(|d| matches!(d.membership, pindb_core::adapter::Membership::Replica { .. }))
+        .filter(|d| {
+            matches!(
+                d.membership,
+                pindb_core::adapter::Membership::Replica { .. }
+            )
+        })
         .map(|d| d.alias.clone())
         .collect()
 }
@@ -83,7 +96,8 @@ fn replicas_of(db: &PinDb) -> Vec<String> {
 /// One keyed request that reads the notes: `(bodies, aliases it used)`.
 async fn read_as(db: &PinDb, key: &str) -> (Vec<String>, Vec<String>) {
     db.router()
-        .consistency().scope_with_key(Some(key), async {
+        .consistency()
+        .scope_with_key(Some(key), async {
             let mut conn = db.get();
             let rows = notes::table
                 .select(notes::body)
@@ -102,7 +116,8 @@ async fn read_as(db: &PinDb, key: &str) -> (Vec<String>, Vec<String>) {
 /// One keyed request that writes a note.
 async fn write_as(db: &PinDb, key: &str, body: &str) {
     db.router()
-        .consistency().scope_with_key(Some(key), async {
+        .consistency()
+        .scope_with_key(Some(key), async {
             diesel::insert_into(notes::table)
                 .values(NewNote { author: key, body })
                 .execute(&mut db.get())
@@ -144,7 +159,13 @@ async fn a_writer_reads_its_write_from_the_master_until_a_replica_catches_up() {
     for alias in replicas_of(&db) {
         let router = db.router().clone();
         wait_until("the monitor sees the replicas caught up", SOON, || {
-            router.topology().replica_status(&alias).unwrap().unwrap().replay_lsn >= lsn
+            router
+                .topology()
+                .replica_status(&alias)
+                .unwrap()
+                .unwrap()
+                .replay_lsn
+                >= lsn
         })
         .await;
     }
@@ -228,9 +249,11 @@ async fn two_app_instances_share_positions_through_redis() {
     let timeout = Duration::from_millis(200);
     let mut instances = Vec::new();
     for _ in 0..2 {
-        let db = started_with(short_ttl(config(&w, &[1])), Arc::new(
-            RedisStore::new(&w.cluster.redis_url, &prefix, timeout).unwrap(),
-        )).await;
+        let db = started_with(
+            short_ttl(config(&w, &[1])),
+            Arc::new(RedisStore::new(&w.cluster.redis_url, &prefix, timeout).unwrap()),
+        )
+        .await;
         until_store_trusted(&db).await;
         instances.push(db);
     }
@@ -252,9 +275,11 @@ async fn two_app_instances_share_positions_through_redis() {
 async fn redis_going_down_never_errors_and_sends_keyed_reads_to_the_master() {
     let w = World::new().await;
     let mut redis = PrivateRedis::start(26391);
-    let db = started_with(short_ttl(config(&w, &[1])), Arc::new(
-        RedisStore::new(&redis.url(), "pindb:", Duration::from_millis(100)).unwrap(),
-    )).await;
+    let db = started_with(
+        short_ttl(config(&w, &[1])),
+        Arc::new(RedisStore::new(&redis.url(), "pindb:", Duration::from_millis(100)).unwrap()),
+    )
+    .await;
     until_store_trusted(&db).await;
     write_as(&db, "alice", "before").await;
     let (_, held) = read_as(&db, "carol").await;
@@ -304,7 +329,12 @@ async fn a_killed_replica_is_skipped_then_used_again_when_it_returns() {
         let _restart = Restart(&w.cluster, vec![2, 1]);
         w.cluster.stop_replica(2);
         wait_until("replica 2 is marked down", SOON, || {
-            !router.topology().replica_status("default-2").unwrap().unwrap().up
+            !router
+                .topology()
+                .replica_status("default-2")
+                .unwrap()
+                .unwrap()
+                .up
         })
         .await;
         for _ in 0..6 {
@@ -313,7 +343,12 @@ async fn a_killed_replica_is_skipped_then_used_again_when_it_returns() {
         }
         w.cluster.stop_replica(1);
         wait_until("replica 1 is marked down", SOON, || {
-            !router.topology().replica_status("default-1").unwrap().unwrap().up
+            !router
+                .topology()
+                .replica_status("default-1")
+                .unwrap()
+                .unwrap()
+                .up
         })
         .await;
         let (rows, held) = read_as(&db, "reader").await;
@@ -359,7 +394,8 @@ async fn a_replica_past_max_lag_bytes_is_ejected_for_everyone_and_returns() {
     .await;
     wait_until("replica 1 is over the lag limit", SOON, || {
         router
-            .topology().replica_status("default-1")
+            .topology()
+            .replica_status("default-1")
             .unwrap()
             .unwrap()
             .over_lag
@@ -375,7 +411,8 @@ async fn a_replica_past_max_lag_bytes_is_ejected_for_everyone_and_returns() {
     w.control.resume(1).await;
     wait_until("replica 1 is back within limits", SOON, || {
         !router
-            .topology().replica_status("default-1")
+            .topology()
+            .replica_status("default-1")
             .unwrap()
             .unwrap()
             .over_lag
@@ -395,7 +432,12 @@ async fn an_idle_primary_is_not_replica_lag() {
     for _ in 0..30 {
         tokio::time::sleep(Duration::from_millis(100)).await;
         for alias in ["default-1", "default-2"] {
-            let status = db.router().topology().replica_status(alias).unwrap().unwrap();
+            let status = db
+                .router()
+                .topology()
+                .replica_status(alias)
+                .unwrap()
+                .unwrap();
             assert!(status.up && !status.over_lag, "{alias}: {status:?}");
         }
     }

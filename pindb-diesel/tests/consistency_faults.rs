@@ -11,8 +11,8 @@ use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
 use futures_util::FutureExt;
 use pindb_core::TopologyCheck;
-use pindb_core::{MemoryStore, RedisStore, Store};
 use pindb_core::{Config, Lsn, Router, RouterMode};
+use pindb_core::{MemoryStore, RedisStore, Store};
 use pindb_diesel::bb8::PinDb;
 use pindb_testkit::{wait_until, PrivateRedis};
 
@@ -46,7 +46,8 @@ async fn started_with(config: Config, store: Arc<dyn Store>) -> PinDb {
     let router = db.router().clone();
     wait_until("the monitor has seen default-1", SOON, || {
         router
-            .topology().replica_status("default-1")
+            .topology()
+            .replica_status("default-1")
             .unwrap()
             .unwrap()
             .replay_lsn
@@ -72,7 +73,10 @@ async fn bodies(db: &PinDb) -> (Vec<String>, Vec<String>) {
 }
 
 async fn read_as(db: &PinDb, key: &str) -> (Vec<String>, Vec<String>) {
-    db.router().consistency().scope_with_key(Some(key), bodies(db)).await
+    db.router()
+        .consistency()
+        .scope_with_key(Some(key), bodies(db))
+        .await
 }
 
 async fn insert(db: &PinDb, author: &str, body: &str) {
@@ -85,7 +89,8 @@ async fn insert(db: &PinDb, author: &str, body: &str) {
 
 async fn write_as(db: &PinDb, key: &str, body: &str) {
     db.router()
-        .consistency().scope_with_key(Some(key), insert(db, key, body))
+        .consistency()
+        .scope_with_key(Some(key), insert(db, key, body))
         .await
 }
 
@@ -160,11 +165,13 @@ async fn a_keyed_context_cancelled_after_its_write_still_records_the_position() 
     w.control.pause(1).await;
     let cancelled = tokio::time::timeout(
         Duration::from_millis(300),
-        db.router().consistency().scope_with_key(Some("alice"), async {
-            insert(&db, "alice", "mine").await;
-            // The client goes away (or a timeout layer fires) after the commit.
-            tokio::time::sleep(Duration::from_secs(3600)).await;
-        }),
+        db.router()
+            .consistency()
+            .scope_with_key(Some("alice"), async {
+                insert(&db, "alice", "mine").await;
+                // The client goes away (or a timeout layer fires) after the commit.
+                tokio::time::sleep(Duration::from_secs(3600)).await;
+            }),
     )
     .await;
     assert!(cancelled.is_err());
@@ -182,10 +189,14 @@ async fn a_keyed_context_that_panics_after_its_write_still_records_the_position(
     let store = Arc::new(MemoryStore::new(1000));
     let db = started_with(config(&w, &[1]), store.clone()).await;
     w.control.pause(1).await;
-    let caught = AssertUnwindSafe(db.router().consistency().scope_with_key(Some("alice"), async {
-        insert(&db, "alice", "mine").await;
-        panic!("handler bug after the commit");
-    }))
+    let caught = AssertUnwindSafe(
+        db.router()
+            .consistency()
+            .scope_with_key(Some("alice"), async {
+                insert(&db, "alice", "mine").await;
+                panic!("handler bug after the commit");
+            }),
+    )
     .catch_unwind()
     .await;
     assert!(caught.is_err());
@@ -381,7 +392,8 @@ async fn a_token_position_beyond_the_master_is_not_trusted() {
     );
     // A real position, even one no replica has replayed yet, is kept.
     let real = w.cluster.primary_lsn().await;
-    let token = ConsistencyToken::new(vec![("default".into(), real)]).sign(router.consistency().cookie_key());
+    let token = ConsistencyToken::new(vec![("default".into(), real)])
+        .sign(router.consistency().cookie_key());
     let accepted = router.consistency().accept_token(&token).await.unwrap();
     assert_eq!(accepted.positions(), [("default".to_string(), real)]);
     w.finish().await;

@@ -90,13 +90,23 @@ impl PinDb {
     /// (migrations, `ping`, `close`...). Statements sent through it are not routed.
     pub fn master(&self) -> &DatabaseConnection {
         // Router::new refuses a config without a `default` database, so the lookup succeeds.
-        let index = self.inner.router.topology().index_of("default").unwrap_or(0);
+        let index = self
+            .inner
+            .router
+            .topology()
+            .index_of("default")
+            .unwrap_or(0);
         &self.inner.conns[index]
     }
 
     /// The connection of any alias (`default-2`, `analytics`, `legacy`...), unrouted.
     pub fn connection(&self, alias: &str) -> Result<&DatabaseConnection, DbErr> {
-        let index = self.inner.router.topology().index_of(alias).map_err(to_db_err)?;
+        let index = self
+            .inner
+            .router
+            .topology()
+            .index_of(alias)
+            .map_err(to_db_err)?;
         Ok(&self.inner.conns[index])
     }
 

@@ -43,18 +43,25 @@ async fn a_writer_reads_its_write_and_others_read_replicas() {
 
     let router = db.router().clone();
     router
-        .consistency().scope_with_key(Some("alice"), async {
+        .consistency()
+        .scope_with_key(Some("alice"), async {
             db.execute_unprepared("INSERT INTO users (name) VALUES ('mine')")
                 .await
                 .unwrap();
         })
         .await;
-    let (rows, on_replica) = router.consistency().scope_with_key(Some("alice"), names(&db)).await;
+    let (rows, on_replica) = router
+        .consistency()
+        .scope_with_key(Some("alice"), names(&db))
+        .await;
     assert_eq!(
         (rows.as_slice(), on_replica),
         (&["old".to_string(), "mine".to_string()][..], false)
     );
-    let (rows, on_replica) = router.consistency().scope_with_key(Some("bob"), names(&db)).await;
+    let (rows, on_replica) = router
+        .consistency()
+        .scope_with_key(Some("bob"), names(&db))
+        .await;
     assert_eq!(
         (rows.as_slice(), on_replica),
         (&["old".to_string()][..], true)
@@ -64,14 +71,18 @@ async fn a_writer_reads_its_write_and_others_read_replicas() {
     let lsn = f.cluster.primary_lsn().await;
     wait_until("the replica caught up", Duration::from_secs(10), || {
         router
-            .topology().replica_status("default-1")
+            .topology()
+            .replica_status("default-1")
             .unwrap()
             .unwrap()
             .replay_lsn
             >= lsn
     })
     .await;
-    let (rows, on_replica) = router.consistency().scope_with_key(Some("alice"), names(&db)).await;
+    let (rows, on_replica) = router
+        .consistency()
+        .scope_with_key(Some("alice"), names(&db))
+        .await;
     assert_eq!(rows.len(), 2);
     assert!(on_replica, "caught up: alice reads the replica");
     f.finish().await;

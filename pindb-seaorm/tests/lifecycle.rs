@@ -141,7 +141,7 @@ async fn transaction_on_runs_on_the_primary_of_the_named_set() {
     let router = Router::builder(Config::from_toml_str(&toml).unwrap())
         .delegate(delegate)
         .build()
-    .unwrap();
+        .unwrap();
     let db = PinDb::from_router(router).await.unwrap();
     scope(async {
         // Strict: the named set must be pinned.

@@ -80,9 +80,7 @@ async fn world() -> Fixture {
 }
 
 async fn db(f: &Fixture, mode: RouterMode, replicas: &[usize]) -> PinDb {
-    PinDb::connect(f.config(mode, replicas))
-        .await
-        .unwrap()
+    PinDb::connect(f.config(mode, replicas)).await.unwrap()
 }
 
 /// Replica `n` stops replaying; then a user "new" is added that it has not replayed.

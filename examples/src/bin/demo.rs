@@ -11,9 +11,9 @@ use axum::routing::get;
 use axum::Json;
 use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
-use pindb_core::web::PinDbLayer;
+use pindb_core::PinDbLayer;
 use pindb_core::RouterMode;
-use pindb_diesel::PinDb;
+use pindb_diesel::bb8::PinDb;
 use pindb_examples::capture::{self, routes_of};
 use pindb_examples::{
     demo_config, respond, run_demo, user_key, AppError, ListQuery, NewNote, Reply, SCHEMA_SQL,

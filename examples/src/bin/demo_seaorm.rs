@@ -1,18 +1,18 @@
 //! The pindb demo, SeaORM variant: the same notes service and scenario as `demo`, with the
-//! handlers written against SeaORM and a `pindb_seaorm::PinDbConnection`.
+//! handlers written against SeaORM and a `pindb_seaorm::PinDb`.
 
 use std::process::ExitCode;
 
 use axum::extract::{Query, State};
 use axum::routing::get;
 use axum::Json;
-use pindb_core::web::PinDbLayer;
+use pindb_core::PinDbLayer;
 use pindb_core::RouterMode;
 use pindb_examples::capture::{self, routes_of};
 use pindb_examples::{
     demo_config, respond, run_demo, user_key, AppError, ListQuery, NewNote, Reply, SCHEMA_SQL,
 };
-use pindb_seaorm::PinDbConnection;
+use pindb_seaorm::PinDb;
 use pindb_testkit::Fixture;
 use sea_orm::entity::prelude::*;
 use sea_orm::{ActiveValue::Set, DbErr, QueryOrder};
@@ -43,7 +43,7 @@ fn message(e: &DbErr) -> String {
 }
 
 async fn list(
-    State(db): State<PinDbConnection>,
+    State(db): State<PinDb>,
     Query(q): Query<ListQuery>,
 ) -> Result<Json<Reply>, AppError> {
     let (rows, routes) = routes_of(
@@ -60,10 +60,7 @@ async fn list(
     )
 }
 
-async fn add(
-    State(db): State<PinDbConnection>,
-    Json(new): Json<NewNote>,
-) -> Result<Json<Reply>, AppError> {
+async fn add(State(db): State<PinDb>, Json(new): Json<NewNote>) -> Result<Json<Reply>, AppError> {
     let model = note::ActiveModel {
         author: Set(new.user),
         body: Set(new.body),
@@ -73,7 +70,7 @@ async fn add(
     respond(row.map(|n| vec![n.body]).map_err(|e| message(&e)), routes)
 }
 
-fn app(db: PinDbConnection) -> axum::Router {
+fn app(db: PinDb) -> axum::Router {
     let layer = PinDbLayer::new(db.router().clone())
         .expect("the demo config has a cookie secret")
         .with_key(user_key);
@@ -87,7 +84,7 @@ fn app(db: PinDbConnection) -> axum::Router {
 async fn main() -> ExitCode {
     capture::install();
     let fixture = Fixture::new(SCHEMA_SQL).await;
-    let greedy = PinDbConnection::connect(demo_config(&fixture, RouterMode::Greedy))
+    let greedy = PinDb::connect(demo_config(&fixture, RouterMode::Greedy))
         .await
         .expect("valid demo config");
     greedy
@@ -95,7 +92,7 @@ async fn main() -> ExitCode {
         .start_monitor()
         .await
         .expect("the dev cluster's topology is right");
-    let strict = PinDbConnection::connect(demo_config(&fixture, RouterMode::Strict))
+    let strict = PinDb::connect(demo_config(&fixture, RouterMode::Strict))
         .await
         .expect("valid demo config");
     let router = greedy.router().clone();

@@ -7,9 +7,9 @@ use std::process::ExitCode;
 
 use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
-use pindb_core::jobs::{import_token, run_worker};
+use pindb_core::{import_token, run_worker};
 use pindb_core::{ConsistencyToken, RouterMode};
-use pindb_diesel::PinDb;
+use pindb_diesel::bb8::PinDb;
 use pindb_examples::SCHEMA_SQL;
 use pindb_testkit::Fixture;
 
@@ -47,7 +47,7 @@ async fn main() -> ExitCode {
                 .execute(&mut db.get())
                 .await
                 .expect("the insert runs on the master");
-            db.router().consistency_token().await
+            db.router().consistency().token().await
         })
         .await;
         let job = Job {

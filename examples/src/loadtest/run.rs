@@ -5,8 +5,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use pindb_core::PinDbError;
-use pindb_diesel::PinDb;
+use pindb_core::{PinDbError, Router};
+use pindb_diesel::bb8::PinDb;
 use pindb_testkit::Fixture;
 use serde::Serialize;
 
@@ -71,7 +71,21 @@ pub async fn run(
     redis_url: &str,
     progress: impl Fn(Duration) + Send + Sync + 'static,
 ) -> Result<Outcome, PinDbError> {
-    let db = PinDb::new(config(f, strategy, settings)).map_err(|e| PinDbError::Config {
+    let mut private = None;
+    let mut builder = Router::builder(config(f, strategy, settings));
+    if strategy == Strategy::LsnRedis {
+        let prefix = format!("pindb:loadtest:{}:", f.schema.name);
+        private = settings
+            .faults
+            .then(|| pindb_testkit::PrivateRedis::start(FAULT_REDIS_PORT));
+        let url = private.as_ref().map_or(redis_url.to_owned(), |r| r.url());
+        builder = builder.store(Arc::new(pindb_core::RedisStore::new(
+            &url,
+            &prefix,
+            Duration::from_millis(100),
+        )?));
+    }
+    let db = PinDb::from_router(builder.build()?).map_err(|e| PinDbError::Config {
         alias: None,
         problem: e.to_string(),
     })?;
@@ -79,22 +93,8 @@ pub async fn run(
         db.router().start_monitor().await?;
     }
     let stop = Arc::new(AtomicBool::new(false));
-    let mut breaker = None;
-    if strategy == Strategy::LsnRedis {
-        let prefix = format!("pindb:loadtest:{}:", f.schema.name);
-        let private = settings
-            .faults
-            .then(|| pindb_testkit::PrivateRedis::start(FAULT_REDIS_PORT));
-        let url = private.as_ref().map_or(redis_url.to_owned(), |r| r.url());
-        db.router()
-            .set_store(Arc::new(pindb_core::stickiness::RedisStore::new(
-                &url,
-                &prefix,
-                Duration::from_millis(100),
-            )?));
-        breaker = private.map(|r| tokio::spawn(break_redis(r, Arc::clone(&stop))));
-    }
-    let round_trips_before = db.router().consistency_round_trips();
+    let breaker = private.map(|r| tokio::spawn(break_redis(r, Arc::clone(&stop))));
+    let round_trips_before = db.router().consistency().round_trips();
     let cpu_before = master_cpu_ticks();
 
     let lag = tokio::spawn(make_lag(
@@ -135,7 +135,7 @@ pub async fn run(
     let cpu = cpu_before
         .zip(master_cpu_ticks())
         .map(|(a, b)| (b.saturating_sub(a)) * 1000 / clock_ticks());
-    let round_trips = db.router().consistency_round_trips() - round_trips_before;
+    let round_trips = db.router().consistency().round_trips() - round_trips_before;
     let mut t = std::mem::take(&mut *tally.lock().unwrap_or_else(|p| p.into_inner()));
     t.latencies_us.sort_unstable();
     let pct = |p: f64| -> f64 {

@@ -9,7 +9,7 @@ use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
 use futures_util::FutureExt;
 use pindb_core::Context;
-use pindb_diesel::PinDb;
+use pindb_diesel::bb8::PinDb;
 
 use super::strategy::{Settings, Strategy};
 
@@ -139,7 +139,12 @@ async fn request<F: std::future::Future>(
         Strategy::RandomReplica => {
             pindb_core::scope(async { UNPINNED.scope((), work).await }).await
         }
-        Strategy::Lsn | Strategy::LsnRedis => db.router().scope_with_key(Some(user), work).await,
+        Strategy::Lsn | Strategy::LsnRedis => {
+            db.router()
+                .consistency()
+                .scope_with_key(Some(user), work)
+                .await
+        }
         Strategy::Cookie15s | Strategy::Delay2s => {
             let ctx = Context::new();
             if carried_until.is_some_and(|u| u > Instant::now()) {

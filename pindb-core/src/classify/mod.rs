@@ -28,7 +28,7 @@ pub enum StatementKind {
 /// (`--` and nested `/* */`) are ignored. Anything else, and empty input, is a write.
 ///
 /// ```
-/// use pindb_core::{classify, StatementKind::*};
+/// use pindb_core::adapter::{classify, StatementKind::*};
 ///
 /// assert_eq!(classify("SELECT * FROM users WHERE id = $1"), Read);
 /// assert_eq!(classify("/* app */ INSERT INTO users (name) VALUES ($1) RETURNING id"), Write);
@@ -67,7 +67,7 @@ pub fn classify(sql: &str) -> StatementKind {
 /// quotes are removed. `None` when there is no such table. Never allocates.
 ///
 /// ```
-/// use pindb_core::classify::main_table;
+/// use pindb_core::adapter::main_table;
 ///
 /// assert_eq!(main_table(r#"SELECT "users"."id" FROM "users" WHERE "users"."id" = $1"#), Some("users"));
 /// assert_eq!(main_table("insert into app.notes (body) values ($1)"), Some("notes"));

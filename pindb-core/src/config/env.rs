@@ -108,7 +108,6 @@ impl Config {
         }
         None
     }
-
 }
 
 /// `default-1` -> `DEFAULT_1`.

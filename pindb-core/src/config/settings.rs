@@ -114,7 +114,6 @@ impl Default for StickinessSettings {
     }
 }
 
-
 /// What only the tower layer and consistency tokens use (`[web]`): the pin cookie and the key
 /// that signs it and tokens.
 ///

@@ -2,10 +2,9 @@ use super::*;
 
 #[test]
 fn defaults_match_django_pindb() {
-    let c = Config::from_toml_str(
-        "[masters.default]\nurl = 'postgres://h/d'\n[sets]\ndefault = []",
-    )
-    .unwrap();
+    let c =
+        Config::from_toml_str("[masters.default]\nurl = 'postgres://h/d'\n[sets]\ndefault = []")
+            .unwrap();
     assert!(c.enabled);
     assert_eq!(c.router, RouterMode::Greedy);
     assert_eq!(c.replica_policy, ReplicaPolicy::RoundRobin);
@@ -66,10 +65,23 @@ fn env_override_replaces_master_target_and_replicas_inherit() {
 #[test]
 fn absurd_durations_are_refused() {
     let e = Config::from_toml_str(
-        "pinning_seconds = 18446744073709551615\n[masters.default]\nurl = 'postgres://h/d'\n[sets]\ndefault = []",
+        "[web]\npinning_seconds = 18446744073709551615\n[masters.default]\nurl = 'postgres://h/d'\n[sets]\ndefault = []",
     )
     .unwrap_err();
     assert!(e.to_string().contains("10 years"), "{e}");
+}
+
+#[test]
+fn a_web_setting_at_the_top_level_says_where_it_belongs_now() {
+    let e = Config::from_toml_str(
+        "cookie_secret = 'x'\n[masters.default]\nurl = 'postgres://h/d'\n[sets]\ndefault = []",
+    )
+    .unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("`cookie_secret` belongs in the `[web]` section now"),
+        "{e}"
+    );
 }
 
 #[test]

@@ -26,7 +26,11 @@ impl Consistency {
     /// }).await;
     /// # }
     /// ```
-    pub async fn scope_with_key<F: Future>(self: &Arc<Self>, key: Option<&str>, fut: F) -> F::Output {
+    pub async fn scope_with_key<F: Future>(
+        self: &Arc<Self>,
+        key: Option<&str>,
+        fut: F,
+    ) -> F::Output {
         let ctx = Context::new();
         if let Some(key) = key {
             self.load_positions(&ctx, key).await;
@@ -121,7 +125,11 @@ impl Consistency {
         }
         let deadline = tokio::time::Instant::now() + wait;
         for (set, lsn) in ctx.required() {
-            while self.topology.best_replay(&set).is_some_and(|best| best < lsn) {
+            while self
+                .topology
+                .best_replay(&set)
+                .is_some_and(|best| best < lsn)
+            {
                 // The deadline bounds the probes too: a replica that does not answer must
                 // not stretch the wait to its check timeout.
                 match tokio::time::timeout_at(deadline, self.check_replicas(&set)).await {
@@ -131,7 +139,11 @@ impl Consistency {
                 if tokio::time::Instant::now() >= deadline {
                     break;
                 }
-                if self.topology.best_replay(&set).is_some_and(|best| best >= lsn) {
+                if self
+                    .topology
+                    .best_replay(&set)
+                    .is_some_and(|best| best >= lsn)
+                {
                     break;
                 }
                 tokio::time::sleep(Duration::from_millis(5)).await;

@@ -24,9 +24,9 @@ use crate::topology::Topology;
 mod keyed;
 mod token;
 
+use keyed::Pending;
 #[cfg(feature = "tower")]
 pub(crate) use keyed::RecordOnDrop;
-use keyed::Pending;
 pub use token::ConsistencyToken;
 
 /// Now, in Unix seconds.
@@ -170,12 +170,10 @@ impl Consistency {
                 continue;
             }
             self.count_round_trip();
-            if let Ok(Some(lsn)) = Probe::shared_row(
-                &self.probes[index],
-                "SELECT pg_last_wal_replay_lsn()::text",
-            )
-            .await
-            .and_then(|row| lsn_column(&row, 0))
+            if let Ok(Some(lsn)) =
+                Probe::shared_row(&self.probes[index], "SELECT pg_last_wal_replay_lsn()::text")
+                    .await
+                    .and_then(|row| lsn_column(&row, 0))
             {
                 s.health[r].raise_replay(lsn);
             }

@@ -26,7 +26,7 @@ const CLOCK_SKEW_SECS: u64 = 60;
 /// beyond anything the master has written.
 ///
 /// ```
-/// use pindb_core::{stickiness::ConsistencyToken, Lsn};
+/// use pindb_core::{ConsistencyToken, Lsn};
 ///
 /// let token: ConsistencyToken = "default@0/16B3748~1700000000|analytics@1/0~1700000001".parse().unwrap();
 /// assert_eq!(token.positions()[0], ("default".to_string(), Lsn(0x16B3748)));

@@ -340,7 +340,7 @@ fn parse_url(alias: &str, text: &str) -> Result<Parts, PinDbError> {
 ///
 /// ```
 /// use std::collections::BTreeMap;
-/// use pindb_core::{populate_replicas, DatabaseSettings};
+/// use pindb_core::{adapter::populate_replicas, DatabaseSettings};
 ///
 /// let masters = BTreeMap::from([("default".to_string(), DatabaseSettings::from_url("postgres://app@db0/app"))]);
 /// let sets = BTreeMap::from([("default".to_string(), vec![

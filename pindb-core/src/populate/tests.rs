@@ -27,18 +27,16 @@ fn master_without_sets_entry() {
 
 #[test]
 fn empty_sets_entry_means_zero_replicas() {
-    let c = Config::from_toml_str(
-        "[masters.default]\nurl = 'postgres://h/d'\n[sets]\ndefault = []",
-    )
-    .unwrap();
+    let c =
+        Config::from_toml_str("[masters.default]\nurl = 'postgres://h/d'\n[sets]\ndefault = []")
+            .unwrap();
     assert_eq!(c.databases().unwrap().len(), 1);
 }
 
 #[test]
 fn sets_entry_without_master() {
-    let (alias, problem) = err(
-        "[masters.default]\nurl = 'postgres://h/d'\n[sets]\ndefault = []\nanalytics = [{}]",
-    );
+    let (alias, problem) =
+        err("[masters.default]\nurl = 'postgres://h/d'\n[sets]\ndefault = []\nanalytics = [{}]");
     assert_eq!(alias.as_deref(), Some("analytics"));
     assert!(problem.contains("[masters.analytics]"), "{problem}");
 }
@@ -52,9 +50,8 @@ fn no_default_master() {
 
 #[test]
 fn unmanaged_default_needs_an_unmanaged_default() {
-    let (alias, problem) = err(
-        "unmanaged_default = true\n[masters.main]\nurl = 'postgres://h/d'\n[sets]\nmain = []",
-    );
+    let (alias, problem) =
+        err("unmanaged_default = true\n[masters.main]\nurl = 'postgres://h/d'\n[sets]\nmain = []");
     assert_eq!(alias.as_deref(), Some("default"));
     assert!(problem.contains("[unmanaged.default]"), "{problem}");
 }
@@ -93,9 +90,8 @@ fn generated_replica_alias_collides_with_a_master() {
 
 #[test]
 fn unparsable_url_names_the_alias_and_hides_the_password() {
-    let (alias, problem) = err(
-        "[masters.default]\nurl = 'postgres://u:secret@h:notaport/d'\n[sets]\ndefault = []",
-    );
+    let (alias, problem) =
+        err("[masters.default]\nurl = 'postgres://u:secret@h:notaport/d'\n[sets]\ndefault = []");
     assert_eq!(alias.as_deref(), Some("default"));
     assert!(
         problem.contains("does not parse") && !problem.contains("secret"),

@@ -260,7 +260,10 @@ impl Router {
         if !self.inner.config.enabled {
             return Ok(());
         }
-        let set = &self.inner.topology.set(self.inner.topology.managed_set(alias)?);
+        let set = &self
+            .inner
+            .topology
+            .set(self.inner.topology.managed_set(alias)?);
         with_current(|ctx| ctx.lock().pin(&set.name, PinOrigin::New))
             .ok_or(PinDbError::NoContext { operation: "pin" })
     }
@@ -286,7 +289,10 @@ impl Router {
         if !self.inner.config.enabled {
             return Ok(Guard::inert(kind));
         }
-        let set = &self.inner.topology.set(self.inner.topology.managed_set(alias)?);
+        let set = &self
+            .inner
+            .topology
+            .set(self.inner.topology.managed_set(alias)?);
         with_current(|ctx| Guard::push(ctx, Arc::clone(&set.name), kind))
             .ok_or(PinDbError::NoContext { operation })
     }
@@ -473,4 +479,3 @@ fn trace(op: Operation, route: &Route<'_>) {
         "pindb route"
     );
 }
-

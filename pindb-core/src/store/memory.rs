@@ -13,7 +13,7 @@ use crate::lsn::Lsn;
 /// ```
 /// # #[tokio::main(flavor = "current_thread")] async fn main() {
 /// use std::time::Duration;
-/// use pindb_core::{Lsn, stickiness::{MemoryStore, Store}};
+/// use pindb_core::{Lsn, MemoryStore, Store};
 ///
 /// let store = MemoryStore::new(1000);
 /// store.save("user:1", &[("default".into(), Lsn(42))], Duration::from_secs(30)).await.unwrap();

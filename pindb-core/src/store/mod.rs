@@ -65,4 +65,3 @@ pub(crate) fn merge(into: &mut Positions, new: &[(String, Lsn)]) {
         }
     }
 }
-

@@ -86,15 +86,15 @@ use futures_util::FutureExt;
 use pindb_core::adapter::Shape;
 use pindb_core::Operation;
 
-use crate::checkouts::{Checkouts, Forward, Held, Slot};
 use super::{PinDb, Pooled};
+use crate::checkouts::{Checkouts, Forward, Held, Slot};
 use crate::statement::{self, OwnedQuery};
 
 /// A routed diesel-async connection, from [`PinDb::get`]. Use it wherever an
 /// `AsyncPgConnection` goes: `RunQueryDsl`, `transaction`, `save_changes`...
 ///
 /// ```no_run
-/// # async fn demo(db: pindb_diesel::PinDb) -> diesel::QueryResult<()> {
+/// # async fn demo(db: pindb_diesel::bb8::PinDb) -> diesel::QueryResult<()> {
 /// use diesel_async::{AsyncConnection, RunQueryDsl};
 ///
 /// pindb_core::scope(async {
@@ -181,7 +181,7 @@ impl PinDbConnection {
     /// ([`Error::OtherDatabaseInTransaction`]).
     ///
     /// ```no_run
-    /// # async fn demo(db: pindb_diesel::PinDb) -> diesel::QueryResult<()> {
+    /// # async fn demo(db: pindb_diesel::bb8::PinDb) -> diesel::QueryResult<()> {
     /// use diesel_async::RunQueryDsl;
     ///
     /// let mut conn = db.get();
@@ -341,7 +341,7 @@ impl AsyncConnection for PinDbConnection {
     fn establish(_database_url: &str) -> impl Future<Output = ConnectionResult<Self>> + Send {
         std::future::ready(Err(ConnectionError::BadConnection(
             "a PinDbConnection routes between several databases and cannot be established from \
-             one URL; build a pindb_diesel::PinDb from the config and call `db.get()`"
+             one URL; build a pindb_diesel::bb8::PinDb from the config and call `db.get()`"
                 .to_owned(),
         )))
     }

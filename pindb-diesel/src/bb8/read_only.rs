@@ -18,21 +18,21 @@ use super::Pooled;
 /// ```compile_fail
 /// # use diesel::prelude::*;
 /// # diesel::table! { jobs (id) { id -> Integer } }
-/// fn read_only<Q: pindb_diesel::ReadOnlyQuery>(_: Q) {}
+/// fn read_only<Q: pindb_diesel::bb8::ReadOnlyQuery>(_: Q) {}
 /// read_only(jobs::table.filter(jobs::id.eq(1)).for_update());
 /// ```
 ///
 /// ```compile_fail
 /// # use diesel::prelude::*;
 /// # diesel::table! { jobs (id) { id -> Integer } }
-/// fn read_only<Q: pindb_diesel::ReadOnlyQuery>(_: Q) {}
+/// fn read_only<Q: pindb_diesel::bb8::ReadOnlyQuery>(_: Q) {}
 /// read_only(diesel::insert_into(jobs::table).values(jobs::id.eq(1)));
 /// ```
 ///
 /// ```
 /// # use diesel::prelude::*;
 /// # diesel::table! { jobs (id) { id -> Integer } }
-/// fn read_only<Q: pindb_diesel::ReadOnlyQuery>(_: Q) {}
+/// fn read_only<Q: pindb_diesel::bb8::ReadOnlyQuery>(_: Q) {}
 /// read_only(jobs::table.filter(jobs::id.eq(1)));
 /// read_only(jobs::table.select(jobs::id).into_boxed::<diesel::pg::Pg>());
 /// ```

@@ -256,9 +256,7 @@ impl TransactionManager<PinDbConnection> for RoutedTransactionManager {
         result
     }
 
-    fn transaction_manager_status_mut(
-        conn: &mut PinDbConnection,
-    ) -> &mut TransactionManagerStatus {
+    fn transaction_manager_status_mut(conn: &mut PinDbConnection) -> &mut TransactionManagerStatus {
         conn.status_mut()
     }
 

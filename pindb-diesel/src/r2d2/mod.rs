@@ -125,4 +125,3 @@ impl PinDb {
         pool.get().map_err(|e| Error::connect(db, e.to_string()))
     }
 }
-

@@ -148,7 +148,7 @@ pub async fn two_primaries(w: &World, mode: RouterMode) -> (Router, tokio_postgr
     let router = Router::builder(Config::from_toml_str(&toml).unwrap())
         .delegate(delegate)
         .build()
-    .unwrap();
+        .unwrap();
     (router, stranger)
 }
 
