@@ -10,6 +10,7 @@ use crate::capture::RouteLine;
 use crate::service::{NewNote, Reply};
 
 /// A browser (keeps cookies) or an API client (no cookies), as a given user.
+#[derive(Debug)]
 pub struct Client {
     http: reqwest::Client,
     base: String,
@@ -59,6 +60,7 @@ impl Client {
     }
 }
 
+#[derive(Debug)]
 struct Row {
     step: String,
     served: String,
@@ -67,7 +69,7 @@ struct Row {
 }
 
 /// The scenario's record.
-#[derive(Default)]
+#[derive(Debug, Default)]
 pub struct Report {
     rows: Vec<Row>,
 }

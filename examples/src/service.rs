@@ -59,6 +59,7 @@ pub async fn serve(app: axum::Router) -> String {
 /// The application's error type: every failure becomes a 500 with a JSON body that says what
 /// happened. The message is made by the service (a pindb refusal is told apart from a
 /// database error there, with its adapter's `routing_error`).
+#[derive(Debug)]
 pub struct AppError(pub String, pub Vec<RouteLine>);
 
 impl axum::response::IntoResponse for AppError {

@@ -1,3 +1,4 @@
+#![allow(missing_docs, missing_debug_implementations, unreachable_pub)] // not a library: nothing here is public API
 //! The tower layer over real HTTP: a real axum server on loopback, a real HTTP client, the
 //! real cluster.
 

@@ -1,3 +1,4 @@
+#![allow(missing_docs, missing_debug_implementations, unreachable_pub)] // not a library: nothing here is public API
 //! The load test's stale-read checker can fail: with replicas paused, `random-replica` must
 //! show stale reads, while `lsn` under the same load shows none. Short (seconds); the full load
 //! test runs from its own command.

@@ -1,3 +1,5 @@
+#![allow(missing_docs, missing_debug_implementations, unreachable_pub)] // not a library: nothing here is public API
+
 //! Routing decision and classifier cost, next to a plain `HashMap` lookup measured in the same
 //! run (the floor any alias-based router pays).
 

@@ -1,3 +1,5 @@
+#![allow(missing_docs, missing_debug_implementations, unreachable_pub)] // not a library: nothing here is public API
+
 //! The cost of read-your-writes on a request that only reads: a fresh context plus one read
 //! decision, without a key, with a key in the memory store, and with a key in Redis (needs the
 //! dev cluster's Redis; `PINDB_REDIS_URL` or redis://127.0.0.1:6379/).

@@ -11,9 +11,8 @@ use std::sync::Arc;
 
 // The context keeps guard frames, so the kind is its vocabulary; re-exported here where
 // users look for it.
-pub use crate::context::GuardKind;
 
-use crate::context::Context;
+use crate::context::{Context, GuardKind};
 
 /// A live routing override; dropping it restores the previous behaviour.
 ///

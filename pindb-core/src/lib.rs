@@ -40,7 +40,7 @@
 //! (pindb's own connections, replica polling, the topology check), `consistency`
 //! (read-your-writes across contexts, tokens), `store` (where positions are kept), `lsn`,
 //! `classify` (read or write), `jobs`, `web` (the tower layer), `error`.
-#![deny(missing_docs)]
+#![forbid(unsafe_code)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod classify;

@@ -1,3 +1,4 @@
+#![allow(missing_docs, missing_debug_implementations, unreachable_pub)] // not a library: nothing here is public API
 //! The pinning context: isolation between concurrent contexts and explicit propagation into
 //! spawned tasks, `spawn_blocking` closures and plain threads.
 

@@ -1,3 +1,4 @@
+#![allow(missing_docs, missing_debug_implementations, unreachable_pub)] // not a library: nothing here is public API
 //! The free functions over the global router (one test binary, so one global).
 
 use pindb_core::{Config, Hint, PinDbError, Reason, Router, RouterMode};

@@ -1,3 +1,4 @@
+#![allow(missing_docs, missing_debug_implementations, unreachable_pub)] // not a library: nothing here is public API
 //! Job helpers: nothing one job pinned reaches the next, even after a panic.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};

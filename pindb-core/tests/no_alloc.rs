@@ -1,3 +1,5 @@
+#![allow(missing_docs, missing_debug_implementations, unreachable_pub)] // not a library: nothing here is public API
+#![allow(unsafe_code)] // a counting global allocator is unsafe by nature
 //! A routing decision does not allocate (after the first decision for a set in a context).
 //! Counted with a global allocator that counts per thread, so other tests cannot interfere.
 

@@ -1,3 +1,4 @@
+#![allow(missing_docs, missing_debug_implementations, unreachable_pub)] // not a library: nothing here is public API
 //! Router behaviour: strict and greedy writes, guards in every nesting and drop order,
 //! disabled mode, unmanaged aliases, delegates, replica stickiness and spread.
 

@@ -1,3 +1,4 @@
+#![allow(missing_docs, missing_debug_implementations, unreachable_pub)] // not a library: nothing here is public API
 //! Read-your-writes bookkeeping that needs no database: what a keyed context records when the
 //! master cannot tell its position, and what a full memory store does.
 

@@ -1,3 +1,4 @@
+#![allow(missing_docs, missing_debug_implementations, unreachable_pub)] // not a library: nothing here is public API
 //! The tower layer without a database: requests sent straight into the service (axum's
 //! `oneshot` style), a handler that reports what its pinning context holds. Secrets, key
 //! rotation, token ages, cookie expiry caps.

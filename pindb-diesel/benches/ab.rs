@@ -1,3 +1,4 @@
+#![allow(missing_docs, missing_debug_implementations, unreachable_pub)] // not a library: nothing here is public API
 //! Interleaved A/B: a primary-key SELECT through the routed connection vs. the same query on a
 //! plain bb8 checkout of the same replica, in one run. Each round runs both sides (in random
 //! order) for `BATCH` requests; the result is the ratio of the medians of the per-request

@@ -1,3 +1,5 @@
+#![allow(missing_docs, missing_debug_implementations, unreachable_pub)] // not a library: nothing here is public API
+
 //! A primary-key SELECT through the routed connection vs. the same query on a plain bb8
 //! `AsyncPgConnection` checkout from a pool to the same replica, same pool size, same run.
 //! Needs the dev cluster (`scripts/cluster up`).

@@ -28,7 +28,7 @@
 //!
 //! Routing errors ride inside `diesel::result::Error::QueryBuilderError`; recognise them with
 //! [`routing_error`] and [`is_unpinned_write`].
-#![deny(missing_docs)]
+#![forbid(unsafe_code)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub use pindb_core;

@@ -1,3 +1,4 @@
+#![allow(missing_docs, missing_debug_implementations, unreachable_pub)] // not a library: nothing here is public API
 //! diesel-async routing against the real dev cluster (`scripts/cluster up`): a primary and two
 //! streaming replicas, with replay paused so that "stale" is provable.
 

@@ -1,3 +1,4 @@
+#![allow(missing_docs, missing_debug_implementations, unreachable_pub)] // not a library: nothing here is public API
 //! Read-your-writes across contexts, the replica monitor and the stickiness stores, through
 //! the diesel-async adapter, against the real cluster and real Redis.
 

@@ -1,3 +1,4 @@
+#![allow(missing_docs, missing_debug_implementations, unreachable_pub)] // not a library: nothing here is public API
 //! Read-your-writes under faults, against the real cluster and real Redis processes: saves
 //! that arrive out of order, keyed contexts cancelled or panicking after their write, a Redis
 //! restarted empty or hung while positions were being saved, a full memory store, and a

@@ -1,3 +1,4 @@
+#![allow(missing_docs, missing_debug_implementations, unreachable_pub)] // not a library: nothing here is public API
 //! Routed diesel connections under the things real services do to them: transactions whose
 //! future is dropped (a timeout) or whose closure panics, tiny pools shared by concurrent
 //! requests that take them in opposite orders, transactions of a second set on another

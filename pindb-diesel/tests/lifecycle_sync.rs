@@ -1,3 +1,4 @@
+#![allow(missing_docs, missing_debug_implementations, unreachable_pub)] // not a library: nothing here is public API
 //! Sync routed diesel connections (r2d2) under faults: a transaction whose closure panics,
 //! tiny pools taken in opposite orders, a second set on another primary, settings made
 //! before the first checkout. The async twin is `lifecycle.rs`.

@@ -1,3 +1,4 @@
+#![allow(missing_docs, missing_debug_implementations, unreachable_pub)] // not a library: nothing here is public API
 //! Sync diesel (r2d2) routing against the real dev cluster, called the way actix-style code
 //! does: from `spawn_blocking` with the request's pinning context re-entered.
 #![cfg(feature = "r2d2")]

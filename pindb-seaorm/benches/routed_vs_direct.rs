@@ -1,3 +1,5 @@
+#![allow(missing_docs, missing_debug_implementations, unreachable_pub)] // not a library: nothing here is public API
+
 //! `find_by_id` through the routed connection vs. through a plain `DatabaseConnection` to the
 //! same replica, same pool size, same run. Needs the dev cluster (`scripts/cluster up`).
 

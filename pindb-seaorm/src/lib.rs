@@ -58,7 +58,7 @@
 //!
 //! Routing errors reach the caller as a `DbErr` (see [`routing_error`]); constructors return
 //! [`Error`], which `?` turns into a `DbErr`.
-#![deny(missing_docs)]
+#![forbid(unsafe_code)]
 
 pub use pindb_core;
 

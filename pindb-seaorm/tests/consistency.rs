@@ -1,3 +1,4 @@
+#![allow(missing_docs, missing_debug_implementations, unreachable_pub)] // not a library: nothing here is public API
 //! Read-your-writes across contexts through the SeaORM adapter (the mechanism is pindb-core's;
 //! this proves the adapter feeds it: writes pin, keyed reads honour recorded positions).
 

@@ -1,3 +1,4 @@
+#![allow(missing_docs, missing_debug_implementations, unreachable_pub)] // not a library: nothing here is public API
 //! SeaORM transactions on a routed connection under faults: a transaction whose future is
 //! dropped (a timeout), whose closure panics, or that is begun and dropped; and a transaction
 //! of a second set on another primary (the dev cluster's "stranger"). Against the real dev

@@ -1,3 +1,4 @@
+#![allow(missing_docs, missing_debug_implementations, unreachable_pub)] // not a library: nothing here is public API
 //! SeaORM routing against the real dev cluster (`scripts/cluster up`), with replay paused on a
 //! replica so that "stale" is provable.
 

@@ -8,6 +8,7 @@ use crate::schema::TestSchema;
 /// exclusive control of replay (so pausing a replica cannot disturb another test).
 ///
 /// In `setup_sql` and the other SQL given to it, `{schema}` stands for the schema name.
+#[derive(Debug)]
 pub struct Fixture {
     /// The cluster.
     pub cluster: Cluster,

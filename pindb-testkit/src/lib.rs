@@ -29,7 +29,7 @@
 //! `fixture.rs` ([`Fixture`], [`bench_users`]), `isolation.rs`
 //! ([`contexts_that_saw_foreign_pins`]), `redis.rs` ([`PrivateRedis`]), `wait.rs`
 //! ([`wait_until`]).
-#![deny(missing_docs)]
+#![forbid(unsafe_code)]
 
 mod cluster;
 mod fixture;

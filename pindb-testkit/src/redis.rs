@@ -4,6 +4,7 @@ use std::time::{Duration, Instant};
 
 /// A Redis server of a test's own, on its own loopback port, that the test may stop and start
 /// (the shared one on 6379 must stay up for everyone else).
+#[derive(Debug)]
 pub struct PrivateRedis {
     port: u16,
     /// Where snapshots go, for a server that keeps them.

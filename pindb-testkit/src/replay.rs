@@ -129,3 +129,17 @@ pub async fn resume_replay(url: &str) {
         .await
         .unwrap_or_else(|e| panic!("pg_wal_replay_resume() on {url} failed: {e:?}"));
 }
+
+impl std::fmt::Debug for SharedReplay {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SharedReplay").finish_non_exhaustive()
+    }
+}
+
+impl std::fmt::Debug for ReplayControl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReplayControl")
+            .field("paused", &self.paused)
+            .finish_non_exhaustive()
+    }
+}

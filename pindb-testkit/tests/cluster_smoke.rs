@@ -1,3 +1,4 @@
+#![allow(missing_docs, missing_debug_implementations, unreachable_pub)] // not a library: nothing here is public API
 //! The harness works: a row written on the primary reaches both replicas; with replay paused
 //! on replica 1 it is missing there (although received) but present on replica 2; after
 //! resume it arrives.

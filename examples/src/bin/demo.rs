@@ -1,3 +1,4 @@
+#![allow(missing_docs, missing_debug_implementations, unreachable_pub)] // not a library: nothing here is public API
 //! The pindb demo (diesel-async): a small axum notes service on pindb, against a local primary
 //! and two streaming replicas, driven over real HTTP by a scripted scenario that shows which
 //! database served each statement and why. Run it with `scripts/demo`.

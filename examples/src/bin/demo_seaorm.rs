@@ -1,3 +1,4 @@
+#![allow(missing_docs, missing_debug_implementations, unreachable_pub)] // not a library: nothing here is public API
 //! The pindb demo, SeaORM variant: the same notes service and scenario as `demo`, with the
 //! handlers written against SeaORM and a `pindb_seaorm::PinDb`.
 

@@ -1,3 +1,4 @@
+#![allow(missing_docs, missing_debug_implementations, unreachable_pub)] // not a library: nothing here is public API
 //! `pindb-loadtest`: runs every consistency strategy back to back under the same load against
 //! the dev cluster (`scripts/cluster up` first), with real replica lag, and reports throughput,
 //! latency, replica offload, stale reads, consistency round trips and master CPU as a markdown

@@ -1,3 +1,4 @@
+#![allow(missing_docs, missing_debug_implementations, unreachable_pub)] // not a library: nothing here is public API
 //! Background jobs with pindb: a request writes and enqueues a job carrying its consistency
 //! token; a worker loop over a tokio channel runs each job in a fresh context that imports the
 //! token, so the job reads the request's write even while the replica lags, and nothing one

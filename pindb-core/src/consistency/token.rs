@@ -22,7 +22,7 @@ const CLOCK_SKEW_SECS: u64 = 60;
 /// usable as a cookie or header value: `set@X/Y~T` joined by `|`, where `T` is when the
 /// position was issued (Unix seconds). [`ConsistencyToken::sign`] makes it tamper-proof for a
 /// trip through a client (stateless stickiness across app instances);
-/// [`Router::accept_token`](crate::Router::accept_token) takes one back, dropping positions older than `ttl_seconds` or
+/// [`Consistency::accept_token`](crate::Consistency::accept_token) takes one back, dropping positions older than `ttl_seconds` or
 /// beyond anything the master has written.
 ///
 /// ```
@@ -123,7 +123,7 @@ impl ConsistencyToken {
     }
 
     /// A token from [`ConsistencyToken::sign`]'s output; a forged or altered one is
-    /// [`PinDbError::BadToken`]. Says nothing about its age: see [`Router::accept_token`](crate::Router::accept_token).
+    /// [`PinDbError::BadToken`]. Says nothing about its age: see [`Consistency::accept_token`](crate::Consistency::accept_token).
     pub fn verify(signed: &str, key: &cookie::Key) -> Result<ConsistencyToken, PinDbError> {
         let mut jar = cookie::CookieJar::new();
         jar.add_original(cookie::Cookie::new(TOKEN_COOKIE, signed.to_owned()));

@@ -16,9 +16,10 @@ use tokio::task::AbortHandle;
 
 use crate::config::{Config, RouterMode};
 use crate::consistency::Consistency;
+use crate::context::GuardKind;
 use crate::context::{with_current, PinOrigin, State};
 use crate::error::PinDbError;
-use crate::guard::{Guard, GuardKind};
+use crate::guard::Guard;
 use crate::replica::NoReplica;
 use crate::topology::{Target, Topology};
 

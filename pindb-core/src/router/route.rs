@@ -9,7 +9,7 @@ use crate::classify::{classify, main_table, StatementKind};
 /// Read or write.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Operation {
-    /// A statement [`classify`](crate::classify) calls a read.
+    /// A statement [`classify`](crate::adapter::classify) calls a read.
     Read,
     /// Anything else.
     Write,

@@ -39,7 +39,7 @@
 //!   `default` set (or of the set a delegate picks for a hint-less write);
 //!   [`PinDbConnection::transaction_on`] opens on another set's master. With delegates, a
 //!   statement inside the transaction that belongs to another database is refused with
-//!   [`Error::OtherDatabaseInTransaction`] instead of
+//!   [`Error::OtherDatabaseInTransaction`](crate::Error::OtherDatabaseInTransaction) instead of
 //!   running on the wrong one (a statement whose read *or* write route is the transaction's
 //!   database is accepted). Delegates must therefore claim every table of a non-default set:
 //!   an unclaimed table belongs to `default`, and is refused inside another set's
@@ -178,7 +178,7 @@ impl PinDbConnection {
     /// alias) instead of the `default` set's: what a transaction needs when delegates send
     /// its tables to another set. Strict: refused unless `set` is pinned or under `master()`;
     /// greedy: pins it. Inside a transaction already open on another database it is refused
-    /// ([`Error::OtherDatabaseInTransaction`]).
+    /// ([`Error::OtherDatabaseInTransaction`](crate::Error::OtherDatabaseInTransaction)).
     ///
     /// ```no_run
     /// # async fn demo(db: pindb_diesel::bb8::PinDb) -> diesel::QueryResult<()> {
@@ -394,7 +394,7 @@ where
 /// `select!`) or whose closure panics leaves nothing behind: the next call on the routed
 /// connection discards the connection that held it (the server rolls it back) and routes
 /// normally again; an enclosing transaction, if any, fails with
-/// [`Error::TransactionAbandoned`].
+/// [`Error::TransactionAbandoned`](crate::Error::TransactionAbandoned).
 #[derive(Debug, Default, Clone, Copy)]
 pub struct RoutedTransactionManager;
 

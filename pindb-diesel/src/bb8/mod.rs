@@ -110,7 +110,7 @@ impl PinDb {
     }
 
     /// A connection that only accepts queries that are reads by construction
-    /// ([`ReadOnlyQuery`](crate::ReadOnlyQuery)), on the read route for `hint`.
+    /// ([`ReadOnlyQuery`]), on the read route for `hint`.
     pub async fn replica_with(&self, hint: &Hint<'_>) -> Result<ReplicaConnection, Error> {
         Ok(ReplicaConnection::new(self.read_with(hint).await?))
     }

@@ -2,7 +2,7 @@
 //!
 //! [`ReadOnlyQuery`] is implemented only for select statements without a locking clause, so
 //! `.for_update()`, inserts, updates and deletes do not compile on a [`ReplicaConnection`].
-//! This module does no routing: [`PinDb::replica`](crate::PinDb::replica) picks the connection.
+//! This module does no routing: [`PinDb::replica`](crate::bb8::PinDb::replica) picks the connection.
 
 use diesel::query_builder::{BoxedSelectStatement, SelectStatement};
 use diesel_async::methods::LoadQuery;
@@ -43,7 +43,7 @@ impl<F, S, D, W, O, LOf, G, H> ReadOnlyQuery for SelectStatement<F, S, D, W, O, 
 impl<ST, QS, DB, GB> ReadOnlyQuery for BoxedSelectStatement<'_, ST, QS, DB, GB> {}
 
 /// A replica (or, when the set is pinned, master) connection that only runs
-/// [`ReadOnlyQuery`] queries. From [`PinDb::replica`](crate::PinDb::replica).
+/// [`ReadOnlyQuery`] queries. From [`PinDb::replica`](crate::bb8::PinDb::replica).
 pub struct ReplicaConnection {
     conn: Pooled,
 }
