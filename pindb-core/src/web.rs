@@ -80,11 +80,11 @@ impl PinDbLayer {
     /// assert!(err.to_string().contains("PINDB_COOKIE_SECRET"));
     /// # Ok::<(), pindb_core::PinDbError>(())
     /// ```
-    pub fn new(router: Router) -> Result<Self, crate::PinDbError> {
+    pub fn new(router: Router) -> Result<Self, crate::error::PinDbError> {
         let config = router.config();
         if config.enabled && config.web.cookie_secret.is_none() && !config.web.ephemeral_cookie_key
         {
-            return Err(crate::PinDbError::config(
+            return Err(crate::error::PinDbError::config(
                 "web.cookie_secret",
                 "the pin cookie and consistency tokens need a secret shared by every instance: \
                  set cookie_secret (PINDB_COOKIE_SECRET, at least 32 bytes; generate one with \
