@@ -1,0 +1,333 @@
+#![allow(missing_docs, missing_debug_implementations, unreachable_pub)] // not a library: nothing here is public API
+//! One table of routing, strict-mode and guard scenarios, run against every adapter on the dev
+//! cluster (`scripts/cluster up`). Each scenario runs in a fresh pinning context; a failure
+//! names the scenario, the step and the adapter.
+
+use pindb_core::{scope, Config, RouterMode};
+use pindb_scenarios::{Adapter, DieselAsync, DieselSync, Failure, Outcome, SeaOrm, SETUP_SQL};
+use pindb_testkit::{Cluster, SharedReplay, TestSchema};
+
+use Expect::{Master, Refused, Replica};
+use Mode::{Disabled, Greedy, Strict};
+use Step::{DropGuard, MasterGuard, Pin, Read, ReplicaGuard, TxWrite, Write};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Expect {
+    Master,
+    /// Either replica.
+    Replica,
+    /// The strict router's `UnpinnedWrite`; a refused write must leave no row.
+    Refused,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Step {
+    Read(Expect),
+    Write(Expect),
+    TxWrite(Expect),
+    Pin,
+    /// `router.master("default")`, held until a `DropGuard`.
+    MasterGuard,
+    /// `router.unpinned_replica("default")`, held until a `DropGuard`.
+    ReplicaGuard,
+    /// Drops the most recent live guard.
+    DropGuard,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Greedy,
+    Strict,
+    /// `enabled = false` (with the strict router, to show nothing is refused).
+    Disabled,
+}
+
+struct Scenario {
+    name: &'static str,
+    mode: Mode,
+    steps: &'static [Step],
+}
+
+const SCENARIOS: &[Scenario] = &[
+    Scenario {
+        name: "unpinned reads go to a replica",
+        mode: Greedy,
+        steps: &[Read(Replica), Read(Replica)],
+    },
+    Scenario {
+        name: "greedy: a write goes to the master and pins later reads there",
+        mode: Greedy,
+        steps: &[
+            Read(Replica),
+            Write(Master),
+            Read(Master),
+            Write(Master),
+            Read(Master),
+        ],
+    },
+    Scenario {
+        name: "strict: an unpinned write is refused and writes nothing",
+        mode: Strict,
+        steps: &[Write(Refused), TxWrite(Refused), Read(Replica)],
+    },
+    Scenario {
+        name: "strict: after pin, reads and writes go to the master",
+        mode: Strict,
+        steps: &[
+            Read(Replica),
+            Pin,
+            Read(Master),
+            Write(Master),
+            TxWrite(Master),
+        ],
+    },
+    Scenario {
+        name: "master guard: the master while it lives, a replica after",
+        mode: Strict,
+        steps: &[
+            Read(Replica),
+            MasterGuard,
+            Read(Master),
+            Write(Master),
+            DropGuard,
+            Read(Replica),
+            Write(Refused),
+        ],
+    },
+    Scenario {
+        name: "greedy: a write under the master guard pins nothing",
+        mode: Greedy,
+        steps: &[MasterGuard, Write(Master), DropGuard, Read(Replica)],
+    },
+    Scenario {
+        name: "strict: unpinned_replica guard after a pin reads a replica, refuses writes",
+        mode: Strict,
+        steps: &[
+            Pin,
+            Read(Master),
+            ReplicaGuard,
+            Read(Replica),
+            Write(Refused),
+            DropGuard,
+            Read(Master),
+            Write(Master),
+        ],
+    },
+    Scenario {
+        name: "greedy: unpinned_replica guard after a write reads a replica, writes the master",
+        mode: Greedy,
+        steps: &[
+            Write(Master),
+            ReplicaGuard,
+            Read(Replica),
+            Write(Master),
+            DropGuard,
+            Read(Master),
+        ],
+    },
+    Scenario {
+        name: "nested guards: the innermost wins",
+        mode: Strict,
+        steps: &[
+            MasterGuard,
+            ReplicaGuard,
+            Read(Replica),
+            Write(Refused),
+            DropGuard,
+            Read(Master),
+            Write(Master),
+            DropGuard,
+            Read(Replica),
+        ],
+    },
+    Scenario {
+        name: "a pin made under the master guard outlives it",
+        mode: Strict,
+        steps: &[MasterGuard, Pin, DropGuard, Read(Master), Write(Master)],
+    },
+    Scenario {
+        name: "greedy: a transaction runs on the master and pins",
+        mode: Greedy,
+        steps: &[Read(Replica), TxWrite(Master), Read(Master)],
+    },
+    Scenario {
+        name: "disabled: everything on the master, nothing refused, guards inert",
+        mode: Disabled,
+        steps: &[
+            Read(Master),
+            Write(Master),
+            TxWrite(Master),
+            ReplicaGuard,
+            Read(Master),
+            DropGuard,
+            Pin,
+            Read(Master),
+        ],
+    },
+];
+
+/// A fresh schema with the `items` table, the servers' ports, and the shared replay lock (no
+/// test pauses or stops a replica meanwhile).
+struct World {
+    cluster: Cluster,
+    schema: TestSchema,
+    primary: tokio_postgres::Client,
+    master: i32,
+    replicas: [i32; 2],
+    _shared: SharedReplay,
+}
+
+async fn port_of(client: &tokio_postgres::Client) -> i32 {
+    let row = client.query_one("SELECT current_setting('port')::int", &[]);
+    row.await.expect("reading a server's port").get(0)
+}
+
+impl World {
+    async fn new() -> World {
+        let cluster = Cluster::from_env();
+        let shared = cluster.shared().await;
+        let schema = cluster.fresh_schema().await;
+        let primary = cluster.primary().await;
+        // Reads never touch the table, so replicas need not have replayed it.
+        let setup = SETUP_SQL.replace("{schema}", &schema.name);
+        primary.batch_execute(&setup).await.expect("creating items");
+        let master = port_of(&primary).await;
+        let replicas = [
+            port_of(&cluster.replica(1).await).await,
+            port_of(&cluster.replica(2).await).await,
+        ];
+        assert!(
+            !replicas.contains(&master) && replicas[0] != replicas[1],
+            "servers are told apart by port: master {master}, replicas {replicas:?}"
+        );
+        World {
+            cluster,
+            schema,
+            primary,
+            master,
+            replicas,
+            _shared: shared,
+        }
+    }
+
+    fn config(&self, mode: Mode) -> Config {
+        let url = |base: &str| self.schema.url(base);
+        let mut config = Config::single_set(
+            url(&self.cluster.primary_url),
+            self.cluster.replica_urls.iter().map(|r| url(r)),
+        );
+        config.router = if mode == Greedy {
+            RouterMode::Greedy
+        } else {
+            RouterMode::Strict
+        };
+        config.enabled = mode != Disabled;
+        config
+    }
+
+    async fn rows(&self) -> i64 {
+        let sql = format!("SELECT count(*) FROM {}.items", self.schema.name);
+        self.primary.query_one(&sql, &[]).await.expect(&sql).get(0)
+    }
+
+    /// Where `outcome` came from, compared with `expected`.
+    fn check(&self, expected: Expect, outcome: Outcome) -> Result<(), String> {
+        let (got, what) = match outcome {
+            Ok(p) if p == self.master => (Master, format!("the master (port {p})")),
+            Ok(p) => match self.replicas.iter().position(|&r| r == p) {
+                Some(i) => (Replica, format!("replica {} (port {p})", i + 1)),
+                None => return Err(format!("expected {expected:?}, got unknown port {p}")),
+            },
+            Err(Failure::UnpinnedWrite) => (Refused, "an UnpinnedWrite refusal".to_owned()),
+            Err(Failure::Other(e)) => return Err(format!("expected {expected:?}, got error: {e}")),
+        };
+        if got == expected {
+            Ok(())
+        } else {
+            Err(format!("expected {expected:?}, got {what}"))
+        }
+    }
+
+    async fn finish(self) {
+        drop(self.primary);
+        self.schema.drop().await;
+    }
+}
+
+/// Runs the steps of `scenario` in the current context; the error names the failing step.
+async fn run<A: Adapter>(w: &World, db: &A, scenario: &Scenario) -> Result<(), String> {
+    let router = db.router();
+    let mut guards = Vec::new();
+    for (i, &step) in scenario.steps.iter().enumerate() {
+        let at = |msg: String| format!("step {} `{step:?}`: {msg}", i + 1);
+        match step {
+            Pin => router.pin("default").map_err(|e| at(e.to_string()))?,
+            MasterGuard => guards.push(router.master("default").map_err(|e| at(e.to_string()))?),
+            ReplicaGuard => guards.push(
+                router
+                    .unpinned_replica("default")
+                    .map_err(|e| at(e.to_string()))?,
+            ),
+            DropGuard => drop(guards.pop().ok_or_else(|| at("no live guard".into()))?),
+            Read(expected) => w.check(expected, db.read().await).map_err(at)?,
+            Write(expected) | TxWrite(expected) => {
+                let before = w.rows().await;
+                let outcome = match step {
+                    Write(_) => db.write().await,
+                    _ => db.transaction_write().await,
+                };
+                let written = w.rows().await - before;
+                w.check(expected, outcome).map_err(at)?;
+                let want = i64::from(expected != Refused);
+                if written != want {
+                    return Err(at(format!(
+                        "{written} rows on the primary, expected {want}"
+                    )));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Every scenario against adapter `A`, each with its own pools and context; reports every
+/// failing scenario, not only the first.
+async fn run_all<A: Adapter>() {
+    let w = World::new().await;
+    let mut failures = Vec::new();
+    for scenario in SCENARIOS {
+        let db = A::open(w.config(scenario.mode)).await;
+        match scope(run(&w, &db, scenario)).await {
+            Ok(()) => println!("ok: {} / {}", A::NAME, scenario.name),
+            Err(e) => failures.push(format!(
+                "adapter {}, scenario `{}`, {e}",
+                A::NAME,
+                scenario.name
+            )),
+        }
+    }
+    w.finish().await;
+    assert!(
+        failures.is_empty(),
+        "{} of {} scenarios failed on {}:\n{}",
+        failures.len(),
+        SCENARIOS.len(),
+        A::NAME,
+        failures.join("\n")
+    );
+}
+
+#[tokio::test]
+async fn diesel_async_bb8() {
+    run_all::<DieselAsync>().await;
+}
+
+#[tokio::test]
+async fn sync_diesel_r2d2() {
+    run_all::<DieselSync>().await;
+}
+
+#[tokio::test]
+async fn seaorm() {
+    run_all::<SeaOrm>().await;
+}
