@@ -88,6 +88,11 @@ pub(crate) struct SetState {
     pub(crate) replica: Option<(u64, usize)>,
     /// The WAL position a replica must have replayed to serve this context (read-your-writes).
     pub(crate) required: Option<Lsn>,
+    /// Reads of this set routed to `replica` so far.
+    pub(crate) replica_reads: u32,
+    /// A replica this context had read from failed: the rest of its reads of the set go to
+    /// the master, the one server known to be past whatever it read (monotonic reads).
+    pub(crate) failed_over: bool,
 }
 
 struct Frame {
@@ -108,6 +113,8 @@ impl State {
                     pin: None,
                     replica: None,
                     required: None,
+                    replica_reads: 0,
+                    failed_over: false,
                 });
                 self.sets.len() - 1
             }

@@ -75,7 +75,7 @@ pub enum PinDbError {
     /// A consistency token that does not parse.
     #[error(
         "consistency token part `{part}` is not a valid `set@X/Y` (or the signature does not \
-         match); tokens come from `Router::consistency_token()`"
+         match); tokens come from `router.consistency().token()`"
     )]
     BadToken {
         /// The offending part.
@@ -90,6 +90,22 @@ pub enum PinDbError {
         store: &'static str,
         /// What failed.
         message: String,
+    },
+
+    /// A database could not be reached: a master (writes have nowhere else to go), or a
+    /// replica with no fallback (inside a transaction, or named explicitly). Retryable: match
+    /// it with [`PinDbError::is_unreachable`].
+    #[error("the {role} `{alias}` ({url}) is unreachable: {cause}")]
+    Unreachable {
+        /// The alias.
+        alias: String,
+        /// `master`, `replica` or `unmanaged`.
+        role: &'static str,
+        /// Its address, password redacted.
+        url: String,
+        /// What really happened: connection refused, no answer within the timeout, a name
+        /// that does not resolve...
+        cause: String,
     },
 
     /// `Router::install_global` was called twice.
@@ -108,6 +124,11 @@ impl PinDbError {
     /// Whether this is the strict router's refusal of an unpinned write.
     pub fn is_unpinned_write(&self) -> bool {
         matches!(self, PinDbError::UnpinnedWrite { .. })
+    }
+
+    /// Whether a database could not be reached (worth retrying later).
+    pub fn is_unreachable(&self) -> bool {
+        matches!(self, PinDbError::Unreachable { .. })
     }
 
     pub(crate) fn config(alias: impl Into<String>, problem: impl Into<String>) -> Self {

@@ -62,8 +62,8 @@ mod topology;
 mod web;
 
 pub use config::{
-    Config, MonitorSettings, ReplicaPolicy, RouterMode, StickinessSettings, TopologyCheck,
-    WebSettings, ENV_URL_PREFIX,
+    Config, MonitorSettings, ReadSettings, ReplicaPolicy, RouterMode, StickinessSettings,
+    TopologyCheck, WebSettings, ENV_URL_PREFIX,
 };
 pub use consistency::{Consistency, ConsistencyToken};
 pub use context::{
@@ -101,6 +101,6 @@ pub mod adapter {
     pub use crate::populate::{
         populate_replicas, Database, Membership, PoolSettings, DEFAULT_PORT,
     };
-    pub use crate::router::Shape;
+    pub use crate::router::{ReplicaFailure, Shape};
     pub use crate::topology::Topology;
 }

@@ -137,6 +137,10 @@ async fn watch_replica(
 ) {
     let mut every = interval(&settings);
     let mut failures = 0u32;
+    // Good checks in a row since the last failure or suspicion: a replica that was down
+    // comes back after `successes_before_up` of them.
+    let mut successes = 0u32;
+    let mut suspicions = health[r].suspicions();
     let alias = probe.alias.clone();
     let gauge_labels = [("set", set.clone()), ("alias", alias.clone())];
     loop {
@@ -149,9 +153,15 @@ async fn watch_replica(
                 Ok((in_recovery, lsn_column(&row, 1)?))
             });
         let was_up = health[r].status().up;
+        if health[r].suspicions() != suspicions {
+            suspicions = health[r].suspicions();
+            successes = 0;
+        }
         match checked {
             Ok((true, replay)) => {
                 failures = 0;
+                successes = successes.saturating_add(1);
+                let up = was_up || successes >= settings.successes_before_up;
                 let (lag_bytes, lag_ms, over) = match replay {
                     // The receiver stopped or never started: infinitely behind.
                     None => (u64::MAX, u64::MAX, true),
@@ -165,7 +175,7 @@ async fn watch_replica(
                     },
                 };
                 let was_over = health[r].status().over_lag;
-                health[r].set_position(replay.unwrap_or_default(), lag_bytes, lag_ms, over);
+                health[r].set_position(replay.unwrap_or_default(), lag_bytes, lag_ms, over, up);
                 if over != was_over {
                     tracing::info!(target: "pindb", %alias, lag_bytes, lag_ms, over_lag = over, "pindb monitor: replica lag state changed");
                 }
@@ -175,6 +185,7 @@ async fn watch_replica(
             Ok((false, _)) => {
                 // Promoted, or a primary by mistake: never read from it as a replica.
                 failures = settings.failures_before_down;
+                successes = 0;
                 health[r].set_down();
                 if was_up {
                     tracing::error!(target: "pindb", %alias, "pindb monitor: replica is not in recovery (promoted?); not reading from it");
@@ -182,6 +193,7 @@ async fn watch_replica(
             }
             Err(e) => {
                 failures = failures.saturating_add(1);
+                successes = 0;
                 if failures >= settings.failures_before_down {
                     health[r].set_down();
                     if was_up {

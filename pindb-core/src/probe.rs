@@ -88,11 +88,20 @@ impl Probe {
     }
 }
 
+/// The server's message, or the client error with its causes ("error connecting to server:
+/// Connection refused (os error 111)"): tokio-postgres keeps the cause out of its own text.
 fn describe(e: &tokio_postgres::Error) -> String {
-    match e.as_db_error() {
-        Some(db) => format!("{} ({})", db.message(), db.code().code()),
-        None => e.to_string(),
+    if let Some(db) = e.as_db_error() {
+        return format!("{} ({})", db.message(), db.code().code());
     }
+    let mut text = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }
 
 pub(crate) fn lsn_column(row: &Row, i: usize) -> Result<Option<Lsn>, String> {
@@ -102,4 +111,22 @@ pub(crate) fn lsn_column(row: &Row, i: usize) -> Result<Option<Lsn>, String> {
             .map_err(|e: crate::lsn::ParseLsnError| e.to_string())
     })
     .transpose()
+}
+
+/// Why `db` cannot be used right now, from a fresh connection attempt bounded by `timeout`:
+/// `None` when it connects (the trouble was elsewhere: a busy pool, a hung session).
+pub(crate) async fn diagnose(db: &Database, timeout: Duration) -> Option<String> {
+    match tokio::time::timeout(timeout, tokio_postgres::connect(&db.url(), NoTls)).await {
+        Ok(Ok((client, connection))) => {
+            drop(client);
+            // Closes as soon as the client is gone.
+            let _ = tokio::time::timeout(timeout, connection).await;
+            None
+        }
+        Ok(Err(e)) => Some(describe(&e)),
+        Err(_) => Some(format!(
+            "no answer within {timeout:?} (the host accepts connections but the server does not \
+             respond, or packets are dropped)"
+        )),
+    }
 }

@@ -22,6 +22,10 @@ pub(crate) struct Health {
     replay_lsn: AtomicU64,
     lag_bytes: AtomicU64,
     lag_ms: AtomicU64,
+    /// Bumped each time a read failed on this replica (it is then down at once): the monitor
+    /// restarts its count of good checks, so the replica comes back only after
+    /// `successes_before_up` of them.
+    suspicions: AtomicU64,
 }
 
 impl Default for Health {
@@ -32,6 +36,7 @@ impl Default for Health {
             replay_lsn: AtomicU64::new(0),
             lag_bytes: AtomicU64::new(0),
             lag_ms: AtomicU64::new(0),
+            suspicions: AtomicU64::new(0),
         }
     }
 }
@@ -67,12 +72,38 @@ impl Health {
         self.up.store(false, Ordering::Relaxed);
     }
 
-    pub(crate) fn set_position(&self, replay: Lsn, lag_bytes: u64, lag_ms: u64, over_lag: bool) {
+    /// A good check: the position and lag it saw, and whether the replica may be read from
+    /// (the monitor keeps one that was down out until enough checks in a row were good).
+    pub(crate) fn set_position(
+        &self,
+        replay: Lsn,
+        lag_bytes: u64,
+        lag_ms: u64,
+        over_lag: bool,
+        up: bool,
+    ) {
         self.replay_lsn.store(replay.0, Ordering::Relaxed);
         self.lag_bytes.store(lag_bytes, Ordering::Relaxed);
         self.lag_ms.store(lag_ms, Ordering::Relaxed);
         self.over_lag.store(over_lag, Ordering::Relaxed);
-        self.up.store(true, Ordering::Relaxed);
+        self.up.store(up, Ordering::Relaxed);
+    }
+
+    /// A read failed on this replica (no connection, no answer): down now, back after the
+    /// monitor's good checks.
+    pub(crate) fn suspect(&self) {
+        self.up.store(false, Ordering::Relaxed);
+        self.suspicions.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// How many times [`Health::suspect`] was called.
+    pub(crate) fn suspicions(&self) -> u64 {
+        self.suspicions.load(Ordering::Relaxed)
+    }
+
+    /// Fit to be read from, for a context that needs `required`.
+    pub(crate) fn fit(&self, required: Option<Lsn>) -> bool {
+        self.usable() && self.has_replayed(required)
     }
 
     /// A direct check saw the replica at `replay` (at least): raise the known position.
@@ -104,6 +135,9 @@ pub(crate) enum NoReplica {
     AllLagging,
     /// Usable replicas exist, but none has replayed the context's required position.
     NotCaughtUp,
+    /// The replica this context read from failed or became unfit: its reads stay on the
+    /// master (another replica might be behind what it already read).
+    FailedOver,
 }
 
 /// Per-set choice state.
@@ -121,12 +155,13 @@ impl Picker {
         health: &[Health],
         required: Option<Lsn>,
         keep: Option<usize>,
+        avoid: Option<usize>,
     ) -> Result<usize, NoReplica> {
         let n = health.len();
         if n == 0 {
             return Err(NoReplica::None);
         }
-        let fit = |i: usize| health[i].usable() && health[i].has_replayed(required);
+        let fit = |i: usize| Some(i) != avoid && health[i].fit(required);
         if let Some(k) = keep.filter(|&k| k < n && fit(k)) {
             return Ok(k);
         }
@@ -143,7 +178,8 @@ impl Picker {
             }
         };
         found.ok_or_else(|| {
-            if health.iter().all(|h| !h.up.load(Ordering::Relaxed)) {
+            let up = |(i, h): (usize, &Health)| Some(i) != avoid && h.up.load(Ordering::Relaxed);
+            if !health.iter().enumerate().any(up) {
                 NoReplica::AllDown
             } else if health.iter().any(Health::usable) {
                 NoReplica::NotCaughtUp
@@ -167,7 +203,10 @@ mod tests {
         let p = Picker::default();
         let h = healthy(3);
         let picks: Vec<_> = (0..6)
-            .map(|_| p.choose(ReplicaPolicy::RoundRobin, &h, None, None).unwrap())
+            .map(|_| {
+                p.choose(ReplicaPolicy::RoundRobin, &h, None, None, None)
+                    .unwrap()
+            })
             .collect();
         assert_eq!(picks, [0, 1, 2, 0, 1, 2]);
     }
@@ -178,7 +217,9 @@ mod tests {
         let h = healthy(3);
         let mut seen = [0usize; 3];
         for _ in 0..3000 {
-            seen[p.choose(ReplicaPolicy::Random, &h, None, None).unwrap()] += 1;
+            seen[p
+                .choose(ReplicaPolicy::Random, &h, None, None, None)
+                .unwrap()] += 1;
         }
         assert!(seen.iter().all(|&n| n > 500), "{seen:?}");
     }
@@ -189,25 +230,28 @@ mod tests {
         let h = healthy(2);
         h[0].set_down();
         for _ in 0..4 {
-            assert_eq!(p.choose(ReplicaPolicy::RoundRobin, &h, None, None), Ok(1));
+            assert_eq!(
+                p.choose(ReplicaPolicy::RoundRobin, &h, None, None, None),
+                Ok(1)
+            );
         }
         assert_eq!(
-            p.choose(ReplicaPolicy::RoundRobin, &h, None, Some(0)),
+            p.choose(ReplicaPolicy::RoundRobin, &h, None, Some(0), None),
             Ok(1),
             "a kept choice that went down is replaced"
         );
-        h[1].set_position(Lsn(10), 9_000_000, 0, true);
+        h[1].set_position(Lsn(10), 9_000_000, 0, true, true);
         assert_eq!(
-            p.choose(ReplicaPolicy::RoundRobin, &h, None, None),
+            p.choose(ReplicaPolicy::RoundRobin, &h, None, None, None),
             Err(NoReplica::AllLagging)
         );
         h[1].set_down();
         assert_eq!(
-            p.choose(ReplicaPolicy::RoundRobin, &h, None, None),
+            p.choose(ReplicaPolicy::RoundRobin, &h, None, None, None),
             Err(NoReplica::AllDown)
         );
         assert_eq!(
-            p.choose(ReplicaPolicy::RoundRobin, &[], None, None),
+            p.choose(ReplicaPolicy::RoundRobin, &[], None, None, None),
             Err(NoReplica::None)
         );
     }
@@ -216,16 +260,16 @@ mod tests {
     fn required_position_filters_replicas() {
         let p = Picker::default();
         let h = healthy(2);
-        h[0].set_position(Lsn(100), 0, 0, false);
-        h[1].set_position(Lsn(50), 50, 10, false);
+        h[0].set_position(Lsn(100), 0, 0, false, true);
+        h[1].set_position(Lsn(50), 50, 10, false, true);
         for _ in 0..4 {
             assert_eq!(
-                p.choose(ReplicaPolicy::RoundRobin, &h, Some(Lsn(80)), None),
+                p.choose(ReplicaPolicy::RoundRobin, &h, Some(Lsn(80)), None, None),
                 Ok(0)
             );
         }
         assert_eq!(
-            p.choose(ReplicaPolicy::RoundRobin, &h, Some(Lsn(101)), None),
+            p.choose(ReplicaPolicy::RoundRobin, &h, Some(Lsn(101)), None, None),
             Err(NoReplica::NotCaughtUp)
         );
     }
@@ -234,11 +278,17 @@ mod tests {
     fn least_lag_takes_the_freshest_fit_replica() {
         let p = Picker::default();
         let h = healthy(3);
-        h[0].set_position(Lsn(90), 10, 5, false);
-        h[1].set_position(Lsn(99), 1, 1, false);
-        h[2].set_position(Lsn(100), 0, 0, false);
-        assert_eq!(p.choose(ReplicaPolicy::LeastLag, &h, None, None), Ok(2));
+        h[0].set_position(Lsn(90), 10, 5, false, true);
+        h[1].set_position(Lsn(99), 1, 1, false, true);
+        h[2].set_position(Lsn(100), 0, 0, false, true);
+        assert_eq!(
+            p.choose(ReplicaPolicy::LeastLag, &h, None, None, None),
+            Ok(2)
+        );
         h[2].set_down();
-        assert_eq!(p.choose(ReplicaPolicy::LeastLag, &h, None, None), Ok(1));
+        assert_eq!(
+            p.choose(ReplicaPolicy::LeastLag, &h, None, None, None),
+            Ok(1)
+        );
     }
 }

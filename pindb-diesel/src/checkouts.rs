@@ -21,10 +21,10 @@ use std::sync::{Arc, Mutex};
 
 use diesel::connection::{CacheSize, Instrumentation, InstrumentationEvent};
 use diesel::result::QueryResult;
-use pindb_core::adapter::Shape;
-use pindb_core::{Hint, Operation, Router};
+use pindb_core::adapter::{Membership, ReplicaFailure, Shape};
+use pindb_core::{Hint, Operation, PinDbError, Router};
 
-use crate::error::Error;
+use crate::error::{replica_failure, Error};
 
 /// What the routed connection needs from a pooled connection, async or sync.
 pub(crate) trait Held {
@@ -352,6 +352,36 @@ impl<C: Held> Checkouts<C> {
         self.next_tx = Some(set);
     }
 
+    /// The database a read of this slot runs on, when it is a replica outside a transaction:
+    /// such a read moves elsewhere if the replica fails it (see [`after_attempt`]).
+    pub(crate) fn replica_read(&self, router: &Router, slot: &Slot) -> Option<usize> {
+        if self.tx.is_some() {
+            return None;
+        }
+        let index = match slot {
+            Slot::Checkout(index) => *index,
+            Slot::Held => self.held.as_ref()?.0,
+        };
+        let replica = matches!(
+            router.topology().databases()[index].membership,
+            Membership::Replica { .. }
+        );
+        replica.then_some(index)
+    }
+
+    /// Whether the connection of the database at `index` is held.
+    pub(crate) fn holds(&self, index: usize) -> bool {
+        self.held.as_ref().is_some_and(|(i, _)| *i == index)
+    }
+
+    /// Drops the held connection without giving it back for reuse: it failed or hung
+    /// mid-statement.
+    pub(crate) fn discard(&mut self) {
+        if let Some((_, mut conn)) = self.held.take() {
+            conn.poison();
+        }
+    }
+
     /// Gives the held connection back (before waiting for another pool).
     pub(crate) fn release(&mut self) {
         debug_assert!(
@@ -481,5 +511,88 @@ impl<C: Held> Checkouts<C> {
             Some(events) => events,
             None => &mut self.none,
         }
+    }
+}
+
+/// What one attempt of a read on a replica came to.
+pub(crate) enum Attempted<T> {
+    /// It ran: its result.
+    Done(QueryResult<T>),
+    /// No connection could be checked out.
+    CheckoutFailed(Error),
+    /// No answer within `reads.timeout_ms`.
+    TimedOut,
+}
+
+/// What follows an attempt on the database at `index`.
+pub(crate) enum Next<T> {
+    /// Hand this to the caller.
+    Return(QueryResult<T>),
+    /// Run the statement again on the database at `index` (the failed connection, if it
+    /// failed or hung, must be discarded first: `discard`).
+    Retry { index: usize, discard: bool },
+    /// The checkout failed and nowhere else can serve: ask pindb-core what really happened.
+    Diagnose(Error),
+}
+
+/// The fallback of a read outside a transaction, shared by the async and sync connections:
+/// the failure is classified here and pindb-core's `Router::reroute` says where it goes next
+/// (another replica, the master, or nowhere). `tries`: retries so far. `sql`: the statement,
+/// rendered only when a replica refused it (pindb-core remembers it).
+pub(crate) fn after_attempt<T>(
+    router: &Router,
+    index: usize,
+    attempted: Attempted<T>,
+    tries: u32,
+    sql: impl FnOnce() -> String,
+) -> Next<T> {
+    let failure = match &attempted {
+        Attempted::Done(Ok(_)) => None,
+        Attempted::Done(Err(e)) => replica_failure(e),
+        Attempted::CheckoutFailed(_) => Some(ReplicaFailure::Unreachable),
+        Attempted::TimedOut => Some(ReplicaFailure::Timeout),
+    };
+    let rerouted = match failure {
+        Some(failure) => {
+            let sql = if failure == ReplicaFailure::Refused {
+                sql()
+            } else {
+                String::new()
+            };
+            router
+                .reroute(index, failure, tries, &sql)
+                .map(|route| route.map(|r| r.index))
+        }
+        None => Ok(None),
+    };
+    let discard = matches!(
+        failure,
+        Some(ReplicaFailure::Unreachable | ReplicaFailure::Timeout)
+    );
+    match (rerouted, attempted) {
+        (Err(refused), _) => Next::Return(Err(Error::Routing(refused).into())),
+        (Ok(Some(next)), _) => Next::Retry {
+            index: next,
+            discard,
+        },
+        (Ok(None), Attempted::Done(result)) => Next::Return(result),
+        (Ok(None), Attempted::CheckoutFailed(e)) => Next::Diagnose(e),
+        (Ok(None), Attempted::TimedOut) => {
+            let alias = router.topology().databases()[index].alias.clone();
+            Next::Return(Err(Error::ReadTimeout {
+                alias,
+                timeout: router.config().reads.timeout(),
+            }
+            .into()))
+        }
+    }
+}
+
+/// A checkout of the database at `index` failed: [`PinDbError::Unreachable`] when pindb's own
+/// fresh connection fails too (with what really happened), else the pool's own error.
+pub(crate) fn checkout_error(diagnosed: Option<PinDbError>, e: Error) -> diesel::result::Error {
+    match diagnosed {
+        Some(unreachable) => Error::Routing(unreachable).into(),
+        None => e.into(),
     }
 }

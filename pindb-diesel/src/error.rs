@@ -6,6 +6,7 @@
 
 use std::time::Duration;
 
+use pindb_core::adapter::ReplicaFailure;
 use pindb_core::PinDbError;
 
 /// Everything pindb-diesel adds to diesel's own failures.
@@ -91,6 +92,19 @@ pub enum Error {
     )]
     NoRuntime,
 
+    /// A read on a replica outside a transaction had not started answering after
+    /// `reads.timeout_ms`, and nowhere else could run it.
+    #[error(
+        "no answer from `{alias}` within {timeout:?} (reads.timeout_ms); its connection was \
+         discarded. Raise `reads.timeout_ms` for long reads, or check the server"
+    )]
+    ReadTimeout {
+        /// The alias that did not answer.
+        alias: String,
+        /// The configured read timeout.
+        timeout: Duration,
+    },
+
     /// The call cannot work on a routed connection.
     #[error("{0}")]
     Unsupported(&'static str),
@@ -103,6 +117,27 @@ impl Error {
             url: db.redacted_url(),
             message,
         }
+    }
+}
+
+/// How a replica failed a read, from diesel's error: `None` when the statement itself is at
+/// fault (another server would fail it the same way). pindb-core decides what follows.
+pub(crate) fn replica_failure(e: &diesel::result::Error) -> Option<ReplicaFailure> {
+    use diesel::result::DatabaseErrorKind as Kind;
+    match e {
+        diesel::result::Error::DatabaseError(kind, info) => {
+            let code = match kind {
+                Kind::ReadOnlyTransaction => "25006",
+                Kind::SerializationFailure => "40001",
+                Kind::ClosedConnection | Kind::UnableToSendCommand => {
+                    return Some(ReplicaFailure::Unreachable)
+                }
+                _ => "",
+            };
+            ReplicaFailure::from_server(code, info.message())
+        }
+        diesel::result::Error::BrokenTransactionManager => Some(ReplicaFailure::Unreachable),
+        _ => None,
     }
 }
 

@@ -16,6 +16,7 @@ use diesel::query_builder::{AstPass, CollectedQuery, Query, QueryBuilder, QueryF
 use diesel::result::QueryResult;
 use diesel::sql_types::Untyped;
 use pindb_core::adapter::Shape;
+use pindb_core::Router;
 
 use crate::error::Error;
 
@@ -56,29 +57,39 @@ pub(crate) enum OwnedQuery<Id> {
 
 thread_local! {
     // Per thread, so the hot path takes no lock. Bounded by the number of query types.
-    static SHAPES: RefCell<HashMap<TypeId, Shape>> = RefCell::new(HashMap::new());
+    static SHAPES: RefCell<HashMap<(TypeId, u64), Shape>> = RefCell::new(HashMap::new());
 }
 
 /// The shape of `query`: cached by its static `QueryId` when it has one (with the table
 /// worked out once), else rendered each time (and the table only looked for when asked).
-pub(crate) fn shape<T>(query: &T, with_table: bool) -> QueryResult<Shape>
+pub(crate) fn shape<T>(query: &T, router: &Router) -> QueryResult<Shape>
 where
     T: QueryFragment<Pg> + QueryId,
 {
     let Some(id) = T::query_id() else {
-        return Ok(Shape::of_sql(&render(query)?, with_table));
+        return Ok(router.shape_of(&render(query)?));
     };
-    if let Some(shape) = SHAPES.with(|c| c.borrow().get(&id).cloned()) {
+    let key = (id, router.instance_id());
+    if let Some(shape) = SHAPES.with(|c| c.borrow().get(&key).cloned()) {
         return Ok(shape);
     }
     // Diesel's own rule: only a statement whose SQL is fixed by its type is cached by type.
     // Checked on a miss only, so the hit path stays one lookup.
     if !query.is_safe_to_cache_prepared(&Pg)? {
-        return Ok(Shape::of_sql(&render(query)?, with_table));
+        return Ok(router.shape_of(&render(query)?));
     }
-    let shape = Shape::of_sql(&render(query)?, true);
-    SHAPES.with(|c| c.borrow_mut().insert(id, shape.clone()));
+    let shape = router.shape_of(&render(query)?);
+    SHAPES.with(|c| c.borrow_mut().insert(key, shape.clone()));
     Ok(shape)
+}
+
+/// A replica refused `query`: forgets its cached shape on this thread (pindb-core remembers
+/// the statement, so its next shape is a write) and returns its SQL for pindb-core.
+pub(crate) fn refused<T: QueryFragment<Pg> + QueryId>(query: &T, router: &Router) -> String {
+    if let Some(id) = T::query_id() {
+        SHAPES.with(|c| c.borrow_mut().remove(&(id, router.instance_id())));
+    }
+    render(query).unwrap_or_default()
 }
 
 fn render<T: QueryFragment<Pg>>(query: &T) -> QueryResult<String> {

@@ -9,15 +9,15 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
-use pindb_core::adapter::{Database, Membership, Shape};
-use pindb_core::{Config, Hint, Operation, Router};
+use pindb_core::adapter::{Database, Membership, ReplicaFailure, Shape};
+use pindb_core::{Config, Hint, Operation, Role, Router};
 use sea_orm::{
     AccessMode, ConnectOptions, ConnectionTrait, DatabaseConnection, DatabaseTransaction,
     DbBackend, DbErr, ExecResult, IsolationLevel, QueryResult, QueryStream, Statement, StreamTrait,
     TransactionError, TransactionOptions, TransactionTrait,
 };
 
-use crate::error::{to_db_err, Error};
+use crate::error::{replica_failure, to_db_err, Error};
 
 struct Inner {
     router: Router,
@@ -116,6 +116,62 @@ impl PinDb {
         Ok(&self.inner.conns[route.index])
     }
 
+    /// Runs `stmt` where the router sends it. A read on a replica that the replica refuses,
+    /// fails or leaves unanswered for `reads.timeout_ms` runs again where pindb-core says
+    /// (another replica, the master): SeaORM's `ConnectionTrait` calls here never run inside
+    /// a transaction (those go to a `DatabaseTransaction`), so a retry is always safe.
+    async fn run<'s, T, F, Fut>(&'s self, stmt: Statement, run: F) -> Result<T, DbErr>
+    where
+        F: Fn(&'s DatabaseConnection, Statement) -> Fut,
+        Fut: Future<Output = Result<T, DbErr>>,
+    {
+        let router = &self.inner.router;
+        let route = router.route_sql(&stmt.sql).map_err(to_db_err)?;
+        let (mut index, mut role) = (route.index, route.role);
+        let timeout = router.config().reads.timeout();
+        let mut tries = 0u32;
+        loop {
+            let conn = &self.inner.conns[index];
+            if role != Role::Replica {
+                return match run(conn, stmt).await {
+                    Err(e) if replica_failure(&e) == Some(ReplicaFailure::Unreachable) => {
+                        Err(match router.diagnose(index).await {
+                            Some(unreachable) => to_db_err(unreachable),
+                            None => e,
+                        })
+                    }
+                    result => result,
+                };
+            }
+            let result = tokio::time::timeout(timeout, run(conn, stmt.clone())).await;
+            let failure = match &result {
+                Ok(Ok(_)) => None,
+                Ok(Err(e)) => replica_failure(e),
+                Err(_) => Some(ReplicaFailure::Timeout),
+            };
+            let next = match failure {
+                Some(failure) => router
+                    .reroute(index, failure, tries, &stmt.sql)
+                    .map_err(to_db_err)?,
+                None => None,
+            };
+            match (next, result) {
+                (Some(next), _) => {
+                    (index, role) = (next.index, next.role);
+                    tries += 1;
+                }
+                (None, Ok(result)) => return result,
+                (None, Err(_)) => {
+                    return Err(DbErr::Custom(format!(
+                        "no answer from `{}` within {timeout:?} (reads.timeout_ms); raise \
+                         `reads.timeout_ms` for long reads, or check the server",
+                        router.topology().databases()[index].alias
+                    )))
+                }
+            }
+        }
+    }
+
     /// The pool for `op` whatever `sql` looks like; `sql` only feeds delegate hints.
     fn route(&self, op: Operation, sql: &str) -> Result<&DatabaseConnection, DbErr> {
         let router = &self.inner.router;
@@ -200,7 +256,7 @@ impl ConnectionTrait for PinDb {
     }
 
     async fn execute_raw(&self, stmt: Statement) -> Result<ExecResult, DbErr> {
-        self.route_sql(&stmt.sql)?.execute_raw(stmt).await
+        self.run(stmt, |conn, stmt| conn.execute_raw(stmt)).await
     }
 
     async fn execute_unprepared(&self, sql: &str) -> Result<ExecResult, DbErr> {
@@ -210,11 +266,11 @@ impl ConnectionTrait for PinDb {
     }
 
     async fn query_one_raw(&self, stmt: Statement) -> Result<Option<QueryResult>, DbErr> {
-        self.route_sql(&stmt.sql)?.query_one_raw(stmt).await
+        self.run(stmt, |conn, stmt| conn.query_one_raw(stmt)).await
     }
 
     async fn query_all_raw(&self, stmt: Statement) -> Result<Vec<QueryResult>, DbErr> {
-        self.route_sql(&stmt.sql)?.query_all_raw(stmt).await
+        self.run(stmt, |conn, stmt| conn.query_all_raw(stmt)).await
     }
 }
 

@@ -7,8 +7,9 @@
 
 use std::sync::Arc;
 
+use pindb_core::adapter::ReplicaFailure;
 use pindb_core::PinDbError;
-use sea_orm::DbErr;
+use sea_orm::{ConnAcquireErr, DbErr, RuntimeErr};
 
 const FROM: &str = "pindb";
 const INTO: &str = "a routed database connection";
@@ -69,4 +70,29 @@ pub fn routing_error(e: &DbErr) -> Option<&Error> {
 /// Whether a `DbErr` is the strict router's refusal of an unpinned write.
 pub fn is_unpinned_write(e: &DbErr) -> bool {
     matches!(routing_error(e), Some(Error::Routing(e)) if e.is_unpinned_write())
+}
+
+/// How a replica failed a statement, from SeaORM's error: `None` when the statement itself is
+/// at fault (another server would fail it the same way). pindb-core decides what follows.
+pub(crate) fn replica_failure(e: &DbErr) -> Option<ReplicaFailure> {
+    match e {
+        DbErr::ConnectionAcquire(ConnAcquireErr::Timeout | ConnAcquireErr::ConnectionClosed) => {
+            Some(ReplicaFailure::Unreachable)
+        }
+        DbErr::Conn(_) => Some(ReplicaFailure::Unreachable),
+        DbErr::Exec(RuntimeErr::SqlxError(e)) | DbErr::Query(RuntimeErr::SqlxError(e)) => {
+            match &**e {
+                sea_orm::sqlx::Error::Database(db) => {
+                    ReplicaFailure::from_server(db.code().as_deref().unwrap_or(""), db.message())
+                }
+                sea_orm::sqlx::Error::Io(_)
+                | sea_orm::sqlx::Error::PoolTimedOut
+                | sea_orm::sqlx::Error::PoolClosed
+                | sea_orm::sqlx::Error::Protocol(_)
+                | sea_orm::sqlx::Error::Tls(_) => Some(ReplicaFailure::Unreachable),
+                _ => None,
+            }
+        }
+        _ => None,
+    }
 }

@@ -34,6 +34,7 @@
 mod cluster;
 mod fixture;
 mod isolation;
+mod proxy;
 mod redis;
 mod replay;
 mod schema;
@@ -46,6 +47,7 @@ pub use cluster::{
 pub use fixture::{bench_users, Fixture};
 pub use isolation::contexts_that_saw_foreign_pins;
 pub use pindb_core::Lsn;
+pub use proxy::Proxy;
 pub use redis::PrivateRedis;
 pub use replay::{pause_replay, resume_replay, ReplayControl, SharedReplay};
 pub use schema::TestSchema;

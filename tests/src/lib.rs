@@ -5,7 +5,8 @@
 //! that ran them (`current_setting('port')`), so a scenario can tell the primary from a replica.
 #![forbid(unsafe_code)]
 
-use pindb_core::{Config, Router};
+use pindb_core::{Config, Router, RouterMode};
+use pindb_testkit::{Cluster, SharedReplay, TestSchema};
 
 /// The table the writes go to; `{schema}` stands for the test's schema. Its `port` column
 /// defaults to the port of the server that runs the `INSERT`.
@@ -17,6 +18,9 @@ pub const SETUP_SQL: &str = "CREATE TABLE {schema}.items \
 pub enum Failure {
     /// The strict router's refusal, recognised with the adapter's `is_unpinned_write`.
     UnpinnedWrite,
+    /// pindb's `PinDbError::Unreachable`, recognised with the adapter's `routing_error`: the
+    /// error's text.
+    Unreachable(String),
     /// Any other error, as text.
     Other(String),
 }
@@ -40,6 +44,9 @@ pub trait Adapter: Sized {
     async fn write(&self) -> Outcome;
     /// The same insert inside a transaction.
     async fn transaction_write(&self) -> Outcome;
+    /// Any statement returning one row with an integer column `port`, as raw SQL through the
+    /// ORM (`diesel::sql_query`, SeaORM's `query_one_raw`).
+    async fn port_of_sql(&self, sql: &str) -> Outcome;
 }
 
 mod items {
@@ -55,11 +62,19 @@ mod items {
     }
 
     pub(crate) fn failure(e: diesel::result::Error) -> super::Failure {
-        if pindb_diesel::is_unpinned_write(&e) {
-            super::Failure::UnpinnedWrite
-        } else {
-            super::Failure::Other(e.to_string())
+        match pindb_diesel::routing_error(&e) {
+            _ if pindb_diesel::is_unpinned_write(&e) => super::Failure::UnpinnedWrite,
+            Some(pindb_diesel::Error::Routing(u)) if u.is_unreachable() => {
+                super::Failure::Unreachable(u.to_string())
+            }
+            _ => super::Failure::Other(e.to_string()),
         }
+    }
+
+    #[derive(diesel::QueryableByName)]
+    pub(crate) struct Port {
+        #[diesel(sql_type = diesel::sql_types::Integer)]
+        pub(crate) port: i32,
     }
 }
 
@@ -106,6 +121,13 @@ impl Adapter for DieselAsync {
         })
         .await
         .map_err(items::failure)
+    }
+
+    async fn port_of_sql(&self, sql: &str) -> Outcome {
+        use diesel_async::RunQueryDsl;
+        let row: diesel::QueryResult<items::Port> =
+            diesel::sql_query(sql).get_result(&mut self.0.get()).await;
+        row.map(|r| r.port).map_err(items::failure)
     }
 }
 
@@ -165,6 +187,16 @@ impl Adapter for DieselSync {
         })
         .await
     }
+
+    async fn port_of_sql(&self, sql: &str) -> Outcome {
+        use diesel::RunQueryDsl;
+        let sql = sql.to_owned();
+        self.blocking(move |conn| {
+            let row: items::Port = diesel::sql_query(sql).get_result(conn)?;
+            Ok(row.port)
+        })
+        .await
+    }
 }
 
 /// SeaORM: `pindb_seaorm::PinDb`.
@@ -182,10 +214,12 @@ async fn sea_port<C: sea_orm::ConnectionTrait>(db: &C, sql: &str) -> Result<i32,
 }
 
 fn sea_failure(e: sea_orm::DbErr) -> Failure {
-    if pindb_seaorm::is_unpinned_write(&e) {
-        Failure::UnpinnedWrite
-    } else {
-        Failure::Other(e.to_string())
+    match pindb_seaorm::routing_error(&e) {
+        _ if pindb_seaorm::is_unpinned_write(&e) => Failure::UnpinnedWrite,
+        Some(pindb_seaorm::Error::Routing(u)) if u.is_unreachable() => {
+            Failure::Unreachable(u.to_string())
+        }
+        _ => Failure::Other(e.to_string()),
     }
 }
 
@@ -221,5 +255,86 @@ impl Adapter for SeaOrm {
         result.map_err(|e| match e {
             TransactionError::Connection(e) | TransactionError::Transaction(e) => sea_failure(e),
         })
+    }
+
+    async fn port_of_sql(&self, sql: &str) -> Outcome {
+        sea_port(&self.0, sql).await.map_err(sea_failure)
+    }
+}
+
+/// A fresh schema with the `items` table, the servers' ports, and the shared replay lock (no
+/// test pauses or stops a replica meanwhile).
+#[allow(missing_debug_implementations)] // holds clients that do not implement Debug
+pub struct World {
+    /// The dev cluster.
+    pub cluster: Cluster,
+    /// This test's schema.
+    pub schema: TestSchema,
+    /// A connection to the primary.
+    pub primary: tokio_postgres::Client,
+    /// The primary's port.
+    pub master: i32,
+    /// The replicas' ports.
+    pub replicas: [i32; 2],
+    _shared: SharedReplay,
+}
+
+/// The port of the server behind `client`.
+pub async fn port_of(client: &tokio_postgres::Client) -> i32 {
+    let row = client.query_one("SELECT current_setting('port')::int", &[]);
+    row.await.expect("reading a server's port").get(0)
+}
+
+impl World {
+    /// Sets up the schema and reads the servers' ports.
+    pub async fn new() -> World {
+        let cluster = Cluster::from_env();
+        let shared = cluster.shared().await;
+        let schema = cluster.fresh_schema().await;
+        let primary = cluster.primary().await;
+        // Reads never touch the table, so replicas need not have replayed it.
+        let setup = SETUP_SQL.replace("{schema}", &schema.name);
+        primary.batch_execute(&setup).await.expect("creating items");
+        let master = port_of(&primary).await;
+        let replicas = [
+            port_of(&cluster.replica(1).await).await,
+            port_of(&cluster.replica(2).await).await,
+        ];
+        assert!(
+            !replicas.contains(&master) && replicas[0] != replicas[1],
+            "servers are told apart by port: master {master}, replicas {replicas:?}"
+        );
+        World {
+            cluster,
+            schema,
+            primary,
+            master,
+            replicas,
+            _shared: shared,
+        }
+    }
+
+    /// The cluster as one set, in this schema, with `router` mode (`None`: disabled).
+    pub fn config(&self, router: Option<RouterMode>) -> Config {
+        let url = |base: &str| self.schema.url(base);
+        let mut config = Config::single_set(
+            url(&self.cluster.primary_url),
+            self.cluster.replica_urls.iter().map(|r| url(r)),
+        );
+        config.router = router.unwrap_or(RouterMode::Strict);
+        config.enabled = router.is_some();
+        config
+    }
+
+    /// Rows in `items`, on the primary.
+    pub async fn rows(&self) -> i64 {
+        let sql = format!("SELECT count(*) FROM {}.items", self.schema.name);
+        self.primary.query_one(&sql, &[]).await.expect(&sql).get(0)
+    }
+
+    /// Drops the schema.
+    pub async fn finish(self) {
+        drop(self.primary);
+        self.schema.drop().await;
     }
 }

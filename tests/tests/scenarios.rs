@@ -3,9 +3,8 @@
 //! cluster (`scripts/cluster up`). Each scenario runs in a fresh pinning context; a failure
 //! names the scenario, the step and the adapter.
 
-use pindb_core::{scope, Config, RouterMode};
-use pindb_scenarios::{Adapter, DieselAsync, DieselSync, Failure, Outcome, SeaOrm, SETUP_SQL};
-use pindb_testkit::{Cluster, SharedReplay, TestSchema};
+use pindb_core::{scope, RouterMode};
+use pindb_scenarios::{Adapter, DieselAsync, DieselSync, Failure, Outcome, SeaOrm, World};
 
 use Expect::{Master, Refused, Replica};
 use Mode::{Disabled, Greedy, Strict};
@@ -166,91 +165,23 @@ const SCENARIOS: &[Scenario] = &[
     },
 ];
 
-/// A fresh schema with the `items` table, the servers' ports, and the shared replay lock (no
-/// test pauses or stops a replica meanwhile).
-struct World {
-    cluster: Cluster,
-    schema: TestSchema,
-    primary: tokio_postgres::Client,
-    master: i32,
-    replicas: [i32; 2],
-    _shared: SharedReplay,
-}
-
-async fn port_of(client: &tokio_postgres::Client) -> i32 {
-    let row = client.query_one("SELECT current_setting('port')::int", &[]);
-    row.await.expect("reading a server's port").get(0)
-}
-
-impl World {
-    async fn new() -> World {
-        let cluster = Cluster::from_env();
-        let shared = cluster.shared().await;
-        let schema = cluster.fresh_schema().await;
-        let primary = cluster.primary().await;
-        // Reads never touch the table, so replicas need not have replayed it.
-        let setup = SETUP_SQL.replace("{schema}", &schema.name);
-        primary.batch_execute(&setup).await.expect("creating items");
-        let master = port_of(&primary).await;
-        let replicas = [
-            port_of(&cluster.replica(1).await).await,
-            port_of(&cluster.replica(2).await).await,
-        ];
-        assert!(
-            !replicas.contains(&master) && replicas[0] != replicas[1],
-            "servers are told apart by port: master {master}, replicas {replicas:?}"
-        );
-        World {
-            cluster,
-            schema,
-            primary,
-            master,
-            replicas,
-            _shared: shared,
+/// Where `outcome` came from, compared with `expected`.
+fn check(w: &World, expected: Expect, outcome: Outcome) -> Result<(), String> {
+    let (got, what) = match outcome {
+        Ok(p) if p == w.master => (Master, format!("the master (port {p})")),
+        Ok(p) => match w.replicas.iter().position(|&r| r == p) {
+            Some(i) => (Replica, format!("replica {} (port {p})", i + 1)),
+            None => return Err(format!("expected {expected:?}, got unknown port {p}")),
+        },
+        Err(Failure::UnpinnedWrite) => (Refused, "an UnpinnedWrite refusal".to_owned()),
+        Err(Failure::Other(e) | Failure::Unreachable(e)) => {
+            return Err(format!("expected {expected:?}, got error: {e}"))
         }
-    }
-
-    fn config(&self, mode: Mode) -> Config {
-        let url = |base: &str| self.schema.url(base);
-        let mut config = Config::single_set(
-            url(&self.cluster.primary_url),
-            self.cluster.replica_urls.iter().map(|r| url(r)),
-        );
-        config.router = if mode == Greedy {
-            RouterMode::Greedy
-        } else {
-            RouterMode::Strict
-        };
-        config.enabled = mode != Disabled;
-        config
-    }
-
-    async fn rows(&self) -> i64 {
-        let sql = format!("SELECT count(*) FROM {}.items", self.schema.name);
-        self.primary.query_one(&sql, &[]).await.expect(&sql).get(0)
-    }
-
-    /// Where `outcome` came from, compared with `expected`.
-    fn check(&self, expected: Expect, outcome: Outcome) -> Result<(), String> {
-        let (got, what) = match outcome {
-            Ok(p) if p == self.master => (Master, format!("the master (port {p})")),
-            Ok(p) => match self.replicas.iter().position(|&r| r == p) {
-                Some(i) => (Replica, format!("replica {} (port {p})", i + 1)),
-                None => return Err(format!("expected {expected:?}, got unknown port {p}")),
-            },
-            Err(Failure::UnpinnedWrite) => (Refused, "an UnpinnedWrite refusal".to_owned()),
-            Err(Failure::Other(e)) => return Err(format!("expected {expected:?}, got error: {e}")),
-        };
-        if got == expected {
-            Ok(())
-        } else {
-            Err(format!("expected {expected:?}, got {what}"))
-        }
-    }
-
-    async fn finish(self) {
-        drop(self.primary);
-        self.schema.drop().await;
+    };
+    if got == expected {
+        Ok(())
+    } else {
+        Err(format!("expected {expected:?}, got {what}"))
     }
 }
 
@@ -269,7 +200,7 @@ async fn run<A: Adapter>(w: &World, db: &A, scenario: &Scenario) -> Result<(), S
                     .map_err(|e| at(e.to_string()))?,
             ),
             DropGuard => drop(guards.pop().ok_or_else(|| at("no live guard".into()))?),
-            Read(expected) => w.check(expected, db.read().await).map_err(at)?,
+            Read(expected) => check(w, expected, db.read().await).map_err(at)?,
             Write(expected) | TxWrite(expected) => {
                 let before = w.rows().await;
                 let outcome = match step {
@@ -277,7 +208,7 @@ async fn run<A: Adapter>(w: &World, db: &A, scenario: &Scenario) -> Result<(), S
                     _ => db.transaction_write().await,
                 };
                 let written = w.rows().await - before;
-                w.check(expected, outcome).map_err(at)?;
+                check(w, expected, outcome).map_err(at)?;
                 let want = i64::from(expected != Refused);
                 if written != want {
                     return Err(at(format!(
@@ -296,7 +227,12 @@ async fn run_all<A: Adapter>() {
     let w = World::new().await;
     let mut failures = Vec::new();
     for scenario in SCENARIOS {
-        let db = A::open(w.config(scenario.mode)).await;
+        let router = match scenario.mode {
+            Greedy => Some(RouterMode::Greedy),
+            Strict => Some(RouterMode::Strict),
+            Disabled => None,
+        };
+        let db = A::open(w.config(router)).await;
         match scope(run(&w, &db, scenario)).await {
             Ok(()) => println!("ok: {} / {}", A::NAME, scenario.name),
             Err(e) => failures.push(format!(

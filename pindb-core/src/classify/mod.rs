@@ -140,38 +140,61 @@ enum Outcome {
 }
 
 /// Classifies one statement and leaves the lexer after its `;` (or at the end).
+///
+/// A loop, not recursion: each `EXPLAIN ANALYZE` prefix is peeled off in turn, so no input,
+/// however deeply it nests them, can exhaust the stack.
 fn classify_statement(lexer: &mut Lexer<'_>) -> Outcome {
-    let first = loop {
-        match lexer.next_token() {
-            Token::Punct(b'(') => continue,
-            Token::End => return Outcome::Empty { end_of_input: true },
-            Token::Punct(b';') => {
-                return Outcome::Empty {
-                    end_of_input: false,
+    let mut explained = false;
+    loop {
+        let first = loop {
+            match lexer.next_token() {
+                Token::Punct(b'(') => continue,
+                // `EXPLAIN ANALYZE` of nothing we can see: not provably a read.
+                Token::End if explained => return Outcome::Write,
+                Token::Punct(b';') if explained => return Outcome::Write,
+                Token::End => return Outcome::Empty { end_of_input: true },
+                Token::Punct(b';') => {
+                    return Outcome::Empty {
+                        end_of_input: false,
+                    }
                 }
+                other => break other,
             }
-            other => break other,
+        };
+        let Token::Word(word) = first else {
+            return Outcome::Write;
+        };
+        if is(word, "EXPLAIN") {
+            match explain_prefix(lexer) {
+                Explain::Runs => {
+                    explained = true;
+                    continue;
+                }
+                Explain::PlansOnly(outcome) => return outcome,
+            }
         }
-    };
-    let Token::Word(word) = first else {
+        if is(word, "SELECT")
+            || is(word, "VALUES")
+            || is(word, "TABLE")
+            || is(word, "WITH")
+            || is(word, "SHOW")
+        {
+            return scan_read_body(lexer);
+        }
         return Outcome::Write;
-    };
-    if is(word, "EXPLAIN") {
-        return classify_explain(lexer);
     }
-    if is(word, "SELECT")
-        || is(word, "VALUES")
-        || is(word, "TABLE")
-        || is(word, "WITH")
-        || is(word, "SHOW")
-    {
-        return scan_read_body(lexer);
-    }
-    Outcome::Write
 }
 
-/// `EXPLAIN [ANALYZE] [VERBOSE] ...` or `EXPLAIN ( option [, ...] ) ...`.
-fn classify_explain(lexer: &mut Lexer<'_>) -> Outcome {
+/// What an `EXPLAIN` does with the statement after it.
+enum Explain {
+    /// `ANALYZE`: runs it, so it is classified as that statement.
+    Runs,
+    /// Plans only: nothing runs; the lexer is past the statement.
+    PlansOnly(Outcome),
+}
+
+/// `EXPLAIN [ANALYZE] [VERBOSE] ...` or `EXPLAIN ( option [, ...] ) ...`, after `EXPLAIN`.
+fn explain_prefix(lexer: &mut Lexer<'_>) -> Explain {
     let mut analyze = false;
     let mut first = true;
     loop {
@@ -194,7 +217,7 @@ fn classify_explain(lexer: &mut Lexer<'_>) -> Outcome {
                         Token::Punct(b'(') => depth += 1,
                         Token::Punct(b')') => depth -= 1,
                         Token::Word(w) if is(w, "ANALYZE") || is(w, "ANALYSE") => analyze = true,
-                        Token::End => return Outcome::Write,
+                        Token::End => return Explain::PlansOnly(Outcome::Write),
                         _ => {}
                     }
                 }
@@ -206,23 +229,18 @@ fn classify_explain(lexer: &mut Lexer<'_>) -> Outcome {
         }
     }
     if analyze {
-        match classify_statement(lexer) {
-            // `EXPLAIN ANALYZE` of nothing we can see: not provably a read.
-            Outcome::Empty { .. } => Outcome::Write,
-            outcome => outcome,
-        }
-    } else {
-        // Planning only: nothing runs. Skip to the end of the statement.
-        loop {
-            match lexer.next_token() {
-                Token::End => return Outcome::Read { end_of_input: true },
-                Token::Punct(b';') => {
-                    return Outcome::Read {
-                        end_of_input: false,
-                    }
-                }
-                _ => {}
+        return Explain::Runs;
+    }
+    // Planning only: nothing runs. Skip to the end of the statement.
+    loop {
+        match lexer.next_token() {
+            Token::End => return Explain::PlansOnly(Outcome::Read { end_of_input: true }),
+            Token::Punct(b';') => {
+                return Explain::PlansOnly(Outcome::Read {
+                    end_of_input: false,
+                })
             }
+            _ => {}
         }
     }
 }
@@ -241,6 +259,7 @@ fn scan_read_body(lexer: &mut Lexer<'_>) -> Outcome {
             }
             // A quoted function name is still a call: `"nextval"('s')`.
             Token::Quoted(w) if writes_when_called(w) => return Outcome::Write,
+            Token::Opaque => return Outcome::Write,
             Token::Word(w) => {
                 if after_for && (is(w, "UPDATE") || is(w, "SHARE") || is(w, "NO") || is(w, "KEY")) {
                     return Outcome::Write;
@@ -290,13 +309,65 @@ fn writes_when_called(w: &[u8]) -> bool {
         "PG_WAL_REPLAY_RESUME",
         "DBLINK_EXEC",
     ];
-    if EXACT.iter().any(|name| is(w, name)) {
+    if EXACT.iter().any(|name| is(w, name))
+        || STANDBY_REFUSES.iter().any(|name| is(w, name))
+        || WRONG_SERVER.iter().any(|name| is(w, name))
+    {
         return true;
     }
     starts_with_ci(w, b"PG_ADVISORY_")
         || starts_with_ci(w, b"PG_TRY_ADVISORY_")
         || starts_with_ci(w, b"LO_")
         || starts_with_ci(w, b"PG_CURRENT_WAL_")
+        || starts_with_ci(w, b"PG_STAT_RESET")
+        || starts_with_ci(w, b"PG_REPLICATION_ORIGIN_")
+        || starts_with_ci(w, b"PG_CREATE_")
+        || starts_with_ci(w, b"PG_DROP_REPLICATION_SLOT")
+}
+
+/// Built-in functions of PostgreSQL 15 that a hot standby refuses ("recovery is in
+/// progress", "cannot execute ... during recovery", a read-only transaction), besides those
+/// matched above. Derived, not remembered: `pindb-testkit/tests/standby_refusals.rs` calls
+/// every volatile function of `pg_catalog` on a standby of the dev cluster and fails when
+/// one it refuses is not a write here; this table is what that test found.
+pub(crate) const STANDBY_REFUSES: &[&str] = &[
+    "BRIN_DESUMMARIZE_RANGE",
+    "BRIN_SUMMARIZE_NEW_VALUES",
+    "BRIN_SUMMARIZE_RANGE",
+    "GIN_CLEAN_PENDING_LIST",
+    "PG_IMPORT_SYSTEM_COLLATIONS",
+];
+
+/// Functions a standby runs, but on the wrong server: they act on the standby's sessions,
+/// configuration or statistics, not the primary's.
+const WRONG_SERVER: &[&str] = &[
+    "PG_TERMINATE_BACKEND",
+    "PG_CANCEL_BACKEND",
+    "PG_RELOAD_CONF",
+    "PG_ROTATE_LOGFILE",
+    "PG_LOG_BACKEND_MEMORY_CONTEXTS",
+];
+
+/// Whether `sql` names any of `names` (lowercase, no schema) as an identifier, outside
+/// literals and comments; a `U&"..."` identifier may spell any of them, so it counts too.
+/// For the configured `write_functions` / `write_relations`.
+pub(crate) fn mentions(sql: &str, names: &[Box<str>]) -> bool {
+    if names.is_empty() {
+        return false;
+    }
+    let mut lexer = Lexer::new(sql.as_bytes());
+    loop {
+        match lexer.next_token() {
+            Token::End => return false,
+            Token::Word(w) | Token::Quoted(w)
+                if names.iter().any(|n| w.eq_ignore_ascii_case(n.as_bytes())) =>
+            {
+                return true
+            }
+            Token::Opaque => return true,
+            _ => {}
+        }
+    }
 }
 
 fn is(word: &[u8], keyword: &str) -> bool {
@@ -317,6 +388,9 @@ enum Token<'a> {
     Quoted(&'a [u8]),
     /// A literal, quoted identifier, number, parameter or operator: never a keyword.
     Other,
+    /// A `U&"..."` identifier: it could name anything, so a read that contains one is not
+    /// provably a read.
+    Opaque,
     End,
 }
 
@@ -377,8 +451,9 @@ impl<'a> Lexer<'a> {
                         if q == b'\'' {
                             return Token::Other;
                         }
-                        let end = self.pos.saturating_sub(1).max(start);
-                        return Token::Quoted(&self.src[start..end]);
+                        // `U&"nextv\0061l"`: escapes (and `UESCAPE`) can spell any name;
+                        // not decoded, so never taken for a harmless one.
+                        return Token::Opaque;
                     }
                 }
                 Token::Word(word)

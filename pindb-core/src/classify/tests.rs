@@ -180,3 +180,85 @@ proptest::proptest! {
         proptest::prop_assert_eq!(classify(&sql), Write);
     }
 }
+
+#[test]
+fn unicode_escaped_identifiers_are_not_taken_for_reads() {
+    assert_eq!(classify(r#"SELECT U&"nextv\0061l"('s')"#), Write);
+    assert_eq!(
+        classify(r#"SELECT u&"d\0061ta" FROM t"#),
+        Write,
+        "the safe side"
+    );
+    assert_eq!(
+        classify("SELECT U&'d\\0061ta'"),
+        Read,
+        "a U& string is a string"
+    );
+}
+
+#[test]
+fn functions_that_act_on_the_wrong_server_are_writes() {
+    for sql in [
+        "SELECT pg_terminate_backend(123)",
+        "SELECT pg_cancel_backend(123)",
+        "SELECT pg_reload_conf()",
+        "SELECT pg_stat_reset()",
+        "SELECT pg_stat_reset_shared('bgwriter')",
+        "SELECT pg_rotate_logfile()",
+    ] {
+        assert_eq!(classify(sql), Write, "{sql}");
+    }
+}
+
+#[test]
+fn builtins_a_standby_refuses_are_writes() {
+    for name in STANDBY_REFUSES {
+        let sql = format!("SELECT {}('x'::regclass, 0)", name.to_lowercase());
+        assert_eq!(classify(&sql), Write, "{sql}");
+    }
+}
+
+#[test]
+fn deep_nesting_cannot_exhaust_the_stack() {
+    // A small stack: any recursion per level would overflow it long before the end.
+    let input = "EXPLAIN ANALYZE ".repeat(50_000) + "SELECT 1";
+    let parens = "(".repeat(200_000) + "SELECT 1";
+    let comments = "/* ".repeat(100_000) + &" */".repeat(100_000) + " SELECT 1";
+    std::thread::Builder::new()
+        .stack_size(64 * 1024)
+        .spawn(move || {
+            assert_eq!(classify(&input), Read);
+            assert_eq!(classify(&parens), Read);
+            assert_eq!(classify(&comments), Read);
+            assert_eq!(classify(&("EXPLAIN ANALYZE ".repeat(50_000))), Write);
+        })
+        .unwrap()
+        .join()
+        .unwrap();
+}
+
+proptest::proptest! {
+    #[test]
+    fn any_nesting_classifies_without_panicking(
+        parts in proptest::collection::vec(
+            proptest::prop_oneof![
+                proptest::strategy::Just("EXPLAIN ANALYZE "),
+                proptest::strategy::Just("EXPLAIN "),
+                proptest::strategy::Just("("),
+                proptest::strategy::Just(")"),
+                proptest::strategy::Just("/* "),
+                proptest::strategy::Just(" */"),
+                proptest::strategy::Just("SELECT 1"),
+                proptest::strategy::Just("INSERT INTO t VALUES (1)"),
+                proptest::strategy::Just(";"),
+                proptest::strategy::Just("U&\"x\""),
+            ],
+            0..2_000,
+        ),
+        repeat in 1usize..50,
+    ) {
+        let sql = parts.concat().repeat(repeat);
+        let _ = classify(&sql);
+        let _ = main_table(&sql);
+    }
+}

@@ -17,7 +17,8 @@ mod settings;
 
 pub use env::ENV_URL_PREFIX;
 pub use settings::{
-    MonitorSettings, ReplicaPolicy, RouterMode, StickinessSettings, TopologyCheck, WebSettings,
+    MonitorSettings, ReadSettings, ReplicaPolicy, RouterMode, StickinessSettings, TopologyCheck,
+    WebSettings,
 };
 
 /// Top-level keys that moved to `[web]`: named in the parse error, with the fix.
@@ -96,6 +97,18 @@ pub struct Config {
     /// The pin cookie and the signing key (the tower layer, consistency tokens).
     #[serde(default)]
     pub web: WebSettings,
+    /// Reads that a replica fails: timeouts and retries.
+    #[serde(default)]
+    pub reads: ReadSettings,
+    /// Functions that write although a `SELECT` calls them (pgpool-II's write function
+    /// list): a statement that calls one runs on the master. Names match case-insensitively,
+    /// with or without a schema.
+    #[serde(default)]
+    pub write_functions: Vec<String>,
+    /// Relations (views) whose reads write or lock (a view over `nextval()` or `FOR UPDATE`):
+    /// a statement that names one runs on the master.
+    #[serde(default)]
+    pub write_relations: Vec<String>,
 }
 
 fn default_enabled() -> bool {
@@ -137,6 +150,9 @@ impl Config {
             monitor: MonitorSettings::default(),
             stickiness: StickinessSettings::default(),
             web: WebSettings::default(),
+            reads: ReadSettings::default(),
+            write_functions: Vec::new(),
+            write_relations: Vec::new(),
         }
     }
 
@@ -194,6 +210,12 @@ impl Config {
                 "pinning_seconds and stickiness.ttl_seconds must be at most 315360000 (10 years)",
             ));
         }
+        if self.reads.timeout_ms == 0 || self.reads.replica_connect_timeout_ms == 0 {
+            return Err(PinDbError::config(
+                "reads",
+                "timeout_ms and replica_connect_timeout_ms must be at least 1",
+            ));
+        }
         if self.monitor.interval_ms == 0 || self.monitor.check_timeout_ms == 0 {
             return Err(PinDbError::config(
                 "monitor",
@@ -234,14 +256,29 @@ impl Config {
             .saturating_add(1_000)
     }
 
-    /// The final alias map: see [`populate_replicas`].
+    /// The final alias map: see [`populate_replicas`]. Replicas whose settings (their own or
+    /// their master's) give no `connect_timeout_ms` get `reads.replica_connect_timeout_ms`.
     pub fn databases(&self) -> Result<Vec<Database>, PinDbError> {
-        populate_replicas(
+        let mut databases = populate_replicas(
             &self.masters,
             &self.sets,
             &self.unmanaged,
             self.unmanaged_default,
-        )
+        )?;
+        for db in &mut databases {
+            if let crate::populate::Membership::Replica { set, index } = &db.membership {
+                // A timeout the replica or its master sets is kept (replicas inherit).
+                let own = self.sets[set]
+                    .get(index - 1)
+                    .and_then(|r| r.connect_timeout_ms)
+                    .or_else(|| self.masters.get(set).and_then(|m| m.connect_timeout_ms));
+                if own.is_none() {
+                    db.pool.connect_timeout =
+                        std::time::Duration::from_millis(self.reads.replica_connect_timeout_ms);
+                }
+            }
+        }
+        Ok(databases)
     }
 }
 

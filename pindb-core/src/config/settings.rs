@@ -61,6 +61,9 @@ pub struct MonitorSettings {
     pub check_timeout_ms: u64,
     /// Consecutive failed checks before a replica is marked down.
     pub failures_before_down: u32,
+    /// Consecutive good checks before a replica that was down (or that a failed read made
+    /// suspect) is read from again: a flapping replica does not bounce in and out.
+    pub successes_before_up: u32,
     /// A replica further behind than this many bytes of WAL is not read from.
     pub max_lag_bytes: u64,
     /// A replica that has not replayed WAL the master has had for this long is not read from.
@@ -77,6 +80,7 @@ impl Default for MonitorSettings {
             interval_ms: 250,
             check_timeout_ms: 500,
             failures_before_down: 2,
+            successes_before_up: 2,
             max_lag_bytes: 16 * 1024 * 1024,
             max_lag_ms: 10_000,
             topology_check: TopologyCheck::Error,
@@ -163,5 +167,46 @@ impl WebSettings {
     /// `pinning_seconds` as a `Duration`.
     pub fn pinning_duration(&self) -> Duration {
         Duration::from_secs(self.pinning_seconds)
+    }
+}
+
+/// Reads outside a transaction that a replica fails (`[reads]`): how fast pindb gives up on a
+/// replica, and how often it tries another one before the master.
+///
+/// ```
+/// let reads: pindb_core::ReadSettings = toml::from_str("timeout_ms = 60000").unwrap();
+/// assert_eq!(reads.timeout_ms, 60_000);
+/// assert_eq!(reads.replica_connect_timeout_ms, 1000);
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+#[non_exhaustive]
+pub struct ReadSettings {
+    /// How long a checkout from a replica's pool may take before the read moves on (a
+    /// replica given its own `connect_timeout_ms` keeps it). Masters keep their own
+    /// `connect_timeout_ms` (5000 by default): there is nowhere else to write.
+    pub replica_connect_timeout_ms: u64,
+    /// A read on a replica outside a transaction that has not started answering after this
+    /// long is abandoned (its connection discarded) and run elsewhere: a replica that hangs
+    /// mid-query costs this, not forever. Raise it for long reports.
+    pub timeout_ms: u64,
+    /// Other replicas tried after the first fails, before the master.
+    pub retries: u32,
+}
+
+impl Default for ReadSettings {
+    fn default() -> Self {
+        ReadSettings {
+            replica_connect_timeout_ms: 1_000,
+            timeout_ms: 30_000,
+            retries: 1,
+        }
+    }
+}
+
+impl ReadSettings {
+    /// `timeout_ms` as a `Duration`.
+    pub fn timeout(&self) -> Duration {
+        Duration::from_millis(self.timeout_ms)
     }
 }

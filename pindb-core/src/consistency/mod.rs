@@ -58,6 +58,9 @@ pub struct Consistency {
     store: Arc<dyn Store>,
     /// When a store failure was last logged (ms since `started`), to log once per interval.
     store_logged_at: AtomicU64,
+    /// When a master that could not tell its position was last logged: once per outage,
+    /// not once per failed write.
+    position_logged_at: AtomicU64,
     started: Instant,
     /// Database round trips made for consistency (write positions, direct replica checks).
     round_trips: AtomicU64,
@@ -93,6 +96,7 @@ impl Consistency {
             settings: config.stickiness.clone(),
             store,
             store_logged_at: AtomicU64::new(u64::MAX),
+            position_logged_at: AtomicU64::new(u64::MAX),
             started: Instant::now(),
             round_trips: AtomicU64::new(0),
             pending: Mutex::new(HashMap::new()),
@@ -204,6 +208,9 @@ impl Consistency {
                 Ok(lsn) => positions.push((set, lsn)),
                 Err(e) => {
                     metrics::counter!("pindb_position_failures_total").increment(1);
+                    if !self.once_per_10s(&self.position_logged_at) {
+                        continue;
+                    }
                     tracing::warn!(target: "pindb", %set, error = %e, "pindb: could not read the master's WAL position after a write; the key's reads of this set go to the master until the position expires");
                 }
             }
@@ -220,12 +227,16 @@ impl Consistency {
 
     /// True at most once per 10 s: store outages are logged, not once per request.
     fn should_log_store_failure(&self) -> bool {
+        self.once_per_10s(&self.store_logged_at)
+    }
+
+    /// True at most once per 10 s per `last` (ms since `started`; `MAX`: never).
+    fn once_per_10s(&self, last: &AtomicU64) -> bool {
         let now = self.started.elapsed().as_millis() as u64;
-        let last = self.store_logged_at.load(Ordering::Relaxed);
-        (last == u64::MAX || now.saturating_sub(last) >= 10_000)
-            && self
-                .store_logged_at
-                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+        let before = last.load(Ordering::Relaxed);
+        (before == u64::MAX || now.saturating_sub(before) >= 10_000)
+            && last
+                .compare_exchange(before, now, Ordering::Relaxed, Ordering::Relaxed)
                 .is_ok()
     }
 

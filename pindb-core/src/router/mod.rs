@@ -24,10 +24,13 @@ use crate::replica::NoReplica;
 use crate::topology::{Target, Topology};
 
 mod builder;
+mod fallback;
 mod global;
 mod route;
+mod statements;
 
 pub use builder::RouterBuilder;
+pub use fallback::ReplicaFailure;
 pub use global::{db_for_read, db_for_write, get_replica, global, master, pin, unpinned_replica};
 pub use route::{Delegate, Hint, Operation, Reason, Role, Route, Shape};
 
@@ -37,8 +40,15 @@ struct Inner {
     topology: Arc<Topology>,
     consistency: Arc<Consistency>,
     delegates: Vec<Box<dyn Delegate>>,
+    /// Statements that write although their text reads: configured lists, and statements a
+    /// replica refused.
+    statements: statements::Statements,
     /// The monitor's tasks, stopped when the last clone of the router is dropped.
     monitor: Mutex<Vec<AbortHandle>>,
+    /// When each database's unreachability was last logged (ms since `started`; `MAX`:
+    /// never), to log once per outage rather than once per failed statement.
+    unreachable_logged: Box<[AtomicU64]>,
+    started: std::time::Instant,
 }
 
 /// The routing engine. Build it once from a [`Config`]; clones share it.
@@ -115,6 +125,7 @@ impl Router {
     ) -> Result<Router, PinDbError> {
         config.validate()?;
         let topology = Arc::new(Topology::new(&config)?);
+        let databases = topology.databases().len();
         let store = store.unwrap_or_else(|| {
             Arc::new(crate::store::MemoryStore::new(
                 config.stickiness.memory_capacity,
@@ -125,9 +136,12 @@ impl Router {
                 id: NEXT_ROUTER_ID.fetch_add(1, Ordering::Relaxed),
                 consistency: Arc::new(Consistency::new(Arc::clone(&topology), &config, store)),
                 topology,
+                statements: statements::Statements::new(&config),
                 config,
                 delegates,
                 monitor: Mutex::new(Vec::new()),
+                unreachable_logged: (0..databases).map(|_| AtomicU64::new(u64::MAX)).collect(),
+                started: std::time::Instant::now(),
             }),
         })
     }
@@ -142,12 +156,15 @@ impl Router {
         let settings = &self.inner.config.monitor;
         let warnings = crate::monitor::verify_topology(&self.inner.topology, settings).await?;
         let tasks = crate::monitor::spawn(&self.inner.topology, settings);
-        self.inner.stop_monitor();
-        *self
+        // Swapped and stopped under one lock: two concurrent starts leave one set of tasks.
+        let mut running = self
             .inner
             .monitor
             .lock()
-            .unwrap_or_else(PoisonError::into_inner) = tasks;
+            .unwrap_or_else(PoisonError::into_inner);
+        for task in std::mem::replace(&mut *running, tasks) {
+            task.abort();
+        }
         Ok(warnings)
     }
 
@@ -169,6 +186,12 @@ impl Router {
     /// Read-your-writes across contexts: keyed scopes, tokens, the store.
     pub fn consistency(&self) -> &Arc<Consistency> {
         &self.inner.consistency
+    }
+
+    /// Distinct for each router built (clones share it): adapters key per-router caches
+    /// by it.
+    pub fn instance_id(&self) -> u64 {
+        self.inner.id
     }
 
     /// Whether any delegate router is configured: adapters only work out table names for
@@ -195,7 +218,36 @@ impl Router {
     /// # }
     /// ```
     pub fn route_sql(&self, sql: &str) -> Result<Route<'_>, PinDbError> {
-        self.route_shape(&Shape::of_sql(sql, self.has_delegates()))
+        self.route_shape(&self.shape_of(sql))
+    }
+
+    /// What the router makes of `sql`: pindb's classifier, then the configured
+    /// `write_functions` / `write_relations` and the statements a replica refused (a read
+    /// that names one is a write); the main table when delegates need it.
+    pub fn shape_of(&self, sql: &str) -> Shape {
+        self.inner.statements.shape_of(sql, self.has_delegates())
+    }
+
+    /// The decision [`Router::route_sql`] would make, without pinning anything: how
+    /// `explain` sees a statement, including one that a replica refused earlier.
+    pub fn explain_sql(&self, sql: &str) -> Result<Route<'_>, PinDbError> {
+        let shape = self.shape_of(sql);
+        let tables;
+        let hint = match shape.table.as_deref() {
+            Some(table) if self.has_delegates() => {
+                tables = [table];
+                Hint::tables(&tables)
+            }
+            _ => Hint::default(),
+        };
+        let route = self.explain(shape.op, &hint)?;
+        Ok(match self.inner.statements.refused(sql) {
+            true => Route {
+                reason: Reason::ReplicaRefused,
+                ..route
+            },
+            false => route,
+        })
     }
 
     /// [`Router::route_sql`] for a statement already classified (adapters that cache a
@@ -445,17 +497,29 @@ impl Router {
         let Some(state) = state else {
             return set
                 .picker
-                .choose(policy, &set.health, None, None)
+                .choose(policy, &set.health, None, None, None)
                 .map(|i| set.replicas[i]);
         };
         let entry = state.set_mut(&set.name);
+        if entry.failed_over {
+            return Err(NoReplica::FailedOver);
+        }
         let keep = entry
             .replica
             .filter(|(router, _)| *router == self.inner.id)
             .map(|(_, i)| i);
         let required = if honor_required { entry.required } else { None };
-        let i = set.picker.choose(policy, &set.health, required, keep)?;
+        let i = set
+            .picker
+            .choose(policy, &set.health, required, keep, None)?;
+        if keep.is_some_and(|k| k != i) && entry.replica_reads > 0 {
+            // The replica it read from is no longer fit; another one may be behind what it
+            // read, so its reads stay on the master (monotonic reads).
+            entry.failed_over = true;
+            return Err(NoReplica::FailedOver);
+        }
         entry.replica = Some((self.inner.id, i));
+        entry.replica_reads = entry.replica_reads.saturating_add(1);
         Ok(set.replicas[i])
     }
 }
@@ -466,6 +530,7 @@ fn fallback_reason(no: NoReplica) -> Reason {
         NoReplica::AllDown => Reason::ReplicaDown,
         NoReplica::AllLagging => Reason::LagFallback,
         NoReplica::NotCaughtUp => Reason::NotCaughtUp,
+        NoReplica::FailedOver => Reason::ReplicaFailed,
     }
 }
 

@@ -156,6 +156,13 @@ pub enum Reason {
     NotCaughtUp,
     /// The stickiness store could not be read for this context: the master serves its reads.
     StoreUnavailable,
+    /// A replica refused the statement because it writes (a function that writes, a view
+    /// over `nextval()`...): it runs on the master under the write rules.
+    ReplicaRefused,
+    /// The replica this context read from failed (no connection, no answer, a recovery
+    /// conflict) or became unfit after it had read from it: the master serves the set's
+    /// reads for the rest of the context.
+    ReplicaFailed,
 }
 
 impl Reason {
@@ -176,6 +183,8 @@ impl Reason {
             Reason::LagFallback => "lag-fallback",
             Reason::NotCaughtUp => "not-caught-up",
             Reason::StoreUnavailable => "store-unavailable",
+            Reason::ReplicaRefused => "replica-refused",
+            Reason::ReplicaFailed => "replica-failed",
         }
     }
 }

@@ -82,12 +82,15 @@ use diesel_async::{
     SimpleAsyncConnection, TransactionManager,
 };
 use futures_util::future::BoxFuture;
-use futures_util::FutureExt;
+use futures_util::{FutureExt, StreamExt};
 use pindb_core::adapter::Shape;
-use pindb_core::Operation;
+use pindb_core::{Operation, Router};
 
 use super::{PinDb, Pooled};
-use crate::checkouts::{Checkouts, Forward, Held, Slot};
+use crate::checkouts::{
+    after_attempt, checkout_error, Attempted, Checkouts, Forward, Held, Next, Slot,
+};
+use crate::error::Error;
 use crate::statement::{self, OwnedQuery};
 
 /// A routed diesel-async connection, from [`PinDb::get`]. Use it wherever an
@@ -216,12 +219,89 @@ impl PinDbConnection {
     }
 
     /// Gives the held connection back, then checks out one of the database at `index`: never
-    /// waits for a pool while holding another pool's connection.
+    /// waits for a pool while holding another pool's connection. A failed checkout says
+    /// whether the server is unreachable and why.
     async fn hold(&mut self, index: usize) -> QueryResult<&mut Pooled> {
+        match self.try_hold(index).await {
+            Ok(()) => self.slots.get(),
+            Err(e) => Err(checkout_error(self.db.router().diagnose(index).await, e)),
+        }
+    }
+
+    async fn try_hold(&mut self, index: usize) -> Result<(), Error> {
         self.slots.release();
         let conn = self.db.checkout(index).await?;
         let alias = &self.db.router().topology().databases()[index].alias;
-        Ok(self.slots.hold(index, alias, conn))
+        self.slots.hold(index, alias, conn);
+        Ok(())
+    }
+
+    /// Runs a read outside a transaction, first on the replica at `index`; if the replica
+    /// refuses it, fails or does not answer within `reads.timeout_ms`, pindb-core says where
+    /// it runs next (another replica, the master) and it runs there.
+    async fn read_with_fallback<A: Attempt>(
+        &mut self,
+        mut index: usize,
+        attempt: A,
+    ) -> QueryResult<A::Output> {
+        let router = self.db.router().clone();
+        let timeout = router.config().reads.timeout();
+        let mut tries = 0u32;
+        loop {
+            let replica = tries == 0 || self.is_replica(index);
+            let attempted = if replica {
+                tokio::time::timeout(timeout, self.attempt_on(index, &attempt))
+                    .await
+                    .unwrap_or(Attempted::TimedOut)
+            } else {
+                self.attempt_on(index, &attempt).await
+            };
+            if !replica {
+                return match attempted {
+                    Attempted::Done(result) => result,
+                    Attempted::CheckoutFailed(e) => {
+                        Err(checkout_error(router.diagnose(index).await, e))
+                    }
+                    Attempted::TimedOut => unreachable!("only replica attempts have a timeout"),
+                };
+            }
+            match after_attempt(&router, index, attempted, tries, || {
+                attempt.refused(&router)
+            }) {
+                Next::Return(result) => return result,
+                Next::Diagnose(e) => return Err(checkout_error(router.diagnose(index).await, e)),
+                Next::Retry {
+                    index: next,
+                    discard,
+                } => {
+                    if discard {
+                        self.slots.discard();
+                    }
+                    index = next;
+                    tries += 1;
+                }
+            }
+        }
+    }
+
+    fn is_replica(&self, index: usize) -> bool {
+        matches!(
+            self.db.router().topology().databases()[index].membership,
+            pindb_core::adapter::Membership::Replica { .. }
+        )
+    }
+
+    /// One attempt on the database at `index`, checking it out unless it is held.
+    async fn attempt_on<A: Attempt>(&mut self, index: usize, attempt: &A) -> Attempted<A::Output> {
+        if !self.slots.holds(index) {
+            if let Err(e) = self.try_hold(index).await {
+                return Attempted::CheckoutFailed(e);
+            }
+        }
+        match self.slots.get() {
+            Ok(conn) => Attempted::Done(attempt.run(conn).await),
+            Err(e) => Attempted::Done(Err(e)),
+        }
     }
 
     fn alias(&self, index: usize) -> &str {
@@ -270,9 +350,89 @@ impl PinDbConnection {
 
 impl SimpleAsyncConnection for PinDbConnection {
     async fn batch_execute(&mut self, query: &str) -> QueryResult<()> {
-        let shape = Shape::of_sql(query, self.db.router().has_delegates());
-        self.slot(&shape).await?;
+        let shape = self.db.router().shape_of(query);
+        let slot = self.slots.decide(self.db.router(), &shape)?;
+        if let Some(index) = self.slots.replica_read(self.db.router(), &slot) {
+            return self
+                .read_with_fallback(index, Batch(query.to_owned()))
+                .await;
+        }
+        if let Slot::Checkout(index) = slot {
+            self.hold(index).await?;
+        }
         self.slots.get()?.batch_execute(query).await
+    }
+}
+
+/// A statement that may run more than once (on a replica, then elsewhere): it owns what it
+/// runs, and renders its SQL only when pindb-core must remember it.
+trait Attempt: Send + Sync {
+    type Output: Send;
+    fn run<'c>(&'c self, conn: &'c mut Pooled) -> BoxFuture<'c, QueryResult<Self::Output>>;
+    /// A replica refused it: its SQL, for pindb-core to remember (and its cached shape is
+    /// forgotten).
+    fn refused(&self, router: &Router) -> String;
+}
+
+/// `load`: the first row is awaited here, because a standby refuses a statement (and a
+/// hung one hangs) only when it runs, after the query was sent.
+struct Load<Q>(Q);
+/// `execute_returning_count`.
+struct Execute<Q>(Q);
+/// `batch_execute`.
+struct Batch(String);
+
+type Rows = <AsyncPgConnection as AsyncConnectionCore>::Stream<'static, 'static>;
+
+impl<Q> Attempt for Load<Q>
+where
+    Q: diesel::query_builder::Query + QueryFragment<Pg> + QueryId + Send + Sync,
+{
+    type Output = Rows;
+
+    fn run<'c>(&'c self, conn: &'c mut Pooled) -> BoxFuture<'c, QueryResult<Rows>> {
+        async move {
+            let mut rows = AsyncConnectionCore::load(&mut **conn, &self.0).await?;
+            Ok(match rows.next().await {
+                Some(Err(e)) => return Err(e),
+                Some(Ok(first)) => futures_util::stream::once(std::future::ready(Ok(first)))
+                    .chain(rows)
+                    .boxed(),
+                None => futures_util::stream::empty().boxed(),
+            })
+        }
+        .boxed()
+    }
+
+    fn refused(&self, router: &Router) -> String {
+        statement::refused(&self.0, router)
+    }
+}
+
+impl<Q> Attempt for Execute<Q>
+where
+    Q: QueryFragment<Pg> + QueryId + Send + Sync,
+{
+    type Output = usize;
+
+    fn run<'c>(&'c self, conn: &'c mut Pooled) -> BoxFuture<'c, QueryResult<usize>> {
+        AsyncConnectionCore::execute_returning_count(&mut **conn, &self.0)
+    }
+
+    fn refused(&self, router: &Router) -> String {
+        statement::refused(&self.0, router)
+    }
+}
+
+impl Attempt for Batch {
+    type Output = ();
+
+    fn run<'c>(&'c self, conn: &'c mut Pooled) -> BoxFuture<'c, QueryResult<()>> {
+        conn.batch_execute(&self.0).boxed()
+    }
+
+    fn refused(&self, _: &Router) -> String {
+        self.0.clone()
     }
 }
 
@@ -294,15 +454,29 @@ impl AsyncConnectionCore for PinDbConnection {
     {
         let query = source.as_query();
         let router = self.db.router();
-        let slot = statement::shape(&query, router.has_delegates())
-            .and_then(|shape| self.slots.decide(router, &shape));
+        let slot = match statement::shape(&query, router)
+            .and_then(|shape| self.slots.decide(router, &shape))
+        {
+            Ok(slot) => slot,
+            Err(e) => return ready(Err(e)),
+        };
+        if let Some(index) = self.slots.replica_read(router, &slot) {
+            return match statement::to_owned(&query, self.alias(index)) {
+                Err(e) => ready(Err(e)),
+                Ok(OwnedQuery::Static(owned)) => {
+                    self.read_with_fallback(index, Load(owned)).boxed()
+                }
+                Ok(OwnedQuery::Dynamic(owned)) => {
+                    self.read_with_fallback(index, Load(owned)).boxed()
+                }
+            };
+        }
         match slot {
-            Err(e) => ready(Err(e)),
-            Ok(Slot::Held) => match self.slots.get() {
+            Slot::Held => match self.slots.get() {
                 Ok(conn) => AsyncConnectionCore::load(&mut **conn, query),
                 Err(e) => ready(Err(e)),
             },
-            Ok(Slot::Checkout(index)) => match statement::to_owned(&query, self.alias(index)) {
+            Slot::Checkout(index) => match statement::to_owned(&query, self.alias(index)) {
                 Err(e) => ready(Err(e)),
                 Ok(OwnedQuery::Static(owned)) => self.load_owned(index, owned),
                 Ok(OwnedQuery::Dynamic(owned)) => self.load_owned(index, owned),
@@ -318,15 +492,29 @@ impl AsyncConnectionCore for PinDbConnection {
         T: QueryFragment<Pg> + QueryId + 'query,
     {
         let router = self.db.router();
-        let slot = statement::shape(&source, router.has_delegates())
-            .and_then(|shape| self.slots.decide(router, &shape));
+        let slot = match statement::shape(&source, router)
+            .and_then(|shape| self.slots.decide(router, &shape))
+        {
+            Ok(slot) => slot,
+            Err(e) => return ready(Err(e)),
+        };
+        if let Some(index) = self.slots.replica_read(router, &slot) {
+            return match statement::to_owned(&source, self.alias(index)) {
+                Err(e) => ready(Err(e)),
+                Ok(OwnedQuery::Static(owned)) => {
+                    self.read_with_fallback(index, Execute(owned)).boxed()
+                }
+                Ok(OwnedQuery::Dynamic(owned)) => {
+                    self.read_with_fallback(index, Execute(owned)).boxed()
+                }
+            };
+        }
         match slot {
-            Err(e) => ready(Err(e)),
-            Ok(Slot::Held) => match self.slots.get() {
+            Slot::Held => match self.slots.get() {
                 Ok(conn) => AsyncConnectionCore::execute_returning_count(&mut **conn, source),
                 Err(e) => ready(Err(e)),
             },
-            Ok(Slot::Checkout(index)) => match statement::to_owned(&source, self.alias(index)) {
+            Slot::Checkout(index) => match statement::to_owned(&source, self.alias(index)) {
                 Err(e) => ready(Err(e)),
                 Ok(OwnedQuery::Static(owned)) => self.execute_owned(index, owned),
                 Ok(OwnedQuery::Dynamic(owned)) => self.execute_owned(index, owned),

@@ -89,7 +89,7 @@ impl PinDb {
     /// replica, or the master when the set is pinned). Plain `AsyncPgConnection`, no routing.
     pub async fn read_with(&self, hint: &Hint<'_>) -> Result<Pooled, Error> {
         let index = self.inner.router().db_for_read(hint)?.index;
-        self.checkout(index).await
+        self.checkout_diagnosed(index).await
     }
 
     /// [`PinDb::read_with`] for the `default` set.
@@ -101,7 +101,7 @@ impl PinDb {
     /// (strict: an error if the set is not pinned; greedy: pins it).
     pub async fn write_with(&self, hint: &Hint<'_>) -> Result<Pooled, Error> {
         let index = self.inner.router().db_for_write(hint)?.index;
-        self.checkout(index).await
+        self.checkout_diagnosed(index).await
     }
 
     /// [`PinDb::write_with`] for the `default` set.
@@ -123,6 +123,18 @@ impl PinDb {
     /// How many checkouts of `alias`'s pool have been asked for so far.
     pub fn checkouts(&self, alias: &str) -> Result<u64, PinDbError> {
         self.inner.checkouts(alias)
+    }
+
+    /// [`PinDb::checkout`], with a failure explained: [`PinDbError::Unreachable`] (what really
+    /// happened) when the server cannot be reached.
+    async fn checkout_diagnosed(&self, index: usize) -> Result<Pooled, Error> {
+        match self.checkout(index).await {
+            Ok(conn) => Ok(conn),
+            Err(e) => Err(match self.router().diagnose(index).await {
+                Some(unreachable) => Error::Routing(unreachable),
+                None => e,
+            }),
+        }
     }
 
     /// Checks out a connection of the database at `index` in `router.topology().databases()`.

@@ -12,10 +12,11 @@ use diesel::pg::{Pg, PgConnection};
 use diesel::query_builder::{Query, QueryFragment, QueryId};
 use diesel::result::QueryResult;
 use diesel::{ConnectionError, ConnectionResult};
-use pindb_core::adapter::Shape;
+use pindb_core::adapter::{Membership, Shape};
+use pindb_core::Router;
 
 use super::{PinDb, Pooled};
-use crate::checkouts::{Checkouts, Forward, Held, Slot};
+use crate::checkouts::{after_attempt, Attempted, Checkouts, Forward, Held, Next, Slot};
 use crate::statement;
 
 /// A routed sync diesel connection, from [`PinDb::get`]: `RunQueryDsl`, `transaction`
@@ -85,11 +86,61 @@ impl PinDbConnection {
         RoutedTransactionManager::run(self, Some(set.to_owned()), f)
     }
 
-    /// The held connection for a statement of this shape, checked out if needed (after giving
-    /// the held one back: never waits for a pool while holding another).
-    fn connection_for(&mut self, shape: &Shape) -> QueryResult<&mut PgConnection> {
-        let slot = self.slots.decide(self.db.router(), shape)?;
-        self.take(slot)
+    /// Runs a read outside a transaction, first on the replica at `index`; if the replica
+    /// refuses it or fails, pindb-core says where it runs next (another replica, the master).
+    /// Sync connections have no client-side timeout: a hung replica is bounded by the
+    /// server's and the network's own timeouts only (see the crate docs).
+    fn read_with_fallback<R>(
+        &mut self,
+        mut index: usize,
+        mut run: impl FnMut(&mut PgConnection) -> QueryResult<R>,
+        refused: impl Fn(&Router) -> String,
+    ) -> QueryResult<R> {
+        let router = self.db.router().clone();
+        let mut tries = 0u32;
+        loop {
+            let attempted = if self.slots.holds(index) {
+                Attempted::Done(self.slots.get().and_then(|conn| run(conn)))
+            } else {
+                self.slots.release();
+                match self.db.checkout(index) {
+                    Ok(conn) => {
+                        let alias = &router.topology().databases()[index].alias;
+                        Attempted::Done(run(self.slots.hold(index, alias, conn)))
+                    }
+                    Err(e) => Attempted::CheckoutFailed(e),
+                }
+            };
+            if tries > 0 && !self.is_replica(index) {
+                // The master (or an unmanaged database): nothing else to try.
+                return match attempted {
+                    Attempted::Done(result) => result,
+                    Attempted::CheckoutFailed(e) => Err(e.into()),
+                    Attempted::TimedOut => unreachable!("sync attempts have no timeout"),
+                };
+            }
+            match after_attempt(&router, index, attempted, tries, || refused(&router)) {
+                Next::Return(result) => return result,
+                Next::Diagnose(e) => return Err(e.into()),
+                Next::Retry {
+                    index: next,
+                    discard,
+                } => {
+                    if discard {
+                        self.slots.discard();
+                    }
+                    index = next;
+                    tries += 1;
+                }
+            }
+        }
+    }
+
+    fn is_replica(&self, index: usize) -> bool {
+        matches!(
+            self.db.router().topology().databases()[index].membership,
+            Membership::Replica { .. }
+        )
     }
 
     fn take(&mut self, slot: Slot) -> QueryResult<&mut PgConnection> {
@@ -105,7 +156,7 @@ impl PinDbConnection {
     }
 
     fn shape<T: QueryFragment<Pg> + QueryId>(&self, query: &T) -> QueryResult<Shape> {
-        statement::shape(query, self.db.router().has_delegates())
+        statement::shape(query, self.db.router())
     }
 
     fn status_mut(&mut self) -> &mut TransactionManagerStatus {
@@ -119,8 +170,16 @@ impl PinDbConnection {
 
 impl SimpleConnection for PinDbConnection {
     fn batch_execute(&mut self, query: &str) -> QueryResult<()> {
-        let shape = Shape::of_sql(query, self.db.router().has_delegates());
-        self.connection_for(&shape)?.batch_execute(query)
+        let shape = self.db.router().shape_of(query);
+        let slot = self.slots.decide(self.db.router(), &shape)?;
+        if let Some(index) = self.slots.replica_read(self.db.router(), &slot) {
+            return self.read_with_fallback(
+                index,
+                |conn| conn.batch_execute(query),
+                |_| query.to_owned(),
+            );
+        }
+        self.take(slot)?.batch_execute(query)
     }
 }
 
@@ -143,7 +202,15 @@ impl Connection for PinDbConnection {
         T: QueryFragment<Pg> + QueryId,
     {
         let shape = self.shape(source)?;
-        self.connection_for(&shape)?.execute_returning_count(source)
+        let slot = self.slots.decide(self.db.router(), &shape)?;
+        if let Some(index) = self.slots.replica_read(self.db.router(), &slot) {
+            return self.read_with_fallback(
+                index,
+                |conn| conn.execute_returning_count(source),
+                |router| statement::refused(source, router),
+            );
+        }
+        self.take(slot)?.execute_returning_count(source)
     }
 
     fn transaction_state(&mut self) -> &mut TransactionManagerStatus {
@@ -186,7 +253,15 @@ impl LoadConnection<DefaultLoadingMode> for PinDbConnection {
         Pg: diesel::expression::QueryMetadata<T::SqlType>,
     {
         let shape = self.shape(&source)?;
-        LoadConnection::<DefaultLoadingMode>::load(self.connection_for(&shape)?, source)
+        let slot = self.slots.decide(self.db.router(), &shape)?;
+        if let Some(index) = self.slots.replica_read(self.db.router(), &slot) {
+            return self.read_with_fallback(
+                index,
+                |conn| LoadConnection::<DefaultLoadingMode>::load(conn, &source),
+                |router| statement::refused(&source, router),
+            );
+        }
+        LoadConnection::<DefaultLoadingMode>::load(self.take(slot)?, source)
     }
 }
 

@@ -121,7 +121,30 @@ impl PinDb {
 
     fn checkout(&self, index: usize) -> Result<Pooled, Error> {
         let (pool, db) = self.inner.pool_for_checkout(index);
-        // r2d2 only fails after its timeout; its message carries the last connection error.
-        pool.get().map_err(|e| Error::connect(db, e.to_string()))
+        // r2d2 only fails after its timeout; its message carries the last connection error,
+        // if a connection attempt failed (else the pool was busy).
+        pool.get().map_err(|e| {
+            let message = e.to_string();
+            match message.split_once(": ") {
+                Some((_, cause)) => Error::Routing(PinDbError::Unreachable {
+                    alias: db.alias.clone(),
+                    role: role_of(db),
+                    url: db.redacted_url(),
+                    cause: cause.to_owned(),
+                }),
+                None => Error::PoolTimeout {
+                    alias: db.alias.clone(),
+                    timeout: db.pool.connect_timeout,
+                },
+            }
+        })
+    }
+}
+
+fn role_of(db: &Database) -> &'static str {
+    match db.membership {
+        Membership::Master { .. } => "master",
+        Membership::Replica { .. } => "replica",
+        _ => "unmanaged database",
     }
 }

@@ -1,0 +1,204 @@
+//! A read that a replica failed, outside a transaction: where it runs again. The adapters
+//! run statements and see their errors; they ask [`Router::reroute`] what to do, so the three
+//! of them retry the same way.
+//!
+//! - **Refused** (the statement writes: a user function that writes, a view over
+//!   `nextval()`...): nothing ran on the standby, so it runs on the set's master under the
+//!   write rules (greedy: the set is pinned; strict: `UnpinnedWrite`, never a silent master
+//!   write). The statement is remembered, so its next run goes to the master directly.
+//! - **Unreachable / Timeout** (no connection, a reset, no answer): the replica is suspected
+//!   at once (down until the monitor has seen `successes_before_up` good checks), and the read
+//!   moves to another fit replica, at most `reads.retries` times, then to the master.
+//! - **Recovery conflict** (the standby cancelled the statement): another replica or the
+//!   master; the replica stays up.
+//!
+//! A context that had already read the set from the failed replica keeps reading it from the
+//! master: another replica could be behind what it read (monotonic reads), and only the master
+//! is known to be past it without a round trip.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::{Hint, Reason, Role, Route, Router};
+use crate::context::with_current;
+use crate::error::PinDbError;
+use crate::topology::Target;
+
+/// How a read failed on a replica, as the adapter saw it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ReplicaFailure {
+    /// The standby refused the statement because it writes, locks or needs the primary
+    /// (SQLSTATE 25006, "recovery is in progress", "... during recovery"). Nothing ran.
+    Refused,
+    /// The standby cancelled the statement for a conflict with recovery.
+    RecoveryConflict,
+    /// No connection: refused, reset, closed, or the checkout timed out.
+    Unreachable,
+    /// No answer within `reads.timeout_ms`.
+    Timeout,
+}
+
+impl ReplicaFailure {
+    /// A server error, by SQLSTATE and message: `None` when it is the statement's own fault
+    /// (a syntax error, a constraint...), which another server would repeat.
+    ///
+    /// ```
+    /// use pindb_core::adapter::ReplicaFailure;
+    ///
+    /// let refused = "cannot execute INSERT in a read-only transaction";
+    /// assert_eq!(ReplicaFailure::from_server("25006", refused), Some(ReplicaFailure::Refused));
+    /// assert_eq!(ReplicaFailure::from_server("55000", "recovery is in progress"), Some(ReplicaFailure::Refused));
+    /// let conflict = "canceling statement due to conflict with recovery";
+    /// assert_eq!(ReplicaFailure::from_server("40001", conflict), Some(ReplicaFailure::RecoveryConflict));
+    /// assert_eq!(ReplicaFailure::from_server("42601", "syntax error at or near \"SELEC\""), None);
+    /// ```
+    pub fn from_server(sqlstate: &str, message: &str) -> Option<ReplicaFailure> {
+        if message.contains("conflict with recovery") {
+            return Some(ReplicaFailure::RecoveryConflict);
+        }
+        if sqlstate == "25006"
+            || message.contains("recovery is in progress")
+            || message.contains("during recovery")
+        {
+            return Some(ReplicaFailure::Refused);
+        }
+        match sqlstate {
+            // The server is going away (admin shutdown, crash, cannot connect now).
+            "57P01" | "57P02" | "57P03" | "08000" | "08003" | "08006" | "08001" | "08004" => {
+                Some(ReplicaFailure::Unreachable)
+            }
+            _ => None,
+        }
+    }
+
+    /// A short name for logs and metrics labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReplicaFailure::Refused => "refused",
+            ReplicaFailure::RecoveryConflict => "recovery-conflict",
+            ReplicaFailure::Unreachable => "unreachable",
+            ReplicaFailure::Timeout => "timeout",
+        }
+    }
+}
+
+impl Router {
+    /// A read that ran on the replica at `failed` (an index into
+    /// [`Topology::databases`](crate::adapter::Topology::databases)) outside a transaction
+    /// failed with `failure`: where to run it now. `attempt` counts the retries of this
+    /// statement so far (0 for the first). `sql` is the statement, remembered when refused.
+    /// `Ok(None)`: do not retry (`failed` is not a replica). Strict mode: a refused
+    /// statement on an unpinned set is [`PinDbError::UnpinnedWrite`].
+    pub fn reroute(
+        &self,
+        failed: usize,
+        failure: ReplicaFailure,
+        attempt: u32,
+        sql: &str,
+    ) -> Result<Option<Route<'_>>, PinDbError> {
+        let topology = &self.inner.topology;
+        let alias = &topology.databases()[failed].alias;
+        let Ok(Target::Replica { set: s, replica: r }) = topology.target(alias) else {
+            return Ok(None);
+        };
+        let set = topology.set(s);
+        metrics::counter!("pindb_replica_failures_total", "alias" => alias.clone(), "reason" => failure.as_str())
+            .increment(1);
+        match failure {
+            ReplicaFailure::Refused => {
+                if self.inner.statements.learn_refused(sql) {
+                    tracing::warn!(target: "pindb", %alias, statement = %sql, "pindb: a replica refused this statement because it writes; it ran on the master and will from now on. Add the function (or view) it calls to `write_functions` (or `write_relations`), or pin the set");
+                }
+                let route = self.db_for_write(&Hint::alias(&set.name))?;
+                return Ok(Some(Route {
+                    reason: Reason::ReplicaRefused,
+                    ..route
+                }));
+            }
+            ReplicaFailure::Unreachable | ReplicaFailure::Timeout => {
+                set.health[r].suspect();
+                tracing::warn!(target: "pindb", %alias, reason = failure.as_str(), "pindb: a read failed on a replica; it is out of rotation until the monitor sees it healthy");
+            }
+            ReplicaFailure::RecoveryConflict => {}
+        }
+        let retries = self.inner.config.reads.retries;
+        let name = Arc::clone(&set.name);
+        let other = with_current(|ctx| {
+            let mut state = ctx.lock();
+            let entry = state.set_mut(&name);
+            // The failed read counted one; more means the context read from it before.
+            if entry.replica_reads > 1 || entry.failed_over || attempt >= retries {
+                entry.failed_over = true;
+                return None;
+            }
+            let required = entry.required;
+            let i = set.picker.choose(
+                self.inner.config.replica_policy,
+                &set.health,
+                required,
+                None,
+                Some(r),
+            );
+            let i = i.ok()?;
+            entry.replica = Some((self.inner.id, i));
+            entry.replica_reads = 1;
+            Some(i)
+        })
+        .unwrap_or_else(|| {
+            (attempt < retries)
+                .then(|| {
+                    set.picker
+                        .choose(
+                            self.inner.config.replica_policy,
+                            &set.health,
+                            None,
+                            None,
+                            Some(r),
+                        )
+                        .ok()
+                })
+                .flatten()
+        });
+        Ok(Some(match other {
+            Some(i) => self.route(set.replicas[i], Role::Replica, Reason::ReplicaFailed),
+            None => self.master_route(s, Reason::ReplicaFailed),
+        }))
+    }
+}
+
+impl Router {
+    /// Why the database at `index` could not be used (a checkout that failed or timed out),
+    /// from a fresh connection attempt of pindb's own bounded by `monitor.check_timeout_ms`:
+    /// [`PinDbError::Unreachable`] with what really happened (connection refused, no answer,
+    /// a name that does not resolve), or `None` when that attempt connects (the trouble is
+    /// the pool: busy, or its connections hang). Logged once per 10 s per database, counted
+    /// in `pindb_unreachable_total`.
+    pub async fn diagnose(&self, index: usize) -> Option<PinDbError> {
+        let db = &self.inner.topology.databases()[index];
+        let timeout = Duration::from_millis(self.inner.config.monitor.check_timeout_ms);
+        let cause = crate::probe::diagnose(db, timeout).await?;
+        metrics::counter!("pindb_unreachable_total", "alias" => db.alias.clone()).increment(1);
+        let now = self.inner.started.elapsed().as_millis() as u64;
+        let last = &self.inner.unreachable_logged[index];
+        let before = last.load(Ordering::Relaxed);
+        if (before == u64::MAX || now.saturating_sub(before) >= 10_000)
+            && last
+                .compare_exchange(before, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            tracing::warn!(target: "pindb", alias = %db.alias, %cause, "pindb: database unreachable");
+        }
+        Some(PinDbError::Unreachable {
+            alias: db.alias.clone(),
+            role: match db.membership {
+                crate::populate::Membership::Master { .. } => "master",
+                crate::populate::Membership::Replica { .. } => "replica",
+                crate::populate::Membership::Unmanaged => "unmanaged database",
+            },
+            url: db.redacted_url(),
+            cause,
+        })
+    }
+}

@@ -1,0 +1,76 @@
+//! What the router knows about statements beyond their text: the configured
+//! `write_functions` / `write_relations`, and statements a replica refused (learned once per
+//! process, so the next one goes straight to the master).
+
+use std::collections::HashSet;
+use std::hash::{BuildHasher, RandomState};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, PoisonError};
+
+use super::{Operation, Shape};
+use crate::classify::mentions;
+use crate::config::Config;
+
+/// At most this many refused statements are remembered: SQL with inlined literals must not
+/// grow the set without bound (a forgotten one costs one more refusal, then is learned again).
+const MAX_LEARNED: usize = 10_000;
+
+pub(super) struct Statements {
+    /// `write_functions` and `write_relations`, lowercase, without schema.
+    names: Box<[Box<str>]>,
+    /// Hashes of statements a replica refused.
+    refused: Mutex<HashSet<u64>>,
+    /// Whether `refused` has any: the common case skips the hash and the lock.
+    any_refused: AtomicBool,
+    hasher: RandomState,
+}
+
+impl Statements {
+    pub(super) fn new(config: &Config) -> Self {
+        let names = config
+            .write_functions
+            .iter()
+            .chain(&config.write_relations)
+            .map(|name| {
+                // `app.bump_views` matches `bump_views`, schema or not (the safe side).
+                let last = name.rsplit('.').next().unwrap_or(name);
+                last.trim_matches('"').to_lowercase().into_boxed_str()
+            })
+            .collect();
+        Statements {
+            names,
+            refused: Mutex::new(HashSet::new()),
+            any_refused: AtomicBool::new(false),
+            hasher: RandomState::new(),
+        }
+    }
+
+    pub(super) fn shape_of(&self, sql: &str, with_table: bool) -> Shape {
+        let mut shape = Shape::of_sql(sql, with_table);
+        if shape.op == Operation::Read && (mentions(sql, &self.names) || self.refused(sql)) {
+            shape.op = Operation::Write;
+        }
+        shape
+    }
+
+    /// Whether a replica refused `sql` before.
+    pub(super) fn refused(&self, sql: &str) -> bool {
+        self.any_refused.load(Ordering::Acquire)
+            && self
+                .refused
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .contains(&self.hasher.hash_one(sql))
+    }
+
+    /// Remembers that a replica refused `sql`; true the first time.
+    pub(super) fn learn_refused(&self, sql: &str) -> bool {
+        let mut refused = self.refused.lock().unwrap_or_else(PoisonError::into_inner);
+        if refused.len() >= MAX_LEARNED {
+            refused.clear();
+        }
+        let new = refused.insert(self.hasher.hash_one(sql));
+        self.any_refused.store(true, Ordering::Release);
+        new
+    }
+}

@@ -1,0 +1,128 @@
+//! [`Proxy`]: a TCP proxy of a test's own in front of a database, to make network faults
+//! real: a server that freezes mid-query, connections cut under a checkout, an endpoint that
+//! accepts and never answers.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::AbortHandle;
+
+/// A loopback TCP proxy to `target`. Dropping it closes the listener and every connection.
+#[derive(Debug)]
+pub struct Proxy {
+    addr: SocketAddr,
+    frozen: Arc<AtomicBool>,
+    /// The accept loop, then one task per forwarded direction.
+    tasks: Arc<Mutex<Vec<AbortHandle>>>,
+}
+
+impl Proxy {
+    /// Forwards to `target` (`host:port`).
+    pub async fn start(target: &str) -> Proxy {
+        Proxy::listen(Some(target.to_owned())).await
+    }
+
+    /// Accepts connections and never answers: a host whose server hangs, or whose packets
+    /// vanish after the TCP handshake.
+    pub async fn black_hole() -> Proxy {
+        Proxy::listen(None).await
+    }
+
+    async fn listen(target: Option<String>) -> Proxy {
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind a proxy");
+        let addr = listener.local_addr().expect("proxy address");
+        let frozen = Arc::new(AtomicBool::new(false));
+        let tasks = Arc::new(Mutex::new(Vec::new()));
+        let (f, t) = (Arc::clone(&frozen), Arc::clone(&tasks));
+        let accept = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((client, _)) = listener.accept().await {
+                let Some(target) = &target else {
+                    held.push(client); // never read, never answered
+                    continue;
+                };
+                let Ok(server) = TcpStream::connect(target).await else {
+                    continue;
+                };
+                let (cr, cw) = client.into_split();
+                let (sr, sw) = server.into_split();
+                let mut tasks = t.lock().unwrap();
+                tasks.push(tokio::spawn(pipe(cr, sw, Arc::clone(&f))).abort_handle());
+                tasks.push(tokio::spawn(pipe(sr, cw, Arc::clone(&f))).abort_handle());
+            }
+        });
+        tasks.lock().unwrap().push(accept.abort_handle());
+        Proxy {
+            addr,
+            frozen,
+            tasks,
+        }
+    }
+
+    /// The port to point a database URL at.
+    pub fn port(&self) -> u16 {
+        self.addr.port()
+    }
+
+    /// Stops forwarding bytes in both directions; connections stay open (a server or network
+    /// that hangs mid-query).
+    pub fn freeze(&self) {
+        self.frozen.store(true, Ordering::SeqCst);
+    }
+
+    /// Forwards again.
+    pub fn thaw(&self) {
+        self.frozen.store(false, Ordering::SeqCst);
+    }
+
+    /// Closes every connection and the listener: the server is gone (connections reset, new
+    /// ones refused).
+    pub fn stop(&self) {
+        for task in self.tasks.lock().unwrap().drain(..) {
+            task.abort();
+        }
+    }
+
+    /// Closes every forwarded connection (a server that went away under its clients); new
+    /// connections are still accepted.
+    pub fn sever(&self) {
+        let mut tasks = self.tasks.lock().unwrap();
+        // The first task is the accept loop: it keeps running.
+        for task in tasks.drain(1..) {
+            task.abort();
+        }
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        for task in self.tasks.lock().unwrap().drain(..) {
+            task.abort();
+        }
+    }
+}
+
+async fn pipe(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    frozen: Arc<AtomicBool>,
+) {
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        while frozen.load(Ordering::SeqCst) {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        if to.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
+    }
+}

@@ -1,0 +1,268 @@
+#![allow(missing_docs, missing_debug_implementations, unreachable_pub)] // not a library: nothing here is public API
+//! Replicas that refuse, hang or vanish, and a master that cannot be reached, through every
+//! adapter on the dev cluster (`scripts/cluster up`): no read outside a transaction fails
+//! because of a replica while the master can serve it, and a context never reads back in
+//! time after its replica fails. The faults are real: a PL/pgSQL function that writes, a view
+//! over `nextval()`, a TCP proxy that freezes or stops, an endpoint that never answers, a
+//! closed port for the master.
+
+use pindb_core::{is_pinned, scope, Config, Reason, Role, RouterMode};
+use pindb_scenarios::{Adapter, DieselAsync, DieselSync, Failure, SeaOrm, World};
+use pindb_testkit::Proxy;
+
+/// A function that writes and a view over `nextval()`: reads by their text, writes in truth.
+const WRITES_IN_DISGUISE: &str = "
+    CREATE TABLE {schema}.views (n int);
+    CREATE FUNCTION {schema}.bump_views() RETURNS int LANGUAGE plpgsql AS $$
+        BEGIN INSERT INTO {schema}.views VALUES (1); RETURN current_setting('port')::int; END
+    $$;
+    CREATE SEQUENCE {schema}.tickets;
+    CREATE VIEW {schema}.next_ticket AS
+        SELECT nextval('{schema}.tickets')::int AS n, current_setting('port')::int AS port;";
+
+async fn world() -> World {
+    let w = World::new().await;
+    let setup = WRITES_IN_DISGUISE.replace("{schema}", &w.schema.name);
+    w.primary.batch_execute(&setup).await.expect("setting up");
+    // The replicas must have the function and the view before they can refuse them.
+    w.cluster.sync_replicas().await;
+    w
+}
+
+async fn views(w: &World) -> i64 {
+    let sql = format!("SELECT count(*) FROM {}.views", w.schema.name);
+    w.primary.query_one(&sql, &[]).await.expect(&sql).get(0)
+}
+
+/// Short timeouts: a test waits for each fault at most this long.
+fn impatient(mut config: Config) -> Config {
+    config.reads.replica_connect_timeout_ms = 300;
+    config.reads.timeout_ms = 500;
+    config
+}
+
+async fn a_function_that_writes_runs_on_the_master_or_is_refused<A: Adapter>() {
+    let w = world().await;
+    let sql = format!("SELECT {}.bump_views() AS port", w.schema.name);
+
+    let greedy = A::open(w.config(Some(RouterMode::Greedy))).await;
+    scope(async {
+        assert_eq!(greedy.port_of_sql(&sql).await, Ok(w.master), "{}", A::NAME);
+        assert!(
+            is_pinned("default"),
+            "{}: the refused read counts as a write",
+            A::NAME
+        );
+    })
+    .await;
+    assert_eq!(
+        views(&w).await,
+        1,
+        "{}: it ran once, on the master",
+        A::NAME
+    );
+    let explained = greedy.router().explain_sql(&sql).unwrap();
+    assert_eq!(
+        (explained.role, explained.reason),
+        (Role::Master, Reason::ReplicaRefused),
+        "{}: learned",
+        A::NAME
+    );
+
+    let strict = A::open(w.config(Some(RouterMode::Strict))).await;
+    scope(async {
+        let refused = strict.port_of_sql(&sql).await;
+        assert_eq!(refused, Err(Failure::UnpinnedWrite), "{}", A::NAME);
+    })
+    .await;
+    assert_eq!(
+        views(&w).await,
+        1,
+        "{}: strict never writes unpinned",
+        A::NAME
+    );
+    w.finish().await;
+}
+
+async fn a_view_over_nextval_and_listed_functions<A: Adapter>() {
+    let w = world().await;
+    let view = format!("SELECT port FROM {}.next_ticket", w.schema.name);
+    let greedy = A::open(w.config(Some(RouterMode::Greedy))).await;
+    scope(async {
+        assert_eq!(greedy.port_of_sql(&view).await, Ok(w.master), "{}", A::NAME);
+    })
+    .await;
+
+    // Listed: routed to the master before any replica sees it.
+    let call = format!("SELECT {}.bump_views() AS port", w.schema.name);
+    let mut config = w.config(Some(RouterMode::Greedy));
+    config.write_functions = vec![format!("{}.bump_views", w.schema.name)];
+    config.write_relations = vec!["next_ticket".to_owned()];
+    let listed = A::open(config).await;
+    for sql in [&call, &view] {
+        let explained = listed.router().explain_sql(sql).unwrap();
+        assert_eq!(explained.role, Role::Master, "{}: {sql}", A::NAME);
+        assert_ne!(
+            explained.reason,
+            Reason::ReplicaRefused,
+            "{}: {sql}",
+            A::NAME
+        );
+        scope(async {
+            assert_eq!(listed.port_of_sql(sql).await, Ok(w.master), "{}", A::NAME);
+        })
+        .await;
+    }
+    w.finish().await;
+}
+
+async fn a_replica_that_never_answers_costs_one_timeout<A: Adapter>() {
+    let w = world().await;
+    let hole = Proxy::black_hole().await;
+    let url = w
+        .schema
+        .url(&format!("postgres://pindb@127.0.0.1:{}/pindb", hole.port()));
+    let mut config = impatient(Config::single_set(
+        w.schema.url(&w.cluster.primary_url),
+        [url],
+    ));
+    config.router = RouterMode::Strict;
+    let db = A::open(config).await;
+    let started = std::time::Instant::now();
+    scope(async {
+        assert_eq!(db.read().await, Ok(w.master), "{}", A::NAME);
+    })
+    .await;
+    eprintln!(
+        "{}: first read served after {:?}",
+        A::NAME,
+        started.elapsed()
+    );
+    let status = db.router().topology().replica_status("default-1").unwrap();
+    assert!(!status.unwrap().up, "{}: suspected at once", A::NAME);
+    // Suspected: the next read goes straight to the master.
+    scope(async { assert_eq!(db.read().await, Ok(w.master), "{}", A::NAME) }).await;
+    w.finish().await;
+}
+
+/// Replica 1 behind a proxy, replica 2 direct: a fresh router's first context reads replica 1.
+async fn behind_a_proxy<A: Adapter>(w: &World) -> (A, Proxy) {
+    let target = w.cluster.replica_url(1).rsplit('@').next().unwrap();
+    let target = target.split('/').next().unwrap().to_owned();
+    let proxy = Proxy::start(&target).await;
+    let proxied = w.schema.url(&format!(
+        "postgres://pindb@127.0.0.1:{}/pindb",
+        proxy.port()
+    ));
+    let mut config = impatient(Config::single_set(
+        w.schema.url(&w.cluster.primary_url),
+        [proxied, w.schema.url(w.cluster.replica_url(2))],
+    ));
+    config.router = RouterMode::Strict;
+    (A::open(config).await, proxy)
+}
+
+/// `fault` strikes replica 1 after a context read from it: the context's next reads go to the
+/// master (replica 2 could be behind what it read), never to an error; replica 1 is out of
+/// rotation for the next context.
+async fn a_failed_replica_never_sends_a_context_back_in_time<A: Adapter>(fault: fn(&Proxy)) {
+    let w = world().await;
+    let (db, proxy) = behind_a_proxy::<A>(&w).await;
+    scope(async {
+        assert_eq!(
+            db.read().await,
+            Ok(w.replicas[0]),
+            "{}: replica 1 first",
+            A::NAME
+        );
+        fault(&proxy);
+        assert_eq!(
+            db.read().await,
+            Ok(w.master),
+            "{}: moved to the master",
+            A::NAME
+        );
+        assert_eq!(
+            db.read().await,
+            Ok(w.master),
+            "{}: and stays there",
+            A::NAME
+        );
+    })
+    .await;
+    let status = db.router().topology().replica_status("default-1").unwrap();
+    assert!(!status.unwrap().up, "{}: replica 1 suspected", A::NAME);
+    scope(async {
+        assert_eq!(db.read().await, Ok(w.replicas[1]), "{}: replica 2", A::NAME);
+    })
+    .await;
+    proxy.thaw();
+    w.finish().await;
+}
+
+async fn a_master_that_cannot_be_reached_says_why<A: Adapter>() {
+    let w = World::new().await;
+    let mut config = w.config(Some(RouterMode::Greedy));
+    config.masters.get_mut("default").unwrap().url =
+        Some(w.schema.url("postgres://pindb@127.0.0.1:1/pindb"));
+    config
+        .masters
+        .get_mut("default")
+        .unwrap()
+        .connect_timeout_ms = Some(500);
+    let db = A::open(config).await;
+    let failed = scope(db.write()).await;
+    match failed {
+        Err(Failure::Unreachable(text)) => {
+            assert!(text.contains("master `default`"), "{}: {text}", A::NAME);
+            assert!(
+                text.to_lowercase().contains("refused"),
+                "{}: {text}",
+                A::NAME
+            );
+        }
+        other => panic!("{}: expected Unreachable, got {other:?}", A::NAME),
+    }
+    w.finish().await;
+}
+
+macro_rules! for_each_adapter {
+    ($($test:ident => $body:ident $(($arg:expr))?;)*) => {
+        mod diesel_async_bb8 {
+            use super::*;
+            $(#[tokio::test] async fn $test() { $body::<DieselAsync>($($arg)?).await })*
+        }
+        mod sync_diesel_r2d2 {
+            use super::*;
+            $(#[tokio::test(flavor = "multi_thread")] async fn $test() { $body::<DieselSync>($($arg)?).await })*
+        }
+        mod seaorm {
+            use super::*;
+            $(#[tokio::test] async fn $test() { $body::<SeaOrm>($($arg)?).await })*
+        }
+    };
+}
+
+for_each_adapter! {
+    a_function_that_writes => a_function_that_writes_runs_on_the_master_or_is_refused;
+    a_view_over_nextval_and_write_lists => a_view_over_nextval_and_listed_functions;
+    a_black_hole_replica => a_replica_that_never_answers_costs_one_timeout;
+    a_stopped_replica => a_failed_replica_never_sends_a_context_back_in_time(Proxy::stop);
+    an_unreachable_master => a_master_that_cannot_be_reached_says_why;
+}
+
+// Sync diesel has no client-side timeout (libpq blocks): a replica that hangs mid-query is
+// only covered for the async adapters.
+mod frozen {
+    use super::*;
+
+    #[tokio::test]
+    async fn diesel_async_bb8() {
+        a_failed_replica_never_sends_a_context_back_in_time::<DieselAsync>(Proxy::freeze).await
+    }
+
+    #[tokio::test]
+    async fn seaorm() {
+        a_failed_replica_never_sends_a_context_back_in_time::<SeaOrm>(Proxy::freeze).await
+    }
+}
