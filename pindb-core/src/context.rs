@@ -205,6 +205,11 @@ impl Context {
         let mut state = self.lock();
         let entry = state.set_mut(&Arc::from(set));
         entry.required = Some(entry.required.map_or(lsn, |r| r.max(lsn)));
+        // Required before any read (a keyed context's start): choose afresh. After reads, a
+        // new replica must also not go back in time, so reads stay on the master.
+        if entry.replica_reads > 0 {
+            entry.failed_over = true;
+        }
         entry.replica = None;
     }
 

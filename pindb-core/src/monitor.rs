@@ -175,7 +175,14 @@ async fn watch_replica(
                     },
                 };
                 let was_over = health[r].status().over_lag;
-                health[r].set_position(replay.unwrap_or_default(), lag_bytes, lag_ms, over, up);
+                health[r].set_position(
+                    replay.unwrap_or_default(),
+                    lag_bytes,
+                    lag_ms,
+                    over,
+                    up,
+                    suspicions,
+                );
                 if over != was_over {
                     tracing::info!(target: "pindb", %alias, lag_bytes, lag_ms, over_lag = over, "pindb monitor: replica lag state changed");
                 }

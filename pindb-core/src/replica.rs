@@ -26,6 +26,20 @@ pub(crate) struct Health {
     /// restarts its count of good checks, so the replica comes back only after
     /// `successes_before_up` of them.
     suspicions: AtomicU64,
+    /// When the last suspicion was raised (ms since the Unix epoch; 0: the monitor's verdict
+    /// stands). A suspicion lapses after [`SUSPICION`]: without a monitor nothing else would
+    /// ever bring the replica back.
+    suspected_at_ms: AtomicU64,
+}
+
+/// How long a suspicion keeps a replica out when no monitor check says otherwise.
+const SUSPICION: std::time::Duration = std::time::Duration::from_secs(5);
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 impl Default for Health {
@@ -37,6 +51,7 @@ impl Default for Health {
             lag_bytes: AtomicU64::new(0),
             lag_ms: AtomicU64::new(0),
             suspicions: AtomicU64::new(0),
+            suspected_at_ms: AtomicU64::new(0),
         }
     }
 }
@@ -60,7 +75,7 @@ pub struct ReplicaStatus {
 impl Health {
     pub(crate) fn status(&self) -> ReplicaStatus {
         ReplicaStatus {
-            up: self.up.load(Ordering::Relaxed),
+            up: self.is_up(),
             over_lag: self.over_lag.load(Ordering::Relaxed),
             replay_lsn: Lsn(self.replay_lsn.load(Ordering::Relaxed)),
             lag_bytes: self.lag_bytes.load(Ordering::Relaxed),
@@ -69,11 +84,13 @@ impl Health {
     }
 
     pub(crate) fn set_down(&self) {
+        self.suspected_at_ms.store(0, Ordering::Relaxed);
         self.up.store(false, Ordering::Relaxed);
     }
 
     /// A good check: the position and lag it saw, and whether the replica may be read from
     /// (the monitor keeps one that was down out until enough checks in a row were good).
+    /// `seen`: [`Health::suspicions`] when the check began; a suspicion raised since wins.
     pub(crate) fn set_position(
         &self,
         replay: Lsn,
@@ -81,19 +98,25 @@ impl Health {
         lag_ms: u64,
         over_lag: bool,
         up: bool,
+        seen: u64,
     ) {
         self.replay_lsn.store(replay.0, Ordering::Relaxed);
         self.lag_bytes.store(lag_bytes, Ordering::Relaxed);
         self.lag_ms.store(lag_ms, Ordering::Relaxed);
         self.over_lag.store(over_lag, Ordering::Relaxed);
-        self.up.store(up, Ordering::Relaxed);
+        self.up.store(up, Ordering::Release);
+        // A read failed on it while this check ran: the suspicion wins over this check.
+        if up && self.suspicions() != seen {
+            self.up.store(false, Ordering::Release);
+        }
     }
 
     /// A read failed on this replica (no connection, no answer): down now, back after the
     /// monitor's good checks.
     pub(crate) fn suspect(&self) {
-        self.up.store(false, Ordering::Relaxed);
-        self.suspicions.fetch_add(1, Ordering::Relaxed);
+        self.up.store(false, Ordering::Release);
+        self.suspected_at_ms.store(now_ms(), Ordering::Relaxed);
+        self.suspicions.fetch_add(1, Ordering::AcqRel);
     }
 
     /// How many times [`Health::suspect`] was called.
@@ -116,7 +139,16 @@ impl Health {
     }
 
     fn usable(&self) -> bool {
-        self.up.load(Ordering::Relaxed) && !self.over_lag.load(Ordering::Relaxed)
+        self.is_up() && !self.over_lag.load(Ordering::Relaxed)
+    }
+
+    /// Up, or suspected longer than [`SUSPICION`] ago with no monitor verdict since.
+    fn is_up(&self) -> bool {
+        if self.up.load(Ordering::Acquire) {
+            return true;
+        }
+        let at = self.suspected_at_ms.load(Ordering::Relaxed);
+        at != 0 && now_ms().saturating_sub(at) >= SUSPICION.as_millis() as u64
     }
 
     fn has_replayed(&self, required: Option<Lsn>) -> bool {
@@ -178,7 +210,7 @@ impl Picker {
             }
         };
         found.ok_or_else(|| {
-            let up = |(i, h): (usize, &Health)| Some(i) != avoid && h.up.load(Ordering::Relaxed);
+            let up = |(i, h): (usize, &Health)| Some(i) != avoid && h.is_up();
             if !health.iter().enumerate().any(up) {
                 NoReplica::AllDown
             } else if health.iter().any(Health::usable) {
@@ -193,6 +225,30 @@ impl Picker {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_suspicion_lapses_unless_the_monitor_says_down() {
+        let h = Health::default();
+        h.suspect();
+        assert!(!h.status().up, "down at once");
+        // As if suspected 6 s ago, with no monitor verdict since: tried again.
+        h.suspected_at_ms.store(now_ms() - 6_000, Ordering::Relaxed);
+        assert!(h.status().up);
+        // The monitor's own verdict does not lapse.
+        h.set_down();
+        assert!(!h.status().up);
+    }
+
+    #[test]
+    fn a_suspicion_raised_during_a_good_check_wins() {
+        let h = Health::default();
+        let seen = h.suspicions();
+        h.suspect();
+        // The check began before the suspicion; its verdict must not bring the replica back.
+        assert_ne!(seen, h.suspicions());
+        h.set_position(Lsn(1), 0, 0, false, true, seen);
+        assert!(!h.status().up);
+    }
 
     fn healthy(n: usize) -> Vec<Health> {
         (0..n).map(|_| Health::default()).collect()
@@ -240,7 +296,7 @@ mod tests {
             Ok(1),
             "a kept choice that went down is replaced"
         );
-        h[1].set_position(Lsn(10), 9_000_000, 0, true, true);
+        h[1].set_position(Lsn(10), 9_000_000, 0, true, true, 0);
         assert_eq!(
             p.choose(ReplicaPolicy::RoundRobin, &h, None, None, None),
             Err(NoReplica::AllLagging)
@@ -260,8 +316,8 @@ mod tests {
     fn required_position_filters_replicas() {
         let p = Picker::default();
         let h = healthy(2);
-        h[0].set_position(Lsn(100), 0, 0, false, true);
-        h[1].set_position(Lsn(50), 50, 10, false, true);
+        h[0].set_position(Lsn(100), 0, 0, false, true, 0);
+        h[1].set_position(Lsn(50), 50, 10, false, true, 0);
         for _ in 0..4 {
             assert_eq!(
                 p.choose(ReplicaPolicy::RoundRobin, &h, Some(Lsn(80)), None, None),
@@ -278,9 +334,9 @@ mod tests {
     fn least_lag_takes_the_freshest_fit_replica() {
         let p = Picker::default();
         let h = healthy(3);
-        h[0].set_position(Lsn(90), 10, 5, false, true);
-        h[1].set_position(Lsn(99), 1, 1, false, true);
-        h[2].set_position(Lsn(100), 0, 0, false, true);
+        h[0].set_position(Lsn(90), 10, 5, false, true, 0);
+        h[1].set_position(Lsn(99), 1, 1, false, true, 0);
+        h[2].set_position(Lsn(100), 0, 0, false, true, 0);
         assert_eq!(
             p.choose(ReplicaPolicy::LeastLag, &h, None, None, None),
             Ok(2)

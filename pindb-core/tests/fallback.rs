@@ -199,6 +199,12 @@ fn server_errors_are_classified_by_sqlstate_and_message() {
             None,
         ),
         ("57014", "canceling statement due to user request", None),
+        ("P0001", "cannot go on during recovery, says my RAISE", None),
+        (
+            "40001",
+            "could not serialize access due to concurrent update",
+            None,
+        ),
     ];
     for (code, message, expected) in cases {
         assert_eq!(
@@ -240,4 +246,103 @@ async fn starting_the_monitor_twice_at_once_leaves_one_set_of_tasks() {
         "the second start replaced the first's tasks"
     );
     r.stop_monitor();
+}
+
+#[test]
+fn every_failure_is_counted_with_its_reason() {
+    use metrics_util::debugging::{DebugValue, DebuggingRecorder};
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    metrics::with_local_recorder(&recorder, || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        rt.block_on(scope(async {
+            let r = router(RouterMode::Greedy, 1);
+            let first = r.route_sql(CALL).unwrap();
+            r.reroute(first.index, ReplicaFailure::Refused, 0, CALL)
+                .unwrap();
+            r.reroute(first.index, ReplicaFailure::Unreachable, 0, "")
+                .unwrap();
+            r.reroute(first.index, ReplicaFailure::Timeout, 1, "")
+                .unwrap();
+        }));
+    });
+    // A snapshot drains the counters: one, searched for each reason.
+    let snapshot = snapshotter.snapshot().into_vec();
+    let counted = |reason: &str| {
+        snapshot
+            .iter()
+            .find(|(key, _, _, _)| {
+                key.key().name() == "pindb_replica_failures_total"
+                    && key
+                        .key()
+                        .labels()
+                        .any(|l| l.key() == "reason" && l.value() == reason)
+            })
+            .map(|(_, _, _, value)| value)
+    };
+    for reason in ["refused", "unreachable", "timeout"] {
+        assert_eq!(counted(reason), Some(&DebugValue::Counter(1)), "{reason}");
+    }
+    assert_eq!(counted("recovery-conflict"), None);
+}
+
+#[tokio::test]
+async fn a_busy_pool_or_a_slow_query_leaves_the_replica_in_rotation() {
+    let r = router(RouterMode::Strict, 1);
+    scope(async {
+        let first = r.route_sql("SELECT 1").unwrap();
+        let next = r
+            .reroute(first.index, ReplicaFailure::Busy, 0, "")
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            next.role,
+            Role::Replica,
+            "a saturated pool: another replica"
+        );
+        let status = r.topology().replica_status(first.alias).unwrap().unwrap();
+        assert!(status.up, "busy is not down");
+    })
+    .await;
+    scope(async {
+        let first = r.route_sql("SELECT 1").unwrap();
+        let next = r
+            .reroute(first.index, ReplicaFailure::Timeout, 0, "")
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            next.role,
+            Role::Master,
+            "a long query runs once more, on the master only"
+        );
+        let status = r.topology().replica_status(first.alias).unwrap().unwrap();
+        assert!(
+            status.up,
+            "the monitor, not one slow query, takes a replica out"
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_failed_read_on_a_named_replica_keeps_the_context_on_its_own() {
+    let r = router(RouterMode::Strict, 1);
+    scope(async {
+        let own = r.route_sql("SELECT 1").unwrap();
+        let other = if own.alias == "default-1" {
+            "default-2"
+        } else {
+            "default-1"
+        };
+        let named = r.topology().index_of(other).unwrap();
+        let next = r
+            .reroute(named, ReplicaFailure::Unreachable, 0, "")
+            .unwrap()
+            .unwrap();
+        assert_eq!(next.index, own.index, "back to the replica it reads from");
+        assert_eq!(r.route_sql("SELECT 2").unwrap().index, own.index);
+    })
+    .await;
 }

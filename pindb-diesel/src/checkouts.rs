@@ -549,6 +549,7 @@ pub(crate) fn after_attempt<T>(
     let failure = match &attempted {
         Attempted::Done(Ok(_)) => None,
         Attempted::Done(Err(e)) => replica_failure(e),
+        Attempted::CheckoutFailed(Error::PoolTimeout { .. }) => Some(ReplicaFailure::Busy),
         Attempted::CheckoutFailed(_) => Some(ReplicaFailure::Unreachable),
         Attempted::TimedOut => Some(ReplicaFailure::Timeout),
     };
@@ -565,9 +566,10 @@ pub(crate) fn after_attempt<T>(
         }
         None => Ok(None),
     };
-    let discard = matches!(
+    // A connection that failed, hung or was cancelled mid-statement is not reused.
+    let discard = !matches!(
         failure,
-        Some(ReplicaFailure::Unreachable | ReplicaFailure::Timeout)
+        None | Some(ReplicaFailure::Refused | ReplicaFailure::Busy)
     );
     match (rerouted, attempted) {
         (Err(refused), _) => Next::Return(Err(Error::Routing(refused).into())),

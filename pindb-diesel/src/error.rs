@@ -129,8 +129,15 @@ pub(crate) fn replica_failure(e: &diesel::result::Error) -> Option<ReplicaFailur
             let code = match kind {
                 Kind::ReadOnlyTransaction => "25006",
                 Kind::SerializationFailure => "40001",
-                Kind::ClosedConnection | Kind::UnableToSendCommand => {
-                    return Some(ReplicaFailure::Unreachable)
+                Kind::ClosedConnection => return Some(ReplicaFailure::Unreachable),
+                // Also a statement's own client-side fault (a bad parameter): only the
+                // connection's failures count.
+                Kind::UnableToSendCommand => {
+                    let message = info.message();
+                    let lost = ["connection", "communicating with the server", "broken pipe"]
+                        .iter()
+                        .any(|m| message.contains(m));
+                    return lost.then_some(ReplicaFailure::Unreachable);
                 }
                 _ => "",
             };

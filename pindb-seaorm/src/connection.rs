@@ -146,7 +146,7 @@ impl PinDb {
             let result = tokio::time::timeout(timeout, run(conn, stmt.clone())).await;
             let failure = match &result {
                 Ok(Ok(_)) => None,
-                Ok(Err(e)) => replica_failure(e),
+                Ok(Err(e)) => replica_failure(e).map(|f| self.busy_or(index, f)),
                 Err(_) => Some(ReplicaFailure::Timeout),
             };
             let next = match failure {
@@ -181,6 +181,17 @@ impl PinDb {
         };
         let route = router.route_shape(&shape).map_err(to_db_err)?;
         Ok(&self.inner.conns[route.index])
+    }
+
+    /// `failure`, unless the pool of `index` has every connection busy: then the replica is
+    /// fine and merely saturated.
+    fn busy_or(&self, index: usize, failure: ReplicaFailure) -> ReplicaFailure {
+        let pool = self.inner.conns[index].get_postgres_connection_pool();
+        let full = pool.size() >= pool.options().get_max_connections() && pool.num_idle() == 0;
+        match failure {
+            ReplicaFailure::Unreachable if full => ReplicaFailure::Busy,
+            failure => failure,
+        }
     }
 
     /// Read-only transactions may run on a replica; every other one runs on the master.

@@ -88,7 +88,6 @@ pub(crate) fn replica_failure(e: &DbErr) -> Option<ReplicaFailure> {
                 sea_orm::sqlx::Error::Io(_)
                 | sea_orm::sqlx::Error::PoolTimedOut
                 | sea_orm::sqlx::Error::PoolClosed
-                | sea_orm::sqlx::Error::Protocol(_)
                 | sea_orm::sqlx::Error::Tls(_) => Some(ReplicaFailure::Unreachable),
                 _ => None,
             }

@@ -17,7 +17,7 @@
 //! is known to be past it without a round trip.
 
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError};
 use std::time::Duration;
 
 use super::{Hint, Reason, Role, Route, Router};
@@ -34,10 +34,13 @@ pub enum ReplicaFailure {
     Refused,
     /// The standby cancelled the statement for a conflict with recovery.
     RecoveryConflict,
-    /// No connection: refused, reset, closed, or the checkout timed out.
+    /// No connection: refused, reset, closed, a connection attempt that failed or hung.
     Unreachable,
-    /// No answer within `reads.timeout_ms`.
+    /// No answer within `reads.timeout_ms`: a hung server, or just a long query.
     Timeout,
+    /// The replica's pool had no free connection in time (every connection busy): the
+    /// replica is fine, the read goes elsewhere.
+    Busy,
 }
 
 impl ReplicaFailure {
@@ -55,16 +58,15 @@ impl ReplicaFailure {
     /// assert_eq!(ReplicaFailure::from_server("42601", "syntax error at or near \"SELEC\""), None);
     /// ```
     pub fn from_server(sqlstate: &str, message: &str) -> Option<ReplicaFailure> {
-        if message.contains("conflict with recovery") {
-            return Some(ReplicaFailure::RecoveryConflict);
-        }
-        if sqlstate == "25006"
-            || message.contains("recovery is in progress")
-            || message.contains("during recovery")
-        {
-            return Some(ReplicaFailure::Refused);
-        }
+        // The message alone never decides: a user's `RAISE` may say anything (it is P0001).
+        let recovery =
+            message.contains("recovery is in progress") || message.contains("during recovery");
         match sqlstate {
+            "40001" | "40P01" | "57P04" if message.contains("conflict with recovery") => {
+                Some(ReplicaFailure::RecoveryConflict)
+            }
+            "25006" => Some(ReplicaFailure::Refused),
+            "55000" | "0A000" | "XX000" if recovery => Some(ReplicaFailure::Refused),
             // The server is going away (admin shutdown, crash, cannot connect now).
             "57P01" | "57P02" | "57P03" | "08000" | "08003" | "08006" | "08001" | "08004" => {
                 Some(ReplicaFailure::Unreachable)
@@ -80,6 +82,7 @@ impl ReplicaFailure {
             ReplicaFailure::RecoveryConflict => "recovery-conflict",
             ReplicaFailure::Unreachable => "unreachable",
             ReplicaFailure::Timeout => "timeout",
+            ReplicaFailure::Busy => "busy",
         }
     }
 }
@@ -117,46 +120,55 @@ impl Router {
                     ..route
                 }));
             }
-            ReplicaFailure::Unreachable | ReplicaFailure::Timeout => {
+            ReplicaFailure::Unreachable => {
                 set.health[r].suspect();
-                tracing::warn!(target: "pindb", %alias, reason = failure.as_str(), "pindb: a read failed on a replica; it is out of rotation until the monitor sees it healthy");
+                tracing::warn!(target: "pindb", %alias, "pindb: a read could not reach a replica; it is out of rotation until the monitor sees it healthy");
             }
-            ReplicaFailure::RecoveryConflict => {}
+            // Not the replica's fault, or not provably (a long query): it stays in rotation;
+            // the monitor takes out a replica that really hangs.
+            ReplicaFailure::Timeout | ReplicaFailure::RecoveryConflict | ReplicaFailure::Busy => {}
         }
-        let retries = self.inner.config.reads.retries;
+        // A statement that ran out of time goes to the master, not to another replica: a
+        // long query must not run on every replica in turn.
+        let retries = match failure {
+            ReplicaFailure::Timeout => 0,
+            _ => self.inner.config.reads.retries,
+        };
+        let policy = self.inner.config.replica_policy;
         let name = Arc::clone(&set.name);
         let other = with_current(|ctx| {
             let mut state = ctx.lock();
             let entry = state.set_mut(&name);
-            // The failed read counted one; more means the context read from it before.
-            if entry.replica_reads > 1 || entry.failed_over || attempt >= retries {
-                entry.failed_over = true;
-                return None;
+            let mine = entry.replica == Some((self.inner.id, r));
+            match entry.replica {
+                _ if entry.failed_over => None,
+                // The context reads from another replica: it stays there (monotonic).
+                Some((id, c)) if !mine && id == self.inner.id => {
+                    set.health[c].fit(entry.required).then_some(c)
+                }
+                // The failed read counted one; more means the context read from it before,
+                // and another replica may be behind what it read: the master.
+                _ if mine && entry.replica_reads > 1 || attempt >= retries => {
+                    entry.failed_over = mine || entry.replica_reads > 0;
+                    None
+                }
+                _ => {
+                    let required = entry.required;
+                    let i = set
+                        .picker
+                        .choose(policy, &set.health, required, None, Some(r))
+                        .ok()?;
+                    entry.replica = Some((self.inner.id, i));
+                    entry.replica_reads = 1;
+                    Some(i)
+                }
             }
-            let required = entry.required;
-            let i = set.picker.choose(
-                self.inner.config.replica_policy,
-                &set.health,
-                required,
-                None,
-                Some(r),
-            );
-            let i = i.ok()?;
-            entry.replica = Some((self.inner.id, i));
-            entry.replica_reads = 1;
-            Some(i)
         })
         .unwrap_or_else(|| {
             (attempt < retries)
                 .then(|| {
                     set.picker
-                        .choose(
-                            self.inner.config.replica_policy,
-                            &set.health,
-                            None,
-                            None,
-                            Some(r),
-                        )
+                        .choose(policy, &set.health, None, None, Some(r))
                         .ok()
                 })
                 .flatten()
@@ -177,8 +189,29 @@ impl Router {
     /// in `pindb_unreachable_total`.
     pub async fn diagnose(&self, index: usize) -> Option<PinDbError> {
         let db = &self.inner.topology.databases()[index];
-        let timeout = Duration::from_millis(self.inner.config.monitor.check_timeout_ms);
-        let cause = crate::probe::diagnose(db, timeout).await?;
+        let recent = |entry: &Option<(std::time::Instant, Option<String>)>| {
+            entry
+                .as_ref()
+                .filter(|(at, _)| at.elapsed() < Duration::from_secs(1))
+                .map(|(_, cause)| cause.clone())
+        };
+        let cached = recent(
+            &self.inner.diagnosed[index]
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner),
+        );
+        let cause = match cached {
+            Some(cause) => cause,
+            None => {
+                let timeout = Duration::from_millis(self.inner.config.monitor.check_timeout_ms);
+                let cause = crate::probe::diagnose(db, timeout).await;
+                *self.inner.diagnosed[index]
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner) =
+                    Some((std::time::Instant::now(), cause.clone()));
+                cause
+            }
+        }?;
         metrics::counter!("pindb_unreachable_total", "alias" => db.alias.clone()).increment(1);
         let now = self.inner.started.elapsed().as_millis() as u64;
         let last = &self.inner.unreachable_logged[index];

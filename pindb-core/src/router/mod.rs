@@ -34,6 +34,9 @@ pub use fallback::ReplicaFailure;
 pub use global::{db_for_read, db_for_write, get_replica, global, master, pin, unpinned_replica};
 pub use route::{Delegate, Hint, Operation, Reason, Role, Route, Shape};
 
+/// When a database was last diagnosed, and the cause found (`None`: it connected).
+type Diagnosis = (std::time::Instant, Option<String>);
+
 struct Inner {
     id: u64,
     config: Config,
@@ -48,6 +51,9 @@ struct Inner {
     /// When each database's unreachability was last logged (ms since `started`; `MAX`:
     /// never), to log once per outage rather than once per failed statement.
     unreachable_logged: Box<[AtomicU64]>,
+    /// Each database's last diagnosis and when it was made: failed checkouts within a
+    /// second share one connection attempt instead of storming a server that is down.
+    diagnosed: Box<[Mutex<Option<Diagnosis>>]>,
     started: std::time::Instant,
 }
 
@@ -141,6 +147,7 @@ impl Router {
                 delegates,
                 monitor: Mutex::new(Vec::new()),
                 unreachable_logged: (0..databases).map(|_| AtomicU64::new(u64::MAX)).collect(),
+                diagnosed: (0..databases).map(|_| Mutex::new(None)).collect(),
                 started: std::time::Instant::now(),
             }),
         })
@@ -232,15 +239,7 @@ impl Router {
     /// `explain` sees a statement, including one that a replica refused earlier.
     pub fn explain_sql(&self, sql: &str) -> Result<Route<'_>, PinDbError> {
         let shape = self.shape_of(sql);
-        let tables;
-        let hint = match shape.table.as_deref() {
-            Some(table) if self.has_delegates() => {
-                tables = [table];
-                Hint::tables(&tables)
-            }
-            _ => Hint::default(),
-        };
-        let route = self.explain(shape.op, &hint)?;
+        let route = self.with_hint(&shape, |hint| self.explain(shape.op, hint))?;
         Ok(match self.inner.statements.refused(sql) {
             true => Route {
                 reason: Reason::ReplicaRefused,
@@ -253,23 +252,23 @@ impl Router {
     /// [`Router::route_sql`] for a statement already classified (adapters that cache a
     /// [`Shape`] per statement type).
     pub fn route_shape(&self, shape: &Shape) -> Result<Route<'_>, PinDbError> {
-        let tables;
-        let hint = match shape.table.as_deref() {
-            Some(table) if self.has_delegates() => {
-                tables = [table];
-                Hint::tables(&tables)
-            }
-            _ => Hint::default(),
-        };
-        match shape.op {
-            Operation::Read => self.db_for_read(&hint),
-            Operation::Write => self.db_for_write(&hint),
+        self.with_hint(shape, |hint| match shape.op {
+            Operation::Read => self.db_for_read(hint),
+            Operation::Write => self.db_for_write(hint),
+        })
+    }
+
+    /// Calls `f` with the hint for `shape`: its table, only when delegates need one.
+    fn with_hint<R>(&self, shape: &Shape, f: impl FnOnce(&Hint<'_>) -> R) -> R {
+        match shape.table.as_deref() {
+            Some(table) if self.has_delegates() => f(&Hint::tables(&[table])),
+            _ => f(&Hint::default()),
         }
     }
 
     /// Where a read should go.
     pub fn db_for_read(&self, hint: &Hint<'_>) -> Result<Route<'_>, PinDbError> {
-        let route = self.read_route(hint)?;
+        let route = self.read_route(hint, true)?;
         trace(Operation::Read, &route);
         Ok(route)
     }
@@ -302,7 +301,7 @@ impl Router {
     /// The decision `db_for_read`/`db_for_write` would make, without pinning anything.
     pub fn explain(&self, op: Operation, hint: &Hint<'_>) -> Result<Route<'_>, PinDbError> {
         match op {
-            Operation::Read => self.read_route(hint),
+            Operation::Read => self.read_route(hint, false),
             Operation::Write => self.write_route(hint, false),
         }
     }
@@ -357,8 +356,8 @@ impl Router {
         let s = self.inner.topology.managed_set(alias)?;
         let set = &self.inner.topology.set(s);
         let i = if self.inner.config.enabled {
-            with_current(|ctx| self.pick_replica(s, Some(&mut ctx.lock()), true))
-                .unwrap_or_else(|| self.pick_replica(s, None, true))
+            with_current(|ctx| self.pick_replica(s, Some(&mut ctx.lock()), true, false))
+                .unwrap_or_else(|| self.pick_replica(s, None, true, false))
                 .unwrap_or(set.master)
         } else {
             set.master
@@ -393,7 +392,8 @@ impl Router {
         self.route(self.inner.topology.set(set).master, Role::Master, reason)
     }
 
-    fn read_route(&self, hint: &Hint<'_>) -> Result<Route<'_>, PinDbError> {
+    /// `commit`: a read that will run (counted for monotonic reads), not an `explain`.
+    fn read_route(&self, hint: &Hint<'_>, commit: bool) -> Result<Route<'_>, PinDbError> {
         let enabled = self.inner.config.enabled;
         let s = match self.resolve(hint, Operation::Read)? {
             Target::Unmanaged(i) => return Ok(self.route(i, Role::Unmanaged, Reason::Unmanaged)),
@@ -415,17 +415,22 @@ impl Router {
                 // The guard accepts stale reads: positions are not required, health still is.
                 Some(GuardKind::UnpinnedReplica) => (
                     Reason::ReplicaGuard,
-                    Some(self.pick_replica(s, Some(&mut state), false)),
+                    Some(self.pick_replica(s, Some(&mut state), false, commit)),
                 ),
                 None if state.is_pinned(name) => (Reason::Pinned, None),
                 None if state.store_unavailable => (Reason::StoreUnavailable, None),
                 None => (
                     Reason::Replica,
-                    Some(self.pick_replica(s, Some(&mut state), true)),
+                    Some(self.pick_replica(s, Some(&mut state), true, commit)),
                 ),
             }
         })
-        .unwrap_or_else(|| (Reason::Replica, Some(self.pick_replica(s, None, true))));
+        .unwrap_or_else(|| {
+            (
+                Reason::Replica,
+                Some(self.pick_replica(s, None, true, commit)),
+            )
+        });
         Ok(match pick {
             None => self.master_route(s, reason),
             Some(Ok(i)) => self.route(i, Role::Replica, reason),
@@ -491,6 +496,7 @@ impl Router {
         s: usize,
         state: Option<&mut State>,
         honor_required: bool,
+        count: bool,
     ) -> Result<usize, NoReplica> {
         let set = &self.inner.topology.set(s);
         let policy = self.inner.config.replica_policy;
@@ -515,11 +521,17 @@ impl Router {
         if keep.is_some_and(|k| k != i) && entry.replica_reads > 0 {
             // The replica it read from is no longer fit; another one may be behind what it
             // read, so its reads stay on the master (monotonic reads).
-            entry.failed_over = true;
+            if count {
+                entry.failed_over = true;
+            }
             return Err(NoReplica::FailedOver);
         }
-        entry.replica = Some((self.inner.id, i));
-        entry.replica_reads = entry.replica_reads.saturating_add(1);
+        if count || keep.is_none() {
+            entry.replica = Some((self.inner.id, i));
+        }
+        if count {
+            entry.replica_reads = entry.replica_reads.saturating_add(1);
+        }
         Ok(set.replicas[i])
     }
 }

@@ -461,15 +461,18 @@ impl AsyncConnectionCore for PinDbConnection {
             Err(e) => return ready(Err(e)),
         };
         if let Some(index) = self.slots.replica_read(router, &slot) {
-            return match statement::to_owned(&query, self.alias(index)) {
-                Err(e) => ready(Err(e)),
+            match statement::to_owned(&query, self.alias(index)) {
                 Ok(OwnedQuery::Static(owned)) => {
-                    self.read_with_fallback(index, Load(owned)).boxed()
+                    return self.read_with_fallback(index, Load(owned)).boxed()
                 }
                 Ok(OwnedQuery::Dynamic(owned)) => {
-                    self.read_with_fallback(index, Load(owned)).boxed()
+                    return self.read_with_fallback(index, Load(owned)).boxed()
                 }
-            };
+                // A custom type is looked up on a connection: with one held, the statement
+                // runs there as before, without a fallback.
+                Err(_) if matches!(slot, Slot::Held) => {}
+                Err(e) => return ready(Err(e)),
+            }
         }
         match slot {
             Slot::Held => match self.slots.get() {
@@ -499,15 +502,18 @@ impl AsyncConnectionCore for PinDbConnection {
             Err(e) => return ready(Err(e)),
         };
         if let Some(index) = self.slots.replica_read(router, &slot) {
-            return match statement::to_owned(&source, self.alias(index)) {
-                Err(e) => ready(Err(e)),
+            match statement::to_owned(&source, self.alias(index)) {
                 Ok(OwnedQuery::Static(owned)) => {
-                    self.read_with_fallback(index, Execute(owned)).boxed()
+                    return self.read_with_fallback(index, Execute(owned)).boxed()
                 }
                 Ok(OwnedQuery::Dynamic(owned)) => {
-                    self.read_with_fallback(index, Execute(owned)).boxed()
+                    return self.read_with_fallback(index, Execute(owned)).boxed()
                 }
-            };
+                // A custom type is looked up on a connection: with one held, the statement
+                // runs there as before, without a fallback.
+                Err(_) if matches!(slot, Slot::Held) => {}
+                Err(e) => return ready(Err(e)),
+            }
         }
         match slot {
             Slot::Held => match self.slots.get() {

@@ -141,10 +141,23 @@ impl PinDb {
     pub(crate) async fn checkout(&self, index: usize) -> Result<Pooled, Error> {
         let (pool, db) = self.inner.pool_for_checkout(index);
         pool.get_owned().await.map_err(|e| match e {
-            bb8::RunError::TimedOut => Error::PoolTimeout {
-                alias: db.alias.clone(),
-                timeout: db.pool.connect_timeout,
-            },
+            // Every connection busy: the pool is exhausted, the server may be fine.
+            bb8::RunError::TimedOut
+                if pool.state().connections >= db.pool.max_size
+                    && pool.state().idle_connections == 0 =>
+            {
+                Error::PoolTimeout {
+                    alias: db.alias.clone(),
+                    timeout: db.pool.connect_timeout,
+                }
+            }
+            bb8::RunError::TimedOut => Error::connect(
+                db,
+                format!(
+                    "no connection could be made within {:?}",
+                    db.pool.connect_timeout
+                ),
+            ),
             bb8::RunError::User(e) => Error::connect(
                 db,
                 match e {

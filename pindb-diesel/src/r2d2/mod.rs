@@ -125,18 +125,27 @@ impl PinDb {
         // if a connection attempt failed (else the pool was busy).
         pool.get().map_err(|e| {
             let message = e.to_string();
-            match message.split_once(": ") {
-                Some((_, cause)) => Error::Routing(PinDbError::Unreachable {
-                    alias: db.alias.clone(),
-                    role: role_of(db),
-                    url: db.redacted_url(),
-                    cause: cause.to_owned(),
-                }),
-                None => Error::PoolTimeout {
-                    alias: db.alias.clone(),
-                    timeout: db.pool.connect_timeout,
-                },
-            }
+            let state = pool.state();
+            let cause = match message.split_once(": ") {
+                Some((_, cause)) => cause.to_owned(),
+                // Every connection busy: the pool is exhausted, the server may be fine.
+                None if state.connections >= db.pool.max_size && state.idle_connections == 0 => {
+                    return Error::PoolTimeout {
+                        alias: db.alias.clone(),
+                        timeout: db.pool.connect_timeout,
+                    };
+                }
+                None => format!(
+                    "no connection could be made within {:?}",
+                    db.pool.connect_timeout
+                ),
+            };
+            Error::Routing(PinDbError::Unreachable {
+                alias: db.alias.clone(),
+                role: role_of(db),
+                url: db.redacted_url(),
+                cause,
+            })
         })
     }
 }
