@@ -21,10 +21,10 @@ use std::sync::{Arc, Mutex};
 
 use diesel::connection::{CacheSize, Instrumentation, InstrumentationEvent};
 use diesel::result::QueryResult;
-use pindb_core::adapter::{Membership, ReplicaFailure, Shape};
-use pindb_core::{Hint, Operation, PinDbError, Router};
+use pindb_core::adapter::{Membership, Shape};
+use pindb_core::{Hint, Operation, Router};
 
-use crate::error::{replica_failure, Error};
+use crate::error::Error;
 
 /// What the routed connection needs from a pooled connection, async or sync.
 pub(crate) trait Held {
@@ -514,87 +514,148 @@ impl<C: Held> Checkouts<C> {
     }
 }
 
-/// What one attempt of a read on a replica came to.
-pub(crate) enum Attempted<T> {
-    /// It ran: its result.
-    Done(QueryResult<T>),
-    /// No connection could be checked out.
-    CheckoutFailed(Error),
-    /// No answer within `reads.timeout_ms`.
-    TimedOut,
-}
+#[cfg(test)]
+mod tests {
+    //! The rules of one routed connection, without a database: a fake pooled connection
+    //! records what was done to it.
 
-/// What follows an attempt on the database at `index`.
-pub(crate) enum Next<T> {
-    /// Hand this to the caller.
-    Return(QueryResult<T>),
-    /// Run the statement again on the database at `index` (the failed connection, if it
-    /// failed or hung, must be discarded first: `discard`).
-    Retry { index: usize, discard: bool },
-    /// The checkout failed and nowhere else can serve: ask pindb-core what really happened.
-    Diagnose(Error),
-}
+    use std::sync::atomic::AtomicBool;
 
-/// The fallback of a read outside a transaction, shared by the async and sync connections:
-/// the failure is classified here and pindb-core's `Router::reroute` says where it goes next
-/// (another replica, the master, or nowhere). `tries`: retries so far. `sql`: the statement,
-/// rendered only when a replica refused it (pindb-core remembers it).
-pub(crate) fn after_attempt<T>(
-    router: &Router,
-    index: usize,
-    attempted: Attempted<T>,
-    tries: u32,
-    sql: impl FnOnce() -> String,
-) -> Next<T> {
-    let failure = match &attempted {
-        Attempted::Done(Ok(_)) => None,
-        Attempted::Done(Err(e)) => replica_failure(e),
-        Attempted::CheckoutFailed(Error::PoolTimeout { .. }) => Some(ReplicaFailure::Busy),
-        Attempted::CheckoutFailed(_) => Some(ReplicaFailure::Unreachable),
-        Attempted::TimedOut => Some(ReplicaFailure::Timeout),
-    };
-    let rerouted = match failure {
-        Some(failure) => {
-            let sql = if failure == ReplicaFailure::Refused {
-                sql()
-            } else {
-                String::new()
-            };
-            router
-                .reroute(index, failure, tries, &sql)
-                .map(|route| route.map(|r| r.index))
-        }
-        None => Ok(None),
-    };
-    // A connection that failed, hung or was cancelled mid-statement is not reused.
-    let discard = !matches!(
-        failure,
-        None | Some(ReplicaFailure::Refused | ReplicaFailure::Busy)
-    );
-    match (rerouted, attempted) {
-        (Err(refused), _) => Next::Return(Err(Error::Routing(refused).into())),
-        (Ok(Some(next)), _) => Next::Retry {
-            index: next,
-            discard,
-        },
-        (Ok(None), Attempted::Done(result)) => Next::Return(result),
-        (Ok(None), Attempted::CheckoutFailed(e)) => Next::Diagnose(e),
-        (Ok(None), Attempted::TimedOut) => {
-            let alias = router.topology().databases()[index].alias.clone();
-            Next::Return(Err(Error::ReadTimeout {
-                alias,
-                timeout: router.config().reads.timeout(),
-            }
-            .into()))
-        }
+    use pindb_core::{scope, Config, RouterMode};
+
+    use super::*;
+
+    #[derive(Default)]
+    struct Fake {
+        poisoned: Arc<AtomicBool>,
+        depth: u32,
     }
-}
 
-/// A checkout of the database at `index` failed: [`PinDbError::Unreachable`] when pindb's own
-/// fresh connection fails too (with what really happened), else the pool's own error.
-pub(crate) fn checkout_error(diagnosed: Option<PinDbError>, e: Error) -> diesel::result::Error {
-    match diagnosed {
-        Some(unreachable) => Error::Routing(unreachable).into(),
-        None => e.into(),
+    impl Held for Fake {
+        fn poison(&mut self) {
+            self.poisoned.store(true, Ordering::Release);
+        }
+        fn depth(&mut self) -> QueryResult<Option<std::num::NonZeroU32>> {
+            Ok(std::num::NonZeroU32::new(self.depth))
+        }
+        fn set_cache(&mut self, _: CacheSize) {}
+        fn set_events(&mut self, _: Option<Forward>) {}
+    }
+
+    fn router() -> Router {
+        let mut config =
+            Config::single_set("postgres://m@127.0.0.1:1/a", ["postgres://r@127.0.0.1:2/a"]);
+        config.router = RouterMode::Greedy;
+        Router::new(config).unwrap()
+    }
+
+    const READ: Operation = Operation::Read;
+
+    #[tokio::test]
+    async fn a_statement_runs_on_the_held_connection_only_when_it_is_the_right_one() {
+        let r = router();
+        scope(async {
+            let mut slots = Checkouts::<Fake>::new();
+            let replica = match slots.decide(&r, &Shape::of(READ)).unwrap() {
+                Slot::Checkout(i) => i,
+                Slot::Held => panic!("nothing is held yet"),
+            };
+            assert_eq!(
+                slots.replica_read(&r, &Slot::Checkout(replica)),
+                Some(replica)
+            );
+            slots.hold(replica, "default-1", Fake::default());
+            assert!(matches!(
+                slots.decide(&r, &Shape::of(READ)).unwrap(),
+                Slot::Held
+            ));
+            // A write needs the master: another checkout, after giving this one back.
+            let write = slots.decide(&r, &Shape::of(Operation::Write)).unwrap();
+            assert!(matches!(write, Slot::Checkout(i) if i != replica));
+            assert_eq!(
+                slots.replica_read(&r, &write),
+                None,
+                "the master is no fallback read"
+            );
+        })
+        .await;
+    }
+
+    #[tokio::test]
+    async fn inside_a_transaction_everything_stays_on_its_connection_and_nothing_falls_back() {
+        let r = router();
+        scope(async {
+            let mut slots = Checkouts::<Fake>::new();
+            let master = match slots.decide_begin(&r).unwrap() {
+                Slot::Checkout(i) => i,
+                Slot::Held => panic!("nothing is held yet"),
+            };
+            slots.hold(
+                master,
+                "default",
+                Fake {
+                    depth: 1,
+                    ..Fake::default()
+                },
+            );
+            slots.start_transaction();
+            let read = slots.decide(&r, &Shape::of(READ)).unwrap();
+            assert!(matches!(read, Slot::Held));
+            assert_eq!(
+                slots.replica_read(&r, &read),
+                None,
+                "never retried in a transaction"
+            );
+        })
+        .await;
+    }
+
+    #[tokio::test]
+    async fn an_abandoned_transaction_is_poisoned_and_never_reused() {
+        let r = router();
+        scope(async {
+            let mut slots = Checkouts::<Fake>::new();
+            let poisoned = Arc::new(AtomicBool::new(false));
+            let master = r.topology().index_of("default").unwrap();
+            slots.hold(
+                master,
+                "default",
+                Fake {
+                    poisoned: Arc::clone(&poisoned),
+                    depth: 1,
+                },
+            );
+            let scope_guard = slots.enter_scope();
+            slots.start_transaction();
+            drop(scope_guard); // the transaction future was dropped mid-way
+            assert!(
+                slots.decide(&r, &Shape::of(READ)).is_ok(),
+                "routes normally again"
+            );
+            assert!(poisoned.load(Ordering::Acquire), "the pool discards it");
+            assert!(!slots.in_transaction());
+        })
+        .await;
+    }
+
+    #[tokio::test]
+    async fn a_failed_connection_is_discarded_not_given_back() {
+        let r = router();
+        scope(async {
+            let mut slots = Checkouts::<Fake>::new();
+            let poisoned = Arc::new(AtomicBool::new(false));
+            slots.hold(
+                1,
+                "default-1",
+                Fake {
+                    poisoned: Arc::clone(&poisoned),
+                    depth: 0,
+                },
+            );
+            slots.discard();
+            assert!(poisoned.load(Ordering::Acquire));
+            assert!(!slots.holds(1));
+        })
+        .await;
     }
 }

@@ -36,6 +36,7 @@ pub use pindb_core;
 pub mod bb8;
 mod checkouts;
 mod error;
+mod fallback;
 mod pools;
 #[cfg(feature = "r2d2")]
 #[cfg_attr(docsrs, doc(cfg(feature = "r2d2")))]

@@ -78,20 +78,21 @@ use diesel::query_builder::{AsQuery, QueryFragment, QueryId};
 use diesel::result::QueryResult;
 use diesel::{ConnectionError, ConnectionResult};
 use diesel_async::{
-    AnsiTransactionManager, AsyncConnection, AsyncConnectionCore, AsyncPgConnection,
-    SimpleAsyncConnection, TransactionManager,
+    AsyncConnection, AsyncConnectionCore, AsyncPgConnection, SimpleAsyncConnection,
 };
 use futures_util::future::BoxFuture;
-use futures_util::{FutureExt, StreamExt};
+use futures_util::FutureExt;
 use pindb_core::adapter::Shape;
-use pindb_core::{Operation, Router};
+use pindb_core::Operation;
 
 use super::{PinDb, Pooled};
-use crate::checkouts::{
-    after_attempt, checkout_error, Attempted, Checkouts, Forward, Held, Next, Slot,
-};
+use crate::checkouts::{Checkouts, Forward, Held, Slot};
 use crate::error::Error;
+use crate::fallback::{after_attempt, checkout_error, Attempted, Next};
 use crate::statement::{self, OwnedQuery};
+
+use super::attempt::{Attempt, Batch, Execute, Load};
+use super::transaction::{Ansi, RoutedTransactionManager, TransactionCallback};
 
 /// A routed diesel-async connection, from [`PinDb::get`]. Use it wherever an
 /// `AsyncPgConnection` goes: `RunQueryDsl`, `transaction`, `save_changes`...
@@ -111,10 +112,10 @@ use crate::statement::{self, OwnedQuery};
 /// # }
 /// ```
 pub struct PinDbConnection {
-    db: PinDb,
-    slots: Checkouts<Pooled>,
+    pub(super) db: PinDb,
+    pub(super) slots: Checkouts<Pooled>,
     /// The status reported when no transaction is open.
-    idle: TransactionManagerStatus,
+    pub(super) idle: TransactionManagerStatus,
 }
 
 impl std::fmt::Debug for PinDbConnection {
@@ -221,7 +222,7 @@ impl PinDbConnection {
     /// Gives the held connection back, then checks out one of the database at `index`: never
     /// waits for a pool while holding another pool's connection. A failed checkout says
     /// whether the server is unreachable and why.
-    async fn hold(&mut self, index: usize) -> QueryResult<&mut Pooled> {
+    pub(super) async fn hold(&mut self, index: usize) -> QueryResult<&mut Pooled> {
         match self.try_hold(index).await {
             Ok(()) => self.slots.get(),
             Err(e) => Err(checkout_error(self.db.router().diagnose(index).await, e)),
@@ -308,7 +309,7 @@ impl PinDbConnection {
         &self.db.router().topology().databases()[index].alias
     }
 
-    fn status_mut(&mut self) -> &mut TransactionManagerStatus {
+    pub(super) fn status_mut(&mut self) -> &mut TransactionManagerStatus {
         self.slots.discard_abandoned();
         match self.slots.tx_conn() {
             Some(conn) => Ansi::transaction_manager_status_mut(conn),
@@ -361,78 +362,6 @@ impl SimpleAsyncConnection for PinDbConnection {
             self.hold(index).await?;
         }
         self.slots.get()?.batch_execute(query).await
-    }
-}
-
-/// A statement that may run more than once (on a replica, then elsewhere): it owns what it
-/// runs, and renders its SQL only when pindb-core must remember it.
-trait Attempt: Send + Sync {
-    type Output: Send;
-    fn run<'c>(&'c self, conn: &'c mut Pooled) -> BoxFuture<'c, QueryResult<Self::Output>>;
-    /// A replica refused it: its SQL, for pindb-core to remember (and its cached shape is
-    /// forgotten).
-    fn refused(&self, router: &Router) -> String;
-}
-
-/// `load`: the first row is awaited here, because a standby refuses a statement (and a
-/// hung one hangs) only when it runs, after the query was sent.
-struct Load<Q>(Q);
-/// `execute_returning_count`.
-struct Execute<Q>(Q);
-/// `batch_execute`.
-struct Batch(String);
-
-type Rows = <AsyncPgConnection as AsyncConnectionCore>::Stream<'static, 'static>;
-
-impl<Q> Attempt for Load<Q>
-where
-    Q: diesel::query_builder::Query + QueryFragment<Pg> + QueryId + Send + Sync,
-{
-    type Output = Rows;
-
-    fn run<'c>(&'c self, conn: &'c mut Pooled) -> BoxFuture<'c, QueryResult<Rows>> {
-        async move {
-            let mut rows = AsyncConnectionCore::load(&mut **conn, &self.0).await?;
-            Ok(match rows.next().await {
-                Some(Err(e)) => return Err(e),
-                Some(Ok(first)) => futures_util::stream::once(std::future::ready(Ok(first)))
-                    .chain(rows)
-                    .boxed(),
-                None => futures_util::stream::empty().boxed(),
-            })
-        }
-        .boxed()
-    }
-
-    fn refused(&self, router: &Router) -> String {
-        statement::refused(&self.0, router)
-    }
-}
-
-impl<Q> Attempt for Execute<Q>
-where
-    Q: QueryFragment<Pg> + QueryId + Send + Sync,
-{
-    type Output = usize;
-
-    fn run<'c>(&'c self, conn: &'c mut Pooled) -> BoxFuture<'c, QueryResult<usize>> {
-        AsyncConnectionCore::execute_returning_count(&mut **conn, &self.0)
-    }
-
-    fn refused(&self, router: &Router) -> String {
-        statement::refused(&self.0, router)
-    }
-}
-
-impl Attempt for Batch {
-    type Output = ();
-
-    fn run<'c>(&'c self, conn: &'c mut Pooled) -> BoxFuture<'c, QueryResult<()>> {
-        conn.batch_execute(&self.0).boxed()
-    }
-
-    fn refused(&self, _: &Router) -> String {
-        self.0.clone()
     }
 }
 
@@ -559,154 +488,6 @@ impl AsyncConnection for PinDbConnection {
     /// goes back to its pool with the default restored).
     fn set_prepared_statement_cache_size(&mut self, size: CacheSize) {
         self.slots.set_cache_size(size);
-    }
-}
-
-/// The callback of a transaction, with its future named so it can be required `Send`: the
-/// same shape as diesel-async's own bound (which cannot be named outside diesel-async).
-/// Every `async |conn| { .. }` closure implements it.
-pub trait TransactionCallback<T, R>:
-    AsyncFnOnce(T) -> R + FnOnce(T) -> <Self as TransactionCallback<T, R>>::Fut
-{
-    /// The future the callback returns.
-    type Fut: Future<Output = R>;
-}
-
-impl<F, T, Fut, R> TransactionCallback<T, R> for F
-where
-    F: AsyncFnOnce(T) -> R + FnOnce(T) -> Fut,
-    Fut: Future<Output = R>,
-{
-    type Fut = Fut;
-}
-
-/// Runs transactions on the master (checked out lazily by `begin`), forwarding to diesel's
-/// `AnsiTransactionManager` on that connection. Strict router: beginning a transaction on an
-/// unpinned set is an `UnpinnedWrite` error; greedy: it pins the set.
-///
-/// A `transaction(..)` whose future is dropped (a timeout, a client that went away,
-/// `select!`) or whose closure panics leaves nothing behind: the next call on the routed
-/// connection discards the connection that held it (the server rolls it back) and routes
-/// normally again; an enclosing transaction, if any, fails with
-/// [`Error::TransactionAbandoned`](crate::Error::TransactionAbandoned).
-#[derive(Debug, Default, Clone, Copy)]
-pub struct RoutedTransactionManager;
-
-/// diesel-async's transaction manager, on a pooled `AsyncPgConnection`.
-struct Ansi;
-
-impl Ansi {
-    fn transaction_manager_status_mut(conn: &mut Pooled) -> &mut TransactionManagerStatus {
-        <AnsiTransactionManager as TransactionManager<AsyncPgConnection>>::transaction_manager_status_mut(conn)
-    }
-    async fn begin_transaction(conn: &mut Pooled) -> QueryResult<()> {
-        <AnsiTransactionManager as TransactionManager<AsyncPgConnection>>::begin_transaction(conn)
-            .await
-    }
-    async fn commit_transaction(conn: &mut Pooled) -> QueryResult<()> {
-        <AnsiTransactionManager as TransactionManager<AsyncPgConnection>>::commit_transaction(conn)
-            .await
-    }
-    async fn rollback_transaction(conn: &mut Pooled) -> QueryResult<()> {
-        <AnsiTransactionManager as TransactionManager<AsyncPgConnection>>::rollback_transaction(
-            conn,
-        )
-        .await
-    }
-}
-
-impl RoutedTransactionManager {
-    /// diesel-async's transaction loop, inside a scope guard that marks the transaction
-    /// abandoned if this future is dropped or the callback panics before it ends.
-    fn run<'a, 'conn, R, E, F>(
-        conn: &'conn mut PinDbConnection,
-        set: Option<String>,
-        callback: F,
-    ) -> impl Future<Output = Result<R, E>> + Send + 'conn
-    where
-        for<'r> F: AsyncFnOnce(&'r mut PinDbConnection) -> Result<R, E>
-            + TransactionCallback<&'r mut PinDbConnection, Result<R, E>, Fut: Send>
-            + Send
-            + 'a,
-        E: From<diesel::result::Error> + Send,
-        R: Send,
-        'a: 'conn,
-    {
-        async move {
-            conn.slots.recover()?;
-            if let Some(set) = set {
-                conn.slots.set_next_transaction(set);
-            }
-            let scope = conn.slots.enter_scope();
-            let result = async {
-                Self::begin_transaction(conn).await?;
-                match callback(&mut *conn).await {
-                    Ok(value) => {
-                        Self::commit_transaction(conn).await?;
-                        Ok(value)
-                    }
-                    Err(user_error) => match Self::rollback_transaction(conn).await {
-                        Ok(()) | Err(diesel::result::Error::BrokenTransactionManager) => {
-                            Err(user_error)
-                        }
-                        Err(rollback_error) => Err(rollback_error.into()),
-                    },
-                }
-            }
-            .await;
-            scope.finish();
-            result
-        }
-    }
-}
-
-impl TransactionManager<PinDbConnection> for RoutedTransactionManager {
-    type TransactionStateData = TransactionManagerStatus;
-
-    async fn begin_transaction(conn: &mut PinDbConnection) -> QueryResult<()> {
-        if let Slot::Checkout(index) = conn.slots.decide_begin(conn.db.router())? {
-            conn.hold(index).await?;
-        }
-        // Marked before BEGIN is sent: dropped while in flight, the connection is poisoned.
-        conn.slots.start_transaction();
-        let result = Ansi::begin_transaction(conn.slots.get()?).await;
-        conn.slots.settle();
-        result
-    }
-
-    async fn rollback_transaction(conn: &mut PinDbConnection) -> QueryResult<()> {
-        let Some(tx) = conn.slots.for_rollback()? else {
-            return Ok(());
-        };
-        let result = Ansi::rollback_transaction(tx).await;
-        conn.slots.settle();
-        result
-    }
-
-    async fn commit_transaction(conn: &mut PinDbConnection) -> QueryResult<()> {
-        let result = Ansi::commit_transaction(conn.slots.for_commit()?).await;
-        conn.slots.settle();
-        result
-    }
-
-    fn transaction_manager_status_mut(conn: &mut PinDbConnection) -> &mut TransactionManagerStatus {
-        conn.status_mut()
-    }
-
-    fn transaction<'a, 'conn, F, R, E>(
-        conn: &'conn mut PinDbConnection,
-        callback: F,
-    ) -> impl Future<Output = Result<R, E>> + Send + 'conn
-    where
-        for<'r> F: AsyncFnOnce(&'r mut PinDbConnection) -> Result<R, E>
-            + TransactionCallback<&'r mut PinDbConnection, Result<R, E>, Fut: Send>
-            + Send
-            + 'a,
-        E: From<diesel::result::Error> + Send,
-        R: Send,
-        'a: 'conn,
-    {
-        Self::run(conn, None, callback)
     }
 }
 

@@ -16,11 +16,14 @@ use pindb_core::{Config, Hint, PinDbError, Router};
 use crate::error::Error;
 use crate::pools::Pools;
 
+mod attempt;
 mod connection;
 mod read_only;
+mod transaction;
 
-pub use connection::{PinDbConnection, RoutedTransactionManager};
+pub use connection::PinDbConnection;
 pub use read_only::{ReadOnlyQuery, ReplicaConnection};
+pub use transaction::{RoutedTransactionManager, TransactionCallback};
 
 /// A pooled `AsyncPgConnection`, as bb8 hands it out.
 pub type Pooled = bb8::PooledConnection<'static, AsyncDieselConnectionManager<AsyncPgConnection>>;

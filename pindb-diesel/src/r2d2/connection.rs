@@ -16,7 +16,8 @@ use pindb_core::adapter::{Membership, Shape};
 use pindb_core::Router;
 
 use super::{PinDb, Pooled};
-use crate::checkouts::{after_attempt, Attempted, Checkouts, Forward, Held, Next, Slot};
+use crate::checkouts::{Checkouts, Forward, Held, Slot};
+use crate::fallback::{after_attempt, Attempted, Next};
 use crate::statement;
 
 /// A routed sync diesel connection, from [`PinDb::get`]: `RunQueryDsl`, `transaction`

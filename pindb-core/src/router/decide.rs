@@ -1,0 +1,213 @@
+//! The decisions themselves: resolving a hint to a set (delegates, the alias table), then the
+//! read and write rules (guards, pins, strict or greedy, stickiness) and the replica choice.
+//! One uncontended lock on the context per decision; no I/O, no allocation after a set's
+//! first use in a context.
+
+use super::{Hint, Operation, Reason, Role, Route, Router};
+use crate::config::RouterMode;
+use crate::context::{with_current, GuardKind, PinOrigin, State};
+use crate::error::PinDbError;
+use crate::replica::NoReplica;
+use crate::topology::Target;
+
+impl Router {
+    pub(super) fn resolve(&self, hint: &Hint<'_>, op: Operation) -> Result<Target, PinDbError> {
+        if let Some(alias) = hint.alias {
+            return self.inner.topology.target(alias);
+        }
+        for delegate in &self.inner.delegates {
+            if let Some(alias) = delegate.route(hint, op) {
+                return self.inner.topology.target(alias);
+            }
+        }
+        Ok(self.inner.topology.default_target())
+    }
+
+    pub(super) fn route(&self, index: usize, role: Role, reason: Reason) -> Route<'_> {
+        let db = &self.inner.topology.databases()[index];
+        Route {
+            alias: &db.alias,
+            index,
+            set: db.set(),
+            role,
+            reason,
+        }
+    }
+
+    pub(super) fn master_route(&self, set: usize, reason: Reason) -> Route<'_> {
+        self.route(self.inner.topology.set(set).master, Role::Master, reason)
+    }
+
+    /// `commit`: a read that will run (counted for monotonic reads), not an `explain`.
+    pub(super) fn read_route(
+        &self,
+        hint: &Hint<'_>,
+        commit: bool,
+    ) -> Result<Route<'_>, PinDbError> {
+        let enabled = self.inner.config.enabled;
+        let s = match self.resolve(hint, Operation::Read)? {
+            Target::Unmanaged(i) => return Ok(self.route(i, Role::Unmanaged, Reason::Unmanaged)),
+            Target::Set(s) | Target::Replica { set: s, .. } if !enabled => {
+                return Ok(self.master_route(s, Reason::Disabled))
+            }
+            Target::Replica { set, replica } => {
+                let i = self.inner.topology.set(set).replicas[replica];
+                return Ok(self.route(i, Role::Replica, Reason::ExplicitReplica));
+            }
+            Target::Set(s) => s,
+        };
+        let name = &self.inner.topology.set(s).name;
+        // One lock for guard, pin, stickiness and the replica choice.
+        let (reason, pick) = with_current(|ctx| {
+            let mut state = ctx.lock();
+            match state.guard(name) {
+                Some(GuardKind::Master) => (Reason::MasterGuard, None),
+                // The guard accepts stale reads: positions are not required, health still is.
+                Some(GuardKind::UnpinnedReplica) => (
+                    Reason::ReplicaGuard,
+                    Some(self.pick_replica(s, Some(&mut state), false, commit)),
+                ),
+                None if state.is_pinned(name) => (Reason::Pinned, None),
+                None if state.store_unavailable => (Reason::StoreUnavailable, None),
+                None => (
+                    Reason::Replica,
+                    Some(self.pick_replica(s, Some(&mut state), true, commit)),
+                ),
+            }
+        })
+        .unwrap_or_else(|| {
+            (
+                Reason::Replica,
+                Some(self.pick_replica(s, None, true, commit)),
+            )
+        });
+        Ok(match pick {
+            None => self.master_route(s, reason),
+            Some(Ok(i)) => self.route(i, Role::Replica, reason),
+            Some(Err(no)) => {
+                let reason = fallback_reason(no);
+                metrics::counter!("pindb_replica_fallbacks_total", "reason" => reason.as_str())
+                    .increment(1);
+                self.master_route(s, reason)
+            }
+        })
+    }
+
+    pub(super) fn write_route(
+        &self,
+        hint: &Hint<'_>,
+        commit: bool,
+    ) -> Result<Route<'_>, PinDbError> {
+        let s = match self.resolve(hint, Operation::Write)? {
+            Target::Unmanaged(i) => return Ok(self.route(i, Role::Unmanaged, Reason::Unmanaged)),
+            Target::Set(s) | Target::Replica { set: s, .. } => s,
+        };
+        if !self.inner.config.enabled {
+            return Ok(self.master_route(s, Reason::Disabled));
+        }
+        let set = &self.inner.topology.set(s);
+        let strict = self.inner.config.router == RouterMode::Strict;
+        let refused = || PinDbError::UnpinnedWrite {
+            set: set.name.to_string(),
+        };
+        let reason = with_current(|ctx| {
+            let mut state = ctx.lock();
+            let guard = state.guard(&set.name);
+            match guard {
+                Some(GuardKind::Master) => Ok(Reason::MasterGuard),
+                None if state.is_pinned(&set.name) => {
+                    // A write to a set carried in from a cookie pins it anew: the client's
+                    // pin must outlive this write, not the earlier one.
+                    if commit {
+                        state.pin(&set.name, PinOrigin::New);
+                    }
+                    Ok(Reason::Pinned)
+                }
+                _ if strict => Err(refused()),
+                _ => {
+                    if commit {
+                        state.pin(&set.name, PinOrigin::New);
+                    }
+                    Ok(Reason::GreedyPin)
+                }
+            }
+        })
+        .unwrap_or_else(|| {
+            if strict {
+                Err(refused())
+            } else {
+                Ok(Reason::NoContextWrite)
+            }
+        })?;
+        Ok(self.master_route(s, reason))
+    }
+
+    /// The database index of the replica set `s` reads from: inside a context, chosen once
+    /// and kept while it stays fit (up, within lag limits and, with `honor_required`, past
+    /// the context's required position); outside, a fresh choice.
+    pub(super) fn pick_replica(
+        &self,
+        s: usize,
+        state: Option<&mut State>,
+        honor_required: bool,
+        count: bool,
+    ) -> Result<usize, NoReplica> {
+        let set = &self.inner.topology.set(s);
+        let policy = self.inner.config.replica_policy;
+        let Some(state) = state else {
+            return set
+                .picker
+                .choose(policy, &set.health, None, None, None)
+                .map(|i| set.replicas[i]);
+        };
+        let entry = state.set_mut(&set.name);
+        if entry.failed_over {
+            return Err(NoReplica::FailedOver);
+        }
+        let keep = entry
+            .replica
+            .filter(|(router, _)| *router == self.inner.id)
+            .map(|(_, i)| i);
+        let required = if honor_required { entry.required } else { None };
+        let i = set
+            .picker
+            .choose(policy, &set.health, required, keep, None)?;
+        if keep.is_some_and(|k| k != i) && entry.replica_reads > 0 {
+            // The replica it read from is no longer fit; another one may be behind what it
+            // read, so its reads stay on the master (monotonic reads).
+            if count {
+                entry.failed_over = true;
+            }
+            return Err(NoReplica::FailedOver);
+        }
+        if count || keep.is_none() {
+            entry.replica = Some((self.inner.id, i));
+        }
+        if count {
+            entry.replica_reads = entry.replica_reads.saturating_add(1);
+        }
+        Ok(set.replicas[i])
+    }
+}
+
+fn fallback_reason(no: NoReplica) -> Reason {
+    match no {
+        NoReplica::None => Reason::NoReplica,
+        NoReplica::AllDown => Reason::ReplicaDown,
+        NoReplica::AllLagging => Reason::LagFallback,
+        NoReplica::NotCaughtUp => Reason::NotCaughtUp,
+        NoReplica::FailedOver => Reason::ReplicaFailed,
+    }
+}
+
+pub(super) fn trace(op: Operation, route: &Route<'_>) {
+    tracing::debug!(
+        target: "pindb",
+        op = if op == Operation::Read { "read" } else { "write" },
+        set = route.set.unwrap_or(""),
+        alias = route.alias,
+        role = route.role.as_str(),
+        reason = route.reason.as_str(),
+        "pindb route"
+    );
+}

@@ -1,0 +1,94 @@
+//! The fallback of a read outside a transaction, shared by the bb8 and r2d2 connections:
+//! what an attempt on a replica came to, and what follows (pindb-core's `Router::reroute`
+//! decides where it goes next).
+
+use diesel::result::QueryResult;
+use pindb_core::adapter::ReplicaFailure;
+use pindb_core::{PinDbError, Router};
+
+use crate::error::{replica_failure, Error};
+
+/// What one attempt of a read on a replica came to.
+pub(crate) enum Attempted<T> {
+    /// It ran: its result.
+    Done(QueryResult<T>),
+    /// No connection could be checked out.
+    CheckoutFailed(Error),
+    /// No answer within `reads.timeout_ms`.
+    TimedOut,
+}
+
+/// What follows an attempt on the database at `index`.
+pub(crate) enum Next<T> {
+    /// Hand this to the caller.
+    Return(QueryResult<T>),
+    /// Run the statement again on the database at `index` (the failed connection, if it
+    /// failed or hung, must be discarded first: `discard`).
+    Retry { index: usize, discard: bool },
+    /// The checkout failed and nowhere else can serve: ask pindb-core what really happened.
+    Diagnose(Error),
+}
+
+/// The fallback of a read outside a transaction, shared by the async and sync connections:
+/// the failure is classified here and pindb-core's `Router::reroute` says where it goes next
+/// (another replica, the master, or nowhere). `tries`: retries so far. `sql`: the statement,
+/// rendered only when a replica refused it (pindb-core remembers it).
+pub(crate) fn after_attempt<T>(
+    router: &Router,
+    index: usize,
+    attempted: Attempted<T>,
+    tries: u32,
+    sql: impl FnOnce() -> String,
+) -> Next<T> {
+    let failure = match &attempted {
+        Attempted::Done(Ok(_)) => None,
+        Attempted::Done(Err(e)) => replica_failure(e),
+        Attempted::CheckoutFailed(Error::PoolTimeout { .. }) => Some(ReplicaFailure::Busy),
+        Attempted::CheckoutFailed(_) => Some(ReplicaFailure::Unreachable),
+        Attempted::TimedOut => Some(ReplicaFailure::Timeout),
+    };
+    let rerouted = match failure {
+        Some(failure) => {
+            let sql = if failure == ReplicaFailure::Refused {
+                sql()
+            } else {
+                String::new()
+            };
+            router
+                .reroute(index, failure, tries, &sql)
+                .map(|route| route.map(|r| r.index))
+        }
+        None => Ok(None),
+    };
+    // A connection that failed, hung or was cancelled mid-statement is not reused.
+    let discard = !matches!(
+        failure,
+        None | Some(ReplicaFailure::Refused | ReplicaFailure::Busy)
+    );
+    match (rerouted, attempted) {
+        (Err(refused), _) => Next::Return(Err(Error::Routing(refused).into())),
+        (Ok(Some(next)), _) => Next::Retry {
+            index: next,
+            discard,
+        },
+        (Ok(None), Attempted::Done(result)) => Next::Return(result),
+        (Ok(None), Attempted::CheckoutFailed(e)) => Next::Diagnose(e),
+        (Ok(None), Attempted::TimedOut) => {
+            let alias = router.topology().databases()[index].alias.clone();
+            Next::Return(Err(Error::ReadTimeout {
+                alias,
+                timeout: router.config().reads.timeout(),
+            }
+            .into()))
+        }
+    }
+}
+
+/// A checkout of the database at `index` failed: [`PinDbError::Unreachable`] when pindb's own
+/// fresh connection fails too (with what really happened), else the pool's own error.
+pub(crate) fn checkout_error(diagnosed: Option<PinDbError>, e: Error) -> diesel::result::Error {
+    match diagnosed {
+        Some(unreachable) => Error::Routing(unreachable).into(),
+        None => e.into(),
+    }
+}
