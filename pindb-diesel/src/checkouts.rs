@@ -640,7 +640,6 @@ mod tests {
 
     #[tokio::test]
     async fn a_failed_connection_is_discarded_not_given_back() {
-        let r = router();
         scope(async {
             let mut slots = Checkouts::<Fake>::new();
             let poisoned = Arc::new(AtomicBool::new(false));
