@@ -60,7 +60,13 @@ impl MasterTrack {
 }
 
 /// Starts one task per master and per replica. Returns their abort handles.
-pub(crate) fn spawn(topology: &Topology, settings: &MonitorSettings) -> Vec<AbortHandle> {
+/// `emulated`: replicas are their masters opened read-only (`emulate_replicas`): always
+/// caught up, never in recovery.
+pub(crate) fn spawn(
+    topology: &Topology,
+    settings: &MonitorSettings,
+    emulated: bool,
+) -> Vec<AbortHandle> {
     let mut handles = Vec::new();
     for set in topology.sets() {
         let (master, replicas, health) = (set.master, &set.replicas, &set.health);
@@ -85,6 +91,7 @@ pub(crate) fn spawn(topology: &Topology, settings: &MonitorSettings) -> Vec<Abor
                     Arc::clone(health),
                     r,
                     settings.clone(),
+                    emulated,
                 ))
                 .abort_handle(),
             );
@@ -134,7 +141,14 @@ async fn watch_replica(
     health: Arc<[Health]>,
     r: usize,
     settings: MonitorSettings,
+    emulated: bool,
 ) {
+    // An emulated replica is the master itself: its position is the master's.
+    let check = if emulated {
+        "SELECT true, pg_current_wal_lsn()::text"
+    } else {
+        "SELECT pg_is_in_recovery(), pg_last_wal_replay_lsn()::text"
+    };
     let mut every = interval(&settings);
     let mut failures = 0u32;
     // Good checks in a row since the last failure or suspicion: a replica that was down
@@ -145,13 +159,10 @@ async fn watch_replica(
     let gauge_labels = [("set", set.clone()), ("alias", alias.clone())];
     loop {
         every.tick().await;
-        let checked = probe
-            .row("SELECT pg_is_in_recovery(), pg_last_wal_replay_lsn()::text")
-            .await
-            .and_then(|row| {
-                let in_recovery: bool = row.try_get(0).map_err(|e| e.to_string())?;
-                Ok((in_recovery, lsn_column(&row, 1)?))
-            });
+        let checked = probe.row(check).await.and_then(|row| {
+            let in_recovery: bool = row.try_get(0).map_err(|e| e.to_string())?;
+            Ok((in_recovery, lsn_column(&row, 1)?))
+        });
         let was_up = health[r].status().up;
         if health[r].suspicions() != suspicions {
             suspicions = health[r].suspicions();
@@ -227,6 +238,7 @@ async fn watch_replica(
 pub(crate) async fn verify_topology(
     topology: &Topology,
     settings: &MonitorSettings,
+    emulated: bool,
 ) -> Result<Vec<String>, PinDbError> {
     if settings.topology_check == TopologyCheck::Off {
         return Ok(Vec::new());
@@ -259,7 +271,7 @@ pub(crate) async fn verify_topology(
                 None
             }
         };
-        for &index in replicas {
+        for &index in replicas.iter().filter(|_| !emulated) {
             let db = &topology.databases()[index];
             match Probe::new(db, timeout(settings)).row(sql).await {
                 Ok(row) => {

@@ -30,6 +30,8 @@ pub(crate) struct Health {
     /// stands). A suspicion lapses after [`SUSPICION`]: without a monitor nothing else would
     /// ever bring the replica back.
     suspected_at_ms: AtomicU64,
+    /// Taken out of rotation by hand (`Topology::drain`).
+    drained: AtomicBool,
 }
 
 /// How long a suspicion keeps a replica out when no monitor check says otherwise.
@@ -52,6 +54,7 @@ impl Default for Health {
             lag_ms: AtomicU64::new(0),
             suspicions: AtomicU64::new(0),
             suspected_at_ms: AtomicU64::new(0),
+            drained: AtomicBool::new(false),
         }
     }
 }
@@ -70,6 +73,8 @@ pub struct ReplicaStatus {
     /// For how long the master has had WAL the replica has not replayed (0 when caught up,
     /// however idle the master is).
     pub lag_ms: u64,
+    /// Taken out of rotation by hand (`Topology::drain`).
+    pub drained: bool,
 }
 
 impl Health {
@@ -80,6 +85,7 @@ impl Health {
             replay_lsn: Lsn(self.replay_lsn.load(Ordering::Relaxed)),
             lag_bytes: self.lag_bytes.load(Ordering::Relaxed),
             lag_ms: self.lag_ms.load(Ordering::Relaxed),
+            drained: self.drained.load(Ordering::Relaxed),
         }
     }
 
@@ -139,7 +145,13 @@ impl Health {
     }
 
     fn usable(&self) -> bool {
-        self.is_up() && !self.over_lag.load(Ordering::Relaxed)
+        self.is_up()
+            && !self.over_lag.load(Ordering::Relaxed)
+            && !self.drained.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn set_drained(&self, drained: bool) {
+        self.drained.store(drained, Ordering::Relaxed);
     }
 
     /// Up, or suspected longer than [`SUSPICION`] ago with no monitor verdict since.

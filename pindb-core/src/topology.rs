@@ -4,6 +4,7 @@
 //! Built once from the [`Config`]; it does no I/O and makes no decision.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use crate::config::Config;
@@ -33,6 +34,14 @@ pub(crate) struct SetEntry {
     /// Parallel to `replicas`; written by the monitor.
     pub(crate) health: Arc<[Health]>,
     pub(crate) picker: Picker,
+    /// The kill switch: `false` sends every read of the set to its master.
+    replicas_enabled: AtomicBool,
+}
+
+impl SetEntry {
+    pub(crate) fn replicas_enabled(&self) -> bool {
+        self.replicas_enabled.load(Ordering::Relaxed)
+    }
 }
 
 /// The alias table of a router: what adapters open pools for, and what the monitor watches.
@@ -77,6 +86,7 @@ impl Topology {
                         replicas: Vec::new(),
                         health: Arc::from([]),
                         picker: Picker::default(),
+                        replicas_enabled: AtomicBool::new(true),
                     });
                 }
                 Membership::Replica { set, .. } => {
@@ -146,6 +156,37 @@ impl Topology {
             Target::Replica { set, replica } => Some(self.sets[set].health[replica].status()),
             _ => None,
         })
+    }
+
+    /// The kill switch: `enabled = false` sends every read of `set` (every set, with `None`)
+    /// to its master at once, for an incident; `true` lets replicas serve again.
+    pub fn set_replicas_enabled(&self, set: Option<&str>, enabled: bool) -> Result<(), PinDbError> {
+        let sets: Vec<&SetEntry> = match set {
+            None => self.sets.iter().collect(),
+            Some(alias) => vec![&self.sets[self.managed_set(alias)?]],
+        };
+        for entry in sets {
+            entry.replicas_enabled.store(enabled, Ordering::Relaxed);
+            tracing::warn!(target: "pindb", set = %entry.name, enabled, "pindb: replicas switched");
+        }
+        Ok(())
+    }
+
+    /// Takes a replica out of rotation (maintenance) or, with `drained = false`, back in. New
+    /// contexts skip it at once; a context reading from it moves to the master (another
+    /// replica could be behind what it read).
+    pub fn drain(&self, alias: &str, drained: bool) -> Result<(), PinDbError> {
+        match self.target(alias)? {
+            Target::Replica { set, replica } => {
+                self.sets[set].health[replica].set_drained(drained);
+                Ok(())
+            }
+            _ => Err(PinDbError::config(
+                alias,
+                "only a replica can be drained; to send a set's reads to its master, use \
+                 `set_replicas_enabled`",
+            )),
+        }
     }
 
     pub(crate) fn target(&self, alias: &str) -> Result<Target, PinDbError> {

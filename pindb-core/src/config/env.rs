@@ -35,6 +35,17 @@ impl Config {
                 self.web.cookie_secret = Some(value);
                 continue;
             }
+            if key == "PINDB_EMULATE_REPLICAS" {
+                self.emulate_replicas = value.trim().parse().map_err(|_| {
+                    PinDbError::config(
+                        "emulate_replicas",
+                        format!(
+                            "PINDB_EMULATE_REPLICAS must be a number of replicas, got `{value}`"
+                        ),
+                    )
+                })?;
+                continue;
+            }
             if key == "PINDB_COOKIE_OLD_SECRETS" {
                 // Comma-separated: secrets are base64 or hex in practice, never commas.
                 self.web.cookie_old_secrets = value

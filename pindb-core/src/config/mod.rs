@@ -109,6 +109,13 @@ pub struct Config {
     /// a statement that names one runs on the master.
     #[serde(default)]
     pub write_relations: Vec<String>,
+    /// For test suites with one PostgreSQL: every set gets this many replicas that are its
+    /// master opened with read-only sessions (`default_transaction_read_only = on`), instead
+    /// of its configured ones. Reads really take the replica path, and a write that would
+    /// reach a replica in production fails in the tests the same way. 0 (the default): off.
+    /// `PINDB_EMULATE_REPLICAS` sets it.
+    #[serde(default)]
+    pub emulate_replicas: u32,
 }
 
 fn default_enabled() -> bool {
@@ -153,6 +160,7 @@ impl Config {
             reads: ReadSettings::default(),
             write_functions: Vec::new(),
             write_relations: Vec::new(),
+            emulate_replicas: 0,
         }
     }
 
@@ -259,16 +267,25 @@ impl Config {
     /// The final alias map: see [`populate_replicas`]. Replicas whose settings (their own or
     /// their master's) give no `connect_timeout_ms` get `reads.replica_connect_timeout_ms`.
     pub fn databases(&self) -> Result<Vec<Database>, PinDbError> {
-        let mut databases = populate_replicas(
-            &self.masters,
-            &self.sets,
-            &self.unmanaged,
-            self.unmanaged_default,
-        )?;
+        let emulated;
+        let sets = match self.emulate_replicas {
+            0 => &self.sets,
+            n => {
+                // Replicas with no override at all: each is its master's database.
+                emulated = self
+                    .sets
+                    .keys()
+                    .map(|set| (set.clone(), vec![DatabaseSettings::default(); n as usize]))
+                    .collect();
+                &emulated
+            }
+        };
+        let mut databases =
+            populate_replicas(&self.masters, sets, &self.unmanaged, self.unmanaged_default)?;
         for db in &mut databases {
             if let crate::populate::Membership::Replica { set, index } = &db.membership {
                 // A timeout the replica or its master sets is kept (replicas inherit).
-                let own = self.sets[set]
+                let own = sets[set]
                     .get(index - 1)
                     .and_then(|r| r.connect_timeout_ms)
                     .or_else(|| self.masters.get(set).and_then(|m| m.connect_timeout_ms));

@@ -126,3 +126,22 @@ fn a_position_must_outlive_the_lag_a_replica_in_rotation_can_have() {
     assert!(c.validate().is_ok());
     assert_eq!(c.min_ttl_ms(), 32_000);
 }
+
+#[test]
+fn emulated_replicas_are_the_master_opened_again() {
+    let mut c = Config::single_set("postgres://app@db1/app", ["postgres://app@db2/app"]);
+    c.apply_env_overrides([("PINDB_EMULATE_REPLICAS".to_owned(), "2".to_owned())])
+        .unwrap();
+    let dbs = c.databases().unwrap();
+    let aliases: Vec<_> = dbs.iter().map(|d| d.alias.as_str()).collect();
+    assert_eq!(aliases, ["default", "default-1", "default-2"]);
+    assert!(
+        dbs.iter().all(|d| d.host == "db1"),
+        "every replica is the master's database"
+    );
+    let bad = c.apply_env_overrides([("PINDB_EMULATE_REPLICAS".to_owned(), "yes".to_owned())]);
+    assert!(bad
+        .unwrap_err()
+        .to_string()
+        .contains("PINDB_EMULATE_REPLICAS"));
+}

@@ -50,6 +50,11 @@ impl Router {
             Target::Set(s) | Target::Replica { set: s, .. } if !enabled => {
                 return Ok(self.master_route(s, Reason::Disabled))
             }
+            Target::Replica { set, .. } | Target::Set(set)
+                if !self.inner.topology.set(set).replicas_enabled() =>
+            {
+                return Ok(self.master_route(set, Reason::ReplicasDisabled));
+            }
             Target::Replica { set, replica } => {
                 let i = self.inner.topology.set(set).replicas[replica];
                 return Ok(self.route(i, Role::Replica, Reason::ExplicitReplica));

@@ -163,8 +163,10 @@ impl Router {
     /// Returns the topology warnings. Must run inside a tokio runtime.
     pub async fn start_monitor(&self) -> Result<Vec<String>, PinDbError> {
         let settings = &self.inner.config.monitor;
-        let warnings = crate::monitor::verify_topology(&self.inner.topology, settings).await?;
-        let tasks = crate::monitor::spawn(&self.inner.topology, settings);
+        let emulated = self.inner.config.emulate_replicas > 0;
+        let warnings =
+            crate::monitor::verify_topology(&self.inner.topology, settings, emulated).await?;
+        let tasks = crate::monitor::spawn(&self.inner.topology, settings, emulated);
         // Swapped and stopped under one lock: two concurrent starts leave one set of tasks.
         let mut running = self
             .inner

@@ -163,6 +163,9 @@ pub enum Reason {
     /// conflict) or became unfit after it had read from it: the master serves the set's
     /// reads for the rest of the context.
     ReplicaFailed,
+    /// The set's replicas are switched off (`Router::set_replicas_enabled`): the master
+    /// serves every read.
+    ReplicasDisabled,
 }
 
 impl Reason {
@@ -185,6 +188,7 @@ impl Reason {
             Reason::StoreUnavailable => "store-unavailable",
             Reason::ReplicaRefused => "replica-refused",
             Reason::ReplicaFailed => "replica-failed",
+            Reason::ReplicasDisabled => "replicas-disabled",
         }
     }
 }
