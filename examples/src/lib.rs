@@ -14,4 +14,6 @@ pub mod scenario;
 mod service;
 
 pub use demo::{demo_config, replicas_reached, run_demo};
-pub use service::{respond, serve, user_key, AppError, ListQuery, NewNote, Reply, SCHEMA_SQL};
+pub use service::{
+    metrics_routes, respond, serve, user_key, AppError, ListQuery, NewNote, Reply, SCHEMA_SQL,
+};

@@ -91,3 +91,22 @@ pub fn respond(
         Err(message) => Err(AppError(message, routes)),
     }
 }
+
+/// `GET /metrics`: pindb's metrics (and any others the process records) in Prometheus's
+/// text format. Installs the Prometheus recorder the first time (`metrics` has one global
+/// recorder per process).
+pub fn metrics_routes() -> axum::Router {
+    static HANDLE: std::sync::OnceLock<metrics_exporter_prometheus::PrometheusHandle> =
+        std::sync::OnceLock::new();
+    let handle = HANDLE
+        .get_or_init(|| {
+            metrics_exporter_prometheus::PrometheusBuilder::new()
+                .install_recorder()
+                .expect("no other metrics recorder is installed in this process")
+        })
+        .clone();
+    axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(move || std::future::ready(handle.render())),
+    )
+}

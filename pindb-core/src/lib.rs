@@ -56,6 +56,7 @@ mod populate;
 mod probe;
 mod replica;
 mod router;
+mod status;
 mod store;
 mod topology;
 #[cfg(feature = "tower")]
@@ -80,6 +81,7 @@ pub use router::{
     db_for_read, db_for_write, get_replica, global, master, pin, unpinned_replica, Delegate, Hint,
     Operation, Reason, Role, Route, Router, RouterBuilder,
 };
+pub use status::{DatabaseStatus, SlotStatus};
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub use store::RedisStore;

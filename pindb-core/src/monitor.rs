@@ -75,6 +75,7 @@ pub(crate) fn spawn(
         let master_db = &topology.databases()[master];
         handles.push(
             tokio::spawn(watch_master(
+                set.to_owned(),
                 Probe::new(master_db, timeout(settings)),
                 Arc::clone(&track),
                 interval(settings),
@@ -110,10 +111,21 @@ fn interval(s: &MonitorSettings) -> tokio::time::Interval {
     i
 }
 
-async fn watch_master(mut probe: Probe, track: Arc<MasterTrack>, mut every: tokio::time::Interval) {
+async fn watch_master(
+    set: String,
+    mut probe: Probe,
+    track: Arc<MasterTrack>,
+    mut every: tokio::time::Interval,
+) {
     let mut logged = false;
+    let mut ticks = 0u64;
     loop {
         every.tick().await;
+        // Replication slots every 20 checks: what the primary keeps on disk for its replicas.
+        if ticks.is_multiple_of(20) {
+            report_slots(&set, &mut probe).await;
+        }
+        ticks += 1;
         match probe
             .row("SELECT pg_current_wal_lsn()::text")
             .await
@@ -121,6 +133,8 @@ async fn watch_master(mut probe: Probe, track: Arc<MasterTrack>, mut every: toki
         {
             Ok(Some(lsn)) => {
                 track.push(lsn);
+                metrics::gauge!("pindb_master_wal_position_bytes", "set" => set.clone())
+                    .set(lsn.0 as f64);
                 logged = false;
             }
             Ok(None) => {}
@@ -131,6 +145,35 @@ async fn watch_master(mut probe: Probe, track: Arc<MasterTrack>, mut every: toki
                 }
             }
         }
+    }
+}
+
+/// `pindb_replication_slot_retained_bytes{set, slot, active}`: WAL the master keeps for each
+/// replication slot. A slot nobody consumes (a paused subscription, a dead standby) grows it
+/// until the primary's disk is full.
+async fn report_slots(set: &str, probe: &mut Probe) {
+    let sql = "SELECT coalesce(string_agg(slot_name || ' ' || active::text || ' ' || \
+               coalesce(pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn), 0)::bigint::text, ','), '') \
+               FROM pg_replication_slots";
+    let Ok(row) = probe.row(sql).await else {
+        return;
+    };
+    let Ok(text) = row.try_get::<_, String>(0) else {
+        return;
+    };
+    for slot in text.split(',').filter(|s| !s.is_empty()) {
+        let mut parts = slot.split(' ');
+        let (Some(name), Some(active), Some(bytes)) = (parts.next(), parts.next(), parts.next())
+        else {
+            continue;
+        };
+        let labels = [
+            ("set", set.to_owned()),
+            ("slot", name.to_owned()),
+            ("active", active.to_owned()),
+        ];
+        metrics::gauge!("pindb_replication_slot_retained_bytes", &labels)
+            .set(bytes.parse::<f64>().unwrap_or(0.0));
     }
 }
 
@@ -155,6 +198,7 @@ async fn watch_replica(
     // comes back after `successes_before_up` of them.
     let mut successes = 0u32;
     let mut suspicions = health[r].suspicions();
+    let (mut last_position, mut was_stalled) = (u64::MAX, false);
     let alias = probe.alias.clone();
     let gauge_labels = [("set", set.clone()), ("alias", alias.clone())];
     loop {
@@ -198,7 +242,29 @@ async fn watch_replica(
                     tracing::info!(target: "pindb", %alias, lag_bytes, lag_ms, over_lag = over, "pindb monitor: replica lag state changed");
                 }
                 metrics::gauge!("pindb_replica_lag_bytes", &gauge_labels).set(lag_bytes as f64);
-                metrics::gauge!("pindb_replica_lag_ms", &gauge_labels).set(lag_ms as f64);
+                metrics::gauge!("pindb_replica_lag_seconds", &gauge_labels)
+                    .set(lag_ms as f64 / 1000.0);
+                let position = replay.unwrap_or_default().0;
+                metrics::gauge!("pindb_replica_replay_position_bytes", &gauge_labels)
+                    .set(position as f64);
+                // Stalled: the replica has not moved while the master had WAL for it for
+                // longer than `stalled_after_ms` (a paused replay or subscription, a broken
+                // receiver). Lag alone can also be a burst; this one is worth an alert.
+                let stalled = lag_ms != u64::MAX
+                    && lag_ms >= settings.stalled_after_ms
+                    && position == last_position;
+                if stalled != was_stalled {
+                    if stalled {
+                        tracing::warn!(target: "pindb", %alias, lag_ms, "pindb monitor: replication to this replica is stalled");
+                    }
+                    was_stalled = stalled;
+                }
+                last_position = position;
+                metrics::gauge!("pindb_replica_stalled", &gauge_labels).set(if stalled {
+                    1.0
+                } else {
+                    0.0
+                });
             }
             Ok((false, _)) => {
                 // Promoted, or a primary by mistake: never read from it as a replica.

@@ -78,6 +78,7 @@ fn app(db: PinDb) -> axum::Router {
     axum::Router::new()
         .route("/notes", get(list).post(add))
         .with_state(db)
+        .merge(pindb_examples::metrics_routes())
         .layer(layer)
 }
 

@@ -72,6 +72,10 @@ pub struct MonitorSettings {
     pub max_lag_ms: u64,
     /// The start-up topology check.
     pub topology_check: TopologyCheck,
+    /// A replica whose position has not moved while the master had WAL for it this long is
+    /// reported stalled (`pindb_replica_stalled`, a warning): a paused replay or
+    /// subscription, a broken receiver.
+    pub stalled_after_ms: u64,
 }
 
 impl Default for MonitorSettings {
@@ -84,6 +88,7 @@ impl Default for MonitorSettings {
             max_lag_bytes: 16 * 1024 * 1024,
             max_lag_ms: 10_000,
             topology_check: TopologyCheck::Error,
+            stalled_after_ms: 60_000,
         }
     }
 }

@@ -206,6 +206,7 @@ fn fallback_reason(no: NoReplica) -> Reason {
 }
 
 pub(super) fn trace(op: Operation, route: &Route<'_>) {
+    route_counter(op, route).increment(1);
     tracing::debug!(
         target: "pindb",
         op = if op == Operation::Read { "read" } else { "write" },
@@ -215,4 +216,28 @@ pub(super) fn trace(op: Operation, route: &Route<'_>) {
         reason = route.reason.as_str(),
         "pindb route"
     );
+}
+
+/// `pindb_routes_total{op, role, reason}`: every decision, counted without allocating (the
+/// handles are registered once, on the first decision: install the metrics recorder before
+/// routing).
+fn route_counter(op: Operation, route: &Route<'_>) -> &'static metrics::Counter {
+    const OPS: [Operation; 2] = [Operation::Read, Operation::Write];
+    const ROLES: [Role; 3] = [Role::Master, Role::Replica, Role::Unmanaged];
+    static COUNTERS: std::sync::OnceLock<Vec<metrics::Counter>> = std::sync::OnceLock::new();
+    let counters = COUNTERS.get_or_init(|| {
+        let mut all = Vec::with_capacity(OPS.len() * ROLES.len() * Reason::ALL.len());
+        for op in OPS {
+            for role in ROLES {
+                for reason in Reason::ALL {
+                    let op = if op == Operation::Read { "read" } else { "write" };
+                    all.push(metrics::counter!("pindb_routes_total", "op" => op, "role" => role.as_str(), "reason" => reason.as_str()));
+                }
+            }
+        }
+        all
+    });
+    let op = OPS.iter().position(|o| *o == op).unwrap_or(0);
+    let role = ROLES.iter().position(|r| *r == route.role).unwrap_or(0);
+    &counters[(op * ROLES.len() + role) * Reason::ALL.len() + route.reason as usize]
 }

@@ -179,6 +179,25 @@ impl Router {
         Ok(warnings)
     }
 
+    /// Every database as it is right now (role, reachability, position, lag, replication
+    /// slots), over pindb's own connections: what `pindb status` prints.
+    pub async fn status(&self) -> Vec<crate::status::DatabaseStatus> {
+        let timeout = std::time::Duration::from_millis(self.inner.config.monitor.check_timeout_ms);
+        crate::status::status(&self.inner.topology, timeout).await
+    }
+
+    /// The topology check (every master a primary, every replica a standby of its master),
+    /// strict whatever `monitor.topology_check` says: the first problem is an error naming
+    /// the alias; servers that cannot be reached are warnings. What `pindb check` runs.
+    pub async fn check_topology(&self) -> Result<Vec<String>, PinDbError> {
+        let settings = crate::config::MonitorSettings {
+            topology_check: crate::config::TopologyCheck::Error,
+            ..self.inner.config.monitor.clone()
+        };
+        let emulated = self.inner.config.emulate_replicas > 0;
+        crate::monitor::verify_topology(&self.inner.topology, &settings, emulated).await
+    }
+
     /// Stops the replica monitor; replicas keep their last known state.
     pub fn stop_monitor(&self) {
         self.inner.stop_monitor();

@@ -169,6 +169,27 @@ pub enum Reason {
 }
 
 impl Reason {
+    /// Every reason, in declaration order (`Reason::X as usize` indexes it).
+    pub(crate) const ALL: [Reason; 17] = [
+        Reason::Disabled,
+        Reason::Unmanaged,
+        Reason::Pinned,
+        Reason::MasterGuard,
+        Reason::ReplicaGuard,
+        Reason::Replica,
+        Reason::ExplicitReplica,
+        Reason::NoReplica,
+        Reason::GreedyPin,
+        Reason::NoContextWrite,
+        Reason::ReplicaDown,
+        Reason::LagFallback,
+        Reason::NotCaughtUp,
+        Reason::StoreUnavailable,
+        Reason::ReplicaRefused,
+        Reason::ReplicaFailed,
+        Reason::ReplicasDisabled,
+    ];
+
     /// A short kebab-case name for logs and metrics labels.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -256,5 +277,17 @@ impl Shape {
     /// A statement known to be `op`, with no table (a transaction, an explicit checkout).
     pub fn of(op: Operation) -> Shape {
         Shape { op, table: None }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Reason;
+
+    #[test]
+    fn every_reason_is_listed_at_its_own_index() {
+        for (i, reason) in Reason::ALL.iter().enumerate() {
+            assert_eq!(*reason as usize, i, "{reason:?}");
+        }
     }
 }

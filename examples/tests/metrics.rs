@@ -1,0 +1,125 @@
+#![allow(missing_docs, missing_debug_implementations, unreachable_pub)] // not a library: nothing here is public API
+//! Replication you can watch: the demo's `/metrics`, scraped over HTTP while replica 1's
+//! replay is paused on the dev cluster (`scripts/cluster up`), shows its lag growing and the
+//! replica stalled, and counts routing decisions.
+
+use std::time::Duration;
+
+use pindb_core::RouterMode;
+use pindb_diesel::bb8::PinDb;
+use pindb_examples::{metrics_routes, serve, SCHEMA_SQL};
+use pindb_testkit::Fixture;
+
+/// The value of the sample `name{...alias="<alias>"...}` in Prometheus text.
+fn sample(text: &str, name: &str, alias: &str) -> Option<f64> {
+    text.lines()
+        .filter(|l| l.starts_with(&format!("{name}{{")))
+        .find(|l| l.contains(&format!("alias=\"{alias}\"")))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+}
+
+async fn scrape(url: &str) -> String {
+    reqwest::get(format!("{url}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_lag_of_a_paused_replica_grows_on_the_metrics_endpoint() {
+    let mut f = Fixture::new(SCHEMA_SQL).await;
+    let url = serve(axum::Router::new().merge(metrics_routes())).await;
+    let mut config = f.config(RouterMode::Greedy, &[1, 2]);
+    config.monitor.interval_ms = 50;
+    config.monitor.stalled_after_ms = 300;
+    let db = PinDb::new(config).unwrap();
+    db.router().start_monitor().await.unwrap();
+    pindb_core::scope(async {
+        db.router()
+            .db_for_read(&pindb_core::Hint::default())
+            .unwrap();
+    })
+    .await;
+
+    f.control.pause(1).await;
+    let primary = f.cluster.primary().await;
+    let write = format!(
+        "INSERT INTO {}.notes (author, body) VALUES ('m', 'x')",
+        f.schema.name
+    );
+    let mut lags = Vec::new();
+    for _ in 0..3 {
+        primary.batch_execute(&write).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let text = scrape(&url).await;
+        lags.push(sample(&text, "pindb_replica_lag_seconds", "default-1").unwrap_or(0.0));
+    }
+    let text = scrape(&url).await;
+    f.control.resume(1).await;
+
+    assert!(
+        lags[0] > 0.0 && lags[2] > lags[0],
+        "lag of default-1 over time: {lags:?}"
+    );
+    assert_eq!(
+        sample(&text, "pindb_replica_stalled", "default-1"),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
+        sample(&text, "pindb_replica_stalled", "default-2"),
+        Some(0.0),
+        "{text}"
+    );
+    assert_eq!(
+        sample(&text, "pindb_replica_up", "default-1"),
+        Some(1.0),
+        "{text}"
+    );
+    assert!(
+        text.lines().any(|l| l.starts_with("pindb_routes_total{")
+            && l.contains("op=\"read\"")
+            && l.contains("reason=\"replica\"")),
+        "{text}"
+    );
+    assert!(
+        text.contains("pindb_master_wal_position_bytes{set=\"default\"}"),
+        "{text}"
+    );
+    f.finish().await;
+}
+
+/// Every metric the Grafana dashboard queries is one pindb-core records (a renamed metric
+/// would leave an empty panel).
+#[test]
+fn the_dashboard_only_queries_metrics_pindb_records() {
+    fn sources(dir: &std::path::Path, out: &mut String) {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                sources(&path, out);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                out.push_str(&std::fs::read_to_string(&path).unwrap());
+            }
+        }
+    }
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut code = String::new();
+    sources(&root.join("../pindb-core/src"), &mut code);
+    let dashboard = std::fs::read_to_string(root.join("grafana/pindb.json")).unwrap();
+    let mut queried: Vec<&str> = dashboard
+        .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .filter(|w| w.starts_with("pindb_"))
+        .collect();
+    queried.sort();
+    queried.dedup();
+    assert!(queried.len() >= 8, "{queried:?}");
+    for name in queried {
+        assert!(
+            code.contains(&format!("\"{name}\"")),
+            "{name} is not recorded by pindb-core"
+        );
+    }
+}

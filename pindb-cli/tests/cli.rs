@@ -1,0 +1,102 @@
+#![allow(missing_docs, missing_debug_implementations, unreachable_pub)] // not a library: nothing here is public API
+//! `pindb status` and `pindb check` against the dev cluster (`scripts/cluster up`), run as a
+//! user runs them: the binary, a config file, stdout and the exit code.
+
+use std::process::Command;
+
+use pindb_testkit::Cluster;
+
+fn config_file(name: &str, master: &str, replicas: &[&str]) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("pindb-cli-{}-{name}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let replicas: Vec<String> = replicas
+        .iter()
+        .map(|r| format!("{{ url = '{r}' }}"))
+        .collect();
+    let path = dir.join("pindb.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[masters.default]\nurl = '{master}'\n[sets]\ndefault = [{}]\n",
+            replicas.join(", ")
+        ),
+    )
+    .unwrap();
+    path
+}
+
+fn pindb(args: &[&str], config: &std::path::Path) -> (i32, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_pindb"))
+        .args(args)
+        .arg("--config")
+        .arg(config)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let code = out.status.code().unwrap_or(-1);
+    (code, text + &String::from_utf8_lossy(&out.stderr))
+}
+
+#[test]
+fn status_prints_every_database_with_its_role_state_and_position() {
+    let c = Cluster::from_env();
+    let config = config_file(
+        "status",
+        &c.primary_url,
+        &[c.replica_url(1), c.replica_url(2)],
+    );
+    let (code, table) = pindb(&["status"], &config);
+    assert_eq!(code, 0, "{table}");
+    let lines: Vec<&str> = table.lines().collect();
+    assert!(
+        lines[0].starts_with("alias") && lines[0].contains("retained WAL"),
+        "{table}"
+    );
+    assert!(
+        lines[1].starts_with("default ") && lines[1].contains("master"),
+        "{table}"
+    );
+    for (line, alias) in lines[2..].iter().zip(["default-1", "default-2"]) {
+        assert!(line.starts_with(alias), "{table}");
+        assert!(
+            line.contains("replica") && line.contains("streaming") && line.contains(" up "),
+            "{table}"
+        );
+    }
+    let (code, json) = pindb(&["status", "--json"], &config);
+    assert_eq!(code, 0, "{json}");
+    assert!(
+        json.contains("\"alias\": \"default-2\"") && json.contains("\"in_recovery\": true"),
+        "{json}"
+    );
+}
+
+#[test]
+fn check_passes_a_right_topology_and_names_what_is_wrong() {
+    let c = Cluster::from_env();
+    let good = config_file("good", &c.primary_url, &[c.replica_url(1)]);
+    let (code, out) = pindb(&["check"], &good);
+    assert_eq!((code, out.trim()), (0, "topology ok"));
+
+    // An unrelated primary configured as a replica.
+    let bad = config_file("bad", &c.primary_url, &[&c.stranger_url]);
+    let (code, out) = pindb(&["check"], &bad);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("default-1") && out.contains("not in recovery"),
+        "{out}"
+    );
+
+    // A server that cannot be reached is reported, and the status exits non-zero.
+    let down = config_file(
+        "down",
+        &c.primary_url,
+        &["postgres://pindb@127.0.0.1:1/pindb"],
+    );
+    let (code, out) = pindb(&["status"], &down);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("down (") && out.to_lowercase().contains("refused"),
+        "{out}"
+    );
+}

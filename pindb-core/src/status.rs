@@ -1,0 +1,127 @@
+//! A one-shot look at every database of the topology, for `pindb status` and operators: role,
+//! reachability, replication position and lag, and the WAL each primary keeps for its
+//! replication slots. Its own connections (the probes), one query per database; no monitor
+//! needed.
+
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::lsn::Lsn;
+use crate::populate::{Database, Membership};
+use crate::probe::Probe;
+use crate::topology::Topology;
+
+/// What one database looks like right now.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
+pub struct DatabaseStatus {
+    /// The alias.
+    pub alias: String,
+    /// Its set, for masters and replicas.
+    pub set: Option<String>,
+    /// `master`, `replica` or `unmanaged`.
+    pub role: &'static str,
+    /// `streaming` for replicas (the one kind pindb reads from today), else empty.
+    pub kind: &'static str,
+    /// It answered.
+    pub up: bool,
+    /// Why it did not answer.
+    pub error: Option<String>,
+    /// Whether it is a standby (`pg_is_in_recovery()`).
+    pub in_recovery: Option<bool>,
+    /// Masters: the current WAL position; replicas: the replayed one (`X/Y`).
+    pub position: Option<String>,
+    /// Replicas: WAL bytes the master has that this one has not replayed.
+    pub lag_bytes: Option<u64>,
+    /// Replicas: since when the last replayed transaction committed on the master, when
+    /// behind (0 when caught up).
+    pub lag_ms: Option<u64>,
+    /// Masters: WAL kept for each replication slot.
+    pub slots: Vec<SlotStatus>,
+}
+
+/// A replication slot on a master.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
+pub struct SlotStatus {
+    /// The slot's name.
+    pub name: String,
+    /// Whether a consumer is connected.
+    pub active: bool,
+    /// WAL bytes the master keeps for it.
+    pub retained_bytes: u64,
+}
+
+const MASTER: &str = "SELECT pg_is_in_recovery(), pg_current_wal_lsn()::text, \
+    coalesce((SELECT string_agg(slot_name || ' ' || active::text || ' ' || \
+      coalesce(pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn), 0)::bigint::text, ',') \
+      FROM pg_replication_slots), '')";
+const REPLICA: &str = "SELECT pg_is_in_recovery(), pg_last_wal_replay_lsn()::text, \
+    coalesce((extract(epoch FROM now() - pg_last_xact_replay_timestamp()) * 1000)::bigint, 0)";
+
+pub(crate) async fn status(topology: &Topology, timeout: Duration) -> Vec<DatabaseStatus> {
+    let mut out = Vec::new();
+    let mut master_position: Option<Lsn> = None;
+    for db in topology.databases() {
+        let replica = matches!(db.membership, Membership::Replica { .. });
+        let mut status = DatabaseStatus {
+            alias: db.alias.clone(),
+            set: db.set().map(str::to_owned),
+            role: role(db),
+            kind: if replica { "streaming" } else { "" },
+            up: false,
+            error: None,
+            in_recovery: None,
+            position: None,
+            lag_bytes: None,
+            lag_ms: None,
+            slots: Vec::new(),
+        };
+        let sql = if replica { REPLICA } else { MASTER };
+        match Probe::new(db, timeout).row(sql).await {
+            Err(e) => status.error = Some(e),
+            Ok(row) => {
+                status.up = true;
+                status.in_recovery = row.try_get(0).ok();
+                let position: Option<String> = row.try_get(1).ok().flatten();
+                let lsn = position.as_deref().and_then(Lsn::parse);
+                status.position = position;
+                if replica {
+                    if let (Some(master), Some(replay)) = (master_position, lsn) {
+                        let behind = master.0.saturating_sub(replay.0);
+                        status.lag_bytes = Some(behind);
+                        let since: i64 = row.try_get(2).unwrap_or(0);
+                        status.lag_ms = Some(if behind == 0 { 0 } else { since.max(0) as u64 });
+                    }
+                } else {
+                    if matches!(db.membership, Membership::Master { .. }) {
+                        master_position = lsn;
+                    }
+                    let slots: String = row.try_get(2).unwrap_or_default();
+                    status.slots = slots
+                        .split(',')
+                        .filter_map(|slot| {
+                            let mut parts = slot.split(' ');
+                            Some(SlotStatus {
+                                name: parts.next()?.to_owned(),
+                                active: parts.next()? == "true",
+                                retained_bytes: parts.next()?.parse().ok()?,
+                            })
+                        })
+                        .collect();
+                }
+            }
+        }
+        out.push(status);
+    }
+    out
+}
+
+fn role(db: &Database) -> &'static str {
+    match db.membership {
+        Membership::Master { .. } => "master",
+        Membership::Replica { .. } => "replica",
+        Membership::Unmanaged => "unmanaged",
+    }
+}
