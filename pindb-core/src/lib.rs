@@ -63,8 +63,8 @@ mod topology;
 mod web;
 
 pub use config::{
-    Config, MonitorSettings, ReadSettings, ReplicaPolicy, RouterMode, StickinessSettings,
-    TopologyCheck, WebSettings, ENV_URL_PREFIX,
+    AllLaggingPolicy, Config, MonitorSettings, ReadSettings, ReplicaPolicy, RouterMode,
+    StickinessSettings, TopologyCheck, WebSettings, ENV_URL_PREFIX,
 };
 pub use consistency::{Consistency, ConsistencyToken};
 pub use context::{

@@ -191,6 +191,45 @@ pub(crate) struct Picker {
 }
 
 impl Picker {
+    /// [`Picker::choose`] with the lag limit set to `max_lag_ms` instead of the monitor's
+    /// verdict: a read that tolerates that much staleness, or the all-lagging policy's
+    /// ceiling. Down, drained and not-caught-up replicas stay out.
+    pub(crate) fn choose_within(
+        &self,
+        policy: ReplicaPolicy,
+        health: &[Health],
+        required: Option<Lsn>,
+        keep: Option<usize>,
+        max_lag_ms: u64,
+    ) -> Result<usize, NoReplica> {
+        let fit = |i: usize| {
+            let h = &health[i];
+            h.is_up()
+                && !h.drained.load(Ordering::Relaxed)
+                && h.lag_ms.load(Ordering::Relaxed) <= max_lag_ms
+                && h.has_replayed(required)
+        };
+        if let Some(k) = keep.filter(|&k| k < health.len() && fit(k)) {
+            return Ok(k);
+        }
+        let order = (0..health.len()).filter(|&i| fit(i));
+        let found = match policy {
+            ReplicaPolicy::LeastLag => {
+                order.min_by_key(|&i| health[i].lag_ms.load(Ordering::Relaxed))
+            }
+            _ => {
+                let start = self.next.fetch_add(1, Ordering::Relaxed);
+                let n = health.len().max(1);
+                order.min_by_key(|&i| (i + n - start % n) % n)
+            }
+        };
+        found.ok_or(if health.is_empty() {
+            NoReplica::None
+        } else {
+            NoReplica::AllLagging
+        })
+    }
+
     /// An index into `health` (the set's replicas): `keep` if it is still fit, else a fresh
     /// choice by `policy` among the fit ones.
     pub(crate) fn choose(

@@ -419,7 +419,7 @@ async fn delegates_chain_first_answer_wins_none_means_default() {
             r.db_for_read(&Hint {
                 alias: Some("default"),
                 tables: &["stats"],
-                model: None
+                ..Hint::default()
             })
             .unwrap()
             .set,

@@ -17,8 +17,8 @@ mod settings;
 
 pub use env::ENV_URL_PREFIX;
 pub use settings::{
-    MonitorSettings, ReadSettings, ReplicaPolicy, RouterMode, StickinessSettings, TopologyCheck,
-    WebSettings,
+    AllLaggingPolicy, MonitorSettings, ReadSettings, ReplicaPolicy, RouterMode, StickinessSettings,
+    TopologyCheck, WebSettings,
 };
 
 /// Top-level keys that moved to `[web]`: named in the parse error, with the fix.
@@ -257,7 +257,7 @@ impl Config {
     /// long, plus a second of rounding.
     pub fn min_ttl_ms(&self) -> u64 {
         let m = &self.monitor;
-        m.max_lag_ms
+        m.lag_ceiling()
             .saturating_add(m.interval_ms.saturating_mul(2))
             .saturating_add(m.check_timeout_ms)
             // Positions live whole seconds (token issue times): one second of margin.

@@ -44,6 +44,28 @@ pub enum TopologyCheck {
     Off,
 }
 
+/// What unkeyed reads do when every replica that is up lags beyond `max_lag_bytes` /
+/// `max_lag_ms`. Keyed reads never read stale whatever the policy: they still need a replica
+/// past their own last write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AllLaggingPolicy {
+    /// The master serves them (the safe default).
+    #[default]
+    Master,
+    /// The least-lagging replica within `lag_ceiling_ms` serves them, so a general lag spike
+    /// does not throw the whole read load onto the primary; beyond the ceiling, the master.
+    LeastLag,
+}
+
+impl MonitorSettings {
+    /// The most lag any read may see (the least-lag policy, a `max_staleness` hint):
+    /// `lag_ceiling_ms`, and never less than `max_lag_ms`.
+    pub fn lag_ceiling(&self) -> u64 {
+        self.lag_ceiling_ms.max(self.max_lag_ms)
+    }
+}
+
 /// The replica monitor's settings (`[monitor]`).
 ///
 /// ```
@@ -72,6 +94,12 @@ pub struct MonitorSettings {
     pub max_lag_ms: u64,
     /// The start-up topology check.
     pub topology_check: TopologyCheck,
+    /// What unkeyed reads do when every replica that is up is over the lag limits.
+    pub when_all_lagging: AllLaggingPolicy,
+    /// The most lag a read may ever see: the least-lag policy's limit and the cap of
+    /// `max_staleness` hints (below `max_lag_ms`: `max_lag_ms`). `stickiness.ttl_seconds`
+    /// must outlive it (checked).
+    pub lag_ceiling_ms: u64,
     /// A replica whose position has not moved while the master had WAL for it this long is
     /// reported stalled (`pindb_replica_stalled`, a warning): a paused replay or
     /// subscription, a broken receiver.
@@ -89,6 +117,8 @@ impl Default for MonitorSettings {
             max_lag_ms: 10_000,
             topology_check: TopologyCheck::Error,
             stalled_after_ms: 60_000,
+            when_all_lagging: AllLaggingPolicy::Master,
+            lag_ceiling_ms: 0,
         }
     }
 }

@@ -70,20 +70,20 @@ impl Router {
                 // The guard accepts stale reads: positions are not required, health still is.
                 Some(GuardKind::UnpinnedReplica) => (
                     Reason::ReplicaGuard,
-                    Some(self.pick_replica(s, Some(&mut state), false, commit)),
+                    Some(self.pick_replica(s, Some(&mut state), false, commit, hint.max_staleness)),
                 ),
                 None if state.is_pinned(name) => (Reason::Pinned, None),
                 None if state.store_unavailable => (Reason::StoreUnavailable, None),
                 None => (
                     Reason::Replica,
-                    Some(self.pick_replica(s, Some(&mut state), true, commit)),
+                    Some(self.pick_replica(s, Some(&mut state), true, commit, hint.max_staleness)),
                 ),
             }
         })
         .unwrap_or_else(|| {
             (
                 Reason::Replica,
-                Some(self.pick_replica(s, None, true, commit)),
+                Some(self.pick_replica(s, None, true, commit, hint.max_staleness)),
             )
         });
         Ok(match pick {
@@ -156,13 +156,12 @@ impl Router {
         state: Option<&mut State>,
         honor_required: bool,
         count: bool,
+        staleness: Option<std::time::Duration>,
     ) -> Result<usize, NoReplica> {
         let set = &self.inner.topology.set(s);
-        let policy = self.inner.config.replica_policy;
         let Some(state) = state else {
-            return set
-                .picker
-                .choose(policy, &set.health, None, None, None)
+            return self
+                .choose(set, None, None, staleness)
                 .map(|i| set.replicas[i]);
         };
         let entry = state.set_mut(&set.name);
@@ -174,9 +173,7 @@ impl Router {
             .filter(|(router, _)| *router == self.inner.id)
             .map(|(_, i)| i);
         let required = if honor_required { entry.required } else { None };
-        let i = set
-            .picker
-            .choose(policy, &set.health, required, keep, None)?;
+        let i = self.choose(set, required, keep, staleness)?;
         if keep.is_some_and(|k| k != i) && entry.replica_reads > 0 {
             // The replica it read from is no longer fit; another one may be behind what it
             // read, so its reads stay on the master (monotonic reads).
@@ -192,6 +189,48 @@ impl Router {
             entry.replica_reads = entry.replica_reads.saturating_add(1);
         }
         Ok(set.replicas[i])
+    }
+}
+
+impl Router {
+    /// The replica (index among the set's) a read may use: within the lag limits, or within
+    /// `staleness` (a hint, capped at the lag ceiling); when every replica is over the limits
+    /// and the policy says `least-lag`, the least-lagging one within the ceiling.
+    fn choose(
+        &self,
+        set: &crate::topology::SetEntry,
+        required: Option<crate::lsn::Lsn>,
+        keep: Option<usize>,
+        staleness: Option<std::time::Duration>,
+    ) -> Result<usize, NoReplica> {
+        let policy = self.inner.config.replica_policy;
+        let monitor = &self.inner.config.monitor;
+        let ceiling = monitor.lag_ceiling();
+        let chosen = match staleness {
+            Some(s) => {
+                let ms = u64::try_from(s.as_millis())
+                    .unwrap_or(u64::MAX)
+                    .min(ceiling);
+                set.picker
+                    .choose_within(policy, &set.health, required, keep, ms)
+            }
+            None => set.picker.choose(policy, &set.health, required, keep, None),
+        };
+        match chosen {
+            Err(NoReplica::AllLagging)
+                if monitor.when_all_lagging == crate::config::AllLaggingPolicy::LeastLag =>
+            {
+                metrics::counter!("pindb_all_lagging_reads_total").increment(1);
+                set.picker.choose_within(
+                    crate::config::ReplicaPolicy::LeastLag,
+                    &set.health,
+                    required,
+                    keep,
+                    ceiling,
+                )
+            }
+            other => other,
+        }
     }
 }
 
@@ -240,4 +279,128 @@ fn route_counter(op: Operation, route: &Route<'_>) -> &'static metrics::Counter 
     let op = OPS.iter().position(|o| *o == op).unwrap_or(0);
     let role = ROLES.iter().position(|r| *r == route.role).unwrap_or(0);
     &counters[(op * ROLES.len() + role) * Reason::ALL.len() + route.reason as usize]
+}
+
+#[cfg(test)]
+mod tests {
+    //! The all-lagging policy and bounded-staleness hints, with replica lag set by hand (the
+    //! monitor's job in production).
+
+    use std::time::Duration;
+
+    use crate::config::{AllLaggingPolicy, Config};
+    use crate::context::scope;
+    use crate::lsn::Lsn;
+    use crate::router::{Hint, Reason, Role, Router};
+
+    /// Two replicas, lagging 20 s and 40 s (both over the 10 s `max_lag_ms`).
+    fn lagging(policy: AllLaggingPolicy, ceiling_ms: u64) -> Router {
+        let mut config = Config::single_set(
+            "postgres://m@127.0.0.1:1/a",
+            ["postgres://r@127.0.0.1:2/a", "postgres://r@127.0.0.1:3/a"],
+        );
+        config.monitor.when_all_lagging = policy;
+        config.monitor.lag_ceiling_ms = ceiling_ms;
+        config.stickiness.ttl_seconds = 120;
+        let router = Router::new(config).unwrap();
+        let health = &router.inner.topology.set(0).health;
+        health[0].set_position(Lsn(100), 1_000, 20_000, true, true, 0);
+        health[1].set_position(Lsn(50), 2_000, 40_000, true, true, 0);
+        router
+    }
+
+    fn read(r: &Router, hint: &Hint<'_>) -> (Role, Reason, String) {
+        let route = r.db_for_read(hint).unwrap();
+        (route.role, route.reason, route.alias.to_owned())
+    }
+
+    #[tokio::test]
+    async fn when_every_replica_lags_the_policy_says_master_or_the_least_lagging() {
+        let master = lagging(AllLaggingPolicy::Master, 60_000);
+        scope(async {
+            assert_eq!(read(&master, &Hint::default()).1, Reason::LagFallback);
+        })
+        .await;
+        let least = lagging(AllLaggingPolicy::LeastLag, 60_000);
+        scope(async {
+            let (role, _, alias) = read(&least, &Hint::default());
+            assert_eq!(
+                (role, alias.as_str()),
+                (Role::Replica, "default-1"),
+                "the least lagging"
+            );
+        })
+        .await;
+        let tight = lagging(AllLaggingPolicy::LeastLag, 15_000);
+        scope(async {
+            assert_eq!(
+                read(&tight, &Hint::default()).1,
+                Reason::LagFallback,
+                "beyond the ceiling"
+            );
+        })
+        .await;
+    }
+
+    #[tokio::test]
+    async fn keyed_reads_never_read_stale_whatever_the_policy() {
+        let least = lagging(AllLaggingPolicy::LeastLag, 60_000);
+        let ctx = crate::context::Context::new();
+        ctx.require("default", Lsn(120));
+        ctx.scope(async {
+            assert_eq!(
+                read(&least, &Hint::default()).0,
+                Role::Master,
+                "no replica has its write"
+            );
+        })
+        .await;
+    }
+
+    #[tokio::test]
+    async fn a_staleness_hint_loosens_or_tightens_the_bound_up_to_the_ceiling() {
+        let r = lagging(AllLaggingPolicy::Master, 60_000);
+        scope(async {
+            let loose = Hint::default().with_max_staleness(Duration::from_secs(30));
+            assert_eq!(
+                read(&r, &loose).0,
+                Role::Replica,
+                "20 s of lag is within 30 s"
+            );
+        })
+        .await;
+        scope(async {
+            let tight = Hint::default().with_max_staleness(Duration::from_secs(5));
+            assert_eq!(read(&r, &tight).0, Role::Master);
+        })
+        .await;
+        // The ceiling caps the hint: with the `master` policy it is max_lag_ms (10 s).
+        let capped = {
+            let mut config = r.config().clone();
+            config.monitor.lag_ceiling_ms = 0;
+            let capped = Router::new(config).unwrap();
+            let health = &capped.inner.topology.set(0).health;
+            health[0].set_position(Lsn(100), 1_000, 20_000, true, true, 0);
+            health[1].set_position(Lsn(50), 2_000, 40_000, true, true, 0);
+            capped
+        };
+        scope(async {
+            let loose = Hint::default().with_max_staleness(Duration::from_secs(300));
+            assert_eq!(
+                read(&capped, &loose).0,
+                Role::Master,
+                "capped at the ceiling"
+            );
+        })
+        .await;
+    }
+
+    #[test]
+    fn the_position_lifetime_must_outlive_the_lag_ceiling() {
+        let mut config = Config::single_set("postgres://m/a", ["postgres://r/a"]);
+        config.monitor.when_all_lagging = AllLaggingPolicy::LeastLag;
+        config.monitor.lag_ceiling_ms = 60_000;
+        let e = config.validate().unwrap_err();
+        assert!(e.to_string().contains("ttl_seconds"), "{e}");
+    }
 }

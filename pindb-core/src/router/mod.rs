@@ -379,8 +379,8 @@ impl Router {
         let s = self.inner.topology.managed_set(alias)?;
         let set = &self.inner.topology.set(s);
         let i = if self.inner.config.enabled {
-            with_current(|ctx| self.pick_replica(s, Some(&mut ctx.lock()), true, false))
-                .unwrap_or_else(|| self.pick_replica(s, None, true, false))
+            with_current(|ctx| self.pick_replica(s, Some(&mut ctx.lock()), true, false, None))
+                .unwrap_or_else(|| self.pick_replica(s, None, true, false, None))
                 .unwrap_or(set.master)
         } else {
             set.master

@@ -33,6 +33,10 @@ pub struct Hint<'a> {
     pub tables: &'a [&'a str],
     /// The model / entity type name, when the adapter knows it.
     pub model: Option<&'a str>,
+    /// A read that tolerates this much lag may use a replica up to it behind (a looser or a
+    /// tighter bound than `max_lag_ms`), capped at the configured lag ceiling; a context's
+    /// own writes are still never missed.
+    pub max_staleness: Option<std::time::Duration>,
 }
 
 impl<'a> Hint<'a> {
@@ -51,6 +55,20 @@ impl<'a> Hint<'a> {
         Hint {
             tables,
             ..Hint::default()
+        }
+    }
+
+    /// Bounded staleness for this read (CockroachDB's bounded-staleness reads).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let hint = pindb_core::Hint::default().with_max_staleness(Duration::from_secs(30));
+    /// assert_eq!(hint.max_staleness, Some(Duration::from_secs(30)));
+    /// ```
+    pub fn with_max_staleness(self, max_staleness: std::time::Duration) -> Self {
+        Hint {
+            max_staleness: Some(max_staleness),
+            ..self
         }
     }
 
