@@ -16,6 +16,7 @@ use diesel_async::pooled_connection::AsyncDieselConnectionManager;
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use pindb_core::{Config, RouterMode};
 use pindb_diesel::bb8::PinDb;
+use pindb_testkit::ab::{interleave, report};
 use pindb_testkit::Cluster;
 
 diesel::table! {
@@ -28,53 +29,7 @@ diesel::table! {
 type Row = (i32, String);
 type Plain = bb8::Pool<AsyncDieselConnectionManager<AsyncPgConnection>>;
 
-const ROUNDS: usize = 60;
-const BLOCK: usize = 10;
 const BATCH: u32 = 200;
-
-fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
-
-/// Runs `rounds` rounds of both sides in random order; returns per-request times (ns).
-async fn interleave<A, B, FA, FB>(mut a: A, mut b: B) -> (Vec<f64>, Vec<f64>)
-where
-    A: FnMut() -> FA,
-    B: FnMut() -> FB,
-    FA: std::future::Future<Output = Duration>,
-    FB: std::future::Future<Output = Duration>,
-{
-    let mut rng = fastrand::Rng::with_seed(7);
-    let (mut ta, mut tb) = (Vec::new(), Vec::new());
-    for _ in 0..ROUNDS {
-        let per = |d: Duration| d.as_nanos() as f64 / f64::from(BATCH);
-        if rng.bool() {
-            ta.push(per(a().await));
-            tb.push(per(b().await));
-        } else {
-            tb.push(per(b().await));
-            ta.push(per(a().await));
-        }
-    }
-    (ta, tb)
-}
-
-fn report(name: &str, plain: &[f64], routed: &[f64]) {
-    let ratio = median(&mut routed.to_vec()) / median(&mut plain.to_vec());
-    let blocks: Vec<f64> = plain
-        .chunks(BLOCK)
-        .zip(routed.chunks(BLOCK))
-        .map(|(p, r)| median(&mut r.to_vec()) / median(&mut p.to_vec()))
-        .collect();
-    let lo = blocks.iter().copied().fold(f64::MAX, f64::min);
-    let hi = blocks.iter().copied().fold(f64::MIN, f64::max);
-    println!(
-        "{name}: plain {:.1} µs, routed {:.1} µs, routed/plain {ratio:.3} (blocks of {BLOCK} rounds: {lo:.3}..{hi:.3})",
-        median(&mut plain.to_vec()) / 1000.0,
-        median(&mut routed.to_vec()) / 1000.0,
-    );
-}
 
 async fn plain_per_request(plain: &Plain) -> Duration {
     let start = Instant::now();
@@ -164,9 +119,14 @@ fn main() {
         plain_per_request(&plain).await;
         routed_per_request(&db).await;
 
-        let (p, r) = interleave(|| plain_per_request(&plain), || routed_per_request(&db)).await;
+        let (p, r) = interleave(
+            BATCH,
+            || plain_per_request(&plain),
+            || routed_per_request(&db),
+        )
+        .await;
         report("per request", &p, &r);
-        let (p, r) = interleave(|| plain_held(&plain), || routed_held(&db)).await;
+        let (p, r) = interleave(BATCH, || plain_held(&plain), || routed_held(&db)).await;
         report("held connection", &p, &r);
         schema.drop().await;
     });

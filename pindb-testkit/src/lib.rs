@@ -31,6 +31,7 @@
 //! ([`wait_until`]).
 #![forbid(unsafe_code)]
 
+pub mod ab;
 mod cluster;
 mod fixture;
 mod isolation;

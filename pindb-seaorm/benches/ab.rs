@@ -1,0 +1,77 @@
+#![allow(missing_docs, missing_debug_implementations, unreachable_pub)] // not a library: nothing here is public API
+//! Interleaved A/B, SeaORM: `find_by_id` through `pindb_seaorm::PinDb` in a pinning context
+//! vs. a plain `DatabaseConnection` to the same replica. Needs the dev cluster
+//! (`scripts/cluster up`). `cargo bench -p pindb-seaorm --bench ab`.
+
+use std::hint::black_box;
+use std::time::{Duration, Instant};
+
+use pindb_core::{Config, RouterMode};
+use pindb_seaorm::PinDb;
+use pindb_testkit::ab::{interleave, report};
+use pindb_testkit::Cluster;
+use sea_orm::entity::prelude::*;
+use sea_orm::{ConnectOptions, Database, DatabaseConnection};
+
+mod bench_user {
+    use sea_orm::entity::prelude::*;
+
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "bench_users")]
+    pub struct Model {
+        #[sea_orm(primary_key)]
+        pub id: i32,
+        pub name: String,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+const BATCH: u32 = 200;
+
+async fn plain(db: &DatabaseConnection) -> Duration {
+    let start = Instant::now();
+    for _ in 0..BATCH {
+        black_box(bench_user::Entity::find_by_id(42).one(db).await.unwrap());
+    }
+    start.elapsed()
+}
+
+async fn routed(db: &PinDb) -> Duration {
+    let start = Instant::now();
+    for _ in 0..BATCH {
+        pindb_core::scope(async {
+            black_box(bench_user::Entity::find_by_id(42).one(db).await.unwrap());
+        })
+        .await;
+    }
+    start.elapsed()
+}
+
+fn main() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let cluster = Cluster::from_env();
+        let schema = pindb_testkit::bench_users(&cluster).await;
+        let replica_url = schema.url(cluster.replica_url(1));
+        let mut config =
+            Config::single_set(schema.url(&cluster.primary_url), [replica_url.clone()]);
+        config.router = RouterMode::Strict;
+        let db = PinDb::connect(config).await.unwrap();
+        let mut opts = ConnectOptions::new(replica_url);
+        opts.max_connections(10).sqlx_logging(false);
+        let direct = Database::connect(opts).await.unwrap();
+        plain(&direct).await;
+        routed(&db).await;
+        let (p, r) = interleave(BATCH, || plain(&direct), || routed(&db)).await;
+        report("SeaORM find_by_id", &p, &r);
+        schema.drop().await;
+    });
+}
