@@ -48,6 +48,7 @@ fn status_prints_every_database_with_its_role_state_and_position() {
     let (code, table) = pindb(&["status"], &config);
     assert_eq!(code, 0, "{table}");
     let lines: Vec<&str> = table.lines().collect();
+    assert_eq!(lines.len(), 4, "a header and three databases:\n{table}");
     assert!(
         lines[0].starts_with("alias") && lines[0].contains("retained WAL"),
         "{table}"

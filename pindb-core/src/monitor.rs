@@ -148,8 +148,8 @@ async fn watch_master(
     }
 }
 
-/// `pindb_replication_slot_retained_bytes{set, slot, active}`: WAL the master keeps for each
-/// replication slot. A slot nobody consumes (a paused subscription, a dead standby) grows it
+/// `pindb_replication_slot_retained_bytes{set, slot}` and `pindb_replication_slot_active`: WAL
+/// the master keeps for each replication slot, and whether a consumer is connected. A slot nobody consumes (a paused subscription, a dead standby) grows it
 /// until the primary's disk is full.
 async fn report_slots(set: &str, probe: &mut Probe) {
     let sql = "SELECT coalesce(string_agg(slot_name || ' ' || active::text || ' ' || \
@@ -167,13 +167,14 @@ async fn report_slots(set: &str, probe: &mut Probe) {
         else {
             continue;
         };
-        let labels = [
-            ("set", set.to_owned()),
-            ("slot", name.to_owned()),
-            ("active", active.to_owned()),
-        ];
+        let labels = [("set", set.to_owned()), ("slot", name.to_owned())];
         metrics::gauge!("pindb_replication_slot_retained_bytes", &labels)
             .set(bytes.parse::<f64>().unwrap_or(0.0));
+        metrics::gauge!("pindb_replication_slot_active", &labels).set(if active == "true" {
+            1.0
+        } else {
+            0.0
+        });
     }
 }
 
@@ -198,7 +199,8 @@ async fn watch_replica(
     // comes back after `successes_before_up` of them.
     let mut successes = 0u32;
     let mut suspicions = health[r].suspicions();
-    let (mut last_position, mut was_stalled) = (u64::MAX, false);
+    let (mut last_position, mut was_stalled) = (None, false);
+    let mut unchanged_since = Instant::now();
     let alias = probe.alias.clone();
     let gauge_labels = [("set", set.clone()), ("alias", alias.clone())];
     loop {
@@ -241,25 +243,36 @@ async fn watch_replica(
                 if over != was_over {
                     tracing::info!(target: "pindb", %alias, lag_bytes, lag_ms, over_lag = over, "pindb monitor: replica lag state changed");
                 }
-                metrics::gauge!("pindb_replica_lag_bytes", &gauge_labels).set(lag_bytes as f64);
+                // No position (receiver stopped): infinitely behind, as Prometheus says it.
+                let gauge = |v: u64, scale: f64| match v {
+                    u64::MAX => f64::INFINITY,
+                    v => v as f64 / scale,
+                };
+                metrics::gauge!("pindb_replica_lag_bytes", &gauge_labels)
+                    .set(gauge(lag_bytes, 1.0));
                 metrics::gauge!("pindb_replica_lag_seconds", &gauge_labels)
-                    .set(lag_ms as f64 / 1000.0);
-                let position = replay.unwrap_or_default().0;
-                metrics::gauge!("pindb_replica_replay_position_bytes", &gauge_labels)
-                    .set(position as f64);
-                // Stalled: the replica has not moved while the master had WAL for it for
-                // longer than `stalled_after_ms` (a paused replay or subscription, a broken
-                // receiver). Lag alone can also be a burst; this one is worth an alert.
-                let stalled = lag_ms != u64::MAX
-                    && lag_ms >= settings.stalled_after_ms
-                    && position == last_position;
+                    .set(gauge(lag_ms, 1000.0));
+                if let Some(position) = replay {
+                    metrics::gauge!("pindb_replica_replay_position_bytes", &gauge_labels)
+                        .set(position.0 as f64);
+                }
+                // Stalled: behind, and the position (none counts as one) has not moved for
+                // `stalled_after_ms` by the monitor's own clock: a paused replay or
+                // subscription, a broken receiver. Lag alone can be a burst; this is worth an
+                // alert.
+                if replay != last_position || lag_bytes == 0 {
+                    last_position = replay;
+                    unchanged_since = Instant::now();
+                }
+                let stalled = lag_bytes > 0
+                    && unchanged_since.elapsed()
+                        >= Duration::from_millis(settings.stalled_after_ms);
                 if stalled != was_stalled {
                     if stalled {
-                        tracing::warn!(target: "pindb", %alias, lag_ms, "pindb monitor: replication to this replica is stalled");
+                        tracing::warn!(target: "pindb", %alias, lag_bytes, "pindb monitor: replication to this replica is stalled");
                     }
                     was_stalled = stalled;
                 }
-                last_position = position;
                 metrics::gauge!("pindb_replica_stalled", &gauge_labels).set(if stalled {
                     1.0
                 } else {

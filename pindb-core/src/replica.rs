@@ -182,6 +182,8 @@ pub(crate) enum NoReplica {
     /// The replica this context read from failed or became unfit: its reads stay on the
     /// master (another replica might be behind what it already read).
     FailedOver,
+    /// The set's replicas are switched off (the kill switch).
+    Disabled,
 }
 
 /// Per-set choice state.
@@ -223,10 +225,20 @@ impl Picker {
                 order.min_by_key(|&i| (i + n - start % n) % n)
             }
         };
-        found.ok_or(if health.is_empty() {
-            NoReplica::None
-        } else {
-            NoReplica::AllLagging
+        found.ok_or_else(|| {
+            let usable = |h: &Health| h.is_up() && !h.drained.load(Ordering::Relaxed);
+            if health.is_empty() {
+                NoReplica::None
+            } else if !health.iter().any(usable) {
+                NoReplica::AllDown
+            } else if health
+                .iter()
+                .any(|h| usable(h) && h.lag_ms.load(Ordering::Relaxed) <= max_lag_ms)
+            {
+                NoReplica::NotCaughtUp
+            } else {
+                NoReplica::AllLagging
+            }
         })
     }
 

@@ -53,16 +53,19 @@ pub struct SlotStatus {
     pub retained_bytes: u64,
 }
 
-const MASTER: &str = "SELECT pg_is_in_recovery(), pg_current_wal_lsn()::text, \
+// Also right on a standby (a misconfigured master, an unmanaged standby): its replay position.
+const MASTER: &str = "SELECT pg_is_in_recovery(), (CASE WHEN pg_is_in_recovery() \
+    THEN pg_last_wal_replay_lsn() ELSE pg_current_wal_lsn() END)::text, \
     coalesce((SELECT string_agg(slot_name || ' ' || active::text || ' ' || \
       coalesce(pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn), 0)::bigint::text, ',') \
-      FROM pg_replication_slots), '')";
+      FROM pg_replication_slots WHERE NOT pg_is_in_recovery()), '')";
 const REPLICA: &str = "SELECT pg_is_in_recovery(), pg_last_wal_replay_lsn()::text, \
     coalesce((extract(epoch FROM now() - pg_last_xact_replay_timestamp()) * 1000)::bigint, 0)";
 
 pub(crate) async fn status(topology: &Topology, timeout: Duration) -> Vec<DatabaseStatus> {
     let mut out = Vec::new();
-    let mut master_position: Option<Lsn> = None;
+    // Per set: a replica is compared with its own master only.
+    let mut masters: std::collections::HashMap<String, Lsn> = std::collections::HashMap::new();
     for db in topology.databases() {
         let replica = matches!(db.membership, Membership::Replica { .. });
         let mut status = DatabaseStatus {
@@ -88,15 +91,16 @@ pub(crate) async fn status(topology: &Topology, timeout: Duration) -> Vec<Databa
                 let lsn = position.as_deref().and_then(Lsn::parse);
                 status.position = position;
                 if replica {
-                    if let (Some(master), Some(replay)) = (master_position, lsn) {
+                    let master = db.set().and_then(|set| masters.get(set)).copied();
+                    if let (Some(master), Some(replay)) = (master, lsn) {
                         let behind = master.0.saturating_sub(replay.0);
                         status.lag_bytes = Some(behind);
                         let since: i64 = row.try_get(2).unwrap_or(0);
                         status.lag_ms = Some(if behind == 0 { 0 } else { since.max(0) as u64 });
                     }
                 } else {
-                    if matches!(db.membership, Membership::Master { .. }) {
-                        master_position = lsn;
+                    if let (Membership::Master { set }, Some(lsn)) = (&db.membership, lsn) {
+                        masters.insert(set.clone(), lsn);
                     }
                     let slots: String = row.try_get(2).unwrap_or_default();
                     status.slots = slots

@@ -47,7 +47,25 @@ async fn the_kill_switch_sends_reads_to_the_master_now_and_back() {
     })
     .await;
     r.topology().set_replicas_enabled(None, false).unwrap();
-    scope(async { assert_eq!(read(&r, "other").0, Role::Master) }).await;
+    scope(async {
+        assert_eq!(read(&r, "other").0, Role::Master);
+        assert_eq!(
+            r.get_replica("default").unwrap(),
+            "default",
+            "get_replica obeys it too"
+        );
+        // A replica read that fails meanwhile goes nowhere but the master.
+        let replica = r.topology().index_of("default-1").unwrap();
+        let next = r
+            .reroute(replica, pindb_core::adapter::ReplicaFailure::Busy, 0, "")
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (next.role, next.reason),
+            (Role::Master, Reason::ReplicasDisabled)
+        );
+    })
+    .await;
     r.topology().set_replicas_enabled(None, true).unwrap();
     scope(async {
         assert_eq!(read(&r, "default").0, Role::Replica);

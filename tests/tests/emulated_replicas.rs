@@ -61,6 +61,25 @@ async fn one_postgres_behaves_like_a_primary_with_a_replica<A: Adapter>() {
     .await;
     assert_eq!(w.rows().await, 1, "{}: only the pinned call wrote", A::NAME);
 
+    // Read-your-writes with no monitor running: the emulated replica is known to have the
+    // key's write (it is the master), so the key's next read takes the replica path.
+    let mut config = emulated(&w, RouterMode::Greedy);
+    config.stickiness.max_wait_ms = 1_000;
+    let keyed = A::open(config).await;
+    let consistency = keyed.router().consistency().clone();
+    consistency
+        .scope_with_key(Some("u1"), async { keyed.write().await.unwrap() })
+        .await;
+    let after = consistency
+        .scope_with_key(Some("u1"), async { keyed.port_of_sql(READ_ONLY).await })
+        .await;
+    assert_eq!(
+        after,
+        Ok(1),
+        "{}: the replica path, not the master",
+        A::NAME
+    );
+
     // The monitor accepts the emulated replica (not in recovery) and keeps it in rotation.
     strict.router().start_monitor().await.unwrap();
     pindb_testkit::wait_until(

@@ -71,6 +71,8 @@ pub struct Consistency {
     pending_len: AtomicUsize,
     /// Verify pin cookies and consistency tokens; the first signs.
     cookie_keys: Vec<cookie::Key>,
+    /// Replicas are their masters (`emulate_replicas`): their position is the master's.
+    emulated: bool,
 }
 
 impl std::fmt::Debug for Consistency {
@@ -101,6 +103,7 @@ impl Consistency {
             round_trips: AtomicU64::new(0),
             pending: Mutex::new(HashMap::new()),
             pending_len: AtomicUsize::new(0),
+            emulated: config.emulate_replicas > 0,
             cookie_keys: std::iter::once(match &web.cookie_secret {
                 Some(secret) => cookie::Key::derive_from(secret.as_bytes()),
                 None => cookie::Key::generate(),
@@ -174,10 +177,14 @@ impl Consistency {
                 continue;
             }
             self.count_round_trip();
-            if let Ok(Some(lsn)) =
-                Probe::shared_row(&self.probes[index], "SELECT pg_last_wal_replay_lsn()::text")
-                    .await
-                    .and_then(|row| lsn_column(&row, 0))
+            let sql = if self.emulated {
+                "SELECT pg_current_wal_lsn()::text"
+            } else {
+                "SELECT pg_last_wal_replay_lsn()::text"
+            };
+            if let Ok(Some(lsn)) = Probe::shared_row(&self.probes[index], sql)
+                .await
+                .and_then(|row| lsn_column(&row, 0))
             {
                 s.health[r].raise_replay(lsn);
             }

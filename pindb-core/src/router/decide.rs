@@ -159,6 +159,9 @@ impl Router {
         staleness: Option<std::time::Duration>,
     ) -> Result<usize, NoReplica> {
         let set = &self.inner.topology.set(s);
+        if !set.replicas_enabled() {
+            return Err(NoReplica::Disabled);
+        }
         let Some(state) = state else {
             return self
                 .choose(set, None, None, staleness)
@@ -217,8 +220,10 @@ impl Router {
             None => set.picker.choose(policy, &set.health, required, keep, None),
         };
         match chosen {
+            // A hint's own bound is the caller's: never loosened to the ceiling.
             Err(NoReplica::AllLagging)
-                if monitor.when_all_lagging == crate::config::AllLaggingPolicy::LeastLag =>
+                if staleness.is_none()
+                    && monitor.when_all_lagging == crate::config::AllLaggingPolicy::LeastLag =>
             {
                 metrics::counter!("pindb_all_lagging_reads_total").increment(1);
                 set.picker.choose_within(
@@ -241,6 +246,7 @@ fn fallback_reason(no: NoReplica) -> Reason {
         NoReplica::AllLagging => Reason::LagFallback,
         NoReplica::NotCaughtUp => Reason::NotCaughtUp,
         NoReplica::FailedOver => Reason::ReplicaFailed,
+        NoReplica::Disabled => Reason::ReplicasDisabled,
     }
 }
 
@@ -278,7 +284,7 @@ fn route_counter(op: Operation, route: &Route<'_>) -> &'static metrics::Counter 
     });
     let op = OPS.iter().position(|o| *o == op).unwrap_or(0);
     let role = ROLES.iter().position(|r| *r == route.role).unwrap_or(0);
-    &counters[(op * ROLES.len() + role) * Reason::ALL.len() + route.reason as usize]
+    &counters[(op * ROLES.len() + role) * Reason::ALL.len() + route.reason.index()]
 }
 
 #[cfg(test)]
@@ -329,6 +335,12 @@ mod tests {
                 (Role::Replica, "default-1"),
                 "the least lagging"
             );
+        })
+        .await;
+        scope(async {
+            // A hint's own bound holds even when the policy would take the least lagging.
+            let hint = Hint::default().with_max_staleness(Duration::from_secs(5));
+            assert_eq!(read(&least, &hint).0, Role::Master);
         })
         .await;
         let tight = lagging(AllLaggingPolicy::LeastLag, 15_000);

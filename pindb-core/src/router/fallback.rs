@@ -130,6 +130,10 @@ impl Router {
         }
         // A statement that ran out of time goes to the master, not to another replica: a
         // long query must not run on every replica in turn.
+        if !set.replicas_enabled() {
+            // The kill switch is on: nowhere but the master.
+            return Ok(Some(self.master_route(s, Reason::ReplicasDisabled)));
+        }
         let retries = match failure {
             ReplicaFailure::Timeout => 0,
             _ => self.inner.config.reads.retries,

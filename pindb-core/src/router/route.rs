@@ -181,13 +181,13 @@ pub enum Reason {
     /// conflict) or became unfit after it had read from it: the master serves the set's
     /// reads for the rest of the context.
     ReplicaFailed,
-    /// The set's replicas are switched off (`Router::set_replicas_enabled`): the master
+    /// The set's replicas are switched off (`Topology::set_replicas_enabled`): the master
     /// serves every read.
     ReplicasDisabled,
 }
 
 impl Reason {
-    /// Every reason, in declaration order (`Reason::X as usize` indexes it).
+    /// Every reason, at its [`Reason::index`].
     pub(crate) const ALL: [Reason; 17] = [
         Reason::Disabled,
         Reason::Unmanaged,
@@ -207,6 +207,29 @@ impl Reason {
         Reason::ReplicaFailed,
         Reason::ReplicasDisabled,
     ];
+
+    /// Its position in [`Reason::ALL`]; exhaustive, so a new reason must be placed there.
+    pub(crate) fn index(self) -> usize {
+        match self {
+            Reason::Disabled => 0,
+            Reason::Unmanaged => 1,
+            Reason::Pinned => 2,
+            Reason::MasterGuard => 3,
+            Reason::ReplicaGuard => 4,
+            Reason::Replica => 5,
+            Reason::ExplicitReplica => 6,
+            Reason::NoReplica => 7,
+            Reason::GreedyPin => 8,
+            Reason::NoContextWrite => 9,
+            Reason::ReplicaDown => 10,
+            Reason::LagFallback => 11,
+            Reason::NotCaughtUp => 12,
+            Reason::StoreUnavailable => 13,
+            Reason::ReplicaRefused => 14,
+            Reason::ReplicaFailed => 15,
+            Reason::ReplicasDisabled => 16,
+        }
+    }
 
     /// A short kebab-case name for logs and metrics labels.
     pub fn as_str(self) -> &'static str {
@@ -305,7 +328,7 @@ mod tests {
     #[test]
     fn every_reason_is_listed_at_its_own_index() {
         for (i, reason) in Reason::ALL.iter().enumerate() {
-            assert_eq!(*reason as usize, i, "{reason:?}");
+            assert_eq!(reason.index(), i, "{reason:?}");
         }
     }
 }
