@@ -221,9 +221,10 @@ pub struct ReadSettings {
     /// replica given its own `connect_timeout_ms` keeps it). Masters keep their own
     /// `connect_timeout_ms` (5000 by default): there is nowhere else to write.
     pub replica_connect_timeout_ms: u64,
-    /// A read on a replica outside a transaction that has not started answering after this
-    /// long is abandoned (its connection discarded) and run elsewhere: a replica that hangs
-    /// mid-query costs this, not forever. Raise it for long reports.
+    /// A read on a replica outside a transaction that has not answered after this long (from
+    /// the checkout to the first row of a diesel `load`, to the end of anything else) is
+    /// abandoned (its connection discarded) and runs on the master: a replica that hangs
+    /// mid-query costs this, not forever. Async adapters only. Raise it for long reports.
     pub timeout_ms: u64,
     /// Other replicas tried after the first fails, before the master.
     pub retries: u32,
