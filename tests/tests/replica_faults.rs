@@ -266,3 +266,39 @@ mod frozen {
         a_failed_replica_never_sends_a_context_back_in_time::<SeaOrm>(Proxy::freeze).await
     }
 }
+
+/// diesel keeps a checkout across statements: a replica that goes away between the checkout
+/// and the query fails the held connection itself, which is discarded, and the read moves on.
+#[tokio::test]
+async fn a_replica_stopped_between_checkout_and_query_diesel_async() {
+    use diesel_async::RunQueryDsl;
+    let w = world().await;
+    let target = w.cluster.replica_url(1).rsplit('@').next().unwrap();
+    let proxy = Proxy::start(target.split('/').next().unwrap()).await;
+    let proxied = w.schema.url(&format!(
+        "postgres://pindb@127.0.0.1:{}/pindb",
+        proxy.port()
+    ));
+    let mut config = impatient(Config::single_set(
+        w.schema.url(&w.cluster.primary_url),
+        [proxied, w.schema.url(w.cluster.replica_url(2))],
+    ));
+    config.router = RouterMode::Strict;
+    let db = pindb_diesel::bb8::PinDb::new(config).unwrap();
+    let port = diesel::dsl::sql::<diesel::sql_types::Integer>("current_setting('port')::int");
+    scope(async {
+        let mut conn = db.get();
+        conn.checkout_for_read().await.unwrap();
+        assert_eq!(conn.held_aliases(), ["default-1"]);
+        proxy.stop();
+        let served: i32 = diesel::select(port).get_result(&mut conn).await.unwrap();
+        // The checkout counted as this context's read of replica 1: the master serves, never
+        // the other replica (monotonic reads), and the dead connection is not kept.
+        assert_eq!(served, w.master);
+        assert_eq!(conn.held_aliases(), ["default"]);
+    })
+    .await;
+    let status = db.router().topology().replica_status("default-1").unwrap();
+    assert!(!status.unwrap().up, "suspected");
+    w.finish().await;
+}
