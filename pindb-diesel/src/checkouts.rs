@@ -21,7 +21,7 @@ use std::sync::{Arc, Mutex};
 
 use diesel::connection::{CacheSize, Instrumentation, InstrumentationEvent};
 use diesel::result::QueryResult;
-use pindb_core::adapter::{Membership, Shape};
+use pindb_core::adapter::Shape;
 use pindb_core::{Hint, Operation, Router};
 
 use crate::error::Error;
@@ -362,11 +362,9 @@ impl<C: Held> Checkouts<C> {
             Slot::Checkout(index) => *index,
             Slot::Held => self.held.as_ref()?.0,
         };
-        let replica = matches!(
-            router.topology().databases()[index].membership,
-            Membership::Replica { .. }
-        );
-        replica.then_some(index)
+        router.topology().databases()[index]
+            .is_replica()
+            .then_some(index)
     }
 
     /// Whether the connection of the database at `index` is held.

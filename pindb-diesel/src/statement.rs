@@ -140,3 +140,12 @@ where
         None => OwnedQuery::Dynamic(query),
     })
 }
+
+/// Whether `e` is [`Error::CustomTypeBeforeCheckout`]: the statement needs a connection to
+/// look its types up, not a routing change.
+pub(crate) fn needs_lookup(e: &diesel::result::Error) -> bool {
+    matches!(
+        crate::error::routing_error(e),
+        Some(Error::CustomTypeBeforeCheckout { .. })
+    )
+}

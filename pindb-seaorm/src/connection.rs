@@ -9,7 +9,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
-use pindb_core::adapter::{Database, Membership, ReplicaFailure, Shape};
+use pindb_core::adapter::{Database, ReplicaFailure, Shape};
 use pindb_core::{Config, Hint, Operation, Role, Router};
 use sea_orm::{
     AccessMode, ConnectOptions, ConnectionTrait, DatabaseConnection, DatabaseTransaction,
@@ -49,7 +49,7 @@ fn connect_options(db: &Database) -> ConnectOptions {
     if let Some(min) = db.pool.min_idle {
         opts.min_connections(min);
     }
-    if matches!(db.membership, Membership::Replica { .. }) {
+    if db.is_replica() {
         // Safety net: a write that reaches a replica pool fails with SQLSTATE 25006.
         opts.map_sqlx_postgres_opts(|o| o.options([("default_transaction_read_only", "on")]));
     }

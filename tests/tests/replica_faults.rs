@@ -302,3 +302,46 @@ async fn a_replica_stopped_between_checkout_and_query_diesel_async() {
     assert!(!status.unwrap().up, "suspected");
     w.finish().await;
 }
+
+/// A replica read cut off by a timeout while its query runs (the fallback path owns the
+/// statement): the routed connection and its pool stay usable, and the next reads, on the
+/// same routed connection and on a new one, return the right rows.
+#[tokio::test]
+async fn a_replica_read_dropped_mid_query_leaves_nothing_behind_diesel_async() {
+    use diesel::sql_types::{Bool, Integer};
+    use diesel_async::RunQueryDsl;
+    let w = world().await;
+    let mut config = w.config(Some(RouterMode::Strict));
+    // One connection per pool: whatever the dropped read left on it is what comes next.
+    config
+        .sets
+        .get_mut("default")
+        .unwrap()
+        .iter_mut()
+        .for_each(|r| r.max_size = Some(1));
+    let db = pindb_diesel::bb8::PinDb::new(config).unwrap();
+    scope(async {
+        let mut conn = db.get();
+        let slow = diesel::select(diesel::dsl::sql::<Bool>("pg_sleep(0.5) IS NULL"));
+        let cut = tokio::time::timeout(
+            std::time::Duration::from_millis(50),
+            slow.get_result::<bool>(&mut conn),
+        )
+        .await;
+        assert!(cut.is_err(), "the timeout dropped the read mid-query");
+        let port = diesel::dsl::sql::<Integer>("current_setting('port')::int");
+        for _ in 0..3 {
+            let p: i32 = diesel::select(port.clone())
+                .get_result(&mut conn)
+                .await
+                .unwrap();
+            assert!(w.replicas.contains(&p), "{p}");
+        }
+        drop(conn);
+        let mut again = db.get();
+        let p: i32 = diesel::select(port).get_result(&mut again).await.unwrap();
+        assert!(w.replicas.contains(&p), "{p}");
+    })
+    .await;
+    w.finish().await;
+}

@@ -147,6 +147,11 @@ pub struct Database {
 }
 
 impl Database {
+    /// Whether it is one of a set's replicas.
+    pub fn is_replica(&self) -> bool {
+        matches!(self.membership, Membership::Replica { .. })
+    }
+
     /// The set this database belongs to, if any.
     pub fn set(&self) -> Option<&str> {
         match &self.membership {

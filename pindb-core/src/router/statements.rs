@@ -5,7 +5,7 @@
 use std::collections::HashSet;
 use std::hash::{BuildHasher, RandomState};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Mutex, PoisonError};
+use std::sync::{PoisonError, RwLock};
 
 use super::{Operation, Shape};
 use crate::classify::mentions;
@@ -19,7 +19,7 @@ pub(super) struct Statements {
     /// `write_functions` and `write_relations`, lowercase, without schema.
     names: Box<[Box<str>]>,
     /// Hashes of statements a replica refused.
-    refused: Mutex<HashSet<u64>>,
+    refused: RwLock<HashSet<u64>>,
     /// Whether `refused` has any: the common case skips the hash and the lock.
     any_refused: AtomicBool,
     hasher: RandomState,
@@ -39,7 +39,7 @@ impl Statements {
             .collect();
         Statements {
             names,
-            refused: Mutex::new(HashSet::new()),
+            refused: RwLock::new(HashSet::new()),
             any_refused: AtomicBool::new(false),
             hasher: RandomState::new(),
         }
@@ -58,14 +58,14 @@ impl Statements {
         self.any_refused.load(Ordering::Acquire)
             && self
                 .refused
-                .lock()
+                .read()
                 .unwrap_or_else(PoisonError::into_inner)
                 .contains(&self.hasher.hash_one(sql))
     }
 
     /// Remembers that a replica refused `sql`; true the first time.
     pub(super) fn learn_refused(&self, sql: &str) -> bool {
-        let mut refused = self.refused.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut refused = self.refused.write().unwrap_or_else(PoisonError::into_inner);
         if refused.len() >= MAX_LEARNED {
             refused.clear();
         }

@@ -286,10 +286,7 @@ impl PinDbConnection {
     }
 
     fn is_replica(&self, index: usize) -> bool {
-        matches!(
-            self.db.router().topology().databases()[index].membership,
-            pindb_core::adapter::Membership::Replica { .. }
-        )
+        self.db.router().topology().databases()[index].is_replica()
     }
 
     /// One attempt on the database at `index`, checking it out unless it is held.
@@ -399,7 +396,7 @@ impl AsyncConnectionCore for PinDbConnection {
                 }
                 // A custom type is looked up on a connection: with one held, the statement
                 // runs there as before, without a fallback.
-                Err(_) if matches!(slot, Slot::Held) => {}
+                Err(e) if matches!(slot, Slot::Held) && statement::needs_lookup(&e) => {}
                 Err(e) => return ready(Err(e)),
             }
         }
@@ -440,7 +437,7 @@ impl AsyncConnectionCore for PinDbConnection {
                 }
                 // A custom type is looked up on a connection: with one held, the statement
                 // runs there as before, without a fallback.
-                Err(_) if matches!(slot, Slot::Held) => {}
+                Err(e) if matches!(slot, Slot::Held) && statement::needs_lookup(&e) => {}
                 Err(e) => return ready(Err(e)),
             }
         }

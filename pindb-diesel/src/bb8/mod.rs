@@ -10,7 +10,7 @@ use std::sync::Arc;
 use diesel_async::pooled_connection::{AsyncDieselConnectionManager, ManagerConfig, PoolError};
 use diesel_async::{AsyncConnection, AsyncPgConnection, SimpleAsyncConnection};
 use futures_util::FutureExt;
-use pindb_core::adapter::{Database, Membership};
+use pindb_core::adapter::Database;
 use pindb_core::{Config, Hint, PinDbError, Router};
 
 use crate::error::Error;
@@ -174,7 +174,7 @@ impl PinDb {
 
 fn build_pool(db: &Database) -> Pool {
     let mut config = ManagerConfig::default();
-    if matches!(db.membership, Membership::Replica { .. }) {
+    if db.is_replica() {
         // Safety net: a write that reaches a replica pool fails with SQLSTATE 25006 even if the
         // replica were promoted or misconfigured.
         config.custom_setup = Box::new(|url| {

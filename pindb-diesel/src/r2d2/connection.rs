@@ -12,7 +12,7 @@ use diesel::pg::{Pg, PgConnection};
 use diesel::query_builder::{Query, QueryFragment, QueryId};
 use diesel::result::QueryResult;
 use diesel::{ConnectionError, ConnectionResult};
-use pindb_core::adapter::{Membership, Shape};
+use pindb_core::adapter::Shape;
 use pindb_core::Router;
 
 use super::{PinDb, Pooled};
@@ -138,10 +138,7 @@ impl PinDbConnection {
     }
 
     fn is_replica(&self, index: usize) -> bool {
-        matches!(
-            self.db.router().topology().databases()[index].membership,
-            Membership::Replica { .. }
-        )
+        self.db.router().topology().databases()[index].is_replica()
     }
 
     fn take(&mut self, slot: Slot) -> QueryResult<&mut PgConnection> {

@@ -73,9 +73,16 @@ fn build_pool(db: &Database) -> Pool {
         .max_size(db.pool.max_size)
         .min_idle(db.pool.min_idle)
         .connection_timeout(db.pool.connect_timeout);
-    if matches!(db.membership, Membership::Replica { .. }) {
+    if db.is_replica() {
         builder = builder.connection_customizer(Box::new(ReadOnlySession));
     }
+    // libpq waits forever for a server that accepts and never answers, and r2d2 would lose
+    // a connection thread to each such attempt: bound it (whole seconds, libpq's minimum 2).
+    let mut db = db.clone();
+    let secs = db.pool.connect_timeout.as_secs_f64().ceil().max(2.0) as u64;
+    db.options
+        .entry("connect_timeout".to_owned())
+        .or_insert_with(|| secs.to_string());
     builder.build_unchecked(ConnectionManager::new(db.url()))
 }
 
