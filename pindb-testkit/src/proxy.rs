@@ -31,6 +31,15 @@ impl Proxy {
         Proxy::listen(None).await
     }
 
+    /// A black hole in front of `target` until [`Proxy::thaw`]: connections accepted while it
+    /// is frozen are never answered, later ones are forwarded (a server that hung, then came
+    /// back).
+    pub async fn black_hole_until_thawed(target: &str) -> Proxy {
+        let proxy = Proxy::listen(Some(target.to_owned())).await;
+        proxy.freeze();
+        proxy
+    }
+
     async fn listen(target: Option<String>) -> Proxy {
         let listener = TcpListener::bind("127.0.0.1:0")
             .await
@@ -42,8 +51,8 @@ impl Proxy {
         let accept = tokio::spawn(async move {
             let mut held = Vec::new();
             while let Ok((client, _)) = listener.accept().await {
-                let Some(target) = &target else {
-                    held.push(client); // never read, never answered
+                let Some(target) = target.as_ref().filter(|_| !f.load(Ordering::SeqCst)) else {
+                    held.push(client); // never read, never answered, even after a thaw
                     continue;
                 };
                 let Ok(server) = TcpStream::connect(target).await else {

@@ -345,3 +345,39 @@ async fn a_replica_read_dropped_mid_query_leaves_nothing_behind_diesel_async() {
     .await;
     w.finish().await;
 }
+
+/// A server that accepted connections and never answered, then came back: the attempts it
+/// swallowed must not hold the pool's slots forever (they time out), so the pool connects
+/// again. Checked with explicit checkouts of that replica, which have no fallback.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_pool_recovers_from_a_server_that_hung_diesel_async() {
+    use diesel_async::RunQueryDsl;
+    let w = world().await;
+    let target = w.cluster.replica_url(1).rsplit('@').next().unwrap();
+    let proxy = Proxy::black_hole_until_thawed(target.split('/').next().unwrap()).await;
+    let hole = w.schema.url(&format!(
+        "postgres://pindb@127.0.0.1:{}/pindb",
+        proxy.port()
+    ));
+    let mut config = impatient(Config::single_set(
+        w.schema.url(&w.cluster.primary_url),
+        [hole],
+    ));
+    config.sets.get_mut("default").unwrap()[0].max_size = Some(2);
+    let db = pindb_diesel::bb8::PinDb::new(config).unwrap();
+    let replica = pindb_core::Hint::alias("default-1");
+    for _ in 0..3 {
+        assert!(db.read_with(&replica).await.is_err(), "nothing answers yet");
+    }
+    proxy.thaw();
+    // Longer than the connect timeout (1 s): swallowed attempts have given up by now.
+    tokio::time::sleep(std::time::Duration::from_millis(1_500)).await;
+    let mut conn = db
+        .read_with(&replica)
+        .await
+        .expect("the pool connects again");
+    let port = diesel::dsl::sql::<diesel::sql_types::Integer>("current_setting('port')::int");
+    let p: i32 = diesel::select(port).get_result(&mut *conn).await.unwrap();
+    assert_eq!(p, w.replicas[0]);
+    w.finish().await;
+}

@@ -165,6 +165,22 @@ impl Database {
         self.render(true)
     }
 
+    /// The URL an application pool connects with: [`Database::url`] plus a `connect_timeout`
+    /// (whole seconds, from the pool's `connect_timeout`) unless `options` set one. libpq and
+    /// tokio-postgres both read it; without it a server that accepts and never answers keeps
+    /// a pool's connection attempt (bb8's, r2d2's) waiting forever, and its slot with it.
+    pub fn pool_url(&self) -> String {
+        if self.options.contains_key("connect_timeout") {
+            return self.url();
+        }
+        let secs = self.pool.connect_timeout.as_secs_f64().ceil().max(1.0) as u64;
+        let mut with_timeout = self.clone();
+        with_timeout
+            .options
+            .insert("connect_timeout".to_owned(), secs.to_string());
+        with_timeout.url()
+    }
+
     /// The connection URL with the password replaced by `***`, for logs and errors.
     pub fn redacted_url(&self) -> String {
         self.render(false)

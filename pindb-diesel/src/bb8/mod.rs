@@ -177,19 +177,29 @@ fn build_pool(db: &Database) -> Pool {
     if db.is_replica() {
         // Safety net: a write that reaches a replica pool fails with SQLSTATE 25006 even if the
         // replica were promoted or misconfigured.
-        config.custom_setup = Box::new(|url| {
+        let limit = db.pool.connect_timeout;
+        config.custom_setup = Box::new(move |url| {
             let url = url.to_owned();
             async move {
-                let mut conn = AsyncPgConnection::establish(&url).await?;
-                conn.batch_execute("SET default_transaction_read_only = on")
-                    .await
-                    .map_err(diesel::ConnectionError::CouldntSetupConfiguration)?;
-                Ok(conn)
+                // The whole set-up is bounded: a server can also hang after the handshake.
+                tokio::time::timeout(limit, async {
+                    let mut conn = AsyncPgConnection::establish(&url).await?;
+                    conn.batch_execute("SET default_transaction_read_only = on")
+                        .await
+                        .map_err(diesel::ConnectionError::CouldntSetupConfiguration)?;
+                    Ok(conn)
+                })
+                .await
+                .unwrap_or_else(|_| {
+                    Err(diesel::ConnectionError::BadConnection(format!(
+                        "no answer within {limit:?} while setting up the connection"
+                    )))
+                })
             }
             .boxed()
         });
     }
-    let manager = AsyncDieselConnectionManager::new_with_config(db.url(), config);
+    let manager = AsyncDieselConnectionManager::new_with_config(db.pool_url(), config);
     bb8::Pool::builder()
         .max_size(db.pool.max_size)
         .min_idle(db.pool.min_idle)

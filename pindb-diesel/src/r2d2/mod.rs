@@ -76,14 +76,7 @@ fn build_pool(db: &Database) -> Pool {
     if db.is_replica() {
         builder = builder.connection_customizer(Box::new(ReadOnlySession));
     }
-    // libpq waits forever for a server that accepts and never answers, and r2d2 would lose
-    // a connection thread to each such attempt: bound it (whole seconds, libpq's minimum 2).
-    let mut db = db.clone();
-    let secs = db.pool.connect_timeout.as_secs_f64().ceil().max(2.0) as u64;
-    db.options
-        .entry("connect_timeout".to_owned())
-        .or_insert_with(|| secs.to_string());
-    builder.build_unchecked(ConnectionManager::new(db.url()))
+    builder.build_unchecked(ConnectionManager::new(db.pool_url()))
 }
 
 impl PinDb {
