@@ -1,7 +1,8 @@
 //! `pindb`: the topology and replication of a pindb config, from the command line.
 //!
 //! - `pindb status [--config pindb.toml] [--json]`: one line per database (alias, role, kind,
-//!   up/down, lag, position, WAL retained by the primary's replication slots).
+//!   up/down, lag, position, WAL retained by the primary's replication slots, the tables a
+//!   logical replica's publications carry).
 //! - `pindb check [--config pindb.toml]`: the topology check (every master a primary, every
 //!   replica a standby of its master); exits 1 with the reason when it is wrong, 2 when the
 //!   config cannot be read.
@@ -120,8 +121,9 @@ fn table(status: &[DatabaseStatus]) -> String {
         "lag ms",
         "position",
         "retained WAL",
+        "published",
     ];
-    let rows: Vec<[String; 8]> = status
+    let rows: Vec<[String; 9]> = status
         .iter()
         .map(|s| {
             let opt = |v: Option<u64>| v.map_or_else(|| "-".to_owned(), |v| v.to_string());
@@ -134,9 +136,10 @@ fn table(status: &[DatabaseStatus]) -> String {
                 } else {
                     s.kind.to_owned()
                 },
-                match &s.error {
-                    None => "up".to_owned(),
-                    Some(e) => format!("down ({e})"),
+                match (&s.error, s.up) {
+                    (None, _) => "up".to_owned(),
+                    (Some(e), true) => format!("up ({e})"),
+                    (Some(e), false) => format!("down ({e})"),
                 },
                 opt(s.lag_bytes),
                 opt(s.lag_ms),
@@ -145,6 +148,11 @@ fn table(status: &[DatabaseStatus]) -> String {
                     format!("{retained} ({} slots)", s.slots.len())
                 } else {
                     "-".to_owned()
+                },
+                if s.published.is_empty() {
+                    "-".to_owned()
+                } else {
+                    s.published.join(",")
                 },
             ]
         })

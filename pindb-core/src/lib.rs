@@ -47,6 +47,7 @@ mod classify;
 mod config;
 mod consistency;
 mod context;
+mod coverage;
 mod error;
 mod guard;
 mod jobs;
@@ -58,6 +59,7 @@ mod replica;
 mod router;
 mod status;
 mod store;
+mod subscription;
 mod topology;
 #[cfg(feature = "tower")]
 mod web;
@@ -75,7 +77,7 @@ pub use error::PinDbError;
 pub use guard::Guard;
 pub use jobs::{import_token, run_job, run_worker, UnpinOnDrop, WorkerReport};
 pub use lsn::{Lsn, ParseLsnError};
-pub use populate::DatabaseSettings;
+pub use populate::{DatabaseSettings, ReplicaKind};
 pub use replica::ReplicaStatus;
 pub use router::{
     db_for_read, db_for_write, get_replica, global, master, pin, unpinned_replica, Delegate, Hint,
@@ -99,7 +101,7 @@ pub mod adapter {
     //! statement on the pool at the index of the [`Route`](crate::Route) that
     //! [`Router::route_sql`](crate::Router::route_sql) (or
     //! [`Router::route_shape`](crate::Router::route_shape) for a cached [`Shape`]) returns.
-    pub use crate::classify::{classify, main_table, StatementKind};
+    pub use crate::classify::{classify, main_table, Footprint, StatementKind};
     pub use crate::populate::{
         populate_replicas, Database, Membership, PoolSettings, DEFAULT_PORT,
     };

@@ -18,10 +18,12 @@ use std::time::{Duration, Instant};
 use tokio::task::AbortHandle;
 
 use crate::config::{MonitorSettings, TopologyCheck};
+use crate::coverage::Coverage;
 use crate::error::PinDbError;
 use crate::lsn::Lsn;
 use crate::probe::{lsn_column, Probe};
 use crate::replica::Health;
+use crate::subscription;
 use crate::topology::Topology;
 
 /// The master's recent positions, newest last: what replica lag is measured against.
@@ -70,6 +72,7 @@ pub(crate) fn spawn(
     let mut handles = Vec::new();
     for set in topology.sets() {
         let (master, replicas, health) = (set.master, &set.replicas, &set.health);
+        let coverage = &set.coverage;
         let set = &*set.name;
         let track = Arc::new(MasterTrack::default());
         let master_db = &topology.databases()[master];
@@ -84,21 +87,113 @@ pub(crate) fn spawn(
         );
         for (r, &index) in replicas.iter().enumerate() {
             let db = &topology.databases()[index];
+            let probe = Probe::new(db, timeout(settings));
+            let source = match (emulated, db.is_logical()) {
+                (true, _) => Source::Emulated(probe),
+                (false, false) => Source::Standby(probe),
+                (false, true) => Source::Logical {
+                    replica: probe,
+                    master: Probe::new(master_db, timeout(settings)),
+                    coverage: Arc::clone(coverage),
+                    publications: Vec::new(),
+                    learned: None,
+                },
+            };
             handles.push(
                 tokio::spawn(watch_replica(
                     set.to_owned(),
-                    Probe::new(db, timeout(settings)),
+                    source,
                     Arc::clone(&track),
                     Arc::clone(health),
                     r,
                     settings.clone(),
-                    emulated,
                 ))
                 .abort_handle(),
             );
         }
     }
     handles
+}
+
+/// Where a replica's position comes from.
+enum Source {
+    /// A streaming standby: `pg_last_wal_replay_lsn()`, while it is in recovery.
+    Standby(Probe),
+    /// The master opened read-only (`emulate_replicas`): always caught up.
+    Emulated(Probe),
+    /// A logical replica: its subscription slot on the master; what it carries is learned
+    /// every [`LEARN_EVERY`] checks.
+    Logical {
+        replica: Probe,
+        master: Probe,
+        coverage: Arc<[Coverage]>,
+        publications: Vec<String>,
+        /// When the coverage was last learned.
+        learned: Option<Instant>,
+    },
+}
+
+/// How often a logical replica's publications and functions are learned again.
+const LEARN_EVERY: Duration = Duration::from_secs(5);
+
+impl Source {
+    fn alias(&self) -> &str {
+        match self {
+            Source::Standby(p) | Source::Emulated(p) => &p.alias,
+            Source::Logical { replica, .. } => &replica.alias,
+        }
+    }
+
+    /// The replica's position. The outer error: it could not be asked. The inner one: it is
+    /// not a replica of this master (promoted, a primary, not subscribed), in words.
+    async fn position(&mut self, r: usize) -> Result<Result<Option<Lsn>, String>, String> {
+        match self {
+            Source::Emulated(probe) => {
+                let row = probe.row("SELECT pg_current_wal_lsn()::text").await?;
+                Ok(Ok(lsn_column(&row, 0)?))
+            }
+            Source::Standby(probe) => {
+                let row = probe
+                    .row("SELECT pg_is_in_recovery(), pg_last_wal_replay_lsn()::text")
+                    .await?;
+                let in_recovery: bool = row.try_get(0).map_err(|e| e.to_string())?;
+                Ok(match in_recovery {
+                    true => Ok(lsn_column(&row, 1)?),
+                    false => Err(format!(
+                        "`{}` is not in recovery (promoted?); not reading from it",
+                        probe.alias
+                    )),
+                })
+            }
+            Source::Logical {
+                replica,
+                master,
+                coverage,
+                publications,
+                learned,
+            } => {
+                let following = match subscription::follow(replica, master).await? {
+                    Ok(f) => f,
+                    Err(problem) => return Ok(Err(problem)),
+                };
+                let due = learned.is_none_or(|t| t.elapsed() >= LEARN_EVERY);
+                if due || following.publications != *publications {
+                    match subscription::carried(replica, master, &following.publications).await {
+                        Ok(carried) => {
+                            coverage[r].set(carried);
+                            *publications = following.publications.clone();
+                            *learned = Some(Instant::now());
+                        }
+                        // Keeps what it knew; a replica never learned serves no read.
+                        Err(e) => {
+                            tracing::warn!(target: "pindb", alias = %replica.alias, error = %e, "pindb monitor: could not learn what a logical replica carries");
+                        }
+                    }
+                }
+                Ok(Ok(following.position))
+            }
+        }
+    }
 }
 
 fn timeout(s: &MonitorSettings) -> Duration {
@@ -180,19 +275,12 @@ async fn report_slots(set: &str, probe: &mut Probe) {
 
 async fn watch_replica(
     set: String,
-    mut probe: Probe,
+    mut source: Source,
     track: Arc<MasterTrack>,
     health: Arc<[Health]>,
     r: usize,
     settings: MonitorSettings,
-    emulated: bool,
 ) {
-    // An emulated replica is the master itself: its position is the master's.
-    let check = if emulated {
-        "SELECT true, pg_current_wal_lsn()::text"
-    } else {
-        "SELECT pg_is_in_recovery(), pg_last_wal_replay_lsn()::text"
-    };
     let mut every = interval(&settings);
     let mut failures = 0u32;
     // Good checks in a row since the last failure or suspicion: a replica that was down
@@ -201,21 +289,18 @@ async fn watch_replica(
     let mut suspicions = health[r].suspicions();
     let (mut last_position, mut was_stalled) = (None, false);
     let mut unchanged_since = Instant::now();
-    let alias = probe.alias.clone();
+    let alias = source.alias().to_owned();
     let gauge_labels = [("set", set.clone()), ("alias", alias.clone())];
     loop {
         every.tick().await;
-        let checked = probe.row(check).await.and_then(|row| {
-            let in_recovery: bool = row.try_get(0).map_err(|e| e.to_string())?;
-            Ok((in_recovery, lsn_column(&row, 1)?))
-        });
+        let checked = source.position(r).await;
         let was_up = health[r].status().up;
         if health[r].suspicions() != suspicions {
             suspicions = health[r].suspicions();
             successes = 0;
         }
         match checked {
-            Ok((true, replay)) => {
+            Ok(Ok(replay)) => {
                 failures = 0;
                 successes = successes.saturating_add(1);
                 let up = was_up || successes >= settings.successes_before_up;
@@ -279,13 +364,13 @@ async fn watch_replica(
                     0.0
                 });
             }
-            Ok((false, _)) => {
-                // Promoted, or a primary by mistake: never read from it as a replica.
+            Ok(Err(problem)) => {
+                // Promoted, a primary by mistake, unsubscribed: never read from it.
                 failures = settings.failures_before_down;
                 successes = 0;
                 health[r].set_down();
                 if was_up {
-                    tracing::error!(target: "pindb", %alias, "pindb monitor: replica is not in recovery (promoted?); not reading from it");
+                    tracing::error!(target: "pindb", %alias, %problem, "pindb monitor: not a replica of its master");
                 }
             }
             Err(e) => {
@@ -350,8 +435,22 @@ pub(crate) async fn verify_topology(
                 None
             }
         };
-        for &index in replicas.iter().filter(|_| !emulated) {
+        for (r, &index) in replicas.iter().enumerate().filter(|_| !emulated) {
             let db = &topology.databases()[index];
+            if db.is_logical() {
+                let mut replica = Probe::new(db, timeout(settings));
+                let mut master = Probe::new(master_db, timeout(settings));
+                match check_logical(&mut replica, &mut master).await {
+                    Ok(Ok(carried)) => set.coverage[r].set(carried),
+                    Ok(Err(problem)) => {
+                        problems.push(PinDbError::config(db.alias.clone(), problem))
+                    }
+                    Err(e) => {
+                        warnings.push(format!("topology not checked for `{}`: {e}", db.alias))
+                    }
+                }
+                continue;
+            }
             match Probe::new(db, timeout(settings)).row(sql).await {
                 Ok(row) => {
                     let (in_recovery, id): (bool, String) = (row.get(0), row.get(1));
@@ -393,6 +492,29 @@ pub(crate) async fn verify_topology(
         tracing::warn!(target: "pindb", "{w}");
     }
     Ok(warnings)
+}
+
+/// A logical replica subscribes to its master, with every subscription enabled and every
+/// publication there: what it carries, or the problem in words.
+async fn check_logical(
+    replica: &mut Probe,
+    master: &mut Probe,
+) -> Result<Result<crate::coverage::Carried, String>, String> {
+    let following = match subscription::follow(replica, master).await? {
+        Ok(f) => f,
+        Err(problem) => return Ok(Err(problem)),
+    };
+    if !following.disabled.is_empty() {
+        return Ok(Err(format!(
+            "the subscription {} of `{}` to `{}` is disabled, so it applies nothing; \
+             ALTER SUBSCRIPTION {} ENABLE",
+            following.disabled.join(", "),
+            replica.alias,
+            master.alias,
+            following.disabled[0]
+        )));
+    }
+    Ok(subscription::carried(replica, master, &following.publications).await)
 }
 
 #[cfg(test)]

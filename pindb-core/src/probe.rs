@@ -5,6 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, NoTls, Row};
 
 use crate::lsn::Lsn;
@@ -31,9 +32,22 @@ impl Probe {
     /// Runs `sql` (no parameters) and returns its single row. Any failure, including a
     /// timeout, drops the connection so the next call reconnects.
     pub(crate) async fn row(&mut self, sql: &str) -> Result<Row, String> {
+        let mut rows = self.rows(sql, &[]).await?;
+        match rows.len() {
+            1 => Ok(rows.remove(0)),
+            n => Err(format!("`{}`: {n} rows where one was expected", self.alias)),
+        }
+    }
+
+    /// Runs `sql` with `params` and returns its rows; failures as [`Probe::row`].
+    pub(crate) async fn rows(
+        &mut self,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Vec<Row>, String> {
         let result = tokio::time::timeout(self.timeout, async {
             let client = self.client().await?;
-            client.query_one(sql, &[]).await.map_err(|e| describe(&e))
+            client.query(sql, params).await.map_err(|e| describe(&e))
         })
         .await
         .unwrap_or_else(|_| Err(format!("no answer within {:?}", self.timeout)));

@@ -184,7 +184,17 @@ pub(crate) enum NoReplica {
     FailedOver,
     /// The set's replicas are switched off (the kill switch).
     Disabled,
+    /// No replica carries the tables the read needs (logical replicas).
+    NotCarried,
 }
+
+/// Which replicas (indexes among the set's) may serve this read at all: those that carry its
+/// tables.
+pub(crate) type Eligible<'a> = &'a dyn Fn(usize) -> bool;
+
+/// Every replica is eligible.
+#[cfg(test)]
+pub(crate) const EVERY: Eligible<'static> = &|_| true;
 
 /// Per-set choice state.
 #[derive(Debug, Default)]
@@ -203,10 +213,12 @@ impl Picker {
         required: Option<Lsn>,
         keep: Option<usize>,
         max_lag_ms: u64,
+        eligible: Eligible<'_>,
     ) -> Result<usize, NoReplica> {
         let fit = |i: usize| {
             let h = &health[i];
-            h.is_up()
+            eligible(i)
+                && h.is_up()
                 && !h.drained.load(Ordering::Relaxed)
                 && h.lag_ms.load(Ordering::Relaxed) <= max_lag_ms
                 && h.has_replayed(required)
@@ -251,12 +263,13 @@ impl Picker {
         required: Option<Lsn>,
         keep: Option<usize>,
         avoid: Option<usize>,
+        eligible: Eligible<'_>,
     ) -> Result<usize, NoReplica> {
         let n = health.len();
         if n == 0 {
             return Err(NoReplica::None);
         }
-        let fit = |i: usize| Some(i) != avoid && health[i].fit(required);
+        let fit = |i: usize| Some(i) != avoid && eligible(i) && health[i].fit(required);
         if let Some(k) = keep.filter(|&k| k < n && fit(k)) {
             return Ok(k);
         }
@@ -323,7 +336,7 @@ mod tests {
         let h = healthy(3);
         let picks: Vec<_> = (0..6)
             .map(|_| {
-                p.choose(ReplicaPolicy::RoundRobin, &h, None, None, None)
+                p.choose(ReplicaPolicy::RoundRobin, &h, None, None, None, EVERY)
                     .unwrap()
             })
             .collect();
@@ -337,7 +350,7 @@ mod tests {
         let mut seen = [0usize; 3];
         for _ in 0..3000 {
             seen[p
-                .choose(ReplicaPolicy::Random, &h, None, None, None)
+                .choose(ReplicaPolicy::Random, &h, None, None, None, EVERY)
                 .unwrap()] += 1;
         }
         assert!(seen.iter().all(|&n| n > 500), "{seen:?}");
@@ -350,27 +363,27 @@ mod tests {
         h[0].set_down();
         for _ in 0..4 {
             assert_eq!(
-                p.choose(ReplicaPolicy::RoundRobin, &h, None, None, None),
+                p.choose(ReplicaPolicy::RoundRobin, &h, None, None, None, EVERY),
                 Ok(1)
             );
         }
         assert_eq!(
-            p.choose(ReplicaPolicy::RoundRobin, &h, None, Some(0), None),
+            p.choose(ReplicaPolicy::RoundRobin, &h, None, Some(0), None, EVERY),
             Ok(1),
             "a kept choice that went down is replaced"
         );
         h[1].set_position(Lsn(10), 9_000_000, 0, true, true, 0);
         assert_eq!(
-            p.choose(ReplicaPolicy::RoundRobin, &h, None, None, None),
+            p.choose(ReplicaPolicy::RoundRobin, &h, None, None, None, EVERY),
             Err(NoReplica::AllLagging)
         );
         h[1].set_down();
         assert_eq!(
-            p.choose(ReplicaPolicy::RoundRobin, &h, None, None, None),
+            p.choose(ReplicaPolicy::RoundRobin, &h, None, None, None, EVERY),
             Err(NoReplica::AllDown)
         );
         assert_eq!(
-            p.choose(ReplicaPolicy::RoundRobin, &[], None, None, None),
+            p.choose(ReplicaPolicy::RoundRobin, &[], None, None, None, EVERY),
             Err(NoReplica::None)
         );
     }
@@ -383,12 +396,26 @@ mod tests {
         h[1].set_position(Lsn(50), 50, 10, false, true, 0);
         for _ in 0..4 {
             assert_eq!(
-                p.choose(ReplicaPolicy::RoundRobin, &h, Some(Lsn(80)), None, None),
+                p.choose(
+                    ReplicaPolicy::RoundRobin,
+                    &h,
+                    Some(Lsn(80)),
+                    None,
+                    None,
+                    EVERY
+                ),
                 Ok(0)
             );
         }
         assert_eq!(
-            p.choose(ReplicaPolicy::RoundRobin, &h, Some(Lsn(101)), None, None),
+            p.choose(
+                ReplicaPolicy::RoundRobin,
+                &h,
+                Some(Lsn(101)),
+                None,
+                None,
+                EVERY
+            ),
             Err(NoReplica::NotCaughtUp)
         );
     }
@@ -401,12 +428,12 @@ mod tests {
         h[1].set_position(Lsn(99), 1, 1, false, true, 0);
         h[2].set_position(Lsn(100), 0, 0, false, true, 0);
         assert_eq!(
-            p.choose(ReplicaPolicy::LeastLag, &h, None, None, None),
+            p.choose(ReplicaPolicy::LeastLag, &h, None, None, None, EVERY),
             Ok(2)
         );
         h[2].set_down();
         assert_eq!(
-            p.choose(ReplicaPolicy::LeastLag, &h, None, None, None),
+            p.choose(ReplicaPolicy::LeastLag, &h, None, None, None, EVERY),
             Ok(1)
         );
     }

@@ -10,6 +10,7 @@ use serde::Serialize;
 use crate::lsn::Lsn;
 use crate::populate::{Database, Membership};
 use crate::probe::Probe;
+use crate::subscription;
 use crate::topology::Topology;
 
 /// What one database looks like right now.
@@ -22,7 +23,7 @@ pub struct DatabaseStatus {
     pub set: Option<String>,
     /// `master`, `replica` or `unmanaged`.
     pub role: &'static str,
-    /// `streaming` for replicas (the one kind pindb reads from today), else empty.
+    /// Replicas: `streaming` or `logical`; else empty.
     pub kind: &'static str,
     /// It answered.
     pub up: bool,
@@ -39,6 +40,8 @@ pub struct DatabaseStatus {
     pub lag_ms: Option<u64>,
     /// Masters: WAL kept for each replication slot.
     pub slots: Vec<SlotStatus>,
+    /// Logical replicas: the tables their publications carry (`*`: all of them).
+    pub published: Vec<String>,
 }
 
 /// A replication slot on a master.
@@ -72,7 +75,7 @@ pub(crate) async fn status(topology: &Topology, timeout: Duration) -> Vec<Databa
             alias: db.alias.clone(),
             set: db.set().map(str::to_owned),
             role: role(db),
-            kind: if replica { "streaming" } else { "" },
+            kind: if replica { db.kind.as_str() } else { "" },
             up: false,
             error: None,
             in_recovery: None,
@@ -80,7 +83,13 @@ pub(crate) async fn status(topology: &Topology, timeout: Duration) -> Vec<Databa
             lag_bytes: None,
             lag_ms: None,
             slots: Vec::new(),
+            published: Vec::new(),
         };
+        if db.is_logical() {
+            logical(topology, db, timeout, &masters, &mut status).await;
+            out.push(status);
+            continue;
+        }
         let sql = if replica { REPLICA } else { MASTER };
         match Probe::new(db, timeout).row(sql).await {
             Err(e) => status.error = Some(e),
@@ -120,6 +129,48 @@ pub(crate) async fn status(topology: &Topology, timeout: Duration) -> Vec<Databa
         out.push(status);
     }
     out
+}
+
+/// A logical replica: its position is its subscription slot's on the master.
+async fn logical(
+    topology: &Topology,
+    db: &Database,
+    timeout: Duration,
+    masters: &std::collections::HashMap<String, Lsn>,
+    status: &mut DatabaseStatus,
+) {
+    let Some(set) = db.set().and_then(|s| topology.set_named(s)) else {
+        return;
+    };
+    let mut replica = Probe::new(db, timeout);
+    let mut master = Probe::new(&topology.databases()[set.master], timeout);
+    let following = match subscription::follow(&mut replica, &mut master).await {
+        Err(e) => return status.error = Some(e),
+        Ok(Err(problem)) => {
+            status.up = true;
+            return status.error = Some(problem);
+        }
+        Ok(Ok(f)) => f,
+    };
+    status.up = true;
+    status.in_recovery = Some(false);
+    status.position = following.position.map(|p| p.to_string());
+    if let (Some(master), Some(position)) = (masters.get(&*set.name), following.position) {
+        let behind = master.0.saturating_sub(position.0);
+        status.lag_bytes = Some(behind);
+        // Only "caught up" is known here; the monitor measures time lag.
+        status.lag_ms = (behind == 0).then_some(0);
+    }
+    if !following.disabled.is_empty() {
+        status.error = Some(format!(
+            "subscription disabled: {}",
+            following.disabled.join(", ")
+        ));
+    }
+    match subscription::carried(&mut replica, &mut master, &following.publications).await {
+        Ok(carried) => status.published = carried.tables(),
+        Err(e) => status.error = Some(e),
+    }
 }
 
 fn role(db: &Database) -> &'static str {

@@ -7,7 +7,9 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
+use crate::classify::Footprint;
 use crate::config::Config;
+use crate::coverage::Coverage;
 use crate::error::PinDbError;
 use crate::lsn::Lsn;
 use crate::populate::{Database, Membership};
@@ -33,12 +35,24 @@ pub(crate) struct SetEntry {
     pub(crate) replicas: Vec<usize>,
     /// Parallel to `replicas`; written by the monitor.
     pub(crate) health: Arc<[Health]>,
+    /// Parallel to `replicas`: the tables each carries (learned by the monitor for logical
+    /// replicas).
+    pub(crate) coverage: Arc<[Coverage]>,
+    /// Whether some replica may carry only some tables (a logical one): only then does a
+    /// read's footprint matter.
+    pub(crate) partial: bool,
     pub(crate) picker: Picker,
     /// The kill switch: `false` sends every read of the set to its master.
     replicas_enabled: AtomicBool,
 }
 
 impl SetEntry {
+    /// Whether replica `r` (index among the set's) carries what a read with this footprint
+    /// reads.
+    pub(crate) fn covers(&self, r: usize, footprint: Option<&Footprint>) -> bool {
+        !self.partial || self.coverage[r].covers(footprint)
+    }
+
     pub(crate) fn replicas_enabled(&self) -> bool {
         self.replicas_enabled.load(Ordering::Relaxed)
     }
@@ -85,6 +99,8 @@ impl Topology {
                         master: i,
                         replicas: Vec::new(),
                         health: Arc::from([]),
+                        coverage: Arc::from([]),
+                        partial: false,
                         picker: Picker::default(),
                         replicas_enabled: AtomicBool::new(true),
                     });
@@ -113,6 +129,15 @@ impl Topology {
         }
         for set in &mut sets {
             set.health = set.replicas.iter().map(|_| Health::default()).collect();
+            set.coverage = set
+                .replicas
+                .iter()
+                .map(|&i| match databases[i].is_logical() {
+                    true => Coverage::learned(),
+                    false => Coverage::Everything,
+                })
+                .collect();
+            set.partial = set.replicas.iter().any(|&i| databases[i].is_logical());
         }
         let default = *by_alias
             .get("default")
@@ -229,6 +254,11 @@ impl Topology {
 
     pub(crate) fn set_named(&self, name: &str) -> Option<&SetEntry> {
         self.sets.iter().find(|e| &*e.name == name)
+    }
+
+    /// Whether any set has a logical replica: only then do reads need their footprint.
+    pub(crate) fn has_partial(&self) -> bool {
+        self.sets.iter().any(|s| s.partial)
     }
 
     /// The highest position the replicas of `set` are known to have replayed.

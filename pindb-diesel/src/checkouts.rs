@@ -293,7 +293,8 @@ impl<C: Held> Checkouts<C> {
                 Hint::tables(&tables)
             }
             _ => Hint::default(),
-        };
+        }
+        .with_footprint(shape.footprint.as_deref());
         if let Some(home) = self.tx {
             if !hint.tables.is_empty() {
                 // Refused only when neither the statement's own operation nor a write would

@@ -177,7 +177,7 @@ impl PinDb {
         let router = &self.inner.router;
         let shape = Shape {
             op,
-            ..Shape::of_sql(sql, router.has_delegates())
+            ..router.shape_of(sql)
         };
         let route = router.route_shape(&shape).map_err(to_db_err)?;
         Ok(&self.inner.conns[route.index])

@@ -5,7 +5,10 @@
 //! doubt, the answer is [`StatementKind::Write`], which is always safe (the master can run
 //! anything).
 
+mod footprint;
 mod lexer;
+
+pub use footprint::Footprint;
 
 use lexer::{Lexer, Token};
 

@@ -262,3 +262,46 @@ proptest::proptest! {
         let _ = main_table(&sql);
     }
 }
+
+#[test]
+fn a_footprint_lists_every_relation_a_read_names() {
+    use super::Footprint;
+    let relations = |sql: &str| {
+        Footprint::of_sql(sql).map(|f| f.relations().map(str::to_owned).collect::<Vec<_>>())
+    };
+    let cases: &[(&str, Option<&[&str]>)] = &[
+        ("SELECT * FROM notes", Some(&["notes"])),
+        ("SELECT * FROM ONLY app.notes n, audit", Some(&["app.notes", "audit"])),
+        (
+            "SELECT a, b FROM x LEFT JOIN y USING (id) WHERE id IN (SELECT id FROM z) GROUP BY a, b",
+            Some(&["x", "y", "z"]),
+        ),
+        ("SELECT extract(epoch FROM created) FROM notes", Some(&["notes"])),
+        ("SELECT substring(body FROM 1 FOR 3) FROM notes", Some(&["notes"])),
+        ("SELECT * FROM (SELECT * FROM inner_t) s", Some(&["inner_t"])),
+        ("TABLE logical.notes", Some(&["logical.notes"])),
+        ("SELECT 1; SELECT * FROM b", Some(&["b"])),
+        ("SELECT * FROM \"Odd\"\"Name\"", Some(&["Odd\"Name"])),
+        ("SELECT * FROM db.app.notes", Some(&["app.notes"])),
+        ("WITH t AS (SELECT 1) SELECT * FROM t, u", Some(&["u"])),
+        // A column list hides the CTE: counted as a relation (the safe side).
+        ("WITH t(x) AS (SELECT 1) SELECT * FROM t", Some(&["t"])),
+        ("SELECT * FROM generate_series(1, 3)", None),
+        ("SELECT * FROM a, LATERAL f(a.x)", None),
+        ("SELECT * FROM U&\"d\\0061ta\"", None),
+        ("SELECT (1", None),
+        ("SELECT 1)", None),
+        ("INSERT INTO notes VALUES (1)", None),
+        ("", None),
+    ];
+    for (sql, want) in cases {
+        let want = want.map(|w| w.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+        assert_eq!(relations(sql), want, "{sql}");
+    }
+    let deep = format!("SELECT {}1{}", "(".repeat(100_000), ")".repeat(100_000));
+    assert_eq!(relations(&deep), Some(vec![]), "deep nesting, no recursion");
+    let calls =
+        Footprint::of_sql("SELECT lower(x), my_fn(y) FROM t WHERE z IN (1) AND EXISTS (SELECT 1)")
+            .unwrap();
+    assert_eq!(calls.functions().collect::<Vec<_>>(), ["lower", "my_fn"]);
+}

@@ -173,7 +173,8 @@ impl Consistency {
             return None;
         }
         for (r, &index) in s.replicas.iter().enumerate() {
-            if !s.health[r].status().up {
+            // A logical replica's position is on the master, from the monitor.
+            if !s.health[r].status().up || self.topology.databases()[index].is_logical() {
                 continue;
             }
             self.count_round_trip();

@@ -54,6 +54,39 @@ pub struct DatabaseSettings {
     pub min_idle: Option<u32>,
     /// How long a checkout or a connection attempt may take, in milliseconds.
     pub connect_timeout_ms: Option<u64>,
+    /// Replicas only: how it follows its master (`streaming`, the default, or `logical`).
+    pub kind: Option<ReplicaKind>,
+}
+
+/// How a replica follows its master.
+///
+/// ```
+/// let r: pindb_core::DatabaseSettings = toml::from_str(r#"url = "postgres://app@sub/app"
+/// kind = "logical""#).unwrap();
+/// assert_eq!(r.kind, Some(pindb_core::ReplicaKind::Logical));
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Deserialize, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ReplicaKind {
+    /// A hot standby (physical streaming replication): a copy of the whole cluster, its
+    /// position is the WAL it replayed.
+    #[default]
+    Streaming,
+    /// A subscriber of publications on the master (logical replication): another cluster,
+    /// possibly another major version, carrying only the published tables. Its position is
+    /// what its subscription slot on the master confirmed; reads of tables it does not carry
+    /// go elsewhere.
+    Logical,
+}
+
+impl ReplicaKind {
+    /// `streaming` or `logical`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReplicaKind::Streaming => "streaming",
+            ReplicaKind::Logical => "logical",
+        }
+    }
 }
 
 impl DatabaseSettings {
@@ -144,9 +177,16 @@ pub struct Database {
     pub options: BTreeMap<String, String>,
     /// Pool settings.
     pub pool: PoolSettings,
+    /// How it follows its master (replicas; `Streaming` for masters and unmanaged databases).
+    pub kind: ReplicaKind,
 }
 
 impl Database {
+    /// Whether it is a logical replica (a subscriber, not a standby).
+    pub fn is_logical(&self) -> bool {
+        self.is_replica() && self.kind == ReplicaKind::Logical
+    }
+
     /// Whether it is one of a set's replicas.
     pub fn is_replica(&self) -> bool {
         matches!(self.membership, Membership::Replica { .. })
@@ -223,6 +263,7 @@ impl fmt::Debug for Database {
             .field("membership", &self.membership)
             .field("url", &self.redacted_url())
             .field("pool", &self.pool)
+            .field("kind", &self.kind)
             .finish()
     }
 }
@@ -239,6 +280,7 @@ struct Parts {
     max_size: Option<u32>,
     min_idle: Option<u32>,
     connect_timeout_ms: Option<u64>,
+    kind: Option<ReplicaKind>,
 }
 
 impl Parts {
@@ -257,6 +299,7 @@ impl Parts {
             max_size: s.max_size,
             min_idle: s.min_idle,
             connect_timeout_ms: s.connect_timeout_ms,
+            kind: s.kind,
         });
         Ok(parts)
     }
@@ -276,6 +319,7 @@ impl Parts {
         take(&mut self.max_size, top.max_size);
         take(&mut self.min_idle, top.min_idle);
         take(&mut self.connect_timeout_ms, top.connect_timeout_ms);
+        take(&mut self.kind, top.kind);
     }
 
     fn finish(self, alias: String, membership: Membership) -> Result<Database, PinDbError> {
@@ -293,7 +337,19 @@ impl Parts {
                 "max_size = 0 would make every checkout time out; use at least 1",
             ));
         }
+        let kind = match (&membership, self.kind) {
+            (Membership::Replica { .. }, kind) => kind.unwrap_or_default(),
+            (_, None) => ReplicaKind::Streaming,
+            (_, Some(_)) => {
+                return Err(PinDbError::config(
+                    alias,
+                    "`kind` says how a replica follows its master; remove it from this master \
+                     or unmanaged database",
+                ))
+            }
+        };
         Ok(Database {
+            kind,
             alias,
             membership,
             host,

@@ -4,6 +4,7 @@
 //! first use in a context.
 
 use super::{Hint, Operation, Reason, Role, Route, Router};
+
 use crate::config::RouterMode;
 use crate::context::{with_current, GuardKind, PinOrigin, State};
 use crate::error::PinDbError;
@@ -70,20 +71,20 @@ impl Router {
                 // The guard accepts stale reads: positions are not required, health still is.
                 Some(GuardKind::UnpinnedReplica) => (
                     Reason::ReplicaGuard,
-                    Some(self.pick_replica(s, Some(&mut state), false, commit, hint.max_staleness)),
+                    Some(self.pick_replica(s, Some(&mut state), false, commit, hint.into())),
                 ),
                 None if state.is_pinned(name) => (Reason::Pinned, None),
                 None if state.store_unavailable => (Reason::StoreUnavailable, None),
                 None => (
                     Reason::Replica,
-                    Some(self.pick_replica(s, Some(&mut state), true, commit, hint.max_staleness)),
+                    Some(self.pick_replica(s, Some(&mut state), true, commit, hint.into())),
                 ),
             }
         })
         .unwrap_or_else(|| {
             (
                 Reason::Replica,
-                Some(self.pick_replica(s, None, true, commit, hint.max_staleness)),
+                Some(self.pick_replica(s, None, true, commit, hint.into())),
             )
         });
         Ok(match pick {
@@ -149,34 +150,50 @@ impl Router {
 
     /// The database index of the replica set `s` reads from: inside a context, chosen once
     /// and kept while it stays fit (up, within lag limits and, with `honor_required`, past
-    /// the context's required position); outside, a fresh choice.
+    /// the context's required position); outside, a fresh choice. A read of tables the
+    /// context's replica does not carry goes to the master and leaves the choice alone.
     pub(super) fn pick_replica(
         &self,
         s: usize,
         state: Option<&mut State>,
         honor_required: bool,
         count: bool,
-        staleness: Option<std::time::Duration>,
+        read: ReadNeeds<'_>,
     ) -> Result<usize, NoReplica> {
         let set = &self.inner.topology.set(s);
         if !set.replicas_enabled() {
             return Err(NoReplica::Disabled);
         }
+        let covers = |r: usize| match read.footprint {
+            Some(footprint) => set.covers(r, footprint),
+            None => true,
+        };
+        if set.partial && !(0..set.replicas.len()).any(covers) {
+            return Err(NoReplica::NotCarried);
+        }
         let Some(state) = state else {
             return self
-                .choose(set, None, None, staleness)
+                .choose(set, None, None, read.staleness, &covers)
                 .map(|i| set.replicas[i]);
         };
         let entry = state.set_mut(&set.name);
         if entry.failed_over {
             return Err(NoReplica::FailedOver);
         }
-        let keep = entry
+        let mut keep = entry
             .replica
             .filter(|(router, _)| *router == self.inner.id)
             .map(|(_, i)| i);
+        if keep.is_some_and(|k| !covers(k)) {
+            if entry.replica_reads > 0 {
+                // Its replica does not carry these tables, and another replica may be behind
+                // what the context read: this read goes to the master, the choice stays.
+                return Err(NoReplica::NotCarried);
+            }
+            keep = None;
+        }
         let required = if honor_required { entry.required } else { None };
-        let i = self.choose(set, required, keep, staleness)?;
+        let i = self.choose(set, required, keep, read.staleness, &covers)?;
         if keep.is_some_and(|k| k != i) && entry.replica_reads > 0 {
             // The replica it read from is no longer fit; another one may be behind what it
             // read, so its reads stay on the master (monotonic reads).
@@ -205,6 +222,7 @@ impl Router {
         required: Option<crate::lsn::Lsn>,
         keep: Option<usize>,
         staleness: Option<std::time::Duration>,
+        eligible: crate::replica::Eligible<'_>,
     ) -> Result<usize, NoReplica> {
         let policy = self.inner.config.replica_policy;
         let monitor = &self.inner.config.monitor;
@@ -215,9 +233,11 @@ impl Router {
                     .unwrap_or(u64::MAX)
                     .min(ceiling);
                 set.picker
-                    .choose_within(policy, &set.health, required, keep, ms)
+                    .choose_within(policy, &set.health, required, keep, ms, eligible)
             }
-            None => set.picker.choose(policy, &set.health, required, keep, None),
+            None => set
+                .picker
+                .choose(policy, &set.health, required, keep, None, eligible),
         };
         match chosen {
             // A hint's own bound is the caller's: never loosened to the ceiling.
@@ -232,6 +252,7 @@ impl Router {
                     required,
                     keep,
                     ceiling,
+                    eligible,
                 )
             }
             other => other,
@@ -247,6 +268,26 @@ fn fallback_reason(no: NoReplica) -> Reason {
         NoReplica::NotCaughtUp => Reason::NotCaughtUp,
         NoReplica::FailedOver => Reason::ReplicaFailed,
         NoReplica::Disabled => Reason::ReplicasDisabled,
+        NoReplica::NotCarried => Reason::NotReplicated,
+    }
+}
+
+/// What a read needs of a replica besides health and its context's position.
+#[derive(Clone, Copy, Default)]
+pub(super) struct ReadNeeds<'h> {
+    /// A bounded-staleness hint.
+    pub(super) staleness: Option<std::time::Duration>,
+    /// `Some`: only replicas that carry this footprint (`Some(None)`: an unknown one, so
+    /// every table). `None`: any replica (the context's choice itself, `get_replica`).
+    pub(super) footprint: Option<Option<&'h crate::classify::Footprint>>,
+}
+
+impl<'h> From<&Hint<'h>> for ReadNeeds<'h> {
+    fn from(hint: &Hint<'h>) -> Self {
+        ReadNeeds {
+            staleness: hint.max_staleness,
+            footprint: Some(hint.footprint),
+        }
     }
 }
 

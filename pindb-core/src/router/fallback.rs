@@ -140,6 +140,12 @@ impl Router {
         };
         let policy = self.inner.config.replica_policy;
         let name = Arc::clone(&set.name);
+        // Another replica must carry what the statement reads (logical replicas).
+        let footprint = set
+            .partial
+            .then(|| crate::classify::Footprint::of_sql(sql))
+            .flatten();
+        let covers = |i: usize| set.covers(i, footprint.as_ref());
         let other = with_current(|ctx| {
             let mut state = ctx.lock();
             let entry = state.set_mut(&name);
@@ -148,7 +154,7 @@ impl Router {
                 _ if entry.failed_over => None,
                 // The context reads from another replica: it stays there (monotonic).
                 Some((id, c)) if !mine && id == self.inner.id => {
-                    set.health[c].fit(entry.required).then_some(c)
+                    (set.health[c].fit(entry.required) && covers(c)).then_some(c)
                 }
                 // The failed read counted one; more means the context read from it before,
                 // and another replica may be behind what it read: the master.
@@ -160,7 +166,7 @@ impl Router {
                     let required = entry.required;
                     let i = set
                         .picker
-                        .choose(policy, &set.health, required, None, Some(r))
+                        .choose(policy, &set.health, required, None, Some(r), &covers)
                         .ok()?;
                     entry.replica = Some((self.inner.id, i));
                     entry.replica_reads = 1;
@@ -172,7 +178,7 @@ impl Router {
             (attempt < retries)
                 .then(|| {
                     set.picker
-                        .choose(policy, &set.health, None, None, Some(r))
+                        .choose(policy, &set.health, None, None, Some(r), &covers)
                         .ok()
                 })
                 .flatten()

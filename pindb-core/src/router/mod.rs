@@ -253,9 +253,12 @@ impl Router {
 
     /// What the router makes of `sql`: pindb's classifier, then the configured
     /// `write_functions` / `write_relations` and the statements a replica refused (a read
-    /// that names one is a write); the main table when delegates need it.
+    /// that names one is a write); the main table when delegates need it; the read's
+    /// footprint when a logical replica may carry only some tables.
     pub fn shape_of(&self, sql: &str) -> Shape {
-        self.inner.statements.shape_of(sql, self.has_delegates())
+        self.inner
+            .statements
+            .shape_of(sql, self.has_delegates(), self.inner.topology.has_partial())
     }
 
     /// The decision [`Router::route_sql`] would make, without pinning anything: how
@@ -281,11 +284,15 @@ impl Router {
         })
     }
 
-    /// Calls `f` with the hint for `shape`: its table, only when delegates need one.
-    fn with_hint<R>(&self, shape: &Shape, f: impl FnOnce(&Hint<'_>) -> R) -> R {
+    /// Calls `f` with the hint [`Router::route_shape`] decides `shape` with: its main table
+    /// when delegates need one, its footprint.
+    pub fn with_hint<R>(&self, shape: &Shape, f: impl FnOnce(&Hint<'_>) -> R) -> R {
+        let footprint = shape.footprint.as_deref();
         match shape.table.as_deref() {
-            Some(table) if self.has_delegates() => f(&Hint::tables(&[table])),
-            _ => f(&Hint::default()),
+            Some(table) if self.has_delegates() => {
+                f(&Hint::tables(&[table]).with_footprint(footprint))
+            }
+            _ => f(&Hint::default().with_footprint(footprint)),
         }
     }
 
@@ -379,8 +386,9 @@ impl Router {
         let s = self.inner.topology.managed_set(alias)?;
         let set = &self.inner.topology.set(s);
         let i = if self.inner.config.enabled {
-            with_current(|ctx| self.pick_replica(s, Some(&mut ctx.lock()), true, false, None))
-                .unwrap_or_else(|| self.pick_replica(s, None, true, false, None))
+            let any = decide::ReadNeeds::default();
+            with_current(|ctx| self.pick_replica(s, Some(&mut ctx.lock()), true, false, any))
+                .unwrap_or_else(|| self.pick_replica(s, None, true, false, any))
                 .unwrap_or(set.master)
         } else {
             set.master

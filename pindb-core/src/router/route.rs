@@ -4,7 +4,7 @@
 use std::fmt;
 use std::sync::Arc;
 
-use crate::classify::{classify, main_table, StatementKind};
+use crate::classify::{classify, main_table, Footprint, StatementKind};
 
 /// Read or write.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -37,6 +37,10 @@ pub struct Hint<'a> {
     /// tighter bound than `max_lag_ms`), capped at the configured lag ceiling; a context's
     /// own writes are still never missed.
     pub max_staleness: Option<std::time::Duration>,
+    /// Every relation the read names and function it calls, when known: a replica that
+    /// carries only some tables (a logical replica) serves the read only when it carries all
+    /// of them. `None`: not known, so only replicas that carry every table serve it.
+    pub footprint: Option<&'a Footprint>,
 }
 
 impl<'a> Hint<'a> {
@@ -70,6 +74,11 @@ impl<'a> Hint<'a> {
             max_staleness: Some(max_staleness),
             ..self
         }
+    }
+
+    /// Adds the read's footprint (see [`Footprint::of_sql`]).
+    pub fn with_footprint(self, footprint: Option<&'a Footprint>) -> Self {
+        Hint { footprint, ..self }
     }
 
     /// Adds a model type name.
@@ -184,11 +193,15 @@ pub enum Reason {
     /// The set's replicas are switched off (`Topology::set_replicas_enabled`): the master
     /// serves every read.
     ReplicasDisabled,
+    /// The read names a table (or calls a function) that the context's replica does not
+    /// carry, nor any other it could use (a logical replica's publications): the master
+    /// serves it.
+    NotReplicated,
 }
 
 impl Reason {
     /// Every reason, at its [`Reason::index`].
-    pub(crate) const ALL: [Reason; 17] = [
+    pub(crate) const ALL: [Reason; 18] = [
         Reason::Disabled,
         Reason::Unmanaged,
         Reason::Pinned,
@@ -206,6 +219,7 @@ impl Reason {
         Reason::ReplicaRefused,
         Reason::ReplicaFailed,
         Reason::ReplicasDisabled,
+        Reason::NotReplicated,
     ];
 
     /// Its position in [`Reason::ALL`]; exhaustive, so a new reason must be placed there.
@@ -228,6 +242,7 @@ impl Reason {
             Reason::ReplicaRefused => 14,
             Reason::ReplicaFailed => 15,
             Reason::ReplicasDisabled => 16,
+            Reason::NotReplicated => 17,
         }
     }
 
@@ -251,6 +266,7 @@ impl Reason {
             Reason::ReplicaRefused => "replica-refused",
             Reason::ReplicaFailed => "replica-failed",
             Reason::ReplicasDisabled => "replicas-disabled",
+            Reason::NotReplicated => "not-replicated",
         }
     }
 }
@@ -301,6 +317,9 @@ pub struct Shape {
     pub op: Operation,
     /// The main table, when asked for and found.
     pub table: Option<Arc<str>>,
+    /// A read's relations and functions, worked out only when some replica carries only
+    /// some tables ([`Router::shape_of`](crate::Router::shape_of) knows).
+    pub footprint: Option<Arc<Footprint>>,
 }
 
 impl Shape {
@@ -312,12 +331,17 @@ impl Shape {
                 StatementKind::Write => Operation::Write,
             },
             table: with_table.then(|| main_table(sql).map(Arc::from)).flatten(),
+            footprint: None,
         }
     }
 
     /// A statement known to be `op`, with no table (a transaction, an explicit checkout).
     pub fn of(op: Operation) -> Shape {
-        Shape { op, table: None }
+        Shape {
+            op,
+            table: None,
+            footprint: None,
+        }
     }
 }
 

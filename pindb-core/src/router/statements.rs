@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{PoisonError, RwLock};
 
 use super::{Operation, Shape};
-use crate::classify::mentions;
+use crate::classify::{mentions, Footprint};
 use crate::config::Config;
 
 /// At most this many refused statements are remembered: SQL with inlined literals must not
@@ -45,10 +45,14 @@ impl Statements {
         }
     }
 
-    pub(super) fn shape_of(&self, sql: &str, with_table: bool) -> Shape {
+    /// `with_footprint`: some replica carries only some tables.
+    pub(super) fn shape_of(&self, sql: &str, with_table: bool, with_footprint: bool) -> Shape {
         let mut shape = Shape::of_sql(sql, with_table);
         if shape.op == Operation::Read && (mentions(sql, &self.names) || self.refused(sql)) {
             shape.op = Operation::Write;
+        }
+        if with_footprint && shape.op == Operation::Read {
+            shape.footprint = Footprint::of_sql(sql).map(std::sync::Arc::new);
         }
         shape
     }
