@@ -18,12 +18,15 @@ pub const REPLICA2_URL_VAR: &str = "PINDB_REPLICA2_URL";
 pub const REDIS_URL_VAR: &str = "PINDB_REDIS_URL";
 /// The unrelated primary's URL variable.
 pub const STRANGER_URL_VAR: &str = "PINDB_STRANGER_URL";
+/// The logical subscriber's URL variable.
+pub const LOGICAL_URL_VAR: &str = "PINDB_LOGICAL_URL";
 
 const DEFAULT_PRIMARY: &str = "postgres://pindb@127.0.0.1:25432/pindb";
 const DEFAULT_REPLICA1: &str = "postgres://pindb@127.0.0.1:25433/pindb";
 const DEFAULT_REPLICA2: &str = "postgres://pindb@127.0.0.1:25434/pindb";
 const DEFAULT_REDIS: &str = "redis://127.0.0.1:6379/";
 const DEFAULT_STRANGER: &str = "postgres://pindb@127.0.0.1:25435/pindb";
+const DEFAULT_LOGICAL: &str = "postgres://pindb@127.0.0.1:25436/pindb";
 
 /// How long helpers wait for replication before failing the test.
 pub const REPLICATION_TIMEOUT: Duration = Duration::from_secs(30);
@@ -39,6 +42,8 @@ pub struct Cluster {
     pub redis_url: String,
     /// A primary of another cluster (its own `initdb`), for topology checks.
     pub stranger_url: String,
+    /// A logical-replication subscriber of the primary (its own `initdb`).
+    pub logical_url: String,
 }
 
 fn var_or(name: &str, default: &str) -> String {
@@ -60,6 +65,7 @@ impl Cluster {
             ],
             redis_url: var_or(REDIS_URL_VAR, DEFAULT_REDIS),
             stranger_url: var_or(STRANGER_URL_VAR, DEFAULT_STRANGER),
+            logical_url: var_or(LOGICAL_URL_VAR, DEFAULT_LOGICAL),
         }
     }
 

@@ -26,7 +26,8 @@
 //!
 //! Files, one concept each: `cluster.rs` ([`Cluster`]: addresses, connections, waiting for
 //! replicas), `replay.rs` (pausing replay, the replay locks), `schema.rs` ([`TestSchema`]),
-//! `fixture.rs` ([`Fixture`], [`bench_users`]), `isolation.rs`
+//! `fixture.rs` ([`Fixture`], [`bench_users`]), `logical.rs` (the logical subscriber,
+//! [`SubscriptionControl`]), `isolation.rs`
 //! ([`contexts_that_saw_foreign_pins`]), `redis.rs` ([`PrivateRedis`]), `wait.rs`
 //! ([`wait_until`]).
 #![forbid(unsafe_code)]
@@ -35,6 +36,7 @@ pub mod ab;
 mod cluster;
 mod fixture;
 mod isolation;
+mod logical;
 mod proxy;
 mod redis;
 mod replay;
@@ -42,11 +44,12 @@ mod schema;
 mod wait;
 
 pub use cluster::{
-    connect, Cluster, PRIMARY_URL_VAR, REDIS_URL_VAR, REPLICA1_URL_VAR, REPLICA2_URL_VAR,
-    REPLICATION_TIMEOUT, STRANGER_URL_VAR,
+    connect, Cluster, LOGICAL_URL_VAR, PRIMARY_URL_VAR, REDIS_URL_VAR, REPLICA1_URL_VAR,
+    REPLICA2_URL_VAR, REPLICATION_TIMEOUT, STRANGER_URL_VAR,
 };
 pub use fixture::{bench_users, Fixture};
 pub use isolation::contexts_that_saw_foreign_pins;
+pub use logical::{SubscriptionControl, SUBSCRIPTION};
 pub use pindb_core::Lsn;
 pub use proxy::Proxy;
 pub use redis::PrivateRedis;

@@ -47,6 +47,9 @@ pub trait Adapter: Sized {
     /// Any statement returning one row with an integer column `port`, as raw SQL through the
     /// ORM (`diesel::sql_query`, SeaORM's `query_one_raw`).
     async fn port_of_sql(&self, sql: &str) -> Outcome;
+    /// The same on the pool of `alias`, chosen explicitly (`Hint::alias`, SeaORM's
+    /// `connection(alias)`): no routing decision on the statement.
+    async fn port_of_sql_on(&self, alias: &str, sql: &str) -> Outcome;
 }
 
 mod items {
@@ -129,6 +132,18 @@ impl Adapter for DieselAsync {
             diesel::sql_query(sql).get_result(&mut self.0.get()).await;
         row.map(|r| r.port).map_err(items::failure)
     }
+
+    async fn port_of_sql_on(&self, alias: &str, sql: &str) -> Outcome {
+        use diesel_async::RunQueryDsl;
+        let mut conn = self
+            .0
+            .read_with(&pindb_core::Hint::alias(alias))
+            .await
+            .map_err(|e| Failure::Other(e.to_string()))?;
+        let row: diesel::QueryResult<items::Port> =
+            diesel::sql_query(sql).get_result(&mut *conn).await;
+        row.map(|r| r.port).map_err(items::failure)
+    }
 }
 
 /// Sync diesel over r2d2: `pindb_diesel::r2d2::PinDb`, called from
@@ -197,6 +212,22 @@ impl Adapter for DieselSync {
         })
         .await
     }
+
+    async fn port_of_sql_on(&self, alias: &str, sql: &str) -> Outcome {
+        use diesel::RunQueryDsl;
+        let (db, alias, sql) = (self.0.clone(), alias.to_owned(), sql.to_owned());
+        pindb_core::spawn_blocking(move || {
+            let mut conn = db
+                .read_with(&pindb_core::Hint::alias(&alias))
+                .map_err(|e| Failure::Other(e.to_string()))?;
+            let row: items::Port = diesel::sql_query(sql)
+                .get_result(&mut *conn)
+                .map_err(items::failure)?;
+            Ok(row.port)
+        })
+        .await
+        .expect("the blocking closure panicked")
+    }
 }
 
 /// SeaORM: `pindb_seaorm::PinDb`.
@@ -259,6 +290,11 @@ impl Adapter for SeaOrm {
 
     async fn port_of_sql(&self, sql: &str) -> Outcome {
         sea_port(&self.0, sql).await.map_err(sea_failure)
+    }
+
+    async fn port_of_sql_on(&self, alias: &str, sql: &str) -> Outcome {
+        let conn = self.0.connection(alias).map_err(sea_failure)?;
+        sea_port(conn, sql).await.map_err(sea_failure)
     }
 }
 
