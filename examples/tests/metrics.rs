@@ -91,6 +91,67 @@ async fn the_lag_of_a_paused_replica_grows_on_the_metrics_endpoint() {
     f.finish().await;
 }
 
+/// A logical replica whose subscription is disabled (`ALTER SUBSCRIPTION .. DISABLE`, the
+/// easily forgotten pause): its lag grows on `/metrics`, it is reported stalled, and its slot
+/// on the primary inactive while the primary keeps WAL for it.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_lag_of_a_disabled_subscription_grows_on_the_metrics_endpoint() {
+    // The replay lock too: the other test of this file pauses replica 1, whose gauges share
+    // these labels.
+    let f = Fixture::new(SCHEMA_SQL).await;
+    let mut control = f.cluster.subscription_exclusive().await;
+    let url = serve(axum::Router::new().merge(metrics_routes())).await;
+    let mut config = f.config(RouterMode::Greedy, &[1, 2]);
+    config
+        .sets
+        .get_mut("default")
+        .unwrap()
+        .push(pindb_core::DatabaseSettings {
+            kind: Some(pindb_core::ReplicaKind::Logical),
+            ..pindb_core::DatabaseSettings::from_url(&f.cluster.logical_url)
+        });
+    config.monitor.interval_ms = 50;
+    config.monitor.stalled_after_ms = 300;
+    let db = PinDb::new(config).unwrap();
+    db.router().start_monitor().await.unwrap();
+
+    control.disable().await;
+    let primary = f.cluster.primary().await;
+    let mut lags = Vec::new();
+    for _ in 0..3 {
+        primary
+            .batch_execute("INSERT INTO logical.notes (author, body) VALUES ('metrics', 'x')")
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let text = scrape(&url).await;
+        lags.push(sample(&text, "pindb_replica_lag_seconds", "default-3").unwrap_or(0.0));
+    }
+    let text = scrape(&url).await;
+    control.enable().await;
+
+    assert!(
+        lags[0] > 0.0 && lags[2] > lags[0],
+        "lag of the logical replica default-3 over time: {lags:?}"
+    );
+    assert_eq!(
+        sample(&text, "pindb_replica_stalled", "default-3"),
+        Some(1.0),
+        "{text}"
+    );
+    let slot = |name: &str| {
+        text.lines()
+            .find(|l| l.starts_with(&format!("{name}{{")) && l.contains("slot=\"pindb_sub\""))
+            .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+    };
+    assert_eq!(slot("pindb_replication_slot_active"), Some(0.0), "{text}");
+    assert!(
+        slot("pindb_replication_slot_retained_bytes").is_some_and(|b| b > 0.0),
+        "{text}"
+    );
+    f.finish().await;
+}
+
 /// Every metric the Grafana dashboard queries is one pindb-core records (a renamed metric
 /// would leave an empty panel).
 #[test]

@@ -101,3 +101,69 @@ fn check_passes_a_right_topology_and_names_what_is_wrong() {
         "{out}"
     );
 }
+
+#[test]
+fn a_logical_replica_shows_its_kind_and_published_tables_and_is_checked() {
+    let c = Cluster::from_env();
+    let dir = std::env::temp_dir().join(format!("pindb-cli-{}-logical", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let write = |name: &str, master: &str| {
+        let path = dir.join(name);
+        std::fs::write(
+            &path,
+            format!(
+                "[masters.default]\nurl = '{master}'\n[sets]\ndefault = [\
+                 {{ url = '{}' }}, {{ url = '{}', kind = 'logical' }}]\n",
+                c.replica_url(1),
+                c.logical_url
+            ),
+        )
+        .unwrap();
+        path
+    };
+    let good = write("good.toml", &c.primary_url);
+    let (code, table) = pindb(&["status"], &good);
+    assert_eq!(code, 0, "{table}");
+    assert!(
+        table.lines().next().unwrap().ends_with("published"),
+        "{table}"
+    );
+    let logical = table
+        .lines()
+        .find(|l| l.starts_with("default-2"))
+        .unwrap_or_else(|| panic!("{table}"));
+    assert!(
+        logical.contains("replica")
+            && logical.contains("logical")
+            && logical.contains(" up ")
+            && logical.ends_with("logical.notes"),
+        "{table}"
+    );
+    let (code, json) = pindb(&["status", "--json"], &good);
+    assert_eq!(code, 0, "{json}");
+    assert!(
+        json.contains("\"kind\": \"logical\"") && json.contains("\"logical.notes\""),
+        "{json}"
+    );
+    let (code, out) = pindb(&["check"], &good);
+    assert_eq!((code, out.trim()), (0, "topology ok"));
+
+    // Under another master its subscription's slot is not there: named, with the fix.
+    let bad = dir.join("bad.toml");
+    std::fs::write(
+        &bad,
+        format!(
+            "[masters.default]\nurl = '{}'\n[sets]\ndefault = [{{ url = '{}', kind = 'logical' }}]\n",
+            c.stranger_url, c.logical_url
+        ),
+    )
+    .unwrap();
+    let (code, out) = pindb(&["check"], &bad);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("`default-1`")
+            && out.contains("does not subscribe")
+            && out.contains("CREATE SUBSCRIPTION"),
+        "{out}"
+    );
+}
