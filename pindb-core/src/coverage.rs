@@ -10,22 +10,17 @@ use crate::classify::Footprint;
 /// What a logical replica was found to carry.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub(crate) struct Carried {
-    /// A publication `FOR ALL TABLES`: every table.
-    pub(crate) all: bool,
-    /// `schema.table` of each published table, and its bare name when the master's search
-    /// path resolves the bare name to it.
+    /// `schema.table` of each table published whole and synchronized, and its bare name when
+    /// the replica's search path resolves the bare name to it.
     pub(crate) relations: HashSet<Box<str>>,
     /// Functions defined outside `pg_catalog` on the replica (lowercase): they may read
     /// tables it does not carry, so a read that calls one needs every table.
-    pub(crate) functions: HashSet<Box<str>>,
+    pub(crate) functions: Arc<HashSet<Box<str>>>,
 }
 
 impl Carried {
     /// Whether a read with this footprint (`None`: not known) finds all it reads here.
     fn covers(&self, footprint: Option<&Footprint>) -> bool {
-        if self.all {
-            return true;
-        }
         footprint.is_some_and(|f| {
             f.relations().all(|r| self.relations.contains(r))
                 && !f.functions().any(|c| self.functions.contains(c))
@@ -34,9 +29,6 @@ impl Carried {
 
     /// The published tables, sorted, for `pindb status`.
     pub(crate) fn tables(&self) -> Vec<String> {
-        if self.all {
-            return vec!["*".to_owned()];
-        }
         let mut tables: Vec<String> = self
             .relations
             .iter()
@@ -74,10 +66,11 @@ impl Coverage {
         }
     }
 
-    /// Records what the monitor learned.
-    pub(crate) fn set(&self, carried: Carried) {
+    /// Records what the monitor learned (`None`: it could not tell; the replica serves no
+    /// read until it can).
+    pub(crate) fn set(&self, carried: Option<Carried>) {
         if let Coverage::Learned(cell) = self {
-            *cell.write().unwrap_or_else(PoisonError::into_inner) = Some(Arc::new(carried));
+            *cell.write().unwrap_or_else(PoisonError::into_inner) = carried.map(Arc::new);
         }
     }
 }
@@ -88,11 +81,10 @@ mod tests {
 
     fn carried(relations: &[&str], functions: &[&str]) -> Coverage {
         let c = Coverage::learned();
-        c.set(Carried {
-            all: false,
+        c.set(Some(Carried {
             relations: relations.iter().map(|r| Box::from(*r)).collect(),
-            functions: functions.iter().map(|r| Box::from(*r)).collect(),
-        });
+            functions: Arc::new(functions.iter().map(|r| Box::from(*r)).collect()),
+        }));
         c
     }
 
@@ -114,11 +106,7 @@ mod tests {
             "not learned yet"
         );
         assert!(Coverage::Everything.covers(None));
-        let all = Coverage::learned();
-        all.set(Carried {
-            all: true,
-            ..Carried::default()
-        });
-        assert!(all.covers(None));
+        c.set(None);
+        assert!(!c.covers(f("SELECT * FROM notes").as_ref()), "forgotten");
     }
 }

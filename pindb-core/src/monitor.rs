@@ -11,14 +11,14 @@
 //! idle master therefore never counts as lag, and a NULL replay position (receiver stopped)
 //! counts as infinitely behind.
 
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use tokio::task::AbortHandle;
 
 use crate::config::{MonitorSettings, TopologyCheck};
-use crate::coverage::Coverage;
+use crate::coverage::{Carried, Coverage};
 use crate::error::PinDbError;
 use crate::lsn::Lsn;
 use crate::probe::{lsn_column, Probe};
@@ -95,8 +95,7 @@ pub(crate) fn spawn(
                     replica: probe,
                     master: Probe::new(master_db, timeout(settings)),
                     coverage: Arc::clone(coverage),
-                    publications: Vec::new(),
-                    learned: None,
+                    functions: None,
                 },
             };
             handles.push(
@@ -121,20 +120,29 @@ enum Source {
     Standby(Probe),
     /// The master opened read-only (`emulate_replicas`): always caught up.
     Emulated(Probe),
-    /// A logical replica: its subscription slot on the master; what it carries is learned
-    /// every [`LEARN_EVERY`] checks.
+    /// A logical replica: its subscription slot on the master. The tables it carries are
+    /// learned at every check, after the position (a table dropped from the publication must
+    /// not stay carried while the position moves past the drop); its functions every
+    /// [`FUNCTIONS_EVERY`].
     Logical {
         replica: Probe,
         master: Probe,
         coverage: Arc<[Coverage]>,
-        publications: Vec<String>,
-        /// When the coverage was last learned.
-        learned: Option<Instant>,
+        /// The replica's own functions, and when they were learned.
+        functions: Option<(Instant, Arc<HashSet<Box<str>>>)>,
     },
 }
 
-/// How often a logical replica's publications and functions are learned again.
-const LEARN_EVERY: Duration = Duration::from_secs(5);
+/// How often a logical replica's own functions are learned again.
+const FUNCTIONS_EVERY: Duration = Duration::from_secs(5);
+
+/// A replica's position, and whether it moves at all.
+struct Observed {
+    position: Option<Lsn>,
+    /// `false`: a logical replica whose subscription is not applying (disabled, failing): it
+    /// serves no read, whatever its position.
+    applying: bool,
+}
 
 impl Source {
     fn alias(&self) -> &str {
@@ -146,11 +154,15 @@ impl Source {
 
     /// The replica's position. The outer error: it could not be asked. The inner one: it is
     /// not a replica of this master (promoted, a primary, not subscribed), in words.
-    async fn position(&mut self, r: usize) -> Result<Result<Option<Lsn>, String>, String> {
+    async fn position(&mut self, r: usize) -> Result<Result<Observed, String>, String> {
+        let observed = |position| Observed {
+            position,
+            applying: true,
+        };
         match self {
             Source::Emulated(probe) => {
                 let row = probe.row("SELECT pg_current_wal_lsn()::text").await?;
-                Ok(Ok(lsn_column(&row, 0)?))
+                Ok(Ok(observed(lsn_column(&row, 0)?)))
             }
             Source::Standby(probe) => {
                 let row = probe
@@ -158,7 +170,7 @@ impl Source {
                     .await?;
                 let in_recovery: bool = row.try_get(0).map_err(|e| e.to_string())?;
                 Ok(match in_recovery {
-                    true => Ok(lsn_column(&row, 1)?),
+                    true => Ok(observed(lsn_column(&row, 1)?)),
                     false => Err(format!(
                         "`{}` is not in recovery (promoted?); not reading from it",
                         probe.alias
@@ -169,28 +181,48 @@ impl Source {
                 replica,
                 master,
                 coverage,
-                publications,
-                learned,
+                functions,
             } => {
-                let following = match subscription::follow(replica, master).await? {
-                    Ok(f) => f,
-                    Err(problem) => return Ok(Err(problem)),
+                let following = match subscription::follow(replica, master).await {
+                    Ok(Ok(f)) => f,
+                    Ok(Err(problem)) => {
+                        coverage[r].set(None);
+                        return Ok(Err(problem));
+                    }
+                    Err(e) => {
+                        coverage[r].set(None);
+                        return Err(e);
+                    }
                 };
-                let due = learned.is_none_or(|t| t.elapsed() >= LEARN_EVERY);
-                if due || following.publications != *publications {
-                    match subscription::carried(replica, master, &following.publications).await {
-                        Ok(carried) => {
-                            coverage[r].set(carried);
-                            *publications = following.publications.clone();
-                            *learned = Some(Instant::now());
-                        }
-                        // Keeps what it knew; a replica never learned serves no read.
+                if functions
+                    .as_ref()
+                    .is_none_or(|(at, _)| at.elapsed() >= FUNCTIONS_EVERY)
+                {
+                    match subscription::functions(replica).await {
+                        Ok(found) => *functions = Some((Instant::now(), Arc::new(found))),
                         Err(e) => {
-                            tracing::warn!(target: "pindb", alias = %replica.alias, error = %e, "pindb monitor: could not learn what a logical replica carries");
+                            *functions = None;
+                            coverage[r].set(None);
+                            return Err(e);
                         }
                     }
                 }
-                Ok(Ok(following.position))
+                // Learned after the position, so never older than it; not learned: nothing.
+                let carried = match subscription::tables(replica, master, &following).await {
+                    Ok(relations) => functions.as_ref().map(|(_, f)| Carried {
+                        relations,
+                        functions: Arc::clone(f),
+                    }),
+                    Err(e) => {
+                        tracing::warn!(target: "pindb", alias = %replica.alias, error = %e, "pindb monitor: could not learn what a logical replica carries; not reading from it");
+                        None
+                    }
+                };
+                coverage[r].set(carried);
+                Ok(Ok(Observed {
+                    position: following.position,
+                    applying: following.applying,
+                }))
             }
         }
     }
@@ -300,7 +332,10 @@ async fn watch_replica(
             successes = 0;
         }
         match checked {
-            Ok(Ok(replay)) => {
+            Ok(Ok(Observed {
+                position: replay,
+                applying,
+            })) => {
                 failures = 0;
                 successes = successes.saturating_add(1);
                 let up = was_up || successes >= settings.successes_before_up;
@@ -316,6 +351,8 @@ async fn watch_replica(
                         None => (0, 0, false),
                     },
                 };
+                // A subscription that is not applying is frozen: no read, whatever its lag.
+                let over = over || !applying;
                 let was_over = health[r].status().over_lag;
                 health[r].set_position(
                     replay.unwrap_or_default(),
@@ -441,7 +478,7 @@ pub(crate) async fn verify_topology(
                 let mut replica = Probe::new(db, timeout(settings));
                 let mut master = Probe::new(master_db, timeout(settings));
                 match check_logical(&mut replica, &mut master).await {
-                    Ok(Ok(carried)) => set.coverage[r].set(carried),
+                    Ok(Ok(carried)) => set.coverage[r].set(Some(carried)),
                     Ok(Err(problem)) => {
                         problems.push(PinDbError::config(db.alias.clone(), problem))
                     }
@@ -514,7 +551,7 @@ async fn check_logical(
             following.disabled[0]
         )));
     }
-    Ok(subscription::carried(replica, master, &following.publications).await)
+    Ok(subscription::carried(replica, master, &following).await)
 }
 
 #[cfg(test)]

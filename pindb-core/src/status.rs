@@ -167,7 +167,7 @@ async fn logical(
             following.disabled.join(", ")
         ));
     }
-    match subscription::carried(&mut replica, &mut master, &following.publications).await {
+    match subscription::carried(&mut replica, &mut master, &following).await {
         Ok(carried) => status.published = carried.tables(),
         Err(e) => status.error = Some(e),
     }

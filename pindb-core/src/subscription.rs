@@ -23,6 +23,8 @@ struct Subscription {
     enabled: bool,
     slot: Option<String>,
     publications: Vec<String>,
+    /// Its apply worker runs.
+    applying: bool,
 }
 
 /// How a logical replica follows its master.
@@ -35,10 +37,18 @@ pub(crate) struct Following {
     pub(crate) publications: Vec<String>,
     /// The subscriptions to this master that are disabled (`ALTER SUBSCRIPTION .. DISABLE`).
     pub(crate) disabled: Vec<String>,
+    /// The names of the subscriptions to this master.
+    pub(crate) subscriptions: Vec<String>,
+    /// Every one of them has its apply worker running. A subscription that is not applying
+    /// (disabled, failing, a clone of another subscriber whose slot that one holds) is frozen,
+    /// whatever its slot says: it serves no read.
+    pub(crate) applying: bool,
 }
 
 const SUBSCRIPTIONS: &str = "SELECT s.subname::text, s.subenabled, s.subslotname::text, \
-    s.subpublications::text[] FROM pg_subscription s \
+    s.subpublications::text[], EXISTS (SELECT 1 FROM pg_stat_subscription w \
+      WHERE w.subid = s.oid AND w.pid IS NOT NULL AND w.relid IS NULL) \
+    FROM pg_subscription s \
     WHERE s.subdbid = (SELECT oid FROM pg_database WHERE datname = current_database()) \
     ORDER BY 1";
 
@@ -62,6 +72,7 @@ pub(crate) async fn follow(
                 enabled: row.try_get(1).map_err(|e| e.to_string())?,
                 slot: row.try_get(2).map_err(|e| e.to_string())?,
                 publications: row.try_get(3).map_err(|e| e.to_string())?,
+                applying: row.try_get(4).map_err(|e| e.to_string())?,
             })
         })
         .collect::<Result<_, String>>()?;
@@ -118,31 +129,34 @@ pub(crate) async fn follow(
             .filter(|s| !s.enabled)
             .map(|s| s.name.clone())
             .collect(),
+        subscriptions: mine.iter().map(|s| s.name.clone()).collect(),
+        applying: mine.iter().all(|s| s.enabled && s.applying),
     }))
 }
 
-/// What the publications carry, as the master publishes them, and the functions the replica
-/// defines (they may read tables it does not carry). A publication the master does not have
-/// is an error naming it.
-pub(crate) async fn carried(
+/// The tables a read may use on the replica: published whole by the master (no row filter,
+/// every column, inserts, updates, deletes and truncates; a publication the master does not
+/// have is an error naming it) and synchronized on the replica (`pg_subscription_rel` state
+/// `r` or `s`: not while the initial copy runs, not before `REFRESH PUBLICATION`). Each as
+/// `schema.table`, and by its bare name when the replica's search path resolves the bare name
+/// to it (the replica is where the read runs).
+pub(crate) async fn tables(
     replica: &mut Probe,
     master: &mut Probe,
-    publications: &[String],
-) -> Result<Carried, String> {
-    let pubs: Vec<&str> = publications.iter().map(String::as_str).collect();
+    following: &Following,
+) -> Result<HashSet<Box<str>>, String> {
+    let pubs: Vec<&str> = following.publications.iter().map(String::as_str).collect();
     let found = master
         .rows(
-            "SELECT pubname::text, puballtables FROM pg_publication WHERE pubname = ANY($1)",
+            "SELECT pubname::text FROM pg_publication WHERE pubname = ANY($1)",
             &[&pubs],
         )
         .await?;
-    let mut all = false;
-    let mut present = HashSet::new();
-    for row in &found {
-        let name: String = row.try_get(0).map_err(|e| e.to_string())?;
-        all |= row.try_get::<_, bool>(1).map_err(|e| e.to_string())?;
-        present.insert(name);
-    }
+    let present: HashSet<String> = found
+        .iter()
+        .map(|row| row.try_get(0))
+        .collect::<Result<_, _>>()
+        .map_err(|e| e.to_string())?;
     if let Some(missing) = pubs.iter().find(|p| !present.contains(**p)) {
         return Err(format!(
             "`{}` subscribes to the publication `{missing}`, which `{}` does not have; \
@@ -150,27 +164,56 @@ pub(crate) async fn carried(
             replica.alias, master.alias
         ));
     }
-    // The bare name too when the master's search path resolves it to the published table,
-    // as the application's statements would.
-    let tables = master
+    let published: HashSet<String> = master
         .rows(
-            "SELECT schemaname::text, tablename::text, coalesce(\
-               to_regclass(quote_ident(tablename)) = format('%I.%I', schemaname, tablename)::regclass, \
-               false) \
-             FROM pg_publication_tables WHERE pubname = ANY($1)",
+            "SELECT t.schemaname::text || '.' || t.tablename::text \
+             FROM pg_publication_tables t JOIN pg_publication p ON p.pubname = t.pubname \
+             WHERE t.pubname = ANY($1) GROUP BY t.schemaname, t.tablename \
+             HAVING bool_and(t.rowfilter IS NULL AND p.pubinsert AND p.pubupdate \
+               AND p.pubdelete AND p.pubtruncate \
+               AND cardinality(t.attnames) = (SELECT count(*) FROM pg_attribute a \
+                 WHERE a.attrelid = format('%I.%I', t.schemaname, t.tablename)::regclass \
+                   AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = ''))",
             &[&pubs],
+        )
+        .await?
+        .iter()
+        .map(|row| row.try_get(0))
+        .collect::<Result<_, _>>()
+        .map_err(|e| e.to_string())?;
+    let subs: Vec<&str> = following.subscriptions.iter().map(String::as_str).collect();
+    let synced = replica
+        .rows(
+            "SELECT n.nspname::text, c.relname::text, \
+               coalesce(to_regclass(quote_ident(c.relname)) = c.oid, false) \
+             FROM pg_subscription_rel r JOIN pg_subscription s ON s.oid = r.srsubid \
+             JOIN pg_class c ON c.oid = r.srrelid JOIN pg_namespace n ON n.oid = c.relnamespace \
+             WHERE s.subname = ANY($1) \
+               AND s.subdbid = (SELECT oid FROM pg_database WHERE datname = current_database()) \
+             GROUP BY 1, 2, 3 HAVING bool_and(r.srsubstate IN ('r', 's'))",
+            &[&subs],
         )
         .await?;
     let mut relations = HashSet::new();
-    for row in &tables {
+    for row in &synced {
         let schema: String = row.try_get(0).map_err(|e| e.to_string())?;
         let table: String = row.try_get(1).map_err(|e| e.to_string())?;
+        let qualified = format!("{schema}.{table}");
+        if !published.contains(&qualified) {
+            continue;
+        }
         if row.try_get::<_, bool>(2).map_err(|e| e.to_string())? {
             relations.insert(Box::from(table.as_str()));
         }
-        relations.insert(format!("{schema}.{table}").into_boxed_str());
+        relations.insert(qualified.into_boxed_str());
     }
-    let functions = replica
+    Ok(relations)
+}
+
+/// Functions the replica defines outside `pg_catalog` and `information_schema` (lowercase):
+/// they may read tables it does not carry.
+pub(crate) async fn functions(replica: &mut Probe) -> Result<HashSet<Box<str>>, String> {
+    replica
         .rows(
             "SELECT DISTINCT lower(p.proname::text) FROM pg_proc p \
              JOIN pg_namespace n ON n.oid = p.pronamespace \
@@ -181,10 +224,17 @@ pub(crate) async fn carried(
         .iter()
         .map(|row| row.try_get::<_, String>(0).map(String::into_boxed_str))
         .collect::<Result<_, _>>()
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| e.to_string())
+}
+
+/// What the replica carries now: [`tables`] and [`functions`].
+pub(crate) async fn carried(
+    replica: &mut Probe,
+    master: &mut Probe,
+    following: &Following,
+) -> Result<Carried, String> {
     Ok(Carried {
-        all,
-        relations,
-        functions,
+        relations: tables(replica, master, following).await?,
+        functions: std::sync::Arc::new(functions(replica).await?),
     })
 }

@@ -102,19 +102,25 @@ impl SubscriptionControl {
     }
 }
 
-/// Connects to the subscriber as the superuser (only a superuser alters a subscription in
-/// PostgreSQL 15) and enables or disables the subscription.
-async fn set_enabled(url: &str, enabled: bool) {
+/// A connection to the server at `url` as the superuser `postgres` (the dev cluster trusts
+/// loopback): only a superuser alters a subscription or the publication in PostgreSQL 15.
+pub async fn as_superuser(url: &str) -> Client {
     let mut config: tokio_postgres::Config = url
         .parse()
-        .unwrap_or_else(|e| panic!("the logical subscriber's URL {url} does not parse: {e}"));
+        .unwrap_or_else(|e| panic!("the URL {url} does not parse: {e}"));
     config.user("postgres");
     let (client, connection) = config.connect(NoTls).await.unwrap_or_else(|e| {
-        panic!("cannot connect to the logical subscriber at {url}: {e}; run `scripts/cluster up`")
+        panic!("cannot connect to {url} as postgres: {e}; run `scripts/cluster up`")
     });
     tokio::spawn(async move {
         let _ = connection.await;
     });
+    client
+}
+
+/// Enables or disables the subscription on the subscriber at `url`.
+async fn set_enabled(url: &str, enabled: bool) {
+    let client = as_superuser(url).await;
     let verb = if enabled { "ENABLE" } else { "DISABLE" };
     client
         .batch_execute(&format!("ALTER SUBSCRIPTION {SUBSCRIPTION} {verb}"))

@@ -1,8 +1,8 @@
 //! A read's footprint: the relations it names and the functions it calls. It decides whether
 //! a replica that carries only some tables (a logical replica) can run the read.
 //!
-//! Like the classifier, it errs on the safe side: a name it cannot place (a CTE with a column
-//! list, `EXTRACT(.. FROM col)` in an unusual spelling) counts as one more relation, which a
+//! Like the classifier, it errs on the safe side: a name it cannot place (a CTE,
+//! `EXTRACT(.. FROM col)` in an unusual spelling) counts as one more relation, which a
 //! partial replica does not carry, so the read goes where every table is. Byte by byte, no
 //! recursion; parenthesis depth lives in a `Vec` bounded by the input.
 
@@ -13,18 +13,20 @@ use super::lexer::{Lexer, Token};
 ///
 /// Names are as PostgreSQL resolves them: unquoted ones lowercased, quoted ones as written,
 /// `schema.table` when the SQL qualifies them. A relation is anything after `FROM`, `JOIN`,
-/// a comma of a `FROM` list or `TABLE`: tables, views, CTE names it could not tell apart.
+/// a comma of a `FROM` list or `TABLE`, also inside parentheses: tables, views and CTE names
+/// alike (a CTE is not told apart from a table of that name, so a read through one runs only
+/// where every table is). Functions include the last part of every `a.b` outside `FROM`
+/// (`row.fn` calls `fn`).
 ///
 /// ```
 /// use pindb_core::adapter::Footprint;
 ///
 /// let f = Footprint::of_sql(
-///     "WITH recent AS (SELECT * FROM logical.notes) \
-///      SELECT r.id, count(*) FROM recent r JOIN \"Audit\" a ON a.id = r.id, extra GROUP BY 1",
+///     "SELECT count(*) FROM (logical.notes n INNER JOIN \"Audit\" a ON a.id = n.id), extra",
 /// )
 /// .unwrap();
 /// assert_eq!(f.relations().collect::<Vec<_>>(), ["logical.notes", "Audit", "extra"]);
-/// assert_eq!(f.functions().collect::<Vec<_>>(), ["count"]);
+/// assert_eq!(f.functions().collect::<Vec<_>>(), ["count", "id"]);
 /// assert!(Footprint::of_sql("SELECT * FROM generate_series(1, 3)").is_none(), "a function in FROM");
 /// ```
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -35,7 +37,8 @@ pub struct Footprint {
 
 impl Footprint {
     /// The footprint of a read, or `None` when it cannot be told: a set-returning function in
-    /// `FROM` (it may read anything), a `U&"..."` identifier, unbalanced parentheses, a
+    /// `FROM` (it may read anything), a built-in that runs SQL text (`query_to_xml`,
+    /// `ts_stat`...), a `U&"..."` identifier, unbalanced parentheses, more than 1024 names, a
     /// statement that does not start like a read.
     pub fn of_sql(sql: &str) -> Option<Footprint> {
         footprint(sql)
@@ -118,16 +121,36 @@ struct Level {
     from_is_syntax: bool,
 }
 
+/// More names than this and the footprint is not worked out (`None`): the lists are
+/// searched linearly, and such statements are rare.
+const MAX_NAMES: usize = 1024;
+
+/// Built-in functions that run SQL text, or read elsewhere: what they read cannot be seen.
+fn reads_unseen(call: &str) -> bool {
+    [
+        "query_to_xml",
+        "table_to_xml",
+        "schema_to_xml",
+        "database_to_xml",
+        "cursor_to_xml",
+    ]
+    .iter()
+    .any(|p| call.starts_with(p))
+        || ["ts_stat", "ts_rewrite", "dblink"].contains(&call)
+}
+
 fn footprint(sql: &str) -> Option<Footprint> {
     let mut lexer = Lexer::new(sql.as_bytes());
     let mut out = Footprint::default();
-    let mut ctes: Vec<Box<str>> = Vec::new();
     let mut levels = vec![Level::default()];
     let mut expect_relation = false;
-    // The last two tokens: `name AS (` declares a CTE, `word (` is a call.
-    let mut prev: [Token<'_>; 2] = [Token::End, Token::End];
+    // The last token: `word (` is a call, `. word` may be one (`row.fn` notation).
+    let mut prev = Token::End;
     let mut statement_start = true;
     loop {
+        if out.relations.len() + out.functions.len() > MAX_NAMES {
+            return None;
+        }
         let token = lexer.next_token();
         if statement_start {
             match token {
@@ -139,7 +162,7 @@ fn footprint(sql: &str) -> Option<Footprint> {
                 {
                     statement_start = false;
                     expect_relation = is(w, "TABLE");
-                    prev = [prev[1], token];
+                    prev = token;
                     continue;
                 }
                 Token::End if !out.relations.is_empty() || !out.functions.is_empty() => break,
@@ -157,25 +180,32 @@ fn footprint(sql: &str) -> Option<Footprint> {
                 expect_relation = false;
                 statement_start = true;
             }
+            Token::Punct(b'(') if expect_relation => {
+                // After FROM, JOIN, ONLY or a comma: a subquery, or a parenthesized join
+                // (diesel writes `FROM (a INNER JOIN b ON ..)`) whose tables count.
+                let mut peek = lexer.clone();
+                let subquery = matches!(peek.next_token(), Token::Word(w)
+                    if ["SELECT", "WITH", "VALUES", "TABLE"].iter().any(|k| is(w, k)));
+                levels.push(Level {
+                    in_from: !subquery,
+                    from_is_syntax: false,
+                });
+                expect_relation = !subquery;
+            }
             Token::Punct(b'(') => {
                 let syntax =
-                    matches!(prev[1], Token::Word(w) if FROM_IN_SYNTAX.iter().any(|k| is(w, k)));
-                if let Token::Word(w) | Token::Quoted(w) = prev[1] {
+                    matches!(prev, Token::Word(w) if FROM_IN_SYNTAX.iter().any(|k| is(w, k)));
+                if let Token::Word(w) | Token::Quoted(w) = prev {
                     let keyword =
-                        matches!(prev[1], Token::Word(_)) && NOT_CALLS.iter().any(|k| is(w, k));
-                    if !keyword && !expect_relation {
-                        push(&mut out.functions, lower(w));
+                        matches!(prev, Token::Word(_)) && NOT_CALLS.iter().any(|k| is(w, k));
+                    if !keyword {
+                        let call = lower(w);
+                        if reads_unseen(&call) {
+                            return None;
+                        }
+                        push(&mut out.functions, call);
                     }
                 }
-                // `name AS (` or `name AS [NOT] MATERIALIZED (`: a CTE.
-                if let (Token::Word(name) | Token::Quoted(name), Token::Word(kw)) =
-                    (prev[0], prev[1])
-                {
-                    if is(kw, "AS") {
-                        ctes.push(normal(prev[0], name));
-                    }
-                }
-                expect_relation = false;
                 levels.push(Level {
                     in_from: false,
                     from_is_syntax: syntax,
@@ -191,7 +221,7 @@ fn footprint(sql: &str) -> Option<Footprint> {
             Token::Punct(b',') => expect_relation = levels.last().is_some_and(|l| l.in_from),
             Token::Word(w) | Token::Quoted(w) if expect_relation => {
                 if matches!(token, Token::Word(_)) && (is(w, "ONLY") || is(w, "LATERAL")) {
-                    prev = [prev[1], token];
+                    prev = token;
                     continue;
                 }
                 let mut name = normal(token, w);
@@ -221,13 +251,17 @@ fn footprint(sql: &str) -> Option<Footprint> {
                 }
                 push(&mut out.relations, name);
                 expect_relation = false;
-                prev = [Token::End, Token::Other];
+                prev = Token::Other;
                 continue;
+            }
+            Token::Word(w) | Token::Quoted(w) if prev == Token::Punct(b'.') => {
+                // `row.fn`: a function called with attribute notation, or a column.
+                push(&mut out.functions, lower(w));
             }
             Token::Word(w) => {
                 let level = levels.last_mut()?;
-                if (is(w, "FROM") && !level.from_is_syntax) || is(w, "JOIN") {
-                    level.in_from = true;
+                if (is(w, "FROM") && !level.from_is_syntax) || is(w, "JOIN") || is(w, "TABLE") {
+                    level.in_from |= !is(w, "TABLE");
                     expect_relation = true;
                 } else if ENDS_FROM.iter().any(|k| is(w, k)) {
                     level.in_from = false;
@@ -235,12 +269,11 @@ fn footprint(sql: &str) -> Option<Footprint> {
             }
             _ => expect_relation = false,
         }
-        prev = [prev[1], token];
+        prev = token;
     }
     if levels.len() != 1 {
         return None;
     }
-    out.relations.retain(|r| !ctes.contains(r));
     Some(out)
 }
 

@@ -283,9 +283,21 @@ fn a_footprint_lists_every_relation_a_read_names() {
         ("SELECT 1; SELECT * FROM b", Some(&["b"])),
         ("SELECT * FROM \"Odd\"\"Name\"", Some(&["Odd\"Name"])),
         ("SELECT * FROM db.app.notes", Some(&["app.notes"])),
-        ("WITH t AS (SELECT 1) SELECT * FROM t, u", Some(&["u"])),
-        // A column list hides the CTE: counted as a relation (the safe side).
-        ("WITH t(x) AS (SELECT 1) SELECT * FROM t", Some(&["t"])),
+        // A CTE counts as a relation of its name (the safe side: never taken for a table).
+        ("WITH t AS (SELECT 1) SELECT * FROM t, u", Some(&["t", "u"])),
+        ("WITH audit AS (SELECT * FROM audit) SELECT * FROM audit", Some(&["audit"])),
+        // diesel's joins: the whole join in parentheses.
+        (
+            r#"SELECT "notes"."id" FROM ("logical"."notes" INNER JOIN "logical"."audit" ON ("audit"."id" = "notes"."id"))"#,
+            Some(&["logical.notes", "logical.audit"]),
+        ),
+        ("SELECT * FROM a, (b JOIN (c JOIN d ON true) ON true) x", Some(&["a", "b", "c", "d"])),
+        ("SELECT * FROM ONLY (audit)", Some(&["audit"])),
+        ("WITH x AS (TABLE logical.audit) SELECT * FROM x", Some(&["logical.audit", "x"])),
+        ("SELECT 1 UNION ALL TABLE audit", Some(&["audit"])),
+        ("SELECT * FROM t WHERE id IN (TABLE ids)", Some(&["t", "ids"])),
+        ("SELECT query_to_xml('select * from audit', true, false, '')", None),
+        ("SELECT * FROM ts_stat('SELECT v FROM audit')", None),
         ("SELECT * FROM generate_series(1, 3)", None),
         ("SELECT * FROM a, LATERAL f(a.x)", None),
         ("SELECT * FROM U&\"d\\0061ta\"", None),
@@ -300,8 +312,21 @@ fn a_footprint_lists_every_relation_a_read_names() {
     }
     let deep = format!("SELECT {}1{}", "(".repeat(100_000), ")".repeat(100_000));
     assert_eq!(relations(&deep), Some(vec![]), "deep nesting, no recursion");
-    let calls =
-        Footprint::of_sql("SELECT lower(x), my_fn(y) FROM t WHERE z IN (1) AND EXISTS (SELECT 1)")
-            .unwrap();
-    assert_eq!(calls.functions().collect::<Vec<_>>(), ["lower", "my_fn"]);
+    let calls = Footprint::of_sql(
+        "SELECT lower(x), my_fn(y), t.audit_count FROM t WHERE z IN (1) AND EXISTS (SELECT 1)",
+    )
+    .unwrap();
+    assert_eq!(
+        calls.functions().collect::<Vec<_>>(),
+        ["lower", "my_fn", "audit_count"],
+        "`row.fn` may call fn"
+    );
+    let many = format!(
+        "SELECT {} FROM t",
+        (0..2000)
+            .map(|i| format!("f{i}()"))
+            .collect::<Vec<_>>()
+            .join(",")
+    );
+    assert_eq!(relations(&many), None, "too many names to check");
 }
