@@ -23,6 +23,7 @@ async fn the_stale_read_checker_catches_random_replica_and_clears_lsn() {
         pool_size: 4,
         think: Duration::from_millis(5),
         faults: false,
+        max_wait: Duration::ZERO,
     };
     let redis = f.cluster.redis_url.clone();
     let random = run(&mut f, Strategy::RandomReplica, &settings, &redis, |_| {})
@@ -63,6 +64,7 @@ async fn the_fault_hunt_finds_no_stale_read() {
         pool_size: 8,
         think: Duration::from_millis(5),
         faults: true,
+        max_wait: Duration::ZERO,
     };
     let redis = f.cluster.redis_url.clone();
     for strategy in [Strategy::Lsn, Strategy::LsnRedis] {
@@ -85,4 +87,23 @@ async fn the_fault_hunt_finds_no_stale_read() {
         );
     }
     f.finish().await;
+}
+
+/// The oracle counts a read as servable when the user had not written, or when a replica
+/// sample at the read's start had the write: the strict oracle takes the last sample before
+/// it, the generous one the first at or after it.
+#[test]
+fn the_oracle_matches_each_read_with_the_replay_position_of_its_time() {
+    use pindb_examples::loadtest::oracle_share;
+    let ms = Duration::from_millis;
+    let replay = [(ms(0), 100), (ms(2), 200), (ms(4), 300)];
+    let reads = [
+        (ms(1), 0),   // no write: servable
+        (ms(1), 150), // strict: 100 (sample at 0) < 150; generous: 200 (sample at 2)
+        (ms(3), 200), // both: strict 200, generous 300
+        (ms(5), 400), // never replayed
+    ];
+    assert_eq!(oracle_share(&reads, &replay, true), 0.5);
+    assert_eq!(oracle_share(&reads, &replay, false), 0.75);
+    assert_eq!(oracle_share(&[], &replay, false), 0.0);
 }

@@ -72,7 +72,7 @@ pub(crate) fn spawn(
     let mut handles = Vec::new();
     for set in topology.sets() {
         let (master, replicas, health) = (set.master, &set.replicas, &set.health);
-        let coverage = &set.coverage;
+        let (coverage, written) = (&set.coverage, &set.written);
         let set = &*set.name;
         let track = Arc::new(MasterTrack::default());
         let master_db = &topology.databases()[master];
@@ -103,8 +103,11 @@ pub(crate) fn spawn(
                     set.to_owned(),
                     source,
                     Arc::clone(&track),
-                    Arc::clone(health),
-                    r,
+                    Replica {
+                        health: Arc::clone(health),
+                        written: Arc::clone(written),
+                        r,
+                    },
                     settings.clone(),
                 ))
                 .abort_handle(),
@@ -305,14 +308,23 @@ async fn report_slots(set: &str, probe: &mut Probe) {
     }
 }
 
+/// The replica a monitor task watches: its set's health cells and write signals, and its
+/// index among the set's replicas.
+struct Replica {
+    health: Arc<[Health]>,
+    written: Arc<[tokio::sync::Notify]>,
+    r: usize,
+}
+
 async fn watch_replica(
     set: String,
     mut source: Source,
     track: Arc<MasterTrack>,
-    health: Arc<[Health]>,
-    r: usize,
+    replica: Replica,
     settings: MonitorSettings,
 ) {
+    let Replica { health, written, r } = replica;
+    let recheck = Duration::from_millis(settings.recheck_after_write_ms);
     let mut every = interval(&settings);
     let mut failures = 0u32;
     // Good checks in a row since the last failure or suspicion: a replica that was down
@@ -324,7 +336,12 @@ async fn watch_replica(
     let alias = source.alias().to_owned();
     let gauge_labels = [("set", set.clone()), ("alias", alias.clone())];
     loop {
-        every.tick().await;
+        tokio::select! {
+            _ = every.tick() => {}
+            // A write was recorded: check once it has had time to replicate (signals that
+            // arrive meanwhile are one check).
+            _ = written[r].notified(), if !recheck.is_zero() => tokio::time::sleep(recheck).await,
+        }
         let checked = source.position(r).await;
         let was_up = health[r].status().up;
         if health[r].suspicions() != suspicions {

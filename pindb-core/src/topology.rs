@@ -41,6 +41,8 @@ pub(crate) struct SetEntry {
     /// Whether some replica may carry only some tables (a logical one): only then does a
     /// read's footprint matter.
     pub(crate) partial: bool,
+    /// Parallel to `replicas`: a context recorded a write position, check again soon.
+    pub(crate) written: Arc<[tokio::sync::Notify]>,
     pub(crate) picker: Picker,
     /// The kill switch: `false` sends every read of the set to its master.
     replicas_enabled: AtomicBool,
@@ -101,6 +103,7 @@ impl Topology {
                         health: Arc::from([]),
                         coverage: Arc::from([]),
                         partial: false,
+                        written: Arc::from([]),
                         picker: Picker::default(),
                         replicas_enabled: AtomicBool::new(true),
                     });
@@ -138,6 +141,11 @@ impl Topology {
                 })
                 .collect();
             set.partial = set.replicas.iter().any(|&i| databases[i].is_logical());
+            set.written = set
+                .replicas
+                .iter()
+                .map(|_| tokio::sync::Notify::new())
+                .collect();
         }
         let default = *by_alias
             .get("default")

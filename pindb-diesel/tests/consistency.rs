@@ -523,3 +523,32 @@ async fn a_job_that_imports_the_token_never_reads_stale() {
     assert!(!rows.contains(&"enqueued".to_string()));
     w.finish().await;
 }
+
+/// A recorded write makes the monitor check the set's replicas again soon
+/// (`monitor.recheck_after_write_ms`): with a monitor that otherwise polls once a minute, the
+/// writer's next request reads from a replica that has replayed the write; without the
+/// recheck, the cached positions predate the write and the master serves it.
+#[tokio::test]
+async fn a_recorded_write_makes_the_monitor_recheck_the_replicas() {
+    let w = World::new().await;
+    let mut served = Vec::new();
+    for recheck_ms in [10, 0] {
+        let mut config = config(&w, &[2]);
+        config.monitor.interval_ms = 60_000;
+        config.stickiness.ttl_seconds = 600;
+        config.monitor.recheck_after_write_ms = recheck_ms;
+        let db = started(config).await;
+        let key = format!("recheck-{recheck_ms}");
+        write_as(&db, &key, "fresh").await;
+        // Replication takes about a millisecond here; the recheck comes 10 ms after.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let (bodies, held) = read_as(&db, &key).await;
+        assert!(bodies.contains(&"fresh".to_owned()), "{bodies:?}");
+        served.push(held);
+    }
+    assert_eq!(
+        served,
+        [vec!["default-1".to_owned()], vec!["default".to_owned()]],
+        "with the recheck a replica, without it the master"
+    );
+}

@@ -49,11 +49,19 @@ struct Args {
     /// Pause between a user's iterations.
     #[arg(long, default_value = "20ms", value_parser = parse_duration)]
     think: Duration,
+    /// `stickiness.max_wait_ms` for the `lsn` strategies (0: read from the master at once
+    /// when no replica is known to have the user's last write).
+    #[arg(long, default_value = "0ms", value_parser = parse_duration)]
+    max_wait: Duration,
     /// Inject faults into the `lsn` strategies while they run: requests cancelled or
     /// panicking right after their write, a private Redis restarted empty or frozen every
     /// 5-7 s (`lsn-redis`), 3 s position lifetimes.
     #[arg(long)]
     faults: bool,
+    /// Draw the plots (and print the table) again from an earlier run's `result.json`,
+    /// without running anything.
+    #[arg(long)]
+    replot: Option<PathBuf>,
     /// Where the JSON and the plots go.
     #[arg(long, default_value = "target/loadtest")]
     out: PathBuf,
@@ -78,6 +86,14 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args = Args::parse();
+    if let Some(json) = &args.replot {
+        let run: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(json)?)?;
+        let outcomes: Vec<loadtest::Outcome> = serde_json::from_value(run["outcomes"].clone())?;
+        println!("{}", loadtest::table(&outcomes));
+        let dir = json.parent().unwrap_or(std::path::Path::new("."));
+        println!("plots: {}", loadtest::plot(dir, &outcomes)?.join(", "));
+        return Ok(());
+    }
     let strategies = if args.strategies.is_empty() {
         Strategy::ALL.to_vec()
     } else {
@@ -93,6 +109,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         lagging_replicas: args.lagging.clone(),
         pool_size: args.pool_size,
         think: args.think,
+        max_wait: args.max_wait,
         faults: args.faults,
     };
     let mut fixture = Fixture::new(loadtest::SCHEMA_SQL).await;

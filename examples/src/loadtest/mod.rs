@@ -17,6 +17,6 @@ mod strategy;
 mod user;
 
 pub use report::{plot, table};
-pub use run::{run, Outcome};
+pub use run::{oracle_share, run, Outcome};
 pub use strategy::{Settings, Strategy};
 pub use user::SCHEMA_SQL;

@@ -9,23 +9,36 @@ use super::run::Outcome;
 /// The markdown table of a run.
 pub fn table(outcomes: &[Outcome]) -> String {
     let mut out = String::from(
-        "| strategy | req/s | p50 ms | p95 ms | p99 ms | reads on replicas | stale reads | consistency round trips / 1k reads | master CPU ms |\n|---|---|---|---|---|---|---|---|---|\n",
+        "| strategy | req/s | p50 ms | p95 ms | p99 ms | reads on replicas | oracle (strict-generous) | of oracle | stale reads | consistency round trips / 1k reads (master + replica) | master CPU ms |\n|---|---|---|---|---|---|---|---|---|---|---|\n",
     );
     for o in outcomes {
         out.push_str(&format!(
-            "| {} | {:.0} | {:.2} | {:.2} | {:.2} | {:.1}% | {} | {:.1} | {} |\n",
+            "| {} | {:.0} | {:.2} | {:.2} | {:.2} | {:.1}% | {:.1}-{:.1}% | {:.3}-{:.3} | {} | {:.1} + {:.1} | {} |\n",
             o.strategy.name(),
             o.throughput,
             o.p50_ms,
             o.p95_ms,
             o.p99_ms,
             o.replica_share * 100.0,
+            o.strict_oracle_share * 100.0,
+            o.oracle_share * 100.0,
+            fraction(o.replica_share, o.oracle_share),
+            fraction(o.replica_share, o.strict_oracle_share),
             o.stale_reads,
-            o.round_trips_per_1000_reads,
+            o.master_round_trips_per_1000_reads,
+            o.round_trips_per_1000_reads - o.master_round_trips_per_1000_reads,
             o.master_cpu_ms.map_or("n/a".to_owned(), |c| c.to_string()),
         ));
     }
     out
+}
+
+fn fraction(share: f64, of: f64) -> f64 {
+    if of > 0.0 {
+        share / of
+    } else {
+        0.0
+    }
 }
 
 type Chart = Result<(), Box<dyn std::error::Error>>;
@@ -89,7 +102,8 @@ fn color(i: usize) -> RGBColor {
     RGBColor(r, g, b)
 }
 
-/// Replica share of reads (x) against stale reads (y), one labelled point per strategy.
+/// Replica share of reads (x) against stale reads (y), one point per strategy, named in a
+/// legend (labels next to the points overlapped where strategies agree).
 fn offload_vs_stale<DB: DrawingBackend>(
     root: &DrawingArea<DB, plotters::coord::Shift>,
     o: &[Outcome],
@@ -103,7 +117,8 @@ where
         .margin(20)
         .x_label_area_size(40)
         .y_label_area_size(60)
-        .build_cartesian_2d(0f64..100f64, 0f64..max_stale)?;
+        // A margin on both sides: points at 0% and 100% stay whole.
+        .build_cartesian_2d(-4f64..104f64, -max_stale * 0.04..max_stale)?;
     chart
         .configure_mesh()
         .x_desc("reads served by replicas (%)")
@@ -111,16 +126,24 @@ where
         .draw()?;
     for (i, x) in o.iter().enumerate() {
         let point = (x.replica_share * 100.0, x.stale_reads as f64);
-        chart.draw_series([Circle::new(point, 6, color(i).filled())])?;
-        chart.draw_series([Text::new(
-            x.strategy.name().to_string(),
-            (
-                point.0 + 1.0,
-                point.1 + max_stale * 0.02 * (1 + i % 3) as f64,
-            ),
-            ("sans-serif", 14),
-        )])?;
+        let c = color(i);
+        chart
+            .draw_series([Circle::new(point, 6, c.filled())])?
+            .label(format!(
+                "{} ({:.1}%, {} stale)",
+                x.strategy.name(),
+                point.0,
+                x.stale_reads
+            ))
+            .legend(move |(a, b)| Circle::new((a + 8, b), 5, c.filled()));
     }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperMiddle)
+        .label_font(("sans-serif", 13))
+        .background_style(WHITE.mix(0.9))
+        .border_style(BLACK)
+        .draw()?;
     Ok(())
 }
 
@@ -134,7 +157,10 @@ where
 {
     let max = o.iter().map(|x| x.p99_ms).fold(1.0, f64::max) * 1.1;
     let mut chart = ChartBuilder::on(root)
-        .caption("request latency percentiles (ms)", ("sans-serif", 24))
+        .caption(
+            "request latency (ms): p50, p95, p99 per strategy",
+            ("sans-serif", 24),
+        )
         .margin(20)
         .x_label_area_size(40)
         .y_label_area_size(60)
@@ -157,11 +183,20 @@ where
                 color(i).mix(shade).filled(),
             )])?;
         }
-        chart.draw_series([Text::new(
+        // The name under its bars, below the axis (inside the plot it collided with the
+        // neighbours' names and the tallest bars).
+        let (px, py) = chart.backend_coord(&(base + 2.0, 0.0));
+        let style = TextStyle::from(("sans-serif", 12).into_font()).pos(
+            plotters::style::text_anchor::Pos::new(
+                plotters::style::text_anchor::HPos::Center,
+                plotters::style::text_anchor::VPos::Top,
+            ),
+        );
+        root.draw(&Text::new(
             x.strategy.name().to_string(),
-            (base + 0.3, max * 0.97),
-            ("sans-serif", 13),
-        )])?;
+            (px, py + 6 + 14 * (i as i32 % 2)),
+            style,
+        ))?;
     }
     Ok(())
 }

@@ -18,7 +18,7 @@ use super::user::{simulate_user, Tally};
 const FAULT_REDIS_PORT: u16 = 26_399;
 
 /// What one strategy did.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct Outcome {
     /// The strategy.
     pub strategy: Strategy,
@@ -36,10 +36,19 @@ pub struct Outcome {
     pub reads: u64,
     /// Share of reads a replica served.
     pub replica_share: f64,
+    /// Share of reads a perfect oracle could have sent to a replica: reads for which some
+    /// replica had replayed the user's last write when the read began (from replay positions
+    /// sampled every 2 ms; see [`oracle_share`]).
+    pub oracle_share: f64,
+    /// The same with a strict oracle: the replica had replayed the write by the last sample
+    /// sent before the read began.
+    pub strict_oracle_share: f64,
     /// Lists that lacked the user's own acknowledged write.
     pub stale_reads: u64,
     /// Database round trips spent on consistency per 1,000 reads.
     pub round_trips_per_1000_reads: f64,
+    /// Those of them made to the master (write positions).
+    pub master_round_trips_per_1000_reads: f64,
     /// CPU time of the primary's processes during the run, if readable.
     pub master_cpu_ms: Option<u64>,
     /// Requests completed in each second of the run.
@@ -74,7 +83,11 @@ pub async fn run(
     let mut private = None;
     let mut builder = Router::builder(config(f, strategy, settings));
     if strategy == Strategy::LsnRedis {
-        let prefix = format!("pindb:loadtest:{}:", f.schema.name);
+        // One prefix for every run: a Redis pindb has not used before is distrusted for
+        // `ttl_seconds` (it looks like one that lost its positions), so a new prefix per run
+        // would measure that window, not the steady state. Keys of earlier runs are
+        // positions those have long passed.
+        let prefix = "pindb:loadtest:".to_owned();
         private = settings
             .faults
             .then(|| pindb_testkit::PrivateRedis::start(FAULT_REDIS_PORT));
@@ -89,12 +102,13 @@ pub async fn run(
         alias: None,
         problem: e.to_string(),
     })?;
-    if matches!(strategy, Strategy::Lsn | Strategy::LsnRedis) {
+    if strategy.keyed() {
         db.router().start_monitor().await?;
     }
     let stop = Arc::new(AtomicBool::new(false));
     let breaker = private.map(|r| tokio::spawn(break_redis(r, Arc::clone(&stop))));
     let round_trips_before = db.router().consistency().round_trips();
+    let master_round_trips_before = db.router().consistency().master_round_trips();
     let cpu_before = master_cpu_ticks();
 
     let lag = tokio::spawn(make_lag(
@@ -103,6 +117,7 @@ pub async fn run(
         Arc::clone(&stop),
     ));
     let start = Instant::now();
+    let sampler = tokio::spawn(sample_replay(f.cluster.clone(), start, Arc::clone(&stop)));
     let tally = Arc::new(Mutex::new(Tally::default()));
     let mut users = Vec::new();
     for u in 0..settings.users {
@@ -125,6 +140,7 @@ pub async fn run(
     }
     stop.store(true, Ordering::Relaxed);
     let _ = lag.await;
+    let replay = sampler.await.unwrap_or_default();
     if let Some(breaker) = breaker {
         let _ = breaker.await;
     }
@@ -136,7 +152,15 @@ pub async fn run(
         .zip(master_cpu_ticks())
         .map(|(a, b)| (b.saturating_sub(a)) * 1000 / clock_ticks());
     let round_trips = db.router().consistency().round_trips() - round_trips_before;
+    let master_round_trips =
+        db.router().consistency().master_round_trips() - master_round_trips_before;
+
     let mut t = std::mem::take(&mut *tally.lock().unwrap_or_else(|p| p.into_inner()));
+    let reads = t.reads;
+    let per_1000_reads = |n: u64| match reads {
+        0 => 0.0,
+        reads => n as f64 * 1000.0 / reads as f64,
+    };
     t.latencies_us.sort_unstable();
     let pct = |p: f64| -> f64 {
         if t.latencies_us.is_empty() {
@@ -158,15 +182,70 @@ pub async fn run(
         } else {
             t.replica_reads as f64 / t.reads as f64
         },
+        oracle_share: oracle_share(&t.read_marks, &replay, false),
+        strict_oracle_share: oracle_share(&t.read_marks, &replay, true),
         stale_reads: t.stale,
-        round_trips_per_1000_reads: if t.reads == 0 {
-            0.0
-        } else {
-            round_trips as f64 * 1000.0 / t.reads as f64
-        },
+        round_trips_per_1000_reads: per_1000_reads(round_trips),
+        master_round_trips_per_1000_reads: per_1000_reads(master_round_trips),
         master_cpu_ms: cpu,
         per_second: t.per_second,
     })
+}
+
+/// The replicas' best replay position, sampled every 2 ms until told to stop: `(when the
+/// query was sent, since `start`; the highest `pg_last_wal_replay_lsn()` of the two)`.
+async fn sample_replay(
+    cluster: pindb_testkit::Cluster,
+    start: Instant,
+    stop: Arc<AtomicBool>,
+) -> Vec<(Duration, u64)> {
+    let replicas = [cluster.replica(1).await, cluster.replica(2).await];
+    let sql = "SELECT coalesce(pg_last_wal_replay_lsn()::text, '0/0')";
+    let mut samples = Vec::new();
+    let mut every = tokio::time::interval(Duration::from_millis(2));
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    while !stop.load(Ordering::Relaxed) {
+        every.tick().await;
+        let sent = start.elapsed();
+        let (a, b) = tokio::join!(
+            replicas[0].query_one(sql, &[]),
+            replicas[1].query_one(sql, &[])
+        );
+        let best = [a, b]
+            .into_iter()
+            .filter_map(|row| pindb_core::Lsn::parse(&row.ok()?.get::<_, String>(0)))
+            .map(|l| l.0)
+            .max()
+            .unwrap_or(0);
+        samples.push((sent, best));
+    }
+    samples
+}
+
+/// The share of reads an oracle could have served from a replica: the user had not written,
+/// or some replica had replayed the user's last write when the read began. The write's
+/// position is the insert position its statement saw (at or before its commit: generous).
+/// The generous oracle matches a read with the first sample sent at or after it began
+/// (replayed by then, or up to 2 ms later), the `strict` one with the last sample sent before
+/// it; the truth lies between.
+pub fn oracle_share(reads: &[(Duration, u64)], replay: &[(Duration, u64)], strict: bool) -> f64 {
+    if reads.is_empty() {
+        return 0.0;
+    }
+    let servable = reads
+        .iter()
+        .filter(|&&(at, wrote)| {
+            wrote == 0 || {
+                let i = replay.partition_point(|&(t, _)| t < at);
+                let sample = match strict {
+                    true => i.checked_sub(1).and_then(|i| replay.get(i)),
+                    false => replay.get(i).or(replay.last()),
+                };
+                sample.is_some_and(|&(_, lsn)| lsn >= wrote)
+            }
+        })
+        .count();
+    servable as f64 / reads.len() as f64
 }
 
 /// Pauses and resumes replay on the lagging replicas until told to stop.

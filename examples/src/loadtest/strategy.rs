@@ -7,7 +7,7 @@ use pindb_testkit::Fixture;
 use serde::Serialize;
 
 /// A consistency strategy, as users deploy them today and as pindb offers them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
 pub enum Strategy {
     /// No replicas at all.
@@ -24,19 +24,23 @@ pub enum Strategy {
     Delay2s,
     /// pindb: per-user LSN stickiness with the replica monitor, in-memory store.
     Lsn,
+    /// The same without the recheck after a write (`monitor.recheck_after_write_ms = 0`):
+    /// replica positions only as fresh as the monitor interval.
+    LsnNoRecheck,
     /// The same with the Redis store.
     LsnRedis,
 }
 
 impl Strategy {
     /// Every strategy, in report order.
-    pub const ALL: [Strategy; 7] = [
+    pub const ALL: [Strategy; 8] = [
         Strategy::MasterOnly,
         Strategy::RandomReplica,
         Strategy::PinRequest,
         Strategy::Cookie15s,
         Strategy::Delay2s,
         Strategy::Lsn,
+        Strategy::LsnNoRecheck,
         Strategy::LsnRedis,
     ];
 
@@ -49,8 +53,17 @@ impl Strategy {
             Strategy::Cookie15s => "cookie-15s",
             Strategy::Delay2s => "delay-2s",
             Strategy::Lsn => "lsn",
+            Strategy::LsnNoRecheck => "lsn-no-recheck",
             Strategy::LsnRedis => "lsn-redis",
         }
+    }
+
+    /// pindb's per-user LSN stickiness (keyed contexts, the replica monitor).
+    pub(super) fn keyed(self) -> bool {
+        matches!(
+            self,
+            Strategy::Lsn | Strategy::LsnNoRecheck | Strategy::LsnRedis
+        )
     }
 
     /// How long a write keeps the user on the master, for the time-based strategies.
@@ -84,6 +97,9 @@ pub struct Settings {
     pub pool_size: u32,
     /// Pause between a user's iterations (a person reading the page).
     pub think: Duration,
+    /// `stickiness.max_wait_ms` for the `lsn` strategies: a keyed request whose write no
+    /// replica is known to have replayed asks the replicas directly for up to this long.
+    pub max_wait: Duration,
     /// The fault-injecting stale-read hunt, for the `lsn` strategies: writing requests
     /// cancelled (dropped right after the insert committed) or panicking after it, a private
     /// Redis restarted empty or frozen every 5-7 s (`lsn-redis`), and 3 s position lifetimes
@@ -107,8 +123,10 @@ pub(super) fn config(f: &Fixture, s: Strategy, settings: &Settings) -> Config {
     match s {
         Strategy::MasterOnly => config.enabled = false,
         Strategy::RandomReplica => config.replica_policy = ReplicaPolicy::Random,
+        Strategy::LsnNoRecheck => config.monitor.recheck_after_write_ms = 0,
         _ => {}
     }
+    config.stickiness.max_wait_ms = settings.max_wait.as_millis() as u64;
     if settings.faults {
         // Short distrust windows, so replicas serve between faults.
         config.monitor.max_lag_ms = 1_200;

@@ -1,8 +1,9 @@
 //! One simulated user: its loop of writes and lists, each request under its strategy's rules,
 //! the table it writes, and what it records.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use diesel::dsl::max;
 use diesel::prelude::*;
@@ -34,6 +35,17 @@ pub(super) struct Tally {
     pub(super) replica_reads: u64,
     pub(super) stale: u64,
     pub(super) per_second: Vec<u64>,
+    /// For the oracle: each read's start (since the run's start) and the WAL position of the
+    /// user's last write before it (0: none).
+    pub(super) read_marks: Vec<(Duration, u64)>,
+}
+
+/// The WAL position of a user's last write (set by [`insert`]) and the mark of its last read
+/// (set by [`list`]): the oracle's inputs.
+#[derive(Default)]
+struct Marks {
+    last_write: AtomicU64,
+    last_read: Mutex<Option<(Instant, u64)>>,
 }
 
 /// One user's loop: write-then-list (same request or the next one) or list only.
@@ -46,6 +58,8 @@ pub(super) async fn simulate_user(
     tally: &Mutex<Tally>,
 ) {
     let mut rng = fastrand::Rng::new();
+    let marks = Marks::default();
+    let marks = &marks;
     let mut acked = 0i32;
     let mut carried_until: Option<Instant> = None;
     while start.elapsed() < s.duration {
@@ -57,7 +71,7 @@ pub(super) async fn simulate_user(
         if writes {
             let seq = acked + 1;
             let t0 = Instant::now();
-            let fault = s.faults && matches!(strategy, Strategy::Lsn | Strategy::LsnRedis);
+            let fault = s.faults && strategy.keyed();
             let roll = rng.f64();
             if fault && roll < 0.15 {
                 // The client goes away (or a timeout fires) right after the commit, or the
@@ -65,7 +79,7 @@ pub(super) async fn simulate_user(
                 let cancel = roll < 0.1;
                 let (committed, done) = tokio::sync::oneshot::channel::<()>();
                 let work = request(db, strategy, user, &mut carried_until, async {
-                    insert(db, user, seq).await;
+                    insert(db, user, seq, marks).await;
                     let _ = committed.send(());
                     if !cancel {
                         panic!("load test: a handler bug right after the commit");
@@ -78,30 +92,30 @@ pub(super) async fn simulate_user(
                     _ = done => {}
                 }
                 acked = seq;
-                record(tally, start, t0, None, acked);
+                record(tally, start, t0, None, acked, marks);
                 continue;
             }
             let seen = request(db, strategy, user, &mut carried_until, async {
-                insert(db, user, seq).await;
+                insert(db, user, seq, marks).await;
                 if same {
-                    Some(list(db, user).await)
+                    Some(list(db, user, marks).await)
                 } else {
                     None
                 }
             })
             .await;
             acked = seq;
-            record(tally, start, t0, seen, acked);
+            record(tally, start, t0, seen, acked, marks);
             if same {
                 continue;
             }
         }
         let t0 = Instant::now();
         let seen = request(db, strategy, user, &mut carried_until, async {
-            Some(list(db, user).await)
+            Some(list(db, user, marks).await)
         })
         .await;
-        record(tally, start, t0, seen, acked);
+        record(tally, start, t0, seen, acked, marks);
     }
 }
 
@@ -111,8 +125,18 @@ fn record(
     t0: Instant,
     seen: Option<(i32, bool)>,
     acked: i32,
+    marks: &Marks,
 ) {
+    let read = marks
+        .last_read
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .take();
     let mut t = tally.lock().unwrap_or_else(|p| p.into_inner());
+    if let (Some(_), Some((at, lsn))) = (seen, read) {
+        t.read_marks
+            .push((at.saturating_duration_since(start), lsn));
+    }
     t.latencies_us.push(t0.elapsed().as_micros() as u64);
     let second = start.elapsed().as_secs() as usize;
     if t.per_second.len() <= second {
@@ -139,7 +163,7 @@ async fn request<F: std::future::Future>(
         Strategy::RandomReplica => {
             pindb_core::scope(async { UNPINNED.scope((), work).await }).await
         }
-        Strategy::Lsn | Strategy::LsnRedis => {
+        Strategy::Lsn | Strategy::LsnNoRecheck | Strategy::LsnRedis => {
             db.router()
                 .consistency()
                 .scope_with_key(Some(user), work)
@@ -165,19 +189,30 @@ tokio::task_local! {
     static UNPINNED: ();
 }
 
-async fn insert(db: &PinDb, user: &str, seq: i32) {
+/// Inserts the user's row; notes the WAL insert position the statement saw, a lower bound
+/// of its commit's (so the oracle, which needs a replica past it, is never too strict).
+async fn insert(db: &PinDb, user: &str, seq: i32, marks: &Marks) {
     let q = diesel::insert_into(lt_rows::table)
-        .values((lt_rows::author.eq(user), lt_rows::seq.eq(seq)));
-    let result = if UNPINNED.try_with(|_| ()).is_ok() {
-        pindb_core::scope(async { q.execute(&mut db.get()).await }).await
+        .values((lt_rows::author.eq(user), lt_rows::seq.eq(seq)))
+        .returning(diesel::dsl::sql::<diesel::sql_types::Text>(
+            "pg_current_wal_insert_lsn()::text",
+        ));
+    let result: QueryResult<String> = if UNPINNED.try_with(|_| ()).is_ok() {
+        pindb_core::scope(async { q.get_result(&mut db.get()).await }).await
     } else {
-        q.execute(&mut db.get()).await
+        q.get_result(&mut db.get()).await
     };
-    result.expect("load-test insert");
+    let lsn = result.expect("load-test insert");
+    let lsn = pindb_core::Lsn::parse(&lsn).map_or(0, |l| l.0);
+    marks.last_write.store(lsn, Ordering::Relaxed);
 }
 
 /// `(max seq seen, served by a replica)`.
-async fn list(db: &PinDb, user: &str) -> (i32, bool) {
+async fn list(db: &PinDb, user: &str, marks: &Marks) -> (i32, bool) {
+    *marks.last_read.lock().unwrap_or_else(|p| p.into_inner()) = Some((
+        Instant::now(),
+        AtomicU64::load(&marks.last_write, Ordering::Relaxed),
+    ));
     let run = async {
         let mut conn = db.get();
         let seen: Option<i32> = lt_rows::table

@@ -104,6 +104,12 @@ pub struct MonitorSettings {
     /// reported stalled (`pindb_replica_stalled`, a warning): a paused replay or
     /// subscription, a broken receiver.
     pub stalled_after_ms: u64,
+    /// When a context records a write position (a keyed context or a token), the set's
+    /// replicas are checked again this long after, besides the regular `interval_ms`: the
+    /// user's next request then finds a replica position that shows the write replayed,
+    /// instead of one up to an interval old. Checks of one replica are never closer than
+    /// this. 0: only the regular interval.
+    pub recheck_after_write_ms: u64,
 }
 
 impl Default for MonitorSettings {
@@ -117,6 +123,7 @@ impl Default for MonitorSettings {
             max_lag_ms: 10_000,
             topology_check: TopologyCheck::Error,
             stalled_after_ms: 60_000,
+            recheck_after_write_ms: 10,
             when_all_lagging: AllLaggingPolicy::Master,
             lag_ceiling_ms: 0,
         }

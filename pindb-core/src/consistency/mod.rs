@@ -64,6 +64,8 @@ pub struct Consistency {
     started: Instant,
     /// Database round trips made for consistency (write positions, direct replica checks).
     round_trips: AtomicU64,
+    /// Those of them made to a master (write positions, positions of suspicious tokens).
+    master_round_trips: AtomicU64,
     /// Keyed contexts dropped mid-flight whose positions are being recorded: the key's next
     /// context on this instance waits for them (see `RecordOnDrop`).
     pending: Mutex<HashMap<String, Arc<Pending>>>,
@@ -101,6 +103,7 @@ impl Consistency {
             position_logged_at: AtomicU64::new(u64::MAX),
             started: Instant::now(),
             round_trips: AtomicU64::new(0),
+            master_round_trips: AtomicU64::new(0),
             pending: Mutex::new(HashMap::new()),
             pending_len: AtomicUsize::new(0),
             emulated: config.emulate_replicas > 0,
@@ -141,9 +144,21 @@ impl Consistency {
         self.round_trips.load(Ordering::Relaxed)
     }
 
-    fn count_round_trip(&self) {
+    /// [`Consistency::round_trips`] made to a master: one per write position recorded (and
+    /// per check of a token far ahead of every replica). Reads never add one.
+    pub fn master_round_trips(&self) -> u64 {
+        self.master_round_trips.load(Ordering::Relaxed)
+    }
+
+    fn count_round_trip(&self, to_master: bool) {
         self.round_trips.fetch_add(1, Ordering::Relaxed);
-        metrics::counter!("pindb_consistency_round_trips_total").increment(1);
+        let to = if to_master {
+            self.master_round_trips.fetch_add(1, Ordering::Relaxed);
+            "master"
+        } else {
+            "replica"
+        };
+        metrics::counter!("pindb_consistency_round_trips_total", "to" => to).increment(1);
     }
 
     fn ttl(&self) -> Duration {
@@ -156,7 +171,7 @@ impl Consistency {
             .topology
             .set_named(set)
             .ok_or_else(|| format!("unknown set `{set}`"))?;
-        self.count_round_trip();
+        self.count_round_trip(true);
         let row = Probe::shared_row(
             &self.probes[s.master],
             "SELECT pg_current_wal_insert_lsn()::text",
@@ -177,7 +192,7 @@ impl Consistency {
             if !s.health[r].status().up || self.topology.databases()[index].is_logical() {
                 continue;
             }
-            self.count_round_trip();
+            self.count_round_trip(false);
             let sql = if self.emulated {
                 "SELECT pg_current_wal_lsn()::text"
             } else {
@@ -208,8 +223,22 @@ impl Consistency {
     }
 
     /// Master positions of the sets `ctx` pinned itself. A master that cannot be asked is
-    /// logged and skipped: its write already committed.
+    /// logged and skipped: its write already committed. The monitor is told to check those
+    /// sets' replicas again soon (`monitor.recheck_after_write_ms`).
     pub(crate) async fn write_positions(&self, ctx: &Context) -> Positions {
+        let positions = self.master_positions(ctx).await;
+        for (set, _) in &positions {
+            if let Some(entry) = self.topology.set_named(set) {
+                entry
+                    .written
+                    .iter()
+                    .for_each(tokio::sync::Notify::notify_one);
+            }
+        }
+        positions
+    }
+
+    async fn master_positions(&self, ctx: &Context) -> Positions {
         let mut positions = Vec::new();
         for set in ctx.pinned(|o| o == PinOrigin::New) {
             match self.master_insert_lsn(&set).await {
