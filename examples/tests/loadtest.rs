@@ -22,6 +22,7 @@ async fn the_stale_read_checker_catches_random_replica_and_clears_lsn() {
         lagging_replicas: vec![1, 2],
         pool_size: 4,
         think: Duration::from_millis(5),
+        think_max: Duration::ZERO,
         faults: false,
         max_wait: Duration::ZERO,
     };
@@ -63,6 +64,7 @@ async fn the_fault_hunt_finds_no_stale_read() {
         lagging_replicas: vec![1],
         pool_size: 8,
         think: Duration::from_millis(5),
+        think_max: Duration::ZERO,
         faults: true,
         max_wait: Duration::ZERO,
     };

@@ -1,13 +1,17 @@
 #![allow(missing_docs, missing_debug_implementations, unreachable_pub)] // not a library: nothing here is public API
 
 //! Routing decision and classifier cost, next to a plain `HashMap` lookup measured in the same
-//! run (the floor any alias-based router pays).
+//! run (the floor any alias-based router pays); many contexts deciding at once on a
+//! multi-threaded runtime against the same on one thread (contention on the router's shared
+//! state). The memory a live context holds is measured in `tests/no_alloc.rs`, which has
+//! the counting allocator.
 
 use std::collections::HashMap;
 use std::hint::black_box;
+use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use pindb_core::adapter::classify;
+use pindb_core::adapter::{classify, Footprint};
 use pindb_core::{scope, Config, Hint, Router, RouterMode};
 
 fn router(mode: RouterMode) -> Router {
@@ -76,8 +80,67 @@ fn classifier(c: &mut Criterion) {
     g.bench_function("orm_select_join", |b| {
         b.iter(|| black_box(classify(black_box(join))))
     });
+    // Only with a logical replica in a set (once per statement type in diesel).
+    g.bench_function("footprint_orm_select_join", |b| {
+        b.iter(|| black_box(Footprint::of_sql(black_box(join))))
+    });
     g.finish();
 }
 
-criterion_group!(benches, decisions, classifier);
+/// `contexts` request contexts at once, each making `reads` read decisions and one pin, spread
+/// over `rt`'s workers: the time per decision.
+fn concurrent(
+    rt: &tokio::runtime::Runtime,
+    router: &Router,
+    contexts: usize,
+    reads: usize,
+) -> Duration {
+    let start = Instant::now();
+    rt.block_on(async {
+        let tasks: Vec<_> = (0..contexts)
+            .map(|_| {
+                let router = router.clone();
+                tokio::spawn(scope(async move {
+                    let hint = Hint::default();
+                    for _ in 0..reads {
+                        black_box(router.db_for_read(&hint).unwrap());
+                        tokio::task::yield_now().await;
+                    }
+                    router.db_for_write(&hint).unwrap();
+                }))
+            })
+            .collect();
+        for task in tasks {
+            task.await.unwrap();
+        }
+    });
+    start.elapsed() / (contexts * (reads + 1)) as u32
+}
+
+fn contention(c: &mut Criterion) {
+    let mut g = c.benchmark_group("many_contexts");
+    let router = router(RouterMode::Greedy);
+    let one = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let two = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .build()
+        .unwrap();
+    for (name, rt) in [
+        ("1000_contexts_one_thread", &one),
+        ("1000_contexts_two_threads", &two),
+    ] {
+        g.bench_function(name, |b| {
+            b.iter_custom(|iters| {
+                (0..iters)
+                    .map(|_| concurrent(rt, &router, 1000, 10))
+                    .sum::<Duration>()
+            })
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, decisions, classifier, contention);
 criterion_main!(benches);

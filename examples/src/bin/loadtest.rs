@@ -49,6 +49,14 @@ struct Args {
     /// Pause between a user's iterations.
     #[arg(long, default_value = "20ms", value_parser = parse_duration)]
     think: Duration,
+    /// With a value above `--think`, each pause is drawn uniformly between the two.
+    #[arg(long, default_value = "0ms", value_parser = parse_duration)]
+    think_max: Duration,
+    /// The scale mode: 1,000 users who think 1-5 s between requests (a write a few times a
+    /// minute each), pools of 20; overrides `--users`, `--think`, `--think-max` and
+    /// `--pool-size`.
+    #[arg(long)]
+    scale: bool,
     /// `stickiness.max_wait_ms` for the `lsn` strategies (0: read from the master at once
     /// when no replica is known to have the user's last write).
     #[arg(long, default_value = "0ms", value_parser = parse_duration)]
@@ -99,7 +107,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     } else {
         args.strategies.clone()
     };
-    let settings = Settings {
+    let mut settings = Settings {
         users: args.users,
         duration: args.duration,
         write_ratio: args.write_ratio,
@@ -109,9 +117,16 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         lagging_replicas: args.lagging.clone(),
         pool_size: args.pool_size,
         think: args.think,
+        think_max: args.think_max,
         max_wait: args.max_wait,
         faults: args.faults,
     };
+    if args.scale {
+        settings.users = 1000;
+        settings.think = Duration::from_secs(1);
+        settings.think_max = Duration::from_secs(5);
+        settings.pool_size = 20;
+    }
     let mut fixture = Fixture::new(loadtest::SCHEMA_SQL).await;
     let redis_url = Cluster::from_env().redis_url;
     let mut outcomes = Vec::new();

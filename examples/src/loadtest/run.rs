@@ -34,6 +34,13 @@ pub struct Outcome {
     pub p99_ms: f64,
     /// Reads done.
     pub reads: u64,
+    /// Routing decisions (statements) per second.
+    pub decisions_per_second: f64,
+    /// The time a request spent outside its own statements (the context, loading and
+    /// recording positions: what pindb adds), median and 99th percentile, in µs.
+    pub pindb_p50_us: f64,
+    /// See `pindb_p50_us`.
+    pub pindb_p99_us: f64,
     /// Share of reads a replica served.
     pub replica_share: f64,
     /// Share of reads a perfect oracle could have sent to a replica: reads for which some
@@ -169,7 +176,17 @@ pub async fn run(
         let i = ((t.latencies_us.len() as f64 - 1.0) * p).round() as usize;
         t.latencies_us[i] as f64 / 1000.0
     };
+    t.overheads_us.sort_unstable();
+    let overhead = |p: f64| -> f64 {
+        match t.overheads_us.len() {
+            0 => 0.0,
+            n => t.overheads_us[((n as f64 - 1.0) * p).round() as usize] as f64,
+        }
+    };
     Ok(Outcome {
+        decisions_per_second: t.statements as f64 / elapsed.as_secs_f64(),
+        pindb_p50_us: overhead(0.50),
+        pindb_p99_us: overhead(0.99),
         strategy,
         requests: t.latencies_us.len() as u64,
         throughput: t.latencies_us.len() as f64 / elapsed.as_secs_f64(),

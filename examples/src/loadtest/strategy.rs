@@ -97,6 +97,8 @@ pub struct Settings {
     pub pool_size: u32,
     /// Pause between a user's iterations (a person reading the page).
     pub think: Duration,
+    /// With a `think_max` above `think`, each pause is drawn uniformly between the two.
+    pub think_max: Duration,
     /// `stickiness.max_wait_ms` for the `lsn` strategies: a keyed request whose write no
     /// replica is known to have replayed asks the replicas directly for up to this long.
     pub max_wait: Duration,

@@ -38,6 +38,19 @@ pub(super) struct Tally {
     /// For the oracle: each read's start (since the run's start) and the WAL position of the
     /// user's last write before it (0: none).
     pub(super) read_marks: Vec<(Duration, u64)>,
+    /// Statements run (each one routing decision).
+    pub(super) statements: u64,
+    /// Per request, the time spent outside the request's own statements: the context,
+    /// loading and recording the user's positions (pindb's share of the latency), in µs.
+    pub(super) overheads_us: Vec<u64>,
+}
+
+/// One request's outcome for [`record`].
+struct Done {
+    t0: Instant,
+    seen: Option<(i32, bool)>,
+    wrote: bool,
+    overhead: Option<Duration>,
 }
 
 /// The WAL position of a user's last write (set by [`insert`]) and the mark of its last read
@@ -63,8 +76,12 @@ pub(super) async fn simulate_user(
     let mut acked = 0i32;
     let mut carried_until: Option<Instant> = None;
     while start.elapsed() < s.duration {
-        if !s.think.is_zero() {
-            tokio::time::sleep(s.think).await;
+        let think = match s.think_max > s.think {
+            true => rng.u64(s.think.as_micros() as u64..=s.think_max.as_micros() as u64),
+            false => s.think.as_micros() as u64,
+        };
+        if think > 0 {
+            tokio::time::sleep(Duration::from_micros(think)).await;
         }
         let writes = rng.f64() < s.write_ratio;
         let same = writes && rng.f64() < s.same_request_ratio;
@@ -92,10 +109,16 @@ pub(super) async fn simulate_user(
                     _ = done => {}
                 }
                 acked = seq;
-                record(tally, start, t0, None, acked, marks);
+                let done = Done {
+                    t0,
+                    seen: None,
+                    wrote: true,
+                    overhead: None,
+                };
+                record(tally, start, done, acked, marks);
                 continue;
             }
-            let seen = request(db, strategy, user, &mut carried_until, async {
+            let (seen, overhead) = request(db, strategy, user, &mut carried_until, async {
                 insert(db, user, seq, marks).await;
                 if same {
                     Some(list(db, user, marks).await)
@@ -105,28 +128,39 @@ pub(super) async fn simulate_user(
             })
             .await;
             acked = seq;
-            record(tally, start, t0, seen, acked, marks);
+            let done = Done {
+                t0,
+                seen,
+                wrote: true,
+                overhead: Some(overhead),
+            };
+            record(tally, start, done, acked, marks);
             if same {
                 continue;
             }
         }
         let t0 = Instant::now();
-        let seen = request(db, strategy, user, &mut carried_until, async {
+        let (seen, overhead) = request(db, strategy, user, &mut carried_until, async {
             Some(list(db, user, marks).await)
         })
         .await;
-        record(tally, start, t0, seen, acked, marks);
+        let done = Done {
+            t0,
+            seen,
+            wrote: false,
+            overhead: Some(overhead),
+        };
+        record(tally, start, done, acked, marks);
     }
 }
 
-fn record(
-    tally: &Mutex<Tally>,
-    start: Instant,
-    t0: Instant,
-    seen: Option<(i32, bool)>,
-    acked: i32,
-    marks: &Marks,
-) {
+fn record(tally: &Mutex<Tally>, start: Instant, done: Done, acked: i32, marks: &Marks) {
+    let Done {
+        t0,
+        seen,
+        wrote,
+        overhead,
+    } = done;
     let read = marks
         .last_read
         .lock()
@@ -138,6 +172,10 @@ fn record(
             .push((at.saturating_duration_since(start), lsn));
     }
     t.latencies_us.push(t0.elapsed().as_micros() as u64);
+    t.statements += u64::from(wrote) + u64::from(seen.is_some());
+    if let Some(overhead) = overhead {
+        t.overheads_us.push(overhead.as_micros() as u64);
+    }
     let second = start.elapsed().as_secs() as usize;
     if t.per_second.len() <= second {
         t.per_second.resize(second + 1, 0);
@@ -150,15 +188,22 @@ fn record(
     }
 }
 
-/// One request under `strategy`'s rules.
+/// One request under `strategy`'s rules; also the time it spent outside `work` (the context,
+/// the positions).
 async fn request<F: std::future::Future>(
     db: &PinDb,
     strategy: Strategy,
     user: &str,
     carried_until: &mut Option<Instant>,
     work: F,
-) -> F::Output {
-    match strategy {
+) -> (F::Output, Duration) {
+    let started = Instant::now();
+    let work = async {
+        let t = Instant::now();
+        let out = work.await;
+        (out, t.elapsed())
+    };
+    let (out, busy) = match strategy {
         // Each statement in a context of its own: nothing is ever pinned.
         Strategy::RandomReplica => {
             pindb_core::scope(async { UNPINNED.scope((), work).await }).await
@@ -181,7 +226,8 @@ async fn request<F: std::future::Future>(
             out
         }
         Strategy::MasterOnly | Strategy::PinRequest => pindb_core::scope(work).await,
-    }
+    };
+    (out, started.elapsed().saturating_sub(busy))
 }
 
 tokio::task_local! {
