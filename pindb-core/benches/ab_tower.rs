@@ -54,6 +54,19 @@ fn main() {
         });
         let plain = tower::service_fn(handler);
         let routed = layer.layer(tower::service_fn(handler));
+        {
+            let mut svc = routed.clone();
+            let req = Request::builder()
+                .uri("/notes")
+                .header("x-user", "u1")
+                .body(())
+                .unwrap();
+            let fut = svc.call(req);
+            eprintln!(
+                "routed future state: {} bytes",
+                std::mem::size_of_val(&*fut)
+            );
+        }
         run(&plain).await;
         run(&routed).await;
         let (p, r) = interleave(BATCH, || run(&plain), || run(&routed)).await;

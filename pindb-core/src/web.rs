@@ -169,8 +169,11 @@ where
             for (set, _) in &carried {
                 ctx.carry_pin(set);
             }
+            // Futures with probe I/O inside (tokens, recording positions) are large and taken
+            // only by some requests: boxed there, they keep this future's state small (it is
+            // allocated and initialized per request: 4 KiB before, most of the layer's cost).
             let incoming = match parts.headers.get(TOKEN_HEADER).map(|v| v.to_str()) {
-                Some(Ok(text)) => router.consistency().accept_token(text).await,
+                Some(Ok(text)) => Box::pin(router.consistency().accept_token(text)).await,
                 _ => None,
             };
             if let Some(token) = &incoming {
@@ -192,11 +195,15 @@ where
                 .scope(async move { inner.call(request).await })
                 .await;
             match result {
-                Ok(response) => Ok(finish(&layer, &ctx, record, carried, incoming, response).await),
+                // Nothing pinned: no cookie, no position, no token to add.
+                Ok(response) if ctx.pinned(|o| o == PinOrigin::New).is_empty() => Ok(response),
+                Ok(response) => {
+                    Ok(Box::pin(finish(&layer, &ctx, record, carried, incoming, response)).await)
+                }
                 Err(e) => {
                     // Writes may have committed before the failure: the key must still see them.
                     if let Some(record) = record {
-                        record.record().await;
+                        Box::pin(record.record()).await;
                     }
                     Err(e)
                 }

@@ -55,7 +55,11 @@ impl Consistency {
             let wait = Duration::from_millis(self.settings.redis_timeout_ms)
                 .saturating_mul(3)
                 .max(Duration::from_secs(1));
-            if tokio::time::timeout(wait, pending.settled()).await.is_err() {
+            // Boxed: rare, and a timer in every keyed context's state is not free.
+            if Box::pin(tokio::time::timeout(wait, pending.settled()))
+                .await
+                .is_err()
+            {
                 // Still not recorded: fail safe, and say why.
                 ctx.lock().store_unavailable = true;
                 let store = self.store.name();
@@ -92,7 +96,10 @@ impl Consistency {
                 for (set, lsn) in &positions {
                     ctx.require(set, *lsn);
                 }
-                self.wait_for_replicas(ctx).await;
+                if self.settings.max_wait_ms > 0 && !positions.is_empty() {
+                    // Boxed: its probe futures would make every keyed context's state large.
+                    Box::pin(self.wait_for_replicas(ctx)).await;
+                }
             }
             Err(e) => {
                 ctx.lock().store_unavailable = true;
