@@ -127,7 +127,23 @@ async fn the_lag_of_a_disabled_subscription_grows_on_the_metrics_endpoint() {
         let text = scrape(&url).await;
         lags.push(sample(&text, "pindb_replica_lag_seconds", "default-3").unwrap_or(0.0));
     }
-    let text = scrape(&url).await;
+    let slot = |text: &str, name: &str| {
+        text.lines()
+            .find(|l| l.starts_with(&format!("{name}{{")) && l.contains("slot=\"pindb_sub\""))
+            .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+    };
+    // Slots are reported every 20 monitor rounds: on a loaded machine that can be late, so
+    // the slot's state is awaited (bounded), not read once.
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    let text = loop {
+        let text = scrape(&url).await;
+        let settled = sample(&text, "pindb_replica_stalled", "default-3") == Some(1.0)
+            && slot(&text, "pindb_replication_slot_active") == Some(0.0);
+        if settled || std::time::Instant::now() > deadline {
+            break text;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
     control.enable().await;
 
     assert!(
@@ -139,14 +155,13 @@ async fn the_lag_of_a_disabled_subscription_grows_on_the_metrics_endpoint() {
         Some(1.0),
         "{text}"
     );
-    let slot = |name: &str| {
-        text.lines()
-            .find(|l| l.starts_with(&format!("{name}{{")) && l.contains("slot=\"pindb_sub\""))
-            .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-    };
-    assert_eq!(slot("pindb_replication_slot_active"), Some(0.0), "{text}");
+    assert_eq!(
+        slot(&text, "pindb_replication_slot_active"),
+        Some(0.0),
+        "{text}"
+    );
     assert!(
-        slot("pindb_replication_slot_retained_bytes").is_some_and(|b| b > 0.0),
+        slot(&text, "pindb_replication_slot_retained_bytes").is_some_and(|b| b > 0.0),
         "{text}"
     );
     f.finish().await;

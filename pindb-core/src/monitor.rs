@@ -186,42 +186,34 @@ impl Source {
                 coverage,
                 functions,
             } => {
-                let following = match subscription::follow(replica, master).await {
-                    Ok(Ok(f)) => f,
-                    Ok(Err(problem)) => {
+                let following = match subscription::follow(replica, master).await? {
+                    Ok(f) => f,
+                    Err(problem) => {
                         coverage[r].set(None);
                         return Ok(Err(problem));
                     }
-                    Err(e) => {
-                        coverage[r].set(None);
-                        return Err(e);
-                    }
                 };
-                if functions
+                // A failure below fails the whole check: the position is not taken either, so
+                // what is known of coverage and position stays consistent (a transient error
+                // does not throw away coverage; repeated ones take the replica down).
+                let fresh = functions
                     .as_ref()
-                    .is_none_or(|(at, _)| at.elapsed() >= FUNCTIONS_EVERY)
-                {
-                    match subscription::functions(replica).await {
-                        Ok(found) => *functions = Some((Instant::now(), Arc::new(found))),
-                        Err(e) => {
-                            *functions = None;
-                            coverage[r].set(None);
-                            return Err(e);
-                        }
-                    }
-                }
-                // Learned after the position, so never older than it; not learned: nothing.
-                let carried = match subscription::tables(replica, master, &following).await {
-                    Ok(relations) => functions.as_ref().map(|(_, f)| Carried {
-                        relations,
-                        functions: Arc::clone(f),
-                    }),
-                    Err(e) => {
-                        tracing::warn!(target: "pindb", alias = %replica.alias, error = %e, "pindb monitor: could not learn what a logical replica carries; not reading from it");
-                        None
+                    .filter(|(at, _)| at.elapsed() < FUNCTIONS_EVERY)
+                    .map(|(_, f)| Arc::clone(f));
+                let functions = match fresh {
+                    Some(f) => f,
+                    None => {
+                        let found = Arc::new(subscription::functions(replica).await?);
+                        *functions = Some((Instant::now(), Arc::clone(&found)));
+                        found
                     }
                 };
-                coverage[r].set(carried);
+                // Learned after the position, so never older than it.
+                let relations = subscription::tables(replica, master, &following).await?;
+                coverage[r].set(Some(Carried {
+                    relations,
+                    functions,
+                }));
                 Ok(Ok(Observed {
                     position: following.position,
                     applying: following.applying,
