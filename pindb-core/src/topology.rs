@@ -76,6 +76,8 @@ pub struct Topology {
     by_alias: HashMap<String, Target>,
     sets: Vec<SetEntry>,
     default: Target,
+    /// Some set has a logical replica (reads need their footprint); fixed by the config.
+    partial: bool,
 }
 
 impl std::fmt::Debug for Topology {
@@ -151,6 +153,7 @@ impl Topology {
             .get("default")
             .ok_or_else(|| PinDbError::config("default", "no `default` database"))?;
         Ok(Topology {
+            partial: sets.iter().any(|s| s.partial),
             databases,
             by_alias,
             sets,
@@ -266,7 +269,7 @@ impl Topology {
 
     /// Whether any set has a logical replica: only then do reads need their footprint.
     pub(crate) fn has_partial(&self) -> bool {
-        self.sets.iter().any(|s| s.partial)
+        self.partial
     }
 
     /// The highest position the replicas of `set` are known to have replayed.

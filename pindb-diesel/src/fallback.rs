@@ -73,15 +73,17 @@ pub(crate) fn after_attempt<T>(
         },
         (Ok(None), Attempted::Done(result)) => Next::Return(result),
         (Ok(None), Attempted::CheckoutFailed(e)) => Next::Diagnose(e),
-        (Ok(None), Attempted::TimedOut) => {
-            let alias = router.topology().databases()[index].alias.clone();
-            Next::Return(Err(Error::ReadTimeout {
-                alias,
-                timeout: router.config().reads.timeout(),
-            }
-            .into()))
-        }
+        (Ok(None), Attempted::TimedOut) => Next::Return(Err(timed_out(router, index))),
     }
+}
+
+/// The database at `index` did not answer within `reads.timeout_ms`.
+pub(crate) fn timed_out(router: &Router, index: usize) -> diesel::result::Error {
+    Error::ReadTimeout {
+        alias: router.topology().databases()[index].alias.clone(),
+        timeout: router.config().reads.timeout(),
+    }
+    .into()
 }
 
 /// A checkout of the database at `index` failed: [`PinDbError::Unreachable`] when pindb's own

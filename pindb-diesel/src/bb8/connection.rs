@@ -88,7 +88,7 @@ use pindb_core::Operation;
 use super::{PinDb, Pooled};
 use crate::checkouts::{Checkouts, Forward, Held, Slot};
 use crate::error::Error;
-use crate::fallback::{after_attempt, checkout_error, Attempted, Next};
+use crate::fallback::{after_attempt, checkout_error, timed_out, Attempted, Next};
 use crate::statement::{self, OwnedQuery};
 
 use super::attempt::{Attempt, Batch, Execute, Load};
@@ -263,7 +263,8 @@ impl PinDbConnection {
                     Attempted::CheckoutFailed(e) => {
                         Err(checkout_error(router.diagnose(index).await, e))
                     }
-                    Attempted::TimedOut => unreachable!("only replica attempts have a timeout"),
+                    // Only replica attempts are timed; said, not assumed.
+                    Attempted::TimedOut => Err(timed_out(&router, index)),
                 };
             }
             match after_attempt(&router, index, attempted, tries, || {

@@ -17,7 +17,7 @@ use pindb_core::Router;
 
 use super::{PinDb, Pooled};
 use crate::checkouts::{Checkouts, Forward, Held, Slot};
-use crate::fallback::{after_attempt, Attempted, Next};
+use crate::fallback::{after_attempt, timed_out, Attempted, Next};
 use crate::statement;
 
 /// A routed sync diesel connection, from [`PinDb::get`]: `RunQueryDsl`, `transaction`
@@ -117,7 +117,8 @@ impl PinDbConnection {
                 return match attempted {
                     Attempted::Done(result) => result,
                     Attempted::CheckoutFailed(e) => Err(e.into()),
-                    Attempted::TimedOut => unreachable!("sync attempts have no timeout"),
+                    // Sync attempts are not timed; said, not assumed.
+                    Attempted::TimedOut => Err(timed_out(&router, index)),
                 };
             }
             match after_attempt(&router, index, attempted, tries, || refused(&router)) {
