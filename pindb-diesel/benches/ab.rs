@@ -14,7 +14,6 @@ use std::time::{Duration, Instant};
 use diesel::prelude::*;
 use diesel_async::pooled_connection::AsyncDieselConnectionManager;
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
-use pindb_core::{Config, RouterMode};
 use pindb_diesel::bb8::PinDb;
 use pindb_testkit::ab::{interleave, report};
 use pindb_testkit::Cluster;
@@ -102,11 +101,11 @@ fn main() {
         .unwrap();
     rt.block_on(async {
         let cluster = Cluster::from_env();
-        let schema = pindb_testkit::bench_users(&cluster).await;
-        let replica_url = schema.url(cluster.replica_url(1));
-        let mut config =
-            Config::single_set(schema.url(&cluster.primary_url), [replica_url.clone()]);
-        config.router = RouterMode::Strict;
+        let pindb_testkit::BenchSet {
+            schema,
+            config,
+            replica_url,
+        } = pindb_testkit::bench_set(&cluster).await;
         let db = PinDb::new(config).unwrap();
         let plain: Plain = bb8::Pool::builder()
             .max_size(10)

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use diesel::prelude::*;
 use diesel::r2d2::{ConnectionManager, Pool};
-use pindb_core::{Config, Context, RouterMode};
+use pindb_core::Context;
 use pindb_diesel::r2d2::PinDb;
 use pindb_testkit::ab::{interleave_sync, report};
 use pindb_testkit::Cluster;
@@ -48,10 +48,11 @@ fn routed_per_request(db: &PinDb) -> Duration {
 fn main() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let cluster = Cluster::from_env();
-    let schema = rt.block_on(pindb_testkit::bench_users(&cluster));
-    let replica_url = schema.url(cluster.replica_url(1));
-    let mut config = Config::single_set(schema.url(&cluster.primary_url), [replica_url.clone()]);
-    config.router = RouterMode::Strict;
+    let pindb_testkit::BenchSet {
+        schema,
+        config,
+        replica_url,
+    } = rt.block_on(pindb_testkit::bench_set(&cluster));
     let db = PinDb::new(config).unwrap();
     let plain = Pool::builder()
         .max_size(10)

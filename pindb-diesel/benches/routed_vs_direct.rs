@@ -15,7 +15,6 @@ use criterion::{criterion_group, criterion_main, Criterion};
 use diesel::prelude::*;
 use diesel_async::pooled_connection::AsyncDieselConnectionManager;
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
-use pindb_core::{Config, RouterMode};
 use pindb_diesel::bb8::PinDb;
 use pindb_testkit::Cluster;
 
@@ -35,13 +34,11 @@ fn bench(c: &mut Criterion) {
         .build()
         .unwrap();
     let cluster = Cluster::from_env();
-    let schema = rt.block_on(async {
-        let schema = pindb_testkit::bench_users(&cluster).await;
-        schema
-    });
-    let replica_url = schema.url(cluster.replica_url(1));
-    let mut config = Config::single_set(schema.url(&cluster.primary_url), [replica_url.clone()]);
-    config.router = RouterMode::Strict;
+    let pindb_testkit::BenchSet {
+        schema,
+        config,
+        replica_url,
+    } = rt.block_on(pindb_testkit::bench_set(&cluster));
     let db = rt.block_on(async { PinDb::new(config).unwrap() });
     let plain = rt.block_on(async {
         bb8::Pool::builder()

@@ -6,7 +6,6 @@
 use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use pindb_core::{Config, RouterMode};
 use pindb_seaorm::PinDb;
 use pindb_testkit::Cluster;
 use sea_orm::entity::prelude::*;
@@ -37,11 +36,11 @@ fn bench(c: &mut Criterion) {
         .unwrap();
     let cluster = Cluster::from_env();
     let (schema, routed, plain) = rt.block_on(async {
-        let schema = pindb_testkit::bench_users(&cluster).await;
-        let replica_url = schema.url(cluster.replica_url(1));
-        let mut config =
-            Config::single_set(schema.url(&cluster.primary_url), [replica_url.clone()]);
-        config.router = RouterMode::Strict;
+        let pindb_testkit::BenchSet {
+            schema,
+            config,
+            replica_url,
+        } = pindb_testkit::bench_set(&cluster).await;
         let routed = PinDb::connect(config).await.unwrap();
         let mut opts = ConnectOptions::new(replica_url);
         opts.max_connections(10).sqlx_logging(false);

@@ -90,6 +90,33 @@ impl Fixture {
     }
 }
 
+/// The benchmarks' set-up, the same for every adapter: [`bench_users`], a strict config of
+/// the primary and replica 1 in that schema, and replica 1's URL in it (the plain side of
+/// each comparison).
+#[derive(Debug)]
+pub struct BenchSet {
+    /// The schema with `bench_users`; drop it at the end.
+    pub schema: TestSchema,
+    /// The primary and replica 1, strict router.
+    pub config: pindb_core::Config,
+    /// Replica 1, in the schema.
+    pub replica_url: String,
+}
+
+/// See [`BenchSet`].
+pub async fn bench_set(cluster: &Cluster) -> BenchSet {
+    let schema = bench_users(cluster).await;
+    let replica_url = schema.url(cluster.replica_url(1));
+    let mut config =
+        pindb_core::Config::single_set(schema.url(&cluster.primary_url), [replica_url.clone()]);
+    config.router = pindb_core::RouterMode::Strict;
+    BenchSet {
+        schema,
+        config,
+        replica_url,
+    }
+}
+
 /// Creates a schema with a `bench_users (id int primary key, name text)` table of 1,000 rows
 /// and waits for both replicas: the benchmarks' common data set.
 pub async fn bench_users(cluster: &Cluster) -> TestSchema {

@@ -47,7 +47,7 @@ pub use cluster::{
     connect, Cluster, LOGICAL_URL_VAR, PRIMARY_URL_VAR, REDIS_URL_VAR, REPLICA1_URL_VAR,
     REPLICA2_URL_VAR, REPLICATION_TIMEOUT, STRANGER_URL_VAR,
 };
-pub use fixture::{bench_users, Fixture};
+pub use fixture::{bench_set, bench_users, BenchSet, Fixture};
 pub use isolation::contexts_that_saw_foreign_pins;
 pub use logical::{as_superuser, SubscriptionControl, SUBSCRIPTION};
 pub use pindb_core::Lsn;
