@@ -49,7 +49,7 @@ pub use cluster::{
 };
 pub use fixture::{bench_set, bench_users, BenchSet, Fixture};
 pub use isolation::contexts_that_saw_foreign_pins;
-pub use logical::{as_superuser, SubscriptionControl, SUBSCRIPTION};
+pub use logical::{as_superuser, SubscriptionControl, PUBLICATION, SUBSCRIPTION};
 pub use pindb_core::Lsn;
 pub use proxy::Proxy;
 pub use redis::PrivateRedis;

@@ -16,6 +16,9 @@ const SUBSCRIPTION_LOCK: i64 = 0x7069_6e64_6202;
 /// The subscription's name on the logical subscriber.
 pub const SUBSCRIPTION: &str = "pindb_sub";
 
+/// The primary's publication the subscription follows.
+pub const PUBLICATION: &str = "pindb_pub";
+
 impl Cluster {
     /// A connection to the logical subscriber.
     pub async fn logical(&self) -> Client {
@@ -31,7 +34,9 @@ impl Cluster {
             .unwrap_or_else(|e| panic!("taking the subscription lock failed: {e:?}"));
         let control = SubscriptionControl {
             url: self.logical_url.clone(),
+            primary_url: self.primary_url.clone(),
             disabled: false,
+            republish: false,
             _lock: lock,
         };
         // A test that died holding it must not leave the next one without replication.
@@ -79,7 +84,10 @@ impl Cluster {
 /// Exclusive control of the subscription; see [`Cluster::subscription_exclusive`].
 pub struct SubscriptionControl {
     url: String,
+    primary_url: String,
     disabled: bool,
+    /// The publication was altered: put it back to `logical.notes` alone.
+    republish: bool,
     // Last field: released after `Drop::drop` enabled the subscription again.
     _lock: Client,
 }
@@ -100,6 +108,29 @@ impl SubscriptionControl {
     async fn set_enabled(&self, enabled: bool) {
         set_enabled(&self.url, enabled).await;
     }
+
+    /// `ALTER PUBLICATION pindb_pub <change>` on the primary (`ADD TABLE logical.audit`,
+    /// `SET TABLE logical.notes WHERE (..)`). The standard publication is restored when this
+    /// is dropped, even by a failing test.
+    pub async fn alter_publication(&mut self, change: &str) {
+        self.republish = true;
+        as_superuser(&self.primary_url)
+            .await
+            .batch_execute(&format!("ALTER PUBLICATION {PUBLICATION} {change}"))
+            .await
+            .unwrap_or_else(|e| panic!("ALTER PUBLICATION {PUBLICATION} {change} failed: {e:?}"));
+    }
+}
+
+/// Puts the publication back to the dev cluster's standard one.
+async fn republish(primary_url: &str) {
+    as_superuser(primary_url)
+        .await
+        .batch_execute(&format!(
+            "ALTER PUBLICATION {PUBLICATION} SET TABLE logical.notes"
+        ))
+        .await
+        .unwrap_or_else(|e| panic!("restoring the publication {PUBLICATION} failed: {e:?}"));
 }
 
 /// A connection to the server at `url` as the superuser `postgres` (the dev cluster trusts
@@ -130,20 +161,28 @@ async fn set_enabled(url: &str, enabled: bool) {
 
 impl Drop for SubscriptionControl {
     fn drop(&mut self) {
-        if !self.disabled {
+        if !self.disabled && !self.republish {
             return;
         }
-        let url = self.url.clone();
-        let enabled = std::thread::spawn(move || {
+        let (url, primary_url) = (self.url.clone(), self.primary_url.clone());
+        let (enable, republish_it) = (self.disabled, self.republish);
+        let restored = std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
                 .expect("a current-thread runtime builds");
-            rt.block_on(set_enabled(&url, true))
+            rt.block_on(async {
+                if republish_it {
+                    republish(&primary_url).await;
+                }
+                if enable {
+                    set_enabled(&url, true).await;
+                }
+            })
         })
         .join();
-        if enabled.is_err() && !std::thread::panicking() {
-            panic!("could not enable the subscription {SUBSCRIPTION} again");
+        if restored.is_err() && !std::thread::panicking() {
+            panic!("could not restore the subscription {SUBSCRIPTION} / publication {PUBLICATION}");
         }
     }
 }

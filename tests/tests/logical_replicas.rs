@@ -251,9 +251,8 @@ async fn reads_go_where_their_tables_are_seaorm() {
 #[tokio::test]
 async fn a_table_is_carried_only_when_published_whole_and_synchronized() {
     let c = Cluster::from_env();
-    let _control = c.subscription_exclusive().await;
+    let mut control = c.subscription_exclusive().await;
     let p = ports(&c).await;
-    let admin = pindb_testkit::as_superuser(&c.primary_url).await;
     let db = DieselAsync::open(config(&c, false)).await;
     db.router().start_monitor().await.unwrap();
     let settle = || tokio::time::sleep(Duration::from_millis(400));
@@ -263,22 +262,15 @@ async fn a_table_is_carried_only_when_published_whole_and_synchronized() {
     };
     assert_eq!(served("notes").await, p.logical);
 
-    admin
-        .batch_execute("ALTER PUBLICATION pindb_pub ADD TABLE logical.audit")
-        .await
-        .unwrap();
+    control.alter_publication("ADD TABLE logical.audit").await;
     settle().await;
     let unsynchronized = served("audit").await;
-    admin
-        .batch_execute("ALTER PUBLICATION pindb_pub SET TABLE logical.notes WHERE (id > 0)")
-        .await
-        .unwrap();
+    control
+        .alter_publication("SET TABLE logical.notes WHERE (id > 0)")
+        .await;
     settle().await;
     let filtered = served("notes").await;
-    admin
-        .batch_execute("ALTER PUBLICATION pindb_pub SET TABLE logical.notes")
-        .await
-        .unwrap();
+    control.alter_publication("SET TABLE logical.notes").await;
     settle().await;
     let whole = served("notes").await;
 
