@@ -164,10 +164,7 @@ impl Router {
         if !set.replicas_enabled() {
             return Err(NoReplica::Disabled);
         }
-        let covers = |r: usize| match read.footprint {
-            Some(footprint) => set.covers(r, footprint),
-            None => true,
-        };
+        let covers = |r: usize| set.covers(r, read.footprint);
         if set.partial && !(0..set.replicas.len()).any(covers) {
             return Err(NoReplica::NotCarried);
         }
@@ -277,16 +274,16 @@ fn fallback_reason(no: NoReplica) -> Reason {
 pub(super) struct ReadNeeds<'h> {
     /// A bounded-staleness hint.
     pub(super) staleness: Option<std::time::Duration>,
-    /// `Some`: only replicas that carry this footprint (`Some(None)`: an unknown one, so
-    /// every table). `None`: any replica (the context's choice itself, `get_replica`).
-    pub(super) footprint: Option<Option<&'h crate::classify::Footprint>>,
+    /// Only replicas that carry what this footprint reads (`None`: not known, so only those
+    /// that carry every table).
+    pub(super) footprint: Option<&'h crate::classify::Footprint>,
 }
 
 impl<'h> From<&Hint<'h>> for ReadNeeds<'h> {
     fn from(hint: &Hint<'h>) -> Self {
         ReadNeeds {
             staleness: hint.max_staleness,
-            footprint: Some(hint.footprint),
+            footprint: hint.footprint,
         }
     }
 }

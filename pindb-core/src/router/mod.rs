@@ -386,11 +386,9 @@ impl Router {
         let s = self.inner.topology.managed_set(alias)?;
         let set = &self.inner.topology.set(s);
         let i = if self.inner.config.enabled {
-            // The caller may run anything there: only a replica that carries every table.
-            let any = decide::ReadNeeds {
-                footprint: Some(None),
-                ..Default::default()
-            };
+            // The caller may run anything there: no footprint, so only a replica that
+            // carries every table.
+            let any = decide::ReadNeeds::default();
             with_current(|ctx| self.pick_replica(s, Some(&mut ctx.lock()), true, false, any))
                 .unwrap_or_else(|| self.pick_replica(s, None, true, false, any))
                 .unwrap_or(set.master)
