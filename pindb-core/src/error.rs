@@ -108,6 +108,21 @@ pub enum PinDbError {
         cause: String,
     },
 
+    /// A set given as a list of hosts has no primary right now: the primary stopped answering
+    /// and no standby has been promoted yet, or two writable hosts share the newest timeline.
+    /// Nothing was sent anywhere. Retryable ([`PinDbError::is_retryable`]): the monitor finds a
+    /// promoted primary within a few check intervals.
+    #[error(
+        "database set `{set}` has no primary right now (failover in progress?): none of its \
+         hosts {hosts} is a writable primary the monitor can use; nothing was sent, retry shortly"
+    )]
+    NoPrimary {
+        /// The set.
+        set: String,
+        /// Its hosts, passwords redacted.
+        hosts: String,
+    },
+
     /// `Router::install_global` was called twice.
     #[error("a global pindb router is already installed; install it once at start-up")]
     GlobalRouterAlreadyInstalled,
@@ -129,6 +144,15 @@ impl PinDbError {
     /// Whether a database could not be reached (worth retrying later).
     pub fn is_unreachable(&self) -> bool {
         matches!(self, PinDbError::Unreachable { .. })
+    }
+
+    /// Whether retrying the same operation later may succeed: a database that could not be
+    /// reached, or a set with no primary during a failover. Nothing was written.
+    pub fn is_retryable(&self) -> bool {
+        matches!(
+            self,
+            PinDbError::Unreachable { .. } | PinDbError::NoPrimary { .. }
+        )
     }
 
     pub(crate) fn config(alias: impl Into<String>, problem: impl Into<String>) -> Self {

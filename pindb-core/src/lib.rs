@@ -56,6 +56,7 @@ mod monitor;
 mod populate;
 mod probe;
 mod replica;
+mod roles;
 mod router;
 mod status;
 mod store;

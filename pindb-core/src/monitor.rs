@@ -23,6 +23,7 @@ use crate::error::PinDbError;
 use crate::lsn::Lsn;
 use crate::probe::{lsn_column, Probe};
 use crate::replica::Health;
+use crate::roles::{Report, Roles, Verdict};
 use crate::subscription;
 use crate::topology::Topology;
 
@@ -70,11 +71,41 @@ pub(crate) fn spawn(
     emulated: bool,
 ) -> Vec<AbortHandle> {
     let mut handles = Vec::new();
-    for set in topology.sets() {
-        let (master, replicas, health) = (set.master, &set.replicas, &set.health);
-        let (coverage, written) = (&set.coverage, &set.written);
-        let set = &*set.name;
+    for entry in topology.sets() {
+        let (replicas, health) = (&entry.replicas, &entry.health);
+        let (coverage, written) = (&entry.coverage, &entry.written);
+        let set = &*entry.name;
         let track = Arc::new(MasterTrack::default());
+        let spawn_replica = |source, r| {
+            tokio::spawn(watch_replica(
+                set.to_owned(),
+                source,
+                Arc::clone(&track),
+                Replica {
+                    health: Arc::clone(health),
+                    written: Arc::clone(written),
+                    r,
+                },
+                settings.clone(),
+            ))
+            .abort_handle()
+        };
+        if let Some(roles) = &entry.roles {
+            // Every host is watched alike; the primary's checks feed the lag track.
+            for (h, &index) in replicas.iter().enumerate() {
+                let source = Source::Host {
+                    probe: Probe::new(&topology.databases()[index], timeout(settings)),
+                    roles: Arc::clone(roles),
+                    track: Arc::clone(&track),
+                    set: set.to_owned(),
+                };
+                handles.push(spawn_replica(source, h));
+            }
+            continue;
+        }
+        let Some(master) = entry.master() else {
+            continue;
+        };
         let master_db = &topology.databases()[master];
         handles.push(
             tokio::spawn(watch_master(
@@ -98,20 +129,7 @@ pub(crate) fn spawn(
                     functions: None,
                 },
             };
-            handles.push(
-                tokio::spawn(watch_replica(
-                    set.to_owned(),
-                    source,
-                    Arc::clone(&track),
-                    Replica {
-                        health: Arc::clone(health),
-                        written: Arc::clone(written),
-                        r,
-                    },
-                    settings.clone(),
-                ))
-                .abort_handle(),
-            );
+            handles.push(spawn_replica(source, r));
         }
     }
     handles
@@ -134,6 +152,35 @@ enum Source {
         /// The replica's own functions, and when they were learned.
         functions: Option<(Instant, Arc<HashSet<Box<str>>>)>,
     },
+    /// A host of a set given as a list of hosts: it reports what it is, the set's roles
+    /// decide, and it serves reads only as a standby following the primary. The primary's
+    /// checks feed the set's lag track.
+    Host {
+        probe: Probe,
+        roles: Arc<Roles>,
+        track: Arc<MasterTrack>,
+        set: String,
+    },
+}
+
+/// What a host is (works on a primary and on a standby): recovery, cluster, timeline (written
+/// or received), position (written or replayed).
+const HOST_SQL: &str = "SELECT pg_is_in_recovery(), system_identifier::text, \
+    CASE WHEN pg_is_in_recovery() THEN (SELECT received_tli FROM pg_stat_wal_receiver) \
+    ELSE ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int END, \
+    (CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() ELSE pg_current_wal_lsn() END)::text \
+    FROM pg_control_system()";
+
+/// A host's answer to [`HOST_SQL`].
+async fn host_report(probe: &mut Probe) -> Result<Report, String> {
+    let row = probe.row(HOST_SQL).await?;
+    let timeline: Option<i32> = row.try_get(2).map_err(|e| e.to_string())?;
+    Ok(Report {
+        in_recovery: row.try_get(0).map_err(|e| e.to_string())?,
+        system_id: row.try_get(1).map_err(|e| e.to_string())?,
+        timeline: timeline.map(|t| t as u32),
+        position: lsn_column(&row, 3)?,
+    })
 }
 
 /// How often a logical replica's own functions are learned again.
@@ -150,7 +197,7 @@ struct Observed {
 impl Source {
     fn alias(&self) -> &str {
         match self {
-            Source::Standby(p) | Source::Emulated(p) => &p.alias,
+            Source::Standby(p) | Source::Emulated(p) | Source::Host { probe: p, .. } => &p.alias,
             Source::Logical { replica, .. } => &replica.alias,
         }
     }
@@ -163,6 +210,27 @@ impl Source {
             applying: true,
         };
         match self {
+            Source::Host {
+                probe,
+                roles,
+                track,
+                set,
+            } => {
+                let report = host_report(probe).await?;
+                let position = report.position;
+                match roles.report(r, Some(report)).0 {
+                    Verdict::Standby => Ok(Ok(observed(position))),
+                    Verdict::Primary => {
+                        if let Some(lsn) = position {
+                            track.push(lsn);
+                            metrics::gauge!("pindb_master_wal_position_bytes", "set" => set.clone())
+                                .set(lsn.0 as f64);
+                        }
+                        Ok(Err(format!("`{}` is the primary", probe.alias)))
+                    }
+                    Verdict::Excluded(why) => Ok(Err(why)),
+                }
+            }
             Source::Emulated(probe) => {
                 let row = probe.row("SELECT pg_current_wal_lsn()::text").await?;
                 Ok(Ok(observed(lsn_column(&row, 0)?)))
@@ -416,13 +484,26 @@ async fn watch_replica(
                 successes = 0;
                 health[r].set_down();
                 if was_up {
-                    tracing::error!(target: "pindb", %alias, %problem, "pindb monitor: not a replica of its master");
+                    match &source {
+                        // A discovered set's primary, or a standby catching up with a new
+                        // timeline: roles change, that is the point.
+                        Source::Host { .. } => {
+                            tracing::info!(target: "pindb", %alias, %problem, "pindb monitor: host serves no reads")
+                        }
+                        _ => {
+                            tracing::error!(target: "pindb", %alias, %problem, "pindb monitor: not a replica of its master")
+                        }
+                    }
                 }
             }
             Err(e) => {
                 failures = failures.saturating_add(1);
                 successes = 0;
                 if failures >= settings.failures_before_down {
+                    if let Source::Host { roles, .. } = &source {
+                        // It can no longer be the primary (nor a standby).
+                        roles.report(r, None);
+                    }
                     health[r].set_down();
                     if was_up {
                         tracing::warn!(target: "pindb", %alias, error = %e, "pindb monitor: replica down");
@@ -457,7 +538,14 @@ pub(crate) async fn verify_topology(
     let mut problems = Vec::new();
     let sql = "SELECT pg_is_in_recovery(), system_identifier::text FROM pg_control_system()";
     for set in topology.sets() {
-        let (master, replicas) = (set.master, &set.replicas);
+        if let Some(roles) = &set.roles {
+            discover(topology, set, roles, settings, &mut warnings, &mut problems).await;
+            continue;
+        }
+        let replicas = &set.replicas;
+        let Some(master) = set.master() else {
+            continue;
+        };
         let master_db = &topology.databases()[master];
         let master_id = match Probe::new(master_db, timeout(settings)).row(sql).await {
             Ok(row) => {
@@ -538,6 +626,52 @@ pub(crate) async fn verify_topology(
         tracing::warn!(target: "pindb", "{w}");
     }
     Ok(warnings)
+}
+
+/// The first look at a set given as hosts: every host reports, then the roles are decided
+/// (so that the service starts writing to the right one). A host of another cluster is a
+/// problem; no primary (a failover under way) or a split brain is a warning: writes are
+/// refused with a retryable error until the monitor finds one primary.
+async fn discover(
+    topology: &Topology,
+    set: &crate::topology::SetEntry,
+    roles: &Roles,
+    settings: &MonitorSettings,
+    warnings: &mut Vec<String>,
+    problems: &mut Vec<PinDbError>,
+) {
+    let mut answered = Vec::new();
+    for (h, &index) in set.replicas.iter().enumerate() {
+        let db = &topology.databases()[index];
+        match host_report(&mut Probe::new(db, timeout(settings))).await {
+            Ok(report) => {
+                roles.report(h, Some(report));
+                answered.push(h);
+            }
+            Err(e) => {
+                roles.report(h, None);
+                warnings.push(format!("topology not checked for `{}`: {e}", db.alias));
+            }
+        }
+    }
+    for h in answered {
+        let alias = &topology.databases()[set.replicas[h]].alias;
+        match roles.verdict(h) {
+            Verdict::Primary => set.health[h].set_down(),
+            Verdict::Standby => {}
+            Verdict::Excluded(why) if why.contains("another cluster") => {
+                problems.push(PinDbError::config(alias.clone(), why))
+            }
+            Verdict::Excluded(why) => warnings.push(format!("`{alias}`: {why}")),
+        }
+    }
+    if roles.primary().is_none() {
+        warnings.push(format!(
+            "set `{}` has no writable primary among its hosts now; its writes are refused \
+             (PinDbError::NoPrimary, retryable) until the monitor finds one",
+            set.name
+        ));
+    }
 }
 
 /// A logical replica subscribes to its master, with every subscription enabled and every

@@ -143,7 +143,10 @@ async fn logical(
         return;
     };
     let mut replica = Probe::new(db, timeout);
-    let mut master = Probe::new(&topology.databases()[set.master], timeout);
+    let Some(master) = set.master() else {
+        return status.error = Some(format!("set `{}` has no primary right now", set.name));
+    };
+    let mut master = Probe::new(&topology.databases()[master], timeout);
     let following = match subscription::follow(&mut replica, &mut master).await {
         Err(e) => return status.error = Some(e),
         Ok(Err(problem)) => {
@@ -177,6 +180,8 @@ fn role(db: &Database) -> &'static str {
     match db.membership {
         Membership::Master { .. } => "master",
         Membership::Replica { .. } => "replica",
+        // Found when it answers: `master` or `replica`.
+        Membership::Host { .. } => "host",
         Membership::Unmanaged => "unmanaged",
     }
 }

@@ -14,6 +14,7 @@ use crate::error::PinDbError;
 use crate::lsn::Lsn;
 use crate::populate::{Database, Membership};
 use crate::replica::{Health, Picker, ReplicaStatus};
+use crate::roles::Roles;
 
 /// What an alias names.
 #[derive(Debug, Clone, Copy)]
@@ -29,10 +30,12 @@ pub(crate) enum Target {
 /// One set: its master, its replicas and their health.
 pub(crate) struct SetEntry {
     pub(crate) name: Arc<str>,
-    /// Index into `databases`.
-    pub(crate) master: usize,
-    /// Indexes into `databases`, in replica order.
+    /// Index into `databases` of the configured master (the first host of a discovered set).
+    configured_master: usize,
+    /// Indexes into `databases`, in replica order (every host, for a discovered set).
     pub(crate) replicas: Vec<usize>,
+    /// A set given as a list of hosts: which one is the primary, found by the monitor.
+    pub(crate) roles: Option<Arc<Roles>>,
     /// Parallel to `replicas`; written by the monitor.
     pub(crate) health: Arc<[Health]>,
     /// Parallel to `replicas`: the tables each carries (learned by the monitor for logical
@@ -49,6 +52,28 @@ pub(crate) struct SetEntry {
 }
 
 impl SetEntry {
+    /// Index into `databases` of the master now; `None` while a set given as hosts has no
+    /// primary (a failover in progress, a split brain on one timeline).
+    pub(crate) fn master(&self) -> Option<usize> {
+        match &self.roles {
+            None => Some(self.configured_master),
+            Some(roles) => roles.primary().map(|h| self.replicas[h]),
+        }
+    }
+
+    /// The error for a write (or a master read) while there is no primary: retryable.
+    pub(crate) fn no_primary(&self, databases: &[Database]) -> PinDbError {
+        PinDbError::NoPrimary {
+            set: self.name.to_string(),
+            hosts: self
+                .replicas
+                .iter()
+                .map(|&i| databases[i].redacted_url())
+                .collect::<Vec<_>>()
+                .join(", "),
+        }
+    }
+
     /// Whether replica `r` (index among the set's) carries what a read with this footprint
     /// reads.
     pub(crate) fn covers(&self, r: usize, footprint: Option<&Footprint>) -> bool {
@@ -96,12 +121,13 @@ impl Topology {
         let mut by_alias = HashMap::new();
         for (i, db) in databases.iter().enumerate() {
             match &db.membership {
-                Membership::Master { set } => {
-                    by_alias.insert(db.alias.clone(), Target::Set(sets.len()));
+                Membership::Host { set, index: 1 } | Membership::Master { set } => {
+                    by_alias.insert(set.clone(), Target::Set(sets.len()));
                     sets.push(SetEntry {
                         name: Arc::from(set.as_str()),
-                        master: i,
+                        configured_master: i,
                         replicas: Vec::new(),
+                        roles: None,
                         health: Arc::from([]),
                         coverage: Arc::from([]),
                         partial: false,
@@ -127,9 +153,25 @@ impl Topology {
                     );
                     sets[s].replicas.push(i);
                 }
+                // The set was made by its first host; every host is added below.
+                Membership::Host { .. } => {}
                 Membership::Unmanaged => {
                     by_alias.insert(db.alias.clone(), Target::Unmanaged(i));
                 }
+            }
+            // Every host of a discovered set is a replica slot too: a standby serves reads,
+            // the primary's slot is down (set below and by the monitor).
+            if let Membership::Host { set, .. } = &db.membership {
+                let s = sets.len() - 1;
+                debug_assert_eq!(&*sets[s].name, set.as_str());
+                by_alias.insert(
+                    db.alias.clone(),
+                    Target::Replica {
+                        set: s,
+                        replica: sets[s].replicas.len(),
+                    },
+                );
+                sets[s].replicas.push(i);
             }
         }
         for set in &mut sets {
@@ -148,6 +190,19 @@ impl Topology {
                 .iter()
                 .map(|_| tokio::sync::Notify::new())
                 .collect();
+            if databases[set.configured_master].is_host() {
+                let hosts = set
+                    .replicas
+                    .iter()
+                    .map(|&i| {
+                        let db = &databases[i];
+                        format!("{} ({}:{})", db.alias, db.host, db.port)
+                    })
+                    .collect();
+                set.roles = Some(Arc::new(Roles::new(hosts)));
+                // The first host is taken as the primary until checked: not a replica.
+                set.health[0].set_down();
+            }
         }
         let default = *by_alias
             .get("default")
@@ -175,7 +230,11 @@ impl Topology {
     /// The position of an alias in [`Topology::databases`] (what [`Route::index`](crate::Route::index) holds).
     pub fn index_of(&self, alias: &str) -> Result<usize, PinDbError> {
         Ok(match self.target(alias)? {
-            Target::Set(s) => self.sets[s].master,
+            Target::Set(s) => {
+                let set = &self.sets[s];
+                set.master()
+                    .ok_or_else(|| set.no_primary(&self.databases))?
+            }
             Target::Replica { set, replica } => self.sets[set].replicas[replica],
             Target::Unmanaged(i) => i,
         })
@@ -192,6 +251,54 @@ impl Topology {
             Target::Replica { set, replica } => Some(self.sets[set].health[replica].status()),
             _ => None,
         })
+    }
+
+    /// The alias of the database that takes the writes of `set` now: its master, or for a set
+    /// given as hosts the primary the monitor found (`None` while there is none).
+    ///
+    /// ```
+    /// let config = pindb_core::Config::from_toml_str(r#"
+    ///     [masters.default]
+    ///     url = "postgres://app@db1:5432,db2:5432/app"
+    /// "#)?;
+    /// let router = pindb_core::Router::new(config)?;
+    /// // Before the monitor's first check, the first host is taken as the primary.
+    /// assert_eq!(router.topology().primary("default")?, Some("default-1"));
+    /// assert!(router.topology().split_brain("default")?.is_empty());
+    /// # Ok::<(), pindb_core::PinDbError>(())
+    /// ```
+    pub fn primary(&self, set: &str) -> Result<Option<&str>, PinDbError> {
+        let entry = &self.sets[self.managed_set(set)?];
+        Ok(entry.master().map(|i| self.databases[i].alias.as_str()))
+    }
+
+    /// The hosts of a set given as hosts that are writable but not its primary (a former
+    /// primary that came back: a split brain). pindb never writes to them; this reports them.
+    pub fn split_brain(&self, set: &str) -> Result<Vec<&str>, PinDbError> {
+        let entry = &self.sets[self.managed_set(set)?];
+        Ok(match &entry.roles {
+            None => Vec::new(),
+            Some(roles) => roles
+                .split_brain()
+                .into_iter()
+                .map(|h| self.databases[entry.replicas[h]].alias.as_str())
+                .collect(),
+        })
+    }
+
+    /// What the database at `index` is now, in words: `master`, `replica` (a discovered set's
+    /// hosts: by their role at this moment) or `unmanaged database`.
+    pub fn role_of(&self, index: usize) -> &'static str {
+        let db = &self.databases[index];
+        match &db.membership {
+            Membership::Master { .. } => "master",
+            Membership::Replica { .. } => "replica",
+            Membership::Host { set, .. } => match self.set_named(set) {
+                Some(s) if s.master() == Some(index) => "master",
+                _ => "replica",
+            },
+            Membership::Unmanaged => "unmanaged database",
+        }
     }
 
     /// The kill switch: `enabled = false` sends every read of `set` (every set, with `None`)

@@ -272,9 +272,12 @@ impl Config {
             0 => &self.sets,
             n => {
                 // Replicas with no override at all: each is its master's database.
+                // A set given as hosts keeps them: its standbys are real, and its primary is
+                // found the same way in tests.
                 emulated = self
                     .sets
                     .keys()
+                    .filter(|set| !self.masters.get(*set).is_some_and(|m| m.is_multi_host()))
                     .map(|set| (set.clone(), vec![DatabaseSettings::default(); n as usize]))
                     .collect();
                 &emulated

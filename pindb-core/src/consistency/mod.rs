@@ -171,9 +171,12 @@ impl Consistency {
             .topology
             .set_named(set)
             .ok_or_else(|| format!("unknown set `{set}`"))?;
+        let master = s
+            .master()
+            .ok_or_else(|| format!("set `{set}` has no primary right now"))?;
         self.count_round_trip(true);
         let row = Probe::shared_row(
-            &self.probes[s.master],
+            &self.probes[master],
             "SELECT pg_current_wal_insert_lsn()::text",
         )
         .await?;

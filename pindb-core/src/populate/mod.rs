@@ -56,6 +56,13 @@ pub struct DatabaseSettings {
     pub connect_timeout_ms: Option<u64>,
     /// Replicas only: how it follows its master (`streaming`, the default, or `logical`).
     pub kind: Option<ReplicaKind>,
+    /// Masters only: every host of the set (`host:port`, or `host` for the default port),
+    /// instead of one master and its replicas. The monitor finds which one is the primary
+    /// (and which are its standbys) and follows promotions; they are named `<set>-1`...
+    /// in this order. A multi-host `url` (`postgres://app@db1:5432,db2:5432/app`, as libpq
+    /// takes) says the same.
+    #[serde(default)]
+    pub hosts: Vec<String>,
 }
 
 /// How a replica follows its master.
@@ -90,6 +97,11 @@ impl ReplicaKind {
 }
 
 impl DatabaseSettings {
+    /// Whether it gives a set as a list of hosts (`hosts`, or a multi-host `url`).
+    pub fn is_multi_host(&self) -> bool {
+        !self.hosts.is_empty() || self.url.as_deref().is_some_and(|u| !split_hosts(u).1.is_empty())
+    }
+
     /// Settings from a URL alone.
     ///
     /// ```
@@ -117,6 +129,15 @@ pub enum Membership {
         /// The set name.
         set: String,
         /// 1-based position in the set's replica list.
+        index: usize,
+    },
+    /// The `index`-th host (1-based) of a set given as a list of hosts; its alias is
+    /// `<set>-<index>`. Whether it is the set's primary or a standby is discovered at run time
+    /// (the set's name routes to whichever is the primary now).
+    Host {
+        /// The set name.
+        set: String,
+        /// 1-based position in the set's host list.
         index: usize,
     },
     /// A database outside every set.
@@ -187,6 +208,11 @@ impl Database {
         self.is_replica() && self.kind == ReplicaKind::Logical
     }
 
+    /// Whether it is a host of a set given as a list of hosts (its role is discovered).
+    pub fn is_host(&self) -> bool {
+        matches!(self.membership, Membership::Host { .. })
+    }
+
     /// Whether it is one of a set's replicas.
     pub fn is_replica(&self) -> bool {
         matches!(self.membership, Membership::Replica { .. })
@@ -195,7 +221,9 @@ impl Database {
     /// The set this database belongs to, if any.
     pub fn set(&self) -> Option<&str> {
         match &self.membership {
-            Membership::Master { set } | Membership::Replica { set, .. } => Some(set),
+            Membership::Master { set }
+            | Membership::Replica { set, .. }
+            | Membership::Host { set, .. } => Some(set),
             Membership::Unmanaged => None,
         }
     }
@@ -281,6 +309,8 @@ struct Parts {
     min_idle: Option<u32>,
     connect_timeout_ms: Option<u64>,
     kind: Option<ReplicaKind>,
+    /// The hosts of a multi-host URL (`host[:port]` each), when it had more than one.
+    url_hosts: Vec<String>,
 }
 
 impl Parts {
@@ -300,6 +330,7 @@ impl Parts {
             min_idle: s.min_idle,
             connect_timeout_ms: s.connect_timeout_ms,
             kind: s.kind,
+            url_hosts: Vec::new(),
         });
         Ok(parts)
     }
@@ -320,6 +351,9 @@ impl Parts {
         take(&mut self.min_idle, top.min_idle);
         take(&mut self.connect_timeout_ms, top.connect_timeout_ms);
         take(&mut self.kind, top.kind);
+        if !top.url_hosts.is_empty() {
+            self.url_hosts = top.url_hosts;
+        }
     }
 
     fn finish(self, alias: String, membership: Membership) -> Result<Database, PinDbError> {
@@ -370,7 +404,56 @@ impl Parts {
     }
 }
 
+/// Splits a libpq multi-host URL (`postgres://u@h1:1,h2:2/db`) into the URL with its first
+/// host and the list of hosts; any other URL comes back as it is, with no list.
+fn split_hosts(text: &str) -> (String, Vec<String>) {
+    let Some((scheme, rest)) = text.split_once("://") else {
+        return (text.to_owned(), Vec::new());
+    };
+    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(authority_end);
+    let (userinfo, hostlist) = match authority.rfind('@') {
+        Some(at) => authority.split_at(at + 1),
+        None => ("", authority),
+    };
+    if !hostlist.contains(',') {
+        return (text.to_owned(), Vec::new());
+    }
+    let hosts: Vec<String> = hostlist.split(',').map(str::to_owned).collect();
+    (format!("{scheme}://{userinfo}{}{tail}", hosts[0]), hosts)
+}
+
+/// `host`, `host:port` or `[v6]:port`.
+fn host_port(alias: &str, text: &str) -> Result<(String, Option<u16>), PinDbError> {
+    let bad = || {
+        PinDbError::config(
+            alias,
+            format!("host `{text}` is not `host` or `host:port`; write e.g. \"10.0.0.1:5432\""),
+        )
+    };
+    // An IPv6 address keeps its brackets, as `Url::host_str` gives it (URLs need them).
+    let (host, port) = match text.strip_prefix('[') {
+        Some(v6) => {
+            let (inner, rest) = v6.split_once(']').ok_or_else(bad)?;
+            (&text[..inner.len() + 2], rest.strip_prefix(':'))
+        }
+        None => match text.rsplit_once(':') {
+            Some((host, port)) => (host, Some(port)),
+            None => (text, None),
+        },
+    };
+    if host.is_empty() || host.contains(['/', '@', ',', ' ']) {
+        return Err(bad());
+    }
+    let port = port
+        .map(|p| p.parse::<u16>().map_err(|_| bad()))
+        .transpose()?;
+    Ok((host.to_owned(), port))
+}
+
 fn parse_url(alias: &str, text: &str) -> Result<Parts, PinDbError> {
+    let (text, url_hosts) = split_hosts(text);
+    let text = text.as_str();
     let url = Url::parse(text).map_err(|e| {
         PinDbError::config(
             alias,
@@ -400,6 +483,7 @@ fn parse_url(alias: &str, text: &str) -> Result<Parts, PinDbError> {
             .query_pairs()
             .map(|(k, v)| (k.into_owned(), v.into_owned()))
             .collect(),
+        url_hosts,
         ..Parts::default()
     })
 }
@@ -456,7 +540,16 @@ pub fn populate_replicas(
             ));
         }
     }
-    for master in masters.keys() {
+    for (master, settings) in masters {
+        if settings.is_multi_host() {
+            if sets.get(master).is_some_and(|r| !r.is_empty()) {
+                return Err(PinDbError::config(
+                    master.clone(),
+                    format!("master `{master}` is given as a list of hosts, whose standbys are found among them; list every host there and remove the replicas of sets.{master}"),
+                ));
+            }
+            continue;
+        }
         if !sets.contains_key(master) {
             return Err(PinDbError::config(
                 master.clone(),
@@ -495,6 +588,29 @@ pub fn populate_replicas(
     for (set, master_settings) in masters {
         claim(set, "a master")?;
         let master = Parts::from_settings(set, master_settings)?;
+        let hosts = match master_settings.hosts.is_empty() {
+            true => master.url_hosts.clone(),
+            false => master_settings.hosts.clone(),
+        };
+        if !hosts.is_empty() {
+            for (i, text) in hosts.iter().enumerate() {
+                let index = i + 1;
+                let alias = format!("{set}-{index}");
+                claim(&alias, "a generated host alias")?;
+                let (host, port) = host_port(set, text)?;
+                let mut parts = master.clone();
+                parts.host = Some(host);
+                parts.port = port.or(parts.port);
+                out.push(parts.finish(
+                    alias,
+                    Membership::Host {
+                        set: set.clone(),
+                        index,
+                    },
+                )?);
+            }
+            continue;
+        }
         out.push(
             master
                 .clone()

@@ -211,3 +211,55 @@ fn rendered_url_round_trips_through_the_parser() {
     assert_eq!(again.dbname.as_deref(), Some("d b"));
     assert_eq!(again.options["x"], "y z");
 }
+
+#[test]
+fn a_set_given_as_hosts_names_each_host() {
+    for toml in [
+        "[masters.default]\nurl = 'postgres://app:pw@db1:6001,db2,[::1]:6003/app?sslmode=prefer'",
+        "[masters.default]\nurl = 'postgres://app:pw@db1:6001/app?sslmode=prefer'\n\
+         hosts = ['db1:6001', 'db2', '[::1]:6003']\n[sets]\ndefault = []",
+    ] {
+        let dbs = Config::from_toml_str(toml).unwrap().databases().unwrap();
+        let names: Vec<_> = dbs
+            .iter()
+            .map(|d| (d.alias.as_str(), d.host.as_str(), d.port))
+            .collect();
+        // A host without a port takes the set's.
+        assert_eq!(
+            names,
+            [
+                ("default-1", "db1", 6001),
+                ("default-2", "db2", 6001),
+                ("default-3", "[::1]", 6003)
+            ],
+            "{toml}"
+        );
+        assert!(dbs.iter().all(|d| d.is_host()
+            && d.user.as_deref() == Some("app")
+            && d.password.as_deref() == Some("pw")
+            && d.dbname.as_deref() == Some("app")
+            && d.options["sslmode"] == "prefer"));
+        assert_eq!(
+            dbs[1].membership,
+            Membership::Host {
+                set: "default".into(),
+                index: 2
+            }
+        );
+    }
+}
+
+#[test]
+fn a_set_given_as_hosts_refuses_replicas_and_bad_hosts() {
+    let (alias, problem) = err("[masters.default]\nhosts = ['a', 'b']\n[sets]\ndefault = [{}]");
+    assert_eq!(alias.as_deref(), Some("default"));
+    assert!(problem.contains("remove the replicas"), "{problem}");
+    let (alias, problem) = err("[masters.default]\nhosts = ['a:x']");
+    assert_eq!(alias.as_deref(), Some("default"));
+    assert!(
+        problem.contains("`a:x` is not `host` or `host:port`"),
+        "{problem}"
+    );
+    let (_, problem) = err("[masters.default]\nhosts = ['a']\nkind = 'logical'");
+    assert!(problem.contains("`kind`"), "{problem}");
+}

@@ -35,8 +35,14 @@ impl Router {
         }
     }
 
-    pub(super) fn master_route(&self, set: usize, reason: Reason) -> Route<'_> {
-        self.route(self.inner.topology.set(set).master, Role::Master, reason)
+    /// The set's master now; [`PinDbError::NoPrimary`] while a set given as hosts has none.
+    pub(super) fn master_route(&self, set: usize, reason: Reason) -> Result<Route<'_>, PinDbError> {
+        let topology = &self.inner.topology;
+        let entry = topology.set(set);
+        match entry.master() {
+            Some(i) => Ok(self.route(i, Role::Master, reason)),
+            None => Err(entry.no_primary(topology.databases())),
+        }
     }
 
     /// `commit`: a read that will run (counted for monotonic reads), not an `explain`.
@@ -49,12 +55,12 @@ impl Router {
         let s = match self.resolve(hint, Operation::Read)? {
             Target::Unmanaged(i) => return Ok(self.route(i, Role::Unmanaged, Reason::Unmanaged)),
             Target::Set(s) | Target::Replica { set: s, .. } if !enabled => {
-                return Ok(self.master_route(s, Reason::Disabled))
+                return self.master_route(s, Reason::Disabled)
             }
             Target::Replica { set, .. } | Target::Set(set)
                 if !self.inner.topology.set(set).replicas_enabled() =>
             {
-                return Ok(self.master_route(set, Reason::ReplicasDisabled));
+                return self.master_route(set, Reason::ReplicasDisabled);
             }
             Target::Replica { set, replica } => {
                 let i = self.inner.topology.set(set).replicas[replica];
@@ -87,16 +93,16 @@ impl Router {
                 Some(self.pick_replica(s, None, true, commit, hint.into())),
             )
         });
-        Ok(match pick {
+        match pick {
             None => self.master_route(s, reason),
-            Some(Ok(i)) => self.route(i, Role::Replica, reason),
+            Some(Ok(i)) => Ok(self.route(i, Role::Replica, reason)),
             Some(Err(no)) => {
                 let reason = fallback_reason(no);
                 metrics::counter!("pindb_replica_fallbacks_total", "reason" => reason.as_str())
                     .increment(1);
                 self.master_route(s, reason)
             }
-        })
+        }
     }
 
     pub(super) fn write_route(
@@ -109,7 +115,7 @@ impl Router {
             Target::Set(s) | Target::Replica { set: s, .. } => s,
         };
         if !self.inner.config.enabled {
-            return Ok(self.master_route(s, Reason::Disabled));
+            return self.master_route(s, Reason::Disabled);
         }
         let set = &self.inner.topology.set(s);
         let strict = self.inner.config.router == RouterMode::Strict;
@@ -145,7 +151,7 @@ impl Router {
                 Ok(Reason::NoContextWrite)
             }
         })?;
-        Ok(self.master_route(s, reason))
+        self.master_route(s, reason)
     }
 
     /// The database index of the replica set `s` reads from: inside a context, chosen once

@@ -132,7 +132,7 @@ impl Router {
         // long query must not run on every replica in turn.
         if !set.replicas_enabled() {
             // The kill switch is on: nowhere but the master.
-            return Ok(Some(self.master_route(s, Reason::ReplicasDisabled)));
+            return self.master_route(s, Reason::ReplicasDisabled).map(Some);
         }
         let retries = match failure {
             ReplicaFailure::Timeout => 0,
@@ -183,10 +183,14 @@ impl Router {
                 })
                 .flatten()
         });
-        Ok(Some(match other {
-            Some(i) => self.route(set.replicas[i], Role::Replica, Reason::ReplicaFailed),
-            None => self.master_route(s, Reason::ReplicaFailed),
-        }))
+        match other {
+            Some(i) => Ok(Some(self.route(
+                set.replicas[i],
+                Role::Replica,
+                Reason::ReplicaFailed,
+            ))),
+            None => self.master_route(s, Reason::ReplicaFailed).map(Some),
+        }
     }
 }
 
@@ -235,11 +239,7 @@ impl Router {
         }
         Some(PinDbError::Unreachable {
             alias: db.alias.clone(),
-            role: match db.membership {
-                crate::populate::Membership::Master { .. } => "master",
-                crate::populate::Membership::Replica { .. } => "replica",
-                crate::populate::Membership::Unmanaged => "unmanaged database",
-            },
+            role: self.inner.topology.role_of(index),
             url: db.redacted_url(),
             cause,
         })

@@ -324,7 +324,12 @@ impl Router {
     pub fn home_of(&self, hint: &Hint<'_>, op: Operation) -> Result<usize, PinDbError> {
         Ok(match self.resolve(hint, op)? {
             Target::Unmanaged(i) => i,
-            Target::Set(s) | Target::Replica { set: s, .. } => self.inner.topology.set(s).master,
+            Target::Set(s) | Target::Replica { set: s, .. } => {
+                let topology = &self.inner.topology;
+                let set = topology.set(s);
+                set.master()
+                    .ok_or_else(|| set.no_primary(topology.databases()))?
+            }
         })
     }
 
@@ -385,15 +390,19 @@ impl Router {
     pub fn get_replica(&self, alias: &str) -> Result<&str, PinDbError> {
         let s = self.inner.topology.managed_set(alias)?;
         let set = &self.inner.topology.set(s);
-        let i = if self.inner.config.enabled {
+        let replica = if self.inner.config.enabled {
             // The caller may run anything there: no footprint, so only a replica that
             // carries every table.
             let any = decide::ReadNeeds::default();
             with_current(|ctx| self.pick_replica(s, Some(&mut ctx.lock()), true, false, any))
                 .unwrap_or_else(|| self.pick_replica(s, None, true, false, any))
-                .unwrap_or(set.master)
+                .ok()
         } else {
-            set.master
+            None
+        };
+        let i = match replica.or_else(|| set.master()) {
+            Some(i) => i,
+            None => return Err(set.no_primary(self.inner.topology.databases())),
         };
         Ok(&self.inner.topology.databases()[i].alias)
     }

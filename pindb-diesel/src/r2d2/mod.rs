@@ -28,7 +28,7 @@ use std::sync::Arc;
 use diesel::connection::SimpleConnection;
 use diesel::pg::PgConnection;
 use diesel::r2d2::{ConnectionManager, CustomizeConnection, PooledConnection};
-use pindb_core::adapter::{Database, Membership};
+use pindb_core::adapter::Database;
 use pindb_core::{Config, Hint, PinDbError, Router};
 
 use crate::error::Error;
@@ -142,18 +142,10 @@ impl PinDb {
             };
             Error::Routing(PinDbError::Unreachable {
                 alias: db.alias.clone(),
-                role: role_of(db),
+                role: self.router().topology().role_of(index),
                 url: db.redacted_url(),
                 cause,
             })
         })
-    }
-}
-
-fn role_of(db: &Database) -> &'static str {
-    match db.membership {
-        Membership::Master { .. } => "master",
-        Membership::Replica { .. } => "replica",
-        _ => "unmanaged database",
     }
 }

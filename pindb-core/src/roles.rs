@@ -1,0 +1,292 @@
+//! Role discovery: which host of a set given as a list of hosts is its primary.
+//!
+//! The monitor reports what each host says of itself (recovery, cluster, timeline, position);
+//! this module decides, from the latest reports, which one takes the set's writes. It does no
+//! I/O. The rules, so that a write never lands on a host that is not the current primary:
+//! - only a writable host of the set's cluster (its `system_identifier`) can be the primary;
+//! - of several writable hosts (a former primary came back: a split brain), the one on the
+//!   highest timeline wins (the newest promotion) and the others are reported, never written to;
+//!   a tie on the highest timeline leaves the set with no primary: writes are refused with a
+//!   retryable error until one is left;
+//! - a host that stops answering (after `failures_before_down` checks) cannot be the primary.
+//!
+//! A standby serves reads only while it follows the primary's timeline: one still on the old
+//! timeline may hold writes the new primary never had.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Mutex, PoisonError};
+
+use crate::lsn::Lsn;
+
+/// What a host said of itself at its last check.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Report {
+    /// `pg_is_in_recovery()`: a standby.
+    pub(crate) in_recovery: bool,
+    /// `pg_control_system().system_identifier`: which cluster it is a copy of.
+    pub(crate) system_id: String,
+    /// The timeline it writes on (a primary) or receives (a standby; `None`: no receiver).
+    pub(crate) timeline: Option<u32>,
+    /// Its WAL position (a primary) or replay position (a standby).
+    pub(crate) position: Option<Lsn>,
+}
+
+/// What the set's hosts are now, after a report.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Verdict {
+    /// It is the primary.
+    Primary,
+    /// A standby following the primary: it may serve reads.
+    Standby,
+    /// It answers, but serves nothing; the reason, in words.
+    Excluded(String),
+}
+
+#[derive(Default)]
+struct State {
+    /// Parallel to the hosts: the latest report (`None`: unreachable or not checked yet).
+    reports: Vec<Option<Report>>,
+    /// Parallel to the hosts: the last timeline each standby received (kept while its receiver
+    /// is down: it stays on that timeline until it follows another).
+    timelines: Vec<Option<u32>>,
+    /// The set's cluster, from the first report.
+    system_id: Option<String>,
+    /// Writable hosts that lost to the primary (split brain), reported once each.
+    split: Vec<bool>,
+}
+
+/// The roles of one set's hosts.
+pub(crate) struct Roles {
+    /// Host names, for logs (`alias (host:port)`).
+    hosts: Vec<String>,
+    /// The primary's host position, or [`NONE`].
+    primary: AtomicUsize,
+    state: Mutex<State>,
+}
+
+const NONE: usize = usize::MAX;
+
+impl Roles {
+    /// `hosts` in configured order; the first is taken as the primary until a check says
+    /// otherwise (libpq's order: without a monitor the set behaves as a plain master).
+    pub(crate) fn new(hosts: Vec<String>) -> Roles {
+        let n = hosts.len();
+        Roles {
+            hosts,
+            primary: AtomicUsize::new(0),
+            state: Mutex::new(State {
+                reports: vec![None; n],
+                timelines: vec![None; n],
+                system_id: None,
+                split: vec![false; n],
+            }),
+        }
+    }
+
+    /// The primary's host position; `None` while the set has none (failover in progress,
+    /// split brain on one timeline).
+    pub(crate) fn primary(&self) -> Option<usize> {
+        match self.primary.load(Ordering::Acquire) {
+            NONE => None,
+            h => Some(h),
+        }
+    }
+
+    /// Records what host `h` said (`None`: it is unreachable), decides the primary again, and
+    /// says what `h` is now. The second value: the primary changed with this report.
+    pub(crate) fn report(&self, h: usize, report: Option<Report>) -> (Verdict, bool) {
+        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(r) = &report {
+            if state.system_id.is_none() {
+                state.system_id = Some(r.system_id.clone());
+            }
+            if r.timeline.is_some() {
+                state.timelines[h] = r.timeline;
+            }
+        }
+        state.reports[h] = report;
+        let before = self.primary();
+        let now = decide(&state);
+        self.primary.store(now.unwrap_or(NONE), Ordering::Release);
+        let changed = before != now;
+        if changed {
+            match now {
+                Some(p) => {
+                    metrics::counter!("pindb_primary_changes_total", "host" => self.hosts[p].clone())
+                        .increment(1);
+                    tracing::warn!(target: "pindb", host = %self.hosts[p], "pindb monitor: new primary")
+                }
+                None => tracing::error!(target: "pindb", hosts = %self.hosts.join(", "), "pindb monitor: no primary (writes are refused until one is found)"),
+            }
+        }
+        let verdict = self.judge(&mut state, h, now);
+        (verdict, changed)
+    }
+
+    /// What host `h` is, from the reports so far.
+    pub(crate) fn verdict(&self, h: usize) -> Verdict {
+        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        let primary = self.primary();
+        self.judge(&mut state, h, primary)
+    }
+
+    fn judge(&self, state: &mut State, h: usize, primary: Option<usize>) -> Verdict {
+        let Some(r) = &state.reports[h] else {
+            return Verdict::Excluded("unreachable".into());
+        };
+        if state.system_id.as_ref() != Some(&r.system_id) {
+            return Verdict::Excluded(format!(
+                "{} belongs to another cluster (system_identifier {}, the set's is {}); remove it from the hosts",
+                self.hosts[h],
+                r.system_id,
+                state.system_id.as_deref().unwrap_or("?")
+            ));
+        }
+        if primary == Some(h) {
+            state.split[h] = false;
+            return Verdict::Primary;
+        }
+        if !r.in_recovery {
+            if !state.split[h] {
+                state.split[h] = true;
+                metrics::counter!("pindb_split_brain_total", "host" => self.hosts[h].clone())
+                    .increment(1);
+                tracing::error!(target: "pindb", host = %self.hosts[h], primary = ?primary.map(|p| &self.hosts[p]), "pindb monitor: split brain: a second writable host; never writing to it");
+            }
+            return Verdict::Excluded(format!(
+                "{} is writable but not the primary (split brain: a former primary came back?); not using it",
+                self.hosts[h]
+            ));
+        }
+        state.split[h] = false;
+        let primary_timeline = primary.and_then(|p| state.reports[p].as_ref()?.timeline);
+        match (state.timelines[h], primary_timeline) {
+            (Some(mine), Some(theirs)) if mine == theirs => Verdict::Standby,
+            (mine, theirs) => Verdict::Excluded(format!(
+                "{} is a standby on timeline {} but the primary is on {}: not reading from it \
+                 until it follows the primary",
+                self.hosts[h],
+                mine.map_or("?".into(), |t| t.to_string()),
+                theirs.map_or("?".into(), |t| t.to_string()),
+            )),
+        }
+    }
+
+    /// Writable hosts that are not the primary (split brain), by host position.
+    pub(crate) fn split_brain(&self) -> Vec<usize> {
+        let state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        (0..state.split.len()).filter(|&h| state.split[h]).collect()
+    }
+}
+
+/// The primary from the latest reports: the one writable host of the set's cluster on the
+/// highest timeline; `None` if there is none, or two share that timeline.
+fn decide(state: &State) -> Option<usize> {
+    let writable = state.reports.iter().enumerate().filter_map(|(h, r)| {
+        let r = r.as_ref()?;
+        (!r.in_recovery && state.system_id.as_ref() == Some(&r.system_id))
+            .then_some((h, r.timeline.unwrap_or(0)))
+    });
+    let mut best: Option<(usize, u32)> = None;
+    let mut tied = false;
+    for (h, timeline) in writable {
+        match best {
+            Some((_, t)) if t > timeline => {}
+            Some((_, t)) if t == timeline => tied = true,
+            _ => {
+                best = Some((h, timeline));
+                tied = false;
+            }
+        }
+    }
+    best.filter(|_| !tied).map(|(h, _)| h)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn roles(n: usize) -> Roles {
+        Roles::new((0..n).map(|h| format!("h{h}")).collect())
+    }
+
+    fn primary(timeline: u32) -> Option<Report> {
+        Some(Report {
+            in_recovery: false,
+            system_id: "7".into(),
+            timeline: Some(timeline),
+            position: Some(Lsn(100)),
+        })
+    }
+
+    fn standby(timeline: Option<u32>) -> Option<Report> {
+        Some(Report {
+            in_recovery: true,
+            system_id: "7".into(),
+            timeline,
+            position: Some(Lsn(90)),
+        })
+    }
+
+    #[test]
+    fn the_writable_host_is_the_primary_whatever_its_place() {
+        let r = roles(3);
+        assert_eq!(r.primary(), Some(0), "the first host until a check says otherwise");
+        assert_eq!(r.report(0, standby(Some(1))).0, Verdict::Excluded("h0 is a standby on timeline 1 but the primary is on ?: not reading from it until it follows the primary".into()));
+        assert_eq!(r.primary(), None, "no writable host reported yet");
+        assert_eq!(r.report(2, primary(1)), (Verdict::Primary, true));
+        assert_eq!(r.primary(), Some(2));
+        assert_eq!(r.report(0, standby(Some(1))).0, Verdict::Standby);
+    }
+
+    #[test]
+    fn a_promotion_moves_the_primary_and_the_old_timeline_serves_nothing() {
+        let r = roles(3);
+        r.report(0, primary(1));
+        r.report(1, standby(Some(1)));
+        assert_eq!(r.report(2, standby(Some(1))).0, Verdict::Standby);
+        // The primary dies; host 1 is promoted onto timeline 2.
+        assert_eq!(r.report(0, None), (Verdict::Excluded("unreachable".into()), true));
+        assert_eq!(r.primary(), None, "writes are refused until the promotion is seen");
+        assert_eq!(r.report(1, primary(2)), (Verdict::Primary, true));
+        // Host 2 still follows timeline 1 (its receiver is down: the last one it had counts).
+        assert!(matches!(r.report(2, standby(None)).0, Verdict::Excluded(_)));
+        assert_eq!(r.report(2, standby(Some(2))).0, Verdict::Standby);
+    }
+
+    #[test]
+    fn a_former_primary_that_comes_back_writable_is_never_the_primary() {
+        let r = roles(2);
+        r.report(0, primary(1));
+        r.report(1, primary(2));
+        assert_eq!(r.primary(), Some(1), "the newest promotion wins");
+        let (verdict, changed) = r.report(0, primary(1));
+        assert!(matches!(verdict, Verdict::Excluded(ref why) if why.contains("split brain")));
+        assert!(!changed);
+        assert_eq!(r.split_brain(), vec![0]);
+        // It is rebuilt as a standby of the new primary: no longer reported.
+        assert_eq!(r.report(0, standby(Some(2))).0, Verdict::Standby);
+        assert!(r.split_brain().is_empty());
+    }
+
+    #[test]
+    fn two_writable_hosts_on_one_timeline_leave_no_primary() {
+        let r = roles(2);
+        r.report(0, primary(3));
+        assert_eq!(r.primary(), Some(0));
+        r.report(1, primary(3));
+        assert_eq!(r.primary(), None, "no way to tell which is right: refuse writes");
+        r.report(1, None);
+        assert_eq!(r.primary(), Some(0));
+    }
+
+    #[test]
+    fn a_host_of_another_cluster_is_excluded() {
+        let r = roles(2);
+        r.report(0, primary(1));
+        let mut other = primary(9).unwrap();
+        other.system_id = "8".into();
+        assert!(matches!(r.report(1, Some(other)).0, Verdict::Excluded(ref why) if why.contains("another cluster")));
+        assert_eq!(r.primary(), Some(0), "a higher timeline of another cluster does not count");
+    }
+}
