@@ -53,6 +53,9 @@ struct State {
     system_id: Option<String>,
     /// Writable hosts that lost to the primary (split brain), reported once each.
     split: Vec<bool>,
+    /// The timeline of the last primary: while there is none (it died, nothing promoted
+    /// yet), standbys still on it keep serving reads.
+    last_timeline: Option<u32>,
 }
 
 /// The roles of one set's hosts.
@@ -79,6 +82,7 @@ impl Roles {
                 timelines: vec![None; n],
                 system_id: None,
                 split: vec![false; n],
+                last_timeline: None,
             }),
         }
     }
@@ -107,6 +111,9 @@ impl Roles {
         state.reports[h] = report;
         let before = self.primary();
         let now = decide(&state);
+        if let Some(t) = now.and_then(|p| state.reports[p].as_ref()?.timeline) {
+            state.last_timeline = Some(t);
+        }
         self.primary.store(now.unwrap_or(NONE), Ordering::Release);
         let changed = before != now;
         if changed {
@@ -159,7 +166,10 @@ impl Roles {
             ));
         }
         state.split[h] = false;
-        let primary_timeline = primary.and_then(|p| state.reports[p].as_ref()?.timeline);
+        let primary_timeline = match primary {
+            Some(p) => state.reports[p].as_ref().and_then(|r| r.timeline),
+            None => state.last_timeline,
+        };
         match (state.timelines[h], primary_timeline) {
             (Some(mine), Some(theirs)) if mine == theirs => Verdict::Standby,
             (mine, theirs) => Verdict::Excluded(format!(
@@ -248,6 +258,11 @@ mod tests {
         // The primary dies; host 1 is promoted onto timeline 2.
         assert_eq!(r.report(0, None), (Verdict::Excluded("unreachable".into()), true));
         assert_eq!(r.primary(), None, "writes are refused until the promotion is seen");
+        assert_eq!(
+            r.report(2, standby(None)).0,
+            Verdict::Standby,
+            "meanwhile a standby on the last primary's timeline still serves reads"
+        );
         assert_eq!(r.report(1, primary(2)), (Verdict::Primary, true));
         // Host 2 still follows timeline 1 (its receiver is down: the last one it had counts).
         assert!(matches!(r.report(2, standby(None)).0, Verdict::Excluded(_)));

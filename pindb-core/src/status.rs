@@ -96,6 +96,13 @@ pub(crate) async fn status(topology: &Topology, timeout: Duration) -> Vec<Databa
             Ok(row) => {
                 status.up = true;
                 status.in_recovery = row.try_get(0).ok();
+                if db.is_host() {
+                    // A set given as hosts: what each one is now.
+                    status.role = match status.in_recovery {
+                        Some(true) => "replica",
+                        _ => "master",
+                    };
+                }
                 let position: Option<String> = row.try_get(1).ok().flatten();
                 let lsn = position.as_deref().and_then(Lsn::parse);
                 status.position = position;

@@ -34,6 +34,7 @@
 
 pub mod ab;
 mod cluster;
+mod failover;
 mod fixture;
 mod isolation;
 mod logical;
@@ -47,6 +48,7 @@ pub use cluster::{
     connect, Cluster, LOGICAL_URL_VAR, PRIMARY_URL_VAR, REDIS_URL_VAR, REPLICA1_URL_VAR,
     REPLICA2_URL_VAR, REPLICATION_TIMEOUT, STRANGER_URL_VAR,
 };
+pub use failover::{FailoverCluster, FAILOVER_PORT_BASE_VAR};
 pub use fixture::{bench_set, bench_users, BenchSet, Fixture};
 pub use isolation::contexts_that_saw_foreign_pins;
 pub use logical::{as_superuser, SubscriptionControl, PUBLICATION, SUBSCRIPTION};

@@ -21,6 +21,9 @@ pub enum Failure {
     /// pindb's `PinDbError::Unreachable`, recognised with the adapter's `routing_error`: the
     /// error's text.
     Unreachable(String),
+    /// pindb's `PinDbError::NoPrimary` (a set given as hosts has no primary now; retryable):
+    /// the error's text.
+    NoPrimary(String),
     /// Any other error, as text.
     Other(String),
 }
@@ -69,6 +72,9 @@ mod items {
             _ if pindb_diesel::is_unpinned_write(&e) => super::Failure::UnpinnedWrite,
             Some(pindb_diesel::Error::Routing(u)) if u.is_unreachable() => {
                 super::Failure::Unreachable(u.to_string())
+            }
+            Some(pindb_diesel::Error::Routing(u)) if u.is_retryable() => {
+                super::Failure::NoPrimary(u.to_string())
             }
             _ => super::Failure::Other(e.to_string()),
         }
@@ -249,6 +255,9 @@ fn sea_failure(e: sea_orm::DbErr) -> Failure {
         _ if pindb_seaorm::is_unpinned_write(&e) => Failure::UnpinnedWrite,
         Some(pindb_seaorm::Error::Routing(u)) if u.is_unreachable() => {
             Failure::Unreachable(u.to_string())
+        }
+        Some(pindb_seaorm::Error::Routing(u)) if u.is_retryable() => {
+            Failure::NoPrimary(u.to_string())
         }
         _ => Failure::Other(e.to_string()),
     }

@@ -1,0 +1,295 @@
+#![allow(missing_docs, missing_debug_implementations, unreachable_pub)] // not a library: nothing here is public API
+//! Topology that changes under a running service, on the failover cluster (a primary and two
+//! standbys of their own, `pindb_testkit::FailoverCluster`): a set given as a list of hosts
+//! finds its primary, follows a promotion without a restart, never writes to a second
+//! writable host, and refuses writes with a retryable error while it has no primary.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use pindb_core::{scope, Config, PinDbError, Role};
+use pindb_scenarios::{port_of, Adapter, DieselAsync, Failure, SETUP_SQL};
+use pindb_testkit::{wait_until, FailoverCluster, TestSchema};
+
+/// The set is the failover cluster's nodes in this order; the monitor checks every 50 ms.
+fn config(f: &FailoverCluster, schema: &TestSchema, order: &[usize]) -> Config {
+    let url = schema.url(&f.nodes.multi_host_url(order));
+    Config::from_toml_str(&format!(
+        r#"
+        router = "greedy"
+        [masters.default]
+        url = "{url}"
+        [monitor]
+        interval_ms = 50
+        check_timeout_ms = 1000
+        failures_before_down = 1
+        successes_before_up = 1
+        "#
+    ))
+    .unwrap()
+}
+
+/// A fresh schema with the `items` table on the failover cluster's primary.
+async fn schema(f: &FailoverCluster) -> TestSchema {
+    let cluster = f.nodes.as_cluster();
+    let schema = cluster.fresh_schema().await;
+    let setup = SETUP_SQL.replace("{schema}", &schema.name);
+    cluster.primary().await.batch_execute(&setup).await.unwrap();
+    schema
+}
+
+const WRITE: &str = "INSERT INTO items DEFAULT VALUES RETURNING id AS port";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_primary_is_found_whatever_the_order_of_the_hosts() {
+    let f = FailoverCluster::exclusive();
+    let schema = schema(&f).await;
+    // default-1 is node 2, default-2 node 1, default-3 node 0 (the primary).
+    let a = DieselAsync::open(config(&f, &schema, &[2, 1, 0])).await;
+    let warnings = a.router().start_monitor().await.unwrap();
+    assert!(warnings.is_empty(), "{warnings:?}");
+    assert_eq!(a.router().topology().primary("default"), Ok(Some("default-3")));
+    let primary = i32::from(f.nodes.port(0));
+    scope(async {
+        assert_eq!(a.write().await, Ok(primary), "the write lands on the primary");
+    })
+    .await;
+    wait_until("both standbys serve reads", Duration::from_secs(10), || {
+        ["default-1", "default-2"].iter().all(|alias| {
+            let s = a.router().topology().replica_status(alias).unwrap().unwrap();
+            s.up && s.replay_lsn.0 > 0
+        })
+    })
+    .await;
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..10 {
+        let read = scope(async { a.read().await }).await.unwrap();
+        seen.insert(read);
+    }
+    let standbys = [i32::from(f.nodes.port(1)), i32::from(f.nodes.port(2))];
+    assert_eq!(
+        seen.into_iter().collect::<Vec<_>>(),
+        standbys,
+        "unpinned reads go round the standbys, never the primary"
+    );
+}
+
+/// What the workload saw.
+#[derive(Default, Debug)]
+struct Seen {
+    /// Acknowledged writes: id, when.
+    acked: Vec<(i32, Instant)>,
+    /// Reads that did not find the reader's own acknowledged write.
+    stale: Vec<i32>,
+    /// Failures by kind.
+    failures: BTreeMap<&'static str, usize>,
+    reads: usize,
+    /// The first failure of no known kind, for the report.
+    other: Option<String>,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_promotion_moves_writes_without_a_restart_and_loses_nothing() {
+    let f = FailoverCluster::exclusive();
+    let schema = schema(&f).await;
+    let a = DieselAsync::open(config(&f, &schema, &[0, 1, 2])).await;
+    a.router().start_monitor().await.unwrap();
+    let consistency = a.router().consistency().clone();
+    let nodes = f.nodes;
+    let promotion = tokio::task::spawn_blocking(move || {
+        std::thread::sleep(Duration::from_secs(1));
+        let started = Instant::now();
+        let took = nodes.promote(1, false);
+        (started, Instant::now(), took)
+    });
+    let mut seen = Seen::default();
+    let mut done_at: Option<Instant> = None;
+    let mut user = 0usize;
+    // Keyed users write, then read their write back in a later request, until 2 s after the
+    // promotion finished.
+    while done_at.is_none_or(|t| t.elapsed() < Duration::from_secs(2)) {
+        if done_at.is_none() && promotion.is_finished() {
+            done_at = Some(Instant::now());
+        }
+        user = (user + 1) % 8;
+        let key = format!("user-{user}");
+        let wrote = consistency
+            .scope_with_key(Some(&key), async { a.port_of_sql(WRITE).await })
+            .await;
+        let id = match wrote {
+            Ok(id) => id,
+            Err(e) => {
+                *seen.failures.entry(kind(&e)).or_default() += 1;
+                if let Failure::Other(text) = e {
+                    seen.other.get_or_insert(text);
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                continue;
+            }
+        };
+        seen.acked.push((id, Instant::now()));
+        let check = format!("SELECT count(*)::int AS port FROM items WHERE id = {id}");
+        let read = consistency
+            .scope_with_key(Some(&key), async { a.port_of_sql(&check).await })
+            .await;
+        match read {
+            Ok(1) => seen.reads += 1,
+            Ok(_) => seen.stale.push(id),
+            Err(e) => *seen.failures.entry(kind(&e)).or_default() += 1,
+        }
+    }
+    let (started, finished, took) = promotion.await.unwrap();
+
+    // Every acknowledged write is on the new primary; those after the promotion were written
+    // there (the port column is the server that ran the INSERT).
+    let new_primary = tokio_postgres_connect(&f.nodes.url(1)).await;
+    let rows = new_primary
+        .query(&format!("SELECT id, port FROM {}.items", schema.name), &[])
+        .await
+        .unwrap();
+    let ports: BTreeMap<i32, i32> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+    let (old, new) = (i32::from(f.nodes.port(0)), i32::from(f.nodes.port(1)));
+    for (id, at) in &seen.acked {
+        let port = ports.get(id).copied();
+        assert!(port.is_some(), "acknowledged write {id} is lost");
+        if *at > finished {
+            assert_eq!(port, Some(new), "write {id} after the promotion");
+        }
+    }
+    assert!(
+        ports.values().all(|p| *p == old || *p == new),
+        "a write landed on a standby: {ports:?}"
+    );
+    assert!(seen.stale.is_empty(), "stale reads of own writes: {:?}", seen.stale);
+    let before = seen.acked.iter().filter(|(_, at)| *at < started).count();
+    let after = seen.acked.iter().filter(|(_, at)| *at > finished).count();
+    assert!(before > 0 && after > 0, "{seen:?}");
+    assert_eq!(a.router().topology().primary("default"), Ok(Some("default-2")));
+
+    // The switch-over as a writer saw it: from the last write the old primary acknowledged
+    // to the first the new one did.
+    let last_old = seen
+        .acked
+        .iter()
+        .filter(|(id, _)| ports[id] == old)
+        .map(|(_, at)| *at)
+        .max()
+        .unwrap();
+    let first_new = seen
+        .acked
+        .iter()
+        .filter(|(id, _)| ports[id] == new)
+        .map(|(_, at)| *at)
+        .min()
+        .unwrap();
+    eprintln!(
+        "failover: writes acknowledged {} ({} before, {} after), reads {}, failures {:?}; \
+         scripts/cluster promote took {} ms; no write acknowledged for {} ms (last on the old \
+         primary {} ms after the script started, first on the new one {} ms after); \
+         other failure: {:?}",
+        seen.acked.len(),
+        before,
+        after,
+        seen.reads,
+        seen.failures,
+        took.as_millis(),
+        first_new.duration_since(last_old).as_millis(),
+        last_old.saturating_duration_since(started).as_millis(),
+        first_new.saturating_duration_since(started).as_millis(),
+        seen.other,
+    );
+}
+
+fn kind(f: &Failure) -> &'static str {
+    match f {
+        Failure::NoPrimary(_) => "no primary (retryable)",
+        Failure::Unreachable(_) => "unreachable (retryable)",
+        Failure::UnpinnedWrite => "unpinned write",
+        Failure::Other(e) if e.contains("read-only transaction") => "read-only (demoted host)",
+        Failure::Other(_) => "other",
+    }
+}
+
+async fn tokio_postgres_connect(url: &str) -> tokio_postgres::Client {
+    pindb_testkit::connect(url).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_former_primary_that_comes_back_writable_is_never_written_to() {
+    let f = FailoverCluster::exclusive();
+    let schema = schema(&f).await;
+    let a = DieselAsync::open(config(&f, &schema, &[0, 1, 2])).await;
+    a.router().start_monitor().await.unwrap();
+    f.nodes.promote(1, true);
+    let topology = a.router().topology();
+    wait_until("the promotion is seen", Duration::from_secs(10), || {
+        topology.primary("default") == Ok(Some("default-2"))
+    })
+    .await;
+    // The old primary starts again as it was: writable, on the old timeline.
+    f.nodes.start_node(0);
+    wait_until("the split brain is reported", Duration::from_secs(10), || {
+        topology.split_brain("default") == Ok(vec!["default-1"])
+    })
+    .await;
+    let old = pindb_testkit::connect(&f.nodes.url(0)).await;
+    assert_eq!(port_of(&old).await, i32::from(f.nodes.port(0)));
+    let in_recovery: bool = old
+        .query_one("SELECT pg_is_in_recovery()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(!in_recovery, "the old primary is writable again");
+    for _ in 0..20 {
+        let wrote = scope(async { a.write().await }).await;
+        assert_eq!(wrote, Ok(i32::from(f.nodes.port(1))), "only the new primary");
+    }
+    let count: i64 = old
+        .query_one(&format!("SELECT count(*) FROM {}.items", schema.name), &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(count, 0, "nothing was written to the old primary");
+    assert_eq!(topology.primary("default"), Ok(Some("default-2")));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_while_no_host_is_primary_is_refused_as_retryable() {
+    let f = FailoverCluster::exclusive();
+    let schema = schema(&f).await;
+    let a = DieselAsync::open(config(&f, &schema, &[0, 1, 2])).await;
+    a.router().start_monitor().await.unwrap();
+    f.nodes.stop_node(0);
+    let topology = a.router().topology();
+    wait_until("the monitor sees no primary", Duration::from_secs(10), || {
+        topology.primary("default") == Ok(None)
+    })
+    .await;
+    let refused = scope(async { a.router().db_for_write(&Default::default()).map(|r| r.index) });
+    let refused = refused.await.unwrap_err();
+    assert!(
+        matches!(refused, PinDbError::NoPrimary { ref set, .. } if set == "default")
+            && refused.is_retryable(),
+        "{refused}"
+    );
+    assert!(refused.to_string().contains("retry"), "{refused}");
+    match scope(async { a.write().await }).await {
+        Err(Failure::NoPrimary(text)) => assert!(text.contains("has no primary"), "{text}"),
+        other => panic!("expected the retryable no-primary error, got {other:?}"),
+    }
+    // Unpinned reads still go to the standbys meanwhile.
+    let read = scope(async { a.read().await }).await.unwrap();
+    assert!(
+        [f.nodes.port(1), f.nodes.port(2)].contains(&(read as u16)),
+        "read from {read}"
+    );
+    // The primary comes back: writes go there again, no restart.
+    f.nodes.start_node(0);
+    wait_until("the primary is back", Duration::from_secs(10), || {
+        topology.primary("default") == Ok(Some("default-1"))
+    })
+    .await;
+    let route = scope(async { a.router().db_for_write(&Default::default()).map(|r| r.role) });
+    assert_eq!(route.await, Ok(Role::Master));
+    assert_eq!(scope(async { a.write().await }).await, Ok(i32::from(f.nodes.port(0))));
+}
