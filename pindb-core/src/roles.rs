@@ -123,7 +123,9 @@ impl Roles {
                         .increment(1);
                     tracing::warn!(target: "pindb", host = %self.hosts[p], "pindb monitor: new primary")
                 }
-                None => tracing::error!(target: "pindb", hosts = %self.hosts.join(", "), "pindb monitor: no primary (writes are refused until one is found)"),
+                None => {
+                    tracing::error!(target: "pindb", hosts = %self.hosts.join(", "), "pindb monitor: no primary (writes are refused until one is found)")
+                }
             }
         }
         let verdict = self.judge(&mut state, h, now);
@@ -241,7 +243,11 @@ mod tests {
     #[test]
     fn the_writable_host_is_the_primary_whatever_its_place() {
         let r = roles(3);
-        assert_eq!(r.primary(), Some(0), "the first host until a check says otherwise");
+        assert_eq!(
+            r.primary(),
+            Some(0),
+            "the first host until a check says otherwise"
+        );
         assert_eq!(r.report(0, standby(Some(1))).0, Verdict::Excluded("h0 is a standby on timeline 1 but the primary is on ?: not reading from it until it follows the primary".into()));
         assert_eq!(r.primary(), None, "no writable host reported yet");
         assert_eq!(r.report(2, primary(1)), (Verdict::Primary, true));
@@ -256,8 +262,15 @@ mod tests {
         r.report(1, standby(Some(1)));
         assert_eq!(r.report(2, standby(Some(1))).0, Verdict::Standby);
         // The primary dies; host 1 is promoted onto timeline 2.
-        assert_eq!(r.report(0, None), (Verdict::Excluded("unreachable".into()), true));
-        assert_eq!(r.primary(), None, "writes are refused until the promotion is seen");
+        assert_eq!(
+            r.report(0, None),
+            (Verdict::Excluded("unreachable".into()), true)
+        );
+        assert_eq!(
+            r.primary(),
+            None,
+            "writes are refused until the promotion is seen"
+        );
         assert_eq!(
             r.report(2, standby(None)).0,
             Verdict::Standby,
@@ -290,7 +303,11 @@ mod tests {
         r.report(0, primary(3));
         assert_eq!(r.primary(), Some(0));
         r.report(1, primary(3));
-        assert_eq!(r.primary(), None, "no way to tell which is right: refuse writes");
+        assert_eq!(
+            r.primary(),
+            None,
+            "no way to tell which is right: refuse writes"
+        );
         r.report(1, None);
         assert_eq!(r.primary(), Some(0));
     }
@@ -301,7 +318,13 @@ mod tests {
         r.report(0, primary(1));
         let mut other = primary(9).unwrap();
         other.system_id = "8".into();
-        assert!(matches!(r.report(1, Some(other)).0, Verdict::Excluded(ref why) if why.contains("another cluster")));
-        assert_eq!(r.primary(), Some(0), "a higher timeline of another cluster does not count");
+        assert!(
+            matches!(r.report(1, Some(other)).0, Verdict::Excluded(ref why) if why.contains("another cluster"))
+        );
+        assert_eq!(
+            r.primary(),
+            Some(0),
+            "a higher timeline of another cluster does not count"
+        );
     }
 }

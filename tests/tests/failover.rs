@@ -48,15 +48,27 @@ async fn the_primary_is_found_whatever_the_order_of_the_hosts() {
     let a = DieselAsync::open(config(&f, &schema, &[2, 1, 0])).await;
     let warnings = a.router().start_monitor().await.unwrap();
     assert!(warnings.is_empty(), "{warnings:?}");
-    assert_eq!(a.router().topology().primary("default"), Ok(Some("default-3")));
+    assert_eq!(
+        a.router().topology().primary("default"),
+        Ok(Some("default-3"))
+    );
     let primary = i32::from(f.nodes.port(0));
     scope(async {
-        assert_eq!(a.write().await, Ok(primary), "the write lands on the primary");
+        assert_eq!(
+            a.write().await,
+            Ok(primary),
+            "the write lands on the primary"
+        );
     })
     .await;
     wait_until("both standbys serve reads", Duration::from_secs(10), || {
         ["default-1", "default-2"].iter().all(|alias| {
-            let s = a.router().topology().replica_status(alias).unwrap().unwrap();
+            let s = a
+                .router()
+                .topology()
+                .replica_status(alias)
+                .unwrap()
+                .unwrap();
             s.up && s.replay_lsn.0 > 0
         })
     })
@@ -160,11 +172,18 @@ async fn a_promotion_moves_writes_without_a_restart_and_loses_nothing() {
         ports.values().all(|p| *p == old || *p == new),
         "a write landed on a standby: {ports:?}"
     );
-    assert!(seen.stale.is_empty(), "stale reads of own writes: {:?}", seen.stale);
+    assert!(
+        seen.stale.is_empty(),
+        "stale reads of own writes: {:?}",
+        seen.stale
+    );
     let before = seen.acked.iter().filter(|(_, at)| *at < started).count();
     let after = seen.acked.iter().filter(|(_, at)| *at > finished).count();
     assert!(before > 0 && after > 0, "{seen:?}");
-    assert_eq!(a.router().topology().primary("default"), Ok(Some("default-2")));
+    assert_eq!(
+        a.router().topology().primary("default"),
+        Ok(Some("default-2"))
+    );
 
     // The switch-over as a writer saw it: from the last write the old primary acknowledged
     // to the first the new one did.
@@ -228,9 +247,11 @@ async fn a_former_primary_that_comes_back_writable_is_never_written_to() {
     .await;
     // The old primary starts again as it was: writable, on the old timeline.
     f.nodes.start_node(0);
-    wait_until("the split brain is reported", Duration::from_secs(10), || {
-        topology.split_brain("default") == Ok(vec!["default-1"])
-    })
+    wait_until(
+        "the split brain is reported",
+        Duration::from_secs(10),
+        || topology.split_brain("default") == Ok(vec!["default-1"]),
+    )
     .await;
     let old = pindb_testkit::connect(&f.nodes.url(0)).await;
     assert_eq!(port_of(&old).await, i32::from(f.nodes.port(0)));
@@ -242,7 +263,11 @@ async fn a_former_primary_that_comes_back_writable_is_never_written_to() {
     assert!(!in_recovery, "the old primary is writable again");
     for _ in 0..20 {
         let wrote = scope(async { a.write().await }).await;
-        assert_eq!(wrote, Ok(i32::from(f.nodes.port(1))), "only the new primary");
+        assert_eq!(
+            wrote,
+            Ok(i32::from(f.nodes.port(1))),
+            "only the new primary"
+        );
     }
     let count: i64 = old
         .query_one(&format!("SELECT count(*) FROM {}.items", schema.name), &[])
@@ -261,11 +286,17 @@ async fn a_write_while_no_host_is_primary_is_refused_as_retryable() {
     a.router().start_monitor().await.unwrap();
     f.nodes.stop_node(0);
     let topology = a.router().topology();
-    wait_until("the monitor sees no primary", Duration::from_secs(10), || {
-        topology.primary("default") == Ok(None)
-    })
+    wait_until(
+        "the monitor sees no primary",
+        Duration::from_secs(10),
+        || topology.primary("default") == Ok(None),
+    )
     .await;
-    let refused = scope(async { a.router().db_for_write(&Default::default()).map(|r| r.index) });
+    let refused = scope(async {
+        a.router()
+            .db_for_write(&Default::default())
+            .map(|r| r.index)
+    });
     let refused = refused.await.unwrap_err();
     assert!(
         matches!(refused, PinDbError::NoPrimary { ref set, .. } if set == "default")
@@ -291,5 +322,8 @@ async fn a_write_while_no_host_is_primary_is_refused_as_retryable() {
     .await;
     let route = scope(async { a.router().db_for_write(&Default::default()).map(|r| r.role) });
     assert_eq!(route.await, Ok(Role::Master));
-    assert_eq!(scope(async { a.write().await }).await, Ok(i32::from(f.nodes.port(0))));
+    assert_eq!(
+        scope(async { a.write().await }).await,
+        Ok(i32::from(f.nodes.port(0)))
+    );
 }

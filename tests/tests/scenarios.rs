@@ -174,7 +174,7 @@ fn check(w: &World, expected: Expect, outcome: Outcome) -> Result<(), String> {
             None => return Err(format!("expected {expected:?}, got unknown port {p}")),
         },
         Err(Failure::UnpinnedWrite) => (Refused, "an UnpinnedWrite refusal".to_owned()),
-        Err(Failure::Other(e) | Failure::Unreachable(e)) => {
+        Err(Failure::Other(e) | Failure::Unreachable(e) | Failure::NoPrimary(e)) => {
             return Err(format!("expected {expected:?}, got error: {e}"))
         }
     };

@@ -99,7 +99,11 @@ impl ReplicaKind {
 impl DatabaseSettings {
     /// Whether it gives a set as a list of hosts (`hosts`, or a multi-host `url`).
     pub fn is_multi_host(&self) -> bool {
-        !self.hosts.is_empty() || self.url.as_deref().is_some_and(|u| !split_hosts(u).1.is_empty())
+        !self.hosts.is_empty()
+            || self
+                .url
+                .as_deref()
+                .is_some_and(|u| !split_hosts(u).1.is_empty())
     }
 
     /// Settings from a URL alone.
