@@ -23,7 +23,7 @@ use crate::error::PinDbError;
 use crate::lsn::Lsn;
 use crate::probe::{lsn_column, Probe};
 use crate::replica::Health;
-use crate::roles::{Report, Roles, Verdict};
+use crate::roles::{Change, Report, Roles, Verdict};
 use crate::subscription;
 use crate::topology::Topology;
 
@@ -35,6 +35,15 @@ struct MasterTrack {
 
 impl MasterTrack {
     const CAPACITY: usize = 4096;
+
+    /// Forgets every sample: a new timeline's positions are not comparable with the old
+    /// primary's last ones (a crash can leave them ahead).
+    fn clear(&self) {
+        self.samples
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clear();
+    }
 
     fn push(&self, lsn: Lsn) {
         let mut s = self.samples.lock().unwrap_or_else(PoisonError::into_inner);
@@ -97,6 +106,7 @@ pub(crate) fn spawn(
                     probe: Probe::new(&topology.databases()[index], timeout(settings)),
                     roles: Arc::clone(roles),
                     track: Arc::clone(&track),
+                    health: Arc::clone(health),
                     set: set.to_owned(),
                 };
                 handles.push(spawn_replica(source, h));
@@ -159,6 +169,9 @@ enum Source {
         probe: Probe,
         roles: Arc<Roles>,
         track: Arc<MasterTrack>,
+        /// The set's health cells: a promotion takes every other host out until its own
+        /// check shows it follows the new timeline.
+        health: Arc<[Health]>,
         set: String,
     },
 }
@@ -214,11 +227,22 @@ impl Source {
                 probe,
                 roles,
                 track,
+                health,
                 set,
             } => {
                 let report = host_report(probe).await?;
                 let position = report.position;
-                match roles.report(r, Some(report)).0 {
+                let (verdict, change) = roles.report(r, Some(report));
+                if change == Change::Timeline {
+                    // A standby's position on the old timeline says nothing of the new one
+                    // (it may even be ahead with writes the new primary never had): each
+                    // host serves reads again only after a check that began after this.
+                    track.clear();
+                    for (_, cell) in health.iter().enumerate().filter(|(h, _)| *h != r) {
+                        cell.suspect();
+                    }
+                }
+                match verdict {
                     Verdict::Standby => Ok(Ok(observed(position))),
                     Verdict::Primary => {
                         if let Some(lsn) = position {
@@ -479,8 +503,12 @@ async fn watch_replica(
                 });
             }
             Ok(Err(problem)) => {
-                // Promoted, a primary by mistake, unsubscribed: never read from it.
-                failures = settings.failures_before_down;
+                // Promoted, a primary by mistake, unsubscribed: never read from it. A host of
+                // a set given as hosts answered, though: its next failure is its first.
+                failures = match source {
+                    Source::Host { .. } => 0,
+                    _ => settings.failures_before_down,
+                };
                 successes = 0;
                 health[r].set_down();
                 if was_up {
@@ -650,18 +678,28 @@ async fn discover(
             }
             Err(e) => {
                 roles.report(h, None);
+                set.health[h].set_down();
                 warnings.push(format!("topology not checked for `{}`: {e}", db.alias));
             }
         }
     }
     for h in answered {
         let alias = &topology.databases()[set.replicas[h]].alias;
-        match roles.verdict(h) {
-            Verdict::Primary => set.health[h].set_down(),
-            Verdict::Standby => {}
+        let verdict = roles.verdict(h);
+        // Only a standby of the primary serves reads before the monitor's first checks.
+        if verdict != Verdict::Standby {
+            set.health[h].set_down();
+        }
+        match verdict {
+            Verdict::Primary | Verdict::Standby => {}
             Verdict::Excluded(why) if why.contains("another cluster") => {
                 problems.push(PinDbError::config(alias.clone(), why))
             }
+            Verdict::Excluded(why) if why.contains("timeline ?") => warnings.push(format!(
+                "`{alias}` does not show which timeline it receives (pg_stat_wal_receiver \
+                 needs pg_read_all_stats): it serves no reads; GRANT pg_monitor TO the role \
+                 pindb connects as"
+            )),
             Verdict::Excluded(why) => warnings.push(format!("`{alias}`: {why}")),
         }
     }

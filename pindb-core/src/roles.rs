@@ -3,11 +3,14 @@
 //! The monitor reports what each host says of itself (recovery, cluster, timeline, position);
 //! this module decides, from the latest reports, which one takes the set's writes. It does no
 //! I/O. The rules, so that a write never lands on a host that is not the current primary:
-//! - only a writable host of the set's cluster (its `system_identifier`) can be the primary;
+//! - only a writable host of the set's cluster (the `system_identifier` most of its hosts
+//!   report) can be the primary;
 //! - of several writable hosts (a former primary came back: a split brain), the one on the
 //!   highest timeline wins (the newest promotion) and the others are reported, never written to;
 //!   a tie on the highest timeline leaves the set with no primary: writes are refused with a
 //!   retryable error until one is left;
+//! - a writable host on an older timeline than any seen (a primary's, or one a standby
+//!   receives) is never the primary, even when the newer primary does not answer;
 //! - a host that stops answering (after `failures_before_down` checks) cannot be the primary.
 //!
 //! A standby serves reads only while it follows the primary's timeline: one still on the old
@@ -31,6 +34,18 @@ pub(crate) struct Report {
     pub(crate) position: Option<Lsn>,
 }
 
+/// What a report changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Change {
+    /// The same primary, or none as before.
+    None,
+    /// Another primary (or none) on the timeline already known.
+    Primary,
+    /// A primary on a new timeline (a promotion): every other host must prove again that it
+    /// follows it before it serves a read, and lag is measured afresh.
+    Timeline,
+}
+
 /// What the set's hosts are now, after a report.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Verdict {
@@ -49,7 +64,10 @@ struct State {
     /// Parallel to the hosts: the last timeline each standby received (kept while its receiver
     /// is down: it stays on that timeline until it follows another).
     timelines: Vec<Option<u32>>,
-    /// The set's cluster, from the first report.
+    /// Parallel to the hosts: the last `system_identifier` each reported (whose timeline
+    /// counts only if it is the set's cluster).
+    ids: Vec<Option<String>>,
+    /// The set's cluster: the `system_identifier` most hosts report.
     system_id: Option<String>,
     /// Writable hosts that lost to the primary (split brain), reported once each.
     split: Vec<bool>,
@@ -80,6 +98,7 @@ impl Roles {
             state: Mutex::new(State {
                 reports: vec![None; n],
                 timelines: vec![None; n],
+                ids: vec![None; n],
                 system_id: None,
                 split: vec![false; n],
                 last_timeline: None,
@@ -97,26 +116,35 @@ impl Roles {
     }
 
     /// Records what host `h` said (`None`: it is unreachable), decides the primary again, and
-    /// says what `h` is now. The second value: the primary changed with this report.
-    pub(crate) fn report(&self, h: usize, report: Option<Report>) -> (Verdict, bool) {
+    /// says what `h` is now, and what changed.
+    pub(crate) fn report(&self, h: usize, report: Option<Report>) -> (Verdict, Change) {
         let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(r) = &report {
-            if state.system_id.is_none() {
-                state.system_id = Some(r.system_id.clone());
-            }
             if r.timeline.is_some() {
                 state.timelines[h] = r.timeline;
             }
+            state.ids[h] = Some(r.system_id.clone());
         }
         state.reports[h] = report;
+        let id = cluster(&state).or_else(|| state.system_id.clone());
+        if id != state.system_id {
+            // Another cluster than the first answers suggested: what it taught is void.
+            state.last_timeline = None;
+            state.system_id = id;
+        }
         let before = self.primary();
         let now = decide(&state);
+        let previous_timeline = state.last_timeline;
         if let Some(t) = now.and_then(|p| state.reports[p].as_ref()?.timeline) {
             state.last_timeline = Some(t);
         }
         self.primary.store(now.unwrap_or(NONE), Ordering::Release);
-        let changed = before != now;
-        if changed {
+        let change = match (before != now, previous_timeline) {
+            (false, _) => Change::None,
+            (true, Some(t)) if now.is_some() && state.last_timeline != Some(t) => Change::Timeline,
+            (true, _) => Change::Primary,
+        };
+        if change != Change::None {
             match now {
                 Some(p) => {
                     metrics::counter!("pindb_primary_changes_total", "host" => self.hosts[p].clone())
@@ -129,7 +157,7 @@ impl Roles {
             }
         }
         let verdict = self.judge(&mut state, h, now);
-        (verdict, changed)
+        (verdict, change)
     }
 
     /// What host `h` is, from the reports so far.
@@ -191,8 +219,29 @@ impl Roles {
     }
 }
 
+/// The set's cluster: the `system_identifier` most hosts report (on a tie, the one of the
+/// earliest host in the list); `None` before any report.
+fn cluster(state: &State) -> Option<String> {
+    let ids: Vec<&String> = state
+        .reports
+        .iter()
+        .flatten()
+        .map(|r| &r.system_id)
+        .collect();
+    let count = |id: &String| ids.iter().filter(|i| **i == id).count();
+    let mut best: Option<&String> = None;
+    for id in &ids {
+        if best.is_none_or(|b| count(id) > count(b)) {
+            best = Some(id);
+        }
+    }
+    best.cloned()
+}
+
 /// The primary from the latest reports: the one writable host of the set's cluster on the
-/// highest timeline; `None` if there is none, or two share that timeline.
+/// highest timeline; `None` if there is none, two share that timeline, or a newer timeline
+/// than the best candidate's is known (its primary does not answer now: never fall back to
+/// an older one).
 fn decide(state: &State) -> Option<usize> {
     let writable = state.reports.iter().enumerate().filter_map(|(h, r)| {
         let r = r.as_ref()?;
@@ -211,7 +260,13 @@ fn decide(state: &State) -> Option<usize> {
             }
         }
     }
-    best.filter(|_| !tied).map(|(h, _)| h)
+    let ours = (0..state.timelines.len()).filter(|&h| state.ids[h] == state.system_id);
+    let newest = ours
+        .filter_map(|h| state.timelines[h])
+        .chain(state.last_timeline)
+        .max();
+    best.filter(|(_, t)| !tied && newest.is_none_or(|n| *t >= n))
+        .map(|(h, _)| h)
 }
 
 #[cfg(test)]
@@ -250,7 +305,7 @@ mod tests {
         );
         assert_eq!(r.report(0, standby(Some(1))).0, Verdict::Excluded("h0 is a standby on timeline 1 but the primary is on ?: not reading from it until it follows the primary".into()));
         assert_eq!(r.primary(), None, "no writable host reported yet");
-        assert_eq!(r.report(2, primary(1)), (Verdict::Primary, true));
+        assert_eq!(r.report(2, primary(1)), (Verdict::Primary, Change::Primary));
         assert_eq!(r.primary(), Some(2));
         assert_eq!(r.report(0, standby(Some(1))).0, Verdict::Standby);
     }
@@ -264,7 +319,7 @@ mod tests {
         // The primary dies; host 1 is promoted onto timeline 2.
         assert_eq!(
             r.report(0, None),
-            (Verdict::Excluded("unreachable".into()), true)
+            (Verdict::Excluded("unreachable".into()), Change::Primary)
         );
         assert_eq!(
             r.primary(),
@@ -276,7 +331,10 @@ mod tests {
             Verdict::Standby,
             "meanwhile a standby on the last primary's timeline still serves reads"
         );
-        assert_eq!(r.report(1, primary(2)), (Verdict::Primary, true));
+        assert_eq!(
+            r.report(1, primary(2)),
+            (Verdict::Primary, Change::Timeline)
+        );
         // Host 2 still follows timeline 1 (its receiver is down: the last one it had counts).
         assert!(matches!(r.report(2, standby(None)).0, Verdict::Excluded(_)));
         assert_eq!(r.report(2, standby(Some(2))).0, Verdict::Standby);
@@ -288,9 +346,17 @@ mod tests {
         r.report(0, primary(1));
         r.report(1, primary(2));
         assert_eq!(r.primary(), Some(1), "the newest promotion wins");
-        let (verdict, changed) = r.report(0, primary(1));
+        let (verdict, change) = r.report(0, primary(1));
         assert!(matches!(verdict, Verdict::Excluded(ref why) if why.contains("split brain")));
-        assert!(!changed);
+        assert_eq!(change, Change::None);
+        // The new primary stops answering: the old one is still never chosen.
+        assert_eq!(r.report(1, None).1, Change::Primary);
+        assert_eq!(
+            r.primary(),
+            None,
+            "an older timeline than one seen: no primary"
+        );
+        r.report(1, primary(2));
         assert_eq!(r.split_brain(), vec![0]);
         // It is rebuilt as a standby of the new primary: no longer reported.
         assert_eq!(r.report(0, standby(Some(2))).0, Verdict::Standby);
@@ -313,18 +379,22 @@ mod tests {
     }
 
     #[test]
-    fn a_host_of_another_cluster_is_excluded() {
-        let r = roles(2);
-        r.report(0, primary(1));
+    fn a_host_of_another_cluster_is_excluded_even_when_it_answers_first() {
+        let r = roles(3);
         let mut other = primary(9).unwrap();
         other.system_id = "8".into();
+        r.report(2, Some(other.clone()));
+        r.report(0, primary(1));
+        r.report(1, standby(Some(1)));
+        let verdict = r.report(2, Some(other)).0;
         assert!(
-            matches!(r.report(1, Some(other)).0, Verdict::Excluded(ref why) if why.contains("another cluster"))
+            matches!(verdict, Verdict::Excluded(ref why) if why.contains("another cluster")),
+            "{verdict:?}"
         );
         assert_eq!(
             r.primary(),
             Some(0),
-            "a higher timeline of another cluster does not count"
+            "the cluster most hosts belong to; a higher timeline elsewhere does not count"
         );
     }
 }

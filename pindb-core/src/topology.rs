@@ -286,6 +286,20 @@ impl Topology {
         })
     }
 
+    /// Whether the database at `index` is a replica now: a configured replica, or a host of a
+    /// set given as hosts that is not its primary at this moment. Adapters retry a failed
+    /// read elsewhere only there.
+    pub fn is_replica_now(&self, index: usize) -> bool {
+        let db = &self.databases[index];
+        match &db.membership {
+            Membership::Replica { .. } => true,
+            Membership::Host { set, .. } => self
+                .set_named(set)
+                .is_some_and(|s| s.master() != Some(index)),
+            Membership::Master { .. } | Membership::Unmanaged => false,
+        }
+    }
+
     /// What the database at `index` is now, in words: `master`, `replica` (a discovered set's
     /// hosts: by their role at this moment) or `unmanaged database`.
     pub fn role_of(&self, index: usize) -> &'static str {

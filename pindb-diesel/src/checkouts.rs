@@ -363,9 +363,7 @@ impl<C: Held> Checkouts<C> {
             Slot::Checkout(index) => *index,
             Slot::Held => self.held.as_ref()?.0,
         };
-        router.topology().databases()[index]
-            .is_replica()
-            .then_some(index)
+        router.topology().is_replica_now(index).then_some(index)
     }
 
     /// Whether the connection of the database at `index` is held.

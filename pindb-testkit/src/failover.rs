@@ -102,6 +102,11 @@ impl Nodes {
         self.script(&["start-node", node_name(n)]);
     }
 
+    /// Starts node `n` without waiting for it to stream (a standby whose primary is gone).
+    pub fn start_node_no_wait(&self, n: usize) {
+        self.script(&["start-node", node_name(n), "--no-wait"]);
+    }
+
     fn script(&self, args: &[&str]) {
         let out = run_script(self.base, args)
             .unwrap_or_else(|e| panic!("running scripts/cluster failed: {e}"));

@@ -98,6 +98,25 @@ struct Seen {
     reads: usize,
     /// The first failure of no known kind, for the report.
     other: Option<String>,
+    /// Keyed reads a standby served after the promotion finished.
+    standby_reads_after: usize,
+    /// Unkeyed reads after the promotion finished, and how many a standby served.
+    unkeyed_after: (usize, usize),
+}
+
+impl Seen {
+    fn summary(&self) -> String {
+        format!(
+            "{} writes acknowledged, {} keyed reads ({} by standbys after the promotion), \
+             unkeyed reads after it {:?} (all, by standbys), stale {:?}, failures {:?}",
+            self.acked.len(),
+            self.reads,
+            self.standby_reads_after,
+            self.unkeyed_after,
+            self.stale,
+            self.failures
+        )
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -140,14 +159,33 @@ async fn a_promotion_moves_writes_without_a_restart_and_loses_nothing() {
             }
         };
         seen.acked.push((id, Instant::now()));
-        let check = format!("SELECT count(*)::int AS port FROM items WHERE id = {id}");
+        // Whether the write is there, and which server answered.
+        let check = format!(
+            "SELECT count(*)::int * 100000 + current_setting('port')::int AS port \
+             FROM items WHERE id = {id}"
+        );
         let read = consistency
             .scope_with_key(Some(&key), async { a.port_of_sql(&check).await })
             .await;
         match read {
-            Ok(1) => seen.reads += 1,
+            Ok(v) if v / 100_000 == 1 => {
+                seen.reads += 1;
+                let standby = v % 100_000 != i32::from(f.nodes.port(1));
+                if done_at.is_some() && standby {
+                    seen.standby_reads_after += 1;
+                }
+            }
             Ok(_) => seen.stale.push(id),
             Err(e) => *seen.failures.entry(kind(&e)).or_default() += 1,
+        }
+        // Someone who never wrote: any standby that is up serves it.
+        if done_at.is_some() {
+            if let Ok(port) = scope(async { a.read().await }).await {
+                seen.unkeyed_after.0 += 1;
+                if port != i32::from(f.nodes.port(1)) {
+                    seen.unkeyed_after.1 += 1;
+                }
+            }
         }
     }
     let (started, finished, took) = promotion.await.unwrap();
@@ -174,12 +212,22 @@ async fn a_promotion_moves_writes_without_a_restart_and_loses_nothing() {
     );
     assert!(
         seen.stale.is_empty(),
-        "stale reads of own writes: {:?}",
-        seen.stale
+        "stale reads of own writes: {}",
+        seen.summary()
     );
     let before = seen.acked.iter().filter(|(_, at)| *at < started).count();
     let after = seen.acked.iter().filter(|(_, at)| *at > finished).count();
-    assert!(before > 0 && after > 0, "{seen:?}");
+    assert!(before > 0 && after > 0, "{}", seen.summary());
+    assert!(
+        seen.standby_reads_after > 0,
+        "after the promotion, keyed reads are served by the standbys again: {}",
+        seen.summary()
+    );
+    assert!(
+        seen.unkeyed_after.1 > seen.unkeyed_after.0 / 2,
+        "after the promotion, the standbys serve reads again: {}",
+        seen.summary()
+    );
     assert_eq!(
         a.router().topology().primary("default"),
         Ok(Some("default-2"))
@@ -202,15 +250,13 @@ async fn a_promotion_moves_writes_without_a_restart_and_loses_nothing() {
         .min()
         .unwrap();
     eprintln!(
-        "failover: writes acknowledged {} ({} before, {} after), reads {}, failures {:?}; \
+        "failover: {}; writes {} before, {} after; \
          scripts/cluster promote took {} ms; no write acknowledged for {} ms (last on the old \
          primary {} ms after the script started, first on the new one {} ms after); \
          other failure: {:?}",
-        seen.acked.len(),
+        seen.summary(),
         before,
         after,
-        seen.reads,
-        seen.failures,
         took.as_millis(),
         first_new.duration_since(last_old).as_millis(),
         last_old.saturating_duration_since(started).as_millis(),
@@ -276,6 +322,22 @@ async fn a_former_primary_that_comes_back_writable_is_never_written_to() {
         .get(0);
     assert_eq!(count, 0, "nothing was written to the old primary");
     assert_eq!(topology.primary("default"), Ok(Some("default-2")));
+
+    // The new primary stops answering: the old one, on an older timeline, is still never
+    // chosen; writes are refused (retryable) instead.
+    f.nodes.stop_node(1);
+    wait_until("the new primary is gone", Duration::from_secs(10), || {
+        topology.primary("default") == Ok(None)
+    })
+    .await;
+    for _ in 0..10 {
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        assert_eq!(topology.primary("default"), Ok(None));
+        match scope(async { a.write().await }).await {
+            Err(Failure::NoPrimary(_)) => {}
+            other => panic!("expected the retryable no-primary error, got {other:?}"),
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -293,9 +355,18 @@ async fn a_write_while_no_host_is_primary_is_refused_as_retryable() {
     )
     .await;
     let refused = scope(async {
-        a.router()
+        let refused = a
+            .router()
             .db_for_write(&Default::default())
-            .map(|r| r.index)
+            .map(|r| r.index);
+        // Nothing was written, so nothing is pinned: the key's reads are not sent to the
+        // master for a write that never happened.
+        assert!(
+            pindb_core::get_pinned().is_empty(),
+            "{:?}",
+            pindb_core::get_pinned()
+        );
+        refused
     });
     let refused = refused.await.unwrap_err();
     assert!(
@@ -326,4 +397,80 @@ async fn a_write_while_no_host_is_primary_is_refused_as_retryable() {
         scope(async { a.write().await }).await,
         Ok(i32::from(f.nodes.port(0)))
     );
+}
+
+/// A crash: the primary dies with WAL one standby (node 2) received and the promoted one
+/// (node 1) never did. Node 2 then sits on the old timeline *ahead* of the new primary's first
+/// positions: a keyed read of a write made on the new primary must not be served there,
+/// though its replay position is past the write's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_crash_a_standby_ahead_on_the_old_timeline_serves_no_keyed_read() {
+    let f = FailoverCluster::exclusive();
+    let schema = schema(&f).await;
+    // Checks 1 s apart, no re-check after a write: node 2's next check comes long after the
+    // promotion is seen, so only what the promotion itself does can keep it out meanwhile.
+    let mut config = config(&f, &schema, &[0, 1, 2]);
+    config.monitor.interval_ms = 1_000;
+    config.monitor.recheck_after_write_ms = 0;
+    let a = DieselAsync::open(config).await;
+    a.router().start_monitor().await.unwrap();
+    let consistency = a.router().consistency().clone();
+    let cluster = f.nodes.as_cluster();
+
+    f.nodes.stop_node(1);
+    // About 1 MB of WAL that only node 2 receives.
+    let primary = cluster.primary().await;
+    let bulk = format!(
+        "INSERT INTO {}.items (port) SELECT 0 FROM generate_series(1, 20000)",
+        schema.name
+    );
+    primary.batch_execute(&bulk).await.unwrap();
+    let ahead = cluster.primary_lsn().await;
+    cluster.wait_for_replay(2, ahead).await;
+    f.nodes.stop_node(0);
+    drop(primary);
+    // Node 1 comes back (its primary is gone) and is promoted; node 2 cannot follow it (it is
+    // ahead of the fork) and is rebuilt by the script after 15 s: the window under test.
+    f.nodes.start_node_no_wait(1);
+    let nodes = f.nodes;
+    let promotion = tokio::task::spawn_blocking(move || nodes.promote(1, true));
+    let topology = a.router().topology();
+    wait_until("the promotion is seen", Duration::from_secs(20), || {
+        topology.primary("default") == Ok(Some("default-2"))
+    })
+    .await;
+    let id = consistency
+        .scope_with_key(Some("u1"), async { a.port_of_sql(WRITE).await })
+        .await
+        .unwrap();
+    let written_at = pindb_testkit::connect(&f.nodes.url(1)).await;
+    let position: String = written_at
+        .query_one("SELECT pg_current_wal_lsn()::text", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let position = pindb_core::Lsn::parse(&position).unwrap();
+    assert!(
+        position < ahead,
+        "the set-up: node 2 ({ahead}) is ahead of the new primary's write ({position})"
+    );
+    let check = format!(
+        "SELECT count(*)::int * 100000 + current_setting('port')::int AS port \
+         FROM items WHERE id = {id}"
+    );
+    for _ in 0..5 {
+        let read = consistency
+            .scope_with_key(Some("u1"), async { a.port_of_sql(&check).await })
+            .await
+            .unwrap();
+        assert_eq!(
+            (read / 100_000, read % 100_000),
+            (1, i32::from(f.nodes.port(1))),
+            "the write, read on the new primary (node 2 is on the old timeline)"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let status = topology.replica_status("default-3").unwrap().unwrap();
+    assert!(!status.up, "node 2 serves nothing: {status:?}");
+    promotion.await.unwrap();
 }

@@ -56,7 +56,8 @@ pub struct DatabaseSettings {
     pub connect_timeout_ms: Option<u64>,
     /// Replicas only: how it follows its master (`streaming`, the default, or `logical`).
     pub kind: Option<ReplicaKind>,
-    /// Masters only: every host of the set (`host:port`, or `host` for the default port),
+    /// Masters only: every host of the set (`host:port`; `host` alone takes `port`, else
+    /// 5432, as libpq does; IPv6 in brackets: `[::1]:5432`),
     /// instead of one master and its replicas. The monitor finds which one is the primary
     /// (and which are its standbys) and follows promotions; they are named `<set>-1`...
     /// in this order. A multi-host `url` (`postgres://app@db1:5432,db2:5432/app`, as libpq
@@ -361,6 +362,13 @@ impl Parts {
     }
 
     fn finish(self, alias: String, membership: Membership) -> Result<Database, PinDbError> {
+        if !self.url_hosts.is_empty() && !matches!(membership, Membership::Host { .. }) {
+            return Err(PinDbError::config(
+                alias,
+                "a multi-host url (host1,host2) names the hosts of a set: give it to a master \
+                 (`[masters.<set>] url`); a replica or an unmanaged database is one host",
+            ));
+        }
         let host = self.host.filter(|h| !h.is_empty()).ok_or_else(|| {
             PinDbError::config(
                 alias.clone(),
@@ -427,6 +435,18 @@ fn split_hosts(text: &str) -> (String, Vec<String>) {
     (format!("{scheme}://{userinfo}{}{tail}", hosts[0]), hosts)
 }
 
+/// `hosts` names the hosts of a set: only a master takes it.
+fn refuse_hosts(alias: &str, settings: &DatabaseSettings) -> Result<(), PinDbError> {
+    match settings.hosts.is_empty() {
+        true => Ok(()),
+        false => Err(PinDbError::config(
+            alias,
+            "`hosts` names the hosts of a set: give it to a master (`[masters.<set>]`); a \
+             replica or an unmanaged database is one host",
+        )),
+    }
+}
+
 /// `host`, `host:port` or `[v6]:port`.
 fn host_port(alias: &str, text: &str) -> Result<(String, Option<u16>), PinDbError> {
     let bad = || {
@@ -439,9 +459,15 @@ fn host_port(alias: &str, text: &str) -> Result<(String, Option<u16>), PinDbErro
     let (host, port) = match text.strip_prefix('[') {
         Some(v6) => {
             let (inner, rest) = v6.split_once(']').ok_or_else(bad)?;
-            (&text[..inner.len() + 2], rest.strip_prefix(':'))
+            let port = match rest {
+                "" => None,
+                _ => Some(rest.strip_prefix(':').ok_or_else(bad)?),
+            };
+            (&text[..inner.len() + 2], port)
         }
         None => match text.rsplit_once(':') {
+            // `::1` unbracketed: which colon starts the port?
+            Some((host, _)) if host.contains(':') => return Err(bad()),
             Some((host, port)) => (host, Some(port)),
             None => (text, None),
         },
@@ -604,7 +630,7 @@ pub fn populate_replicas(
                 let (host, port) = host_port(set, text)?;
                 let mut parts = master.clone();
                 parts.host = Some(host);
-                parts.port = port.or(parts.port);
+                parts.port = port.or(master_settings.port);
                 out.push(parts.finish(
                     alias,
                     Membership::Host {
@@ -624,6 +650,7 @@ pub fn populate_replicas(
             let index = i + 1;
             let alias = format!("{set}-{index}");
             claim(&alias, "a generated replica alias")?;
+            refuse_hosts(&alias, overrides)?;
             let mut parts = master.clone();
             parts.overlay(Parts::from_settings(&alias, overrides)?);
             out.push(parts.finish(
@@ -637,6 +664,7 @@ pub fn populate_replicas(
     }
     for (alias, settings) in unmanaged {
         claim(alias, "an unmanaged database")?;
+        refuse_hosts(alias, settings)?;
         out.push(
             Parts::from_settings(alias, settings)?.finish(alias.clone(), Membership::Unmanaged)?,
         );

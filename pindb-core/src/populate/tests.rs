@@ -224,12 +224,12 @@ fn a_set_given_as_hosts_names_each_host() {
             .iter()
             .map(|d| (d.alias.as_str(), d.host.as_str(), d.port))
             .collect();
-        // A host without a port takes the set's.
+        // A host without a port takes 5432, as in libpq.
         assert_eq!(
             names,
             [
                 ("default-1", "db1", 6001),
-                ("default-2", "db2", 6001),
+                ("default-2", "db2", 5432),
                 ("default-3", "[::1]", 6003)
             ],
             "{toml}"
@@ -262,4 +262,33 @@ fn a_set_given_as_hosts_refuses_replicas_and_bad_hosts() {
     );
     let (_, problem) = err("[masters.default]\nhosts = ['a']\nkind = 'logical'");
     assert!(problem.contains("`kind`"), "{problem}");
+    for bad in ["::1", "[::1]junk", "a,,b", "a:1:2"] {
+        let (_, problem) = err(&format!("[masters.default]\nhosts = ['{bad}']"));
+        assert!(
+            problem.contains("is not `host` or `host:port`"),
+            "{bad}: {problem}"
+        );
+    }
+    let dbs = Config::from_toml_str("[masters.default]\nhosts = ['[::1]', '[::1]:7']")
+        .unwrap()
+        .databases()
+        .unwrap();
+    assert_eq!((dbs[0].port, dbs[1].port), (5432, 7));
+    assert_eq!(dbs[1].url(), "postgres://[::1]:7");
+    let (alias, problem) = err(
+        "[masters.default]\nurl = 'postgres://h/d'\n[sets]\ndefault = [{ url = 'postgres://a,b/d' }]",
+    );
+    assert_eq!(alias.as_deref(), Some("default-1"));
+    assert!(
+        problem.contains("a replica or an unmanaged database is one host"),
+        "{problem}"
+    );
+    let (alias, problem) = err(
+        "[masters.default]\nurl = 'postgres://h/d'\n[sets]\ndefault = []\n[unmanaged.x]\nhosts = ['a']",
+    );
+    assert_eq!(alias.as_deref(), Some("x"));
+    assert!(
+        problem.contains("a replica or an unmanaged database is one host"),
+        "{problem}"
+    );
 }

@@ -118,6 +118,12 @@ impl Router {
             return self.master_route(s, Reason::Disabled);
         }
         let set = &self.inner.topology.set(s);
+        // No primary (a set given as hosts, mid-failover): refused before anything is pinned,
+        // since nothing will be written (a pin would send the key's reads to the master for a
+        // write that never happened).
+        if set.master().is_none() {
+            return Err(set.no_primary(self.inner.topology.databases()));
+        }
         let strict = self.inner.config.router == RouterMode::Strict;
         let refused = || PinDbError::UnpinnedWrite {
             set: set.name.to_string(),

@@ -287,7 +287,7 @@ impl PinDbConnection {
     }
 
     fn is_replica(&self, index: usize) -> bool {
-        self.db.router().topology().databases()[index].is_replica()
+        self.db.router().topology().is_replica_now(index)
     }
 
     /// One attempt on the database at `index`, checking it out unless it is held.

@@ -139,7 +139,7 @@ impl PinDbConnection {
     }
 
     fn is_replica(&self, index: usize) -> bool {
-        self.db.router().topology().databases()[index].is_replica()
+        self.db.router().topology().is_replica_now(index)
     }
 
     fn take(&mut self, slot: Slot) -> QueryResult<&mut PgConnection> {
