@@ -2,6 +2,12 @@
 //! Interleaved A/B, sync diesel: a primary-key SELECT through `r2d2::PinDb::get()` in a
 //! pinning context vs. a plain r2d2 checkout of the same replica, per request. Needs the dev
 //! cluster (`scripts/cluster up`). `cargo bench -p pindb-diesel --features r2d2 --bench ab_sync`.
+//!
+//! Each round opens both sides afresh (outside the timed part): a blocking round trip on a
+//! 2-core machine costs about 40 µs or about 210 µs depending on where the scheduler put the
+//! server process relative to the client thread, and that placement sticks to a connection
+//! for its life. With one pool per side for the whole run, the ratio was whichever mode each
+//! side drew (0.18 or 6.7 in two runs); new connections every round draw again.
 
 use std::hint::black_box;
 use std::time::{Duration, Instant};
@@ -23,7 +29,16 @@ diesel::table! {
 type Row = (i32, String);
 const BATCH: u32 = 200;
 
-fn plain_per_request(plain: &Pool<ConnectionManager<PgConnection>>) -> Duration {
+fn plain_per_request(url: &str) -> Duration {
+    let plain = Pool::builder()
+        .max_size(1)
+        .build(ConnectionManager::<PgConnection>::new(url))
+        .unwrap();
+    let warm: Row = bench_users::table
+        .find(42)
+        .get_result(&mut plain.get().unwrap())
+        .unwrap();
+    black_box(warm);
     let start = Instant::now();
     for _ in 0..BATCH {
         let mut conn = plain.get().unwrap();
@@ -33,7 +48,15 @@ fn plain_per_request(plain: &Pool<ConnectionManager<PgConnection>>) -> Duration 
     start.elapsed()
 }
 
-fn routed_per_request(db: &PinDb) -> Duration {
+fn routed_per_request(config: &pindb_core::Config) -> Duration {
+    let db = PinDb::new(config.clone()).unwrap();
+    Context::new().enter(|| {
+        let warm: Row = bench_users::table
+            .find(42)
+            .get_result(&mut db.get())
+            .unwrap();
+        black_box(warm);
+    });
     let start = Instant::now();
     for _ in 0..BATCH {
         Context::new().enter(|| {
@@ -53,17 +76,18 @@ fn main() {
         config,
         replica_url,
     } = rt.block_on(pindb_testkit::bench_set(&cluster));
-    let db = PinDb::new(config).unwrap();
-    let plain = Pool::builder()
-        .max_size(10)
-        .build(ConnectionManager::<PgConnection>::new(replica_url))
-        .unwrap();
-    plain_per_request(&plain);
-    routed_per_request(&db);
+    // One connection per pool on both sides: every round draws its placement afresh.
+    let mut config = config;
+    for settings in config.masters.values_mut() {
+        settings.max_size = Some(1);
+    }
+    for replica in config.sets.values_mut().flatten() {
+        replica.max_size = Some(1);
+    }
     let (p, r) = interleave_sync(
         BATCH,
-        || plain_per_request(&plain),
-        || routed_per_request(&db),
+        || plain_per_request(&replica_url),
+        || routed_per_request(&config),
     );
     report("sync diesel, per request", &p, &r);
     rt.block_on(schema.drop());
