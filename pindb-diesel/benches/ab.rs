@@ -7,6 +7,11 @@
 //!
 //! - `per request`: one checkout + one query, as a request that reads one row does.
 //! - `held connection`: the query alone on a connection already checked out.
+//!
+//! Each round opens both sides afresh with one connection each (outside the timed part): on a
+//! 2-core machine a round trip's cost depends on where the scheduler put the server process
+//! relative to the client, and that placement sticks to a connection; long-lived pools made
+//! the ratio whichever placement each side drew. Fresh connections every round draw again.
 
 use std::hint::black_box;
 use std::time::{Duration, Instant};
@@ -30,7 +35,37 @@ type Plain = bb8::Pool<AsyncDieselConnectionManager<AsyncPgConnection>>;
 
 const BATCH: u32 = 200;
 
-async fn plain_per_request(plain: &Plain) -> Duration {
+/// A plain pool of one connection, its statement cache warmed.
+async fn plain_pool(url: &str) -> Plain {
+    let plain: Plain = bb8::Pool::builder()
+        .max_size(1)
+        .build(AsyncDieselConnectionManager::<AsyncPgConnection>::new(url))
+        .await
+        .unwrap();
+    let mut conn = plain.get().await.unwrap();
+    let row: Row = bench_users::table.find(42).get_result(&mut *conn).await.unwrap();
+    black_box(row);
+    drop(conn);
+    plain
+}
+
+/// A routed `PinDb` over pools of one connection, its replica's statement cache warmed.
+async fn routed_db(config: &pindb_core::Config) -> PinDb {
+    let db = PinDb::new(config.clone()).unwrap();
+    pindb_core::scope(async {
+        let row: Row = bench_users::table
+            .find(42)
+            .get_result(&mut db.get())
+            .await
+            .unwrap();
+        black_box(row);
+    })
+    .await;
+    db
+}
+
+async fn plain_per_request(url: &str) -> Duration {
+    let plain = plain_pool(url).await;
     let start = Instant::now();
     for _ in 0..BATCH {
         let mut conn = plain.get().await.unwrap();
@@ -44,7 +79,8 @@ async fn plain_per_request(plain: &Plain) -> Duration {
     start.elapsed()
 }
 
-async fn routed_per_request(db: &PinDb) -> Duration {
+async fn routed_per_request(config: &pindb_core::Config) -> Duration {
+    let db = routed_db(config).await;
     let start = Instant::now();
     for _ in 0..BATCH {
         pindb_core::scope(async {
@@ -61,7 +97,8 @@ async fn routed_per_request(db: &PinDb) -> Duration {
     start.elapsed()
 }
 
-async fn plain_held(plain: &Plain) -> Duration {
+async fn plain_held(url: &str) -> Duration {
+    let plain = plain_pool(url).await;
     let mut conn = plain.get().await.unwrap();
     let start = Instant::now();
     for _ in 0..BATCH {
@@ -75,7 +112,8 @@ async fn plain_held(plain: &Plain) -> Duration {
     start.elapsed()
 }
 
-async fn routed_held(db: &PinDb) -> Duration {
+async fn routed_held(config: &pindb_core::Config) -> Duration {
+    let db = routed_db(config).await;
     pindb_core::scope(async {
         let mut conn = db.get();
         conn.checkout_for_read().await.unwrap();
@@ -106,26 +144,23 @@ fn main() {
             config,
             replica_url,
         } = pindb_testkit::bench_set(&cluster).await;
-        let db = PinDb::new(config).unwrap();
-        let plain: Plain = bb8::Pool::builder()
-            .max_size(10)
-            .build(AsyncDieselConnectionManager::<AsyncPgConnection>::new(
-                replica_url,
-            ))
-            .await
-            .unwrap();
-        // Warm both pools and both statement caches.
-        plain_per_request(&plain).await;
-        routed_per_request(&db).await;
-
+        // One connection per pool on both sides.
+        let mut config = config;
+        for settings in config.masters.values_mut() {
+            settings.max_size = Some(1);
+        }
+        for replica in config.sets.values_mut().flatten() {
+            replica.max_size = Some(1);
+        }
+        let (url, config) = (&replica_url, &config);
         let (p, r) = interleave(
             BATCH,
-            || plain_per_request(&plain),
-            || routed_per_request(&db),
+            || plain_per_request(url),
+            || routed_per_request(config),
         )
         .await;
         report("per request", &p, &r);
-        let (p, r) = interleave(BATCH, || plain_held(&plain), || routed_held(&db)).await;
+        let (p, r) = interleave(BATCH, || plain_held(url), || routed_held(config)).await;
         report("held connection", &p, &r);
         schema.drop().await;
     });
