@@ -98,9 +98,11 @@ fn main() {
         };
         let plain = querying(Arc::clone(&client));
         let routed = layer.layer(querying(Arc::clone(&client)));
-        let (p, r) = interleave(QUERY_BATCH, || run_n(&plain, QUERY_BATCH), || {
-            run_n(&routed, QUERY_BATCH)
-        })
+        let (p, r) = interleave(
+            QUERY_BATCH,
+            || run_n(&plain, QUERY_BATCH),
+            || run_n(&routed, QUERY_BATCH),
+        )
         .await;
         report("tower layer, handler with one query", &p, &r);
     });

@@ -43,7 +43,11 @@ async fn plain_pool(url: &str) -> Plain {
         .await
         .unwrap();
     let mut conn = plain.get().await.unwrap();
-    let row: Row = bench_users::table.find(42).get_result(&mut *conn).await.unwrap();
+    let row: Row = bench_users::table
+        .find(42)
+        .get_result(&mut *conn)
+        .await
+        .unwrap();
     black_box(row);
     drop(conn);
     plain
