@@ -120,24 +120,27 @@ impl Topology {
         let mut sets: Vec<SetEntry> = Vec::new();
         let mut by_alias = HashMap::new();
         for (i, db) in databases.iter().enumerate() {
+            if let Membership::Host { set, index: 1 } | Membership::Master { set } = &db.membership
+            {
+                by_alias.insert(set.clone(), Target::Set(sets.len()));
+                sets.push(SetEntry {
+                    name: Arc::from(set.as_str()),
+                    configured_master: i,
+                    replicas: Vec::new(),
+                    roles: None,
+                    health: Arc::from([]),
+                    coverage: Arc::from([]),
+                    partial: false,
+                    written: Arc::from([]),
+                    picker: Picker::default(),
+                    replicas_enabled: AtomicBool::new(true),
+                });
+            }
+            // Every host of a set given as hosts is a replica slot too: a standby serves
+            // reads, the primary's slot is down (set below and by the monitor).
             match &db.membership {
-                Membership::Host { set, index: 1 } | Membership::Master { set } => {
-                    by_alias.insert(set.clone(), Target::Set(sets.len()));
-                    sets.push(SetEntry {
-                        name: Arc::from(set.as_str()),
-                        configured_master: i,
-                        replicas: Vec::new(),
-                        roles: None,
-                        health: Arc::from([]),
-                        coverage: Arc::from([]),
-                        partial: false,
-                        written: Arc::from([]),
-                        picker: Picker::default(),
-                        replicas_enabled: AtomicBool::new(true),
-                    });
-                }
-                Membership::Replica { set, .. } => {
-                    // populate_replicas yields each master before its replicas.
+                Membership::Replica { set, .. } | Membership::Host { set, .. } => {
+                    // populate_replicas yields each master (or first host) before the rest.
                     let s = sets
                         .iter()
                         .position(|e| &*e.name == set.as_str())
@@ -153,25 +156,10 @@ impl Topology {
                     );
                     sets[s].replicas.push(i);
                 }
-                // The set was made by its first host; every host is added below.
-                Membership::Host { .. } => {}
                 Membership::Unmanaged => {
                     by_alias.insert(db.alias.clone(), Target::Unmanaged(i));
                 }
-            }
-            // Every host of a discovered set is a replica slot too: a standby serves reads,
-            // the primary's slot is down (set below and by the monitor).
-            if let Membership::Host { set, .. } = &db.membership {
-                let s = sets.len() - 1;
-                debug_assert_eq!(&*sets[s].name, set.as_str());
-                by_alias.insert(
-                    db.alias.clone(),
-                    Target::Replica {
-                        set: s,
-                        replica: sets[s].replicas.len(),
-                    },
-                );
-                sets[s].replicas.push(i);
+                Membership::Master { .. } => {}
             }
         }
         for set in &mut sets {
