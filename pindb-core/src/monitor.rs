@@ -176,13 +176,28 @@ enum Source {
     },
 }
 
-/// What a host is (works on a primary and on a standby): recovery, cluster, timeline (written
-/// or received), position (written or replayed).
+/// What a host is (works on a primary and on a standby): recovery, cluster, timeline (written;
+/// received, or with no receiver running that of its last restartpoint), position (written or
+/// replayed).
 const HOST_SQL: &str = "SELECT pg_is_in_recovery(), system_identifier::text, \
-    CASE WHEN pg_is_in_recovery() THEN (SELECT received_tli FROM pg_stat_wal_receiver) \
+    CASE WHEN pg_is_in_recovery() THEN coalesce((SELECT received_tli FROM pg_stat_wal_receiver), \
+      (SELECT timeline_id FROM pg_control_checkpoint())) \
     ELSE ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int END, \
     (CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() ELSE pg_current_wal_lsn() END)::text \
     FROM pg_control_system()";
+
+/// What a host's report changed, applied: after a promotion (a new timeline) a standby's
+/// position on the old timeline says nothing of the new one (it may even be ahead with writes
+/// the new primary never had), so every other host serves reads again only after a check that
+/// began after this, and lag is measured afresh.
+fn after_change(change: Change, r: usize, track: &MasterTrack, health: &[Health]) {
+    if change == Change::Timeline {
+        track.clear();
+        for (_, cell) in health.iter().enumerate().filter(|(h, _)| *h != r) {
+            cell.revoke();
+        }
+    }
+}
 
 /// A host's answer to [`HOST_SQL`].
 async fn host_report(probe: &mut Probe) -> Result<Report, String> {
@@ -233,15 +248,7 @@ impl Source {
                 let report = host_report(probe).await?;
                 let position = report.position;
                 let (verdict, change) = roles.report(r, Some(report));
-                if change == Change::Timeline {
-                    // A standby's position on the old timeline says nothing of the new one
-                    // (it may even be ahead with writes the new primary never had): each
-                    // host serves reads again only after a check that began after this.
-                    track.clear();
-                    for (_, cell) in health.iter().enumerate().filter(|(h, _)| *h != r) {
-                        cell.suspect();
-                    }
-                }
+                after_change(change, r, track, health);
                 match verdict {
                     Verdict::Standby => Ok(Ok(observed(position))),
                     Verdict::Primary => {
@@ -426,6 +433,9 @@ async fn watch_replica(
             // arrive meanwhile are one check).
             _ = written[r].notified(), if !recheck.is_zero() => tokio::time::sleep(recheck).await,
         }
+        // A suspicion raised while the check runs (a promotion elsewhere, a failed read)
+        // wins over what the check saw.
+        let seen = health[r].suspicions();
         let checked = source.position(r).await;
         let was_up = health[r].status().up;
         if health[r].suspicions() != suspicions {
@@ -461,7 +471,7 @@ async fn watch_replica(
                     lag_ms,
                     over,
                     up,
-                    suspicions,
+                    seen,
                 );
                 if over != was_over {
                     tracing::info!(target: "pindb", %alias, lag_bytes, lag_ms, over_lag = over, "pindb monitor: replica lag state changed");
@@ -528,9 +538,15 @@ async fn watch_replica(
                 failures = failures.saturating_add(1);
                 successes = 0;
                 if failures >= settings.failures_before_down {
-                    if let Source::Host { roles, .. } = &source {
-                        // It can no longer be the primary (nor a standby).
-                        roles.report(r, None);
+                    if let Source::Host {
+                        roles,
+                        track,
+                        health,
+                        ..
+                    } = &source
+                    {
+                        // It can no longer become the primary, nor serve as a standby.
+                        after_change(roles.report(r, None).1, r, track, health);
                     }
                     health[r].set_down();
                     if was_up {
@@ -553,11 +569,14 @@ async fn watch_replica(
 /// Checks that every master is a primary and every replica is a standby of the same cluster
 /// as its master (same `system_identifier`). Returns the warnings (unreachable servers cannot
 /// be checked; with [`TopologyCheck::Warn`], problems too); a problem is a
-/// [`PinDbError::Config`] naming the alias under [`TopologyCheck::Error`].
+/// [`PinDbError::Config`] naming the alias under [`TopologyCheck::Error`]. `live`: what it
+/// finds of a set given as hosts is the set's state from now on (start-up), not a look aside
+/// (`pindb check` on a running router).
 pub(crate) async fn verify_topology(
     topology: &Topology,
     settings: &MonitorSettings,
     emulated: bool,
+    live: bool,
 ) -> Result<Vec<String>, PinDbError> {
     if settings.topology_check == TopologyCheck::Off {
         return Ok(Vec::new());
@@ -567,7 +586,14 @@ pub(crate) async fn verify_topology(
     let sql = "SELECT pg_is_in_recovery(), system_identifier::text FROM pg_control_system()";
     for set in topology.sets() {
         if let Some(roles) = &set.roles {
-            discover(topology, set, roles, settings, &mut warnings, &mut problems).await;
+            let scratch = roles.scratch();
+            let roles = if live { roles } else { &scratch };
+            let found = Discovered {
+                warnings: &mut warnings,
+                problems: &mut problems,
+                live,
+            };
+            discover(topology, set, roles, settings, found).await;
             continue;
         }
         let replicas = &set.replicas;
@@ -656,6 +682,14 @@ pub(crate) async fn verify_topology(
     Ok(warnings)
 }
 
+/// Where [`discover`] puts what it finds.
+struct Discovered<'a> {
+    warnings: &'a mut Vec<String>,
+    problems: &'a mut Vec<PinDbError>,
+    /// The set's own roles and health are updated (start-up), not a scratch copy.
+    live: bool,
+}
+
 /// The first look at a set given as hosts: every host reports, then the roles are decided
 /// (so that the service starts writing to the right one). A host of another cluster is a
 /// problem; no primary (a failover under way) or a split brain is a warning: writes are
@@ -665,9 +699,18 @@ async fn discover(
     set: &crate::topology::SetEntry,
     roles: &Roles,
     settings: &MonitorSettings,
-    warnings: &mut Vec<String>,
-    problems: &mut Vec<PinDbError>,
+    found: Discovered<'_>,
 ) {
+    let Discovered {
+        warnings,
+        problems,
+        live,
+    } = found;
+    let set_down = |h: usize| {
+        if live {
+            set.health[h].set_down();
+        }
+    };
     let mut answered = Vec::new();
     for (h, &index) in set.replicas.iter().enumerate() {
         let db = &topology.databases()[index];
@@ -678,7 +721,7 @@ async fn discover(
             }
             Err(e) => {
                 roles.report(h, None);
-                set.health[h].set_down();
+                set_down(h);
                 warnings.push(format!("topology not checked for `{}`: {e}", db.alias));
             }
         }
@@ -688,7 +731,7 @@ async fn discover(
         let verdict = roles.verdict(h);
         // Only a standby of the primary serves reads before the monitor's first checks.
         if verdict != Verdict::Standby {
-            set.health[h].set_down();
+            set_down(h);
         }
         match verdict {
             Verdict::Primary | Verdict::Standby => {}

@@ -125,6 +125,14 @@ impl Health {
         self.suspicions.fetch_add(1, Ordering::AcqRel);
     }
 
+    /// Out until the monitor's checks bring it back (no lapse, unlike a suspicion): a check
+    /// that began before this cannot bring it back either.
+    pub(crate) fn revoke(&self) {
+        self.up.store(false, Ordering::Release);
+        self.suspected_at_ms.store(0, Ordering::Relaxed);
+        self.suspicions.fetch_add(1, Ordering::AcqRel);
+    }
+
     /// How many times [`Health::suspect`] was called.
     pub(crate) fn suspicions(&self) -> u64 {
         self.suspicions.load(Ordering::Relaxed)

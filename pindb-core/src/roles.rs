@@ -9,9 +9,12 @@
 //!   highest timeline wins (the newest promotion) and the others are reported, never written to;
 //!   a tie on the highest timeline leaves the set with no primary: writes are refused with a
 //!   retryable error until one is left;
-//! - a writable host on an older timeline than any seen (a primary's, or one a standby
-//!   receives) is never the primary, even when the newer primary does not answer;
-//! - a host that stops answering (after `failures_before_down` checks) cannot be the primary.
+//! - a writable host on an older timeline than one a host that answers has (a primary's, or
+//!   one a standby receives) is never the primary, even when the newer primary does not answer;
+//! - a primary that stops answering stays the primary (writes to it fail as unreachable, which
+//!   is retryable) until another host wins: a slow primary is not a write outage;
+//! - a host that stops answering (after `failures_before_down` checks) cannot become the
+//!   primary; the set's cluster changes only when most of its hosts say so.
 //!
 //! A standby serves reads only while it follows the primary's timeline: one still on the old
 //! timeline may hold writes the new primary never had.
@@ -59,8 +62,11 @@ pub(crate) enum Verdict {
 
 #[derive(Default)]
 struct State {
-    /// Parallel to the hosts: the latest report (`None`: unreachable or not checked yet).
+    /// Parallel to the hosts: the latest report (`None`: unreachable or not checked yet; the
+    /// primary's last report is kept while it does not answer, see `silent`).
     reports: Vec<Option<Report>>,
+    /// Parallel to the hosts: does not answer now.
+    silent: Vec<bool>,
     /// Parallel to the hosts: the last timeline each standby received (kept while its receiver
     /// is down: it stays on that timeline until it follows another).
     timelines: Vec<Option<u32>>,
@@ -97,6 +103,7 @@ impl Roles {
             primary: AtomicUsize::new(0),
             state: Mutex::new(State {
                 reports: vec![None; n],
+                silent: vec![true; n],
                 timelines: vec![None; n],
                 ids: vec![None; n],
                 system_id: None,
@@ -104,6 +111,12 @@ impl Roles {
                 last_timeline: None,
             }),
         }
+    }
+
+    /// A fresh copy with the same hosts and no reports: for a look that must not change the
+    /// set's roles (`pindb check` on a running router).
+    pub(crate) fn scratch(&self) -> Roles {
+        Roles::new(self.hosts.clone())
     }
 
     /// The primary's host position; `None` while the set has none (failover in progress,
@@ -119,32 +132,41 @@ impl Roles {
     /// says what `h` is now, and what changed.
     pub(crate) fn report(&self, h: usize, report: Option<Report>) -> (Verdict, Change) {
         let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(r) = &report {
-            if r.timeline.is_some() {
-                state.timelines[h] = r.timeline;
+        let before = self.primary();
+        state.silent[h] = report.is_none();
+        match report {
+            Some(r) => {
+                if r.timeline.is_some() {
+                    state.timelines[h] = r.timeline;
+                }
+                state.ids[h] = Some(r.system_id.clone());
+                state.reports[h] = Some(r);
             }
-            state.ids[h] = Some(r.system_id.clone());
+            // The primary's last report stays: it remains the primary until another host
+            // wins (its writes fail as unreachable meanwhile, which is retryable).
+            None if before == Some(h) => {}
+            None => state.reports[h] = None,
         }
-        state.reports[h] = report;
-        let id = cluster(&state).or_else(|| state.system_id.clone());
+        let id = cluster(&state);
+        let cluster_changed = state.system_id.is_some() && id != state.system_id;
         if id != state.system_id {
             // Another cluster than the first answers suggested: what it taught is void.
             state.last_timeline = None;
             state.system_id = id;
         }
-        let before = self.primary();
         let now = decide(&state);
         let previous_timeline = state.last_timeline;
         if let Some(t) = now.and_then(|p| state.reports[p].as_ref()?.timeline) {
             state.last_timeline = Some(t);
         }
         self.primary.store(now.unwrap_or(NONE), Ordering::Release);
-        let change = match (before != now, previous_timeline) {
-            (false, _) => Change::None,
-            (true, Some(t)) if now.is_some() && state.last_timeline != Some(t) => Change::Timeline,
-            (true, _) => Change::Primary,
+        let new_timeline = previous_timeline.is_some() && state.last_timeline != previous_timeline;
+        let change = match (before != now, new_timeline || cluster_changed) {
+            (_, true) => Change::Timeline,
+            (true, false) => Change::Primary,
+            (false, false) => Change::None,
         };
-        if change != Change::None {
+        if before != now {
             match now {
                 Some(p) => {
                     metrics::counter!("pindb_primary_changes_total", "host" => self.hosts[p].clone())
@@ -152,7 +174,8 @@ impl Roles {
                     tracing::warn!(target: "pindb", host = %self.hosts[p], "pindb monitor: new primary")
                 }
                 None => {
-                    tracing::error!(target: "pindb", hosts = %self.hosts.join(", "), "pindb monitor: no primary (writes are refused until one is found)")
+                    let newest = newest_timeline(&state);
+                    tracing::error!(target: "pindb", hosts = %self.hosts.join(", "), newest_timeline = ?newest, "pindb monitor: no primary (writes are refused until one is found): no writable host of the set's cluster on the newest timeline a host reports");
                 }
             }
         }
@@ -168,7 +191,7 @@ impl Roles {
     }
 
     fn judge(&self, state: &mut State, h: usize, primary: Option<usize>) -> Verdict {
-        let Some(r) = &state.reports[h] else {
+        let Some(r) = state.reports[h].as_ref().filter(|_| !state.silent[h]) else {
             return Verdict::Excluded("unreachable".into());
         };
         if state.system_id.as_ref() != Some(&r.system_id) {
@@ -196,9 +219,11 @@ impl Roles {
             ));
         }
         state.split[h] = false;
+        // No primary: the last one's timeline, or (none known yet: its primary was down at
+        // start-up) the newest a host reports; standbys there serve reads meanwhile.
         let primary_timeline = match primary {
             Some(p) => state.reports[p].as_ref().and_then(|r| r.timeline),
-            None => state.last_timeline,
+            None => state.last_timeline.or_else(|| newest_timeline(state)),
         };
         match (state.timelines[h], primary_timeline) {
             (Some(mine), Some(theirs)) if mine == theirs => Verdict::Standby,
@@ -219,29 +244,39 @@ impl Roles {
     }
 }
 
-/// The set's cluster: the `system_identifier` most hosts report (on a tie, the one of the
-/// earliest host in the list); `None` before any report.
+/// The set's cluster: once known, it changes only when most of the set's hosts (answering or
+/// not, by what each last said) report another one; before that, the most common one so far
+/// (on a tie, the earliest host's).
 fn cluster(state: &State) -> Option<String> {
-    let ids: Vec<&String> = state
-        .reports
-        .iter()
-        .flatten()
-        .map(|r| &r.system_id)
-        .collect();
-    let count = |id: &String| ids.iter().filter(|i| **i == id).count();
+    let count = |id: &String| state.ids.iter().flatten().filter(|i| *i == id).count();
     let mut best: Option<&String> = None;
-    for id in &ids {
+    for id in state.ids.iter().flatten() {
         if best.is_none_or(|b| count(id) > count(b)) {
             best = Some(id);
         }
     }
-    best.cloned()
+    match (&state.system_id, best) {
+        (Some(current), Some(best)) if best != current && count(best) * 2 <= state.ids.len() => {
+            Some(current.clone())
+        }
+        (current, None) => current.clone(),
+        (_, best) => best.cloned(),
+    }
+}
+
+/// The newest timeline a host of the set's cluster that answers now has (written or
+/// received; a standby whose receiver stopped counts with the last one it had).
+fn newest_timeline(state: &State) -> Option<u32> {
+    (0..state.timelines.len())
+        .filter(|&h| !state.silent[h] && state.ids[h] == state.system_id)
+        .filter_map(|h| state.timelines[h])
+        .max()
 }
 
 /// The primary from the latest reports: the one writable host of the set's cluster on the
-/// highest timeline; `None` if there is none, two share that timeline, or a newer timeline
-/// than the best candidate's is known (its primary does not answer now: never fall back to
-/// an older one).
+/// highest timeline; `None` if there is none, two share that timeline, or a host that answers
+/// has a newer timeline than the best candidate's (its primary does not answer now: never fall
+/// back to an older one).
 fn decide(state: &State) -> Option<usize> {
     let writable = state.reports.iter().enumerate().filter_map(|(h, r)| {
         let r = r.as_ref()?;
@@ -260,11 +295,7 @@ fn decide(state: &State) -> Option<usize> {
             }
         }
     }
-    let ours = (0..state.timelines.len()).filter(|&h| state.ids[h] == state.system_id);
-    let newest = ours
-        .filter_map(|h| state.timelines[h])
-        .chain(state.last_timeline)
-        .max();
+    let newest = newest_timeline(state);
     best.filter(|(_, t)| !tied && newest.is_none_or(|n| *t >= n))
         .map(|(h, _)| h)
 }
@@ -319,12 +350,12 @@ mod tests {
         // The primary dies; host 1 is promoted onto timeline 2.
         assert_eq!(
             r.report(0, None),
-            (Verdict::Excluded("unreachable".into()), Change::Primary)
+            (Verdict::Excluded("unreachable".into()), Change::None)
         );
         assert_eq!(
             r.primary(),
-            None,
-            "writes are refused until the promotion is seen"
+            Some(0),
+            "a silent primary stays the primary (its writes fail as unreachable) until another wins"
         );
         assert_eq!(
             r.report(2, standby(None)).0,
@@ -350,17 +381,49 @@ mod tests {
         assert!(matches!(verdict, Verdict::Excluded(ref why) if why.contains("split brain")));
         assert_eq!(change, Change::None);
         // The new primary stops answering: the old one is still never chosen.
-        assert_eq!(r.report(1, None).1, Change::Primary);
+        assert_eq!(r.report(1, None).1, Change::None);
+        assert_eq!(r.report(0, primary(1)).1, Change::None);
         assert_eq!(
             r.primary(),
-            None,
-            "an older timeline than one seen: no primary"
+            Some(1),
+            "the silent newer primary, never the older one"
         );
         r.report(1, primary(2));
         assert_eq!(r.split_brain(), vec![0]);
         // It is rebuilt as a standby of the new primary: no longer reported.
         assert_eq!(r.report(0, standby(Some(2))).0, Verdict::Standby);
         assert!(r.split_brain().is_empty());
+    }
+
+    #[test]
+    fn an_older_timeline_is_refused_while_a_host_that_answers_has_a_newer_one() {
+        let r = roles(3);
+        // Start-up: the new primary (host 1) does not answer; its standby (host 2) does.
+        r.report(1, None);
+        r.report(2, standby(Some(2)));
+        r.report(0, primary(1));
+        assert_eq!(
+            r.primary(),
+            None,
+            "host 0 is on timeline 1, host 2 receives 2"
+        );
+        // Host 2 stops answering too: nothing tells host 0 is stale any more.
+        r.report(2, None);
+        assert_eq!(r.primary(), Some(0));
+        // A host that reported a newer timeline and was then rebuilt onto an older one does
+        // not block the primary for ever.
+        r.report(2, standby(Some(3)));
+        assert_eq!(r.primary(), None);
+        r.report(2, standby(Some(1)));
+        assert_eq!(r.primary(), Some(0));
+    }
+
+    #[test]
+    fn no_host_answering_at_start_up_leaves_no_primary() {
+        let r = roles(2);
+        r.report(0, None);
+        r.report(1, None);
+        assert_eq!(r.primary(), None);
     }
 
     #[test]

@@ -323,37 +323,80 @@ async fn a_former_primary_that_comes_back_writable_is_never_written_to() {
     assert_eq!(count, 0, "nothing was written to the old primary");
     assert_eq!(topology.primary("default"), Ok(Some("default-2")));
 
-    // The new primary stops answering: the old one, on an older timeline, is still never
-    // chosen; writes are refused (retryable) instead.
+    // The new primary stops answering: it stays the primary (its writes fail as
+    // unreachable, retryable) and the old one, on an older timeline, is still never chosen.
     f.nodes.stop_node(1);
-    wait_until("the new primary is gone", Duration::from_secs(10), || {
-        topology.primary("default") == Ok(None)
-    })
-    .await;
+    // Several checks see it silent.
+    tokio::time::sleep(Duration::from_millis(300)).await;
     for _ in 0..10 {
         tokio::time::sleep(Duration::from_millis(30)).await;
-        assert_eq!(topology.primary("default"), Ok(None));
+        assert_eq!(topology.primary("default"), Ok(Some("default-2")));
         match scope(async { a.write().await }).await {
-            Err(Failure::NoPrimary(_)) => {}
-            other => panic!("expected the retryable no-primary error, got {other:?}"),
+            Err(Failure::Unreachable(_)) => {}
+            other => panic!("expected the retryable unreachable error, got {other:?}"),
         }
     }
+    let count: i64 = old
+        .query_one(&format!("SELECT count(*) FROM {}.items", schema.name), &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(count, 0, "still nothing written to the old primary");
 }
 
+/// A primary that stops answering stays the primary: its writes fail as unreachable
+/// (retryable), reads stay on the standbys, and it takes writes again when it is back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_write_while_no_host_is_primary_is_refused_as_retryable() {
+async fn a_silent_primary_stays_the_primary_and_its_writes_fail_as_retryable() {
     let f = FailoverCluster::exclusive();
     let schema = schema(&f).await;
     let a = DieselAsync::open(config(&f, &schema, &[0, 1, 2])).await;
     a.router().start_monitor().await.unwrap();
-    f.nodes.stop_node(0);
     let topology = a.router().topology();
-    wait_until(
-        "the monitor sees no primary",
-        Duration::from_secs(10),
-        || topology.primary("default") == Ok(None),
-    )
+    f.nodes.stop_node(0);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(topology.primary("default"), Ok(Some("default-1")));
+    match scope(async { a.write().await }).await {
+        Err(Failure::Unreachable(text)) => assert!(text.contains("default-1"), "{text}"),
+        other => panic!("expected the retryable unreachable error, got {other:?}"),
+    }
+    let read = scope(async { a.read().await }).await.unwrap();
+    assert!(
+        [f.nodes.port(1), f.nodes.port(2)].contains(&(read as u16)),
+        "read from {read}"
+    );
+    f.nodes.start_node(0);
+    wait_until("writes work again", Duration::from_secs(10), || {
+        topology.replica_status("default-2").unwrap().unwrap().up
+    })
     .await;
+    let mut wrote = Err(Failure::Other("not tried".into()));
+    for _ in 0..50 {
+        wrote = scope(async { a.write().await }).await;
+        if wrote.is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(wrote, Ok(i32::from(f.nodes.port(0))));
+}
+
+/// A set whose primary is down when the service starts has no primary: writes are refused
+/// at once with `NoPrimary` (retryable), nothing is pinned, reads go to the standbys, and
+/// the primary is taken as soon as it answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_no_primary_at_start_up_writes_are_refused_as_retryable() {
+    let f = FailoverCluster::exclusive();
+    let schema = schema(&f).await;
+    f.nodes.stop_node(0);
+    let a = DieselAsync::open(config(&f, &schema, &[0, 1, 2])).await;
+    let warnings = a.router().start_monitor().await.unwrap();
+    assert!(
+        warnings.iter().any(|w| w.contains("no writable primary")),
+        "{warnings:?}"
+    );
+    let topology = a.router().topology();
+    assert_eq!(topology.primary("default"), Ok(None));
     let refused = scope(async {
         let refused = a
             .router()
@@ -379,15 +422,15 @@ async fn a_write_while_no_host_is_primary_is_refused_as_retryable() {
         Err(Failure::NoPrimary(text)) => assert!(text.contains("has no primary"), "{text}"),
         other => panic!("expected the retryable no-primary error, got {other:?}"),
     }
-    // Unpinned reads still go to the standbys meanwhile.
+    // Unpinned reads go to the standbys meanwhile.
     let read = scope(async { a.read().await }).await.unwrap();
     assert!(
         [f.nodes.port(1), f.nodes.port(2)].contains(&(read as u16)),
         "read from {read}"
     );
-    // The primary comes back: writes go there again, no restart.
+    // The primary comes back: writes go there, no restart.
     f.nodes.start_node(0);
-    wait_until("the primary is back", Duration::from_secs(10), || {
+    wait_until("the primary is found", Duration::from_secs(10), || {
         topology.primary("default") == Ok(Some("default-1"))
     })
     .await;

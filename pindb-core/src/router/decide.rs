@@ -121,9 +121,10 @@ impl Router {
         // No primary (a set given as hosts, mid-failover): refused before anything is pinned,
         // since nothing will be written (a pin would send the key's reads to the master for a
         // write that never happened).
-        if set.master().is_none() {
+        // Read once: the route below is this primary, whatever the monitor decides meanwhile.
+        let Some(master) = set.master() else {
             return Err(set.no_primary(self.inner.topology.databases()));
-        }
+        };
         let strict = self.inner.config.router == RouterMode::Strict;
         let refused = || PinDbError::UnpinnedWrite {
             set: set.name.to_string(),
@@ -157,7 +158,7 @@ impl Router {
                 Ok(Reason::NoContextWrite)
             }
         })?;
-        self.master_route(s, reason)
+        Ok(self.route(master, Role::Master, reason))
     }
 
     /// The database index of the replica set `s` reads from: inside a context, chosen once

@@ -165,7 +165,7 @@ impl Router {
         let settings = &self.inner.config.monitor;
         let emulated = self.inner.config.emulate_replicas > 0;
         let warnings =
-            crate::monitor::verify_topology(&self.inner.topology, settings, emulated).await?;
+            crate::monitor::verify_topology(&self.inner.topology, settings, emulated, true).await?;
         let tasks = crate::monitor::spawn(&self.inner.topology, settings, emulated);
         // Swapped and stopped under one lock: two concurrent starts leave one set of tasks.
         let mut running = self
@@ -195,7 +195,8 @@ impl Router {
             ..self.inner.config.monitor.clone()
         };
         let emulated = self.inner.config.emulate_replicas > 0;
-        crate::monitor::verify_topology(&self.inner.topology, &settings, emulated).await
+        // A look only: a running monitor's roles and health are left alone.
+        crate::monitor::verify_topology(&self.inner.topology, &settings, emulated, false).await
     }
 
     /// Stops the replica monitor; replicas keep their last known state.
