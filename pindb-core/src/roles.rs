@@ -334,8 +334,17 @@ mod tests {
             Some(0),
             "the first host until a check says otherwise"
         );
-        assert_eq!(r.report(0, standby(Some(1))).0, Verdict::Excluded("h0 is a standby on timeline 1 but the primary is on ?: not reading from it until it follows the primary".into()));
+        assert_eq!(
+            r.report(0, standby(Some(1))).0,
+            Verdict::Standby,
+            "no primary known yet: a standby on the newest timeline reported serves reads"
+        );
         assert_eq!(r.primary(), None, "no writable host reported yet");
+        let (verdict, _) = r.report(1, standby(Some(0)));
+        assert!(
+            matches!(verdict, Verdict::Excluded(ref why) if why.contains("timeline 0 but the primary is on 1")),
+            "{verdict:?}"
+        );
         assert_eq!(r.report(2, primary(1)), (Verdict::Primary, Change::Primary));
         assert_eq!(r.primary(), Some(2));
         assert_eq!(r.report(0, standby(Some(1))).0, Verdict::Standby);
