@@ -176,14 +176,15 @@ enum Source {
     },
 }
 
-/// What a host is (works on a primary and on a standby): recovery, cluster, timeline (written;
-/// received, or with no receiver running that of its last restartpoint), position (written or
-/// replayed).
+/// What a host is (works on a primary and on a standby): recovery, cluster, timeline (written,
+/// or received: NULL with no receiver running), position (written or replayed), and for a
+/// standby the newest timeline whose history file it has (1 with none).
 const HOST_SQL: &str = "SELECT pg_is_in_recovery(), system_identifier::text, \
-    CASE WHEN pg_is_in_recovery() THEN coalesce((SELECT received_tli FROM pg_stat_wal_receiver), \
-      (SELECT timeline_id FROM pg_control_checkpoint())) \
+    CASE WHEN pg_is_in_recovery() THEN (SELECT received_tli FROM pg_stat_wal_receiver) \
     ELSE ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int END, \
-    (CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() ELSE pg_current_wal_lsn() END)::text \
+    (CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() ELSE pg_current_wal_lsn() END)::text, \
+    CASE WHEN pg_is_in_recovery() THEN coalesce((SELECT max(('x' || substr(name, 1, 8))::bit(32)::int) \
+      FROM pg_ls_waldir() WHERE name ~ '^[0-9A-F]{8}\\.history$'), 1) END \
     FROM pg_control_system()";
 
 /// What a host's report changed, applied: after a promotion (a new timeline) a standby's
@@ -203,11 +204,13 @@ fn after_change(change: Change, r: usize, track: &MasterTrack, health: &[Health]
 async fn host_report(probe: &mut Probe) -> Result<Report, String> {
     let row = probe.row(HOST_SQL).await?;
     let timeline: Option<i32> = row.try_get(2).map_err(|e| e.to_string())?;
+    let history: Option<i32> = row.try_get(4).map_err(|e| e.to_string())?;
     Ok(Report {
         in_recovery: row.try_get(0).map_err(|e| e.to_string())?,
         system_id: row.try_get(1).map_err(|e| e.to_string())?,
         timeline: timeline.map(|t| t as u32),
         position: lsn_column(&row, 3)?,
+        history: history.map(|t| t as u32),
     })
 }
 

@@ -35,6 +35,11 @@ pub(crate) struct Report {
     pub(crate) timeline: Option<u32>,
     /// Its WAL position (a primary) or replay position (a standby).
     pub(crate) position: Option<Lsn>,
+    /// A standby: the newest timeline whose history it has. Taken as its timeline only while
+    /// none is known (its primary was down when pindb started): once a timeline was received,
+    /// a standby without a receiver keeps that one (it may have fetched a newer history and
+    /// failed to follow it).
+    pub(crate) history: Option<u32>,
 }
 
 /// What a report changed.
@@ -138,6 +143,8 @@ impl Roles {
             Some(r) => {
                 if r.timeline.is_some() {
                     state.timelines[h] = r.timeline;
+                } else if state.timelines[h].is_none() {
+                    state.timelines[h] = r.history;
                 }
                 state.ids[h] = Some(r.system_id.clone());
                 state.reports[h] = Some(r);
@@ -314,6 +321,7 @@ mod tests {
             system_id: "7".into(),
             timeline: Some(timeline),
             position: Some(Lsn(100)),
+            history: None,
         })
     }
 
@@ -323,6 +331,7 @@ mod tests {
             system_id: "7".into(),
             timeline,
             position: Some(Lsn(90)),
+            history: None,
         })
     }
 
@@ -425,6 +434,23 @@ mod tests {
         assert_eq!(r.primary(), None);
         r.report(2, standby(Some(1)));
         assert_eq!(r.primary(), Some(0));
+    }
+
+    #[test]
+    fn a_standby_without_a_receiver_keeps_the_timeline_it_received() {
+        let r = roles(2);
+        let mut silent = standby(None).unwrap();
+        silent.history = Some(2);
+        // Its primary was down when pindb started: its newest history file is all there is.
+        assert_eq!(r.report(1, Some(silent.clone())).0, Verdict::Standby);
+        assert_eq!(r.report(0, primary(2)).0, Verdict::Primary);
+        assert_eq!(r.report(1, Some(silent.clone())).0, Verdict::Standby);
+        // Once it received a timeline, a newer history file (fetched, then failed to follow)
+        // does not count.
+        r.report(1, standby(Some(2)));
+        r.report(0, primary(3));
+        silent.history = Some(3);
+        assert!(matches!(r.report(1, Some(silent)).0, Verdict::Excluded(_)));
     }
 
     #[test]
