@@ -262,7 +262,7 @@ impl Source {
                         }
                         Ok(Err(format!("`{}` is the primary", probe.alias)))
                     }
-                    Verdict::Excluded(why) => Ok(Err(why)),
+                    Verdict::Excluded(why) | Verdict::OtherCluster(why) => Ok(Err(why)),
                 }
             }
             Source::Emulated(probe) => {
@@ -738,14 +738,7 @@ async fn discover(
         }
         match verdict {
             Verdict::Primary | Verdict::Standby => {}
-            Verdict::Excluded(why) if why.contains("another cluster") => {
-                problems.push(PinDbError::config(alias.clone(), why))
-            }
-            Verdict::Excluded(why) if why.contains("timeline ?") => warnings.push(format!(
-                "`{alias}` does not show which timeline it receives (pg_stat_wal_receiver \
-                 needs pg_read_all_stats): it serves no reads; GRANT pg_monitor TO the role \
-                 pindb connects as"
-            )),
+            Verdict::OtherCluster(why) => problems.push(PinDbError::config(alias.clone(), why)),
             Verdict::Excluded(why) => warnings.push(format!("`{alias}`: {why}")),
         }
     }

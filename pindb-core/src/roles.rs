@@ -59,6 +59,8 @@ pub(crate) enum Change {
 pub(crate) enum Verdict {
     /// It is the primary.
     Primary,
+    /// A host of another cluster: a configuration mistake (the start-up check refuses it).
+    OtherCluster(String),
     /// A standby following the primary: it may serve reads.
     Standby,
     /// It answers, but serves nothing; the reason, in words.
@@ -202,7 +204,7 @@ impl Roles {
             return Verdict::Excluded("unreachable".into());
         };
         if state.system_id.as_ref() != Some(&r.system_id) {
-            return Verdict::Excluded(format!(
+            return Verdict::OtherCluster(format!(
                 "{} belongs to another cluster (system_identifier {}, the set's is {}); remove it from the hosts",
                 self.hosts[h],
                 r.system_id,
@@ -486,7 +488,7 @@ mod tests {
         r.report(1, standby(Some(1)));
         let verdict = r.report(2, Some(other)).0;
         assert!(
-            matches!(verdict, Verdict::Excluded(ref why) if why.contains("another cluster")),
+            matches!(verdict, Verdict::OtherCluster(ref why) if why.contains("another cluster")),
             "{verdict:?}"
         );
         assert_eq!(

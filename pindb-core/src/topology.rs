@@ -291,15 +291,10 @@ impl Topology {
     /// What the database at `index` is now, in words: `master`, `replica` (a discovered set's
     /// hosts: by their role at this moment) or `unmanaged database`.
     pub fn role_of(&self, index: usize) -> &'static str {
-        let db = &self.databases[index];
-        match &db.membership {
-            Membership::Master { .. } => "master",
-            Membership::Replica { .. } => "replica",
-            Membership::Host { set, .. } => match self.set_named(set) {
-                Some(s) if s.master() == Some(index) => "master",
-                _ => "replica",
-            },
+        match self.databases[index].membership {
             Membership::Unmanaged => "unmanaged database",
+            _ if self.is_replica_now(index) => "replica",
+            _ => "master",
         }
     }
 

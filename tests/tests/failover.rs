@@ -366,10 +366,7 @@ async fn a_silent_primary_stays_the_primary_and_its_writes_fail_as_retryable() {
         "read from {read}"
     );
     f.nodes.start_node(0);
-    wait_until("writes work again", Duration::from_secs(10), || {
-        topology.replica_status("default-2").unwrap().unwrap().up
-    })
-    .await;
+    // Its pool reconnects on the next checkout: no restart, a few tries at most.
     let mut wrote = Err(Failure::Other("not tried".into()));
     for _ in 0..50 {
         wrote = scope(async { a.write().await }).await;
