@@ -237,6 +237,11 @@ impl Context {
             .collect()
     }
 
+    /// Whether some set is pinned with an origin `filter` accepts (no names copied).
+    pub(crate) fn has_pin(&self, filter: impl Fn(PinOrigin) -> bool) -> bool {
+        self.lock().sets.iter().any(|s| s.pin.is_some_and(&filter))
+    }
+
     pub(crate) fn lock(&self) -> MutexGuard<'_, State> {
         // A panic while holding the lock cannot leave the state half-updated in a harmful way
         // (each update is a single assignment), so a poisoned lock is still usable.

@@ -178,12 +178,14 @@ enum Source {
 
 /// What a host is (works on a primary and on a standby): recovery, cluster, timeline (written,
 /// or received: NULL with no receiver running), position (written or replayed), and for a
-/// standby the newest timeline whose history file it has (1 with none).
+/// standby with no receiver the newest timeline whose history file it has (1 with none; the
+/// `pg_wal` listing runs only then).
 const HOST_SQL: &str = "SELECT pg_is_in_recovery(), system_identifier::text, \
     CASE WHEN pg_is_in_recovery() THEN (SELECT received_tli FROM pg_stat_wal_receiver) \
     ELSE ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int END, \
     (CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() ELSE pg_current_wal_lsn() END)::text, \
-    CASE WHEN pg_is_in_recovery() THEN coalesce((SELECT max(('x' || substr(name, 1, 8))::bit(32)::int) \
+    CASE WHEN pg_is_in_recovery() AND NOT EXISTS (SELECT 1 FROM pg_stat_wal_receiver WHERE received_tli IS NOT NULL) \
+      THEN coalesce((SELECT max(('x' || substr(name, 1, 8))::bit(32)::int) \
       FROM pg_ls_waldir() WHERE name ~ '^[0-9A-F]{8}\\.history$'), 1) END \
     FROM pg_control_system()";
 

@@ -103,6 +103,9 @@ pub struct Topology {
     default: Target,
     /// Some set has a logical replica (reads need their footprint); fixed by the config.
     partial: bool,
+    /// Parallel to `databases`: the index of each one's set (none for unmanaged ones), so
+    /// that a per-statement question about a database finds its set without a search.
+    set_of: Vec<Option<usize>>,
 }
 
 impl std::fmt::Debug for Topology {
@@ -197,6 +200,13 @@ impl Topology {
             .ok_or_else(|| PinDbError::config("default", "no `default` database"))?;
         Ok(Topology {
             partial: sets.iter().any(|s| s.partial),
+            set_of: databases
+                .iter()
+                .map(|db| {
+                    db.set()
+                        .and_then(|n| sets.iter().position(|e| &*e.name == n))
+                })
+                .collect(),
             databases,
             by_alias,
             sets,
@@ -281,9 +291,9 @@ impl Topology {
         let db = &self.databases[index];
         match &db.membership {
             Membership::Replica { .. } => true,
-            Membership::Host { set, .. } => self
-                .set_named(set)
-                .is_some_and(|s| s.master() != Some(index)),
+            Membership::Host { .. } => {
+                self.set_of[index].is_some_and(|s| self.sets[s].master() != Some(index))
+            }
             Membership::Master { .. } | Membership::Unmanaged => false,
         }
     }

@@ -196,7 +196,7 @@ where
                 .await;
             match result {
                 // Nothing pinned: no cookie, no position, no token to add.
-                Ok(response) if ctx.pinned(|o| o == PinOrigin::New).is_empty() => Ok(response),
+                Ok(response) if !ctx.has_pin(|o| o == PinOrigin::New) => Ok(response),
                 Ok(response) => {
                     Ok(Box::pin(finish(&layer, &ctx, record, carried, incoming, response)).await)
                 }

@@ -127,9 +127,6 @@ impl Consistency {
     /// reached, asks the replicas directly until one has or the time is up.
     async fn wait_for_replicas(&self, ctx: &Context) {
         let wait = Duration::from_millis(self.settings.max_wait_ms);
-        if wait.is_zero() {
-            return;
-        }
         let deadline = tokio::time::Instant::now() + wait;
         for (set, lsn) in ctx.required() {
             while self
@@ -231,7 +228,7 @@ impl<'a> RecordOnDrop<'a> {
 impl Drop for RecordOnDrop<'_> {
     fn drop(&mut self) {
         let Some(key) = self.key.take() else { return };
-        if self.ctx.pinned(|o| o == PinOrigin::New).is_empty() {
+        if !self.ctx.has_pin(|o| o == PinOrigin::New) {
             return;
         }
         match tokio::runtime::Handle::try_current() {
