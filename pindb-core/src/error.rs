@@ -123,6 +123,18 @@ pub enum PinDbError {
         hosts: String,
     },
 
+    /// A runtime replica slot with no host now: its host was removed (by
+    /// `Router::set_replicas` or DNS) after the read was routed there. Retry: the next route
+    /// skips it.
+    #[error(
+        "`{alias}` is a runtime replica slot with no host now (removed by set_replicas or DNS \
+         after the read was routed to it); retry"
+    )]
+    NoHost {
+        /// The slot's alias.
+        alias: String,
+    },
+
     /// `Router::install_global` was called twice.
     #[error("a global pindb router is already installed; install it once at start-up")]
     GlobalRouterAlreadyInstalled,
@@ -151,7 +163,9 @@ impl PinDbError {
     pub fn is_retryable(&self) -> bool {
         matches!(
             self,
-            PinDbError::Unreachable { .. } | PinDbError::NoPrimary { .. }
+            PinDbError::Unreachable { .. }
+                | PinDbError::NoPrimary { .. }
+                | PinDbError::NoHost { .. }
         )
     }
 

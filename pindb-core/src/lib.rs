@@ -48,6 +48,7 @@ mod config;
 mod consistency;
 mod context;
 mod coverage;
+mod discovery;
 mod error;
 mod guard;
 mod jobs;
@@ -78,7 +79,7 @@ pub use error::PinDbError;
 pub use guard::Guard;
 pub use jobs::{import_token, run_job, run_worker, UnpinOnDrop, WorkerReport};
 pub use lsn::{Lsn, ParseLsnError};
-pub use populate::{DatabaseSettings, ReplicaKind};
+pub use populate::{DatabaseSettings, DiscoverySettings, ReplicaKind};
 pub use replica::ReplicaStatus;
 pub use router::{
     db_for_read, db_for_write, get_replica, global, master, pin, unpinned_replica, Delegate, Hint,

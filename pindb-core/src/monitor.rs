@@ -19,6 +19,7 @@ use tokio::task::AbortHandle;
 
 use crate::config::{MonitorSettings, TopologyCheck};
 use crate::coverage::{Carried, Coverage};
+use crate::discovery::Slot;
 use crate::error::PinDbError;
 use crate::lsn::Lsn;
 use crate::probe::{lsn_column, Probe};
@@ -127,6 +128,18 @@ pub(crate) fn spawn(
             .abort_handle(),
         );
         for (r, &index) in replicas.iter().enumerate() {
+            if let Some(slot) = topology.slot(index) {
+                let source = Source::Runtime {
+                    alias: topology.databases()[index].alias.clone(),
+                    slot: Arc::clone(slot),
+                    current: None,
+                    master: Probe::new(master_db, timeout(settings)),
+                    master_id: None,
+                    timeout: timeout(settings),
+                };
+                handles.push(spawn_replica(source, r));
+                continue;
+            }
             let db = &topology.databases()[index];
             let probe = Probe::new(db, timeout(settings));
             let source = match (emulated, db.is_logical()) {
@@ -174,6 +187,18 @@ enum Source {
         health: Arc<[Health]>,
         set: String,
     },
+    /// A runtime replica: a standby of the master at whatever host its slot points at now
+    /// (checked to be of the master's cluster, since DNS can name anything).
+    Runtime {
+        alias: String,
+        slot: Arc<Slot>,
+        /// The probe of the slot's host, and the generation it was made for.
+        current: Option<(u64, Probe)>,
+        master: Probe,
+        /// The master's `system_identifier`, once known.
+        master_id: Option<String>,
+        timeout: Duration,
+    },
 }
 
 /// What a host is (works on a primary and on a standby): recovery, cluster, timeline (written,
@@ -188,6 +213,10 @@ const HOST_SQL: &str = "SELECT pg_is_in_recovery(), system_identifier::text, \
       THEN coalesce((SELECT max(('x' || substr(name, 1, 8))::bit(32)::int) \
       FROM pg_ls_waldir() WHERE name ~ '^[0-9A-F]{8}\\.history$'), 1) END \
     FROM pg_control_system()";
+
+/// Recovery and cluster of a server.
+const SYSTEM_SQL: &str =
+    "SELECT pg_is_in_recovery(), system_identifier::text FROM pg_control_system()";
 
 /// What a host's report changed, applied: after a promotion (a new timeline) a standby's
 /// position on the old timeline says nothing of the new one (it may even be ahead with writes
@@ -232,6 +261,7 @@ impl Source {
         match self {
             Source::Standby(p) | Source::Emulated(p) | Source::Host { probe: p, .. } => &p.alias,
             Source::Logical { replica, .. } => &replica.alias,
+            Source::Runtime { alias, .. } => alias,
         }
     }
 
@@ -266,6 +296,48 @@ impl Source {
                     }
                     Verdict::Excluded(why) | Verdict::OtherCluster(why) => Ok(Err(why)),
                 }
+            }
+            Source::Runtime {
+                slot,
+                current,
+                alias: _,
+                master,
+                master_id,
+                timeout,
+            } => {
+                let (generation, db) = slot.now();
+                if current.as_ref().map(|(g, _)| *g) != Some(generation) {
+                    *current = db.map(|db| (generation, Probe::new(&db, *timeout)));
+                }
+                let Some((_, probe)) = current else {
+                    return Ok(Err("no host now".to_owned()));
+                };
+                if master_id.is_none() {
+                    let row = master.row(SYSTEM_SQL).await?;
+                    *master_id = Some(row.try_get(1).map_err(|e| e.to_string())?);
+                }
+                let row = probe
+                    .row(
+                        "SELECT pg_is_in_recovery(), system_identifier::text, \
+                          pg_last_wal_replay_lsn()::text FROM pg_control_system()",
+                    )
+                    .await?;
+                let in_recovery: bool = row.try_get(0).map_err(|e| e.to_string())?;
+                let id: String = row.try_get(1).map_err(|e| e.to_string())?;
+                let url = probe.redacted_url.clone();
+                Ok(if !in_recovery {
+                    Err(format!(
+                        "{url} is not in recovery (a primary); not reading from it"
+                    ))
+                } else if master_id.as_deref() != Some(id.as_str()) {
+                    Err(format!(
+                        "{url} belongs to another cluster (system_identifier {id}, the master \
+                         has {}); not reading from it",
+                        master_id.as_deref().unwrap_or("?")
+                    ))
+                } else {
+                    Ok(observed(lsn_column(&row, 2)?))
+                })
             }
             Source::Emulated(probe) => {
                 let row = probe.row("SELECT pg_current_wal_lsn()::text").await?;
@@ -588,7 +660,7 @@ pub(crate) async fn verify_topology(
     }
     let mut warnings = Vec::new();
     let mut problems = Vec::new();
-    let sql = "SELECT pg_is_in_recovery(), system_identifier::text FROM pg_control_system()";
+    let sql = SYSTEM_SQL;
     for set in topology.sets() {
         if let Some(roles) = &set.roles {
             let scratch = roles.scratch();
@@ -630,6 +702,10 @@ pub(crate) async fn verify_topology(
         };
         for (r, &index) in replicas.iter().enumerate().filter(|_| !emulated) {
             let db = &topology.databases()[index];
+            if db.runtime {
+                // Checked by the monitor as hosts come, each against the master's cluster.
+                continue;
+            }
             if db.is_logical() {
                 let mut replica = Probe::new(db, timeout(settings));
                 let mut master = Probe::new(master_db, timeout(settings));

@@ -15,6 +15,10 @@ use crate::populate::Database;
 pub(crate) struct Probe {
     url: String,
     pub(crate) alias: String,
+    /// Where it connects, password hidden: for messages.
+    pub(crate) redacted_url: String,
+    /// For a runtime replica: the slot generation whose host it connects to.
+    pub(crate) generation: u64,
     timeout: Duration,
     client: Option<Arc<Client>>,
 }
@@ -24,6 +28,8 @@ impl Probe {
         Probe {
             url: db.url(),
             alias: db.alias.clone(),
+            redacted_url: db.redacted_url(),
+            generation: 0,
             timeout,
             client: None,
         }

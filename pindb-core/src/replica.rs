@@ -106,12 +106,19 @@ impl Health {
         up: bool,
         seen: u64,
     ) {
+        if self.suspicions() != seen {
+            // What it saw may be of a host this slot no longer points at: keep nothing.
+            self.up.store(false, Ordering::Release);
+            return;
+        }
         self.replay_lsn.store(replay.0, Ordering::Relaxed);
         self.lag_bytes.store(lag_bytes, Ordering::Relaxed);
         self.lag_ms.store(lag_ms, Ordering::Relaxed);
         self.over_lag.store(over_lag, Ordering::Relaxed);
+        // A read failed on it (or its slot got another host) while this check ran: the
+        // suspicion wins over this check, before and after the store.
+        let up = up && self.suspicions() == seen;
         self.up.store(up, Ordering::Release);
-        // A read failed on it while this check ran: the suspicion wins over this check.
         if up && self.suspicions() != seen {
             self.up.store(false, Ordering::Release);
         }
@@ -131,6 +138,20 @@ impl Health {
         self.up.store(false, Ordering::Release);
         self.suspected_at_ms.store(0, Ordering::Relaxed);
         self.suspicions.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// A runtime replica slot got another host (or none): nothing known of the old host
+    /// counts, and a check that began before this cannot bring it back. `up`: read from at
+    /// once (no monitor runs to check it first).
+    pub(crate) fn reset(&self, up: bool) {
+        self.up.store(false, Ordering::Release);
+        self.suspicions.fetch_add(1, Ordering::AcqRel);
+        self.suspected_at_ms.store(0, Ordering::Relaxed);
+        self.replay_lsn.store(0, Ordering::Relaxed);
+        self.lag_bytes.store(0, Ordering::Relaxed);
+        self.lag_ms.store(0, Ordering::Relaxed);
+        self.over_lag.store(false, Ordering::Relaxed);
+        self.up.store(up, Ordering::Release);
     }
 
     /// How many times [`Health::suspect`] was called.

@@ -69,7 +69,13 @@ pub(crate) async fn status(topology: &Topology, timeout: Duration) -> Vec<Databa
     let mut out = Vec::new();
     // Per set: a replica is compared with its own master only.
     let mut masters: std::collections::HashMap<String, Lsn> = std::collections::HashMap::new();
-    for db in topology.databases() {
+    for (index, db) in topology.databases().iter().enumerate() {
+        // A runtime replica: its host now, or none.
+        let now = topology.database_now(index);
+        let db: &Database = match &now {
+            Ok((_, db)) => db,
+            Err(_) => db,
+        };
         let replica = matches!(db.membership, Membership::Replica { .. });
         let mut status = DatabaseStatus {
             alias: db.alias.clone(),
@@ -87,6 +93,11 @@ pub(crate) async fn status(topology: &Topology, timeout: Duration) -> Vec<Databa
         };
         if db.is_logical() {
             logical(topology, db, timeout, &masters, &mut status).await;
+            out.push(status);
+            continue;
+        }
+        if let Err(no_host) = &now {
+            status.error = Some(no_host.to_string());
             out.push(status);
             continue;
         }

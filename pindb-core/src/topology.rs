@@ -3,13 +3,16 @@
 //!
 //! Built once from the [`Config`]; it does no I/O and makes no decision.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
+use std::ops::Range;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use crate::classify::Footprint;
 use crate::config::Config;
 use crate::coverage::Coverage;
+use crate::discovery::{self, SetSlots, Slot};
 use crate::error::PinDbError;
 use crate::lsn::Lsn;
 use crate::populate::{Database, Membership};
@@ -49,6 +52,10 @@ pub(crate) struct SetEntry {
     pub(crate) picker: Picker,
     /// The kill switch: `false` sends every read of the set to its master.
     replicas_enabled: AtomicBool,
+    /// Positions in `replicas` of the runtime replica slots (`[masters.<set>.discovery]`).
+    pub(crate) runtime: Range<usize>,
+    /// Taken while the runtime replicas change: one list replaces another whole.
+    assigning: Mutex<()>,
 }
 
 impl SetEntry {
@@ -106,6 +113,10 @@ pub struct Topology {
     /// Parallel to `databases`: the index of each one's set (none for unmanaged ones), so
     /// that a per-statement question about a database finds its set without a search.
     set_of: Vec<Option<usize>>,
+    /// Parallel to `databases`: the slot of each runtime replica (none for the others).
+    slots: Vec<Option<Arc<Slot>>>,
+    /// A monitor runs: a new runtime replica waits for its checks before serving.
+    monitored: AtomicBool,
 }
 
 impl std::fmt::Debug for Topology {
@@ -137,6 +148,8 @@ impl Topology {
                     written: Arc::from([]),
                     picker: Picker::default(),
                     replicas_enabled: AtomicBool::new(true),
+                    runtime: 0..0,
+                    assigning: Mutex::new(()),
                 });
             }
             // Every host of a set given as hosts is a replica slot too: a standby serves
@@ -167,6 +180,14 @@ impl Topology {
         }
         for set in &mut sets {
             set.health = set.replicas.iter().map(|_| Health::default()).collect();
+            let runtime: Vec<usize> = (0..set.replicas.len())
+                .filter(|&r| databases[set.replicas[r]].runtime)
+                .collect();
+            if let (Some(&first), Some(&last)) = (runtime.first(), runtime.last()) {
+                set.runtime = first..last + 1;
+                // No host yet: nothing to read from.
+                runtime.iter().for_each(|&r| set.health[r].set_down());
+            }
             set.coverage = set
                 .replicas
                 .iter()
@@ -207,11 +228,154 @@ impl Topology {
                         .and_then(|n| sets.iter().position(|e| &*e.name == n))
                 })
                 .collect(),
+            slots: databases
+                .iter()
+                .map(|db| db.runtime.then(|| Arc::new(Slot::vacant())))
+                .collect(),
+            monitored: AtomicBool::new(false),
             databases,
             by_alias,
             sets,
             default,
         })
+    }
+
+    /// How many times the host behind `index` changed: 0 for every database but a runtime
+    /// replica (`[masters.<set>.discovery]`). An adapter that built a pool for one
+    /// generation builds another when this moves, and lets the old one close once its
+    /// connections come back.
+    pub fn generation(&self, index: usize) -> u64 {
+        self.slots
+            .get(index)
+            .and_then(Option::as_ref)
+            .map_or(0, |s| s.generation())
+    }
+
+    /// The database at `index` as it is now, with its [`Topology::generation`]: for a runtime
+    /// replica, its current host ([`PinDbError::NoHost`] while it has none); for any other,
+    /// [`Topology::databases`]' entry.
+    ///
+    /// ```
+    /// let config = pindb_core::Config::from_toml_str(r#"
+    ///     [masters.default]
+    ///     url = "postgres://app@db0:5432/app"
+    ///     discovery = { max_replicas = 2 }
+    ///     [sets]
+    ///     default = []
+    /// "#)?;
+    /// let router = pindb_core::Router::new(config)?;
+    /// let index = router.topology().index_of("default-1")?;
+    /// assert!(router.topology().database_now(index).is_err(), "no host yet");
+    /// router.set_replicas("default", ["db7", "db8:6432"])?;
+    /// let (generation, db) = router.topology().database_now(index)?;
+    /// assert_eq!((generation, db.host.as_str(), db.port), (1, "db7", 5432));
+    /// # Ok::<(), pindb_core::PinDbError>(())
+    /// ```
+    pub fn database_now(&self, index: usize) -> Result<(u64, Cow<'_, Database>), PinDbError> {
+        discovery::database_now(
+            &self.databases[index],
+            self.slots.get(index).and_then(Option::as_deref),
+        )
+    }
+
+    /// The slot of a runtime replica, for the monitor.
+    pub(crate) fn slot(&self, index: usize) -> Option<&Arc<Slot>> {
+        self.slots.get(index).and_then(Option::as_ref)
+    }
+
+    pub(crate) fn set_monitored(&self, monitored: bool) {
+        self.monitored.store(monitored, Ordering::Relaxed);
+    }
+
+    /// Replaces the runtime replicas of `set` with `hosts`: see
+    /// [`Router::set_replicas`](crate::Router::set_replicas). `source` says who asked, for the
+    /// log. Returns the aliases whose host changed.
+    pub(crate) fn set_replicas<S: AsRef<str>>(
+        &self,
+        set: &str,
+        hosts: &[S],
+        source: &str,
+    ) -> Result<Vec<String>, PinDbError> {
+        let Some(Target::Set(s)) = self.by_alias.get(set).copied() else {
+            return Err(match self.target(set) {
+                Err(e) => e,
+                Ok(_) => PinDbError::config(
+                    set,
+                    "runtime replicas belong to a set: name the set (its master's alias)",
+                ),
+            });
+        };
+        let entry = &self.sets[s];
+        if entry.runtime.is_empty() {
+            return Err(PinDbError::config(
+                set,
+                format!(
+                    "set `{set}` has no runtime replica slots; add [masters.{set}.discovery] \
+                     (max_replicas = N) to its config"
+                ),
+            ));
+        }
+        let _one_at_a_time = entry
+            .assigning
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let indexes = &entry.replicas[entry.runtime.clone()];
+        let slots = SetSlots {
+            slots: indexes
+                .iter()
+                .filter_map(|&i| self.slots[i].as_deref())
+                .collect(),
+            templates: indexes.iter().map(|&i| &self.databases[i]).collect(),
+        };
+        let wanted = discovery::parse_hosts(set, hosts, self.databases[indexes[0]].port)?;
+        let moves = discovery::plan(&slots.addresses(), &wanted).map_err(|n| {
+            PinDbError::config(
+                set,
+                format!(
+                    "{n} replica hosts do not fit in the set's {} runtime slots; nothing \
+                     changed: raise discovery.max_replicas",
+                    indexes.len()
+                ),
+            )
+        })?;
+        let monitored = self.monitored.load(Ordering::Relaxed);
+        let mut changed = Vec::new();
+        for slot in slots.apply(&moves) {
+            let r = entry.runtime.start + slot;
+            entry.health[r].reset(!monitored && slots.slots[slot].now().1.is_some());
+            // The monitor checks it now rather than at its next interval.
+            entry.written[r].notify_one();
+            let alias = &self.databases[indexes[slot]].alias;
+            let host = match &moves
+                .iter()
+                .find(|(m, _)| *m == slot)
+                .and_then(|m| m.1.clone())
+            {
+                Some((h, p)) => format!("{h}:{p}"),
+                None => "none".to_owned(),
+            };
+            tracing::info!(target: "pindb", %set, %alias, %host, %source, "pindb: runtime replica changed");
+            metrics::counter!("pindb_runtime_replica_changes_total", "set" => set.to_owned())
+                .increment(1);
+            changed.push(alias.clone());
+        }
+        Ok(changed)
+    }
+
+    /// The hosts of `set`'s runtime replicas now, `(alias, host:port)` in slot order (empty
+    /// slots left out).
+    pub fn runtime_replicas(&self, set: &str) -> Result<Vec<(&str, String)>, PinDbError> {
+        let entry = &self.sets[self.managed_set(set)?];
+        Ok(entry.replicas[entry.runtime.clone()]
+            .iter()
+            .filter_map(|&i| {
+                let db = self.slots[i].as_ref()?.now().1?;
+                Some((
+                    self.databases[i].alias.as_str(),
+                    format!("{}:{}", db.host, db.port),
+                ))
+            })
+            .collect())
     }
 
     /// Every database, in `populate_replicas` order: each master, then its replicas, then the

@@ -43,7 +43,11 @@ pub(crate) fn after_attempt<T>(
     let failure = match &attempted {
         Attempted::Done(Ok(_)) => None,
         Attempted::Done(Err(e)) => replica_failure(e),
-        Attempted::CheckoutFailed(Error::PoolTimeout { .. }) => Some(ReplicaFailure::Busy),
+        // A runtime replica removed after the route was chosen: nothing wrong with it to
+        // suspect, go elsewhere as from a busy one.
+        Attempted::CheckoutFailed(
+            Error::PoolTimeout { .. } | Error::Routing(PinDbError::NoHost { .. }),
+        ) => Some(ReplicaFailure::Busy),
         Attempted::CheckoutFailed(_) => Some(ReplicaFailure::Unreachable),
         Attempted::TimedOut => Some(ReplicaFailure::Timeout),
     };

@@ -5,9 +5,10 @@
 //! It owns no per-request state: a `DatabaseConnection` acquires a pooled connection per
 //! statement, so routing is a choice of pool. Decisions are pindb-core's.
 
+use std::borrow::Cow;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use pindb_core::adapter::{Database, ReplicaFailure, Shape};
 use pindb_core::{Config, Hint, Operation, Role, Router};
@@ -22,7 +23,39 @@ use crate::error::{replica_failure, to_db_err, Error};
 struct Inner {
     router: Router,
     /// Parallel to `router.topology().databases()`.
-    conns: Vec<DatabaseConnection>,
+    conns: Vec<Cell>,
+    /// What [`PinDb::master`] would hand out if `default` were a runtime replica, which the
+    /// config never makes it: a reference that cannot panic.
+    disconnected: DatabaseConnection,
+}
+
+/// The pool of one alias.
+enum Cell {
+    /// A database whose host never changes.
+    Fixed(DatabaseConnection),
+    /// A runtime replica (`[masters.<set>.discovery]`): the pool of its host now, with that
+    /// host's generation. A replaced pool closes when its last connection comes back.
+    Runtime(Mutex<Option<(u64, DatabaseConnection)>>),
+}
+
+/// A runtime replica's pool, built without waiting (no connection until first use).
+fn runtime_pool(db: &Database) -> Result<DatabaseConnection, DbErr> {
+    use sea_orm::sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+    let options: PgConnectOptions = db
+        .url()
+        .parse()
+        .map_err(|e| DbErr::Custom(format!("`{}`: {e}", db.alias)))?;
+    // Safety net, as for every replica: a write that reaches it fails with SQLSTATE 25006.
+    let options = options.options([("default_transaction_read_only", "on")]);
+    let mut pool = PgPoolOptions::new()
+        .max_connections(db.pool.max_size)
+        .acquire_timeout(db.pool.connect_timeout);
+    if let Some(min) = db.pool.min_idle {
+        pool = pool.min_connections(min);
+    }
+    Ok(sea_orm::SqlxPostgresConnector::from_sqlx_postgres_pool(
+        pool.connect_lazy_with(options),
+    ))
 }
 
 /// A routed SeaORM connection. Cheap to clone; clones share the pools.
@@ -67,6 +100,10 @@ impl PinDb {
     pub async fn from_router(router: Router) -> Result<PinDb, Error> {
         let mut conns = Vec::with_capacity(router.topology().databases().len());
         for db in router.topology().databases() {
+            if db.runtime {
+                conns.push(Cell::Runtime(Mutex::new(None)));
+                continue;
+            }
             let conn = sea_orm::Database::connect(connect_options(db))
                 .await
                 .map_err(|source| Error::Pool {
@@ -74,10 +111,14 @@ impl PinDb {
                     url: db.redacted_url(),
                     source,
                 })?;
-            conns.push(conn);
+            conns.push(Cell::Fixed(conn));
         }
         Ok(PinDb {
-            inner: Arc::new(Inner { router, conns }),
+            inner: Arc::new(Inner {
+                router,
+                conns,
+                disconnected: DatabaseConnection::default(),
+            }),
         })
     }
 
@@ -96,10 +137,15 @@ impl PinDb {
             .topology()
             .index_of("default")
             .unwrap_or(0);
-        &self.inner.conns[index]
+        match &self.inner.conns[index] {
+            Cell::Fixed(conn) => conn,
+            // A master is never a runtime replica.
+            Cell::Runtime(_) => &self.inner.disconnected,
+        }
     }
 
-    /// The connection of any alias (`default-2`, `analytics`, `legacy`...), unrouted.
+    /// The connection of any alias (`default-2`, `analytics`, `legacy`...), unrouted. A
+    /// runtime replica's host changes: ask [`PinDb::connection_now`] for it.
     pub fn connection(&self, alias: &str) -> Result<&DatabaseConnection, DbErr> {
         let index = self
             .inner
@@ -107,22 +153,65 @@ impl PinDb {
             .topology()
             .index_of(alias)
             .map_err(to_db_err)?;
-        Ok(&self.inner.conns[index])
+        match &self.inner.conns[index] {
+            Cell::Fixed(conn) => Ok(conn),
+            Cell::Runtime(_) => Err(DbErr::Custom(format!(
+                "`{alias}` is a runtime replica whose host changes; use connection_now(\"{alias}\")"
+            ))),
+        }
+    }
+
+    /// The connection of any alias as it is now, unrouted: for a runtime replica, a pool of
+    /// its current host ([`pindb_core::PinDbError::NoHost`] while it has none).
+    pub fn connection_now(&self, alias: &str) -> Result<DatabaseConnection, DbErr> {
+        let index = self
+            .inner
+            .router
+            .topology()
+            .index_of(alias)
+            .map_err(to_db_err)?;
+        Ok(self.conn(index)?.into_owned())
+    }
+
+    /// The pool of the database at `index`: for a runtime replica, of its host now (built
+    /// at the first use after the host changed).
+    fn conn(&self, index: usize) -> Result<Cow<'_, DatabaseConnection>, DbErr> {
+        match &self.inner.conns[index] {
+            Cell::Fixed(conn) => Ok(Cow::Borrowed(conn)),
+            Cell::Runtime(cell) => {
+                // Read under the lock, so a pool is never replaced by one for an older host.
+                let mut cell = cell.lock().unwrap_or_else(PoisonError::into_inner);
+                let (generation, db) = self
+                    .inner
+                    .router
+                    .topology()
+                    .database_now(index)
+                    .map_err(to_db_err)?;
+                match &*cell {
+                    Some((built, conn)) if *built == generation => Ok(Cow::Owned(conn.clone())),
+                    _ => {
+                        let conn = runtime_pool(&db)?;
+                        *cell = Some((generation, conn.clone()));
+                        Ok(Cow::Owned(conn))
+                    }
+                }
+            }
+        }
     }
 
     /// The pool a statement with this text goes to, under the router's rules.
-    fn route_sql(&self, sql: &str) -> Result<&DatabaseConnection, DbErr> {
+    fn route_sql(&self, sql: &str) -> Result<Cow<'_, DatabaseConnection>, DbErr> {
         let route = self.inner.router.route_sql(sql).map_err(to_db_err)?;
-        Ok(&self.inner.conns[route.index])
+        self.conn(route.index)
     }
 
     /// Runs `stmt` where the router sends it. A read on a replica that the replica refuses,
     /// fails or leaves unanswered for `reads.timeout_ms` runs again where pindb-core says
     /// (another replica, the master): SeaORM's `ConnectionTrait` calls here never run inside
     /// a transaction (those go to a `DatabaseTransaction`), so a retry is always safe.
-    async fn run<'s, T, F, Fut>(&'s self, stmt: Statement, run: F) -> Result<T, DbErr>
+    async fn run<T, F, Fut>(&self, stmt: Statement, run: F) -> Result<T, DbErr>
     where
-        F: Fn(&'s DatabaseConnection, Statement) -> Fut,
+        F: Fn(DatabaseConnection, Statement) -> Fut,
         Fut: Future<Output = Result<T, DbErr>>,
     {
         let router = &self.inner.router;
@@ -131,7 +220,24 @@ impl PinDb {
         let timeout = router.config().reads.timeout();
         let mut tries = 0u32;
         loop {
-            let conn = &self.inner.conns[index];
+            let conn = match self.conn(index) {
+                Ok(conn) => conn.into_owned(),
+                // A runtime replica removed after the route was chosen: elsewhere.
+                Err(e) if role == Role::Replica => {
+                    let next = router
+                        .reroute(index, ReplicaFailure::Busy, tries, &stmt.sql)
+                        .map_err(to_db_err)?;
+                    match next {
+                        Some(next) => {
+                            (index, role) = (next.index, next.role);
+                            tries += 1;
+                            continue;
+                        }
+                        None => return Err(e),
+                    }
+                }
+                Err(e) => return Err(e),
+            };
             if role != Role::Replica {
                 return match run(conn, stmt).await {
                     Err(e) if replica_failure(&e) == Some(ReplicaFailure::Unreachable) => {
@@ -143,10 +249,11 @@ impl PinDb {
                     result => result,
                 };
             }
+            let pool = conn.clone();
             let result = tokio::time::timeout(timeout, run(conn, stmt.clone())).await;
             let failure = match &result {
                 Ok(Ok(_)) => None,
-                Ok(Err(e)) => replica_failure(e).map(|f| self.busy_or(index, f)),
+                Ok(Err(e)) => replica_failure(e).map(|f| busy_or(&pool, f)),
                 Err(_) => Some(ReplicaFailure::Timeout),
             };
             let next = match failure {
@@ -173,29 +280,21 @@ impl PinDb {
     }
 
     /// The pool for `op` whatever `sql` looks like; `sql` only feeds delegate hints.
-    fn route(&self, op: Operation, sql: &str) -> Result<&DatabaseConnection, DbErr> {
+    fn route(&self, op: Operation, sql: &str) -> Result<Cow<'_, DatabaseConnection>, DbErr> {
         let router = &self.inner.router;
         let shape = Shape {
             op,
             ..router.shape_of(sql)
         };
         let route = router.route_shape(&shape).map_err(to_db_err)?;
-        Ok(&self.inner.conns[route.index])
-    }
-
-    /// `failure`, unless the pool of `index` has every connection busy: then the replica is
-    /// fine and merely saturated.
-    fn busy_or(&self, index: usize, failure: ReplicaFailure) -> ReplicaFailure {
-        let pool = self.inner.conns[index].get_postgres_connection_pool();
-        let full = pool.size() >= pool.options().get_max_connections() && pool.num_idle() == 0;
-        match failure {
-            ReplicaFailure::Unreachable if full => ReplicaFailure::Busy,
-            failure => failure,
-        }
+        self.conn(route.index)
     }
 
     /// Read-only transactions may run on a replica; every other one runs on the master.
-    fn route_transaction(&self, access: Option<AccessMode>) -> Result<&DatabaseConnection, DbErr> {
+    fn route_transaction(
+        &self,
+        access: Option<AccessMode>,
+    ) -> Result<Cow<'_, DatabaseConnection>, DbErr> {
         match access {
             Some(AccessMode::ReadOnly) => self.route(Operation::Read, ""),
             _ => self.route(Operation::Write, ""),
@@ -203,13 +302,13 @@ impl PinDb {
     }
 
     /// The master of `set` (a set name or an unmanaged alias), under the router's write rules.
-    fn route_set(&self, set: &str) -> Result<&DatabaseConnection, DbErr> {
+    fn route_set(&self, set: &str) -> Result<Cow<'_, DatabaseConnection>, DbErr> {
         let route = self
             .inner
             .router
             .db_for_write(&Hint::alias(set))
             .map_err(to_db_err)?;
-        Ok(&self.inner.conns[route.index])
+        self.conn(route.index)
     }
 
     /// Begins a transaction on the master of `set` instead of the `default` set's: what a
@@ -267,7 +366,11 @@ impl ConnectionTrait for PinDb {
     }
 
     async fn execute_raw(&self, stmt: Statement) -> Result<ExecResult, DbErr> {
-        self.run(stmt, |conn, stmt| conn.execute_raw(stmt)).await
+        self.run(
+            stmt,
+            |conn, stmt| async move { conn.execute_raw(stmt).await },
+        )
+        .await
     }
 
     async fn execute_unprepared(&self, sql: &str) -> Result<ExecResult, DbErr> {
@@ -277,11 +380,19 @@ impl ConnectionTrait for PinDb {
     }
 
     async fn query_one_raw(&self, stmt: Statement) -> Result<Option<QueryResult>, DbErr> {
-        self.run(stmt, |conn, stmt| conn.query_one_raw(stmt)).await
+        self.run(
+            stmt,
+            |conn, stmt| async move { conn.query_one_raw(stmt).await },
+        )
+        .await
     }
 
     async fn query_all_raw(&self, stmt: Statement) -> Result<Vec<QueryResult>, DbErr> {
-        self.run(stmt, |conn, stmt| conn.query_all_raw(stmt)).await
+        self.run(
+            stmt,
+            |conn, stmt| async move { conn.query_all_raw(stmt).await },
+        )
+        .await
     }
 }
 
@@ -297,7 +408,9 @@ impl StreamTrait for PinDb {
         stmt: Statement,
     ) -> Pin<Box<dyn Future<Output = Result<QueryStream, DbErr>> + 'a + Send>> {
         match self.route_sql(&stmt.sql) {
-            Ok(conn) => conn.stream_raw(stmt),
+            Ok(Cow::Borrowed(conn)) => conn.stream_raw(stmt),
+            // A runtime replica's pool, held by the future (the stream owns its connection).
+            Ok(Cow::Owned(conn)) => Box::pin(async move { conn.stream_raw(stmt).await }),
             Err(e) => Box::pin(std::future::ready(Err(e))),
         }
     }
@@ -363,5 +476,16 @@ impl TransactionTrait for PinDb {
             .map_err(TransactionError::Connection)?
             .transaction_with_config(callback, isolation_level, access_mode)
             .await
+    }
+}
+
+/// `failure`, unless `pool` has every connection busy: then the replica is fine and merely
+/// saturated.
+fn busy_or(pool: &DatabaseConnection, failure: ReplicaFailure) -> ReplicaFailure {
+    let pool = pool.get_postgres_connection_pool();
+    let full = pool.size() >= pool.options().get_max_connections() && pool.num_idle() == 0;
+    match failure {
+        ReplicaFailure::Unreachable if full => ReplicaFailure::Busy,
+        failure => failure,
     }
 }

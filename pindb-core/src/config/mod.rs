@@ -283,8 +283,25 @@ impl Config {
                 &emulated
             }
         };
+        // Emulated replicas stand for every replica: runtime ones have no slots then.
+        let without_discovery;
+        let masters = match self.emulate_replicas {
+            0 => &self.masters,
+            _ => {
+                without_discovery = self
+                    .masters
+                    .iter()
+                    .map(|(name, m)| {
+                        let mut m = m.clone();
+                        m.discovery = None;
+                        (name.clone(), m)
+                    })
+                    .collect();
+                &without_discovery
+            }
+        };
         let mut databases =
-            populate_replicas(&self.masters, sets, &self.unmanaged, self.unmanaged_default)?;
+            populate_replicas(masters, sets, &self.unmanaged, self.unmanaged_default)?;
         for db in &mut databases {
             if let crate::populate::Membership::Replica { set, index } = &db.membership {
                 // A timeout the replica or its master sets is kept (replicas inherit).

@@ -55,6 +55,8 @@ pub struct Consistency {
     /// Small connections of pindb's own, parallel to `topology.databases()`: master
     /// positions, direct replica checks.
     probes: Vec<tokio::sync::Mutex<Probe>>,
+    /// Their check timeout (a runtime replica's probe is made again for each new host).
+    probe_timeout: Duration,
     store: Arc<dyn Store>,
     /// When a store failure was last logged (ms since `started`), to log once per interval.
     store_logged_at: AtomicU64,
@@ -96,6 +98,7 @@ impl Consistency {
                 .iter()
                 .map(|db| tokio::sync::Mutex::new(Probe::new(db, timeout)))
                 .collect(),
+            probe_timeout: timeout,
             topology,
             settings: config.stickiness.clone(),
             store,
@@ -195,6 +198,17 @@ impl Consistency {
             if !s.health[r].status().up || self.topology.databases()[index].is_logical() {
                 continue;
             }
+            // A runtime replica: the probe follows its slot's host.
+            let Ok((generation, db)) = self.topology.database_now(index) else {
+                continue;
+            };
+            if generation != 0 {
+                let mut probe = self.probes[index].lock().await;
+                if probe.generation != generation {
+                    *probe = Probe::new(&db, self.probe_timeout);
+                    probe.generation = generation;
+                }
+            }
             self.count_round_trip(false);
             let sql = if self.emulated {
                 "SELECT pg_current_wal_lsn()::text"
@@ -205,7 +219,10 @@ impl Consistency {
                 .await
                 .and_then(|row| lsn_column(&row, 0))
             {
-                s.health[r].raise_replay(lsn);
+                // Not if the slot moved to another host meanwhile: that was the old one's.
+                if self.topology.generation(index) == generation {
+                    s.health[r].raise_replay(lsn);
+                }
             }
         }
         Some(())

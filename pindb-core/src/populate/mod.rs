@@ -64,6 +64,50 @@ pub struct DatabaseSettings {
     /// takes) says the same.
     #[serde(default)]
     pub hosts: Vec<String>,
+    /// Masters only: replicas that come and go while the service runs, beside the configured
+    /// ones: from DNS, or from [`Router::set_replicas`](crate::Router::set_replicas).
+    pub discovery: Option<DiscoverySettings>,
+}
+
+/// Where a set's runtime replicas come from (`[masters.<set>.discovery]`), as GitLab's load
+/// balancer's service discovery: a DNS name refreshed at an interval, or the application's
+/// own calls to [`Router::set_replicas`](crate::Router::set_replicas). Each runtime replica
+/// takes one of `max_replicas` slots, named after the configured replicas (`<set>-<n>`), and
+/// connects with the master's settings (user, database, options, pool) at its own host.
+///
+/// ```
+/// let m: pindb_core::DatabaseSettings = toml::from_str(r#"
+///     url = "postgres://app@db0/app"
+///     discovery = { srv = "_postgresql._tcp.replicas.db.internal", interval_ms = 10000 }
+/// "#).unwrap();
+/// assert_eq!(m.discovery.unwrap().srv.as_deref(), Some("_postgresql._tcp.replicas.db.internal"));
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DiscoverySettings {
+    /// Most runtime replicas at once (default 8): hosts past it are left out, and said so.
+    pub max_replicas: Option<usize>,
+    /// A name whose A/AAAA records are the replicas, as `name` or `name:port` (without a
+    /// port, the master's). Needs pindb-core's `dns` feature.
+    pub dns: Option<String>,
+    /// A name whose SRV records (target and port) are the replicas. Needs the `dns` feature.
+    pub srv: Option<String>,
+    /// The name server to ask, `ip:port` (default: the system's, from `/etc/resolv.conf`).
+    pub nameserver: Option<String>,
+    /// How often the name is resolved again, in milliseconds (default 30000).
+    pub interval_ms: Option<u64>,
+}
+
+impl DiscoverySettings {
+    /// Slots when `max_replicas` is not given.
+    pub const DEFAULT_MAX_REPLICAS: usize = 8;
+    /// Refresh interval when `interval_ms` is not given.
+    pub const DEFAULT_INTERVAL_MS: u64 = 30_000;
+
+    /// `max_replicas`, or its default.
+    pub fn max_replicas(&self) -> usize {
+        self.max_replicas.unwrap_or(Self::DEFAULT_MAX_REPLICAS)
+    }
 }
 
 /// How a replica follows its master.
@@ -205,6 +249,10 @@ pub struct Database {
     pub pool: PoolSettings,
     /// How it follows its master (replicas; `Streaming` for masters and unmanaged databases).
     pub kind: ReplicaKind,
+    /// A runtime replica's slot (`[masters.<set>.discovery]`): its host is set while the
+    /// service runs, and `host` here is empty. Adapters ask
+    /// [`Topology::database_now`](crate::adapter::Topology::database_now) for where it is.
+    pub runtime: bool,
 }
 
 impl Database {
@@ -396,6 +444,7 @@ impl Parts {
         };
         Ok(Database {
             kind,
+            runtime: false,
             alias,
             membership,
             host,
@@ -435,8 +484,15 @@ fn split_hosts(text: &str) -> (String, Vec<String>) {
     (format!("{scheme}://{userinfo}{}{tail}", hosts[0]), hosts)
 }
 
-/// `hosts` names the hosts of a set: only a master takes it.
+/// `hosts` and `discovery` describe a set: only a master takes them.
 fn refuse_hosts(alias: &str, settings: &DatabaseSettings) -> Result<(), PinDbError> {
+    if settings.discovery.is_some() {
+        return Err(PinDbError::config(
+            alias,
+            "`discovery` finds the replicas of a set: give it to a master \
+             (`[masters.<set>.discovery]`)",
+        ));
+    }
     match settings.hosts.is_empty() {
         true => Ok(()),
         false => Err(PinDbError::config(
@@ -447,8 +503,76 @@ fn refuse_hosts(alias: &str, settings: &DatabaseSettings) -> Result<(), PinDbErr
     }
 }
 
+/// The slots of a set's runtime replicas, after its configured ones (`<set>-<n>`...): the
+/// master's settings, no host yet.
+fn runtime_slots(
+    set: &str,
+    master: &Parts,
+    discovery: &DiscoverySettings,
+    first: usize,
+    claim: &mut dyn FnMut(&str, &str) -> Result<(), PinDbError>,
+) -> Result<Vec<Database>, PinDbError> {
+    if discovery.dns.is_some() && discovery.srv.is_some() {
+        return Err(PinDbError::config(
+            set,
+            "discovery gives both `dns` and `srv`: keep one (`srv` when the records carry ports)",
+        ));
+    }
+    if discovery.max_replicas() == 0 || discovery.max_replicas() > 1024 {
+        return Err(PinDbError::config(
+            set,
+            "discovery.max_replicas must be between 1 and 1024",
+        ));
+    }
+    if cfg!(not(feature = "dns")) && (discovery.dns.is_some() || discovery.srv.is_some()) {
+        return Err(PinDbError::config(
+            set,
+            "discovery from DNS needs pindb-core's `dns` feature; enable it in Cargo.toml \
+             (pindb-core = { features = [\"dns\"] })",
+        ));
+    }
+    if let Some(name) = &discovery.dns {
+        host_port(set, name)?;
+    }
+    if let Some(text) = &discovery.nameserver {
+        if text.parse::<std::net::SocketAddr>().is_err() {
+            return Err(PinDbError::config(
+                set,
+                format!(
+                    "discovery.nameserver `{text}` is not `ip:port`; write e.g. \"10.0.0.2:53\""
+                ),
+            ));
+        }
+    }
+    if discovery.interval_ms == Some(0) {
+        return Err(PinDbError::config(
+            set,
+            "discovery.interval_ms = 0 would resolve without pause; use at least 1000",
+        ));
+    }
+    (first..first + discovery.max_replicas())
+        .map(|index| {
+            let alias = format!("{set}-{index}");
+            claim(&alias, "a runtime replica slot")?;
+            let mut parts = master.clone();
+            // Placeholder so the parts finish; the slot's host is set at run time.
+            parts.host = Some("(none yet)".to_owned());
+            let mut db = parts.finish(
+                alias,
+                Membership::Replica {
+                    set: set.to_owned(),
+                    index,
+                },
+            )?;
+            db.host.clear();
+            db.runtime = true;
+            Ok(db)
+        })
+        .collect()
+}
+
 /// `host`, `host:port` or `[v6]:port`.
-fn host_port(alias: &str, text: &str) -> Result<(String, Option<u16>), PinDbError> {
+pub(crate) fn host_port(alias: &str, text: &str) -> Result<(String, Option<u16>), PinDbError> {
     let bad = || {
         PinDbError::config(
             alias,
@@ -572,6 +696,12 @@ pub fn populate_replicas(
     }
     for (master, settings) in masters {
         if settings.is_multi_host() {
+            if settings.discovery.is_some() {
+                return Err(PinDbError::config(
+                    master.clone(),
+                    format!("master `{master}` is given as a list of hosts, whose roles are discovered; `discovery` adds replicas to a set with one master: remove one of them"),
+                ));
+            }
             if sets.get(master).is_some_and(|r| !r.is_empty()) {
                 return Err(PinDbError::config(
                     master.clone(),
@@ -660,6 +790,10 @@ pub fn populate_replicas(
                     index,
                 },
             )?);
+        }
+        if let Some(discovery) = &master_settings.discovery {
+            let first = sets[set].len() + 1;
+            out.extend(runtime_slots(set, &master, discovery, first, &mut claim)?);
         }
     }
     for (alias, settings) in unmanaged {

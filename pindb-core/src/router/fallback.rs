@@ -202,7 +202,10 @@ impl Router {
     /// the pool: busy, or its connections hang). Logged once per 10 s per database, counted
     /// in `pindb_unreachable_total`.
     pub async fn diagnose(&self, index: usize) -> Option<PinDbError> {
-        let db = &self.inner.topology.databases()[index];
+        let db = match self.inner.topology.database_now(index) {
+            Ok((_, db)) => db,
+            Err(no_host) => return Some(no_host),
+        };
         let recent = |entry: &Option<(std::time::Instant, Option<String>)>| {
             entry
                 .as_ref()
@@ -218,7 +221,7 @@ impl Router {
             Some(cause) => cause,
             None => {
                 let timeout = Duration::from_millis(self.inner.config.monitor.check_timeout_ms);
-                let cause = crate::probe::diagnose(db, timeout).await;
+                let cause = crate::probe::diagnose(&db, timeout).await;
                 *self.inner.diagnosed[index]
                     .lock()
                     .unwrap_or_else(PoisonError::into_inner) =

@@ -166,7 +166,11 @@ impl Router {
         let emulated = self.inner.config.emulate_replicas > 0;
         let warnings =
             crate::monitor::verify_topology(&self.inner.topology, settings, emulated, true).await?;
-        let tasks = crate::monitor::spawn(&self.inner.topology, settings, emulated);
+        // Monitored before the first DNS answer: its hosts wait for their checks.
+        self.inner.topology.set_monitored(true);
+        let dns = self.dns_refreshes(emulated)?;
+        let mut tasks = crate::monitor::spawn(&self.inner.topology, settings, emulated);
+        tasks.extend(dns);
         // Swapped and stopped under one lock: two concurrent starts leave one set of tasks.
         let mut running = self
             .inner
@@ -177,6 +181,27 @@ impl Router {
             task.abort();
         }
         Ok(warnings)
+    }
+
+    /// The DNS refresh of each set with a `discovery.dns` or `srv` name.
+    #[cfg(feature = "dns")]
+    fn dns_refreshes(&self, emulated: bool) -> Result<Vec<tokio::task::AbortHandle>, PinDbError> {
+        let mut tasks = Vec::new();
+        for (set, master) in &self.inner.config.masters {
+            let (Some(discovery), false) = (&master.discovery, emulated) else {
+                continue;
+            };
+            let port = self.inner.topology.database(set)?.port;
+            let topology = Arc::clone(&self.inner.topology);
+            tasks.extend(crate::discovery::spawn_dns(topology, set, discovery, port)?);
+        }
+        Ok(tasks)
+    }
+
+    /// Without the `dns` feature no set has a DNS name (the config refuses one).
+    #[cfg(not(feature = "dns"))]
+    fn dns_refreshes(&self, _emulated: bool) -> Result<Vec<tokio::task::AbortHandle>, PinDbError> {
+        Ok(Vec::new())
     }
 
     /// Every database as it is right now (role, reachability, position, lag, replication
@@ -202,6 +227,46 @@ impl Router {
     /// Stops the replica monitor; replicas keep their last known state.
     pub fn stop_monitor(&self) {
         self.inner.stop_monitor();
+        self.inner.topology.set_monitored(false);
+    }
+
+    /// Replaces the runtime replicas of `set` (slots declared with
+    /// `[masters.<set>.discovery]`) with `hosts` (`host`, `host:port`, `[v6]:port`; without a
+    /// port, the master's). A host already there keeps its alias, pool and health; a host
+    /// left out serves no new read at once, and its pool closes once the connections it lent
+    /// out come back (their work finishes first); a new host serves reads once the monitor
+    /// has checked it (at once without a monitor). Returns the aliases that changed.
+    ///
+    /// Refused, nothing changed: a set with no slots, a bad host, more hosts than slots.
+    /// With `discovery.dns` or `srv`, the DNS refresh calls this at every interval too (the
+    /// last call wins until the next refresh).
+    ///
+    /// ```
+    /// let config = pindb_core::Config::from_toml_str(r#"
+    ///     [masters.default]
+    ///     url = "postgres://app@db0:5432/app"
+    ///     discovery = { max_replicas = 4 }
+    ///     [sets]
+    ///     default = []
+    /// "#)?;
+    /// let router = pindb_core::Router::new(config)?;
+    /// assert_eq!(router.set_replicas("default", ["db1", "db2"])?, ["default-1", "default-2"]);
+    /// // db1 stays where it is; db2 leaves; db3 takes a free slot.
+    /// router.set_replicas("default", ["db1", "db3"])?;
+    /// let hosts: Vec<_> = router.topology().runtime_replicas("default")?.into_iter().map(|(_, h)| h).collect();
+    /// assert_eq!(hosts, ["db1:5432", "db3:5432"]);
+    /// assert!(router.set_replicas("default", ["a", "b", "c", "d", "e"]).is_err());
+    /// # Ok::<(), pindb_core::PinDbError>(())
+    /// ```
+    pub fn set_replicas<S: AsRef<str>>(
+        &self,
+        set: &str,
+        hosts: impl IntoIterator<Item = S>,
+    ) -> Result<Vec<String>, PinDbError> {
+        let hosts: Vec<S> = hosts.into_iter().collect();
+        self.inner
+            .topology
+            .set_replicas(set, &hosts, "set_replicas")
     }
 
     /// The config this router was built from.

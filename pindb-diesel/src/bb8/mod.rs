@@ -142,7 +142,7 @@ impl PinDb {
 
     /// Checks out a connection of the database at `index` in `router.topology().databases()`.
     pub(crate) async fn checkout(&self, index: usize) -> Result<Pooled, Error> {
-        let (pool, db) = self.inner.pool_for_checkout(index);
+        let (pool, db) = self.inner.pool_for_checkout(index)?;
         pool.get_owned().await.map_err(|e| match e {
             // Every connection busy: the pool is exhausted, the server may be fine.
             bb8::RunError::TimedOut
@@ -155,14 +155,14 @@ impl PinDb {
                 }
             }
             bb8::RunError::TimedOut => Error::connect(
-                db,
+                &db,
                 format!(
                     "no connection could be made within {:?}",
                     db.pool.connect_timeout
                 ),
             ),
             bb8::RunError::User(e) => Error::connect(
-                db,
+                &db,
                 match e {
                     PoolError::ConnectionError(e) => e.to_string(),
                     PoolError::QueryError(e) => e.to_string(),

@@ -120,7 +120,7 @@ impl PinDb {
     }
 
     fn checkout(&self, index: usize) -> Result<Pooled, Error> {
-        let (pool, db) = self.inner.pool_for_checkout(index);
+        let (pool, db) = self.inner.pool_for_checkout(index)?;
         // r2d2 only fails after its timeout; its message carries the last connection error,
         // if a connection attempt failed (else the pool was busy).
         pool.get().map_err(|e| {
