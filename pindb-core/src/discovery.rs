@@ -172,6 +172,8 @@ mod dns {
 
     use hickory_resolver::config::{NameServerConfigGroup, ResolverConfig};
     use hickory_resolver::name_server::TokioConnectionProvider;
+    use hickory_resolver::proto::op::ResponseCode;
+    use hickory_resolver::proto::ProtoErrorKind;
     use hickory_resolver::{ResolveError, TokioResolver};
 
     use crate::error::PinDbError;
@@ -278,6 +280,18 @@ mod dns {
         }
     }
 
+    /// The name exists with no such records, or does not exist: no hosts. Not a failing
+    /// server (SERVFAIL, REFUSED), which hickory reports the same way with another code.
+    fn no_records(e: &ResolveError) -> bool {
+        matches!(
+            e.proto().map(|p| p.kind()),
+            Some(ProtoErrorKind::NoRecordsFound {
+                response_code: ResponseCode::NoError | ResponseCode::NXDomain,
+                ..
+            })
+        )
+    }
+
     /// The hosts a name gives now, in a stable order; empty when it has no records.
     async fn lookup(
         resolver: &TokioResolver,
@@ -292,7 +306,7 @@ mod dns {
                         std::net::IpAddr::V6(v6) => (format!("[{v6}]"), *port),
                     })
                     .collect(),
-                Err(e) if e.is_no_records_found() => Vec::new(),
+                Err(e) if no_records(&e) => Vec::new(),
                 Err(e) => return Err(e),
             },
             Query::Srv(name) => match resolver.srv_lookup(name.as_str()).await {
@@ -303,7 +317,7 @@ mod dns {
                         (target.trim_end_matches('.').to_owned(), srv.port())
                     })
                     .collect(),
-                Err(e) if e.is_no_records_found() => Vec::new(),
+                Err(e) if no_records(&e) => Vec::new(),
                 Err(e) => return Err(e),
             },
         };

@@ -54,6 +54,7 @@ mod guard;
 mod jobs;
 mod lsn;
 mod monitor;
+mod pool_table;
 mod populate;
 mod probe;
 mod replica;
@@ -104,6 +105,7 @@ pub mod adapter {
     //! [`Router::route_sql`](crate::Router::route_sql) (or
     //! [`Router::route_shape`](crate::Router::route_shape) for a cached [`Shape`]) returns.
     pub use crate::classify::{classify, main_table, Footprint, StatementKind};
+    pub use crate::pool_table::PoolTable;
     pub use crate::populate::{
         populate_replicas, Database, Membership, PoolSettings, DEFAULT_PORT,
     };

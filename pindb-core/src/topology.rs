@@ -6,7 +6,7 @@
 use std::borrow::Cow;
 use std::collections::HashMap;
 use std::ops::Range;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use crate::classify::Footprint;
@@ -117,6 +117,8 @@ pub struct Topology {
     slots: Vec<Option<Arc<Slot>>>,
     /// A monitor runs: a new runtime replica waits for its checks before serving.
     monitored: AtomicBool,
+    /// Bumped whenever a runtime replica's host changes (see [`Topology::runtime_changes`]).
+    runtime_changes: AtomicU64,
 }
 
 impl std::fmt::Debug for Topology {
@@ -233,6 +235,7 @@ impl Topology {
                 .map(|db| db.runtime.then(|| Arc::new(Slot::vacant())))
                 .collect(),
             monitored: AtomicBool::new(false),
+            runtime_changes: AtomicU64::new(0),
             databases,
             by_alias,
             sets,
@@ -276,6 +279,12 @@ impl Topology {
             &self.databases[index],
             self.slots.get(index).and_then(Option::as_deref),
         )
+    }
+
+    /// How many times any runtime replica's host changed: an adapter that sees it move drops
+    /// the pools of hosts that left (see [`PoolTable`](crate::adapter::PoolTable)).
+    pub fn runtime_changes(&self) -> u64 {
+        self.runtime_changes.load(Ordering::Acquire)
     }
 
     /// The slot of a runtime replica, for the monitor.
@@ -340,7 +349,11 @@ impl Topology {
         })?;
         let monitored = self.monitored.load(Ordering::Relaxed);
         let mut changed = Vec::new();
-        for slot in slots.apply(&moves) {
+        let applied = slots.apply(&moves);
+        if !applied.is_empty() {
+            self.runtime_changes.fetch_add(1, Ordering::AcqRel);
+        }
+        for slot in applied {
             let r = entry.runtime.start + slot;
             entry.health[r].reset(!monitored && slots.slots[slot].now().1.is_some());
             // The monitor checks it now rather than at its next interval.

@@ -8,9 +8,9 @@
 use std::borrow::Cow;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 
-use pindb_core::adapter::{Database, ReplicaFailure, Shape};
+use pindb_core::adapter::{Database, PoolTable, ReplicaFailure, Shape};
 use pindb_core::{Config, Hint, Operation, Role, Router};
 use sea_orm::{
     AccessMode, ConnectOptions, ConnectionTrait, DatabaseConnection, DatabaseTransaction,
@@ -22,20 +22,23 @@ use crate::error::{replica_failure, to_db_err, Error};
 
 struct Inner {
     router: Router,
-    /// Parallel to `router.topology().databases()`.
-    conns: Vec<Cell>,
+    /// Parallel to `router.topology().databases()`; a runtime replica's follows its host.
+    conns: PoolTable<DatabaseConnection>,
     /// What [`PinDb::master`] would hand out if `default` were a runtime replica, which the
     /// config never makes it: a reference that cannot panic.
     disconnected: DatabaseConnection,
 }
 
-/// The pool of one alias.
-enum Cell {
-    /// A database whose host never changes.
-    Fixed(DatabaseConnection),
-    /// A runtime replica (`[masters.<set>.discovery]`): the pool of its host now, with that
-    /// host's generation. A replaced pool closes when its last connection comes back.
-    Runtime(Mutex<Option<(u64, DatabaseConnection)>>),
+/// A pool that could not be had: pindb's reason, or SeaORM's.
+enum Routed {
+    Routing(pindb_core::PinDbError),
+    Db(DbErr),
+}
+
+impl From<pindb_core::PinDbError> for Routed {
+    fn from(e: pindb_core::PinDbError) -> Self {
+        Routed::Routing(e)
+    }
 }
 
 /// A runtime replica's pool, built without waiting (no connection until first use).
@@ -101,7 +104,7 @@ impl PinDb {
         let mut conns = Vec::with_capacity(router.topology().databases().len());
         for db in router.topology().databases() {
             if db.runtime {
-                conns.push(Cell::Runtime(Mutex::new(None)));
+                conns.push(None);
                 continue;
             }
             let conn = sea_orm::Database::connect(connect_options(db))
@@ -111,8 +114,10 @@ impl PinDb {
                     url: db.redacted_url(),
                     source,
                 })?;
-            conns.push(Cell::Fixed(conn));
+            conns.push(Some(conn));
         }
+        let mut conns = conns.into_iter();
+        let conns = PoolTable::new(router.topology(), |_| conns.next().flatten());
         Ok(PinDb {
             inner: Arc::new(Inner {
                 router,
@@ -137,10 +142,10 @@ impl PinDb {
             .topology()
             .index_of("default")
             .unwrap_or(0);
-        match &self.inner.conns[index] {
-            Cell::Fixed(conn) => conn,
+        match self.conn(index) {
+            Ok(Cow::Borrowed(conn)) => conn,
             // A master is never a runtime replica.
-            Cell::Runtime(_) => &self.inner.disconnected,
+            _ => &self.inner.disconnected,
         }
     }
 
@@ -153,9 +158,9 @@ impl PinDb {
             .topology()
             .index_of(alias)
             .map_err(to_db_err)?;
-        match &self.inner.conns[index] {
-            Cell::Fixed(conn) => Ok(conn),
-            Cell::Runtime(_) => Err(DbErr::Custom(format!(
+        match self.conn(index)? {
+            Cow::Borrowed(conn) => Ok(conn),
+            Cow::Owned(_) => Err(DbErr::Custom(format!(
                 "`{alias}` is a runtime replica whose host changes; use connection_now(\"{alias}\")"
             ))),
         }
@@ -176,26 +181,15 @@ impl PinDb {
     /// The pool of the database at `index`: for a runtime replica, of its host now (built
     /// at the first use after the host changed).
     fn conn(&self, index: usize) -> Result<Cow<'_, DatabaseConnection>, DbErr> {
-        match &self.inner.conns[index] {
-            Cell::Fixed(conn) => Ok(Cow::Borrowed(conn)),
-            Cell::Runtime(cell) => {
-                // Read under the lock, so a pool is never replaced by one for an older host.
-                let mut cell = cell.lock().unwrap_or_else(PoisonError::into_inner);
-                let (generation, db) = self
-                    .inner
-                    .router
-                    .topology()
-                    .database_now(index)
-                    .map_err(to_db_err)?;
-                match &*cell {
-                    Some((built, conn)) if *built == generation => Ok(Cow::Owned(conn.clone())),
-                    _ => {
-                        let conn = runtime_pool(&db)?;
-                        *cell = Some((generation, conn.clone()));
-                        Ok(Cow::Owned(conn))
-                    }
-                }
-            }
+        let topology = self.inner.router.topology();
+        let built = self
+            .inner
+            .conns
+            .get(topology, index, |db| runtime_pool(db).map_err(Routed::Db));
+        match built {
+            Ok((conn, _)) => Ok(conn),
+            Err(Routed::Db(e)) => Err(e),
+            Err(Routed::Routing(e)) => Err(to_db_err(e)),
         }
     }
 

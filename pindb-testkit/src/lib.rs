@@ -28,12 +28,13 @@
 //! replicas), `replay.rs` (pausing replay, the replay locks), `schema.rs` ([`TestSchema`]),
 //! `fixture.rs` ([`Fixture`], [`bench_users`]), `logical.rs` (the logical subscriber,
 //! [`SubscriptionControl`]), `isolation.rs`
-//! ([`contexts_that_saw_foreign_pins`]), `redis.rs` ([`PrivateRedis`]), `wait.rs`
+//! ([`contexts_that_saw_foreign_pins`]), `redis.rs` ([`PrivateRedis`]), `dns.rs` ([`DnsServer`]), `wait.rs`
 //! ([`wait_until`]).
 #![forbid(unsafe_code)]
 
 pub mod ab;
 mod cluster;
+mod dns;
 mod failover;
 mod fixture;
 mod isolation;
@@ -48,6 +49,7 @@ pub use cluster::{
     connect, Cluster, LOGICAL_URL_VAR, PRIMARY_URL_VAR, REDIS_URL_VAR, REPLICA1_URL_VAR,
     REPLICA2_URL_VAR, REPLICATION_TIMEOUT, STRANGER_URL_VAR,
 };
+pub use dns::DnsServer;
 pub use failover::{FailoverCluster, FAILOVER_PORT_BASE_VAR};
 pub use fixture::{bench_set, bench_users, BenchSet, Fixture};
 pub use isolation::contexts_that_saw_foreign_pins;

@@ -302,8 +302,8 @@ impl Adapter for SeaOrm {
     }
 
     async fn port_of_sql_on(&self, alias: &str, sql: &str) -> Outcome {
-        let conn = self.0.connection(alias).map_err(sea_failure)?;
-        sea_port(conn, sql).await.map_err(sea_failure)
+        let conn = self.0.connection_now(alias).map_err(sea_failure)?;
+        sea_port(&conn, sql).await.map_err(sea_failure)
     }
 }
 

@@ -1,0 +1,370 @@
+#![allow(missing_docs, missing_debug_implementations, unreachable_pub)] // not a library: nothing here is public API
+//! Replicas that come and go while the service runs (`[masters.<set>.discovery]`): set from
+//! code with `Router::set_replicas` or found in DNS (a name server on loopback, real UDP),
+//! through every adapter, against the dev cluster's real standbys.
+
+use std::time::Duration;
+
+use pindb_core::{scope, Config, PinDbError, Router};
+use pindb_scenarios::{Adapter, DieselAsync, DieselSync, SeaOrm, World};
+use pindb_testkit::{wait_until, DnsServer};
+
+const WAIT: Duration = Duration::from_secs(20);
+
+/// The dev cluster's primary with no configured replica and two runtime slots; its
+/// connections (and the slots', which inherit) carry `app` as their `application_name`.
+fn config(w: &World, app: &str, discovery: &str) -> Config {
+    let url = w.schema.url(&w.cluster.primary_url);
+    Config::from_toml_str(&format!(
+        r#"
+        [masters.default]
+        url = "{url}"
+        options = {{ application_name = "{app}" }}
+        discovery = {{ {discovery} }}
+        [sets]
+        default = []
+        [monitor]
+        interval_ms = 50
+        successes_before_up = 1
+        "#
+    ))
+    .unwrap()
+}
+
+fn replica(w: &World, n: usize) -> String {
+    format!("127.0.0.1:{}", w.replicas[n - 1])
+}
+
+async fn wait_up(router: &Router, alias: &str) {
+    let topology = router.topology();
+    wait_until(&format!("{alias} is up"), WAIT, || {
+        topology.replica_status(alias).unwrap().unwrap().up
+    })
+    .await;
+}
+
+fn hosts(router: &Router) -> Vec<String> {
+    let now = router.topology().runtime_replicas("default").unwrap();
+    now.into_iter().map(|(_, host)| host).collect()
+}
+
+/// Backends on replica `n` opened by `app` (`active`: running a statement now).
+async fn backends(w: &World, n: usize, app: &str, active: bool) -> i64 {
+    let sql = "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1 \
+               AND (NOT $2 OR state = 'active')";
+    let client = w.cluster.replica(n).await;
+    client
+        .query_one(sql, &[&app, &active])
+        .await
+        .unwrap()
+        .get(0)
+}
+
+async fn wait_backends(w: &World, n: usize, app: &str, active: bool, want: i64) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let now = backends(w, n, app, active).await;
+        if now == want {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "replica {n} still has {now} backends of {app} (active only: {active}), not {want}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removed_host_serves_no_new_read_finishes_its_work_then_its_pool_closes() {
+    let w = World::new().await;
+    let app = format!("pindb-drain-{}", w.schema.name);
+    let db = DieselAsync::open(config(&w, &app, "max_replicas = 2")).await;
+    let router = db.router();
+    router.start_monitor().await.unwrap();
+    assert_eq!(
+        scope(db.read()).await,
+        Ok(w.master),
+        "no host yet: the master"
+    );
+
+    assert_eq!(
+        router.set_replicas("default", [replica(&w, 1)]).unwrap(),
+        ["default-1"]
+    );
+    wait_up(router, "default-1").await;
+    assert_eq!(scope(db.read()).await, Ok(w.replicas[0]));
+    assert_eq!(
+        backends(&w, 1, &app, false).await,
+        1,
+        "the pool keeps its connection"
+    );
+
+    // A read on replica 1 is under way when the host is replaced.
+    let long = "SELECT current_setting('port')::int AS port, pg_sleep(1.5)::text AS slept";
+    let (in_flight, after) = tokio::join!(scope(db.port_of_sql(long)), async {
+        wait_backends(&w, 1, &app, true, 1).await;
+        let changed = router.set_replicas("default", [replica(&w, 2)]).unwrap();
+        assert_eq!(changed, ["default-1", "default-2"]);
+        // At once: no new read goes to the removed host.
+        let at_once = scope(db.read()).await;
+        assert!(
+            at_once == Ok(w.master) || at_once == Ok(w.replicas[1]),
+            "{at_once:?}"
+        );
+        assert_eq!(
+            backends(&w, 1, &app, true).await,
+            1,
+            "the read under way was not cut"
+        );
+        at_once
+    });
+    assert!(after.is_ok());
+    assert_eq!(
+        in_flight,
+        Ok(w.replicas[0]),
+        "the read under way finished on its host"
+    );
+    // Its connection came back to a pool nobody holds any more: closed.
+    wait_backends(&w, 1, &app, false, 0).await;
+
+    wait_up(router, "default-2").await;
+    assert_eq!(scope(db.read()).await, Ok(w.replicas[1]));
+    assert_eq!(hosts(router), [replica(&w, 2)]);
+    router.stop_monitor();
+}
+
+async fn hosts_follow_set_replicas<A: Adapter>() {
+    let w = World::new().await;
+    let app = format!("pindb-rt-{}", w.schema.name);
+    let db = A::open(config(&w, &app, "max_replicas = 1")).await;
+    let router = db.router();
+    router.start_monitor().await.unwrap();
+    router.set_replicas("default", [replica(&w, 1)]).unwrap();
+    wait_up(router, "default-1").await;
+    assert_eq!(scope(db.read()).await, Ok(w.replicas[0]), "{}", A::NAME);
+    assert_eq!(
+        db.port_of_sql_on("default-1", "SELECT current_setting('port')::int AS port")
+            .await,
+        Ok(w.replicas[0]),
+        "{}: the alias names the host it has now",
+        A::NAME
+    );
+
+    router.set_replicas("default", [replica(&w, 2)]).unwrap();
+    let at_once = scope(db.read()).await;
+    assert_eq!(
+        at_once,
+        Ok(w.master),
+        "{}: the slot's new host is not read before its check",
+        A::NAME
+    );
+    wait_up(router, "default-1").await;
+    assert_eq!(scope(db.read()).await, Ok(w.replicas[1]), "{}", A::NAME);
+
+    router
+        .set_replicas("default", Vec::<String>::new())
+        .unwrap();
+    assert_eq!(scope(db.read()).await, Ok(w.master), "{}", A::NAME);
+    router.stop_monitor();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hosts_follow_set_replicas_diesel_sync() {
+    hosts_follow_set_replicas::<DieselSync>().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hosts_follow_set_replicas_seaorm() {
+    hosts_follow_set_replicas::<SeaOrm>().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hosts_follow_set_replicas_diesel_async() {
+    hosts_follow_set_replicas::<DieselAsync>().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn srv_records_bring_and_take_hosts_and_a_failing_name_server_keeps_them() {
+    let w = World::new().await;
+    let dns = DnsServer::start().await;
+    let name = "_postgresql._tcp.replicas.pindb.test";
+    dns.set_srv(name, &[("127.0.0.1", w.replicas[0] as u16)]);
+    let discovery = format!(
+        "srv = \"{name}\", nameserver = \"{}\", interval_ms = 100",
+        dns.address()
+    );
+    let db = DieselAsync::open(config(&w, "pindb-srv", &discovery)).await;
+    let router = db.router();
+    router.start_monitor().await.unwrap();
+    wait_until("the SRV record's host is a replica", WAIT, || {
+        hosts(router) == [replica(&w, 1)]
+    })
+    .await;
+    wait_up(router, "default-1").await;
+    assert_eq!(scope(db.read()).await, Ok(w.replicas[0]));
+
+    // Both standbys now.
+    dns.set_srv(
+        name,
+        &[
+            ("127.0.0.1", w.replicas[0] as u16),
+            ("127.0.0.1", w.replicas[1] as u16),
+        ],
+    );
+    wait_until("both standbys are replicas", WAIT, || {
+        hosts(router).len() == 2
+    })
+    .await;
+    assert_eq!(
+        router.topology().runtime_replicas("default").unwrap()[0].0,
+        "default-1",
+        "the host that stayed kept its slot"
+    );
+    wait_up(router, "default-2").await;
+
+    // The name server fails: the hosts stay.
+    dns.set_failing(true);
+    let asked = dns.queries();
+    wait_until("three failed refreshes", WAIT, || {
+        dns.queries() >= asked + 3
+    })
+    .await;
+    assert_eq!(hosts(router), [replica(&w, 1), replica(&w, 2)]);
+    let read = scope(db.read()).await.unwrap();
+    assert!(w.replicas.contains(&read), "{read}");
+
+    // It answers again, with no record: no runtime replica, reads on the master.
+    dns.set_failing(false);
+    dns.set_srv(name, &[]);
+    wait_until("no host left", WAIT, || hosts(router).is_empty()).await;
+    assert_eq!(scope(db.read()).await, Ok(w.master));
+    router.stop_monitor();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_records_give_hosts_at_the_configured_port() {
+    let w = World::new().await;
+    let dns = DnsServer::start().await;
+    let name = "replicas.pindb.test";
+    dns.set_a(name, &[std::net::Ipv4Addr::LOCALHOST]);
+    let discovery = format!(
+        "dns = \"{name}:{}\", nameserver = \"{}\", interval_ms = 100",
+        w.replicas[1],
+        dns.address()
+    );
+    let db = SeaOrm::open(config(&w, "pindb-a", &discovery)).await;
+    let router = db.router();
+    router.start_monitor().await.unwrap();
+    wait_until("the A record's host is a replica", WAIT, || {
+        hosts(router) == [replica(&w, 2)]
+    })
+    .await;
+    wait_up(router, "default-1").await;
+    assert_eq!(scope(db.read()).await, Ok(w.replicas[1]));
+    dns.set_a(name, &[]);
+    wait_until("no host left", WAIT, || hosts(router).is_empty()).await;
+    assert_eq!(scope(db.read()).await, Ok(w.master));
+    router.stop_monitor();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_that_is_not_a_standby_of_the_master_is_never_read() {
+    let w = World::new().await;
+    let db = DieselAsync::open(config(&w, "pindb-stranger", "max_replicas = 2")).await;
+    let router = db.router();
+    router.start_monitor().await.unwrap();
+    let primary = format!("127.0.0.1:{}", w.master);
+    let stranger = w.cluster.stranger_url.clone();
+    let stranger = url_host_port(&stranger);
+    router
+        .set_replicas("default", [primary, stranger.clone()])
+        .unwrap();
+    // Checks run every 50 ms; give them many rounds.
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    for alias in ["default-1", "default-2"] {
+        let status = router.topology().replica_status(alias).unwrap().unwrap();
+        assert!(!status.up, "{alias} ({stranger}) must not serve reads");
+    }
+    assert_eq!(scope(db.read()).await, Ok(w.master));
+    router.stop_monitor();
+}
+
+fn url_host_port(url: &str) -> String {
+    let rest = url.split_once('@').map_or(url, |(_, r)| r);
+    let rest = rest.strip_prefix("postgres://").unwrap_or(rest);
+    rest.split(['/', '?']).next().unwrap().to_owned()
+}
+
+#[test]
+fn bad_runtime_replica_settings_are_refused_with_the_fix() {
+    let refused = |toml: &str| {
+        Config::from_toml_str(toml)
+            .and_then(Router::new)
+            .unwrap_err()
+    };
+    let e = refused(
+        r#"
+        [masters.default]
+        url = "postgres://app@db0/app"
+        [sets]
+        default = [{ host = "db1", discovery = { max_replicas = 2 } }]
+        "#,
+    );
+    assert!(e.to_string().contains("[masters.<set>.discovery]"), "{e}");
+    let e = refused(
+        r#"
+        [masters.default]
+        url = "postgres://app@db0/app"
+        discovery = { dns = "a.test", srv = "_pg._tcp.a.test" }
+        [sets]
+        default = []
+        "#,
+    );
+    assert!(e.to_string().contains("keep one"), "{e}");
+    let e = refused(
+        r#"
+        [masters.default]
+        url = "postgres://app@db0/app"
+        discovery = { srv = "_pg._tcp.a.test", nameserver = "ns1.test" }
+        [sets]
+        default = []
+        "#,
+    );
+    assert!(e.to_string().contains("ip:port"), "{e}");
+
+    let router = Router::new(
+        Config::from_toml_str(
+            r#"
+            [masters.default]
+            url = "postgres://app@db0/app"
+            discovery = { max_replicas = 1 }
+            [masters.other]
+            url = "postgres://app@db9/app"
+            [sets]
+            default = [{ host = "db1" }]
+            other = []
+            "#,
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let e = router.set_replicas("other", ["db2"]).unwrap_err();
+    assert!(e.to_string().contains("[masters.other.discovery]"), "{e}");
+    let e = router.set_replicas("default-1", ["db2"]).unwrap_err();
+    assert!(e.to_string().contains("name the set"), "{e}");
+    let e = router.set_replicas("default", ["db2:x"]).unwrap_err();
+    assert!(e.to_string().contains("db2:x"), "{e}");
+    router.set_replicas("default", ["db2"]).unwrap();
+    let e = router.set_replicas("default", ["db3", "db4"]).unwrap_err();
+    assert!(
+        matches!(&e, PinDbError::Config { .. }) && e.to_string().contains("max_replicas"),
+        "{e}"
+    );
+    let now = router.topology().runtime_replicas("default").unwrap();
+    assert_eq!(
+        now,
+        [("default-2", "db2:5432".to_owned())],
+        "the slot follows the configured replica; nothing changed"
+    );
+}
