@@ -86,6 +86,9 @@ pub(crate) struct SetState {
     pub(crate) pin: Option<PinOrigin>,
     /// `(router id, replica index)` chosen for this set, kept for the rest of the context.
     pub(crate) replica: Option<(u64, usize)>,
+    /// The host generation of `replica` when it was chosen (a runtime replica's host can
+    /// change; what this context read came from the old one).
+    pub(crate) replica_generation: u64,
     /// The WAL position a replica must have replayed to serve this context (read-your-writes).
     pub(crate) required: Option<Lsn>,
     /// Reads of this set routed to `replica` so far.
@@ -112,6 +115,7 @@ impl State {
                     name: Arc::clone(set),
                     pin: None,
                     replica: None,
+                    replica_generation: 0,
                     required: None,
                     replica_reads: 0,
                     failed_over: false,

@@ -9,7 +9,6 @@
 //! host's slot is emptied at once for new reads, while the connections its pool lent out
 //! finish their work and close when they come back (the pool lives as long as they do).
 
-use std::borrow::Cow;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
 
@@ -44,16 +43,41 @@ impl Slot {
             .clone()
     }
 
+    /// Runs `record` if the slot still points at the host of `generation`, under the lock
+    /// that [`Slot::assign`] takes: what a check of a host learned is never recorded after
+    /// the slot moved to another.
+    pub(crate) fn if_current<R>(&self, generation: u64, record: impl FnOnce() -> R) -> Option<R> {
+        let now = self.now.read().unwrap_or_else(PoisonError::into_inner);
+        (now.0 == generation).then(record)
+    }
+
     /// `host:port` of the host now, if any.
     fn address(&self) -> Option<(String, u16)> {
         self.now().1.map(|db| (db.host.clone(), db.port))
     }
 
-    fn assign(&self, db: Option<Database>) {
+    /// Points the slot at `db`. Under the same lock, `forget` runs first (what was known of
+    /// the old host goes in one step with it, see [`Slot::if_current`]) and `changes` (the
+    /// topology's [`runtime_changes`](crate::adapter::Topology::runtime_changes)) moves last,
+    /// so that [`Slot::now_for`] sees the new host only with the new count.
+    fn assign(&self, db: Option<Database>, forget: impl FnOnce(), changes: &AtomicU64) {
         let mut now = self.now.write().unwrap_or_else(PoisonError::into_inner);
+        forget();
         let generation = now.0 + 1;
         *now = (generation, db.map(Arc::new));
         self.generation.store(generation, Ordering::Release);
+        changes.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// [`Slot::now`] for a route decided when `changes` was `epoch`: `None` if any runtime
+    /// host changed since (what the route was decided on may be of another host).
+    pub(crate) fn now_for(
+        &self,
+        changes: &AtomicU64,
+        epoch: u64,
+    ) -> Option<(u64, Option<Arc<Database>>)> {
+        let now = self.now.read().unwrap_or_else(PoisonError::into_inner);
+        (changes.load(Ordering::Acquire) == epoch).then(|| now.clone())
     }
 }
 
@@ -129,201 +153,68 @@ impl SetSlots<'_> {
         self.slots.iter().map(|s| s.address()).collect()
     }
 
-    /// Carries out `moves`; returns the slots that changed.
-    pub(crate) fn apply(&self, moves: &Moves) -> Vec<usize> {
+    /// Carries out `moves`, calling `forget(slot)` for each under its lock before its host
+    /// changes and counting each change in `changes`; returns the slots that changed.
+    pub(crate) fn apply(
+        &self,
+        moves: &Moves,
+        forget: impl Fn(usize),
+        changes: &AtomicU64,
+    ) -> Vec<usize> {
         for (s, address) in moves {
-            self.slots[*s].assign(address.as_ref().map(|(host, port)| {
+            let db = address.as_ref().map(|(host, port)| {
                 let mut db = self.templates[*s].clone();
                 db.host = host.clone();
                 db.port = *port;
                 db
-            }));
+            });
+            self.slots[*s].assign(db, || forget(*s), changes);
         }
         moves.iter().map(|(s, _)| *s).collect()
     }
 }
 
-/// The database behind a slot now: borrowed for a fixed database, the slot's host for a
-/// runtime one; [`PinDbError::NoHost`] for an empty slot.
-pub(crate) fn database_now<'a>(
-    template: &'a Database,
-    slot: Option<&Slot>,
-) -> Result<(u64, Cow<'a, Database>), PinDbError> {
-    let Some(slot) = slot else {
-        return Ok((0, Cow::Borrowed(template)));
-    };
-    match slot.now() {
-        (generation, Some(db)) => Ok((generation, Cow::Owned((*db).clone()))),
-        (_, None) => Err(PinDbError::NoHost {
-            alias: template.alias.clone(),
-        }),
+/// A database as it is now: a fixed one from the topology, or a runtime replica's current
+/// host (shared, not copied: adapters ask on every checkout).
+#[derive(Debug, Clone)]
+pub enum DatabaseRef<'a> {
+    /// A database whose host never changes.
+    Fixed(&'a Database),
+    /// A runtime replica, at its host now.
+    Runtime(Arc<Database>),
+}
+
+impl std::ops::Deref for DatabaseRef<'_> {
+    type Target = Database;
+
+    fn deref(&self) -> &Database {
+        match self {
+            DatabaseRef::Fixed(db) => db,
+            DatabaseRef::Runtime(db) => db,
+        }
     }
 }
 
-#[cfg(feature = "dns")]
-pub(crate) use dns::spawn_dns;
-
-#[cfg(feature = "dns")]
-mod dns {
-    //! The DNS refresh: one task per set with a `dns` or `srv` name.
-
-    use std::sync::Arc;
-    use std::time::Duration;
-
-    use hickory_resolver::config::{NameServerConfigGroup, ResolverConfig};
-    use hickory_resolver::name_server::TokioConnectionProvider;
-    use hickory_resolver::proto::op::ResponseCode;
-    use hickory_resolver::proto::ProtoErrorKind;
-    use hickory_resolver::{ResolveError, TokioResolver};
-
-    use crate::error::PinDbError;
-    use crate::populate::DiscoverySettings;
-    use crate::topology::Topology;
-
-    /// What to ask.
-    enum Query {
-        /// A/AAAA records, each host at `port`.
-        Ip { name: String, port: u16 },
-        /// SRV records: target and port each.
-        Srv(String),
-    }
-
-    /// Starts the refresh of `set`'s runtime replicas from its DNS name, if it has one:
-    /// resolved at once, then every `interval_ms`. A failed lookup (no answer, a refused
-    /// query) keeps the hosts the set has, logged; a name with no records empties the set;
-    /// past `max_replicas` hosts, the first ones by name are kept (logged).
-    pub(crate) fn spawn_dns(
-        topology: Arc<Topology>,
-        set: &str,
-        settings: &DiscoverySettings,
-        default_port: u16,
-    ) -> Result<Option<tokio::task::AbortHandle>, PinDbError> {
-        let query = match (&settings.dns, &settings.srv) {
-            (Some(name), _) => {
-                let (host, port) = crate::populate::host_port(set, name)?;
-                Query::Ip {
-                    name: host,
-                    port: port.unwrap_or(default_port),
-                }
-            }
-            (None, Some(name)) => Query::Srv(name.clone()),
-            (None, None) => return Ok(None),
-        };
-        let resolver = resolver(set, settings)?;
-        let every = Duration::from_millis(
-            settings
-                .interval_ms
-                .unwrap_or(DiscoverySettings::DEFAULT_INTERVAL_MS),
-        );
-        let (set, max) = (set.to_owned(), settings.max_replicas());
-        Ok(Some(
-            tokio::spawn(async move {
-                let mut logged = false;
-                loop {
-                    match lookup(&resolver, &query).await {
-                        Ok(mut hosts) => {
-                            logged = false;
-                            if hosts.len() > max {
-                                tracing::warn!(target: "pindb", %set, found = hosts.len(), max, "pindb discovery: more hosts than discovery.max_replicas; the first ones (by name) serve");
-                                hosts.truncate(max);
-                            }
-                            let names: Vec<String> = hosts
-                                .iter()
-                                .map(|(h, p)| format!("{h}:{p}"))
-                                .collect();
-                            if let Err(e) = topology.set_replicas(&set, &names, "dns") {
-                                tracing::warn!(target: "pindb", %set, error = %e, "pindb discovery: hosts left out");
-                            }
-                        }
-                        Err(e) => {
-                            metrics::counter!("pindb_discovery_failures_total", "set" => set.clone())
-                                .increment(1);
-                            if !logged {
-                                tracing::warn!(target: "pindb", %set, error = %e, "pindb discovery: lookup failed; keeping the replicas the set has");
-                                logged = true;
-                            }
-                        }
-                    }
-                    tokio::time::sleep(every).await;
-                }
-            })
-            .abort_handle(),
-        ))
-    }
-
-    fn resolver(set: &str, settings: &DiscoverySettings) -> Result<TokioResolver, PinDbError> {
-        let provider = TokioConnectionProvider::default();
-        match &settings.nameserver {
-            None => TokioResolver::builder(provider)
-                .map(|b| b.build())
-                .map_err(|e| {
-                    PinDbError::config(
-                        set,
-                        format!("the system's DNS configuration cannot be read ({e}); give discovery.nameserver = \"ip:port\""),
-                    )
-                }),
-            Some(text) => {
-                let address: std::net::SocketAddr = text.parse().map_err(|_| {
-                    PinDbError::config(
-                        set,
-                        format!("discovery.nameserver `{text}` is not `ip:port`; write e.g. \"10.0.0.2:53\""),
-                    )
-                })?;
-                let servers =
-                    NameServerConfigGroup::from_ips_clear(&[address.ip()], address.port(), true);
-                let config = ResolverConfig::from_parts(None, Vec::new(), servers);
-                let mut builder = TokioResolver::builder_with_config(config, provider);
-                // Every refresh asks again: the records' TTL is the server's business.
-                builder.options_mut().cache_size = 0;
-                Ok(builder.build())
-            }
-        }
-    }
-
-    /// The name exists with no such records, or does not exist: no hosts. Not a failing
-    /// server (SERVFAIL, REFUSED), which hickory reports the same way with another code.
-    fn no_records(e: &ResolveError) -> bool {
-        matches!(
-            e.proto().map(|p| p.kind()),
-            Some(ProtoErrorKind::NoRecordsFound {
-                response_code: ResponseCode::NoError | ResponseCode::NXDomain,
-                ..
-            })
-        )
-    }
-
-    /// The hosts a name gives now, in a stable order; empty when it has no records.
-    async fn lookup(
-        resolver: &TokioResolver,
-        query: &Query,
-    ) -> Result<Vec<(String, u16)>, ResolveError> {
-        let mut hosts: Vec<(String, u16)> = match query {
-            Query::Ip { name, port } => match resolver.lookup_ip(name.as_str()).await {
-                Ok(ips) => ips
-                    .iter()
-                    .map(|ip| match ip {
-                        std::net::IpAddr::V4(v4) => (v4.to_string(), *port),
-                        std::net::IpAddr::V6(v6) => (format!("[{v6}]"), *port),
-                    })
-                    .collect(),
-                Err(e) if no_records(&e) => Vec::new(),
-                Err(e) => return Err(e),
-            },
-            Query::Srv(name) => match resolver.srv_lookup(name.as_str()).await {
-                Ok(records) => records
-                    .iter()
-                    .map(|srv| {
-                        let target = srv.target().to_utf8();
-                        (target.trim_end_matches('.').to_owned(), srv.port())
-                    })
-                    .collect(),
-                Err(e) if no_records(&e) => Vec::new(),
-                Err(e) => return Err(e),
-            },
-        };
-        hosts.sort();
-        hosts.dedup();
-        Ok(hosts)
+/// The database behind a slot now: borrowed for a fixed database, the slot's host for a
+/// runtime one; [`PinDbError::NoHost`] for an empty slot, or (with `epoch`) when a runtime
+/// host changed since the route was decided.
+pub(crate) fn database_now<'a>(
+    template: &'a Database,
+    slot: Option<&Slot>,
+    epoch: Option<(&AtomicU64, u64)>,
+) -> Result<(u64, DatabaseRef<'a>), PinDbError> {
+    let Some(slot) = slot else {
+        return Ok((0, DatabaseRef::Fixed(template)));
+    };
+    let now = match epoch {
+        None => Some(slot.now()),
+        Some((changes, epoch)) => slot.now_for(changes, epoch),
+    };
+    match now {
+        Some((generation, Some(db))) => Ok((generation, DatabaseRef::Runtime(db))),
+        _ => Err(PinDbError::NoHost {
+            alias: template.alias.clone(),
+        }),
     }
 }
 

@@ -123,12 +123,11 @@ pub enum PinDbError {
         hosts: String,
     },
 
-    /// A runtime replica slot with no host now: its host was removed (by
-    /// `Router::set_replicas` or DNS) after the read was routed there. Retry: the next route
-    /// skips it.
+    /// A runtime replica whose host was removed or replaced (by `Router::set_replicas` or
+    /// DNS) after the read was routed there. Retry: the next route sees the change.
     #[error(
-        "`{alias}` is a runtime replica slot with no host now (removed by set_replicas or DNS \
-         after the read was routed to it); retry"
+        "`{alias}` is a runtime replica whose host was removed or replaced (by set_replicas or \
+         DNS) after the read was routed to it; retry"
     )]
     NoHost {
         /// The slot's alias.

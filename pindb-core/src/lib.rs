@@ -37,7 +37,9 @@
 //! alias map), `topology` (aliases, sets, health cells), `context` (the pinning context and
 //! its propagation), `guard` (`master` / `unpinned_replica`), `router` (decisions, the
 //! builder, the global router), `replica` (replica choice and health), `probe` and `monitor`
-//! (pindb's own connections, replica polling, the topology check), `consistency`
+//! (pindb's own connections, replica polling, the topology check), `roles` (who is the
+//! primary of a set given as hosts), `discovery` (runtime replicas: slots, `set_replicas`),
+//! `dns` (their DNS refresh), `pool_table` (adapters' pools that follow them), `consistency`
 //! (read-your-writes across contexts, tokens), `store` (where positions are kept), `lsn`,
 //! `classify` (read or write), `jobs`, `web` (the tower layer), `error`.
 #![forbid(unsafe_code)]
@@ -49,6 +51,8 @@ mod consistency;
 mod context;
 mod coverage;
 mod discovery;
+#[cfg(feature = "dns")]
+mod dns;
 mod error;
 mod guard;
 mod jobs;
@@ -105,6 +109,7 @@ pub mod adapter {
     //! [`Router::route_sql`](crate::Router::route_sql) (or
     //! [`Router::route_shape`](crate::Router::route_shape) for a cached [`Shape`]) returns.
     pub use crate::classify::{classify, main_table, Footprint, StatementKind};
+    pub use crate::discovery::DatabaseRef;
     pub use crate::pool_table::PoolTable;
     pub use crate::populate::{
         populate_replicas, Database, Membership, PoolSettings, DEFAULT_PORT,

@@ -257,6 +257,18 @@ struct Observed {
 }
 
 impl Source {
+    /// A runtime replica's slot and the generation of the host its last check asked.
+    fn checked_slot(&self) -> Option<(&Slot, u64)> {
+        match self {
+            Source::Runtime {
+                slot,
+                current: Some((generation, _)),
+                ..
+            } => Some((slot, *generation)),
+            _ => None,
+        }
+    }
+
     fn alias(&self) -> &str {
         match self {
             Source::Standby(p) | Source::Emulated(p) | Source::Host { probe: p, .. } => &p.alias,
@@ -315,6 +327,8 @@ impl Source {
                 if master_id.is_none() {
                     let row = master.row(SYSTEM_SQL).await?;
                     *master_id = Some(row.try_get(1).map_err(|e| e.to_string())?);
+                    // Asked once: no idle connection to the master per slot.
+                    master.disconnect();
                 }
                 let row = probe
                     .row(
@@ -542,14 +556,26 @@ async fn watch_replica(
                 // A subscription that is not applying is frozen: no read, whatever its lag.
                 let over = over || !applying;
                 let was_over = health[r].status().over_lag;
-                health[r].set_position(
-                    replay.unwrap_or_default(),
-                    lag_bytes,
-                    lag_ms,
-                    over,
-                    up,
-                    seen,
-                );
+                let record = || {
+                    health[r].set_position(
+                        replay.unwrap_or_default(),
+                        lag_bytes,
+                        lag_ms,
+                        over,
+                        up,
+                        seen,
+                    )
+                };
+                let recorded = match source.checked_slot() {
+                    // Recorded only if the slot still has the host that was checked.
+                    Some((slot, generation)) => slot.if_current(generation, record),
+                    None => Some(record()),
+                };
+                if recorded != Some(true) {
+                    // A check of a host the slot left, or overtaken by a suspicion: it does
+                    // not count towards `successes_before_up`.
+                    successes = 0;
+                }
                 if over != was_over {
                     tracing::info!(target: "pindb", %alias, lag_bytes, lag_ms, over_lag = over, "pindb monitor: replica lag state changed");
                 }

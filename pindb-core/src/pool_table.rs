@@ -13,6 +13,7 @@ use std::borrow::Cow;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, PoisonError};
 
+use crate::discovery::DatabaseRef;
 use crate::error::PinDbError;
 use crate::populate::Database;
 use crate::topology::Topology;
@@ -43,11 +44,15 @@ enum Cell<P> {
 /// // The adapter builds the fixed pools itself (here a pool is just its host).
 /// let table = PoolTable::new(topology, |db| (!db.runtime).then(|| db.host.clone()));
 /// let build = |db: &pindb_core::adapter::Database| Ok::<_, pindb_core::PinDbError>(db.host.clone());
-/// assert!(table.get(topology, 1, build).is_err(), "no host yet");
+/// let epoch = topology.runtime_changes();
+/// assert!(table.get(topology, 1, epoch, build).is_err(), "no host yet");
 /// router.set_replicas("default", ["db1"])?;
-/// assert_eq!(table.get(topology, 1, build)?.0.as_str(), "db1");
+/// assert!(table.get(topology, 1, epoch, build).is_err(), "decided before the change");
+/// let epoch = topology.runtime_changes();
+/// assert_eq!(table.get(topology, 1, epoch, build)?.0.as_str(), "db1");
 /// router.set_replicas("default", ["db2"])?;
-/// assert_eq!(table.get(topology, 1, build)?.0.as_str(), "db2");
+/// let epoch = topology.runtime_changes();
+/// assert_eq!(table.get(topology, 1, epoch, build)?.0.as_str(), "db2");
 /// # Ok::<(), pindb_core::PinDbError>(())
 /// ```
 #[derive(Debug)]
@@ -81,14 +86,18 @@ impl<P: Clone> PoolTable<P> {
     }
 
     /// The pool of the database at `index` now, and the database it connects to: for a
-    /// runtime replica, of its current host (`build` makes it when the host changed);
-    /// [`PinDbError::NoHost`] while the slot has none.
+    /// runtime replica, of its current host (`build` makes it when the host changed).
+    /// `epoch`: the route's [`Route::epoch`](crate::Route::epoch) (or
+    /// [`Topology::runtime_changes`] now, for a pool asked for by name). For a runtime
+    /// replica, [`PinDbError::NoHost`] while it has no host or when any runtime host changed
+    /// since `epoch`: the route may have been chosen for what was known of another host.
     pub fn get<'a, E: From<PinDbError>>(
         &'a self,
         topology: &'a Topology,
         index: usize,
+        epoch: u64,
         build: impl FnOnce(&Database) -> Result<P, E>,
-    ) -> Result<(Cow<'a, P>, Cow<'a, Database>), E> {
+    ) -> Result<(Cow<'a, P>, DatabaseRef<'a>), E> {
         self.sweep(topology);
         let Some(cell) = self.cells.get(index) else {
             return Err(PinDbError::UnknownAlias {
@@ -100,12 +109,12 @@ impl<P: Clone> PoolTable<P> {
         match cell {
             Cell::Fixed(pool) => Ok((
                 Cow::Borrowed(pool),
-                Cow::Borrowed(&topology.databases()[index]),
+                DatabaseRef::Fixed(&topology.databases()[index]),
             )),
             Cell::Runtime(cell) => {
                 // Read under the lock, so a pool is never replaced by one for an older host.
                 let mut cell = cell.lock().unwrap_or_else(PoisonError::into_inner);
-                let (generation, db) = topology.database_now(index)?;
+                let (generation, db) = topology.database_for(index, epoch)?;
                 let pool = match &*cell {
                     Some((built, pool)) if *built == generation => pool.clone(),
                     _ => {

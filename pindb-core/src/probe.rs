@@ -35,6 +35,11 @@ impl Probe {
         }
     }
 
+    /// Closes its connection (the next call opens another).
+    pub(crate) fn disconnect(&mut self) {
+        self.client = None;
+    }
+
     /// Runs `sql` (no parameters) and returns its single row. Any failure, including a
     /// timeout, drops the connection so the next call reconnects.
     pub(crate) async fn row(&mut self, sql: &str) -> Result<Row, String> {

@@ -97,6 +97,7 @@ impl Health {
     /// A good check: the position and lag it saw, and whether the replica may be read from
     /// (the monitor keeps one that was down out until enough checks in a row were good).
     /// `seen`: [`Health::suspicions`] when the check began; a suspicion raised since wins.
+    /// Whether it was recorded (not, when a suspicion or a new host came since).
     pub(crate) fn set_position(
         &self,
         replay: Lsn,
@@ -105,11 +106,11 @@ impl Health {
         over_lag: bool,
         up: bool,
         seen: u64,
-    ) {
+    ) -> bool {
         if self.suspicions() != seen {
             // What it saw may be of a host this slot no longer points at: keep nothing.
             self.up.store(false, Ordering::Release);
-            return;
+            return false;
         }
         self.replay_lsn.store(replay.0, Ordering::Relaxed);
         self.lag_bytes.store(lag_bytes, Ordering::Relaxed);
@@ -122,6 +123,7 @@ impl Health {
         if up && self.suspicions() != seen {
             self.up.store(false, Ordering::Release);
         }
+        true
     }
 
     /// A read failed on this replica (no connection, no answer): down now, back after the
@@ -151,6 +153,8 @@ impl Health {
         self.lag_bytes.store(0, Ordering::Relaxed);
         self.lag_ms.store(0, Ordering::Relaxed);
         self.over_lag.store(false, Ordering::Relaxed);
+        // A drain named the host that left.
+        self.drained.store(false, Ordering::Relaxed);
         self.up.store(up, Ordering::Release);
     }
 

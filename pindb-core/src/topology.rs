@@ -3,7 +3,6 @@
 //!
 //! Built once from the [`Config`]; it does no I/O and makes no decision.
 
-use std::borrow::Cow;
 use std::collections::HashMap;
 use std::ops::Range;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -12,7 +11,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use crate::classify::Footprint;
 use crate::config::Config;
 use crate::coverage::Coverage;
-use crate::discovery::{self, SetSlots, Slot};
+use crate::discovery::{self, DatabaseRef, SetSlots, Slot};
 use crate::error::PinDbError;
 use crate::lsn::Lsn;
 use crate::populate::{Database, Membership};
@@ -119,6 +118,8 @@ pub struct Topology {
     monitored: AtomicBool,
     /// Bumped whenever a runtime replica's host changes (see [`Topology::runtime_changes`]).
     runtime_changes: AtomicU64,
+    /// `emulate_replicas`: runtime replicas are off.
+    emulated: bool,
 }
 
 impl std::fmt::Debug for Topology {
@@ -236,6 +237,7 @@ impl Topology {
                 .collect(),
             monitored: AtomicBool::new(false),
             runtime_changes: AtomicU64::new(0),
+            emulated: config.emulate_replicas > 0,
             databases,
             by_alias,
             sets,
@@ -274,11 +276,35 @@ impl Topology {
     /// assert_eq!((generation, db.host.as_str(), db.port), (1, "db7", 5432));
     /// # Ok::<(), pindb_core::PinDbError>(())
     /// ```
-    pub fn database_now(&self, index: usize) -> Result<(u64, Cow<'_, Database>), PinDbError> {
+    pub fn database_now(&self, index: usize) -> Result<(u64, DatabaseRef<'_>), PinDbError> {
         discovery::database_now(
-            &self.databases[index],
+            self.database_at(index)?,
             self.slots.get(index).and_then(Option::as_deref),
+            None,
         )
+    }
+
+    /// [`Topology::database_now`] for a route decided at `epoch` ([`Route::epoch`](crate::Route::epoch)):
+    /// [`PinDbError::NoHost`] for a runtime replica if any runtime host changed since.
+    pub(crate) fn database_for(
+        &self,
+        index: usize,
+        epoch: u64,
+    ) -> Result<(u64, DatabaseRef<'_>), PinDbError> {
+        discovery::database_now(
+            self.database_at(index)?,
+            self.slots.get(index).and_then(Option::as_deref),
+            Some((&self.runtime_changes, epoch)),
+        )
+    }
+
+    fn database_at(&self, index: usize) -> Result<&Database, PinDbError> {
+        self.databases
+            .get(index)
+            .ok_or_else(|| PinDbError::UnknownAlias {
+                alias: format!("#{index}"),
+                known: format!("indexes 0..{}", self.databases.len()),
+            })
     }
 
     /// How many times any runtime replica's host changed: an adapter that sees it move drops
@@ -315,6 +341,13 @@ impl Topology {
             });
         };
         let entry = &self.sets[s];
+        if entry.runtime.is_empty() && self.emulated {
+            return Err(PinDbError::config(
+                set,
+                "runtime replicas are off under emulate_replicas: the emulated replica stands \
+                 for every replica of the set",
+            ));
+        }
         if entry.runtime.is_empty() {
             return Err(PinDbError::config(
                 set,
@@ -349,13 +382,14 @@ impl Topology {
         })?;
         let monitored = self.monitored.load(Ordering::Relaxed);
         let mut changed = Vec::new();
-        let applied = slots.apply(&moves);
-        if !applied.is_empty() {
-            self.runtime_changes.fetch_add(1, Ordering::AcqRel);
-        }
-        for slot in applied {
+        // Out of rotation with everything known of its old host, in the same step as the
+        // host changes; without a monitor to check it, a new host serves at once.
+        let forget = |slot| {
+            let has_host = moves.iter().any(|(m, a)| *m == slot && a.is_some());
+            entry.health[entry.runtime.start + slot].reset(!monitored && has_host);
+        };
+        for slot in slots.apply(&moves, forget, &self.runtime_changes) {
             let r = entry.runtime.start + slot;
-            entry.health[r].reset(!monitored && slots.slots[slot].now().1.is_some());
             // The monitor checks it now rather than at its next interval.
             entry.written[r].notify_one();
             let alias = &self.databases[indexes[slot]].alias;

@@ -143,6 +143,12 @@ fn other_database(router: &Router, own: usize, table: &str, home: usize) -> dies
 pub(crate) struct Checkouts<C: Held> {
     /// `(database index, connection)`: the one checkout this routed connection holds.
     held: Option<(usize, C)>,
+    /// The [`Route::epoch`](pindb_core::Route::epoch) of the last decision: what the next
+    /// checkout is made for.
+    epoch: u64,
+    /// The epoch `held` was checked out for. A route decided at another one does not run on
+    /// it: a runtime replica's host may have changed in between.
+    held_epoch: u64,
     /// The database index of the open transaction; `held` is its connection.
     tx: Option<usize>,
     scopes: Option<Arc<Scopes>>,
@@ -175,6 +181,8 @@ impl<C: Held> Checkouts<C> {
     pub(crate) fn new() -> Self {
         Checkouts {
             held: None,
+            epoch: 0,
+            held_epoch: 0,
             tx: None,
             scopes: None,
             manual: false,
@@ -316,14 +324,25 @@ impl<C: Held> Checkouts<C> {
             Operation::Write => router.db_for_write(&hint),
         }
         .map_err(Error::from)?;
+        self.epoch = route.epoch;
         Ok(self.slot_for(route.index))
     }
 
     fn slot_for(&self, index: usize) -> Slot {
-        match &self.held {
-            Some((i, _)) if *i == index => Slot::Held,
-            _ => Slot::Checkout(index),
+        match self.holds(index) {
+            true => Slot::Held,
+            false => Slot::Checkout(index),
         }
+    }
+
+    /// The epoch the next checkout is made for.
+    pub(crate) fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
+    /// A read moves to another database on pindb-core's route, decided at `epoch`.
+    pub(crate) fn set_epoch(&mut self, epoch: u64) {
+        self.epoch = epoch;
     }
 
     /// Where a transaction that begins now runs: the open transaction's connection (a
@@ -345,6 +364,7 @@ impl<C: Held> Checkouts<C> {
             return Ok(Slot::Held);
         }
         let route = router.db_for_write(&hint).map_err(Error::from)?;
+        self.epoch = route.epoch;
         Ok(self.slot_for(route.index))
     }
 
@@ -366,9 +386,10 @@ impl<C: Held> Checkouts<C> {
         router.topology().is_replica_now(index).then_some(index)
     }
 
-    /// Whether the connection of the database at `index` is held.
+    /// Whether the connection of the database at `index` is held, for the last decision's
+    /// epoch.
     pub(crate) fn holds(&self, index: usize) -> bool {
-        self.held.as_ref().is_some_and(|(i, _)| *i == index)
+        self.held.as_ref().is_some_and(|(i, _)| *i == index) && self.held_epoch == self.epoch
     }
 
     /// Drops the held connection without giving it back for reuse: it failed or hung
@@ -405,6 +426,7 @@ impl<C: Held> Checkouts<C> {
         if let Some(events) = &self.events {
             conn.set_events(Some(events.with_alias(alias)));
         }
+        self.held_epoch = self.epoch;
         &mut self.held.insert((index, conn)).1
     }
 

@@ -24,7 +24,12 @@ pub(crate) enum Next<T> {
     Return(QueryResult<T>),
     /// Run the statement again on the database at `index` (the failed connection, if it
     /// failed or hung, must be discarded first: `discard`).
-    Retry { index: usize, discard: bool },
+    Retry {
+        index: usize,
+        /// The new route's [`Route::epoch`](pindb_core::Route::epoch).
+        epoch: u64,
+        discard: bool,
+    },
     /// The checkout failed and nowhere else can serve: ask pindb-core what really happened.
     Diagnose(Error),
 }
@@ -60,7 +65,7 @@ pub(crate) fn after_attempt<T>(
             };
             router
                 .reroute(index, failure, tries, &sql)
-                .map(|route| route.map(|r| r.index))
+                .map(|route| route.map(|r| (r.index, r.epoch)))
         }
         None => Ok(None),
     };
@@ -71,8 +76,9 @@ pub(crate) fn after_attempt<T>(
     );
     match (rerouted, attempted) {
         (Err(refused), _) => Next::Return(Err(Error::Routing(refused).into())),
-        (Ok(Some(next)), _) => Next::Retry {
+        (Ok(Some((next, epoch))), _) => Next::Retry {
             index: next,
+            epoch,
             discard,
         },
         (Ok(None), Attempted::Done(result)) => Next::Return(result),

@@ -5,7 +5,7 @@
 use std::borrow::Cow;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use pindb_core::adapter::{Database, PoolTable};
+use pindb_core::adapter::{Database, DatabaseRef, PoolTable};
 use pindb_core::{PinDbError, Router};
 
 use crate::error::Error;
@@ -40,14 +40,15 @@ impl<P: Clone> Pools<P> {
 
     /// The pool of the database at `index` (for a runtime replica, of its host now), counting
     /// the checkout about to be made. [`PinDbError::NoHost`] for a runtime replica whose host
-    /// was removed since the route was chosen.
+    /// was removed or replaced since the route was decided (at `epoch`).
     pub(crate) fn pool_for_checkout(
         &self,
         index: usize,
-    ) -> Result<(Cow<'_, P>, Cow<'_, Database>), Error> {
+        epoch: u64,
+    ) -> Result<(Cow<'_, P>, DatabaseRef<'_>), Error> {
         self.checkouts[index].fetch_add(1, Ordering::Relaxed);
         let build = |db: &Database| Ok::<_, Error>((self.build)(db));
-        self.pools.get(self.router.topology(), index, build)
+        self.pools.get(self.router.topology(), index, epoch, build)
     }
 
     pub(crate) fn checkouts(&self, alias: &str) -> Result<u64, PinDbError> {

@@ -44,12 +44,15 @@ impl From<pindb_core::PinDbError> for Routed {
 /// A runtime replica's pool, built without waiting (no connection until first use).
 fn runtime_pool(db: &Database) -> Result<DatabaseConnection, DbErr> {
     use sea_orm::sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+    use sea_orm::sqlx::ConnectOptions as _;
     let options: PgConnectOptions = db
         .url()
         .parse()
         .map_err(|e| DbErr::Custom(format!("`{}`: {e}", db.alias)))?;
     // Safety net, as for every replica: a write that reaches it fails with SQLSTATE 25006.
-    let options = options.options([("default_transaction_read_only", "on")]);
+    let options = options
+        .options([("default_transaction_read_only", "on")])
+        .disable_statement_logging();
     let mut pool = PgPoolOptions::new()
         .max_connections(db.pool.max_size)
         .acquire_timeout(db.pool.connect_timeout);
@@ -142,7 +145,7 @@ impl PinDb {
             .topology()
             .index_of("default")
             .unwrap_or(0);
-        match self.conn(index) {
+        match self.conn_now(index) {
             Ok(Cow::Borrowed(conn)) => conn,
             // A master is never a runtime replica.
             _ => &self.inner.disconnected,
@@ -158,7 +161,7 @@ impl PinDb {
             .topology()
             .index_of(alias)
             .map_err(to_db_err)?;
-        match self.conn(index)? {
+        match self.conn_now(index)? {
             Cow::Borrowed(conn) => Ok(conn),
             Cow::Owned(_) => Err(DbErr::Custom(format!(
                 "`{alias}` is a runtime replica whose host changes; use connection_now(\"{alias}\")"
@@ -175,17 +178,21 @@ impl PinDb {
             .topology()
             .index_of(alias)
             .map_err(to_db_err)?;
-        Ok(self.conn(index)?.into_owned())
+        Ok(self.conn_now(index)?.into_owned())
     }
 
-    /// The pool of the database at `index`: for a runtime replica, of its host now (built
-    /// at the first use after the host changed).
-    fn conn(&self, index: usize) -> Result<Cow<'_, DatabaseConnection>, DbErr> {
+    /// The pool of the database at `index` asked for by name, not by a route.
+    fn conn_now(&self, index: usize) -> Result<Cow<'_, DatabaseConnection>, DbErr> {
+        self.conn(index, self.inner.router.topology().runtime_changes())
+    }
+
+    /// The pool of the database at `index` for a route decided at `epoch`: for a runtime
+    /// replica, of its host now (built at the first use after the host changed), refused if
+    /// a runtime host changed since the route was decided.
+    fn conn(&self, index: usize, epoch: u64) -> Result<Cow<'_, DatabaseConnection>, DbErr> {
         let topology = self.inner.router.topology();
-        let built = self
-            .inner
-            .conns
-            .get(topology, index, |db| runtime_pool(db).map_err(Routed::Db));
+        let build = |db: &Database| runtime_pool(db).map_err(Routed::Db);
+        let built = self.inner.conns.get(topology, index, epoch, build);
         match built {
             Ok((conn, _)) => Ok(conn),
             Err(Routed::Db(e)) => Err(e),
@@ -196,7 +203,7 @@ impl PinDb {
     /// The pool a statement with this text goes to, under the router's rules.
     fn route_sql(&self, sql: &str) -> Result<Cow<'_, DatabaseConnection>, DbErr> {
         let route = self.inner.router.route_sql(sql).map_err(to_db_err)?;
-        self.conn(route.index)
+        self.conn(route.index, route.epoch)
     }
 
     /// Runs `stmt` where the router sends it. A read on a replica that the replica refuses,
@@ -210,11 +217,11 @@ impl PinDb {
     {
         let router = &self.inner.router;
         let route = router.route_sql(&stmt.sql).map_err(to_db_err)?;
-        let (mut index, mut role) = (route.index, route.role);
+        let (mut index, mut role, mut epoch) = (route.index, route.role, route.epoch);
         let timeout = router.config().reads.timeout();
         let mut tries = 0u32;
         loop {
-            let conn = match self.conn(index) {
+            let conn = match self.conn(index, epoch) {
                 Ok(conn) => conn.into_owned(),
                 // A runtime replica removed after the route was chosen: elsewhere.
                 Err(e) if role == Role::Replica => {
@@ -223,7 +230,7 @@ impl PinDb {
                         .map_err(to_db_err)?;
                     match next {
                         Some(next) => {
-                            (index, role) = (next.index, next.role);
+                            (index, role, epoch) = (next.index, next.role, next.epoch);
                             tries += 1;
                             continue;
                         }
@@ -258,7 +265,7 @@ impl PinDb {
             };
             match (next, result) {
                 (Some(next), _) => {
-                    (index, role) = (next.index, next.role);
+                    (index, role, epoch) = (next.index, next.role, next.epoch);
                     tries += 1;
                 }
                 (None, Ok(result)) => return result,
@@ -281,7 +288,7 @@ impl PinDb {
             ..router.shape_of(sql)
         };
         let route = router.route_shape(&shape).map_err(to_db_err)?;
-        self.conn(route.index)
+        self.conn(route.index, route.epoch)
     }
 
     /// Read-only transactions may run on a replica; every other one runs on the master.
@@ -302,7 +309,7 @@ impl PinDb {
             .router
             .db_for_write(&Hint::alias(set))
             .map_err(to_db_err)?;
-        self.conn(route.index)
+        self.conn(route.index, route.epoch)
     }
 
     /// Begins a transaction on the master of `set` instead of the `default` set's: what a

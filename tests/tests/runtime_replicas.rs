@@ -3,7 +3,7 @@
 //! code with `Router::set_replicas` or found in DNS (a name server on loopback, real UDP),
 //! through every adapter, against the dev cluster's real standbys.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use pindb_core::{scope, Config, PinDbError, Router};
 use pindb_scenarios::{Adapter, DieselAsync, DieselSync, SeaOrm, World};
@@ -104,21 +104,21 @@ async fn a_removed_host_serves_no_new_read_finishes_its_work_then_its_pool_close
     let long = "SELECT current_setting('port')::int AS port, pg_sleep(1.5)::text AS slept";
     let (in_flight, after) = tokio::join!(scope(db.port_of_sql(long)), async {
         wait_backends(&w, 1, &app, true, 1).await;
+        let changed_at = Instant::now();
         let changed = router.set_replicas("default", [replica(&w, 2)]).unwrap();
         assert_eq!(changed, ["default-1", "default-2"]);
-        // At once: no new read goes to the removed host.
+        // At once: no new read goes to the removed host, nor to the new one before the
+        // monitor has checked it.
         let at_once = scope(db.read()).await;
-        assert!(
-            at_once == Ok(w.master) || at_once == Ok(w.replicas[1]),
-            "{at_once:?}"
-        );
+        assert_eq!(at_once, Ok(w.master));
         assert_eq!(
             backends(&w, 1, &app, true).await,
             1,
             "the read under way was not cut"
         );
-        at_once
+        (at_once, changed_at)
     });
+    let (after, changed_at) = after;
     assert!(after.is_ok());
     assert_eq!(
         in_flight,
@@ -130,7 +130,57 @@ async fn a_removed_host_serves_no_new_read_finishes_its_work_then_its_pool_close
 
     wait_up(router, "default-2").await;
     assert_eq!(scope(db.read()).await, Ok(w.replicas[1]));
+    eprintln!(
+        "measured: the new host served reads {} ms after set_replicas (monitor.interval_ms = 50)",
+        changed_at.elapsed().as_millis()
+    );
     assert_eq!(hosts(router), [replica(&w, 2)]);
+    router.stop_monitor();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_host_change_neither_a_held_connection_nor_a_context_reads_the_old_host() {
+    use diesel_async::RunQueryDsl;
+    #[derive(diesel::QueryableByName)]
+    struct Port {
+        #[diesel(sql_type = diesel::sql_types::Integer)]
+        port: i32,
+    }
+    async fn port(conn: &mut pindb_diesel::bb8::PinDbConnection) -> i32 {
+        let sql = "SELECT current_setting('port')::int AS port";
+        let row: Port = diesel::sql_query(sql).get_result(conn).await.unwrap();
+        row.port
+    }
+    let w = World::new().await;
+    let db = pindb_diesel::bb8::PinDb::new(config(&w, "pindb-held", "max_replicas = 1")).unwrap();
+    let router = db.router();
+    router.start_monitor().await.unwrap();
+    router.set_replicas("default", [replica(&w, 1)]).unwrap();
+    wait_up(router, "default-1").await;
+
+    // A routed connection keeps replica 1's connection between two requests.
+    let mut conn = db.get();
+    assert_eq!(scope(port(&mut conn)).await, w.replicas[0]);
+    router.set_replicas("default", [replica(&w, 2)]).unwrap();
+    wait_up(router, "default-1").await;
+    assert_eq!(
+        scope(port(&mut conn)).await,
+        w.replicas[1],
+        "the alias now names replica 2: not the connection held for replica 1"
+    );
+
+    // Within one context: it read from replica 2, the slot moves back to replica 1, which
+    // could be behind what it read: the master (monotonic reads).
+    scope(async {
+        let mut conn = db.get();
+        assert_eq!(port(&mut conn).await, w.replicas[1]);
+        router.set_replicas("default", [replica(&w, 1)]).unwrap();
+        wait_up(router, "default-1").await;
+        assert_eq!(port(&mut conn).await, w.master, "monotonic reads");
+        assert_eq!(port(&mut db.get()).await, w.master, "the whole context");
+    })
+    .await;
+    assert_eq!(scope(port(&mut db.get())).await, w.replicas[0]);
     router.stop_monitor();
 }
 
@@ -205,6 +255,7 @@ async fn srv_records_bring_and_take_hosts_and_a_failing_name_server_keeps_them()
     assert_eq!(scope(db.read()).await, Ok(w.replicas[0]));
 
     // Both standbys now.
+    let published = Instant::now();
     dns.set_srv(
         name,
         &[
@@ -222,6 +273,10 @@ async fn srv_records_bring_and_take_hosts_and_a_failing_name_server_keeps_them()
         "the host that stayed kept its slot"
     );
     wait_up(router, "default-2").await;
+    eprintln!(
+        "measured: a host published in DNS served reads {} ms later (discovery.interval_ms = 100)",
+        published.elapsed().as_millis()
+    );
 
     // The name server fails: the hosts stay.
     dns.set_failing(true);
@@ -271,22 +326,28 @@ async fn a_records_give_hosts_at_the_configured_port() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_host_that_is_not_a_standby_of_the_master_is_never_read() {
     let w = World::new().await;
-    let db = DieselAsync::open(config(&w, "pindb-stranger", "max_replicas = 2")).await;
+    let db = DieselAsync::open(config(&w, "pindb-stranger", "max_replicas = 3")).await;
     let router = db.router();
     router.start_monitor().await.unwrap();
     let primary = format!("127.0.0.1:{}", w.master);
-    let stranger = w.cluster.stranger_url.clone();
-    let stranger = url_host_port(&stranger);
+    let stranger = url_host_port(&w.cluster.stranger_url);
+    // A real standby beside them, as the control: it comes up, they never do.
     router
-        .set_replicas("default", [primary, stranger.clone()])
+        .set_replicas("default", [primary, stranger.clone(), replica(&w, 1)])
         .unwrap();
-    // Checks run every 50 ms; give them many rounds.
-    tokio::time::sleep(Duration::from_millis(800)).await;
+    wait_up(router, "default-3").await;
+    // Checks run every 50 ms: many rounds more.
+    tokio::time::sleep(Duration::from_millis(500)).await;
     for alias in ["default-1", "default-2"] {
         let status = router.topology().replica_status(alias).unwrap().unwrap();
-        assert!(!status.up, "{alias} ({stranger}) must not serve reads");
+        assert!(
+            !status.up,
+            "{alias} (the primary, or {stranger}) must not serve reads"
+        );
     }
-    assert_eq!(scope(db.read()).await, Ok(w.master));
+    for _ in 0..10 {
+        assert_eq!(scope(db.read()).await, Ok(w.replicas[0]));
+    }
     router.stop_monitor();
 }
 
@@ -332,6 +393,16 @@ fn bad_runtime_replica_settings_are_refused_with_the_fix() {
         "#,
     );
     assert!(e.to_string().contains("ip:port"), "{e}");
+    let e = refused(
+        r#"
+        [masters.default]
+        url = "postgres://app@db0/app"
+        discovery = { nameserver = "127.0.0.1:53" }
+        [sets]
+        default = []
+        "#,
+    );
+    assert!(e.to_string().contains("no `dns` or `srv` name"), "{e}");
 
     let router = Router::new(
         Config::from_toml_str(

@@ -198,31 +198,37 @@ impl Consistency {
             if !s.health[r].status().up || self.topology.databases()[index].is_logical() {
                 continue;
             }
-            // A runtime replica: the probe follows its slot's host.
-            let Ok((generation, db)) = self.topology.database_now(index) else {
-                continue;
-            };
-            if generation != 0 {
-                let mut probe = self.probes[index].lock().await;
-                if probe.generation != generation {
-                    *probe = Probe::new(&db, self.probe_timeout);
-                    probe.generation = generation;
-                }
-            }
             self.count_round_trip(false);
             let sql = if self.emulated {
                 "SELECT pg_current_wal_lsn()::text"
             } else {
                 "SELECT pg_last_wal_replay_lsn()::text"
             };
-            if let Ok(Some(lsn)) = Probe::shared_row(&self.probes[index], sql)
-                .await
-                .and_then(|row| lsn_column(&row, 0))
-            {
-                // Not if the slot moved to another host meanwhile: that was the old one's.
-                if self.topology.generation(index) == generation {
+            let Some(slot) = self.topology.slot(index) else {
+                if let Ok(Some(lsn)) = Probe::shared_row(&self.probes[index], sql)
+                    .await
+                    .and_then(|row| lsn_column(&row, 0))
+                {
                     s.health[r].raise_replay(lsn);
                 }
+                continue;
+            };
+            // A runtime replica: its probe follows the slot's host (never back to an older
+            // one), asked under the probe's lock, and what it says is recorded only if the
+            // slot still has that host (atomically with a change, see `Slot::if_current`).
+            let (generation, Some(db)) = slot.now() else {
+                continue;
+            };
+            let mut probe = self.probes[index].lock().await;
+            if probe.generation < generation {
+                *probe = Probe::new(&db, self.probe_timeout);
+                probe.generation = generation;
+            }
+            if probe.generation != generation {
+                continue;
+            }
+            if let Ok(Some(lsn)) = probe.row(sql).await.and_then(|row| lsn_column(&row, 0)) {
+                slot.if_current(generation, || s.health[r].raise_replay(lsn));
             }
         }
         Some(())

@@ -547,7 +547,18 @@ fn runtime_slots(
     if discovery.interval_ms == Some(0) {
         return Err(PinDbError::config(
             set,
-            "discovery.interval_ms = 0 would resolve without pause; use at least 1000",
+            "discovery.interval_ms = 0 would resolve without pause; give the refresh period \
+             in milliseconds (e.g. 30000)",
+        ));
+    }
+    if discovery.dns.is_none()
+        && discovery.srv.is_none()
+        && (discovery.nameserver.is_some() || discovery.interval_ms.is_some())
+    {
+        return Err(PinDbError::config(
+            set,
+            "discovery.nameserver and interval_ms say how to resolve a DNS name, and no `dns` or \
+             `srv` name is given: add one, or remove them (hosts then come from set_replicas)",
         ));
     }
     (first..first + discovery.max_replicas())

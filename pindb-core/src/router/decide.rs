@@ -32,6 +32,7 @@ impl Router {
             set: db.set(),
             role,
             reason,
+            epoch: self.inner.topology.runtime_changes(),
         }
     }
 
@@ -52,6 +53,8 @@ impl Router {
         commit: bool,
     ) -> Result<Route<'_>, PinDbError> {
         let enabled = self.inner.config.enabled;
+        // Before any replica's health is read (see `Route::epoch`).
+        let epoch = self.inner.topology.runtime_changes();
         let s = match self.resolve(hint, Operation::Read)? {
             Target::Unmanaged(i) => return Ok(self.route(i, Role::Unmanaged, Reason::Unmanaged)),
             Target::Set(s) | Target::Replica { set: s, .. } if !enabled => {
@@ -95,7 +98,10 @@ impl Router {
         });
         match pick {
             None => self.master_route(s, reason),
-            Some(Ok(i)) => Ok(self.route(i, Role::Replica, reason)),
+            Some(Ok(i)) => Ok(Route {
+                epoch,
+                ..self.route(i, Role::Replica, reason)
+            }),
             Some(Err(no)) => {
                 let reason = fallback_reason(no);
                 metrics::counter!("pindb_replica_fallbacks_total", "reason" => reason.as_str())
@@ -190,10 +196,22 @@ impl Router {
         if entry.failed_over {
             return Err(NoReplica::FailedOver);
         }
+        let topology = &self.inner.topology;
         let mut keep = entry
             .replica
             .filter(|(router, _)| *router == self.inner.id)
             .map(|(_, i)| i);
+        if keep.is_some_and(|k| topology.generation(set.replicas[k]) != entry.replica_generation) {
+            // A runtime replica whose host changed: the new host may be behind what the
+            // context read from the old one (monotonic reads), as when a replica fails.
+            if entry.replica_reads > 0 {
+                if count {
+                    entry.failed_over = true;
+                }
+                return Err(NoReplica::FailedOver);
+            }
+            keep = None;
+        }
         if keep.is_some_and(|k| !covers(k)) {
             if entry.replica_reads > 0 {
                 // Its replica does not carry these tables, and another replica may be behind
@@ -214,6 +232,7 @@ impl Router {
         }
         if count || keep.is_none() {
             entry.replica = Some((self.inner.id, i));
+            entry.replica_generation = topology.generation(set.replicas[i]);
         }
         if count {
             entry.replica_reads = entry.replica_reads.saturating_add(1);

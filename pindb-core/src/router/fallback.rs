@@ -102,6 +102,8 @@ impl Router {
         sql: &str,
     ) -> Result<Option<Route<'_>>, PinDbError> {
         let topology = &self.inner.topology;
+        // Before any replica's health is read (see `Route::epoch`).
+        let epoch = topology.runtime_changes();
         let alias = &topology.databases()[failed].alias;
         let Ok(Target::Replica { set: s, replica: r }) = topology.target(alias) else {
             return Ok(None);
@@ -154,7 +156,9 @@ impl Router {
                 _ if entry.failed_over => None,
                 // The context reads from another replica: it stays there (monotonic).
                 Some((id, c)) if !mine && id == self.inner.id => {
-                    (set.health[c].fit(entry.required) && covers(c)).then_some(c)
+                    let same_host =
+                        topology.generation(set.replicas[c]) == entry.replica_generation;
+                    (same_host && set.health[c].fit(entry.required) && covers(c)).then_some(c)
                 }
                 // The failed read counted one; more means the context read from it before,
                 // and another replica may be behind what it read: the master.
@@ -169,6 +173,7 @@ impl Router {
                         .choose(policy, &set.health, required, None, Some(r), &covers)
                         .ok()?;
                     entry.replica = Some((self.inner.id, i));
+                    entry.replica_generation = topology.generation(set.replicas[i]);
                     entry.replica_reads = 1;
                     Some(i)
                 }
@@ -184,11 +189,10 @@ impl Router {
                 .flatten()
         });
         match other {
-            Some(i) => Ok(Some(self.route(
-                set.replicas[i],
-                Role::Replica,
-                Reason::ReplicaFailed,
-            ))),
+            Some(i) => Ok(Some(Route {
+                epoch,
+                ..self.route(set.replicas[i], Role::Replica, Reason::ReplicaFailed)
+            })),
             None => self.master_route(s, Reason::ReplicaFailed).map(Some),
         }
     }
@@ -202,15 +206,15 @@ impl Router {
     /// the pool: busy, or its connections hang). Logged once per 10 s per database, counted
     /// in `pindb_unreachable_total`.
     pub async fn diagnose(&self, index: usize) -> Option<PinDbError> {
-        let db = match self.inner.topology.database_now(index) {
-            Ok((_, db)) => db,
+        let (generation, db) = match self.inner.topology.database_now(index) {
+            Ok(now) => now,
             Err(no_host) => return Some(no_host),
         };
-        let recent = |entry: &Option<(std::time::Instant, Option<String>)>| {
+        let recent = |entry: &Option<super::Diagnosis>| {
             entry
                 .as_ref()
-                .filter(|(at, _)| at.elapsed() < Duration::from_secs(1))
-                .map(|(_, cause)| cause.clone())
+                .filter(|(at, of, _)| *of == generation && at.elapsed() < Duration::from_secs(1))
+                .map(|(_, _, cause)| cause.clone())
         };
         let cached = recent(
             &self.inner.diagnosed[index]
@@ -225,7 +229,7 @@ impl Router {
                 *self.inner.diagnosed[index]
                     .lock()
                     .unwrap_or_else(PoisonError::into_inner) =
-                    Some((std::time::Instant::now(), cause.clone()));
+                    Some((std::time::Instant::now(), generation, cause.clone()));
                 cause
             }
         }?;

@@ -36,8 +36,9 @@ pub use fallback::ReplicaFailure;
 pub use global::{db_for_read, db_for_write, get_replica, global, master, pin, unpinned_replica};
 pub use route::{Delegate, Hint, Operation, Reason, Role, Route, Shape};
 
-/// When a database was last diagnosed, and the cause found (`None`: it connected).
-type Diagnosis = (std::time::Instant, Option<String>);
+/// When a database was last diagnosed, at which host generation (a runtime replica's host
+/// changes), and the cause found (`None`: it connected).
+type Diagnosis = (std::time::Instant, u64, Option<String>);
 
 struct Inner {
     id: u64,
@@ -168,7 +169,11 @@ impl Router {
             crate::monitor::verify_topology(&self.inner.topology, settings, emulated, true).await?;
         // Monitored before the first DNS answer: its hosts wait for their checks.
         self.inner.topology.set_monitored(true);
-        let dns = self.dns_refreshes(emulated)?;
+        let dns = self.dns_refreshes(emulated).inspect_err(|_| {
+            let running = self.inner.monitor.lock();
+            let running = running.unwrap_or_else(PoisonError::into_inner);
+            self.inner.topology.set_monitored(!running.is_empty());
+        })?;
         let mut tasks = crate::monitor::spawn(&self.inner.topology, settings, emulated);
         tasks.extend(dns);
         // Swapped and stopped under one lock: two concurrent starts leave one set of tasks.
@@ -191,9 +196,19 @@ impl Router {
             let (Some(discovery), false) = (&master.discovery, emulated) else {
                 continue;
             };
-            let port = self.inner.topology.database(set)?.port;
             let topology = Arc::clone(&self.inner.topology);
-            tasks.extend(crate::discovery::spawn_dns(topology, set, discovery, port)?);
+            let spawned =
+                self.inner.topology.database(set).and_then(|master| {
+                    crate::dns::spawn_dns(topology, set, discovery, master.port)
+                });
+            match spawned {
+                Ok(task) => tasks.extend(task),
+                Err(e) => {
+                    // None is left running (dropping a handle would not stop its task).
+                    tasks.iter().for_each(tokio::task::AbortHandle::abort);
+                    return Err(e);
+                }
+            }
         }
         Ok(tasks)
     }

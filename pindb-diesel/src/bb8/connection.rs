@@ -231,7 +231,7 @@ impl PinDbConnection {
 
     async fn try_hold(&mut self, index: usize) -> Result<(), Error> {
         self.slots.release();
-        let conn = self.db.checkout(index).await?;
+        let conn = self.db.checkout(index, self.slots.epoch()).await?;
         let alias = &self.db.router().topology().databases()[index].alias;
         self.slots.hold(index, alias, conn);
         Ok(())
@@ -274,11 +274,13 @@ impl PinDbConnection {
                 Next::Diagnose(e) => return Err(checkout_error(router.diagnose(index).await, e)),
                 Next::Retry {
                     index: next,
+                    epoch,
                     discard,
                 } => {
                     if discard {
                         self.slots.discard();
                     }
+                    self.slots.set_epoch(epoch);
                     index = next;
                     tries += 1;
                 }

@@ -91,8 +91,8 @@ impl PinDb {
     /// An explicit read connection: the router's read route for `hint` (the context's
     /// replica, or the master when the set is pinned). Plain `AsyncPgConnection`, no routing.
     pub async fn read_with(&self, hint: &Hint<'_>) -> Result<Pooled, Error> {
-        let index = self.inner.router().db_for_read(hint)?.index;
-        self.checkout_diagnosed(index).await
+        let route = self.inner.router().db_for_read(hint)?;
+        self.checkout_diagnosed(route.index, route.epoch).await
     }
 
     /// [`PinDb::read_with`] for the `default` set.
@@ -103,8 +103,8 @@ impl PinDb {
     /// An explicit write connection: the master of the hinted set, under the router's rules
     /// (strict: an error if the set is not pinned; greedy: pins it).
     pub async fn write_with(&self, hint: &Hint<'_>) -> Result<Pooled, Error> {
-        let index = self.inner.router().db_for_write(hint)?.index;
-        self.checkout_diagnosed(index).await
+        let route = self.inner.router().db_for_write(hint)?;
+        self.checkout_diagnosed(route.index, route.epoch).await
     }
 
     /// [`PinDb::write_with`] for the `default` set.
@@ -130,8 +130,8 @@ impl PinDb {
 
     /// [`PinDb::checkout`], with a failure explained: [`PinDbError::Unreachable`] (what really
     /// happened) when the server cannot be reached.
-    async fn checkout_diagnosed(&self, index: usize) -> Result<Pooled, Error> {
-        match self.checkout(index).await {
+    async fn checkout_diagnosed(&self, index: usize, epoch: u64) -> Result<Pooled, Error> {
+        match self.checkout(index, epoch).await {
             Ok(conn) => Ok(conn),
             Err(e) => Err(match self.router().diagnose(index).await {
                 Some(unreachable) => Error::Routing(unreachable),
@@ -140,9 +140,10 @@ impl PinDb {
         }
     }
 
-    /// Checks out a connection of the database at `index` in `router.topology().databases()`.
-    pub(crate) async fn checkout(&self, index: usize) -> Result<Pooled, Error> {
-        let (pool, db) = self.inner.pool_for_checkout(index)?;
+    /// Checks out a connection of the database at `index` in `router.topology().databases()`,
+    /// for a route decided at `epoch` ([`Route::epoch`](pindb_core::Route::epoch)).
+    pub(crate) async fn checkout(&self, index: usize, epoch: u64) -> Result<Pooled, Error> {
+        let (pool, db) = self.inner.pool_for_checkout(index, epoch)?;
         pool.get_owned().await.map_err(|e| match e {
             // Every connection busy: the pool is exhausted, the server may be fine.
             bb8::RunError::TimedOut

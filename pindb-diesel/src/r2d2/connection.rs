@@ -104,7 +104,7 @@ impl PinDbConnection {
                 Attempted::Done(self.slots.get().and_then(|conn| run(conn)))
             } else {
                 self.slots.release();
-                match self.db.checkout(index) {
+                match self.db.checkout(index, self.slots.epoch()) {
                     Ok(conn) => {
                         let alias = &router.topology().databases()[index].alias;
                         Attempted::Done(run(self.slots.hold(index, alias, conn)))
@@ -126,11 +126,13 @@ impl PinDbConnection {
                 Next::Diagnose(e) => return Err(e.into()),
                 Next::Retry {
                     index: next,
+                    epoch,
                     discard,
                 } => {
                     if discard {
                         self.slots.discard();
                     }
+                    self.slots.set_epoch(epoch);
                     index = next;
                     tries += 1;
                 }
@@ -147,7 +149,7 @@ impl PinDbConnection {
             Slot::Held => &mut **self.slots.get()?,
             Slot::Checkout(index) => {
                 self.slots.release();
-                let conn = self.db.checkout(index)?;
+                let conn = self.db.checkout(index, self.slots.epoch())?;
                 let alias = &self.db.router().topology().databases()[index].alias;
                 &mut **self.slots.hold(index, alias, conn)
             }

@@ -104,14 +104,14 @@ impl PinDb {
 
     /// An explicit read connection on the router's read route for `hint`.
     pub fn read_with(&self, hint: &Hint<'_>) -> Result<Pooled, Error> {
-        let index = self.router().db_for_read(hint)?.index;
-        self.checkout(index)
+        let route = self.router().db_for_read(hint)?;
+        self.checkout(route.index, route.epoch)
     }
 
     /// An explicit write connection on the master of the hinted set, under the router's rules.
     pub fn write_with(&self, hint: &Hint<'_>) -> Result<Pooled, Error> {
-        let index = self.router().db_for_write(hint)?.index;
-        self.checkout(index)
+        let route = self.router().db_for_write(hint)?;
+        self.checkout(route.index, route.epoch)
     }
 
     /// How many checkouts of `alias`'s pool have been asked for so far.
@@ -119,8 +119,10 @@ impl PinDb {
         self.inner.checkouts(alias)
     }
 
-    fn checkout(&self, index: usize) -> Result<Pooled, Error> {
-        let (pool, db) = self.inner.pool_for_checkout(index)?;
+    /// Checks out a connection of the database at `index`, for a route decided at `epoch`
+    /// ([`Route::epoch`](pindb_core::Route::epoch)).
+    fn checkout(&self, index: usize, epoch: u64) -> Result<Pooled, Error> {
+        let (pool, db) = self.inner.pool_for_checkout(index, epoch)?;
         // r2d2 only fails after its timeout; its message carries the last connection error,
         // if a connection attempt failed (else the pool was busy).
         pool.get().map_err(|e| {
