@@ -155,13 +155,7 @@ impl PinDb {
     /// The connection of any alias (`default-2`, `analytics`, `legacy`...), unrouted. A
     /// runtime replica's host changes: ask [`PinDb::connection_now`] for it.
     pub fn connection(&self, alias: &str) -> Result<&DatabaseConnection, DbErr> {
-        let index = self
-            .inner
-            .router
-            .topology()
-            .index_of(alias)
-            .map_err(to_db_err)?;
-        match self.conn_now(index)? {
+        match self.conn_now(self.index_of(alias)?)? {
             Cow::Borrowed(conn) => Ok(conn),
             Cow::Owned(_) => Err(DbErr::Custom(format!(
                 "`{alias}` is a runtime replica whose host changes; use connection_now(\"{alias}\")"
@@ -172,13 +166,12 @@ impl PinDb {
     /// The connection of any alias as it is now, unrouted: for a runtime replica, a pool of
     /// its current host ([`pindb_core::PinDbError::NoHost`] while it has none).
     pub fn connection_now(&self, alias: &str) -> Result<DatabaseConnection, DbErr> {
-        let index = self
-            .inner
-            .router
-            .topology()
-            .index_of(alias)
-            .map_err(to_db_err)?;
-        Ok(self.conn_now(index)?.into_owned())
+        Ok(self.conn_now(self.index_of(alias)?)?.into_owned())
+    }
+
+    fn index_of(&self, alias: &str) -> Result<usize, DbErr> {
+        let topology = self.inner.router.topology();
+        topology.index_of(alias).map_err(to_db_err)
     }
 
     /// The pool of the database at `index` asked for by name, not by a route.
