@@ -21,13 +21,17 @@ pub(crate) struct Slot {
     /// Mirrors `now.0`: read on every checkout without the lock.
     generation: AtomicU64,
     now: RwLock<(u64, Option<Arc<Database>>)>,
+    /// Its set's epoch ([`Topology::epoch`](crate::adapter::Topology::epoch)): bumped at
+    /// every change of any of the set's runtime replicas.
+    epoch: Arc<AtomicU64>,
 }
 
 impl Slot {
-    pub(crate) fn vacant() -> Slot {
+    pub(crate) fn vacant(epoch: Arc<AtomicU64>) -> Slot {
         Slot {
             generation: AtomicU64::new(0),
             now: RwLock::new((0, None)),
+            epoch,
         }
     }
 
@@ -57,27 +61,22 @@ impl Slot {
     }
 
     /// Points the slot at `db`. Under the same lock, `forget` runs first (what was known of
-    /// the old host goes in one step with it, see [`Slot::if_current`]) and `changes` (the
-    /// topology's [`runtime_changes`](crate::adapter::Topology::runtime_changes)) moves last,
-    /// so that [`Slot::now_for`] sees the new host only with the new count.
-    fn assign(&self, db: Option<Database>, forget: impl FnOnce(), changes: &AtomicU64) {
+    /// the old host goes in one step with it, see [`Slot::if_current`]) and the set's epoch
+    /// moves last, so that [`Slot::now_for`] sees the new host only with the new epoch.
+    fn assign(&self, db: Option<Database>, forget: impl FnOnce()) {
         let mut now = self.now.write().unwrap_or_else(PoisonError::into_inner);
         forget();
         let generation = now.0 + 1;
         *now = (generation, db.map(Arc::new));
         self.generation.store(generation, Ordering::Release);
-        changes.fetch_add(1, Ordering::AcqRel);
+        self.epoch.fetch_add(1, Ordering::AcqRel);
     }
 
-    /// [`Slot::now`] for a route decided when `changes` was `epoch`: `None` if any runtime
-    /// host changed since (what the route was decided on may be of another host).
-    pub(crate) fn now_for(
-        &self,
-        changes: &AtomicU64,
-        epoch: u64,
-    ) -> Option<(u64, Option<Arc<Database>>)> {
+    /// [`Slot::now`] for a route decided at its set's `epoch`: `None` if a runtime host of
+    /// the set changed since (what the route was decided on may be of another host).
+    pub(crate) fn now_for(&self, epoch: u64) -> Option<(u64, Option<Arc<Database>>)> {
         let now = self.now.read().unwrap_or_else(PoisonError::into_inner);
-        (changes.load(Ordering::Acquire) == epoch).then(|| now.clone())
+        (self.epoch.load(Ordering::Acquire) == epoch).then(|| now.clone())
     }
 }
 
@@ -154,13 +153,8 @@ impl SetSlots<'_> {
     }
 
     /// Carries out `moves`, calling `forget(slot)` for each under its lock before its host
-    /// changes and counting each change in `changes`; returns the slots that changed.
-    pub(crate) fn apply(
-        &self,
-        moves: &Moves,
-        forget: impl Fn(usize),
-        changes: &AtomicU64,
-    ) -> Vec<usize> {
+    /// changes; returns the slots that changed.
+    pub(crate) fn apply(&self, moves: &Moves, forget: impl Fn(usize)) -> Vec<usize> {
         for (s, address) in moves {
             let db = address.as_ref().map(|(host, port)| {
                 let mut db = self.templates[*s].clone();
@@ -168,7 +162,7 @@ impl SetSlots<'_> {
                 db.port = *port;
                 db
             });
-            self.slots[*s].assign(db, || forget(*s), changes);
+            self.slots[*s].assign(db, || forget(*s));
         }
         moves.iter().map(|(s, _)| *s).collect()
     }
@@ -201,14 +195,14 @@ impl std::ops::Deref for DatabaseRef<'_> {
 pub(crate) fn database_now<'a>(
     template: &'a Database,
     slot: Option<&Slot>,
-    epoch: Option<(&AtomicU64, u64)>,
+    epoch: Option<u64>,
 ) -> Result<(u64, DatabaseRef<'a>), PinDbError> {
     let Some(slot) = slot else {
         return Ok((0, DatabaseRef::Fixed(template)));
     };
     let now = match epoch {
         None => Some(slot.now()),
-        Some((changes, epoch)) => slot.now_for(changes, epoch),
+        Some(epoch) => slot.now_for(epoch),
     };
     match now {
         Some((generation, Some(db))) => Ok((generation, DatabaseRef::Runtime(db))),

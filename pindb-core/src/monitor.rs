@@ -512,6 +512,8 @@ async fn watch_replica(
     // Good checks in a row since the last failure or suspicion: a replica that was down
     // comes back after `successes_before_up` of them.
     let mut successes = 0u32;
+    // A runtime replica: the host generation of the last check.
+    let mut checked_generation = None;
     let mut suspicions = health[r].suspicions();
     let (mut last_position, mut was_stalled) = (None, false);
     let mut unchanged_since = Instant::now();
@@ -528,6 +530,12 @@ async fn watch_replica(
         // wins over what the check saw.
         let seen = health[r].suspicions();
         let checked = source.position(r).await;
+        if let Some((_, generation)) = source.checked_slot() {
+            // A runtime replica's new host: the old one's failures are not its own.
+            if checked_generation.replace(generation) != Some(generation) {
+                failures = 0;
+            }
+        }
         let was_up = health[r].status().up;
         if health[r].suspicions() != suspicions {
             suspicions = health[r].suspicions();

@@ -44,14 +44,14 @@ enum Cell<P> {
 /// // The adapter builds the fixed pools itself (here a pool is just its host).
 /// let table = PoolTable::new(topology, |db| (!db.runtime).then(|| db.host.clone()));
 /// let build = |db: &pindb_core::adapter::Database| Ok::<_, pindb_core::PinDbError>(db.host.clone());
-/// let epoch = topology.runtime_changes();
+/// let epoch = topology.epoch(1);
 /// assert!(table.get(topology, 1, epoch, build).is_err(), "no host yet");
 /// router.set_replicas("default", ["db1"])?;
 /// assert!(table.get(topology, 1, epoch, build).is_err(), "decided before the change");
-/// let epoch = topology.runtime_changes();
+/// let epoch = topology.epoch(1);
 /// assert_eq!(table.get(topology, 1, epoch, build)?.0.as_str(), "db1");
 /// router.set_replicas("default", ["db2"])?;
-/// let epoch = topology.runtime_changes();
+/// let epoch = topology.epoch(1);
 /// assert_eq!(table.get(topology, 1, epoch, build)?.0.as_str(), "db2");
 /// # Ok::<(), pindb_core::PinDbError>(())
 /// ```
@@ -87,10 +87,10 @@ impl<P: Clone> PoolTable<P> {
 
     /// The pool of the database at `index` now, and the database it connects to: for a
     /// runtime replica, of its current host (`build` makes it when the host changed).
-    /// `epoch`: the route's [`Route::epoch`](crate::Route::epoch) (or
-    /// [`Topology::runtime_changes`] now, for a pool asked for by name). For a runtime
-    /// replica, [`PinDbError::NoHost`] while it has no host or when any runtime host changed
-    /// since `epoch`: the route may have been chosen for what was known of another host.
+    /// `epoch`: the route's [`Route::epoch`](crate::Route::epoch) (or [`Topology::epoch`]
+    /// now, for a pool asked for by name). For a runtime replica, [`PinDbError::NoHost`]
+    /// while it has no host or when a runtime host of its set changed since `epoch`: the
+    /// route may have been chosen for what was known of another host.
     pub fn get<'a, E: From<PinDbError>>(
         &'a self,
         topology: &'a Topology,

@@ -55,6 +55,8 @@ pub(crate) struct SetEntry {
     pub(crate) runtime: Range<usize>,
     /// Taken while the runtime replicas change: one list replaces another whole.
     assigning: Mutex<()>,
+    /// Bumped at every change of one of its runtime replicas' hosts (see [`Topology::epoch`]).
+    epoch: Arc<AtomicU64>,
 }
 
 impl SetEntry {
@@ -84,6 +86,11 @@ impl SetEntry {
     /// reads.
     pub(crate) fn covers(&self, r: usize, footprint: Option<&Footprint>) -> bool {
         !self.partial || self.coverage[r].covers(footprint)
+    }
+
+    /// See [`Topology::epoch`].
+    pub(crate) fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::Acquire)
     }
 
     pub(crate) fn replicas_enabled(&self) -> bool {
@@ -153,6 +160,7 @@ impl Topology {
                     replicas_enabled: AtomicBool::new(true),
                     runtime: 0..0,
                     assigning: Mutex::new(()),
+                    epoch: Arc::new(AtomicU64::new(0)),
                 });
             }
             // Every host of a set given as hosts is a replica slot too: a standby serves
@@ -222,19 +230,24 @@ impl Topology {
         let default = *by_alias
             .get("default")
             .ok_or_else(|| PinDbError::config("default", "no `default` database"))?;
+        let set_of: Vec<Option<usize>> = databases
+            .iter()
+            .map(|db| {
+                db.set()
+                    .and_then(|n| sets.iter().position(|e| &*e.name == n))
+            })
+            .collect();
         Ok(Topology {
             partial: sets.iter().any(|s| s.partial),
-            set_of: databases
-                .iter()
-                .map(|db| {
-                    db.set()
-                        .and_then(|n| sets.iter().position(|e| &*e.name == n))
-                })
-                .collect(),
             slots: databases
                 .iter()
-                .map(|db| db.runtime.then(|| Arc::new(Slot::vacant())))
+                .zip(&set_of)
+                .map(|(db, s)| {
+                    let epoch = s.map(|s| Arc::clone(&sets[s].epoch))?;
+                    db.runtime.then(|| Arc::new(Slot::vacant(epoch)))
+                })
                 .collect(),
+            set_of,
             monitored: AtomicBool::new(false),
             runtime_changes: AtomicU64::new(0),
             emulated: config.emulate_replicas > 0,
@@ -285,7 +298,7 @@ impl Topology {
     }
 
     /// [`Topology::database_now`] for a route decided at `epoch` ([`Route::epoch`](crate::Route::epoch)):
-    /// [`PinDbError::NoHost`] for a runtime replica if any runtime host changed since.
+    /// [`PinDbError::NoHost`] for a runtime replica if a runtime host of its set changed since.
     pub(crate) fn database_for(
         &self,
         index: usize,
@@ -294,7 +307,7 @@ impl Topology {
         discovery::database_now(
             self.database_at(index)?,
             self.slots.get(index).and_then(Option::as_deref),
-            Some((&self.runtime_changes, epoch)),
+            Some(epoch),
         )
     }
 
@@ -305,6 +318,17 @@ impl Topology {
                 alias: format!("#{index}"),
                 known: format!("indexes 0..{}", self.databases.len()),
             })
+    }
+
+    /// The epoch of the set of the database at `index`: how many times one of the set's
+    /// runtime replicas changed host (0 for a set without any, or an unmanaged database).
+    /// A [`Route`](crate::Route) carries it as read before the decision.
+    pub fn epoch(&self, index: usize) -> u64 {
+        self.set_of
+            .get(index)
+            .copied()
+            .flatten()
+            .map_or(0, |s| self.sets[s].epoch.load(Ordering::Acquire))
     }
 
     /// How many times any runtime replica's host changed: an adapter that sees it move drops
@@ -388,7 +412,11 @@ impl Topology {
             let has_host = moves.iter().any(|(m, a)| *m == slot && a.is_some());
             entry.health[entry.runtime.start + slot].reset(!monitored && has_host);
         };
-        for slot in slots.apply(&moves, forget, &self.runtime_changes) {
+        let applied = slots.apply(&moves, forget);
+        if !applied.is_empty() {
+            self.runtime_changes.fetch_add(1, Ordering::AcqRel);
+        }
+        for slot in applied {
             let r = entry.runtime.start + slot;
             // The monitor checks it now rather than at its next interval.
             entry.written[r].notify_one();

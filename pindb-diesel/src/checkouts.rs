@@ -325,11 +325,11 @@ impl<C: Held> Checkouts<C> {
         }
         .map_err(Error::from)?;
         self.epoch = route.epoch;
-        Ok(self.slot_for(route.index))
+        Ok(self.slot_for(router, route.index))
     }
 
-    fn slot_for(&self, index: usize) -> Slot {
-        match self.holds(index) {
+    fn slot_for(&self, router: &Router, index: usize) -> Slot {
+        match self.holds(router, index) {
             true => Slot::Held,
             false => Slot::Checkout(index),
         }
@@ -365,7 +365,7 @@ impl<C: Held> Checkouts<C> {
         }
         let route = router.db_for_write(&hint).map_err(Error::from)?;
         self.epoch = route.epoch;
-        Ok(self.slot_for(route.index))
+        Ok(self.slot_for(router, route.index))
     }
 
     /// Names the set the next top-level transaction opens on.
@@ -386,10 +386,15 @@ impl<C: Held> Checkouts<C> {
         router.topology().is_replica_now(index).then_some(index)
     }
 
-    /// Whether the connection of the database at `index` is held, for the last decision's
-    /// epoch.
-    pub(crate) fn holds(&self, index: usize) -> bool {
-        self.held.as_ref().is_some_and(|(i, _)| *i == index) && self.held_epoch == self.epoch
+    /// Whether the connection of the database at `index` is held and may serve the last
+    /// decision: for a runtime replica, only if its set's hosts did not change since it was
+    /// checked out (the decision may be about another host; the held connection's session
+    /// state is kept for every other database).
+    pub(crate) fn holds(&self, router: &Router, index: usize) -> bool {
+        let topology = router.topology();
+        self.held.as_ref().is_some_and(|(i, _)| *i == index)
+            && (!topology.databases()[index].runtime
+                || (self.held_epoch == self.epoch && self.held_epoch == topology.epoch(index)))
     }
 
     /// Drops the held connection without giving it back for reuse: it failed or hung
@@ -672,7 +677,7 @@ mod tests {
             );
             slots.discard();
             assert!(poisoned.load(Ordering::Acquire));
-            assert!(!slots.holds(1));
+            assert!(!slots.holds(&router(), 1));
         })
         .await;
     }

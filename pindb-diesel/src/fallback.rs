@@ -97,9 +97,18 @@ pub(crate) fn timed_out(router: &Router, index: usize) -> diesel::result::Error 
 }
 
 /// A checkout of the database at `index` failed: [`PinDbError::Unreachable`] when pindb's own
-/// fresh connection fails too (with what really happened), else the pool's own error.
-pub(crate) fn checkout_error(diagnosed: Option<PinDbError>, e: Error) -> diesel::result::Error {
-    match diagnosed {
+/// fresh connection fails too (with what really happened), else the pool's own error. A
+/// runtime replica whose host changed after the route was decided is said as such: no
+/// server is to blame.
+pub(crate) async fn checkout_error(
+    router: &Router,
+    index: usize,
+    e: Error,
+) -> diesel::result::Error {
+    if matches!(e, Error::Routing(PinDbError::NoHost { .. })) {
+        return e.into();
+    }
+    match router.diagnose(index).await {
         Some(unreachable) => Error::Routing(unreachable).into(),
         None => e.into(),
     }

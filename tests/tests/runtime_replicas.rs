@@ -179,6 +179,11 @@ async fn after_a_host_change_neither_a_held_connection_nor_a_context_reads_the_o
         wait_up(router, "default-1").await;
         assert_eq!(port(&mut conn).await, w.master, "monotonic reads");
         assert_eq!(port(&mut db.get()).await, w.master, "the whole context");
+        // Even named explicitly: the alias no longer names the host it read from.
+        let named = router
+            .db_for_read(&pindb_core::Hint::alias("default-1"))
+            .unwrap();
+        assert_eq!(named.role, pindb_core::Role::Master, "{named}");
     })
     .await;
     assert_eq!(scope(port(&mut db.get())).await, w.replicas[0]);

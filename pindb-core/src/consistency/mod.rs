@@ -196,6 +196,14 @@ impl Consistency {
         for (r, &index) in s.replicas.iter().enumerate() {
             // A logical replica's position is on the master, from the monitor.
             if !s.health[r].status().up || self.topology.databases()[index].is_logical() {
+                // A runtime replica that left: no idle connection to its old host.
+                if let (Some(slot), Ok(mut probe)) =
+                    (self.topology.slot(index), self.probes[index].try_lock())
+                {
+                    if probe.generation != slot.generation() {
+                        probe.disconnect();
+                    }
+                }
                 continue;
             }
             self.count_round_trip(false);

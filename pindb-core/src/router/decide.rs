@@ -32,7 +32,7 @@ impl Router {
             set: db.set(),
             role,
             reason,
-            epoch: self.inner.topology.runtime_changes(),
+            epoch: self.inner.topology.epoch(index),
         }
     }
 
@@ -53,8 +53,6 @@ impl Router {
         commit: bool,
     ) -> Result<Route<'_>, PinDbError> {
         let enabled = self.inner.config.enabled;
-        // Before any replica's health is read (see `Route::epoch`).
-        let epoch = self.inner.topology.runtime_changes();
         let s = match self.resolve(hint, Operation::Read)? {
             Target::Unmanaged(i) => return Ok(self.route(i, Role::Unmanaged, Reason::Unmanaged)),
             Target::Set(s) | Target::Replica { set: s, .. } if !enabled => {
@@ -67,10 +65,15 @@ impl Router {
             }
             Target::Replica { set, replica } => {
                 let i = self.inner.topology.set(set).replicas[replica];
+                if self.inner.topology.slot(i).is_some() {
+                    return self.runtime_replica_route(set, replica);
+                }
                 return Ok(self.route(i, Role::Replica, Reason::ExplicitReplica));
             }
             Target::Set(s) => s,
         };
+        // Before any replica's health is read (see `Route::epoch`).
+        let epoch = self.inner.topology.set(s).epoch();
         let name = &self.inner.topology.set(s).name;
         // One lock for guard, pin, stickiness and the replica choice.
         let (reason, pick) = with_current(|ctx| {
@@ -108,6 +111,40 @@ impl Router {
                     .increment(1);
                 self.master_route(s, reason)
             }
+        }
+    }
+
+    /// A runtime replica named by its alias. Its host changes, so the name says nothing of
+    /// what it has replayed: it serves only while it is up and has replayed the context's
+    /// position, and, if the context read from it before, still has the same host (monotonic
+    /// reads); the set's master serves otherwise.
+    fn runtime_replica_route(&self, s: usize, r: usize) -> Result<Route<'_>, PinDbError> {
+        let topology = &self.inner.topology;
+        let set = topology.set(s);
+        let i = set.replicas[r];
+        // Before the health is read (see `Route::epoch`).
+        let (epoch, generation) = (set.epoch(), topology.generation(i));
+        let health = &set.health[r];
+        let verdict = with_current(|ctx| {
+            let mut state = ctx.lock();
+            let entry = state.set_mut(&set.name);
+            let read_before = entry.replica == Some((self.inner.id, r)) && entry.replica_reads > 0;
+            if read_before && entry.replica_generation != generation {
+                return Err(Reason::ReplicaFailed);
+            }
+            match health.fit(entry.required) {
+                true => Ok(()),
+                false => Err(Reason::NotCaughtUp),
+            }
+        })
+        .unwrap_or_else(|| health.fit(None).then_some(()).ok_or(Reason::ReplicaDown));
+        match verdict {
+            Ok(()) => Ok(Route {
+                epoch,
+                ..self.route(i, Role::Replica, Reason::ExplicitReplica)
+            }),
+            Err(_) if !health.status().up => self.master_route(s, Reason::ReplicaDown),
+            Err(reason) => self.master_route(s, reason),
         }
     }
 

@@ -103,7 +103,7 @@ impl Router {
     ) -> Result<Option<Route<'_>>, PinDbError> {
         let topology = &self.inner.topology;
         // Before any replica's health is read (see `Route::epoch`).
-        let epoch = topology.runtime_changes();
+        let epoch = topology.epoch(failed);
         let alias = &topology.databases()[failed].alias;
         let Ok(Target::Replica { set: s, replica: r }) = topology.target(alias) else {
             return Ok(None);

@@ -286,10 +286,10 @@ pub struct Route<'r> {
     pub role: Role,
     /// Why.
     pub reason: Reason,
-    /// [`Topology::runtime_changes`](crate::adapter::Topology::runtime_changes) read before
-    /// the decision: hand it to [`PoolTable::get`](crate::adapter::PoolTable::get), which
-    /// refuses a runtime replica whose host changed since (the read is then routed again), so
-    /// a replica chosen for what was known of one host never runs it on another.
+    /// [`Topology::epoch`](crate::adapter::Topology::epoch) of its set, read before the
+    /// decision: hand it to [`PoolTable::get`](crate::adapter::PoolTable::get), which
+    /// refuses a runtime replica whose set's hosts changed since (the read is then routed
+    /// again), so a replica chosen for what was known of one host never runs it on another.
     pub epoch: u64,
 }
 

@@ -225,7 +225,7 @@ impl PinDbConnection {
     pub(super) async fn hold(&mut self, index: usize) -> QueryResult<&mut Pooled> {
         match self.try_hold(index).await {
             Ok(()) => self.slots.get(),
-            Err(e) => Err(checkout_error(self.db.router().diagnose(index).await, e)),
+            Err(e) => Err(checkout_error(self.db.router(), index, e).await),
         }
     }
 
@@ -260,9 +260,7 @@ impl PinDbConnection {
             if !replica {
                 return match attempted {
                     Attempted::Done(result) => result,
-                    Attempted::CheckoutFailed(e) => {
-                        Err(checkout_error(router.diagnose(index).await, e))
-                    }
+                    Attempted::CheckoutFailed(e) => Err(checkout_error(&router, index, e).await),
                     // Only replica attempts are timed; said, not assumed.
                     Attempted::TimedOut => Err(timed_out(&router, index)),
                 };
@@ -271,7 +269,7 @@ impl PinDbConnection {
                 attempt.refused(&router)
             }) {
                 Next::Return(result) => return result,
-                Next::Diagnose(e) => return Err(checkout_error(router.diagnose(index).await, e)),
+                Next::Diagnose(e) => return Err(checkout_error(&router, index, e).await),
                 Next::Retry {
                     index: next,
                     epoch,
@@ -294,7 +292,7 @@ impl PinDbConnection {
 
     /// One attempt on the database at `index`, checking it out unless it is held.
     async fn attempt_on<A: Attempt>(&mut self, index: usize, attempt: &A) -> Attempted<A::Output> {
-        if !self.slots.holds(index) {
+        if !self.slots.holds(self.db.router(), index) {
             if let Err(e) = self.try_hold(index).await {
                 return Attempted::CheckoutFailed(e);
             }

@@ -133,6 +133,8 @@ impl PinDb {
     async fn checkout_diagnosed(&self, index: usize, epoch: u64) -> Result<Pooled, Error> {
         match self.checkout(index, epoch).await {
             Ok(conn) => Ok(conn),
+            // A runtime replica whose host changed since the route: no server to blame.
+            Err(e @ Error::Routing(PinDbError::NoHost { .. })) => Err(e),
             Err(e) => Err(match self.router().diagnose(index).await {
                 Some(unreachable) => Error::Routing(unreachable),
                 None => e,

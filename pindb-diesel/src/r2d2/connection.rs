@@ -100,7 +100,7 @@ impl PinDbConnection {
         let router = self.db.router().clone();
         let mut tries = 0u32;
         loop {
-            let attempted = if self.slots.holds(index) {
+            let attempted = if self.slots.holds(&router, index) {
                 Attempted::Done(self.slots.get().and_then(|conn| run(conn)))
             } else {
                 self.slots.release();
