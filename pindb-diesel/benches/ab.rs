@@ -13,24 +13,16 @@
 //! relative to the client, and that placement sticks to a connection; long-lived pools made
 //! the ratio whichever placement each side drew. Fresh connections every round draw again.
 
-use std::hint::black_box;
 use std::time::{Duration, Instant};
 
-use diesel::prelude::*;
 use diesel_async::pooled_connection::AsyncDieselConnectionManager;
-use diesel_async::{AsyncPgConnection, RunQueryDsl};
+use diesel_async::AsyncPgConnection;
 use pindb_diesel::bb8::PinDb;
 use pindb_testkit::ab::{interleave, report};
 use pindb_testkit::Cluster;
 
-diesel::table! {
-    bench_users (id) {
-        id -> Integer,
-        name -> Text,
-    }
-}
-
-type Row = (i32, String);
+#[macro_use]
+mod common;
 type Plain = bb8::Pool<AsyncDieselConnectionManager<AsyncPgConnection>>;
 
 const BATCH: u32 = 200;
@@ -43,12 +35,7 @@ async fn plain_pool(url: &str) -> Plain {
         .await
         .unwrap();
     let mut conn = plain.get().await.unwrap();
-    let row: Row = bench_users::table
-        .find(42)
-        .get_result(&mut *conn)
-        .await
-        .unwrap();
-    black_box(row);
+    find_42!(&mut *conn);
     drop(conn);
     plain
 }
@@ -57,12 +44,7 @@ async fn plain_pool(url: &str) -> Plain {
 async fn routed_db(config: &pindb_core::Config) -> PinDb {
     let db = PinDb::new(config.clone()).unwrap();
     pindb_core::scope(async {
-        let row: Row = bench_users::table
-            .find(42)
-            .get_result(&mut db.get())
-            .await
-            .unwrap();
-        black_box(row);
+        find_42!(&mut db.get());
     })
     .await;
     db
@@ -73,12 +55,7 @@ async fn plain_per_request(url: &str) -> Duration {
     let start = Instant::now();
     for _ in 0..BATCH {
         let mut conn = plain.get().await.unwrap();
-        let row: Row = bench_users::table
-            .find(42)
-            .get_result(&mut *conn)
-            .await
-            .unwrap();
-        black_box(row);
+        find_42!(&mut *conn);
     }
     start.elapsed()
 }
@@ -89,12 +66,7 @@ async fn routed_per_request(config: &pindb_core::Config) -> Duration {
     for _ in 0..BATCH {
         pindb_core::scope(async {
             let mut conn = db.get();
-            let row: Row = bench_users::table
-                .find(42)
-                .get_result(&mut conn)
-                .await
-                .unwrap();
-            black_box(row);
+            find_42!(&mut conn);
         })
         .await;
     }
@@ -106,12 +78,7 @@ async fn plain_held(url: &str) -> Duration {
     let mut conn = plain.get().await.unwrap();
     let start = Instant::now();
     for _ in 0..BATCH {
-        let row: Row = bench_users::table
-            .find(42)
-            .get_result(&mut *conn)
-            .await
-            .unwrap();
-        black_box(row);
+        find_42!(&mut *conn);
     }
     start.elapsed()
 }
@@ -123,12 +90,7 @@ async fn routed_held(config: &pindb_core::Config) -> Duration {
         conn.checkout_for_read().await.unwrap();
         let start = Instant::now();
         for _ in 0..BATCH {
-            let row: Row = bench_users::table
-                .find(42)
-                .get_result(&mut conn)
-                .await
-                .unwrap();
-            black_box(row);
+            find_42!(&mut conn);
         }
         start.elapsed()
     })

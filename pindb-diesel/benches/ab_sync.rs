@@ -9,7 +9,6 @@
 //! for its life. With one pool per side for the whole run, the ratio was whichever mode each
 //! side drew (0.18 or 6.7 in two runs); new connections every round draw again.
 
-use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use diesel::prelude::*;
@@ -19,14 +18,8 @@ use pindb_diesel::r2d2::PinDb;
 use pindb_testkit::ab::{interleave_sync, report};
 use pindb_testkit::Cluster;
 
-diesel::table! {
-    bench_users (id) {
-        id -> Integer,
-        name -> Text,
-    }
-}
-
-type Row = (i32, String);
+#[macro_use]
+mod common;
 const BATCH: u32 = 200;
 
 fn plain_per_request(url: &str) -> Duration {
@@ -34,16 +27,11 @@ fn plain_per_request(url: &str) -> Duration {
         .max_size(1)
         .build(ConnectionManager::<PgConnection>::new(url))
         .unwrap();
-    let warm: Row = bench_users::table
-        .find(42)
-        .get_result(&mut plain.get().unwrap())
-        .unwrap();
-    black_box(warm);
+    find_42_sync!(&mut plain.get().unwrap());
     let start = Instant::now();
     for _ in 0..BATCH {
         let mut conn = plain.get().unwrap();
-        let row: Row = bench_users::table.find(42).get_result(&mut conn).unwrap();
-        black_box(row);
+        find_42_sync!(&mut conn);
     }
     start.elapsed()
 }
@@ -51,18 +39,13 @@ fn plain_per_request(url: &str) -> Duration {
 fn routed_per_request(config: &pindb_core::Config) -> Duration {
     let db = PinDb::new(config.clone()).unwrap();
     Context::new().enter(|| {
-        let warm: Row = bench_users::table
-            .find(42)
-            .get_result(&mut db.get())
-            .unwrap();
-        black_box(warm);
+        find_42_sync!(&mut db.get());
     });
     let start = Instant::now();
     for _ in 0..BATCH {
         Context::new().enter(|| {
             let mut conn = db.get();
-            let row: Row = bench_users::table.find(42).get_result(&mut conn).unwrap();
-            black_box(row);
+            find_42_sync!(&mut conn);
         });
     }
     start.elapsed()

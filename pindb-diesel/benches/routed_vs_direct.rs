@@ -8,24 +8,16 @@
 //!   side goes through its first-statement path (render, check out, run).
 //! - `held_connection`: the query alone on a connection already checked out.
 
-use std::hint::black_box;
 use std::time::Instant;
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use diesel::prelude::*;
 use diesel_async::pooled_connection::AsyncDieselConnectionManager;
-use diesel_async::{AsyncPgConnection, RunQueryDsl};
+use diesel_async::AsyncPgConnection;
 use pindb_diesel::bb8::PinDb;
 use pindb_testkit::Cluster;
 
-diesel::table! {
-    bench_users (id) {
-        id -> Integer,
-        name -> Text,
-    }
-}
-
-type Row = (i32, String);
+#[macro_use]
+mod common;
 
 fn bench(c: &mut Criterion) {
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -54,24 +46,14 @@ fn bench(c: &mut Criterion) {
     g.bench_function("per_request/plain_bb8", |b| {
         b.to_async(&rt).iter(|| async {
             let mut conn = plain.get().await.unwrap();
-            let row: Row = bench_users::table
-                .find(42)
-                .get_result(&mut *conn)
-                .await
-                .unwrap();
-            black_box(row)
+            find_42!(&mut *conn)
         })
     });
     g.bench_function("per_request/routed", |b| {
         b.to_async(&rt).iter(|| {
             pindb_core::scope(async {
                 let mut conn = db.get();
-                let row: Row = bench_users::table
-                    .find(42)
-                    .get_result(&mut conn)
-                    .await
-                    .unwrap();
-                black_box(row)
+                find_42!(&mut conn)
             })
         })
     });
@@ -80,12 +62,7 @@ fn bench(c: &mut Criterion) {
             pindb_core::scope(async {
                 let mut conn = db.get();
                 conn.checkout_for_read().await.unwrap();
-                let row: Row = bench_users::table
-                    .find(42)
-                    .get_result(&mut conn)
-                    .await
-                    .unwrap();
-                black_box(row)
+                find_42!(&mut conn)
             })
         })
     });
@@ -93,12 +70,7 @@ fn bench(c: &mut Criterion) {
         b.to_async(&rt).iter(|| {
             pindb_core::scope(async {
                 let mut conn = db.read().await.unwrap();
-                let row: Row = bench_users::table
-                    .find(42)
-                    .get_result(&mut *conn)
-                    .await
-                    .unwrap();
-                black_box(row)
+                find_42!(&mut *conn)
             })
         })
     });
@@ -109,12 +81,7 @@ fn bench(c: &mut Criterion) {
                 let mut conn = plain.get_owned().await.unwrap();
                 let start = Instant::now();
                 for _ in 0..iters {
-                    let row: Row = bench_users::table
-                        .find(42)
-                        .get_result(&mut *conn)
-                        .await
-                        .unwrap();
-                    black_box(row);
+                    find_42!(&mut *conn);
                 }
                 start.elapsed()
             }
@@ -128,12 +95,7 @@ fn bench(c: &mut Criterion) {
                 conn.checkout_for_read().await.unwrap();
                 let start = Instant::now();
                 for _ in 0..iters {
-                    let row: Row = bench_users::table
-                        .find(42)
-                        .get_result(&mut conn)
-                        .await
-                        .unwrap();
-                    black_box(row);
+                    find_42!(&mut conn);
                 }
                 start.elapsed()
             })
