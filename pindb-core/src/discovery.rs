@@ -56,14 +56,25 @@ impl Slot {
     }
 
     /// `host:port` of the host now, if any.
-    fn address(&self) -> Option<(String, u16)> {
+    pub(crate) fn address(&self) -> Option<(String, u16)> {
         self.now().1.map(|db| (db.host.clone(), db.port))
     }
 
     /// Points the slot at `db`. Under the same lock, `forget` runs first (what was known of
     /// the old host goes in one step with it, see [`Slot::if_current`]) and the set's epoch
     /// moves last, so that [`Slot::now_for`] sees the new host only with the new epoch.
-    fn assign(&self, db: Option<Database>, forget: impl FnOnce()) {
+    /// The host is `address`, opened with `template`'s settings (none: the slot is empty).
+    pub(crate) fn assign(
+        &self,
+        template: &Database,
+        address: Option<&(String, u16)>,
+        forget: impl FnOnce(),
+    ) {
+        let db = address.map(|(host, port)| Database {
+            host: host.clone(),
+            port: *port,
+            ..template.clone()
+        });
         let mut now = self.now.write().unwrap_or_else(PoisonError::into_inner);
         forget();
         let generation = now.0 + 1;
@@ -139,33 +150,6 @@ pub(crate) fn plan(
         }
     }
     Ok(moves)
-}
-
-/// The slots of one set, in slot order, with the template each host is opened with.
-pub(crate) struct SetSlots<'a> {
-    pub(crate) slots: Vec<&'a Slot>,
-    pub(crate) templates: Vec<&'a Database>,
-}
-
-impl SetSlots<'_> {
-    pub(crate) fn addresses(&self) -> Vec<Option<(String, u16)>> {
-        self.slots.iter().map(|s| s.address()).collect()
-    }
-
-    /// Carries out `moves`, calling `forget(slot)` for each under its lock before its host
-    /// changes; returns the slots that changed.
-    pub(crate) fn apply(&self, moves: &Moves, forget: impl Fn(usize)) -> Vec<usize> {
-        for (s, address) in moves {
-            let db = address.as_ref().map(|(host, port)| {
-                let mut db = self.templates[*s].clone();
-                db.host = host.clone();
-                db.port = *port;
-                db
-            });
-            self.slots[*s].assign(db, || forget(*s));
-        }
-        moves.iter().map(|(s, _)| *s).collect()
-    }
 }
 
 /// A database as it is now: a fixed one from the topology, or a runtime replica's current

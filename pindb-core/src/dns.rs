@@ -55,18 +55,17 @@ pub(crate) fn spawn_dns(
         tokio::spawn(async move {
             let mut logged = false;
             loop {
-                match lookup(&resolver, &query).await {
+                // Bounded whatever the resolver's own timeouts and search list add up to.
+                let answer = tokio::time::timeout(every, lookup(&resolver, &query)).await;
+                match answer.unwrap_or_else(|_| Err(ResolveError::from("no answer within discovery.interval_ms"))) {
                     Ok(mut hosts) => {
                         logged = false;
                         if hosts.len() > max {
                             tracing::warn!(target: "pindb", %set, found = hosts.len(), max, "pindb discovery: more hosts than discovery.max_replicas; the first ones (by name) serve");
                             hosts.truncate(max);
                         }
-                        let names: Vec<String> = hosts
-                            .iter()
-                            .map(|(h, p)| format!("{h}:{p}"))
-                            .collect();
-                        if let Err(e) = topology.set_replicas(&set, &names, "dns") {
+                        // It runs beside a monitor: new hosts wait for their checks.
+                        if let Err(e) = topology.set_replicas(&set, &hosts, false, "dns") {
                             tracing::warn!(target: "pindb", %set, error = %e, "pindb discovery: hosts left out");
                         }
                     }
@@ -88,31 +87,28 @@ pub(crate) fn spawn_dns(
 
 fn resolver(set: &str, settings: &DiscoverySettings) -> Result<TokioResolver, PinDbError> {
     let provider = TokioConnectionProvider::default();
-    match &settings.nameserver {
-        None => TokioResolver::builder(provider)
-            .map(|b| b.build())
-            .map_err(|e| {
-                PinDbError::config(
-                    set,
-                    format!("the system's DNS configuration cannot be read ({e}); give discovery.nameserver = \"ip:port\""),
-                )
-            }),
+    let mut builder = match &settings.nameserver {
+        None => TokioResolver::builder(provider).map_err(|e| {
+            PinDbError::config(
+                set,
+                format!("the system's DNS configuration cannot be read ({e}); give discovery.nameserver = \"ip:port\""),
+            )
+        })?,
         Some(text) => {
+            // Checked when the config was loaded.
             let address: std::net::SocketAddr = text.parse().map_err(|_| {
-                PinDbError::config(
-                    set,
-                    format!("discovery.nameserver `{text}` is not `ip:port`; write e.g. \"10.0.0.2:53\""),
-                )
+                PinDbError::config(set, format!("discovery.nameserver `{text}` is not `ip:port`"))
             })?;
             let servers =
                 NameServerConfigGroup::from_ips_clear(&[address.ip()], address.port(), true);
             let config = ResolverConfig::from_parts(None, Vec::new(), servers);
-            let mut builder = TokioResolver::builder_with_config(config, provider);
-            // Every refresh asks again: the records' TTL is the server's business.
-            builder.options_mut().cache_size = 0;
-            Ok(builder.build())
+            TokioResolver::builder_with_config(config, provider)
         }
-    }
+    };
+    // Every refresh asks again: the records' TTL is the server's business (and a cached
+    // negative answer would keep a new replica out).
+    builder.options_mut().cache_size = 0;
+    Ok(builder.build())
 }
 
 /// The name exists with no such records, or does not exist: no hosts. Not a failing

@@ -826,10 +826,16 @@ async fn discover(
             set.health[h].set_down();
         }
     };
-    let mut answered = Vec::new();
-    for (h, &index) in set.replicas.iter().enumerate() {
+    // Every host is asked first, and the roles change only after the last answer, in one
+    // step with no `.await`: a start-up dropped half-way leaves the roles as they were.
+    let mut reports = Vec::with_capacity(set.replicas.len());
+    for &index in &set.replicas {
         let db = &topology.databases()[index];
-        match host_report(&mut Probe::new(db, timeout(settings))).await {
+        reports.push(host_report(&mut Probe::new(db, timeout(settings))).await);
+    }
+    let mut answered = Vec::new();
+    for (h, report) in reports.into_iter().enumerate() {
+        match report {
             Ok(report) => {
                 roles.report(h, Some(report));
                 answered.push(h);
@@ -837,7 +843,8 @@ async fn discover(
             Err(e) => {
                 roles.report(h, None);
                 set_down(h);
-                warnings.push(format!("topology not checked for `{}`: {e}", db.alias));
+                let alias = &topology.databases()[set.replicas[h]].alias;
+                warnings.push(format!("topology not checked for `{alias}`: {e}"));
             }
         }
     }

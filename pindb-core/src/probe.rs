@@ -27,7 +27,11 @@ impl Probe {
     pub(crate) fn new(db: &Database, timeout: Duration) -> Probe {
         Probe {
             url: db.url(),
-            alias: db.alias.clone(),
+            // A runtime replica's alias names whichever host it has: say which.
+            alias: match db.runtime {
+                true => format!("{} ({}:{})", db.alias, db.host, db.port),
+                false => db.alias.clone(),
+            },
             redacted_url: db.redacted_url(),
             generation: 0,
             timeout,

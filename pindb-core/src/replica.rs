@@ -108,18 +108,17 @@ impl Health {
         seen: u64,
     ) -> bool {
         if self.suspicions() != seen {
-            // What it saw may be of a host this slot no longer points at: keep nothing.
-            self.up.store(false, Ordering::Release);
+            // What it saw may be of a host this slot no longer points at: keep nothing
+            // (whatever raised the suspicion already took it out).
             return false;
         }
         self.replay_lsn.store(replay.0, Ordering::Relaxed);
         self.lag_bytes.store(lag_bytes, Ordering::Relaxed);
         self.lag_ms.store(lag_ms, Ordering::Relaxed);
         self.over_lag.store(over_lag, Ordering::Relaxed);
-        // A read failed on it (or its slot got another host) while this check ran: the
-        // suspicion wins over this check, before and after the store.
-        let up = up && self.suspicions() == seen;
         self.up.store(up, Ordering::Release);
+        // A read failed on it (or its slot got another host) since the test above: the
+        // suspicion wins over this check.
         if up && self.suspicions() != seen {
             self.up.store(false, Ordering::Release);
         }

@@ -96,8 +96,8 @@ pub(crate) async fn status(topology: &Topology, timeout: Duration) -> Vec<Databa
             out.push(status);
             continue;
         }
-        if let Err(no_host) = &now {
-            status.error = Some(no_host.to_string());
+        if now.is_err() {
+            status.error = Some("a runtime replica slot with no host now".to_owned());
             out.push(status);
             continue;
         }

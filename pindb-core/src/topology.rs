@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use crate::classify::Footprint;
 use crate::config::Config;
 use crate::coverage::Coverage;
-use crate::discovery::{self, DatabaseRef, SetSlots, Slot};
+use crate::discovery::{self, DatabaseRef, Slot};
 use crate::error::PinDbError;
 use crate::lsn::Lsn;
 use crate::populate::{Database, Membership};
@@ -121,8 +121,6 @@ pub struct Topology {
     set_of: Vec<Option<usize>>,
     /// Parallel to `databases`: the slot of each runtime replica (none for the others).
     slots: Vec<Option<Arc<Slot>>>,
-    /// A monitor runs: a new runtime replica waits for its checks before serving.
-    monitored: AtomicBool,
     /// Bumped whenever a runtime replica's host changes (see [`Topology::runtime_changes`]).
     runtime_changes: AtomicU64,
     /// `emulate_replicas`: runtime replicas are off.
@@ -248,7 +246,6 @@ impl Topology {
                 })
                 .collect(),
             set_of,
-            monitored: AtomicBool::new(false),
             runtime_changes: AtomicU64::new(0),
             emulated: config.emulate_replicas > 0,
             databases,
@@ -342,19 +339,9 @@ impl Topology {
         self.slots.get(index).and_then(Option::as_ref)
     }
 
-    pub(crate) fn set_monitored(&self, monitored: bool) {
-        self.monitored.store(monitored, Ordering::Relaxed);
-    }
-
-    /// Replaces the runtime replicas of `set` with `hosts`: see
-    /// [`Router::set_replicas`](crate::Router::set_replicas). `source` says who asked, for the
-    /// log. Returns the aliases whose host changed.
-    pub(crate) fn set_replicas<S: AsRef<str>>(
-        &self,
-        set: &str,
-        hosts: &[S],
-        source: &str,
-    ) -> Result<Vec<String>, PinDbError> {
+    /// The set named `set`, if it has runtime replica slots; else an error that says how to
+    /// give it some.
+    fn runtime_set(&self, set: &str) -> Result<&SetEntry, PinDbError> {
         let Some(Target::Set(s)) = self.by_alias.get(set).copied() else {
             return Err(match self.target(set) {
                 Err(e) => e,
@@ -365,36 +352,58 @@ impl Topology {
             });
         };
         let entry = &self.sets[s];
-        if entry.runtime.is_empty() && self.emulated {
-            return Err(PinDbError::config(
+        match (entry.runtime.is_empty(), self.emulated) {
+            (false, _) => Ok(entry),
+            (true, true) => Err(PinDbError::config(
                 set,
                 "runtime replicas are off under emulate_replicas: the emulated replica stands \
                  for every replica of the set",
-            ));
-        }
-        if entry.runtime.is_empty() {
-            return Err(PinDbError::config(
+            )),
+            (true, false) => Err(PinDbError::config(
                 set,
                 format!(
                     "set `{set}` has no runtime replica slots; add [masters.{set}.discovery] \
                      (max_replicas = N) to its config"
                 ),
-            ));
+            )),
         }
+    }
+
+    /// `hosts` as `set`'s runtime replicas would take them (`host`, `host:port`, `[v6]:port`;
+    /// without a port, the master's), repeats removed.
+    pub(crate) fn replica_hosts<S: AsRef<str>>(
+        &self,
+        set: &str,
+        hosts: impl IntoIterator<Item = S>,
+    ) -> Result<Vec<(String, u16)>, PinDbError> {
+        let entry = self.runtime_set(set)?;
+        let port = self.databases[entry.replicas[entry.runtime.start]].port;
+        discovery::parse_hosts(set, hosts, port)
+    }
+
+    /// Makes `wanted` the runtime replicas of `set`: see
+    /// [`Router::set_replicas`](crate::Router::set_replicas). `at_once`: a new host serves
+    /// before any check (no monitor runs to check it). `source` says who asked, for the log.
+    /// Returns the aliases whose host changed.
+    pub(crate) fn set_replicas(
+        &self,
+        set: &str,
+        wanted: &[(String, u16)],
+        at_once: bool,
+        source: &str,
+    ) -> Result<Vec<String>, PinDbError> {
+        let entry = self.runtime_set(set)?;
         let _one_at_a_time = entry
             .assigning
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         let indexes = &entry.replicas[entry.runtime.clone()];
-        let slots = SetSlots {
-            slots: indexes
-                .iter()
-                .filter_map(|&i| self.slots[i].as_deref())
-                .collect(),
-            templates: indexes.iter().map(|&i| &self.databases[i]).collect(),
-        };
-        let wanted = discovery::parse_hosts(set, hosts, self.databases[indexes[0]].port)?;
-        let moves = discovery::plan(&slots.addresses(), &wanted).map_err(|n| {
+        let slots: Vec<&Slot> = indexes
+            .iter()
+            .filter_map(|&i| self.slots[i].as_deref())
+            .collect();
+        let now: Vec<_> = slots.iter().map(|slot| slot.address()).collect();
+        let moves = discovery::plan(&now, wanted).map_err(|n| {
             PinDbError::config(
                 set,
                 format!(
@@ -404,31 +413,25 @@ impl Topology {
                 ),
             )
         })?;
-        let monitored = self.monitored.load(Ordering::Relaxed);
-        let mut changed = Vec::new();
-        // Out of rotation with everything known of its old host, in the same step as the
-        // host changes; without a monitor to check it, a new host serves at once.
-        let forget = |slot| {
-            let has_host = moves.iter().any(|(m, a)| *m == slot && a.is_some());
-            entry.health[entry.runtime.start + slot].reset(!monitored && has_host);
-        };
-        let applied = slots.apply(&moves, forget);
-        if !applied.is_empty() {
+        if !moves.is_empty() {
             self.runtime_changes.fetch_add(1, Ordering::AcqRel);
         }
-        for slot in applied {
+        let mut changed = Vec::new();
+        for (slot, address) in &moves {
             let r = entry.runtime.start + slot;
+            let template = &self.databases[indexes[*slot]];
+            // Out of rotation with everything known of its old host, in the same step as
+            // the host changes.
+            slots[*slot].assign(template, address.as_ref(), || {
+                entry.health[r].reset(at_once && address.is_some())
+            });
             // The monitor checks it now rather than at its next interval.
             entry.written[r].notify_one();
-            let alias = &self.databases[indexes[slot]].alias;
-            let host = match &moves
-                .iter()
-                .find(|(m, _)| *m == slot)
-                .and_then(|m| m.1.clone())
-            {
+            let host = match address {
                 Some((h, p)) => format!("{h}:{p}"),
                 None => "none".to_owned(),
             };
+            let alias = &template.alias;
             tracing::info!(target: "pindb", %set, %alias, %host, %source, "pindb: runtime replica changed");
             metrics::counter!("pindb_runtime_replica_changes_total", "set" => set.to_owned())
                 .increment(1);

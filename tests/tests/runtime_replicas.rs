@@ -35,6 +35,10 @@ fn replica(w: &World, n: usize) -> String {
     format!("127.0.0.1:{}", w.replicas[n - 1])
 }
 
+fn is_up(router: &Router, alias: &str) -> bool {
+    router.topology().replica_status(alias).unwrap().unwrap().up
+}
+
 async fn wait_up(router: &Router, alias: &str) {
     let topology = router.topology();
     wait_until(&format!("{alias} is up"), WAIT, || {
@@ -108,19 +112,21 @@ async fn a_removed_host_serves_no_new_read_finishes_its_work_then_its_pool_close
         let changed = router.set_replicas("default", [replica(&w, 2)]).unwrap();
         assert_eq!(changed, ["default-1", "default-2"]);
         // At once: no new read goes to the removed host, nor to the new one before the
-        // monitor has checked it.
+        // monitor has checked it (which it does at once: it may have by now).
         let at_once = scope(db.read()).await;
-        assert_eq!(at_once, Ok(w.master));
+        assert!(
+            at_once == Ok(w.master) || (at_once == Ok(w.replicas[1]) && is_up(router, "default-2")),
+            "{at_once:?}"
+        );
         assert_eq!(
             backends(&w, 1, &app, true).await,
             1,
             "the read under way was not cut"
         );
         wait_up(router, "default-2").await;
-        (at_once, changed_at.elapsed())
+        changed_at.elapsed()
     });
-    let (after, served_after) = after;
-    assert!(after.is_ok());
+    let served_after = after;
     assert_eq!(
         in_flight,
         Ok(w.replicas[0]),
@@ -209,10 +215,9 @@ async fn hosts_follow_set_replicas<A: Adapter>() {
 
     router.set_replicas("default", [replica(&w, 2)]).unwrap();
     let at_once = scope(db.read()).await;
-    assert_eq!(
-        at_once,
-        Ok(w.master),
-        "{}: the slot's new host is not read before its check",
+    assert!(
+        at_once == Ok(w.master) || (at_once == Ok(w.replicas[1]) && is_up(router, "default-1")),
+        "{}: the removed host is not read, nor the new one before its check: {at_once:?}",
         A::NAME
     );
     wait_up(router, "default-1").await;
@@ -273,9 +278,10 @@ async fn srv_records_bring_and_take_hosts_and_a_failing_name_server_keeps_them()
         hosts(router).len() == 2
     })
     .await;
+    let now = router.topology().runtime_replicas("default").unwrap();
     assert_eq!(
-        router.topology().runtime_replicas("default").unwrap()[0].0,
-        "default-1",
+        now,
+        [("default-1", replica(&w, 1)), ("default-2", replica(&w, 2))],
         "the host that stayed kept its slot"
     );
     wait_up(router, "default-2").await;
@@ -287,8 +293,9 @@ async fn srv_records_bring_and_take_hosts_and_a_failing_name_server_keeps_them()
     // The name server fails: the hosts stay.
     dns.set_failing(true);
     let asked = dns.queries();
-    wait_until("three failed refreshes", WAIT, || {
-        dns.queries() >= asked + 3
+    // Six more queries: at least three refreshes, whatever hickory retries of a SERVFAIL.
+    wait_until("several failed refreshes", WAIT, || {
+        dns.queries() >= asked + 6
     })
     .await;
     assert_eq!(hosts(router), [replica(&w, 1), replica(&w, 2)]);
@@ -342,7 +349,24 @@ async fn a_host_that_is_not_a_standby_of_the_master_is_never_read() {
         .set_replicas("default", [primary, stranger.clone(), replica(&w, 1)])
         .unwrap();
     wait_up(router, "default-3").await;
-    // Checks run every 50 ms: many rounds more.
+    // The stranger was really checked (only a monitor connects there as `pindb-monitor`),
+    // then many rounds more (checks run every 50 ms).
+    let checked = "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'pindb-monitor'";
+    let on_stranger = pindb_testkit::connect(&w.cluster.stranger_url).await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while on_stranger
+        .query_one(checked, &[])
+        .await
+        .unwrap()
+        .get::<_, i64>(0)
+        == 0
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the stranger was never checked"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     tokio::time::sleep(Duration::from_millis(500)).await;
     for alias in ["default-1", "default-2"] {
         let status = router.topology().replica_status(alias).unwrap().unwrap();

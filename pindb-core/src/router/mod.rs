@@ -167,13 +167,7 @@ impl Router {
         let emulated = self.inner.config.emulate_replicas > 0;
         let warnings =
             crate::monitor::verify_topology(&self.inner.topology, settings, emulated, true).await?;
-        // Monitored before the first DNS answer: its hosts wait for their checks.
-        self.inner.topology.set_monitored(true);
-        let dns = self.dns_refreshes(emulated).inspect_err(|_| {
-            let running = self.inner.monitor.lock();
-            let running = running.unwrap_or_else(PoisonError::into_inner);
-            self.inner.topology.set_monitored(!running.is_empty());
-        })?;
+        let dns = self.dns_refreshes(emulated)?;
         let mut tasks = crate::monitor::spawn(&self.inner.topology, settings, emulated);
         tasks.extend(dns);
         // Swapped and stopped under one lock: two concurrent starts leave one set of tasks.
@@ -242,7 +236,6 @@ impl Router {
     /// Stops the replica monitor; replicas keep their last known state.
     pub fn stop_monitor(&self) {
         self.inner.stop_monitor();
-        self.inner.topology.set_monitored(false);
     }
 
     /// Replaces the runtime replicas of `set` (slots declared with
@@ -278,10 +271,16 @@ impl Router {
         set: &str,
         hosts: impl IntoIterator<Item = S>,
     ) -> Result<Vec<String>, PinDbError> {
-        let hosts: Vec<S> = hosts.into_iter().collect();
-        self.inner
-            .topology
-            .set_replicas(set, &hosts, "set_replicas")
+        let topology = &self.inner.topology;
+        let wanted = topology.replica_hosts(set, hosts)?;
+        // Without a monitor to check them, new hosts serve at once (as configured ones do).
+        let monitored = !self
+            .inner
+            .monitor
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .is_empty();
+        topology.set_replicas(set, &wanted, !monitored, "set_replicas")
     }
 
     /// The config this router was built from.
