@@ -128,6 +128,32 @@ impl<P: Clone> PoolTable<P> {
         }
     }
 
+    /// [`PoolTable::get`] for a pool asked for by name, not by a route: as the database is
+    /// now.
+    pub fn get_now<'a, E: From<PinDbError>>(
+        &'a self,
+        topology: &'a Topology,
+        index: usize,
+        build: impl FnOnce(&Database) -> Result<P, E>,
+    ) -> Result<(Cow<'a, P>, DatabaseRef<'a>), E> {
+        self.get(topology, index, topology.epoch(index), build)
+    }
+
+    /// A table built from `pools`, parallel to [`Topology::databases`]: `Some` for each fixed
+    /// database, `None` for each runtime replica (built at its first use).
+    pub fn from_fixed(pools: Vec<Option<P>>) -> Self {
+        PoolTable {
+            cells: pools
+                .into_iter()
+                .map(|pool| match pool {
+                    Some(pool) => Cell::Fixed(pool),
+                    None => Cell::Runtime(Mutex::new(None)),
+                })
+                .collect(),
+            swept: AtomicU64::new(0),
+        }
+    }
+
     /// Drops the pools built for hosts that left, once per change of the topology's runtime
     /// hosts (one atomic load otherwise).
     fn sweep(&self, topology: &Topology) {

@@ -48,11 +48,10 @@ pub(crate) fn after_attempt<T>(
     let failure = match &attempted {
         Attempted::Done(Ok(_)) => None,
         Attempted::Done(Err(e)) => replica_failure(e),
-        // A runtime replica removed after the route was chosen: nothing wrong with it to
-        // suspect, go elsewhere as from a busy one.
-        Attempted::CheckoutFailed(
-            Error::PoolTimeout { .. } | Error::Routing(PinDbError::NoHost { .. }),
-        ) => Some(ReplicaFailure::Busy),
+        Attempted::CheckoutFailed(Error::PoolTimeout { .. }) => Some(ReplicaFailure::Busy),
+        Attempted::CheckoutFailed(Error::Routing(PinDbError::NoHost { .. })) => {
+            Some(ReplicaFailure::Moved)
+        }
         Attempted::CheckoutFailed(_) => Some(ReplicaFailure::Unreachable),
         Attempted::TimedOut => Some(ReplicaFailure::Timeout),
     };
@@ -72,7 +71,7 @@ pub(crate) fn after_attempt<T>(
     // A connection that failed, hung or was cancelled mid-statement is not reused.
     let discard = !matches!(
         failure,
-        None | Some(ReplicaFailure::Refused | ReplicaFailure::Busy)
+        None | Some(ReplicaFailure::Refused | ReplicaFailure::Busy | ReplicaFailure::Moved)
     );
     match (rerouted, attempted) {
         (Err(refused), _) => Next::Return(Err(Error::Routing(refused).into())),
@@ -100,16 +99,12 @@ pub(crate) fn timed_out(router: &Router, index: usize) -> diesel::result::Error 
 /// fresh connection fails too (with what really happened), else the pool's own error. A
 /// runtime replica whose host changed after the route was decided is said as such: no
 /// server is to blame.
-pub(crate) async fn checkout_error(
-    router: &Router,
-    index: usize,
-    e: Error,
-) -> diesel::result::Error {
+pub(crate) async fn checkout_error(router: &Router, index: usize, e: Error) -> Error {
     if matches!(e, Error::Routing(PinDbError::NoHost { .. })) {
-        return e.into();
+        return e;
     }
     match router.diagnose(index).await {
-        Some(unreachable) => Error::Routing(unreachable).into(),
-        None => e.into(),
+        Some(unreachable) => Error::Routing(unreachable),
+        None => e,
     }
 }

@@ -13,9 +13,9 @@ use std::sync::Arc;
 use pindb_core::adapter::{Database, PoolTable, ReplicaFailure, Shape};
 use pindb_core::{Config, Hint, Operation, Role, Router};
 use sea_orm::{
-    AccessMode, ConnectOptions, ConnectionTrait, DatabaseConnection, DatabaseTransaction,
-    DbBackend, DbErr, ExecResult, IsolationLevel, QueryResult, QueryStream, Statement, StreamTrait,
-    TransactionError, TransactionOptions, TransactionTrait,
+    AccessMode, ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbBackend, DbErr,
+    ExecResult, IsolationLevel, QueryResult, QueryStream, Statement, StreamTrait, TransactionError,
+    TransactionOptions, TransactionTrait,
 };
 
 use crate::error::{replica_failure, to_db_err, Error};
@@ -35,24 +35,36 @@ enum Routed {
     Db(DbErr),
 }
 
+impl Routed {
+    fn into_db_err(self) -> DbErr {
+        match self {
+            Routed::Routing(e) => to_db_err(e),
+            Routed::Db(e) => e,
+        }
+    }
+}
+
 impl From<pindb_core::PinDbError> for Routed {
     fn from(e: pindb_core::PinDbError) -> Self {
         Routed::Routing(e)
     }
 }
 
-/// A runtime replica's pool, built without waiting (no connection until first use).
-fn runtime_pool(db: &Database) -> Result<DatabaseConnection, DbErr> {
+/// The pool of one database (a runtime replica's: of its host now), built without waiting:
+/// no connection until first use, so a server that is down at start-up does not stop the
+/// application.
+fn pool(db: &Database) -> Result<DatabaseConnection, DbErr> {
     use sea_orm::sqlx::postgres::{PgConnectOptions, PgPoolOptions};
     use sea_orm::sqlx::ConnectOptions as _;
     let options: PgConnectOptions = db
         .url()
         .parse()
         .map_err(|e| DbErr::Custom(format!("`{}`: {e}", db.alias)))?;
-    // Safety net, as for every replica: a write that reaches it fails with SQLSTATE 25006.
-    let options = options
-        .options([("default_transaction_read_only", "on")])
-        .disable_statement_logging();
+    let mut options = options.disable_statement_logging();
+    if db.is_replica() {
+        // Safety net: a write that reaches a replica pool fails with SQLSTATE 25006.
+        options = options.options([("default_transaction_read_only", "on")]);
+    }
     let mut pool = PgPoolOptions::new()
         .max_connections(db.pool.max_size)
         .acquire_timeout(db.pool.connect_timeout);
@@ -78,23 +90,6 @@ impl std::fmt::Debug for PinDb {
     }
 }
 
-fn connect_options(db: &Database) -> ConnectOptions {
-    let mut opts = ConnectOptions::new(db.url());
-    opts.max_connections(db.pool.max_size)
-        .acquire_timeout(db.pool.connect_timeout)
-        .connect_timeout(db.pool.connect_timeout)
-        .connect_lazy(true)
-        .sqlx_logging(false);
-    if let Some(min) = db.pool.min_idle {
-        opts.min_connections(min);
-    }
-    if db.is_replica() {
-        // Safety net: a write that reaches a replica pool fails with SQLSTATE 25006.
-        opts.map_sqlx_postgres_opts(|o| o.options([("default_transaction_read_only", "on")]));
-    }
-    opts
-}
-
 impl PinDb {
     /// Builds the router and one lazily connecting `DatabaseConnection` per alias: a server
     /// that is down at start-up does not stop the application.
@@ -106,21 +101,15 @@ impl PinDb {
     pub async fn from_router(router: Router) -> Result<PinDb, Error> {
         let mut conns = Vec::with_capacity(router.topology().databases().len());
         for db in router.topology().databases() {
-            if db.runtime {
-                conns.push(None);
-                continue;
-            }
-            let conn = sea_orm::Database::connect(connect_options(db))
-                .await
-                .map_err(|source| Error::Pool {
-                    alias: db.alias.clone(),
-                    url: db.redacted_url(),
-                    source,
-                })?;
-            conns.push(Some(conn));
+            // A runtime replica's pool is built for its host, at its first use.
+            let conn = (!db.runtime).then(|| pool(db)).transpose();
+            conns.push(conn.map_err(|source| Error::Pool {
+                alias: db.alias.clone(),
+                url: db.redacted_url(),
+                source,
+            })?);
         }
-        let mut conns = conns.into_iter();
-        let conns = PoolTable::new(router.topology(), |_| conns.next().flatten());
+        let conns = PoolTable::from_fixed(conns);
         Ok(PinDb {
             inner: Arc::new(Inner {
                 router,
@@ -176,7 +165,12 @@ impl PinDb {
 
     /// The pool of the database at `index` asked for by name, not by a route.
     fn conn_now(&self, index: usize) -> Result<Cow<'_, DatabaseConnection>, DbErr> {
-        self.conn(index, self.inner.router.topology().runtime_changes())
+        let topology = self.inner.router.topology();
+        let built = self
+            .inner
+            .conns
+            .get_now(topology, index, |db| pool(db).map_err(Routed::Db));
+        built.map(|(conn, _)| conn).map_err(Routed::into_db_err)
     }
 
     /// The pool of the database at `index` for a route decided at `epoch`: for a runtime
@@ -184,13 +178,9 @@ impl PinDb {
     /// a runtime host changed since the route was decided.
     fn conn(&self, index: usize, epoch: u64) -> Result<Cow<'_, DatabaseConnection>, DbErr> {
         let topology = self.inner.router.topology();
-        let build = |db: &Database| runtime_pool(db).map_err(Routed::Db);
+        let build = |db: &Database| pool(db).map_err(Routed::Db);
         let built = self.inner.conns.get(topology, index, epoch, build);
-        match built {
-            Ok((conn, _)) => Ok(conn),
-            Err(Routed::Db(e)) => Err(e),
-            Err(Routed::Routing(e)) => Err(to_db_err(e)),
-        }
+        built.map(|(conn, _)| conn).map_err(Routed::into_db_err)
     }
 
     /// The pool a statement with this text goes to, under the router's rules.
@@ -203,9 +193,9 @@ impl PinDb {
     /// fails or leaves unanswered for `reads.timeout_ms` runs again where pindb-core says
     /// (another replica, the master): SeaORM's `ConnectionTrait` calls here never run inside
     /// a transaction (those go to a `DatabaseTransaction`), so a retry is always safe.
-    async fn run<T, F, Fut>(&self, stmt: Statement, run: F) -> Result<T, DbErr>
+    async fn run<'s, T, F, Fut>(&'s self, stmt: Statement, run: F) -> Result<T, DbErr>
     where
-        F: Fn(DatabaseConnection, Statement) -> Fut,
+        F: Fn(Cow<'s, DatabaseConnection>, Statement) -> Fut,
         Fut: Future<Output = Result<T, DbErr>>,
     {
         let router = &self.inner.router;
@@ -215,11 +205,11 @@ impl PinDb {
         let mut tries = 0u32;
         loop {
             let conn = match self.conn(index, epoch) {
-                Ok(conn) => conn.into_owned(),
-                // A runtime replica removed after the route was chosen: elsewhere.
-                Err(e) if role == Role::Replica => {
+                Ok(conn) => conn,
+                // A runtime replica removed or replaced after the route was chosen: elsewhere.
+                Err(e) if role == Role::Replica && moved(&e) => {
                     let next = router
-                        .reroute(index, ReplicaFailure::Busy, tries, &stmt.sql)
+                        .reroute(index, ReplicaFailure::Moved, tries, &stmt.sql)
                         .map_err(to_db_err)?;
                     match next {
                         Some(next) => {
@@ -471,6 +461,15 @@ impl TransactionTrait for PinDb {
             .transaction_with_config(callback, isolation_level, access_mode)
             .await
     }
+}
+
+/// Whether the pool could not be had because a runtime replica's host changed after the
+/// route was decided ([`pindb_core::PinDbError::NoHost`]).
+fn moved(e: &DbErr) -> bool {
+    matches!(
+        crate::error::routing_error(e),
+        Some(Error::Routing(pindb_core::PinDbError::NoHost { .. }))
+    )
 }
 
 /// `failure`, unless `pool` has every connection busy: then the replica is fine and merely

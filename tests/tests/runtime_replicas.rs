@@ -231,6 +231,24 @@ async fn hosts_follow_set_replicas<A: Adapter>() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_alias_asked_for_by_name_after_a_change_of_two_hosts_seaorm() {
+    let w = World::new().await;
+    let db = SeaOrm::open(config(&w, "pindb-two", "max_replicas = 2")).await;
+    let router = db.router();
+    router.start_monitor().await.unwrap();
+    // One call, two slots: the set's epoch moves twice.
+    router
+        .set_replicas("default", [replica(&w, 1), replica(&w, 2)])
+        .unwrap();
+    wait_up(router, "default-1").await;
+    wait_up(router, "default-2").await;
+    let sql = "SELECT current_setting('port')::int AS port";
+    assert_eq!(db.port_of_sql_on("default-1", sql).await, Ok(w.replicas[0]));
+    assert_eq!(db.port_of_sql_on("default-2", sql).await, Ok(w.replicas[1]));
+    router.stop_monitor();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hosts_follow_set_replicas_diesel_sync() {
     hosts_follow_set_replicas::<DieselSync>().await;
 }

@@ -222,20 +222,24 @@ impl Consistency {
                 continue;
             };
             // A runtime replica: its probe follows the slot's host (never back to an older
-            // one), asked under the probe's lock, and what it says is recorded only if the
-            // slot still has that host (atomically with a change, see `Slot::if_current`).
+            // one), and what it says is recorded only if the slot still has that host
+            // (atomically with a change, see `Slot::if_current`).
             let (generation, Some(db)) = slot.now() else {
                 continue;
             };
-            let mut probe = self.probes[index].lock().await;
-            if probe.generation < generation {
-                *probe = Probe::new(&db, self.probe_timeout);
-                probe.generation = generation;
+            {
+                let mut probe = self.probes[index].lock().await;
+                if probe.generation < generation {
+                    *probe = Probe::new(&db, self.probe_timeout);
+                    probe.generation = generation;
+                }
             }
-            if probe.generation != generation {
-                continue;
-            }
-            if let Ok(Some(lsn)) = probe.row(sql).await.and_then(|row| lsn_column(&row, 0)) {
+            // Shared with concurrent callers, as for any replica. The probe may have moved on
+            // to a newer host meanwhile: `if_current` then drops what it says.
+            if let Ok(Some(lsn)) = Probe::shared_row(&self.probes[index], sql)
+                .await
+                .and_then(|row| lsn_column(&row, 0))
+            {
                 slot.if_current(generation, || s.health[r].raise_replay(lsn));
             }
         }

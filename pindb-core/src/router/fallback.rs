@@ -41,6 +41,9 @@ pub enum ReplicaFailure {
     /// The replica's pool had no free connection in time (every connection busy): the
     /// replica is fine, the read goes elsewhere.
     Busy,
+    /// A runtime replica's host was removed or replaced after the read was routed to it
+    /// ([`PinDbError::NoHost`]): nothing ran, no server is to blame, the read goes elsewhere.
+    Moved,
 }
 
 impl ReplicaFailure {
@@ -83,6 +86,7 @@ impl ReplicaFailure {
             ReplicaFailure::Unreachable => "unreachable",
             ReplicaFailure::Timeout => "timeout",
             ReplicaFailure::Busy => "busy",
+            ReplicaFailure::Moved => "moved",
         }
     }
 }
@@ -128,7 +132,10 @@ impl Router {
             }
             // Not the replica's fault, or not provably (a long query): it stays in rotation;
             // the monitor takes out a replica that really hangs.
-            ReplicaFailure::Timeout | ReplicaFailure::RecoveryConflict | ReplicaFailure::Busy => {}
+            ReplicaFailure::Timeout
+            | ReplicaFailure::RecoveryConflict
+            | ReplicaFailure::Busy
+            | ReplicaFailure::Moved => {}
         }
         // A statement that ran out of time goes to the master, not to another replica: a
         // long query must not run on every replica in turn.

@@ -225,7 +225,7 @@ impl PinDbConnection {
     pub(super) async fn hold(&mut self, index: usize) -> QueryResult<&mut Pooled> {
         match self.try_hold(index).await {
             Ok(()) => self.slots.get(),
-            Err(e) => Err(checkout_error(self.db.router(), index, e).await),
+            Err(e) => Err(checkout_error(self.db.router(), index, e).await.into()),
         }
     }
 
@@ -260,7 +260,9 @@ impl PinDbConnection {
             if !replica {
                 return match attempted {
                     Attempted::Done(result) => result,
-                    Attempted::CheckoutFailed(e) => Err(checkout_error(&router, index, e).await),
+                    Attempted::CheckoutFailed(e) => {
+                        Err(checkout_error(&router, index, e).await.into())
+                    }
                     // Only replica attempts are timed; said, not assumed.
                     Attempted::TimedOut => Err(timed_out(&router, index)),
                 };
@@ -269,7 +271,7 @@ impl PinDbConnection {
                 attempt.refused(&router)
             }) {
                 Next::Return(result) => return result,
-                Next::Diagnose(e) => return Err(checkout_error(&router, index, e).await),
+                Next::Diagnose(e) => return Err(checkout_error(&router, index, e).await.into()),
                 Next::Retry {
                     index: next,
                     epoch,

@@ -14,6 +14,7 @@ use pindb_core::adapter::Database;
 use pindb_core::{Config, Hint, PinDbError, Router};
 
 use crate::error::Error;
+use crate::fallback::checkout_error;
 use crate::pools::Pools;
 
 mod attempt;
@@ -133,12 +134,7 @@ impl PinDb {
     async fn checkout_diagnosed(&self, index: usize, epoch: u64) -> Result<Pooled, Error> {
         match self.checkout(index, epoch).await {
             Ok(conn) => Ok(conn),
-            // A runtime replica whose host changed since the route: no server to blame.
-            Err(e @ Error::Routing(PinDbError::NoHost { .. })) => Err(e),
-            Err(e) => Err(match self.router().diagnose(index).await {
-                Some(unreachable) => Error::Routing(unreachable),
-                None => e,
-            }),
+            Err(e) => Err(checkout_error(self.router(), index, e).await),
         }
     }
 
