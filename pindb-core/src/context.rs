@@ -81,14 +81,21 @@ pub(crate) struct State {
     pub(crate) store_unavailable: bool,
 }
 
+/// The replica a context reads a set from: which router chose it, its index among the set's
+/// replicas, and the host generation it had then (a runtime replica's host can change, and
+/// what the context read came from the host it had).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Sticky {
+    pub(crate) router: u64,
+    pub(crate) replica: usize,
+    pub(crate) generation: u64,
+}
+
 pub(crate) struct SetState {
     name: Arc<str>,
     pub(crate) pin: Option<PinOrigin>,
-    /// `(router id, replica index)` chosen for this set, kept for the rest of the context.
-    pub(crate) replica: Option<(u64, usize)>,
-    /// The host generation of `replica` when it was chosen (a runtime replica's host can
-    /// change; what this context read came from the old one).
-    pub(crate) replica_generation: u64,
+    /// The replica chosen for this set, kept for the rest of the context.
+    pub(crate) replica: Option<Sticky>,
     /// The WAL position a replica must have replayed to serve this context (read-your-writes).
     pub(crate) required: Option<Lsn>,
     /// Reads of this set routed to `replica` so far.
@@ -115,7 +122,6 @@ impl State {
                     name: Arc::clone(set),
                     pin: None,
                     replica: None,
-                    replica_generation: 0,
                     required: None,
                     replica_reads: 0,
                     failed_over: false,

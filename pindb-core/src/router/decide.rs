@@ -6,10 +6,10 @@
 use super::{Hint, Operation, Reason, Role, Route, Router};
 
 use crate::config::RouterMode;
-use crate::context::{with_current, GuardKind, PinOrigin, State};
+use crate::context::{with_current, GuardKind, PinOrigin, State, Sticky};
 use crate::error::PinDbError;
 use crate::replica::NoReplica;
-use crate::topology::Target;
+use crate::topology::{SetEntry, Target};
 
 impl Router {
     pub(super) fn resolve(&self, hint: &Hint<'_>, op: Operation) -> Result<Target, PinDbError> {
@@ -114,6 +114,15 @@ impl Router {
         }
     }
 
+    /// `set`'s replica `r` as a context keeps it, now.
+    pub(super) fn sticky(&self, set: &SetEntry, r: usize) -> Sticky {
+        Sticky {
+            router: self.inner.id,
+            replica: r,
+            generation: self.inner.topology.generation(set.replicas[r]),
+        }
+    }
+
     /// A runtime replica named by its alias. Its host changes, so the name says nothing of
     /// what it has replayed: it serves only while it is up and has replayed the context's
     /// position, and, if the context read from it before, still has the same host (monotonic
@@ -123,13 +132,15 @@ impl Router {
         let set = topology.set(s);
         let i = set.replicas[r];
         // Before the health is read (see `Route::epoch`).
-        let (epoch, generation) = (set.epoch(), topology.generation(i));
+        let (epoch, now) = (set.epoch(), self.sticky(set, r));
         let health = &set.health[r];
         let verdict = with_current(|ctx| {
             let mut state = ctx.lock();
             let entry = state.set_mut(&set.name);
-            let read_before = entry.replica == Some((self.inner.id, r)) && entry.replica_reads > 0;
-            if read_before && entry.replica_generation != generation {
+            let read_before = entry
+                .replica
+                .filter(|k| k.router == now.router && k.replica == r && entry.replica_reads > 0);
+            if read_before.is_some_and(|k| k != now) {
                 return Err(Reason::ReplicaFailed);
             }
             match health.fit(entry.required) {
@@ -233,12 +244,9 @@ impl Router {
         if entry.failed_over {
             return Err(NoReplica::FailedOver);
         }
-        let topology = &self.inner.topology;
-        let mut keep = entry
-            .replica
-            .filter(|(router, _)| *router == self.inner.id)
-            .map(|(_, i)| i);
-        if keep.is_some_and(|k| topology.generation(set.replicas[k]) != entry.replica_generation) {
+        let kept = entry.replica.filter(|k| k.router == self.inner.id);
+        let mut keep = kept.map(|k| k.replica);
+        if kept.is_some_and(|k| k != self.sticky(set, k.replica)) {
             // A runtime replica whose host changed: the new host may be behind what the
             // context read from the old one (monotonic reads), as when a replica fails.
             if entry.replica_reads > 0 {
@@ -268,8 +276,7 @@ impl Router {
             return Err(NoReplica::FailedOver);
         }
         if count || keep.is_none() {
-            entry.replica = Some((self.inner.id, i));
-            entry.replica_generation = topology.generation(set.replicas[i]);
+            entry.replica = Some(self.sticky(set, i));
         }
         if count {
             entry.replica_reads = entry.replica_reads.saturating_add(1);

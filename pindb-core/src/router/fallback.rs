@@ -158,13 +158,16 @@ impl Router {
         let other = with_current(|ctx| {
             let mut state = ctx.lock();
             let entry = state.set_mut(&name);
-            let mine = entry.replica == Some((self.inner.id, r));
+            let mine = entry
+                .replica
+                .is_some_and(|k| k.router == self.inner.id && k.replica == r);
             match entry.replica {
                 _ if entry.failed_over => None,
-                // The context reads from another replica: it stays there (monotonic).
-                Some((id, c)) if !mine && id == self.inner.id => {
-                    let same_host =
-                        topology.generation(set.replicas[c]) == entry.replica_generation;
+                // The context reads from another replica: it stays there (monotonic), if it
+                // still has the host the context read from.
+                Some(k) if !mine && k.router == self.inner.id => {
+                    let c = k.replica;
+                    let same_host = k == self.sticky(set, c);
                     (same_host && set.health[c].fit(entry.required) && covers(c)).then_some(c)
                 }
                 // The failed read counted one; more means the context read from it before,
@@ -179,8 +182,7 @@ impl Router {
                         .picker
                         .choose(policy, &set.health, required, None, Some(r), &covers)
                         .ok()?;
-                    entry.replica = Some((self.inner.id, i));
-                    entry.replica_generation = topology.generation(set.replicas[i]);
+                    entry.replica = Some(self.sticky(set, i));
                     entry.replica_reads = 1;
                     Some(i)
                 }
