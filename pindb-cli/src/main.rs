@@ -7,7 +7,8 @@
 //!   replica a standby of its master); exits 1 with the reason when it is wrong, 2 when the
 //!   config cannot be read.
 //!
-//! The config is read as the service reads it (`Config::load`: `PINDB_URL_<ALIAS>` overrides
+//! Without `--config`, the file named by `PINDB_CONFIG` is read, else `pindb.toml`. The config
+//! is read as the service reads it (`Config::load`: `PINDB_URL_<ALIAS>` overrides
 //! apply).
 #![forbid(unsafe_code)]
 
@@ -24,8 +25,13 @@ use pindb_core::{Config, DatabaseStatus, Router};
     about = "The topology and replication of a pindb config"
 )]
 struct Cli {
-    /// The config file.
-    #[arg(long, global = true, default_value = "pindb.toml")]
+    /// The config file (`scripts/cluster env` exports the dev cluster's as PINDB_CONFIG).
+    #[arg(
+        long,
+        global = true,
+        env = "PINDB_CONFIG",
+        default_value = "pindb.toml"
+    )]
     config: PathBuf,
     #[command(subcommand)]
     command: Command,

@@ -167,3 +167,50 @@ fn a_logical_replica_shows_its_kind_and_published_tables_and_is_checked() {
         "{out}"
     );
 }
+
+/// `scripts/cluster up` writes the dev cluster's config and `scripts/cluster env` exports it as
+/// PINDB_CONFIG: the CLI reads it with no `--config`, from any directory.
+#[test]
+fn the_dev_cluster_config_is_read_from_pindb_config_without_a_flag() {
+    let path = std::env::var_os("PINDB_CONFIG").map_or_else(
+        || {
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../target/pindb-cluster/pindb.toml")
+        },
+        std::path::PathBuf::from,
+    );
+    assert!(
+        path.exists(),
+        "{} is missing: `scripts/cluster up` writes it",
+        path.display()
+    );
+    let run = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_pindb"))
+            .args(args)
+            .env("PINDB_CONFIG", &path)
+            .current_dir(std::env::temp_dir())
+            .output()
+            .unwrap();
+        let code = out.status.code().unwrap_or(-1);
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        (code, text + &String::from_utf8_lossy(&out.stderr))
+    };
+    let (code, out) = run(&["check"]);
+    assert_eq!((code, out.trim()), (0, "topology ok"));
+    let (code, table) = run(&["status"]);
+    assert_eq!(code, 0, "{table}");
+    let aliases: Vec<&str> = table
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    assert_eq!(
+        aliases,
+        ["default", "default-1", "default-2", "default-3"],
+        "the primary, both standbys and the logical subscriber:\n{table}"
+    );
+    assert!(
+        table.lines().nth(4).is_some_and(|l| l.contains("logical")),
+        "{table}"
+    );
+}

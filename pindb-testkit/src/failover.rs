@@ -32,7 +32,9 @@ pub struct Nodes {
 }
 
 impl FailoverCluster {
-    /// Takes the cluster for this test, starting (or creating) it in the standard topology.
+    /// Takes the cluster for this test, starting (or creating, or repairing) it in the standard
+    /// topology, verified by `scripts/cluster verify`. Panics with "SET-UP FAILED" when that
+    /// fails: the test's own behaviour was never tried.
     pub fn exclusive() -> FailoverCluster {
         let exclusive = EXCLUSIVE.lock().unwrap_or_else(PoisonError::into_inner);
         let base = std::env::var(FAILOVER_PORT_BASE_VAR)
@@ -43,7 +45,19 @@ impl FailoverCluster {
             nodes: Nodes { base },
             _exclusive: exclusive,
         };
-        cluster.nodes.script(&["up"]);
+        for step in ["up", "verify"] {
+            let out = run_script(base, &[step]);
+            match out {
+                Ok(out) if out.status.success() => {}
+                Ok(out) => panic!(
+                    "SET-UP FAILED (not the behaviour under test): `scripts/cluster {step}` on \
+                     the failover cluster (ports {base}-{}) failed:\n{}",
+                    base + 2,
+                    String::from_utf8_lossy(&out.stderr)
+                ),
+                Err(e) => panic!("SET-UP FAILED: cannot run scripts/cluster: {e}"),
+            }
+        }
         cluster
     }
 }
