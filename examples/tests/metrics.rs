@@ -184,13 +184,7 @@ fn the_dashboard_only_queries_metrics_pindb_records() {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
     let mut code = String::new();
     sources(&root.join("../pindb-core/src"), &mut code);
-    let dashboard = std::fs::read_to_string(root.join("grafana/pindb.json")).unwrap();
-    let mut queried: Vec<&str> = dashboard
-        .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
-        .filter(|w| w.starts_with("pindb_"))
-        .collect();
-    queried.sort();
-    queried.dedup();
+    let queried = dashboard_metrics();
     assert!(queried.len() >= 8, "{queried:?}");
     for name in queried {
         assert!(
@@ -198,4 +192,53 @@ fn the_dashboard_only_queries_metrics_pindb_records() {
             "{name} is not recorded by pindb-core"
         );
     }
+}
+
+/// The metrics the Grafana dashboard queries.
+fn dashboard_metrics() -> Vec<String> {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let dashboard = std::fs::read_to_string(root.join("grafana/pindb.json")).unwrap();
+    let mut queried: Vec<String> = dashboard
+        .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .filter(|w| w.starts_with("pindb_"))
+        .map(str::to_owned)
+        .collect();
+    queried.sort();
+    queried.dedup();
+    queried
+}
+
+/// On a healthy system, every panel has data from the start: once the monitor has run, every
+/// metric the dashboard queries is on `/metrics` (counters at 0), except the routing
+/// decisions, which appear with the first one.
+#[tokio::test(flavor = "multi_thread")]
+async fn every_dashboard_metric_is_on_the_metrics_endpoint_from_start_up() {
+    let f = Fixture::new(SCHEMA_SQL).await;
+    let url = serve(axum::Router::new().merge(metrics_routes())).await;
+    let mut config = f.config(RouterMode::Greedy, &[1, 2]);
+    config.monitor.interval_ms = 50;
+    let db = PinDb::new(config).unwrap();
+    db.router().start_monitor().await.unwrap();
+    let mut text = String::new();
+    for _ in 0..100 {
+        text = scrape(&url).await;
+        if text.contains("pindb_replication_slot_active{") && text.contains("pindb_replica_up{") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let missing: Vec<String> = dashboard_metrics()
+        .into_iter()
+        .filter(|name| name != "pindb_routes_total")
+        .filter(|name| {
+            !text
+                .lines()
+                .any(|l| l.starts_with(&format!("{name}{{")) || l.starts_with(&format!("{name} ")))
+        })
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "no data for {missing:?} on a healthy system:\n{text}"
+    );
+    f.finish().await;
 }

@@ -145,6 +145,7 @@ fn table(status: &[DatabaseStatus]) -> String {
                 match (&s.error, s.up) {
                     (None, _) => "up".to_owned(),
                     (Some(e), true) => format!("up ({e})"),
+                    (Some(e), false) if e.starts_with("wrong role") => e.clone(),
                     (Some(e), false) => format!("down ({e})"),
                 },
                 opt(s.lag_bytes),

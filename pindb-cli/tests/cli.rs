@@ -88,6 +88,18 @@ fn check_passes_a_right_topology_and_names_what_is_wrong() {
         "{out}"
     );
 
+    // ... and `status` says the same of it: not up, a wrong role, exit 1.
+    let (code, out) = pindb(&["status"], &bad);
+    assert_eq!(code, 1, "{out}");
+    let line = out
+        .lines()
+        .find(|l| l.starts_with("default-1"))
+        .unwrap_or_else(|| panic!("{out}"));
+    assert!(
+        line.contains("wrong role") && line.contains("not in recovery") && !line.contains(" up"),
+        "{out}"
+    );
+
     // A server that cannot be reached is reported, and the status exits non-zero.
     let down = config_file(
         "down",

@@ -94,6 +94,9 @@ pub(crate) struct Sticky {
 pub(crate) struct SetState {
     name: Arc<str>,
     pub(crate) pin: Option<PinOrigin>,
+    /// How many times this context pinned the set anew: a write that never reached its
+    /// server gives its pin back only if no later one pinned the set again.
+    pins: u32,
     /// The replica chosen for this set, kept for the rest of the context.
     pub(crate) replica: Option<Sticky>,
     /// The WAL position a replica must have replayed to serve this context (read-your-writes).
@@ -121,6 +124,7 @@ impl State {
                 self.sets.push(SetState {
                     name: Arc::clone(set),
                     pin: None,
+                    pins: 0,
                     replica: None,
                     required: None,
                     replica_reads: 0,
@@ -159,6 +163,38 @@ impl State {
             (None, PinOrigin::Carried) => PinOrigin::Carried,
         });
     }
+
+    /// Pins `set` for a write about to be sent, and says how to take the pin back if the write
+    /// never reaches its server ([`State::unpin_unsent`]).
+    pub(crate) fn pin_for_write(&mut self, set: &Arc<str>) -> NewPin {
+        let entry = self.set_mut(set);
+        let before = entry.pin;
+        entry.pins = entry.pins.wrapping_add(1);
+        entry.pin = Some(PinOrigin::New);
+        NewPin {
+            before,
+            generation: entry.pins,
+        }
+    }
+
+    /// Takes back the pin of a write that never reached its server, unless the set was pinned
+    /// again since (by another write of this context, which may have been sent).
+    pub(crate) fn unpin_unsent(&mut self, set: &str, pin: NewPin) {
+        if let Some(entry) = self.sets.iter_mut().find(|s| &*s.name == set) {
+            if entry.pins == pin.generation {
+                entry.pin = pin.before;
+            }
+        }
+    }
+}
+
+/// The pin a write decision made in its context ([`Route::pin`](crate::Route::pin)): given back
+/// with [`Router::write_not_sent`](crate::Router::write_not_sent) when the write never reached
+/// its server, so that it pins nothing and records no position.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NewPin {
+    before: Option<PinOrigin>,
+    generation: u32,
 }
 
 impl Context {

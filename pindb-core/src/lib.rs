@@ -108,7 +108,10 @@ pub mod adapter {
     //! statement on the pool at the index of the [`Route`](crate::Route) that
     //! [`Router::route_sql`](crate::Router::route_sql) (or
     //! [`Router::route_shape`](crate::Router::route_shape) for a cached [`Shape`]) returns.
+    //! A write whose checkout fails gives its [`Route::pin`](crate::Route::pin) back with
+    //! [`Router::write_not_sent`](crate::Router::write_not_sent).
     pub use crate::classify::{classify, main_table, Footprint, StatementKind};
+    pub use crate::context::NewPin;
     pub use crate::discovery::DatabaseRef;
     pub use crate::pool_table::PoolTable;
     pub use crate::populate::{

@@ -584,7 +584,9 @@ async fn watch_replica(
                     // not count towards `successes_before_up`.
                     successes = 0;
                 }
-                if over != was_over {
+                if over != was_over && !applying {
+                    tracing::info!(target: "pindb", %alias, "pindb monitor: not applying (its subscription is disabled or its apply worker is not running): no read goes there whatever its lag");
+                } else if over != was_over {
                     tracing::info!(target: "pindb", %alias, lag_bytes, lag_ms, over_lag = over, "pindb monitor: replica lag state changed");
                 }
                 // No position (receiver stopped): infinitely behind, as Prometheus says it.

@@ -117,7 +117,16 @@ pub(crate) async fn status(topology: &Topology, timeout: Duration) -> Vec<Databa
                 let position: Option<String> = row.try_get(1).ok().flatten();
                 let lsn = position.as_deref().and_then(Lsn::parse);
                 status.position = position;
-                if replica {
+                if replica && status.in_recovery == Some(false) {
+                    // A primary configured as a streaming replica: it answers, but serving its
+                    // reads would be wrong (`check` refuses it the same way).
+                    status.up = false;
+                    status.error = Some(
+                        "wrong role: not in recovery (a primary, not a standby); configure it \
+                         as a master, or as kind = \"logical\" if it subscribes to the master"
+                            .to_owned(),
+                    );
+                } else if replica {
                     let master = db.set().and_then(|set| masters.get(set)).copied();
                     if let (Some(master), Some(replay)) = (master, lsn) {
                         let behind = master.0.saturating_sub(replay.0);

@@ -21,7 +21,7 @@ use std::sync::{Arc, Mutex};
 
 use diesel::connection::{CacheSize, Instrumentation, InstrumentationEvent};
 use diesel::result::QueryResult;
-use pindb_core::adapter::Shape;
+use pindb_core::adapter::{NewPin, Shape};
 use pindb_core::{Hint, Operation, Router};
 
 use crate::error::Error;
@@ -149,6 +149,8 @@ pub(crate) struct Checkouts<C: Held> {
     /// The epoch `held` was checked out for. A route decided at another one does not run on
     /// it: a runtime replica's host may have changed in between.
     held_epoch: u64,
+    /// The pin the last decision made (a write): given back if its checkout fails.
+    pin: Option<NewPin>,
     /// The database index of the open transaction; `held` is its connection.
     tx: Option<usize>,
     scopes: Option<Arc<Scopes>>,
@@ -183,6 +185,7 @@ impl<C: Held> Checkouts<C> {
             held: None,
             epoch: 0,
             held_epoch: 0,
+            pin: None,
             tx: None,
             scopes: None,
             manual: false,
@@ -292,6 +295,7 @@ impl<C: Held> Checkouts<C> {
     /// unknown alias or a statement of another database inside a transaction is reported
     /// before any I/O.
     pub(crate) fn decide(&mut self, router: &Router, shape: &Shape) -> QueryResult<Slot> {
+        self.pin = None;
         self.recover()?;
         let op = shape.op;
         let tables;
@@ -324,8 +328,16 @@ impl<C: Held> Checkouts<C> {
             Operation::Write => router.db_for_write(&hint),
         }
         .map_err(Error::from)?;
-        self.epoch = route.epoch;
+        (self.epoch, self.pin) = (route.epoch, route.pin);
         Ok(self.slot_for(router, route.index))
+    }
+
+    /// The checkout for the last decision failed: nothing was sent, so a write gives back the
+    /// pin its decision made ([`Router::write_not_sent`]).
+    pub(crate) fn not_sent(&mut self, router: &Router, index: usize) {
+        if let Some(pin) = self.pin.take() {
+            router.write_not_sent(index, pin);
+        }
     }
 
     fn slot_for(&self, router: &Router, index: usize) -> Slot {
@@ -350,6 +362,7 @@ impl<C: Held> Checkouts<C> {
     /// set (strict: refused when that set is not pinned; greedy: pins it).
     pub(crate) fn decide_begin(&mut self, router: &Router) -> QueryResult<Slot> {
         let named = self.next_tx.take();
+        self.pin = None;
         self.recover()?;
         let hint = named.as_deref().map(Hint::alias).unwrap_or_default();
         if let Some(home) = self.tx {
@@ -364,7 +377,7 @@ impl<C: Held> Checkouts<C> {
             return Ok(Slot::Held);
         }
         let route = router.db_for_write(&hint).map_err(Error::from)?;
-        self.epoch = route.epoch;
+        (self.epoch, self.pin) = (route.epoch, route.pin);
         Ok(self.slot_for(router, route.index))
     }
 

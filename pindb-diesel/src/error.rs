@@ -139,6 +139,8 @@ pub(crate) fn replica_failure(e: &diesel::result::Error) -> Option<ReplicaFailur
                         .any(|m| message.contains(m));
                     return lost.then_some(ReplicaFailure::Unreachable);
                 }
+                // diesel keeps no SQLSTATE for the rest (57P01, 57P03...): the message says.
+                Kind::Unknown => return ReplicaFailure::from_server_message(info.message()),
                 _ => "",
             };
             ReplicaFailure::from_server(code, info.message())

@@ -10,8 +10,8 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
-use pindb_core::adapter::{Database, PoolTable, ReplicaFailure, Shape};
-use pindb_core::{Config, Hint, Operation, Role, Router};
+use pindb_core::adapter::{Database, NewPin, PoolTable, ReplicaFailure, Shape};
+use pindb_core::{Config, Hint, Operation, Role, Route, Router};
 use sea_orm::{
     AccessMode, ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbBackend, DbErr,
     ExecResult, IsolationLevel, QueryResult, QueryStream, Statement, StreamTrait, TransactionError,
@@ -27,6 +27,14 @@ struct Inner {
     /// What [`PinDb::master`] would hand out if `default` were a runtime replica, which the
     /// config never makes it: a reference that cannot panic.
     disconnected: DatabaseConnection,
+}
+
+/// The pool a statement was routed to, and the pin its decision made (a write), given back if
+/// no connection could be had from it ([`PinDb::settle`]).
+struct RoutedPool<'a> {
+    conn: Cow<'a, DatabaseConnection>,
+    index: usize,
+    pin: Option<NewPin>,
 }
 
 /// A pool that could not be had: pindb's reason, or SeaORM's.
@@ -200,6 +208,7 @@ impl PinDb {
     {
         let router = &self.inner.router;
         let route = router.route_sql(&stmt.sql).map_err(to_db_err)?;
+        let pin = route.pin;
         let (mut index, mut role, mut epoch) = (route.index, route.role, route.epoch);
         let timeout = router.config().reads.timeout();
         let mut tries = 0u32;
@@ -220,11 +229,14 @@ impl PinDb {
                         None => return Err(e),
                     }
                 }
-                Err(e) => return Err(e),
+                Err(e) => return self.settle(index, pin, Err(e)),
             };
             if role != Role::Replica {
-                return match run(conn, stmt).await {
-                    Err(e) if replica_failure(&e) == Some(ReplicaFailure::Unreachable) => {
+                return match self.settle(index, pin, run(conn, stmt).await) {
+                    Err(e)
+                        if never_sent(&e)
+                            || replica_failure(&e) == Some(ReplicaFailure::Unreachable) =>
+                    {
                         Err(match router.diagnose(index).await {
                             Some(unreachable) => to_db_err(unreachable),
                             None => e,
@@ -264,21 +276,18 @@ impl PinDb {
     }
 
     /// The pool for `op` whatever `sql` looks like; `sql` only feeds delegate hints.
-    fn route(&self, op: Operation, sql: &str) -> Result<Cow<'_, DatabaseConnection>, DbErr> {
+    fn route(&self, op: Operation, sql: &str) -> Result<RoutedPool<'_>, DbErr> {
         let router = &self.inner.router;
         let shape = Shape {
             op,
             ..router.shape_of(sql)
         };
         let route = router.route_shape(&shape).map_err(to_db_err)?;
-        self.conn(route.index, route.epoch)
+        self.routed(route)
     }
 
     /// Read-only transactions may run on a replica; every other one runs on the master.
-    fn route_transaction(
-        &self,
-        access: Option<AccessMode>,
-    ) -> Result<Cow<'_, DatabaseConnection>, DbErr> {
+    fn route_transaction(&self, access: Option<AccessMode>) -> Result<RoutedPool<'_>, DbErr> {
         match access {
             Some(AccessMode::ReadOnly) => self.route(Operation::Read, ""),
             _ => self.route(Operation::Write, ""),
@@ -286,13 +295,54 @@ impl PinDb {
     }
 
     /// The master of `set` (a set name or an unmanaged alias), under the router's write rules.
-    fn route_set(&self, set: &str) -> Result<Cow<'_, DatabaseConnection>, DbErr> {
+    fn route_set(&self, set: &str) -> Result<RoutedPool<'_>, DbErr> {
         let route = self
             .inner
             .router
             .db_for_write(&Hint::alias(set))
             .map_err(to_db_err)?;
-        self.conn(route.index, route.epoch)
+        self.routed(route)
+    }
+
+    fn routed(&self, route: Route<'_>) -> Result<RoutedPool<'_>, DbErr> {
+        let conn = self.conn(route.index, route.epoch);
+        let conn = self.settle(route.index, route.pin, conn)?;
+        Ok(RoutedPool {
+            conn,
+            index: route.index,
+            pin: route.pin,
+        })
+    }
+
+    /// The outcome of a statement routed with `pin` (a write's) to the database at `index`:
+    /// when no connection could be had (nothing was sent), the pin is given back, so the
+    /// write that never happened pins nothing and records no position.
+    fn settle<T>(
+        &self,
+        index: usize,
+        pin: Option<NewPin>,
+        result: Result<T, DbErr>,
+    ) -> Result<T, DbErr> {
+        if let (Err(e), Some(pin)) = (&result, pin) {
+            if never_sent(e) {
+                self.inner.router.write_not_sent(index, pin);
+            }
+        }
+        result
+    }
+
+    /// [`PinDb::settle`] for a transaction: only its `BEGIN` can find no connection.
+    fn settle_transaction<T, E>(
+        &self,
+        routed: &RoutedPool<'_>,
+        result: Result<T, TransactionError<E>>,
+    ) -> Result<T, TransactionError<E>> {
+        if let Err(TransactionError::Connection(e)) = &result {
+            if let (true, Some(pin)) = (never_sent(e), routed.pin) {
+                self.inner.router.write_not_sent(routed.index, pin);
+            }
+        }
+        result
     }
 
     /// Begins a transaction on the master of `set` instead of the `default` set's: what a
@@ -303,7 +353,9 @@ impl PinDb {
     /// `DatabaseTransaction`, so pindb cannot check the statements inside: choose the set
     /// here.
     pub async fn begin_on(&self, set: &str) -> Result<DatabaseTransaction, DbErr> {
-        self.route_set(set)?.begin().await
+        let routed = self.route_set(set)?;
+        let begun = routed.conn.begin().await;
+        self.settle(routed.index, routed.pin, begun)
     }
 
     /// [`TransactionTrait::transaction`] on the master of `set` (see
@@ -336,10 +388,9 @@ impl PinDb {
         T: Send,
         E: std::fmt::Display + std::fmt::Debug + Send,
     {
-        self.route_set(set)
-            .map_err(TransactionError::Connection)?
-            .transaction(callback)
-            .await
+        let routed = self.route_set(set).map_err(TransactionError::Connection)?;
+        let result = routed.conn.transaction(callback).await;
+        self.settle_transaction(&routed, result)
     }
 }
 
@@ -358,9 +409,9 @@ impl ConnectionTrait for PinDb {
     }
 
     async fn execute_unprepared(&self, sql: &str) -> Result<ExecResult, DbErr> {
-        self.route(Operation::Write, sql)?
-            .execute_unprepared(sql)
-            .await
+        let routed = self.route(Operation::Write, sql)?;
+        let result = routed.conn.execute_unprepared(sql).await;
+        self.settle(routed.index, routed.pin, result)
     }
 
     async fn query_one_raw(&self, stmt: Statement) -> Result<Option<QueryResult>, DbErr> {
@@ -405,7 +456,9 @@ impl TransactionTrait for PinDb {
     type Transaction = DatabaseTransaction;
 
     async fn begin(&self) -> Result<DatabaseTransaction, DbErr> {
-        self.route_transaction(None)?.begin().await
+        let routed = self.route_transaction(None)?;
+        let begun = routed.conn.begin().await;
+        self.settle(routed.index, routed.pin, begun)
     }
 
     async fn begin_with_config(
@@ -413,18 +466,21 @@ impl TransactionTrait for PinDb {
         isolation_level: Option<IsolationLevel>,
         access_mode: Option<AccessMode>,
     ) -> Result<DatabaseTransaction, DbErr> {
-        self.route_transaction(access_mode)?
+        let routed = self.route_transaction(access_mode)?;
+        let begun = routed
+            .conn
             .begin_with_config(isolation_level, access_mode)
-            .await
+            .await;
+        self.settle(routed.index, routed.pin, begun)
     }
 
     async fn begin_with_options(
         &self,
         options: TransactionOptions,
     ) -> Result<DatabaseTransaction, DbErr> {
-        self.route_transaction(options.access_mode)?
-            .begin_with_options(options)
-            .await
+        let routed = self.route_transaction(options.access_mode)?;
+        let begun = routed.conn.begin_with_options(options).await;
+        self.settle(routed.index, routed.pin, begun)
     }
 
     async fn transaction<F, T, E>(&self, callback: F) -> Result<T, TransactionError<E>>
@@ -436,10 +492,11 @@ impl TransactionTrait for PinDb {
         T: Send,
         E: std::fmt::Display + std::fmt::Debug + Send,
     {
-        self.route_transaction(None)
-            .map_err(TransactionError::Connection)?
-            .transaction(callback)
-            .await
+        let routed = self
+            .route_transaction(None)
+            .map_err(TransactionError::Connection)?;
+        let result = routed.conn.transaction(callback).await;
+        self.settle_transaction(&routed, result)
     }
 
     async fn transaction_with_config<F, T, E>(
@@ -456,11 +513,21 @@ impl TransactionTrait for PinDb {
         T: Send,
         E: std::fmt::Display + std::fmt::Debug + Send,
     {
-        self.route_transaction(access_mode)
-            .map_err(TransactionError::Connection)?
+        let routed = self
+            .route_transaction(access_mode)
+            .map_err(TransactionError::Connection)?;
+        let result = routed
+            .conn
             .transaction_with_config(callback, isolation_level, access_mode)
-            .await
+            .await;
+        self.settle_transaction(&routed, result)
     }
+}
+
+/// Whether SeaORM says no connection could be had (a pool timeout, a refused or failed
+/// connection attempt): the statement was never sent.
+fn never_sent(e: &DbErr) -> bool {
+    matches!(e, DbErr::ConnectionAcquire(_) | DbErr::Conn(_)) || moved(e)
 }
 
 /// Whether the pool could not be had because a runtime replica's host changed after the

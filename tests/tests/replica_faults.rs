@@ -9,6 +9,7 @@
 use pindb_core::{is_pinned, scope, Config, Reason, Role, RouterMode};
 use pindb_scenarios::{Adapter, DieselAsync, DieselSync, Failure, SeaOrm, World};
 use pindb_testkit::Proxy;
+use std::time::Duration;
 
 /// A function that writes and a view over `nextval()`: reads by their text, writes in truth.
 const WRITES_IN_DISGUISE: &str = "
@@ -226,6 +227,161 @@ async fn a_master_that_cannot_be_reached_says_why<A: Adapter>() {
     w.finish().await;
 }
 
+/// A write whose master refuses the connection never reached a server: it fails as
+/// `Unreachable`, pins nothing and records no position, so the context's next read and the
+/// same user's next keyed request are served by a replica while the master is down. A write
+/// that reached the master and lost its connection mid-statement (its outcome unknown) keeps
+/// its pin: the context reads that set from the master.
+async fn a_write_that_never_reached_a_server_pins_nothing<A: Adapter>() {
+    let w = World::new().await;
+    let proxy = Proxy::start(&format!("127.0.0.1:{}", w.master)).await;
+    let mut config = w.config(Some(RouterMode::Greedy));
+    let master = config.masters.get_mut("default").unwrap();
+    master.url = Some(w.schema.url(&format!(
+        "postgres://pindb@127.0.0.1:{}/pindb",
+        proxy.port()
+    )));
+    master.connect_timeout_ms = Some(500);
+    let db = A::open(config).await;
+    // Sent, then cut (the connection closed mid-statement): the outcome is unknown, the pin
+    // stays.
+    let slow_write = format!(
+        "INSERT INTO {}.items SELECT FROM pg_sleep(0.5) RETURNING port",
+        w.schema.name
+    );
+    scope(async {
+        let write = db.port_of_sql(&slow_write);
+        tokio::pin!(write);
+        let cut = async {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            proxy.sever();
+            std::future::pending::<()>().await
+        };
+        let outcome = tokio::select! { o = &mut write => o, () = cut => unreachable!() };
+        assert!(
+            outcome.is_err(),
+            "{}: the write was cut: {outcome:?}",
+            A::NAME
+        );
+        assert!(
+            is_pinned("default"),
+            "{}: a write that was sent stays pinned",
+            A::NAME
+        );
+    })
+    .await;
+    // Refused: never sent. (After the 1 s for which the cut's diagnosis, "it connects", is
+    // kept: the refusal is then said as such.)
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    proxy.stop();
+    let router = db.router().clone();
+    let consistency = router.consistency();
+    consistency
+        .scope_with_key(Some("alice"), async {
+            let failed = db.write().await;
+            assert!(
+                matches!(failed, Err(Failure::Unreachable(_))),
+                "{}: {failed:?}",
+                A::NAME
+            );
+            assert!(
+                !is_pinned("default"),
+                "{}: a refused write pinned the set",
+                A::NAME
+            );
+            let read = db.read().await;
+            assert!(
+                read.as_ref().is_ok_and(|p| w.replicas.contains(p)),
+                "{}: the next read, from a replica: {read:?}",
+                A::NAME
+            );
+        })
+        .await;
+    consistency
+        .scope_with_key(Some("alice"), async {
+            let read = db.read().await;
+            assert!(
+                read.as_ref().is_ok_and(|p| w.replicas.contains(p)),
+                "{}: the user's next request reads a replica, not the dead master: {read:?}",
+                A::NAME
+            );
+        })
+        .await;
+    w.finish().await;
+}
+
+/// Reads cut by the server ending their session on the replica (`pg_terminate_backend`: the
+/// SQLSTATE 57P01 and message `pg_ctl stop -m fast` sends, "terminating connection due to
+/// administrator command") while their query runs: every one runs again on the
+/// master, none fails, whatever the adapter keeps of the SQLSTATE (diesel reports 57P01 as
+/// `Unknown`). One replica, so a cut read can only move to the master; the monitor is fast, so
+/// the replica is back in rotation for the next read.
+async fn reads_whose_session_the_server_ends_run_again<A: Adapter>() {
+    const CUTS: usize = 200;
+    let w = World::new().await;
+    let mut config = w.config(Some(RouterMode::Strict));
+    config.sets.get_mut("default").unwrap().truncate(1);
+    config.monitor.interval_ms = 10;
+    config.monitor.successes_before_up = 1;
+    let db = A::open(config).await;
+    db.router().start_monitor().await.unwrap();
+    let marker = format!("cut_{}", w.schema.name);
+    let sql = format!(
+        "SELECT current_setting('port')::int AS port \
+         FROM pg_sleep(CASE WHEN pg_is_in_recovery() THEN 10 ELSE 0 END) AS {marker}"
+    );
+    let killer = pindb_testkit::as_superuser(w.cluster.replica_url(1)).await;
+    let kill = format!(
+        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
+         WHERE query LIKE '%AS {marker}%' AND pid <> pg_backend_pid()"
+    );
+    let (mut cuts, mut failed) = (0, Vec::new());
+    for _ in 0..CUTS * 3 {
+        if cuts == CUTS {
+            break;
+        }
+        pindb_testkit::wait_until(
+            "replica 1 is back in rotation",
+            Duration::from_secs(10),
+            || {
+                db.router()
+                    .topology()
+                    .replica_status("default-1")
+                    .unwrap()
+                    .unwrap()
+                    .up
+            },
+        )
+        .await;
+        let read = scope(db.port_of_sql(&sql));
+        tokio::pin!(read);
+        // Kill the read once it runs there.
+        let mut killed = false;
+        let outcome = loop {
+            tokio::select! {
+                outcome = &mut read => break outcome,
+                () = tokio::time::sleep(Duration::from_millis(1)), if !killed => {
+                    let n: i64 = killer.query_one(&kill, &[]).await.unwrap().get(0);
+                    killed = n > 0;
+                }
+            }
+        };
+        cuts += usize::from(killed);
+        if outcome != Ok(w.master) {
+            failed.push(outcome);
+        }
+    }
+    assert_eq!(cuts, CUTS, "{}: reads cut", A::NAME);
+    assert!(
+        failed.is_empty(),
+        "{}: {} of {CUTS} cut reads failed, the first: {:?}",
+        A::NAME,
+        failed.len(),
+        failed.first()
+    );
+    w.finish().await;
+}
+
 macro_rules! for_each_adapter {
     ($($test:ident => $body:ident $(($arg:expr))?;)*) => {
         mod diesel_async_bb8 {
@@ -249,6 +405,8 @@ for_each_adapter! {
     a_black_hole_replica => a_replica_that_never_answers_costs_one_timeout;
     a_stopped_replica => a_failed_replica_never_sends_a_context_back_in_time(Proxy::stop);
     an_unreachable_master => a_master_that_cannot_be_reached_says_why;
+    reads_cut_by_the_server => reads_whose_session_the_server_ends_run_again;
+    a_write_that_never_reached_a_server => a_write_that_never_reached_a_server_pins_nothing;
 }
 
 // Sync diesel has no client-side timeout (libpq blocks): a replica that hangs mid-query is

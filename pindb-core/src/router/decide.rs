@@ -6,7 +6,7 @@
 use super::{Hint, Operation, Reason, Role, Route, Router};
 
 use crate::config::RouterMode;
-use crate::context::{with_current, GuardKind, PinOrigin, State, Sticky};
+use crate::context::{with_current, GuardKind, State, Sticky};
 use crate::error::PinDbError;
 use crate::replica::NoReplica;
 use crate::topology::{SetEntry, Target};
@@ -33,6 +33,7 @@ impl Router {
             role,
             reason,
             epoch: self.inner.topology.epoch(index),
+            pin: None,
         }
     }
 
@@ -183,36 +184,30 @@ impl Router {
         let refused = || PinDbError::UnpinnedWrite {
             set: set.name.to_string(),
         };
-        let reason = with_current(|ctx| {
+        let (reason, pin) = with_current(|ctx| {
             let mut state = ctx.lock();
             let guard = state.guard(&set.name);
-            match guard {
-                Some(GuardKind::Master) => Ok(Reason::MasterGuard),
-                None if state.is_pinned(&set.name) => {
-                    // A write to a set carried in from a cookie pins it anew: the client's
-                    // pin must outlive this write, not the earlier one.
-                    if commit {
-                        state.pin(&set.name, PinOrigin::New);
-                    }
-                    Ok(Reason::Pinned)
-                }
-                _ if strict => Err(refused()),
-                _ => {
-                    if commit {
-                        state.pin(&set.name, PinOrigin::New);
-                    }
-                    Ok(Reason::GreedyPin)
-                }
-            }
+            // A write to a set carried in from a cookie pins it anew: the client's pin must
+            // outlive this write, not the earlier one.
+            let reason = match guard {
+                Some(GuardKind::Master) => return Ok((Reason::MasterGuard, None)),
+                None if state.is_pinned(&set.name) => Reason::Pinned,
+                _ if strict => return Err(refused()),
+                _ => Reason::GreedyPin,
+            };
+            Ok((reason, commit.then(|| state.pin_for_write(&set.name))))
         })
         .unwrap_or_else(|| {
             if strict {
                 Err(refused())
             } else {
-                Ok(Reason::NoContextWrite)
+                Ok((Reason::NoContextWrite, None))
             }
         })?;
-        Ok(self.route(master, Role::Master, reason))
+        Ok(Route {
+            pin,
+            ..self.route(master, Role::Master, reason)
+        })
     }
 
     /// The database index of the replica set `s` reads from: inside a context, chosen once

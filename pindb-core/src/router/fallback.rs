@@ -47,6 +47,16 @@ pub enum ReplicaFailure {
 }
 
 impl ReplicaFailure {
+    /// Every kind of failure (the metrics' `reason` labels).
+    pub const ALL: [ReplicaFailure; 6] = [
+        ReplicaFailure::Refused,
+        ReplicaFailure::RecoveryConflict,
+        ReplicaFailure::Unreachable,
+        ReplicaFailure::Timeout,
+        ReplicaFailure::Busy,
+        ReplicaFailure::Moved,
+    ];
+
     /// A server error, by SQLSTATE and message: `None` when it is the statement's own fault
     /// (a syntax error, a constraint...), which another server would repeat.
     ///
@@ -76,6 +86,57 @@ impl ReplicaFailure {
             }
             _ => None,
         }
+    }
+
+    /// A server error whose SQLSTATE the driver did not keep, by the message PostgreSQL sends
+    /// with it. diesel (both backends) reports 57P01, 57P02, 57P03 and the recovery conflicts
+    /// other than 40001 as `DatabaseErrorKind::Unknown`, whose information has no code. Only the
+    /// messages a server sends when it ends or refuses a session are known; anything else is
+    /// `None` (the statement's own fault). They are PostgreSQL's English messages
+    /// (`lc_messages` of `C` or `en_*`, the default): a server that translates them makes
+    /// these failures the statement's own for diesel, as before.
+    ///
+    /// ```
+    /// use pindb_core::adapter::ReplicaFailure;
+    ///
+    /// let stopped = "terminating connection due to administrator command";
+    /// assert_eq!(ReplicaFailure::from_server_message(stopped), Some(ReplicaFailure::Unreachable));
+    /// let conflict = "canceling statement due to conflict with recovery";
+    /// assert_eq!(ReplicaFailure::from_server_message(conflict), Some(ReplicaFailure::RecoveryConflict));
+    /// assert_eq!(ReplicaFailure::from_server_message("division by zero"), None);
+    /// ```
+    pub fn from_server_message(message: &str) -> Option<ReplicaFailure> {
+        // (message, SQLSTATE): postgres.c (ProcessInterrupts, quickdie) and postmaster.c.
+        const ENDED: [(&str, &str); 10] = [
+            (
+                "terminating connection due to administrator command",
+                "57P01",
+            ),
+            (
+                "terminating connection due to immediate shutdown command",
+                "57P01",
+            ),
+            (
+                "terminating connection because of crash of another server process",
+                "57P02",
+            ),
+            ("the database system is shutting down", "57P03"),
+            ("the database system is starting up", "57P03"),
+            ("the database system is in recovery mode", "57P03"),
+            (
+                "the database system is not yet accepting connections",
+                "57P03",
+            ),
+            ("the database system is not accepting connections", "57P03"),
+            // 40P01 (a buffer-pin deadlock) or 57P04 (its database dropped).
+            ("canceling statement due to conflict with recovery", "40P01"),
+            (
+                "terminating connection due to conflict with recovery",
+                "40P01",
+            ),
+        ];
+        let (_, code) = ENDED.iter().find(|(m, _)| message.starts_with(m))?;
+        ReplicaFailure::from_server(code, message)
     }
 
     /// A short name for logs and metrics labels.

@@ -17,7 +17,7 @@ use tokio::task::AbortHandle;
 use crate::config::Config;
 use crate::consistency::Consistency;
 use crate::context::GuardKind;
-use crate::context::{with_current, PinOrigin};
+use crate::context::{with_current, NewPin, PinOrigin};
 use crate::error::PinDbError;
 use crate::guard::Guard;
 use crate::topology::{Target, Topology};
@@ -168,6 +168,7 @@ impl Router {
         let warnings =
             crate::monitor::verify_topology(&self.inner.topology, settings, emulated, true).await?;
         let dns = self.dns_refreshes(emulated)?;
+        self.register_counters();
         let mut tasks = crate::monitor::spawn(&self.inner.topology, settings, emulated);
         tasks.extend(dns);
         // Swapped and stopped under one lock: two concurrent starts leave one set of tasks.
@@ -180,6 +181,29 @@ impl Router {
             task.abort();
         }
         Ok(warnings)
+    }
+
+    /// Every counter the dashboard queries, at 0 with each label it can have, so a healthy
+    /// system shows 0 from the start instead of "No data" (`increment(0)`: a second start
+    /// keeps the counts).
+    fn register_counters(&self) {
+        for db in self.inner.topology.databases() {
+            metrics::counter!("pindb_unreachable_total", "alias" => db.alias.clone()).increment(0);
+            if db.is_replica() {
+                for failure in ReplicaFailure::ALL {
+                    metrics::counter!("pindb_replica_failures_total", "alias" => db.alias.clone(), "reason" => failure.as_str())
+                        .increment(0);
+                }
+            }
+        }
+        let store = self.inner.consistency.store().name();
+        for op in ["load", "save", "lost", "pending"] {
+            metrics::counter!("pindb_store_failures_total", "store" => store, "op" => op)
+                .increment(0);
+        }
+        for to in ["master", "replica"] {
+            metrics::counter!("pindb_consistency_round_trips_total", "to" => to).increment(0);
+        }
     }
 
     /// The DNS refresh of each set with a `discovery.dns` or `srv` name.
@@ -395,6 +419,24 @@ impl Router {
             Err(_) => {}
         }
         result
+    }
+
+    /// The write routed to the database at `index` with [`Route::pin`] `pin` never reached
+    /// its server: its checkout failed (connection refused, pool timeout, a host gone). The
+    /// pin its decision made is taken back, so the context records no position for it and
+    /// its later reads are not sent to a master that may be down. A write that may have been
+    /// sent (its outcome unknown) must keep its pin: do not call this for it.
+    pub fn write_not_sent(&self, index: usize, pin: NewPin) {
+        let Some(set) = self
+            .inner
+            .topology
+            .databases()
+            .get(index)
+            .and_then(|db| db.set())
+        else {
+            return;
+        };
+        with_current(|ctx| ctx.lock().unpin_unsent(set, pin));
     }
 
     /// The database a statement with this hint belongs to: the index in [`Topology::databases`]

@@ -5,6 +5,7 @@ use std::fmt;
 use std::sync::Arc;
 
 use crate::classify::{classify, main_table, Footprint, StatementKind};
+use crate::context::NewPin;
 
 /// Read or write.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -291,6 +292,10 @@ pub struct Route<'r> {
     /// refuses a runtime replica whose set's hosts changed since (the read is then routed
     /// again), so a replica chosen for what was known of one host never runs it on another.
     pub epoch: u64,
+    /// For a write that pinned its set in its context (greedy mode, or a carried pin made
+    /// new): hand it to [`Router::write_not_sent`](crate::Router::write_not_sent) when the
+    /// write never reached the server (its checkout failed), so nothing stays pinned.
+    pub pin: Option<NewPin>,
 }
 
 impl fmt::Display for Route<'_> {

@@ -225,7 +225,10 @@ impl PinDbConnection {
     pub(super) async fn hold(&mut self, index: usize) -> QueryResult<&mut Pooled> {
         match self.try_hold(index).await {
             Ok(()) => self.slots.get(),
-            Err(e) => Err(checkout_error(self.db.router(), index, e).await.into()),
+            Err(e) => {
+                self.slots.not_sent(self.db.router(), index);
+                Err(checkout_error(self.db.router(), index, e).await.into())
+            }
         }
     }
 

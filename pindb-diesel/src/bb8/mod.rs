@@ -105,7 +105,11 @@ impl PinDb {
     /// (strict: an error if the set is not pinned; greedy: pins it).
     pub async fn write_with(&self, hint: &Hint<'_>) -> Result<Pooled, Error> {
         let route = self.inner.router().db_for_write(hint)?;
-        self.checkout_diagnosed(route.index, route.epoch).await
+        let checkout = self.checkout_diagnosed(route.index, route.epoch).await;
+        if let (Err(_), Some(pin)) = (&checkout, route.pin) {
+            self.router().write_not_sent(route.index, pin);
+        }
+        checkout
     }
 
     /// [`PinDb::write_with`] for the `default` set.

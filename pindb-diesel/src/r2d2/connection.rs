@@ -149,7 +149,13 @@ impl PinDbConnection {
             Slot::Held => &mut **self.slots.get()?,
             Slot::Checkout(index) => {
                 self.slots.release();
-                let conn = self.db.checkout(index, self.slots.epoch())?;
+                let conn = match self.db.checkout(index, self.slots.epoch()) {
+                    Ok(conn) => conn,
+                    Err(e) => {
+                        self.slots.not_sent(self.db.router(), index);
+                        return Err(e.into());
+                    }
+                };
                 let alias = &self.db.router().topology().databases()[index].alias;
                 &mut **self.slots.hold(index, alias, conn)
             }

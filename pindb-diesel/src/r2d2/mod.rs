@@ -111,7 +111,11 @@ impl PinDb {
     /// An explicit write connection on the master of the hinted set, under the router's rules.
     pub fn write_with(&self, hint: &Hint<'_>) -> Result<Pooled, Error> {
         let route = self.router().db_for_write(hint)?;
-        self.checkout(route.index, route.epoch)
+        let checkout = self.checkout(route.index, route.epoch);
+        if let (Err(_), Some(pin)) = (&checkout, route.pin) {
+            self.router().write_not_sent(route.index, pin);
+        }
+        checkout
     }
 
     /// How many checkouts of `alias`'s pool have been asked for so far.
