@@ -227,6 +227,33 @@ async fn a_master_that_cannot_be_reached_says_why<A: Adapter>() {
     w.finish().await;
 }
 
+/// A master that refuses connections (stopped, no promotion): a write fails with what
+/// happened as soon as pindb's own attempt is refused, not after `connect_timeout_ms` (5 s by
+/// default) of the pool's retries. The bound below is half that timeout: generous for a busy
+/// machine, and far above the ~50 ms it takes.
+async fn a_refused_master_fails_a_write_at_once<A: Adapter>() {
+    let w = World::new().await;
+    let mut config = w.config(Some(RouterMode::Greedy));
+    let master = config.masters.get_mut("default").unwrap();
+    master.url = Some(w.schema.url("postgres://pindb@127.0.0.1:1/pindb"));
+    master.connect_timeout_ms = Some(5_000);
+    let db = A::open(config).await;
+    let start = std::time::Instant::now();
+    let failed = scope(db.write()).await;
+    let took = start.elapsed();
+    assert!(
+        matches!(failed, Err(Failure::Unreachable(_))),
+        "{}: {failed:?}",
+        A::NAME
+    );
+    assert!(
+        took < Duration::from_millis(2_500),
+        "{}: the refused write failed after {took:?}, not at once",
+        A::NAME
+    );
+    w.finish().await;
+}
+
 /// A write whose master refuses the connection never reached a server: it fails as
 /// `Unreachable`, pins nothing and records no position, so the context's next read and the
 /// same user's next keyed request are served by a replica while the master is down. A write
@@ -407,6 +434,13 @@ for_each_adapter! {
     an_unreachable_master => a_master_that_cannot_be_reached_says_why;
     reads_cut_by_the_server => reads_whose_session_the_server_ends_run_again;
     a_write_that_never_reached_a_server => a_write_that_never_reached_a_server_pins_nothing;
+}
+
+// bb8 only: r2d2 and sqlx (SeaORM) retry a refused connection until their own timeout, and
+// pindb cannot yet tell there whether the statement was sent (issue #25 §3).
+#[tokio::test]
+async fn a_refused_master_fails_a_write_at_once_diesel_async() {
+    a_refused_master_fails_a_write_at_once::<DieselAsync>().await
 }
 
 // Sync diesel has no client-side timeout (libpq blocks): a replica that hangs mid-query is

@@ -5,7 +5,10 @@
 //! `default_transaction_read_only=on`) and checkout accounting. It makes no routing decision
 //! of its own: callers pass the router's [`Route`](pindb_core::Route).
 
+use std::future::Future;
 use std::sync::Arc;
+use std::task::Poll;
+use std::time::Duration;
 
 use diesel_async::pooled_connection::{AsyncDieselConnectionManager, ManagerConfig, PoolError};
 use diesel_async::{AsyncConnection, AsyncPgConnection, SimpleAsyncConnection};
@@ -146,7 +149,24 @@ impl PinDb {
     /// for a route decided at `epoch` ([`Route::epoch`](pindb_core::Route::epoch)).
     pub(crate) async fn checkout(&self, index: usize, epoch: u64) -> Result<Pooled, Error> {
         let (pool, db) = self.inner.pool_for_checkout(index, epoch)?;
-        pool.get_owned().await.map_err(|e| match e {
+        let get = pool.get_owned();
+        tokio::pin!(get);
+        // An idle connection: no timer, no diagnosis.
+        let first = std::future::poll_fn(|cx| Poll::Ready(get.as_mut().poll(cx))).await;
+        let got = match first {
+            Poll::Ready(got) => got,
+            // bb8 retries a refused connection until `connect_timeout_ms` (5 s by default):
+            // after a short grace, pindb's own attempt says whether the server refuses or
+            // does not answer, and the checkout fails at once with what happened. The pool
+            // may only be busy: then the attempt connects and the checkout goes on waiting.
+            Poll::Pending => tokio::select! {
+                got = &mut get => got,
+                Some(unreachable) = self.unreachable_after(REFUSED_GRACE, index) => {
+                    return Err(Error::Routing(unreachable));
+                }
+            },
+        };
+        got.map_err(|e| match e {
             // Every connection busy: the pool is exhausted, the server may be fine.
             bb8::RunError::TimedOut
                 if pool.state().connections >= db.pool.max_size
@@ -172,6 +192,18 @@ impl PinDb {
                 },
             ),
         })
+    }
+}
+
+/// How long a checkout waits for the pool before pindb checks the server itself.
+const REFUSED_GRACE: Duration = Duration::from_millis(50);
+
+impl PinDb {
+    /// After `grace`, pindb's own connection attempt to the database at `index`: what went
+    /// wrong if it fails (cached for 1 s, so a busy pool costs at most one attempt a second).
+    async fn unreachable_after(&self, grace: Duration, index: usize) -> Option<PinDbError> {
+        tokio::time::sleep(grace).await;
+        self.router().diagnose(index).await
     }
 }
 
