@@ -87,6 +87,9 @@ struct State {
     /// The timeline of the last primary: while there is none (it died, nothing promoted
     /// yet), standbys still on it keep serving reads.
     last_timeline: Option<u32>,
+    /// Parallel to the hosts: checked at least once. Until every host was, "no primary" is
+    /// only the start-up's not knowing yet (the first host, assumed primary, is a standby).
+    heard: Vec<bool>,
 }
 
 /// The roles of one set's hosts.
@@ -116,6 +119,7 @@ impl Roles {
                 system_id: None,
                 split: vec![false; n],
                 last_timeline: None,
+                heard: vec![false; n],
             }),
         }
     }
@@ -141,6 +145,8 @@ impl Roles {
         let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
         let before = self.primary();
         state.silent[h] = report.is_none();
+        let was_starting = !state.heard.iter().all(|&heard| heard);
+        state.heard[h] = true;
         match report {
             Some(r) => {
                 if r.timeline.is_some() {
@@ -175,12 +181,23 @@ impl Roles {
             (true, false) => Change::Primary,
             (false, false) => Change::None,
         };
-        if before != now {
+        // At start-up, until every host has answered once, finding the primary is no event.
+        let starting = !state.heard.iter().all(|&heard| heard);
+        // Start-up ended with no primary: said now, as the change it is.
+        let no_primary = now.is_none() && was_starting && !starting;
+        if before != now || no_primary {
             match now {
                 Some(p) => {
                     metrics::counter!("pindb_primary_changes_total", "host" => self.hosts[p].clone())
                         .increment(1);
-                    tracing::warn!(target: "pindb", host = %self.hosts[p], "pindb monitor: new primary")
+                    if was_starting {
+                        tracing::info!(target: "pindb", host = %self.hosts[p], "pindb monitor: primary found");
+                    } else {
+                        tracing::warn!(target: "pindb", host = %self.hosts[p], "pindb monitor: new primary");
+                    }
+                }
+                None if starting => {
+                    tracing::debug!(target: "pindb", host = %self.hosts[h], "pindb monitor: no primary known yet: not every host has answered");
                 }
                 None => {
                     let newest = newest_timeline(&state);
@@ -335,6 +352,70 @@ mod tests {
             position: Some(Lsn(90)),
             history: None,
         })
+    }
+
+    /// The levels of the `pindb` events `f` logs.
+    fn levels_logged(f: impl FnOnce()) -> Vec<tracing::Level> {
+        use std::sync::{Arc, Mutex};
+        use tracing::span::{Attributes, Id, Record};
+        use tracing::{Event, Metadata};
+        struct Levels(Arc<Mutex<Vec<tracing::Level>>>);
+        impl tracing::Subscriber for Levels {
+            fn enabled(&self, _: &Metadata<'_>) -> bool {
+                true
+            }
+            fn new_span(&self, _: &Attributes<'_>) -> Id {
+                Id::from_u64(1)
+            }
+            fn record(&self, _: &Id, _: &Record<'_>) {}
+            fn record_follows_from(&self, _: &Id, _: &Id) {}
+            fn event(&self, event: &Event<'_>) {
+                let mut levels = self.0.lock().unwrap();
+                levels.push(*event.metadata().level());
+            }
+            fn enter(&self, _: &Id) {}
+            fn exit(&self, _: &Id) {}
+        }
+        let levels = Arc::new(Mutex::new(Vec::new()));
+        tracing::subscriber::with_default(Levels(Arc::clone(&levels)), f);
+        let levels = levels.lock().unwrap().clone();
+        levels
+    }
+
+    #[test]
+    fn a_healthy_set_listed_standby_first_logs_no_error_at_start_up() {
+        let r = roles(3);
+        let levels = levels_logged(|| {
+            r.report(0, standby(Some(1)));
+            r.report(1, primary(1));
+            r.report(2, standby(Some(1)));
+        });
+        assert_eq!(r.primary(), Some(1));
+        assert!(
+            levels.iter().all(|l| *l > tracing::Level::WARN),
+            "nothing above info while the roles are learned: {levels:?}"
+        );
+        // A set with no primary once every host answered is an error, said once.
+        let r = roles(2);
+        let levels = levels_logged(|| {
+            r.report(0, standby(Some(1)));
+            r.report(1, standby(Some(1)));
+            r.report(0, standby(Some(1)));
+        });
+        assert_eq!(r.primary(), None);
+        let errors = levels
+            .iter()
+            .filter(|l| **l == tracing::Level::ERROR)
+            .count();
+        assert_eq!(errors, 1, "{levels:?}");
+        // Losing the primary later is an error too.
+        let r = roles(2);
+        let levels = levels_logged(|| {
+            r.report(0, primary(1));
+            r.report(1, standby(Some(1)));
+            r.report(0, standby(Some(2)));
+        });
+        assert!(levels.contains(&tracing::Level::ERROR), "{levels:?}");
     }
 
     #[test]
