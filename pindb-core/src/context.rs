@@ -79,6 +79,9 @@ pub(crate) struct State {
     /// The stickiness store could not be read for this context's key: positions are unknown,
     /// so every set is read from its master.
     pub(crate) store_unavailable: bool,
+    /// Changes of any pin of this context (pinned, carried, unpinned): a write that never
+    /// reached its server gives its pin back only if nothing changed a pin since.
+    pub(crate) pin_changes: u64,
 }
 
 /// The replica a context reads a set from: which router chose it, its index among the set's
@@ -94,9 +97,6 @@ pub(crate) struct Sticky {
 pub(crate) struct SetState {
     name: Arc<str>,
     pub(crate) pin: Option<PinOrigin>,
-    /// How many times this context pinned the set anew: a write that never reached its
-    /// server gives its pin back only if no later one pinned the set again.
-    pins: u32,
     /// The replica chosen for this set, kept for the rest of the context.
     pub(crate) replica: Option<Sticky>,
     /// The WAL position a replica must have replayed to serve this context (read-your-writes).
@@ -124,7 +124,6 @@ impl State {
                 self.sets.push(SetState {
                     name: Arc::clone(set),
                     pin: None,
-                    pins: 0,
                     replica: None,
                     required: None,
                     replica_reads: 0,
@@ -156,6 +155,7 @@ impl State {
     /// Pins `set`. Pinning in this context (a write, or `pin`) makes even a carried pin new,
     /// so its cookie expiry and write position are refreshed; carrying never downgrades.
     pub(crate) fn pin(&mut self, set: &Arc<str>, origin: PinOrigin) {
+        self.pin_changes = self.pin_changes.wrapping_add(1);
         let entry = self.set_mut(set);
         entry.pin = Some(match (entry.pin, origin) {
             (_, PinOrigin::New) => PinOrigin::New,
@@ -167,23 +167,22 @@ impl State {
     /// Pins `set` for a write about to be sent, and says how to take the pin back if the write
     /// never reaches its server ([`State::unpin_unsent`]).
     pub(crate) fn pin_for_write(&mut self, set: &Arc<str>) -> NewPin {
-        let entry = self.set_mut(set);
-        let before = entry.pin;
-        entry.pins = entry.pins.wrapping_add(1);
-        entry.pin = Some(PinOrigin::New);
+        let before = self.set_mut(set).pin;
+        self.pin(set, PinOrigin::New);
         NewPin {
             before,
-            generation: entry.pins,
+            generation: self.pin_changes,
         }
     }
 
-    /// Takes back the pin of a write that never reached its server, unless the set was pinned
-    /// again since (by another write of this context, which may have been sent).
+    /// Takes back the pin of a write that never reached its server, unless a pin of this
+    /// context changed since (another write, which may have been sent; `pin`; `unpin_all`).
     pub(crate) fn unpin_unsent(&mut self, set: &str, pin: NewPin) {
+        if self.pin_changes != pin.generation {
+            return;
+        }
         if let Some(entry) = self.sets.iter_mut().find(|s| &*s.name == set) {
-            if entry.pins == pin.generation {
-                entry.pin = pin.before;
-            }
+            entry.pin = pin.before;
         }
     }
 }
@@ -194,7 +193,7 @@ impl State {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct NewPin {
     before: Option<PinOrigin>,
-    generation: u32,
+    generation: u64,
 }
 
 impl Context {
@@ -362,6 +361,7 @@ pub fn unpin_all() {
     with_current(|ctx| {
         let mut state = ctx.lock();
         state.sets.clear();
+        state.pin_changes = state.pin_changes.wrapping_add(1);
         state.store_unavailable = false;
     });
 }

@@ -143,8 +143,9 @@ pub(crate) fn lsn_column(row: &Row, i: usize) -> Result<Option<Lsn>, String> {
 }
 
 /// Why `db` cannot be used right now, from a fresh connection attempt bounded by `timeout`:
-/// `None` when it connects (the trouble was elsewhere: a busy pool, a hung session).
-pub(crate) async fn diagnose(db: &Database, timeout: Duration) -> Option<String> {
+/// `None` when it connects (the trouble was elsewhere: a busy pool, a hung session), else the
+/// cause and whether the connection was refused (nothing listens: definitive, and immediate).
+pub(crate) async fn diagnose(db: &Database, timeout: Duration) -> Option<(String, bool)> {
     match tokio::time::timeout(timeout, tokio_postgres::connect(&db.url(), NoTls)).await {
         Ok(Ok((client, connection))) => {
             drop(client);
@@ -152,10 +153,25 @@ pub(crate) async fn diagnose(db: &Database, timeout: Duration) -> Option<String>
             let _ = tokio::time::timeout(timeout, connection).await;
             None
         }
-        Ok(Err(e)) => Some(describe(&e)),
-        Err(_) => Some(format!(
-            "no answer within {timeout:?} (the host accepts connections but the server does not \
-             respond, or packets are dropped)"
+        Ok(Err(e)) => Some((describe(&e), refused(&e))),
+        Err(_) => Some((
+            format!(
+                "no answer within {timeout:?} (the host accepts connections but the server \
+                 does not respond, or packets are dropped)"
+            ),
+            false,
         )),
     }
+}
+
+/// Whether a connection attempt failed because nothing listens at the address.
+fn refused(e: &tokio_postgres::Error) -> bool {
+    let mut source = std::error::Error::source(e);
+    while let Some(cause) = source {
+        if let Some(io) = cause.downcast_ref::<std::io::Error>() {
+            return io.kind() == std::io::ErrorKind::ConnectionRefused;
+        }
+        source = cause.source();
+    }
+    false
 }

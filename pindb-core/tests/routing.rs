@@ -550,3 +550,49 @@ async fn two_routers_in_one_context_keep_their_own_replica_choice() {
     })
     .await;
 }
+
+/// A write whose checkout failed gives its pin back (`Router::write_not_sent`): what the
+/// context had before comes back (nothing, or a carried pin), and nothing is given back once
+/// a pin of the context changed since (a later write may have been sent).
+#[tokio::test]
+async fn a_write_that_was_not_sent_gives_its_pin_back_and_only_its_own() {
+    let r = router(RouterMode::Greedy);
+    scope(async {
+        let write = r.db_for_write(&any()).unwrap();
+        assert!(is_pinned("default"));
+        r.write_not_sent(write.index, write.pin.unwrap());
+        assert!(!is_pinned("default"), "nothing was pinned before");
+        assert_eq!(r.db_for_read(&any()).unwrap().role, Role::Replica);
+    })
+    .await;
+    scope(async {
+        Context::current().unwrap().carry_pin("default");
+        let write = r.db_for_write(&any()).unwrap();
+        assert_eq!(get_newly_pinned(), ["default"]);
+        r.write_not_sent(write.index, write.pin.unwrap());
+        assert!(is_pinned("default"), "the carried pin stays");
+        assert!(get_newly_pinned().is_empty(), "as carried, not new");
+    })
+    .await;
+    scope(async {
+        let first = r.db_for_write(&any()).unwrap();
+        unpin_all();
+        let second = r.db_for_write(&any()).unwrap();
+        r.write_not_sent(first.index, first.pin.unwrap());
+        assert!(
+            is_pinned("default"),
+            "the second write's pin is not the first's to take"
+        );
+        r.write_not_sent(second.index, second.pin.unwrap());
+        assert!(!is_pinned("default"));
+    })
+    .await;
+    // Strict mode and reads carry no pin.
+    let strict = router(RouterMode::Strict);
+    scope(async {
+        assert_eq!(strict.db_for_read(&any()).unwrap().pin, None);
+        let _guard = strict.master("default").unwrap();
+        assert_eq!(strict.db_for_write(&any()).unwrap().pin, None);
+    })
+    .await;
+}

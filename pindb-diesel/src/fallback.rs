@@ -100,7 +100,11 @@ pub(crate) fn timed_out(router: &Router, index: usize) -> diesel::result::Error 
 /// runtime replica whose host changed after the route was decided is said as such: no
 /// server is to blame.
 pub(crate) async fn checkout_error(router: &Router, index: usize, e: Error) -> Error {
-    if matches!(e, Error::Routing(PinDbError::NoHost { .. })) {
+    // Already said (a runtime host gone, or found refused while the checkout waited).
+    if matches!(
+        e,
+        Error::Routing(PinDbError::NoHost { .. } | PinDbError::Unreachable { .. })
+    ) {
         return e;
     }
     match router.diagnose(index).await {

@@ -276,6 +276,18 @@ impl Router {
     /// the pool: busy, or its connections hang). Logged once per 10 s per database, counted
     /// in `pindb_unreachable_total`.
     pub async fn diagnose(&self, index: usize) -> Option<PinDbError> {
+        self.diagnosis(index, false).await
+    }
+
+    /// [`Router::diagnose`], but only a refusal counts (nothing listens at the address: the
+    /// server is stopped, definitively and at once): what a checkout still waiting for its
+    /// pool asks, so that a write to a stopped master fails at once, while a server that is
+    /// slow, full ("too many clients") or hanging leaves the pool its own timeout.
+    pub async fn refused(&self, index: usize) -> Option<PinDbError> {
+        self.diagnosis(index, true).await
+    }
+
+    async fn diagnosis(&self, index: usize, only_refused: bool) -> Option<PinDbError> {
         let (generation, db) = match self.inner.topology.database_now(index) {
             Ok(now) => now,
             Err(no_host) => return Some(no_host),
@@ -291,18 +303,22 @@ impl Router {
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner),
         );
-        let cause = match cached {
-            Some(cause) => cause,
+        let found = match cached {
+            Some(found) => found,
             None => {
                 let timeout = Duration::from_millis(self.inner.config.monitor.check_timeout_ms);
-                let cause = crate::probe::diagnose(&db, timeout).await;
+                let found = crate::probe::diagnose(&db, timeout).await;
                 *self.inner.diagnosed[index]
                     .lock()
                     .unwrap_or_else(PoisonError::into_inner) =
-                    Some((std::time::Instant::now(), generation, cause.clone()));
-                cause
+                    Some((std::time::Instant::now(), generation, found.clone()));
+                found
             }
-        }?;
+        };
+        let cause = match found? {
+            (_, false) if only_refused => return None,
+            (cause, _) => cause,
+        };
         metrics::counter!("pindb_unreachable_total", "alias" => db.alias.clone()).increment(1);
         let now = self.inner.started.elapsed().as_millis() as u64;
         let last = &self.inner.unreachable_logged[index];

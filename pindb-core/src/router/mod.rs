@@ -38,7 +38,9 @@ pub use route::{Delegate, Hint, Operation, Reason, Role, Route, Shape};
 
 /// When a database was last diagnosed, at which host generation (a runtime replica's host
 /// changes), and the cause found (`None`: it connected).
-type Diagnosis = (std::time::Instant, u64, Option<String>);
+/// When, for which host generation, and what pindb's own connection attempt found: the cause
+/// and whether it was refused (`None`: it connected).
+type Diagnosis = (std::time::Instant, u64, Option<(String, bool)>);
 
 struct Inner {
     id: u64,

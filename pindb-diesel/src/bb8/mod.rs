@@ -151,18 +151,20 @@ impl PinDb {
         let (pool, db) = self.inner.pool_for_checkout(index, epoch)?;
         let get = pool.get_owned();
         tokio::pin!(get);
-        // An idle connection: no timer, no diagnosis.
+        // Handed over at once: no timer.
         let first = std::future::poll_fn(|cx| Poll::Ready(get.as_mut().poll(cx))).await;
         let got = match first {
             Poll::Ready(got) => got,
             // bb8 retries a refused connection until `connect_timeout_ms` (5 s by default):
-            // after a short grace, pindb's own attempt says whether the server refuses or
-            // does not answer, and the checkout fails at once with what happened. The pool
-            // may only be busy: then the attempt connects and the checkout goes on waiting.
+            // after a short grace, pindb's own attempt (at most one a second) says whether
+            // nothing listens there, and then the checkout fails at once with that. A server
+            // that answers, is slow, full or hangs leaves the pool its own timeout. The
+            // pool's check of a connection (`SELECT 1`) makes most checkouts wait here: one
+            // timer per checkout, none per statement.
             Poll::Pending => tokio::select! {
                 got = &mut get => got,
-                Some(unreachable) = self.unreachable_after(REFUSED_GRACE, index) => {
-                    return Err(Error::Routing(unreachable));
+                Some(refused) = self.refused_after(REFUSED_GRACE, index) => {
+                    return Err(Error::Routing(refused));
                 }
             },
         };
@@ -199,11 +201,11 @@ impl PinDb {
 const REFUSED_GRACE: Duration = Duration::from_millis(50);
 
 impl PinDb {
-    /// After `grace`, pindb's own connection attempt to the database at `index`: what went
-    /// wrong if it fails (cached for 1 s, so a busy pool costs at most one attempt a second).
-    async fn unreachable_after(&self, grace: Duration, index: usize) -> Option<PinDbError> {
+    /// After `grace`, pindb's own connection attempt to the database at `index` (cached for
+    /// 1 s): why, if it was refused.
+    async fn refused_after(&self, grace: Duration, index: usize) -> Option<PinDbError> {
         tokio::time::sleep(grace).await;
-        self.router().diagnose(index).await
+        self.router().refused(index).await
     }
 }
 
