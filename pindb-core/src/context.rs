@@ -167,12 +167,11 @@ impl State {
     /// Pins `set` for a write about to be sent, and says how to take the pin back if the write
     /// never reaches its server ([`State::unpin_unsent`]).
     pub(crate) fn pin_for_write(&mut self, set: &Arc<str>) -> NewPin {
-        let before = self.set_mut(set).pin;
-        self.pin(set, PinOrigin::New);
-        NewPin {
-            before,
-            generation: self.pin_changes,
-        }
+        self.pin_changes = self.pin_changes.wrapping_add(1);
+        let generation = self.pin_changes;
+        let entry = self.set_mut(set);
+        let before = entry.pin.replace(PinOrigin::New);
+        NewPin { before, generation }
     }
 
     /// Takes back the pin of a write that never reached its server, unless a pin of this

@@ -6,7 +6,7 @@ use std::borrow::Cow;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use pindb_core::adapter::{Database, DatabaseRef, PoolTable};
-use pindb_core::{PinDbError, Router};
+use pindb_core::{PinDbError, Route, Router};
 
 use crate::error::Error;
 
@@ -36,6 +36,14 @@ impl<P: Clone> Pools<P> {
 
     pub(crate) fn router(&self) -> &Router {
         &self.router
+    }
+
+    /// The checkout for `route` (an explicit write handle) failed: nothing was sent, so the
+    /// pin its decision made goes back.
+    pub(crate) fn not_sent(&self, route: &Route<'_>) {
+        if let Some(pin) = route.pin {
+            self.router.write_not_sent(route.index, pin);
+        }
     }
 
     /// The pool of the database at `index` (for a runtime replica, of its host now), counting

@@ -303,6 +303,14 @@ async fn a_write_that_never_reached_a_server_pins_nothing<A: Adapter>() {
     proxy.stop();
     let router = db.router().clone();
     let consistency = router.consistency();
+    let reads_a_replica = async |what: &str| {
+        let read = db.read().await;
+        assert!(
+            read.as_ref().is_ok_and(|p| w.replicas.contains(p)),
+            "{}: {what}, from a replica: {read:?}",
+            A::NAME
+        );
+    };
     consistency
         .scope_with_key(Some("alice"), async {
             let failed = db.write().await;
@@ -316,23 +324,12 @@ async fn a_write_that_never_reached_a_server_pins_nothing<A: Adapter>() {
                 "{}: a refused write pinned the set",
                 A::NAME
             );
-            let read = db.read().await;
-            assert!(
-                read.as_ref().is_ok_and(|p| w.replicas.contains(p)),
-                "{}: the next read, from a replica: {read:?}",
-                A::NAME
-            );
+            reads_a_replica("the next read").await;
         })
         .await;
+    let next_request = reads_a_replica("the user's next request, not the dead master");
     consistency
-        .scope_with_key(Some("alice"), async {
-            let read = db.read().await;
-            assert!(
-                read.as_ref().is_ok_and(|p| w.replicas.contains(p)),
-                "{}: the user's next request reads a replica, not the dead master: {read:?}",
-                A::NAME
-            );
-        })
+        .scope_with_key(Some("alice"), next_request)
         .await;
     w.finish().await;
 }

@@ -109,8 +109,8 @@ impl PinDb {
     pub async fn write_with(&self, hint: &Hint<'_>) -> Result<Pooled, Error> {
         let route = self.inner.router().db_for_write(hint)?;
         let checkout = self.checkout_diagnosed(route.index, route.epoch).await;
-        if let (Err(_), Some(pin)) = (&checkout, route.pin) {
-            self.router().write_not_sent(route.index, pin);
+        if checkout.is_err() {
+            self.inner.not_sent(&route);
         }
         checkout
     }

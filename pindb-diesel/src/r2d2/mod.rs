@@ -112,8 +112,8 @@ impl PinDb {
     pub fn write_with(&self, hint: &Hint<'_>) -> Result<Pooled, Error> {
         let route = self.router().db_for_write(hint)?;
         let checkout = self.checkout(route.index, route.epoch);
-        if let (Err(_), Some(pin)) = (&checkout, route.pin) {
-            self.router().write_not_sent(route.index, pin);
+        if checkout.is_err() {
+            self.inner.not_sent(&route);
         }
         checkout
     }
