@@ -106,6 +106,10 @@ pub(crate) struct SetState {
     /// A replica this context had read from failed: the rest of its reads of the set go to
     /// the master, the one server known to be past whatever it read (monotonic reads).
     pub(crate) failed_over: bool,
+    /// The master served a read of this set in this context: no replica is known to be past
+    /// what it saw (that would take the master's position after the read, a round trip), so
+    /// the rest of its reads of the set go to the master too (monotonic reads).
+    pub(crate) read_master: bool,
 }
 
 struct Frame {
@@ -128,6 +132,7 @@ impl State {
                     required: None,
                     replica_reads: 0,
                     failed_over: false,
+                    read_master: false,
                 });
                 self.sets.len() - 1
             }

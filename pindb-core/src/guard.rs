@@ -14,20 +14,26 @@ use std::sync::Arc;
 
 use crate::context::{Context, GuardKind};
 
-/// A live routing override; dropping it restores the previous behaviour.
+/// A live routing override; dropping it ends the override. Reads are monotonic, though: once
+/// the master has served the context a read of the set (under a `master` guard too), its
+/// later reads of that set stay on the master.
 ///
 /// `Send`, so it may be held across `.await`.
 ///
 /// ```
 /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), pindb_core::PinDbError> {
-/// use pindb_core::{Config, Router, Role};
+/// use pindb_core::{Config, Reason, Router, Role};
 ///
 /// let router = Router::new(Config::single_set("postgres://m/app", ["postgres://r/app"]))?;
 /// pindb_core::scope(async {
+///     let guard = router.unpinned_replica("default")?;
+///     assert_eq!(router.db_for_read(&Default::default())?.role, Role::Replica);
+///     drop(guard);
 ///     let guard = router.master("default")?;
 ///     assert_eq!(router.db_for_read(&Default::default())?.role, Role::Master);
 ///     drop(guard);
-///     assert_eq!(router.db_for_read(&Default::default())?.role, Role::Replica);
+///     // The master showed newer data than the replica may have.
+///     assert_eq!(router.db_for_read(&Default::default())?.reason, Reason::Monotonic);
 ///     Ok(())
 /// }).await
 /// # }

@@ -6,10 +6,13 @@
 //! replay position). Routing
 //! never waits for it; it only reads the health cells the monitor writes.
 //!
-//! Time lag is measured against the master's own history, not replay timestamps: a replica is
-//! `lag_ms` behind when the master first had WAL the replica has not replayed `lag_ms` ago. An
-//! idle master therefore never counts as lag, and a NULL replay position (receiver stopped)
-//! counts as infinitely behind.
+//! Time lag is a bound proved from the master's own history, not replay timestamps: each
+//! master sample is kept with the instant it was *asked for*, so every transaction committed
+//! before that instant is at or below its position. A replica that has replayed a sample's
+//! position therefore has everything committed before the sample was asked for, and its
+//! staleness at any later instant t is at most t minus that instant: the bound grows between
+//! checks, and every read is decided against it then (`replica::Health`). An idle master is
+//! not lag; a NULL replay position (receiver stopped) is unbounded.
 
 use std::collections::{HashSet, VecDeque};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -23,7 +26,7 @@ use crate::discovery::Slot;
 use crate::error::PinDbError;
 use crate::lsn::Lsn;
 use crate::probe::{lsn_column, Probe};
-use crate::replica::Health;
+use crate::replica::{clock, Health, Proof};
 use crate::roles::{Change, Report, Roles, Verdict};
 use crate::subscription;
 use crate::topology::Topology;
@@ -46,29 +49,30 @@ impl MasterTrack {
             .clear();
     }
 
-    fn push(&self, lsn: Lsn) {
+    /// The master was at `lsn` (at least) when asked at `asked` (taken before the query was
+    /// sent: a later instant would claim commits the position may not cover).
+    fn push(&self, asked: Instant, lsn: Lsn) {
         let mut s = self.samples.lock().unwrap_or_else(PoisonError::into_inner);
         if s.len() == Self::CAPACITY {
             s.pop_front();
         }
-        s.push_back((Instant::now(), lsn));
+        s.push_back((asked, lsn));
     }
 
-    /// `(lag bytes, lag ms)` of a replica at `replay`; `None` before the first master sample.
-    fn lag(&self, replay: Lsn) -> Option<(u64, u64)> {
+    /// `(lag bytes, proof)` of a replica at `replay`: bytes behind the newest sample, and the
+    /// newest instant before which it provably has every commit. `None` before the first
+    /// master sample.
+    fn lag(&self, replay: Lsn) -> Option<(u64, Proof)> {
         let s = self.samples.lock().unwrap_or_else(PoisonError::into_inner);
         let &(_, newest) = s.back()?;
         let bytes = newest.0.saturating_sub(replay.0);
-        if bytes == 0 {
-            return Some((0, 0));
-        }
-        // The first time the master was past `replay` (or the oldest sample we kept).
-        let since = s
+        // Samples are pushed in order of asking: the last one at or below `replay`.
+        let proof = s
             .iter()
-            .find(|(_, lsn)| *lsn > replay)
-            .map(|(t, _)| *t)
-            .unwrap_or(s[0].0);
-        Some((bytes, since.elapsed().as_millis() as u64))
+            .rev()
+            .find(|(_, lsn)| *lsn <= replay)
+            .map_or(Proof::None, |(t, _)| Proof::At(*t));
+        Some((bytes, proof))
     }
 }
 
@@ -292,6 +296,7 @@ impl Source {
                 health,
                 set,
             } => {
+                let asked = Instant::now();
                 let report = host_report(probe).await?;
                 let position = report.position;
                 let (verdict, change) = roles.report(r, Some(report));
@@ -300,7 +305,7 @@ impl Source {
                     Verdict::Standby => Ok(Ok(observed(position))),
                     Verdict::Primary => {
                         if let Some(lsn) = position {
-                            track.push(lsn);
+                            track.push(asked, lsn);
                             metrics::gauge!("pindb_master_wal_position_bytes", "set" => set.clone())
                                 .set(lsn.0 as f64);
                         }
@@ -438,13 +443,14 @@ async fn watch_master(
             report_slots(&set, &mut probe).await;
         }
         ticks += 1;
+        let asked = Instant::now();
         match probe
             .row("SELECT pg_current_wal_lsn()::text")
             .await
             .and_then(|row| lsn_column(&row, 0))
         {
             Ok(Some(lsn)) => {
-                track.push(lsn);
+                track.push(asked, lsn);
                 metrics::gauge!("pindb_master_wal_position_bytes", "set" => set.clone())
                     .set(lsn.0 as f64);
                 logged = false;
@@ -518,6 +524,8 @@ async fn watch_replica(
     let (mut last_position, mut was_stalled) = (None, false);
     let mut unchanged_since = Instant::now();
     let alias = source.alias().to_owned();
+    let emulated = matches!(source, Source::Emulated(_));
+    health[r].limit_lag(settings.max_lag_ms);
     let gauge_labels = [("set", set.clone()), ("alias", alias.clone())];
     loop {
         tokio::select! {
@@ -549,26 +557,23 @@ async fn watch_replica(
                 failures = 0;
                 successes = successes.saturating_add(1);
                 let up = was_up || successes >= settings.successes_before_up;
-                let (lag_bytes, lag_ms, over) = match replay {
+                let (lag_bytes, proof) = match replay {
+                    // The master itself, read-only: as fresh as the master.
+                    _ if emulated => (0, Proof::Always),
                     // The receiver stopped or never started: infinitely behind.
-                    None => (u64::MAX, u64::MAX, true),
-                    Some(replay) => match track.lag(replay) {
-                        Some((bytes, ms)) => (
-                            bytes,
-                            ms,
-                            bytes > settings.max_lag_bytes || ms > settings.max_lag_ms,
-                        ),
-                        None => (0, 0, false),
-                    },
+                    None => (u64::MAX, Proof::None),
+                    // No master sample yet: nothing proves it fresh.
+                    Some(replay) => track.lag(replay).unwrap_or((0, Proof::None)),
                 };
-                // A subscription that is not applying is frozen: no read, whatever its lag.
-                let over = over || !applying;
+                // Time lag is decided at each read against the proof; bytes at the check. A
+                // subscription that is not applying is frozen: no read, whatever its lag.
+                let over = lag_bytes > settings.max_lag_bytes || !applying;
                 let was_over = health[r].status().over_lag;
                 let record = || {
                     health[r].set_position(
                         replay.unwrap_or_default(),
                         lag_bytes,
-                        lag_ms,
+                        proof,
                         over,
                         up,
                         seen,
@@ -584,6 +589,8 @@ async fn watch_replica(
                     // not count towards `successes_before_up`.
                     successes = 0;
                 }
+                let lag_ms = health[r].staleness_ms(clock::now());
+                let over = over || lag_ms > settings.max_lag_ms;
                 if over != was_over && !applying {
                     tracing::info!(target: "pindb", %alias, "pindb monitor: not applying (its subscription is disabled or its apply worker is not running): no read goes there whatever its lag");
                 } else if over != was_over {
@@ -902,27 +909,34 @@ mod tests {
     #[test]
     fn an_idle_master_is_not_lag() {
         let t = MasterTrack::default();
-        t.push(Lsn(100));
-        t.push(Lsn(100));
-        assert_eq!(t.lag(Lsn(100)), Some((0, 0)));
+        let (first, second) = (Instant::now(), Instant::now());
+        t.push(first, Lsn(100));
+        t.push(second, Lsn(100));
+        assert_eq!(t.lag(Lsn(100)), Some((0, Proof::At(second))));
         assert_eq!(
             t.lag(Lsn(120)),
-            Some((0, 0)),
-            "a replica ahead of the last sample is caught up"
+            Some((0, Proof::At(second))),
+            "a replica ahead of the last sample is as fresh as that sample"
         );
     }
 
     #[test]
-    fn lag_is_measured_from_when_the_master_passed_the_replica() {
+    fn freshness_is_proved_by_the_last_sample_a_replica_has_replayed() {
         let t = MasterTrack::default();
         assert_eq!(t.lag(Lsn(1)), None, "no master sample yet");
-        t.push(Lsn(100));
-        std::thread::sleep(Duration::from_millis(30));
-        t.push(Lsn(200));
-        let (bytes150, ms150) = t.lag(Lsn(150)).unwrap();
-        let (bytes50, ms50) = t.lag(Lsn(50)).unwrap();
-        assert_eq!((bytes150, bytes50), (50, 150));
-        // The master passed 50 at the first sample and 150 only at the second, 30 ms later.
-        assert!(ms50 >= ms150 + 29, "{ms50} vs {ms150}");
+        let t0 = Instant::now();
+        let t1 = t0 + Duration::from_millis(30);
+        t.push(t0, Lsn(100));
+        t.push(t1, Lsn(200));
+        // At 150 it has everything committed before the first sample was asked for, and
+        // nothing proves more: its staleness grows from t0, not from when the master passed
+        // 150 (which the samples cannot tell).
+        assert_eq!(t.lag(Lsn(150)), Some((50, Proof::At(t0))));
+        assert_eq!(t.lag(Lsn(200)), Some((0, Proof::At(t1))));
+        assert_eq!(
+            t.lag(Lsn(50)),
+            Some((150, Proof::None)),
+            "older than every sample"
+        );
     }
 }

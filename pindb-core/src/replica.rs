@@ -21,7 +21,13 @@ pub(crate) struct Health {
     over_lag: AtomicBool,
     replay_lsn: AtomicU64,
     lag_bytes: AtomicU64,
-    lag_ms: AtomicU64,
+    /// The proof of freshness: every transaction the master committed before this instant
+    /// ([`clock`] microseconds) has been replayed. Staleness *now* is at most now minus this,
+    /// so it grows between checks. [`NOT_MEASURED`]: no monitor, counts as fresh; 0: no
+    /// proof, infinitely stale.
+    fresh_at: AtomicU64,
+    /// `monitor.max_lag_ms`, decided at each read against the staleness then.
+    max_lag_ms: AtomicU64,
     /// Bumped each time a read failed on this replica (it is then down at once): the monitor
     /// restarts its count of good checks, so the replica comes back only after
     /// `successes_before_up` of them.
@@ -37,6 +43,59 @@ pub(crate) struct Health {
 /// How long a suspicion keeps a replica out when no monitor check says otherwise.
 const SUSPICION: std::time::Duration = std::time::Duration::from_secs(5);
 
+/// What proves how fresh a replica's replayed position is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Proof {
+    /// It is the master itself, opened read-only (`emulate_replicas`).
+    Always,
+    /// Every transaction the master committed before this instant has been replayed: the
+    /// time a master sample at or below the position was asked for.
+    At(std::time::Instant),
+    /// Nothing: no master sample at or below its position, or no position at all.
+    None,
+}
+
+#[cfg(test)]
+impl Proof {
+    /// Fresh as of `ms` ago: `ms` of lag now, growing from there.
+    pub(crate) fn ago(ms: u64) -> Proof {
+        let now = std::time::Instant::now();
+        Proof::At(
+            now.checked_sub(std::time::Duration::from_millis(ms))
+                .unwrap_or(now),
+        )
+    }
+}
+
+/// [`Health::fresh_at`] of a replica no monitor measures.
+const NOT_MEASURED: u64 = u64::MAX;
+
+/// A monotonic clock in microseconds, for freshness proofs (the wall clock can jump back).
+pub(crate) mod clock {
+    use std::sync::OnceLock;
+    use std::time::{Duration, Instant};
+
+    /// An hour before the first use, so that an instant shortly before it still encodes.
+    fn base() -> Instant {
+        static BASE: OnceLock<Instant> = OnceLock::new();
+        *BASE.get_or_init(|| {
+            let now = Instant::now();
+            now.checked_sub(Duration::from_secs(3600)).unwrap_or(now)
+        })
+    }
+
+    /// `at` in microseconds (at least 1: 0 means "no proof").
+    pub(crate) fn micros(at: Instant) -> u64 {
+        let us = at.saturating_duration_since(base()).as_micros();
+        u64::try_from(us).unwrap_or(u64::MAX - 1).max(1)
+    }
+
+    /// Now, in microseconds.
+    pub(crate) fn now() -> u64 {
+        micros(Instant::now())
+    }
+}
+
 fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -51,7 +110,8 @@ impl Default for Health {
             over_lag: AtomicBool::new(false),
             replay_lsn: AtomicU64::new(0),
             lag_bytes: AtomicU64::new(0),
-            lag_ms: AtomicU64::new(0),
+            fresh_at: AtomicU64::new(NOT_MEASURED),
+            max_lag_ms: AtomicU64::new(u64::MAX),
             suspicions: AtomicU64::new(0),
             suspected_at_ms: AtomicU64::new(0),
             drained: AtomicBool::new(false),
@@ -64,14 +124,17 @@ impl Default for Health {
 pub struct ReplicaStatus {
     /// Answering health checks.
     pub up: bool,
-    /// Beyond `max_lag_bytes` or `max_lag_ms`: not read from.
+    /// Beyond `max_lag_bytes` or `max_lag_ms` now (or not applying its subscription): not
+    /// read from.
     pub over_lag: bool,
     /// The last replay position seen (`0/0` until the first check).
     pub replay_lsn: Lsn,
     /// Bytes of WAL the master has that the replica has not replayed.
     pub lag_bytes: u64,
-    /// For how long the master has had WAL the replica has not replayed (0 when caught up,
-    /// however idle the master is).
+    /// How stale it may be now, at most: the time since the master sample that proves what
+    /// it has replayed (so it grows between checks; an idle master is not lag). `u64::MAX`:
+    /// nothing proves it (no master sample at or below its position, no replay position).
+    /// 0 without a monitor.
     pub lag_ms: u64,
     /// Taken out of rotation by hand (`Topology::drain`).
     pub drained: bool,
@@ -79,14 +142,31 @@ pub struct ReplicaStatus {
 
 impl Health {
     pub(crate) fn status(&self) -> ReplicaStatus {
+        let lag_ms = self.staleness_ms(clock::now());
         ReplicaStatus {
             up: self.is_up(),
-            over_lag: self.over_lag.load(Ordering::Relaxed),
+            over_lag: self.over_lag.load(Ordering::Relaxed)
+                || lag_ms > self.max_lag_ms.load(Ordering::Relaxed),
             replay_lsn: Lsn(self.replay_lsn.load(Ordering::Relaxed)),
             lag_bytes: self.lag_bytes.load(Ordering::Relaxed),
-            lag_ms: self.lag_ms.load(Ordering::Relaxed),
+            lag_ms,
             drained: self.drained.load(Ordering::Relaxed),
         }
+    }
+
+    /// At most how stale the replica is at `now` ([`clock`] microseconds), in whole
+    /// milliseconds rounded up: what every bound is checked against.
+    pub(crate) fn staleness_ms(&self, now: u64) -> u64 {
+        match self.fresh_at.load(Ordering::Acquire) {
+            NOT_MEASURED => 0,
+            0 => u64::MAX,
+            at => now.saturating_sub(at).div_ceil(1000),
+        }
+    }
+
+    /// The limit `monitor.max_lag_ms` puts on [`Health::staleness_ms`] (set by the monitor).
+    pub(crate) fn limit_lag(&self, max_lag_ms: u64) {
+        self.max_lag_ms.store(max_lag_ms, Ordering::Relaxed);
     }
 
     pub(crate) fn set_down(&self) {
@@ -94,15 +174,17 @@ impl Health {
         self.up.store(false, Ordering::Relaxed);
     }
 
-    /// A good check: the position and lag it saw, and whether the replica may be read from
-    /// (the monitor keeps one that was down out until enough checks in a row were good).
+    /// A good check: the position and byte lag it saw, what proves that position fresh,
+    /// whether it is over the byte limit or frozen (`over`), and whether
+    /// the replica may be read from (the monitor keeps one that was down out until enough
+    /// checks in a row were good).
     /// `seen`: [`Health::suspicions`] when the check began; a suspicion raised since wins.
     /// Whether it was recorded (not, when a suspicion or a new host came since).
     pub(crate) fn set_position(
         &self,
         replay: Lsn,
         lag_bytes: u64,
-        lag_ms: u64,
+        fresh: Proof,
         over_lag: bool,
         up: bool,
         seen: u64,
@@ -114,7 +196,12 @@ impl Health {
         }
         self.replay_lsn.store(replay.0, Ordering::Relaxed);
         self.lag_bytes.store(lag_bytes, Ordering::Relaxed);
-        self.lag_ms.store(lag_ms, Ordering::Relaxed);
+        let fresh_at = match fresh {
+            Proof::Always => NOT_MEASURED,
+            Proof::At(at) => clock::micros(at),
+            Proof::None => 0,
+        };
+        self.fresh_at.store(fresh_at, Ordering::Release);
         self.over_lag.store(over_lag, Ordering::Relaxed);
         self.up.store(up, Ordering::Release);
         // A read failed on it (or its slot got another host) since the test above: the
@@ -150,7 +237,9 @@ impl Health {
         self.suspected_at_ms.store(0, Ordering::Relaxed);
         self.replay_lsn.store(0, Ordering::Relaxed);
         self.lag_bytes.store(0, Ordering::Relaxed);
-        self.lag_ms.store(0, Ordering::Relaxed);
+        // Nothing proves the new host fresh until the monitor checks it.
+        let fresh_at = if up { NOT_MEASURED } else { 0 };
+        self.fresh_at.store(fresh_at, Ordering::Release);
         self.over_lag.store(false, Ordering::Relaxed);
         // A drain named the host that left.
         self.drained.store(false, Ordering::Relaxed);
@@ -162,9 +251,16 @@ impl Health {
         self.suspicions.load(Ordering::Relaxed)
     }
 
-    /// Fit to be read from, for a context that needs `required`.
+    /// Fit to be read from now, for a context that needs `required`.
     pub(crate) fn fit(&self, required: Option<Lsn>) -> bool {
-        self.usable() && self.has_replayed(required)
+        self.fit_at(required, clock::now())
+    }
+
+    /// Fit to be read from at `now` ([`clock`] microseconds): up, not drained, within the
+    /// byte limit, applying, no staler than `max_lag_ms` at that instant, and past
+    /// `required`.
+    fn fit_at(&self, required: Option<Lsn>, now: u64) -> bool {
+        self.usable(now) && self.has_replayed(required)
     }
 
     /// A direct check saw the replica at `replay` (at least): raise the known position.
@@ -176,10 +272,11 @@ impl Health {
         Lsn(self.replay_lsn.load(Ordering::Relaxed))
     }
 
-    fn usable(&self) -> bool {
+    fn usable(&self, now: u64) -> bool {
         self.is_up()
             && !self.over_lag.load(Ordering::Relaxed)
             && !self.drained.load(Ordering::Relaxed)
+            && self.staleness_ms(now) <= self.max_lag_ms.load(Ordering::Relaxed)
     }
 
     pub(crate) fn set_drained(&self, drained: bool) {
@@ -216,6 +313,9 @@ pub(crate) enum NoReplica {
     FailedOver,
     /// The set's replicas are switched off (the kill switch).
     Disabled,
+    /// The master served this context a read of the set before: a replica may be behind
+    /// what it saw.
+    ReadMaster,
     /// No replica carries the tables the read needs (logical replicas).
     NotCarried,
 }
@@ -247,12 +347,14 @@ impl Picker {
         max_lag_ms: u64,
         eligible: Eligible<'_>,
     ) -> Result<usize, NoReplica> {
+        let now = clock::now();
+        let lag = |i: usize| health[i].staleness_ms(now);
         let fit = |i: usize| {
             let h = &health[i];
             eligible(i)
                 && h.is_up()
                 && !h.drained.load(Ordering::Relaxed)
-                && h.lag_ms.load(Ordering::Relaxed) <= max_lag_ms
+                && lag(i) <= max_lag_ms
                 && h.has_replayed(required)
         };
         if let Some(k) = keep.filter(|&k| k < health.len() && fit(k)) {
@@ -260,9 +362,7 @@ impl Picker {
         }
         let order = (0..health.len()).filter(|&i| fit(i));
         let found = match policy {
-            ReplicaPolicy::LeastLag => {
-                order.min_by_key(|&i| health[i].lag_ms.load(Ordering::Relaxed))
-            }
+            ReplicaPolicy::LeastLag => order.min_by_key(|&i| lag(i)),
             _ => {
                 let start = self.next.fetch_add(1, Ordering::Relaxed);
                 let n = health.len().max(1);
@@ -277,7 +377,7 @@ impl Picker {
                 NoReplica::AllDown
             } else if health
                 .iter()
-                .any(|h| usable(h) && h.lag_ms.load(Ordering::Relaxed) <= max_lag_ms)
+                .any(|h| usable(h) && h.staleness_ms(now) <= max_lag_ms)
             {
                 NoReplica::NotCaughtUp
             } else {
@@ -301,7 +401,8 @@ impl Picker {
         if n == 0 {
             return Err(NoReplica::None);
         }
-        let fit = |i: usize| Some(i) != avoid && eligible(i) && health[i].fit(required);
+        let now = clock::now();
+        let fit = |i: usize| Some(i) != avoid && eligible(i) && health[i].fit_at(required, now);
         if let Some(k) = keep.filter(|&k| k < n && fit(k)) {
             return Ok(k);
         }
@@ -321,7 +422,7 @@ impl Picker {
             let up = |(i, h): (usize, &Health)| Some(i) != avoid && h.is_up();
             if !health.iter().enumerate().any(up) {
                 NoReplica::AllDown
-            } else if health.iter().any(Health::usable) {
+            } else if health.iter().any(|h| h.usable(now)) {
                 NoReplica::NotCaughtUp
             } else {
                 NoReplica::AllLagging
@@ -354,7 +455,7 @@ mod tests {
         h.suspect();
         // The check began before the suspicion; its verdict must not bring the replica back.
         assert_ne!(seen, h.suspicions());
-        h.set_position(Lsn(1), 0, 0, false, true, seen);
+        h.set_position(Lsn(1), 0, Proof::ago(0), false, true, seen);
         assert!(!h.status().up);
     }
 
@@ -404,7 +505,7 @@ mod tests {
             Ok(1),
             "a kept choice that went down is replaced"
         );
-        h[1].set_position(Lsn(10), 9_000_000, 0, true, true, 0);
+        h[1].set_position(Lsn(10), 9_000_000, Proof::ago(0), true, true, 0);
         assert_eq!(
             p.choose(ReplicaPolicy::RoundRobin, &h, None, None, None, EVERY),
             Err(NoReplica::AllLagging)
@@ -424,8 +525,8 @@ mod tests {
     fn required_position_filters_replicas() {
         let p = Picker::default();
         let h = healthy(2);
-        h[0].set_position(Lsn(100), 0, 0, false, true, 0);
-        h[1].set_position(Lsn(50), 50, 10, false, true, 0);
+        h[0].set_position(Lsn(100), 0, Proof::ago(0), false, true, 0);
+        h[1].set_position(Lsn(50), 50, Proof::ago(10), false, true, 0);
         for _ in 0..4 {
             assert_eq!(
                 p.choose(
@@ -456,9 +557,9 @@ mod tests {
     fn least_lag_takes_the_freshest_fit_replica() {
         let p = Picker::default();
         let h = healthy(3);
-        h[0].set_position(Lsn(90), 10, 5, false, true, 0);
-        h[1].set_position(Lsn(99), 1, 1, false, true, 0);
-        h[2].set_position(Lsn(100), 0, 0, false, true, 0);
+        h[0].set_position(Lsn(90), 10, Proof::ago(5), false, true, 0);
+        h[1].set_position(Lsn(99), 1, Proof::ago(1), false, true, 0);
+        h[2].set_position(Lsn(100), 0, Proof::ago(0), false, true, 0);
         assert_eq!(
             p.choose(ReplicaPolicy::LeastLag, &h, None, None, None, EVERY),
             Ok(2)

@@ -62,6 +62,9 @@ impl Router {
             Target::Replica { set, .. } | Target::Set(set)
                 if !self.inner.topology.set(set).replicas_enabled() =>
             {
+                if commit {
+                    self.read_from_master(set);
+                }
                 return self.master_route(set, Reason::ReplicasDisabled);
             }
             Target::Replica { set, replica } => {
@@ -79,7 +82,7 @@ impl Router {
         // One lock for guard, pin, stickiness and the replica choice.
         let (reason, pick) = with_current(|ctx| {
             let mut state = ctx.lock();
-            match state.guard(name) {
+            let (reason, pick) = match state.guard(name) {
                 Some(GuardKind::Master) => (Reason::MasterGuard, None),
                 // The guard accepts stale reads: positions are not required, health still is.
                 Some(GuardKind::UnpinnedReplica) => (
@@ -92,7 +95,14 @@ impl Router {
                     Reason::Replica,
                     Some(self.pick_replica(s, Some(&mut state), true, commit, hint.into())),
                 ),
+            };
+            // Whatever sent it there, a read the master serves moves the context past every
+            // replica (monotonic reads). A table no replica carries is the exception: its
+            // replica has none of it to go back on.
+            if commit && !matches!(pick, Some(Ok(_)) | Some(Err(NoReplica::NotCarried))) {
+                state.set_mut(name).read_master = true;
             }
+            (reason, pick)
         })
         .unwrap_or_else(|| {
             (
@@ -113,6 +123,13 @@ impl Router {
                 self.master_route(s, reason)
             }
         }
+    }
+
+    /// The master serves the current context a read of set `s` (monotonic reads: see
+    /// `SetState::read_master`).
+    pub(super) fn read_from_master(&self, s: usize) {
+        let name = &self.inner.topology.set(s).name;
+        with_current(|ctx| ctx.lock().set_mut(name).read_master = true);
     }
 
     /// `set`'s replica `r` as a context keeps it, now.
@@ -143,6 +160,10 @@ impl Router {
                 .filter(|k| k.router == now.router && k.replica == r && entry.replica_reads > 0);
             if read_before.is_some_and(|k| k != now) {
                 return Err(Reason::ReplicaFailed);
+            }
+            if entry.read_master {
+                // It may be behind what the master showed (monotonic reads).
+                return Err(Reason::Monotonic);
             }
             match health.fit(entry.required) {
                 true => Ok(()),
@@ -238,6 +259,11 @@ impl Router {
         let entry = state.set_mut(&set.name);
         if entry.failed_over {
             return Err(NoReplica::FailedOver);
+        }
+        // An `unpinned_replica` guard (`honor_required` off) asks for a replica whatever the
+        // context saw: going back in time is what it accepts.
+        if entry.read_master && honor_required {
+            return Err(NoReplica::ReadMaster);
         }
         let kept = entry.replica.filter(|k| k.router == self.inner.id);
         let mut keep = kept.map(|k| k.replica);
@@ -337,6 +363,7 @@ fn fallback_reason(no: NoReplica) -> Reason {
         NoReplica::FailedOver => Reason::ReplicaFailed,
         NoReplica::Disabled => Reason::ReplicasDisabled,
         NoReplica::NotCarried => Reason::NotReplicated,
+        NoReplica::ReadMaster => Reason::Monotonic,
     }
 }
 
@@ -419,8 +446,22 @@ mod tests {
         config.stickiness.ttl_seconds = 120;
         let router = Router::new(config).unwrap();
         let health = &router.inner.topology.set(0).health;
-        health[0].set_position(Lsn(100), 1_000, 20_000, true, true, 0);
-        health[1].set_position(Lsn(50), 2_000, 40_000, true, true, 0);
+        health[0].set_position(
+            Lsn(100),
+            1_000,
+            crate::replica::Proof::ago(20_000),
+            true,
+            true,
+            0,
+        );
+        health[1].set_position(
+            Lsn(50),
+            2_000,
+            crate::replica::Proof::ago(40_000),
+            true,
+            true,
+            0,
+        );
         router
     }
 
@@ -501,8 +542,22 @@ mod tests {
             config.monitor.lag_ceiling_ms = 0;
             let capped = Router::new(config).unwrap();
             let health = &capped.inner.topology.set(0).health;
-            health[0].set_position(Lsn(100), 1_000, 20_000, true, true, 0);
-            health[1].set_position(Lsn(50), 2_000, 40_000, true, true, 0);
+            health[0].set_position(
+                Lsn(100),
+                1_000,
+                crate::replica::Proof::ago(20_000),
+                true,
+                true,
+                0,
+            );
+            health[1].set_position(
+                Lsn(50),
+                2_000,
+                crate::replica::Proof::ago(40_000),
+                true,
+                true,
+                0,
+            );
             capped
         };
         scope(async {

@@ -202,6 +202,7 @@ impl Router {
         // long query must not run on every replica in turn.
         if !set.replicas_enabled() {
             // The kill switch is on: nowhere but the master.
+            self.read_from_master(s);
             return self.master_route(s, Reason::ReplicasDisabled).map(Some);
         }
         let retries = match failure {
@@ -222,8 +223,8 @@ impl Router {
             let mine = entry
                 .replica
                 .is_some_and(|k| k.router == self.inner.id && k.replica == r);
-            match entry.replica {
-                _ if entry.failed_over => None,
+            let other = match entry.replica {
+                _ if entry.failed_over || entry.read_master => None,
                 // The context reads from another replica: it stays there (monotonic), if it
                 // still has the host the context read from.
                 Some(k) if !mine && k.router == self.inner.id => {
@@ -242,12 +243,17 @@ impl Router {
                     let i = set
                         .picker
                         .choose(policy, &set.health, required, None, Some(r), &covers)
-                        .ok()?;
-                    entry.replica = Some(self.sticky(set, i));
-                    entry.replica_reads = 1;
-                    Some(i)
+                        .ok();
+                    if let Some(i) = i {
+                        entry.replica = Some(self.sticky(set, i));
+                        entry.replica_reads = 1;
+                    }
+                    i
                 }
-            }
+            };
+            // The master serves it: the context is past every replica now (monotonic reads).
+            entry.read_master |= other.is_none();
+            other
         })
         .unwrap_or_else(|| {
             (attempt < retries)

@@ -26,6 +26,8 @@ mod builder;
 mod decide;
 mod fallback;
 mod global;
+#[cfg(test)]
+mod monotonic_tests;
 mod route;
 mod statements;
 

@@ -198,11 +198,15 @@ pub enum Reason {
     /// carry, nor any other it could use (a logical replica's publications): the master
     /// serves it.
     NotReplicated,
+    /// The master already served this context a read of the set (a pin, a guard, the kill
+    /// switch, no fit replica at that moment...): a replica may be behind what it saw, so the
+    /// master serves the set's reads for the rest of the context (monotonic reads).
+    Monotonic,
 }
 
 impl Reason {
     /// Every reason, at its [`Reason::index`].
-    pub(crate) const ALL: [Reason; 18] = [
+    pub(crate) const ALL: [Reason; 19] = [
         Reason::Disabled,
         Reason::Unmanaged,
         Reason::Pinned,
@@ -221,6 +225,7 @@ impl Reason {
         Reason::ReplicaFailed,
         Reason::ReplicasDisabled,
         Reason::NotReplicated,
+        Reason::Monotonic,
     ];
 
     /// Its position in [`Reason::ALL`]; exhaustive, so a new reason must be placed there.
@@ -244,6 +249,7 @@ impl Reason {
             Reason::ReplicaFailed => 15,
             Reason::ReplicasDisabled => 16,
             Reason::NotReplicated => 17,
+            Reason::Monotonic => 18,
         }
     }
 
@@ -268,6 +274,7 @@ impl Reason {
             Reason::ReplicaFailed => "replica-failed",
             Reason::ReplicasDisabled => "replicas-disabled",
             Reason::NotReplicated => "not-replicated",
+            Reason::Monotonic => "monotonic",
         }
     }
 }
