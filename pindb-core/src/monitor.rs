@@ -31,10 +31,16 @@ use crate::roles::{Change, Report, Roles, Verdict};
 use crate::subscription;
 use crate::topology::Topology;
 
-/// The master's recent positions, newest last: what replica lag is measured against.
+/// The master's recent positions, in the order they were recorded: what replica lag is
+/// measured against.
 #[derive(Default)]
 struct MasterTrack {
     samples: Mutex<VecDeque<(Instant, Lsn)>>,
+    /// The master's probe, shared (pipelined) by its task and the replicas' checks: each
+    /// replica check samples the master just before asking the replica, so a caught-up
+    /// replica is proved fresh as of its check, not as of the master's last tick. `None`
+    /// for a set given as hosts (the primary's own checks feed the track).
+    master: Option<tokio::sync::Mutex<Probe>>,
 }
 
 impl MasterTrack {
@@ -59,19 +65,35 @@ impl MasterTrack {
         s.push_back((asked, lsn));
     }
 
-    /// `(lag bytes, proof)` of a replica at `replay`: bytes behind the newest sample, and the
-    /// newest instant before which it provably has every commit. `None` before the first
+    /// Asks the master for its position and records it (nothing for a set given as hosts).
+    async fn sample(&self) -> Result<Option<Lsn>, String> {
+        let Some(master) = &self.master else {
+            return Ok(None);
+        };
+        let asked = Instant::now();
+        let row = Probe::shared_row(master, "SELECT pg_current_wal_lsn()::text").await?;
+        let lsn = lsn_column(&row, 0)?;
+        if let Some(lsn) = lsn {
+            self.push(asked, lsn);
+        }
+        Ok(lsn)
+    }
+
+    /// `(lag bytes, proof)` of a replica at `replay`: bytes behind the newest position, and
+    /// the latest instant before which it provably has every commit. `None` before the first
     /// master sample.
     fn lag(&self, replay: Lsn) -> Option<(u64, Proof)> {
         let s = self.samples.lock().unwrap_or_else(PoisonError::into_inner);
-        let &(_, newest) = s.back()?;
+        let newest = s.iter().map(|(_, lsn)| *lsn).max()?;
         let bytes = newest.0.saturating_sub(replay.0);
-        // Samples are pushed in order of asking: the last one at or below `replay`.
+        // Samples taken concurrently (pipelined) may be recorded out of order: the latest
+        // instant of any sample at or below `replay`.
         let proof = s
             .iter()
-            .rev()
-            .find(|(_, lsn)| *lsn <= replay)
-            .map_or(Proof::None, |(t, _)| Proof::At(*t));
+            .filter(|(_, lsn)| *lsn <= replay)
+            .map(|(t, _)| *t)
+            .max()
+            .map_or(Proof::None, Proof::At);
         Some((bytes, proof))
     }
 }
@@ -89,7 +111,17 @@ pub(crate) fn spawn(
         let (replicas, health) = (&entry.replicas, &entry.health);
         let (coverage, written) = (&entry.coverage, &entry.written);
         let set = &*entry.name;
-        let track = Arc::new(MasterTrack::default());
+        let master_probe = match (entry.roles.is_some(), entry.master()) {
+            (false, Some(m)) => Some(tokio::sync::Mutex::new(Probe::new(
+                &topology.databases()[m],
+                timeout(settings),
+            ))),
+            _ => None,
+        };
+        let track = Arc::new(MasterTrack {
+            master: master_probe,
+            ..MasterTrack::default()
+        });
         let spawn_replica = |source, r| {
             tokio::spawn(watch_replica(
                 set.to_owned(),
@@ -125,7 +157,6 @@ pub(crate) fn spawn(
         handles.push(
             tokio::spawn(watch_master(
                 set.to_owned(),
-                Probe::new(master_db, timeout(settings)),
                 Arc::clone(&track),
                 interval(settings),
             ))
@@ -428,29 +459,18 @@ fn interval(s: &MonitorSettings) -> tokio::time::Interval {
     i
 }
 
-async fn watch_master(
-    set: String,
-    mut probe: Probe,
-    track: Arc<MasterTrack>,
-    mut every: tokio::time::Interval,
-) {
+async fn watch_master(set: String, track: Arc<MasterTrack>, mut every: tokio::time::Interval) {
     let mut logged = false;
     let mut ticks = 0u64;
     loop {
         every.tick().await;
         // Replication slots every 20 checks: what the primary keeps on disk for its replicas.
-        if ticks.is_multiple_of(20) {
-            report_slots(&set, &mut probe).await;
+        if let Some(master) = track.master.as_ref().filter(|_| ticks.is_multiple_of(20)) {
+            report_slots(&set, &mut *master.lock().await).await;
         }
         ticks += 1;
-        let asked = Instant::now();
-        match probe
-            .row("SELECT pg_current_wal_lsn()::text")
-            .await
-            .and_then(|row| lsn_column(&row, 0))
-        {
+        match track.sample().await {
             Ok(Some(lsn)) => {
-                track.push(asked, lsn);
                 metrics::gauge!("pindb_master_wal_position_bytes", "set" => set.clone())
                     .set(lsn.0 as f64);
                 logged = false;
@@ -537,6 +557,11 @@ async fn watch_replica(
         // A suspicion raised while the check runs (a promotion elsewhere, a failed read)
         // wins over what the check saw.
         let seen = health[r].suspicions();
+        if !emulated {
+            // Just before the replica is asked: what proves it fresh if it has caught up. A
+            // failure here leaves the proof to the master's own task.
+            let _ = track.sample().await;
+        }
         let checked = source.position(r).await;
         if let Some((_, generation)) = source.checked_slot() {
             // A runtime replica's new host: the old one's failures are not its own.

@@ -89,7 +89,15 @@ impl Probe {
         match tokio::time::timeout(timeout, client.query_one(sql, &[])).await {
             Ok(Ok(row)) => Ok(row),
             Ok(Err(e)) => Err(format!("`{alias}`: {}", describe(&e))),
-            Err(_) => Err(format!("`{alias}`: no answer within {timeout:?}")),
+            Err(_) => {
+                // A connection that hangs is not asked again: the next caller reconnects
+                // (unless another caller already did).
+                let mut p = probe.lock().await;
+                if p.client.as_ref().is_some_and(|c| Arc::ptr_eq(c, &client)) {
+                    p.client = None;
+                }
+                Err(format!("`{alias}`: no answer within {timeout:?}"))
+            }
         }
     }
 

@@ -28,7 +28,8 @@
 //! replicas), `replay.rs` (pausing replay, the replay locks), `schema.rs` ([`TestSchema`]),
 //! `fixture.rs` ([`Fixture`], [`bench_users`]), `logical.rs` (the logical subscriber,
 //! [`SubscriptionControl`]), `isolation.rs`
-//! ([`contexts_that_saw_foreign_pins`]), `redis.rs` ([`PrivateRedis`]), `dns.rs` ([`DnsServer`]), `wait.rs`
+//! ([`contexts_that_saw_foreign_pins`]), `hunt.rs` ([`ticker`], [`MasterSamples`]: what the
+//! promise hunts measure with), `redis.rs` ([`PrivateRedis`]), `dns.rs` ([`DnsServer`]), `wait.rs`
 //! ([`wait_until`]).
 #![forbid(unsafe_code)]
 
@@ -37,6 +38,7 @@ mod cluster;
 mod dns;
 mod failover;
 mod fixture;
+mod hunt;
 mod isolation;
 mod logical;
 mod proxy;
@@ -52,6 +54,7 @@ pub use cluster::{
 pub use dns::DnsServer;
 pub use failover::{FailoverCluster, FAILOVER_PORT_BASE_VAR};
 pub use fixture::{bench_set, bench_users, BenchSet, Fixture};
+pub use hunt::{monotonic_hunt, staleness_hunt, ticker, Background, HuntReport, MasterSamples};
 pub use isolation::contexts_that_saw_foreign_pins;
 pub use logical::{as_superuser, SubscriptionControl, PUBLICATION, SUBSCRIPTION};
 pub use pindb_core::Lsn;
