@@ -127,7 +127,7 @@ async fn no_replica_serves_a_read_staler_than_its_bound() {
         ] {
             let reader = db.clone();
             let read = move || {
-                let (db, hint) = (reader.clone(), hint.clone());
+                let db = reader.clone();
                 async move {
                     let s = seen(&mut *db.read_with(&hint).await.unwrap()).await;
                     (s.standby, s.replay.as_deref().and_then(Lsn::parse))
