@@ -41,6 +41,9 @@ struct MasterTrack {
     /// replica is proved fresh as of its check, not as of the master's last tick. `None`
     /// for a set given as hosts (the primary's own checks feed the track).
     master: Option<tokio::sync::Mutex<Probe>>,
+    /// The last sample failed: replica checks do not wait on the master (its task alone
+    /// retries), so a dead master does not delay every replica's check.
+    failing: std::sync::atomic::AtomicBool,
 }
 
 impl MasterTrack {
@@ -59,20 +62,38 @@ impl MasterTrack {
     /// sent: a later instant would claim commits the position may not cover).
     fn push(&self, asked: Instant, lsn: Lsn) {
         let mut s = self.samples.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(last) = s.back_mut().filter(|(t, l)| *l == lsn && *t <= asked) {
+            // An idle master: the later instant proves more, the earlier one nothing more.
+            last.0 = asked;
+            return;
+        }
         if s.len() == Self::CAPACITY {
-            s.pop_front();
+            // Thin the older half (every other sample): recent history stays fine-grained, a
+            // far-behind replica is proved by a somewhat older sample (conservative).
+            let half = Self::CAPACITY / 2;
+            let mut i = 0;
+            s.retain(|_| {
+                i += 1;
+                i > half || i % 2 == 0
+            });
         }
         s.push_back((asked, lsn));
     }
 
     /// Asks the master for its position and records it (nothing for a set given as hosts).
-    async fn sample(&self) -> Result<Option<Lsn>, String> {
+    /// `before_check`: asked by a replica check, which skips it while the master fails.
+    async fn sample(&self, before_check: bool) -> Result<Option<Lsn>, String> {
         let Some(master) = &self.master else {
             return Ok(None);
         };
+        if before_check && self.failing.load(std::sync::atomic::Ordering::Relaxed) {
+            return Ok(None);
+        }
         let asked = Instant::now();
-        let row = Probe::shared_row(master, "SELECT pg_current_wal_lsn()::text").await?;
-        let lsn = lsn_column(&row, 0)?;
+        let row = Probe::shared_row(master, "SELECT pg_current_wal_lsn()::text").await;
+        self.failing
+            .store(row.is_err(), std::sync::atomic::Ordering::Relaxed);
+        let lsn = lsn_column(&row?, 0)?;
         if let Some(lsn) = lsn {
             self.push(asked, lsn);
         }
@@ -82,18 +103,33 @@ impl MasterTrack {
     /// `(lag bytes, proof)` of a replica at `replay`: bytes behind the newest position, and
     /// the latest instant before which it provably has every commit. `None` before the first
     /// master sample.
-    fn lag(&self, replay: Lsn) -> Option<(u64, Proof)> {
+    ///
+    /// A master silent for `silent` (no sample answered: it is down, or unreachable) commits
+    /// nothing a replica could miss if it is down: a replica that has everything it last
+    /// reported is then as stale as the silence allows, `silent`, and no more (so standbys
+    /// keep serving while the master is down, as a failover needs). A replica past the last
+    /// sample shows a master still writing (a partition): no such allowance.
+    fn lag(&self, replay: Lsn, silent: Duration) -> Option<(u64, Proof)> {
         let s = self.samples.lock().unwrap_or_else(PoisonError::into_inner);
         let newest = s.iter().map(|(_, lsn)| *lsn).max()?;
         let bytes = newest.0.saturating_sub(replay.0);
         // Samples taken concurrently (pipelined) may be recorded out of order: the latest
         // instant of any sample at or below `replay`.
-        let proof = s
+        let last = s
             .iter()
             .filter(|(_, lsn)| *lsn <= replay)
             .map(|(t, _)| *t)
-            .max()
-            .map_or(Proof::None, Proof::At);
+            .max();
+        let heard = s.iter().map(|(t, _)| *t).max();
+        let proof = match (last, heard) {
+            (Some(_), Some(heard)) if replay == newest && heard.elapsed() > silent => {
+                Instant::now()
+                    .checked_sub(silent)
+                    .map_or(Proof::None, Proof::At)
+            }
+            (Some(at), _) => Proof::At(at),
+            (None, _) => Proof::None,
+        };
         Some((bytes, proof))
     }
 }
@@ -122,6 +158,14 @@ pub(crate) fn spawn(
             master: master_probe,
             ..MasterTrack::default()
         });
+        // From now on a bound is proved by the monitor's checks: until a replica's first
+        // one, nothing proves it fresh (emulated replicas are the master itself).
+        for cell in health.iter() {
+            cell.limit_lag(settings.max_lag_ms);
+            if !emulated {
+                cell.unproved();
+            }
+        }
         let spawn_replica = |source, r| {
             tokio::spawn(watch_replica(
                 set.to_owned(),
@@ -469,7 +513,7 @@ async fn watch_master(set: String, track: Arc<MasterTrack>, mut every: tokio::ti
             report_slots(&set, &mut *master.lock().await).await;
         }
         ticks += 1;
-        match track.sample().await {
+        match track.sample(false).await {
             Ok(Some(lsn)) => {
                 metrics::gauge!("pindb_master_wal_position_bytes", "set" => set.clone())
                     .set(lsn.0 as f64);
@@ -545,7 +589,9 @@ async fn watch_replica(
     let mut unchanged_since = Instant::now();
     let alias = source.alias().to_owned();
     let emulated = matches!(source, Source::Emulated(_));
-    health[r].limit_lag(settings.max_lag_ms);
+    // How long without a master sample before the master counts as silent (see
+    // `MasterTrack::lag`): two checks and their timeout.
+    let silent = 2 * Duration::from_millis(settings.interval_ms) + timeout(&settings);
     let gauge_labels = [("set", set.clone()), ("alias", alias.clone())];
     loop {
         tokio::select! {
@@ -560,7 +606,7 @@ async fn watch_replica(
         if !emulated {
             // Just before the replica is asked: what proves it fresh if it has caught up. A
             // failure here leaves the proof to the master's own task.
-            let _ = track.sample().await;
+            let _ = track.sample(true).await;
         }
         let checked = source.position(r).await;
         if let Some((_, generation)) = source.checked_slot() {
@@ -588,7 +634,7 @@ async fn watch_replica(
                     // The receiver stopped or never started: infinitely behind.
                     None => (u64::MAX, Proof::None),
                     // No master sample yet: nothing proves it fresh.
-                    Some(replay) => track.lag(replay).unwrap_or((0, Proof::None)),
+                    Some(replay) => track.lag(replay, silent).unwrap_or((0, Proof::None)),
                 };
                 // Time lag is decided at each read against the proof; bytes at the check. A
                 // subscription that is not applying is frozen: no read, whatever its lag.
@@ -937,9 +983,9 @@ mod tests {
         let (first, second) = (Instant::now(), Instant::now());
         t.push(first, Lsn(100));
         t.push(second, Lsn(100));
-        assert_eq!(t.lag(Lsn(100)), Some((0, Proof::At(second))));
+        assert_eq!(t.lag(Lsn(100), HOUR), Some((0, Proof::At(second))));
         assert_eq!(
-            t.lag(Lsn(120)),
+            t.lag(Lsn(120), HOUR),
             Some((0, Proof::At(second))),
             "a replica ahead of the last sample is as fresh as that sample"
         );
@@ -948,7 +994,7 @@ mod tests {
     #[test]
     fn freshness_is_proved_by_the_last_sample_a_replica_has_replayed() {
         let t = MasterTrack::default();
-        assert_eq!(t.lag(Lsn(1)), None, "no master sample yet");
+        assert_eq!(t.lag(Lsn(1), HOUR), None, "no master sample yet");
         let t0 = Instant::now();
         let t1 = t0 + Duration::from_millis(30);
         t.push(t0, Lsn(100));
@@ -956,12 +1002,56 @@ mod tests {
         // At 150 it has everything committed before the first sample was asked for, and
         // nothing proves more: its staleness grows from t0, not from when the master passed
         // 150 (which the samples cannot tell).
-        assert_eq!(t.lag(Lsn(150)), Some((50, Proof::At(t0))));
-        assert_eq!(t.lag(Lsn(200)), Some((0, Proof::At(t1))));
+        assert_eq!(t.lag(Lsn(150), HOUR), Some((50, Proof::At(t0))));
+        assert_eq!(t.lag(Lsn(200), HOUR), Some((0, Proof::At(t1))));
         assert_eq!(
-            t.lag(Lsn(50)),
+            t.lag(Lsn(50), HOUR),
             Some((150, Proof::None)),
             "older than every sample"
+        );
+    }
+
+    const HOUR: Duration = Duration::from_secs(3600);
+
+    #[test]
+    fn a_silent_master_freezes_the_bound_of_a_replica_that_has_all_it_reported() {
+        let t = MasterTrack::default();
+        let long_ago = Instant::now().checked_sub(Duration::from_secs(60)).unwrap();
+        t.push(long_ago, Lsn(100));
+        let silent = Duration::from_secs(1);
+        let Some((0, Proof::At(at))) = t.lag(Lsn(100), silent) else {
+            panic!("caught up with the last sample")
+        };
+        let staleness = at.elapsed();
+        assert!(
+            staleness >= silent && staleness < Duration::from_secs(5),
+            "as stale as the silence allows, not 60 s: {staleness:?}"
+        );
+        // Behind the last sample: the bound keeps growing from the proof.
+        t.push(long_ago + Duration::from_millis(1), Lsn(200));
+        assert_eq!(t.lag(Lsn(100), silent), Some((100, Proof::At(long_ago))));
+    }
+
+    #[test]
+    fn a_full_track_thins_its_older_half_and_merges_an_idle_master() {
+        let t = MasterTrack::default();
+        let start = Instant::now();
+        for i in 0..MasterTrack::CAPACITY as u64 + 10 {
+            t.push(start + Duration::from_micros(i), Lsn(i + 1));
+        }
+        let len = t.samples.lock().unwrap().len();
+        assert!(len < MasterTrack::CAPACITY, "{len}");
+        assert_eq!(
+            t.lag(Lsn(2), HOUR).unwrap().1,
+            Proof::At(start + Duration::from_micros(1)),
+            "the second oldest is kept"
+        );
+        let last = *t.samples.lock().unwrap().back().unwrap();
+        t.push(last.0 + Duration::from_millis(5), last.1);
+        assert_eq!(
+            t.samples.lock().unwrap().len(),
+            len,
+            "an idle master: one sample"
         );
     }
 }

@@ -6,7 +6,7 @@
 //! and nothing else: stickiness within a context is the router's, via the context's state; I/O
 //! is the monitor's.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering};
 
 use crate::config::ReplicaPolicy;
 use crate::lsn::Lsn;
@@ -23,9 +23,9 @@ pub(crate) struct Health {
     lag_bytes: AtomicU64,
     /// The proof of freshness: every transaction the master committed before this instant
     /// ([`clock`] microseconds) has been replayed. Staleness *now* is at most now minus this,
-    /// so it grows between checks. [`NOT_MEASURED`]: no monitor, counts as fresh; 0: no
-    /// proof, infinitely stale.
-    fresh_at: AtomicU64,
+    /// so it grows between checks. [`NOT_MEASURED`]: no monitor, counts as fresh;
+    /// [`NO_PROOF`]: infinitely stale.
+    fresh_at: AtomicI64,
     /// `monitor.max_lag_ms`, decided at each read against the staleness then.
     max_lag_ms: AtomicU64,
     /// Bumped each time a read failed on this replica (it is then down at once): the monitor
@@ -68,30 +68,35 @@ impl Proof {
 }
 
 /// [`Health::fresh_at`] of a replica no monitor measures.
-const NOT_MEASURED: u64 = u64::MAX;
+const NOT_MEASURED: i64 = i64::MAX;
+
+/// [`Health::fresh_at`] of a replica nothing proves fresh: infinitely stale.
+const NO_PROOF: i64 = i64::MIN;
 
 /// A monotonic clock in microseconds, for freshness proofs (the wall clock can jump back).
 pub(crate) mod clock {
     use std::sync::OnceLock;
-    use std::time::{Duration, Instant};
+    use std::time::Instant;
 
-    /// An hour before the first use, so that an instant shortly before it still encodes.
+    /// The first use: instants before it encode as negative numbers.
     fn base() -> Instant {
         static BASE: OnceLock<Instant> = OnceLock::new();
-        *BASE.get_or_init(|| {
-            let now = Instant::now();
-            now.checked_sub(Duration::from_secs(3600)).unwrap_or(now)
-        })
+        *BASE.get_or_init(Instant::now)
     }
 
-    /// `at` in microseconds (at least 1: 0 means "no proof").
-    pub(crate) fn micros(at: Instant) -> u64 {
-        let us = at.saturating_duration_since(base()).as_micros();
-        u64::try_from(us).unwrap_or(u64::MAX - 1).max(1)
+    /// `at` in microseconds since [`base`] (negative before it), clamped clear of the
+    /// sentinels.
+    pub(crate) fn micros(at: Instant) -> i64 {
+        let base = base();
+        let us = |d: std::time::Duration| i64::try_from(d.as_micros()).unwrap_or(i64::MAX - 1);
+        match at.checked_duration_since(base) {
+            Some(after) => us(after).min(i64::MAX - 1),
+            None => (-us(base.duration_since(at))).max(i64::MIN + 1),
+        }
     }
 
     /// Now, in microseconds.
-    pub(crate) fn now() -> u64 {
+    pub(crate) fn now() -> i64 {
         micros(Instant::now())
     }
 }
@@ -110,7 +115,7 @@ impl Default for Health {
             over_lag: AtomicBool::new(false),
             replay_lsn: AtomicU64::new(0),
             lag_bytes: AtomicU64::new(0),
-            fresh_at: AtomicU64::new(NOT_MEASURED),
+            fresh_at: AtomicI64::new(NOT_MEASURED),
             max_lag_ms: AtomicU64::new(u64::MAX),
             suspicions: AtomicU64::new(0),
             suspected_at_ms: AtomicU64::new(0),
@@ -156,12 +161,19 @@ impl Health {
 
     /// At most how stale the replica is at `now` ([`clock`] microseconds), in whole
     /// milliseconds rounded up: what every bound is checked against.
-    pub(crate) fn staleness_ms(&self, now: u64) -> u64 {
+    pub(crate) fn staleness_ms(&self, now: i64) -> u64 {
         match self.fresh_at.load(Ordering::Acquire) {
             NOT_MEASURED => 0,
-            0 => u64::MAX,
-            at => now.saturating_sub(at).div_ceil(1000),
+            NO_PROOF => u64::MAX,
+            at => u64::try_from(now.saturating_sub(at))
+                .unwrap_or(0)
+                .div_ceil(1000),
         }
+    }
+
+    /// Nothing proves it fresh until the monitor's first check (a monitor runs).
+    pub(crate) fn unproved(&self) {
+        self.fresh_at.store(NO_PROOF, Ordering::Release);
     }
 
     /// The limit `monitor.max_lag_ms` puts on [`Health::staleness_ms`] (set by the monitor).
@@ -199,7 +211,7 @@ impl Health {
         let fresh_at = match fresh {
             Proof::Always => NOT_MEASURED,
             Proof::At(at) => clock::micros(at),
-            Proof::None => 0,
+            Proof::None => NO_PROOF,
         };
         self.fresh_at.store(fresh_at, Ordering::Release);
         self.over_lag.store(over_lag, Ordering::Relaxed);
@@ -238,7 +250,7 @@ impl Health {
         self.replay_lsn.store(0, Ordering::Relaxed);
         self.lag_bytes.store(0, Ordering::Relaxed);
         // Nothing proves the new host fresh until the monitor checks it.
-        let fresh_at = if up { NOT_MEASURED } else { 0 };
+        let fresh_at = if up { NOT_MEASURED } else { NO_PROOF };
         self.fresh_at.store(fresh_at, Ordering::Release);
         self.over_lag.store(false, Ordering::Relaxed);
         // A drain named the host that left.
@@ -259,7 +271,7 @@ impl Health {
     /// Fit to be read from at `now` ([`clock`] microseconds): up, not drained, within the
     /// byte limit, applying, no staler than `max_lag_ms` at that instant, and past
     /// `required`.
-    fn fit_at(&self, required: Option<Lsn>, now: u64) -> bool {
+    fn fit_at(&self, required: Option<Lsn>, now: i64) -> bool {
         self.usable(now) && self.has_replayed(required)
     }
 
@@ -272,7 +284,7 @@ impl Health {
         Lsn(self.replay_lsn.load(Ordering::Relaxed))
     }
 
-    fn usable(&self, now: u64) -> bool {
+    fn usable(&self, now: i64) -> bool {
         self.is_up()
             && !self.over_lag.load(Ordering::Relaxed)
             && !self.drained.load(Ordering::Relaxed)

@@ -111,6 +111,15 @@ impl MasterSamples {
         began.checked_duration_since(*answered)
     }
 
+    /// How far the primary's position moved while sampled, in bytes.
+    pub fn advanced(&self) -> u64 {
+        let samples = self.samples.lock().unwrap_or_else(PoisonError::into_inner);
+        match (samples.first(), samples.last()) {
+            (Some(first), Some(last)) => last.2 .0.saturating_sub(first.2 .0),
+            _ => 0,
+        }
+    }
+
     /// How many samples were taken.
     pub fn len(&self) -> usize {
         self.samples
@@ -136,11 +145,11 @@ pub struct HuntReport {
     pub violations: u64,
 }
 
-fn counters() -> [Arc<std::sync::atomic::AtomicU64>; 3] {
+fn counters() -> [Arc<std::sync::atomic::AtomicU64>; 4] {
     std::array::from_fn(|_| Arc::new(std::sync::atomic::AtomicU64::new(0)))
 }
 
-fn report(c: &[Arc<std::sync::atomic::AtomicU64>; 3]) -> HuntReport {
+fn report(c: &[Arc<std::sync::atomic::AtomicU64>; 4]) -> HuntReport {
     let get = |i: usize| c[i].load(Ordering::Relaxed);
     HuntReport {
         total: get(0),
@@ -204,6 +213,12 @@ where
         samples.len() > 1000,
         "the primary was sampled {} times",
         samples.len()
+    );
+    // A ticker that died would leave nothing to be stale about.
+    assert!(
+        samples.advanced() > 50_000,
+        "the primary wrote only {} bytes of WAL: is the ticker running?",
+        samples.advanced()
     );
     drop(sampling);
     report(&c)
@@ -282,6 +297,8 @@ where
                     if seen.windows(2).any(|w| w[1].0 < w[0].0) {
                         c[2].fetch_add(1, Ordering::Relaxed);
                     }
+                    let high = seen.iter().map(|(n, _)| *n).max().unwrap_or(0);
+                    c[3].fetch_max(u64::try_from(high).unwrap_or(0), Ordering::Relaxed);
                 }
             })
         })
@@ -293,6 +310,12 @@ where
     kill.await.expect("the kill switch flipper");
     drain.await.expect("the drain flipper");
     lag.stop(cluster).await;
+    let highest = c[3].load(Ordering::Relaxed);
+    // A ticker that died would make every context trivially monotonic.
+    assert!(
+        highest as f64 > run.as_secs_f64() * 100.0,
+        "the ticker reached only {highest}: is it running?"
+    );
     report(&c)
 }
 

@@ -70,7 +70,7 @@ impl Router {
             Target::Replica { set, replica } => {
                 let i = self.inner.topology.set(set).replicas[replica];
                 if self.inner.topology.slot(i).is_some() {
-                    return self.runtime_replica_route(set, replica);
+                    return self.runtime_replica_route(set, replica, commit);
                 }
                 return Ok(self.route(i, Role::Replica, Reason::ExplicitReplica));
             }
@@ -97,9 +97,11 @@ impl Router {
                 ),
             };
             // Whatever sent it there, a read the master serves moves the context past every
-            // replica (monotonic reads). A table no replica carries is the exception: its
-            // replica has none of it to go back on.
-            if commit && !matches!(pick, Some(Ok(_)) | Some(Err(NoReplica::NotCarried))) {
+            // replica (monotonic reads), tables no replica carries included (a join of one
+            // with a carried table shows the carried one as of now). Not when there is no
+            // master to serve it (the read fails: nothing was seen).
+            let master_serves = !matches!(pick, Some(Ok(_)));
+            if commit && master_serves && self.inner.topology.set(s).master().is_some() {
                 state.set_mut(name).read_master = true;
             }
             (reason, pick)
@@ -145,7 +147,12 @@ impl Router {
     /// what it has replayed: it serves only while it is up and has replayed the context's
     /// position, and, if the context read from it before, still has the same host (monotonic
     /// reads); the set's master serves otherwise.
-    fn runtime_replica_route(&self, s: usize, r: usize) -> Result<Route<'_>, PinDbError> {
+    fn runtime_replica_route(
+        &self,
+        s: usize,
+        r: usize,
+        commit: bool,
+    ) -> Result<Route<'_>, PinDbError> {
         let topology = &self.inner.topology;
         let set = topology.set(s);
         let i = set.replicas[r];
@@ -157,18 +164,25 @@ impl Router {
             let entry = state.set_mut(&set.name);
             let read_before = entry
                 .replica
-                .filter(|k| k.router == now.router && k.replica == r && entry.replica_reads > 0);
-            if read_before.is_some_and(|k| k != now) {
-                return Err(Reason::ReplicaFailed);
+                .filter(|k| k.router == now.router && entry.replica_reads > 0);
+            let verdict = match read_before {
+                Some(k) if k.replica == r && k != now => Err(Reason::ReplicaFailed),
+                // It may be behind what the context read elsewhere (monotonic reads).
+                Some(k) if k.replica != r => Err(Reason::Monotonic),
+                _ if entry.read_master || entry.failed_over => Err(Reason::Monotonic),
+                _ if !health.fit(entry.required) => Err(Reason::NotCaughtUp),
+                _ => Ok(()),
+            };
+            if commit {
+                match verdict {
+                    Ok(()) => {
+                        entry.replica = Some(now);
+                        entry.replica_reads = entry.replica_reads.saturating_add(1);
+                    }
+                    Err(_) => entry.read_master |= set.master().is_some(),
+                }
             }
-            if entry.read_master {
-                // It may be behind what the master showed (monotonic reads).
-                return Err(Reason::Monotonic);
-            }
-            match health.fit(entry.required) {
-                true => Ok(()),
-                false => Err(Reason::NotCaughtUp),
-            }
+            verdict
         })
         .unwrap_or_else(|| health.fit(None).then_some(()).ok_or(Reason::ReplicaDown));
         match verdict {
@@ -211,7 +225,14 @@ impl Router {
             // A write to a set carried in from a cookie pins it anew: the client's pin must
             // outlive this write, not the earlier one.
             let reason = match guard {
-                Some(GuardKind::Master) => return Ok((Reason::MasterGuard, None)),
+                Some(GuardKind::Master) => {
+                    // What it returns (RETURNING, a transaction's reads) is the master's now:
+                    // no replica serves the set again in this context (monotonic reads).
+                    if commit {
+                        state.set_mut(&set.name).read_master = true;
+                    }
+                    return Ok((Reason::MasterGuard, None));
+                }
                 None if state.is_pinned(&set.name) => Reason::Pinned,
                 _ if strict => return Err(refused()),
                 _ => Reason::GreedyPin,
@@ -234,7 +255,8 @@ impl Router {
     /// The database index of the replica set `s` reads from: inside a context, chosen once
     /// and kept while it stays fit (up, within lag limits and, with `honor_required`, past
     /// the context's required position); outside, a fresh choice. A read of tables the
-    /// context's replica does not carry goes to the master and leaves the choice alone.
+    /// context's replica does not carry goes to the master (which then serves the set for
+    /// the rest of the context).
     pub(super) fn pick_replica(
         &self,
         s: usize,
@@ -281,7 +303,7 @@ impl Router {
         if keep.is_some_and(|k| !covers(k)) {
             if entry.replica_reads > 0 {
                 // Its replica does not carry these tables, and another replica may be behind
-                // what the context read: this read goes to the master, the choice stays.
+                // what the context read: the master serves it (and the set, from now on).
                 return Err(NoReplica::NotCarried);
             }
             keep = None;

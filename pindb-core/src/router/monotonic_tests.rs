@@ -2,7 +2,7 @@
 //! no replica serves the set again in that context, whatever made the replicas unfit and fit
 //! again (kill switch, drain, lag, health, a failed read, a host change, a promotion). Health
 //! is set by hand here (the monitor's job in production); the hunt on the real cluster is in
-//! pindb-diesel's `monotonic` test.
+//! the `promises` tests of pindb-diesel and pindb-seaorm.
 
 use std::time::Duration;
 
@@ -51,13 +51,6 @@ async fn back_in_time(r: &Router, unfit: impl Fn(&Router), fit: impl Fn(&Router)
         assert!(
             role == Role::Master && matches!(reason, Reason::Monotonic | Reason::ReplicaFailed),
             "{why}: a replica fit again may be behind what the master showed: {role:?} {reason:?}"
-        );
-        // An `explain` neither reads nor moves the context.
-        assert_eq!(
-            r.explain(crate::Operation::Read, &Hint::default())
-                .unwrap()
-                .role,
-            Role::Master
         );
     })
     .await;
@@ -156,7 +149,7 @@ async fn no_replica_fit_at_the_first_read() {
 }
 
 #[tokio::test]
-async fn a_master_guard_and_a_pin() {
+async fn a_master_guard_read_or_write() {
     let r = router();
     scope(async {
         {
@@ -168,6 +161,56 @@ async fn a_master_guard_and_a_pin() {
             (Role::Master, Reason::Monotonic),
             "after the guard"
         );
+    })
+    .await;
+    scope(async {
+        {
+            // A write's RETURNING (or a transaction's reads) shows the master's data too.
+            let _g = r.master("default").unwrap();
+            assert_eq!(
+                r.db_for_write(&Hint::default()).unwrap().reason,
+                Reason::MasterGuard
+            );
+        }
+        assert_eq!(
+            read(&r),
+            (Role::Master, Reason::Monotonic),
+            "after a guarded write"
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn an_explain_reads_nothing_and_moves_nothing() {
+    let r = router();
+    scope(async {
+        each(&r, |h| h.set_down());
+        assert_eq!(
+            r.explain(crate::Operation::Read, &Hint::default())
+                .unwrap()
+                .role,
+            Role::Master
+        );
+        each(&r, fresh);
+        assert_eq!(read(&r).0, Role::Replica);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_first_read_that_failed_and_ended_on_the_master() {
+    // The context never read a replica before: the failed read's master answer still
+    // moves it past every replica.
+    let r = router();
+    scope(async {
+        let other = r.topology().index_of("default-2").unwrap();
+        let next = r
+            .reroute(other, crate::adapter::ReplicaFailure::Busy, 1, "SELECT 1")
+            .unwrap()
+            .unwrap();
+        assert_eq!(next.role, Role::Master);
+        assert_eq!(read(&r), (Role::Master, Reason::Monotonic));
     })
     .await;
 }
