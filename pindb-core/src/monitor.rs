@@ -237,6 +237,25 @@ pub(crate) fn spawn(
     handles
 }
 
+/// Waits until the monitor has checked every configured replica once (a runtime slot's host
+/// comes later), at most `limit`: until then nothing proves a replica fresh, so
+/// [`Router::start_monitor`](crate::Router::start_monitor) returns with replicas ready to
+/// serve rather than a first burst of reads on the masters.
+pub(crate) async fn first_checks(topology: &Topology, limit: Duration) {
+    let deadline = Instant::now() + limit;
+    let pending = || {
+        topology.sets().iter().any(|set| {
+            set.replicas
+                .iter()
+                .zip(set.health.iter())
+                .any(|(&index, cell)| topology.slot(index).is_none() && !cell.checked())
+        })
+    };
+    while pending() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
 /// Where a replica's position comes from.
 enum Source {
     /// A streaming standby: `pg_last_wal_replay_lsn()`, while it is in recovery.

@@ -28,6 +28,8 @@ pub(crate) struct Health {
     fresh_at: AtomicI64,
     /// `monitor.max_lag_ms`, decided at each read against the staleness then.
     max_lag_ms: AtomicU64,
+    /// The monitor gave a verdict (a position, or down) since [`Health::unproved`].
+    checked: AtomicBool,
     /// Bumped each time a read failed on this replica (it is then down at once): the monitor
     /// restarts its count of good checks, so the replica comes back only after
     /// `successes_before_up` of them.
@@ -117,6 +119,7 @@ impl Default for Health {
             lag_bytes: AtomicU64::new(0),
             fresh_at: AtomicI64::new(NOT_MEASURED),
             max_lag_ms: AtomicU64::new(u64::MAX),
+            checked: AtomicBool::new(false),
             suspicions: AtomicU64::new(0),
             suspected_at_ms: AtomicU64::new(0),
             drained: AtomicBool::new(false),
@@ -173,7 +176,13 @@ impl Health {
 
     /// Nothing proves it fresh until the monitor's first check (a monitor runs).
     pub(crate) fn unproved(&self) {
+        self.checked.store(false, Ordering::Relaxed);
         self.fresh_at.store(NO_PROOF, Ordering::Release);
+    }
+
+    /// The monitor gave a verdict since [`Health::unproved`].
+    pub(crate) fn checked(&self) -> bool {
+        self.checked.load(Ordering::Acquire)
     }
 
     /// The limit `monitor.max_lag_ms` puts on [`Health::staleness_ms`] (set by the monitor).
@@ -184,6 +193,7 @@ impl Health {
     pub(crate) fn set_down(&self) {
         self.suspected_at_ms.store(0, Ordering::Relaxed);
         self.up.store(false, Ordering::Relaxed);
+        self.checked.store(true, Ordering::Release);
     }
 
     /// A good check: the position and byte lag it saw, what proves that position fresh,
@@ -214,6 +224,7 @@ impl Health {
             Proof::None => NO_PROOF,
         };
         self.fresh_at.store(fresh_at, Ordering::Release);
+        self.checked.store(true, Ordering::Release);
         self.over_lag.store(over_lag, Ordering::Relaxed);
         self.up.store(up, Ordering::Release);
         // A read failed on it (or its slot got another host) since the test above: the
@@ -252,6 +263,7 @@ impl Health {
         // Nothing proves the new host fresh until the monitor checks it.
         let fresh_at = if up { NOT_MEASURED } else { NO_PROOF };
         self.fresh_at.store(fresh_at, Ordering::Release);
+        self.checked.store(true, Ordering::Release);
         self.over_lag.store(false, Ordering::Relaxed);
         // A drain named the host that left.
         self.drained.store(false, Ordering::Relaxed);

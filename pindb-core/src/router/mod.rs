@@ -163,7 +163,9 @@ impl Router {
     /// Checks the topology (as `monitor.topology_check` says) and starts the replica
     /// monitor: from then on replicas that are down, too far behind, or behind a context's
     /// last write are skipped. Runs until [`Router::stop_monitor`] or until the last clone of
-    /// the router is dropped. Calling it again restarts it.
+    /// the router is dropped. Calling it again restarts it. Returns once every configured
+    /// replica has had its first check (at most two `check_timeout_ms`): until a replica's
+    /// first check nothing proves how stale it is, and the master serves its reads.
     ///
     /// Returns the topology warnings. Must run inside a tokio runtime.
     pub async fn start_monitor(&self) -> Result<Vec<String>, PinDbError> {
@@ -184,6 +186,10 @@ impl Router {
         for task in std::mem::replace(&mut *running, tasks) {
             task.abort();
         }
+        drop(running);
+        // A check (master sample, then the replica) takes up to two timeouts.
+        let limit = 2 * std::time::Duration::from_millis(settings.check_timeout_ms);
+        crate::monitor::first_checks(&self.inner.topology, limit).await;
         Ok(warnings)
     }
 
