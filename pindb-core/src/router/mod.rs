@@ -178,15 +178,16 @@ impl Router {
         let mut tasks = crate::monitor::spawn(&self.inner.topology, settings, emulated);
         tasks.extend(dns);
         // Swapped and stopped under one lock: two concurrent starts leave one set of tasks.
-        let mut running = self
-            .inner
-            .monitor
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        for task in std::mem::replace(&mut *running, tasks) {
-            task.abort();
+        {
+            let mut running = self
+                .inner
+                .monitor
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            for task in std::mem::replace(&mut *running, tasks) {
+                task.abort();
+            }
         }
-        drop(running);
         // A check (master sample, then the replica) takes up to two timeouts.
         let limit = 2 * std::time::Duration::from_millis(settings.check_timeout_ms);
         crate::monitor::first_checks(&self.inner.topology, limit).await;
