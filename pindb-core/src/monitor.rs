@@ -237,8 +237,9 @@ pub(crate) fn spawn(
     handles
 }
 
-/// Waits until the monitor has checked every configured replica once (a runtime slot's host
-/// comes later), at most `limit`: until then nothing proves a replica fresh, so
+/// Waits until the monitor has proved every configured replica fresh to some bound, or found
+/// it down (a runtime slot's host comes later), at most `limit`: until then nothing proves a
+/// replica fresh, so
 /// [`Router::start_monitor`](crate::Router::start_monitor) returns with replicas ready to
 /// serve rather than a first burst of reads on the masters.
 pub(crate) async fn first_checks(topology: &Topology, limit: Duration) {

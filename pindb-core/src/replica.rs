@@ -28,7 +28,7 @@ pub(crate) struct Health {
     fresh_at: AtomicI64,
     /// `monitor.max_lag_ms`, decided at each read against the staleness then.
     max_lag_ms: AtomicU64,
-    /// The monitor gave a verdict (a position, or down) since [`Health::unproved`].
+    /// The monitor gave a verdict (a proved position, or down) since [`Health::unproved`].
     checked: AtomicBool,
     /// Bumped each time a read failed on this replica (it is then down at once): the monitor
     /// restarts its count of good checks, so the replica comes back only after
@@ -224,7 +224,9 @@ impl Health {
             Proof::None => NO_PROOF,
         };
         self.fresh_at.store(fresh_at, Ordering::Release);
-        self.checked.store(true, Ordering::Release);
+        // A first check may find it just behind the first master sample: not yet a verdict.
+        self.checked
+            .store(fresh_at != NO_PROOF || !up, Ordering::Release);
         self.over_lag.store(over_lag, Ordering::Relaxed);
         self.up.store(up, Ordering::Release);
         // A read failed on it (or its slot got another host) since the test above: the
@@ -263,7 +265,9 @@ impl Health {
         // Nothing proves the new host fresh until the monitor checks it.
         let fresh_at = if up { NOT_MEASURED } else { NO_PROOF };
         self.fresh_at.store(fresh_at, Ordering::Release);
-        self.checked.store(true, Ordering::Release);
+        // A first check may find it just behind the first master sample: not yet a verdict.
+        self.checked
+            .store(fresh_at != NO_PROOF || !up, Ordering::Release);
         self.over_lag.store(false, Ordering::Relaxed);
         // A drain named the host that left.
         self.drained.store(false, Ordering::Relaxed);

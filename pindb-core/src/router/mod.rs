@@ -163,9 +163,9 @@ impl Router {
     /// Checks the topology (as `monitor.topology_check` says) and starts the replica
     /// monitor: from then on replicas that are down, too far behind, or behind a context's
     /// last write are skipped. Runs until [`Router::stop_monitor`] or until the last clone of
-    /// the router is dropped. Calling it again restarts it. Returns once every configured
-    /// replica has had its first check (at most two `check_timeout_ms`): until a replica's
-    /// first check nothing proves how stale it is, and the master serves its reads.
+    /// the router is dropped. Calling it again restarts it. Returns once the monitor has a
+    /// bound on every configured replica's staleness, or found it down (at most two
+    /// `check_timeout_ms`): until then the master serves a replica's reads.
     ///
     /// Returns the topology warnings. Must run inside a tokio runtime.
     pub async fn start_monitor(&self) -> Result<Vec<String>, PinDbError> {
