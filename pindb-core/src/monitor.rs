@@ -33,8 +33,9 @@ use crate::topology::Topology;
 
 /// The master's recent positions, in the order they were recorded: what replica lag is
 /// measured against.
-#[derive(Default)]
 struct MasterTrack {
+    /// When it was made (the monitor started): a master never heard since is silent.
+    started: Instant,
     samples: Mutex<VecDeque<(Instant, Lsn)>>,
     /// The master's probe, shared (pipelined) by its task and the replicas' checks: each
     /// replica check samples the master just before asking the replica, so a caught-up
@@ -44,6 +45,17 @@ struct MasterTrack {
     /// The last sample failed: replica checks do not wait on the master (its task alone
     /// retries), so a dead master does not delay every replica's check.
     failing: std::sync::atomic::AtomicBool,
+}
+
+impl Default for MasterTrack {
+    fn default() -> Self {
+        MasterTrack {
+            started: Instant::now(),
+            samples: Mutex::default(),
+            master: None,
+            failing: std::sync::atomic::AtomicBool::default(),
+        }
+    }
 }
 
 impl MasterTrack {
@@ -111,7 +123,14 @@ impl MasterTrack {
     /// sample shows a master still writing (a partition): no such allowance.
     fn lag(&self, replay: Lsn, silent: Duration) -> Option<(u64, Proof)> {
         let s = self.samples.lock().unwrap_or_else(PoisonError::into_inner);
-        let newest = s.iter().map(|(_, lsn)| *lsn).max()?;
+        let Some(newest) = s.iter().map(|(_, lsn)| *lsn).max() else {
+            // No master heard since the monitor started (none found, or unreachable): nothing
+            // is being committed that we know of, so a standby is as stale as the silence.
+            return (self.started.elapsed() > silent)
+                .then(|| Instant::now().checked_sub(silent))
+                .flatten()
+                .map(|at| (0, Proof::At(at)));
+        };
         let bytes = newest.0.saturating_sub(replay.0);
         // Samples taken concurrently (pipelined) may be recorded out of order: the latest
         // instant of any sample at or below `replay`.
@@ -1015,6 +1034,10 @@ mod tests {
     fn freshness_is_proved_by_the_last_sample_a_replica_has_replayed() {
         let t = MasterTrack::default();
         assert_eq!(t.lag(Lsn(1), HOUR), None, "no master sample yet");
+        assert!(
+            matches!(t.lag(Lsn(1), Duration::ZERO), Some((0, Proof::At(_)))),
+            "a master silent since the start"
+        );
         let t0 = Instant::now();
         let t1 = t0 + Duration::from_millis(30);
         t.push(t0, Lsn(100));

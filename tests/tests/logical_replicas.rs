@@ -169,6 +169,23 @@ async fn reads_go_where_their_tables_are<A: Adapter>() {
             .explain_sql(&count_sql("audit", "nobody"))
             .unwrap();
         assert_eq!(audit.reason, Reason::NotReplicated);
+        // The master served this context `audit`: its later reads of the set stay there (a
+        // join of `notes` with `audit` would have shown `notes` as of now).
+        assert_eq!(
+            count(&db, "notes", "nobody").await.1,
+            p.master,
+            "monotonic reads, {}",
+            A::NAME
+        );
+    })
+    .await;
+    scope(async {
+        assert_eq!(
+            count(&db, "notes", "nobody").await.1,
+            p.logical,
+            "{}",
+            A::NAME
+        );
         // A read that names no table needs none: the context's replica serves it.
         let any = "SELECT current_setting('port')::int AS port";
         assert_eq!(db.port_of_sql(any).await, Ok(p.logical), "{}", A::NAME);

@@ -81,7 +81,7 @@ const SCENARIOS: &[Scenario] = &[
         ],
     },
     Scenario {
-        name: "master guard: the master while it lives, a replica after",
+        name: "master guard: the master while it lives, and after it (monotonic reads)",
         mode: Strict,
         steps: &[
             Read(Replica),
@@ -89,14 +89,14 @@ const SCENARIOS: &[Scenario] = &[
             Read(Master),
             Write(Master),
             DropGuard,
-            Read(Replica),
+            Read(Master),
             Write(Refused),
         ],
     },
     Scenario {
-        name: "greedy: a write under the master guard pins nothing",
+        name: "greedy: a write under the master guard pins nothing, reads stay on the master",
         mode: Greedy,
-        steps: &[MasterGuard, Write(Master), DropGuard, Read(Replica)],
+        steps: &[MasterGuard, Write(Master), DropGuard, Read(Master)],
     },
     Scenario {
         name: "strict: unpinned_replica guard after a pin reads a replica, refuses writes",
@@ -136,7 +136,7 @@ const SCENARIOS: &[Scenario] = &[
             Read(Master),
             Write(Master),
             DropGuard,
-            Read(Replica),
+            Read(Master),
         ],
     },
     Scenario {
