@@ -226,3 +226,25 @@ fn the_dev_cluster_config_is_read_from_pindb_config_without_a_flag() {
         "{table}"
     );
 }
+
+#[test]
+fn status_and_check_run_again_and_again_through_transaction_pooling() {
+    // pindb's own connections use only the unnamed statement and set nothing on their
+    // session: PgBouncer in transaction mode may hand their server connection to anyone.
+    let c = Cluster::from_env();
+    let config = config_file(
+        "pooled",
+        &c.pooled_url(0, false),
+        &[&c.pooled_url(1, false), &c.pooled_url(2, false)],
+    );
+    for round in 0..3 {
+        for command in ["status", "check"] {
+            let (code, out) = pindb(&[command], &config);
+            assert_eq!(
+                code, 0,
+                "round {round}, `pindb {command}` through PgBouncer (transaction mode):\n{out}"
+            );
+            assert!(!out.contains("prepared statement"), "{out}");
+        }
+    }
+}

@@ -256,6 +256,49 @@ pub(crate) fn spawn(
     handles
 }
 
+/// Whether a [`Database::read_only`](crate::adapter::Database::read_only) replica's
+/// connections really are read-only: a pooler in front may refuse the startup parameter that
+/// makes them so (the pool could not connect: a problem), or drop it (a warning: writes sent
+/// there would be applied).
+async fn read_only_net(
+    db: &crate::populate::Database,
+    settings: &MonitorSettings,
+    warnings: &mut Vec<String>,
+    problems: &mut Vec<PinDbError>,
+) {
+    if !db.read_only || db.runtime {
+        return;
+    }
+    let alias = &db.alias;
+    match Probe::new(db, timeout(settings))
+        .row("SHOW default_transaction_read_only")
+        .await
+    {
+        Ok(row) if row.try_get::<_, String>(0).is_ok_and(|v| v == "on") => {}
+        Ok(_) => warnings.push(format!(
+            "`{alias}`: the read-only safety net is off: its connections ask for \
+             `default_transaction_read_only=on` at start-up but get it off (a pooler in front \
+             drops startup parameters: PgBouncer's `ignore_startup_parameters = options`); a \
+             write sent to this logical or emulated replica would be applied. Connect it \
+             directly, or through a pooler that passes `options`"
+        )),
+        Err(e) if e.contains("unsupported startup parameter") => {
+            problems.push(PinDbError::config(
+                alias.clone(),
+                format!(
+                    "{e}: the pooler in front refuses the startup parameter `options`, which \
+                     opens this logical or emulated replica read-only (it would accept \
+                     writes), so no connection to it can open. Connect it directly (or, for \
+                     `emulate_replicas`, the master), or through a pooler that passes \
+                     `options`"
+                ),
+            ))
+        }
+        // Not reachable now: the monitor's checks say so.
+        Err(_) => {}
+    }
+}
+
 /// Waits until the monitor has proved every configured replica fresh to some bound, or found
 /// it down (a runtime slot's host comes later), at most `limit`: until then nothing proves a
 /// replica fresh, so
@@ -831,6 +874,10 @@ pub(crate) async fn verify_topology(
             continue;
         };
         let master_db = &topology.databases()[master];
+        for &index in replicas {
+            read_only_net(&topology.databases()[index], settings, &mut warnings, &mut problems)
+                .await;
+        }
         let master_id = match Probe::new(master_db, timeout(settings)).row(sql).await {
             Ok(row) => {
                 let (in_recovery, id): (bool, String) = (row.get(0), row.get(1));

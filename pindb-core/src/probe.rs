@@ -1,11 +1,16 @@
 //! pindb's own small connections to each database (the monitor's checks, master positions
 //! for stickiness, direct replica checks), so a saturated application pool cannot blind it.
 //! Every call is bounded by the check timeout; a failure drops the connection.
+//!
+//! Pooler-safe by construction: every statement is the unnamed one, parsed, bound and run in
+//! one round trip (`query_typed`), and a connection sets nothing on its session (its name is a
+//! startup parameter), so a transaction-mode pooler (PgBouncer) may hand its server
+//! connection to anyone between statements.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio_postgres::types::ToSql;
+use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::{Client, NoTls, Row};
 
 use crate::lsn::Lsn;
@@ -26,7 +31,7 @@ pub(crate) struct Probe {
 impl Probe {
     pub(crate) fn new(db: &Database, timeout: Duration) -> Probe {
         Probe {
-            url: db.url(),
+            url: db.probe_url(),
             // A runtime replica's alias names whichever host it has: say which.
             alias: match db.runtime {
                 true => format!("{} ({}:{})", db.alias, db.host, db.port),
@@ -54,15 +59,19 @@ impl Probe {
         }
     }
 
-    /// Runs `sql` with `params` and returns its rows; failures as [`Probe::row`].
+    /// Runs `sql` with `params` (each with its type: no round trip to learn them) and
+    /// returns its rows; failures as [`Probe::row`].
     pub(crate) async fn rows(
         &mut self,
         sql: &str,
-        params: &[&(dyn ToSql + Sync)],
+        params: &[(&(dyn ToSql + Sync), Type)],
     ) -> Result<Vec<Row>, String> {
         let result = tokio::time::timeout(self.timeout, async {
             let client = self.client().await?;
-            client.query(sql, params).await.map_err(|e| describe(&e))
+            client
+                .query_typed(sql, params)
+                .await
+                .map_err(|e| describe(&e))
         })
         .await
         .unwrap_or_else(|_| Err(format!("no answer within {:?}", self.timeout)));
@@ -86,8 +95,12 @@ impl Probe {
             (client, p.timeout, p.alias.clone())
         };
         let client = client.map_err(|e| format!("`{alias}`: {e}"))?;
-        match tokio::time::timeout(timeout, client.query_one(sql, &[])).await {
-            Ok(Ok(row)) => Ok(row),
+        match tokio::time::timeout(timeout, client.query_typed(sql, &[])).await {
+            Ok(Ok(mut rows)) if rows.len() == 1 => Ok(rows.remove(0)),
+            Ok(Ok(rows)) => Err(format!(
+                "`{alias}`: {} rows where one was expected",
+                rows.len()
+            )),
             Ok(Err(e)) => Err(format!("`{alias}`: {}", describe(&e))),
             Err(_) => {
                 // A connection that hangs is not asked again: the next caller reconnects
@@ -105,20 +118,17 @@ impl Probe {
         if let Some(c) = self.client.as_ref().filter(|c| !c.is_closed()) {
             return Ok(Arc::clone(c));
         }
-        let (client, connection) = tokio_postgres::connect(&self.url, NoTls)
-            .await
-            .map_err(|e| describe(&e))?;
+        let mut config: tokio_postgres::Config = self.url.parse().map_err(|e| describe(&e))?;
+        if config.get_application_name().is_none() {
+            config.application_name("pindb-monitor");
+        }
+        // No `SET statement_timeout`: session state a pooler would hand on. Every call is
+        // bounded here instead, and a connection that timed out is dropped.
+        let (client, connection) = config.connect(NoTls).await.map_err(|e| describe(&e))?;
         tokio::spawn(async move {
             // Ends when the client is dropped; errors surface on the next query.
             let _ = connection.await;
         });
-        let ms = self.timeout.as_millis();
-        client
-            .batch_execute(&format!(
-                "SET statement_timeout = {ms}; SET application_name = 'pindb-monitor'"
-            ))
-            .await
-            .map_err(|e| describe(&e))?;
         let client = Arc::new(client);
         self.client = Some(Arc::clone(&client));
         Ok(client)
@@ -154,7 +164,7 @@ pub(crate) fn lsn_column(row: &Row, i: usize) -> Result<Option<Lsn>, String> {
 /// `None` when it connects (the trouble was elsewhere: a busy pool, a hung session), else the
 /// cause and whether the connection was refused (nothing listens: definitive, and immediate).
 pub(crate) async fn diagnose(db: &Database, timeout: Duration) -> Option<(String, bool)> {
-    match tokio::time::timeout(timeout, tokio_postgres::connect(&db.url(), NoTls)).await {
+    match tokio::time::timeout(timeout, tokio_postgres::connect(&db.probe_url(), NoTls)).await {
         Ok(Ok((client, connection))) => {
             drop(client);
             // Closes as soon as the client is gone.

@@ -10,6 +10,7 @@
 //! was applied. And because the sender keeps confirming its position while nothing is
 //! published, an idle master (or writes to tables outside the publication) is not lag.
 
+use tokio_postgres::types::Type;
 use std::collections::HashSet;
 
 use crate::coverage::Carried;
@@ -53,7 +54,7 @@ const SUBSCRIPTIONS: &str = "SELECT s.subname::text, s.subenabled, s.subslotname
     ORDER BY 1";
 
 const SLOTS: &str = "SELECT slot_name::text, confirmed_flush_lsn::text FROM pg_replication_slots \
-    WHERE slot_type = 'logical' AND database = current_database() AND slot_name = ANY($1)";
+    WHERE slot_type = 'logical' AND database = current_database() AND slot_name::text = ANY($1)";
 
 /// How `replica` follows `master`. The outer error: one of them could not be asked. The
 /// inner one: it does not follow this master (no subscription whose slot is there), in words
@@ -80,7 +81,7 @@ pub(crate) async fn follow(
         .iter()
         .filter_map(|s| s.slot.as_deref())
         .collect();
-    let found = master.rows(SLOTS, &[&slots]).await?;
+    let found = master.rows(SLOTS, &[(&slots, Type::TEXT_ARRAY)]).await?;
     let mut position = Some(Lsn(u64::MAX));
     let mut mine = Vec::new();
     for row in &found {
@@ -148,8 +149,8 @@ pub(crate) async fn tables(
     let pubs: Vec<&str> = following.publications.iter().map(String::as_str).collect();
     let found = master
         .rows(
-            "SELECT pubname::text FROM pg_publication WHERE pubname = ANY($1)",
-            &[&pubs],
+            "SELECT pubname::text FROM pg_publication WHERE pubname::text = ANY($1)",
+            &[(&pubs, Type::TEXT_ARRAY)],
         )
         .await?;
     let present: HashSet<String> = found
@@ -168,13 +169,13 @@ pub(crate) async fn tables(
         .rows(
             "SELECT t.schemaname::text || '.' || t.tablename::text \
              FROM pg_publication_tables t JOIN pg_publication p ON p.pubname = t.pubname \
-             WHERE t.pubname = ANY($1) GROUP BY t.schemaname, t.tablename \
+             WHERE t.pubname::text = ANY($1) GROUP BY t.schemaname, t.tablename \
              HAVING bool_and(t.rowfilter IS NULL AND p.pubinsert AND p.pubupdate \
                AND p.pubdelete AND p.pubtruncate \
                AND cardinality(t.attnames) = (SELECT count(*) FROM pg_attribute a \
                  WHERE a.attrelid = format('%I.%I', t.schemaname, t.tablename)::regclass \
                    AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = ''))",
-            &[&pubs],
+            &[(&pubs, Type::TEXT_ARRAY)],
         )
         .await?
         .iter()
@@ -188,10 +189,10 @@ pub(crate) async fn tables(
                coalesce(to_regclass(quote_ident(c.relname)) = c.oid, false) \
              FROM pg_subscription_rel r JOIN pg_subscription s ON s.oid = r.srsubid \
              JOIN pg_class c ON c.oid = r.srrelid JOIN pg_namespace n ON n.oid = c.relnamespace \
-             WHERE s.subname = ANY($1) \
+             WHERE s.subname::text = ANY($1) \
                AND s.subdbid = (SELECT oid FROM pg_database WHERE datname = current_database()) \
              GROUP BY 1, 2, 3 HAVING bool_and(r.srsubstate IN ('r', 's'))",
-            &[&subs],
+            &[(&subs, Type::TEXT_ARRAY)],
         )
         .await?;
     let mut relations = HashSet::new();

@@ -30,8 +30,8 @@ async fn a_refused_read_is_a_write_greedy_pins_and_the_statement_is_learned() {
         let first = r.route_sql(CALL).unwrap();
         assert_eq!(first.role, Role::Replica);
         let next = r
-            .reroute(first.index, ReplicaFailure::Refused, 0, CALL)
-            .unwrap()
+            .reroute(first.index, ReplicaFailure::Refused, 0, CALL, &"test")
+.unwrap()
             .unwrap();
         assert_eq!(
             (next.role, next.reason),
@@ -80,8 +80,8 @@ async fn an_unreachable_replica_is_suspected_and_a_first_read_moves_to_the_other
     scope(async {
         let first = r.route_sql("SELECT 1").unwrap();
         let next = r
-            .reroute(first.index, ReplicaFailure::Unreachable, 0, "")
-            .unwrap()
+            .reroute(first.index, ReplicaFailure::Unreachable, 0, "", &"test")
+.unwrap()
             .unwrap();
         assert_eq!(
             (next.role, next.reason),
@@ -114,8 +114,8 @@ async fn a_context_that_read_from_the_failed_replica_stays_on_the_master() {
         let second = r.route_sql("SELECT 2").unwrap();
         assert_eq!(first.index, second.index);
         let next = r
-            .reroute(second.index, ReplicaFailure::Timeout, 0, "")
-            .unwrap()
+            .reroute(second.index, ReplicaFailure::Timeout, 0, "", &"test")
+.unwrap()
             .unwrap();
         assert_eq!(
             (next.role, next.reason),
@@ -136,8 +136,8 @@ async fn retries_are_bounded_then_the_master_serves() {
     scope(async {
         let first = r.route_sql("SELECT 1").unwrap();
         let next = r
-            .reroute(first.index, ReplicaFailure::RecoveryConflict, 0, "")
-            .unwrap()
+            .reroute(first.index, ReplicaFailure::RecoveryConflict, 0, "", &"test")
+.unwrap()
             .unwrap();
         assert_eq!(
             next.role,
@@ -158,8 +158,8 @@ async fn a_master_is_never_rerouted() {
     let r = router(RouterMode::Greedy, 1);
     let master = r.topology().index_of("default").unwrap();
     assert!(r
-        .reroute(master, ReplicaFailure::Unreachable, 0, "")
-        .unwrap()
+        .reroute(master, ReplicaFailure::Unreachable, 0, "", &"test")
+.unwrap()
         .is_none());
 }
 
@@ -260,12 +260,12 @@ fn every_failure_is_counted_with_its_reason() {
         rt.block_on(scope(async {
             let r = router(RouterMode::Greedy, 1);
             let first = r.route_sql(CALL).unwrap();
-            r.reroute(first.index, ReplicaFailure::Refused, 0, CALL)
-                .unwrap();
-            r.reroute(first.index, ReplicaFailure::Unreachable, 0, "")
-                .unwrap();
-            r.reroute(first.index, ReplicaFailure::Timeout, 1, "")
-                .unwrap();
+            r.reroute(first.index, ReplicaFailure::Refused, 0, CALL, &"test")
+.unwrap();
+            r.reroute(first.index, ReplicaFailure::Unreachable, 0, "", &"test")
+.unwrap();
+            r.reroute(first.index, ReplicaFailure::Timeout, 1, "", &"test")
+.unwrap();
         }));
     });
     // A snapshot drains the counters: one, searched for each reason.
@@ -294,8 +294,8 @@ async fn a_busy_pool_or_a_slow_query_leaves_the_replica_in_rotation() {
     scope(async {
         let first = r.route_sql("SELECT 1").unwrap();
         let next = r
-            .reroute(first.index, ReplicaFailure::Busy, 0, "")
-            .unwrap()
+            .reroute(first.index, ReplicaFailure::Busy, 0, "", &"test")
+.unwrap()
             .unwrap();
         assert_eq!(
             next.role,
@@ -309,8 +309,8 @@ async fn a_busy_pool_or_a_slow_query_leaves_the_replica_in_rotation() {
     scope(async {
         let first = r.route_sql("SELECT 1").unwrap();
         let next = r
-            .reroute(first.index, ReplicaFailure::Timeout, 0, "")
-            .unwrap()
+            .reroute(first.index, ReplicaFailure::Timeout, 0, "", &"test")
+.unwrap()
             .unwrap();
         assert_eq!(
             next.role,
@@ -338,8 +338,8 @@ async fn a_failed_read_on_a_named_replica_keeps_the_context_on_its_own() {
         };
         let named = r.topology().index_of(other).unwrap();
         let next = r
-            .reroute(named, ReplicaFailure::Unreachable, 0, "")
-            .unwrap()
+            .reroute(named, ReplicaFailure::Unreachable, 0, "", &"test")
+.unwrap()
             .unwrap();
         assert_eq!(next.index, own.index, "back to the replica it reads from");
         assert_eq!(r.route_sql("SELECT 2").unwrap().index, own.index);

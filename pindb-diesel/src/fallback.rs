@@ -62,8 +62,14 @@ pub(crate) fn after_attempt<T>(
             } else {
                 String::new()
             };
+            let cause = match &attempted {
+                Attempted::Done(Err(e)) => e.to_string(),
+                Attempted::CheckoutFailed(e) => e.to_string(),
+                Attempted::TimedOut => "no answer within reads.timeout_ms".to_owned(),
+                Attempted::Done(Ok(_)) => String::new(),
+            };
             router
-                .reroute(index, failure, tries, &sql)
+                .reroute(index, failure, tries, &sql, &cause)
                 .map(|route| route.map(|r| (r.index, r.epoch)))
         }
         None => Ok(None),

@@ -69,8 +69,10 @@ fn pool(db: &Database) -> Result<DatabaseConnection, DbErr> {
         .parse()
         .map_err(|e| DbErr::Custom(format!("`{}`: {e}", db.alias)))?;
     let mut options = options.disable_statement_logging();
-    if db.is_replica() {
-        // Safety net: a write that reaches a replica pool fails with SQLSTATE 25006.
+    if db.read_only {
+        // A replica that would accept writes (logical, emulated): opened read-only by a
+        // startup parameter, no session state a pooler could hand on. A streaming standby
+        // refuses writes by itself.
         options = options.options([("default_transaction_read_only", "on")]);
     }
     let mut pool = PgPoolOptions::new()
@@ -253,9 +255,15 @@ impl PinDb {
                 Err(_) => Some(ReplicaFailure::Timeout),
             };
             let next = match failure {
-                Some(failure) => router
-                    .reroute(index, failure, tries, &stmt.sql)
-                    .map_err(to_db_err)?,
+                Some(failure) => {
+                    let cause = match &result {
+                        Ok(Err(e)) => e.to_string(),
+                        _ => "no answer within reads.timeout_ms".to_owned(),
+                    };
+                    router
+                        .reroute(index, failure, tries, &stmt.sql, &cause)
+                        .map_err(to_db_err)?
+                }
                 None => None,
             };
             match (next, result) {

@@ -20,6 +20,8 @@ pub const REDIS_URL_VAR: &str = "PINDB_REDIS_URL";
 pub const STRANGER_URL_VAR: &str = "PINDB_STRANGER_URL";
 /// The logical subscriber's URL variable.
 pub const LOGICAL_URL_VAR: &str = "PINDB_LOGICAL_URL";
+/// The dev cluster's PgBouncer (its `pindb` database: the primary in transaction mode).
+pub const PGBOUNCER_URL_VAR: &str = "PINDB_PGBOUNCER_URL";
 
 const DEFAULT_PRIMARY: &str = "postgres://pindb@127.0.0.1:25432/pindb";
 const DEFAULT_REPLICA1: &str = "postgres://pindb@127.0.0.1:25433/pindb";
@@ -27,6 +29,7 @@ const DEFAULT_REPLICA2: &str = "postgres://pindb@127.0.0.1:25434/pindb";
 const DEFAULT_REDIS: &str = "redis://127.0.0.1:6379/";
 const DEFAULT_STRANGER: &str = "postgres://pindb@127.0.0.1:25435/pindb";
 const DEFAULT_LOGICAL: &str = "postgres://pindb@127.0.0.1:25436/pindb";
+const DEFAULT_PGBOUNCER: &str = "postgres://pindb@127.0.0.1:25462/pindb";
 
 /// How long helpers wait for replication before failing the test.
 pub const REPLICATION_TIMEOUT: Duration = Duration::from_secs(30);
@@ -44,6 +47,8 @@ pub struct Cluster {
     pub stranger_url: String,
     /// A logical-replication subscriber of the primary (its own `initdb`).
     pub logical_url: String,
+    /// PgBouncer in front of the primary and both replicas: see [`Cluster::pooled_url`].
+    pub pgbouncer_url: String,
 }
 
 fn var_or(name: &str, default: &str) -> String {
@@ -66,7 +71,21 @@ impl Cluster {
             redis_url: var_or(REDIS_URL_VAR, DEFAULT_REDIS),
             stranger_url: var_or(STRANGER_URL_VAR, DEFAULT_STRANGER),
             logical_url: var_or(LOGICAL_URL_VAR, DEFAULT_LOGICAL),
+            pgbouncer_url: var_or(PGBOUNCER_URL_VAR, DEFAULT_PGBOUNCER),
         }
+    }
+
+    /// Node `node` (0: the primary, 1 or 2: a replica) through the dev cluster's PgBouncer,
+    /// in transaction mode or, with `session`, session mode.
+    pub fn pooled_url(&self, node: usize, session: bool) -> String {
+        let db = match node {
+            0 => "pindb".to_owned(),
+            1 | 2 => format!("pindb_replica{node}"),
+            _ => panic!("the dev cluster has nodes 0, 1 and 2, not {node}"),
+        };
+        let suffix = if session { "_session" } else { "" };
+        let base = self.pgbouncer_url.rsplit_once('/').map_or("", |(b, _)| b);
+        format!("{base}/{db}{suffix}")
     }
 
     /// Stops replica `n`'s server process (`scripts/cluster stop-node`, immediate mode: like

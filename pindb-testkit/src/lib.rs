@@ -48,7 +48,7 @@ mod schema;
 mod wait;
 
 pub use cluster::{
-    connect, Cluster, LOGICAL_URL_VAR, PRIMARY_URL_VAR, REDIS_URL_VAR, REPLICA1_URL_VAR,
+    connect, Cluster, LOGICAL_URL_VAR, PGBOUNCER_URL_VAR, PRIMARY_URL_VAR, REDIS_URL_VAR, REPLICA1_URL_VAR,
     REPLICA2_URL_VAR, REPLICATION_TIMEOUT, STRANGER_URL_VAR,
 };
 pub use dns::DnsServer;

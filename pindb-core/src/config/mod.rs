@@ -303,6 +303,11 @@ impl Config {
         let mut databases =
             populate_replicas(masters, sets, &self.unmanaged, self.unmanaged_default)?;
         for db in &mut databases {
+            if let crate::populate::Membership::Replica { set, .. } = &db.membership {
+                // An emulated replica is its master: it would accept a write.
+                db.read_only |= self.emulate_replicas > 0
+                    && !self.masters.get(set).is_some_and(|m| m.is_multi_host());
+            }
             if let crate::populate::Membership::Replica { set, index } = &db.membership {
                 // A timeout the replica or its master sets is kept (replicas inherit).
                 let own = sets[set]

@@ -253,6 +253,13 @@ pub struct Database {
     /// service runs, and `host` here is empty. Adapters ask
     /// [`Topology::database_now`](crate::adapter::Topology::database_now) for where it is.
     pub runtime: bool,
+    /// Its pool opens every connection read-only with a startup parameter
+    /// (`options=-c default_transaction_read_only=on`, in [`Database::pool_url`]): logical
+    /// and emulated replicas, which would accept a write. A streaming standby refuses writes
+    /// by itself and gets nothing, so it works behind any pooler. Startup parameters are no
+    /// session state a pooler hands on: PgBouncer refuses them (`start_monitor` then says
+    /// so) or drops them (it warns).
+    pub read_only: bool,
 }
 
 impl Database {
@@ -290,16 +297,34 @@ impl Database {
     /// (whole seconds, from the pool's `connect_timeout`) unless `options` set one. libpq and
     /// tokio-postgres both read it; without it a server that accepts and never answers keeps
     /// a pool's connection attempt (bb8's, r2d2's) waiting forever, and its slot with it.
+    ///
+    /// Options only sqlx knows (`statement-cache-capacity`) are left out (tokio-postgres and
+    /// libpq refuse them), and a [`Database::read_only`] pool gets its startup parameter.
     pub fn pool_url(&self) -> String {
-        if self.options.contains_key("connect_timeout") {
-            return self.url();
+        let mut pool = self.clone();
+        pool.options.retain(|k, _| !options::only_sqlx(k));
+        if !self.options.contains_key("connect_timeout") {
+            let secs = self.pool.connect_timeout.as_secs_f64().ceil().max(1.0) as u64;
+            pool.options
+                .insert("connect_timeout".to_owned(), secs.to_string());
         }
-        let secs = self.pool.connect_timeout.as_secs_f64().ceil().max(1.0) as u64;
-        let mut with_timeout = self.clone();
-        with_timeout
-            .options
-            .insert("connect_timeout".to_owned(), secs.to_string());
-        with_timeout.url()
+        if self.read_only {
+            let net = pool.options.entry("options".to_owned()).or_default();
+            if !net.is_empty() {
+                net.push(' ');
+            }
+            net.push_str(READ_ONLY_OPTION);
+        }
+        pool.url()
+    }
+
+    /// The URL pindb's own connections use (the monitor, positions, checks): only what
+    /// tokio-postgres understands, and the pool's read-only startup parameter, so a check
+    /// fails the way the pool would.
+    pub(crate) fn probe_url(&self) -> String {
+        let mut probe = self.clone();
+        probe.options.retain(|k, _| options::for_tokio_postgres(k));
+        probe.pool_url()
     }
 
     /// The connection URL with the password replaced by `***`, for logs and errors.
@@ -348,6 +373,9 @@ impl fmt::Debug for Database {
             .finish()
     }
 }
+
+/// The startup parameter that opens a [`Database::read_only`] pool's connections read-only.
+pub(crate) const READ_ONLY_OPTION: &str = "-c default_transaction_read_only=on";
 
 /// Connection parts before defaults are filled in; `None` means "not said here".
 #[derive(Default, Clone)]
@@ -423,6 +451,9 @@ impl Parts {
                 "no host: give a `url` (postgres://user@host:port/db) or a `host`",
             )
         })?;
+        for key in self.options.keys() {
+            options::check(&alias, key)?;
+        }
         let defaults = PoolSettings::default();
         let max_size = self.max_size.unwrap_or(defaults.max_size);
         if max_size == 0 {
@@ -443,6 +474,7 @@ impl Parts {
             }
         };
         Ok(Database {
+            read_only: kind == ReplicaKind::Logical,
             kind,
             runtime: false,
             alias,
@@ -817,5 +849,6 @@ pub fn populate_replicas(
     Ok(out)
 }
 
+mod options;
 #[cfg(test)]
 mod tests;

@@ -157,6 +157,7 @@ impl Router {
     /// [`Topology::databases`](crate::adapter::Topology::databases)) outside a transaction
     /// failed with `failure`: where to run it now. `attempt` counts the retries of this
     /// statement so far (0 for the first). `sql` is the statement, remembered when refused.
+    /// `cause`: what really happened (the error), for the log when the replica is taken out.
     /// `Ok(None)`: do not retry (`failed` is not a replica). Strict mode: a refused
     /// statement on an unpinned set is [`PinDbError::UnpinnedWrite`].
     pub fn reroute(
@@ -165,6 +166,7 @@ impl Router {
         failure: ReplicaFailure,
         attempt: u32,
         sql: &str,
+        cause: &dyn std::fmt::Display,
     ) -> Result<Option<Route<'_>>, PinDbError> {
         let topology = &self.inner.topology;
         // Before any replica's health is read (see `Route::epoch`).
@@ -189,7 +191,7 @@ impl Router {
             }
             ReplicaFailure::Unreachable => {
                 set.health[r].suspect();
-                tracing::warn!(target: "pindb", %alias, "pindb: a read could not reach a replica; it is out of rotation until the monitor sees it healthy");
+                tracing::warn!(target: "pindb", %alias, error = %cause, "pindb: a read could not reach a replica; it is out of rotation until the monitor sees it healthy");
             }
             // Not the replica's fault, or not provably (a long query): it stays in rotation;
             // the monitor takes out a replica that really hangs.

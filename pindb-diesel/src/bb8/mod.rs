@@ -1,8 +1,8 @@
 //! [`PinDb`]: one bb8 pool of `AsyncPgConnection` per alias, and the checkouts the routed
 //! connection and the explicit handles make from them.
 //!
-//! This module owns pool construction (settings from the config, replicas opened with
-//! `default_transaction_read_only=on`) and checkout accounting. It makes no routing decision
+//! This module owns pool construction (settings from the config; logical and emulated
+//! replicas opened read-only by a startup parameter) and checkout accounting. It makes no routing decision
 //! of its own: callers pass the router's [`Route`](pindb_core::Route).
 
 use std::future::Future;
@@ -211,31 +211,23 @@ impl PinDb {
 
 fn build_pool(db: &Database) -> Pool {
     let mut config = ManagerConfig::default();
-    if db.is_replica() {
-        // Safety net: a write that reaches a replica pool fails with SQLSTATE 25006 even if the
-        // replica were promoted or misconfigured.
-        let limit = db.pool.connect_timeout;
-        config.custom_setup = Box::new(move |url| {
-            let url = url.to_owned();
-            async move {
-                // The whole set-up is bounded: a server can also hang after the handshake.
-                tokio::time::timeout(limit, async {
-                    let mut conn = AsyncPgConnection::establish(&url).await?;
-                    conn.batch_execute("SET default_transaction_read_only = on")
-                        .await
-                        .map_err(diesel::ConnectionError::CouldntSetupConfiguration)?;
-                    Ok(conn)
-                })
+    // The whole set-up is bounded: a server can also hang after the handshake. (A replica
+    // that would accept writes is opened read-only by a startup parameter in `pool_url`:
+    // nothing is set on the session, which a pooler could hand to another client.)
+    let limit = db.pool.connect_timeout;
+    config.custom_setup = Box::new(move |url| {
+        let url = url.to_owned();
+        async move {
+            tokio::time::timeout(limit, AsyncPgConnection::establish(&url))
                 .await
                 .unwrap_or_else(|_| {
                     Err(diesel::ConnectionError::BadConnection(format!(
                         "no answer within {limit:?} while setting up the connection"
                     )))
                 })
-            }
-            .boxed()
-        });
-    }
+        }
+        .boxed()
+    });
     let manager = AsyncDieselConnectionManager::new_with_config(db.pool_url(), config);
     bb8::Pool::builder()
         .max_size(db.pool.max_size)

@@ -57,25 +57,13 @@ impl std::fmt::Debug for PinDb {
     }
 }
 
-/// Makes replica connections refuse writes server-side.
-#[derive(Debug)]
-struct ReadOnlySession;
-
-impl CustomizeConnection<PgConnection, diesel::r2d2::Error> for ReadOnlySession {
-    fn on_acquire(&self, conn: &mut PgConnection) -> Result<(), diesel::r2d2::Error> {
-        conn.batch_execute("SET default_transaction_read_only = on")
-            .map_err(diesel::r2d2::Error::QueryError)
-    }
-}
-
 fn build_pool(db: &Database) -> Pool {
-    let mut builder = Pool::builder()
+    let builder = Pool::builder()
         .max_size(db.pool.max_size)
         .min_idle(db.pool.min_idle)
         .connection_timeout(db.pool.connect_timeout);
-    if db.is_replica() {
-        builder = builder.connection_customizer(Box::new(ReadOnlySession));
-    }
+    // A replica that would accept writes is opened read-only by a startup parameter in
+    // `pool_url`: nothing is set on the session, which a pooler could hand to another client.
     builder.build_unchecked(ConnectionManager::new(db.pool_url()))
 }
 

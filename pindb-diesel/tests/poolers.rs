@@ -1,0 +1,129 @@
+#![allow(missing_docs, missing_debug_implementations, unreachable_pub)] // not a library: nothing here is public API
+//! pindb behind PgBouncer (the dev cluster's, `scripts/cluster up`): its own connections work
+//! through transaction pooling, its read-only safety net leaves no session state behind, and
+//! a setup where the net cannot hold is refused at start-up with the fix.
+
+use std::time::Duration;
+
+use diesel::sql_types::Text;
+use diesel::QueryableByName;
+use pindb_core::{Config, Context, Hint, Router, RouterMode};
+use pindb_diesel::bb8::PinDb;
+use pindb_testkit::{connect, wait_until, Cluster};
+
+fn pooled_config(c: &Cluster, session: bool) -> Config {
+    Config::single_set(
+        c.pooled_url(0, session),
+        [c.pooled_url(1, session), c.pooled_url(2, session)],
+    )
+}
+
+#[tokio::test]
+async fn pindbs_own_connections_work_through_transaction_pooling() {
+    let c = Cluster::from_env();
+    let _flowing = c.shared().await;
+    let mut config = pooled_config(&c, false);
+    // sqlx's advice for poolers, in a config shared with SeaORM: not pindb's to parse.
+    config
+        .masters
+        .get_mut("default")
+        .unwrap()
+        .options
+        .insert("statement-cache-capacity".to_owned(), "0".to_owned());
+    config.monitor.interval_ms = 20;
+    let router = Router::new(config).unwrap();
+    let warnings = router.start_monitor().await.unwrap();
+    assert!(warnings.is_empty(), "{warnings:?}");
+    // Many rounds of checks through shared server connections.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    for alias in ["default-1", "default-2"] {
+        let status = router.topology().replica_status(alias).unwrap().unwrap();
+        assert!(
+            status.up && !status.over_lag && status.replay_lsn.0 > 0,
+            "{alias}: {status:?}"
+        );
+    }
+    // A keyed context that pinned the set: its position, read through the pooler at its end,
+    // reaches the key's next context.
+    let consistency = router.consistency().clone();
+    consistency
+        .scope_with_key(Some("pooled"), async { router.pin("default").unwrap() })
+        .await;
+    let required = consistency
+        .scope_with_key(Some("pooled"), async {
+            Context::current().unwrap().required()
+        })
+        .await;
+    assert_eq!(required.len(), 1, "the position was recorded: {required:?}");
+    assert_eq!(
+        router.db_for_read(&Hint::default()).unwrap().role,
+        pindb_core::Role::Replica,
+        "replicas serve reads"
+    );
+}
+
+#[tokio::test]
+async fn emulated_replicas_behind_a_transaction_pooler_are_refused_at_start_up() {
+    // The emulated replica is the master opened read-only by a startup parameter, which
+    // PgBouncer refuses: a session SET instead would stick to a server connection that the
+    // master's own writes then get ("cannot execute UPDATE in a read-only transaction").
+    let c = Cluster::from_env();
+    let mut config = Config::single_set(c.pooled_url(0, false), Vec::<String>::new());
+    config.emulate_replicas = 1;
+    let router = Router::new(config).unwrap();
+    let e = router.start_monitor().await.unwrap_err().to_string();
+    assert!(
+        e.contains("default-1") && e.contains("startup parameter") && e.contains("directly"),
+        "{e}"
+    );
+}
+
+#[derive(QueryableByName)]
+struct Setting {
+    #[diesel(sql_type = Text)]
+    default_transaction_read_only: String,
+}
+
+#[tokio::test]
+async fn replica_reads_leave_no_session_state_on_a_shared_server_connection() {
+    let c = Cluster::from_env();
+    let _flowing = c.shared().await;
+    let mut config = pooled_config(&c, false);
+    config.masters.get_mut("default").unwrap().max_size = Some(1);
+    let db = PinDb::from_router(Router::builder(config).build().unwrap()).unwrap();
+    db.router().start_monitor().await.unwrap();
+    wait_until("a replica serves reads", Duration::from_secs(10), || {
+        db.router().db_for_read(&Hint::default()).unwrap().role == pindb_core::Role::Replica
+    })
+    .await;
+    for _ in 0..20 {
+        pindb_core::scope(async {
+            use diesel_async::RunQueryDsl as _;
+            let mut conn = db.get();
+            let _: Vec<Setting> = diesel::sql_query("SHOW default_transaction_read_only")
+                .load(&mut conn)
+                .await
+                .unwrap();
+        })
+        .await;
+    }
+    // Another client of the same PgBouncer databases gets those server connections.
+    for node in [1, 2] {
+        let other = connect(&c.pooled_url(node, false)).await;
+        for _ in 0..5 {
+            let rows = other
+                .simple_query("SHOW default_transaction_read_only")
+                .await
+                .unwrap();
+            let value = rows.iter().find_map(|m| match m {
+                tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_owned),
+                _ => None,
+            });
+            assert_eq!(
+                value.as_deref(),
+                Some("off"),
+                "replica {node}: pindb's pool left its session state on a server connection"
+            );
+        }
+    }
+}

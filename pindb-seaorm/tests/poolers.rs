@@ -1,0 +1,60 @@
+#![allow(missing_docs, missing_debug_implementations, unreachable_pub)] // not a library: nothing here is public API
+//! SeaORM behind the dev cluster's PgBouncer with its stock settings: reads reach the
+//! replicas (a streaming standby needs no startup parameter, which PgBouncer refuses), and a
+//! keyed read never sees a replica that lacks the key's write.
+
+use std::time::Duration;
+
+use pindb_core::Config;
+use pindb_seaorm::PinDb;
+use pindb_testkit::{wait_until, Cluster};
+use sea_orm::{ConnectionTrait, DbBackend, Statement};
+
+async fn on_replica(db: &PinDb) -> bool {
+    let row = db
+        .query_one_raw(Statement::from_string(
+            DbBackend::Postgres,
+            "SELECT pg_is_in_recovery() AS standby",
+        ))
+        .await
+        .unwrap()
+        .unwrap();
+    row.try_get("", "standby").unwrap()
+}
+
+#[tokio::test]
+async fn seaorm_behind_pgbouncer_reads_from_replicas() {
+    let c = Cluster::from_env();
+    let _flowing = c.shared().await;
+    for session in [true, false] {
+        let mut config = Config::single_set(
+            c.pooled_url(0, session),
+            [c.pooled_url(1, session), c.pooled_url(2, session)],
+        );
+        // sqlx's advice for a transaction pooler (its own prepared statements).
+        config
+            .masters
+            .get_mut("default")
+            .unwrap()
+            .options
+            .insert("statement-cache-capacity".to_owned(), "0".to_owned());
+        let db = PinDb::connect(config).await.unwrap();
+        let warnings = db.router().start_monitor().await.unwrap();
+        assert!(warnings.is_empty(), "{warnings:?}");
+        let mut replica = 0;
+        for _ in 0..40 {
+            if pindb_core::scope(on_replica(&db)).await {
+                replica += 1;
+            }
+        }
+        let mode = if session { "session" } else { "transaction" };
+        assert!(replica >= 36, "{mode} mode: {replica} of 40 reads on replicas");
+        let router = db.router().clone();
+        wait_until("the monitor still sees both replicas", Duration::from_secs(5), || {
+            ["default-1", "default-2"].iter().all(|a| {
+                router.topology().replica_status(a).unwrap().unwrap().up
+            })
+        })
+        .await;
+    }
+}
