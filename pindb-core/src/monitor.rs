@@ -256,6 +256,47 @@ pub(crate) fn spawn(
     handles
 }
 
+/// Connections opened to check that a replica's URL reaches one server.
+const SERVER_SAMPLES: usize = 4;
+
+/// Whether a replica's URL reaches one server, from a few fresh connections: a load-balanced
+/// reader endpoint reaches several, while the monitor measures the one its connection
+/// reached, so a keyed read could land on a server that lacks the key's write. Refused until
+/// positions are kept per server.
+async fn one_server(
+    db: &crate::populate::Database,
+    settings: &MonitorSettings,
+    problems: &mut Vec<PinDbError>,
+) {
+    let sql = "SELECT coalesce(host(inet_server_addr()), 'a local socket') || ':' || \
+               coalesce(inet_server_port()::text, '-') || ' (up since ' || \
+               pg_postmaster_start_time()::text || ')'";
+    let mut seen: Vec<String> = Vec::new();
+    for _ in 0..SERVER_SAMPLES {
+        let Ok(row) = Probe::new(db, timeout(settings)).row(sql).await else {
+            // Not reachable now: the monitor's checks say so.
+            return;
+        };
+        if let Ok(server) = row.try_get::<_, String>(0) {
+            if !seen.contains(&server) {
+                seen.push(server);
+            }
+        }
+    }
+    if seen.len() > 1 {
+        problems.push(PinDbError::config(
+            db.alias.clone(),
+            format!(
+                "{} reaches several servers ({}): a load-balanced reader endpoint. pindb \
+                 measures each replica's position on one server, so a keyed read could land on \
+                 one that lacks the user's write. Declare each standby as its own replica",
+                db.redacted_url(),
+                seen.join(", ")
+            ),
+        ));
+    }
+}
+
 /// Whether a [`Database::read_only`](crate::adapter::Database::read_only) replica's
 /// connections really are read-only: a pooler in front may refuse the startup parameter that
 /// makes them so (the pool could not connect: a problem), or drop it (a warning: writes sent
@@ -875,8 +916,11 @@ pub(crate) async fn verify_topology(
         };
         let master_db = &topology.databases()[master];
         for &index in replicas {
-            read_only_net(&topology.databases()[index], settings, &mut warnings, &mut problems)
-                .await;
+            let db = &topology.databases()[index];
+            read_only_net(db, settings, &mut warnings, &mut problems).await;
+            if !emulated && !db.is_logical() && !db.runtime {
+                one_server(db, settings, &mut problems).await;
+            }
         }
         let master_id = match Probe::new(master_db, timeout(settings)).row(sql).await {
             Ok(row) => {

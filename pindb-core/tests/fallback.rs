@@ -62,7 +62,7 @@ async fn a_refused_read_in_strict_mode_is_an_unpinned_write() {
     let r = router(RouterMode::Strict, 1);
     scope(async {
         let first = r.route_sql(CALL).unwrap();
-        let refused = r.reroute(first.index, ReplicaFailure::Refused, 0, CALL);
+        let refused = r.reroute(first.index, ReplicaFailure::Refused, 0, CALL, &"test");
         assert!(
             matches!(refused, Err(PinDbError::UnpinnedWrite { .. })),
             "{refused:?}"

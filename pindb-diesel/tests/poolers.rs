@@ -127,3 +127,22 @@ async fn replica_reads_leave_no_session_state_on_a_shared_server_connection() {
         }
     }
 }
+
+#[tokio::test]
+async fn a_replica_url_that_reaches_several_servers_is_refused_at_start_up() {
+    // Both standbys behind one round-robin endpoint, configured as one replica: the monitor
+    // would measure whichever its connection reached while reads land on both.
+    let c = Cluster::from_env();
+    let hostport = |url: &str| url.split('@').nth(1).unwrap().split('/').next().unwrap().to_owned();
+    let (r1, r2) = (hostport(c.replica_url(1)), hostport(c.replica_url(2)));
+    let endpoint = pindb_testkit::Proxy::round_robin(&[&r1, &r2]).await;
+    let url = c
+        .replica_url(1)
+        .replace(&r1, &format!("127.0.0.1:{}", endpoint.port()));
+    let router = Router::new(Config::single_set(c.primary_url.clone(), [url])).unwrap();
+    let e = router.start_monitor().await.unwrap_err().to_string();
+    assert!(
+        e.contains("default-1") && e.contains("several servers") && e.contains(&r1) && e.contains(&r2),
+        "{e}"
+    );
+}

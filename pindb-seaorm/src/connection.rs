@@ -220,7 +220,7 @@ impl PinDb {
                 // A runtime replica removed or replaced after the route was chosen: elsewhere.
                 Err(e) if role == Role::Replica && moved(&e) => {
                     let next = router
-                        .reroute(index, ReplicaFailure::Moved, tries, &stmt.sql)
+                        .reroute(index, ReplicaFailure::Moved, tries, &stmt.sql, &e)
                         .map_err(to_db_err)?;
                     match next {
                         Some(next) => {

@@ -22,25 +22,31 @@ pub struct Proxy {
 impl Proxy {
     /// Forwards to `target` (`host:port`).
     pub async fn start(target: &str) -> Proxy {
-        Proxy::listen(Some(target.to_owned())).await
+        Proxy::listen(vec![target.to_owned()]).await
+    }
+
+    /// Forwards each new connection to the next of `targets` in turn: a load-balanced
+    /// reader endpoint (a Kubernetes Service, HAProxy, a cloud reader endpoint).
+    pub async fn round_robin(targets: &[&str]) -> Proxy {
+        Proxy::listen(targets.iter().map(|t| (*t).to_owned()).collect()).await
     }
 
     /// Accepts connections and never answers: a host whose server hangs, or whose packets
     /// vanish after the TCP handshake.
     pub async fn black_hole() -> Proxy {
-        Proxy::listen(None).await
+        Proxy::listen(Vec::new()).await
     }
 
     /// A black hole in front of `target` until [`Proxy::thaw`]: connections accepted while it
     /// is frozen are never answered, later ones are forwarded (a server that hung, then came
     /// back).
     pub async fn black_hole_until_thawed(target: &str) -> Proxy {
-        let proxy = Proxy::listen(Some(target.to_owned())).await;
+        let proxy = Proxy::listen(vec![target.to_owned()]).await;
         proxy.freeze();
         proxy
     }
 
-    async fn listen(target: Option<String>) -> Proxy {
+    async fn listen(targets: Vec<String>) -> Proxy {
         let listener = TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind a proxy");
@@ -50,8 +56,11 @@ impl Proxy {
         let (f, t) = (Arc::clone(&frozen), Arc::clone(&tasks));
         let accept = tokio::spawn(async move {
             let mut held = Vec::new();
+            let mut next = 0usize;
             while let Ok((client, _)) = listener.accept().await {
-                let Some(target) = target.as_ref().filter(|_| !f.load(Ordering::SeqCst)) else {
+                next = next.wrapping_add(1);
+                let target = (!targets.is_empty()).then(|| &targets[next % targets.len()]);
+                let Some(target) = target.filter(|_| !f.load(Ordering::SeqCst)) else {
                     held.push(client); // never read, never answered, even after a thaw
                     continue;
                 };
