@@ -31,7 +31,7 @@ async fn a_refused_read_is_a_write_greedy_pins_and_the_statement_is_learned() {
         assert_eq!(first.role, Role::Replica);
         let next = r
             .reroute(first.index, ReplicaFailure::Refused, 0, CALL, &"test")
-.unwrap()
+            .unwrap()
             .unwrap();
         assert_eq!(
             (next.role, next.reason),
@@ -81,7 +81,7 @@ async fn an_unreachable_replica_is_suspected_and_a_first_read_moves_to_the_other
         let first = r.route_sql("SELECT 1").unwrap();
         let next = r
             .reroute(first.index, ReplicaFailure::Unreachable, 0, "", &"test")
-.unwrap()
+            .unwrap()
             .unwrap();
         assert_eq!(
             (next.role, next.reason),
@@ -115,7 +115,7 @@ async fn a_context_that_read_from_the_failed_replica_stays_on_the_master() {
         assert_eq!(first.index, second.index);
         let next = r
             .reroute(second.index, ReplicaFailure::Timeout, 0, "", &"test")
-.unwrap()
+            .unwrap()
             .unwrap();
         assert_eq!(
             (next.role, next.reason),
@@ -136,8 +136,14 @@ async fn retries_are_bounded_then_the_master_serves() {
     scope(async {
         let first = r.route_sql("SELECT 1").unwrap();
         let next = r
-            .reroute(first.index, ReplicaFailure::RecoveryConflict, 0, "", &"test")
-.unwrap()
+            .reroute(
+                first.index,
+                ReplicaFailure::RecoveryConflict,
+                0,
+                "",
+                &"test",
+            )
+            .unwrap()
             .unwrap();
         assert_eq!(
             next.role,
@@ -159,7 +165,7 @@ async fn a_master_is_never_rerouted() {
     let master = r.topology().index_of("default").unwrap();
     assert!(r
         .reroute(master, ReplicaFailure::Unreachable, 0, "", &"test")
-.unwrap()
+        .unwrap()
         .is_none());
 }
 
@@ -261,11 +267,11 @@ fn every_failure_is_counted_with_its_reason() {
             let r = router(RouterMode::Greedy, 1);
             let first = r.route_sql(CALL).unwrap();
             r.reroute(first.index, ReplicaFailure::Refused, 0, CALL, &"test")
-.unwrap();
+                .unwrap();
             r.reroute(first.index, ReplicaFailure::Unreachable, 0, "", &"test")
-.unwrap();
+                .unwrap();
             r.reroute(first.index, ReplicaFailure::Timeout, 1, "", &"test")
-.unwrap();
+                .unwrap();
         }));
     });
     // A snapshot drains the counters: one, searched for each reason.
@@ -295,7 +301,7 @@ async fn a_busy_pool_or_a_slow_query_leaves_the_replica_in_rotation() {
         let first = r.route_sql("SELECT 1").unwrap();
         let next = r
             .reroute(first.index, ReplicaFailure::Busy, 0, "", &"test")
-.unwrap()
+            .unwrap()
             .unwrap();
         assert_eq!(
             next.role,
@@ -310,7 +316,7 @@ async fn a_busy_pool_or_a_slow_query_leaves_the_replica_in_rotation() {
         let first = r.route_sql("SELECT 1").unwrap();
         let next = r
             .reroute(first.index, ReplicaFailure::Timeout, 0, "", &"test")
-.unwrap()
+            .unwrap()
             .unwrap();
         assert_eq!(
             next.role,
@@ -339,7 +345,7 @@ async fn a_failed_read_on_a_named_replica_keeps_the_context_on_its_own() {
         let named = r.topology().index_of(other).unwrap();
         let next = r
             .reroute(named, ReplicaFailure::Unreachable, 0, "", &"test")
-.unwrap()
+            .unwrap()
             .unwrap();
         assert_eq!(next.index, own.index, "back to the replica it reads from");
         assert_eq!(r.route_sql("SELECT 2").unwrap().index, own.index);

@@ -57,8 +57,14 @@ async fn the_kill_switch_sends_reads_to_the_master_now_and_back() {
         // A replica read that fails meanwhile goes nowhere but the master.
         let replica = r.topology().index_of("default-1").unwrap();
         let next = r
-            .reroute(replica, pindb_core::adapter::ReplicaFailure::Busy, 0, "", &"test")
-.unwrap()
+            .reroute(
+                replica,
+                pindb_core::adapter::ReplicaFailure::Busy,
+                0,
+                "",
+                &"test",
+            )
+            .unwrap()
             .unwrap();
         assert_eq!(
             (next.role, next.reason),

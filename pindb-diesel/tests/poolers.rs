@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use diesel::sql_types::Text;
 use diesel::QueryableByName;
-use pindb_core::{Config, Context, Hint, Router, RouterMode};
+use pindb_core::{Config, Context, Hint, Router};
 use pindb_diesel::bb8::PinDb;
 use pindb_testkit::{connect, wait_until, Cluster};
 
@@ -100,10 +100,12 @@ async fn replica_reads_leave_no_session_state_on_a_shared_server_connection() {
         pindb_core::scope(async {
             use diesel_async::RunQueryDsl as _;
             let mut conn = db.get();
-            let _: Vec<Setting> = diesel::sql_query("SHOW default_transaction_read_only")
+            let seen: Vec<Setting> = diesel::sql_query("SHOW default_transaction_read_only")
                 .load(&mut conn)
                 .await
                 .unwrap();
+            // A streaming standby refuses writes by itself: nothing is set on its sessions.
+            assert_eq!(seen[0].default_transaction_read_only, "off");
         })
         .await;
     }
@@ -133,7 +135,15 @@ async fn a_replica_url_that_reaches_several_servers_is_refused_at_start_up() {
     // Both standbys behind one round-robin endpoint, configured as one replica: the monitor
     // would measure whichever its connection reached while reads land on both.
     let c = Cluster::from_env();
-    let hostport = |url: &str| url.split('@').nth(1).unwrap().split('/').next().unwrap().to_owned();
+    let hostport = |url: &str| {
+        url.split('@')
+            .nth(1)
+            .unwrap()
+            .split('/')
+            .next()
+            .unwrap()
+            .to_owned()
+    };
     let (r1, r2) = (hostport(c.replica_url(1)), hostport(c.replica_url(2)));
     let endpoint = pindb_testkit::Proxy::round_robin(&[&r1, &r2]).await;
     let url = c
@@ -142,7 +152,10 @@ async fn a_replica_url_that_reaches_several_servers_is_refused_at_start_up() {
     let router = Router::new(Config::single_set(c.primary_url.clone(), [url])).unwrap();
     let e = router.start_monitor().await.unwrap_err().to_string();
     assert!(
-        e.contains("default-1") && e.contains("several servers") && e.contains(&r1) && e.contains(&r2),
+        e.contains("default-1")
+            && e.contains("several servers")
+            && e.contains(&r1)
+            && e.contains(&r2),
         "{e}"
     );
 }

@@ -48,13 +48,20 @@ async fn seaorm_behind_pgbouncer_reads_from_replicas() {
             }
         }
         let mode = if session { "session" } else { "transaction" };
-        assert!(replica >= 36, "{mode} mode: {replica} of 40 reads on replicas");
+        assert!(
+            replica >= 36,
+            "{mode} mode: {replica} of 40 reads on replicas"
+        );
         let router = db.router().clone();
-        wait_until("the monitor still sees both replicas", Duration::from_secs(5), || {
-            ["default-1", "default-2"].iter().all(|a| {
-                router.topology().replica_status(a).unwrap().unwrap().up
-            })
-        })
+        wait_until(
+            "the monitor still sees both replicas",
+            Duration::from_secs(5),
+            || {
+                ["default-1", "default-2"]
+                    .iter()
+                    .all(|a| router.topology().replica_status(a).unwrap().unwrap().up)
+            },
+        )
         .await;
     }
 }
