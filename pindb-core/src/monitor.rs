@@ -323,18 +323,16 @@ async fn read_only_net(
              write sent to this logical or emulated replica would be applied. Connect it \
              directly, or through a pooler that passes `options`"
         )),
-        Err(e) if e.contains("unsupported startup parameter") => {
-            problems.push(PinDbError::config(
-                alias.clone(),
-                format!(
-                    "{e}: the pooler in front refuses the startup parameter `options`, which \
+        Err(e) if e.contains("unsupported startup parameter") => problems.push(PinDbError::config(
+            alias.clone(),
+            format!(
+                "{e}: the pooler in front refuses the startup parameter `options`, which \
                      opens this logical or emulated replica read-only (it would accept \
                      writes), so no connection to it can open. Connect it directly (or, for \
                      `emulate_replicas`, the master), or through a pooler that passes \
                      `options`"
-                ),
-            ))
-        }
+            ),
+        )),
         // Not reachable now: the monitor's checks say so.
         Err(_) => {}
     }

@@ -10,8 +10,8 @@
 //! was applied. And because the sender keeps confirming its position while nothing is
 //! published, an idle master (or writes to tables outside the publication) is not lag.
 
-use tokio_postgres::types::Type;
 use std::collections::HashSet;
+use tokio_postgres::types::Type;
 
 use crate::coverage::Carried;
 use crate::lsn::Lsn;

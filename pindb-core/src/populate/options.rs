@@ -110,6 +110,9 @@ mod tests {
         assert!(!for_tokio_postgres("statement-cache-capacity"));
         let e = check("default-1", "statement_cache_capacity").unwrap_err();
         let text = e.to_string();
-        assert!(text.contains("default-1") && text.contains("`statement_cache_capacity`"), "{text}");
+        assert!(
+            text.contains("default-1") && text.contains("`statement_cache_capacity`"),
+            "{text}"
+        );
     }
 }

@@ -126,8 +126,10 @@ fn scope_read_fails(r: &Router) {
                 i,
                 crate::adapter::ReplicaFailure::Unreachable,
                 1,
-                "SELECT 1", &"test")
-.unwrap()
+                "SELECT 1",
+                &"test",
+            )
+            .unwrap()
             .unwrap();
         assert_eq!(next.role, Role::Master);
     }
@@ -205,8 +207,14 @@ async fn a_first_read_that_failed_and_ended_on_the_master() {
     scope(async {
         let other = r.topology().index_of("default-2").unwrap();
         let next = r
-            .reroute(other, crate::adapter::ReplicaFailure::Busy, 1, "SELECT 1", &"test")
-.unwrap()
+            .reroute(
+                other,
+                crate::adapter::ReplicaFailure::Busy,
+                1,
+                "SELECT 1",
+                &"test",
+            )
+            .unwrap()
             .unwrap();
         assert_eq!(next.role, Role::Master);
         assert_eq!(read(&r), (Role::Master, Reason::Monotonic));
