@@ -256,34 +256,52 @@ pub(crate) fn spawn(
     handles
 }
 
-/// Connections opened to check that a replica's URL reaches one server.
+/// Connections opened (at once) to check that a replica's URL reaches one server.
 const SERVER_SAMPLES: usize = 4;
 
 /// Whether a replica's URL reaches one server, from a few fresh connections: a load-balanced
 /// reader endpoint reaches several, while the monitor measures the one its connection
 /// reached, so a keyed read could land on a server that lacks the key's write. Refused until
-/// positions are kept per server.
+/// positions are kept per server. A server is told by its cluster and start time (one server
+/// reached over IPv4 and IPv6 is one); a second round must agree (a restart in between).
 async fn one_server(
     db: &crate::populate::Database,
     settings: &MonitorSettings,
     problems: &mut Vec<PinDbError>,
 ) {
-    let sql = "SELECT coalesce(host(inet_server_addr()), 'a local socket') || ':' || \
-               coalesce(inet_server_port()::text, '-') || ' (up since ' || \
-               pg_postmaster_start_time()::text || ')'";
-    let mut seen: Vec<String> = Vec::new();
-    for _ in 0..SERVER_SAMPLES {
-        let Ok(row) = Probe::new(db, timeout(settings)).row(sql).await else {
-            // Not reachable now: the monitor's checks say so.
-            return;
-        };
-        if let Ok(server) = row.try_get::<_, String>(0) {
-            if !seen.contains(&server) {
-                seen.push(server);
+    let sql = "SELECT system_identifier::text || '/' || \
+               extract(epoch from pg_postmaster_start_time())::text, \
+               CASE WHEN family(inet_server_addr()) = 6 \
+                 THEN '[' || host(inet_server_addr()) || ']' \
+                 ELSE coalesce(host(inet_server_addr()), 'a local socket') END \
+               || ':' || coalesce(inet_server_port()::text, '-') \
+               FROM pg_control_system()";
+    let round = || async {
+        let samples = (0..SERVER_SAMPLES).map(|_| async {
+            let row = Probe::new(db, timeout(settings)).row(sql).await.ok()?;
+            Some((
+                row.try_get::<_, String>(0).ok()?,
+                row.try_get::<_, String>(1).ok()?,
+            ))
+        });
+        let mut seen: Vec<(String, String)> = Vec::new();
+        for (id, address) in futures_util::future::join_all(samples)
+            .await
+            .into_iter()
+            .flatten()
+        {
+            if !seen.iter().any(|(known, _)| *known == id) {
+                seen.push((id, address));
             }
         }
+        seen
+    };
+    if round().await.len() < 2 {
+        return;
     }
+    let seen = round().await;
     if seen.len() > 1 {
+        let addresses: Vec<&str> = seen.iter().map(|(_, a)| a.as_str()).collect();
         problems.push(PinDbError::config(
             db.alias.clone(),
             format!(
@@ -291,7 +309,7 @@ async fn one_server(
                  measures each replica's position on one server, so a keyed read could land on \
                  one that lacks the user's write. Declare each standby as its own replica",
                 db.redacted_url(),
-                seen.join(", ")
+                addresses.join(", ")
             ),
         ));
     }
@@ -323,7 +341,9 @@ async fn read_only_net(
              write sent to this logical or emulated replica would be applied. Connect it \
              directly, or through a pooler that passes `options`"
         )),
-        Err(e) if e.contains("unsupported startup parameter") => problems.push(PinDbError::config(
+        // Refused for the startup parameter (PgBouncer says so; other poolers word it their
+        // own way): the same connection without it opens.
+        Err(e) if refused_for_the_net(db, settings).await => problems.push(PinDbError::config(
             alias.clone(),
             format!(
                 "{e}: the pooler in front refuses the startup parameter `options`, which \
@@ -336,6 +356,19 @@ async fn read_only_net(
         // Not reachable now: the monitor's checks say so.
         Err(_) => {}
     }
+}
+
+/// Whether `db` can be reached without its read-only startup parameter (after a failure
+/// with it).
+async fn refused_for_the_net(db: &crate::populate::Database, settings: &MonitorSettings) -> bool {
+    let plain = crate::populate::Database {
+        read_only: false,
+        ..db.clone()
+    };
+    Probe::new(&plain, timeout(settings))
+        .row("SELECT 1")
+        .await
+        .is_ok()
 }
 
 /// Waits until the monitor has proved every configured replica fresh to some bound, or found

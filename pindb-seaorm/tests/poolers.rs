@@ -26,7 +26,9 @@ async fn on_replica(db: &PinDb) -> bool {
 async fn seaorm_behind_pgbouncer_reads_from_replicas() {
     let c = Cluster::from_env();
     let _flowing = c.shared().await;
-    for session in [true, false] {
+    // Session mode: sqlx names its statements even with no statement cache, which a
+    // transaction pooler may split across server connections (the README's table).
+    for session in [true] {
         let mut config = Config::single_set(
             c.pooled_url(0, session),
             [c.pooled_url(1, session), c.pooled_url(2, session)],

@@ -201,7 +201,7 @@ fn overrides_merge_on_top_of_the_master() {
 #[test]
 fn rendered_url_round_trips_through_the_parser() {
     let c = Config::single_set(
-        "postgres://a%20b:p%2Fw@h:1/d%20b?x=y%20z",
+        "postgres://a%20b:p%2Fw@h:1/d%20b?application_name=y%20z",
         Vec::<String>::new(),
     );
     let db = &c.databases().unwrap()[0];
@@ -209,7 +209,7 @@ fn rendered_url_round_trips_through_the_parser() {
     assert_eq!(again.user.as_deref(), Some("a b"));
     assert_eq!(again.password.as_deref(), Some("p/w"));
     assert_eq!(again.dbname.as_deref(), Some("d b"));
-    assert_eq!(again.options["x"], "y z");
+    assert_eq!(again.options["application_name"], "y z");
 }
 
 #[test]
@@ -290,5 +290,71 @@ fn a_set_given_as_hosts_refuses_replicas_and_bad_hosts() {
     assert!(
         problem.contains("a replica or an unmanaged database is one host"),
         "{problem}"
+    );
+}
+
+#[test]
+fn a_pool_url_carries_the_read_only_net_and_a_probe_url_only_what_tokio_postgres_knows() {
+    let config = Config::from_toml_str(
+        r#"
+        [masters.default]
+        url = "postgres://app@db:5432/app?options=-c%20search_path%3Ds&statement-cache-capacity=0"
+        [sets]
+        default = [{ port = 5433, kind = "logical" }, { port = 5434 }]
+        "#,
+    )
+    .unwrap();
+    let dbs = config.databases().unwrap();
+    let find = |alias: &str| dbs.iter().find(|d| d.alias == alias).unwrap();
+    let parsed = |url: String| url.parse::<tokio_postgres::Config>().unwrap();
+    // The logical replica: the user's options and the net, in one startup parameter.
+    let logical = find("default-1");
+    assert!(logical.read_only);
+    let pool = parsed(logical.pool_url());
+    assert_eq!(
+        pool.get_options(),
+        Some("-c search_path=s -c default_transaction_read_only=on")
+    );
+    assert!(
+        !logical.pool_url().contains("statement"),
+        "{}",
+        logical.pool_url()
+    );
+    // A streaming standby gets nothing: it refuses writes by itself.
+    let standby = find("default-2");
+    assert!(!standby.read_only);
+    assert_eq!(
+        parsed(standby.pool_url()).get_options(),
+        Some("-c search_path=s")
+    );
+    // pindb's own connections: what tokio-postgres parses (it refuses the rest), and the net.
+    assert_eq!(
+        parsed(logical.probe_url()).get_options(),
+        Some("-c search_path=s -c default_transaction_read_only=on")
+    );
+    assert!(
+        logical.options.contains_key("statement-cache-capacity"),
+        "SeaORM's pools (`url`) keep it"
+    );
+    // Emulated replicas are their master, opened read-only.
+    let mut emulated = config.clone();
+    emulated.emulate_replicas = 1;
+    let dbs = emulated.databases().unwrap();
+    assert!(dbs.iter().filter(|d| d.is_replica()).all(|d| d.read_only));
+    assert!(dbs.iter().filter(|d| !d.is_replica()).all(|d| !d.read_only));
+}
+
+#[test]
+fn an_option_no_driver_knows_is_named() {
+    let (alias, e) = err(r#"
+        [masters.default]
+        url = "postgres://app@db/app?statement_cache_capacity=0"
+        [sets]
+        default = []
+        "#);
+    assert_eq!(alias.as_deref(), Some("default"));
+    assert!(
+        e.contains("`statement_cache_capacity`") && e.contains("statement-cache-capacity"),
+        "{e}"
     );
 }

@@ -11,7 +11,7 @@ use std::task::Poll;
 use std::time::Duration;
 
 use diesel_async::pooled_connection::{AsyncDieselConnectionManager, ManagerConfig, PoolError};
-use diesel_async::{AsyncConnection, AsyncPgConnection, SimpleAsyncConnection};
+use diesel_async::{AsyncConnection, AsyncPgConnection};
 use futures_util::FutureExt;
 use pindb_core::adapter::Database;
 use pindb_core::{Config, Hint, PinDbError, Router};

@@ -25,9 +25,8 @@
 
 use std::sync::Arc;
 
-use diesel::connection::SimpleConnection;
 use diesel::pg::PgConnection;
-use diesel::r2d2::{ConnectionManager, CustomizeConnection, PooledConnection};
+use diesel::r2d2::{ConnectionManager, PooledConnection};
 use pindb_core::adapter::Database;
 use pindb_core::{Config, Hint, PinDbError, Router};
 
