@@ -119,9 +119,8 @@ impl Probe {
             return Ok(Arc::clone(c));
         }
         let mut config: tokio_postgres::Config = self.url.parse().map_err(|e| describe(&e))?;
-        if config.get_application_name().is_none() {
-            config.application_name("pindb-monitor");
-        }
+        // Told apart from the application's own connections (`pg_stat_activity`).
+        config.application_name("pindb-monitor");
         // No `SET statement_timeout`: session state a pooler would hand on. Every call is
         // bounded here instead, and a connection that timed out is dropped.
         let (client, connection) = config.connect(NoTls).await.map_err(|e| describe(&e))?;
