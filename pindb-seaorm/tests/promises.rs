@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use pindb_core::{Config, Lsn, RouterMode};
 use pindb_seaorm::PinDb;
-use pindb_testkit::{monotonic_hunt, staleness_hunt, ticker, wait_until, Fixture};
+use pindb_testkit::{monitor_started, monotonic_hunt, staleness_hunt, ticker_world};
 use sea_orm::{ConnectionTrait, DbBackend, Statement};
 
 /// The ticker, whether a standby served it, and its replay position.
@@ -29,44 +29,19 @@ async fn seen(db: &PinDb) -> (i64, bool, Option<Lsn>) {
     )
 }
 
-async fn world() -> Fixture {
-    Fixture::new(
-        "CREATE TABLE {schema}.ticker (n bigint NOT NULL); INSERT INTO {schema}.ticker VALUES (0);",
-    )
-    .await
-}
-
 async fn started(config: Config) -> PinDb {
     let db = PinDb::connect(config).await.unwrap();
-    db.router().start_monitor().await.unwrap();
-    for alias in ["default-1", "default-2"] {
-        let router = db.router().clone();
-        wait_until(
-            &format!("the monitor has seen {alias}"),
-            Duration::from_secs(10),
-            || {
-                let status = router.topology().replica_status(alias).unwrap().unwrap();
-                status.replay_lsn.0 > 0
-            },
-        )
-        .await;
-    }
+    monitor_started(db.router()).await;
     db
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_context_sees_the_ticker_go_down_while_switches_flip() {
-    let w = world().await;
+    let (w, ticker) = ticker_world(Duration::from_millis(3)).await;
     let mut config = w.config(RouterMode::Greedy, &[1, 2]);
     config.monitor.interval_ms = 50;
     config.monitor.max_lag_ms = 150;
     let db = started(config).await;
-    let ticker = ticker(
-        &w.cluster,
-        &format!("{}.ticker", w.schema.name),
-        Duration::from_millis(3),
-    )
-    .await;
     let reader = db.clone();
     let context = move || {
         let db = reader.clone();
@@ -96,13 +71,7 @@ async fn no_context_sees_the_ticker_go_down_while_switches_flip() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_replica_serves_a_read_staler_than_max_lag_ms() {
-    let w = world().await;
-    let ticker = ticker(
-        &w.cluster,
-        &format!("{}.ticker", w.schema.name),
-        Duration::from_millis(2),
-    )
-    .await;
+    let (w, ticker) = ticker_world(Duration::from_millis(2)).await;
     for interval_ms in [250, 50] {
         let mut config = w.config(RouterMode::Greedy, &[1, 2]);
         config.monitor.interval_ms = interval_ms;

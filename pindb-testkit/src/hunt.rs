@@ -366,3 +366,35 @@ impl Cycle {
         }
     }
 }
+
+/// A fresh schema whose one-row `ticker` table (`n bigint`, 0) the hunts read, replicas
+/// caught up, and the ticker running on the primary every `every`.
+pub async fn ticker_world(every: Duration) -> (crate::Fixture, Background) {
+    let w = crate::Fixture::new(
+        "CREATE TABLE {schema}.ticker (n bigint NOT NULL); INSERT INTO {schema}.ticker VALUES (0);",
+    )
+    .await;
+    let ticker = ticker(&w.cluster, &format!("{}.ticker", w.schema.name), every).await;
+    (w, ticker)
+}
+
+/// Starts `router`'s monitor and waits until it has seen the dev cluster's two replicas
+/// (`default-1`, `default-2`).
+pub async fn monitor_started(router: &pindb_core::Router) {
+    router.start_monitor().await.expect("the monitor starts");
+    for alias in ["default-1", "default-2"] {
+        crate::wait_until(
+            &format!("the monitor has seen {alias}"),
+            Duration::from_secs(10),
+            || {
+                router
+                    .topology()
+                    .replica_status(alias)
+                    .ok()
+                    .flatten()
+                    .is_some_and(|s| s.replay_lsn.0 > 0)
+            },
+        )
+        .await;
+    }
+}

@@ -54,7 +54,10 @@ pub use cluster::{
 pub use dns::DnsServer;
 pub use failover::{FailoverCluster, FAILOVER_PORT_BASE_VAR};
 pub use fixture::{bench_set, bench_users, BenchSet, Fixture};
-pub use hunt::{monotonic_hunt, staleness_hunt, ticker, Background, HuntReport, MasterSamples};
+pub use hunt::{
+    monitor_started, monotonic_hunt, staleness_hunt, ticker, ticker_world, Background, HuntReport,
+    MasterSamples,
+};
 pub use isolation::contexts_that_saw_foreign_pins;
 pub use logical::{as_superuser, SubscriptionControl, PUBLICATION, SUBSCRIPTION};
 pub use pindb_core::Lsn;

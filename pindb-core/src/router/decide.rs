@@ -467,24 +467,16 @@ mod tests {
         config.monitor.lag_ceiling_ms = ceiling_ms;
         config.stickiness.ttl_seconds = 120;
         let router = Router::new(config).unwrap();
-        let health = &router.inner.topology.set(0).health;
-        health[0].set_position(
-            Lsn(100),
-            1_000,
-            crate::replica::Proof::ago(20_000),
-            true,
-            true,
-            0,
-        );
-        health[1].set_position(
-            Lsn(50),
-            2_000,
-            crate::replica::Proof::ago(40_000),
-            true,
-            true,
-            0,
-        );
+        lag_20_and_40_s(&router);
         router
+    }
+
+    /// Replica 1 20 s behind, replica 2 40 s, both over the byte limit.
+    fn lag_20_and_40_s(router: &Router) {
+        let health = &router.inner.topology.set(0).health;
+        let proof = crate::replica::Proof::ago;
+        health[0].set_position(Lsn(100), 1_000, proof(20_000), true, true, 0);
+        health[1].set_position(Lsn(50), 2_000, proof(40_000), true, true, 0);
     }
 
     fn read(r: &Router, hint: &Hint<'_>) -> (Role, Reason, String) {
@@ -563,23 +555,7 @@ mod tests {
             let mut config = r.config().clone();
             config.monitor.lag_ceiling_ms = 0;
             let capped = Router::new(config).unwrap();
-            let health = &capped.inner.topology.set(0).health;
-            health[0].set_position(
-                Lsn(100),
-                1_000,
-                crate::replica::Proof::ago(20_000),
-                true,
-                true,
-                0,
-            );
-            health[1].set_position(
-                Lsn(50),
-                2_000,
-                crate::replica::Proof::ago(40_000),
-                true,
-                true,
-                0,
-            );
+            lag_20_and_40_s(&capped);
             capped
         };
         scope(async {
