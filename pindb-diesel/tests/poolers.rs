@@ -148,3 +148,79 @@ async fn a_replica_url_that_reaches_several_servers_is_refused_at_start_up() {
         "{e}"
     );
 }
+
+#[derive(diesel::QueryableByName)]
+struct Last {
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    body: String,
+    #[diesel(sql_type = diesel::sql_types::Bool)]
+    standby: bool,
+}
+
+#[tokio::test]
+async fn no_keyed_read_is_stale_through_pgbouncer_session_mode() {
+    use diesel_async::RunQueryDsl as _;
+    // PgBouncer refuses the `search_path` startup option the other tests use: tables are named
+    // with their schema here.
+    let mut w = pindb_testkit::Fixture::new(
+        "CREATE TABLE {schema}.notes (id serial PRIMARY KEY, body text NOT NULL);",
+    )
+    .await;
+    let mut config = pooled_config(&w.cluster, true);
+    config.monitor.interval_ms = 20;
+    config.stickiness.max_wait_ms = 20;
+    let db = PinDb::from_router(Router::new(config).unwrap()).unwrap();
+    pindb_testkit::monitor_started(db.router()).await;
+    let table = format!("{}.notes", w.schema.name);
+    let consistency = db.router().consistency().clone();
+    let (mut stale, mut from_replica) = (0, 0);
+    let mut paused = [false, false];
+    for i in 0..300 {
+        if i % 30 == 0 {
+            let n = (i / 30) % 2 + 1;
+            if paused[n - 1] {
+                w.control.resume(n).await;
+            } else {
+                w.control.pause(n).await;
+            }
+            paused[n - 1] = !paused[n - 1];
+        }
+        let body = format!("w{i}");
+        consistency
+            .scope_with_key(Some("alice"), async {
+                diesel::sql_query(format!("INSERT INTO {table} (body) VALUES ($1)"))
+                    .bind::<diesel::sql_types::Text, _>(&body)
+                    .execute(&mut db.get())
+                    .await
+                    .unwrap();
+            })
+            .await;
+        let last: Last = consistency
+            .scope_with_key(Some("alice"), async {
+                diesel::sql_query(format!(
+                    "SELECT body, pg_is_in_recovery() AS standby FROM {table} ORDER BY id DESC LIMIT 1"
+                ))
+                .get_result(&mut db.get())
+                .await
+                .unwrap()
+            })
+            .await;
+        stale += usize::from(last.body != body);
+        from_replica += usize::from(last.standby);
+    }
+    for n in [1, 2] {
+        if paused[n - 1] {
+            w.control.resume(n).await;
+        }
+    }
+    assert_eq!(
+        stale, 0,
+        "alice read her own write stale {stale} times of 300"
+    );
+    assert!(
+        from_replica > 30,
+        "the replicas served alice too: {from_replica} of 300"
+    );
+    drop(db);
+    w.finish().await;
+}

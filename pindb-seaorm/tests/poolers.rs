@@ -67,3 +67,82 @@ async fn seaorm_behind_pgbouncer_reads_from_replicas() {
         .await;
     }
 }
+
+#[tokio::test]
+async fn no_keyed_read_is_stale_through_pgbouncer_session_mode() {
+    // PgBouncer refuses the `search_path` startup option the other tests use: tables are named
+    // with their schema here.
+    let mut w = pindb_testkit::Fixture::new(
+        "CREATE TABLE {schema}.notes (id serial PRIMARY KEY, body text NOT NULL);",
+    )
+    .await;
+    let c = w.cluster.clone();
+    let mut config = Config::single_set(
+        c.pooled_url(0, true),
+        [c.pooled_url(1, true), c.pooled_url(2, true)],
+    );
+    config.monitor.interval_ms = 20;
+    config.stickiness.max_wait_ms = 20;
+    let db = PinDb::connect(config).await.unwrap();
+    pindb_testkit::monitor_started(db.router()).await;
+    let table = format!("{}.notes", w.schema.name);
+    let consistency = db.router().consistency().clone();
+    let (mut stale, mut from_replica) = (0, 0);
+    let mut paused = [false, false];
+    for i in 0..300 {
+        if i % 30 == 0 {
+            let n = (i / 30) % 2 + 1;
+            if paused[n - 1] {
+                w.control.resume(n).await;
+            } else {
+                w.control.pause(n).await;
+            }
+            paused[n - 1] = !paused[n - 1];
+        }
+        let body = format!("w{i}");
+        consistency
+            .scope_with_key(Some("alice"), async {
+                db.execute_raw(Statement::from_sql_and_values(
+                    DbBackend::Postgres,
+                    format!("INSERT INTO {table} (body) VALUES ($1)"),
+                    [body.clone().into()],
+                ))
+                .await
+                .unwrap();
+            })
+            .await;
+        let row = consistency
+            .scope_with_key(Some("alice"), async {
+                db.query_one_raw(Statement::from_string(
+                    DbBackend::Postgres,
+                    format!(
+                        "SELECT body, pg_is_in_recovery() AS standby FROM {table} \
+                         ORDER BY id DESC LIMIT 1"
+                    ),
+                ))
+                .await
+                .unwrap()
+                .unwrap()
+            })
+            .await;
+        let last: String = row.try_get("", "body").unwrap();
+        let standby: bool = row.try_get("", "standby").unwrap();
+        stale += usize::from(last != body);
+        from_replica += usize::from(standby);
+    }
+    for n in [1, 2] {
+        if paused[n - 1] {
+            w.control.resume(n).await;
+        }
+    }
+    assert_eq!(
+        stale, 0,
+        "alice read her own write stale {stale} times of 300"
+    );
+    assert!(
+        from_replica > 30,
+        "the replicas served alice too: {from_replica} of 300"
+    );
+    drop(db);
+    w.finish().await;
+}
