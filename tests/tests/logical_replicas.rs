@@ -473,3 +473,60 @@ async fn a_write_that_reaches_the_subscriber_fails_diesel_sync() {
 async fn a_write_that_reaches_the_subscriber_fails_seaorm() {
     a_write_that_reaches_the_subscriber_fails_instead_of_landing::<SeaOrm>().await;
 }
+
+/// Every event's message and fields, as text, for the monitor-log test.
+#[derive(Clone, Default)]
+struct Captured(std::sync::Arc<std::sync::Mutex<Vec<String>>>);
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Captured {
+    fn on_event(&self, event: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
+        struct Text(String);
+        impl tracing::field::Visit for Text {
+            fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+                self.0.push_str(&format!(" {}={value:?}", field.name()));
+            }
+        }
+        let mut text = Text(String::new());
+        event.record(&mut text);
+        self.0.lock().unwrap().push(text.0);
+    }
+}
+
+#[tokio::test]
+async fn the_monitor_says_not_applying_for_a_disabled_subscription() {
+    use tracing_subscriber::layer::SubscriberExt as _;
+    let c = Cluster::from_env();
+    let mut control = c.subscription_exclusive().await;
+    let captured = Captured::default();
+    // This test's thread (the current-thread runtime runs the monitor's tasks here too).
+    let _log =
+        tracing::subscriber::set_default(tracing_subscriber::registry().with(captured.clone()));
+    let router = Router::new(config(&c, false)).unwrap();
+    router.start_monitor().await.unwrap();
+    control.disable().await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !router
+        .topology()
+        .replica_status("default-1")
+        .unwrap()
+        .unwrap()
+        .over_lag
+    {
+        assert!(Instant::now() < deadline, "the monitor never took it out");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    control.enable().await;
+    let lines = captured.0.lock().unwrap().clone();
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("not applying") && l.contains("default-1")),
+        "{lines:#?}"
+    );
+    assert!(
+        !lines
+            .iter()
+            .any(|l| l.contains("lag state changed") && l.contains("over_lag=true")),
+        "a frozen subscription is not reported as lag: {lines:#?}"
+    );
+}
