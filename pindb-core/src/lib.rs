@@ -54,6 +54,7 @@ mod discovery;
 #[cfg(feature = "dns")]
 mod dns;
 mod error;
+mod freshness;
 mod guard;
 mod jobs;
 mod lsn;

@@ -9,6 +9,7 @@
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering};
 
 use crate::config::ReplicaPolicy;
+use crate::freshness::{self, Proof};
 use crate::lsn::Lsn;
 
 /// Live state of one replica. Written by the monitor, read lock-free by every decision.
@@ -22,14 +23,12 @@ pub(crate) struct Health {
     replay_lsn: AtomicU64,
     lag_bytes: AtomicU64,
     /// The proof of freshness: every transaction the master committed before this instant
-    /// ([`clock`] microseconds) has been replayed. Staleness *now* is at most now minus this,
+    /// ([`freshness`] microseconds) has been replayed. Staleness *now* is at most now minus this,
     /// so it grows between checks. [`NOT_MEASURED`]: no monitor, counts as fresh;
     /// [`NO_PROOF`]: infinitely stale.
     fresh_at: AtomicI64,
     /// `monitor.max_lag_ms`, decided at each read against the staleness then.
     max_lag_ms: AtomicU64,
-    /// The monitor gave a verdict (a proved position, or down) since [`Health::unproved`].
-    checked: AtomicBool,
     /// Bumped each time a read failed on this replica (it is then down at once): the monitor
     /// restarts its count of good checks, so the replica comes back only after
     /// `successes_before_up` of them.
@@ -45,63 +44,11 @@ pub(crate) struct Health {
 /// How long a suspicion keeps a replica out when no monitor check says otherwise.
 const SUSPICION: std::time::Duration = std::time::Duration::from_secs(5);
 
-/// What proves how fresh a replica's replayed position is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Proof {
-    /// It is the master itself, opened read-only (`emulate_replicas`).
-    Always,
-    /// Every transaction the master committed before this instant has been replayed: the
-    /// time a master sample at or below the position was asked for.
-    At(std::time::Instant),
-    /// Nothing: no master sample at or below its position, or no position at all.
-    None,
-}
-
-#[cfg(test)]
-impl Proof {
-    /// Fresh as of `ms` ago: `ms` of lag now, growing from there.
-    pub(crate) fn ago(ms: u64) -> Proof {
-        let now = std::time::Instant::now();
-        Proof::At(
-            now.checked_sub(std::time::Duration::from_millis(ms))
-                .unwrap_or(now),
-        )
-    }
-}
-
 /// [`Health::fresh_at`] of a replica no monitor measures.
 const NOT_MEASURED: i64 = i64::MAX;
 
 /// [`Health::fresh_at`] of a replica nothing proves fresh: infinitely stale.
 const NO_PROOF: i64 = i64::MIN;
-
-/// A monotonic clock in microseconds, for freshness proofs (the wall clock can jump back).
-pub(crate) mod clock {
-    use std::sync::OnceLock;
-    use std::time::Instant;
-
-    /// The first use: instants before it encode as negative numbers.
-    fn base() -> Instant {
-        static BASE: OnceLock<Instant> = OnceLock::new();
-        *BASE.get_or_init(Instant::now)
-    }
-
-    /// `at` in microseconds since [`base`] (negative before it), clamped clear of the
-    /// sentinels.
-    pub(crate) fn micros(at: Instant) -> i64 {
-        let base = base();
-        let us = |d: std::time::Duration| i64::try_from(d.as_micros()).unwrap_or(i64::MAX - 1);
-        match at.checked_duration_since(base) {
-            Some(after) => us(after).min(i64::MAX - 1),
-            None => (-us(base.duration_since(at))).max(i64::MIN + 1),
-        }
-    }
-
-    /// Now, in microseconds.
-    pub(crate) fn now() -> i64 {
-        micros(Instant::now())
-    }
-}
 
 fn now_ms() -> u64 {
     std::time::SystemTime::now()
@@ -119,7 +66,6 @@ impl Default for Health {
             lag_bytes: AtomicU64::new(0),
             fresh_at: AtomicI64::new(NOT_MEASURED),
             max_lag_ms: AtomicU64::new(u64::MAX),
-            checked: AtomicBool::new(false),
             suspicions: AtomicU64::new(0),
             suspected_at_ms: AtomicU64::new(0),
             drained: AtomicBool::new(false),
@@ -150,7 +96,7 @@ pub struct ReplicaStatus {
 
 impl Health {
     pub(crate) fn status(&self) -> ReplicaStatus {
-        let lag_ms = self.staleness_ms(clock::now());
+        let lag_ms = self.staleness_ms(freshness::now());
         ReplicaStatus {
             up: self.is_up(),
             over_lag: self.over_lag.load(Ordering::Relaxed)
@@ -162,7 +108,7 @@ impl Health {
         }
     }
 
-    /// At most how stale the replica is at `now` ([`clock`] microseconds), in whole
+    /// At most how stale the replica is at `now` ([`freshness::now`] microseconds), in whole
     /// milliseconds rounded up: what every bound is checked against.
     pub(crate) fn staleness_ms(&self, now: i64) -> u64 {
         match self.fresh_at.load(Ordering::Acquire) {
@@ -176,13 +122,13 @@ impl Health {
 
     /// Nothing proves it fresh until the monitor's first check (a monitor runs).
     pub(crate) fn unproved(&self) {
-        self.checked.store(false, Ordering::Relaxed);
         self.fresh_at.store(NO_PROOF, Ordering::Release);
     }
 
-    /// The monitor gave a verdict since [`Health::unproved`].
+    /// The monitor gave a verdict since [`Health::unproved`]: a bound on its staleness, or
+    /// down (derived: no separate flag to keep in step).
     pub(crate) fn checked(&self) -> bool {
-        self.checked.load(Ordering::Acquire)
+        self.fresh_at.load(Ordering::Acquire) != NO_PROOF || !self.up.load(Ordering::Acquire)
     }
 
     /// The limit `monitor.max_lag_ms` puts on [`Health::staleness_ms`] (set by the monitor).
@@ -193,7 +139,6 @@ impl Health {
     pub(crate) fn set_down(&self) {
         self.suspected_at_ms.store(0, Ordering::Relaxed);
         self.up.store(false, Ordering::Relaxed);
-        self.checked.store(true, Ordering::Release);
     }
 
     /// A good check: the position and byte lag it saw, what proves that position fresh,
@@ -220,13 +165,10 @@ impl Health {
         self.lag_bytes.store(lag_bytes, Ordering::Relaxed);
         let fresh_at = match fresh {
             Proof::Always => NOT_MEASURED,
-            Proof::At(at) => clock::micros(at),
+            Proof::At(at) => freshness::micros(at),
             Proof::None => NO_PROOF,
         };
         self.fresh_at.store(fresh_at, Ordering::Release);
-        // A first check may find it just behind the first master sample: not yet a verdict.
-        self.checked
-            .store(fresh_at != NO_PROOF || !up, Ordering::Release);
         self.over_lag.store(over_lag, Ordering::Relaxed);
         self.up.store(up, Ordering::Release);
         // A read failed on it (or its slot got another host) since the test above: the
@@ -265,9 +207,6 @@ impl Health {
         // Nothing proves the new host fresh until the monitor checks it.
         let fresh_at = if up { NOT_MEASURED } else { NO_PROOF };
         self.fresh_at.store(fresh_at, Ordering::Release);
-        // A first check may find it just behind the first master sample: not yet a verdict.
-        self.checked
-            .store(fresh_at != NO_PROOF || !up, Ordering::Release);
         self.over_lag.store(false, Ordering::Relaxed);
         // A drain named the host that left.
         self.drained.store(false, Ordering::Relaxed);
@@ -281,10 +220,10 @@ impl Health {
 
     /// Fit to be read from now, for a context that needs `required`.
     pub(crate) fn fit(&self, required: Option<Lsn>) -> bool {
-        self.fit_at(required, clock::now())
+        self.fit_at(required, freshness::now())
     }
 
-    /// Fit to be read from at `now` ([`clock`] microseconds): up, not drained, within the
+    /// Fit to be read from at `now` ([`freshness::now`] microseconds): up, not drained, within the
     /// byte limit, applying, no staler than `max_lag_ms` at that instant, and past
     /// `required`.
     fn fit_at(&self, required: Option<Lsn>, now: i64) -> bool {
@@ -375,7 +314,7 @@ impl Picker {
         max_lag_ms: u64,
         eligible: Eligible<'_>,
     ) -> Result<usize, NoReplica> {
-        let now = clock::now();
+        let now = freshness::now();
         let lag = |i: usize| health[i].staleness_ms(now);
         let fit = |i: usize| {
             let h = &health[i];
@@ -429,7 +368,7 @@ impl Picker {
         if n == 0 {
             return Err(NoReplica::None);
         }
-        let now = clock::now();
+        let now = freshness::now();
         let fit = |i: usize| Some(i) != avoid && eligible(i) && health[i].fit_at(required, now);
         if let Some(k) = keep.filter(|&k| k < n && fit(k)) {
             return Ok(k);

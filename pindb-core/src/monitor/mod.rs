@@ -24,8 +24,9 @@ use std::time::{Duration, Instant};
 use tokio::task::AbortHandle;
 
 use crate::config::MonitorSettings;
+use crate::freshness::{self, Proof};
 use crate::probe::Probe;
-use crate::replica::{clock, Health, Proof};
+use crate::replica::Health;
 use crate::topology::Topology;
 
 mod source;
@@ -303,7 +304,7 @@ async fn watch_replica(
                     // not count towards `successes_before_up`.
                     successes = 0;
                 }
-                let lag_ms = health[r].staleness_ms(clock::now());
+                let lag_ms = health[r].staleness_ms(freshness::now());
                 let over = over || lag_ms > settings.max_lag_ms;
                 if over != was_over && !applying {
                     tracing::info!(target: "pindb", %alias, "pindb monitor: not applying (its subscription is disabled or its apply worker is not running): no read goes there whatever its lag");

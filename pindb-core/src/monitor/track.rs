@@ -5,9 +5,9 @@ use std::collections::VecDeque;
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
+use crate::freshness::Proof;
 use crate::lsn::Lsn;
 use crate::probe::{lsn_column, Probe};
-use crate::replica::Proof;
 
 /// The master's recent positions, in the order they were recorded: what replica lag is
 /// measured against.

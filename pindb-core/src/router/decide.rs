@@ -474,7 +474,7 @@ mod tests {
     /// Replica 1 20 s behind, replica 2 40 s, both over the byte limit.
     fn lag_20_and_40_s(router: &Router) {
         let health = &router.inner.topology.set(0).health;
-        let proof = crate::replica::Proof::ago;
+        let proof = crate::freshness::Proof::ago;
         health[0].set_position(Lsn(100), 1_000, proof(20_000), true, true, 0);
         health[1].set_position(Lsn(50), 2_000, proof(40_000), true, true, 0);
     }

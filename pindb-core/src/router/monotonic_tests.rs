@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use crate::config::Config;
 use crate::context::scope;
+use crate::freshness::Proof;
 use crate::lsn::Lsn;
-use crate::replica::Proof;
 use crate::router::{Hint, Reason, Role, Router};
 
 fn router() -> Router {
@@ -256,7 +256,7 @@ async fn a_runtime_replica_whose_host_came_up_after_a_master_read() {
 fn staleness_grows_between_checks() {
     let r = router();
     let h = &r.inner.topology.set(0).health[0];
-    let now = crate::replica::clock::now();
+    let now = crate::freshness::now();
     h.set_position(Lsn(100), 0, Proof::ago(0), false, true, h.suspicions());
     assert!(h.staleness_ms(now) <= 1);
     let later = now + 1_500_000;
