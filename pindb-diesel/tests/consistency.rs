@@ -186,17 +186,10 @@ async fn no_stale_read_in_a_thousand_write_then_read_rounds_with_replicas_pausin
     config.stickiness.max_wait_ms = 20;
     let db = started(config).await;
     let mut rng = fastrand::Rng::with_seed(7);
-    let mut paused = [false, false];
     let (mut stale, mut from_replica) = (0, 0);
     for i in 0..1000 {
         if i % 40 == 0 {
-            let n = rng.usize(1..=2);
-            if paused[n - 1] {
-                w.control.resume(n).await;
-            } else {
-                w.control.pause(n).await;
-            }
-            paused[n - 1] = !paused[n - 1];
+            w.control.flip(rng.usize(1..=2)).await;
         }
         let body = format!("w{i}");
         write_as(&db, "alice", &body).await;

@@ -172,55 +172,23 @@ async fn no_keyed_read_is_stale_through_pgbouncer_session_mode() {
     let db = PinDb::from_router(Router::new(config).unwrap()).unwrap();
     pindb_testkit::monitor_started(db.router()).await;
     let table = format!("{}.notes", w.schema.name);
-    let consistency = db.router().consistency().clone();
-    let (mut stale, mut from_replica) = (0, 0);
-    let mut paused = [false, false];
-    for i in 0..300 {
-        if i % 30 == 0 {
-            let n = (i / 30) % 2 + 1;
-            if paused[n - 1] {
-                w.control.resume(n).await;
-            } else {
-                w.control.pause(n).await;
-            }
-            paused[n - 1] = !paused[n - 1];
-        }
-        let body = format!("w{i}");
-        consistency
-            .scope_with_key(Some("alice"), async {
-                diesel::sql_query(format!("INSERT INTO {table} (body) VALUES ($1)"))
-                    .bind::<diesel::sql_types::Text, _>(&body)
-                    .execute(&mut db.get())
-                    .await
-                    .unwrap();
-            })
-            .await;
-        let last: Last = consistency
-            .scope_with_key(Some("alice"), async {
-                diesel::sql_query(format!(
-                    "SELECT body, pg_is_in_recovery() AS standby FROM {table} ORDER BY id DESC LIMIT 1"
-                ))
-                .get_result(&mut db.get())
-                .await
-                .unwrap()
-            })
-            .await;
-        stale += usize::from(last.body != body);
-        from_replica += usize::from(last.standby);
-    }
-    for n in [1, 2] {
-        if paused[n - 1] {
-            w.control.resume(n).await;
-        }
-    }
-    assert_eq!(
-        stale, 0,
-        "alice read her own write stale {stale} times of 300"
-    );
-    assert!(
-        from_replica > 30,
-        "the replicas served alice too: {from_replica} of 300"
-    );
+    let write = async |body: &str| {
+        diesel::sql_query(format!("INSERT INTO {table} (body) VALUES ($1)"))
+            .bind::<diesel::sql_types::Text, _>(body)
+            .execute(&mut db.get())
+            .await
+            .unwrap();
+    };
+    let read = async || {
+        let last: Last = diesel::sql_query(format!(
+            "SELECT body, pg_is_in_recovery() AS standby FROM {table} ORDER BY id DESC LIMIT 1"
+        ))
+        .get_result(&mut db.get())
+        .await
+        .unwrap();
+        (last.body, last.standby)
+    };
+    pindb_testkit::keyed_rounds(db.router(), &mut w.control, 300, write, read).await;
     drop(db);
     w.finish().await;
 }

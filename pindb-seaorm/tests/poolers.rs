@@ -86,63 +86,31 @@ async fn no_keyed_read_is_stale_through_pgbouncer_session_mode() {
     let db = PinDb::connect(config).await.unwrap();
     pindb_testkit::monitor_started(db.router()).await;
     let table = format!("{}.notes", w.schema.name);
-    let consistency = db.router().consistency().clone();
-    let (mut stale, mut from_replica) = (0, 0);
-    let mut paused = [false, false];
-    for i in 0..300 {
-        if i % 30 == 0 {
-            let n = (i / 30) % 2 + 1;
-            if paused[n - 1] {
-                w.control.resume(n).await;
-            } else {
-                w.control.pause(n).await;
-            }
-            paused[n - 1] = !paused[n - 1];
-        }
-        let body = format!("w{i}");
-        consistency
-            .scope_with_key(Some("alice"), async {
-                db.execute_raw(Statement::from_sql_and_values(
-                    DbBackend::Postgres,
-                    format!("INSERT INTO {table} (body) VALUES ($1)"),
-                    [body.clone().into()],
-                ))
-                .await
-                .unwrap();
-            })
-            .await;
-        let row = consistency
-            .scope_with_key(Some("alice"), async {
-                db.query_one_raw(Statement::from_string(
-                    DbBackend::Postgres,
-                    format!(
-                        "SELECT body, pg_is_in_recovery() AS standby FROM {table} \
-                         ORDER BY id DESC LIMIT 1"
-                    ),
-                ))
-                .await
-                .unwrap()
-                .unwrap()
-            })
-            .await;
-        let last: String = row.try_get("", "body").unwrap();
-        let standby: bool = row.try_get("", "standby").unwrap();
-        stale += usize::from(last != body);
-        from_replica += usize::from(standby);
-    }
-    for n in [1, 2] {
-        if paused[n - 1] {
-            w.control.resume(n).await;
-        }
-    }
-    assert_eq!(
-        stale, 0,
-        "alice read her own write stale {stale} times of 300"
-    );
-    assert!(
-        from_replica > 30,
-        "the replicas served alice too: {from_replica} of 300"
-    );
+    let write = async |body: &str| {
+        db.execute_raw(Statement::from_sql_and_values(
+            DbBackend::Postgres,
+            format!("INSERT INTO {table} (body) VALUES ($1)"),
+            [body.into()],
+        ))
+        .await
+        .unwrap();
+    };
+    let read = async || {
+        let row = db
+            .query_one_raw(Statement::from_string(
+                DbBackend::Postgres,
+                format!(
+                    "SELECT body, pg_is_in_recovery() AS standby FROM {table} \
+                     ORDER BY id DESC LIMIT 1"
+                ),
+            ))
+            .await
+            .unwrap()
+            .unwrap();
+        let body: String = row.try_get("", "body").unwrap();
+        (body, row.try_get::<bool>("", "standby").unwrap())
+    };
+    pindb_testkit::keyed_rounds(db.router(), &mut w.control, 300, write, read).await;
     drop(db);
     w.finish().await;
 }

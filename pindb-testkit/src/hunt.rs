@@ -398,3 +398,38 @@ pub async fn monitor_started(router: &pindb_core::Router) {
         .await;
     }
 }
+
+/// `rounds` keyed write-then-read rounds of one user (`alice`), each in its own context of
+/// `router`'s consistency: `write(body)` writes a row, `read()` returns the newest row's body
+/// and whether a standby served it; every 30 rounds one replica's replay is paused or resumed
+/// in turn. Asserts no read missed its write and the replicas served some of them.
+pub async fn keyed_rounds(
+    router: &pindb_core::Router,
+    control: &mut crate::ReplayControl,
+    rounds: usize,
+    mut write: impl AsyncFnMut(&str),
+    mut read: impl AsyncFnMut() -> (String, bool),
+) {
+    let consistency = router.consistency().clone();
+    let (mut stale, mut from_replica) = (0, 0);
+    for i in 0..rounds {
+        if i % 30 == 0 {
+            control.flip((i / 30) % 2 + 1).await;
+        }
+        let body = format!("w{i}");
+        consistency
+            .scope_with_key(Some("alice"), write(&body))
+            .await;
+        let (last, standby) = consistency.scope_with_key(Some("alice"), read()).await;
+        stale += usize::from(last != body);
+        from_replica += usize::from(standby);
+    }
+    assert_eq!(
+        stale, 0,
+        "alice read her own write stale {stale} times of {rounds}"
+    );
+    assert!(
+        from_replica > rounds / 10,
+        "the replicas served alice too: {from_replica} of {rounds}"
+    );
+}

@@ -64,6 +64,16 @@ impl ReplayControl {
         resume_replay(self.cluster.replica_url(n)).await;
         self.paused.retain(|&p| p != n);
     }
+
+    /// Pauses replica `n` if this control has not paused it, else resumes it (a hunt's
+    /// replicas coming and going). Dropping the control resumes whatever is left paused.
+    pub async fn flip(&mut self, n: usize) {
+        if self.paused.contains(&n) {
+            self.resume(n).await;
+        } else {
+            self.pause(n).await;
+        }
+    }
 }
 
 impl Drop for ReplayControl {
