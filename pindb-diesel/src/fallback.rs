@@ -62,14 +62,14 @@ pub(crate) fn after_attempt<T>(
             } else {
                 String::new()
             };
-            let cause = match &attempted {
-                Attempted::Done(Err(e)) => e.to_string(),
-                Attempted::CheckoutFailed(e) => e.to_string(),
-                Attempted::TimedOut => "no answer within reads.timeout_ms".to_owned(),
-                Attempted::Done(Ok(_)) => String::new(),
+            // Rendered only if it is logged.
+            let cause: &dyn std::fmt::Display = match &attempted {
+                Attempted::Done(Err(e)) => e,
+                Attempted::CheckoutFailed(e) => e,
+                _ => &"no answer within reads.timeout_ms",
             };
             router
-                .reroute(index, failure, tries, &sql, &cause)
+                .reroute(index, failure, tries, &sql, cause)
                 .map(|route| route.map(|r| (r.index, r.epoch)))
         }
         None => Ok(None),

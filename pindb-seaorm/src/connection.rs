@@ -256,12 +256,13 @@ impl PinDb {
             };
             let next = match failure {
                 Some(failure) => {
-                    let cause = match &result {
-                        Ok(Err(e)) => e.to_string(),
-                        _ => "no answer within reads.timeout_ms".to_owned(),
+                    // Rendered only if it is logged.
+                    let cause: &dyn std::fmt::Display = match &result {
+                        Ok(Err(e)) => e,
+                        _ => &"no answer within reads.timeout_ms",
                     };
                     router
-                        .reroute(index, failure, tries, &stmt.sql, &cause)
+                        .reroute(index, failure, tries, &stmt.sql, cause)
                         .map_err(to_db_err)?
                 }
                 None => None,
