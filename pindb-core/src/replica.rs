@@ -213,6 +213,12 @@ impl Health {
         self.up.store(up, Ordering::Release);
     }
 
+    /// The monitor's verdict (or a new host) says down: not a suspicion of one failed read,
+    /// which a long query on a healthy replica could raise.
+    pub(crate) fn declared_down(&self) -> bool {
+        !self.up.load(Ordering::Acquire) && self.suspected_at_ms.load(Ordering::Relaxed) == 0
+    }
+
     /// How many times [`Health::suspect`] was called.
     pub(crate) fn suspicions(&self) -> u64 {
         self.suspicions.load(Ordering::Relaxed)

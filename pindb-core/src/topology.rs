@@ -540,6 +540,18 @@ impl Topology {
         }
     }
 
+    /// Whether the database at `index` is a replica the monitor has declared down (see
+    /// [`Router::watch_replica_read`](crate::Router::watch_replica_read)).
+    pub(crate) fn declared_down(&self, index: usize) -> bool {
+        let Some(set) = self.set_of.get(index).copied().flatten().map(|s| &self.sets[s]) else {
+            return false;
+        };
+        set.replicas
+            .iter()
+            .position(|&i| i == index)
+            .is_some_and(|r| set.health[r].declared_down())
+    }
+
     /// What the database at `index` is now, in words: `master`, `replica` (a discovered set's
     /// hosts: by their role at this moment) or `unmanaged database`.
     pub fn role_of(&self, index: usize) -> &'static str {

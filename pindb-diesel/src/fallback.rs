@@ -3,7 +3,7 @@
 //! decides where it goes next).
 
 use diesel::result::QueryResult;
-use pindb_core::adapter::ReplicaFailure;
+use pindb_core::adapter::{Abandoned, ReplicaFailure};
 use pindb_core::{PinDbError, Router};
 
 use crate::error::{replica_failure, Error};
@@ -14,8 +14,9 @@ pub(crate) enum Attempted<T> {
     Done(QueryResult<T>),
     /// No connection could be checked out.
     CheckoutFailed(Error),
-    /// No answer within `reads.timeout_ms`.
-    TimedOut,
+    /// Given up: no answer within `reads.timeout_ms`, or the monitor declared the replica
+    /// down meanwhile.
+    Abandoned(Abandoned),
 }
 
 /// What follows an attempt on the database at `index`.
@@ -53,7 +54,7 @@ pub(crate) fn after_attempt<T>(
             Some(ReplicaFailure::Moved)
         }
         Attempted::CheckoutFailed(_) => Some(ReplicaFailure::Unreachable),
-        Attempted::TimedOut => Some(ReplicaFailure::Timeout),
+        Attempted::Abandoned(given_up) => Some(given_up.failure()),
     };
     let rerouted = match failure {
         Some(failure) => {
@@ -66,7 +67,8 @@ pub(crate) fn after_attempt<T>(
             let cause: &dyn std::fmt::Display = match &attempted {
                 Attempted::Done(Err(e)) => e,
                 Attempted::CheckoutFailed(e) => e,
-                _ => &"no answer within reads.timeout_ms",
+                Attempted::Abandoned(given_up) => given_up,
+                Attempted::Done(Ok(_)) => &"",
             };
             router
                 .reroute(index, failure, tries, &sql, cause)
@@ -88,7 +90,7 @@ pub(crate) fn after_attempt<T>(
         },
         (Ok(None), Attempted::Done(result)) => Next::Return(result),
         (Ok(None), Attempted::CheckoutFailed(e)) => Next::Diagnose(e),
-        (Ok(None), Attempted::TimedOut) => Next::Return(Err(timed_out(router, index))),
+        (Ok(None), Attempted::Abandoned(_)) => Next::Return(Err(timed_out(router, index))),
     }
 }
 

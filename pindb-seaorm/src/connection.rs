@@ -212,7 +212,6 @@ impl PinDb {
         let route = router.route_sql(&stmt.sql).map_err(to_db_err)?;
         let pin = route.pin;
         let (mut index, mut role, mut epoch) = (route.index, route.role, route.epoch);
-        let timeout = router.config().reads.timeout();
         let mut tries = 0u32;
         loop {
             let conn = match self.conn(index, epoch) {
@@ -248,18 +247,21 @@ impl PinDb {
                 };
             }
             let pool = conn.clone();
-            let result = tokio::time::timeout(timeout, run(conn, stmt.clone())).await;
+            let result = router
+                .watch_replica_read(index, run(conn, stmt.clone()))
+                .await;
             let failure = match &result {
                 Ok(Ok(_)) => None,
                 Ok(Err(e)) => replica_failure(e).map(|f| busy_or(&pool, f)),
-                Err(_) => Some(ReplicaFailure::Timeout),
+                Err(given_up) => Some(given_up.failure()),
             };
             let next = match failure {
                 Some(failure) => {
                     // Rendered only if it is logged.
                     let cause: &dyn std::fmt::Display = match &result {
                         Ok(Err(e)) => e,
-                        _ => &"no answer within reads.timeout_ms",
+                        Err(given_up) => given_up,
+                        Ok(Ok(_)) => &"",
                     };
                     router
                         .reroute(index, failure, tries, &stmt.sql, cause)
@@ -273,11 +275,12 @@ impl PinDb {
                     tries += 1;
                 }
                 (None, Ok(result)) => return result,
-                (None, Err(_)) => {
+                (None, Err(given_up)) => {
                     return Err(DbErr::Custom(format!(
-                        "no answer from `{}` within {timeout:?} (reads.timeout_ms); raise \
+                        "a read on `{}` was given up: {given_up} ({:?}); raise \
                          `reads.timeout_ms` for long reads, or check the server",
-                        router.topology().databases()[index].alias
+                        router.topology().databases()[index].alias,
+                        router.config().reads.timeout(),
                     )))
                 }
             }

@@ -440,10 +440,64 @@ async fn a_refused_master_fails_a_write_at_once_diesel_async() {
     a_refused_master_fails_a_write_at_once::<DieselAsync>().await
 }
 
+/// A replica freezes (a proxy stops forwarding) while a read runs on it. The monitor declares
+/// it down within a few checks; the read in flight is then given up and served by the master,
+/// long before `reads.timeout_ms` (30 s, the default, kept here).
+async fn a_frozen_replica_costs_one_monitor_verdict<A: Adapter>() {
+    let w = world().await;
+    let target = w.cluster.replica_url(1).rsplit('@').next().unwrap();
+    let proxy = Proxy::start(target.split('/').next().unwrap()).await;
+    let proxied = w.schema.url(&format!(
+        "postgres://pindb@127.0.0.1:{}/pindb",
+        proxy.port()
+    ));
+    let mut config = Config::single_set(w.schema.url(&w.cluster.primary_url), [proxied]);
+    config.router = RouterMode::Strict;
+    config.monitor.interval_ms = 100;
+    config.monitor.check_timeout_ms = 200;
+    let timeout = config.reads.timeout();
+    let db = A::open(config).await;
+    db.router().start_monitor().await.expect("monitor");
+    // A slow read, so that it is surely in flight on the replica when it freezes.
+    let slow = "SELECT current_setting('port')::int AS port FROM pg_sleep(0.3)";
+    scope(async {
+        assert_eq!(db.port_of_sql(slow).await, Ok(w.replicas[0]), "{}", A::NAME);
+    })
+    .await;
+    let started = std::time::Instant::now();
+    let (served, ()) = tokio::join!(scope(db.port_of_sql(slow)), async {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        proxy.freeze();
+    });
+    let took = started.elapsed();
+    eprintln!("{}: the read in flight was served after {took:?}", A::NAME);
+    assert_eq!(served, Ok(w.master), "{}: served by the master", A::NAME);
+    let status = db.router().topology().replica_status("default-1").unwrap();
+    assert!(!status.unwrap().up, "{}: the monitor declared it down", A::NAME);
+    assert!(
+        took < timeout / 3,
+        "{}: the read waited {took:?}, as if for reads.timeout_ms ({timeout:?}), although the \
+         monitor declared its replica down",
+        A::NAME
+    );
+    proxy.thaw();
+    w.finish().await;
+}
+
 // Sync diesel has no client-side timeout (libpq blocks): a replica that hangs mid-query is
 // only covered for the async adapters.
 mod frozen {
     use super::*;
+
+    #[tokio::test]
+    async fn diesel_async_bb8_read_in_flight() {
+        a_frozen_replica_costs_one_monitor_verdict::<DieselAsync>().await
+    }
+
+    #[tokio::test]
+    async fn seaorm_read_in_flight() {
+        a_frozen_replica_costs_one_monitor_verdict::<SeaOrm>().await
+    }
 
     #[tokio::test]
     async fn diesel_async_bb8() {

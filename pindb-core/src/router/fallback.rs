@@ -276,6 +276,86 @@ impl Router {
     }
 }
 
+/// Why a read in flight on a replica was given up ([`Router::watch_replica_read`]): its
+/// connection may be stuck mid-statement, so the adapter discards it and asks
+/// [`Router::reroute`] with [`Abandoned::failure`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Abandoned {
+    /// No answer within `reads.timeout_ms`: a hung server, or just a long query.
+    TimedOut,
+    /// The monitor declared the replica down while the read ran (a frozen server or
+    /// network): waiting out `reads.timeout_ms` would only delay the answer.
+    ReplicaDown,
+}
+
+impl Abandoned {
+    /// The failure to reroute with: a long query goes to the master ([`ReplicaFailure::Timeout`]),
+    /// a read on a replica that is down may go to another one ([`ReplicaFailure::Unreachable`]).
+    pub fn failure(self) -> ReplicaFailure {
+        match self {
+            Abandoned::TimedOut => ReplicaFailure::Timeout,
+            Abandoned::ReplicaDown => ReplicaFailure::Unreachable,
+        }
+    }
+}
+
+impl std::fmt::Display for Abandoned {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Abandoned::TimedOut => "no answer within reads.timeout_ms",
+            Abandoned::ReplicaDown => {
+                "the monitor declared the replica down while the read was waiting for it"
+            }
+        })
+    }
+}
+
+impl Router {
+    /// Runs `read`, a read outside a transaction on the database at `index`, for at most
+    /// `reads.timeout_ms`, and gives it up as soon as the monitor has declared that replica
+    /// down (looked at every `monitor.interval_ms` while the read waits): a read in flight on
+    /// a replica that froze costs one monitor verdict, not the whole timeout. A read that
+    /// ends before the first look costs one timer, as a plain timeout would; nothing is
+    /// allocated.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), pindb_core::PinDbError> {
+    /// let config = pindb_core::Config::single_set("postgres://app@db0/app", ["postgres://app@db1/app"]);
+    /// let router = pindb_core::Router::new(config)?;
+    /// let replica = router.topology().index_of("default-1")?;
+    /// assert_eq!(router.watch_replica_read(replica, async { 42 }).await, Ok(42));
+    /// # Ok(()) }
+    /// ```
+    pub async fn watch_replica_read<F: std::future::Future>(
+        &self,
+        index: usize,
+        read: F,
+    ) -> Result<F::Output, Abandoned> {
+        let start = tokio::time::Instant::now();
+        let deadline = start + self.inner.config.reads.timeout();
+        let every = Duration::from_millis(self.inner.config.monitor.interval_ms.max(1));
+        let sleep = tokio::time::sleep_until(deadline.min(start + every));
+        tokio::pin!(read, sleep);
+        loop {
+            tokio::select! {
+                biased;
+                done = &mut read => return Ok(done),
+                () = &mut sleep => {
+                    let now = tokio::time::Instant::now();
+                    if now >= deadline {
+                        return Err(Abandoned::TimedOut);
+                    }
+                    if self.inner.topology.declared_down(index) {
+                        return Err(Abandoned::ReplicaDown);
+                    }
+                    sleep.as_mut().reset(deadline.min(now + every));
+                }
+            }
+        }
+    }
+}
+
 impl Router {
     /// Why the database at `index` could not be used (a checkout that failed or timed out),
     /// from a fresh connection attempt of pindb's own bounded by `monitor.check_timeout_ms`:

@@ -34,7 +34,7 @@ mod statements;
 use decide::trace;
 
 pub use builder::RouterBuilder;
-pub use fallback::ReplicaFailure;
+pub use fallback::{Abandoned, ReplicaFailure};
 pub use global::{db_for_read, db_for_write, get_replica, global, master, pin, unpinned_replica};
 pub use route::{Delegate, Hint, Operation, Reason, Role, Route, Shape};
 

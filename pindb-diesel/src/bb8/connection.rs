@@ -249,14 +249,14 @@ impl PinDbConnection {
         attempt: A,
     ) -> QueryResult<A::Output> {
         let router = self.db.router().clone();
-        let timeout = router.config().reads.timeout();
         let mut tries = 0u32;
         loop {
             let replica = tries == 0 || self.is_replica(index);
             let attempted = if replica {
-                tokio::time::timeout(timeout, self.attempt_on(index, &attempt))
+                router
+                    .watch_replica_read(index, self.attempt_on(index, &attempt))
                     .await
-                    .unwrap_or(Attempted::TimedOut)
+                    .unwrap_or_else(Attempted::Abandoned)
             } else {
                 self.attempt_on(index, &attempt).await
             };
@@ -266,8 +266,8 @@ impl PinDbConnection {
                     Attempted::CheckoutFailed(e) => {
                         Err(checkout_error(&router, index, e).await.into())
                     }
-                    // Only replica attempts are timed; said, not assumed.
-                    Attempted::TimedOut => Err(timed_out(&router, index)),
+                    // Only replica attempts are watched; said, not assumed.
+                    Attempted::Abandoned(_) => Err(timed_out(&router, index)),
                 };
             }
             match after_attempt(&router, index, attempted, tries, || {

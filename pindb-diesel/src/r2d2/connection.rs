@@ -118,7 +118,7 @@ impl PinDbConnection {
                     Attempted::Done(result) => result,
                     Attempted::CheckoutFailed(e) => Err(e.into()),
                     // Sync attempts are not timed; said, not assumed.
-                    Attempted::TimedOut => Err(timed_out(&router, index)),
+                    Attempted::Abandoned(_) => Err(timed_out(&router, index)),
                 };
             }
             match after_attempt(&router, index, attempted, tries, || refused(&router)) {
