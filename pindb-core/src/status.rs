@@ -3,7 +3,8 @@
 //! replication slots. Its own connections (the probes), one query per database; no monitor
 //! needed.
 
-use std::time::Duration;
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
@@ -35,9 +36,15 @@ pub struct DatabaseStatus {
     pub position: Option<String>,
     /// Replicas: WAL bytes the master has that this one has not replayed.
     pub lag_bytes: Option<u64>,
-    /// Replicas: since when the last replayed transaction committed on the master, when
-    /// behind (0 when caught up).
+    /// Replicas: how long the master has had WAL this one has not replayed (the README's
+    /// lag; an idle master is never lag): 0 when it had replayed the master's position as
+    /// sampled, else at most this much, measured by waiting for it to replay that position
+    /// (at least this much when `lag_ms_at_least`). `None`: not known (logical replicas
+    /// that are behind: only the monitor measures their time lag).
     pub lag_ms: Option<u64>,
+    /// `lag_ms` is a lower bound: the replica had not replayed the master's sampled position
+    /// within the check timeout.
+    pub lag_ms_at_least: bool,
     /// Masters: WAL kept for each replication slot.
     pub slots: Vec<SlotStatus>,
     /// Logical replicas: the tables their publications carry (`*`: all of them).
@@ -62,13 +69,23 @@ const MASTER: &str = "SELECT pg_is_in_recovery(), (CASE WHEN pg_is_in_recovery()
     coalesce((SELECT string_agg(slot_name || ' ' || active::text || ' ' || \
       coalesce(pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn), 0)::bigint::text, ',') \
       FROM pg_replication_slots WHERE NOT pg_is_in_recovery()), '')";
-const REPLICA: &str = "SELECT pg_is_in_recovery(), pg_last_wal_replay_lsn()::text, \
-    coalesce((extract(epoch FROM now() - pg_last_xact_replay_timestamp()) * 1000)::bigint, 0)";
+const REPLICA: &str = "SELECT pg_is_in_recovery(), pg_last_wal_replay_lsn()::text";
+// To measure a replica's time lag: the master's position, and the replica's replay position.
+const MASTER_POSITION: &str = "SELECT pg_current_wal_lsn()::text";
+const REPLAY_POSITION: &str = "SELECT pg_last_wal_replay_lsn()::text";
+/// How often a replica that is behind is asked its replay position again.
+const POLL: Duration = Duration::from_millis(5);
+
+/// A master's position as status sampled it, and its connection, to sample it again.
+struct MasterSample {
+    lsn: Lsn,
+    probe: Probe,
+}
 
 pub(crate) async fn status(topology: &Topology, timeout: Duration) -> Vec<DatabaseStatus> {
     let mut out = Vec::new();
     // Per set: a replica is compared with its own master only.
-    let mut masters: std::collections::HashMap<String, Lsn> = std::collections::HashMap::new();
+    let mut masters: HashMap<String, MasterSample> = HashMap::new();
     for (index, db) in topology.databases().iter().enumerate() {
         // A runtime replica: its host now, or none.
         let now = topology.database_now(index);
@@ -88,6 +105,7 @@ pub(crate) async fn status(topology: &Topology, timeout: Duration) -> Vec<Databa
             position: None,
             lag_bytes: None,
             lag_ms: None,
+            lag_ms_at_least: false,
             slots: Vec::new(),
             published: Vec::new(),
         };
@@ -102,7 +120,8 @@ pub(crate) async fn status(topology: &Topology, timeout: Duration) -> Vec<Databa
             continue;
         }
         let sql = if replica { REPLICA } else { MASTER };
-        match Probe::new(db, timeout).row(sql).await {
+        let mut probe = Probe::new(db, timeout);
+        match probe.row(sql).await {
             Err(e) => status.error = Some(e),
             Ok(row) => {
                 status.up = true;
@@ -127,17 +146,25 @@ pub(crate) async fn status(topology: &Topology, timeout: Duration) -> Vec<Databa
                             .to_owned(),
                     );
                 } else if replica {
-                    let master = db.set().and_then(|set| masters.get(set)).copied();
+                    let master = db.set().and_then(|set| masters.get_mut(set));
                     if let (Some(master), Some(replay)) = (master, lsn) {
-                        let behind = master.0.saturating_sub(replay.0);
+                        let behind = master.lsn.0.saturating_sub(replay.0);
                         status.lag_bytes = Some(behind);
-                        let since: i64 = row.try_get(2).unwrap_or(0);
-                        status.lag_ms = Some(if behind == 0 { 0 } else { since.max(0) as u64 });
+                        if behind == 0 {
+                            // It had replayed all the master had when status sampled it.
+                            status.lag_ms = Some(0);
+                        } else {
+                            match time_lag(&mut master.probe, &mut probe, timeout).await {
+                                Ok(TimeLag::AtMost(ms)) => status.lag_ms = Some(ms),
+                                Ok(TimeLag::AtLeast(ms)) => {
+                                    status.lag_ms = Some(ms);
+                                    status.lag_ms_at_least = true;
+                                }
+                                Err(e) => status.error = Some(format!("lag not measured: {e}")),
+                            }
+                        }
                     }
                 } else {
-                    if let (Membership::Master { set }, Some(lsn)) = (&db.membership, lsn) {
-                        masters.insert(set.clone(), lsn);
-                    }
                     let slots: String = row.try_get(2).unwrap_or_default();
                     status.slots = slots
                         .split(',')
@@ -150,6 +177,9 @@ pub(crate) async fn status(topology: &Topology, timeout: Duration) -> Vec<Databa
                             })
                         })
                         .collect();
+                    if let (Membership::Master { set }, Some(lsn)) = (&db.membership, lsn) {
+                        masters.insert(set.clone(), MasterSample { lsn, probe });
+                    }
                 }
             }
         }
@@ -158,12 +188,71 @@ pub(crate) async fn status(topology: &Topology, timeout: Duration) -> Vec<Databa
     out
 }
 
+/// A replica's time lag as [`time_lag`] measured it, in milliseconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum TimeLag {
+    /// It replayed the master's sampled position: its lag is at most this.
+    AtMost(u64),
+    /// It had not replayed it by the deadline: its lag is at least this.
+    AtLeast(u64),
+}
+
+/// The time lag of a replica that is behind, as the README defines lag (how long the master
+/// has had WAL the replica has not replayed; an idle master is never lag), measured the way
+/// the monitor proves staleness: from master positions and the instants they were asked for.
+///
+/// Not `now() - pg_last_xact_replay_timestamp()`: that is the age of the last transaction the
+/// replica replayed, which grows while the master is idle (a caught-up standby showed 23 s)
+/// and says nothing about WAL written since (one write 1 s old showed 9 s). Not
+/// `pg_stat_replication.replay_lag` either: its row cannot be matched to a replica reliably
+/// (through a proxy or pooler, `client_addr` and `application_name` name neither), and it
+/// is only refreshed with the standby's replies (every `wal_receiver_status_interval`).
+///
+/// Instead: ask the master its position `P` at instant `t0`, then ask the replica its replay
+/// position every few milliseconds. Everything the master had written before `t0` is at or
+/// below `P`, so once the replica has replayed `P` (its answer came at `t1`), any WAL it still
+/// lacks is younger than `t1 - t0`: its lag is at most that. If it has not replayed `P` when
+/// asked a check timeout after the master answered (at `ta`), the master has had WAL it has
+/// not replayed for at least that long (`P` was written before `ta`): its lag is at least
+/// the time since `ta`. Both are measured, neither is a difference of timestamps from two
+/// clocks.
+async fn time_lag(
+    master: &mut Probe,
+    replica: &mut Probe,
+    deadline: Duration,
+) -> Result<TimeLag, String> {
+    let position = |row: tokio_postgres::Row, alias: &str| {
+        let text: Option<String> = row.try_get(0).ok().flatten();
+        text.as_deref()
+            .and_then(Lsn::parse)
+            .ok_or_else(|| format!("`{alias}`: no WAL position"))
+    };
+    let asked = Instant::now();
+    let target = position(master.row(MASTER_POSITION).await?, &master.alias)?;
+    let answered = Instant::now();
+    loop {
+        let sent = Instant::now();
+        let replay = position(replica.row(REPLAY_POSITION).await?, &replica.alias)?;
+        if replay >= target {
+            // An upper bound: rounded up.
+            let micros = asked.elapsed().as_micros();
+            return Ok(TimeLag::AtMost(u64::try_from(micros.div_ceil(1000)).unwrap_or(u64::MAX)));
+        }
+        let waited = sent.saturating_duration_since(answered);
+        if waited >= deadline {
+            // A lower bound: rounded down.
+            return Ok(TimeLag::AtLeast(u64::try_from(waited.as_millis()).unwrap_or(u64::MAX)));
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
+
 /// A logical replica: its position is its subscription slot's on the master.
 async fn logical(
     topology: &Topology,
     db: &Database,
     timeout: Duration,
-    masters: &std::collections::HashMap<String, Lsn>,
+    masters: &HashMap<String, MasterSample>,
     status: &mut DatabaseStatus,
 ) {
     let Some(set) = db.set().and_then(|s| topology.set_named(s)) else {
@@ -186,7 +275,7 @@ async fn logical(
     status.in_recovery = Some(false);
     status.position = following.position.map(|p| p.to_string());
     if let (Some(master), Some(position)) = (masters.get(&*set.name), following.position) {
-        let behind = master.0.saturating_sub(position.0);
+        let behind = master.lsn.0.saturating_sub(position.0);
         status.lag_bytes = Some(behind);
         // Only "caught up" is known here; the monitor measures time lag.
         status.lag_ms = (behind == 0).then_some(0);

@@ -543,7 +543,7 @@ impl Topology {
     /// Whether the database at `index` is a replica the monitor has declared down (see
     /// [`Router::watch_replica_read`](crate::Router::watch_replica_read)).
     pub(crate) fn declared_down(&self, index: usize) -> bool {
-        let Some(set) = self.set_of.get(index).copied().flatten().map(|s| &self.sets[s]) else {
+        let Some(set) = self.set_entry_of(index) else {
             return false;
         };
         set.replicas
@@ -621,6 +621,11 @@ impl Topology {
     /// What a hint naming no alias and answered by no delegate routes to.
     pub(crate) fn default_target(&self) -> Target {
         self.default
+    }
+
+    /// The set of the database at `index` (`None`: unmanaged).
+    pub(crate) fn set_entry_of(&self, index: usize) -> Option<&SetEntry> {
+        self.set_of.get(index).copied().flatten().map(|s| &self.sets[s])
     }
 
     pub(crate) fn sets(&self) -> &[SetEntry] {

@@ -375,6 +375,22 @@ impl Router {
         self.diagnosis(index, true).await
     }
 
+    /// [`Router::refused`] for a sync adapter, from a thread that may block (`spawn_blocking`,
+    /// a thread of its own): the attempt runs on the tokio runtime this thread belongs to and
+    /// is waited for at most `monitor.check_timeout_ms`. `None` without a runtime to run it on:
+    /// the caller's pool keeps its own timeout.
+    pub fn refused_blocking(&self, index: usize) -> Option<PinDbError> {
+        let runtime = tokio::runtime::Handle::try_current().ok()?;
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        let router = self.clone();
+        runtime.spawn(async move {
+            let _ = tx.send(router.refused(index).await);
+        });
+        // A little more than the attempt's own bound: it always answers first.
+        let bound = Duration::from_millis(self.inner.config.monitor.check_timeout_ms + 100);
+        rx.recv_timeout(bound).ok().flatten()
+    }
+
     async fn diagnosis(&self, index: usize, only_refused: bool) -> Option<PinDbError> {
         let (generation, db) = match self.inner.topology.database_now(index) {
             Ok(now) => now,

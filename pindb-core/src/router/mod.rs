@@ -28,6 +28,7 @@ mod fallback;
 mod global;
 #[cfg(test)]
 mod monotonic_tests;
+mod promotion;
 mod route;
 mod statements;
 
@@ -35,11 +36,10 @@ use decide::trace;
 
 pub use builder::RouterBuilder;
 pub use fallback::{Abandoned, ReplicaFailure};
+pub use promotion::Promotion;
 pub use global::{db_for_read, db_for_write, get_replica, global, master, pin, unpinned_replica};
 pub use route::{Delegate, Hint, Operation, Reason, Role, Route, Shape};
 
-/// When a database was last diagnosed, at which host generation (a runtime replica's host
-/// changes), and the cause found (`None`: it connected).
 /// When, for which host generation, and what pindb's own connection attempt found: the cause
 /// and whether it was refused (`None`: it connected).
 type Diagnosis = (std::time::Instant, u64, Option<(String, bool)>);

@@ -234,7 +234,7 @@ impl PinDbConnection {
 
     async fn try_hold(&mut self, index: usize) -> Result<(), Error> {
         self.slots.release();
-        let conn = self.db.checkout(index, self.slots.epoch()).await?;
+        let (index, conn) = self.db.checkout(index, self.slots.epoch()).await?;
         let alias = &self.db.router().topology().databases()[index].alias;
         self.slots.hold(index, alias, conn);
         Ok(())

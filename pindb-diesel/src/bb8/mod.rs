@@ -140,60 +140,75 @@ impl PinDb {
     /// happened) when the server cannot be reached.
     async fn checkout_diagnosed(&self, index: usize, epoch: u64) -> Result<Pooled, Error> {
         match self.checkout(index, epoch).await {
-            Ok(conn) => Ok(conn),
+            Ok((_, conn)) => Ok(conn),
             Err(e) => Err(checkout_error(self.router(), index, e).await),
         }
     }
 
     /// Checks out a connection of the database at `index` in `router.topology().databases()`,
-    /// for a route decided at `epoch` ([`Route::epoch`](pindb_core::Route::epoch)).
-    pub(crate) async fn checkout(&self, index: usize, epoch: u64) -> Result<Pooled, Error> {
-        let (pool, db) = self.inner.pool_for_checkout(index, epoch)?;
-        let get = pool.get_owned();
-        tokio::pin!(get);
-        // Handed over at once: no timer.
-        let first = std::future::poll_fn(|cx| Poll::Ready(get.as_mut().poll(cx))).await;
-        let got = match first {
-            Poll::Ready(got) => got,
-            // bb8 retries a refused connection until `connect_timeout_ms` (5 s by default):
-            // after a short grace, pindb's own attempt (at most one a second) says whether
-            // nothing listens there, and then the checkout fails at once with that. A server
-            // that answers, is slow, full or hangs leaves the pool its own timeout. The
-            // pool's check of a connection (`SELECT 1`) makes most checkouts wait here: one
-            // timer per checkout, none per statement.
-            Poll::Pending => tokio::select! {
-                got = &mut get => got,
-                Some(refused) = self.refused_after(REFUSED_GRACE, index) => {
-                    return Err(Error::Routing(refused));
-                }
-            },
-        };
-        got.map_err(|e| match e {
-            // Every connection busy: the pool is exhausted, the server may be fine.
-            bb8::RunError::TimedOut
-                if pool.state().connections >= db.pool.max_size
-                    && pool.state().idle_connections == 0 =>
-            {
-                Error::PoolTimeout {
-                    alias: db.alias.clone(),
-                    timeout: db.pool.connect_timeout,
-                }
-            }
-            bb8::RunError::TimedOut => Error::connect(
-                &db,
-                format!(
-                    "no connection could be made within {:?}",
-                    db.pool.connect_timeout
-                ),
-            ),
-            bb8::RunError::User(e) => Error::connect(
-                &db,
-                match e {
-                    PoolError::ConnectionError(e) => e.to_string(),
-                    PoolError::QueryError(e) => e.to_string(),
+    /// for a route decided at `epoch` ([`Route::epoch`](pindb_core::Route::epoch)). A write's
+    /// checkout still waiting when the monitor finds another primary (a set given as hosts)
+    /// moves to it: nothing was sent. The index the connection is of comes with it.
+    pub(crate) async fn checkout(
+        &self,
+        mut index: usize,
+        mut epoch: u64,
+    ) -> Result<(usize, Pooled), Error> {
+        loop {
+            let (pool, db) = self.inner.pool_for_checkout(index, epoch)?;
+            let promotion = self.router().watch_promotion(index);
+            let get = pool.get_owned();
+            tokio::pin!(get);
+            // Handed over at once: no timer.
+            let first = std::future::poll_fn(|cx| Poll::Ready(get.as_mut().poll(cx))).await;
+            let got = match first {
+                Poll::Ready(got) => got,
+                // bb8 retries a refused connection until `connect_timeout_ms` (5 s by
+                // default): after a short grace, pindb's own attempt (at most one a second)
+                // says whether nothing listens there, and then the checkout fails at once with
+                // that. A server that answers, is slow, full or hangs leaves the pool its own
+                // timeout, unless the monitor meanwhile finds another primary for a write
+                // waiting here. The pool's check of a connection (`SELECT 1`) makes most
+                // checkouts wait here: one timer per checkout, none per statement.
+                Poll::Pending => tokio::select! {
+                    got = &mut get => got,
+                    Some(refused) = self.refused_after(REFUSED_GRACE, index) => {
+                        return Err(Error::Routing(refused));
+                    }
+                    moved = promotion.wait() => {
+                        tracing::info!(target: "pindb", from = %db.alias, to = %self.router().topology().databases()[moved].alias, "pindb: a write waiting for a connection follows the new primary (nothing was sent)");
+                        (index, epoch) = (moved, self.router().topology().epoch(moved));
+                        continue;
+                    }
                 },
-            ),
-        })
+            };
+            return got.map(|conn| (index, conn)).map_err(|e| match e {
+                // Every connection busy: the pool is exhausted, the server may be fine.
+                bb8::RunError::TimedOut
+                    if pool.state().connections >= db.pool.max_size
+                        && pool.state().idle_connections == 0 =>
+                {
+                    Error::PoolTimeout {
+                        alias: db.alias.clone(),
+                        timeout: db.pool.connect_timeout,
+                    }
+                }
+                bb8::RunError::TimedOut => Error::connect(
+                    &db,
+                    format!(
+                        "no connection could be made within {:?}",
+                        db.pool.connect_timeout
+                    ),
+                ),
+                bb8::RunError::User(e) => Error::connect(
+                    &db,
+                    match e {
+                        PoolError::ConnectionError(e) => e.to_string(),
+                        PoolError::QueryError(e) => e.to_string(),
+                    },
+                ),
+            });
+        }
     }
 }
 

@@ -105,7 +105,7 @@ impl PinDbConnection {
             } else {
                 self.slots.release();
                 match self.db.checkout(index, self.slots.epoch()) {
-                    Ok(conn) => {
+                    Ok((index, conn)) => {
                         let alias = &router.topology().databases()[index].alias;
                         Attempted::Done(run(self.slots.hold(index, alias, conn)))
                     }
@@ -149,8 +149,8 @@ impl PinDbConnection {
             Slot::Held => &mut **self.slots.get()?,
             Slot::Checkout(index) => {
                 self.slots.release();
-                let conn = match self.db.checkout(index, self.slots.epoch()) {
-                    Ok(conn) => conn,
+                let (index, conn) = match self.db.checkout(index, self.slots.epoch()) {
+                    Ok(checked_out) => checked_out,
                     Err(e) => {
                         self.slots.not_sent(self.db.router(), index);
                         return Err(e.into());

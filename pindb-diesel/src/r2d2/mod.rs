@@ -24,6 +24,7 @@
 //! only the connection traits differ.
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use diesel::pg::PgConnection;
 use diesel::r2d2::{ConnectionManager, PooledConnection};
@@ -66,6 +67,12 @@ fn build_pool(db: &Database) -> Pool {
     builder.build_unchecked(ConnectionManager::new(db.pool_url()))
 }
 
+/// How long a checkout waits for the pool before pindb checks the server itself.
+const REFUSED_GRACE: Duration = Duration::from_millis(50);
+
+/// How often a waiting checkout looks again whether another host became the primary.
+const SLICE: Duration = Duration::from_millis(100);
+
 impl PinDb {
     /// Builds the router and one r2d2 pool per alias; no connection is opened yet.
     pub fn new(config: Config) -> Result<PinDb, Error> {
@@ -92,7 +99,7 @@ impl PinDb {
     /// An explicit read connection on the router's read route for `hint`.
     pub fn read_with(&self, hint: &Hint<'_>) -> Result<Pooled, Error> {
         let route = self.router().db_for_read(hint)?;
-        self.checkout(route.index, route.epoch)
+        Ok(self.checkout(route.index, route.epoch)?.1)
     }
 
     /// An explicit write connection on the master of the hinted set, under the router's rules.
@@ -102,7 +109,7 @@ impl PinDb {
         if checkout.is_err() {
             self.inner.not_sent(&route);
         }
-        checkout
+        Ok(checkout?.1)
     }
 
     /// How many checkouts of `alias`'s pool have been asked for so far.
@@ -111,12 +118,42 @@ impl PinDb {
     }
 
     /// Checks out a connection of the database at `index`, for a route decided at `epoch`
-    /// ([`Route::epoch`](pindb_core::Route::epoch)).
-    fn checkout(&self, index: usize, epoch: u64) -> Result<Pooled, Error> {
-        let (pool, db) = self.inner.pool_for_checkout(index, epoch)?;
+    /// ([`Route::epoch`](pindb_core::Route::epoch)), with the index the connection is of: a
+    /// write's checkout still waiting when the monitor finds another primary (a set given as
+    /// hosts) moves to it, since nothing was sent.
+    fn checkout(&self, mut index: usize, mut epoch: u64) -> Result<(usize, Pooled), Error> {
+        let started = Instant::now();
+        let mut asked = false;
+        let (pool, db) = loop {
+            let (pool, db) = self.inner.pool_for_checkout(index, epoch)?;
+            let promotion = self.router().watch_promotion(index);
+            // r2d2 retries a refused connection until `connect_timeout_ms` (5 s by default):
+            // it is waited for in slices. After the first, pindb's own attempt (at most one a
+            // second) says whether nothing listens there, and the checkout fails at once with
+            // that; after each, a write follows a new primary. A checkout served at once
+            // never gets here.
+            let left = db.pool.connect_timeout.saturating_sub(started.elapsed());
+            let slice = if asked { SLICE } else { REFUSED_GRACE };
+            if left <= slice {
+                break (pool, db);
+            }
+            if let Ok(conn) = pool.get_timeout(slice) {
+                return Ok((index, conn));
+            }
+            if !std::mem::replace(&mut asked, true) {
+                if let Some(refused) = self.router().refused_blocking(index) {
+                    return Err(Error::Routing(refused));
+                }
+            }
+            if let Some(moved) = promotion.moved() {
+                tracing::info!(target: "pindb", from = %db.alias, to = %self.router().topology().databases()[moved].alias, "pindb: a write waiting for a connection follows the new primary (nothing was sent)");
+                (index, epoch) = (moved, self.router().topology().epoch(moved));
+            }
+        };
+        let left = db.pool.connect_timeout.saturating_sub(started.elapsed());
         // r2d2 only fails after its timeout; its message carries the last connection error,
         // if a connection attempt failed (else the pool was busy).
-        pool.get().map_err(|e| {
+        pool.get_timeout(left).map(|conn| (index, conn)).map_err(|e| {
             let message = e.to_string();
             let state = pool.state();
             let cause = match message.split_once(": ") {
