@@ -280,7 +280,8 @@ async fn writers_follow_a_promotion<A: Adapter>() {
     let promotion = tokio::task::spawn_blocking(move || {
         std::thread::sleep(Duration::from_secs(1));
         let started = Instant::now();
-        nodes.promote(1, false);
+        // The old primary stays stopped: its connections are refused.
+        nodes.promote(1, true);
         (started, Instant::now())
     });
     let done = std::sync::Mutex::new(None::<Instant>);
