@@ -625,7 +625,11 @@ impl Topology {
 
     /// The set of the database at `index` (`None`: unmanaged).
     pub(crate) fn set_entry_of(&self, index: usize) -> Option<&SetEntry> {
-        self.set_of.get(index).copied().flatten().map(|s| &self.sets[s])
+        self.set_of
+            .get(index)
+            .copied()
+            .flatten()
+            .map(|s| &self.sets[s])
     }
 
     pub(crate) fn sets(&self) -> &[SetEntry] {

@@ -363,8 +363,16 @@ async fn writers_follow_a_promotion<A: Adapter>(bound: Option<Duration>) {
         worst.as_millis(),
         (finished - started).as_millis(),
     );
-    assert!(lost.is_empty(), "{}: acknowledged writes lost: {lost:?}", A::NAME);
-    assert!(stale.is_empty(), "{}: stale reads of own writes: {stale:?}", A::NAME);
+    assert!(
+        lost.is_empty(),
+        "{}: acknowledged writes lost: {lost:?}",
+        A::NAME
+    );
+    assert!(
+        stale.is_empty(),
+        "{}: stale reads of own writes: {stale:?}",
+        A::NAME
+    );
     assert!(after > 0, "{}: writes go on after the promotion", A::NAME);
     assert!(
         bound.is_none_or(|bound| worst < bound),

@@ -473,7 +473,11 @@ async fn a_frozen_replica_costs_one_monitor_verdict<A: Adapter>() {
     eprintln!("{}: the read in flight was served after {took:?}", A::NAME);
     assert_eq!(served, Ok(w.master), "{}: served by the master", A::NAME);
     let status = db.router().topology().replica_status("default-1").unwrap();
-    assert!(!status.unwrap().up, "{}: the monitor declared it down", A::NAME);
+    assert!(
+        !status.unwrap().up,
+        "{}: the monitor declared it down",
+        A::NAME
+    );
     assert!(
         took < timeout / 3,
         "{}: the read waited {took:?}, as if for reads.timeout_ms ({timeout:?}), although the \

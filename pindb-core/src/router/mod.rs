@@ -36,8 +36,8 @@ use decide::trace;
 
 pub use builder::RouterBuilder;
 pub use fallback::{Abandoned, ReplicaFailure};
-pub use promotion::Promotion;
 pub use global::{db_for_read, db_for_write, get_replica, global, master, pin, unpinned_replica};
+pub use promotion::Promotion;
 pub use route::{Delegate, Hint, Operation, Reason, Role, Route, Shape};
 
 /// When, for which host generation, and what pindb's own connection attempt found: the cause

@@ -153,29 +153,33 @@ impl PinDb {
         let left = db.pool.connect_timeout.saturating_sub(started.elapsed());
         // r2d2 only fails after its timeout; its message carries the last connection error,
         // if a connection attempt failed (else the pool was busy).
-        pool.get_timeout(left).map(|conn| (index, conn)).map_err(|e| {
-            let message = e.to_string();
-            let state = pool.state();
-            let cause = match message.split_once(": ") {
-                Some((_, cause)) => cause.to_owned(),
-                // Every connection busy: the pool is exhausted, the server may be fine.
-                None if state.connections >= db.pool.max_size && state.idle_connections == 0 => {
-                    return Error::PoolTimeout {
-                        alias: db.alias.clone(),
-                        timeout: db.pool.connect_timeout,
-                    };
-                }
-                None => format!(
-                    "no connection could be made within {:?}",
-                    db.pool.connect_timeout
-                ),
-            };
-            Error::Routing(PinDbError::Unreachable {
-                alias: db.alias.clone(),
-                role: self.router().topology().role_of(index),
-                url: db.redacted_url(),
-                cause,
+        pool.get_timeout(left)
+            .map(|conn| (index, conn))
+            .map_err(|e| {
+                let message = e.to_string();
+                let state = pool.state();
+                let cause = match message.split_once(": ") {
+                    Some((_, cause)) => cause.to_owned(),
+                    // Every connection busy: the pool is exhausted, the server may be fine.
+                    None if state.connections >= db.pool.max_size
+                        && state.idle_connections == 0 =>
+                    {
+                        return Error::PoolTimeout {
+                            alias: db.alias.clone(),
+                            timeout: db.pool.connect_timeout,
+                        };
+                    }
+                    None => format!(
+                        "no connection could be made within {:?}",
+                        db.pool.connect_timeout
+                    ),
+                };
+                Error::Routing(PinDbError::Unreachable {
+                    alias: db.alias.clone(),
+                    role: self.router().topology().role_of(index),
+                    url: db.redacted_url(),
+                    cause,
+                })
             })
-        })
     }
 }
