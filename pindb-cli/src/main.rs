@@ -149,7 +149,11 @@ fn table(status: &[DatabaseStatus]) -> String {
                     (Some(e), false) => format!("down ({e})"),
                 },
                 opt(s.lag_bytes),
-                opt(s.lag_ms),
+                // A lower bound in one word (`>=500`), so the column stays one token.
+                match s.lag_ms {
+                    Some(ms) if s.lag_ms_at_least => format!(">={ms}"),
+                    lag => opt(lag),
+                },
                 s.position.clone().unwrap_or_else(|| "-".to_owned()),
                 if s.role == "master" && s.up {
                     format!("{retained} ({} slots)", s.slots.len())

@@ -248,3 +248,118 @@ fn status_and_check_run_again_and_again_through_transaction_pooling() {
         }
     }
 }
+
+/// The `lag ms` cell of `alias`'s line: the token under the header's `lag ms`.
+fn lag_ms_cell(table: &str, alias: &str) -> String {
+    let column = table
+        .lines()
+        .next()
+        .and_then(|header| header.find("lag ms"))
+        .unwrap_or_else(|| panic!("no `lag ms` column:\n{table}"));
+    let line = table
+        .lines()
+        .find(|l| l.starts_with(&format!("{alias} ")))
+        .unwrap_or_else(|| panic!("no `{alias}` line:\n{table}"));
+    line.get(column..)
+        .and_then(|cell| cell.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no `lag ms` cell for `{alias}`:\n{table}"))
+        .to_owned()
+}
+
+/// Issue #25: `status` printed `now() - pg_last_xact_replay_timestamp()` as lag, the age of the
+/// last transaction the replica replayed (a write 1 s old after an idle period showed 9 s). Its
+/// lag is the README's: how long the master has had WAL the replica has not replayed.
+#[test]
+fn status_lag_is_how_long_the_master_has_had_wal_the_replica_has_not_replayed() {
+    let c = Cluster::from_env();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let dir = std::env::temp_dir().join(format!("pindb-cli-{}-lag", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("pindb.toml");
+    // A check timeout (status's deadline for a replica to catch up) well past the resume below.
+    std::fs::write(
+        &config,
+        format!(
+            "[masters.default]\nurl = '{}'\n[sets]\ndefault = [{{ url = '{}' }}]\n\
+             [monitor]\ncheck_timeout_ms = 2000\n",
+            c.primary_url,
+            c.replica_url(1)
+        ),
+    )
+    .unwrap();
+    // A transaction that commits: a WAL-logged one (a transactional message, which the logical
+    // subscriber is not sent), so its commit is flushed before it returns (a bare
+    // `txid_current()` commits asynchronously).
+    let write = || async {
+        c.primary()
+            .await
+            .execute(
+                "SELECT pg_logical_emit_message(true, 'pindb-cli', 'lag')::text",
+                &[],
+            )
+            .await
+            .unwrap();
+        c.primary_lsn().await
+    };
+
+    // Dropped, it resumes replica 1 (whatever fails below).
+    let mut control = rt.block_on(async {
+        let control = c.exclusive().await;
+        // A write the replica replays, then an idle master: its last replayed transaction is
+        // 3 s old, yet it is not 3 s behind.
+        let lsn = write().await;
+        c.wait_for_replay(1, lsn).await;
+        tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+        control
+    });
+    let (code, table) = pindb(&["status"], &config);
+    assert_eq!(code, 0, "{table}");
+    assert_eq!(lag_ms_cell(&table, "default-1"), "0", "caught up:\n{table}");
+
+    // Behind (a write it received but cannot replay): at least the 2 s status waited for it.
+    rt.block_on(async {
+        control.pause(1).await;
+        let lsn = write().await;
+        c.wait_for_receive(1, lsn).await;
+    });
+    let (code, table) = pindb(&["status"], &config);
+    assert_eq!(code, 0, "{table}");
+    let cell = lag_ms_cell(&table, "default-1");
+    let at_least: u64 = cell
+        .strip_prefix(">=")
+        .and_then(|ms| ms.parse().ok())
+        .unwrap_or_else(|| panic!("a paused replica's lag is a lower bound:\n{table}"));
+    assert!(at_least >= 2000, "{table}");
+    let (code, json) = pindb(&["status", "--json"], &config);
+    assert_eq!(code, 0, "{json}");
+    assert!(json.contains("\"lag_ms_at_least\": true"), "{json}");
+
+    // Behind when status asks, replaying 300 ms later: its lag is how long it took, not the
+    // age of the transaction it replayed last (3 s and more: the old figure).
+    let status = Command::new(env!("CARGO_BIN_EXE_pindb"))
+        .args(["status", "--config"])
+        .arg(&config)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    rt.block_on(async {
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        control.resume(1).await;
+    });
+    let out = status.wait_with_output().unwrap();
+    let table =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{table}");
+    let lag: u64 = lag_ms_cell(&table, "default-1")
+        .parse()
+        .unwrap_or_else(|_| panic!("caught up within the check timeout:\n{table}"));
+    assert!(
+        lag < 1000,
+        "lag {lag} ms, not the last replay's age:\n{table}"
+    );
+    drop(control);
+}

@@ -1,6 +1,7 @@
 //! A one-shot look at every database of the topology, for `pindb status` and operators: role,
 //! reachability, replication position and lag, and the WAL each primary keeps for its
-//! replication slots. Its own connections (the probes), one query per database; no monitor
+//! replication slots. Its own connections (the probes), one query per database, and for a
+//! replica that is behind, the few it takes to measure its time lag (`time_lag`); no monitor
 //! needed.
 
 use std::collections::HashMap;
@@ -236,12 +237,16 @@ async fn time_lag(
         if replay >= target {
             // An upper bound: rounded up.
             let micros = asked.elapsed().as_micros();
-            return Ok(TimeLag::AtMost(u64::try_from(micros.div_ceil(1000)).unwrap_or(u64::MAX)));
+            return Ok(TimeLag::AtMost(
+                u64::try_from(micros.div_ceil(1000)).unwrap_or(u64::MAX),
+            ));
         }
         let waited = sent.saturating_duration_since(answered);
         if waited >= deadline {
             // A lower bound: rounded down.
-            return Ok(TimeLag::AtLeast(u64::try_from(waited.as_millis()).unwrap_or(u64::MAX)));
+            return Ok(TimeLag::AtLeast(
+                u64::try_from(waited.as_millis()).unwrap_or(u64::MAX),
+            ));
         }
         tokio::time::sleep(POLL).await;
     }

@@ -434,7 +434,10 @@ async fn a_write_waiting_for_a_hung_primary_follows_the_promotion() {
     let promotion = tokio::task::spawn_blocking(move || nodes.promote(1, true));
     let started = Instant::now();
     let wrote = scope(async { a.port_of_sql(WRITE_PORT).await }).await;
-    eprintln!("the waiting write ended after {:?}: {wrote:?}", started.elapsed());
+    eprintln!(
+        "the waiting write ended after {:?}: {wrote:?}",
+        started.elapsed()
+    );
     promotion.await.unwrap();
     assert_eq!(
         wrote,
