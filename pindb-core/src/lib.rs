@@ -118,6 +118,6 @@ pub mod adapter {
     pub use crate::populate::{
         populate_replicas, Database, Membership, PoolSettings, DEFAULT_PORT,
     };
-    pub use crate::router::{Abandoned, Promotion, ReplicaFailure, Shape};
+    pub use crate::router::{Abandoned, Promotion, ReplicaFailure, Shape, REFUSED_GRACE};
     pub use crate::topology::Topology;
 }

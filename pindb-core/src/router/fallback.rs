@@ -290,13 +290,12 @@ pub enum Abandoned {
 }
 
 impl Abandoned {
-    /// The failure to reroute with: a long query goes to the master ([`ReplicaFailure::Timeout`]),
-    /// a read on a replica that is down may go to another one ([`ReplicaFailure::Unreachable`]).
+    /// The failure to reroute with: [`ReplicaFailure::Timeout`] either way, so the read goes
+    /// to the master, not to another replica (a replica the monitor took out because its
+    /// checks time out under load must not push its long reads onto the next one), and the
+    /// monitor's verdict stands (no suspicion of a read's own, which would lapse).
     pub fn failure(self) -> ReplicaFailure {
-        match self {
-            Abandoned::TimedOut => ReplicaFailure::Timeout,
-            Abandoned::ReplicaDown => ReplicaFailure::Unreachable,
-        }
+        ReplicaFailure::Timeout
     }
 }
 
@@ -356,6 +355,10 @@ impl Router {
     }
 }
 
+/// How long a checkout waits for its pool before asking [`Router::refused`]: most checkouts
+/// are served well within it, so pindb's own attempt is made only for the ones that wait.
+pub const REFUSED_GRACE: Duration = Duration::from_millis(50);
+
 impl Router {
     /// Why the database at `index` could not be used (a checkout that failed or timed out),
     /// from a fresh connection attempt of pindb's own bounded by `monitor.check_timeout_ms`:
@@ -375,10 +378,19 @@ impl Router {
         self.diagnosis(index, true).await
     }
 
+    /// [`Router::refused`] after [`REFUSED_GRACE`]: what a checkout still waiting for its pool
+    /// races against (a checkout served at once never starts the timer).
+    pub async fn refused_while_waiting(&self, index: usize) -> Option<PinDbError> {
+        tokio::time::sleep(REFUSED_GRACE).await;
+        self.refused(index).await
+    }
+
     /// [`Router::refused`] for a sync adapter, from a thread that may block (`spawn_blocking`,
     /// a thread of its own): the attempt runs on the tokio runtime this thread belongs to and
-    /// is waited for at most `monitor.check_timeout_ms`. `None` without a runtime to run it on:
-    /// the caller's pool keeps its own timeout.
+    /// is waited for at most `monitor.check_timeout_ms` + 100 ms. `None` without a runtime to
+    /// run it on: the caller's pool keeps its own timeout. Called on one of the runtime's own
+    /// worker threads (sync diesel inside an async task, which blocks that worker anyway), the
+    /// attempt may not get to run: `None` after that wait.
     pub fn refused_blocking(&self, index: usize) -> Option<PinDbError> {
         let runtime = tokio::runtime::Handle::try_current().ok()?;
         let (tx, rx) = std::sync::mpsc::sync_channel(1);
@@ -387,7 +399,8 @@ impl Router {
             let _ = tx.send(router.refused(index).await);
         });
         // A little more than the attempt's own bound: it always answers first.
-        let bound = Duration::from_millis(self.inner.config.monitor.check_timeout_ms + 100);
+        let bound =
+            Duration::from_millis((self.inner.config.monitor.check_timeout_ms).saturating_add(100));
         rx.recv_timeout(bound).ok().flatten()
     }
 

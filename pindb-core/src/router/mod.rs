@@ -35,7 +35,7 @@ mod statements;
 use decide::trace;
 
 pub use builder::RouterBuilder;
-pub use fallback::{Abandoned, ReplicaFailure};
+pub use fallback::{Abandoned, ReplicaFailure, REFUSED_GRACE};
 pub use global::{db_for_read, db_for_write, get_replica, global, master, pin, unpinned_replica};
 pub use promotion::Promotion;
 pub use route::{Delegate, Hint, Operation, Reason, Role, Route, Shape};

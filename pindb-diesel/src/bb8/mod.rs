@@ -8,7 +8,6 @@
 use std::future::Future;
 use std::sync::Arc;
 use std::task::Poll;
-use std::time::Duration;
 
 use diesel_async::pooled_connection::{AsyncDieselConnectionManager, ManagerConfig, PoolError};
 use diesel_async::{AsyncConnection, AsyncPgConnection};
@@ -172,7 +171,7 @@ impl PinDb {
                 // checkouts wait here: one timer per checkout, none per statement.
                 Poll::Pending => tokio::select! {
                     got = &mut get => got,
-                    Some(refused) = self.refused_after(REFUSED_GRACE, index) => {
+                    Some(refused) = self.router().refused_while_waiting(index) => {
                         return Err(Error::Routing(refused));
                     }
                     moved = promotion.wait() => {
@@ -209,18 +208,6 @@ impl PinDb {
                 ),
             });
         }
-    }
-}
-
-/// How long a checkout waits for the pool before pindb checks the server itself.
-const REFUSED_GRACE: Duration = Duration::from_millis(50);
-
-impl PinDb {
-    /// After `grace`, pindb's own connection attempt to the database at `index` (cached for
-    /// 1 s): why, if it was refused.
-    async fn refused_after(&self, grace: Duration, index: usize) -> Option<PinDbError> {
-        tokio::time::sleep(grace).await;
-        self.router().refused(index).await
     }
 }
 

@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 
 use diesel::pg::PgConnection;
 use diesel::r2d2::{ConnectionManager, PooledConnection};
-use pindb_core::adapter::Database;
+use pindb_core::adapter::{Database, REFUSED_GRACE};
 use pindb_core::{Config, Hint, PinDbError, Router};
 
 use crate::error::Error;
@@ -66,9 +66,6 @@ fn build_pool(db: &Database) -> Pool {
     // `pool_url`: nothing is set on the session, which a pooler could hand to another client.
     builder.build_unchecked(ConnectionManager::new(db.pool_url()))
 }
-
-/// How long a checkout waits for the pool before pindb checks the server itself.
-const REFUSED_GRACE: Duration = Duration::from_millis(50);
 
 /// How often a waiting checkout looks again whether another host became the primary.
 const SLICE: Duration = Duration::from_millis(100);
@@ -124,7 +121,9 @@ impl PinDb {
     fn checkout(&self, mut index: usize, mut epoch: u64) -> Result<(usize, Pooled), Error> {
         let started = Instant::now();
         let mut asked = false;
-        let (pool, db) = loop {
+        // r2d2 keeps the last connection error for one `get_timeout` only: the last one seen.
+        let mut last_cause = None;
+        'target: loop {
             let (pool, db) = self.inner.pool_for_checkout(index, epoch)?;
             let promotion = self.router().watch_promotion(index);
             // r2d2 retries a refused connection until `connect_timeout_ms` (5 s by default):
@@ -132,25 +131,45 @@ impl PinDb {
             // second) says whether nothing listens there, and the checkout fails at once with
             // that; after each, a write follows a new primary. A checkout served at once
             // never gets here.
-            let left = db.pool.connect_timeout.saturating_sub(started.elapsed());
-            let slice = if asked { SLICE } else { REFUSED_GRACE };
-            if left <= slice {
-                break (pool, db);
-            }
-            if let Ok(conn) = pool.get_timeout(slice) {
-                return Ok((index, conn));
-            }
-            if !std::mem::replace(&mut asked, true) {
-                if let Some(refused) = self.router().refused_blocking(index) {
-                    return Err(Error::Routing(refused));
+            loop {
+                let left = db.pool.connect_timeout.saturating_sub(started.elapsed());
+                let slice = if asked { SLICE } else { REFUSED_GRACE };
+                if left <= slice {
+                    return self.last_checkout(&pool, &db, index, left, last_cause);
+                }
+                match pool.get_timeout(slice) {
+                    Ok(conn) => return Ok((index, conn)),
+                    Err(e) => {
+                        let message = e.to_string();
+                        if let Some((_, cause)) = message.split_once(": ") {
+                            last_cause = Some(cause.to_owned());
+                        }
+                    }
+                }
+                if !std::mem::replace(&mut asked, true) {
+                    if let Some(refused) = self.router().refused_blocking(index) {
+                        return Err(Error::Routing(refused));
+                    }
+                }
+                if let Some(moved) = promotion.moved() {
+                    tracing::info!(target: "pindb", from = %db.alias, to = %self.router().topology().databases()[moved].alias, "pindb: a write waiting for a connection follows the new primary (nothing was sent)");
+                    (index, epoch) = (moved, self.router().topology().epoch(moved));
+                    continue 'target;
                 }
             }
-            if let Some(moved) = promotion.moved() {
-                tracing::info!(target: "pindb", from = %db.alias, to = %self.router().topology().databases()[moved].alias, "pindb: a write waiting for a connection follows the new primary (nothing was sent)");
-                (index, epoch) = (moved, self.router().topology().epoch(moved));
-            }
-        };
-        let left = db.pool.connect_timeout.saturating_sub(started.elapsed());
+        }
+    }
+
+    /// The checkout's last wait, `left`, and its error: what really happened (`last_cause`: the
+    /// cause an earlier slice saw, when this one saw none).
+    fn last_checkout(
+        &self,
+        pool: &Pool,
+        db: &Database,
+        index: usize,
+        left: Duration,
+        last_cause: Option<String>,
+    ) -> Result<(usize, Pooled), Error> {
         // r2d2 only fails after its timeout; its message carries the last connection error,
         // if a connection attempt failed (else the pool was busy).
         pool.get_timeout(left)
@@ -158,8 +177,9 @@ impl PinDb {
             .map_err(|e| {
                 let message = e.to_string();
                 let state = pool.state();
-                let cause = match message.split_once(": ") {
-                    Some((_, cause)) => cause.to_owned(),
+                let seen = message.split_once(": ").map(|(_, cause)| cause.to_owned());
+                let cause = match seen.or(last_cause) {
+                    Some(cause) => cause,
                     // Every connection busy: the pool is exhausted, the server may be fine.
                     None if state.connections >= db.pool.max_size
                         && state.idle_connections == 0 =>
