@@ -39,6 +39,9 @@ pub(crate) struct Health {
     suspected_at_ms: AtomicU64,
     /// Taken out of rotation by hand (`Topology::drain`).
     drained: AtomicBool,
+    /// Down because the monitor's checks failed (no answer, refused): reads in flight on it
+    /// are given up. Not for a host that left or changed role: those finish their reads.
+    unreachable: AtomicBool,
 }
 
 /// How long a suspicion keeps a replica out when no monitor check says otherwise.
@@ -69,6 +72,7 @@ impl Default for Health {
             suspicions: AtomicU64::new(0),
             suspected_at_ms: AtomicU64::new(0),
             drained: AtomicBool::new(false),
+            unreachable: AtomicBool::new(false),
         }
     }
 }
@@ -136,9 +140,19 @@ impl Health {
         self.max_lag_ms.store(max_lag_ms, Ordering::Relaxed);
     }
 
+    /// Down by the monitor's verdict for another reason than failed checks (it answered: a
+    /// wrong role, no host yet).
     pub(crate) fn set_down(&self) {
         self.suspected_at_ms.store(0, Ordering::Relaxed);
+        self.unreachable.store(false, Ordering::Release);
         self.up.store(false, Ordering::Relaxed);
+    }
+
+    /// The monitor's checks failed `failures_before_down` times: down, and reads in flight on
+    /// it are given up ([`Health::declared_down`]).
+    pub(crate) fn set_unreachable(&self) {
+        self.set_down();
+        self.unreachable.store(true, Ordering::Release);
     }
 
     /// A good check: the position and byte lag it saw, what proves that position fresh,
@@ -170,6 +184,8 @@ impl Health {
         };
         self.fresh_at.store(fresh_at, Ordering::Release);
         self.over_lag.store(over_lag, Ordering::Relaxed);
+        // It answered.
+        self.unreachable.store(false, Ordering::Release);
         self.up.store(up, Ordering::Release);
         // A read failed on it (or its slot got another host) since the test above: the
         // suspicion wins over this check.
@@ -202,6 +218,7 @@ impl Health {
         self.up.store(false, Ordering::Release);
         self.suspicions.fetch_add(1, Ordering::AcqRel);
         self.suspected_at_ms.store(0, Ordering::Relaxed);
+        self.unreachable.store(false, Ordering::Release);
         self.replay_lsn.store(0, Ordering::Relaxed);
         self.lag_bytes.store(0, Ordering::Relaxed);
         // Nothing proves the new host fresh until the monitor checks it.
@@ -213,10 +230,11 @@ impl Health {
         self.up.store(up, Ordering::Release);
     }
 
-    /// The monitor's verdict (or a new host) says down: not a suspicion of one failed read,
-    /// which a long query on a healthy replica could raise.
+    /// The monitor's checks say it cannot be reached: not a suspicion of one failed read
+    /// (which a long query on a healthy replica could raise), nor a host that left its slot
+    /// or changed role (its reads under way finish there).
     pub(crate) fn declared_down(&self) -> bool {
-        !self.up.load(Ordering::Acquire) && self.suspected_at_ms.load(Ordering::Relaxed) == 0
+        self.unreachable.load(Ordering::Acquire) && !self.up.load(Ordering::Acquire)
     }
 
     /// How many times [`Health::suspect`] was called.
@@ -447,6 +465,32 @@ mod tests {
             })
             .collect();
         assert_eq!(picks, [0, 1, 2, 0, 1, 2]);
+    }
+
+    #[test]
+    fn only_failed_checks_give_up_the_reads_in_flight() {
+        let h = Health::default();
+        h.suspect();
+        assert!(
+            !h.declared_down(),
+            "one failed read: a long query may be fine"
+        );
+        h.set_unreachable();
+        assert!(h.declared_down(), "the monitor's checks failed");
+        h.set_down();
+        assert!(
+            !h.declared_down(),
+            "it answered, with a wrong role: reads finish"
+        );
+        h.set_unreachable();
+        h.reset(false);
+        assert!(
+            !h.declared_down(),
+            "the host left its slot: its reads finish there"
+        );
+        h.set_unreachable();
+        h.set_position(Lsn(1), 0, Proof::Always, false, false, h.suspicions());
+        assert!(!h.declared_down(), "a good check, though not up yet");
     }
 
     #[test]

@@ -383,7 +383,7 @@ async fn watch_replica(
                         // It can no longer become the primary, nor serve as a standby.
                         after_change(roles.report(r, None).1, r, track, health);
                     }
-                    health[r].set_down();
+                    health[r].set_unreachable();
                     if was_up {
                         tracing::warn!(target: "pindb", %alias, error = %e, "pindb monitor: replica down");
                     }
