@@ -147,6 +147,36 @@ fn for_alias(alias: &Option<String>) -> String {
 }
 
 impl PinDbError {
+    /// An [`Unreachable`](PinDbError::Unreachable) named by the role its database had when
+    /// the statement was routed (`"master"`: a write to a primary the monitor has since
+    /// demoted, or found gone); any other error unchanged. What an adapter that knows the
+    /// route says.
+    ///
+    /// ```
+    /// use pindb_core::PinDbError;
+    ///
+    /// let e = PinDbError::Unreachable {
+    ///     alias: "default-1".into(),
+    ///     role: "replica",
+    ///     url: "postgres://db1/app".into(),
+    ///     cause: "connection refused".into(),
+    /// };
+    /// assert!(e.routed_as("master").to_string().starts_with("the master `default-1`"));
+    /// ```
+    pub fn routed_as(self, role: &'static str) -> PinDbError {
+        match self {
+            PinDbError::Unreachable {
+                alias, url, cause, ..
+            } => PinDbError::Unreachable {
+                alias,
+                role,
+                url,
+                cause,
+            },
+            other => other,
+        }
+    }
+
     /// Whether this is the strict router's refusal of an unpinned write.
     pub fn is_unpinned_write(&self) -> bool {
         matches!(self, PinDbError::UnpinnedWrite { .. })

@@ -22,7 +22,7 @@ use std::sync::{Arc, Mutex};
 use diesel::connection::{CacheSize, Instrumentation, InstrumentationEvent};
 use diesel::result::QueryResult;
 use pindb_core::adapter::{NewPin, Shape};
-use pindb_core::{Hint, Operation, Router};
+use pindb_core::{Hint, Operation, Role, Router};
 
 use crate::error::Error;
 
@@ -151,6 +151,9 @@ pub(crate) struct Checkouts<C: Held> {
     held_epoch: u64,
     /// The pin the last decision made (a write): given back if its checkout fails.
     pin: Option<NewPin>,
+    /// The role the last decision routed to: what a failed checkout's error names (a host
+    /// the monitor demoted meanwhile was the master the write was sent to).
+    role: Role,
     /// The database index of the open transaction; `held` is its connection.
     tx: Option<usize>,
     scopes: Option<Arc<Scopes>>,
@@ -186,6 +189,7 @@ impl<C: Held> Checkouts<C> {
             epoch: 0,
             held_epoch: 0,
             pin: None,
+            role: Role::Master,
             tx: None,
             scopes: None,
             manual: false,
@@ -328,8 +332,13 @@ impl<C: Held> Checkouts<C> {
             Operation::Write => router.db_for_write(&hint),
         }
         .map_err(Error::from)?;
-        (self.epoch, self.pin) = (route.epoch, route.pin);
+        (self.epoch, self.pin, self.role) = (route.epoch, route.pin, route.role);
         Ok(self.slot_for(router, route.index))
+    }
+
+    /// The role of the last decision's database when it was decided.
+    pub(crate) fn role(&self) -> Role {
+        self.role
     }
 
     /// The checkout for the last decision failed: nothing was sent, so a write gives back the
@@ -377,7 +386,7 @@ impl<C: Held> Checkouts<C> {
             return Ok(Slot::Held);
         }
         let route = router.db_for_write(&hint).map_err(Error::from)?;
-        (self.epoch, self.pin) = (route.epoch, route.pin);
+        (self.epoch, self.pin, self.role) = (route.epoch, route.pin, route.role);
         Ok(self.slot_for(router, route.index))
     }
 

@@ -111,6 +111,15 @@ pub enum Error {
 }
 
 impl Error {
+    /// An unreachable database named by the role it had when the statement was routed
+    /// ([`PinDbError::routed_as`]).
+    pub(crate) fn routed_as(self, role: pindb_core::Role) -> Error {
+        match self {
+            Error::Routing(e) => Error::Routing(e.routed_as(role.as_str())),
+            other => other,
+        }
+    }
+
     pub(crate) fn connect(db: &pindb_core::adapter::Database, message: String) -> Error {
         Error::Connect {
             alias: db.alias.clone(),

@@ -239,7 +239,7 @@ impl PinDb {
                             || replica_failure(&e) == Some(ReplicaFailure::Unreachable) =>
                     {
                         Err(match router.diagnose(index).await {
-                            Some(unreachable) => to_db_err(unreachable),
+                            Some(unreachable) => to_db_err(unreachable.routed_as(role.as_str())),
                             None => e,
                         })
                     }

@@ -454,6 +454,43 @@ async fn a_write_waiting_for_a_hung_primary_follows_the_promotion() {
     );
 }
 
+/// SeaORM: a write routed to the primary whose connection waits while the primary hangs (a
+/// proxy in front of it freezes) and a standby is promoted fails as unreachable (sqlx acquires
+/// inside the statement: pindb cannot move it), named as the master it was routed to, though
+/// the host is a former primary by then (the old message said "the replica `default-1`").
+/// diesel-async moves such a write instead (above); sync diesel checks an idle connection
+/// inside r2d2 with no bound, so a hung primary is not covered for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_to_a_primary_demoted_meanwhile_names_it_the_master_seaorm() {
+    let f = FailoverCluster::exclusive();
+    let schema = schema(&f).await;
+    let proxy = Proxy::start(&format!("127.0.0.1:{}", f.nodes.port(0))).await;
+    let url = format!(
+        "postgres://pindb@127.0.0.1:{},127.0.0.1:{},127.0.0.1:{}/pindb",
+        proxy.port(),
+        f.nodes.port(1),
+        f.nodes.port(2)
+    );
+    let a = SeaOrm::open(config_of(&schema.url(&url))).await;
+    a.router().start_monitor().await.unwrap();
+    const WRITE_PORT: &str = "INSERT INTO items DEFAULT VALUES RETURNING port";
+    let before = scope(async { a.port_of_sql(WRITE_PORT).await }).await;
+    assert_eq!(before, Ok(i32::from(f.nodes.port(0))));
+    proxy.freeze();
+    let nodes = f.nodes;
+    let promotion = tokio::task::spawn_blocking(move || nodes.promote(1, true));
+    let wrote = scope(async { a.port_of_sql(WRITE_PORT).await }).await;
+    promotion.await.unwrap();
+    assert_eq!(a.router().topology().primary("default"), Ok(Some("default-2")));
+    match wrote {
+        Err(Failure::Unreachable(text)) => assert!(
+            text.starts_with("the master `default-1`"),
+            "named by its role when routed: {text}"
+        ),
+        other => panic!("unreachable, retryable: {other:?}"),
+    }
+}
+
 fn kind(f: &Failure) -> &'static str {
     match f {
         Failure::NoPrimary(_) => "no primary (retryable)",

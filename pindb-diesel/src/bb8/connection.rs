@@ -227,7 +227,8 @@ impl PinDbConnection {
             Ok(()) => self.slots.get(),
             Err(e) => {
                 self.slots.not_sent(self.db.router(), index);
-                Err(checkout_error(self.db.router(), index, e).await.into())
+                let e = checkout_error(self.db.router(), index, e).await;
+                Err(e.routed_as(self.slots.role()).into())
             }
         }
     }

@@ -95,7 +95,8 @@ impl PinDb {
     /// replica, or the master when the set is pinned). Plain `AsyncPgConnection`, no routing.
     pub async fn read_with(&self, hint: &Hint<'_>) -> Result<Pooled, Error> {
         let route = self.inner.router().db_for_read(hint)?;
-        self.checkout_diagnosed(route.index, route.epoch).await
+        let checkout = self.checkout_diagnosed(route.index, route.epoch).await;
+        checkout.map_err(|e| e.routed_as(route.role))
     }
 
     /// [`PinDb::read_with`] for the `default` set.
@@ -111,7 +112,7 @@ impl PinDb {
         if checkout.is_err() {
             self.inner.not_sent(&route);
         }
-        checkout
+        checkout.map_err(|e| e.routed_as(route.role))
     }
 
     /// [`PinDb::write_with`] for the `default` set.

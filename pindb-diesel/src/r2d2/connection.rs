@@ -153,7 +153,7 @@ impl PinDbConnection {
                     Ok(checked_out) => checked_out,
                     Err(e) => {
                         self.slots.not_sent(self.db.router(), index);
-                        return Err(e.into());
+                        return Err(e.routed_as(self.slots.role()).into());
                     }
                 };
                 let alias = &self.db.router().topology().databases()[index].alias;

@@ -96,7 +96,8 @@ impl PinDb {
     /// An explicit read connection on the router's read route for `hint`.
     pub fn read_with(&self, hint: &Hint<'_>) -> Result<Pooled, Error> {
         let route = self.router().db_for_read(hint)?;
-        Ok(self.checkout(route.index, route.epoch)?.1)
+        let checkout = self.checkout(route.index, route.epoch);
+        Ok(checkout.map_err(|e| e.routed_as(route.role))?.1)
     }
 
     /// An explicit write connection on the master of the hinted set, under the router's rules.
@@ -106,7 +107,7 @@ impl PinDb {
         if checkout.is_err() {
             self.inner.not_sent(&route);
         }
-        Ok(checkout?.1)
+        Ok(checkout.map_err(|e| e.routed_as(route.role))?.1)
     }
 
     /// How many checkouts of `alias`'s pool have been asked for so far.
