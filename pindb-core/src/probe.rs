@@ -161,7 +161,8 @@ pub(crate) fn lsn_column(row: &Row, i: usize) -> Result<Option<Lsn>, String> {
 
 /// Why `db` cannot be used right now, from a fresh connection attempt bounded by `timeout`:
 /// `None` when it connects (the trouble was elsewhere: a busy pool, a hung session), else the
-/// cause and whether the connection was refused (nothing listens: definitive, and immediate).
+/// cause and whether the connection was refused (nothing listens, or the server accepts none
+/// now: definitive for the moment, and immediate).
 pub(crate) async fn diagnose(db: &Database, timeout: Duration) -> Option<(String, bool)> {
     match tokio::time::timeout(timeout, tokio_postgres::connect(&db.probe_url(), NoTls)).await {
         Ok(Ok((client, connection))) => {
@@ -181,8 +182,13 @@ pub(crate) async fn diagnose(db: &Database, timeout: Duration) -> Option<(String
     }
 }
 
-/// Whether a connection attempt failed because nothing listens at the address.
+/// Whether a connection attempt failed because nothing listens at the address, or the server
+/// says it accepts no connection now (57P03: shutting down, starting up, in recovery mode);
+/// drivers retry both until their timeout. Not a full server (53300): a connection may free up.
 fn refused(e: &tokio_postgres::Error) -> bool {
+    if e.code() == Some(&tokio_postgres::error::SqlState::CANNOT_CONNECT_NOW) {
+        return true;
+    }
     let mut source = std::error::Error::source(e);
     while let Some(cause) = source {
         if let Some(io) = cause.downcast_ref::<std::io::Error>() {

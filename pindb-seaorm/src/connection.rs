@@ -8,7 +8,9 @@
 use std::borrow::Cow;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::task::Poll;
 
 use pindb_core::adapter::{Database, NewPin, PoolTable, ReplicaFailure, Shape};
 use pindb_core::{Config, Hint, Operation, Role, Route, Router};
@@ -78,12 +80,36 @@ fn pool(db: &Database) -> Result<DatabaseConnection, DbErr> {
     let mut pool = PgPoolOptions::new()
         .max_connections(db.pool.max_size)
         .acquire_timeout(db.pool.connect_timeout);
+    if !db.is_replica() {
+        // A write may go there: the statement under way learns when it got a connection
+        // (see `PinDb::unless_refused`).
+        pool = pool
+            .after_connect(|_, _| {
+                handed_out();
+                Box::pin(std::future::ready(Ok(())))
+            })
+            .before_acquire(|_, _| {
+                handed_out();
+                Box::pin(std::future::ready(Ok(true)))
+            });
+    }
     if let Some(min) = db.pool.min_idle {
         pool = pool.min_connections(min);
     }
     Ok(sea_orm::SqlxPostgresConnector::from_sqlx_postgres_pool(
         pool.connect_lazy_with(options),
     ))
+}
+
+tokio::task_local! {
+    /// Set by a write pool's hooks, in the task of the statement acquiring the connection:
+    /// from then on the statement may have been sent.
+    static HANDED_OUT: Arc<AtomicBool>;
+}
+
+/// The statement under way (if [`PinDb::unless_refused`] watches it) got a connection.
+fn handed_out() {
+    let _ = HANDED_OUT.try_with(|flag| flag.store(true, Ordering::Release));
 }
 
 /// A routed SeaORM connection. Cheap to clone; clones share the pools.
@@ -233,7 +259,18 @@ impl PinDb {
                 Err(e) => return self.settle(index, pin, Err(e)),
             };
             if role != Role::Replica {
-                return match self.settle(index, pin, run(conn, stmt).await) {
+                let sent = match self.unless_refused(index, run(conn, stmt)).await {
+                    Ok(sent) => sent,
+                    Err(refused) => {
+                        // Refused before the pool had a connection for it: nothing was sent,
+                        // so the write pins nothing.
+                        if let Some(pin) = pin {
+                            router.write_not_sent(index, pin);
+                        }
+                        return Err(to_db_err(refused.routed_as(role.as_str())));
+                    }
+                };
+                return match self.settle(index, pin, sent) {
                     Err(e)
                         if never_sent(&e)
                             || replica_failure(&e) == Some(ReplicaFailure::Unreachable) =>
@@ -285,6 +322,35 @@ impl PinDb {
                 }
             }
         }
+    }
+
+    /// Runs `statement` (on the database at `index`) unless it is still waiting for the pool
+    /// when pindb's own connection attempt is refused: that refusal then, and nothing was sent. sqlx
+    /// retries a refused connection until its acquire timeout (`connect_timeout_ms`, 5 s by
+    /// default), inside the statement, where pindb cannot see whether it was sent; the pool's
+    /// hooks say when it got a connection ([`HANDED_OUT`]). A statement that got one runs to
+    /// its end, whatever happens.
+    async fn unless_refused<T>(
+        &self,
+        index: usize,
+        statement: impl Future<Output = T>,
+    ) -> Result<T, pindb_core::PinDbError> {
+        let handed_out = Arc::new(AtomicBool::new(false));
+        let statement = HANDED_OUT.scope(Arc::clone(&handed_out), statement);
+        tokio::pin!(statement);
+        // Done at once, or with an idle connection: no timer.
+        let first = std::future::poll_fn(|cx| Poll::Ready(statement.as_mut().poll(cx))).await;
+        if let Poll::Ready(done) = first {
+            return Ok(done);
+        }
+        let refused = tokio::select! {
+            done = &mut statement => return Ok(done),
+            refused = self.inner.router.refused_while_waiting(index) => refused,
+        };
+        if handed_out.load(Ordering::Acquire) {
+            return Ok(statement.await);
+        }
+        Err(refused)
     }
 
     /// The pool for `op` whatever `sql` looks like; `sql` only feeds delegate hints.

@@ -403,12 +403,9 @@ async fn writers_follow_a_promotion_sync_diesel() {
     writers_follow_a_promotion::<DieselSync>(Some(UNAVAILABLE_AT_MOST)).await
 }
 
-// sqlx retries a refused connection until its acquire timeout (`connect_timeout_ms`), and
-// SeaORM acquires inside the statement: pindb cannot tell there whether a write was sent, so
-// it does not cut it short. Nothing is lost or stale; the wait is reported, not bounded.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writers_follow_a_promotion_seaorm() {
-    writers_follow_a_promotion::<SeaOrm>(None).await
+    writers_follow_a_promotion::<SeaOrm>(Some(UNAVAILABLE_AT_MOST)).await
 }
 
 /// How much longer than the promotion itself a write may be unavailable (the issue's
@@ -481,7 +478,10 @@ async fn a_write_to_a_primary_demoted_meanwhile_names_it_the_master_seaorm() {
     let promotion = tokio::task::spawn_blocking(move || nodes.promote(1, true));
     let wrote = scope(async { a.port_of_sql(WRITE_PORT).await }).await;
     promotion.await.unwrap();
-    assert_eq!(a.router().topology().primary("default"), Ok(Some("default-2")));
+    assert_eq!(
+        a.router().topology().primary("default"),
+        Ok(Some("default-2"))
+    );
     match wrote {
         Err(Failure::Unreachable(text)) => assert!(
             text.starts_with("the master `default-1`"),

@@ -431,13 +431,7 @@ for_each_adapter! {
     an_unreachable_master => a_master_that_cannot_be_reached_says_why;
     reads_cut_by_the_server => reads_whose_session_the_server_ends_run_again;
     a_write_that_never_reached_a_server => a_write_that_never_reached_a_server_pins_nothing;
-}
-
-// bb8 only: r2d2 and sqlx (SeaORM) retry a refused connection until their own timeout, and
-// pindb cannot yet tell there whether the statement was sent (issue #25 §3).
-#[tokio::test]
-async fn a_refused_master_fails_a_write_at_once_diesel_async() {
-    a_refused_master_fails_a_write_at_once::<DieselAsync>().await
+    a_refused_master => a_refused_master_fails_a_write_at_once;
 }
 
 /// A replica freezes (a proxy stops forwarding) while a read runs on it. The monitor declares

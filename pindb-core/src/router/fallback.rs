@@ -378,11 +378,19 @@ impl Router {
         self.diagnosis(index, true).await
     }
 
-    /// [`Router::refused`] after [`REFUSED_GRACE`]: what a checkout still waiting for its pool
-    /// races against (a checkout served at once never starts the timer).
-    pub async fn refused_while_waiting(&self, index: usize) -> Option<PinDbError> {
+    /// Resolves once [`Router::refused`] says the database at `index` refuses connections:
+    /// asked after [`REFUSED_GRACE`], then every 100 ms (pindb's own attempts are made at
+    /// most once a second). What a checkout still waiting for its pool races against: a
+    /// server that stops listening while it waits fails it too. Never resolves while the
+    /// server answers, however slowly.
+    pub async fn refused_while_waiting(&self, index: usize) -> PinDbError {
         tokio::time::sleep(REFUSED_GRACE).await;
-        self.refused(index).await
+        loop {
+            if let Some(refused) = self.refused(index).await {
+                return refused;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
     /// [`Router::refused`] for a sync adapter, from a thread that may block (`spawn_blocking`,

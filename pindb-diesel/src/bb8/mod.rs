@@ -172,7 +172,7 @@ impl PinDb {
                 // checkouts wait here: one timer per checkout, none per statement.
                 Poll::Pending => tokio::select! {
                     got = &mut get => got,
-                    Some(refused) = self.router().refused_while_waiting(index) => {
+                    refused = self.router().refused_while_waiting(index) => {
                         return Err(Error::Routing(refused));
                     }
                     moved = promotion.wait() => {

@@ -147,10 +147,11 @@ impl PinDb {
                         }
                     }
                 }
-                if !std::mem::replace(&mut asked, true) {
-                    if let Some(refused) = self.router().refused_blocking(index) {
-                        return Err(Error::Routing(refused));
-                    }
+                // Asked after every slice (pindb's own attempts are made at most once a
+                // second): a server that stops listening while the checkout waits fails it too.
+                asked = true;
+                if let Some(refused) = self.router().refused_blocking(index) {
+                    return Err(Error::Routing(refused));
                 }
                 if let Some(moved) = promotion.moved() {
                     tracing::info!(target: "pindb", from = %db.alias, to = %self.router().topology().databases()[moved].alias, "pindb: a write waiting for a connection follows the new primary (nothing was sent)");
