@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::Poll;
 
-use pindb_core::adapter::{Database, NewPin, PoolTable, ReplicaFailure, Shape};
+use pindb_core::adapter::{Database, NewPin, PoolTable, Promotion, ReplicaFailure, Shape};
 use pindb_core::{Config, Hint, Operation, Role, Route, Router};
 use sea_orm::{
     AccessMode, ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbBackend, DbErr,
@@ -110,6 +110,29 @@ tokio::task_local! {
 /// The statement under way (if [`PinDb::unless_refused`] watches it) got a connection.
 fn handed_out() {
     let _ = HANDED_OUT.try_with(|flag| flag.store(true, Ordering::Release));
+}
+
+/// Why a statement still waiting for its pool was not sent ([`PinDb::unless_unsent`]).
+enum Unsent {
+    /// pindb's own connection attempt was refused.
+    Refused(pindb_core::PinDbError),
+    /// The monitor found another primary: its index.
+    Moved(usize),
+}
+
+impl Unsent {
+    /// The error a statement routed to `role` fails with.
+    fn into_db_err(self, role: Role) -> DbErr {
+        match self {
+            Unsent::Refused(refused) => to_db_err(refused.routed_as(role.as_str())),
+            // Only when the statement was not kept to be sent there: never, in practice.
+            Unsent::Moved(_) => DbErr::Custom(
+                "pindb: the primary changed while a statement waited for its connection; \
+                 nothing was sent, run it again"
+                    .to_owned(),
+            ),
+        }
+    }
 }
 
 /// A routed SeaORM connection. Cheap to clone; clones share the pools.
@@ -229,7 +252,7 @@ impl PinDb {
     /// fails or leaves unanswered for `reads.timeout_ms` runs again where pindb-core says
     /// (another replica, the master): SeaORM's `ConnectionTrait` calls here never run inside
     /// a transaction (those go to a `DatabaseTransaction`), so a retry is always safe.
-    async fn run<'s, T, F, Fut>(&'s self, stmt: Statement, run: F) -> Result<T, DbErr>
+    async fn run<'s, T, F, Fut>(&'s self, mut stmt: Statement, run: F) -> Result<T, DbErr>
     where
         F: Fn(Cow<'s, DatabaseConnection>, Statement) -> Fut,
         Fut: Future<Output = Result<T, DbErr>>,
@@ -259,15 +282,25 @@ impl PinDb {
                 Err(e) => return self.settle(index, pin, Err(e)),
             };
             if role != Role::Replica {
-                let sent = match self.unless_refused(index, run(conn, stmt)).await {
-                    Ok(sent) => sent,
-                    Err(refused) => {
-                        // Refused before the pool had a connection for it: nothing was sent,
-                        // so the write pins nothing.
+                let promotion = router.watch_promotion(index);
+                // Kept to send it to a new primary, only where a promotion can come.
+                let again = promotion.armed().then(|| stmt.clone());
+                let statement = self.unless_unsent(index, &promotion, run(conn, stmt));
+                let sent = match (statement.await, again) {
+                    (Ok(sent), _) => sent,
+                    (Err(Unsent::Moved(primary)), Some(copy)) => {
+                        let dbs = router.topology().databases();
+                        tracing::info!(target: "pindb", from = %dbs[index].alias, to = %dbs[primary].alias, "pindb: a write waiting for a connection follows the new primary (nothing was sent)");
+                        (index, epoch) = (primary, router.topology().epoch(primary));
+                        stmt = copy;
+                        continue;
+                    }
+                    (Err(unsent), _) => {
+                        // Nothing was sent: the write pins nothing.
                         if let Some(pin) = pin {
                             router.write_not_sent(index, pin);
                         }
-                        return Err(to_db_err(refused.routed_as(role.as_str())));
+                        return Err(unsent.into_db_err(role));
                     }
                 };
                 return match self.settle(index, pin, sent) {
@@ -324,17 +357,18 @@ impl PinDb {
         }
     }
 
-    /// Runs `statement` (on the database at `index`) unless it is still waiting for the pool
-    /// when pindb's own connection attempt is refused: that refusal then, and nothing was sent. sqlx
-    /// retries a refused connection until its acquire timeout (`connect_timeout_ms`, 5 s by
-    /// default), inside the statement, where pindb cannot see whether it was sent; the pool's
-    /// hooks say when it got a connection ([`HANDED_OUT`]). A statement that got one runs to
-    /// its end, whatever happens.
-    async fn unless_refused<T>(
+    /// Runs `statement` (on the database at `index`) unless, while it still waits for the
+    /// pool, pindb's own connection attempt is refused or `promotion` finds another primary:
+    /// then nothing was sent, and [`Unsent`] says why. sqlx retries a refused connection until
+    /// its acquire timeout (`connect_timeout_ms`, 5 s by default) inside the statement, where
+    /// pindb cannot see whether it was sent: the pool's hooks say when it got a connection
+    /// ([`HANDED_OUT`]). A statement that got one runs to its end, whatever happens.
+    async fn unless_unsent<T>(
         &self,
         index: usize,
+        promotion: &Promotion<'_>,
         statement: impl Future<Output = T>,
-    ) -> Result<T, pindb_core::PinDbError> {
+    ) -> Result<T, Unsent> {
         let handed_out = Arc::new(AtomicBool::new(false));
         let statement = HANDED_OUT.scope(Arc::clone(&handed_out), statement);
         tokio::pin!(statement);
@@ -343,14 +377,15 @@ impl PinDb {
         if let Poll::Ready(done) = first {
             return Ok(done);
         }
-        let refused = tokio::select! {
+        let unsent = tokio::select! {
             done = &mut statement => return Ok(done),
-            refused = self.inner.router.refused_while_waiting(index) => refused,
+            refused = self.inner.router.refused_while_waiting(index) => Unsent::Refused(refused),
+            primary = promotion.wait() => Unsent::Moved(primary),
         };
         if handed_out.load(Ordering::Acquire) {
             return Ok(statement.await);
         }
-        Err(refused)
+        Err(unsent)
     }
 
     /// The pool for `op` whatever `sql` looks like; `sql` only feeds delegate hints.

@@ -52,6 +52,13 @@ impl Router {
 }
 
 impl Promotion<'_> {
+    /// Whether there is anything to watch: the database is the primary of a set given as
+    /// hosts now. An adapter that must keep a copy of a statement to send it elsewhere keeps
+    /// one only then.
+    pub fn armed(&self) -> bool {
+        self.set.is_some()
+    }
+
     /// Another host is the set's primary now: its index. `None` while the database is still
     /// the primary, or while the set has none (a failover under way).
     pub fn moved(&self) -> Option<usize> {
