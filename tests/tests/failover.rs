@@ -440,7 +440,8 @@ async fn a_write_waiting_for_a_hung_primary_follows_the_promotion<A: Adapter>() 
     let started = Instant::now();
     let wrote = scope(async { a.port_of_sql(WRITE_PORT).await }).await;
     eprintln!(
-        "the waiting write ended after {:?}: {wrote:?}",
+        "{}: the waiting write ended after {:?}: {wrote:?}",
+        A::NAME,
         started.elapsed()
     );
     promotion.await.unwrap();
