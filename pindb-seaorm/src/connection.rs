@@ -6,9 +6,9 @@
 //! statement, so routing is a choice of pool. Decisions are pindb-core's.
 
 use std::borrow::Cow;
+use std::cell::Cell;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::Poll;
 
@@ -82,7 +82,7 @@ fn pool(db: &Database) -> Result<DatabaseConnection, DbErr> {
         .acquire_timeout(db.pool.connect_timeout);
     if !db.is_replica() {
         // A write may go there: the statement under way learns when it got a connection
-        // (see `PinDb::unless_refused`).
+        // (see `PinDb::unless_unsent`).
         pool = pool
             .after_connect(|_, _| {
                 handed_out();
@@ -104,12 +104,12 @@ fn pool(db: &Database) -> Result<DatabaseConnection, DbErr> {
 tokio::task_local! {
     /// Set by a write pool's hooks, in the task of the statement acquiring the connection:
     /// from then on the statement may have been sent.
-    static HANDED_OUT: Arc<AtomicBool>;
+    static HANDED_OUT: Cell<bool>;
 }
 
-/// The statement under way (if [`PinDb::unless_refused`] watches it) got a connection.
+/// The statement under way (if [`PinDb::unless_unsent`] watches it) got a connection.
 fn handed_out() {
-    let _ = HANDED_OUT.try_with(|flag| flag.store(true, Ordering::Release));
+    let _ = HANDED_OUT.try_with(|flag| flag.set(true));
 }
 
 /// Why a statement still waiting for its pool was not sent ([`PinDb::unless_unsent`]).
@@ -369,23 +369,36 @@ impl PinDb {
         promotion: &Promotion<'_>,
         statement: impl Future<Output = T>,
     ) -> Result<T, Unsent> {
-        let handed_out = Arc::new(AtomicBool::new(false));
-        let statement = HANDED_OUT.scope(Arc::clone(&handed_out), statement);
-        tokio::pin!(statement);
-        // Done at once, or with an idle connection: no timer.
-        let first = std::future::poll_fn(|cx| Poll::Ready(statement.as_mut().poll(cx))).await;
-        if let Poll::Ready(done) = first {
-            return Ok(done);
-        }
-        let unsent = tokio::select! {
-            done = &mut statement => return Ok(done),
-            refused = self.inner.router.refused_while_waiting(index) => Unsent::Refused(refused),
-            primary = promotion.wait() => Unsent::Moved(primary),
+        let watched = async {
+            tokio::pin!(statement);
+            let refused = self.inner.router.refused_while_waiting(index);
+            let moved = promotion.wait();
+            tokio::pin!(refused, moved);
+            // The watchers run (and their timer is set) only while the statement has no
+            // connection; once it has one, they are dropped and it runs to its end.
+            let unsent = std::future::poll_fn(|cx| {
+                if let Poll::Ready(done) = statement.as_mut().poll(cx) {
+                    return Poll::Ready(Ok(done));
+                }
+                if HANDED_OUT.with(Cell::get) {
+                    return Poll::Ready(Err(None));
+                }
+                if let Poll::Ready(refused) = refused.as_mut().poll(cx) {
+                    return Poll::Ready(Err(Some(Unsent::Refused(refused))));
+                }
+                match moved.as_mut().poll(cx) {
+                    Poll::Ready(primary) => Poll::Ready(Err(Some(Unsent::Moved(primary)))),
+                    Poll::Pending => Poll::Pending,
+                }
+            })
+            .await;
+            match unsent {
+                Ok(done) => Ok(done),
+                Err(None) => Ok(statement.await),
+                Err(Some(unsent)) => Err(unsent),
+            }
         };
-        if handed_out.load(Ordering::Acquire) {
-            return Ok(statement.await);
-        }
-        Err(unsent)
+        HANDED_OUT.scope(Cell::new(false), watched).await
     }
 
     /// The pool for `op` whatever `sql` looks like; `sql` only feeds delegate hints.

@@ -106,6 +106,16 @@ impl Proxy {
         }
     }
 
+    /// Closes the listener and keeps every forwarded connection: new connections are refused
+    /// while the statements under way go on (a server that stops listening, its sessions
+    /// still running).
+    pub fn stop_listening(&self) {
+        // The first task is the accept loop, which owns the listener.
+        if let Some(accept) = self.tasks.lock().unwrap().first() {
+            accept.abort();
+        }
+    }
+
     /// Closes every forwarded connection (a server that went away under its clients); new
     /// connections are still accepted.
     pub fn sever(&self) {

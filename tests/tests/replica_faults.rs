@@ -406,6 +406,39 @@ async fn reads_whose_session_the_server_ends_run_again<A: Adapter>() {
     w.finish().await;
 }
 
+/// A write that already has its connection when the master stops listening (new connections
+/// refused, sessions still running) runs to its end: it may have been sent, so it is never cut
+/// short, moved or retried. Once after a warm-up write (the pool hands out an idle
+/// connection), once on a fresh pool (a new connection).
+async fn a_write_under_way_when_the_master_stops_listening_finishes<A: Adapter>(warm: bool) {
+    let w = World::new().await;
+    let proxy = Proxy::start(&format!("127.0.0.1:{}", w.master)).await;
+    let mut config = w.config(Some(RouterMode::Greedy));
+    let master = config.masters.get_mut("default").unwrap();
+    master.url = Some(w.schema.url(&format!(
+        "postgres://pindb@127.0.0.1:{}/pindb",
+        proxy.port()
+    )));
+    let db = A::open(config).await;
+    if warm {
+        assert_eq!(scope(db.write()).await, Ok(w.master), "{}", A::NAME);
+    }
+    let before = w.rows().await;
+    let slow = "WITH s AS (SELECT pg_sleep(0.5)) INSERT INTO items SELECT FROM s RETURNING port";
+    let (wrote, ()) = tokio::join!(scope(db.port_of_sql(slow)), async {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        proxy.stop_listening();
+    });
+    assert_eq!(
+        wrote,
+        Ok(w.master),
+        "{}: the write under way finished",
+        A::NAME
+    );
+    assert_eq!(w.rows().await - before, 1, "{}: written once", A::NAME);
+    w.finish().await;
+}
+
 macro_rules! for_each_adapter {
     ($($test:ident => $body:ident $(($arg:expr))?;)*) => {
         mod diesel_async_bb8 {
@@ -432,6 +465,8 @@ for_each_adapter! {
     reads_cut_by_the_server => reads_whose_session_the_server_ends_run_again;
     a_write_that_never_reached_a_server => a_write_that_never_reached_a_server_pins_nothing;
     a_refused_master => a_refused_master_fails_a_write_at_once;
+    a_write_under_way_on_a_fresh_pool => a_write_under_way_when_the_master_stops_listening_finishes(false);
+    a_write_under_way_on_an_idle_connection => a_write_under_way_when_the_master_stops_listening_finishes(true);
 }
 
 /// A replica freezes (a proxy stops forwarding) while a read runs on it. The monitor declares
