@@ -424,7 +424,9 @@ async fn a_write_under_way_when_the_master_stops_listening_finishes<A: Adapter>(
         assert_eq!(scope(db.write()).await, Ok(w.master), "{}", A::NAME);
     }
     let before = w.rows().await;
-    let slow = "WITH s AS (SELECT pg_sleep(0.5)) INSERT INTO items SELECT FROM s RETURNING port";
+    // Longer than pindb caches its own connection attempt (1 s): it is asked again while the
+    // write runs, and finds the master refusing.
+    let slow = "WITH s AS (SELECT pg_sleep(1.5)) INSERT INTO items SELECT FROM s RETURNING port";
     let (wrote, ()) = tokio::join!(scope(db.port_of_sql(slow)), async {
         tokio::time::sleep(Duration::from_millis(200)).await;
         proxy.stop_listening();
