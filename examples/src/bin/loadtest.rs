@@ -57,10 +57,11 @@ struct Args {
     /// `--pool-size`.
     #[arg(long)]
     scale: bool,
-    /// `stickiness.max_wait_ms` for the `lsn` strategies (0: read from the master at once
-    /// when no replica is known to have the user's last write).
-    #[arg(long, default_value = "0ms", value_parser = parse_duration)]
-    max_wait: Duration,
+    /// `stickiness.max_wait_ms` for the `lsn` strategies but `lsn-no-wait` (0: read from the
+    /// master at once when no replica is known to have the user's last write; default:
+    /// pindb's own, 5 ms).
+    #[arg(long, value_parser = parse_duration)]
+    max_wait: Option<Duration>,
     /// Inject faults into the `lsn` strategies while they run: requests cancelled or
     /// panicking right after their write, a private Redis restarted empty or frozen every
     /// 5-7 s (`lsn-redis`), 3 s position lifetimes.

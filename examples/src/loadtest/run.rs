@@ -32,6 +32,10 @@ pub struct Outcome {
     pub p95_ms: f64,
     /// See `p50_ms`.
     pub p99_ms: f64,
+    /// The 99th percentile of the requests that neither wrote nor came right after the
+    /// user's write, in ms: what a wait for the replicas must not slow down.
+    #[serde(default)]
+    pub quiet_p99_ms: f64,
     /// Reads done.
     pub reads: u64,
     /// Routing decisions (statements) per second.
@@ -169,6 +173,11 @@ pub async fn run(
         reads => n as f64 * 1000.0 / reads as f64,
     };
     t.latencies_us.sort_unstable();
+    t.quiet_latencies_us.sort_unstable();
+    let quiet_p99_ms = match t.quiet_latencies_us.len() {
+        0 => 0.0,
+        n => t.quiet_latencies_us[((n as f64 - 1.0) * 0.99).round() as usize] as f64 / 1000.0,
+    };
     let pct = |p: f64| -> f64 {
         if t.latencies_us.is_empty() {
             return 0.0;
@@ -193,6 +202,7 @@ pub async fn run(
         p50_ms: pct(0.50),
         p95_ms: pct(0.95),
         p99_ms: pct(0.99),
+        quiet_p99_ms,
         reads: t.reads,
         replica_share: if t.reads == 0 {
             0.0

@@ -29,11 +29,15 @@ pub enum Strategy {
     LsnNoRecheck,
     /// The same with the Redis store.
     LsnRedis,
+    /// `lsn` without waiting for a replica at a keyed request's start
+    /// (`stickiness.max_wait_ms = 0`, the default before 5 ms): such a request reads from the
+    /// master at once.
+    LsnNoWait,
 }
 
 impl Strategy {
     /// Every strategy, in report order.
-    pub const ALL: [Strategy; 8] = [
+    pub const ALL: [Strategy; 9] = [
         Strategy::MasterOnly,
         Strategy::RandomReplica,
         Strategy::PinRequest,
@@ -42,6 +46,7 @@ impl Strategy {
         Strategy::Lsn,
         Strategy::LsnNoRecheck,
         Strategy::LsnRedis,
+        Strategy::LsnNoWait,
     ];
 
     /// The kebab-case name.
@@ -55,6 +60,7 @@ impl Strategy {
             Strategy::Lsn => "lsn",
             Strategy::LsnNoRecheck => "lsn-no-recheck",
             Strategy::LsnRedis => "lsn-redis",
+            Strategy::LsnNoWait => "lsn-no-wait",
         }
     }
 
@@ -62,7 +68,7 @@ impl Strategy {
     pub(super) fn keyed(self) -> bool {
         matches!(
             self,
-            Strategy::Lsn | Strategy::LsnNoRecheck | Strategy::LsnRedis
+            Strategy::Lsn | Strategy::LsnNoRecheck | Strategy::LsnRedis | Strategy::LsnNoWait
         )
     }
 
@@ -99,9 +105,10 @@ pub struct Settings {
     pub think: Duration,
     /// With a `think_max` above `think`, each pause is drawn uniformly between the two.
     pub think_max: Duration,
-    /// `stickiness.max_wait_ms` for the `lsn` strategies: a keyed request whose write no
-    /// replica is known to have replayed asks the replicas directly for up to this long.
-    pub max_wait: Duration,
+    /// `stickiness.max_wait_ms` for the `lsn` strategies but `lsn-no-wait`: a keyed request
+    /// whose write no replica is known to have replayed asks the replicas directly for up to
+    /// this long. `None`: pindb's default.
+    pub max_wait: Option<Duration>,
     /// The fault-injecting stale-read hunt, for the `lsn` strategies: writing requests
     /// cancelled (dropped right after the insert committed) or panicking after it, a private
     /// Redis restarted empty or frozen every 5-7 s (`lsn-redis`), and 3 s position lifetimes
@@ -128,7 +135,12 @@ pub(super) fn config(f: &Fixture, s: Strategy, settings: &Settings) -> Config {
         Strategy::LsnNoRecheck => config.monitor.recheck_after_write_ms = 0,
         _ => {}
     }
-    config.stickiness.max_wait_ms = settings.max_wait.as_millis() as u64;
+    if let Some(wait) = settings.max_wait {
+        config.stickiness.max_wait_ms = wait.as_millis() as u64;
+    }
+    if s == Strategy::LsnNoWait {
+        config.stickiness.max_wait_ms = 0;
+    }
     if settings.faults {
         // Short distrust windows, so replicas serve between faults.
         config.monitor.max_lag_ms = 1_200;

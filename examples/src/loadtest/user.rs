@@ -31,6 +31,9 @@ pub const SCHEMA_SQL: &str =
 #[derive(Default)]
 pub(super) struct Tally {
     pub(super) latencies_us: Vec<u64>,
+    /// The latencies of requests that neither wrote nor came right after the user's write:
+    /// what a wait for the replicas at a keyed request's start must not slow down.
+    pub(super) quiet_latencies_us: Vec<u64>,
     pub(super) reads: u64,
     pub(super) replica_reads: u64,
     pub(super) stale: u64,
@@ -50,6 +53,8 @@ struct Done {
     t0: Instant,
     seen: Option<(i32, bool)>,
     wrote: bool,
+    /// The user's previous request wrote (and did not list it).
+    after_write: bool,
     overhead: Option<Duration>,
 }
 
@@ -75,6 +80,7 @@ pub(super) async fn simulate_user(
     let marks = &marks;
     let mut acked = 0i32;
     let mut carried_until: Option<Instant> = None;
+    let mut after_write = false;
     while start.elapsed() < s.duration {
         let think = match s.think_max > s.think {
             true => rng.u64(s.think.as_micros() as u64..=s.think_max.as_micros() as u64),
@@ -113,9 +119,11 @@ pub(super) async fn simulate_user(
                     t0,
                     seen: None,
                     wrote: true,
+                    after_write,
                     overhead: None,
                 };
                 record(tally, start, done, acked, marks);
+                after_write = true;
                 continue;
             }
             let (seen, overhead) = request(db, strategy, user, &mut carried_until, async {
@@ -132,9 +140,11 @@ pub(super) async fn simulate_user(
                 t0,
                 seen,
                 wrote: true,
+                after_write,
                 overhead: Some(overhead),
             };
             record(tally, start, done, acked, marks);
+            after_write = !same;
             if same {
                 continue;
             }
@@ -148,9 +158,11 @@ pub(super) async fn simulate_user(
             t0,
             seen,
             wrote: false,
+            after_write,
             overhead: Some(overhead),
         };
         record(tally, start, done, acked, marks);
+        after_write = false;
     }
 }
 
@@ -159,6 +171,7 @@ fn record(tally: &Mutex<Tally>, start: Instant, done: Done, acked: i32, marks: &
         t0,
         seen,
         wrote,
+        after_write,
         overhead,
     } = done;
     let read = marks
@@ -171,7 +184,11 @@ fn record(tally: &Mutex<Tally>, start: Instant, done: Done, acked: i32, marks: &
         t.read_marks
             .push((at.saturating_duration_since(start), lsn));
     }
-    t.latencies_us.push(t0.elapsed().as_micros() as u64);
+    let latency = t0.elapsed().as_micros() as u64;
+    t.latencies_us.push(latency);
+    if !wrote && !after_write {
+        t.quiet_latencies_us.push(latency);
+    }
     t.statements += u64::from(wrote) + u64::from(seen.is_some());
     if let Some(overhead) = overhead {
         t.overheads_us.push(overhead.as_micros() as u64);
@@ -208,7 +225,7 @@ async fn request<F: std::future::Future>(
         Strategy::RandomReplica => {
             pindb_core::scope(async { UNPINNED.scope((), work).await }).await
         }
-        Strategy::Lsn | Strategy::LsnNoRecheck | Strategy::LsnRedis => {
+        Strategy::Lsn | Strategy::LsnNoRecheck | Strategy::LsnRedis | Strategy::LsnNoWait => {
             db.router()
                 .consistency()
                 .scope_with_key(Some(user), work)
