@@ -595,6 +595,8 @@ async fn a_recorded_write_makes_the_monitor_recheck_the_replicas() {
         config.monitor.interval_ms = 60_000;
         config.stickiness.ttl_seconds = 600;
         config.monitor.recheck_after_write_ms = recheck_ms;
+        // Only the recheck may show the write replayed: no direct asking at the next start.
+        config.stickiness.max_wait_ms = 0;
         let db = started(config).await;
         let key = format!("recheck-{recheck_ms}");
         write_as(&db, &key, "fresh").await;
