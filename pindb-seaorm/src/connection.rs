@@ -121,10 +121,10 @@ enum Unsent {
 }
 
 impl Unsent {
-    /// The error a statement routed to `role` fails with.
-    fn into_db_err(self, role: Role) -> DbErr {
+    /// The error a statement routed to a database in `role` fails with.
+    fn into_db_err(self, role: &'static str) -> DbErr {
         match self {
-            Unsent::Refused(refused) => to_db_err(refused.routed_as(role.as_str())),
+            Unsent::Refused(refused) => to_db_err(refused.routed_as(role)),
             // Only when the statement was not kept to be sent there: never, in practice.
             Unsent::Moved(_) => DbErr::Custom(
                 "pindb: the primary changed while a statement waited for its connection; \
@@ -300,7 +300,7 @@ impl PinDb {
                         if let Some(pin) = pin {
                             router.write_not_sent(index, pin);
                         }
-                        return Err(unsent.into_db_err(role));
+                        return Err(unsent.into_db_err(role.as_str()));
                     }
                 };
                 return match self.settle(index, pin, sent) {
@@ -535,9 +535,36 @@ impl ConnectionTrait for PinDb {
     }
 
     async fn execute_unprepared(&self, sql: &str) -> Result<ExecResult, DbErr> {
-        let routed = self.route(Operation::Write, sql)?;
-        let result = routed.conn.execute_unprepared(sql).await;
-        self.settle(routed.index, routed.pin, result)
+        let router = &self.inner.router;
+        let mut routed = self.route(Operation::Write, sql)?;
+        loop {
+            // Named by its role now, when the statement is routed.
+            let role = router.topology().role_of(routed.index);
+            let promotion = router.watch_promotion(routed.index);
+            let statement = routed.conn.execute_unprepared(sql);
+            match self
+                .unless_unsent(routed.index, &promotion, statement)
+                .await
+            {
+                Ok(result) => return self.settle(routed.index, routed.pin, result),
+                // Nothing was sent: the text runs on the new primary.
+                Err(Unsent::Moved(primary)) => {
+                    let epoch = router.topology().epoch(primary);
+                    routed = RoutedPool {
+                        conn: self.conn(primary, epoch)?,
+                        index: primary,
+                        pin: routed.pin,
+                    };
+                }
+                Err(unsent) => {
+                    // Nothing was sent: the write pins nothing.
+                    if let Some(pin) = routed.pin {
+                        router.write_not_sent(routed.index, pin);
+                    }
+                    return Err(unsent.into_db_err(role));
+                }
+            }
+        }
     }
 
     async fn query_one_raw(&self, stmt: Statement) -> Result<Option<QueryResult>, DbErr> {

@@ -441,6 +441,33 @@ async fn a_write_under_way_when_the_master_stops_listening_finishes<A: Adapter>(
     w.finish().await;
 }
 
+/// SeaORM's `execute_unprepared` (raw SQL text, a write) to a master that refuses connections
+/// fails at once as unreachable and pins nothing, as the ORM's other statements do.
+#[tokio::test]
+async fn seaorm_execute_unprepared_to_a_refused_master_fails_at_once() {
+    use sea_orm::ConnectionTrait;
+    let w = World::new().await;
+    let mut config = w.config(Some(RouterMode::Greedy));
+    let master = config.masters.get_mut("default").unwrap();
+    master.url = Some(w.schema.url("postgres://pindb@127.0.0.1:1/pindb"));
+    master.connect_timeout_ms = Some(5_000);
+    let db = pindb_seaorm::PinDb::connect(config).await.unwrap();
+    scope(async {
+        let start = std::time::Instant::now();
+        let failed = db.execute_unprepared("INSERT INTO items DEFAULT VALUES").await;
+        let took = start.elapsed();
+        let text = failed.expect_err("the master refuses").to_string();
+        assert!(text.contains("unreachable"), "{text}");
+        assert!(
+            took < Duration::from_millis(2_500),
+            "failed after {took:?}, not at once"
+        );
+        assert!(!is_pinned("default"), "a write that was never sent pins nothing");
+    })
+    .await;
+    w.finish().await;
+}
+
 macro_rules! for_each_adapter {
     ($($test:ident => $body:ident $(($arg:expr))?;)*) => {
         mod diesel_async_bb8 {
