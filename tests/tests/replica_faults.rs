@@ -454,7 +454,9 @@ async fn seaorm_execute_unprepared_to_a_refused_master_fails_at_once() {
     let db = pindb_seaorm::PinDb::connect(config).await.unwrap();
     scope(async {
         let start = std::time::Instant::now();
-        let failed = db.execute_unprepared("INSERT INTO items DEFAULT VALUES").await;
+        let failed = db
+            .execute_unprepared("INSERT INTO items DEFAULT VALUES")
+            .await;
         let took = start.elapsed();
         let text = failed.expect_err("the master refuses").to_string();
         assert!(text.contains("unreachable"), "{text}");
@@ -462,7 +464,10 @@ async fn seaorm_execute_unprepared_to_a_refused_master_fails_at_once() {
             took < Duration::from_millis(2_500),
             "failed after {took:?}, not at once"
         );
-        assert!(!is_pinned("default"), "a write that was never sent pins nothing");
+        assert!(
+            !is_pinned("default"),
+            "a write that was never sent pins nothing"
+        );
     })
     .await;
     w.finish().await;
