@@ -24,7 +24,6 @@ async fn the_stale_read_checker_catches_random_replica_and_clears_lsn() {
         think: Duration::from_millis(5),
         think_max: Duration::ZERO,
         faults: false,
-        // pindb's default (5 ms): the hunts run what users get.
         max_wait: None,
     };
     let redis = f.cluster.redis_url.clone();
@@ -67,11 +66,10 @@ async fn the_fault_hunt_finds_no_stale_read() {
         think: Duration::from_millis(5),
         think_max: Duration::ZERO,
         faults: true,
-        // pindb's default (5 ms): the hunts run what users get.
         max_wait: None,
     };
     let redis = f.cluster.redis_url.clone();
-    for strategy in [Strategy::Lsn, Strategy::LsnRedis] {
+    for strategy in [Strategy::Lsn, Strategy::LsnWait5ms, Strategy::LsnRedis] {
         let outcome = run(&mut f, strategy, &settings, &redis, |_| {})
             .await
             .unwrap();

@@ -650,6 +650,18 @@ impl Topology {
     }
 
     /// The highest position the replicas of `set` are known to have replayed.
+    /// Whether a replica of `set` may serve a read now: its replicas are switched on and one
+    /// is up and not drained (what a wait for a replica to catch up needs).
+    pub(crate) fn may_serve_reads(&self, set: &str) -> bool {
+        self.set_named(set).is_some_and(|s| {
+            s.replicas_enabled()
+                && s.health.iter().any(|h| {
+                    let status = h.status();
+                    status.up && !status.drained
+                })
+        })
+    }
+
     pub(crate) fn best_replay(&self, set: &str) -> Option<Lsn> {
         self.set_named(set)?
             .health

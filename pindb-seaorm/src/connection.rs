@@ -537,9 +537,9 @@ impl ConnectionTrait for PinDb {
     async fn execute_unprepared(&self, sql: &str) -> Result<ExecResult, DbErr> {
         let router = &self.inner.router;
         let mut routed = self.route(Operation::Write, sql)?;
+        // Named by its role when the statement is routed (a primary, after a move).
+        let mut role = router.topology().role_of(routed.index);
         loop {
-            // Named by its role now, when the statement is routed.
-            let role = router.topology().role_of(routed.index);
             let promotion = router.watch_promotion(routed.index);
             let statement = routed.conn.execute_unprepared(sql);
             match self
@@ -550,11 +550,13 @@ impl ConnectionTrait for PinDb {
                 // Nothing was sent: the text runs on the new primary.
                 Err(Unsent::Moved(primary)) => {
                     let epoch = router.topology().epoch(primary);
+                    let conn = self.conn(primary, epoch);
                     routed = RoutedPool {
-                        conn: self.conn(primary, epoch)?,
+                        conn: self.settle(primary, routed.pin, conn)?,
                         index: primary,
                         pin: routed.pin,
                     };
+                    role = Role::Master.as_str();
                 }
                 Err(unsent) => {
                     // Nothing was sent: the write pins nothing.

@@ -29,10 +29,12 @@ pub enum Strategy {
     LsnNoRecheck,
     /// The same with the Redis store.
     LsnRedis,
-    /// `lsn` without waiting for a replica at a keyed request's start
-    /// (`stickiness.max_wait_ms = 0`, the default before 5 ms): such a request reads from the
-    /// master at once.
-    LsnNoWait,
+    /// `lsn` waiting up to 5 ms for a replica at the start of a keyed request whose write no
+    /// replica is known to have replayed (`stickiness.max_wait_ms = 5`, unless `--max-wait`
+    /// says otherwise).
+    #[value(name = "lsn-wait-5ms")]
+    #[serde(rename = "lsn-wait-5ms")]
+    LsnWait5ms,
 }
 
 impl Strategy {
@@ -46,7 +48,7 @@ impl Strategy {
         Strategy::Lsn,
         Strategy::LsnNoRecheck,
         Strategy::LsnRedis,
-        Strategy::LsnNoWait,
+        Strategy::LsnWait5ms,
     ];
 
     /// The kebab-case name.
@@ -60,7 +62,7 @@ impl Strategy {
             Strategy::Lsn => "lsn",
             Strategy::LsnNoRecheck => "lsn-no-recheck",
             Strategy::LsnRedis => "lsn-redis",
-            Strategy::LsnNoWait => "lsn-no-wait",
+            Strategy::LsnWait5ms => "lsn-wait-5ms",
         }
     }
 
@@ -68,7 +70,7 @@ impl Strategy {
     pub(super) fn keyed(self) -> bool {
         matches!(
             self,
-            Strategy::Lsn | Strategy::LsnNoRecheck | Strategy::LsnRedis | Strategy::LsnNoWait
+            Strategy::Lsn | Strategy::LsnNoRecheck | Strategy::LsnRedis | Strategy::LsnWait5ms
         )
     }
 
@@ -105,9 +107,9 @@ pub struct Settings {
     pub think: Duration,
     /// With a `think_max` above `think`, each pause is drawn uniformly between the two.
     pub think_max: Duration,
-    /// `stickiness.max_wait_ms` for the `lsn` strategies but `lsn-no-wait`: a keyed request
-    /// whose write no replica is known to have replayed asks the replicas directly for up to
-    /// this long. `None`: pindb's default.
+    /// `stickiness.max_wait_ms` for the `lsn` strategies: a keyed request whose write no
+    /// replica is known to have replayed asks the replicas directly for up to this long.
+    /// `None`: pindb's default (0), and 5 ms for `lsn-wait-5ms`.
     pub max_wait: Option<Duration>,
     /// The fault-injecting stale-read hunt, for the `lsn` strategies: writing requests
     /// cancelled (dropped right after the insert committed) or panicking after it, a private
@@ -135,11 +137,11 @@ pub(super) fn config(f: &Fixture, s: Strategy, settings: &Settings) -> Config {
         Strategy::LsnNoRecheck => config.monitor.recheck_after_write_ms = 0,
         _ => {}
     }
+    if s == Strategy::LsnWait5ms {
+        config.stickiness.max_wait_ms = 5;
+    }
     if let Some(wait) = settings.max_wait {
         config.stickiness.max_wait_ms = wait.as_millis() as u64;
-    }
-    if s == Strategy::LsnNoWait {
-        config.stickiness.max_wait_ms = 0;
     }
     if settings.faults {
         // Short distrust windows, so replicas serve between faults.

@@ -123,7 +123,9 @@ pub(super) async fn simulate_user(
                     overhead: None,
                 };
                 record(tally, start, done, acked, marks);
-                after_write = true;
+                // The next request comes after the think time, as after a write listed in
+                // its own request.
+                after_write = false;
                 continue;
             }
             let (seen, overhead) = request(db, strategy, user, &mut carried_until, async {
@@ -225,7 +227,7 @@ async fn request<F: std::future::Future>(
         Strategy::RandomReplica => {
             pindb_core::scope(async { UNPINNED.scope((), work).await }).await
         }
-        Strategy::Lsn | Strategy::LsnNoRecheck | Strategy::LsnRedis | Strategy::LsnNoWait => {
+        Strategy::Lsn | Strategy::LsnNoRecheck | Strategy::LsnRedis | Strategy::LsnWait5ms => {
             db.router()
                 .consistency()
                 .scope_with_key(Some(user), work)

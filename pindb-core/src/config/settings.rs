@@ -139,9 +139,9 @@ pub struct StickinessSettings {
     pub ttl_seconds: u64,
     /// At a keyed context's start, how long to wait for a replica to catch up with the key's
     /// last write before reading that set from the master (0: do not wait). Only a context
-    /// whose write no replica is known to have replayed waits: the request right after a
-    /// write, usually. 5 ms by default: about a replica's apply time on a healthy set, and
-    /// well under a request.
+    /// whose write no usable replica is known to have replayed waits: the request right
+    /// after a write, usually. Its probes connect within the wait: on a network where a
+    /// connection takes longer than the wait, set it above that.
     pub max_wait_ms: u64,
     /// Keys the in-memory store keeps at most (the oldest are dropped first).
     pub memory_capacity: usize,
@@ -155,7 +155,7 @@ impl Default for StickinessSettings {
     fn default() -> Self {
         StickinessSettings {
             ttl_seconds: 30,
-            max_wait_ms: 5,
+            max_wait_ms: 0,
             memory_capacity: 100_000,
             redis_prefix: "pindb:lsn:".to_owned(),
             redis_timeout_ms: 100,

@@ -9,6 +9,7 @@ use std::time::{Duration, SystemTime};
 use super::Consistency;
 use crate::context::{Context, PinOrigin};
 use crate::error::PinDbError;
+use crate::lsn::Lsn;
 use crate::store::Positions;
 
 impl Consistency {
@@ -124,24 +125,28 @@ impl Consistency {
     }
 
     /// With `max_wait_ms > 0`: for each required set that no replica is known to have
-    /// reached, asks the replicas directly until one has or the time is up.
+    /// reached, asks the usable replicas directly until one has or the time is up. Never for
+    /// a position that is unknown (`Lsn::MAX`: no replica can reach it), nor for a set whose
+    /// replicas are switched off or none of which is up.
     async fn wait_for_replicas(&self, ctx: &Context) {
         let wait = Duration::from_millis(self.settings.max_wait_ms);
         let deadline = tokio::time::Instant::now() + wait;
         for (set, lsn) in ctx.required() {
+            if lsn == Lsn(u64::MAX) || !self.topology.may_serve_reads(&set) {
+                continue;
+            }
             while self
                 .topology
                 .best_replay(&set)
                 .is_some_and(|best| best < lsn)
+                && tokio::time::Instant::now() < deadline
             {
                 // The deadline bounds the probes too: a replica that does not answer must
                 // not stretch the wait to its check timeout.
                 match tokio::time::timeout_at(deadline, self.check_replicas(&set)).await {
                     Ok(Some(())) => {}
+                    // No replica could be asked, or the time is up.
                     Ok(None) | Err(_) => break,
-                }
-                if tokio::time::Instant::now() >= deadline {
-                    break;
                 }
                 if self
                     .topology
@@ -150,7 +155,8 @@ impl Consistency {
                 {
                     break;
                 }
-                tokio::time::sleep(Duration::from_millis(5)).await;
+                let next = tokio::time::Instant::now() + Duration::from_millis(5);
+                tokio::time::sleep_until(next.min(deadline)).await;
             }
         }
     }

@@ -187,12 +187,10 @@ impl Consistency {
     }
 
     /// Asks each usable replica of `set` for its replay position and records it. `None` when
-    /// the set has no replica.
+    /// no replica was asked (none, none up, only logical ones).
     pub(crate) async fn check_replicas(&self, set: &str) -> Option<()> {
         let s = self.topology.set_named(set)?;
-        if s.replicas.is_empty() {
-            return None;
-        }
+        let mut asked = false;
         for (r, &index) in s.replicas.iter().enumerate() {
             // A logical replica's position is on the master, from the monitor.
             if !s.health[r].status().up || self.topology.databases()[index].is_logical() {
@@ -207,6 +205,7 @@ impl Consistency {
                 continue;
             }
             self.count_round_trip(false);
+            asked = true;
             let sql = if self.emulated {
                 "SELECT pg_current_wal_lsn()::text"
             } else {
@@ -243,7 +242,7 @@ impl Consistency {
                 slot.if_current(generation, || s.health[r].raise_replay(lsn));
             }
         }
-        Some(())
+        asked.then_some(())
     }
 
     /// [`Consistency::write_positions`], plus `Lsn::MAX` for a set whose master could not
