@@ -650,16 +650,11 @@ impl Topology {
     }
 
     /// The highest position the replicas of `set` are known to have replayed.
-    /// Whether a replica of `set` may serve a read now: its replicas are switched on and one
-    /// is up and not drained (what a wait for a replica to catch up needs).
+    /// Whether the replicas of `set` are switched on (the kill switch): a wait for one to
+    /// catch up is pointless otherwise. (A replica that is down may come back meanwhile: the
+    /// monitor runs while a context waits.)
     pub(crate) fn may_serve_reads(&self, set: &str) -> bool {
-        self.set_named(set).is_some_and(|s| {
-            s.replicas_enabled()
-                && s.health.iter().any(|h| {
-                    let status = h.status();
-                    status.up && !status.drained
-                })
-        })
+        self.set_named(set).is_some_and(SetEntry::replicas_enabled)
     }
 
     pub(crate) fn best_replay(&self, set: &str) -> Option<Lsn> {

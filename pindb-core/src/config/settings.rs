@@ -139,7 +139,7 @@ pub struct StickinessSettings {
     pub ttl_seconds: u64,
     /// At a keyed context's start, how long to wait for a replica to catch up with the key's
     /// last write before reading that set from the master (0: do not wait). Only a context
-    /// whose write no usable replica is known to have replayed waits: the request right
+    /// whose write no replica is known to have replayed waits: the request right
     /// after a write, usually. Its probes connect within the wait: on a network where a
     /// connection takes longer than the wait, set it above that.
     pub max_wait_ms: u64,

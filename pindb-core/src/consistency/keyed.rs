@@ -127,7 +127,7 @@ impl Consistency {
     /// With `max_wait_ms > 0`: for each required set that no replica is known to have
     /// reached, asks the usable replicas directly until one has or the time is up. Never for
     /// a position that is unknown (`Lsn::MAX`: no replica can reach it), nor for a set whose
-    /// replicas are switched off or none of which is up.
+    /// replicas are switched off.
     async fn wait_for_replicas(&self, ctx: &Context) {
         let wait = Duration::from_millis(self.settings.max_wait_ms);
         let deadline = tokio::time::Instant::now() + wait;
@@ -145,7 +145,6 @@ impl Consistency {
                 // not stretch the wait to its check timeout.
                 match tokio::time::timeout_at(deadline, self.check_replicas(&set)).await {
                     Ok(Some(())) => {}
-                    // No replica could be asked, or the time is up.
                     Ok(None) | Err(_) => break,
                 }
                 if self

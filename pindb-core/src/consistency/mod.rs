@@ -187,10 +187,12 @@ impl Consistency {
     }
 
     /// Asks each usable replica of `set` for its replay position and records it. `None` when
-    /// no replica was asked (none, none up, only logical ones).
+    /// the set has no replica.
     pub(crate) async fn check_replicas(&self, set: &str) -> Option<()> {
         let s = self.topology.set_named(set)?;
-        let mut asked = false;
+        if s.replicas.is_empty() {
+            return None;
+        }
         for (r, &index) in s.replicas.iter().enumerate() {
             // A logical replica's position is on the master, from the monitor.
             if !s.health[r].status().up || self.topology.databases()[index].is_logical() {
@@ -205,7 +207,6 @@ impl Consistency {
                 continue;
             }
             self.count_round_trip(false);
-            asked = true;
             let sql = if self.emulated {
                 "SELECT pg_current_wal_lsn()::text"
             } else {
@@ -242,7 +243,7 @@ impl Consistency {
                 slot.if_current(generation, || s.health[r].raise_replay(lsn));
             }
         }
-        asked.then_some(())
+        Some(())
     }
 
     /// [`Consistency::write_positions`], plus `Lsn::MAX` for a set whose master could not
