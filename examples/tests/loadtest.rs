@@ -69,7 +69,7 @@ async fn the_fault_hunt_finds_no_stale_read() {
         max_wait: None,
     };
     let redis = f.cluster.redis_url.clone();
-    for strategy in [Strategy::Lsn, Strategy::LsnWait5ms, Strategy::LsnRedis] {
+    for strategy in [Strategy::Lsn, Strategy::LsnNoWait, Strategy::LsnRedis] {
         let outcome = run(&mut f, strategy, &settings, &redis, |_| {})
             .await
             .unwrap();

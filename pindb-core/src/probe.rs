@@ -26,6 +26,10 @@ pub(crate) struct Probe {
     pub(crate) generation: u64,
     timeout: Duration,
     client: Option<Arc<Client>>,
+    /// A connection attempt under way, in a task of its own: a caller that gives up (its
+    /// own deadline, a dropped future) leaves it running for the next caller, so a wait
+    /// shorter than a connection's set-up still gets a connection the next time.
+    connecting: Option<tokio::task::JoinHandle<Result<Client, String>>>,
 }
 
 impl Probe {
@@ -41,12 +45,15 @@ impl Probe {
             generation: 0,
             timeout,
             client: None,
+            connecting: None,
         }
     }
 
     /// Closes its connection (the next call opens another).
     pub(crate) fn disconnect(&mut self) {
         self.client = None;
+        // An attempt under way may be to a host that left: not kept.
+        self.connecting = None;
     }
 
     /// Runs `sql` (no parameters) and returns its single row. Any failure, including a
@@ -118,17 +125,34 @@ impl Probe {
         if let Some(c) = self.client.as_ref().filter(|c| !c.is_closed()) {
             return Ok(Arc::clone(c));
         }
-        let mut config: tokio_postgres::Config = self.url.parse().map_err(|e| describe(&e))?;
-        // Told apart from the application's own connections (`pg_stat_activity`).
-        config.application_name("pindb-monitor");
-        // No `SET statement_timeout`: session state a pooler would hand on. Every call is
-        // bounded here instead, and a connection that timed out is dropped.
-        let (client, connection) = config.connect(NoTls).await.map_err(|e| describe(&e))?;
-        tokio::spawn(async move {
-            // Ends when the client is dropped; errors surface on the next query.
-            let _ = connection.await;
-        });
-        let client = Arc::new(client);
+        let connecting = match &mut self.connecting {
+            Some(connecting) => connecting,
+            None => {
+                let mut config: tokio_postgres::Config =
+                    self.url.parse().map_err(|e| describe(&e))?;
+                // Told apart from the application's own connections (`pg_stat_activity`).
+                config.application_name("pindb-monitor");
+                let timeout = self.timeout;
+                self.connecting.insert(tokio::spawn(async move {
+                    // No `SET statement_timeout`: session state a pooler would hand on. Every
+                    // call is bounded instead, and a connection that timed out is dropped.
+                    let connect = tokio::time::timeout(timeout, config.connect(NoTls));
+                    let (client, connection) = connect
+                        .await
+                        .map_err(|_| format!("no connection within {timeout:?}"))?
+                        .map_err(|e| describe(&e))?;
+                    tokio::spawn(async move {
+                        // Ends when the client is dropped; errors surface on the next query.
+                        let _ = connection.await;
+                    });
+                    Ok(client)
+                }))
+            }
+        };
+        // Dropped here, the attempt goes on; the next caller awaits the same one.
+        let connected = connecting.await;
+        self.connecting = None;
+        let client = Arc::new(connected.map_err(|e| format!("connection attempt failed: {e}"))??);
         self.client = Some(Arc::clone(&client));
         Ok(client)
     }
@@ -197,4 +221,41 @@ fn refused(e: &tokio_postgres::Error) -> bool {
         source = cause.source();
     }
     false
+}
+
+#[cfg(test)]
+mod tests {
+    //! Against the dev cluster (`scripts/cluster up`).
+
+    use super::*;
+
+    /// A caller that gives up while the connection is being set up leaves the attempt
+    /// running: the next caller gets that connection, none is opened twice.
+    #[tokio::test]
+    async fn a_connection_attempt_outlives_a_caller_that_gives_up() {
+        let cluster = pindb_testkit::Cluster::from_env();
+        let target = cluster
+            .replica_url(1)
+            .rsplit('@')
+            .next()
+            .unwrap_or_default();
+        let proxy = pindb_testkit::Proxy::start(target.split('/').next().unwrap_or_default()).await;
+        let url = format!("postgres://pindb@127.0.0.1:{}/pindb", proxy.port());
+        let config = crate::Config::single_set(url.as_str(), Vec::<String>::new());
+        let topology = crate::topology::Topology::new(&config).unwrap();
+        let probe =
+            tokio::sync::Mutex::new(Probe::new(&topology.databases()[0], Duration::from_secs(5)));
+        let cut = tokio::time::timeout(Duration::from_micros(1), async {
+            probe.lock().await.row("SELECT 1").await
+        })
+        .await;
+        assert!(cut.is_err(), "given up before it could connect");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        probe.lock().await.row("SELECT 1").await.expect("connected");
+        assert_eq!(
+            proxy.accepted(),
+            1,
+            "one connection, set up for the first caller"
+        );
+    }
 }

@@ -17,6 +17,8 @@ pub struct Proxy {
     frozen: Arc<AtomicBool>,
     /// The accept loop, then one task per forwarded direction.
     tasks: Arc<Mutex<Vec<AbortHandle>>>,
+    /// Connections accepted so far.
+    accepted: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl Proxy {
@@ -53,11 +55,17 @@ impl Proxy {
         let addr = listener.local_addr().expect("proxy address");
         let frozen = Arc::new(AtomicBool::new(false));
         let tasks = Arc::new(Mutex::new(Vec::new()));
-        let (f, t) = (Arc::clone(&frozen), Arc::clone(&tasks));
+        let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (f, t, a) = (
+            Arc::clone(&frozen),
+            Arc::clone(&tasks),
+            Arc::clone(&accepted),
+        );
         let accept = tokio::spawn(async move {
             let mut held = Vec::new();
             let mut next = 0usize;
             while let Ok((client, _)) = listener.accept().await {
+                a.fetch_add(1, Ordering::SeqCst);
                 next = next.wrapping_add(1);
                 let target = (!targets.is_empty()).then(|| &targets[next % targets.len()]);
                 let Some(target) = target.filter(|_| !f.load(Ordering::SeqCst)) else {
@@ -79,7 +87,13 @@ impl Proxy {
             addr,
             frozen,
             tasks,
+            accepted,
         }
+    }
+
+    /// How many connections it has accepted so far.
+    pub fn accepted(&self) -> usize {
+        self.accepted.load(Ordering::SeqCst)
     }
 
     /// The port to point a database URL at.

@@ -57,9 +57,9 @@ struct Args {
     /// `--pool-size`.
     #[arg(long)]
     scale: bool,
-    /// `stickiness.max_wait_ms` for every `lsn` strategy (0: read from the master at once
-    /// when no replica is known to have the user's last write; default: pindb's own, 0, and
-    /// 5 ms for `lsn-wait-5ms`).
+    /// `stickiness.max_wait_ms` for the `lsn` strategies but `lsn-no-wait` (0: read from the
+    /// master at once when no replica is known to have the user's last write; default:
+    /// pindb's own, 5 ms).
     #[arg(long, value_parser = parse_duration)]
     max_wait: Option<Duration>,
     /// Inject faults into the `lsn` strategies while they run: requests cancelled or

@@ -29,12 +29,10 @@ pub enum Strategy {
     LsnNoRecheck,
     /// The same with the Redis store.
     LsnRedis,
-    /// `lsn` waiting up to 5 ms for a replica at the start of a keyed request whose write no
-    /// replica is known to have replayed (`stickiness.max_wait_ms = 5`, unless `--max-wait`
-    /// says otherwise).
-    #[value(name = "lsn-wait-5ms")]
-    #[serde(rename = "lsn-wait-5ms")]
-    LsnWait5ms,
+    /// `lsn` without waiting for a replica at a keyed request's start
+    /// (`stickiness.max_wait_ms = 0`, the default before 5 ms): such a request reads from the
+    /// master at once.
+    LsnNoWait,
 }
 
 impl Strategy {
@@ -48,7 +46,7 @@ impl Strategy {
         Strategy::Lsn,
         Strategy::LsnNoRecheck,
         Strategy::LsnRedis,
-        Strategy::LsnWait5ms,
+        Strategy::LsnNoWait,
     ];
 
     /// The kebab-case name.
@@ -62,7 +60,7 @@ impl Strategy {
             Strategy::Lsn => "lsn",
             Strategy::LsnNoRecheck => "lsn-no-recheck",
             Strategy::LsnRedis => "lsn-redis",
-            Strategy::LsnWait5ms => "lsn-wait-5ms",
+            Strategy::LsnNoWait => "lsn-no-wait",
         }
     }
 
@@ -70,7 +68,7 @@ impl Strategy {
     pub(super) fn keyed(self) -> bool {
         matches!(
             self,
-            Strategy::Lsn | Strategy::LsnNoRecheck | Strategy::LsnRedis | Strategy::LsnWait5ms
+            Strategy::Lsn | Strategy::LsnNoRecheck | Strategy::LsnRedis | Strategy::LsnNoWait
         )
     }
 
@@ -107,9 +105,9 @@ pub struct Settings {
     pub think: Duration,
     /// With a `think_max` above `think`, each pause is drawn uniformly between the two.
     pub think_max: Duration,
-    /// `stickiness.max_wait_ms` for the `lsn` strategies: a keyed request whose write no
-    /// replica is known to have replayed asks the replicas directly for up to this long.
-    /// `None`: pindb's default (0), and 5 ms for `lsn-wait-5ms`.
+    /// `stickiness.max_wait_ms` for the `lsn` strategies but `lsn-no-wait`: a keyed request
+    /// whose write no replica is known to have replayed asks the replicas directly for up to
+    /// this long. `None`: pindb's default (5 ms).
     pub max_wait: Option<Duration>,
     /// The fault-injecting stale-read hunt, for the `lsn` strategies: writing requests
     /// cancelled (dropped right after the insert committed) or panicking after it, a private
@@ -137,11 +135,11 @@ pub(super) fn config(f: &Fixture, s: Strategy, settings: &Settings) -> Config {
         Strategy::LsnNoRecheck => config.monitor.recheck_after_write_ms = 0,
         _ => {}
     }
-    if s == Strategy::LsnWait5ms {
-        config.stickiness.max_wait_ms = 5;
-    }
     if let Some(wait) = settings.max_wait {
         config.stickiness.max_wait_ms = wait.as_millis() as u64;
+    }
+    if s == Strategy::LsnNoWait {
+        config.stickiness.max_wait_ms = 0;
     }
     if settings.faults {
         // Short distrust windows, so replicas serve between faults.

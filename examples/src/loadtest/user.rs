@@ -227,7 +227,7 @@ async fn request<F: std::future::Future>(
         Strategy::RandomReplica => {
             pindb_core::scope(async { UNPINNED.scope((), work).await }).await
         }
-        Strategy::Lsn | Strategy::LsnNoRecheck | Strategy::LsnRedis | Strategy::LsnWait5ms => {
+        Strategy::Lsn | Strategy::LsnNoRecheck | Strategy::LsnRedis | Strategy::LsnNoWait => {
             db.router()
                 .consistency()
                 .scope_with_key(Some(user), work)

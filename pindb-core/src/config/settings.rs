@@ -140,8 +140,9 @@ pub struct StickinessSettings {
     /// At a keyed context's start, how long to wait for a replica to catch up with the key's
     /// last write before reading that set from the master (0: do not wait). Only a context
     /// whose write no replica is known to have replayed waits: the request right
-    /// after a write, usually. Its probes connect within the wait: on a network where a
-    /// connection takes longer than the wait, set it above that.
+    /// after a write, usually. 5 ms by default. The probes it asks connect in the
+    /// background: a connection slower to set up than the wait is missed only the first
+    /// time.
     pub max_wait_ms: u64,
     /// Keys the in-memory store keeps at most (the oldest are dropped first).
     pub memory_capacity: usize,
@@ -155,7 +156,7 @@ impl Default for StickinessSettings {
     fn default() -> Self {
         StickinessSettings {
             ttl_seconds: 30,
-            max_wait_ms: 0,
+            max_wait_ms: 5,
             memory_capacity: 100_000,
             redis_prefix: "pindb:lsn:".to_owned(),
             redis_timeout_ms: 100,

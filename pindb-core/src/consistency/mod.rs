@@ -141,7 +141,8 @@ impl Consistency {
     }
 
     /// Database round trips pindb has made for consistency so far: one per write position
-    /// recorded, one per direct replica check. Reads themselves make none (the monitor's
+    /// recorded, one per direct replica check (a keyed context waiting up to `max_wait_ms`
+    /// for a replica to catch up with its last write). Other reads make none (the monitor's
     /// polling is separate and does not grow with traffic).
     pub fn round_trips(&self) -> u64 {
         self.round_trips.load(Ordering::Relaxed)
