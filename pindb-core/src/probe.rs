@@ -52,8 +52,10 @@ impl Probe {
     /// Closes its connection (the next call opens another).
     pub(crate) fn disconnect(&mut self) {
         self.client = None;
-        // An attempt under way may be to a host that left: not kept.
-        self.connecting = None;
+        // An attempt under way may be to a host that left: stopped.
+        if let Some(connecting) = self.connecting.take() {
+            connecting.abort();
+        }
     }
 
     /// Runs `sql` (no parameters) and returns its single row. Any failure, including a
@@ -124,6 +126,17 @@ impl Probe {
     async fn client(&mut self) -> Result<Arc<Client>, String> {
         if let Some(c) = self.client.as_ref().filter(|c| !c.is_closed()) {
             return Ok(Arc::clone(c));
+        }
+        // An attempt that ended while nobody waited: its failure, or a connection that has
+        // closed since, is old news; a fresh attempt says what is true now.
+        if let Some(ended) = self.connecting.take_if(|c| c.is_finished()) {
+            if let Ok(Ok(client)) = ended.await {
+                if !client.is_closed() {
+                    let client = Arc::new(client);
+                    self.client = Some(Arc::clone(&client));
+                    return Ok(client);
+                }
+            }
         }
         let connecting = match &mut self.connecting {
             Some(connecting) => connecting,

@@ -39,10 +39,14 @@ fn is_up(router: &Router, alias: &str) -> bool {
     router.topology().replica_status(alias).unwrap().unwrap().up
 }
 
+/// Until `alias` may serve reads: up, and proven fresh enough (a new host has no staleness
+/// bound until the monitor has a master sample at or below its position, which concurrent
+/// writes of other tests can delay).
 async fn wait_up(router: &Router, alias: &str) {
     let topology = router.topology();
-    wait_until(&format!("{alias} is up"), WAIT, || {
-        topology.replica_status(alias).unwrap().unwrap().up
+    wait_until(&format!("{alias} is up and fresh"), WAIT, || {
+        let status = topology.replica_status(alias).unwrap().unwrap();
+        status.up && !status.over_lag
     })
     .await;
 }

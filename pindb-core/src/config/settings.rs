@@ -141,8 +141,8 @@ pub struct StickinessSettings {
     /// last write before reading that set from the master (0: do not wait). Only a context
     /// whose write no replica is known to have replayed waits: the request right
     /// after a write, usually. 5 ms by default. The probes it asks connect in the
-    /// background: a connection slower to set up than the wait is missed only the first
-    /// time.
+    /// background: a replica slower to connect to than the wait is missed by the wait that
+    /// starts the connection, not by the next ones. Replicas are asked one after another.
     pub max_wait_ms: u64,
     /// Keys the in-memory store keeps at most (the oldest are dropped first).
     pub memory_capacity: usize,
