@@ -6,13 +6,11 @@
 //! statement, so routing is a choice of pool. Decisions are pindb-core's.
 
 use std::borrow::Cow;
-use std::cell::Cell;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::Poll;
 
-use pindb_core::adapter::{Database, NewPin, PoolTable, Promotion, ReplicaFailure, Shape};
+use pindb_core::adapter::{Database, NewPin, PoolTable, ReplicaFailure, Shape};
 use pindb_core::{Config, Hint, Operation, Role, Route, Router};
 use sea_orm::{
     AccessMode, ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbBackend, DbErr,
@@ -21,6 +19,7 @@ use sea_orm::{
 };
 
 use crate::error::{replica_failure, to_db_err, Error};
+use crate::unsent::{self, Unsent};
 
 struct Inner {
     router: Router,
@@ -81,17 +80,8 @@ fn pool(db: &Database) -> Result<DatabaseConnection, DbErr> {
         .max_connections(db.pool.max_size)
         .acquire_timeout(db.pool.connect_timeout);
     if !db.is_replica() {
-        // A write may go there: the statement under way learns when it got a connection
-        // (see `PinDb::unless_unsent`).
-        pool = pool
-            .after_connect(|_, _| {
-                handed_out();
-                Box::pin(std::future::ready(Ok(())))
-            })
-            .before_acquire(|_, _| {
-                handed_out();
-                Box::pin(std::future::ready(Ok(true)))
-            });
+        // A write may go there: the statement under way learns when it got a connection.
+        pool = unsent::tell_when_handed_out(pool);
     }
     if let Some(min) = db.pool.min_idle {
         pool = pool.min_connections(min);
@@ -99,40 +89,6 @@ fn pool(db: &Database) -> Result<DatabaseConnection, DbErr> {
     Ok(sea_orm::SqlxPostgresConnector::from_sqlx_postgres_pool(
         pool.connect_lazy_with(options),
     ))
-}
-
-tokio::task_local! {
-    /// Set by a write pool's hooks, in the task of the statement acquiring the connection:
-    /// from then on the statement may have been sent.
-    static HANDED_OUT: Cell<bool>;
-}
-
-/// The statement under way (if [`PinDb::unless_unsent`] watches it) got a connection.
-fn handed_out() {
-    let _ = HANDED_OUT.try_with(|flag| flag.set(true));
-}
-
-/// Why a statement still waiting for its pool was not sent ([`PinDb::unless_unsent`]).
-enum Unsent {
-    /// pindb's own connection attempt was refused.
-    Refused(pindb_core::PinDbError),
-    /// The monitor found another primary: its index.
-    Moved(usize),
-}
-
-impl Unsent {
-    /// The error a statement routed to a database in `role` fails with.
-    fn into_db_err(self, role: &'static str) -> DbErr {
-        match self {
-            Unsent::Refused(refused) => to_db_err(refused.routed_as(role)),
-            // Only when the statement was not kept to be sent there: never, in practice.
-            Unsent::Moved(_) => DbErr::Custom(
-                "pindb: the primary changed while a statement waited for its connection; \
-                 nothing was sent, run it again"
-                    .to_owned(),
-            ),
-        }
-    }
 }
 
 /// A routed SeaORM connection. Cheap to clone; clones share the pools.
@@ -285,7 +241,7 @@ impl PinDb {
                 let promotion = router.watch_promotion(index);
                 // Kept to send it to a new primary, only where a promotion can come.
                 let again = promotion.armed().then(|| stmt.clone());
-                let statement = self.unless_unsent(index, &promotion, run(conn, stmt));
+                let statement = unsent::unless_unsent(router, index, &promotion, run(conn, stmt));
                 let sent = match (statement.await, again) {
                     (Ok(sent), _) => sent,
                     (Err(Unsent::Moved(primary)), Some(copy)) => {
@@ -355,50 +311,6 @@ impl PinDb {
                 }
             }
         }
-    }
-
-    /// Runs `statement` (on the database at `index`) unless, while it still waits for the
-    /// pool, pindb's own connection attempt is refused or `promotion` finds another primary:
-    /// then nothing was sent, and [`Unsent`] says why. sqlx retries a refused connection until
-    /// its acquire timeout (`connect_timeout_ms`, 5 s by default) inside the statement, where
-    /// pindb cannot see whether it was sent: the pool's hooks say when it got a connection
-    /// ([`HANDED_OUT`]). A statement that got one runs to its end, whatever happens.
-    async fn unless_unsent<T>(
-        &self,
-        index: usize,
-        promotion: &Promotion<'_>,
-        statement: impl Future<Output = T>,
-    ) -> Result<T, Unsent> {
-        let watched = async {
-            tokio::pin!(statement);
-            let refused = self.inner.router.refused_while_waiting(index);
-            let moved = promotion.wait();
-            tokio::pin!(refused, moved);
-            // The watchers run (and their timer is set) only while the statement has no
-            // connection; once it has one, they are dropped and it runs to its end.
-            let unsent = std::future::poll_fn(|cx| {
-                if let Poll::Ready(done) = statement.as_mut().poll(cx) {
-                    return Poll::Ready(Ok(done));
-                }
-                if HANDED_OUT.with(Cell::get) {
-                    return Poll::Ready(Err(None));
-                }
-                if let Poll::Ready(refused) = refused.as_mut().poll(cx) {
-                    return Poll::Ready(Err(Some(Unsent::Refused(refused))));
-                }
-                match moved.as_mut().poll(cx) {
-                    Poll::Ready(primary) => Poll::Ready(Err(Some(Unsent::Moved(primary)))),
-                    Poll::Pending => Poll::Pending,
-                }
-            })
-            .await;
-            match unsent {
-                Ok(done) => Ok(done),
-                Err(None) => Ok(statement.await),
-                Err(Some(unsent)) => Err(unsent),
-            }
-        };
-        HANDED_OUT.scope(Cell::new(false), watched).await
     }
 
     /// The pool for `op` whatever `sql` looks like; `sql` only feeds delegate hints.
@@ -542,10 +454,7 @@ impl ConnectionTrait for PinDb {
         loop {
             let promotion = router.watch_promotion(routed.index);
             let statement = routed.conn.execute_unprepared(sql);
-            match self
-                .unless_unsent(routed.index, &promotion, statement)
-                .await
-            {
+            match unsent::unless_unsent(router, routed.index, &promotion, statement).await {
                 Ok(result) => return self.settle(routed.index, routed.pin, result),
                 // Nothing was sent: the text runs on the new primary.
                 Err(Unsent::Moved(primary)) => {

@@ -64,6 +64,7 @@ pub use pindb_core;
 
 mod connection;
 mod error;
+mod unsent;
 
 pub use connection::PinDb;
 pub use error::{is_unpinned_write, routing_error, Error};
