@@ -51,6 +51,7 @@ mod consistency;
 mod context;
 mod coverage;
 mod discovery;
+mod endpoint;
 #[cfg(feature = "dns")]
 mod dns;
 mod error;
@@ -114,6 +115,7 @@ pub mod adapter {
     pub use crate::classify::{classify, main_table, Footprint, StatementKind};
     pub use crate::context::NewPin;
     pub use crate::discovery::DatabaseRef;
+    pub use crate::endpoint::{ServerSearch, SERVER_ADDRESS_SQL, SERVER_TRIES};
     pub use crate::pool_table::PoolTable;
     pub use crate::populate::{
         populate_replicas, Database, Membership, PoolSettings, DEFAULT_PORT,

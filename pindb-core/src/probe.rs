@@ -13,6 +13,7 @@ use std::time::Duration;
 use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::{Client, NoTls, Row};
 
+use crate::endpoint::{ServerSearch, SERVER_ADDRESS_SQL};
 use crate::lsn::Lsn;
 use crate::populate::Database;
 
@@ -25,6 +26,9 @@ pub(crate) struct Probe {
     /// For a runtime replica: the slot generation whose host it connects to.
     pub(crate) generation: u64,
     timeout: Duration,
+    /// A server behind a reader endpoint: the database, whose connections are kept only when
+    /// they reached it.
+    server: Option<Arc<Database>>,
     client: Option<Arc<Client>>,
     /// A connection attempt under way, in a task of its own: a caller that gives up (its
     /// own deadline, a dropped future) leaves it running for the next caller, so a wait
@@ -36,14 +40,13 @@ impl Probe {
     pub(crate) fn new(db: &Database, timeout: Duration) -> Probe {
         Probe {
             url: db.probe_url(),
-            // A runtime replica's alias names whichever host it has: say which.
-            alias: match db.runtime {
-                true => format!("{} ({}:{})", db.alias, db.host, db.port),
-                false => db.alias.clone(),
-            },
+            // A runtime replica's alias names whichever host it has, a server behind an
+            // endpoint which: say so.
+            alias: db.label(),
             redacted_url: db.redacted_url(),
             generation: 0,
             timeout,
+            server: db.server.is_some().then(|| Arc::new(db.clone())),
             client: None,
             connecting: None,
         }
@@ -145,20 +148,13 @@ impl Probe {
                     self.url.parse().map_err(|e| describe(&e))?;
                 // Told apart from the application's own connections (`pg_stat_activity`).
                 config.application_name("pindb-monitor");
-                let timeout = self.timeout;
+                let (timeout, server) = (self.timeout, self.server.clone());
                 self.connecting.insert(tokio::spawn(async move {
                     // No `SET statement_timeout`: session state a pooler would hand on. Every
                     // call is bounded instead, and a connection that timed out is dropped.
-                    let connect = tokio::time::timeout(timeout, config.connect(NoTls));
-                    let (client, connection) = connect
+                    tokio::time::timeout(timeout, connect(config, server.as_deref()))
                         .await
                         .map_err(|_| format!("no connection within {timeout:?}"))?
-                        .map_err(|e| describe(&e))?;
-                    tokio::spawn(async move {
-                        // Ends when the client is dropped; errors surface on the next query.
-                        let _ = connection.await;
-                    });
-                    Ok(client)
                 }))
             }
         };
@@ -168,6 +164,36 @@ impl Probe {
         let client = Arc::new(connected.map_err(|e| format!("connection attempt failed: {e}"))??);
         self.client = Some(Arc::clone(&client));
         Ok(client)
+    }
+}
+
+/// A connection with `config`; for a server behind a reader endpoint, the first of up to
+/// [`SERVER_TRIES`](crate::endpoint::SERVER_TRIES) that reached it.
+async fn connect(
+    config: tokio_postgres::Config,
+    server: Option<&Database>,
+) -> Result<Client, String> {
+    let mut search = server.map(ServerSearch::new);
+    loop {
+        let (client, connection) = config.connect(NoTls).await.map_err(|e| describe(&e))?;
+        tokio::spawn(async move {
+            // Ends when the client is dropped; errors surface on the next query.
+            let _ = connection.await;
+        });
+        let Some(search) = search.as_mut() else {
+            return Ok(client);
+        };
+        let rows = client
+            .query_typed(SERVER_ADDRESS_SQL, &[])
+            .await
+            .map_err(|e| describe(&e))?;
+        let address: String = rows
+            .first()
+            .and_then(|row| row.try_get(0).ok())
+            .unwrap_or_default();
+        if search.keep(address)? {
+            return Ok(client);
+        }
     }
 }
 

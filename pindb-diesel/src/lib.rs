@@ -41,6 +41,7 @@ mod pools;
 #[cfg(feature = "r2d2")]
 #[cfg_attr(docsrs, doc(cfg(feature = "r2d2")))]
 pub mod r2d2;
+mod server;
 mod statement;
 
 pub use error::{is_unpinned_write, routing_error, Error};

@@ -19,6 +19,7 @@ use sea_orm::{
 };
 
 use crate::error::{replica_failure, to_db_err, Error};
+use crate::server;
 use crate::unsent::{self, Unsent};
 
 struct Inner {
@@ -83,6 +84,7 @@ fn pool(db: &Database) -> Result<DatabaseConnection, DbErr> {
         // A write may go there: the statement under way learns when it got a connection.
         pool = unsent::tell_when_handed_out(pool);
     }
+    pool = server::keep_only_its_server(pool, db);
     if let Some(min) = db.pool.min_idle {
         pool = pool.min_connections(min);
     }

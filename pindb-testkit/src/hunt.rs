@@ -402,14 +402,15 @@ pub async fn monitor_started(router: &pindb_core::Router) {
 /// `rounds` keyed write-then-read rounds of one user (`alice`), each in its own context of
 /// `router`'s consistency: `write(body)` writes a row, `read()` returns the newest row's body
 /// and whether a standby served it; every 30 rounds one replica's replay is paused or resumed
-/// in turn. Asserts no read missed its write and the replicas served some of them.
+/// in turn. Asserts no read missed its write and the replicas served some of them; returns
+/// how many they served.
 pub async fn keyed_rounds(
     router: &pindb_core::Router,
     control: &mut crate::ReplayControl,
     rounds: usize,
     mut write: impl AsyncFnMut(&str),
     mut read: impl AsyncFnMut() -> (String, bool),
-) {
+) -> usize {
     let consistency = router.consistency().clone();
     let (mut stale, mut from_replica) = (0, 0);
     for i in 0..rounds {
@@ -432,4 +433,5 @@ pub async fn keyed_rounds(
         from_replica > rounds / 10,
         "the replicas served alice too: {from_replica} of {rounds}"
     );
+    from_replica
 }

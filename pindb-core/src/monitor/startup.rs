@@ -24,13 +24,16 @@ const SERVER_SAMPLES: usize = 4;
 /// positions are kept per server. A server is told by its cluster and start time (one server
 /// reached over IPv4 and IPv6 is one); a second round must agree (a restart in between).
 async fn one_server(db: &Database, settings: &MonitorSettings, problems: &mut Vec<PinDbError>) {
-    let sql = "SELECT system_identifier::text || '/' || \
-               extract(epoch from pg_postmaster_start_time())::text, \
-               CASE WHEN family(inet_server_addr()) = 6 \
-                 THEN '[' || host(inet_server_addr()) || ']' \
-                 ELSE coalesce(host(inet_server_addr()), 'a local socket') END \
-               || ':' || coalesce(inet_server_port()::text, '-') \
-               FROM pg_control_system()";
+    if db.server.is_some() {
+        // Declared behind an endpoint: every connection is kept only on its server.
+        return;
+    }
+    let sql = concat!(
+        "SELECT system_identifier::text || '/' || \
+         extract(epoch from pg_postmaster_start_time())::text, ",
+        crate::endpoint::server_address!(),
+        " FROM pg_control_system()"
+    );
     let round = || async {
         let samples = (0..SERVER_SAMPLES).map(|_| async {
             let row = Probe::new(db, timeout(settings)).row(sql).await.ok()?;
@@ -62,9 +65,12 @@ async fn one_server(db: &Database, settings: &MonitorSettings, problems: &mut Ve
             format!(
                 "{} reaches several servers ({}): a load-balanced reader endpoint. pindb \
                  measures each replica's position on one server, so a keyed read could land on \
-                 one that lacks the user's write. Declare each standby as its own replica",
+                 one that lacks the user's write. Declare the servers behind it on this \
+                 replica, `servers = [\"{}\"]` (each becomes a replica of its own, reached \
+                 through the endpoint), or each standby as its own replica",
                 db.redacted_url(),
-                addresses.join(", ")
+                addresses.join(", "),
+                addresses.join("\", \"")
             ),
         ));
     }

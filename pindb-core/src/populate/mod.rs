@@ -67,6 +67,13 @@ pub struct DatabaseSettings {
     /// Masters only: replicas that come and go while the service runs, beside the configured
     /// ones: from DNS, or from [`Router::set_replicas`](crate::Router::set_replicas).
     pub discovery: Option<DiscoverySettings>,
+    /// Replicas only: the standbys behind a load-balanced reader endpoint (`url`), each as
+    /// it sees itself (`inet_server_addr()`:`inet_server_port()`; `host` alone takes 5432).
+    /// Each becomes a replica of its own (`<set>-<n>`, in this order) whose connections are
+    /// opened through the endpoint and kept only when they reached it: positions and lag hold
+    /// per server. See "Poolers and load balancers" in the README.
+    #[serde(default)]
+    pub servers: Vec<String>,
 }
 
 /// Where a set's runtime replicas come from (`[masters.<set>.discovery]`), as GitLab's load
@@ -260,6 +267,9 @@ pub struct Database {
     /// session state a pooler hands on: PgBouncer refuses them (`start_monitor` then says
     /// so) or drops them (it warns).
     pub read_only: bool,
+    /// A server behind a reader endpoint (`servers`), as `host:port`: connections opened
+    /// with this database's URL are kept only when they reached it ([`Database::reaches`]).
+    pub server: Option<String>,
 }
 
 impl Database {
@@ -477,6 +487,7 @@ impl Parts {
             read_only: kind == ReplicaKind::Logical,
             kind,
             runtime: false,
+            server: None,
             alias,
             membership,
             host,
@@ -790,6 +801,7 @@ pub fn populate_replicas(
     };
     for (set, master_settings) in masters {
         claim(set, "a master")?;
+        crate::endpoint::refuse_servers(set, master_settings)?;
         let master = Parts::from_settings(set, master_settings)?;
         let hosts = match master_settings.hosts.is_empty() {
             true => master.url_hosts.clone(),
@@ -819,29 +831,37 @@ pub fn populate_replicas(
                 .clone()
                 .finish(set.clone(), Membership::Master { set: set.clone() })?,
         );
-        for (i, overrides) in sets[set].iter().enumerate() {
-            let index = i + 1;
-            let alias = format!("{set}-{index}");
-            claim(&alias, "a generated replica alias")?;
-            refuse_hosts(&alias, overrides)?;
+        // A replica behind a reader endpoint is one replica per server behind it.
+        let mut index = 0;
+        for overrides in &sets[set] {
+            let first = format!("{set}-{}", index + 1);
+            refuse_hosts(&first, overrides)?;
             let mut parts = master.clone();
-            parts.overlay(Parts::from_settings(&alias, overrides)?);
-            out.push(parts.finish(
-                alias,
-                Membership::Replica {
-                    set: set.clone(),
-                    index,
-                },
-            )?);
+            parts.overlay(Parts::from_settings(&first, overrides)?);
+            for server in crate::endpoint::servers(&first, overrides)? {
+                index += 1;
+                let alias = format!("{set}-{index}");
+                claim(&alias, "a generated replica alias")?;
+                let mut db = parts.clone().finish(
+                    alias,
+                    Membership::Replica {
+                        set: set.clone(),
+                        index,
+                    },
+                )?;
+                db.server = server;
+                out.push(db);
+            }
         }
         if let Some(discovery) = &master_settings.discovery {
-            let first = sets[set].len() + 1;
+            let first = index + 1;
             out.extend(runtime_slots(set, &master, discovery, first, &mut claim)?);
         }
     }
     for (alias, settings) in unmanaged {
         claim(alias, "an unmanaged database")?;
         refuse_hosts(alias, settings)?;
+        crate::endpoint::refuse_servers(alias, settings)?;
         out.push(
             Parts::from_settings(alias, settings)?.finish(alias.clone(), Membership::Unmanaged)?,
         );

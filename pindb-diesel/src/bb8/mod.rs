@@ -218,10 +218,11 @@ fn build_pool(db: &Database) -> Pool {
     // that would accept writes is opened read-only by a startup parameter in `pool_url`:
     // nothing is set on the session, which a pooler could hand to another client.)
     let limit = db.pool.connect_timeout;
+    let server = db.server.is_some().then(|| Arc::new(db.clone()));
     config.custom_setup = Box::new(move |url| {
-        let url = url.to_owned();
+        let (url, server) = (url.to_owned(), server.clone());
         async move {
-            tokio::time::timeout(limit, AsyncPgConnection::establish(&url))
+            tokio::time::timeout(limit, establish(&url, server.as_deref()))
                 .await
                 .unwrap_or_else(|_| {
                     Err(diesel::ConnectionError::BadConnection(format!(
@@ -237,4 +238,26 @@ fn build_pool(db: &Database) -> Pool {
         .min_idle(db.pool.min_idle)
         .connection_timeout(db.pool.connect_timeout)
         .build_unchecked(manager)
+}
+
+/// A connection to `url`; for a server behind a reader endpoint, the first one that reached it.
+async fn establish(url: &str, server: Option<&Database>) -> diesel::ConnectionResult<AsyncPgConnection> {
+    use diesel_async::RunQueryDsl;
+    let mut search = server.map(pindb_core::adapter::ServerSearch::new);
+    loop {
+        let mut conn = AsyncPgConnection::establish(url).await?;
+        let Some(search) = search.as_mut() else {
+            return Ok(conn);
+        };
+        let reached: crate::server::Reached = crate::server::question()
+            .get_result(&mut conn)
+            .await
+            .map_err(|e| diesel::ConnectionError::BadConnection(e.to_string()))?;
+        if search
+            .keep(reached.address)
+            .map_err(diesel::ConnectionError::BadConnection)?
+        {
+            return Ok(conn);
+        }
+    }
 }

@@ -26,8 +26,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use diesel::pg::PgConnection;
-use diesel::r2d2::{ConnectionManager, PooledConnection};
+use diesel::r2d2::PooledConnection;
 use pindb_core::adapter::{Database, REFUSED_GRACE};
 use pindb_core::{Config, Hint, PinDbError, Router};
 
@@ -35,13 +34,15 @@ use crate::error::Error;
 use crate::pools::Pools;
 
 mod connection;
+mod manager;
 
 pub use connection::{PinDbConnection, RoutedTransactionManager};
+pub use manager::Manager;
 
 /// A pooled sync `PgConnection`.
-pub type Pooled = PooledConnection<ConnectionManager<PgConnection>>;
+pub type Pooled = PooledConnection<Manager>;
 
-type Pool = diesel::r2d2::Pool<ConnectionManager<PgConnection>>;
+type Pool = diesel::r2d2::Pool<Manager>;
 
 /// The sync entry point: the router plus an r2d2 pool per alias. Cheap to clone.
 #[derive(Clone)]
@@ -64,7 +65,7 @@ fn build_pool(db: &Database) -> Pool {
         .connection_timeout(db.pool.connect_timeout);
     // A replica that would accept writes is opened read-only by a startup parameter in
     // `pool_url`: nothing is set on the session, which a pooler could hand to another client.
-    builder.build_unchecked(ConnectionManager::new(db.pool_url()))
+    builder.build_unchecked(Manager::new(db))
 }
 
 /// How often a waiting checkout looks again whether another host became the primary.

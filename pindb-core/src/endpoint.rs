@@ -1,0 +1,244 @@
+//! Replicas behind a load-balanced reader endpoint (a Kubernetes Service, HAProxy, a cloud
+//! reader endpoint): one URL that reaches several standbys.
+//!
+//! Read-your-writes needs the position of the server a read lands on, and the monitor's
+//! connection reaches one server while the pool's connections reach the others. So a replica
+//! declares the servers behind its endpoint (`servers = ["10.0.0.5:5432", ...]`, each as the
+//! server sees itself: `inet_server_addr()`:`inet_server_port()`), and each becomes a replica
+//! of its own: its own alias, health, position and pool. Every connection of that pool (and of
+//! pindb's own probes) is opened through the endpoint and kept only if it reached that server
+//! (one query per new connection, none per statement); connections that reached another are
+//! closed and the next one tried. Positions thus hold per server, as if each standby were
+//! configured directly, and nothing on the hot path changes.
+//!
+//! Not behind a transaction-mode pooler: it may move a client to another server between
+//! statements, which no check at connect time can see.
+
+use crate::error::PinDbError;
+use crate::populate::{host_port, Database, DatabaseSettings, DEFAULT_PORT};
+
+/// The SQL expression of the address a server sees itself at, as `host:port` (IPv6 in
+/// brackets): what `servers` entries are compared with.
+macro_rules! server_address {
+    () => {
+        "CASE WHEN family(inet_server_addr()) = 6 \
+         THEN '[' || host(inet_server_addr()) || ']' \
+         ELSE coalesce(host(inet_server_addr()), 'a local socket') END \
+         || ':' || coalesce(inet_server_port()::text, '-')"
+    };
+}
+pub(crate) use server_address;
+
+/// The address a server sees itself at ([`Database::reaches`] takes it): one row, one text
+/// column.
+pub const SERVER_ADDRESS_SQL: &str = concat!("SELECT ", server_address!(), " AS address");
+
+/// Connections opened through an endpoint to reach one server before giving up: with two
+/// servers picked at random, all miss with odds of 1 in 65,536.
+pub const SERVER_TRIES: usize = 16;
+
+impl Database {
+    /// Whether a connection that reached `address` (from [`SERVER_ADDRESS_SQL`]) may serve
+    /// this database: always, unless it is a server behind an endpoint and `address` is
+    /// another.
+    pub fn reaches(&self, address: &str) -> bool {
+        match &self.server {
+            None => true,
+            Some(server) => same_address(server, address),
+        }
+    }
+
+    /// Why no connection could be kept: [`SERVER_TRIES`] connections through the endpoint
+    /// reached only `seen`.
+    pub fn server_missed(&self, seen: &[String]) -> String {
+        let tries = seen.len();
+        let mut seen = seen.to_vec();
+        seen.sort();
+        seen.dedup();
+        format!(
+            "{} connections through the reader endpoint {} reached {}, never {}: is that \
+             server still behind it? (`servers` lists each as it sees itself, \
+             inet_server_addr():inet_server_port())",
+            tries,
+            self.redacted_url(),
+            seen.join(", "),
+            self.server.as_deref().unwrap_or("-"),
+        )
+    }
+
+    /// Why a connection that reached `address` is not kept (another is opened).
+    pub fn wrong_server(&self, address: &str) -> String {
+        format!(
+            "`{}` is {} behind the reader endpoint {}; this connection reached {address}: \
+             closed, another is opened",
+            self.alias,
+            self.server.as_deref().unwrap_or("-"),
+            self.redacted_url(),
+        )
+    }
+
+    /// What to call it in messages: its alias, and for a server behind an endpoint which.
+    pub fn label(&self) -> String {
+        match &self.server {
+            Some(server) => format!("{} ({server} behind {}:{})", self.alias, self.host, self.port),
+            None if self.runtime => format!("{} ({}:{})", self.alias, self.host, self.port),
+            None => self.alias.clone(),
+        }
+    }
+}
+
+/// An adapter's search for a connection to a server behind an endpoint, one new connection
+/// at a time: open one with the database's URL, ask it [`SERVER_ADDRESS_SQL`], and give the
+/// answer to [`ServerSearch::keep`].
+///
+/// ```
+/// # let db = pindb_core::Config::single_set("postgres://app@reader/app", Vec::<String>::new()).databases().unwrap().remove(0);
+/// let mut search = pindb_core::adapter::ServerSearch::new(&db);
+/// assert_eq!(search.keep("10.0.0.6:5432".into()), Ok(true)); // no `servers`: any will do
+/// ```
+#[derive(Debug)]
+pub struct ServerSearch<'a> {
+    db: &'a Database,
+    seen: Vec<String>,
+}
+
+impl<'a> ServerSearch<'a> {
+    /// A search for `db`'s server.
+    pub fn new(db: &'a Database) -> Self {
+        ServerSearch {
+            db,
+            seen: Vec::new(),
+        }
+    }
+
+    /// Whether the connection that reached `address` is kept (`Ok(true)`), closed for another
+    /// (`Ok(false)`), or the search is over (`Err`: what to report, after [`SERVER_TRIES`]).
+    pub fn keep(&mut self, address: String) -> Result<bool, String> {
+        if self.db.reaches(&address) {
+            return Ok(true);
+        }
+        self.seen.push(address);
+        match self.seen.len() < SERVER_TRIES {
+            true => Ok(false),
+            false => Err(self.db.server_missed(&self.seen)),
+        }
+    }
+}
+
+/// The servers a replica's settings put behind its endpoint, normalised (`host:port`), or
+/// one `None` for a plain replica.
+pub(crate) fn servers(
+    alias: &str,
+    settings: &DatabaseSettings,
+) -> Result<Vec<Option<String>>, PinDbError> {
+    if settings.servers.is_empty() {
+        return Ok(vec![None]);
+    }
+    let mut out: Vec<Option<String>> = Vec::new();
+    for text in &settings.servers {
+        let (host, port) = host_port(alias, text)?;
+        let normal = format!("{}:{}", host.to_lowercase(), port.unwrap_or(DEFAULT_PORT));
+        if out.iter().flatten().any(|s| *s == normal) {
+            return Err(PinDbError::config(
+                alias,
+                format!("`servers` lists {normal} twice; list each server once"),
+            ));
+        }
+        out.push(Some(normal));
+    }
+    Ok(out)
+}
+
+/// `servers` puts standbys behind a replica's endpoint: a master or an unmanaged database
+/// is one server.
+pub(crate) fn refuse_servers(alias: &str, settings: &DatabaseSettings) -> Result<(), PinDbError> {
+    match settings.servers.is_empty() {
+        true => Ok(()),
+        false => Err(PinDbError::config(
+            alias,
+            "`servers` lists the standbys behind a replica's reader endpoint: give it to a \
+             replica (`[sets]`); a master is one server",
+        )),
+    }
+}
+
+fn same_address(server: &str, address: &str) -> bool {
+    match host_port("", address) {
+        Ok((host, port)) => {
+            format!("{}:{}", host.to_lowercase(), port.unwrap_or(DEFAULT_PORT)) == server
+        }
+        Err(_) => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn replica(servers: &[&str]) -> DatabaseSettings {
+        DatabaseSettings {
+            url: Some("postgres://app@reader:5432/app".into()),
+            servers: servers.iter().map(|s| s.to_string()).collect(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn each_server_behind_an_endpoint_is_a_replica_of_its_own() {
+        use std::collections::BTreeMap;
+        let masters = BTreeMap::from([(
+            "default".to_string(),
+            DatabaseSettings::from_url("postgres://app@db0/app"),
+        )]);
+        let sets = BTreeMap::from([(
+            "default".to_string(),
+            vec![
+                replica(&["10.0.0.5:5432", "10.0.0.6"]),
+                DatabaseSettings::from_url("postgres://app@db3/app"),
+            ],
+        )]);
+        let dbs = crate::adapter::populate_replicas(&masters, &sets, &BTreeMap::new(), false)
+            .expect("valid");
+        let replicas: Vec<(&str, &str, Option<&str>)> = dbs[1..]
+            .iter()
+            .map(|d| (d.alias.as_str(), d.host.as_str(), d.server.as_deref()))
+            .collect();
+        assert_eq!(
+            replicas,
+            [
+                ("default-1", "reader", Some("10.0.0.5:5432")),
+                ("default-2", "reader", Some("10.0.0.6:5432")),
+                ("default-3", "db3", None),
+            ]
+        );
+        assert!(dbs[1].reaches("10.0.0.5:5432"));
+        assert!(!dbs[1].reaches("10.0.0.6:5432"));
+        assert!(dbs[3].reaches("anything:1"));
+        assert!(dbs[1].server_missed(&["10.0.0.6:5432".into()]).contains("never 10.0.0.5:5432"));
+    }
+
+    #[test]
+    fn servers_are_refused_where_they_mean_nothing() {
+        use std::collections::BTreeMap;
+        let sets = BTreeMap::from([("default".to_string(), vec![])]);
+        let masters = BTreeMap::from([("default".to_string(), replica(&["10.0.0.5:5432"]))]);
+        let e = crate::adapter::populate_replicas(&masters, &sets, &BTreeMap::new(), false)
+            .expect_err("a master is one server");
+        assert!(e.to_string().contains("give it to a replica"), "{e}");
+        let masters = BTreeMap::from([(
+            "default".to_string(),
+            DatabaseSettings::from_url("postgres://app@db0/app"),
+        )]);
+        let sets = BTreeMap::from([(
+            "default".to_string(),
+            vec![replica(&["10.0.0.5:5432", "10.0.0.5"])],
+        )]);
+        let e = crate::adapter::populate_replicas(&masters, &sets, &BTreeMap::new(), false)
+            .expect_err("listed twice");
+        assert!(e.to_string().contains("twice"), "{e}");
+        let sets = BTreeMap::from([("default".to_string(), vec![replica(&["10.0.0.5/24"])])]);
+        let e = crate::adapter::populate_replicas(&masters, &sets, &BTreeMap::new(), false)
+            .expect_err("not an address");
+        assert!(e.to_string().contains("host:port"), "{e}");
+    }
+}

@@ -1,0 +1,59 @@
+//! [`Manager`]: diesel's r2d2 connection manager, and for a server behind a reader endpoint
+//! only the connections that reached it.
+
+use std::sync::Arc;
+
+use diesel::pg::PgConnection;
+use diesel::r2d2::{ConnectionManager, ManageConnection};
+use diesel::{ConnectionError, RunQueryDsl};
+use pindb_core::adapter::{Database, ServerSearch};
+
+/// The connection manager of pindb's r2d2 pools: diesel's `ConnectionManager<PgConnection>`,
+/// which for a server behind a reader endpoint (`servers`) closes a new connection that
+/// reached another server and opens the next one.
+#[derive(Debug)]
+pub struct Manager {
+    inner: ConnectionManager<PgConnection>,
+    server: Option<Arc<Database>>,
+}
+
+impl Manager {
+    pub(crate) fn new(db: &Database) -> Manager {
+        Manager {
+            inner: ConnectionManager::new(db.pool_url()),
+            server: db.server.is_some().then(|| Arc::new(db.clone())),
+        }
+    }
+}
+
+impl ManageConnection for Manager {
+    type Connection = PgConnection;
+    type Error = diesel::r2d2::Error;
+
+    fn connect(&self) -> Result<PgConnection, Self::Error> {
+        let mut search = self.server.as_deref().map(ServerSearch::new);
+        loop {
+            let mut conn = self.inner.connect()?;
+            let Some(search) = search.as_mut() else {
+                return Ok(conn);
+            };
+            let reached: crate::server::Reached = crate::server::question()
+                .get_result(&mut conn)
+                .map_err(diesel::r2d2::Error::QueryError)?;
+            let keep = search.keep(reached.address).map_err(|missed| {
+                diesel::r2d2::Error::ConnectionError(ConnectionError::BadConnection(missed))
+            })?;
+            if keep {
+                return Ok(conn);
+            }
+        }
+    }
+
+    fn is_valid(&self, conn: &mut PgConnection) -> Result<(), Self::Error> {
+        self.inner.is_valid(conn)
+    }
+
+    fn has_broken(&self, conn: &mut PgConnection) -> bool {
+        self.inner.has_broken(conn)
+    }
+}

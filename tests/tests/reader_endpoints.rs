@@ -1,0 +1,126 @@
+#![allow(missing_docs, missing_debug_implementations, unreachable_pub)] // not a library: nothing here is public API
+//! Both standbys behind one round-robin reader endpoint (the testkit's proxy, as a Kubernetes
+//! Service or HAProxy would balance them), declared with `servers`: through every adapter, a
+//! user reads their own writes while replay pauses on one standby then the other, and the
+//! replicas keep serving reads. Without `servers` the same URL is refused at start-up
+//! (pindb-diesel's `poolers` test).
+
+use pindb_core::{Config, DatabaseSettings};
+use pindb_scenarios::{Adapter, DieselAsync, DieselSync, SeaOrm};
+use pindb_testkit::{Cluster, Fixture, Proxy};
+
+/// `host:port` of a URL.
+fn address(url: &str) -> String {
+    let tail = url.rsplit('@').next().unwrap_or_default();
+    tail.split('/').next().unwrap_or_default().to_owned()
+}
+
+/// One set: the primary, and one replica that is the endpoint with both standbys behind it
+/// (`servers`), or both standbys configured directly.
+fn config(c: &Cluster, endpoint: Option<&Proxy>) -> Config {
+    let mut config = Config::single_set(&c.primary_url, Vec::<String>::new());
+    let replicas = match endpoint {
+        Some(endpoint) => {
+            let (r1, r2) = (address(c.replica_url(1)), address(c.replica_url(2)));
+            let url = c
+                .replica_url(1)
+                .replace(&r1, &format!("127.0.0.1:{}", endpoint.port()));
+            vec![DatabaseSettings {
+                servers: vec![r1, r2],
+                ..DatabaseSettings::from_url(url)
+            }]
+        }
+        None => vec![
+            DatabaseSettings::from_url(c.replica_url(1)),
+            DatabaseSettings::from_url(c.replica_url(2)),
+        ],
+    };
+    config.sets.insert("default".to_owned(), replicas);
+    config.monitor.interval_ms = 20;
+    config.stickiness.max_wait_ms = 20;
+    config
+}
+
+/// 300 keyed write-then-read rounds of one user through `A` (replay paused on one standby,
+/// then the other, every 30 rounds): asserts none read stale and returns how many reads the
+/// standbys served.
+async fn rounds<A: Adapter>(w: &mut Fixture, endpoint: Option<&Proxy>) -> usize {
+    // A table per run: each starts from round 0.
+    let table = match endpoint {
+        Some(_) => format!("{}.through", w.schema.name),
+        None => format!("{}.direct", w.schema.name),
+    };
+    let db = A::open(config(&w.cluster, endpoint)).await;
+    pindb_testkit::monitor_started(db.router()).await;
+    if endpoint.is_some() {
+        let aliases: Vec<String> = db
+            .router()
+            .topology()
+            .databases()
+            .iter()
+            .map(|d| d.label())
+            .collect();
+        assert_eq!(aliases.len(), 3, "one replica per server: {aliases:?}");
+    }
+    let primary = pindb_scenarios::port_of(&w.cluster.primary().await).await;
+    let write = async |body: &str| {
+        let n: i32 = body[1..].parse().unwrap();
+        let sql = format!(
+            "INSERT INTO {table} (n) VALUES ({n}) RETURNING current_setting('port')::int AS port"
+        );
+        db.port_of_sql(&sql).await.expect("the write");
+    };
+    // The newest row and the server that read it, packed into the one integer column.
+    let read = async || {
+        let sql = format!(
+            "SELECT (coalesce((SELECT max(n) FROM {table}), -1) * 100000 \
+             + current_setting('port')::int)::int AS port"
+        );
+        let packed = db.port_of_sql(&sql).await.expect("the read");
+        (
+            format!("w{}", packed.div_euclid(100_000)),
+            packed.rem_euclid(100_000) != primary,
+        )
+    };
+    let served = pindb_testkit::keyed_rounds(db.router(), &mut w.control, 300, write, read).await;
+    drop(db);
+    served
+}
+
+async fn no_stale_read_through_an_endpoint<A: Adapter>() {
+    let mut w = Fixture::new(
+        "CREATE TABLE {schema}.through (n int NOT NULL); \
+         CREATE TABLE {schema}.direct (n int NOT NULL);",
+    )
+    .await;
+    let (r1, r2) = (
+        address(w.cluster.replica_url(1)),
+        address(w.cluster.replica_url(2)),
+    );
+    let endpoint = Proxy::round_robin(&[&r1, &r2]).await;
+    let through = rounds::<A>(&mut w, Some(&endpoint)).await;
+    let direct = rounds::<A>(&mut w, None).await;
+    // Reported, not asserted: a share depends on timing (the README gives measured ones).
+    eprintln!(
+        "{}: the standbys served {through} of 300 reads through the endpoint, {direct} of 300 \
+         configured directly ({:.2})",
+        A::NAME,
+        through as f64 / direct.max(1) as f64
+    );
+    w.finish().await;
+}
+
+#[tokio::test]
+async fn no_stale_read_through_an_endpoint_diesel_async() {
+    no_stale_read_through_an_endpoint::<DieselAsync>().await;
+}
+
+#[tokio::test]
+async fn no_stale_read_through_an_endpoint_sync_diesel() {
+    no_stale_read_through_an_endpoint::<DieselSync>().await;
+}
+
+#[tokio::test]
+async fn no_stale_read_through_an_endpoint_seaorm() {
+    no_stale_read_through_an_endpoint::<SeaOrm>().await;
+}
