@@ -80,7 +80,10 @@ impl Database {
     /// What to call it in messages: its alias, and for a server behind an endpoint which.
     pub fn label(&self) -> String {
         match &self.server {
-            Some(server) => format!("{} ({server} behind {}:{})", self.alias, self.host, self.port),
+            Some(server) => format!(
+                "{} ({server} behind {}:{})",
+                self.alias, self.host, self.port
+            ),
             None if self.runtime => format!("{} ({}:{})", self.alias, self.host, self.port),
             None => self.alias.clone(),
         }
@@ -214,7 +217,9 @@ mod tests {
         assert!(dbs[1].reaches("10.0.0.5:5432"));
         assert!(!dbs[1].reaches("10.0.0.6:5432"));
         assert!(dbs[3].reaches("anything:1"));
-        assert!(dbs[1].server_missed(&["10.0.0.6:5432".into()]).contains("never 10.0.0.5:5432"));
+        assert!(dbs[1]
+            .server_missed(&["10.0.0.6:5432".into()])
+            .contains("never 10.0.0.5:5432"));
     }
 
     #[test]

@@ -51,9 +51,9 @@ mod consistency;
 mod context;
 mod coverage;
 mod discovery;
-mod endpoint;
 #[cfg(feature = "dns")]
 mod dns;
+mod endpoint;
 mod error;
 mod freshness;
 mod guard;

@@ -225,14 +225,20 @@ pub(crate) fn lsn_column(row: &Row, i: usize) -> Result<Option<Lsn>, String> {
 /// Why `db` cannot be used right now, from a fresh connection attempt bounded by `timeout`:
 /// `None` when it connects (the trouble was elsewhere: a busy pool, a hung session), else the
 /// cause and whether the connection was refused (nothing listens, or the server accepts none
-/// now: definitive for the moment, and immediate).
+/// now: definitive for the moment, and immediate). For a server behind a reader endpoint, a
+/// connection reaches it, or the servers it reached instead are the cause.
 pub(crate) async fn diagnose(db: &Database, timeout: Duration) -> Option<(String, bool)> {
     match tokio::time::timeout(timeout, tokio_postgres::connect(&db.probe_url(), NoTls)).await {
         Ok(Ok((client, connection))) => {
             drop(client);
             // Closes as soon as the client is gone.
             let _ = tokio::time::timeout(timeout, connection).await;
-            None
+            db.server.as_ref()?;
+            let config = db.probe_url().parse().ok()?;
+            match tokio::time::timeout(timeout, connect(config, Some(db))).await {
+                Ok(Err(missed)) => Some((missed, false)),
+                _ => None,
+            }
         }
         Ok(Err(e)) => Some((describe(&e), refused(&e))),
         Err(_) => Some((

@@ -144,7 +144,8 @@ async fn a_replica_url_that_reaches_several_servers_is_refused_at_start_up() {
         e.contains("default-1")
             && e.contains("several servers")
             && e.contains(&r1)
-            && e.contains(&r2),
+            && e.contains(&r2)
+            && e.contains("servers = ["),
         "{e}"
     );
 }

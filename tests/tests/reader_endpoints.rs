@@ -124,3 +124,62 @@ async fn no_stale_read_through_an_endpoint_sync_diesel() {
 async fn no_stale_read_through_an_endpoint_seaorm() {
     no_stale_read_through_an_endpoint::<SeaOrm>().await;
 }
+
+/// A declared server the endpoint never reaches (gone from behind it, or mistyped): that
+/// replica is down and says why, the other serves.
+async fn a_server_missing_from_behind_the_endpoint_is_named<A: Adapter>() {
+    let c = Cluster::from_env();
+    let r1 = address(c.replica_url(1));
+    let endpoint = Proxy::round_robin(&[&r1]).await;
+    let mut config = config(&c, Some(&endpoint));
+    config.sets.get_mut("default").unwrap()[0].servers[1] = "127.0.0.1:1".to_owned();
+    config.sets.get_mut("default").unwrap()[0].connect_timeout_ms = Some(1_000);
+    let db = A::open(config).await;
+    let _ = db.router().start_monitor().await;
+    pindb_testkit::wait_until(
+        "the monitor finds default-1 up and default-2 down",
+        std::time::Duration::from_secs(10),
+        || {
+            let status = |alias| {
+                db.router()
+                    .topology()
+                    .replica_status(alias)
+                    .unwrap()
+                    .unwrap()
+            };
+            status("default-1").up && !status("default-2").up
+        },
+    )
+    .await;
+    let port: i32 = r1.rsplit(':').next().unwrap().parse().unwrap();
+    let sql = "SELECT current_setting('port')::int AS port";
+    assert_eq!(db.port_of_sql_on("default-1", sql).await, Ok(port));
+    // Routed reads never fail: default-1 or the master serves them.
+    for _ in 0..20 {
+        let served = pindb_core::scope(db.read()).await;
+        assert!(served.is_ok(), "{}: {served:?}", A::NAME);
+    }
+    let status = db.router().status().await;
+    let missing = status.iter().find(|s| s.alias == "default-2").unwrap();
+    let e = missing.error.clone().unwrap_or_default();
+    assert!(
+        !missing.up && e.contains(&format!("reached {r1}")) && e.contains("never 127.0.0.1:1"),
+        "{}: {missing:?}",
+        A::NAME
+    );
+}
+
+#[tokio::test]
+async fn a_server_missing_from_behind_the_endpoint_is_named_diesel_async() {
+    a_server_missing_from_behind_the_endpoint_is_named::<DieselAsync>().await;
+}
+
+#[tokio::test]
+async fn a_server_missing_from_behind_the_endpoint_is_named_sync_diesel() {
+    a_server_missing_from_behind_the_endpoint_is_named::<DieselSync>().await;
+}
+
+#[tokio::test]
+async fn a_server_missing_from_behind_the_endpoint_is_named_seaorm() {
+    a_server_missing_from_behind_the_endpoint_is_named::<SeaOrm>().await;
+}

@@ -380,6 +380,7 @@ impl fmt::Debug for Database {
             .field("url", &self.redacted_url())
             .field("pool", &self.pool)
             .field("kind", &self.kind)
+            .field("server", &self.server)
             .finish()
     }
 }

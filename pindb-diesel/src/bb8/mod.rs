@@ -241,7 +241,10 @@ fn build_pool(db: &Database) -> Pool {
 }
 
 /// A connection to `url`; for a server behind a reader endpoint, the first one that reached it.
-async fn establish(url: &str, server: Option<&Database>) -> diesel::ConnectionResult<AsyncPgConnection> {
+async fn establish(
+    url: &str,
+    server: Option<&Database>,
+) -> diesel::ConnectionResult<AsyncPgConnection> {
     use diesel_async::RunQueryDsl;
     let mut search = server.map(pindb_core::adapter::ServerSearch::new);
     loop {
