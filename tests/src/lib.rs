@@ -321,7 +321,24 @@ pub struct World {
     pub master: i32,
     /// The replicas' ports.
     pub replicas: [i32; 2],
+    path: Path,
     _shared: SharedReplay,
+}
+
+/// How the adapters reach the cluster.
+enum Path {
+    /// Each server directly.
+    Direct,
+    /// The dev cluster's PgBouncer in session mode.
+    PgBouncer,
+    /// The primary directly, both standbys behind one round-robin endpoint (`servers`).
+    Endpoint(pindb_testkit::Proxy),
+}
+
+/// `host:port` of a URL.
+fn address(url: &str) -> String {
+    let tail = url.rsplit('@').next().unwrap_or_default();
+    tail.split('/').next().unwrap_or_default().to_owned()
 }
 
 /// The port of the server behind `client`.
@@ -355,6 +372,58 @@ impl World {
             primary,
             master,
             replicas,
+            path: Path::Direct,
+            _shared: shared,
+        }
+    }
+
+    /// [`World::new`], with both standbys behind one round-robin reader endpoint (the
+    /// testkit's proxy), declared with `servers`.
+    pub async fn through_endpoint() -> World {
+        let mut w = World::new().await;
+        let (r1, r2) = (
+            address(w.cluster.replica_url(1)),
+            address(w.cluster.replica_url(2)),
+        );
+        w.path = Path::Endpoint(pindb_testkit::Proxy::round_robin(&[&r1, &r2]).await);
+        w
+    }
+
+    /// The world through the dev cluster's PgBouncer in session mode. PgBouncer refuses the
+    /// `search_path` startup option the other worlds use, so this one connects as the role
+    /// `pindb_pooled`, whose own search path is its schema (`scripts/cluster up` makes both):
+    /// one such world at a time, its `items` emptied first.
+    pub async fn through_pgbouncer() -> World {
+        let cluster = Cluster::from_env();
+        let shared = cluster.shared().await;
+        let as_pooled = |url: &str| url.replacen("://pindb@", "://pindb_pooled@", 1);
+        let primary = pindb_testkit::connect(&as_pooled(&cluster.primary_url)).await;
+        // Held as long as this connection: one pooled world at a time, whatever the process.
+        primary
+            .execute("SELECT pg_advisory_lock(hashtext('pindb_pooled'))", &[])
+            .await
+            .expect("the pooled world's lock");
+        let setup = SETUP_SQL.replace("CREATE TABLE", "CREATE TABLE IF NOT EXISTS");
+        primary
+            .batch_execute(&setup.replace("{schema}", "pindb_pooled"))
+            .await
+            .expect("creating pindb_pooled.items (does `scripts/cluster up` make the role?)");
+        primary
+            .batch_execute("TRUNCATE pindb_pooled.items")
+            .await
+            .expect("emptying items");
+        let master = port_of(&primary).await;
+        let replicas = [
+            port_of(&cluster.replica(1).await).await,
+            port_of(&cluster.replica(2).await).await,
+        ];
+        World {
+            cluster,
+            schema: TestSchema::for_tests("pindb_pooled"),
+            primary,
+            master,
+            replicas,
+            path: Path::PgBouncer,
             _shared: shared,
         }
     }
@@ -362,10 +431,34 @@ impl World {
     /// The cluster as one set, in this schema, with `router` mode (`None`: disabled).
     pub fn config(&self, router: Option<RouterMode>) -> Config {
         let url = |base: &str| self.schema.url(base);
-        let mut config = Config::single_set(
-            url(&self.cluster.primary_url),
-            self.cluster.replica_urls.iter().map(|r| url(r)),
-        );
+        let mut config = match &self.path {
+            Path::Direct => Config::single_set(
+                url(&self.cluster.primary_url),
+                self.cluster.replica_urls.iter().map(|r| url(r)),
+            ),
+            Path::PgBouncer => {
+                let pooled = |node| {
+                    let url = self.cluster.pooled_url(node, true);
+                    url.replacen("://pindb@", "://pindb_pooled@", 1)
+                };
+                Config::single_set(pooled(0), [pooled(1), pooled(2)])
+            }
+            Path::Endpoint(endpoint) => {
+                let r1 = address(self.cluster.replica_url(1));
+                let through = self
+                    .cluster
+                    .replica_url(1)
+                    .replace(&r1, &format!("127.0.0.1:{}", endpoint.port()));
+                let mut config =
+                    Config::single_set(url(&self.cluster.primary_url), Vec::<String>::new());
+                let replica = pindb_core::DatabaseSettings {
+                    servers: vec![r1, address(self.cluster.replica_url(2))],
+                    ..pindb_core::DatabaseSettings::from_url(url(&through))
+                };
+                config.sets.insert("default".to_owned(), vec![replica]);
+                config
+            }
+        };
         config.router = router.unwrap_or(RouterMode::Strict);
         config.enabled = router.is_some();
         config
@@ -380,6 +473,8 @@ impl World {
     /// Drops the schema.
     pub async fn finish(self) {
         drop(self.primary);
-        self.schema.drop().await;
+        if !matches!(self.path, Path::PgBouncer) {
+            self.schema.drop().await;
+        }
     }
 }

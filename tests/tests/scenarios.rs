@@ -223,8 +223,7 @@ async fn run<A: Adapter>(w: &World, db: &A, scenario: &Scenario) -> Result<(), S
 
 /// Every scenario against adapter `A`, each with its own pools and context; reports every
 /// failing scenario, not only the first.
-async fn run_all<A: Adapter>() {
-    let w = World::new().await;
+async fn run_all<A: Adapter>(w: World) {
     let mut failures = Vec::new();
     for scenario in SCENARIOS {
         let router = match scenario.mode {
@@ -255,15 +254,45 @@ async fn run_all<A: Adapter>() {
 
 #[tokio::test]
 async fn diesel_async_bb8() {
-    run_all::<DieselAsync>().await;
+    run_all::<DieselAsync>(World::new().await).await;
 }
 
 #[tokio::test]
 async fn sync_diesel_r2d2() {
-    run_all::<DieselSync>().await;
+    run_all::<DieselSync>(World::new().await).await;
 }
 
 #[tokio::test]
 async fn seaorm() {
-    run_all::<SeaOrm>().await;
+    run_all::<SeaOrm>(World::new().await).await;
+}
+
+#[tokio::test]
+async fn diesel_async_bb8_through_pgbouncer() {
+    run_all::<DieselAsync>(World::through_pgbouncer().await).await;
+}
+
+#[tokio::test]
+async fn sync_diesel_r2d2_through_pgbouncer() {
+    run_all::<DieselSync>(World::through_pgbouncer().await).await;
+}
+
+#[tokio::test]
+async fn seaorm_through_pgbouncer() {
+    run_all::<SeaOrm>(World::through_pgbouncer().await).await;
+}
+
+#[tokio::test]
+async fn diesel_async_bb8_through_a_reader_endpoint() {
+    run_all::<DieselAsync>(World::through_endpoint().await).await;
+}
+
+#[tokio::test]
+async fn sync_diesel_r2d2_through_a_reader_endpoint() {
+    run_all::<DieselSync>(World::through_endpoint().await).await;
+}
+
+#[tokio::test]
+async fn seaorm_through_a_reader_endpoint() {
+    run_all::<SeaOrm>(World::through_endpoint().await).await;
 }

@@ -61,7 +61,8 @@ impl std::fmt::Debug for PinDb {
 fn build_pool(db: &Database) -> Pool {
     let builder = Pool::builder()
         .max_size(db.pool.max_size)
-        .min_idle(db.pool.min_idle)
+        // As bb8 and sqlx: none unless asked (r2d2 alone would open `max_size` at once).
+        .min_idle(Some(db.pool.min_idle.unwrap_or(0)))
         .connection_timeout(db.pool.connect_timeout);
     // A replica that would accept writes is opened read-only by a startup parameter in
     // `pool_url`: nothing is set on the session, which a pooler could hand to another client.
