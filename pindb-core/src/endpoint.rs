@@ -33,9 +33,11 @@ pub(crate) use server_address;
 /// column.
 pub const SERVER_ADDRESS_SQL: &str = concat!("SELECT ", server_address!(), " AS address");
 
-/// Connections opened through an endpoint to reach one server before giving up: with two
-/// servers picked at random, all miss with odds of 1 in 65,536.
-pub const SERVER_TRIES: usize = 16;
+/// Connections opened through an endpoint to reach one server before giving up: with `n`
+/// servers picked at random, all miss with odds of ((n-1)/n)^64: 1 in 10^19 for 2, 1 in 10^8
+/// for 4, 1 in 5,000 for 8, 1 in 60 for 16. Each try is a connection set-up, within the
+/// pool's `connect_timeout_ms` (pindb's own: `check_timeout_ms`).
+pub const SERVER_TRIES: usize = 64;
 
 impl Database {
     /// Whether a connection that reached `address` (from [`SERVER_ADDRESS_SQL`]) may serve
@@ -76,18 +78,6 @@ impl Database {
             self.redacted_url(),
         )
     }
-
-    /// What to call it in messages: its alias, and for a server behind an endpoint which.
-    pub fn label(&self) -> String {
-        match &self.server {
-            Some(server) => format!(
-                "{} ({server} behind {}:{})",
-                self.alias, self.host, self.port
-            ),
-            None if self.runtime => format!("{} ({}:{})", self.alias, self.host, self.port),
-            None => self.alias.clone(),
-        }
-    }
 }
 
 /// An adapter's search for a connection to a server behind an endpoint, one new connection
@@ -103,6 +93,7 @@ impl Database {
 pub struct ServerSearch<'a> {
     db: &'a Database,
     seen: Vec<String>,
+    until: Option<std::time::Instant>,
 }
 
 impl<'a> ServerSearch<'a> {
@@ -111,43 +102,58 @@ impl<'a> ServerSearch<'a> {
         ServerSearch {
             db,
             seen: Vec::new(),
+            until: None,
+        }
+    }
+
+    /// The search also ends at `deadline` (before the caller's own timeout, so that what it
+    /// reached is reported rather than a bare timeout).
+    pub fn until(self, deadline: std::time::Instant) -> Self {
+        ServerSearch {
+            until: Some(deadline),
+            ..self
         }
     }
 
     /// Whether the connection that reached `address` is kept (`Ok(true)`), closed for another
-    /// (`Ok(false)`), or the search is over (`Err`: what to report, after [`SERVER_TRIES`]).
+    /// (`Ok(false)`), or the search is over (`Err`: what to report, after [`SERVER_TRIES`]
+    /// or at the deadline).
     pub fn keep(&mut self, address: String) -> Result<bool, String> {
         if self.db.reaches(&address) {
             return Ok(true);
         }
         self.seen.push(address);
-        match self.seen.len() < SERVER_TRIES {
+        let late = self.until.is_some_and(|u| std::time::Instant::now() >= u);
+        match self.seen.len() < SERVER_TRIES && !late {
             true => Ok(false),
             false => Err(self.db.server_missed(&self.seen)),
         }
     }
 }
 
-/// The servers a replica's settings put behind its endpoint, normalised (`host:port`), or
-/// one `None` for a plain replica.
-pub(crate) fn servers(
-    alias: &str,
-    settings: &DatabaseSettings,
-) -> Result<Vec<Option<String>>, PinDbError> {
-    if settings.servers.is_empty() {
-        return Ok(vec![None]);
-    }
-    let mut out: Vec<Option<String>> = Vec::new();
+/// The servers a replica's settings put behind its endpoint, normalised (`ip:port`, the way
+/// `inet_server_addr()` prints the address); empty for a plain replica.
+pub(crate) fn servers(alias: &str, settings: &DatabaseSettings) -> Result<Vec<String>, PinDbError> {
+    let mut out: Vec<String> = Vec::new();
     for text in &settings.servers {
-        let (host, port) = host_port(alias, text)?;
-        let normal = format!("{}:{}", host.to_lowercase(), port.unwrap_or(DEFAULT_PORT));
-        if out.iter().flatten().any(|s| *s == normal) {
+        let normal = normal(text).ok_or_else(|| {
+            PinDbError::config(
+                alias,
+                format!(
+                    "`servers` entry `{text}` is not `ip:port` (`10.0.0.5:5432`, `[fd00::5]:5432`): \
+                     list each server by the address it sees itself at, \
+                     `SELECT inet_server_addr(), inet_server_port()` on it (a host name never \
+                     matches)"
+                ),
+            )
+        })?;
+        if out.contains(&normal) {
             return Err(PinDbError::config(
                 alias,
                 format!("`servers` lists {normal} twice; list each server once"),
             ));
         }
-        out.push(Some(normal));
+        out.push(normal);
     }
     Ok(out)
 }
@@ -165,13 +171,16 @@ pub(crate) fn refuse_servers(alias: &str, settings: &DatabaseSettings) -> Result
     }
 }
 
+/// `ip:port` (IPv6 in brackets, PostgreSQL's canonical text), from `ip`, `ip:port` or
+/// `[ipv6]:port`; `None` for anything else (a host name, a socket).
+fn normal(text: &str) -> Option<String> {
+    let (host, port) = host_port("", text).ok()?;
+    let ip: std::net::IpAddr = host.trim_matches(['[', ']']).parse().ok()?;
+    Some(std::net::SocketAddr::new(ip, port.unwrap_or(DEFAULT_PORT)).to_string())
+}
+
 fn same_address(server: &str, address: &str) -> bool {
-    match host_port("", address) {
-        Ok((host, port)) => {
-            format!("{}:{}", host.to_lowercase(), port.unwrap_or(DEFAULT_PORT)) == server
-        }
-        Err(_) => false,
-    }
+    normal(address).is_some_and(|a| a == server)
 }
 
 #[cfg(test)]
@@ -209,17 +218,28 @@ mod tests {
         assert_eq!(
             replicas,
             [
-                ("default-1", "reader", Some("10.0.0.5:5432")),
-                ("default-2", "reader", Some("10.0.0.6:5432")),
-                ("default-3", "db3", None),
+                ("default-1.1", "reader", Some("10.0.0.5:5432")),
+                ("default-1.2", "reader", Some("10.0.0.6:5432")),
+                ("default-2", "db3", None),
             ]
         );
         assert!(dbs[1].reaches("10.0.0.5:5432"));
         assert!(!dbs[1].reaches("10.0.0.6:5432"));
+        assert!(!dbs[1].reaches("a local socket:-"));
         assert!(dbs[3].reaches("anything:1"));
-        assert!(dbs[1]
-            .server_missed(&["10.0.0.6:5432".into()])
-            .contains("never 10.0.0.5:5432"));
+        let missed = dbs[1].server_missed(&["10.0.0.6:5432".into()]);
+        assert!(missed.contains("never 10.0.0.5:5432"), "{missed}");
+    }
+
+    #[test]
+    fn ipv6_addresses_compare_as_addresses() {
+        let mut db = crate::Config::single_set("postgres://app@reader/app", Vec::<String>::new())
+            .databases()
+            .unwrap()
+            .remove(0);
+        db.server = normal("[2001:DB8:0::1]:5433");
+        assert!(db.reaches("[2001:db8::1]:5433"));
+        assert!(!db.reaches("[2001:db8::1]:5432"));
     }
 
     #[test]
@@ -241,9 +261,11 @@ mod tests {
         let e = crate::adapter::populate_replicas(&masters, &sets, &BTreeMap::new(), false)
             .expect_err("listed twice");
         assert!(e.to_string().contains("twice"), "{e}");
-        let sets = BTreeMap::from([("default".to_string(), vec![replica(&["10.0.0.5/24"])])]);
-        let e = crate::adapter::populate_replicas(&masters, &sets, &BTreeMap::new(), false)
-            .expect_err("not an address");
-        assert!(e.to_string().contains("host:port"), "{e}");
+        for bad in ["10.0.0.5/24", "replica-1.internal:5432", "localhost"] {
+            let sets = BTreeMap::from([("default".to_string(), vec![replica(&[bad])])]);
+            let e = crate::adapter::populate_replicas(&masters, &sets, &BTreeMap::new(), false)
+                .expect_err("not an address");
+            assert!(e.to_string().contains("inet_server_addr"), "{bad}: {e}");
+        }
     }
 }

@@ -40,9 +40,11 @@ impl Probe {
     pub(crate) fn new(db: &Database, timeout: Duration) -> Probe {
         Probe {
             url: db.probe_url(),
-            // A runtime replica's alias names whichever host it has, a server behind an
-            // endpoint which: say so.
-            alias: db.label(),
+            // A runtime replica's alias names whichever host it has: say which.
+            alias: match db.runtime {
+                true => format!("{} ({}:{})", db.alias, db.host, db.port),
+                false => db.alias.clone(),
+            },
             redacted_url: db.redacted_url(),
             generation: 0,
             timeout,
@@ -152,7 +154,9 @@ impl Probe {
                 self.connecting.insert(tokio::spawn(async move {
                     // No `SET statement_timeout`: session state a pooler would hand on. Every
                     // call is bounded instead, and a connection that timed out is dropped.
-                    tokio::time::timeout(timeout, connect(config, server.as_deref()))
+                    let search_until = std::time::Instant::now() + timeout.mul_f64(0.8);
+                    let connecting = connect(config, server.as_deref(), search_until);
+                    tokio::time::timeout(timeout, connecting)
                         .await
                         .map_err(|_| format!("no connection within {timeout:?}"))?
                 }))
@@ -172,8 +176,9 @@ impl Probe {
 async fn connect(
     config: tokio_postgres::Config,
     server: Option<&Database>,
+    search_until: std::time::Instant,
 ) -> Result<Client, String> {
-    let mut search = server.map(ServerSearch::new);
+    let mut search = server.map(|db| ServerSearch::new(db).until(search_until));
     loop {
         let (client, connection) = config.connect(NoTls).await.map_err(|e| describe(&e))?;
         tokio::spawn(async move {
@@ -225,19 +230,33 @@ pub(crate) fn lsn_column(row: &Row, i: usize) -> Result<Option<Lsn>, String> {
 /// Why `db` cannot be used right now, from a fresh connection attempt bounded by `timeout`:
 /// `None` when it connects (the trouble was elsewhere: a busy pool, a hung session), else the
 /// cause and whether the connection was refused (nothing listens, or the server accepts none
-/// now: definitive for the moment, and immediate). For a server behind a reader endpoint, a
-/// connection reaches it, or the servers it reached instead are the cause.
-pub(crate) async fn diagnose(db: &Database, timeout: Duration) -> Option<(String, bool)> {
-    match tokio::time::timeout(timeout, tokio_postgres::connect(&db.probe_url(), NoTls)).await {
+/// now: definitive for the moment, and immediate). With `find_server`, for a server behind a
+/// reader endpoint, a connection reaches it within the same `timeout`, or what it reached
+/// instead is the cause.
+pub(crate) async fn diagnose(
+    db: &Database,
+    timeout: Duration,
+    find_server: bool,
+) -> Option<(String, bool)> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    match tokio::time::timeout_at(deadline, tokio_postgres::connect(&db.probe_url(), NoTls)).await {
         Ok(Ok((client, connection))) => {
             drop(client);
             // Closes as soon as the client is gone.
-            let _ = tokio::time::timeout(timeout, connection).await;
-            db.server.as_ref()?;
+            let _ = tokio::time::timeout_at(deadline, connection).await;
+            let server = db.server.as_deref().filter(|_| find_server)?;
             let config = db.probe_url().parse().ok()?;
-            match tokio::time::timeout(timeout, connect(config, Some(db))).await {
-                Ok(Err(missed)) => Some((missed, false)),
-                _ => None,
+            let search_until = (deadline - timeout.mul_f64(0.2)).into_std();
+            match tokio::time::timeout_at(deadline, connect(config, Some(db), search_until)).await {
+                Ok(Ok(_)) => None,
+                Ok(Err(e)) => Some((e, false)),
+                Err(_) => Some((
+                    format!(
+                        "no connection through the reader endpoint reached {server} within \
+                         {timeout:?}"
+                    ),
+                    false,
+                )),
             }
         }
         Ok(Err(e)) => Some((describe(&e), refused(&e))),

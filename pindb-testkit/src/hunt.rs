@@ -378,11 +378,19 @@ pub async fn ticker_world(every: Duration) -> (crate::Fixture, Background) {
     (w, ticker)
 }
 
-/// Starts `router`'s monitor and waits until it has seen the dev cluster's two replicas
-/// (`default-1`, `default-2`).
+/// Starts `router`'s monitor and waits until it has seen every replica of its topology (the
+/// dev cluster's two: `default-1`, `default-2`, or one per server behind an endpoint).
 pub async fn monitor_started(router: &pindb_core::Router) {
     router.start_monitor().await.expect("the monitor starts");
-    for alias in ["default-1", "default-2"] {
+    let replicas: Vec<String> = router
+        .topology()
+        .databases()
+        .iter()
+        .filter(|d| d.is_replica() && !d.runtime)
+        .map(|d| d.alias.clone())
+        .collect();
+    for alias in &replicas {
+        let alias = alias.as_str();
         crate::wait_until(
             &format!("the monitor has seen {alias}"),
             Duration::from_secs(10),

@@ -45,6 +45,7 @@ mod proxy;
 mod redis;
 mod replay;
 mod schema;
+mod sentinel;
 mod wait;
 
 pub use cluster::{
@@ -65,4 +66,5 @@ pub use proxy::Proxy;
 pub use redis::PrivateRedis;
 pub use replay::{pause_replay, resume_replay, ReplayControl, SharedReplay};
 pub use schema::TestSchema;
+pub use sentinel::{SentinelRedis, SENTINEL_MASTER};
 pub use wait::wait_until;

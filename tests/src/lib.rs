@@ -38,7 +38,11 @@ pub trait Adapter: Sized {
     /// The name failures are reported under.
     const NAME: &'static str;
     /// Builds the adapter's pools from `config`.
-    async fn open(config: Config) -> Self;
+    async fn open(config: Config) -> Self {
+        Self::from_router(Router::new(config).expect("a valid config")).await
+    }
+    /// Builds the adapter's pools for a router built by the caller (a store of its own...).
+    async fn from_router(router: Router) -> Self;
     /// The adapter's router (pins and guards).
     fn router(&self) -> &Router;
     /// `SELECT current_setting('port')`.
@@ -94,8 +98,8 @@ pub struct DieselAsync(pindb_diesel::bb8::PinDb);
 impl Adapter for DieselAsync {
     const NAME: &'static str = "diesel-async (bb8)";
 
-    async fn open(config: Config) -> Self {
-        DieselAsync(pindb_diesel::bb8::PinDb::new(config).expect("bb8 PinDb"))
+    async fn from_router(router: Router) -> Self {
+        DieselAsync(pindb_diesel::bb8::PinDb::from_router(router).expect("bb8 PinDb"))
     }
 
     fn router(&self) -> &Router {
@@ -175,8 +179,8 @@ impl DieselSync {
 impl Adapter for DieselSync {
     const NAME: &'static str = "sync diesel (r2d2)";
 
-    async fn open(config: Config) -> Self {
-        DieselSync(pindb_diesel::r2d2::PinDb::new(config).expect("r2d2 PinDb"))
+    async fn from_router(router: Router) -> Self {
+        DieselSync(pindb_diesel::r2d2::PinDb::from_router(router).expect("r2d2 PinDb"))
     }
 
     fn router(&self) -> &Router {
@@ -266,9 +270,9 @@ fn sea_failure(e: sea_orm::DbErr) -> Failure {
 impl Adapter for SeaOrm {
     const NAME: &'static str = "SeaORM";
 
-    async fn open(config: Config) -> Self {
+    async fn from_router(router: Router) -> Self {
         SeaOrm(
-            pindb_seaorm::PinDb::connect(config)
+            pindb_seaorm::PinDb::from_router(router)
                 .await
                 .expect("SeaORM PinDb"),
         )

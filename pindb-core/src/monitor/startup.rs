@@ -20,20 +20,20 @@ const SERVER_SAMPLES: usize = 4;
 
 /// Whether a replica's URL reaches one server, from a few fresh connections: a load-balanced
 /// reader endpoint reaches several, while the monitor measures the one its connection
-/// reached, so a keyed read could land on a server that lacks the key's write. Refused until
-/// positions are kept per server. A server is told by its cluster and start time (one server
-/// reached over IPv4 and IPv6 is one); a second round must agree (a restart in between).
+/// reached, so a keyed read could land on a server that lacks the key's write: refused unless
+/// its servers are declared (`servers`). For a declared server, the connections kept at its
+/// address must reach one server (two standbys that see themselves at the same address, or
+/// a pooler in front that moves clients between servers, would defeat the check at connect
+/// time). A server is told by its cluster and start time (one server reached over IPv4 and
+/// IPv6 is one); a second round must agree (a restart in between).
 async fn one_server(db: &Database, settings: &MonitorSettings, problems: &mut Vec<PinDbError>) {
-    if db.server.is_some() {
-        // Declared behind an endpoint: every connection is kept only on its server.
-        return;
-    }
     let sql = concat!(
         "SELECT system_identifier::text || '/' || \
          extract(epoch from pg_postmaster_start_time())::text, ",
         crate::endpoint::server_address!(),
         " FROM pg_control_system()"
     );
+    // For a declared server, the probe keeps only connections that reached its address.
     let round = || async {
         let samples = (0..SERVER_SAMPLES).map(|_| async {
             let row = Probe::new(db, timeout(settings)).row(sql).await.ok()?;
@@ -58,22 +58,37 @@ async fn one_server(db: &Database, settings: &MonitorSettings, problems: &mut Ve
         return;
     }
     let seen = round().await;
-    if seen.len() > 1 {
-        let addresses: Vec<&str> = seen.iter().map(|(_, a)| a.as_str()).collect();
-        problems.push(PinDbError::config(
-            db.alias.clone(),
-            format!(
-                "{} reaches several servers ({}): a load-balanced reader endpoint. pindb \
-                 measures each replica's position on one server, so a keyed read could land on \
-                 one that lacks the user's write. Declare the servers behind it on this \
-                 replica, `servers = [\"{}\"]` (each becomes a replica of its own, reached \
-                 through the endpoint), or each standby as its own replica",
-                db.redacted_url(),
-                addresses.join(", "),
-                addresses.join("\", \"")
-            ),
-        ));
+    if seen.len() < 2 {
+        return;
     }
+    let addresses: Vec<&str> = seen.iter().map(|(_, a)| a.as_str()).collect();
+    let problem = match &db.server {
+        Some(server) => format!(
+            "several servers answer at {server} through {} (their start times differ): \
+             servers behind a reader endpoint are told apart by the address each sees itself \
+             at, so each needs its own, and no pooler in front may move a client from one \
+             server to another. Declare each standby as its own replica",
+            db.redacted_url()
+        ),
+        None if addresses.iter().any(|a| !a.contains(['.', '['])) => format!(
+            "{} reaches several servers ({}): a load-balanced reader endpoint, whose servers \
+             cannot be told apart by address (local sockets). Declare each standby as its own \
+             replica",
+            db.redacted_url(),
+            addresses.join(", "),
+        ),
+        None => format!(
+            "{} reaches several servers ({}): a load-balanced reader endpoint. pindb \
+             measures each replica's position on one server, so a keyed read could land on \
+             one that lacks the user's write. Declare the servers behind it on this \
+             replica, `servers = [\"{}\"]` (each becomes a replica of its own, reached \
+             through the endpoint), or each standby as its own replica",
+            db.redacted_url(),
+            addresses.join(", "),
+            addresses.join("\", \"")
+        ),
+    };
+    problems.push(PinDbError::config(db.alias.clone(), problem));
 }
 
 /// Whether a [`Database::read_only`](crate::adapter::Database::read_only) replica's

@@ -180,7 +180,8 @@ pub enum Membership {
         /// The set name.
         set: String,
     },
-    /// The `index`-th replica (1-based) of a set; its alias is `<set>-<index>`.
+    /// The `index`-th replica (1-based) of a set; its alias is `<set>-<index>`, or
+    /// `<set>-<index>.<k>` for the `k`-th server behind a reader endpoint (`servers`).
     Replica {
         /// The set name.
         set: String,
@@ -700,8 +701,8 @@ fn parse_url(alias: &str, text: &str) -> Result<Parts, PinDbError> {
 /// Builds the final alias map, as django-pindb's `populate_replicas` does.
 ///
 /// For every master `M` with `n` replica overrides this yields `M`, `M-1`, ... `M-n`; each
-/// replica's settings are the master's with the override merged on top. Unmanaged databases
-/// follow. Sets come in name order, so the result is deterministic.
+/// replica's settings are the master's with the override merged on top (an override with
+/// `servers` yields `M-i.1`, `M-i.2`... instead of `M-i`). Unmanaged databases follow. Sets come in name order, so the result is deterministic.
 ///
 /// Errors ([`PinDbError::Config`], naming the alias and the fix): no masters; a master without
 /// a `sets` entry (an empty list is fine); a `sets` entry without a master; no master named
@@ -832,30 +833,34 @@ pub fn populate_replicas(
                 .clone()
                 .finish(set.clone(), Membership::Master { set: set.clone() })?,
         );
-        // A replica behind a reader endpoint is one replica per server behind it.
-        let mut index = 0;
-        for overrides in &sets[set] {
-            let first = format!("{set}-{}", index + 1);
-            refuse_hosts(&first, overrides)?;
+        for (i, overrides) in sets[set].iter().enumerate() {
+            let index = i + 1;
+            let alias = format!("{set}-{index}");
+            refuse_hosts(&alias, overrides)?;
             let mut parts = master.clone();
-            parts.overlay(Parts::from_settings(&first, overrides)?);
-            for server in crate::endpoint::servers(&first, overrides)? {
-                index += 1;
-                let alias = format!("{set}-{index}");
+            parts.overlay(Parts::from_settings(&alias, overrides)?);
+            let membership = Membership::Replica {
+                set: set.clone(),
+                index,
+            };
+            // A replica behind a reader endpoint is one replica per server behind it,
+            // `<set>-<n>.<k>`: the entry keeps its number (its env override, its settings).
+            let servers = crate::endpoint::servers(&alias, overrides)?;
+            if servers.is_empty() {
                 claim(&alias, "a generated replica alias")?;
-                let mut db = parts.clone().finish(
-                    alias,
-                    Membership::Replica {
-                        set: set.clone(),
-                        index,
-                    },
-                )?;
-                db.server = server;
+                out.push(parts.finish(alias, membership)?);
+                continue;
+            }
+            for (k, server) in servers.into_iter().enumerate() {
+                let alias = format!("{alias}.{}", k + 1);
+                claim(&alias, "a generated replica alias")?;
+                let mut db = parts.clone().finish(alias, membership.clone())?;
+                db.server = Some(server);
                 out.push(db);
             }
         }
         if let Some(discovery) = &master_settings.discovery {
-            let first = index + 1;
+            let first = sets[set].len() + 1;
             out.extend(runtime_slots(set, &master, discovery, first, &mut claim)?);
         }
     }

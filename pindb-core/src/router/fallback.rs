@@ -432,7 +432,8 @@ impl Router {
             Some(found) => found,
             None => {
                 let timeout = Duration::from_millis(self.inner.config.monitor.check_timeout_ms);
-                let found = crate::probe::diagnose(&db, timeout).await;
+                // Which server an endpoint reaches is no refusal: not looked for then.
+                let found = crate::probe::diagnose(&db, timeout, !only_refused).await;
                 *self.inner.diagnosed[index]
                     .lock()
                     .unwrap_or_else(PoisonError::into_inner) =

@@ -222,7 +222,8 @@ fn build_pool(db: &Database) -> Pool {
     config.custom_setup = Box::new(move |url| {
         let (url, server) = (url.to_owned(), server.clone());
         async move {
-            tokio::time::timeout(limit, establish(&url, server.as_deref()))
+            let search_until = std::time::Instant::now() + limit.mul_f64(0.8);
+            tokio::time::timeout(limit, establish(&url, server.as_deref(), search_until))
                 .await
                 .unwrap_or_else(|_| {
                     Err(diesel::ConnectionError::BadConnection(format!(
@@ -244,9 +245,11 @@ fn build_pool(db: &Database) -> Pool {
 async fn establish(
     url: &str,
     server: Option<&Database>,
+    search_until: std::time::Instant,
 ) -> diesel::ConnectionResult<AsyncPgConnection> {
     use diesel_async::RunQueryDsl;
-    let mut search = server.map(pindb_core::adapter::ServerSearch::new);
+    let mut search =
+        server.map(|db| pindb_core::adapter::ServerSearch::new(db).until(search_until));
     loop {
         let mut conn = AsyncPgConnection::establish(url).await?;
         let Some(search) = search.as_mut() else {

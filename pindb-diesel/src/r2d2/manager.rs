@@ -15,6 +15,7 @@ use pindb_core::adapter::{Database, ServerSearch};
 pub struct Manager {
     inner: ConnectionManager<PgConnection>,
     server: Option<Arc<Database>>,
+    limit: std::time::Duration,
 }
 
 impl Manager {
@@ -22,6 +23,7 @@ impl Manager {
         Manager {
             inner: ConnectionManager::new(db.pool_url()),
             server: db.server.is_some().then(|| Arc::new(db.clone())),
+            limit: db.pool.connect_timeout,
         }
     }
 }
@@ -31,7 +33,13 @@ impl ManageConnection for Manager {
     type Error = diesel::r2d2::Error;
 
     fn connect(&self) -> Result<PgConnection, Self::Error> {
-        let mut search = self.server.as_deref().map(ServerSearch::new);
+        // Each attempt is bounded by the URL's `connect_timeout`; the search as a whole by
+        // the pool's.
+        let until = std::time::Instant::now() + self.limit;
+        let mut search = self
+            .server
+            .as_deref()
+            .map(|db| ServerSearch::new(db).until(until));
         loop {
             let mut conn = self.inner.connect()?;
             let Some(search) = search.as_mut() else {

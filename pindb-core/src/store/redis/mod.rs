@@ -5,11 +5,15 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::LazyLock;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::aio::ConnectionManagerConfig;
 
 use super::{Positions, Store, StoreFuture};
 use crate::error::PinDbError;
 use crate::lsn::Lsn;
+
+mod target;
+
+use target::Target;
 
 /// Keeps the store's *epoch*: the time (Redis's clock, Unix ms) since which this Redis is
 /// known to hold every position saved to it, with the `run_id` of the server process that
@@ -79,13 +83,21 @@ const BUMP: &str = r"
 /// epoch. A Redis that is new looks the same as one that lost its data, so the first
 /// `ttl_seconds` after pindb first uses it send keyed reads to the masters too.
 ///
+/// One Redis server ([`RedisStore::new`]) or the primary Redis Sentinel names
+/// ([`RedisStore::sentinel`]): after a failed command the Sentinels are asked again, so a
+/// failover is followed without a restart. A promoted replica has another `run_id`, and
+/// replication is asynchronous: what the old primary acknowledged last may be lost, so the
+/// epoch moves to the failover, as after a restart (keyed reads go to the masters for
+/// `ttl_seconds`); an instance that moves to the new primary marks a loss too, covering
+/// its own last saves to the old one.
+///
 /// Needs: `maxmemory-policy` `noeviction` or `allkeys-*` (a `volatile-*` policy can evict
 /// positions and keep the epoch), and a non-cluster Redis (the epoch and a user's key are
 /// used in one script: a Redis Cluster refuses it, and every keyed read goes to the
 /// master). Not detected: an instance that cannot reach Redis while the others can (its
 /// failed save is told to Redis, and so to them, only when it reaches Redis again).
 pub struct RedisStore {
-    manager: ConnectionManager,
+    target: std::sync::Arc<Target>,
     prefix: String,
     url: String,
     timeout: Duration,
@@ -121,29 +133,45 @@ impl RedisStore {
     /// A store on the Redis at `url`. Connects lazily: Redis being down at start-up
     /// does not stop the application. Must be called inside a tokio runtime.
     pub fn new(url: &str, prefix: &str, timeout: Duration) -> Result<RedisStore, PinDbError> {
-        let client = redis::Client::open(url).map_err(|e| {
-            PinDbError::config(
-                "stickiness",
-                format!("the Redis URL `{url}` is invalid ({e}); expected redis://host:port/db"),
-            )
-        })?;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(timeout))
-            .set_response_timeout(Some(timeout))
-            .set_number_of_retries(0);
-        let manager = ConnectionManager::new_lazy_with_config(client, config).map_err(|e| {
-            PinDbError::config("stickiness", format!("cannot set up Redis at `{url}`: {e}"))
-        })?;
-        Ok(RedisStore {
-            manager,
+        let target = Target::server(url, manager_config(timeout))?;
+        Ok(RedisStore::on(target, url.to_owned(), prefix, timeout))
+    }
+
+    /// A store on the primary that Redis Sentinel names `master`, asking the Sentinels at
+    /// `sentinels` (`redis://host:26379` each) which server that is, at the first command
+    /// and again after any failed one: a failover is followed without a restart. Connects
+    /// lazily, as [`RedisStore::new`]. Each command, with the Sentinels' answer when one is
+    /// needed, is bounded by `timeout`.
+    ///
+    /// ```no_run
+    /// # async fn demo() -> Result<(), pindb_core::PinDbError> {
+    /// let sentinels = ["redis://10.0.0.7:26379", "redis://10.0.0.8:26379", "redis://10.0.0.9:26379"];
+    /// let store = pindb_core::RedisStore::sentinel(&sentinels, "positions", "pindb:lsn:", std::time::Duration::from_millis(100))?;
+    /// # Ok(()) }
+    /// ```
+    pub fn sentinel(
+        sentinels: &[impl AsRef<str>],
+        master: &str,
+        prefix: &str,
+        timeout: Duration,
+    ) -> Result<RedisStore, PinDbError> {
+        let sentinels: Vec<String> = sentinels.iter().map(|s| s.as_ref().to_owned()).collect();
+        let target = Target::sentinel(&sentinels, master, manager_config(timeout))?;
+        let described = format!("Redis Sentinel `{master}` ({})", sentinels.join(", "));
+        Ok(RedisStore::on(target, described, prefix, timeout))
+    }
+
+    fn on(target: Target, url: String, prefix: &str, timeout: Duration) -> RedisStore {
+        RedisStore {
+            target: std::sync::Arc::new(target),
             prefix: prefix.to_owned(),
-            url: url.to_owned(),
+            url,
             timeout,
             skip_until: std::sync::Mutex::new(None),
             epoch_ms: std::sync::Arc::new(AtomicU64::new(0)),
             failed_save_ms: std::sync::Arc::new(AtomicU64::new(0)),
             bumping: Default::default(),
-        })
+        }
     }
 
     fn unavailable(&self, e: impl std::fmt::Display) -> PinDbError {
@@ -171,14 +199,30 @@ impl RedisStore {
             })
     }
 
-    async fn with_timeout<T>(
+    /// Runs `call` on the target, bounded by the timeout; a failure makes the next command
+    /// find the target again (Sentinel) and skips the store for a second.
+    async fn run<T: redis::FromRedisValue>(
         &self,
-        f: impl std::future::Future<Output = redis::RedisResult<T>>,
+        call: redis::ScriptInvocation<'static>,
     ) -> Result<T, PinDbError> {
-        match tokio::time::timeout(self.timeout, f).await {
+        let command = async {
+            let mut conn = self.target.connection().await?;
+            if conn.moved {
+                // What the old primary acknowledged last may not have reached this one.
+                self.mark_loss();
+            }
+            call.invoke_async(&mut conn.manager).await
+        };
+        match tokio::time::timeout(self.timeout, command).await {
             Ok(Ok(v)) => Ok(v),
-            Ok(Err(e)) => Err(self.unavailable(e)),
-            Err(_) => Err(self.unavailable(format!("no answer within {:?}", self.timeout))),
+            Ok(Err(e)) => {
+                self.target.failed();
+                Err(self.unavailable(e))
+            }
+            Err(_) => {
+                self.target.failed();
+                Err(self.unavailable(format!("no answer within {:?}", self.timeout)))
+            }
         }
     }
 
@@ -224,7 +268,7 @@ impl RedisStore {
             self.bumping.store(false, Ordering::Release);
             return;
         };
-        let manager = self.manager.clone();
+        let target = std::sync::Arc::clone(&self.target);
         let epoch_key = self.epoch_key();
         let failed_mark = std::sync::Arc::clone(&self.failed_save_ms);
         let epoch_ms = std::sync::Arc::clone(&self.epoch_ms);
@@ -238,18 +282,29 @@ impl RedisStore {
                 if failed == 0 {
                     break;
                 }
-                let mut conn = manager.clone();
-                if let Ok(Ok(answer)) =
-                    tokio::time::timeout(timeout, call.invoke_async::<Vec<String>>(&mut conn)).await
-                {
-                    // Every instance sees it now.
-                    answered(&epoch_ms, &failed_mark, &answer, failed);
-                    break;
+                let command = async {
+                    let mut conn = target.connection().await?;
+                    call.invoke_async::<Vec<String>>(&mut conn.manager).await
+                };
+                match tokio::time::timeout(timeout, command).await {
+                    Ok(Ok(answer)) => {
+                        // Every instance sees it now.
+                        answered(&epoch_ms, &failed_mark, &answer, failed);
+                        break;
+                    }
+                    _ => target.failed(),
                 }
             }
             bumping.store(false, Ordering::Release);
         });
     }
+}
+
+fn manager_config(timeout: Duration) -> ConnectionManagerConfig {
+    ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(timeout))
+        .set_response_timeout(Some(timeout))
+        .set_number_of_retries(0)
 }
 
 /// The scripts, with the `EPOCH` prelude. `redis::Script` sends `EVALSHA` (loading the
@@ -307,10 +362,9 @@ impl Store for RedisStore {
             if let Some(e) = self.skipping() {
                 return Err(e);
             }
-            let mut conn = self.manager.clone();
             let (call, failed) = self.script(&LOAD_SCRIPT, Some(key));
             let (epoch, now, raw): (String, String, Vec<(String, String)>) =
-                match self.with_timeout(call.invoke_async(&mut conn)).await {
+                match self.run(call).await {
                     Ok(answer) => answer,
                     Err(e) => {
                         // An outage: other instances' saves may be failing now too. The
@@ -344,11 +398,7 @@ impl Store for RedisStore {
             for (set, lsn) in positions {
                 call.arg(set).arg(lsn.to_string());
             }
-            let mut conn = self.manager.clone();
-            match self
-                .with_timeout(call.invoke_async::<Vec<String>>(&mut conn))
-                .await
-            {
+            match self.run::<Vec<String>>(call).await {
                 Ok(answer) => {
                     self.answered(&answer, failed);
                     Ok(())

@@ -1,0 +1,253 @@
+#![allow(missing_docs, missing_debug_implementations, unreachable_pub)] // not a library: nothing here is public API
+//! The positions store on Redis Sentinel (a primary, its replica and three Sentinels of the
+//! test's own, `pindb_testkit::SentinelRedis`), through every adapter: two application
+//! instances share it while four users write on one and read on the other in closed loops;
+//! replay pauses on one standby, eight more users write on one instance, the Redis primary is
+//! killed after acknowledging their saves (its replica, frozen, never got them), the
+//! Sentinels promote the replica, and those users read on the other instance. No read is
+//! stale, none fails, and the replicas serve keyed reads again once the lost positions would
+//! have expired.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use pindb_core::{Config, DatabaseSettings, RedisStore, Router, RouterMode};
+use pindb_scenarios::{Adapter, DieselAsync, DieselSync, SeaOrm};
+use pindb_testkit::{Fixture, SentinelRedis, SENTINEL_MASTER};
+
+const TTL: Duration = Duration::from_secs(6);
+
+/// What the users saw in one phase.
+#[derive(Debug, Default)]
+struct Counts {
+    reads: AtomicUsize,
+    stale: AtomicUsize,
+    failed: AtomicUsize,
+    from_replica: AtomicUsize,
+}
+
+impl Counts {
+    fn share(&self) -> f64 {
+        self.from_replica.load(Ordering::Relaxed) as f64
+            / self.reads.load(Ordering::Relaxed).max(1) as f64
+    }
+}
+
+async fn instance<A: Adapter>(w: &Fixture, redis: &SentinelRedis) -> A {
+    let c = &w.cluster;
+    let mut config = Config::single_set(&c.primary_url, Vec::<String>::new());
+    config.sets.insert(
+        "default".to_owned(),
+        vec![
+            DatabaseSettings::from_url(c.replica_url(1)),
+            DatabaseSettings::from_url(c.replica_url(2)),
+        ],
+    );
+    config.router = RouterMode::Greedy;
+    config.monitor.interval_ms = 20;
+    // A standby paused less than 4 s stays in rotation: only the positions keep reads off
+    // it (the position lifetime must outlive that lag).
+    config.monitor.check_timeout_ms = 300;
+    config.monitor.max_lag_ms = 4_000;
+    config.monitor.max_lag_bytes = u64::MAX;
+    config.stickiness.ttl_seconds = TTL.as_secs();
+    let store = RedisStore::sentinel(
+        &redis.sentinel_urls(),
+        SENTINEL_MASTER,
+        "pindb:",
+        Duration::from_millis(200),
+    )
+    .expect("a Sentinel store");
+    let router = Router::builder(config)
+        .store(Arc::new(store))
+        .build()
+        .expect("a router");
+    let db = A::from_router(router).await;
+    pindb_testkit::monitor_started(db.router()).await;
+    db
+}
+
+async fn no_stale_read_across_a_sentinel_failover<A: Adapter>(base: u16) {
+    let mut w =
+        Fixture::new("CREATE TABLE {schema}.notes (author int NOT NULL, n int NOT NULL);").await;
+    let table = format!("{}.notes", w.schema.name);
+    let redis = tokio::task::spawn_blocking(move || SentinelRedis::start(base))
+        .await
+        .unwrap();
+    let instances = [
+        instance::<A>(&w, &redis).await,
+        instance::<A>(&w, &redis).await,
+    ];
+    let primary = pindb_scenarios::port_of(&w.cluster.primary().await).await;
+    let mut redis = Some(redis);
+    // A store pindb has just met is trusted `ttl_seconds` after its first command.
+    for db in &instances {
+        let consistency = db.router().consistency();
+        let first = consistency.scope_with_key(Some("first"), db.read()).await;
+        first.expect("a first keyed read");
+    }
+    tokio::time::sleep(TTL + Duration::from_millis(500)).await;
+    let control = tokio::sync::Mutex::new(&mut w.control);
+
+    let phase = std::sync::Mutex::new(Arc::new(Counts::default()));
+    let stop = AtomicBool::new(false);
+    let user = async |id: i32| {
+        let key = format!("user{id}");
+        let mut n = 0;
+        while !stop.load(Ordering::Relaxed) {
+            n += 1;
+            let counts = Arc::clone(&phase.lock().unwrap());
+            let (writer, reader) = (&instances[n as usize % 2], &instances[(n as usize + 1) % 2]);
+            let write = format!(
+                "INSERT INTO {table} (author, n) VALUES ({id}, {n}) \
+                 RETURNING current_setting('port')::int AS port"
+            );
+            let written = writer
+                .router()
+                .consistency()
+                .scope_with_key(Some(&key), writer.port_of_sql(&write))
+                .await;
+            if written.is_err() {
+                counts.failed.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
+            // The newest row of this user and the server that read it, in one integer.
+            let read = format!(
+                "SELECT (coalesce((SELECT max(n) FROM {table} WHERE author = {id}), 0) * 100000 \
+                 + current_setting('port')::int)::int AS port"
+            );
+            let got = reader
+                .router()
+                .consistency()
+                .scope_with_key(Some(&key), reader.port_of_sql(&read))
+                .await;
+            match got {
+                Ok(packed) => {
+                    counts.reads.fetch_add(1, Ordering::Relaxed);
+                    if packed / 100_000 != n {
+                        counts.stale.fetch_add(1, Ordering::Relaxed);
+                    }
+                    let port = packed % 100_000;
+                    if port != primary {
+                        counts.from_replica.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                Err(_) => {
+                    counts.failed.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+    };
+    let set_phase = || {
+        let counts = Arc::new(Counts::default());
+        *phase.lock().unwrap() = Arc::clone(&counts);
+        counts
+    };
+    let script = async {
+        let before = set_phase();
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let during = set_phase();
+        // Replica 1 lacks every write from now on, yet stays in rotation for 4 s: a read
+        // that has lost its position may land there.
+        control.lock().await.pause(1).await;
+        let started = Instant::now();
+        // Saves acknowledged in the 300 ms before the kill never reach the new primary.
+        let mut set = redis.take().expect("the Sentinel set");
+        set.freeze_replica();
+        // Late users write now, on instance 0: saves the new primary will never have.
+        let mut late = Vec::new();
+        for id in 101..=108 {
+            let sql = format!(
+                "INSERT INTO {table} (author, n) VALUES ({id}, 1) \
+                 RETURNING current_setting('port')::int AS port"
+            );
+            let consistency = instances[0].router().consistency();
+            let written = consistency
+                .scope_with_key(Some(&format!("user{id}")), instances[0].port_of_sql(&sql))
+                .await;
+            written.expect("a late user's write");
+            late.push(id);
+        }
+        let set = tokio::task::spawn_blocking(move || {
+            set.fail_over();
+            set
+        })
+        .await
+        .unwrap();
+        redis = Some(set);
+        let failover = started.elapsed();
+        // They read on instance 1 once it uses the store again (it skips a failed store for a
+        // second): their positions are gone.
+        tokio::time::sleep(Duration::from_millis(1_200)).await;
+        let (mut late_stale, mut late_reads) = (0, 0);
+        for _ in 0..3 {
+            for id in &late {
+                let sql = format!(
+                    "SELECT (coalesce((SELECT max(n) FROM {table} WHERE author = {id}), 0) \
+                     * 100000 + current_setting('port')::int)::int AS port"
+                );
+                let consistency = instances[1].router().consistency();
+                let got = consistency
+                    .scope_with_key(Some(&format!("user{id}")), instances[1].port_of_sql(&sql))
+                    .await;
+                late_reads += 1;
+                late_stale += usize::from(got.expect("a late user's read") / 100_000 != 1);
+            }
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        control.lock().await.resume(1).await;
+        // The lost positions would have expired by then.
+        tokio::time::sleep(TTL + Duration::from_millis(500)).await;
+        let after = set_phase();
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        stop.store(true, Ordering::Relaxed);
+        (before, during, after, failover, late_stale, late_reads)
+    };
+    let (_, _, _, _, (before, during, after, failover, late_stale, late_reads)) =
+        tokio::join!(user(1), user(2), user(3), user(4), script);
+    let report = |name: &str, c: &Counts| {
+        format!(
+            "{name}: {} reads, {} stale, {} failed, replica share {:.2}",
+            c.reads.load(Ordering::Relaxed),
+            c.stale.load(Ordering::Relaxed),
+            c.failed.load(Ordering::Relaxed),
+            c.share()
+        )
+    };
+    let summary = format!(
+        "{}: failover {failover:?}; {late_stale} of {late_reads} late reads stale; {}; {}; {}",
+        A::NAME,
+        report("before", &before),
+        report("during", &during),
+        report("after ttl", &after)
+    );
+    eprintln!("{summary}");
+    assert_eq!(late_stale, 0, "{summary}");
+    for c in [&before, &during, &after] {
+        assert_eq!(c.stale.load(Ordering::Relaxed), 0, "{summary}");
+        assert_eq!(c.failed.load(Ordering::Relaxed), 0, "{summary}");
+    }
+    assert!(
+        before.share() > 0.2 && after.share() > 0.2,
+        "the replicas serve keyed reads before the failover and again after: {summary}"
+    );
+    drop(instances);
+    drop(redis);
+    w.finish().await;
+}
+
+#[tokio::test]
+async fn no_stale_read_across_a_sentinel_failover_diesel_async() {
+    no_stale_read_across_a_sentinel_failover::<DieselAsync>(26420).await;
+}
+
+#[tokio::test]
+async fn no_stale_read_across_a_sentinel_failover_sync_diesel() {
+    no_stale_read_across_a_sentinel_failover::<DieselSync>(26440).await;
+}
+
+#[tokio::test]
+async fn no_stale_read_across_a_sentinel_failover_seaorm() {
+    no_stale_read_across_a_sentinel_failover::<SeaOrm>(26460).await;
+}
