@@ -1,3 +1,6 @@
+use std::time::Duration;
+
+use super::parts::parse_url;
 use super::*;
 use crate::Config;
 
