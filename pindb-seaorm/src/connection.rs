@@ -19,7 +19,7 @@ use sea_orm::{
 };
 
 use crate::error::{replica_failure, to_db_err, Error};
-use crate::server;
+use crate::pool::pool;
 use crate::unsent::{self, Unsent};
 
 struct Inner {
@@ -58,39 +58,6 @@ impl From<pindb_core::PinDbError> for Routed {
     fn from(e: pindb_core::PinDbError) -> Self {
         Routed::Routing(e)
     }
-}
-
-/// The pool of one database (a runtime replica's: of its host now), built without waiting:
-/// no connection until first use, so a server that is down at start-up does not stop the
-/// application.
-fn pool(db: &Database) -> Result<DatabaseConnection, DbErr> {
-    use sea_orm::sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-    use sea_orm::sqlx::ConnectOptions as _;
-    let options: PgConnectOptions = db
-        .url()
-        .parse()
-        .map_err(|e| DbErr::Custom(format!("`{}`: {e}", db.alias)))?;
-    let mut options = options.disable_statement_logging();
-    if db.read_only {
-        // A replica that would accept writes (logical, emulated): opened read-only by a
-        // startup parameter, no session state a pooler could hand on. A streaming standby
-        // refuses writes by itself.
-        options = options.options([("default_transaction_read_only", "on")]);
-    }
-    let mut pool = PgPoolOptions::new()
-        .max_connections(db.pool.max_size)
-        .acquire_timeout(db.pool.connect_timeout);
-    if !db.is_replica() {
-        // A write may go there: the statement under way learns when it got a connection.
-        pool = unsent::tell_when_handed_out(pool);
-    }
-    pool = server::keep_only_its_server(pool, db);
-    if let Some(min) = db.pool.min_idle {
-        pool = pool.min_connections(min);
-    }
-    Ok(sea_orm::SqlxPostgresConnector::from_sqlx_postgres_pool(
-        pool.connect_lazy_with(options),
-    ))
 }
 
 /// A routed SeaORM connection. Cheap to clone; clones share the pools.

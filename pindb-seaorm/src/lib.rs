@@ -64,6 +64,7 @@ pub use pindb_core;
 
 mod connection;
 mod error;
+mod pool;
 mod server;
 mod unsent;
 
