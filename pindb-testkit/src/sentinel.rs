@@ -50,6 +50,7 @@ impl SentinelRedis {
                 dir = set.dir.display()
             );
             std::fs::write(&conf, text).expect("writing a Sentinel's config");
+            port_free(port);
             let child = Command::new("redis-server")
                 .arg(&conf)
                 .arg("--sentinel")
@@ -77,6 +78,11 @@ impl SentinelRedis {
         (self.base + 10..=self.base + 12)
             .map(|p| format!("redis://127.0.0.1:{p}/"))
             .collect()
+    }
+
+    /// Whether the primary the Sentinels name now has `key`.
+    pub fn primary_has(&self, key: &str) -> bool {
+        cli(self.primary_port(), &["EXISTS", key]).trim() == "1"
     }
 
     /// The port of the primary the Sentinels name now.
@@ -143,6 +149,23 @@ impl SentinelRedis {
         }
     }
 
+    /// `SENTINEL FAILOVER`: the replica is promoted while the old primary stays up (the
+    /// Sentinels demote it a few seconds later). Returns once the Sentinels name the new one.
+    pub fn manual_failover(&self) -> u16 {
+        let old = self.primary_port();
+        let answer = cli(self.base + 10, &["SENTINEL", "FAILOVER", SENTINEL_MASTER]);
+        assert!(answer.starts_with("OK"), "SENTINEL FAILOVER: {answer:?}");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let now = self.primary_port();
+            if now != old && cli(now, &["ROLE"]).starts_with("master") {
+                return now;
+            }
+            assert!(Instant::now() < deadline, "the Sentinels did not fail over");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     fn start_server(&mut self, port: u16, replica_of: Option<u16>) {
         let mut command = Command::new("redis-server");
         command
@@ -153,19 +176,27 @@ impl SentinelRedis {
         if let Some(primary) = replica_of {
             command.args(["--replicaof", "127.0.0.1", &primary.to_string()]);
         }
-        let child = command
+        port_free(port);
+        let mut child = command
             .stdout(Stdio::null())
             .spawn()
             .unwrap_or_else(|e| panic!("redis-server could not start ({e})"));
-        self.servers.push((port, Some(child)));
         wait_for_port(port);
+        assert!(
+            matches!(child.try_wait(), Ok(None)),
+            "redis-server on {port} exited"
+        );
+        self.servers.push((port, Some(child)));
     }
 }
 
 impl Drop for SentinelRedis {
     fn drop(&mut self) {
+        // Best effort: a panic here, while a test unwinds, would abort and leave them running.
         if let Some(frozen) = self.frozen.take() {
-            signal(frozen, "-CONT");
+            let _ = Command::new("kill")
+                .args(["-CONT", &frozen.to_string()])
+                .status();
         }
         let servers = self.servers.iter_mut().filter_map(|(_, c)| c.as_mut());
         for child in self.sentinels.iter_mut().chain(servers) {
@@ -184,6 +215,15 @@ fn signal(pid: u32, signal: &str) {
     assert!(status.success(), "kill {signal} {pid} failed");
 }
 
+/// Panics if something already listens on `port` (a server a killed test left behind would
+/// otherwise be used silently).
+fn port_free(port: u16) {
+    assert!(
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_err(),
+        "port {port} is taken (a Redis left by an earlier run? `pkill -f 'redis-server.*{port}'`)"
+    );
+}
+
 fn wait_for_port(port: u16) {
     let deadline = Instant::now() + Duration::from_secs(10);
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
@@ -194,8 +234,9 @@ fn wait_for_port(port: u16) {
 
 /// `redis-cli -p port args...`, its output (empty when it fails).
 fn cli(port: u16, args: &[&str]) -> String {
-    Command::new("redis-cli")
-        .args(["-p", &port.to_string()])
+    // A frozen server accepts and never answers: bounded.
+    Command::new("timeout")
+        .args(["5", "redis-cli", "-p", &port.to_string()])
         .args(args)
         .output()
         .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())

@@ -3,10 +3,10 @@
 //! test's own, `pindb_testkit::SentinelRedis`), through every adapter: two application
 //! instances share it while four users write on one and read on the other in closed loops;
 //! replay pauses on one standby, eight more users write on one instance, the Redis primary is
-//! killed after acknowledging their saves (its replica, frozen, never got them), the
-//! Sentinels promote the replica, and those users read on the other instance. No read is
-//! stale, none fails, and the replicas serve keyed reads again once the lost positions would
-//! have expired.
+//! killed after acknowledging their saves (its replica, frozen, never got them: the test
+//! checks they are gone), the Sentinels promote the replica, and those users read on the other
+//! instance. No read is stale, none fails, the late users' reads go to the master, and the
+//! replicas serve keyed reads again once the lost positions would have expired.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -153,8 +153,14 @@ async fn no_stale_read_across_a_sentinel_failover<A: Adapter>(base: u16) {
         control.lock().await.pause(1).await;
         let started = Instant::now();
         // Saves acknowledged in the 300 ms before the kill never reach the new primary.
-        let mut set = redis.take().expect("the Sentinel set");
-        set.freeze_replica();
+        let set = redis.take().expect("the Sentinel set");
+        let mut set = tokio::task::spawn_blocking(move || {
+            let mut set = set;
+            set.freeze_replica();
+            set
+        })
+        .await
+        .unwrap();
         // Late users write now, on instance 0: saves the new primary will never have.
         let mut late = Vec::new();
         for id in 101..=108 {
@@ -175,24 +181,35 @@ async fn no_stale_read_across_a_sentinel_failover<A: Adapter>(base: u16) {
         })
         .await
         .unwrap();
-        redis = Some(set);
         let failover = started.elapsed();
+        let kept = late
+            .iter()
+            .filter(|id| set.primary_has(&format!("pindb:user{id}")))
+            .count();
+        assert_eq!(
+            kept, 0,
+            "the late users' positions were lost in the failover"
+        );
+        redis = Some(set);
         // They read on instance 1 once it uses the store again (it skips a failed store for a
         // second): their positions are gone.
         tokio::time::sleep(Duration::from_millis(1_200)).await;
-        let (mut late_stale, mut late_reads) = (0, 0);
+        let fresh = &instances[1];
+        let (mut late_stale, mut late_reads, mut late_on_master) = (0, 0, 0);
         for _ in 0..3 {
             for id in &late {
                 let sql = format!(
                     "SELECT (coalesce((SELECT max(n) FROM {table} WHERE author = {id}), 0) \
                      * 100000 + current_setting('port')::int)::int AS port"
                 );
-                let consistency = instances[1].router().consistency();
+                let consistency = fresh.router().consistency();
                 let got = consistency
-                    .scope_with_key(Some(&format!("user{id}")), instances[1].port_of_sql(&sql))
+                    .scope_with_key(Some(&format!("user{id}")), fresh.port_of_sql(&sql))
                     .await;
+                let got = got.expect("a late user's read");
                 late_reads += 1;
-                late_stale += usize::from(got.expect("a late user's read") / 100_000 != 1);
+                late_stale += usize::from(got / 100_000 != 1);
+                late_on_master += usize::from(got % 100_000 == primary);
             }
         }
         tokio::time::sleep(Duration::from_secs(2)).await;
@@ -202,9 +219,17 @@ async fn no_stale_read_across_a_sentinel_failover<A: Adapter>(base: u16) {
         let after = set_phase();
         tokio::time::sleep(Duration::from_secs(2)).await;
         stop.store(true, Ordering::Relaxed);
-        (before, during, after, failover, late_stale, late_reads)
+        (
+            before,
+            during,
+            after,
+            failover,
+            late_stale,
+            late_reads,
+            late_on_master,
+        )
     };
-    let (_, _, _, _, (before, during, after, failover, late_stale, late_reads)) =
+    let (_, _, _, _, (before, during, after, failover, late_stale, late_reads, late_on_master)) =
         tokio::join!(user(1), user(2), user(3), user(4), script);
     let report = |name: &str, c: &Counts| {
         format!(
@@ -216,7 +241,8 @@ async fn no_stale_read_across_a_sentinel_failover<A: Adapter>(base: u16) {
         )
     };
     let summary = format!(
-        "{}: failover {failover:?}; {late_stale} of {late_reads} late reads stale; {}; {}; {}",
+        "{}: failover {failover:?}; {late_stale} of {late_reads} late reads stale, \
+         {late_on_master} on the master; {}; {}; {}",
         A::NAME,
         report("before", &before),
         report("during", &during),
@@ -224,6 +250,8 @@ async fn no_stale_read_across_a_sentinel_failover<A: Adapter>(base: u16) {
     );
     eprintln!("{summary}");
     assert_eq!(late_stale, 0, "{summary}");
+    // The store lost their positions and the new instance knows it: the master serves them.
+    assert_eq!(late_on_master, late_reads, "{summary}");
     for c in [&before, &during, &after] {
         assert_eq!(c.stale.load(Ordering::Relaxed), 0, "{summary}");
         assert_eq!(c.failed.load(Ordering::Relaxed), 0, "{summary}");
@@ -250,4 +278,51 @@ async fn no_stale_read_across_a_sentinel_failover_sync_diesel() {
 #[tokio::test]
 async fn no_stale_read_across_a_sentinel_failover_seaorm() {
     no_stale_read_across_a_sentinel_failover::<SeaOrm>(26460).await;
+}
+
+/// A manual failover (`SENTINEL FAILOVER`) leaves the old primary up and writable for a while:
+/// no command fails, yet the store follows the Sentinels within its watch and marks a loss.
+#[tokio::test]
+async fn the_store_follows_a_failover_whose_old_primary_stays_up() {
+    use pindb_core::Store;
+    let redis = tokio::task::spawn_blocking(|| SentinelRedis::start(26480))
+        .await
+        .unwrap();
+    let store = RedisStore::sentinel(
+        &redis.sentinel_urls(),
+        SENTINEL_MASTER,
+        "pindb:",
+        Duration::from_millis(200),
+    )
+    .unwrap();
+    let ttl = Duration::from_secs(30);
+    let position = [("default".to_owned(), pindb_core::Lsn(1))];
+    store.save("before", &position, ttl).await.unwrap();
+    // Trusted from the first command's epoch on: a loss moves it later.
+    let trusted_until = store.lost_until(ttl).expect("an epoch");
+    let old = redis.primary_port();
+    let redis = tokio::task::spawn_blocking(move || {
+        redis.manual_failover();
+        redis
+    })
+    .await
+    .unwrap();
+    assert_ne!(redis.primary_port(), old);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        // Commands keep succeeding on the old primary until the store moves.
+        let _ = store.save("after", &position, ttl).await;
+        if redis.primary_has("pindb:after") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the store never moved to the new primary"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        store.lost_until(ttl).expect("an epoch") > trusted_until,
+        "moving to another primary marks a loss"
+    );
 }

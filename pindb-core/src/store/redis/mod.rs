@@ -83,19 +83,28 @@ const BUMP: &str = r"
 /// epoch. A Redis that is new looks the same as one that lost its data, so the first
 /// `ttl_seconds` after pindb first uses it send keyed reads to the masters too.
 ///
-/// One Redis server ([`RedisStore::new`]) or the primary Redis Sentinel names
-/// ([`RedisStore::sentinel`]): after a failed command the Sentinels are asked again, so a
-/// failover is followed without a restart. A promoted replica has another `run_id`, and
+/// One Redis server ([`RedisStore::new`]) or the primary the Redis Sentinels name
+/// ([`RedisStore::sentinel`]): asked again after a failed command and every 0.5 s (all
+/// Sentinels at once, the most named wins), so a failover is followed without a restart,
+/// even one whose old primary stays up. A promoted replica has another `run_id`, and
 /// replication is asynchronous: what the old primary acknowledged last may be lost, so the
-/// epoch moves to the failover, as after a restart (keyed reads go to the masters for
-/// `ttl_seconds`); an instance that moves to the new primary marks a loss too, covering
-/// its own last saves to the old one.
+/// first command on the new primary moves the epoch there, as after a restart (keyed reads
+/// go to the masters for `ttl_seconds`); an instance that moves to another primary marks a
+/// loss too (covering its own last saves to the old one), and so does a command that
+/// succeeded on a primary left behind.
 ///
 /// Needs: `maxmemory-policy` `noeviction` or `allkeys-*` (a `volatile-*` policy can evict
 /// positions and keep the epoch), and a non-cluster Redis (the epoch and a user's key are
 /// used in one script: a Redis Cluster refuses it, and every keyed read goes to the
-/// master). Not detected: an instance that cannot reach Redis while the others can (its
-/// failed save is told to Redis, and so to them, only when it reaches Redis again).
+/// master). With Sentinel: `replica-read-only yes` (the default: a demoted primary then
+/// refuses the scripts), no password or TLS on the data nodes (not supported yet), and
+/// `min-replicas-to-write 1` with `min-replicas-max-lag` below `down-after-milliseconds`
+/// (an old primary cut off from its replica then refuses saves instead of acknowledging
+/// what will be lost: without it, a save on an old primary that stays up can be lost
+/// unnoticed by other instances for up to 0.5 s). Not detected: an instance that cannot
+/// reach Redis while the others can (its failed save is told to Redis, and so to them, only
+/// when it reaches Redis again); a failback to the old primary within `ttl_seconds` with no
+/// command on the interim one.
 pub struct RedisStore {
     target: std::sync::Arc<Target>,
     prefix: String,
@@ -134,14 +143,21 @@ impl RedisStore {
     /// does not stop the application. Must be called inside a tokio runtime.
     pub fn new(url: &str, prefix: &str, timeout: Duration) -> Result<RedisStore, PinDbError> {
         let target = Target::server(url, manager_config(timeout))?;
-        Ok(RedisStore::on(target, url.to_owned(), prefix, timeout))
+        let loss = std::sync::Arc::new(AtomicU64::new(0));
+        Ok(RedisStore::on(
+            target,
+            loss,
+            url.to_owned(),
+            prefix,
+            timeout,
+        ))
     }
 
-    /// A store on the primary that Redis Sentinel names `master`, asking the Sentinels at
-    /// `sentinels` (`redis://host:26379` each) which server that is, at the first command
-    /// and again after any failed one: a failover is followed without a restart. Connects
-    /// lazily, as [`RedisStore::new`]. Each command, with the Sentinels' answer when one is
-    /// needed, is bounded by `timeout`.
+    /// A store on the primary that the Redis Sentinels at `sentinels` (`redis://host:26379`
+    /// each) name `master`: asked at the first command, after any failed one and every
+    /// 0.5 s, all at once, each within `timeout`. A failover is followed without a restart.
+    /// Connects lazily, as [`RedisStore::new`]; each command, with the Sentinels' answer when
+    /// one is needed, is bounded by `timeout`.
     ///
     /// ```no_run
     /// # async fn demo() -> Result<(), pindb_core::PinDbError> {
@@ -156,12 +172,20 @@ impl RedisStore {
         timeout: Duration,
     ) -> Result<RedisStore, PinDbError> {
         let sentinels: Vec<String> = sentinels.iter().map(|s| s.as_ref().to_owned()).collect();
-        let target = Target::sentinel(&sentinels, master, manager_config(timeout))?;
+        let loss = std::sync::Arc::new(AtomicU64::new(0));
+        let config = manager_config(timeout);
+        let target = Target::sentinel(&sentinels, master, config, timeout, loss.clone())?;
         let described = format!("Redis Sentinel `{master}` ({})", sentinels.join(", "));
-        Ok(RedisStore::on(target, described, prefix, timeout))
+        Ok(RedisStore::on(target, loss, described, prefix, timeout))
     }
 
-    fn on(target: Target, url: String, prefix: &str, timeout: Duration) -> RedisStore {
+    fn on(
+        target: Target,
+        failed_save_ms: std::sync::Arc<AtomicU64>,
+        url: String,
+        prefix: &str,
+        timeout: Duration,
+    ) -> RedisStore {
         RedisStore {
             target: std::sync::Arc::new(target),
             prefix: prefix.to_owned(),
@@ -169,7 +193,7 @@ impl RedisStore {
             timeout,
             skip_until: std::sync::Mutex::new(None),
             epoch_ms: std::sync::Arc::new(AtomicU64::new(0)),
-            failed_save_ms: std::sync::Arc::new(AtomicU64::new(0)),
+            failed_save_ms,
             bumping: Default::default(),
         }
     }
@@ -205,24 +229,31 @@ impl RedisStore {
         &self,
         call: redis::ScriptInvocation<'static>,
     ) -> Result<T, PinDbError> {
+        let mut generation = None;
         let command = async {
             let mut conn = self.target.connection().await?;
-            if conn.moved {
-                // What the old primary acknowledged last may not have reached this one.
-                self.mark_loss();
-            }
+            generation = Some(conn.generation);
             call.invoke_async(&mut conn.manager).await
         };
-        match tokio::time::timeout(self.timeout, command).await {
+        let result = tokio::time::timeout(self.timeout, command).await;
+        if let Some(generation) = generation {
+            match &result {
+                // It may have landed on a primary the store has left since (Sentinel): after
+                // the loss that move marked.
+                Ok(Ok(_)) if !self.target.is_current(generation) => self.mark_loss(),
+                Ok(Ok(_)) => {}
+                // An error (refused, reset, a primary turned replica): the Sentinels are
+                // asked again. A timeout keeps the connection, so what follows on it is
+                // ordered after what is still queued there (the watch still follows a
+                // failover whose old primary hangs).
+                Ok(Err(_)) => self.target.failed(generation),
+                Err(_) => {}
+            }
+        }
+        match result {
             Ok(Ok(v)) => Ok(v),
-            Ok(Err(e)) => {
-                self.target.failed();
-                Err(self.unavailable(e))
-            }
-            Err(_) => {
-                self.target.failed();
-                Err(self.unavailable(format!("no answer within {:?}", self.timeout)))
-            }
+            Ok(Err(e)) => Err(self.unavailable(e)),
+            Err(_) => Err(self.unavailable(format!("no answer within {:?}", self.timeout))),
         }
     }
 
@@ -282,8 +313,10 @@ impl RedisStore {
                 if failed == 0 {
                     break;
                 }
+                let mut generation = None;
                 let command = async {
                     let mut conn = target.connection().await?;
+                    generation = Some(conn.generation);
                     call.invoke_async::<Vec<String>>(&mut conn.manager).await
                 };
                 match tokio::time::timeout(timeout, command).await {
@@ -292,7 +325,11 @@ impl RedisStore {
                         answered(&epoch_ms, &failed_mark, &answer, failed);
                         break;
                     }
-                    _ => target.failed(),
+                    _ => {
+                        if let Some(generation) = generation {
+                            target.failed(generation);
+                        }
+                    }
                 }
             }
             bumping.store(false, Ordering::Release);
@@ -389,10 +426,9 @@ impl Store for RedisStore {
         ttl: Duration,
     ) -> StoreFuture<'a, ()> {
         Box::pin(async move {
-            if let Some(e) = self.skipping() {
-                self.save_failed(ttl);
-                return Err(e);
-            }
+            // Never skipped, even within a second of a failure: a save skipped while Redis
+            // answers again would leave a position other instances trust, unknown to them
+            // until the loss is told (a writing request pays the attempt while Redis fails).
             let (mut call, failed) = self.script(&SAVE_SCRIPT, Some(key));
             call.arg(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1));
             for (set, lsn) in positions {
@@ -404,9 +440,18 @@ impl Store for RedisStore {
                     Ok(())
                 }
                 Err(e) => {
-                    // Lost, or maybe applied: either way, the next reads must not trust
-                    // the store until this position would have expired.
+                    // Lost, or maybe applied later (a command that timed out is still queued
+                    // at a stalled Redis, where another instance's load may overtake it):
+                    // either way, the next reads must not trust the store until this
+                    // position would have expired. Told to Redis at once, on the same
+                    // connection (after the save, if it is queued), before the request ends,
+                    // so that the user's next request sees it wherever it lands; if Redis
+                    // does not answer now, in the background.
                     self.save_failed(ttl);
+                    let (bump, failed) = self.script(&BUMP_SCRIPT, None);
+                    if let Ok(answer) = self.run::<Vec<String>>(bump).await {
+                        self.answered(&answer, failed);
+                    }
                     Err(e)
                 }
             }

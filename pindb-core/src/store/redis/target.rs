@@ -1,37 +1,56 @@
-//! [`Target`]: where the store's commands go: one Redis server, or the primary that Redis
-//! Sentinel names for a master name, found again after a failure (a failover).
+//! [`Target`]: where the store's commands go: one Redis server, or the primary that the Redis
+//! Sentinels name for a master name, watched while the store lives.
 
-use std::sync::{Mutex, PoisonError};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
+use std::time::{Duration, SystemTime};
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::sentinel::{SentinelClient, SentinelServerType};
-use redis::RedisResult;
+use redis::{ErrorKind, RedisError, RedisResult};
 
+use super::unix_ms;
 use crate::error::PinDbError;
+
+/// How often the Sentinels are asked which server is the primary, besides after a failure: a
+/// failover whose old primary stays up (a manual one, a partition) is followed within this.
+const WATCH_EVERY: Duration = Duration::from_millis(500);
 
 /// Where commands go.
 pub(super) enum Target {
     /// One server, reconnected by the connection manager.
     Server(ConnectionManager),
-    /// The primary Sentinel names now.
-    Sentinel(Box<Sentinel>),
+    /// The primary the Sentinels name.
+    Sentinel(Arc<Sentinel>),
 }
 
 /// The Sentinels of one master name, and the primary they named last.
 pub(super) struct Sentinel {
-    client: tokio::sync::Mutex<SentinelClient>,
+    /// Each Sentinel's URL and a connection to it (kept, reconnected on demand).
+    sentinels: Vec<(String, ConnectionManager)>,
+    master: String,
     config: ConnectionManagerConfig,
-    /// The primary's address and a connection to it, until a command fails.
-    current: Mutex<Option<(String, ConnectionManager)>>,
-    /// The address of the primary commands went to last (kept across failures).
-    last: Mutex<Option<String>>,
+    timeout: Duration,
+    now: Mutex<Primary>,
+    /// One lookup at a time: commands that find no connection wait for the one under way.
+    lookup: tokio::sync::Mutex<()>,
+    /// The store's loss mark (Unix ms): set when commands move to another primary, since what
+    /// the old one acknowledged last may not have reached the new one.
+    loss: Arc<AtomicU64>,
 }
 
-/// A connection for the next command, and whether it goes to another primary than the
-/// commands before it (what that one acknowledged may be lost).
+/// The primary named last, a connection to it (none after a failed command), and the
+/// generation of that connection.
+#[derive(Default)]
+struct Primary {
+    address: Option<String>,
+    manager: Option<ConnectionManager>,
+    generation: u64,
+}
+
+/// A connection for the next command, and its generation ([`Target::is_current`]).
 pub(super) struct Connection {
     pub(super) manager: ConnectionManager,
-    pub(super) moved: bool,
+    pub(super) generation: u64,
 }
 
 impl Target {
@@ -48,10 +67,14 @@ impl Target {
         Ok(Target::Server(manager))
     }
 
+    /// The primary the Sentinels at `sentinels` name `master`; watched every 0.5 s by a task
+    /// that ends with the store.
     pub(super) fn sentinel(
         sentinels: &[String],
         master: &str,
         config: ConnectionManagerConfig,
+        timeout: Duration,
+        loss: Arc<AtomicU64>,
     ) -> Result<Target, PinDbError> {
         if sentinels.is_empty() || master.is_empty() {
             return Err(PinDbError::config(
@@ -60,65 +83,175 @@ impl Target {
                  master name they monitor (`sentinel monitor <name> ...`)",
             ));
         }
-        let client = SentinelClient::build(
-            sentinels.to_vec(),
-            master.to_owned(),
-            None,
-            SentinelServerType::Master,
-        )
-        .map_err(|e| {
-            PinDbError::config(
-                "stickiness",
-                format!(
-                    "the Sentinel addresses {sentinels:?} are invalid ({e}); expected \
-                     redis://host:port for each"
-                ),
-            )
-        })?;
-        Ok(Target::Sentinel(Box::new(Sentinel {
-            client: tokio::sync::Mutex::new(client),
+        let clients = sentinels
+            .iter()
+            .map(|url| {
+                let invalid = |e: RedisError| {
+                    PinDbError::config(
+                        "stickiness",
+                        format!(
+                            "the Sentinel URL `{url}` is invalid ({e}); expected redis://host:port"
+                        ),
+                    )
+                };
+                let client = redis::Client::open(url.as_str()).map_err(invalid)?;
+                let conn = ConnectionManager::new_lazy_with_config(client, config.clone())
+                    .map_err(invalid)?;
+                Ok((url.clone(), conn))
+            })
+            .collect::<Result<Vec<_>, PinDbError>>()?;
+        let sentinel = Arc::new(Sentinel {
+            sentinels: clients,
+            master: master.to_owned(),
             config,
-            current: Mutex::new(None),
-            last: Mutex::new(None),
-        })))
+            timeout,
+            now: Mutex::new(Primary::default()),
+            lookup: tokio::sync::Mutex::new(()),
+            loss,
+        });
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(watch(Arc::downgrade(&sentinel)));
+        }
+        Ok(Target::Sentinel(sentinel))
     }
 
     /// A connection for the next command. With Sentinel, the primary is asked for when no
-    /// command has gone to it since the last failure.
+    /// command has gone to it since the last failure (one lookup at a time).
     pub(super) async fn connection(&self) -> RedisResult<Connection> {
         let sentinel = match self {
             Target::Server(manager) => {
                 return Ok(Connection {
                     manager: manager.clone(),
-                    moved: false,
+                    generation: 0,
                 })
             }
             Target::Sentinel(sentinel) => sentinel,
         };
-        if let Some((_, manager)) = lock(&sentinel.current).clone() {
-            return Ok(Connection {
-                manager,
-                moved: false,
-            });
+        if let Some(conn) = sentinel.connection() {
+            return Ok(conn);
         }
-        // Sentinel checks that the server it names says it is a primary.
-        let client = sentinel.client.lock().await.async_get_client().await?;
-        let address = client.get_connection_info().addr().to_string();
-        let manager = ConnectionManager::new_lazy_with_config(client, sentinel.config.clone())?;
-        let before = lock(&sentinel.last).replace(address.clone());
-        let moved = before.is_some_and(|b| b != address);
-        if moved {
-            tracing::warn!(target: "pindb", to = %address, "pindb: the Redis primary changed (a Sentinel failover); positions the old one acknowledged may be lost, so keyed reads go to the masters for ttl_seconds");
+        let _one = sentinel.lookup.lock().await;
+        // Found by the lookup this one waited for.
+        if let Some(conn) = sentinel.connection() {
+            return Ok(conn);
         }
-        *lock(&sentinel.current) = Some((address, manager.clone()));
-        Ok(Connection { manager, moved })
+        let address = sentinel.find_primary().await?;
+        sentinel.install(&address)
     }
 
-    /// A command failed: with Sentinel, the next one asks which server is the primary (a
-    /// failover, or a primary turned replica that refuses writes).
-    pub(super) fn failed(&self) {
+    /// A command on the connection of `generation` failed: with Sentinel, the next one asks
+    /// which server is the primary (a failover, or a primary turned replica that refuses
+    /// writes), unless a newer connection is already in place.
+    pub(super) fn failed(&self, generation: u64) {
         if let Target::Sentinel(sentinel) = self {
-            *lock(&sentinel.current) = None;
+            let mut now = lock(&sentinel.now);
+            if now.generation == generation {
+                now.manager = None;
+            }
+        }
+    }
+
+    /// Whether commands still go where the connection of `generation` goes: a command that
+    /// succeeded on an older one may have landed on a primary left behind, after its loss
+    /// was marked.
+    pub(super) fn is_current(&self, generation: u64) -> bool {
+        match self {
+            Target::Server(_) => true,
+            Target::Sentinel(sentinel) => lock(&sentinel.now).generation == generation,
+        }
+    }
+}
+
+impl Sentinel {
+    fn connection(&self) -> Option<Connection> {
+        let now = lock(&self.now);
+        now.manager.clone().map(|manager| Connection {
+            manager,
+            generation: now.generation,
+        })
+    }
+
+    /// Sends commands to `address` from now on; a move from another primary marks a loss.
+    fn install(&self, address: &str) -> RedisResult<Connection> {
+        let host = match address.rsplit_once(':') {
+            Some((host, port)) if host.contains(':') => format!("[{host}]:{port}"),
+            _ => address.to_owned(),
+        };
+        let client = redis::Client::open(format!("redis://{host}/"))?;
+        let manager = ConnectionManager::new_lazy_with_config(client, self.config.clone())?;
+        let mut now = lock(&self.now);
+        if now.address.as_deref().is_some_and(|a| a != address) {
+            self.loss
+                .fetch_max(unix_ms(SystemTime::now()), Ordering::AcqRel);
+            tracing::warn!(target: "pindb", master = %self.master, from = now.address.as_deref().unwrap_or("-"), to = %address, "pindb: the Redis primary changed (a Sentinel failover); what the old one acknowledged last may be lost, so keyed reads go to the masters for ttl_seconds");
+        }
+        now.address = Some(address.to_owned());
+        now.manager = Some(manager.clone());
+        now.generation += 1;
+        Ok(Connection {
+            manager,
+            generation: now.generation,
+        })
+    }
+
+    /// The primary the most Sentinels name, asking them all at once, each within the
+    /// timeout: one that hangs or is down delays nothing.
+    async fn find_primary(&self) -> RedisResult<String> {
+        let asks = self.sentinels.iter().map(|(_, conn)| async move {
+            let mut conn = conn.clone();
+            let ask = async {
+                redis::cmd("SENTINEL")
+                    .arg("get-master-addr-by-name")
+                    .arg(&self.master)
+                    .query_async::<Option<(String, u16)>>(&mut conn)
+                    .await
+            };
+            match tokio::time::timeout(self.timeout, ask).await {
+                Ok(Ok(Some((host, port)))) => Some(format!("{host}:{port}")),
+                _ => None,
+            }
+        });
+        let answers: Vec<String> = futures_util::future::join_all(asks)
+            .await
+            .into_iter()
+            .flatten()
+            .collect();
+        let current = lock(&self.now).address.clone();
+        let votes = |a: &String| answers.iter().filter(|b| *b == a).count();
+        // The most votes; a tie keeps the primary commands go to now.
+        answers
+            .iter()
+            .max_by_key(|a| (votes(a), Some(*a) == current.as_ref()))
+            .cloned()
+            .ok_or_else(|| {
+                let asked: Vec<&str> = self.sentinels.iter().map(|(u, _)| u.as_str()).collect();
+                RedisError::from((
+                    ErrorKind::Io,
+                    "no Sentinel named a primary",
+                    format!("master name `{}`, asked {}", self.master, asked.join(", ")),
+                ))
+            })
+    }
+}
+
+/// Asks the Sentinels every [`WATCH_EVERY`] while the store lives, and moves commands to the
+/// primary they name when it changed.
+async fn watch(sentinel: Weak<Sentinel>) {
+    loop {
+        tokio::time::sleep(WATCH_EVERY).await;
+        let Some(sentinel) = sentinel.upgrade() else {
+            return;
+        };
+        let known = lock(&sentinel.now).address.clone();
+        let Some(known) = known else {
+            // Nothing was sent yet: the first command asks.
+            continue;
+        };
+        let _one = sentinel.lookup.lock().await;
+        if let Ok(named) = sentinel.find_primary().await {
+            if named != known {
+                let _ = sentinel.install(&named);
+            }
         }
     }
 }
