@@ -20,6 +20,8 @@ pub struct SentinelRedis {
     sentinels: Vec<Child>,
     /// The replica's process while it is frozen.
     frozen: Option<u32>,
+    /// Frozen Sentinels' processes.
+    frozen_sentinels: Vec<u32>,
 }
 
 impl SentinelRedis {
@@ -36,6 +38,7 @@ impl SentinelRedis {
             servers: Vec::new(),
             sentinels: Vec::new(),
             frozen: None,
+            frozen_sentinels: Vec::new(),
         };
         set.start_server(base, None);
         set.start_server(base + 1, Some(base));
@@ -80,6 +83,14 @@ impl SentinelRedis {
             .collect()
     }
 
+    /// Freezes Sentinel `i` (0, 1 or 2; SIGSTOP): it accepts connections and answers
+    /// nothing, like a hung host. Thawed when the set is dropped.
+    pub fn freeze_sentinel(&mut self, i: usize) {
+        let pid = self.sentinels[i].id();
+        signal(pid, "-STOP");
+        self.frozen_sentinels.push(pid);
+    }
+
     /// Whether the primary the Sentinels name now has `key`.
     pub fn primary_has(&self, key: &str) -> bool {
         cli(self.primary_port(), &["EXISTS", key]).trim() == "1"
@@ -87,8 +98,9 @@ impl SentinelRedis {
 
     /// The port of the primary the Sentinels name now.
     pub fn primary_port(&self) -> u16 {
+        // The last Sentinel: tests freeze the first.
         let answer = cli(
-            self.base + 10,
+            self.base + 12,
             &["SENTINEL", "get-master-addr-by-name", SENTINEL_MASTER],
         );
         answer
@@ -193,9 +205,10 @@ impl SentinelRedis {
 impl Drop for SentinelRedis {
     fn drop(&mut self) {
         // Best effort: a panic here, while a test unwinds, would abort and leave them running.
-        if let Some(frozen) = self.frozen.take() {
+        let frozen = self.frozen.take().into_iter();
+        for pid in frozen.chain(self.frozen_sentinels.drain(..)) {
             let _ = Command::new("kill")
-                .args(["-CONT", &frozen.to_string()])
+                .args(["-CONT", &pid.to_string()])
                 .status();
         }
         let servers = self.servers.iter_mut().filter_map(|(_, c)| c.as_mut());

@@ -326,3 +326,45 @@ async fn the_store_follows_a_failover_whose_old_primary_stays_up() {
         "moving to another primary marks a loss"
     );
 }
+
+/// The first Sentinel of the list hangs (its host froze): the store still finds the primary
+/// at once from the other two, and follows a failover they make.
+#[tokio::test]
+async fn a_hung_sentinel_delays_nothing() {
+    use pindb_core::Store;
+    let mut redis = tokio::task::spawn_blocking(|| SentinelRedis::start(26500))
+        .await
+        .unwrap();
+    redis.freeze_sentinel(0);
+    let store = RedisStore::sentinel(
+        &redis.sentinel_urls(),
+        SENTINEL_MASTER,
+        "pindb:",
+        Duration::from_millis(200),
+    )
+    .unwrap();
+    let ttl = Duration::from_secs(30);
+    let position = [("default".to_owned(), pindb_core::Lsn(1))];
+    let saved = store.save("before", &position, ttl).await;
+    saved.expect("a save with one Sentinel hung");
+    assert!(redis.primary_has("pindb:before"));
+    let mut redis = redis;
+    let redis = tokio::task::spawn_blocking(move || {
+        redis.fail_over();
+        redis
+    })
+    .await
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let saved = store.save("after", &position, ttl).await;
+        if saved.is_ok() && redis.primary_has("pindb:after") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the store never reached the new primary"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

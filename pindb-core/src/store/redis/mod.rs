@@ -85,8 +85,8 @@ const BUMP: &str = r"
 ///
 /// One Redis server ([`RedisStore::new`]) or the primary the Redis Sentinels name
 /// ([`RedisStore::sentinel`]): asked again after a failed command and every 0.5 s (all
-/// Sentinels at once, the most named wins), so a failover is followed without a restart,
-/// even one whose old primary stays up. A promoted replica has another `run_id`, and
+/// Sentinels at once; a move needs more than half of them to agree), so a failover is
+/// followed without a restart, even one whose old primary stays up. A promoted replica has another `run_id`, and
 /// replication is asynchronous: what the old primary acknowledged last may be lost, so the
 /// first command on the new primary moves the epoch there, as after a restart (keyed reads
 /// go to the masters for `ttl_seconds`); an instance that moves to another primary marks a
@@ -101,10 +101,12 @@ const BUMP: &str = r"
 /// `min-replicas-to-write 1` with `min-replicas-max-lag` below `down-after-milliseconds`
 /// (an old primary cut off from its replica then refuses saves instead of acknowledging
 /// what will be lost: without it, a save on an old primary that stays up can be lost
-/// unnoticed by other instances for up to 0.5 s). Not detected: an instance that cannot
-/// reach Redis while the others can (its failed save is told to Redis, and so to them, only
-/// when it reaches Redis again); a failback to the old primary within `ttl_seconds` with no
-/// command on the interim one.
+/// unnoticed by other instances until this instance's watch moves, 0.5 s plus one lookup
+/// after the Sentinels agree, or never if it cannot reach the Sentinels). Not detected: an
+/// instance that cannot reach Redis while the others can (its failed save is told to Redis,
+/// and so to them, only when it reaches Redis again); a Redis stalled for longer than two
+/// timeouts, whose queued save another instance's load may overtake when it resumes; a
+/// failback to the old primary within `ttl_seconds` with no command on the interim one.
 pub struct RedisStore {
     target: std::sync::Arc<Target>,
     prefix: String,
@@ -157,7 +159,8 @@ impl RedisStore {
     /// each) name `master`: asked at the first command, after any failed one and every
     /// 0.5 s, all at once, each within `timeout`. A failover is followed without a restart.
     /// Connects lazily, as [`RedisStore::new`]; each command, with the Sentinels' answer when
-    /// one is needed, is bounded by `timeout`.
+    /// one is needed, is bounded by `timeout`. Must be called inside the tokio runtime that
+    /// will use it (its watch runs there).
     ///
     /// ```no_run
     /// # async fn demo() -> Result<(), pindb_core::PinDbError> {
@@ -246,8 +249,8 @@ impl RedisStore {
                 // asked again. A timeout keeps the connection, so what follows on it is
                 // ordered after what is still queued there (the watch still follows a
                 // failover whose old primary hangs).
-                Ok(Err(_)) => self.target.failed(generation),
-                Err(_) => {}
+                Ok(Err(e)) if !e.is_timeout() => self.target.failed(generation),
+                _ => {}
             }
         }
         match result {
@@ -325,11 +328,12 @@ impl RedisStore {
                         answered(&epoch_ms, &failed_mark, &answer, failed);
                         break;
                     }
-                    _ => {
+                    Ok(Err(e)) if !e.is_timeout() => {
                         if let Some(generation) = generation {
                             target.failed(generation);
                         }
                     }
+                    _ => {}
                 }
             }
             bumping.store(false, Ordering::Release);
@@ -338,9 +342,11 @@ impl RedisStore {
 }
 
 fn manager_config(timeout: Duration) -> ConnectionManagerConfig {
+    // The response timeout is pindb's own (`run`), around the whole command: the driver's,
+    // longer, never decides first that a slow answer is a broken connection.
     ConnectionManagerConfig::new()
         .set_connection_timeout(Some(timeout))
-        .set_response_timeout(Some(timeout))
+        .set_response_timeout(Some(timeout.saturating_mul(2)))
         .set_number_of_retries(0)
 }
 

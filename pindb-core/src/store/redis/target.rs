@@ -194,62 +194,90 @@ impl Sentinel {
         })
     }
 
-    /// The primary the most Sentinels name, asking them all at once, each within the
-    /// timeout: one that hangs or is down delays nothing.
+    /// The primary the Sentinels name, asking them all at once, each within the timeout: as
+    /// soon as more than half of them agree, so one that hangs or is down delays nothing. A
+    /// move away from the primary commands go to now needs that majority; without a
+    /// primary yet, the most named one will do.
     async fn find_primary(&self) -> RedisResult<String> {
-        let asks = self.sentinels.iter().map(|(_, conn)| async move {
-            let mut conn = conn.clone();
-            let ask = async {
-                redis::cmd("SENTINEL")
-                    .arg("get-master-addr-by-name")
-                    .arg(&self.master)
-                    .query_async::<Option<(String, u16)>>(&mut conn)
-                    .await
-            };
-            match tokio::time::timeout(self.timeout, ask).await {
-                Ok(Ok(Some((host, port)))) => Some(format!("{host}:{port}")),
-                _ => None,
-            }
-        });
-        let answers: Vec<String> = futures_util::future::join_all(asks)
-            .await
-            .into_iter()
-            .flatten()
-            .collect();
+        use futures_util::StreamExt;
+        let majority = self.sentinels.len() / 2 + 1;
         let current = lock(&self.now).address.clone();
-        let votes = |a: &String| answers.iter().filter(|b| *b == a).count();
-        // The most votes; a tie keeps the primary commands go to now.
-        answers
+        let mut asks: futures_util::stream::FuturesUnordered<_> = self
+            .sentinels
             .iter()
-            .max_by_key(|a| (votes(a), Some(*a) == current.as_ref()))
-            .cloned()
-            .ok_or_else(|| {
+            .map(|(_, conn)| async move {
+                let mut conn = conn.clone();
+                let ask = async {
+                    redis::cmd("SENTINEL")
+                        .arg("get-master-addr-by-name")
+                        .arg(&self.master)
+                        .query_async::<Option<(String, u16)>>(&mut conn)
+                        .await
+                };
+                match tokio::time::timeout(self.timeout, ask).await {
+                    Ok(Ok(Some((host, port)))) => Some(address(&host, port).await),
+                    _ => None,
+                }
+            })
+            .collect();
+        let mut answers: Vec<String> = Vec::new();
+        while let Some(answer) = asks.next().await {
+            if let Some(answer) = answer {
+                answers.push(answer);
+                let last = &answers[answers.len() - 1];
+                if answers.iter().filter(|a| *a == last).count() >= majority {
+                    return Ok(last.clone());
+                }
+            }
+        }
+        let votes = |a: &String| answers.iter().filter(|b| *b == a).count();
+        let most = answers.iter().max_by_key(|a| votes(a)).cloned();
+        match (current, most) {
+            // No majority to move: stay.
+            (Some(current), Some(_)) => Ok(current),
+            (None, Some(most)) => Ok(most),
+            (_, None) => {
                 let asked: Vec<&str> = self.sentinels.iter().map(|(u, _)| u.as_str()).collect();
-                RedisError::from((
+                Err(RedisError::from((
                     ErrorKind::Io,
                     "no Sentinel named a primary",
                     format!("master name `{}`, asked {}", self.master, asked.join(", ")),
-                ))
-            })
+                )))
+            }
+        }
     }
 }
 
-/// Asks the Sentinels every [`WATCH_EVERY`] while the store lives, and moves commands to the
-/// primary they name when it changed.
+/// `host:port` as an address (a name resolved), so that Sentinels that announce a name and
+/// ones that announce its address agree.
+async fn address(host: &str, port: u16) -> String {
+    if let Ok(ip) = host.parse::<std::net::IpAddr>() {
+        return std::net::SocketAddr::new(ip, port).to_string();
+    }
+    match tokio::net::lookup_host((host, port)).await {
+        Ok(mut found) => found
+            .next()
+            .map_or_else(|| format!("{host}:{port}"), |a| a.to_string()),
+        Err(_) => format!("{host}:{port}"),
+    }
+}
+
+/// Asks the Sentinels every [`WATCH_EVERY`] while the store lives: moves commands to the
+/// primary they name when it changed, and finds one when commands have none (at the start,
+/// after a failure, when no command could finish a lookup of its own within its timeout).
 async fn watch(sentinel: Weak<Sentinel>) {
     loop {
         tokio::time::sleep(WATCH_EVERY).await;
         let Some(sentinel) = sentinel.upgrade() else {
             return;
         };
-        let known = lock(&sentinel.now).address.clone();
-        let Some(known) = known else {
-            // Nothing was sent yet: the first command asks.
-            continue;
-        };
         let _one = sentinel.lookup.lock().await;
+        let (known, connected) = {
+            let now = lock(&sentinel.now);
+            (now.address.clone(), now.manager.is_some())
+        };
         if let Ok(named) = sentinel.find_primary().await {
-            if named != known {
+            if Some(&named) != known.as_ref() || !connected {
                 let _ = sentinel.install(&named);
             }
         }
