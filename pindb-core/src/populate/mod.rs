@@ -214,7 +214,7 @@ pub fn populate_replicas(
     };
     for (set, master_settings) in masters {
         claim(set, "a master")?;
-        crate::endpoint::refuse_servers(set, master_settings)?;
+        servers::refuse_servers(set, master_settings)?;
         let master = Parts::from_settings(set, master_settings)?;
         let hosts = match master_settings.hosts.is_empty() {
             true => master.url_hosts.clone(),
@@ -256,7 +256,7 @@ pub fn populate_replicas(
             };
             // A replica behind a reader endpoint is one replica per server behind it,
             // `<set>-<n>.<k>`: the entry keeps its number (its env override, its settings).
-            let servers = crate::endpoint::servers(&alias, overrides)?;
+            let servers = servers::servers(&alias, overrides)?;
             if servers.is_empty() {
                 claim(&alias, "a generated replica alias")?;
                 out.push(parts.finish(alias, membership)?);
@@ -278,7 +278,7 @@ pub fn populate_replicas(
     for (alias, settings) in unmanaged {
         claim(alias, "an unmanaged database")?;
         refuse_hosts(alias, settings)?;
-        crate::endpoint::refuse_servers(alias, settings)?;
+        servers::refuse_servers(alias, settings)?;
         out.push(
             Parts::from_settings(alias, settings)?.finish(alias.clone(), Membership::Unmanaged)?,
         );
@@ -289,6 +289,7 @@ pub fn populate_replicas(
 mod database;
 mod options;
 mod parts;
+mod servers;
 mod settings;
 #[cfg(test)]
 mod tests;
@@ -296,4 +297,5 @@ mod tests;
 pub use database::{Database, Membership, PoolSettings};
 pub(crate) use parts::host_port;
 use parts::Parts;
+pub(crate) use servers::normal_address;
 pub use settings::{DatabaseSettings, DiscoverySettings, ReplicaKind};
