@@ -217,6 +217,17 @@ async fn a_server_missing_from_behind_the_endpoint_is_named<A: Adapter>() {
         let served = pindb_core::scope(db.read()).await;
         assert!(served.is_ok(), "{}: {served:?}", A::NAME);
     }
+    // An explicit checkout of it fails; diesel's says why (pindb's own diagnosis looks for
+    // the server), SeaORM's plain pool only that it timed out.
+    let explicit = format!(
+        "{:?}",
+        db.port_of_sql_on("default-1.2", sql).await.unwrap_err()
+    );
+    assert!(
+        A::NAME == "SeaORM" || explicit.contains("never 127.0.0.1:1"),
+        "{}: {explicit}",
+        A::NAME
+    );
     let status = db.router().status().await;
     let missing = status.iter().find(|s| s.alias == "default-1.2").unwrap();
     let e = missing.error.clone().unwrap_or_default();

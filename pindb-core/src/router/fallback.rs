@@ -428,6 +428,9 @@ impl Router {
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner),
         );
+        // A refusal check does not look for an endpoint's server: its "reachable" does not
+        // answer a full diagnosis of one.
+        let cached = cached.filter(|found| found.is_some() || only_refused || db.server.is_none());
         let found = match cached {
             Some(found) => found,
             None => {
