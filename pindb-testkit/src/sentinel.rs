@@ -150,15 +150,7 @@ impl SentinelRedis {
         if let Some(frozen) = self.frozen.take() {
             signal(frozen, "-CONT");
         }
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let now = self.primary_port();
-            if now != old && cli(now, &["ROLE"]).starts_with("master") {
-                return now;
-            }
-            assert!(Instant::now() < deadline, "the Sentinels did not fail over");
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        self.primary_other_than(old)
     }
 
     /// `SENTINEL FAILOVER`: the replica is promoted while the old primary stays up (the
@@ -167,6 +159,11 @@ impl SentinelRedis {
         let old = self.primary_port();
         let answer = cli(self.base + 10, &["SENTINEL", "FAILOVER", SENTINEL_MASTER]);
         assert!(answer.starts_with("OK"), "SENTINEL FAILOVER: {answer:?}");
+        self.primary_other_than(old)
+    }
+
+    /// Waits until the Sentinels name a primary other than `old` that says it is one.
+    fn primary_other_than(&self, old: u16) -> u16 {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let now = self.primary_port();

@@ -34,6 +34,13 @@ impl Counts {
     }
 }
 
+/// A store on the set's Sentinels, as each application instance opens it.
+fn store_on(redis: &SentinelRedis) -> RedisStore {
+    let urls = redis.sentinel_urls();
+    let store = RedisStore::sentinel(&urls, SENTINEL_MASTER, "pindb:", Duration::from_millis(200));
+    store.expect("a Sentinel store")
+}
+
 async fn instance<A: Adapter>(w: &Fixture, redis: &SentinelRedis) -> A {
     let c = &w.cluster;
     let mut config = Config::single_set(&c.primary_url, Vec::<String>::new());
@@ -52,13 +59,7 @@ async fn instance<A: Adapter>(w: &Fixture, redis: &SentinelRedis) -> A {
     config.monitor.max_lag_ms = 4_000;
     config.monitor.max_lag_bytes = u64::MAX;
     config.stickiness.ttl_seconds = TTL.as_secs();
-    let store = RedisStore::sentinel(
-        &redis.sentinel_urls(),
-        SENTINEL_MASTER,
-        "pindb:",
-        Duration::from_millis(200),
-    )
-    .expect("a Sentinel store");
+    let store = store_on(redis);
     let router = Router::builder(config)
         .store(Arc::new(store))
         .build()
@@ -288,13 +289,7 @@ async fn the_store_follows_a_failover_whose_old_primary_stays_up() {
     let redis = tokio::task::spawn_blocking(|| SentinelRedis::start(26480))
         .await
         .unwrap();
-    let store = RedisStore::sentinel(
-        &redis.sentinel_urls(),
-        SENTINEL_MASTER,
-        "pindb:",
-        Duration::from_millis(200),
-    )
-    .unwrap();
+    let store = store_on(&redis);
     let ttl = Duration::from_secs(30);
     let position = [("default".to_owned(), pindb_core::Lsn(1))];
     store.save("before", &position, ttl).await.unwrap();
@@ -336,13 +331,7 @@ async fn a_hung_sentinel_delays_nothing() {
         .await
         .unwrap();
     redis.freeze_sentinel(0);
-    let store = RedisStore::sentinel(
-        &redis.sentinel_urls(),
-        SENTINEL_MASTER,
-        "pindb:",
-        Duration::from_millis(200),
-    )
-    .unwrap();
+    let store = store_on(&redis);
     let ttl = Duration::from_secs(30);
     let position = [("default".to_owned(), pindb_core::Lsn(1))];
     let saved = store.save("before", &position, ttl).await;
