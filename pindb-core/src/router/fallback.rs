@@ -400,11 +400,21 @@ impl Router {
     /// worker threads (sync diesel inside an async task, which blocks that worker anyway), the
     /// attempt may not get to run: `None` after that wait.
     pub fn refused_blocking(&self, index: usize) -> Option<PinDbError> {
+        self.diagnosis_blocking(index, true)
+    }
+
+    /// [`Router::diagnose`] for a sync adapter, under the rules of [`Router::refused_blocking`]:
+    /// what a sync checkout that timed out without a cause of its own says.
+    pub fn diagnose_blocking(&self, index: usize) -> Option<PinDbError> {
+        self.diagnosis_blocking(index, false)
+    }
+
+    fn diagnosis_blocking(&self, index: usize, only_refused: bool) -> Option<PinDbError> {
         let runtime = tokio::runtime::Handle::try_current().ok()?;
         let (tx, rx) = std::sync::mpsc::sync_channel(1);
         let router = self.clone();
         runtime.spawn(async move {
-            let _ = tx.send(router.refused(index).await);
+            let _ = tx.send(router.diagnosis(index, only_refused).await);
         });
         // A little more than the attempt's own bound: it always answers first.
         let bound =

@@ -193,10 +193,14 @@ impl PinDb {
                             timeout: db.pool.connect_timeout,
                         };
                     }
-                    None => format!(
-                        "no connection could be made within {:?}",
-                        db.pool.connect_timeout
-                    ),
+                    // r2d2's own attempt did not end in time to say why: pindb's does.
+                    None => match self.router().diagnose_blocking(index) {
+                        Some(unreachable) => return Error::Routing(unreachable),
+                        None => format!(
+                            "no connection could be made within {:?}",
+                            db.pool.connect_timeout
+                        ),
+                    },
                 };
                 Error::Routing(PinDbError::Unreachable {
                     alias: db.alias.clone(),
