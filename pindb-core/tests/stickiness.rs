@@ -57,13 +57,15 @@ async fn a_full_memory_store_fails_safe_until_the_evicted_position_would_have_ex
     // Full, but the expired entry makes room: nothing live is lost.
     store.save("b", &p(3), ttl).await.unwrap();
     assert!(
-        store.lost_until(ttl).is_none(),
+        store.lost_until("", ttl).is_none(),
         "only an expired position went"
     );
     assert_eq!(store.load("a").await.unwrap(), p(2));
     // Full of live positions: one must go, and the store says so.
     store.save("c", &p(4), ttl).await.unwrap();
-    let until = store.lost_until(ttl).expect("a live position was evicted");
+    let until = store
+        .lost_until("", ttl)
+        .expect("a live position was evicted");
     assert!(until > std::time::SystemTime::now() + Duration::from_secs(50));
 }
 

@@ -283,7 +283,7 @@ async fn a_save_lost_while_redis_hung_is_known_to_every_instance() {
     loop {
         Store::load(&*stores[2], "someone").await.unwrap();
         if stores[2]
-            .lost_until(TTL)
+            .lost_until("someone", TTL)
             .is_some_and(|u| u > SystemTime::now())
         {
             break;
@@ -427,7 +427,7 @@ async fn a_redis_that_restarts_from_an_older_snapshot_is_not_trusted() {
         }
     };
     assert_eq!(loaded, p(0x100), "the snapshot's older position came back");
-    let until = store.lost_until(ttl).expect("the restart is noticed");
+    let until = store.lost_until("", ttl).expect("the restart is noticed");
     assert!(
         until > SystemTime::now() + Duration::from_secs(25),
         "keyed reads go to the master for ttl after the restart: {until:?}"

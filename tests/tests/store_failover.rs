@@ -294,7 +294,7 @@ async fn the_store_follows_a_failover_whose_old_primary_stays_up() {
     let position = [("default".to_owned(), pindb_core::Lsn(1))];
     store.save("before", &position, ttl).await.unwrap();
     // Trusted from the first command's epoch on: a loss moves it later.
-    let trusted_until = store.lost_until(ttl).expect("an epoch");
+    let trusted_until = store.lost_until("", ttl).expect("an epoch");
     let old = redis.primary_port();
     let redis = tokio::task::spawn_blocking(move || {
         redis.manual_failover();
@@ -317,7 +317,7 @@ async fn the_store_follows_a_failover_whose_old_primary_stays_up() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(
-        store.lost_until(ttl).expect("an epoch") > trusted_until,
+        store.lost_until("", ttl).expect("an epoch") > trusted_until,
         "moving to another primary marks a loss"
     );
 }

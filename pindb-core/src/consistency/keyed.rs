@@ -79,7 +79,10 @@ impl Consistency {
         match store.load(key).await {
             Ok(positions) => {
                 let ttl = self.ttl();
-                if let Some(until) = store.lost_until(ttl).filter(|u| *u > SystemTime::now()) {
+                if let Some(until) = store
+                    .lost_until(key, ttl)
+                    .filter(|u| *u > SystemTime::now())
+                {
                     // The store may have lost this key's positions: fail safe until they
                     // would have expired.
                     ctx.lock().store_unavailable = true;

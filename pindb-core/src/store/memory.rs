@@ -99,7 +99,7 @@ impl Store for MemoryStore {
         "memory"
     }
 
-    fn lost_until(&self, _ttl: Duration) -> Option<SystemTime> {
+    fn lost_until(&self, _key: &str, _ttl: Duration) -> Option<SystemTime> {
         let entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
         let left = entries
             .evicted_until?

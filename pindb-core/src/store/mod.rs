@@ -1,5 +1,5 @@
 //! Where write positions are kept between contexts: the [`Store`] trait, the in-memory store
-//! (`memory.rs`) and the Redis store (`redis.rs`, feature `redis`).
+//! (`memory.rs`) and the Redis store (`redis/`, feature `redis`).
 //!
 //! Stores fail safe: when one cannot be read, the context reads every set from its master;
 //! when one cannot be written, the write itself is already committed, so nothing is lost but
@@ -46,9 +46,10 @@ pub trait Store: Send + Sync + 'static {
     /// it cannot see, a save that failed, a live position evicted. Positions expire after
     /// `ttl`, so a loss stops mattering `ttl` after it happened. `None`: nothing lost that
     /// could still matter. While it is in the future, keyed contexts read from the masters.
-    /// Asked right after a successful [`Store::load`].
-    fn lost_until(&self, ttl: Duration) -> Option<SystemTime> {
-        let _ = ttl;
+    /// Asked right after a successful [`Store::load`] of `key`: a store that spreads keys
+    /// over servers answers for the one that holds `key`.
+    fn lost_until(&self, key: &str, ttl: Duration) -> Option<SystemTime> {
+        let _ = (key, ttl);
         None
     }
 }

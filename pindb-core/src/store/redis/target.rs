@@ -1,14 +1,15 @@
-//! [`Target`]: where the store's commands go: one Redis server, or the primary that the Redis
-//! Sentinels name for a master name, watched while the store lives.
+//! [`Target`]: where the store's commands go: one Redis server, the primary that the Redis
+//! Sentinels name for a master name, watched while the store lives, or a Redis Cluster.
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, Weak};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::cluster_async::ClusterConnection;
 use redis::{ErrorKind, RedisError, RedisResult};
 
-use super::unix_ms;
+use super::cluster::Cluster;
+use super::epoch::Epoch;
 use crate::error::PinDbError;
 
 /// How often the Sentinels are asked which server is the primary, besides after a failure: a
@@ -21,6 +22,8 @@ pub(super) enum Target {
     Server(ConnectionManager),
     /// The primary the Sentinels name.
     Sentinel(Arc<Sentinel>),
+    /// A Redis Cluster: the driver follows its slots.
+    Cluster(Box<Cluster>),
 }
 
 /// The Sentinels of one master name, and the primary they named last.
@@ -33,9 +36,9 @@ pub(super) struct Sentinel {
     now: Mutex<Primary>,
     /// One lookup at a time: commands that find no connection wait for the one under way.
     lookup: tokio::sync::Mutex<()>,
-    /// The store's loss mark (Unix ms): set when commands move to another primary, since what
+    /// The store's epoch: a loss is marked when commands move to another primary, since what
     /// the old one acknowledged last may not have reached the new one.
-    loss: Arc<AtomicU64>,
+    loss: Arc<Epoch>,
 }
 
 /// The primary named last, a connection to it (none after a failed command), and the
@@ -49,8 +52,27 @@ struct Primary {
 
 /// A connection for the next command, and its generation ([`Target::is_current`]).
 pub(super) struct Connection {
-    pub(super) manager: ConnectionManager,
+    pub(super) link: Link,
     pub(super) generation: u64,
+}
+
+/// A connection to one server or to a cluster.
+pub(super) enum Link {
+    Server(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+impl Link {
+    /// Runs a script (`EVALSHA`, loading it on `NOSCRIPT`).
+    pub(super) async fn invoke<T: redis::FromRedisValue>(
+        &mut self,
+        call: &redis::ScriptInvocation<'static>,
+    ) -> RedisResult<T> {
+        match self {
+            Link::Server(manager) => call.invoke_async(manager).await,
+            Link::Cluster(cluster) => call.invoke_async(cluster).await,
+        }
+    }
 }
 
 impl Target {
@@ -74,7 +96,7 @@ impl Target {
         master: &str,
         config: ConnectionManagerConfig,
         timeout: Duration,
-        loss: Arc<AtomicU64>,
+        loss: Arc<Epoch>,
     ) -> Result<Target, PinDbError> {
         if sentinels.is_empty() || master.is_empty() {
             return Err(PinDbError::config(
@@ -115,13 +137,24 @@ impl Target {
         Ok(Target::Sentinel(sentinel))
     }
 
+    /// The Redis Cluster the nodes at `seeds` belong to.
+    pub(super) fn cluster(seeds: &[String], timeout: Duration) -> Result<Target, PinDbError> {
+        Cluster::new(seeds, timeout).map(|c| Target::Cluster(Box::new(c)))
+    }
+
     /// A connection for the next command. With Sentinel, the primary is asked for when no
     /// command has gone to it since the last failure (one lookup at a time).
     pub(super) async fn connection(&self) -> RedisResult<Connection> {
         let sentinel = match self {
             Target::Server(manager) => {
                 return Ok(Connection {
-                    manager: manager.clone(),
+                    link: Link::Server(manager.clone()),
+                    generation: 0,
+                })
+            }
+            Target::Cluster(cluster) => {
+                return Ok(Connection {
+                    link: Link::Cluster(cluster.connection().await?),
                     generation: 0,
                 })
             }
@@ -156,7 +189,7 @@ impl Target {
     /// was marked.
     pub(super) fn is_current(&self, generation: u64) -> bool {
         match self {
-            Target::Server(_) => true,
+            Target::Server(_) | Target::Cluster(_) => true,
             Target::Sentinel(sentinel) => lock(&sentinel.now).generation == generation,
         }
     }
@@ -166,7 +199,7 @@ impl Sentinel {
     fn connection(&self) -> Option<Connection> {
         let now = lock(&self.now);
         now.manager.clone().map(|manager| Connection {
-            manager,
+            link: Link::Server(manager),
             generation: now.generation,
         })
     }
@@ -181,15 +214,14 @@ impl Sentinel {
         let manager = ConnectionManager::new_lazy_with_config(client, self.config.clone())?;
         let mut now = lock(&self.now);
         if now.address.as_deref().is_some_and(|a| a != address) {
-            self.loss
-                .fetch_max(unix_ms(SystemTime::now()), Ordering::AcqRel);
+            self.loss.mark_loss();
             tracing::warn!(target: "pindb", master = %self.master, from = now.address.as_deref().unwrap_or("-"), to = %address, "pindb: the Redis primary changed (a Sentinel failover); what the old one acknowledged last may be lost, so keyed reads go to the masters for ttl_seconds");
         }
         now.address = Some(address.to_owned());
         now.manager = Some(manager.clone());
         now.generation += 1;
         Ok(Connection {
-            manager,
+            link: Link::Server(manager),
             generation: now.generation,
         })
     }

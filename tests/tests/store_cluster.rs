@@ -1,0 +1,429 @@
+#![allow(missing_docs, missing_debug_implementations, unreachable_pub)] // not a library: nothing here is public API
+//! The positions store on a Redis Cluster (three primaries with a replica each, of the test's
+//! own: `pindb_testkit::RedisCluster`). A shard that fails over losing its last saves makes
+//! only its own keys forgetful; and two application instances, users writing on one and
+//! reading on the other in closed loops, read nothing stale and fail nothing while slots
+//! move, a shard restarts empty and a primary is killed.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use pindb_core::{Config, DatabaseSettings, Lsn, RedisStore, Router, RouterMode, Store};
+use pindb_scenarios::{Adapter, DieselAsync, SeaOrm};
+use pindb_testkit::{Fixture, RedisCluster};
+
+const TIMEOUT: Duration = Duration::from_millis(200);
+
+fn store_on(redis: &RedisCluster) -> RedisStore {
+    RedisStore::cluster(&redis.seed_urls(), "pindb:", TIMEOUT).expect("a cluster store")
+}
+
+async fn start(base: u16) -> RedisCluster {
+    tokio::task::spawn_blocking(move || RedisCluster::start(base))
+        .await
+        .unwrap()
+}
+
+/// The primary that holds `key`'s positions (its bucket's hash tag is pindb's business: the
+/// test finds it by pattern).
+async fn holder(redis: &Arc<std::sync::Mutex<RedisCluster>>, key: &str) -> Option<u16> {
+    let redis = Arc::clone(redis);
+    let pattern = format!("pindb:{{*}}{key}");
+    tokio::task::spawn_blocking(move || redis.lock().unwrap().primary_with(&pattern))
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_prefix_with_a_hash_tag_is_refused_with_the_fix() {
+    let e = RedisStore::cluster(&["redis://127.0.0.1:1/"], "app:{lsn}:", TIMEOUT).unwrap_err();
+    let message = e.to_string();
+    assert!(
+        message.contains("app:{lsn}:") && message.contains("redis_prefix"),
+        "{message}"
+    );
+}
+
+#[tokio::test]
+async fn keys_spread_over_the_shards_and_a_lossy_shard_failover_makes_only_its_keys_forgetful() {
+    let redis = Arc::new(std::sync::Mutex::new(start(26600).await));
+    let store = store_on(&redis.lock().unwrap());
+    let ttl = Duration::from_secs(2);
+    let keys: Vec<String> = (0..60).map(|i| format!("user{i}")).collect();
+    for (i, key) in keys.iter().enumerate() {
+        let position = [("default".to_owned(), Lsn(100 + i as u64))];
+        store
+            .save(key, &position, Duration::from_secs(60))
+            .await
+            .unwrap();
+    }
+    // Where each key lives: every shard holds some.
+    let mut on = std::collections::HashMap::new();
+    for key in &keys {
+        let port = holder(&redis, key).await.expect("the key is stored");
+        on.insert(key.clone(), port);
+    }
+    let primaries = redis.lock().unwrap().primaries();
+    for p in &primaries {
+        let held = on.values().filter(|h| *h == p).count();
+        assert!(held >= 5, "{held} of 60 keys on the shard of {p}: {on:?}");
+    }
+    // A new cluster is trusted `ttl` after pindb first used each bucket.
+    tokio::time::sleep(ttl + Duration::from_millis(200)).await;
+    for key in &keys {
+        store.load(key).await.unwrap();
+        let lost = store
+            .lost_until(key, ttl)
+            .filter(|u| *u > SystemTime::now());
+        assert_eq!(lost, None, "{key} is trusted before the failover");
+    }
+
+    // The first shard's replica stops hearing from its primary; its keys' next saves are
+    // acknowledged, then lost when the primary dies and the replica takes over.
+    let victim = primaries[0];
+    let r = Arc::clone(&redis);
+    tokio::task::spawn_blocking(move || r.lock().unwrap().freeze_replica_of(victim))
+        .await
+        .unwrap();
+    let victims: Vec<&String> = keys.iter().filter(|k| on[*k] == victim).collect();
+    for key in &victims {
+        let position = [("default".to_owned(), Lsn(10_000))];
+        store
+            .save(key, &position, Duration::from_secs(60))
+            .await
+            .unwrap();
+    }
+    let r = Arc::clone(&redis);
+    let promoted = tokio::task::spawn_blocking(move || r.lock().unwrap().fail_over(victim))
+        .await
+        .unwrap();
+    // The loss is real: the new primary lacks the last saves.
+    let mut lost_saves = 0;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    for key in &keys {
+        let positions = loop {
+            match store.load(key).await {
+                Ok(positions) => break positions,
+                // The driver is still finding the new primary, or the bucket is skipped for
+                // a second after a failure.
+                Err(e) => {
+                    assert!(Instant::now() < deadline, "{key}: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        };
+        let forgetful = store
+            .lost_until(key, ttl)
+            .is_some_and(|u| u > SystemTime::now());
+        if on[key] == victim {
+            assert!(
+                forgetful,
+                "{key} was on the failed shard: it must not be trusted"
+            );
+            lost_saves += usize::from(positions != [("default".to_owned(), Lsn(10_000))]);
+        } else {
+            assert!(!forgetful, "{key} was on another shard: still trusted");
+            let i: u64 = key[4..].parse().unwrap();
+            assert_eq!(positions, [("default".to_owned(), Lsn(100 + i))], "{key}");
+        }
+    }
+    assert_eq!(
+        lost_saves,
+        victims.len(),
+        "the failover (to {promoted}) lost every save made after the replica froze"
+    );
+}
+
+/// What the users saw in one phase.
+#[derive(Debug, Default)]
+struct Counts {
+    reads: AtomicUsize,
+    stale: AtomicUsize,
+    failed: AtomicUsize,
+    from_replica: AtomicUsize,
+}
+
+impl Counts {
+    fn share(&self) -> f64 {
+        self.from_replica.load(Ordering::Relaxed) as f64
+            / self.reads.load(Ordering::Relaxed).max(1) as f64
+    }
+
+    fn report(&self, name: &str) -> String {
+        format!(
+            "{name}: {} reads, {} stale, {} failed, replica share {:.2}",
+            self.reads.load(Ordering::Relaxed),
+            self.stale.load(Ordering::Relaxed),
+            self.failed.load(Ordering::Relaxed),
+            self.share()
+        )
+    }
+}
+
+const TTL: Duration = Duration::from_secs(6);
+
+async fn instance<A: Adapter>(w: &Fixture, redis: &RedisCluster) -> A {
+    let c = &w.cluster;
+    let mut config = Config::single_set(&c.primary_url, Vec::<String>::new());
+    config.sets.insert(
+        "default".to_owned(),
+        vec![
+            DatabaseSettings::from_url(c.replica_url(1)),
+            DatabaseSettings::from_url(c.replica_url(2)),
+        ],
+    );
+    config.router = RouterMode::Greedy;
+    config.monitor.interval_ms = 20;
+    // A standby paused less than 4 s stays in rotation: only the positions keep keyed reads
+    // off it (the position lifetime must outlive that lag).
+    config.monitor.check_timeout_ms = 300;
+    config.monitor.max_lag_ms = 4_000;
+    config.monitor.max_lag_bytes = u64::MAX;
+    config.stickiness.ttl_seconds = TTL.as_secs();
+    let router = Router::builder(config)
+        .store(Arc::new(store_on(redis)))
+        .build()
+        .expect("a router");
+    let db = A::from_router(router).await;
+    pindb_testkit::monitor_started(db.router()).await;
+    db
+}
+
+/// Two instances share the cluster store; eight users write on one and read their newest row
+/// on the other, in closed loops, while the cluster moves 2,000 slots, restarts a shard empty
+/// and fails a shard over losing its last saves (standby 1 paused for 3 s around each fault).
+/// Sixteen late users wrote before the faults and write again in the lossy window: those on the
+/// failed shard lost that position, and must read from the master, never stale.
+async fn no_stale_read_across_cluster_faults<A: Adapter>(base: u16) {
+    let mut w =
+        Fixture::new("CREATE TABLE {schema}.notes (author int NOT NULL, n int NOT NULL);").await;
+    let table = format!("{}.notes", w.schema.name);
+    let redis = start(base).await;
+    let instances = [
+        instance::<A>(&w, &redis).await,
+        instance::<A>(&w, &redis).await,
+    ];
+    let redis = Arc::new(std::sync::Mutex::new(redis));
+    let primary = pindb_scenarios::port_of(&w.cluster.primary().await).await;
+    let control = tokio::sync::Mutex::new(&mut w.control);
+    let phase = std::sync::Mutex::new(Arc::new(Counts::default()));
+    let stop = AtomicBool::new(false);
+    let user = async |id: i32| {
+        let key = format!("user{id}");
+        let mut n = 0;
+        while !stop.load(Ordering::Relaxed) {
+            n += 1;
+            let counts = Arc::clone(&phase.lock().unwrap());
+            let (writer, reader) = (&instances[n as usize % 2], &instances[(n as usize + 1) % 2]);
+            let write = format!(
+                "INSERT INTO {table} (author, n) VALUES ({id}, {n}) \
+                 RETURNING current_setting('port')::int AS port"
+            );
+            let written = writer
+                .router()
+                .consistency()
+                .scope_with_key(Some(&key), writer.port_of_sql(&write))
+                .await;
+            if written.is_err() {
+                counts.failed.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
+            // The newest row of this user and the server that read it, in one integer.
+            let read = format!(
+                "SELECT (coalesce((SELECT max(n) FROM {table} WHERE author = {id}), 0) * 100000 \
+                 + current_setting('port')::int)::int AS port"
+            );
+            let got = reader
+                .router()
+                .consistency()
+                .scope_with_key(Some(&key), reader.port_of_sql(&read))
+                .await;
+            match got {
+                Ok(packed) => {
+                    counts.reads.fetch_add(1, Ordering::Relaxed);
+                    counts
+                        .stale
+                        .fetch_add(usize::from(packed / 100_000 != n), Ordering::Relaxed);
+                    counts
+                        .from_replica
+                        .fetch_add(usize::from(packed % 100_000 != primary), Ordering::Relaxed);
+                }
+                Err(_) => {
+                    counts.failed.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+    };
+    let set_phase = || {
+        let counts = Arc::new(Counts::default());
+        *phase.lock().unwrap() = Arc::clone(&counts);
+        counts
+    };
+    let blocking = |f: Box<dyn FnOnce(&mut RedisCluster) + Send>| {
+        let redis = Arc::clone(&redis);
+        async move {
+            tokio::task::spawn_blocking(move || f(&mut redis.lock().unwrap()))
+                .await
+                .unwrap()
+        }
+    };
+    let late: Vec<i32> = (101..=116).collect();
+    let late_write = async |n: i32| {
+        for id in &late {
+            let sql = format!(
+                "INSERT INTO {table} (author, n) VALUES ({id}, {n}) \
+                 RETURNING current_setting('port')::int AS port"
+            );
+            let consistency = instances[0].router().consistency();
+            let written = consistency
+                .scope_with_key(Some(&format!("user{id}")), instances[0].port_of_sql(&sql))
+                .await;
+            written.expect("a late user's write");
+        }
+    };
+    let script = async {
+        // Sixteen late users write once now: their buckets' epochs reach the replicas.
+        late_write(1).await;
+        // A new cluster is trusted `ttl_seconds` after pindb first used each bucket.
+        tokio::time::sleep(TTL + Duration::from_millis(500)).await;
+        let before = set_phase();
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let faults = set_phase();
+        // Standby 1 lacks every write from a fault's start until 3 s later, yet stays in
+        // rotation: a read that lost its position may land there.
+        let fault = async |f: Box<dyn FnOnce(&mut RedisCluster) + Send>| {
+            control.lock().await.pause(1).await;
+            let started = Instant::now();
+            blocking(f).await;
+            let took = started.elapsed();
+            tokio::time::sleep(Duration::from_secs(3).saturating_sub(took)).await;
+            control.lock().await.resume(1).await;
+            took
+        };
+        let moved = fault(Box::new(|r| {
+            let p = r.primaries();
+            r.move_slots(p[0], p[1], 2_000);
+        }))
+        .await;
+        let restarted = fault(Box::new(|r| {
+            let p = r.primaries();
+            r.restart_empty(p[1]);
+        }))
+        .await;
+        // A lossy failover: the third shard's replica stops hearing from its primary, the late
+        // users write again on instance 0 (the saves of those whose keys live on that shard
+        // are acknowledged, then lost with the primary: their first positions remain), the
+        // replica takes over, and they read on instance 1, standby 1 (which has only their
+        // first row) still paused.
+        control.lock().await.pause(1).await;
+        let started = Instant::now();
+        let victim = Arc::new(AtomicUsize::new(0));
+        let v = Arc::clone(&victim);
+        blocking(Box::new(move |r| {
+            let port = r.primaries()[2];
+            r.freeze_replica_of(port);
+            v.store(usize::from(port), Ordering::Relaxed);
+        }))
+        .await;
+        late_write(2).await;
+        let mut on_victim = Vec::new();
+        for id in &late {
+            let held = holder(&redis, &format!("user{id}")).await;
+            if held == Some(victim.load(Ordering::Relaxed) as u16) {
+                on_victim.push(*id);
+            }
+        }
+        let victim = victim.load(Ordering::Relaxed) as u16;
+        blocking(Box::new(move |r| {
+            r.fail_over(victim);
+        }))
+        .await;
+        let failed_over = started.elapsed();
+        let mut kept = 0;
+        for id in &on_victim {
+            kept += usize::from(holder(&redis, &format!("user{id}")).await.is_some());
+        }
+        // Instance 1 skips a bucket whose command failed for a second.
+        tokio::time::sleep(Duration::from_millis(1_200)).await;
+        let (mut late_stale, mut late_reads, mut lost_on_master) = (0, 0, 0);
+        for _ in 0..3 {
+            for id in &late {
+                let sql = format!(
+                    "SELECT (coalesce((SELECT max(n) FROM {table} WHERE author = {id}), 0) \
+                     * 100000 + current_setting('port')::int)::int AS port"
+                );
+                let consistency = instances[1].router().consistency();
+                let got = consistency
+                    .scope_with_key(Some(&format!("user{id}")), instances[1].port_of_sql(&sql))
+                    .await;
+                let got = got.expect("a late user's read");
+                late_reads += 1;
+                late_stale += usize::from(got / 100_000 != 2);
+                lost_on_master += usize::from(on_victim.contains(id) && got % 100_000 == primary);
+            }
+        }
+        tokio::time::sleep(Duration::from_secs(3).saturating_sub(started.elapsed())).await;
+        control.lock().await.resume(1).await;
+        let late = (
+            on_victim.len(),
+            kept,
+            late_stale,
+            late_reads,
+            lost_on_master,
+        );
+        // Whatever was lost would have expired by then.
+        tokio::time::sleep(TTL + Duration::from_millis(500)).await;
+        let after = set_phase();
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        stop.store(true, Ordering::Relaxed);
+        (before, faults, after, moved, restarted, failed_over, late)
+    };
+    let users = futures_util::future::join_all((1..=8).map(user));
+    let (_, (before, faults, after, moved, restarted, failed_over, late)) =
+        tokio::join!(users, script);
+    let (on_victim, kept, late_stale, late_reads, lost_on_master) = late;
+    let summary = format!(
+        "{}: 2,000 slots moved in {moved:.1?}, a shard restarted empty in {restarted:.1?}, a \
+         lossy failover in {failed_over:.1?} ({on_victim} of 16 late users on its shard, \
+         {kept} of their positions kept; {late_stale} of {late_reads} late reads stale, \
+         {lost_on_master} of {} on the master); {}; {}; {}",
+        A::NAME,
+        on_victim * 3,
+        before.report("before"),
+        faults.report("during the faults"),
+        after.report("after ttl"),
+    );
+    eprintln!("{summary}");
+    assert!(
+        on_victim > 0 && kept == 0,
+        "the failover lost their positions: {summary}"
+    );
+    assert_eq!(late_stale, 0, "{summary}");
+    // The store knows it lost them: the master serves them.
+    assert_eq!(lost_on_master, on_victim * 3, "{summary}");
+    for c in [&before, &faults, &after] {
+        assert_eq!(c.stale.load(Ordering::Relaxed), 0, "{summary}");
+        assert_eq!(c.failed.load(Ordering::Relaxed), 0, "{summary}");
+    }
+    assert!(
+        faults.reads.load(Ordering::Relaxed) > 0,
+        "reads are served during the faults: {summary}"
+    );
+    assert!(
+        before.share() > 0.2 && after.share() > 0.2,
+        "the replicas serve keyed reads before the faults and again after: {summary}"
+    );
+    drop(instances);
+    w.finish().await;
+}
+
+#[tokio::test]
+async fn no_stale_read_across_cluster_faults_diesel_async() {
+    no_stale_read_across_cluster_faults::<DieselAsync>(26620).await;
+}
+
+#[tokio::test]
+async fn no_stale_read_across_cluster_faults_seaorm() {
+    no_stale_read_across_cluster_faults::<SeaOrm>(26640).await;
+}
