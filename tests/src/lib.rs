@@ -5,6 +5,8 @@
 //! that ran them (`current_setting('port')`), so a scenario can tell the primary from a replica.
 #![forbid(unsafe_code)]
 
+pub mod store_hunt;
+
 use pindb_core::{Config, Router, RouterMode};
 use pindb_testkit::{Cluster, SharedReplay, TestSchema};
 

@@ -9,7 +9,8 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use pindb_core::{Config, DatabaseSettings, Lsn, RedisStore, Router, RouterMode, Store};
+use pindb_core::{Lsn, RedisStore, Store};
+use pindb_scenarios::store_hunt::{self, keyed_user, Phases};
 use pindb_scenarios::{Adapter, DieselAsync, SeaOrm};
 use pindb_testkit::{Fixture, RedisCluster};
 
@@ -135,59 +136,10 @@ async fn keys_spread_over_the_shards_and_a_lossy_shard_failover_makes_only_its_k
     );
 }
 
-/// What the users saw in one phase.
-#[derive(Debug, Default)]
-struct Counts {
-    reads: AtomicUsize,
-    stale: AtomicUsize,
-    failed: AtomicUsize,
-    from_replica: AtomicUsize,
-}
-
-impl Counts {
-    fn share(&self) -> f64 {
-        self.from_replica.load(Ordering::Relaxed) as f64
-            / self.reads.load(Ordering::Relaxed).max(1) as f64
-    }
-
-    fn report(&self, name: &str) -> String {
-        format!(
-            "{name}: {} reads, {} stale, {} failed, replica share {:.2}",
-            self.reads.load(Ordering::Relaxed),
-            self.stale.load(Ordering::Relaxed),
-            self.failed.load(Ordering::Relaxed),
-            self.share()
-        )
-    }
-}
-
 const TTL: Duration = Duration::from_secs(6);
 
 async fn instance<A: Adapter>(w: &Fixture, redis: &RedisCluster) -> A {
-    let c = &w.cluster;
-    let mut config = Config::single_set(&c.primary_url, Vec::<String>::new());
-    config.sets.insert(
-        "default".to_owned(),
-        vec![
-            DatabaseSettings::from_url(c.replica_url(1)),
-            DatabaseSettings::from_url(c.replica_url(2)),
-        ],
-    );
-    config.router = RouterMode::Greedy;
-    config.monitor.interval_ms = 20;
-    // A standby paused less than 4 s stays in rotation: only the positions keep keyed reads
-    // off it (the position lifetime must outlive that lag).
-    config.monitor.check_timeout_ms = 300;
-    config.monitor.max_lag_ms = 4_000;
-    config.monitor.max_lag_bytes = u64::MAX;
-    config.stickiness.ttl_seconds = TTL.as_secs();
-    let router = Router::builder(config)
-        .store(Arc::new(store_on(redis)))
-        .build()
-        .expect("a router");
-    let db = A::from_router(router).await;
-    pindb_testkit::monitor_started(db.router()).await;
-    db
+    store_hunt::instance(w, Arc::new(store_on(redis)), TTL).await
 }
 
 /// Two instances share the cluster store; eight users write on one and read their newest row
@@ -207,59 +159,10 @@ async fn no_stale_read_across_cluster_faults<A: Adapter>(base: u16) {
     let redis = Arc::new(std::sync::Mutex::new(redis));
     let primary = pindb_scenarios::port_of(&w.cluster.primary().await).await;
     let control = tokio::sync::Mutex::new(&mut w.control);
-    let phase = std::sync::Mutex::new(Arc::new(Counts::default()));
+    let phases = Phases::default();
     let stop = AtomicBool::new(false);
-    let user = async |id: i32| {
-        let key = format!("user{id}");
-        let mut n = 0;
-        while !stop.load(Ordering::Relaxed) {
-            n += 1;
-            let counts = Arc::clone(&phase.lock().unwrap());
-            let (writer, reader) = (&instances[n as usize % 2], &instances[(n as usize + 1) % 2]);
-            let write = format!(
-                "INSERT INTO {table} (author, n) VALUES ({id}, {n}) \
-                 RETURNING current_setting('port')::int AS port"
-            );
-            let written = writer
-                .router()
-                .consistency()
-                .scope_with_key(Some(&key), writer.port_of_sql(&write))
-                .await;
-            if written.is_err() {
-                counts.failed.fetch_add(1, Ordering::Relaxed);
-                continue;
-            }
-            // The newest row of this user and the server that read it, in one integer.
-            let read = format!(
-                "SELECT (coalesce((SELECT max(n) FROM {table} WHERE author = {id}), 0) * 100000 \
-                 + current_setting('port')::int)::int AS port"
-            );
-            let got = reader
-                .router()
-                .consistency()
-                .scope_with_key(Some(&key), reader.port_of_sql(&read))
-                .await;
-            match got {
-                Ok(packed) => {
-                    counts.reads.fetch_add(1, Ordering::Relaxed);
-                    counts
-                        .stale
-                        .fetch_add(usize::from(packed / 100_000 != n), Ordering::Relaxed);
-                    counts
-                        .from_replica
-                        .fetch_add(usize::from(packed % 100_000 != primary), Ordering::Relaxed);
-                }
-                Err(_) => {
-                    counts.failed.fetch_add(1, Ordering::Relaxed);
-                }
-            }
-        }
-    };
-    let set_phase = || {
-        let counts = Arc::new(Counts::default());
-        *phase.lock().unwrap() = Arc::clone(&counts);
-        counts
-    };
+    let user = |id: i32| keyed_user(id, &instances, &table, primary, &phases, &stop);
+    let set_phase = || phases.next();
     let blocking = |f: Box<dyn FnOnce(&mut RedisCluster) + Send>| {
         let redis = Arc::clone(&redis);
         async move {
@@ -271,14 +174,7 @@ async fn no_stale_read_across_cluster_faults<A: Adapter>(base: u16) {
     let late: Vec<i32> = (101..=116).collect();
     let late_write = async |n: i32| {
         for id in &late {
-            let sql = format!(
-                "INSERT INTO {table} (author, n) VALUES ({id}, {n}) \
-                 RETURNING current_setting('port')::int AS port"
-            );
-            let consistency = instances[0].router().consistency();
-            let written = consistency
-                .scope_with_key(Some(&format!("user{id}")), instances[0].port_of_sql(&sql))
-                .await;
+            let written = store_hunt::write_row(&instances[0], &table, *id, n).await;
             written.expect("a late user's write");
         }
     };
@@ -349,14 +245,7 @@ async fn no_stale_read_across_cluster_faults<A: Adapter>(base: u16) {
         let (mut late_stale, mut late_reads, mut lost_on_master) = (0, 0, 0);
         for _ in 0..3 {
             for id in &late {
-                let sql = format!(
-                    "SELECT (coalesce((SELECT max(n) FROM {table} WHERE author = {id}), 0) \
-                     * 100000 + current_setting('port')::int)::int AS port"
-                );
-                let consistency = instances[1].router().consistency();
-                let got = consistency
-                    .scope_with_key(Some(&format!("user{id}")), instances[1].port_of_sql(&sql))
-                    .await;
+                let got = store_hunt::read_newest(&instances[1], &table, *id).await;
                 let got = got.expect("a late user's read");
                 late_reads += 1;
                 late_stale += usize::from(got / 100_000 != 2);

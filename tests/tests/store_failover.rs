@@ -8,31 +8,16 @@
 //! instance. No read is stale, none fails, the late users' reads go to the master, and the
 //! replicas serve keyed reads again once the lost positions would have expired.
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use pindb_core::{Config, DatabaseSettings, RedisStore, Router, RouterMode};
+use pindb_core::RedisStore;
+use pindb_scenarios::store_hunt::{self, keyed_user, Phases};
 use pindb_scenarios::{Adapter, DieselAsync, DieselSync, SeaOrm};
 use pindb_testkit::{Fixture, SentinelRedis, SENTINEL_MASTER};
 
 const TTL: Duration = Duration::from_secs(6);
-
-/// What the users saw in one phase.
-#[derive(Debug, Default)]
-struct Counts {
-    reads: AtomicUsize,
-    stale: AtomicUsize,
-    failed: AtomicUsize,
-    from_replica: AtomicUsize,
-}
-
-impl Counts {
-    fn share(&self) -> f64 {
-        self.from_replica.load(Ordering::Relaxed) as f64
-            / self.reads.load(Ordering::Relaxed).max(1) as f64
-    }
-}
 
 /// A store on the set's Sentinels, as each application instance opens it.
 fn store_on(redis: &SentinelRedis) -> RedisStore {
@@ -42,31 +27,7 @@ fn store_on(redis: &SentinelRedis) -> RedisStore {
 }
 
 async fn instance<A: Adapter>(w: &Fixture, redis: &SentinelRedis) -> A {
-    let c = &w.cluster;
-    let mut config = Config::single_set(&c.primary_url, Vec::<String>::new());
-    config.sets.insert(
-        "default".to_owned(),
-        vec![
-            DatabaseSettings::from_url(c.replica_url(1)),
-            DatabaseSettings::from_url(c.replica_url(2)),
-        ],
-    );
-    config.router = RouterMode::Greedy;
-    config.monitor.interval_ms = 20;
-    // A standby paused less than 4 s stays in rotation: only the positions keep reads off
-    // it (the position lifetime must outlive that lag).
-    config.monitor.check_timeout_ms = 300;
-    config.monitor.max_lag_ms = 4_000;
-    config.monitor.max_lag_bytes = u64::MAX;
-    config.stickiness.ttl_seconds = TTL.as_secs();
-    let store = store_on(redis);
-    let router = Router::builder(config)
-        .store(Arc::new(store))
-        .build()
-        .expect("a router");
-    let db = A::from_router(router).await;
-    pindb_testkit::monitor_started(db.router()).await;
-    db
+    store_hunt::instance(w, Arc::new(store_on(redis)), TTL).await
 }
 
 async fn no_stale_read_across_a_sentinel_failover<A: Adapter>(base: u16) {
@@ -91,60 +52,10 @@ async fn no_stale_read_across_a_sentinel_failover<A: Adapter>(base: u16) {
     tokio::time::sleep(TTL + Duration::from_millis(500)).await;
     let control = tokio::sync::Mutex::new(&mut w.control);
 
-    let phase = std::sync::Mutex::new(Arc::new(Counts::default()));
+    let phases = Phases::default();
     let stop = AtomicBool::new(false);
-    let user = async |id: i32| {
-        let key = format!("user{id}");
-        let mut n = 0;
-        while !stop.load(Ordering::Relaxed) {
-            n += 1;
-            let counts = Arc::clone(&phase.lock().unwrap());
-            let (writer, reader) = (&instances[n as usize % 2], &instances[(n as usize + 1) % 2]);
-            let write = format!(
-                "INSERT INTO {table} (author, n) VALUES ({id}, {n}) \
-                 RETURNING current_setting('port')::int AS port"
-            );
-            let written = writer
-                .router()
-                .consistency()
-                .scope_with_key(Some(&key), writer.port_of_sql(&write))
-                .await;
-            if written.is_err() {
-                counts.failed.fetch_add(1, Ordering::Relaxed);
-                continue;
-            }
-            // The newest row of this user and the server that read it, in one integer.
-            let read = format!(
-                "SELECT (coalesce((SELECT max(n) FROM {table} WHERE author = {id}), 0) * 100000 \
-                 + current_setting('port')::int)::int AS port"
-            );
-            let got = reader
-                .router()
-                .consistency()
-                .scope_with_key(Some(&key), reader.port_of_sql(&read))
-                .await;
-            match got {
-                Ok(packed) => {
-                    counts.reads.fetch_add(1, Ordering::Relaxed);
-                    if packed / 100_000 != n {
-                        counts.stale.fetch_add(1, Ordering::Relaxed);
-                    }
-                    let port = packed % 100_000;
-                    if port != primary {
-                        counts.from_replica.fetch_add(1, Ordering::Relaxed);
-                    }
-                }
-                Err(_) => {
-                    counts.failed.fetch_add(1, Ordering::Relaxed);
-                }
-            }
-        }
-    };
-    let set_phase = || {
-        let counts = Arc::new(Counts::default());
-        *phase.lock().unwrap() = Arc::clone(&counts);
-        counts
-    };
+    let user = |id: i32| keyed_user(id, &instances, &table, primary, &phases, &stop);
+    let set_phase = || phases.next();
     let script = async {
         let before = set_phase();
         tokio::time::sleep(Duration::from_secs(2)).await;
@@ -163,18 +74,10 @@ async fn no_stale_read_across_a_sentinel_failover<A: Adapter>(base: u16) {
         .await
         .unwrap();
         // Late users write now, on instance 0: saves the new primary will never have.
-        let mut late = Vec::new();
-        for id in 101..=108 {
-            let sql = format!(
-                "INSERT INTO {table} (author, n) VALUES ({id}, 1) \
-                 RETURNING current_setting('port')::int AS port"
-            );
-            let consistency = instances[0].router().consistency();
-            let written = consistency
-                .scope_with_key(Some(&format!("user{id}")), instances[0].port_of_sql(&sql))
-                .await;
+        let late: Vec<i32> = (101..=108).collect();
+        for id in &late {
+            let written = store_hunt::write_row(&instances[0], &table, *id, 1).await;
             written.expect("a late user's write");
-            late.push(id);
         }
         let set = tokio::task::spawn_blocking(move || {
             set.fail_over();
@@ -199,14 +102,7 @@ async fn no_stale_read_across_a_sentinel_failover<A: Adapter>(base: u16) {
         let (mut late_stale, mut late_reads, mut late_on_master) = (0, 0, 0);
         for _ in 0..3 {
             for id in &late {
-                let sql = format!(
-                    "SELECT (coalesce((SELECT max(n) FROM {table} WHERE author = {id}), 0) \
-                     * 100000 + current_setting('port')::int)::int AS port"
-                );
-                let consistency = fresh.router().consistency();
-                let got = consistency
-                    .scope_with_key(Some(&format!("user{id}")), fresh.port_of_sql(&sql))
-                    .await;
+                let got = store_hunt::read_newest(fresh, &table, *id).await;
                 let got = got.expect("a late user's read");
                 late_reads += 1;
                 late_stale += usize::from(got / 100_000 != 1);
@@ -232,22 +128,13 @@ async fn no_stale_read_across_a_sentinel_failover<A: Adapter>(base: u16) {
     };
     let (_, _, _, _, (before, during, after, failover, late_stale, late_reads, late_on_master)) =
         tokio::join!(user(1), user(2), user(3), user(4), script);
-    let report = |name: &str, c: &Counts| {
-        format!(
-            "{name}: {} reads, {} stale, {} failed, replica share {:.2}",
-            c.reads.load(Ordering::Relaxed),
-            c.stale.load(Ordering::Relaxed),
-            c.failed.load(Ordering::Relaxed),
-            c.share()
-        )
-    };
     let summary = format!(
         "{}: failover {failover:?}; {late_stale} of {late_reads} late reads stale, \
          {late_on_master} on the master; {}; {}; {}",
         A::NAME,
-        report("before", &before),
-        report("during", &during),
-        report("after ttl", &after)
+        before.report("before"),
+        during.report("during"),
+        after.report("after ttl")
     );
     eprintln!("{summary}");
     assert_eq!(late_stale, 0, "{summary}");
