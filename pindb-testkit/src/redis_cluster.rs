@@ -145,6 +145,24 @@ impl RedisCluster {
         replica
     }
 
+    /// `CLUSTER FAILOVER` on the replica of `primary`: it takes over once it has everything,
+    /// and `primary` becomes its replica, up and in sync. Returns the new primary's port.
+    pub fn manual_failover(&mut self, primary: u16) -> u16 {
+        let replica = self.replica_of(primary).port;
+        let answer = cli(replica, &["CLUSTER", "FAILOVER"]);
+        assert!(answer.starts_with("OK"), "CLUSTER FAILOVER: {answer:?}");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !cli(replica, &["ROLE"]).starts_with("master") {
+            assert!(
+                Instant::now() < deadline,
+                "{replica} did not take over from {primary}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        self.wait_ok("a manual failover");
+        replica
+    }
+
     /// Kills `primary` (SIGKILL) and starts it again at once, empty (no persistence), before
     /// the cluster fails it over: its shard restarted without its data.
     pub fn restart_empty(&mut self, primary: u16) {

@@ -1,7 +1,7 @@
 #![allow(missing_docs, missing_debug_implementations, unreachable_pub)] // not a library: nothing here is public API
 
 //! Sizing the positions store on a Redis Cluster (three primaries with a replica each, of its
-//! own, on loopback ports 26660-26665): fills it with 1,000,000 keys through
+//! own, on loopback ports 26740-26745): fills it with 1,000,000 keys through
 //! `RedisStore::save` (one set's position each, 64 saves in flight), then loads them back, and
 //! prints saves/s, loads/s and the memory each key takes on the primaries (`used_memory`
 //! before and after, and `MEMORY USAGE` of one key). `PINDB_SIZING_KEYS` sets another count.
@@ -48,7 +48,7 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
-    let redis = RedisCluster::start(26660);
+    let redis = RedisCluster::start(26740);
     let store = rt.block_on(async {
         RedisStore::cluster(&redis.seed_urls(), "pindb:lsn:", Duration::from_secs(1)).unwrap()
     });

@@ -2,21 +2,29 @@
 //! after a failed attempt; the driver (`redis::cluster_async`) follows slots, redirections and
 //! failovers from then on.
 
-use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
 use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
-use redis::RedisResult;
+use redis::{ErrorKind, RedisError, RedisResult};
+use tokio::sync::watch;
 
 use crate::error::PinDbError;
 
-/// A Redis Cluster's client and, once made, its connection.
+/// A Redis Cluster's client and its connection, made in a task of its own.
 pub(super) struct Cluster {
     client: ClusterClient,
-    connection: Mutex<Option<ClusterConnection>>,
-    /// One attempt at a time: commands that find no connection wait for the one under way.
-    connecting: tokio::sync::Mutex<()>,
+    state: watch::Sender<State>,
+}
+
+/// Where the connection stands.
+#[derive(Clone)]
+enum State {
+    /// None yet, or the last attempt failed (with why): the next command starts one.
+    Idle(Option<String>),
+    /// An attempt runs.
+    Connecting,
+    Ready(ClusterConnection),
 }
 
 impl Cluster {
@@ -51,32 +59,55 @@ impl Cluster {
             })?;
         Ok(Cluster {
             client,
-            connection: Mutex::new(None),
-            connecting: tokio::sync::Mutex::new(()),
+            state: watch::Sender::new(State::Idle(None)),
         })
     }
 
-    /// The connection for the next command (it is shared: a clone is cheap).
+    /// The connection for the next command (shared: a clone is cheap). The first command, or
+    /// the first after a failed attempt, starts one in a task of its own and waits for it:
+    /// the driver connects to every seed before it answers, and a seed that does not answer
+    /// takes the whole timeout, so an attempt cut off with each command would never end.
     pub(super) async fn connection(&self) -> RedisResult<ClusterConnection> {
-        if let Some(conn) = self.made() {
-            return Ok(conn);
+        if let State::Ready(conn) = &*self.state.borrow() {
+            return Ok(conn.clone());
         }
-        let _one = self.connecting.lock().await;
-        if let Some(conn) = self.made() {
-            return Ok(conn);
+        let mut seen = self.state.subscribe();
+        let start = self.state.send_if_modified(|state| match state {
+            State::Idle(_) => {
+                *state = State::Connecting;
+                true
+            }
+            _ => false,
+        });
+        if start {
+            let (client, state) = (self.client.clone(), self.state.clone());
+            tokio::spawn(async move {
+                let made = client.get_async_connection().await;
+                state.send_replace(match made {
+                    Ok(conn) => State::Ready(conn),
+                    Err(e) => State::Idle(Some(e.to_string())),
+                });
+            });
         }
-        let conn = self.client.get_async_connection().await?;
-        *self
-            .connection
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner) = Some(conn.clone());
-        Ok(conn)
-    }
-
-    fn made(&self) -> Option<ClusterConnection> {
-        self.connection
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
+        loop {
+            match &*seen.borrow_and_update() {
+                State::Ready(conn) => return Ok(conn.clone()),
+                // The attempt this command waited for failed (none is idle otherwise).
+                State::Idle(why) => {
+                    return Err(RedisError::from((
+                        ErrorKind::Io,
+                        "no connection to the Redis Cluster",
+                        why.clone().unwrap_or_default(),
+                    )))
+                }
+                State::Connecting => {}
+            }
+            if seen.changed().await.is_err() {
+                return Err(RedisError::from((
+                    ErrorKind::Io,
+                    "the Redis Cluster store is gone",
+                )));
+            }
+        }
     }
 }

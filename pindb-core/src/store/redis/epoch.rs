@@ -6,17 +6,19 @@ use std::sync::LazyLock;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// Keeps the bucket's *epoch*: the time (Redis's clock, Unix ms) since which this Redis is
-/// known to hold every position saved to it, with the `run_id` of the server process that
-/// vouches for it. A missing epoch (restart without persistence, flush) or another
-/// `run_id` (a restart that restored older data from disk, a failover to a replica, a
-/// cluster slot moved to another shard) means positions may be lost: the epoch becomes now.
+/// known to hold every position saved to it, with what vouches for it: the server process's
+/// `run_id` and its replication id (`master_replid`, new at every promotion). A missing
+/// epoch (restart without persistence, flush) or another voucher (a restart that restored
+/// older data from disk, a failover to a replica, a failback to the old primary, a cluster
+/// slot moved to another shard) means positions may be lost: the epoch becomes now.
 /// An instance that saw a loss passes how long ago (ARGV[1], ms; -1: none) to move the epoch
 /// there, so every instance learns of it. Leaves `epoch` and `now` set. KEYS[1]: the epoch
 /// key.
 const EPOCH: &str = r"
     local t = redis.call('TIME')
     local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-    local run = string.match(redis.call('INFO', 'server'), 'run_id:(%x+)') or ''
+    local run = (string.match(redis.call('INFO', 'server'), 'run_id:(%x+)') or '')
+        .. (string.match(redis.call('INFO', 'replication'), 'master_replid:(%x+)') or '')
     local stored = redis.call('GET', KEYS[1])
     local epoch, vouched = 0, ''
     if stored then
@@ -60,14 +62,39 @@ const BUMP: &str = r"
     return {string.format('%d', epoch), string.format('%d', now)}
 ";
 
-/// The scripts, with the `EPOCH` prelude. `redis::Script` sends `EVALSHA` (loading the
-/// script once per server on `NOSCRIPT`): no script text per command.
-pub(super) static LOAD_SCRIPT: LazyLock<redis::Script> = LazyLock::new(|| with_epoch(LOAD));
-pub(super) static SAVE_SCRIPT: LazyLock<redis::Script> = LazyLock::new(|| with_epoch(SAVE));
-pub(super) static BUMP_SCRIPT: LazyLock<redis::Script> = LazyLock::new(|| with_epoch(BUMP));
+/// The scripts, with the `EPOCH` prelude.
+pub(super) static LOAD_SCRIPT: LazyLock<Lua> = LazyLock::new(|| with_epoch(LOAD));
+pub(super) static SAVE_SCRIPT: LazyLock<Lua> = LazyLock::new(|| with_epoch(SAVE));
+pub(super) static BUMP_SCRIPT: LazyLock<Lua> = LazyLock::new(|| with_epoch(BUMP));
 
-fn with_epoch(body: &str) -> redis::Script {
-    redis::Script::new(&format!("{EPOCH}\n{body}"))
+/// A script's text and its hash: commands send `EVALSHA` (no script text per command), and the
+/// text once per server that lacks it.
+pub(super) struct Lua {
+    pub(super) text: String,
+    pub(super) script: redis::Script,
+}
+
+fn with_epoch(body: &str) -> Lua {
+    let text = format!("{EPOCH}\n{body}");
+    Lua {
+        script: redis::Script::new(&text),
+        text,
+    }
+}
+
+/// One call of a script: its keys and arguments.
+pub(super) struct Call {
+    pub(super) lua: &'static Lua,
+    pub(super) keys: Vec<String>,
+    pub(super) args: Vec<String>,
+}
+
+impl Call {
+    /// Adds an argument.
+    pub(super) fn arg(&mut self, arg: impl ToString) -> &mut Call {
+        self.args.push(arg.to_string());
+        self
+    }
 }
 
 /// What this instance knows of one bucket's epoch.
@@ -102,20 +129,23 @@ impl Epoch {
     /// instance marked a possible loss (-1: none). Returns the mark it carries.
     pub(super) fn invocation(
         &self,
-        script: &'static redis::Script,
+        lua: &'static Lua,
         epoch_key: &str,
         key: Option<String>,
-    ) -> (redis::ScriptInvocation<'static>, u64) {
+    ) -> (Call, u64) {
         let failed = self.loss_ms.load(Ordering::Acquire);
         let age = match failed {
             0 => -1,
             at => i64::try_from(unix_ms(SystemTime::now()).saturating_sub(at)).unwrap_or(i64::MAX),
         };
-        let mut call = script.prepare_invoke();
-        call.key(epoch_key);
-        if let Some(key) = key {
-            call.key(key);
-        }
+        let mut call = Call {
+            lua,
+            keys: [Some(epoch_key.to_owned()), key]
+                .into_iter()
+                .flatten()
+                .collect(),
+            args: Vec::new(),
+        };
         call.arg(age);
         (call, failed)
     }

@@ -51,11 +51,16 @@ const CLUSTER_BUCKETS: usize = 256;
 /// Or a Redis Cluster ([`RedisStore::cluster`]): keys fall in 256 buckets, each a hash tag
 /// (`<prefix>{<bucket>}<key>`) with an epoch of its own (`<prefix>{<bucket>}\0epoch`), so every
 /// command stays in one slot and a shard that fails over or restarts, or a slot moved to
-/// another shard (its epoch arrives with the other shard's `run_id`), makes only its own
-/// buckets' keys go to the masters for `ttl_seconds`.
+/// another shard (its epoch arrives vouched by the other shard), makes only its own buckets'
+/// keys go to the masters for `ttl_seconds`. [`RedisStore::new`] on a cluster node fails every
+/// command (`MOVED`, `CROSSSLOT`): keyed reads go to the masters.
 ///
-/// Needs: `maxmemory-policy` `noeviction` or `allkeys-*` (a `volatile-*` policy can evict
-/// positions and keep the epoch). With Sentinel: `replica-read-only yes` (the default: a
+/// The epoch is vouched by the server's `run_id` and its replication id, which every
+/// promotion renews: a failback to the old primary is noticed like a failover.
+///
+/// Needs: `maxmemory-policy` `noeviction` (a policy that evicts may drop a cold user's
+/// positions and keep the hot epoch; with `noeviction` a full Redis fails saves, which is
+/// noticed). With Sentinel: `replica-read-only yes` (the default: a
 /// demoted primary then refuses the scripts), no password or TLS on the data nodes (not
 /// supported yet), and `min-replicas-to-write 1` with `min-replicas-max-lag` below
 /// `down-after-milliseconds` (an old primary cut off from its replica then refuses saves
@@ -65,8 +70,7 @@ const CLUSTER_BUCKETS: usize = 256;
 /// Not detected: an instance that cannot reach Redis while the others can (its failed save
 /// is told to Redis, and so to them, only when it reaches Redis again); a Redis stalled for
 /// longer than two timeouts, whose queued save another instance's load may overtake when it
-/// resumes; a failback to the old primary within `ttl_seconds` with no command on the
-/// interim one.
+/// resumes.
 pub struct RedisStore {
     target: Arc<Target>,
     prefix: String,
@@ -224,7 +228,7 @@ impl RedisStore {
     async fn run<T: redis::FromRedisValue>(
         &self,
         epoch: &Epoch,
-        call: redis::ScriptInvocation<'static>,
+        call: epoch::Call,
     ) -> Result<T, PinDbError> {
         let mut generation = None;
         let command = async {
@@ -392,5 +396,30 @@ impl Store for RedisStore {
 
     fn lost_until(&self, key: &str, ttl: Duration) -> Option<SystemTime> {
         self.buckets[self.index(key)].lost_until(ttl)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every instance, of every version, must file a key under the same bucket and names: a
+    /// rolling deploy that moved them would load one user's positions from where another
+    /// version never saved them, in a bucket it trusts.
+    #[tokio::test]
+    async fn the_key_layout_is_fixed() {
+        let timeout = Duration::from_millis(100);
+        let cluster = RedisStore::cluster(&["redis://127.0.0.1:1/"], "p:", timeout).unwrap();
+        let bucket = cluster.bucket("user1");
+        assert_eq!(cluster.index("user1"), 89);
+        assert_eq!(bucket.key, "p:{89}user1");
+        assert_eq!(bucket.epoch_key, "p:{89}\0epoch");
+        assert_eq!(cluster.index(""), 37);
+        let server = RedisStore::new("redis://127.0.0.1:1/", "p:", timeout).unwrap();
+        let bucket = server.bucket("user1");
+        assert_eq!(
+            (bucket.key.as_str(), bucket.epoch_key.as_str()),
+            ("p:user1", "p:\0epoch")
+        );
     }
 }

@@ -6,10 +6,10 @@ use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::cluster_async::ClusterConnection;
-use redis::{ErrorKind, RedisError, RedisResult};
+use redis::{ErrorKind, RedisError, RedisResult, ServerErrorKind};
 
 use super::cluster::Cluster;
-use super::epoch::Epoch;
+use super::epoch::{Call, Epoch};
 use crate::error::PinDbError;
 
 /// How often the Sentinels are asked which server is the primary, besides after a failure: a
@@ -63,14 +63,39 @@ pub(super) enum Link {
 }
 
 impl Link {
-    /// Runs a script (`EVALSHA`, loading it on `NOSCRIPT`).
-    pub(super) async fn invoke<T: redis::FromRedisValue>(
-        &mut self,
-        call: &redis::ScriptInvocation<'static>,
-    ) -> RedisResult<T> {
+    /// Runs a script: `EVALSHA`, then the script's text where the server lacks it. On a
+    /// cluster the text goes with `EVAL` to the key's node alone (the driver's `SCRIPT LOAD`
+    /// would need every primary to answer).
+    pub(super) async fn invoke<T: redis::FromRedisValue>(&mut self, call: &Call) -> RedisResult<T> {
         match self {
-            Link::Server(manager) => call.invoke_async(manager).await,
-            Link::Cluster(cluster) => call.invoke_async(cluster).await,
+            Link::Server(manager) => {
+                let mut invocation = call.lua.script.prepare_invoke();
+                for key in &call.keys {
+                    invocation.key(key);
+                }
+                for arg in &call.args {
+                    invocation.arg(arg);
+                }
+                invocation.invoke_async(manager).await
+            }
+            Link::Cluster(cluster) => {
+                let command = |first: &str, script: &str| {
+                    let mut command = redis::cmd(first);
+                    command
+                        .arg(script)
+                        .arg(call.keys.len())
+                        .arg(&call.keys)
+                        .arg(&call.args);
+                    command
+                };
+                let hash = command("EVALSHA", call.lua.script.get_hash());
+                match hash.query_async(cluster).await {
+                    Err(e) if e.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
+                        command("EVAL", &call.lua.text).query_async(cluster).await
+                    }
+                    answered => answered,
+                }
+            }
         }
     }
 }
