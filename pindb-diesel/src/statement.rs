@@ -9,6 +9,7 @@ use std::any::TypeId;
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::marker::PhantomData;
+use std::sync::Arc;
 
 use diesel::pg::{Pg, PgMetadataLookup, PgQueryBuilder, PgTypeMetadata};
 use diesel::query_builder::bind_collector::RawBytesBindCollector;
@@ -27,9 +28,13 @@ type Collected = CollectedQuery<RawBytesBindCollector<Pg>>;
 ///
 /// It keeps the original query's static `QueryId` (`Id`), so the connection's prepared
 /// statement cache files it under the same key as the typed query: the statement is prepared
-/// once per connection, whichever path ran it first.
+/// once per connection, whichever path ran it first. Its SQL is shared with every statement of
+/// the type when diesel would cache it by type (the SQL is then fixed by the type): rendered
+/// once per thread, not per statement.
 pub(crate) struct Owned<Id> {
-    query: Collected,
+    sql: Arc<str>,
+    /// The binds (and whether diesel may cache the statement), with empty SQL.
+    binds: Collected,
     _id: PhantomData<fn() -> Id>,
 }
 
@@ -39,8 +44,9 @@ impl<Id: 'static> QueryId for Owned<Id> {
 }
 
 impl<Id> QueryFragment<Pg> for Owned<Id> {
-    fn walk_ast<'b>(&'b self, pass: AstPass<'_, 'b, Pg>) -> QueryResult<()> {
-        self.query.walk_ast(pass)
+    fn walk_ast<'b>(&'b self, mut pass: AstPass<'_, 'b, Pg>) -> QueryResult<()> {
+        pass.push_sql(&self.sql);
+        self.binds.walk_ast(pass)
     }
 }
 
@@ -58,6 +64,8 @@ pub(crate) enum OwnedQuery<Id> {
 thread_local! {
     // Per thread, so the hot path takes no lock. Bounded by the number of query types.
     static SHAPES: RefCell<HashMap<(TypeId, u64), Shape>> = RefCell::new(HashMap::new());
+    // The SQL of each query type diesel caches by type (its SQL is fixed by the type).
+    static SQL: RefCell<HashMap<TypeId, Arc<str>>> = RefCell::new(HashMap::new());
 }
 
 /// The shape of `query`: cached by its static `QueryId` when it has one (with the table
@@ -119,7 +127,6 @@ pub(crate) fn to_owned<T>(query: &T, alias: &str) -> QueryResult<OwnedQuery<T::Q
 where
     T: QueryFragment<Pg> + QueryId,
 {
-    let sql = render(query)?;
     let safe_to_cache = query.is_safe_to_cache_prepared(&Pg)?;
     let mut binds = RawBytesBindCollector::<Pg>::new();
     let mut lookup = NoLookup::default();
@@ -131,14 +138,27 @@ where
         }
         .into());
     }
-    let query = CollectedQuery::new(sql, safe_to_cache, binds);
     Ok(match T::query_id() {
-        Some(_) => OwnedQuery::Static(Owned {
-            query,
+        Some(id) => OwnedQuery::Static(Owned {
+            sql: match safe_to_cache {
+                true => sql_of_type(id, query)?,
+                false => render(query)?.into(),
+            },
+            binds: CollectedQuery::new(String::new(), safe_to_cache, binds),
             _id: PhantomData,
         }),
-        None => OwnedQuery::Dynamic(query),
+        None => OwnedQuery::Dynamic(CollectedQuery::new(render(query)?, safe_to_cache, binds)),
     })
+}
+
+/// The SQL of the query type `id`, rendered from `query` the first time on this thread.
+fn sql_of_type<T: QueryFragment<Pg>>(id: TypeId, query: &T) -> QueryResult<Arc<str>> {
+    if let Some(sql) = SQL.with(|c| c.borrow().get(&id).cloned()) {
+        return Ok(sql);
+    }
+    let sql: Arc<str> = render(query)?.into();
+    SQL.with(|c| c.borrow_mut().insert(id, Arc::clone(&sql)));
+    Ok(sql)
 }
 
 /// Whether `e` is [`Error::CustomTypeBeforeCheckout`]: the statement needs a connection to

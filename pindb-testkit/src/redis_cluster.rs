@@ -149,15 +149,23 @@ impl RedisCluster {
     /// and `primary` becomes its replica, up and in sync. Returns the new primary's port.
     pub fn manual_failover(&mut self, primary: u16) -> u16 {
         let replica = self.replica_of(primary).port;
-        let answer = cli(replica, &["CLUSTER", "FAILOVER"]);
-        assert!(answer.starts_with("OK"), "CLUSTER FAILOVER: {answer:?}");
         let deadline = Instant::now() + Duration::from_secs(30);
-        while !cli(replica, &["ROLE"]).starts_with("master") {
-            assert!(
-                Instant::now() < deadline,
-                "{replica} did not take over from {primary}"
-            );
-            std::thread::sleep(Duration::from_millis(50));
+        // The primaries vote once per shard per two node timeouts: a failover right after
+        // another is refused, and the request lapses after 5 s. Asked again until it takes.
+        'asked: loop {
+            let answer = cli(replica, &["CLUSTER", "FAILOVER"]);
+            assert!(answer.starts_with("OK"), "CLUSTER FAILOVER: {answer:?}");
+            let asked = Instant::now();
+            while asked.elapsed() < Duration::from_secs(6) {
+                if cli(replica, &["ROLE"]).starts_with("master") {
+                    break 'asked;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "{replica} did not take over from {primary}"
+                );
+                std::thread::sleep(Duration::from_millis(50));
+            }
         }
         self.wait_ok("a manual failover");
         replica
