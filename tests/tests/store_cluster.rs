@@ -113,6 +113,47 @@ async fn a_hung_seed_does_not_keep_the_store_from_connecting() {
     }
 }
 
+/// A store first used on a runtime that then shuts down (a test's, a CLI command's): the
+/// cluster connection it made there dies with it, and commands on the next runtime make
+/// another instead of failing for ever ("redis_cluster: Unable to send command").
+#[test]
+fn a_store_whose_runtime_ended_connects_again_on_the_next() {
+    let runtime = || {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap()
+    };
+    let proxies = runtime();
+    let hung = proxies.block_on(pindb_testkit::Proxy::black_hole());
+    let redis = RedisCluster::start(26690);
+    let mut seeds = vec![format!("redis://127.0.0.1:{}/", hung.port())];
+    seeds.extend(redis.seed_urls());
+    let position = [("default".to_owned(), Lsn(7))];
+    let first = runtime();
+    let store = first.block_on(async { RedisStore::cluster(&seeds, "pindb:", TIMEOUT).unwrap() });
+    let save = first.block_on(store.save("user1", &position, Duration::from_secs(60)));
+    assert!(
+        save.is_err(),
+        "the hung seed holds the first attempt past the timeout"
+    );
+    drop(first);
+    let second = runtime();
+    second.block_on(async {
+        let deadline = Instant::now() + Duration::from_secs(8);
+        while let Err(e) = store
+            .save("user1", &position, Duration::from_secs(60))
+            .await
+        {
+            assert!(
+                Instant::now() < deadline,
+                "no save went through in 8 s: {e}"
+            );
+        }
+    });
+}
+
 #[tokio::test]
 async fn keys_spread_over_the_shards_and_a_lossy_shard_failover_makes_only_its_keys_forgetful() {
     let redis = Arc::new(std::sync::Mutex::new(start(26600).await));

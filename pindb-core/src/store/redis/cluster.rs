@@ -82,11 +82,15 @@ impl Cluster {
         if start {
             let (client, state) = (self.client.clone(), self.state.clone());
             tokio::spawn(async move {
+                // A task cut off (its runtime shutting down) leaves the next command a fresh
+                // attempt, not a wait for this one.
+                let abandoned = Abandoned(state.clone());
                 let made = client.get_async_connection().await;
                 state.send_replace(match made {
                     Ok(conn) => State::Ready(conn),
                     Err(e) => State::Idle(Some(e.to_string())),
                 });
+                drop(abandoned);
             });
         }
         loop {
@@ -109,5 +113,38 @@ impl Cluster {
                 )));
             }
         }
+    }
+}
+
+impl Cluster {
+    /// A command failed with `e`: when it says the driver's task is gone (its runtime shut
+    /// down, a panic), the connection is dropped and the next command makes another.
+    pub(super) fn failed(&self, e: &RedisError) {
+        // The driver's own words when its channel is closed (redis-rs 1.x).
+        let gone = e.to_string().contains("redis_cluster: Unable to");
+        if gone {
+            self.state.send_if_modified(|state| match state {
+                State::Ready(_) => {
+                    *state = State::Idle(None);
+                    true
+                }
+                _ => false,
+            });
+        }
+    }
+}
+
+/// Puts a connection attempt that never finished back to idle.
+struct Abandoned(watch::Sender<State>);
+
+impl Drop for Abandoned {
+    fn drop(&mut self) {
+        self.0.send_if_modified(|state| match state {
+            State::Connecting => {
+                *state = State::Idle(Some("the connection attempt was abandoned".to_owned()));
+                true
+            }
+            _ => false,
+        });
     }
 }

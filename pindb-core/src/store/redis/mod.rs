@@ -56,7 +56,13 @@ const CLUSTER_BUCKETS: usize = 256;
 /// command (`MOVED`, `CROSSSLOT`): keyed reads go to the masters.
 ///
 /// The epoch is vouched by the server's `run_id` and its replication id, which every
-/// promotion renews: a failback to the old primary is noticed like a failover.
+/// promotion renews: a failback to the old primary is noticed like a failover. Redis also
+/// renews it when it creates or frees its replication backlog (a first replica or a
+/// `PSYNC`-based backup attaching, `repl-backlog-ttl` passing without replicas): each time,
+/// keyed reads go to the masters for `ttl_seconds` (`repl-backlog-ttl 0` avoids the second).
+/// Earlier pindb builds vouched by `run_id` alone: while both run (a rolling upgrade), each
+/// moves the other's epochs, and keyed reads go to the masters until `ttl_seconds` after the
+/// last old instance stops.
 ///
 /// Needs: `maxmemory-policy` `noeviction` (a policy that evicts may drop a cold user's
 /// positions and keep the hot epoch; with `noeviction` a full Redis fails saves, which is
@@ -247,7 +253,7 @@ impl RedisStore {
                 // asked again. A timeout keeps the connection, so what follows on it is
                 // ordered after what is still queued there (the watch still follows a
                 // failover whose old primary hangs).
-                Ok(Err(e)) if !e.is_timeout() => self.target.failed(generation),
+                Ok(Err(e)) if !e.is_timeout() => self.target.failed(generation, e),
                 _ => {}
             }
         }
@@ -296,7 +302,7 @@ impl RedisStore {
                     }
                     Ok(Err(e)) if !e.is_timeout() => {
                         if let Some(generation) = generation {
-                            target.failed(generation);
+                            target.failed(generation, &e);
                         }
                     }
                     _ => {}

@@ -197,15 +197,20 @@ impl Target {
         sentinel.install(&address)
     }
 
-    /// A command on the connection of `generation` failed: with Sentinel, the next one asks
-    /// which server is the primary (a failover, or a primary turned replica that refuses
-    /// writes), unless a newer connection is already in place.
-    pub(super) fn failed(&self, generation: u64) {
-        if let Target::Sentinel(sentinel) = self {
-            let mut now = lock(&sentinel.now);
-            if now.generation == generation {
-                now.manager = None;
+    /// A command on the connection of `generation` failed with `e`: with Sentinel, the next
+    /// one asks which server is the primary (a failover, or a primary turned replica that
+    /// refuses writes), unless a newer connection is already in place; on a cluster whose
+    /// driver is gone, the next one connects again.
+    pub(super) fn failed(&self, generation: u64, e: &RedisError) {
+        match self {
+            Target::Sentinel(sentinel) => {
+                let mut now = lock(&sentinel.now);
+                if now.generation == generation {
+                    now.manager = None;
+                }
             }
+            Target::Cluster(cluster) => cluster.failed(e),
+            Target::Server(_) => {}
         }
     }
 
