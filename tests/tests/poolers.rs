@@ -252,3 +252,33 @@ async fn a_server_missing_from_behind_the_endpoint_is_named_sync_diesel() {
 async fn a_server_missing_from_behind_the_endpoint_is_named_seaorm() {
     a_server_missing_from_behind_the_endpoint_is_named::<SeaOrm>().await;
 }
+
+/// pindb's diagnosis of a healthy server behind an endpoint (what a failed checkout asks) is
+/// kept for a second like any other: asked again at once, it does not search the endpoint
+/// again (up to 64 connections each time).
+#[tokio::test]
+async fn a_healthy_servers_diagnosis_is_reused_for_a_second() {
+    let c = Cluster::from_env();
+    let r1 = address(c.replica_url(1));
+    let r2 = address(c.replica_url(2));
+    let endpoint = Proxy::round_robin(&[&r1, &r2]).await;
+    let config = config(&c, Via::Endpoint(&endpoint));
+    let router = pindb_core::Router::new(config).expect("a router");
+    let index = router
+        .topology()
+        .databases()
+        .iter()
+        .position(|d| d.alias == "default-1.1")
+        .expect("the first server's replica");
+    assert!(
+        router.diagnose(index).await.is_none(),
+        "the server is healthy"
+    );
+    let searched = endpoint.accepted();
+    assert!(router.diagnose(index).await.is_none());
+    assert_eq!(
+        endpoint.accepted(),
+        searched,
+        "no new search within the second"
+    );
+}

@@ -57,7 +57,7 @@ pub struct DatabaseSettings {
     pub discovery: Option<DiscoverySettings>,
     /// Replicas only: the standbys behind a load-balanced reader endpoint (`url`), each as
     /// it sees itself (`inet_server_addr()`:`inet_server_port()`; `host` alone takes 5432).
-    /// Each becomes a replica of its own (`<set>-<n>`, in this order) whose connections are
+    /// Each becomes a replica of its own (`<set>-<n>.<k>`, in this order) whose connections are
     /// opened through the endpoint and kept only when they reached it: positions and lag hold
     /// per server. See "Poolers and load balancers" in the README.
     #[serde(default)]

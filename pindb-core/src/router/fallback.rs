@@ -430,17 +430,19 @@ impl Router {
         let recent = |entry: &Option<super::Diagnosis>| {
             entry
                 .as_ref()
-                .filter(|(at, of, _)| *of == generation && at.elapsed() < Duration::from_secs(1))
-                .map(|(_, _, cause)| cause.clone())
+                .filter(|(at, of, _, _)| *of == generation && at.elapsed() < Duration::from_secs(1))
+                .filter(|(_, _, searched, cause)| {
+                    // A refusal check does not look for an endpoint's server: its "reachable"
+                    // does not answer a full diagnosis of one.
+                    *searched || only_refused || db.server.is_none() || cause.is_some()
+                })
+                .map(|(_, _, _, cause)| cause.clone())
         };
         let cached = recent(
             &self.inner.diagnosed[index]
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner),
         );
-        // A refusal check does not look for an endpoint's server: its "reachable" does not
-        // answer a full diagnosis of one.
-        let cached = cached.filter(|found| found.is_some() || only_refused || db.server.is_none());
         let found = match cached {
             Some(found) => found,
             None => {
@@ -449,8 +451,12 @@ impl Router {
                 let found = crate::probe::diagnose(&db, timeout, !only_refused).await;
                 *self.inner.diagnosed[index]
                     .lock()
-                    .unwrap_or_else(PoisonError::into_inner) =
-                    Some((std::time::Instant::now(), generation, found.clone()));
+                    .unwrap_or_else(PoisonError::into_inner) = Some((
+                    std::time::Instant::now(),
+                    generation,
+                    !only_refused,
+                    found.clone(),
+                ));
                 found
             }
         };

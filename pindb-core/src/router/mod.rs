@@ -42,7 +42,7 @@ pub use route::{Delegate, Hint, Operation, Reason, Role, Route, Shape};
 
 /// When, for which host generation, and what pindb's own connection attempt found: the cause
 /// and whether it was refused (`None`: it connected).
-type Diagnosis = (std::time::Instant, u64, Option<(String, bool)>);
+type Diagnosis = (std::time::Instant, u64, bool, Option<(String, bool)>);
 
 struct Inner {
     id: u64,

@@ -33,9 +33,12 @@ impl ManageConnection for Manager {
     type Error = diesel::r2d2::Error;
 
     fn connect(&self) -> Result<PgConnection, Self::Error> {
-        // Each attempt is bounded by the URL's `connect_timeout`; the search as a whole by
-        // the pool's.
-        let until = std::time::Instant::now() + self.limit;
+        // Each attempt's handshake is bounded by the URL's `connect_timeout`, and no attempt
+        // starts past 80 % of the pool's (the search's error then beats the pool's timeout,
+        // as in the other adapters). The address question runs on blocking libpq without a
+        // bound of its own: a server that hangs right after its handshake holds one of
+        // r2d2's connection threads until the socket gives up.
+        let until = std::time::Instant::now() + self.limit.mul_f64(0.8);
         let mut search = self
             .server
             .as_deref()
