@@ -39,3 +39,21 @@ pub(crate) fn cli(port: u16, args: &[&str]) -> String {
         .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
         .unwrap_or_default()
 }
+
+/// [`cli`] for an answer a test relies on: panics, naming what happened, when `redis-cli`
+/// fails, times out or the server answers an error (an empty answer must not read as "no").
+pub(crate) fn cli_checked(port: u16, args: &[&str]) -> String {
+    let out = Command::new("timeout")
+        .args(["5", "redis-cli", "-p", &port.to_string()])
+        .args(args)
+        .output()
+        .expect("redis-cli runs");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success() && !stdout.starts_with("ERR") && !stdout.starts_with("(error)"),
+        "redis-cli -p {port} {args:?} failed ({}): {stdout}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::redis_cli::{cli, port_free, signal, wait_for_port};
+use crate::redis_cli::{cli, cli_checked, port_free, signal, wait_for_port};
 
 /// Six nodes on `base..base + 6` (their cluster bus on `base + 1000..`: the default, port +
 /// 10,000, falls in the range the kernel hands out to client sockets), on loopback, without
@@ -17,10 +17,9 @@ pub struct RedisCluster {
     dir: PathBuf,
     /// Nodes by port; `None` once killed.
     nodes: Vec<(u16, Option<Child>)>,
-    /// A replica's process while it is frozen.
-    frozen: Option<u32>,
-    /// Its port (the cluster soon marks it failed: it is found by this).
-    frozen_port: Option<u16>,
+    /// The port of a replica while it is frozen (the cluster soon marks it failed: it is
+    /// found by this).
+    frozen: Option<u16>,
 }
 
 /// One line of `CLUSTER NODES`.
@@ -48,7 +47,6 @@ impl RedisCluster {
             dir,
             nodes: Vec::new(),
             frozen: None,
-            frozen_port: None,
         };
         for port in base..base + 6 {
             port_free(port);
@@ -96,7 +94,7 @@ impl RedisCluster {
     pub fn primary_with(&self, pattern: &str) -> Option<u16> {
         self.primaries()
             .into_iter()
-            .find(|p| !cli(*p, &["KEYS", pattern]).trim().is_empty())
+            .find(|p| !cli_checked(*p, &["KEYS", pattern]).trim().is_empty())
     }
 
     /// Freezes the replica of `primary` (SIGSTOP) and fills the link to it: what `primary`
@@ -105,8 +103,7 @@ impl RedisCluster {
         let replica = self.replica_of(primary);
         let pid = self.pid(replica.port).expect("a live replica");
         signal(pid, "-STOP");
-        self.frozen = Some(pid);
-        self.frozen_port = Some(replica.port);
+        self.frozen = Some(replica.port);
         // 32 MB of filler in one of its slots, more than the kernel buffers between the two.
         let key = self.key_on(primary);
         let filler = cli(
@@ -125,13 +122,11 @@ impl RedisCluster {
     /// replica serves its slots and the cluster is ok again. Returns the new primary's port;
     /// the killed node stays down.
     pub fn fail_over(&mut self, primary: u16) -> u16 {
-        let replica = match self.frozen_port.take() {
-            Some(frozen) => frozen,
-            None => self.replica_of(primary).port,
-        };
+        let frozen = self.frozen.take();
+        let replica = frozen.unwrap_or_else(|| self.replica_of(primary).port);
         self.kill(primary);
-        if let Some(frozen) = self.frozen.take() {
-            signal(frozen, "-CONT");
+        if let Some(pid) = frozen.and_then(|port| self.pid(port)) {
+            signal(pid, "-CONT");
         }
         let deadline = Instant::now() + Duration::from_secs(30);
         while !cli(replica, &["ROLE"]).starts_with("master") {
@@ -288,7 +283,7 @@ impl RedisCluster {
                 .iter()
                 .filter(|(_, c)| c.is_some())
                 .map(|(p, _)| *p)
-                .filter(|p| self.pid(*p) != self.frozen)
+                .filter(|p| Some(*p) != self.frozen)
                 .collect();
             let ok = live.iter().all(|p| {
                 let info = cli(*p, &["CLUSTER", "INFO"]);
@@ -312,7 +307,7 @@ impl RedisCluster {
             .iter()
             .filter(|(_, c)| c.is_some())
             .map(|(p, _)| *p)
-            .find(|p| self.pid(*p) != self.frozen)
+            .find(|p| Some(*p) != self.frozen)
             .expect("a live node");
         cli(asked, &["CLUSTER", "NODES"])
             .lines()
@@ -400,7 +395,7 @@ fn parse_node(line: &str) -> Option<Node> {
 impl Drop for RedisCluster {
     fn drop(&mut self) {
         // Best effort: a panic here, while a test unwinds, would abort and leave them running.
-        if let Some(pid) = self.frozen.take() {
+        if let Some(pid) = self.frozen.take().and_then(|port| self.pid(port)) {
             let _ = Command::new("kill")
                 .args(["-CONT", &pid.to_string()])
                 .status();

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::redis_cli::{cli, port_free, signal, wait_for_port};
+use crate::redis_cli::{cli, cli_checked, port_free, signal, wait_for_port};
 
 /// The master name the Sentinels monitor.
 pub const SENTINEL_MASTER: &str = "positions";
@@ -95,7 +95,11 @@ impl SentinelRedis {
 
     /// Whether the primary the Sentinels name now has `key`.
     pub fn primary_has(&self, key: &str) -> bool {
-        cli(self.primary_port(), &["EXISTS", key]).trim() == "1"
+        match cli_checked(self.primary_port(), &["EXISTS", key]).trim() {
+            "1" => true,
+            "0" => false,
+            other => panic!("EXISTS {key} answered {other:?}"),
+        }
     }
 
     /// The port of the primary the Sentinels name now.
@@ -159,8 +163,16 @@ impl SentinelRedis {
     /// Sentinels demote it a few seconds later). Returns once the Sentinels name the new one.
     pub fn manual_failover(&self) -> u16 {
         let old = self.primary_port();
-        let answer = cli(self.base + 10, &["SENTINEL", "FAILOVER", SENTINEL_MASTER]);
-        assert!(answer.starts_with("OK"), "SENTINEL FAILOVER: {answer:?}");
+        // Refused (NOGOODSLAVE) until the Sentinels see the replica in sync: asked again.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let answer = cli(self.base + 10, &["SENTINEL", "FAILOVER", SENTINEL_MASTER]);
+            if answer.starts_with("OK") {
+                break;
+            }
+            assert!(Instant::now() < deadline, "SENTINEL FAILOVER: {answer:?}");
+            std::thread::sleep(Duration::from_millis(200));
+        }
         self.primary_other_than(old)
     }
 
@@ -182,6 +194,8 @@ impl SentinelRedis {
         command
             .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
             .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
+            // Redis 7 waits 5 s for more replicas before a first sync.
+            .args(["--repl-diskless-sync-delay", "0"])
             .arg("--dir")
             .arg(&self.dir);
         if let Some(primary) = replica_of {

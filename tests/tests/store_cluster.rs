@@ -5,7 +5,7 @@
 //! reading on the other in closed loops, read nothing stale and fail nothing while slots
 //! move, a shard restarts empty and a primary is killed.
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -26,14 +26,25 @@ async fn start(base: u16) -> RedisCluster {
         .unwrap()
 }
 
-/// The primary that holds `key`'s positions (its bucket's hash tag is pindb's business: the
-/// test finds it by pattern).
-async fn holder(redis: &Arc<std::sync::Mutex<RedisCluster>>, key: &str) -> Option<u16> {
+/// A cluster the test's tasks share.
+type Shared = Arc<std::sync::Mutex<RedisCluster>>;
+
+/// Runs `f` on the cluster on a blocking thread (it waits for `redis-cli` and the cluster).
+async fn on_redis<T: Send + 'static>(
+    redis: &Shared,
+    f: impl FnOnce(&mut RedisCluster) -> T + Send + 'static,
+) -> T {
     let redis = Arc::clone(redis);
-    let pattern = format!("pindb:{{*}}{key}");
-    tokio::task::spawn_blocking(move || redis.lock().unwrap().primary_with(&pattern))
+    tokio::task::spawn_blocking(move || f(&mut redis.lock().unwrap()))
         .await
         .unwrap()
+}
+
+/// The primary that holds `key`'s positions (its bucket's hash tag is pindb's business: the
+/// test finds it by pattern).
+async fn holder(redis: &Shared, key: &str) -> Option<u16> {
+    let pattern = format!("pindb:{{*}}{key}");
+    on_redis(redis, move |r| r.primary_with(&pattern)).await
 }
 
 #[tokio::test]
@@ -68,14 +79,11 @@ async fn a_failback_within_ttl_is_noticed() {
     };
     assert!(trusted(&store), "trusted before the failover");
     let shard = holder(&redis, "user1").await.expect("the key is stored");
-    let r = Arc::clone(&redis);
-    tokio::task::spawn_blocking(move || {
-        let mut r = r.lock().unwrap();
+    on_redis(&redis, move |r| {
         let interim = r.manual_failover(shard);
         assert_eq!(r.manual_failover(interim), shard, "failed back");
     })
-    .await
-    .unwrap();
+    .await;
     assert_eq!(store.load("user1").await.unwrap(), position);
     assert!(!trusted(&store), "a failback is a failover too");
 }
@@ -191,10 +199,7 @@ async fn keys_spread_over_the_shards_and_a_lossy_shard_failover_makes_only_its_k
     // The first shard's replica stops hearing from its primary; its keys' next saves are
     // acknowledged, then lost when the primary dies and the replica takes over.
     let victim = primaries[0];
-    let r = Arc::clone(&redis);
-    tokio::task::spawn_blocking(move || r.lock().unwrap().freeze_replica_of(victim))
-        .await
-        .unwrap();
+    on_redis(&redis, move |r| r.freeze_replica_of(victim)).await;
     let victims: Vec<&String> = keys.iter().filter(|k| on[*k] == victim).collect();
     for key in &victims {
         let position = [("default".to_owned(), Lsn(10_000))];
@@ -203,10 +208,7 @@ async fn keys_spread_over_the_shards_and_a_lossy_shard_failover_makes_only_its_k
             .await
             .unwrap();
     }
-    let r = Arc::clone(&redis);
-    let promoted = tokio::task::spawn_blocking(move || r.lock().unwrap().fail_over(victim))
-        .await
-        .unwrap();
+    let promoted = on_redis(&redis, move |r| r.fail_over(victim)).await;
     // The loss is real: the new primary lacks the last saves.
     let mut lost_saves = 0;
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -305,14 +307,6 @@ async fn no_stale_read_across_cluster_faults<A: Adapter>(base: u16) {
     let stop = AtomicBool::new(false);
     let user = |id: i32| keyed_user(id, &instances, &table, primary, &phases, &stop);
     let set_phase = || phases.next();
-    let blocking = |f: Box<dyn FnOnce(&mut RedisCluster) + Send>| {
-        let redis = Arc::clone(&redis);
-        async move {
-            tokio::task::spawn_blocking(move || f(&mut redis.lock().unwrap()))
-                .await
-                .unwrap()
-        }
-    };
     let late: Vec<i32> = (101..=116).collect();
     let late_write = async |n: i32| {
         for id in &late {
@@ -330,13 +324,7 @@ async fn no_stale_read_across_cluster_faults<A: Adapter>(base: u16) {
     let late_round = async |n: i32, prepare: Prepare, lose: Lose| {
         control.lock().await.pause(1).await;
         let started = Instant::now();
-        let shard = Arc::new(AtomicUsize::new(0));
-        let named = Arc::clone(&shard);
-        blocking(Box::new(move |r| {
-            named.store(usize::from(prepare(r)), Ordering::Relaxed)
-        }))
-        .await;
-        let shard = shard.load(Ordering::Relaxed) as u16;
+        let shard = on_redis(&redis, prepare).await;
         late_write(n).await;
         let mut on_shard = Vec::new();
         for id in &late {
@@ -344,7 +332,7 @@ async fn no_stale_read_across_cluster_faults<A: Adapter>(base: u16) {
                 on_shard.push(*id);
             }
         }
-        blocking(Box::new(move |r| lose(r, shard))).await;
+        on_redis(&redis, move |r| lose(r, shard)).await;
         let took = started.elapsed();
         let mut round = Late {
             on_shard: on_shard.len(),
@@ -378,22 +366,18 @@ async fn no_stale_read_across_cluster_faults<A: Adapter>(base: u16) {
         let before = set_phase();
         tokio::time::sleep(Duration::from_secs(2)).await;
         let faults = set_phase();
-        // Standby 1 lacks every write from a fault's start until 3 s later, yet stays in
-        // rotation: a read that lost its position may land there.
-        let fault = async |f: Box<dyn FnOnce(&mut RedisCluster) + Send>| {
-            control.lock().await.pause(1).await;
-            let started = Instant::now();
-            blocking(f).await;
-            let took = started.elapsed();
-            tokio::time::sleep(Duration::from_secs(3).saturating_sub(took)).await;
-            control.lock().await.resume(1).await;
-            took
-        };
-        let moved = fault(Box::new(|r| {
+        // Slots move (nothing is lost): standby 1 lacks every write from the move's start
+        // until 3 s later, yet stays in rotation: a read that lost its position may land there.
+        control.lock().await.pause(1).await;
+        let started = Instant::now();
+        on_redis(&redis, |r| {
             let p = r.primaries();
             r.move_slots(p[0], p[1], 2_000);
-        }))
+        })
         .await;
+        let moved = started.elapsed();
+        tokio::time::sleep(Duration::from_secs(3).saturating_sub(moved)).await;
+        control.lock().await.resume(1).await;
         // A shard restarted empty, then another failed over losing its last saves.
         let restarted = late_round(
             2,

@@ -14,6 +14,8 @@ use crate::error::PinDbError;
 /// A Redis Cluster's client and its connection, made in a task of its own.
 pub(super) struct Cluster {
     client: ClusterClient,
+    /// How long one attempt may take: every seed within the timeout, and the slot map.
+    connect_bound: Duration,
     state: watch::Sender<State>,
 }
 
@@ -59,6 +61,7 @@ impl Cluster {
             })?;
         Ok(Cluster {
             client,
+            connect_bound: timeout.saturating_mul(10),
             state: watch::Sender::new(State::Idle(None)),
         })
     }
@@ -80,15 +83,17 @@ impl Cluster {
             _ => false,
         });
         if start {
-            let (client, state) = (self.client.clone(), self.state.clone());
+            let (client, state, bound) =
+                (self.client.clone(), self.state.clone(), self.connect_bound);
             tokio::spawn(async move {
                 // A task cut off (its runtime shutting down) leaves the next command a fresh
                 // attempt, not a wait for this one.
                 let abandoned = Abandoned(state.clone());
-                let made = client.get_async_connection().await;
+                let made = tokio::time::timeout(bound, client.get_async_connection()).await;
                 state.send_replace(match made {
-                    Ok(conn) => State::Ready(conn),
-                    Err(e) => State::Idle(Some(e.to_string())),
+                    Ok(Ok(conn)) => State::Ready(conn),
+                    Ok(Err(e)) => State::Idle(Some(e.to_string())),
+                    Err(_) => State::Idle(Some(format!("connecting took over {bound:?}"))),
                 });
                 drop(abandoned);
             });

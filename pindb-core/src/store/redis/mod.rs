@@ -107,7 +107,14 @@ impl RedisStore {
     /// does not stop the application. Must be called inside a tokio runtime.
     pub fn new(url: &str, prefix: &str, timeout: Duration) -> Result<RedisStore, PinDbError> {
         let target = Target::server(url, manager_config(timeout))?;
-        Ok(RedisStore::on(target, 1, url.to_owned(), prefix, timeout))
+        let buckets = [Arc::default()].into();
+        Ok(RedisStore::on(
+            target,
+            buckets,
+            url.to_owned(),
+            prefix,
+            timeout,
+        ))
     }
 
     /// A store on the primary that the Redis Sentinels at `sentinels` (`redis://host:26379`
@@ -134,9 +141,13 @@ impl RedisStore {
         let config = manager_config(timeout);
         let target = Target::sentinel(&sentinels, master, config, timeout, store_epoch.clone())?;
         let described = format!("Redis Sentinel `{master}` ({})", sentinels.join(", "));
-        let mut store = RedisStore::on(target, 1, described, prefix, timeout);
-        store.buckets = Box::new([store_epoch]);
-        Ok(store)
+        Ok(RedisStore::on(
+            target,
+            [store_epoch].into(),
+            described,
+            prefix,
+            timeout,
+        ))
     }
 
     /// A store on the Redis Cluster that the nodes at `seeds` (`redis://host:port` each, any
@@ -169,18 +180,13 @@ impl RedisStore {
         let seeds: Vec<String> = seeds.iter().map(|s| s.as_ref().to_owned()).collect();
         let target = Target::cluster(&seeds, timeout)?;
         let described = format!("Redis Cluster ({})", seeds.join(", "));
-        Ok(RedisStore::on(
-            target,
-            CLUSTER_BUCKETS,
-            described,
-            prefix,
-            timeout,
-        ))
+        let buckets = (0..CLUSTER_BUCKETS).map(|_| Arc::default()).collect();
+        Ok(RedisStore::on(target, buckets, described, prefix, timeout))
     }
 
     fn on(
         target: Target,
-        buckets: usize,
+        buckets: Box<[Arc<Epoch>]>,
         url: String,
         prefix: &str,
         timeout: Duration,
@@ -190,7 +196,7 @@ impl RedisStore {
             prefix: prefix.to_owned(),
             url,
             timeout,
-            buckets: (0..buckets).map(|_| Arc::default()).collect(),
+            buckets,
         }
     }
 
@@ -229,44 +235,29 @@ impl RedisStore {
         }
     }
 
-    /// Runs `call` on the target, bounded by the timeout; a failure makes the next command
-    /// find the target again (Sentinel) and skips the bucket's loads for a second.
+    /// Runs `call` on the target, bounded by the timeout; a failure skips the bucket's loads
+    /// for a second.
     async fn run<T: redis::FromRedisValue>(
         &self,
         epoch: &Epoch,
         call: epoch::Call,
     ) -> Result<T, PinDbError> {
-        let mut generation = None;
-        let command = async {
-            let mut conn = self.target.connection().await?;
-            generation = Some(conn.generation);
-            conn.link.invoke(&call).await
-        };
-        let result = tokio::time::timeout(self.timeout, command).await;
-        if let Some(generation) = generation {
-            match &result {
+        match self.target.command(&call, self.timeout).await {
+            Ok((answer, left_behind)) => {
                 // It may have landed on a primary the store has left since (Sentinel): after
                 // the loss that move marked.
-                Ok(Ok(_)) if !self.target.is_current(generation) => epoch.mark_loss(),
-                Ok(Ok(_)) => {}
-                // An error (refused, reset, a primary turned replica): the Sentinels are
-                // asked again. A timeout keeps the connection, so what follows on it is
-                // ordered after what is still queued there (the watch still follows a
-                // failover whose old primary hangs).
-                Ok(Err(e)) if !e.is_timeout() => self.target.failed(generation, e),
-                _ => {}
+                if left_behind {
+                    epoch.mark_loss();
+                }
+                Ok(answer)
             }
-        }
-        match result {
-            Ok(Ok(v)) => Ok(v),
-            Ok(Err(e)) => Err(self.unavailable(epoch, e)),
-            Err(_) => Err(self.unavailable(epoch, format!("no answer within {:?}", self.timeout))),
+            Err(e) => Err(self.unavailable(epoch, e)),
         }
     }
 
-    /// A save failed: marks the loss, and tells Redis as soon as it answers again (every
-    /// 100 ms, for at most `ttl`), so every instance learns of it even if this one gets
-    /// no more traffic.
+    /// A save failed: marks the loss, and tells Redis as soon as it answers again (tried
+    /// after 100 ms, then less often up to every second, for at most `ttl`, while the store
+    /// lives), so every instance learns of it even if this one gets no more traffic.
     fn save_failed(&self, bucket: &Bucket<'_>, ttl: Duration) {
         let epoch = Arc::clone(bucket.epoch);
         epoch.mark_loss();
@@ -277,39 +268,42 @@ impl RedisStore {
             epoch.bumping.store(false, Ordering::Release);
             return;
         };
-        let target = Arc::clone(&self.target);
+        // Weak: a store dropped meanwhile (its Sentinel watch with it) is not kept alive.
+        let target = Arc::downgrade(&self.target);
         let epoch_key = bucket.epoch_key.clone();
         let timeout = self.timeout;
         runtime.spawn(async move {
+            // Cleared however the task ends (its runtime may shut down first).
+            let _bumping = Bumping(Arc::clone(&epoch));
             let give_up = Instant::now() + ttl;
+            // 100 ms, doubling to 1 s: up to 256 buckets may be waiting through one outage.
+            let mut pause = Duration::from_millis(100);
             while Instant::now() < give_up {
-                tokio::time::sleep(Duration::from_millis(100)).await;
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(1));
+                let Some(target) = target.upgrade() else {
+                    break;
+                };
                 if !epoch.loss_marked() {
                     break;
                 }
                 let (call, failed) = epoch.invocation(&BUMP_SCRIPT, &epoch_key, None);
-                let mut generation = None;
-                let command = async {
-                    let mut conn = target.connection().await?;
-                    generation = Some(conn.generation);
-                    conn.link.invoke::<Vec<String>>(&call).await
-                };
-                match tokio::time::timeout(timeout, command).await {
-                    Ok(Ok(answer)) => {
-                        // Every instance sees it now.
-                        epoch.answered(&answer, failed);
-                        break;
-                    }
-                    Ok(Err(e)) if !e.is_timeout() => {
-                        if let Some(generation) = generation {
-                            target.failed(generation, &e);
-                        }
-                    }
-                    _ => {}
+                if let Ok((answer, _)) = target.command::<Vec<String>>(&call, timeout).await {
+                    // Every instance sees it now.
+                    epoch.answered(&answer, failed);
+                    break;
                 }
             }
-            epoch.bumping.store(false, Ordering::Release);
         });
+    }
+}
+
+/// Lets another task tell Redis of a loss once this one ends.
+struct Bumping(Arc<Epoch>);
+
+impl Drop for Bumping {
+    fn drop(&mut self) {
+        self.0.bumping.store(false, Ordering::Release);
     }
 }
 

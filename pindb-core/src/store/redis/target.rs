@@ -51,13 +51,13 @@ struct Primary {
 }
 
 /// A connection for the next command, and its generation ([`Target::is_current`]).
-pub(super) struct Connection {
-    pub(super) link: Link,
-    pub(super) generation: u64,
+struct Connection {
+    link: Link,
+    generation: u64,
 }
 
 /// A connection to one server or to a cluster.
-pub(super) enum Link {
+enum Link {
     Server(ConnectionManager),
     Cluster(ClusterConnection),
 }
@@ -66,7 +66,7 @@ impl Link {
     /// Runs a script: `EVALSHA`, then the script's text where the server lacks it. On a
     /// cluster the text goes with `EVAL` to the key's node alone (the driver's `SCRIPT LOAD`
     /// would need every primary to answer).
-    pub(super) async fn invoke<T: redis::FromRedisValue>(&mut self, call: &Call) -> RedisResult<T> {
+    async fn invoke<T: redis::FromRedisValue>(&mut self, call: &Call) -> RedisResult<T> {
         match self {
             Link::Server(manager) => {
                 let mut invocation = call.lua.script.prepare_invoke();
@@ -169,7 +169,7 @@ impl Target {
 
     /// A connection for the next command. With Sentinel, the primary is asked for when no
     /// command has gone to it since the last failure (one lookup at a time).
-    pub(super) async fn connection(&self) -> RedisResult<Connection> {
+    async fn connection(&self) -> RedisResult<Connection> {
         let sentinel = match self {
             Target::Server(manager) => {
                 return Ok(Connection {
@@ -197,11 +197,39 @@ impl Target {
         sentinel.install(&address)
     }
 
+    /// Runs `call` within `timeout`: its answer, and whether it came through a connection
+    /// the store has left since (a primary left behind); else what happened. A failed
+    /// command makes the next one find the target again. A timeout keeps the connection, so
+    /// what follows on it is ordered after what is still queued there (the Sentinel watch
+    /// still follows a failover whose old primary hangs).
+    pub(super) async fn command<T: redis::FromRedisValue>(
+        &self,
+        call: &Call,
+        timeout: Duration,
+    ) -> Result<(T, bool), String> {
+        let mut generation = None;
+        let command = async {
+            let mut conn = self.connection().await?;
+            generation = Some(conn.generation);
+            conn.link.invoke(call).await
+        };
+        match tokio::time::timeout(timeout, command).await {
+            Ok(Ok(answer)) => Ok((answer, generation.is_some_and(|g| !self.is_current(g)))),
+            Ok(Err(e)) => {
+                if let Some(generation) = generation.filter(|_| !e.is_timeout()) {
+                    self.failed(generation, &e);
+                }
+                Err(e.to_string())
+            }
+            Err(_) => Err(format!("no answer within {timeout:?}")),
+        }
+    }
+
     /// A command on the connection of `generation` failed with `e`: with Sentinel, the next
     /// one asks which server is the primary (a failover, or a primary turned replica that
     /// refuses writes), unless a newer connection is already in place; on a cluster whose
     /// driver is gone, the next one connects again.
-    pub(super) fn failed(&self, generation: u64, e: &RedisError) {
+    fn failed(&self, generation: u64, e: &RedisError) {
         match self {
             Target::Sentinel(sentinel) => {
                 let mut now = lock(&sentinel.now);
@@ -217,7 +245,7 @@ impl Target {
     /// Whether commands still go where the connection of `generation` goes: a command that
     /// succeeded on an older one may have landed on a primary left behind, after its loss
     /// was marked.
-    pub(super) fn is_current(&self, generation: u64) -> bool {
+    fn is_current(&self, generation: u64) -> bool {
         match self {
             Target::Server(_) | Target::Cluster(_) => true,
             Target::Sentinel(sentinel) => lock(&sentinel.now).generation == generation,
@@ -269,17 +297,19 @@ impl Sentinel {
             .iter()
             .map(|(_, conn)| async move {
                 let mut conn = conn.clone();
+                // The name it gives is resolved within the same bound.
                 let ask = async {
-                    redis::cmd("SENTINEL")
+                    let named = redis::cmd("SENTINEL")
                         .arg("get-master-addr-by-name")
                         .arg(&self.master)
                         .query_async::<Option<(String, u16)>>(&mut conn)
-                        .await
+                        .await;
+                    match named {
+                        Ok(Some((host, port))) => Some(address(&host, port).await),
+                        _ => None,
+                    }
                 };
-                match tokio::time::timeout(self.timeout, ask).await {
-                    Ok(Ok(Some((host, port)))) => Some(address(&host, port).await),
-                    _ => None,
-                }
+                tokio::time::timeout(self.timeout, ask).await.ok().flatten()
             })
             .collect();
         let mut answers: Vec<String> = Vec::new();
