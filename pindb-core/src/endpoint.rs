@@ -85,32 +85,24 @@ impl Database {
 ///
 /// ```
 /// # let db = pindb_core::Config::single_set("postgres://app@reader/app", Vec::<String>::new()).databases().unwrap().remove(0);
-/// let mut search = pindb_core::adapter::ServerSearch::new(&db);
+/// let mut search = pindb_core::adapter::ServerSearch::within(&db, std::time::Duration::from_secs(5));
 /// assert_eq!(search.keep("10.0.0.6:5432".into()), Ok(true)); // no `servers`: any will do
 /// ```
 #[derive(Debug)]
 pub struct ServerSearch<'a> {
     db: &'a Database,
     seen: Vec<String>,
-    until: Option<std::time::Instant>,
+    until: std::time::Instant,
 }
 
 impl<'a> ServerSearch<'a> {
-    /// A search for `db`'s server.
-    pub fn new(db: &'a Database) -> Self {
+    /// A search for `db`'s server under the caller's timeout `limit`: it ends at 80 % of it,
+    /// so that what it reached is reported rather than a bare timeout.
+    pub fn within(db: &'a Database, limit: std::time::Duration) -> Self {
         ServerSearch {
             db,
             seen: Vec::new(),
-            until: None,
-        }
-    }
-
-    /// The search also ends at `deadline` (before the caller's own timeout, so that what it
-    /// reached is reported rather than a bare timeout).
-    pub fn until(self, deadline: std::time::Instant) -> Self {
-        ServerSearch {
-            until: Some(deadline),
-            ..self
+            until: std::time::Instant::now() + limit.mul_f64(0.8),
         }
     }
 
@@ -122,7 +114,7 @@ impl<'a> ServerSearch<'a> {
             return Ok(true);
         }
         self.seen.push(address);
-        let late = self.until.is_some_and(|u| std::time::Instant::now() >= u);
+        let late = std::time::Instant::now() >= self.until;
         match self.seen.len() < SERVER_TRIES && !late {
             true => Ok(false),
             false => Err(self.db.server_missed(&self.seen)),

@@ -154,8 +154,7 @@ impl Probe {
                 self.connecting.insert(tokio::spawn(async move {
                     // No `SET statement_timeout`: session state a pooler would hand on. Every
                     // call is bounded instead, and a connection that timed out is dropped.
-                    let search_until = std::time::Instant::now() + timeout.mul_f64(0.8);
-                    let connecting = connect(config, server.as_deref(), search_until);
+                    let connecting = connect(config, server.as_deref(), timeout);
                     tokio::time::timeout(timeout, connecting)
                         .await
                         .map_err(|_| format!("no connection within {timeout:?}"))?
@@ -176,9 +175,9 @@ impl Probe {
 async fn connect(
     config: tokio_postgres::Config,
     server: Option<&Database>,
-    search_until: std::time::Instant,
+    limit: Duration,
 ) -> Result<Client, String> {
-    let mut search = server.map(|db| ServerSearch::new(db).until(search_until));
+    let mut search = server.map(|db| ServerSearch::within(db, limit));
     loop {
         let (client, connection) = config.connect(NoTls).await.map_err(|e| describe(&e))?;
         tokio::spawn(async move {
@@ -246,8 +245,8 @@ pub(crate) async fn diagnose(
             let _ = tokio::time::timeout_at(deadline, connection).await;
             let server = db.server.as_deref().filter(|_| find_server)?;
             let config = db.probe_url().parse().ok()?;
-            let search_until = (deadline - timeout.mul_f64(0.2)).into_std();
-            match tokio::time::timeout_at(deadline, connect(config, Some(db), search_until)).await {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match tokio::time::timeout_at(deadline, connect(config, Some(db), left)).await {
                 Ok(Ok(_)) => None,
                 Ok(Err(e)) => Some((e, false)),
                 Err(_) => Some((

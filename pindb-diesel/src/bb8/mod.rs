@@ -222,8 +222,7 @@ fn build_pool(db: &Database) -> Pool {
     config.custom_setup = Box::new(move |url| {
         let (url, server) = (url.to_owned(), server.clone());
         async move {
-            let search_until = std::time::Instant::now() + limit.mul_f64(0.8);
-            tokio::time::timeout(limit, establish(&url, server.as_deref(), search_until))
+            tokio::time::timeout(limit, establish(&url, server.as_deref(), limit))
                 .await
                 .unwrap_or_else(|_| {
                     Err(diesel::ConnectionError::BadConnection(format!(
@@ -245,11 +244,10 @@ fn build_pool(db: &Database) -> Pool {
 async fn establish(
     url: &str,
     server: Option<&Database>,
-    search_until: std::time::Instant,
+    limit: std::time::Duration,
 ) -> diesel::ConnectionResult<AsyncPgConnection> {
     use diesel_async::RunQueryDsl;
-    let mut search =
-        server.map(|db| pindb_core::adapter::ServerSearch::new(db).until(search_until));
+    let mut search = server.map(|db| pindb_core::adapter::ServerSearch::within(db, limit));
     loop {
         let mut conn = AsyncPgConnection::establish(url).await?;
         let Some(search) = search.as_mut() else {

@@ -38,11 +38,10 @@ impl ManageConnection for Manager {
         // as in the other adapters). The address question runs on blocking libpq without a
         // bound of its own: a server that hangs right after its handshake holds one of
         // r2d2's connection threads until the socket gives up.
-        let until = std::time::Instant::now() + self.limit.mul_f64(0.8);
         let mut search = self
             .server
             .as_deref()
-            .map(|db| ServerSearch::new(db).until(until));
+            .map(|db| ServerSearch::within(db, self.limit));
         loop {
             let mut conn = self.inner.connect()?;
             let Some(search) = search.as_mut() else {
