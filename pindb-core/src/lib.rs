@@ -41,10 +41,12 @@
 //! primary of a set given as hosts), `discovery` (runtime replicas: slots, `set_replicas`),
 //! `dns` (their DNS refresh), `pool_table` (adapters' pools that follow them), `consistency`
 //! (read-your-writes across contexts, tokens), `store` (where positions are kept), `lsn`,
-//! `classify` (read or write), `jobs`, `web` (the tower layer), `error`.
+//! `gtid` (MariaDB's positions), `classify` (read or write, per SQL dialect), `jobs`, `web`
+//! (the tower layer), `error`.
 #![forbid(unsafe_code)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+mod backend;
 mod classify;
 mod config;
 mod consistency;
@@ -56,6 +58,7 @@ mod dns;
 mod endpoint;
 mod error;
 mod freshness;
+mod gtid;
 mod guard;
 mod jobs;
 mod lsn;
@@ -83,6 +86,7 @@ pub use context::{
     GuardKind, InContext, Scoped,
 };
 pub use error::PinDbError;
+pub use gtid::{Gtid, GtidPosition, ParseGtidError};
 pub use guard::Guard;
 pub use jobs::{import_token, run_job, run_worker, UnpinOnDrop, WorkerReport};
 pub use lsn::{Lsn, ParseLsnError};
@@ -112,7 +116,8 @@ pub mod adapter {
     //! [`Router::route_shape`](crate::Router::route_shape) for a cached [`Shape`]) returns.
     //! A write whose checkout fails gives its [`Route::pin`](crate::Route::pin) back with
     //! [`Router::write_not_sent`](crate::Router::write_not_sent).
-    pub use crate::classify::{classify, main_table, Footprint, StatementKind};
+    pub use crate::backend::Backend;
+    pub use crate::classify::{classify, main_table, Dialect, Footprint, StatementKind};
     pub use crate::context::NewPin;
     pub use crate::discovery::DatabaseRef;
     pub use crate::endpoint::{ServerSearch, SERVER_ADDRESS_SQL, SERVER_TRIES};

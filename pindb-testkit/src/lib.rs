@@ -30,7 +30,8 @@
 //! [`SubscriptionControl`]), `isolation.rs`
 //! ([`contexts_that_saw_foreign_pins`]), `hunt.rs` ([`ticker`], [`MasterSamples`]: what the
 //! promise hunts measure with), `redis.rs` ([`PrivateRedis`]), `dns.rs` ([`DnsServer`]), `wait.rs`
-//! ([`wait_until`]).
+//! ([`wait_until`]), `mariadb.rs` ([`MariaDbCluster`]: the MariaDB primary and its two GTID
+//! replicas, stopping a replica's SQL thread under [`MariaDbCluster::exclusive`]).
 #![forbid(unsafe_code)]
 
 pub mod ab;
@@ -41,6 +42,7 @@ mod fixture;
 mod hunt;
 mod isolation;
 mod logical;
+mod mariadb;
 mod proxy;
 mod redis;
 mod redis_cli;
@@ -63,6 +65,10 @@ pub use hunt::{
 };
 pub use isolation::contexts_that_saw_foreign_pins;
 pub use logical::{as_superuser, SubscriptionControl, PUBLICATION, SUBSCRIPTION};
+pub use mariadb::{
+    gtid_seq, MariaDbApplyControl, MariaDbCluster, MariaDbSharedApply, MARIADB_ADMIN_URL_VAR,
+    MARIADB_MASTER_URL_VAR, MARIADB_REPLICA1_URL_VAR, MARIADB_REPLICA2_URL_VAR,
+};
 pub use pindb_core::Lsn;
 pub use proxy::Proxy;
 pub use redis::PrivateRedis;

@@ -1,6 +1,6 @@
 //! The classifier's lexer: SQL text to tokens (words, quoted identifiers, punctuation), with
-//! literals, dollar quotes and nested comments skipped. Byte by byte, no allocation, no
-//! recursion.
+//! literals and comments skipped, in PostgreSQL's or MariaDB's syntax. Byte by byte, no
+//! allocation, no recursion.
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Token<'a> {
@@ -18,15 +18,42 @@ pub(super) enum Token<'a> {
     End,
 }
 
+/// Where the two syntaxes differ for the lexer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Syntax {
+    /// Dollar quotes, `E'..'`, `U&".."`, nested comments, `--` always a comment.
+    Postgres,
+    /// Backticks, `#` comments, `-- ` only before a space, flat comments whose `/*! .. */` and
+    /// `/*M! .. */` forms run. Whether `\` escapes in strings depends on the server's
+    /// `sql_mode` (`NO_BACKSLASH_ESCAPES`), so the classifier reads a string both ways.
+    MariaDb { backslash_escapes: bool },
+}
+
 #[derive(Clone)]
 pub(super) struct Lexer<'a> {
     src: &'a [u8],
     pub(super) pos: usize,
+    syntax: Syntax,
+    /// Inside `/*! .. */`: its `*/` ends it, its content is SQL.
+    executable_comment: bool,
 }
 
 impl<'a> Lexer<'a> {
     pub(super) fn new(src: &'a [u8]) -> Self {
-        Lexer { src, pos: 0 }
+        Self::with(src, Syntax::Postgres)
+    }
+
+    pub(super) fn with(src: &'a [u8], syntax: Syntax) -> Self {
+        Lexer {
+            src,
+            pos: 0,
+            syntax,
+            executable_comment: false,
+        }
+    }
+
+    pub(super) fn mariadb(&self) -> bool {
+        self.syntax != Syntax::Postgres
     }
 
     fn peek(&self, offset: usize) -> Option<u8> {
@@ -38,24 +65,33 @@ impl<'a> Lexer<'a> {
         let Some(c) = self.peek(0) else {
             return Token::End;
         };
+        let backslash = matches!(
+            self.syntax,
+            Syntax::MariaDb {
+                backslash_escapes: true
+            }
+        );
+        let mariadb = self.syntax != Syntax::Postgres;
         match c {
             b'\'' => {
                 self.pos += 1;
-                self.skip_quoted(b'\'', false);
+                self.skip_quoted(b'\'', backslash);
                 Token::Other
             }
-            b'"' => {
+            // MariaDB: `"` quotes a string, or an identifier under `ANSI_QUOTES`; as a quoted
+            // name it is only ever matched against function names, which is safe either way.
+            b'"' | b'`' if c == b'"' || mariadb => {
                 let start = self.pos + 1;
                 self.pos = start;
-                self.skip_quoted(b'"', false);
+                self.skip_quoted(c, backslash && c == b'"');
                 let end = self.pos.saturating_sub(1).max(start);
                 Token::Quoted(&self.src[start..end])
             }
-            b'$' => {
+            b'$' if !mariadb => {
                 self.dollar();
                 Token::Other
             }
-            c if is_ident_start(c) => {
+            c if is_ident_start(c) || (mariadb && c == b'$') => {
                 let start = self.pos;
                 while self.peek(0).is_some_and(is_ident_continue) {
                     self.pos += 1;
@@ -64,10 +100,13 @@ impl<'a> Lexer<'a> {
                 // E'..' (backslash escapes), and B'', X'', U&'', N'' literals.
                 if self.peek(0) == Some(b'\'') && word.len() == 1 {
                     self.pos += 1;
-                    self.skip_quoted(b'\'', word.eq_ignore_ascii_case(b"e"));
+                    self.skip_quoted(
+                        b'\'',
+                        backslash || (!mariadb && word.eq_ignore_ascii_case(b"e")),
+                    );
                     return Token::Other;
                 }
-                if word.eq_ignore_ascii_case(b"u") && self.peek(0) == Some(b'&') {
+                if !mariadb && word.eq_ignore_ascii_case(b"u") && self.peek(0) == Some(b'&') {
                     if let Some(q @ (b'\'' | b'"')) = self.peek(1) {
                         let start = self.pos + 2;
                         self.pos = start;
@@ -81,6 +120,13 @@ impl<'a> Lexer<'a> {
                     }
                 }
                 Token::Word(word)
+            }
+            // MariaDB: a name may start with a digit (`1st`), so a number ends where its digits,
+            // fraction and exponent do, and what follows is read as a word of its own: a
+            // keyword glued to a number is still seen.
+            c if c.is_ascii_digit() && mariadb => {
+                self.number();
+                Token::Other
             }
             c if c.is_ascii_digit() => {
                 while self
@@ -99,6 +145,9 @@ impl<'a> Lexer<'a> {
     }
 
     fn skip_trivia(&mut self) {
+        if self.syntax != Syntax::Postgres {
+            return self.skip_mariadb_trivia();
+        }
         loop {
             match (self.peek(0), self.peek(1)) {
                 (Some(c), _) if c.is_ascii_whitespace() => self.pos += 1,
@@ -126,6 +175,76 @@ impl<'a> Lexer<'a> {
                     }
                 }
                 _ => return,
+            }
+        }
+    }
+
+    /// MariaDB's comments: `#` and `-- ` (a space or control byte after the dashes: `1--1` is
+    /// arithmetic) to the end of the line, and `/* .. */` to the first `*/` (they do not nest).
+    /// `/*!` and `/*M!` (with an optional version number) open an executable comment: its
+    /// content is read as SQL, since the server runs it.
+    fn skip_mariadb_trivia(&mut self) {
+        loop {
+            match (self.peek(0), self.peek(1), self.peek(2)) {
+                (Some(c), _, _) if c.is_ascii_whitespace() => self.pos += 1,
+                (Some(b'#'), _, _) => self.skip_line(),
+                (Some(b'-'), Some(b'-'), c) if c.is_none_or(|c| c <= b' ') => self.skip_line(),
+                (Some(b'*'), Some(b'/'), _) if self.executable_comment => {
+                    self.executable_comment = false;
+                    self.pos += 2;
+                }
+                (Some(b'/'), Some(b'*'), c) => {
+                    let marker = match (c, self.peek(3)) {
+                        (Some(b'!'), _) => Some(3),
+                        (Some(b'M' | b'm'), Some(b'!')) => Some(4),
+                        _ => None,
+                    };
+                    match marker {
+                        Some(len) if !self.executable_comment => {
+                            self.pos += len;
+                            while self.peek(0).is_some_and(|c| c.is_ascii_digit()) {
+                                self.pos += 1;
+                            }
+                            self.executable_comment = true;
+                        }
+                        _ => {
+                            self.pos += 2;
+                            match self.src[self.pos..].windows(2).position(|w| w == b"*/") {
+                                Some(i) => self.pos += i + 2,
+                                None => self.pos = self.src.len(),
+                            }
+                        }
+                    }
+                }
+                _ => return,
+            }
+        }
+    }
+
+    fn skip_line(&mut self) {
+        while self.peek(0).is_some_and(|c| c != b'\n') {
+            self.pos += 1;
+        }
+    }
+
+    /// MariaDB: digits, an optional fraction and an optional exponent; hex (`0x1F`) and binary
+    /// (`0b1`) literals end after their `0`, their rest read as a harmless word.
+    fn number(&mut self) {
+        let digits = |lexer: &mut Self| {
+            while lexer.peek(0).is_some_and(|c| c.is_ascii_digit()) {
+                lexer.pos += 1;
+            }
+        };
+        digits(self);
+        if self.peek(0) == Some(b'.') {
+            self.pos += 1;
+            digits(self);
+        }
+        if matches!(self.peek(0), Some(b'e' | b'E')) {
+            let sign = usize::from(matches!(self.peek(1), Some(b'+' | b'-')));
+            if self.peek(1 + sign).is_some_and(|c| c.is_ascii_digit()) {
+                self.pos += 1 + sign;
+                digits(self);
             }
         }
     }

@@ -7,10 +7,90 @@
 
 mod footprint;
 mod lexer;
+mod mariadb;
 
 pub use footprint::Footprint;
 
-use lexer::{Lexer, Token};
+use lexer::{Lexer, Syntax, Token};
+
+/// The SQL a database speaks, as far as the classifier must know: quoting, comments, and
+/// which functions and clauses write, lock or depend on the session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[non_exhaustive]
+pub enum Dialect {
+    /// PostgreSQL ([`classify`]).
+    #[default]
+    Postgres,
+    /// MariaDB: backticks, `#` and `-- ` comments, executable comments (`/*! .. */`,
+    /// `/*M! .. */`, whose content runs), strings with or without backslash escapes.
+    MariaDb,
+}
+
+impl Dialect {
+    /// Classifies SQL text in this dialect: [`classify`] for PostgreSQL.
+    ///
+    /// For MariaDB, besides what [`classify`] says: the content of an executable comment is
+    /// read as SQL; `LOCK IN SHARE MODE`, `NEXT VALUE FOR` / `PREVIOUS VALUE FOR` a sequence,
+    /// a user variable assigned with `:=`, `SQL_CALC_FOUND_ROWS` and the functions that lock
+    /// (`GET_LOCK` ...) or read the session's last statement (`LAST_INSERT_ID`,
+    /// `FOUND_ROWS`, `ROW_COUNT`, `LASTVAL`) are writes: they must meet the master's session.
+    /// A string is read both with and without backslash escapes (the server's `sql_mode`
+    /// decides), and is a read only if both readings are.
+    ///
+    /// ```
+    /// use pindb_core::adapter::{Dialect, StatementKind::*};
+    ///
+    /// let mariadb = Dialect::MariaDb;
+    /// assert_eq!(mariadb.classify("SELECT `id` FROM `users` WHERE `id` = ?"), Read);
+    /// assert_eq!(mariadb.classify("SELECT 1 /*! , NEXTVAL(s) */"), Write);
+    /// assert_eq!(mariadb.classify("SELECT * FROM t LOCK IN SHARE MODE"), Write);
+    /// assert_eq!(mariadb.classify("SELECT 1 # DELETE FROM t"), Read);
+    /// assert_eq!(mariadb.classify(r"SELECT 'a\', NEXTVAL(s), '\'"), Write);
+    /// ```
+    pub fn classify(self, sql: &str) -> StatementKind {
+        match self {
+            Dialect::Postgres => classify(sql),
+            Dialect::MariaDb => {
+                let with_escapes = classify_with(Lexer::with(
+                    sql.as_bytes(),
+                    Syntax::MariaDb {
+                        backslash_escapes: true,
+                    },
+                ));
+                if with_escapes == StatementKind::Write || !sql.contains('\\') {
+                    return with_escapes;
+                }
+                classify_with(Lexer::with(
+                    sql.as_bytes(),
+                    Syntax::MariaDb {
+                        backslash_escapes: false,
+                    },
+                ))
+            }
+        }
+    }
+
+    fn syntax(self) -> Syntax {
+        match self {
+            Dialect::Postgres => Syntax::Postgres,
+            // Which escapes the server uses does not move a table name.
+            Dialect::MariaDb => Syntax::MariaDb {
+                backslash_escapes: true,
+            },
+        }
+    }
+
+    /// [`main_table`] in this dialect (MariaDB quotes names with backticks).
+    ///
+    /// ```
+    /// use pindb_core::adapter::Dialect;
+    ///
+    /// assert_eq!(Dialect::MariaDb.main_table("SELECT `users`.`id` FROM `app`.`users`"), Some("users"));
+    /// ```
+    pub fn main_table(self, sql: &str) -> Option<&str> {
+        main_table_with(Lexer::with(sql.as_bytes(), self.syntax()), sql)
+    }
+}
 
 /// What a statement may do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -44,7 +124,10 @@ pub enum StatementKind {
 /// assert_eq!(classify("SELECT $$ INSERT $$"), Read);
 /// ```
 pub fn classify(sql: &str) -> StatementKind {
-    let mut lexer = Lexer::new(sql.as_bytes());
+    classify_with(Lexer::new(sql.as_bytes()))
+}
+
+fn classify_with(mut lexer: Lexer<'_>) -> StatementKind {
     let mut statements = 0usize;
     loop {
         match classify_statement(&mut lexer) {
@@ -81,7 +164,10 @@ pub fn classify(sql: &str) -> StatementKind {
 /// assert_eq!(main_table("SELECT 1"), None);
 /// ```
 pub fn main_table(sql: &str) -> Option<&str> {
-    let mut lexer = Lexer::new(sql.as_bytes());
+    main_table_with(Lexer::new(sql.as_bytes()), sql)
+}
+
+fn main_table_with<'a>(mut lexer: Lexer<'a>, sql: &'a str) -> Option<&'a str> {
     let first = loop {
         match lexer.next_token() {
             Token::Punct(b'(') => continue,
@@ -185,6 +271,7 @@ fn classify_statement(lexer: &mut Lexer<'_>) -> Outcome {
             || is(word, "TABLE")
             || is(word, "WITH")
             || is(word, "SHOW")
+            || (lexer.mariadb() && (is(word, "DESCRIBE") || is(word, "DESC")))
         {
             return scan_read_body(lexer);
         }
@@ -254,7 +341,8 @@ fn explain_prefix(lexer: &mut Lexer<'_>) -> Explain {
 
 /// Scans the rest of a statement that started like a read, looking for anything that writes.
 fn scan_read_body(lexer: &mut Lexer<'_>) -> Outcome {
-    let mut after_for = false;
+    let mariadb = lexer.mariadb();
+    let mut prev = Token::End;
     loop {
         let token = lexer.next_token();
         match token {
@@ -265,10 +353,12 @@ fn scan_read_body(lexer: &mut Lexer<'_>) -> Outcome {
                 }
             }
             // A quoted function name is still a call: `"nextval"('s')`.
-            Token::Quoted(w) if writes_when_called(w) => return Outcome::Write,
+            Token::Quoted(w) if writes_when_called(w, mariadb) => return Outcome::Write,
             Token::Opaque => return Outcome::Write,
             Token::Word(w) => {
-                if after_for && (is(w, "UPDATE") || is(w, "SHARE") || is(w, "NO") || is(w, "KEY")) {
+                if matches!(prev, Token::Word(p) if is(p, "FOR"))
+                    && (is(w, "UPDATE") || is(w, "SHARE") || is(w, "NO") || is(w, "KEY"))
+                {
                     return Outcome::Write;
                 }
                 if is(w, "INSERT")
@@ -276,14 +366,17 @@ fn scan_read_body(lexer: &mut Lexer<'_>) -> Outcome {
                     || is(w, "DELETE")
                     || is(w, "MERGE")
                     || is(w, "INTO")
-                    || writes_when_called(w)
+                    || writes_when_called(w, mariadb)
+                    || (mariadb && mariadb::writes_after(prev, w))
                 {
                     return Outcome::Write;
                 }
-                after_for = is(w, "FOR");
             }
-            _ => after_for = false,
+            // `@v := 1` assigns a user variable: the session's state, the master's.
+            Token::Punct(b'=') if mariadb && prev == Token::Punct(b':') => return Outcome::Write,
+            _ => {}
         }
+        prev = token;
     }
 }
 
@@ -297,7 +390,10 @@ fn starts_statement(w: &[u8]) -> bool {
 
 /// Functions that write, take locks a standby cannot grant, or that a standby refuses.
 /// Matching the name alone (not only calls) errs on the safe side.
-fn writes_when_called(w: &[u8]) -> bool {
+fn writes_when_called(w: &[u8], mariadb: bool) -> bool {
+    if mariadb {
+        return mariadb::writes_when_called(w);
+    }
     const EXACT: [&str; 15] = [
         "NEXTVAL",
         "SETVAL",

@@ -330,3 +330,134 @@ fn a_footprint_lists_every_relation_a_read_names() {
     );
     assert_eq!(relations(&many), None, "too many names to check");
 }
+
+/// MariaDB's dialect: what diesel and SeaORM send, and every construct of its syntax that
+/// hides or reveals a write.
+const MARIADB: &[(&str, StatementKind)] = &[
+    (
+        "SELECT `users`.`id`, `users`.`name` FROM `users` WHERE `users`.`id` = ?",
+        Read,
+    ),
+    (
+        "SELECT `cake`.`id` FROM `cake` WHERE `cake`.`id` = ? LIMIT ?",
+        Read,
+    ),
+    ("SELECT COUNT(*) FROM `posts`", Read),
+    ("SELECT `insert`, `delete` FROM `update`", Read),
+    ("SELECT 'INSERT INTO t', \"DELETE FROM t\"", Read),
+    ("SELECT 1 # DELETE FROM t", Read),
+    ("SELECT 1 -- DELETE FROM t", Read),
+    ("SELECT 1 --\tDELETE FROM t", Read),
+    ("SELECT 1 /* DELETE */", Read),
+    ("SELECT 1 /*+ NO_RANGE_OPTIMIZATION(t) */", Read),
+    ("SHOW TABLES", Read),
+    ("DESCRIBE `users`", Read),
+    ("EXPLAIN SELECT * FROM t", Read),
+    ("EXPLAIN FORMAT=JSON DELETE FROM t", Read),
+    ("SELECT REPLACE(name, 'a', 'b') FROM t", Read),
+    ("SELECT @@gtid_slave_pos", Read),
+    ("SELECT @v", Read),
+    ("SELECT 1e5, 1.5e-3, 0x1F, .5", Read),
+    ("SELECT 'it''s', 'a\\'b'", Read),
+    ("SELECT $x FROM t", Read),
+    ("WITH c AS (SELECT 1 AS n) SELECT n FROM c", Read),
+    ("SELECT MASTER_GTID_WAIT('0-1-5', 1)", Read),
+    // Writes.
+    ("INSERT INTO `users` (`name`) VALUES (?)", Write),
+    ("REPLACE INTO t VALUES (1)", Write),
+    ("UPDATE `users` SET `name` = ? WHERE `id` = ?", Write),
+    ("CALL refresh()", Write),
+    ("DO RELEASE_LOCK('x')", Write),
+    ("HANDLER t OPEN", Write),
+    ("SET @x = 1", Write),
+    ("LOCK TABLES t READ", Write),
+    ("ANALYZE SELECT * FROM t", Write),
+    ("EXPLAIN ANALYZE DELETE FROM t", Write),
+    ("SELECT * FROM t FOR UPDATE", Write),
+    ("SELECT * FROM t LOCK IN SHARE MODE", Write),
+    ("SELECT * FROM t INTO OUTFILE '/tmp/x'", Write),
+    ("SELECT * FROM t INTO DUMPFILE '/tmp/x'", Write),
+    ("SELECT id INTO @v FROM t", Write),
+    ("SELECT @v := id FROM t", Write),
+    ("SELECT @v:=id FROM t", Write),
+    ("SELECT NEXTVAL(s)", Write),
+    ("SELECT NEXT VALUE FOR s", Write),
+    ("SELECT PREVIOUS VALUE FOR s", Write),
+    ("SELECT SETVAL(s, 10)", Write),
+    ("SELECT LASTVAL(s)", Write),
+    ("SELECT GET_LOCK('job', 0)", Write),
+    ("SELECT `GET_LOCK`('job', 0)", Write),
+    ("SELECT IS_USED_LOCK('job')", Write),
+    ("SELECT LAST_INSERT_ID()", Write),
+    ("SELECT FOUND_ROWS()", Write),
+    ("SELECT SQL_CALC_FOUND_ROWS * FROM t LIMIT 10", Write),
+    ("SELECT ROW_COUNT()", Write),
+    // Executable comments run.
+    ("SELECT 1 /*! , NEXTVAL(s) */", Write),
+    ("SELECT 1 /*!50000 , NEXTVAL(s) */", Write),
+    ("SELECT 1 /*M!100500 , NEXTVAL(s) */", Write),
+    ("SELECT * FROM t /*! FOR UPDATE */", Write),
+    ("/*!INSERT INTO t VALUES (1) */", Write),
+    ("SELECT 1 /*! , 2 */ , NEXTVAL(s)", Write),
+    // Comments do not nest: the first `*/` ends one.
+    ("SELECT 1 /* /* */ , NEXTVAL(s) /* */", Write),
+    // `--` without a space after it is two minus signs.
+    ("SELECT 1 --1, NEXTVAL(s)", Write),
+    // A backslash escapes a quote, or does not (`NO_BACKSLASH_ESCAPES`): both readings count.
+    ("SELECT 'a\\', NEXTVAL(s), '\\'", Write),
+    ("SELECT 'a\\' , NEXTVAL(s) -- '", Write),
+    ("SELECT \"a\\\", NEXTVAL(s), \"\\\"", Write),
+    // A number glued to a keyword: the keyword is still seen.
+    ("SELECT 1 FROM t WHERE 1INTO @x", Write),
+    ("", Write),
+    ("/*! */", Write),
+];
+
+#[test]
+fn mariadb_dialect_of_real_statements() {
+    for (sql, expected) in MARIADB {
+        assert_eq!(Dialect::MariaDb.classify(sql), *expected, "MariaDB: {sql}");
+    }
+}
+
+#[test]
+fn mariadb_main_tables() {
+    for (sql, table) in [
+        (
+            "SELECT `users`.`id` FROM `users` WHERE `users`.`id` = ?",
+            Some("users"),
+        ),
+        (
+            "INSERT INTO `app`.`notes` (`body`) VALUES (?)",
+            Some("notes"),
+        ),
+        ("UPDATE notes SET body = ?", Some("notes")),
+        ("DELETE FROM `notes` # gone", Some("notes")),
+        ("SELECT 1", None),
+    ] {
+        assert_eq!(Dialect::MariaDb.main_table(sql), table, "{sql}");
+    }
+}
+
+#[test]
+fn the_postgres_dialect_is_classify() {
+    for (sql, _) in TABLE.iter().chain(MARIADB) {
+        assert_eq!(Dialect::Postgres.classify(sql), classify(sql), "{sql}");
+    }
+}
+
+proptest::proptest! {
+    #[test]
+    fn mariadb_never_panics_on_arbitrary_text(s in "\\PC*") {
+        let _ = Dialect::MariaDb.classify(&s);
+        let _ = Dialect::MariaDb.main_table(&s);
+    }
+
+    #[test]
+    fn mariadb_comments_and_strings_never_turn_a_write_into_a_read(
+        noise in "[a-zA-Z0-9 ;'\"`#/*!\\\\-]*",
+    ) {
+        let sql = format!("DELETE FROM t {noise}");
+        proptest::prop_assert_eq!(Dialect::MariaDb.classify(&sql), Write);
+    }
+}

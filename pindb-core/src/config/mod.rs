@@ -303,6 +303,13 @@ impl Config {
         let mut databases =
             populate_replicas(masters, sets, &self.unmanaged, self.unmanaged_default)?;
         for db in &mut databases {
+            if self.emulate_replicas > 0 && db.backend != crate::backend::Backend::Postgres {
+                return Err(PinDbError::config(
+                    db.alias.clone(),
+                    "emulate_replicas opens the master read-only with a PostgreSQL startup \
+                     parameter; a MariaDB set has no such net yet: set emulate_replicas = 0",
+                ));
+            }
             if let crate::populate::Membership::Replica { set, .. } = &db.membership {
                 // An emulated replica is its master: it would accept a write.
                 db.read_only |= self.emulate_replicas > 0

@@ -17,7 +17,7 @@ use crate::config::{Config, StickinessSettings};
 use crate::context::{Context, PinOrigin};
 use crate::error::PinDbError;
 use crate::lsn::Lsn;
-use crate::probe::{lsn_column, Probe};
+use crate::probe::{Asked, Probe};
 use crate::store::{Positions, Store};
 use crate::topology::Topology;
 
@@ -169,7 +169,8 @@ impl Consistency {
         Duration::from_secs(self.settings.ttl_seconds)
     }
 
-    /// `pg_current_wal_insert_lsn()` on the master of `set`, over pindb's own connection.
+    /// The master's position after the writes (`pg_current_wal_insert_lsn()`, MariaDB's
+    /// `@@gtid_binlog_pos`) of `set`, over pindb's own connection.
     pub(crate) async fn master_insert_lsn(&self, set: &str) -> Result<Lsn, String> {
         let s = self
             .topology
@@ -179,12 +180,9 @@ impl Consistency {
             .master()
             .ok_or_else(|| format!("set `{set}` has no primary right now"))?;
         self.count_round_trip(true);
-        let row = Probe::shared_row(
-            &self.probes[master],
-            "SELECT pg_current_wal_insert_lsn()::text",
-        )
-        .await?;
-        lsn_column(&row, 0)?.ok_or_else(|| "the master returned no position".to_owned())
+        Probe::shared_position(&self.probes[master], Asked::Written)
+            .await?
+            .ok_or_else(|| "the master returned no position".to_owned())
     }
 
     /// Asks each usable replica of `set` for its replay position and records it. `None` when
@@ -208,16 +206,12 @@ impl Consistency {
                 continue;
             }
             self.count_round_trip(false);
-            let sql = if self.emulated {
-                "SELECT pg_current_wal_lsn()::text"
-            } else {
-                "SELECT pg_last_wal_replay_lsn()::text"
+            let asked = match self.emulated {
+                true => Asked::Master,
+                false => Asked::Applied,
             };
             let Some(slot) = self.topology.slot(index) else {
-                if let Ok(Some(lsn)) = Probe::shared_row(&self.probes[index], sql)
-                    .await
-                    .and_then(|row| lsn_column(&row, 0))
-                {
+                if let Ok(Some(lsn)) = Probe::shared_position(&self.probes[index], asked).await {
                     s.health[r].raise_replay(lsn);
                 }
                 continue;
@@ -237,10 +231,7 @@ impl Consistency {
             }
             // Shared with concurrent callers, as for any replica. The probe may have moved on
             // to a newer host meanwhile: `if_current` then drops what it says.
-            if let Ok(Some(lsn)) = Probe::shared_row(&self.probes[index], sql)
-                .await
-                .and_then(|row| lsn_column(&row, 0))
-            {
+            if let Ok(Some(lsn)) = Probe::shared_position(&self.probes[index], asked).await {
                 slot.if_current(generation, || s.health[r].raise_replay(lsn));
             }
         }

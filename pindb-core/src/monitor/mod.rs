@@ -29,6 +29,8 @@ use crate::probe::Probe;
 use crate::replica::Health;
 use crate::topology::Topology;
 
+#[cfg(feature = "mariadb")]
+mod mariadb;
 mod source;
 mod startup;
 mod track;
@@ -307,7 +309,7 @@ async fn watch_replica(
                 let lag_ms = health[r].staleness_ms(freshness::now());
                 let over = over || lag_ms > settings.max_lag_ms;
                 if over != was_over && !applying {
-                    tracing::info!(target: "pindb", %alias, "pindb monitor: not applying (its subscription is disabled or its apply worker is not running): no read goes there whatever its lag");
+                    tracing::info!(target: "pindb", %alias, "pindb monitor: not applying (a subscription disabled or its apply worker stopped, a MariaDB SQL thread stopped): no read goes there whatever its lag");
                 } else if over != was_over {
                     tracing::info!(target: "pindb", %alias, lag_bytes, lag_ms, over_lag = over, "pindb monitor: replica lag state changed");
                 }

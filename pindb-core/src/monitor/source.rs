@@ -17,7 +17,8 @@ use super::MasterTrack;
 
 /// Where a replica's position comes from.
 pub(super) enum Source {
-    /// A streaming standby: `pg_last_wal_replay_lsn()`, while it is in recovery.
+    /// A streaming standby: `pg_last_wal_replay_lsn()`, while it is in recovery; a MariaDB
+    /// replica: its `@@gtid_slave_pos` in its domain, applying while its SQL thread runs.
     Standby(Probe),
     /// The master opened read-only (`emulate_replicas`): always caught up.
     Emulated(Probe),
@@ -215,19 +216,10 @@ impl Source {
                 let row = probe.row("SELECT pg_current_wal_lsn()::text").await?;
                 Ok(Ok(observed(lsn_column(&row, 0)?)))
             }
-            Source::Standby(probe) => {
-                let row = probe
-                    .row("SELECT pg_is_in_recovery(), pg_last_wal_replay_lsn()::text")
-                    .await?;
-                let in_recovery: bool = row.try_get(0).map_err(|e| e.to_string())?;
-                Ok(match in_recovery {
-                    true => Ok(observed(lsn_column(&row, 1)?)),
-                    false => Err(format!(
-                        "`{}` is not in recovery (promoted?); not reading from it",
-                        probe.alias
-                    )),
-                })
-            }
+            Source::Standby(probe) => Ok(probe
+                .standby()
+                .await?
+                .map(|(position, applying)| Observed { position, applying })),
             Source::Logical {
                 replica,
                 master,

@@ -202,6 +202,19 @@ pub(crate) async fn verify_topology(
             continue;
         };
         let master_db = &topology.databases()[master];
+        #[cfg(feature = "mariadb")]
+        if master_db.backend == crate::backend::Backend::MariaDb {
+            let replicas: Vec<_> = replicas
+                .iter()
+                .map(|&index| &topology.databases()[index])
+                .collect();
+            let found = super::mariadb::Findings {
+                warnings: &mut warnings,
+                problems: &mut problems,
+            };
+            super::mariadb::verify_set(master_db, &replicas, settings, found).await;
+            continue;
+        }
         for &index in replicas {
             let db = &topology.databases()[index];
             read_only_net(db, settings, &mut warnings, &mut problems).await;

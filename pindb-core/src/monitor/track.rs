@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use crate::freshness::Proof;
 use crate::lsn::Lsn;
-use crate::probe::{lsn_column, Probe};
+use crate::probe::{Asked, Probe};
 
 /// The master's recent positions, in the order they were recorded: what replica lag is
 /// measured against.
@@ -88,10 +88,10 @@ impl MasterTrack {
             return Ok(None);
         }
         let asked = Instant::now();
-        let row = Probe::shared_row(master, "SELECT pg_current_wal_lsn()::text").await;
+        let lsn = Probe::shared_position(master, Asked::Master).await;
         self.failing
-            .store(row.is_err(), std::sync::atomic::Ordering::Relaxed);
-        let lsn = lsn_column(&row?, 0)?;
+            .store(lsn.is_err(), std::sync::atomic::Ordering::Relaxed);
+        let lsn = lsn?;
         if let Some(lsn) = lsn {
             self.push(asked, lsn);
         }

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use super::options;
 use super::settings::ReplicaKind;
+use crate::backend::Backend;
 
 /// Where a database sits in the topology.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -75,6 +76,8 @@ impl Default for PoolSettings {
 pub struct Database {
     /// The alias (`default`, `default-1`, `legacy`...).
     pub alias: String,
+    /// The database it runs, from its URL's scheme (PostgreSQL without a URL).
+    pub backend: Backend,
     /// Master, replica or unmanaged.
     pub membership: Membership,
     /// Host name or address.
@@ -147,7 +150,12 @@ impl Database {
     ///
     /// Options only sqlx knows (`statement-cache-capacity`) are left out (tokio-postgres and
     /// libpq refuse them), and a [`Database::read_only`] pool gets its startup parameter.
+    /// A MariaDB database's is its [`Database::url`].
     pub fn pool_url(&self) -> String {
+        if self.backend != Backend::Postgres {
+            // No url options (refused at start-up): the pool bounds its connection attempts.
+            return self.url();
+        }
         let mut pool = self.clone();
         pool.options.retain(|k, _| !options::only_sqlx(k));
         if !self.options.contains_key("connect_timeout") {
@@ -180,7 +188,7 @@ impl Database {
     }
 
     fn render(&self, with_password: bool) -> String {
-        let mut s = String::from("postgres://");
+        let mut s = format!("{}://", self.backend.scheme());
         let enc = |v: &str| {
             percent_encoding::utf8_percent_encode(v, percent_encoding::NON_ALPHANUMERIC).to_string()
         };

@@ -6,10 +6,54 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use crate::backend::Backend;
 use crate::error::PinDbError;
 
-/// Default TCP port when neither the URL nor the settings give one.
+/// Default TCP port of PostgreSQL when neither the URL nor the settings give one (see
+/// [`Backend::default_port`](crate::adapter::Backend::default_port)).
 pub const DEFAULT_PORT: u16 = 5432;
+
+/// What a MariaDB set cannot have yet: every database of a set runs one backend, and the
+/// features built on PostgreSQL's catalogs are refused by name.
+fn refuse_for_mariadb(
+    alias: &str,
+    settings: &DatabaseSettings,
+    master: Backend,
+    parts: &Parts,
+) -> Result<(), PinDbError> {
+    let backend = parts.backend.unwrap_or(master);
+    if backend != master {
+        return Err(PinDbError::config(
+            alias,
+            format!(
+                "its url is {} and its master's is {}: a set runs on one database; give it a \
+                 {}:// url",
+                backend.name(),
+                master.name(),
+                master.scheme()
+            ),
+        ));
+    }
+    if backend != Backend::MariaDb {
+        return Ok(());
+    }
+    let feature = if settings.discovery.is_some() {
+        "`discovery`"
+    } else if settings.is_multi_host() || !settings.hosts.is_empty() {
+        "a list of hosts"
+    } else if !settings.servers.is_empty() {
+        "`servers` (a reader endpoint)"
+    } else {
+        return Ok(());
+    };
+    Err(PinDbError::config(
+        alias,
+        format!(
+            "{feature} is PostgreSQL's only for now; a MariaDB set is a master with its \
+             replicas listed one by one"
+        ),
+    ))
+}
 
 /// `hosts` and `discovery` describe a set: only a master takes them.
 fn refuse_hosts(alias: &str, settings: &DatabaseSettings) -> Result<(), PinDbError> {
@@ -216,6 +260,8 @@ pub fn populate_replicas(
         claim(set, "a master")?;
         servers::refuse_servers(set, master_settings)?;
         let master = Parts::from_settings(set, master_settings)?;
+        let backend = master.backend.unwrap_or_default();
+        refuse_for_mariadb(set, master_settings, backend, &master)?;
         let hosts = match master_settings.hosts.is_empty() {
             true => master.url_hosts.clone(),
             false => master_settings.hosts.clone(),
@@ -248,8 +294,10 @@ pub fn populate_replicas(
             let index = i + 1;
             let alias = format!("{set}-{index}");
             refuse_hosts(&alias, overrides)?;
+            let own = Parts::from_settings(&alias, overrides)?;
+            refuse_for_mariadb(&alias, overrides, backend, &own)?;
             let mut parts = master.clone();
-            parts.overlay(Parts::from_settings(&alias, overrides)?);
+            parts.overlay(own);
             let membership = Membership::Replica {
                 set: set.clone(),
                 index,

@@ -11,7 +11,7 @@ use url::Url;
 use super::database::{Database, Membership, PoolSettings};
 use super::options;
 use super::settings::{split_hosts, DatabaseSettings, ReplicaKind};
-use super::DEFAULT_PORT;
+use crate::backend::Backend;
 use crate::error::PinDbError;
 
 /// Connection parts before defaults are filled in; `None` means "not said here".
@@ -29,6 +29,8 @@ pub(super) struct Parts {
     pub(super) kind: Option<ReplicaKind>,
     /// The hosts of a multi-host URL (`host[:port]` each), when it had more than one.
     pub(super) url_hosts: Vec<String>,
+    /// From the URL's scheme.
+    pub(super) backend: Option<Backend>,
 }
 
 impl Parts {
@@ -49,6 +51,7 @@ impl Parts {
             connect_timeout_ms: s.connect_timeout_ms,
             kind: s.kind,
             url_hosts: Vec::new(),
+            backend: None,
         });
         Ok(parts)
     }
@@ -69,6 +72,7 @@ impl Parts {
         take(&mut self.min_idle, top.min_idle);
         take(&mut self.connect_timeout_ms, top.connect_timeout_ms);
         take(&mut self.kind, top.kind);
+        take(&mut self.backend, top.backend);
         if !top.url_hosts.is_empty() {
             self.url_hosts = top.url_hosts;
         }
@@ -92,6 +96,15 @@ impl Parts {
                 "no host: give a `url` (postgres://user@host:port/db) or a `host`",
             )
         })?;
+        let backend = self.backend.unwrap_or_default();
+        if backend == Backend::MariaDb {
+            if let Some(key) = self.options.keys().next() {
+                return Err(PinDbError::config(
+                    alias,
+                    format!("url option `{key}`: MariaDB sets take no url options yet; remove it"),
+                ));
+            }
+        }
         for key in self.options.keys() {
             options::check(&alias, key)?;
         }
@@ -114,7 +127,15 @@ impl Parts {
                 ))
             }
         };
+        if backend == Backend::MariaDb && kind == ReplicaKind::Logical {
+            return Err(PinDbError::config(
+                alias,
+                "`kind = \"logical\"` is PostgreSQL's logical replication; a MariaDB replica \
+                 follows its master by GTID: remove `kind`",
+            ));
+        }
         Ok(Database {
+            backend,
             read_only: kind == ReplicaKind::Logical,
             kind,
             runtime: false,
@@ -122,7 +143,7 @@ impl Parts {
             alias,
             membership,
             host,
-            port: self.port.unwrap_or(DEFAULT_PORT),
+            port: self.port.unwrap_or(backend.default_port()),
             user: self.user,
             password: self.password,
             dbname: self.dbname,
@@ -184,13 +205,21 @@ pub(super) fn parse_url(alias: &str, text: &str) -> Result<Parts, PinDbError> {
             ),
         )
     })?;
-    if url.scheme() != "postgres" && url.scheme() != "postgresql" {
-        return Err(PinDbError::config(
+    let backend = Backend::of_scheme(url.scheme()).ok_or_else(|| {
+        PinDbError::config(
             alias,
             format!(
-                "unsupported url scheme `{}`: pindb speaks PostgreSQL; use postgres://",
+                "unsupported url scheme `{}`: pindb speaks PostgreSQL (postgres://) and MariaDB \
+                 (mysql:// or mariadb://)",
                 url.scheme()
             ),
+        )
+    })?;
+    if backend == Backend::MariaDb && cfg!(not(feature = "mariadb")) {
+        return Err(PinDbError::config(
+            alias,
+            "a MariaDB url needs pindb-core's `mariadb` feature; enable it in Cargo.toml \
+             (pindb-core = { features = [\"mariadb\"] })",
         ));
     }
     let decode = |s: &str| percent_decode_str(s).decode_utf8_lossy().into_owned();
@@ -206,6 +235,7 @@ pub(super) fn parse_url(alias: &str, text: &str) -> Result<Parts, PinDbError> {
             .map(|(k, v)| (k.into_owned(), v.into_owned()))
             .collect(),
         url_hosts,
+        backend: Some(backend),
         ..Parts::default()
     })
 }

@@ -104,8 +104,56 @@ fn unparsable_url_names_the_alias_and_hides_the_password() {
 
 #[test]
 fn wrong_scheme() {
-    let (_, problem) = err("[masters.default]\nurl = 'mysql://h/d'\n[sets]\ndefault = []");
-    assert!(problem.contains("postgres://"), "{problem}");
+    let (_, problem) = err("[masters.default]\nurl = 'oracle://h/d'\n[sets]\ndefault = []");
+    assert!(
+        problem.contains("postgres://") && problem.contains("mysql://"),
+        "{problem}"
+    );
+}
+
+#[test]
+fn a_mariadb_url_without_the_feature_names_it_and_with_it_gets_mariadb_defaults() {
+    let config = "[masters.default]\nurl = 'mysql://app@h/d'\n[sets]\ndefault = [{ host = 'r' }]";
+    if cfg!(not(feature = "mariadb")) {
+        let (_, problem) = err(config);
+        assert!(problem.contains("`mariadb` feature"), "{problem}");
+        return;
+    }
+    let config = Config::from_toml_str(config).unwrap();
+    let dbs = config.databases().unwrap();
+    assert_eq!(dbs[1].url(), "mysql://app@r:3306/d");
+    assert_eq!(dbs[1].backend, crate::backend::Backend::MariaDb);
+}
+
+#[test]
+fn a_set_of_two_backends_and_postgres_only_features_on_mariadb_are_refused() {
+    if cfg!(not(feature = "mariadb")) {
+        return;
+    }
+    let (alias, problem) = err(
+        "[masters.default]\nurl = 'mysql://h/d'\n[sets]\ndefault = [{ url = 'postgres://r/d' }]",
+    );
+    assert_eq!(alias.as_deref(), Some("default-1"));
+    assert!(problem.contains("a set runs on one database"), "{problem}");
+    for (settings, named) in [
+        ("url = 'mysql://h1,h2/d'", "a list of hosts"),
+        (
+            "url = 'mysql://h/d'\n[masters.default.discovery]\nmax_replicas = 1",
+            "`discovery`",
+        ),
+    ] {
+        let (_, problem) = err(&format!(
+            "[masters.default]\n{settings}\n[sets]\ndefault = []"
+        ));
+        assert!(
+            problem.contains(named) && problem.contains("PostgreSQL's only"),
+            "{problem}"
+        );
+    }
+    let (_, problem) = err(
+        "[masters.default]\nurl = 'mysql://h/d'\n[sets]\ndefault = [{ host = 'r', kind = 'logical' }]",
+    );
+    assert!(problem.contains("follows its master by GTID"), "{problem}");
 }
 
 #[test]

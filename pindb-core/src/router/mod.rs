@@ -139,6 +139,7 @@ impl Router {
         config.validate()?;
         let topology = Arc::new(Topology::new(&config)?);
         let databases = topology.databases().len();
+        let statements = statements::Statements::new(&config, topology.backend().dialect());
         let store = store.unwrap_or_else(|| {
             Arc::new(crate::store::MemoryStore::new(
                 config.stickiness.memory_capacity,
@@ -149,7 +150,7 @@ impl Router {
                 id: NEXT_ROUTER_ID.fetch_add(1, Ordering::Relaxed),
                 consistency: Arc::new(Consistency::new(Arc::clone(&topology), &config, store)),
                 topology,
-                statements: statements::Statements::new(&config),
+                statements,
                 config,
                 delegates,
                 monitor: Mutex::new(Vec::new()),

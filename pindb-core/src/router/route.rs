@@ -4,7 +4,7 @@
 use std::fmt;
 use std::sync::Arc;
 
-use crate::classify::{classify, main_table, Footprint, StatementKind};
+use crate::classify::{classify, main_table, Dialect, Footprint, StatementKind};
 use crate::context::NewPin;
 
 /// Read or write.
@@ -340,7 +340,8 @@ pub struct Shape {
 }
 
 impl Shape {
-    /// Classifies `sql`; looks for its main table only `with_table` (it costs a second scan).
+    /// Classifies `sql` (PostgreSQL); looks for its main table only `with_table` (it costs a
+    /// second scan).
     pub fn of_sql(sql: &str, with_table: bool) -> Shape {
         Shape {
             op: match classify(sql) {
@@ -348,6 +349,23 @@ impl Shape {
                 StatementKind::Write => Operation::Write,
             },
             table: with_table.then(|| main_table(sql).map(Arc::from)).flatten(),
+            footprint: None,
+        }
+    }
+
+    /// [`Shape::of_sql`] in `dialect`.
+    pub fn of_sql_in(dialect: Dialect, sql: &str, with_table: bool) -> Shape {
+        if dialect == Dialect::Postgres {
+            return Shape::of_sql(sql, with_table);
+        }
+        Shape {
+            op: match dialect.classify(sql) {
+                StatementKind::Read => Operation::Read,
+                StatementKind::Write => Operation::Write,
+            },
+            table: with_table
+                .then(|| dialect.main_table(sql).map(Arc::from))
+                .flatten(),
             footprint: None,
         }
     }

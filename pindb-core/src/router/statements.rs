@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{PoisonError, RwLock};
 
 use super::{Operation, Shape};
-use crate::classify::{mentions, Footprint};
+use crate::classify::{mentions, Dialect, Footprint};
 use crate::config::Config;
 
 /// At most this many refused statements are remembered: SQL with inlined literals must not
@@ -16,6 +16,8 @@ use crate::config::Config;
 const MAX_LEARNED: usize = 10_000;
 
 pub(super) struct Statements {
+    /// The SQL of the router's databases.
+    dialect: Dialect,
     /// `write_functions` and `write_relations`, lowercase, without schema.
     names: Box<[Box<str>]>,
     /// Hashes of statements a replica refused.
@@ -26,7 +28,7 @@ pub(super) struct Statements {
 }
 
 impl Statements {
-    pub(super) fn new(config: &Config) -> Self {
+    pub(super) fn new(config: &Config, dialect: Dialect) -> Self {
         let names = config
             .write_functions
             .iter()
@@ -38,6 +40,7 @@ impl Statements {
             })
             .collect();
         Statements {
+            dialect,
             names,
             refused: RwLock::new(HashSet::new()),
             any_refused: AtomicBool::new(false),
@@ -47,7 +50,7 @@ impl Statements {
 
     /// `with_footprint`: some replica carries only some tables.
     pub(super) fn shape_of(&self, sql: &str, with_table: bool, with_footprint: bool) -> Shape {
-        let mut shape = Shape::of_sql(sql, with_table);
+        let mut shape = Shape::of_sql_in(self.dialect, sql, with_table);
         if shape.op == Operation::Read && (mentions(sql, &self.names) || self.refused(sql)) {
             shape.op = Operation::Write;
         }

@@ -8,6 +8,7 @@ use std::ops::Range;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
+use crate::backend::Backend;
 use crate::classify::Footprint;
 use crate::config::Config;
 use crate::coverage::Coverage;
@@ -141,6 +142,21 @@ impl Topology {
     /// The alias table of a validated config.
     pub(crate) fn new(config: &Config) -> Result<Topology, PinDbError> {
         let databases = config.databases()?;
+        if let Some(other) = databases
+            .iter()
+            .find(|db| db.backend != databases[0].backend)
+        {
+            return Err(PinDbError::config(
+                other.alias.clone(),
+                format!(
+                    "it is {} and `{}` is {}: one router routes one kind of database (its \
+                     statements are classified in one SQL dialect); build a router per kind",
+                    other.backend.name(),
+                    databases[0].alias,
+                    databases[0].backend.name()
+                ),
+            ));
+        }
         let mut sets: Vec<SetEntry> = Vec::new();
         let mut by_alias = HashMap::new();
         for (i, db) in databases.iter().enumerate() {
@@ -261,6 +277,14 @@ impl Topology {
     /// unmanaged ones. Adapters keep their pools in a `Vec` in this order.
     pub fn databases(&self) -> &[Database] {
         &self.databases
+    }
+
+    /// The database every set runs (one per router).
+    pub fn backend(&self) -> Backend {
+        self.databases
+            .first()
+            .map(|db| db.backend)
+            .unwrap_or_default()
     }
 
     /// The database behind an alias.

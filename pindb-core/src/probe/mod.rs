@@ -6,6 +6,16 @@
 //! one round trip (`query_typed`), and a connection sets nothing on its session (its name is a
 //! startup parameter), so a transaction-mode pooler (PgBouncer) may hand its server
 //! connection to anyone between statements.
+//!
+//! A probe of a MariaDB database (`mariadb.rs`) answers the backend-neutral questions
+//! ([`Probe::shared_position`], [`Probe::standby`]); the PostgreSQL queries of the features
+//! MariaDB sets do not have yet ([`Probe::row`]) fail on it, naming the backend.
+
+#[cfg(feature = "mariadb")]
+mod mariadb;
+
+#[cfg(feature = "mariadb")]
+pub(crate) use mariadb::SlaveStatus;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,9 +23,31 @@ use std::time::Duration;
 use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::{Client, NoTls, Row};
 
+use crate::backend::Backend;
 use crate::endpoint::{ServerSearch, SERVER_ADDRESS_SQL};
 use crate::lsn::Lsn;
 use crate::populate::Database;
+
+/// A position pindb asks a server for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Asked {
+    /// A master's current position: what replica lag is measured against.
+    Master,
+    /// A master's position after a write committed, covering it: read-your-writes.
+    Written,
+    /// What a replica has applied (replayed).
+    Applied,
+}
+
+impl Asked {
+    fn postgres_sql(self) -> &'static str {
+        match self {
+            Asked::Master => "SELECT pg_current_wal_lsn()::text",
+            Asked::Written => "SELECT pg_current_wal_insert_lsn()::text",
+            Asked::Applied => "SELECT pg_last_wal_replay_lsn()::text",
+        }
+    }
+}
 
 /// A small connection of pindb's own, reconnected on demand.
 pub(crate) struct Probe {
@@ -34,6 +66,11 @@ pub(crate) struct Probe {
     /// own deadline, a dropped future) leaves it running for the next caller, so a wait
     /// shorter than a connection's set-up still gets a connection the next time.
     connecting: Option<tokio::task::JoinHandle<Result<Client, String>>>,
+    backend: Backend,
+    /// A MariaDB database's connection (`None` for PostgreSQL, or a url that does not parse:
+    /// then every question says so).
+    #[cfg(feature = "mariadb")]
+    mariadb: Option<Result<mariadb::Server, String>>,
 }
 
 impl Probe {
@@ -51,12 +88,96 @@ impl Probe {
             server: db.server.is_some().then(|| Arc::new(db.clone())),
             client: None,
             connecting: None,
+            backend: db.backend,
+            #[cfg(feature = "mariadb")]
+            mariadb: (db.backend == Backend::MariaDb).then(|| mariadb::Server::new(&db.url())),
         }
+    }
+
+    /// The position `asked` of the server behind `probe`, shared by concurrent callers as
+    /// [`Probe::shared_row`] (a MariaDB connection answers one at a time).
+    pub(crate) async fn shared_position(
+        probe: &tokio::sync::Mutex<Probe>,
+        asked: Asked,
+    ) -> Result<Option<Lsn>, String> {
+        #[cfg(feature = "mariadb")]
+        {
+            let mut p = probe.lock().await;
+            if p.backend == Backend::MariaDb {
+                let timeout = p.timeout;
+                return p
+                    .with_mariadb(|server| server.position(asked == Asked::Applied, timeout))
+                    .await;
+            }
+        }
+        let row = Probe::shared_row(probe, asked.postgres_sql()).await?;
+        lsn_column(&row, 0)
+    }
+
+    /// A replica's applied position and whether it applies changes now (a PostgreSQL standby
+    /// always does; a MariaDB replica whose SQL thread stopped does not). The inner error:
+    /// it is not a replica (a primary, promoted, no replication configured), in words.
+    pub(crate) async fn standby(&mut self) -> Result<Result<(Option<Lsn>, bool), String>, String> {
+        #[cfg(feature = "mariadb")]
+        if self.backend == Backend::MariaDb {
+            let timeout = self.timeout;
+            return self.with_mariadb(|server| server.replica(timeout)).await;
+        }
+        let row = self
+            .row("SELECT pg_is_in_recovery(), pg_last_wal_replay_lsn()::text")
+            .await?;
+        let in_recovery: bool = row.try_get(0).map_err(|e| e.to_string())?;
+        Ok(match in_recovery {
+            true => Ok((lsn_column(&row, 1)?, true)),
+            false => Err(format!(
+                "`{}` is not in recovery (promoted?); not reading from it",
+                self.alias
+            )),
+        })
+    }
+
+    /// Runs `sql` on a MariaDB database and returns its first row (`None`: no row).
+    #[cfg(feature = "mariadb")]
+    pub(crate) async fn mariadb_row(
+        &mut self,
+        sql: &str,
+    ) -> Result<Option<mysql_async::Row>, String> {
+        let timeout = self.timeout;
+        self.with_mariadb(|server| server.row(sql, timeout)).await
+    }
+
+    /// `SHOW SLAVE STATUS` of a MariaDB database.
+    #[cfg(feature = "mariadb")]
+    pub(crate) async fn mariadb_status(&mut self) -> Result<mariadb::SlaveStatus, String> {
+        let timeout = self.timeout;
+        self.with_mariadb(|server| server.slave_status(timeout))
+            .await
+    }
+
+    #[cfg(feature = "mariadb")]
+    async fn with_mariadb<'p, T, F>(
+        &'p mut self,
+        ask: impl FnOnce(&'p mut mariadb::Server) -> F,
+    ) -> Result<T, String>
+    where
+        F: std::future::Future<Output = Result<T, String>> + 'p,
+    {
+        let alias = self.alias.clone();
+        match self.mariadb.as_mut() {
+            Some(Ok(server)) => ask(server).await,
+            Some(Err(e)) => Err(e.clone()),
+            None => Err("not a MariaDB database".to_owned()),
+        }
+        .map_err(|e| format!("`{alias}`: {e}"))
     }
 
     /// Closes its connection (the next call opens another).
     pub(crate) fn disconnect(&mut self) {
         self.client = None;
+        #[cfg(feature = "mariadb")]
+        if let Some(Ok(server)) = self.mariadb.as_mut() {
+            server.disconnect();
+        }
         // An attempt under way may be to a host that left: stopped.
         if let Some(connecting) = self.connecting.take() {
             connecting.abort();
@@ -80,6 +201,9 @@ impl Probe {
         sql: &str,
         params: &[(&(dyn ToSql + Sync), Type)],
     ) -> Result<Vec<Row>, String> {
+        if self.backend != Backend::Postgres {
+            return Err(self.not_postgres());
+        }
         let result = tokio::time::timeout(self.timeout, async {
             let client = self.client().await?;
             client
@@ -103,6 +227,9 @@ impl Probe {
     ) -> Result<Row, String> {
         let (client, timeout, alias) = {
             let mut p = probe.lock().await;
+            if p.backend != Backend::Postgres {
+                return Err(p.not_postgres());
+            }
             let client = tokio::time::timeout(p.timeout, p.client())
                 .await
                 .unwrap_or_else(|_| Err(format!("no connection within {:?}", p.timeout)));
@@ -126,6 +253,14 @@ impl Probe {
                 Err(format!("`{alias}`: no answer within {timeout:?}"))
             }
         }
+    }
+
+    fn not_postgres(&self) -> String {
+        format!(
+            "`{}` is a {} database: this is asked of PostgreSQL only",
+            self.alias,
+            self.backend.name()
+        )
     }
 
     async fn client(&mut self) -> Result<Arc<Client>, String> {

@@ -1,0 +1,144 @@
+//! The start-up topology check of a MariaDB set: its master writes a binary log and is no
+//! replica; each replica replicates from that master (by `server_id`), in the same GTID
+//! domain, and is `read_only`.
+
+use mysql_async::Row;
+
+use crate::config::MonitorSettings;
+use crate::error::PinDbError;
+use crate::populate::Database;
+use crate::probe::{Probe, SlaveStatus};
+
+use super::timeout;
+
+/// What the check found: problems name an alias and the fix; warnings say what could not be
+/// checked, or what is unsafe but works.
+pub(super) struct Findings<'a> {
+    pub(super) warnings: &'a mut Vec<String>,
+    pub(super) problems: &'a mut Vec<PinDbError>,
+}
+
+const SERVER_SQL: &str = "SELECT @@server_id, @@gtid_domain_id, @@read_only, @@log_bin";
+
+/// `(server_id, gtid_domain_id, read_only, log_bin)` of a server.
+async fn server(probe: &mut Probe) -> Result<(u32, u32, bool, bool), String> {
+    let row = probe.mariadb_row(SERVER_SQL).await?.ok_or("no row")?;
+    let int = |i: usize| -> Result<u64, String> {
+        row.get_opt::<u64, _>(i)
+            .and_then(Result::ok)
+            .ok_or_else(|| format!("`{SERVER_SQL}`: column {i} is not a number"))
+    };
+    Ok((int(0)? as u32, int(1)? as u32, int(2)? != 0, int(3)? != 0))
+}
+
+fn text(row: &Row, column: &str) -> String {
+    row.get_opt::<Option<String>, _>(column)
+        .and_then(Result::ok)
+        .flatten()
+        .unwrap_or_default()
+}
+
+pub(super) async fn verify_set(
+    master_db: &Database,
+    replicas: &[&Database],
+    settings: &MonitorSettings,
+    found: Findings<'_>,
+) {
+    let mut master = Probe::new(master_db, timeout(settings));
+    let (master_id, domain) = match server(&mut master).await {
+        Ok((id, domain, read_only, log_bin)) => {
+            let problem = if !log_bin {
+                Some(
+                    "writes no binary log (log_bin is OFF): replicas cannot follow it and pindb \
+                     cannot learn its GTID position; start it with log_bin",
+                )
+            } else if read_only {
+                Some("is read_only (a replica?); point it at the writable master")
+            } else {
+                None
+            };
+            if let Some(problem) = problem {
+                found.problems.push(PinDbError::config(
+                    master_db.alias.clone(),
+                    format!(
+                        "configured as a master but {} {problem}",
+                        master_db.redacted_url()
+                    ),
+                ));
+            }
+            (id, domain)
+        }
+        Err(e) => {
+            found.warnings.push(format!(
+                "topology not checked for `{}`: {e}",
+                master_db.alias
+            ));
+            return;
+        }
+    };
+    for db in replicas {
+        let mut probe = Probe::new(db, timeout(settings));
+        let checked = async {
+            let (_, own_domain, read_only, _) = server(&mut probe).await?;
+            let status = probe.mariadb_status().await?;
+            Ok::<_, String>((own_domain, read_only, status))
+        };
+        let (own_domain, read_only, status) = match checked.await {
+            Ok(answers) => answers,
+            Err(e) => {
+                found
+                    .warnings
+                    .push(format!("topology not checked for `{}`: {e}", db.alias));
+                continue;
+            }
+        };
+        let url = db.redacted_url();
+        let problem = match status {
+            _ if own_domain != domain => Some(format!(
+                "{url} has gtid_domain_id {own_domain} and its master `{}` {domain}: pindb \
+                 compares positions in the master's domain; give every server of the set the \
+                 same gtid_domain_id",
+                master_db.alias
+            )),
+            SlaveStatus::Denied => {
+                found.warnings.push(format!(
+                    "`{}`: pindb may not read the replica status of {url} (SHOW SLAVE STATUS \
+                     needs the SLAVE MONITOR privilege): which master it follows is not \
+                     checked, and a stopped SQL thread is seen only as lag once the master \
+                     writes; GRANT SLAVE MONITOR ON *.* to its user",
+                    db.alias
+                ));
+                None
+            }
+            SlaveStatus::NotReplica => Some(format!(
+                "configured as a replica but {url} replicates from nothing (SHOW SLAVE STATUS \
+                 is empty); point it at a replica of `{}`",
+                master_db.alias
+            )),
+            SlaveStatus::Replica(status)
+                if text(&status, "Master_Server_Id") != master_id.to_string() =>
+            {
+                Some(format!(
+                    "{url} replicates from server_id {} ({}:{}), not from its master `{}` \
+                     (server_id {master_id}); point it at a replica of that master",
+                    text(&status, "Master_Server_Id"),
+                    text(&status, "Master_Host"),
+                    text(&status, "Master_Port"),
+                    master_db.alias
+                ))
+            }
+            SlaveStatus::Replica(_) => None,
+        };
+        if let Some(problem) = problem {
+            found
+                .problems
+                .push(PinDbError::config(db.alias.clone(), problem));
+        } else if !read_only {
+            found.warnings.push(format!(
+                "`{}`: {url} is not read_only: a write sent there by mistake would be applied \
+                 on the replica alone; set read_only = ON",
+                db.alias
+            ));
+        }
+    }
+}

@@ -1,0 +1,266 @@
+#![allow(missing_docs, missing_debug_implementations, unreachable_pub)] // not a library: nothing here is public API
+//! pindb-core routing a MariaDB set: the dev cluster's primary and two GTID replicas
+//! (`scripts/cluster up`), with mysql_async pools standing in for an adapter (one pool per
+//! database of the topology, each statement run where `Router::route_sql` says). The monitor
+//! follows the replicas' positions and apply threads, the start-up check refuses what is not
+//! a replica of the master, and a keyed user never reads its own write stale while the
+//! replicas stop and start applying at random.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use mysql_async::prelude::Queryable;
+use mysql_async::{OptsBuilder, Pool};
+use pindb_core::{Config, PinDbError, Role, Router};
+use pindb_testkit::MariaDbCluster;
+
+fn config(master: &str, replicas: &[&str]) -> Config {
+    let mut config = Config::single_set(master, replicas.iter().copied());
+    config.monitor.interval_ms = 100;
+    config
+}
+
+/// What an adapter keeps: a pool per database, in the topology's order.
+fn pools(router: &Router) -> Vec<Pool> {
+    router
+        .topology()
+        .databases()
+        .iter()
+        .map(|db| {
+            let opts = mysql_async::Opts::from_url(&db.url()).expect("a mysql url");
+            Pool::new(OptsBuilder::from_opts(opts).prefer_socket(false))
+        })
+        .collect()
+}
+
+/// The cluster's helpers block (they run the `mariadb` client).
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    tokio::task::spawn_blocking(f)
+        .await
+        .expect("the helper ran")
+}
+
+async fn fresh_table(cluster: &MariaDbCluster, users: u64) -> String {
+    let table = format!("hunt_{}", fastrand::u32(..));
+    let (c, t) = (cluster.clone(), table.clone());
+    blocking(move || {
+        let rows: Vec<String> = (0..users).map(|u| format!("({u}, 0)")).collect();
+        c.query_as_app(
+            0,
+            &format!(
+                "CREATE TABLE {t} (user_id BIGINT PRIMARY KEY, n BIGINT NOT NULL); \
+                 INSERT INTO {t} VALUES {}",
+                rows.join(", ")
+            ),
+        )
+        .expect("the table");
+        c.sync_replicas();
+    })
+    .await;
+    table
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_monitor_follows_a_replica_that_stops_applying() {
+    let cluster = MariaDbCluster::from_env();
+    let c = cluster.clone();
+    let mut apply = blocking(move || c.exclusive()).await;
+    let router = Router::new(config(
+        cluster.master_url(),
+        &[cluster.replica_url(1), cluster.replica_url(2)],
+    ))
+    .unwrap();
+    let warnings = router.start_monitor().await.expect("the topology is right");
+    assert!(warnings.is_empty(), "{warnings:?}");
+    let status = |alias: &str| router.topology().replica_status(alias).unwrap().unwrap();
+    assert!(status("default-1").up && !status("default-1").over_lag);
+    let table = fresh_table(&cluster, 1).await;
+    apply = blocking(move || {
+        apply.stop_apply(1);
+        apply
+    })
+    .await;
+    let (c, t) = (cluster.clone(), table.clone());
+    let written = blocking(move || {
+        c.query_as_app(0, &format!("UPDATE {t} SET n = 1")).unwrap();
+        pindb_testkit::gtid_seq(&c.gtid_binlog_pos(), 0).expect("a position in domain 0")
+    })
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !status("default-1").over_lag && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let stopped = status("default-1");
+    assert!(
+        stopped.up && stopped.over_lag,
+        "a stopped SQL thread is out of rotation: {stopped:?}"
+    );
+    assert!(
+        stopped.replay_lsn.0 < written,
+        "it lacks the write: {stopped:?}"
+    );
+    assert!(!status("default-2").over_lag, "the other replica serves on");
+    for _ in 0..20 {
+        let alias =
+            pindb_core::scope(async { router.route_sql("SELECT 1").unwrap().alias.to_owned() })
+                .await;
+        assert_ne!(alias, "default-1");
+    }
+    apply = blocking(move || {
+        apply.start_apply(1);
+        apply
+    })
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while status("default-1").over_lag && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let resumed = status("default-1");
+    assert!(
+        !resumed.over_lag && resumed.replay_lsn.0 >= written,
+        "{resumed:?}"
+    );
+    drop(apply);
+}
+
+#[tokio::test]
+async fn the_start_up_check_refuses_what_is_not_a_replica_of_the_master() {
+    let cluster = MariaDbCluster::from_env();
+    let c = cluster.clone();
+    let _apply = blocking(move || c.shared()).await;
+    let refused = |config: Config| async {
+        match Router::new(config).unwrap().start_monitor().await {
+            Err(PinDbError::Config { alias, problem, .. }) => (alias, problem),
+            other => panic!("not refused: {other:?}"),
+        }
+    };
+    // The master given as its own replica: it replicates from nothing.
+    let (alias, message) = refused(config(cluster.master_url(), &[cluster.master_url()])).await;
+    assert_eq!(alias.as_deref(), Some("default-1"));
+    assert!(message.contains("replicates from nothing"), "{message}");
+    // A replica given as the master: read_only.
+    let (alias, message) = refused(config(cluster.replica_url(1), &[cluster.replica_url(2)])).await;
+    assert_eq!(alias.as_deref(), Some("default"));
+    assert!(message.contains("is read_only"), "{message}");
+}
+
+#[test]
+fn a_mixed_router_and_postgres_only_features_are_refused_with_the_fix() {
+    let mixed = Config::single_set("mysql://app@10.0.0.1/app", ["postgres://app@10.0.0.2/app"]);
+    let e = Router::new(mixed).unwrap_err().to_string();
+    assert!(
+        e.contains("default-1") && e.contains("a set runs on one database"),
+        "{e}"
+    );
+    let mut emulated = Config::single_set("mysql://app@10.0.0.1/app", Vec::<String>::new());
+    emulated.emulate_replicas = 1;
+    let e = Router::new(emulated).unwrap_err().to_string();
+    assert!(e.contains("emulate_replicas = 0"), "{e}");
+    let options = Config::single_set(
+        "mysql://app@10.0.0.1/app?ssl-mode=disabled",
+        Vec::<String>::new(),
+    );
+    let e = Router::new(options).unwrap_err().to_string();
+    assert!(e.contains("`ssl-mode`"), "{e}");
+}
+
+/// The promise: a user who wrote reads it back, on whichever server, while the replicas stop
+/// and start applying at random. Each user waits for its last request (closed loop).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_stale_keyed_read_while_replicas_stop_and_start_applying() {
+    const USERS: u64 = 6;
+    let cluster = MariaDbCluster::from_env();
+    let c = cluster.clone();
+    let apply = blocking(move || c.exclusive()).await;
+    let router = Router::new(config(
+        cluster.master_url(),
+        &[cluster.replica_url(1), cluster.replica_url(2)],
+    ))
+    .unwrap();
+    router.start_monitor().await.expect("the topology is right");
+    let table = fresh_table(&cluster, USERS).await;
+    let pools = Arc::new(pools(&router));
+    let (reads, stale, on_replicas) = (
+        Arc::new(AtomicU64::new(0)),
+        Arc::new(AtomicU64::new(0)),
+        Arc::new(AtomicU64::new(0)),
+    );
+    let end = Instant::now() + Duration::from_secs(6);
+    // Flips one replica's SQL thread every 50-400 ms.
+    let flipper = tokio::task::spawn_blocking(move || {
+        let mut apply = apply;
+        let mut stopped = [false; 2];
+        while Instant::now() < end {
+            let n = fastrand::usize(1..=2);
+            match stopped[n - 1] {
+                true => apply.start_apply(n),
+                false => apply.stop_apply(n),
+            }
+            stopped[n - 1] = !stopped[n - 1];
+            std::thread::sleep(Duration::from_millis(fastrand::u64(50..400)));
+        }
+        apply
+    });
+    let users = (0..USERS).map(|user| {
+        let (router, pools, table) = (router.clone(), Arc::clone(&pools), table.clone());
+        let (reads, stale, on_replicas) = (
+            Arc::clone(&reads),
+            Arc::clone(&stale),
+            Arc::clone(&on_replicas),
+        );
+        tokio::spawn(async move {
+            let key = format!("user:{user}");
+            let mut n = 0u64;
+            while Instant::now() < end {
+                n += 1;
+                let update = format!("UPDATE {table} SET n = {n} WHERE user_id = {user}");
+                router
+                    .consistency()
+                    .scope_with_key(Some(&key), async {
+                        let route = router.route_sql(&update).unwrap();
+                        assert_eq!(route.role, Role::Master);
+                        let mut conn = pools[route.index].get_conn().await.unwrap();
+                        conn.query_drop(&update).await.unwrap();
+                    })
+                    .await;
+                let select = format!("SELECT n FROM {table} WHERE user_id = {user}");
+                let (seen, role) = router
+                    .consistency()
+                    .scope_with_key(Some(&key), async {
+                        let route = router.route_sql(&select).unwrap();
+                        let mut conn = pools[route.index].get_conn().await.unwrap();
+                        let seen: Option<u64> = conn.query_first(&select).await.unwrap();
+                        (seen, route.role)
+                    })
+                    .await;
+                reads.fetch_add(1, Ordering::Relaxed);
+                if role == Role::Replica {
+                    on_replicas.fetch_add(1, Ordering::Relaxed);
+                }
+                if seen != Some(n) {
+                    stale.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        })
+    });
+    for user in futures_util::future::join_all(users).await {
+        user.expect("a user failed");
+    }
+    drop(flipper.await.expect("the flipper ran"));
+    let (reads, stale, on_replicas) = (
+        reads.load(Ordering::Relaxed),
+        stale.load(Ordering::Relaxed),
+        on_replicas.load(Ordering::Relaxed),
+    );
+    eprintln!("{reads} keyed reads after their writes, {on_replicas} on replicas, {stale} stale");
+    assert!(reads > 100, "too few requests to mean anything: {reads}");
+    assert_eq!(
+        stale, 0,
+        "{stale} of {reads} keyed reads missed their own write"
+    );
+    assert!(
+        on_replicas * 5 > reads,
+        "only {on_replicas} of {reads} reads on replicas: the promise was kept by the master alone"
+    );
+}
