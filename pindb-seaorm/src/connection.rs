@@ -29,6 +29,8 @@ struct Inner {
     /// What [`PinDb::master`] would hand out if `default` were a runtime replica, which the
     /// config never makes it: a reference that cannot panic.
     disconnected: DatabaseConnection,
+    /// SeaORM's name of the router's database: how statements are built for it.
+    backend: DbBackend,
 }
 
 /// The pool a statement was routed to, and the pin its decision made (a write), given back if
@@ -94,11 +96,16 @@ impl PinDb {
             })?);
         }
         let conns = PoolTable::from_fixed(conns);
+        let backend = match router.topology().backend() {
+            pindb_core::adapter::Backend::MariaDb => DbBackend::MySql,
+            _ => DbBackend::Postgres,
+        };
         Ok(PinDb {
             inner: Arc::new(Inner {
                 router,
                 conns,
                 disconnected: DatabaseConnection::default(),
+                backend,
             }),
         })
     }
@@ -404,7 +411,7 @@ impl PinDb {
 #[async_trait::async_trait]
 impl ConnectionTrait for PinDb {
     fn get_database_backend(&self) -> DbBackend {
-        DbBackend::Postgres
+        self.inner.backend
     }
 
     async fn execute_raw(&self, stmt: Statement) -> Result<ExecResult, DbErr> {
@@ -468,7 +475,7 @@ impl StreamTrait for PinDb {
     type Stream<'a> = QueryStream;
 
     fn get_database_backend(&self) -> DbBackend {
-        DbBackend::Postgres
+        self.inner.backend
     }
 
     fn stream_raw<'a>(
@@ -575,8 +582,14 @@ fn moved(e: &DbErr) -> bool {
 /// `failure`, unless `pool` has every connection busy: then the replica is fine and merely
 /// saturated.
 fn busy_or(pool: &DatabaseConnection, failure: ReplicaFailure) -> ReplicaFailure {
-    let pool = pool.get_postgres_connection_pool();
-    let full = pool.size() >= pool.options().get_max_connections() && pool.num_idle() == 0;
+    fn full<DB: sea_orm::sqlx::Database>(pool: &sea_orm::sqlx::Pool<DB>) -> bool {
+        pool.size() >= pool.options().get_max_connections() && pool.num_idle() == 0
+    }
+    let full = match pool.get_database_backend() {
+        #[cfg(feature = "mariadb")]
+        DbBackend::MySql => full(pool.get_mysql_connection_pool()),
+        _ => full(pool.get_postgres_connection_pool()),
+    };
     match failure {
         ReplicaFailure::Unreachable if full => ReplicaFailure::Busy,
         failure => failure,

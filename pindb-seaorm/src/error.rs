@@ -82,6 +82,15 @@ pub(crate) fn replica_failure(e: &DbErr) -> Option<ReplicaFailure> {
         DbErr::Conn(_) => Some(ReplicaFailure::Unreachable),
         DbErr::Exec(RuntimeErr::SqlxError(e)) | DbErr::Query(RuntimeErr::SqlxError(e)) => {
             match &**e {
+                #[cfg(feature = "mariadb")]
+                sea_orm::sqlx::Error::Database(db)
+                    if db
+                        .try_downcast_ref::<sea_orm::sqlx::mysql::MySqlDatabaseError>()
+                        .is_some() =>
+                {
+                    db.try_downcast_ref::<sea_orm::sqlx::mysql::MySqlDatabaseError>()
+                        .and_then(|e| ReplicaFailure::from_mariadb(e.number()))
+                }
                 sea_orm::sqlx::Error::Database(db) => {
                     ReplicaFailure::from_server(db.code().as_deref().unwrap_or(""), db.message())
                 }

@@ -12,6 +12,40 @@ use crate::{server, unsent};
 /// no connection until first use, so a server that is down at start-up does not stop the
 /// application.
 pub(crate) fn pool(db: &Database) -> Result<DatabaseConnection, DbErr> {
+    match db.backend {
+        #[cfg(feature = "mariadb")]
+        pindb_core::adapter::Backend::MariaDb => mariadb_pool(db),
+        _ => postgres_pool(db),
+    }
+}
+
+/// A MariaDB database's pool: pindb-core refuses, for MariaDB sets, what needs a startup
+/// parameter or a server search (read-only replicas that would accept writes, reader
+/// endpoints), so only the write pools' hooks are added.
+#[cfg(feature = "mariadb")]
+fn mariadb_pool(db: &Database) -> Result<DatabaseConnection, DbErr> {
+    use sea_orm::sqlx::mysql::{MySqlConnectOptions, MySqlPoolOptions};
+    use sea_orm::sqlx::ConnectOptions as _;
+    let options: MySqlConnectOptions = db
+        .url()
+        .parse()
+        .map_err(|e| DbErr::Custom(format!("`{}`: {e}", db.alias)))?;
+    let options = options.disable_statement_logging();
+    let mut pool = MySqlPoolOptions::new()
+        .max_connections(db.pool.max_size)
+        .acquire_timeout(db.pool.connect_timeout);
+    if !db.is_replica() {
+        pool = unsent::tell_when_handed_out(pool);
+    }
+    if let Some(min) = db.pool.min_idle {
+        pool = pool.min_connections(min);
+    }
+    Ok(sea_orm::SqlxMySqlConnector::from_sqlx_mysql_pool(
+        pool.connect_lazy_with(options),
+    ))
+}
+
+fn postgres_pool(db: &Database) -> Result<DatabaseConnection, DbErr> {
     use sea_orm::sqlx::postgres::{PgConnectOptions, PgPoolOptions};
     use sea_orm::sqlx::ConnectOptions as _;
     let options: PgConnectOptions = db

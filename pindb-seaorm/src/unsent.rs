@@ -10,7 +10,7 @@ use std::task::Poll;
 
 use pindb_core::adapter::Promotion;
 use pindb_core::Router;
-use sea_orm::sqlx::postgres::PgPoolOptions;
+use sea_orm::sqlx::pool::PoolOptions;
 use sea_orm::DbErr;
 
 use crate::error::to_db_err;
@@ -25,7 +25,9 @@ tokio::task_local! {
 /// that it got a connection: a new one (`after_connect`) or an idle one (`before_acquire`,
 /// after sqlx's own check). Every connection sqlx hands out passes one of them, in the
 /// acquiring task.
-pub(crate) fn tell_when_handed_out(pool: PgPoolOptions) -> PgPoolOptions {
+pub(crate) fn tell_when_handed_out<DB: sea_orm::sqlx::Database>(
+    pool: PoolOptions<DB>,
+) -> PoolOptions<DB> {
     pool.after_connect(|_, _| {
         handed_out();
         Box::pin(std::future::ready(Ok(())))

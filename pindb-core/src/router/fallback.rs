@@ -88,6 +88,25 @@ impl ReplicaFailure {
         }
     }
 
+    /// A MariaDB server error, by its number (its SQLSTATE is mostly the generic `HY000`):
+    /// a `read_only` replica's refusal (1290, 1792), a server going away (1053 shutting down,
+    /// 1927 connection killed, and the client's 2006 / 2013: gone, lost). Anything else is
+    /// the statement's own fault.
+    ///
+    /// ```
+    /// use pindb_core::adapter::ReplicaFailure;
+    ///
+    /// assert_eq!(ReplicaFailure::from_mariadb(1290), Some(ReplicaFailure::Refused));
+    /// assert_eq!(ReplicaFailure::from_mariadb(1062), None); // a duplicate key
+    /// ```
+    pub fn from_mariadb(number: u16) -> Option<ReplicaFailure> {
+        match number {
+            1290 | 1792 => Some(ReplicaFailure::Refused),
+            1053 | 1927 | 2006 | 2013 => Some(ReplicaFailure::Unreachable),
+            _ => None,
+        }
+    }
+
     /// A server error whose SQLSTATE the driver did not keep, by the message PostgreSQL sends
     /// with it. diesel (both backends) reports 57P01, 57P02, 57P03 and the recovery conflicts
     /// other than 40001 as `DatabaseErrorKind::Unknown`, whose information has no code. Only the

@@ -1,0 +1,279 @@
+#![allow(missing_docs, missing_debug_implementations, unreachable_pub)] // not a library: nothing here is public API
+//! `PinDb` over the dev cluster's MariaDB set (`scripts/cluster up`): SeaORM's own statements
+//! routed by pindb, strict mode refusing every kind of unpinned write, a read a replica
+//! refuses retried on the master, transactions, and the keyed stale-read hunt while the
+//! replicas stop and start applying.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use pindb_core::{scope, Config, Reason, RouterMode};
+use pindb_seaorm::PinDb;
+use pindb_testkit::MariaDbCluster;
+use sea_orm::{AccessMode, ConnectionTrait, DbBackend, Statement, TransactionTrait};
+
+fn config(cluster: &MariaDbCluster, mode: RouterMode) -> Config {
+    let mut config = Config::single_set(
+        cluster.master_url(),
+        [cluster.replica_url(1), cluster.replica_url(2)],
+    );
+    config.monitor.interval_ms = 100;
+    config.router = mode;
+    config
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    tokio::task::spawn_blocking(f)
+        .await
+        .expect("the helper ran")
+}
+
+fn sql(text: &str) -> Statement {
+    Statement::from_string(DbBackend::MySql, text)
+}
+
+/// A table of `users` rows, replicated everywhere; its name.
+async fn fresh_table(cluster: &MariaDbCluster, users: u64) -> String {
+    let table = format!("seaorm_{}", fastrand::u32(..));
+    let (c, t) = (cluster.clone(), table.clone());
+    blocking(move || {
+        let rows: Vec<String> = (0..users).map(|u| format!("({u}, 0)")).collect();
+        c.query_as_app(
+            0,
+            &format!(
+                "CREATE TABLE {t} (user_id BIGINT PRIMARY KEY, n BIGINT NOT NULL); \
+                 INSERT INTO {t} VALUES {}; CREATE SEQUENCE IF NOT EXISTS {t}_seq",
+                rows.join(", ")
+            ),
+        )
+        .expect("the table");
+        // A function that writes, made by the admin (with a binary log, only SUPER may make one,
+        // and only one declared DETERMINISTIC: a lie that does not matter here), but
+        // run with the caller's rights, so a read_only replica refuses it to the application.
+        c.query(
+            0,
+            &format!(
+                "DELIMITER //\n\
+                 CREATE FUNCTION {t}_bump() RETURNS BIGINT DETERMINISTIC MODIFIES SQL DATA SQL SECURITY INVOKER \
+                 BEGIN UPDATE {t} SET n = n + 1 WHERE user_id = 0; RETURN 1; END//\n\
+                 DELIMITER ;"
+            ),
+        )
+        .expect("the function");
+        c.sync_replicas();
+    })
+    .await;
+    table
+}
+
+/// Which server answered `text` (it selects `@@server_id`): 1 is the master
+/// (`scripts/mariadb` numbers them 1, 2, 3).
+async fn server_id(db: &PinDb, text: &str) -> u64 {
+    let row = db.query_one_raw(sql(text)).await.unwrap().expect("a row");
+    row.try_get::<u64>("", "@@server_id").unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn statements_are_routed_and_strict_mode_refuses_every_unpinned_write() {
+    let cluster = MariaDbCluster::from_env();
+    let c = cluster.clone();
+    let _apply = blocking(move || c.shared()).await;
+    let table = fresh_table(&cluster, 2).await;
+    let db = PinDb::connect(config(&cluster, RouterMode::Strict))
+        .await
+        .unwrap();
+    db.router()
+        .start_monitor()
+        .await
+        .expect("the topology is right");
+    assert_eq!(db.get_database_backend(), DbBackend::MySql);
+    scope(async {
+        let id = server_id(
+            &db,
+            &format!("SELECT `n`, @@server_id FROM `{table}` WHERE `user_id` = 1"),
+        )
+        .await;
+        assert_ne!(id, 1, "a read goes to a replica");
+        let writes = [
+            format!("INSERT INTO `{table}` (`user_id`, `n`) VALUES (9, 0)"),
+            format!("UPDATE `{table}` SET `n` = 1"),
+            format!("DELETE FROM `{table}` WHERE `user_id` = 9"),
+            format!("REPLACE INTO `{table}` VALUES (1, 0)"),
+            format!("SELECT * FROM `{table}` FOR UPDATE"),
+            format!("SELECT * FROM `{table}` LOCK IN SHARE MODE"),
+            format!("SELECT NEXTVAL({table}_seq)"),
+            format!("SELECT NEXT VALUE FOR {table}_seq"),
+            format!("SELECT 1 /*! , NEXTVAL({table}_seq) */"),
+            format!("SELECT `n` INTO @x FROM `{table}` LIMIT 1"),
+            "SELECT @x := 1".to_owned(),
+            "SELECT GET_LOCK('pindb', 0)".to_owned(),
+            "SELECT LAST_INSERT_ID()".to_owned(),
+            "SET @x = 1".to_owned(),
+            "DO 1".to_owned(),
+        ];
+        for write in &writes {
+            let refused = db.execute_raw(sql(write)).await.unwrap_err();
+            assert!(
+                pindb_seaorm::is_unpinned_write(&refused),
+                "{write}: {refused}"
+            );
+        }
+        // Under `master()` the same statements run, on the master.
+        let guard = db.router().master("default").unwrap();
+        db.execute_raw(sql(&format!(
+            "UPDATE `{table}` SET `n` = 2 WHERE `user_id` = 1"
+        )))
+        .await
+        .unwrap();
+        let id = server_id(
+            &db,
+            &format!("SELECT `n`, @@server_id FROM `{table}` LIMIT 1"),
+        )
+        .await;
+        assert_eq!(id, 1);
+        // Transactions: on the master.
+        let txn = db.begin().await.unwrap();
+        let row = txn
+            .query_one_raw(sql("SELECT @@server_id"))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(row.try_get_by_index::<u64>(0).unwrap(), 1);
+        txn.commit().await.unwrap();
+        drop(guard);
+    })
+    .await;
+    // Read-only transactions on a replica.
+    scope(async {
+        let txn = db
+            .begin_with_config(None, Some(AccessMode::ReadOnly))
+            .await
+            .unwrap();
+        let row = txn
+            .query_one_raw(sql("SELECT @@server_id"))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_ne!(row.try_get_by_index::<u64>(0).unwrap(), 1);
+        txn.commit().await.unwrap();
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_the_replica_refuses_runs_on_the_master_and_is_learned() {
+    let cluster = MariaDbCluster::from_env();
+    let c = cluster.clone();
+    let _apply = blocking(move || c.shared()).await;
+    let table = fresh_table(&cluster, 1).await;
+    let db = PinDb::connect(config(&cluster, RouterMode::Greedy))
+        .await
+        .unwrap();
+    db.router()
+        .start_monitor()
+        .await
+        .expect("the topology is right");
+    // A stored function that writes looks like a read; the read_only replica refuses it.
+    let call = format!("SELECT {table}_bump(), @@server_id");
+    scope(async {
+        let id = server_id(&db, &call).await;
+        assert_eq!(id, 1, "retried on the master");
+    })
+    .await;
+    assert_eq!(
+        db.router().explain_sql(&call).unwrap().reason,
+        Reason::ReplicaRefused
+    );
+    let (c, t) = (cluster.clone(), table.clone());
+    let n = blocking(move || {
+        c.query(0, &format!("SELECT n FROM {t} WHERE user_id = 0"))
+            .unwrap()
+    })
+    .await;
+    assert_eq!(n.trim(), "1", "it ran once");
+}
+
+/// Each user waits for its last request (closed loop): it writes, then reads its row back in
+/// the next keyed context, while one replica's SQL thread stops or starts every 50-400 ms.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_stale_keyed_read_through_seaorm_while_replicas_stop_and_start_applying() {
+    const USERS: u64 = 6;
+    let cluster = MariaDbCluster::from_env();
+    let c = cluster.clone();
+    let apply = blocking(move || c.exclusive()).await;
+    let table = fresh_table(&cluster, USERS).await;
+    let db = PinDb::connect(config(&cluster, RouterMode::Greedy))
+        .await
+        .unwrap();
+    db.router()
+        .start_monitor()
+        .await
+        .expect("the topology is right");
+    let counts = Arc::new([AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0)]);
+    let end = Instant::now() + Duration::from_secs(6);
+    let flipper = tokio::task::spawn_blocking(move || {
+        let mut apply = apply;
+        let mut stopped = [false; 2];
+        while Instant::now() < end {
+            let n = fastrand::usize(1..=2);
+            match stopped[n - 1] {
+                true => apply.start_apply(n),
+                false => apply.stop_apply(n),
+            }
+            stopped[n - 1] = !stopped[n - 1];
+            std::thread::sleep(Duration::from_millis(fastrand::u64(50..400)));
+        }
+        apply
+    });
+    let users = (0..USERS).map(|user| {
+        let (db, table, counts) = (db.clone(), table.clone(), Arc::clone(&counts));
+        tokio::spawn(async move {
+            let key = format!("user:{user}");
+            let consistency = db.router().consistency().clone();
+            let mut n = 0u64;
+            while Instant::now() < end {
+                n += 1;
+                let update = format!("UPDATE `{table}` SET `n` = {n} WHERE `user_id` = {user}");
+                consistency
+                    .scope_with_key(Some(&key), async {
+                        db.execute_raw(sql(&update)).await.unwrap()
+                    })
+                    .await;
+                let select =
+                    format!("SELECT `n`, @@server_id FROM `{table}` WHERE `user_id` = {user}");
+                let (seen, id) = consistency
+                    .scope_with_key(Some(&key), async {
+                        let row = db.query_one_raw(sql(&select)).await.unwrap().unwrap();
+                        (
+                            row.try_get_by_index::<i64>(0).unwrap(),
+                            row.try_get_by_index::<u64>(1).unwrap(),
+                        )
+                    })
+                    .await;
+                counts[0].fetch_add(1, Ordering::Relaxed);
+                if id != 1 {
+                    counts[1].fetch_add(1, Ordering::Relaxed);
+                }
+                if seen != n as i64 {
+                    counts[2].fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        })
+    });
+    for user in futures_util::future::join_all(users).await {
+        user.expect("a user failed");
+    }
+    drop(flipper.await.expect("the flipper ran"));
+    let [reads, on_replicas, stale] = [0, 1, 2].map(|i| counts[i].load(Ordering::Relaxed));
+    eprintln!("SeaORM on MariaDB: {reads} keyed reads after their writes, {on_replicas} on replicas, {stale} stale");
+    assert!(reads > 100, "too few requests to mean anything: {reads}");
+    assert_eq!(
+        stale, 0,
+        "{stale} of {reads} keyed reads missed their own write"
+    );
+    assert!(
+        on_replicas * 5 > reads,
+        "only {on_replicas} of {reads} reads on replicas: the promise was kept by the master alone"
+    );
+}
