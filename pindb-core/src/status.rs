@@ -9,9 +9,10 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
+use crate::backend::Backend;
 use crate::lsn::Lsn;
 use crate::populate::{Database, Membership};
-use crate::probe::Probe;
+use crate::probe::{Asked, Probe};
 use crate::subscription;
 use crate::topology::Topology;
 
@@ -31,11 +32,13 @@ pub struct DatabaseStatus {
     pub up: bool,
     /// Why it did not answer.
     pub error: Option<String>,
-    /// Whether it is a standby (`pg_is_in_recovery()`).
+    /// Whether it is a standby (`pg_is_in_recovery()`; MariaDB: it replicates).
     pub in_recovery: Option<bool>,
-    /// Masters: the current WAL position; replicas: the replayed one (`X/Y`).
+    /// Masters: the current WAL position; replicas: the replayed one (`X/Y`). MariaDB: the
+    /// sequence number in the set's GTID domain.
     pub position: Option<String>,
-    /// Replicas: WAL bytes the master has that this one has not replayed.
+    /// Replicas: WAL bytes the master has that this one has not replayed (MariaDB:
+    /// transactions of the domain).
     pub lag_bytes: Option<u64>,
     /// Replicas: how long the master has had WAL this one has not replayed (the README's
     /// lag; an idle master is never lag): 0 when it had replayed the master's position as
@@ -71,9 +74,6 @@ const MASTER: &str = "SELECT pg_is_in_recovery(), (CASE WHEN pg_is_in_recovery()
       coalesce(pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn), 0)::bigint::text, ',') \
       FROM pg_replication_slots WHERE NOT pg_is_in_recovery()), '')";
 const REPLICA: &str = "SELECT pg_is_in_recovery(), pg_last_wal_replay_lsn()::text";
-// To measure a replica's time lag: the master's position, and the replica's replay position.
-const MASTER_POSITION: &str = "SELECT pg_current_wal_lsn()::text";
-const REPLAY_POSITION: &str = "SELECT pg_last_wal_replay_lsn()::text";
 /// How often a replica that is behind is asked its replay position again.
 const POLL: Duration = Duration::from_millis(5);
 
@@ -122,6 +122,15 @@ pub(crate) async fn status(topology: &Topology, timeout: Duration) -> Vec<Databa
         }
         let sql = if replica { REPLICA } else { MASTER };
         let mut probe = Probe::new(db, timeout);
+        if db.backend != Backend::Postgres {
+            let master = db.set().and_then(|set| masters.get_mut(set));
+            let sample = neutral(db, &mut probe, master, timeout, &mut status).await;
+            if let (Membership::Master { set }, Some(lsn)) = (&db.membership, sample) {
+                masters.insert(set.clone(), MasterSample { lsn, probe });
+            }
+            out.push(status);
+            continue;
+        }
         match probe.row(sql).await {
             Err(e) => status.error = Some(e),
             Ok(row) => {
@@ -149,21 +158,7 @@ pub(crate) async fn status(topology: &Topology, timeout: Duration) -> Vec<Databa
                 } else if replica {
                     let master = db.set().and_then(|set| masters.get_mut(set));
                     if let (Some(master), Some(replay)) = (master, lsn) {
-                        let behind = master.lsn.0.saturating_sub(replay.0);
-                        status.lag_bytes = Some(behind);
-                        if behind == 0 {
-                            // It had replayed all the master had when status sampled it.
-                            status.lag_ms = Some(0);
-                        } else {
-                            match time_lag(&mut master.probe, &mut probe, timeout).await {
-                                Ok(TimeLag::AtMost(ms)) => status.lag_ms = Some(ms),
-                                Ok(TimeLag::AtLeast(ms)) => {
-                                    status.lag_ms = Some(ms);
-                                    status.lag_ms_at_least = true;
-                                }
-                                Err(e) => status.error = Some(format!("lag not measured: {e}")),
-                            }
-                        }
+                        lag(master, &mut probe, replay, timeout, &mut status).await;
                     }
                 } else {
                     let slots: String = row.try_get(2).unwrap_or_default();
@@ -187,6 +182,77 @@ pub(crate) async fn status(topology: &Topology, timeout: Duration) -> Vec<Databa
         out.push(status);
     }
     out
+}
+
+/// A replica's lag behind its master's sample, in position and in time.
+async fn lag(
+    master: &mut MasterSample,
+    replica: &mut Probe,
+    replay: Lsn,
+    timeout: Duration,
+    status: &mut DatabaseStatus,
+) {
+    let behind = master.lsn.0.saturating_sub(replay.0);
+    status.lag_bytes = Some(behind);
+    if behind == 0 {
+        // It had replayed all the master had when status sampled it.
+        status.lag_ms = Some(0);
+        return;
+    }
+    match time_lag(&mut master.probe, replica, timeout).await {
+        Ok(TimeLag::AtMost(ms)) => status.lag_ms = Some(ms),
+        Ok(TimeLag::AtLeast(ms)) => {
+            status.lag_ms = Some(ms);
+            status.lag_ms_at_least = true;
+        }
+        Err(e) => status.error = Some(format!("lag not measured: {e}")),
+    }
+}
+
+/// A database of another backend than PostgreSQL (MariaDB), through the probe's
+/// backend-neutral questions: a master's position, a replica's applied position, whether it
+/// applies, and its lag. Returns a master's position.
+async fn neutral(
+    db: &Database,
+    probe: &mut Probe,
+    master: Option<&mut MasterSample>,
+    timeout: Duration,
+    status: &mut DatabaseStatus,
+) -> Option<Lsn> {
+    let show = |lsn: Option<Lsn>| lsn.map(|l| l.0.to_string());
+    if !db.is_replica() {
+        return match probe.position(Asked::Master).await {
+            Err(e) => {
+                status.error = Some(e);
+                None
+            }
+            Ok(lsn) => {
+                status.up = true;
+                status.in_recovery = Some(false);
+                status.position = show(lsn);
+                lsn
+            }
+        };
+    }
+    match probe.standby().await {
+        Err(e) => status.error = Some(e),
+        Ok(Err(problem)) => {
+            status.in_recovery = Some(false);
+            status.error = Some(format!("wrong role: {problem}"));
+        }
+        Ok(Ok((replay, applying))) => {
+            status.up = true;
+            status.in_recovery = Some(true);
+            status.position = show(replay);
+            if !applying {
+                status.error = Some("not applying: its SQL thread is stopped".to_owned());
+            }
+            if let (Some(master), Some(replay)) = (master, replay) {
+                lag(master, probe, replay, timeout, status).await;
+            }
+        }
+    }
+    None
 }
 
 /// A replica's time lag as [`time_lag`] measured it, in milliseconds.
@@ -222,18 +288,14 @@ async fn time_lag(
     replica: &mut Probe,
     deadline: Duration,
 ) -> Result<TimeLag, String> {
-    let position = |row: tokio_postgres::Row, alias: &str| {
-        let text: Option<String> = row.try_get(0).ok().flatten();
-        text.as_deref()
-            .and_then(Lsn::parse)
-            .ok_or_else(|| format!("`{alias}`: no WAL position"))
-    };
+    let position =
+        |lsn: Option<Lsn>, alias: &str| lsn.ok_or_else(|| format!("`{alias}`: no position"));
     let asked = Instant::now();
-    let target = position(master.row(MASTER_POSITION).await?, &master.alias)?;
+    let target = position(master.position(Asked::Master).await?, &master.alias)?;
     let answered = Instant::now();
     loop {
         let sent = Instant::now();
-        let replay = position(replica.row(REPLAY_POSITION).await?, &replica.alias)?;
+        let replay = position(replica.position(Asked::Applied).await?, &replica.alias)?;
         if replay >= target {
             // An upper bound: rounded up.
             let micros = asked.elapsed().as_micros();

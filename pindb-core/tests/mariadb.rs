@@ -264,3 +264,160 @@ async fn no_stale_keyed_read_while_replicas_stop_and_start_applying() {
         "only {on_replicas} of {reads} reads on replicas: the promise was kept by the master alone"
     );
 }
+
+/// The MariaDB dialect against the server's own lexer: thousands of statements built from the
+/// fragments that quote, comment and escape (seeded, so a failure names its seed), each sent
+/// as is to a `read_only` replica as the application user, under the `sql_mode`s that change
+/// how text is read. Every statement the replica refuses as a write (1290) must be a write
+/// for `Dialect::MariaDb`.
+#[tokio::test]
+async fn every_statement_a_read_only_replica_refuses_is_a_write_for_the_dialect() {
+    use pindb_core::adapter::{Dialect, StatementKind};
+    const FRAGMENTS: &[&str] = &[
+        " ",
+        " ",
+        "'",
+        "\"",
+        "`",
+        "\\",
+        "#",
+        "-- ",
+        "--",
+        "/*",
+        "*/",
+        "/*!",
+        "/*!80000 ",
+        "/*!50000 ",
+        "/*M!999999 ",
+        "/*M!100000 ",
+        "\n",
+        ",",
+        "1",
+        "a",
+        "@",
+        "@@",
+        ":=",
+        "(",
+        ")",
+        " NEXTVAL(pindb_fuzz_seq)",
+        " , NEXTVAL(pindb_fuzz_seq)",
+        " SETVAL(pindb_fuzz_seq, 1)",
+    ];
+    let cluster = MariaDbCluster::from_env();
+    let c = cluster.clone();
+    let _apply = blocking(move || c.shared()).await;
+    let c = cluster.clone();
+    blocking(move || {
+        c.query_as_app(0, "CREATE SEQUENCE IF NOT EXISTS pindb_fuzz_seq")
+            .unwrap();
+        c.sync_replicas();
+    })
+    .await;
+    let opts = mysql_async::Opts::from_url(cluster.replica_url(1)).unwrap();
+    let mut conn = mysql_async::Conn::new(OptsBuilder::from_opts(opts).prefer_socket(false))
+        .await
+        .unwrap();
+    let seed = std::env::var("PINDB_FUZZ_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| fastrand::u64(..));
+    let mut rng = fastrand::Rng::with_seed(seed);
+    let (mut sent, mut refused, mut missed) = (0usize, 0usize, Vec::new());
+    for mode in [
+        "DEFAULT",
+        "NO_BACKSLASH_ESCAPES",
+        "ANSI_QUOTES",
+        "ANSI_QUOTES,NO_BACKSLASH_ESCAPES",
+    ] {
+        let mode_sql = match mode {
+            "DEFAULT" => "SET SESSION sql_mode = DEFAULT".to_owned(),
+            mode => format!("SET SESSION sql_mode = '{mode}'"),
+        };
+        conn.query_drop(mode_sql).await.unwrap();
+        for _ in 0..10_000 {
+            let mut sql = String::from("SELECT 1");
+            for _ in 0..rng.usize(1..10) {
+                sql.push_str(FRAGMENTS[rng.usize(..FRAGMENTS.len())]);
+            }
+            sent += 1;
+            let Err(mysql_async::Error::Server(e)) = conn.query_drop(&sql).await else {
+                continue;
+            };
+            if e.code == 1290 {
+                refused += 1;
+                if Dialect::MariaDb.classify(&sql) != StatementKind::Write {
+                    missed.push(format!("[{mode}] {sql:?}"));
+                }
+            }
+        }
+    }
+    eprintln!("seed {seed}: {sent} statements, {refused} refused as writes by the replica");
+    assert!(
+        refused > 100,
+        "too few refusals to mean anything (seed {seed}): {refused}"
+    );
+    assert!(
+        missed.is_empty(),
+        "seed {seed} (PINDB_FUZZ_SEED={seed} reruns it): the replica refused these as writes, \
+         and Dialect::MariaDb calls them reads:\n{}",
+        missed.join("\n")
+    );
+}
+
+/// `pindb status` of a MariaDB set: positions as sequence numbers, a replica that stopped
+/// applying named, its lag counted in transactions and measured in time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_shows_positions_and_a_replica_that_stopped_applying() {
+    let cluster = MariaDbCluster::from_env();
+    let c = cluster.clone();
+    let mut apply = blocking(move || c.exclusive()).await;
+    let table = fresh_table(&cluster, 1).await;
+    let router = Router::new(config(
+        cluster.master_url(),
+        &[cluster.replica_url(1), cluster.replica_url(2)],
+    ))
+    .unwrap();
+    apply = blocking(move || {
+        apply.stop_apply(1);
+        apply
+    })
+    .await;
+    let (c, t) = (cluster.clone(), table.clone());
+    let written = blocking(move || {
+        c.query_as_app(0, &format!("UPDATE {t} SET n = 1")).unwrap();
+        c.query_as_app(0, &format!("UPDATE {t} SET n = 2")).unwrap();
+        let position = c.gtid_binlog_pos();
+        c.wait_for_gtid(2, &position);
+        pindb_testkit::gtid_seq(&position, 0).expect("a position in domain 0")
+    })
+    .await;
+    let status = router.status().await;
+    let [master, stopped, flowing] = &status[..] else {
+        panic!("{status:?}")
+    };
+    assert!(master.up && master.in_recovery == Some(false), "{master:?}");
+    assert_eq!(master.position, Some(written.to_string()));
+    assert!(
+        stopped.up && stopped.in_recovery == Some(true),
+        "{stopped:?}"
+    );
+    assert_eq!(
+        stopped.lag_bytes,
+        Some(2),
+        "two transactions behind: {stopped:?}"
+    );
+    assert!(stopped.lag_ms_at_least, "it cannot catch up: {stopped:?}");
+    assert!(
+        stopped
+            .error
+            .as_deref()
+            .is_some_and(|e| e.contains("not applying")),
+        "{stopped:?}"
+    );
+    assert_eq!(
+        (flowing.lag_bytes, flowing.lag_ms),
+        (Some(0), Some(0)),
+        "{flowing:?}"
+    );
+    drop(apply);
+}

@@ -24,10 +24,26 @@ pub(super) enum Syntax {
     /// Dollar quotes, `E'..'`, `U&".."`, nested comments, `--` always a comment.
     Postgres,
     /// Backticks, `#` comments, `-- ` only before a space, flat comments whose `/*! .. */` and
-    /// `/*M! .. */` forms run. Whether `\` escapes in strings depends on the server's
-    /// `sql_mode` (`NO_BACKSLASH_ESCAPES`), so the classifier reads a string both ways.
-    MariaDb { backslash_escapes: bool },
+    /// `/*M! .. */` forms run, `@` variables. Whether `\` escapes in `'..'` and `".."` depends
+    /// on the server's `sql_mode` (`NO_BACKSLASH_ESCAPES`; `ANSI_QUOTES` makes `".."` a name,
+    /// where it never does), so the classifier reads a statement every way it can be meant.
+    MariaDb {
+        single_escapes: bool,
+        double_escapes: bool,
+    },
 }
+
+/// Session variables whose value belongs to the session's last statements (which ran on the
+/// master): reading one on a replica reads another session's.
+const SESSION_BOUND: [&str; 7] = [
+    "LAST_INSERT_ID",
+    "IDENTITY",
+    "INSERT_ID",
+    "LAST_GTID",
+    "WARNING_COUNT",
+    "ERROR_COUNT",
+    "IN_TRANSACTION",
+];
 
 #[derive(Clone)]
 pub(super) struct Lexer<'a> {
@@ -61,16 +77,19 @@ impl<'a> Lexer<'a> {
     }
 
     pub(super) fn next_token(&mut self) -> Token<'a> {
-        self.skip_trivia();
+        if self.skip_trivia() {
+            return Token::Opaque;
+        }
         let Some(c) = self.peek(0) else {
             return Token::End;
         };
-        let backslash = matches!(
-            self.syntax,
+        let (backslash, double_backslash) = match self.syntax {
             Syntax::MariaDb {
-                backslash_escapes: true
-            }
-        );
+                single_escapes,
+                double_escapes,
+            } => (single_escapes, double_escapes),
+            Syntax::Postgres => (false, false),
+        };
         let mariadb = self.syntax != Syntax::Postgres;
         match c {
             b'\'' => {
@@ -79,11 +98,12 @@ impl<'a> Lexer<'a> {
                 Token::Other
             }
             // MariaDB: `"` quotes a string, or an identifier under `ANSI_QUOTES`; as a quoted
-            // name it is only ever matched against function names, which is safe either way.
+            // name it is only ever matched against function names, which is safe either way
+            // (how its escapes are read is a reading of its own, see `Syntax`).
             b'"' | b'`' if c == b'"' || mariadb => {
                 let start = self.pos + 1;
                 self.pos = start;
-                self.skip_quoted(c, backslash && c == b'"');
+                self.skip_quoted(c, double_backslash && c == b'"');
                 let end = self.pos.saturating_sub(1).max(start);
                 Token::Quoted(&self.src[start..end])
             }
@@ -91,6 +111,7 @@ impl<'a> Lexer<'a> {
                 self.dollar();
                 Token::Other
             }
+            b'@' if mariadb => self.variable(),
             c if is_ident_start(c) || (mariadb && c == b'$') => {
                 let start = self.pos;
                 while self.peek(0).is_some_and(is_ident_continue) {
@@ -144,7 +165,9 @@ impl<'a> Lexer<'a> {
         }
     }
 
-    fn skip_trivia(&mut self) {
+    /// Skips whitespace and comments; `true` when what comes cannot be read for sure (see
+    /// [`Lexer::skip_mariadb_trivia`]).
+    fn skip_trivia(&mut self) -> bool {
         if self.syntax != Syntax::Postgres {
             return self.skip_mariadb_trivia();
         }
@@ -161,7 +184,7 @@ impl<'a> Lexer<'a> {
                     let mut depth = 1usize;
                     while depth > 0 {
                         match (self.peek(0), self.peek(1)) {
-                            (None, _) => return,
+                            (None, _) => return false,
                             (Some(b'/'), Some(b'*')) => {
                                 depth += 1;
                                 self.pos += 2;
@@ -174,7 +197,7 @@ impl<'a> Lexer<'a> {
                         }
                     }
                 }
-                _ => return,
+                _ => return false,
             }
         }
     }
@@ -182,8 +205,11 @@ impl<'a> Lexer<'a> {
     /// MariaDB's comments: `#` and `-- ` (a space or control byte after the dashes: `1--1` is
     /// arithmetic) to the end of the line, and `/* .. */` to the first `*/` (they do not nest).
     /// `/*!` and `/*M!` (with an optional version number) open an executable comment: its
-    /// content is read as SQL, since the server runs it.
-    fn skip_mariadb_trivia(&mut self) {
+    /// content is read as SQL, since the server runs it. `true` (opaque) when the server may
+    /// read it otherwise: a comment opened inside an executable one, or a versioned one (which
+    /// a server of another version skips as a plain comment, to its first `*/`) whose content
+    /// holds a quote or a comment that would end it elsewhere when read as SQL.
+    fn skip_mariadb_trivia(&mut self) -> bool {
         loop {
             match (self.peek(0), self.peek(1), self.peek(2)) {
                 (Some(c), _, _) if c.is_ascii_whitespace() => self.pos += 1,
@@ -193,32 +219,77 @@ impl<'a> Lexer<'a> {
                     self.executable_comment = false;
                     self.pos += 2;
                 }
+                (Some(b'/'), Some(b'*'), _) if self.executable_comment => return true,
                 (Some(b'/'), Some(b'*'), c) => {
                     let marker = match (c, self.peek(3)) {
                         (Some(b'!'), _) => Some(3),
                         (Some(b'M' | b'm'), Some(b'!')) => Some(4),
                         _ => None,
                     };
-                    match marker {
-                        Some(len) if !self.executable_comment => {
-                            self.pos += len;
-                            while self.peek(0).is_some_and(|c| c.is_ascii_digit()) {
-                                self.pos += 1;
-                            }
-                            self.executable_comment = true;
+                    self.pos += marker.unwrap_or(2);
+                    if marker.is_none() {
+                        match self.src[self.pos..].windows(2).position(|w| w == b"*/") {
+                            Some(i) => self.pos += i + 2,
+                            None => self.pos = self.src.len(),
                         }
-                        _ => {
-                            self.pos += 2;
-                            match self.src[self.pos..].windows(2).position(|w| w == b"*/") {
-                                Some(i) => self.pos += i + 2,
-                                None => self.pos = self.src.len(),
-                            }
+                        continue;
+                    }
+                    let version = self.pos;
+                    while self.peek(0).is_some_and(|c| c.is_ascii_digit()) {
+                        self.pos += 1;
+                    }
+                    self.executable_comment = true;
+                    if self.pos > version {
+                        let rest = &self.src[self.pos..];
+                        let content = match rest.windows(2).position(|w| w == b"*/") {
+                            Some(i) => &rest[..i],
+                            None => rest,
+                        };
+                        let ambiguous = content
+                            .iter()
+                            .any(|c| matches!(c, b'\'' | b'"' | b'`' | b'#' | b'\\'))
+                            || content.windows(2).any(|w| w == b"--" || w == b"/*");
+                        if ambiguous {
+                            return true;
                         }
                     }
                 }
-                _ => return,
+                _ => return false,
             }
         }
+    }
+
+    /// MariaDB, at `@`: a user variable (`@v`, `@'v'`), which lives in a session (set on the
+    /// master, it is not on a replica): opaque; or a system variable (`@@v`,
+    /// `@@session.v`), harmless unless it belongs to the session's last statements.
+    fn variable(&mut self) -> Token<'a> {
+        self.pos += 1;
+        if self.peek(0) != Some(b'@') {
+            return Token::Opaque;
+        }
+        self.pos += 1;
+        let mut name = self.word();
+        for scope in ["SESSION", "GLOBAL", "LOCAL"] {
+            if name.eq_ignore_ascii_case(scope.as_bytes()) && self.peek(0) == Some(b'.') {
+                self.pos += 1;
+                name = self.word();
+            }
+        }
+        match SESSION_BOUND
+            .iter()
+            .any(|v| name.eq_ignore_ascii_case(v.as_bytes()))
+        {
+            true => Token::Opaque,
+            false => Token::Other,
+        }
+    }
+
+    fn word(&mut self) -> &'a [u8] {
+        let start = self.pos;
+        while self.peek(0).is_some_and(is_ident_continue) {
+            self.pos += 1;
+        }
+        &self.src[start..self.pos]
     }
 
     fn skip_line(&mut self) {

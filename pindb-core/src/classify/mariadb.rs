@@ -9,10 +9,12 @@ use super::lexer::Token;
 /// locks only the master's session should hold, or read the state of the session's last
 /// statement, which ran on the master. Matching the name alone errs on the safe side.
 pub(super) fn writes_when_called(w: &[u8]) -> bool {
-    const EXACT: [&str; 12] = [
+    const EXACT: [&str; 13] = [
         "NEXTVAL",
         "SETVAL",
         "LASTVAL",
+        // `s.currval` (Oracle mode): the session's last value, like `LASTVAL`.
+        "CURRVAL",
         "GET_LOCK",
         "RELEASE_LOCK",
         "RELEASE_ALL_LOCKS",
@@ -35,6 +37,14 @@ pub(super) fn writes_after(prev: Token<'_>, w: &[u8]) -> bool {
     };
     (is(w, "VALUE") && (is(prev, "NEXT") || is(prev, "PREVIOUS")))
         || (is(w, "IN") && is(prev, "LOCK"))
+}
+
+/// What a `SHOW` statement shows of the session's own last statements (`SHOW WARNINGS`,
+/// `SHOW ERRORS`, `SHOW COUNT(*) WARNINGS`, `SHOW PROFILE(S)`): they ran on the master.
+pub(super) fn session_show(w: &[u8]) -> bool {
+    ["WARNINGS", "ERRORS", "PROFILE", "PROFILES"]
+        .iter()
+        .any(|k| is(w, k))
 }
 
 /// Built-in functions of MariaDB 10.11 that a `read_only` replica refuses to a user without

@@ -30,12 +30,15 @@ impl Dialect {
     /// Classifies SQL text in this dialect: [`classify`] for PostgreSQL.
     ///
     /// For MariaDB, besides what [`classify`] says: the content of an executable comment is
-    /// read as SQL; `LOCK IN SHARE MODE`, `NEXT VALUE FOR` / `PREVIOUS VALUE FOR` a sequence,
-    /// a user variable assigned with `:=`, `SQL_CALC_FOUND_ROWS` and the functions that lock
-    /// (`GET_LOCK` ...) or read the session's last statement (`LAST_INSERT_ID`,
-    /// `FOUND_ROWS`, `ROW_COUNT`, `LASTVAL`) are writes: they must meet the master's session.
-    /// A string is read both with and without backslash escapes (the server's `sql_mode`
-    /// decides), and is a read only if both readings are.
+    /// read as SQL (and a versioned one that another server would skip, whose content could
+    /// end elsewhere, or a comment inside one, is not provably a read); `LOCK IN SHARE MODE`,
+    /// `NEXT VALUE FOR` / `PREVIOUS VALUE FOR` a sequence, user variables (`@v`: they live in
+    /// the session that set them), `SQL_CALC_FOUND_ROWS`, `SHOW WARNINGS`, and the functions
+    /// and variables that lock (`GET_LOCK` ...) or read the session's last statement
+    /// (`LAST_INSERT_ID`, `FOUND_ROWS`, `ROW_COUNT`, `LASTVAL`, `@@last_insert_id`,
+    /// `@@last_gtid` ...) are writes: they must meet the master's session. A statement is
+    /// read every way the server's `sql_mode` may read it (backslash escapes on or off,
+    /// `ANSI_QUOTES`), and is a read only if every reading is.
     ///
     /// ```
     /// use pindb_core::adapter::{Dialect, StatementKind::*};
@@ -51,32 +54,14 @@ impl Dialect {
         match self {
             Dialect::Postgres => classify(sql),
             Dialect::MariaDb => {
-                let with_escapes = classify_with(Lexer::with(
-                    sql.as_bytes(),
-                    Syntax::MariaDb {
-                        backslash_escapes: true,
-                    },
-                ));
-                if with_escapes == StatementKind::Write || !sql.contains('\\') {
-                    return with_escapes;
+                let write = mariadb_readings(sql).any(|syntax| {
+                    classify_with(Lexer::with(sql.as_bytes(), syntax)) == StatementKind::Write
+                });
+                match write {
+                    true => StatementKind::Write,
+                    false => StatementKind::Read,
                 }
-                classify_with(Lexer::with(
-                    sql.as_bytes(),
-                    Syntax::MariaDb {
-                        backslash_escapes: false,
-                    },
-                ))
             }
-        }
-    }
-
-    fn syntax(self) -> Syntax {
-        match self {
-            Dialect::Postgres => Syntax::Postgres,
-            // Which escapes the server uses does not move a table name.
-            Dialect::MariaDb => Syntax::MariaDb {
-                backslash_escapes: true,
-            },
         }
     }
 
@@ -90,6 +75,41 @@ impl Dialect {
     pub fn main_table(self, sql: &str) -> Option<&str> {
         main_table_with(Lexer::with(sql.as_bytes(), self.syntax()), sql)
     }
+
+    fn syntax(self) -> Syntax {
+        match self {
+            Dialect::Postgres => Syntax::Postgres,
+            // Which escapes the server uses does not move a table name.
+            Dialect::MariaDb => MARIADB_DEFAULT,
+        }
+    }
+}
+
+/// MariaDB's default `sql_mode`: backslashes escape in both kinds of string.
+const MARIADB_DEFAULT: Syntax = Syntax::MariaDb {
+    single_escapes: true,
+    double_escapes: true,
+};
+
+/// Every way the server may read `sql`, by its `sql_mode`: backslash escapes on (the
+/// default), off (`NO_BACKSLASH_ESCAPES`), or on in `'..'` only (`ANSI_QUOTES` makes `".."`
+/// a name). Only text with a backslash reads differently.
+fn mariadb_readings(sql: &str) -> impl Iterator<Item = Syntax> {
+    let backslash = sql.contains('\\');
+    let double = backslash && sql.contains('"');
+    [
+        Some(MARIADB_DEFAULT),
+        backslash.then_some(Syntax::MariaDb {
+            single_escapes: false,
+            double_escapes: false,
+        }),
+        double.then_some(Syntax::MariaDb {
+            single_escapes: true,
+            double_escapes: false,
+        }),
+    ]
+    .into_iter()
+    .flatten()
 }
 
 /// What a statement may do.
@@ -273,7 +293,7 @@ fn classify_statement(lexer: &mut Lexer<'_>) -> Outcome {
             || is(word, "SHOW")
             || (lexer.mariadb() && (is(word, "DESCRIBE") || is(word, "DESC")))
         {
-            return scan_read_body(lexer);
+            return scan_read_body(lexer, is(word, "SHOW"));
         }
         return Outcome::Write;
     }
@@ -340,7 +360,8 @@ fn explain_prefix(lexer: &mut Lexer<'_>) -> Explain {
 }
 
 /// Scans the rest of a statement that started like a read, looking for anything that writes.
-fn scan_read_body(lexer: &mut Lexer<'_>) -> Outcome {
+/// `show`: a `SHOW` statement (MariaDB's `SHOW WARNINGS` and the like are the session's).
+fn scan_read_body(lexer: &mut Lexer<'_>, show: bool) -> Outcome {
     let mariadb = lexer.mariadb();
     let mut prev = Token::End;
     loop {
@@ -368,6 +389,7 @@ fn scan_read_body(lexer: &mut Lexer<'_>) -> Outcome {
                     || is(w, "INTO")
                     || writes_when_called(w, mariadb)
                     || (mariadb && mariadb::writes_after(prev, w))
+                    || (mariadb && show && mariadb::session_show(w))
                 {
                     return Outcome::Write;
                 }
@@ -454,11 +476,18 @@ const WRONG_SERVER: &[&str] = &[
 /// Whether `sql` names any of `names` (lowercase, no schema) as an identifier, outside
 /// literals and comments; a `U&"..."` identifier may spell any of them, so it counts too.
 /// For the configured `write_functions` / `write_relations`.
-pub(crate) fn mentions(sql: &str, names: &[Box<str>]) -> bool {
+pub(crate) fn mentions(dialect: Dialect, sql: &str, names: &[Box<str>]) -> bool {
     if names.is_empty() {
         return false;
     }
-    let mut lexer = Lexer::new(sql.as_bytes());
+    match dialect {
+        Dialect::Postgres => mentions_with(Lexer::new(sql.as_bytes()), names),
+        Dialect::MariaDb => mariadb_readings(sql)
+            .any(|syntax| mentions_with(Lexer::with(sql.as_bytes(), syntax), names)),
+    }
+}
+
+fn mentions_with(mut lexer: Lexer<'_>, names: &[Box<str>]) -> bool {
     loop {
         match lexer.next_token() {
             Token::End => return false,

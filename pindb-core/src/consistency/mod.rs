@@ -180,9 +180,14 @@ impl Consistency {
             .master()
             .ok_or_else(|| format!("set `{set}` has no primary right now"))?;
         self.count_round_trip(true);
-        Probe::shared_position(&self.probes[master], Asked::Written)
-            .await?
-            .ok_or_else(|| "the master returned no position".to_owned())
+        Probe::shared_position(
+            &self.probes[master],
+            self.topology.backend(),
+            Asked::Written,
+            self.probe_timeout,
+        )
+        .await?
+        .ok_or_else(|| "the master returned no position".to_owned())
     }
 
     /// Asks each usable replica of `set` for its replay position and records it. `None` when
@@ -211,7 +216,14 @@ impl Consistency {
                 false => Asked::Applied,
             };
             let Some(slot) = self.topology.slot(index) else {
-                if let Ok(Some(lsn)) = Probe::shared_position(&self.probes[index], asked).await {
+                if let Ok(Some(lsn)) = Probe::shared_position(
+                    &self.probes[index],
+                    self.topology.backend(),
+                    asked,
+                    self.probe_timeout,
+                )
+                .await
+                {
                     s.health[r].raise_replay(lsn);
                 }
                 continue;
@@ -231,7 +243,14 @@ impl Consistency {
             }
             // Shared with concurrent callers, as for any replica. The probe may have moved on
             // to a newer host meanwhile: `if_current` then drops what it says.
-            if let Ok(Some(lsn)) = Probe::shared_position(&self.probes[index], asked).await {
+            if let Ok(Some(lsn)) = Probe::shared_position(
+                &self.probes[index],
+                self.topology.backend(),
+                asked,
+                self.probe_timeout,
+            )
+            .await
+            {
                 slot.if_current(generation, || s.health[r].raise_replay(lsn));
             }
         }

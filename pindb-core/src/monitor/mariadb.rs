@@ -1,6 +1,7 @@
-//! The start-up topology check of a MariaDB set: its master writes a binary log and is no
-//! replica; each replica replicates from that master (by `server_id`), in the same GTID
-//! domain, and is `read_only`.
+//! The start-up topology check of a MariaDB set: its master writes a binary log and is not
+//! `read_only` (and `gtid_strict_mode` keeps its sequence numbers in order, a warning); each
+//! replica replicates from that master (by `server_id`), in the same GTID domain, without
+//! filters, and is `read_only`.
 
 use mysql_async::Row;
 
@@ -29,6 +30,26 @@ async fn server(probe: &mut Probe) -> Result<(u32, u32, bool, bool), String> {
             .ok_or_else(|| format!("`{SERVER_SQL}`: column {i} is not a number"))
     };
     Ok((int(0)? as u32, int(1)? as u32, int(2)? != 0, int(3)? != 0))
+}
+
+/// The replication filters a replica has, in words (`None`: none).
+fn filters(status: &Row) -> Option<String> {
+    const FILTERS: [&str; 7] = [
+        "Replicate_Do_DB",
+        "Replicate_Ignore_DB",
+        "Replicate_Do_Table",
+        "Replicate_Ignore_Table",
+        "Replicate_Wild_Do_Table",
+        "Replicate_Wild_Ignore_Table",
+        "Replicate_Ignore_Server_Ids",
+    ];
+    let set: Vec<String> = FILTERS
+        .iter()
+        .map(|column| (column, text(status, column)))
+        .filter(|(_, value)| !value.is_empty())
+        .map(|(column, value)| format!("{column}={value}"))
+        .collect();
+    (!set.is_empty()).then(|| set.join(", "))
 }
 
 fn text(row: &Row, column: &str) -> String {
@@ -65,6 +86,17 @@ pub(super) async fn verify_set(
                         master_db.redacted_url()
                     ),
                 ));
+            }
+            if let Ok(Some(row)) = master.mariadb_row("SELECT @@gtid_strict_mode").await {
+                if row.get_opt::<u64, _>(0).and_then(Result::ok) == Some(0) {
+                    found.warnings.push(format!(
+                        "`{}`: gtid_strict_mode is OFF on {}: after a manual failover a \
+                         domain's sequence numbers may go out of order, and pindb compares \
+                         them; set gtid_strict_mode = ON on every server of the set",
+                        master_db.alias,
+                        master_db.redacted_url()
+                    ));
+                }
             }
             (id, domain)
         }
@@ -127,7 +159,13 @@ pub(super) async fn verify_set(
                     master_db.alias
                 ))
             }
-            SlaveStatus::Replica(_) => None,
+            SlaveStatus::Replica(status) => filters(&status).map(|filters| {
+                format!(
+                    "{url} replicates with filters ({filters}): the GTIDs of what it skips count \
+                     as applied, so it would pass for having writes it lacks; remove the \
+                     filters, or do not list it as a replica"
+                )
+            }),
         };
         if let Some(problem) = problem {
             found

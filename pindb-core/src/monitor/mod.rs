@@ -59,7 +59,11 @@ pub(crate) fn spawn(
             ))),
             _ => None,
         };
-        let track = Arc::new(MasterTrack::new(master_probe));
+        let track = Arc::new(MasterTrack::new(
+            master_probe,
+            topology.backend(),
+            timeout(settings),
+        ));
         // From now on a bound is proved by the monitor's checks: until a replica's first
         // one, nothing proves it fresh (emulated replicas are the master itself).
         for cell in health.iter() {

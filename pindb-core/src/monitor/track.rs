@@ -5,6 +5,7 @@ use std::collections::VecDeque;
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
+use crate::backend::Backend;
 use crate::freshness::Proof;
 use crate::lsn::Lsn;
 use crate::probe::{Asked, Probe};
@@ -23,6 +24,10 @@ pub(super) struct MasterTrack {
     /// The last sample failed: replica checks do not wait on the master (its task alone
     /// retries), so a dead master does not delay every replica's check.
     failing: std::sync::atomic::AtomicBool,
+    /// How long a sample may take (the check timeout).
+    limit: Duration,
+    /// The master's database.
+    backend: Backend,
 }
 
 impl Default for MasterTrack {
@@ -32,6 +37,8 @@ impl Default for MasterTrack {
             samples: Mutex::default(),
             master: None,
             failing: std::sync::atomic::AtomicBool::default(),
+            limit: Duration::from_secs(1),
+            backend: Backend::Postgres,
         }
     }
 }
@@ -39,10 +46,17 @@ impl Default for MasterTrack {
 impl MasterTrack {
     const CAPACITY: usize = 4096;
 
-    /// A track sampled through `master` (`None`: fed by a set's host checks).
-    pub(super) fn new(master: Option<tokio::sync::Mutex<Probe>>) -> MasterTrack {
+    /// A track sampled through `master` (`None`: fed by a set's host checks), each sample
+    /// within `limit`.
+    pub(super) fn new(
+        master: Option<tokio::sync::Mutex<Probe>>,
+        backend: Backend,
+        limit: Duration,
+    ) -> MasterTrack {
         MasterTrack {
             master,
+            backend,
+            limit,
             ..MasterTrack::default()
         }
     }
@@ -88,7 +102,7 @@ impl MasterTrack {
             return Ok(None);
         }
         let asked = Instant::now();
-        let lsn = Probe::shared_position(master, Asked::Master).await;
+        let lsn = Probe::shared_position(master, self.backend, Asked::Master, self.limit).await;
         self.failing
             .store(lsn.is_err(), std::sync::atomic::Ordering::Relaxed);
         let lsn = lsn?;

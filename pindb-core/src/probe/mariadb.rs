@@ -2,14 +2,16 @@
 //! set's replication domain, and whether a replica applies.
 //!
 //! Pooler-safe as the PostgreSQL side: every statement goes in the text protocol (no
-//! prepared statement), nothing is set on the session. A connection is taken out while a
-//! statement runs: a caller dropped mid-statement drops it too (its state is unknown), and
-//! the next call connects again.
+//! prepared statement), nothing is set on the session. A statement (and a connection attempt)
+//! runs in a task of its own that owns the connection: a caller that gives up (a 5 ms
+//! `max_wait_ms`, a dropped future) leaves it to finish, and the next call takes the
+//! connection back instead of opening another. Only a timeout drops it.
 
 use std::time::Duration;
 
 use mysql_async::prelude::Queryable;
 use mysql_async::{Conn, Opts, OptsBuilder, Row};
+use tokio::task::JoinHandle;
 
 use crate::gtid::GtidPosition;
 use crate::lsn::Lsn;
@@ -18,7 +20,12 @@ use crate::lsn::Lsn;
 pub(super) struct Server {
     opts: Opts,
     conn: Option<Conn>,
+    /// A statement under way, which owns the connection until it ends.
+    pending: Option<JoinHandle<Asked>>,
 }
+
+/// What a statement's task gives back: the connection (unless it broke) and the answer.
+type Asked = (Option<Conn>, Result<Option<Row>, Failure>);
 
 impl Server {
     pub(super) fn new(url: &str) -> Result<Server, String> {
@@ -31,11 +38,15 @@ impl Server {
         Ok(Server {
             opts: opts.into(),
             conn: None,
+            pending: None,
         })
     }
 
     pub(super) fn disconnect(&mut self) {
         self.conn = None;
+        if let Some(pending) = self.pending.take() {
+            pending.abort();
+        }
     }
 
     /// Runs `sql` and returns its first row (`None`: no row), within `timeout`.
@@ -53,22 +64,31 @@ impl Server {
 
     async fn ask(&mut self, sql: &str, timeout: Duration) -> Result<Option<Row>, Failure> {
         let asked = async {
-            let mut conn = match self.conn.take() {
-                Some(conn) => conn,
-                None => Conn::new(self.opts.clone())
-                    .await
-                    .map_err(|e| Failure::Other(format!("no connection: {e}")))?,
-            };
-            let row = conn.query_first::<Row, _>(sql).await.map_err(|e| match e {
-                mysql_async::Error::Server(e) => Failure::Server(e),
-                e => Failure::Other(e.to_string()),
-            })?;
-            self.conn = Some(conn);
-            Ok(row)
+            // A statement a caller gave up on: its connection comes back when it ends (its
+            // answer is old news).
+            if let Some(pending) = self.pending.as_mut() {
+                if let Ok((conn, _)) = pending.await {
+                    self.conn = conn;
+                }
+                self.pending = None;
+            }
+            let (conn, opts, sql) = (self.conn.take(), self.opts.clone(), sql.to_owned());
+            let task = self.pending.insert(tokio::spawn(run(conn, opts, sql)));
+            let (conn, answer) = task
+                .await
+                .unwrap_or_else(|e| (None, Err(Failure::Other(format!("the probe task: {e}")))));
+            self.pending = None;
+            self.conn = conn;
+            answer
         };
-        tokio::time::timeout(timeout, asked)
-            .await
-            .unwrap_or_else(|_| Err(Failure::Other(format!("no answer within {timeout:?}"))))
+        match tokio::time::timeout(timeout, asked).await {
+            Ok(answer) => answer,
+            Err(_) => {
+                // A server that does not answer: its connection is given up.
+                self.disconnect();
+                Err(Failure::Other(format!("no answer within {timeout:?}")))
+            }
+        }
     }
 
     /// `SHOW SLAVE STATUS`, which needs the `SLAVE MONITOR` privilege.
@@ -147,6 +167,57 @@ enum Failure {
     Server(mysql_async::ServerError),
     /// No connection, no answer in time, a broken connection.
     Other(String),
+}
+
+/// One statement on `conn` (or a new connection): the connection back unless it broke.
+async fn run(conn: Option<Conn>, opts: Opts, sql: String) -> Asked {
+    let mut conn = match conn {
+        Some(conn) => conn,
+        None => match Conn::new(opts).await {
+            Ok(conn) => conn,
+            Err(e) => return (None, Err(Failure::Other(format!("no connection: {e}")))),
+        },
+    };
+    match conn.query_first::<Row, _>(sql).await {
+        Ok(row) => (Some(conn), Ok(row)),
+        // The server refused the statement; the connection is fine.
+        Err(mysql_async::Error::Server(e)) => (Some(conn), Err(Failure::Server(e))),
+        Err(e) => (None, Err(Failure::Other(e.to_string()))),
+    }
+}
+
+/// Why a fresh connection to `url` cannot be made within `timeout` (`None`: it can), and
+/// whether it was refused (nothing listens; the server is shutting down).
+pub(super) async fn diagnose(url: &str, timeout: Duration) -> Option<(String, bool)> {
+    let opts = match Opts::from_url(url) {
+        Ok(opts) => OptsBuilder::from_opts(opts).prefer_socket(false),
+        Err(e) => return Some((format!("the url does not parse: {e}"), false)),
+    };
+    match tokio::time::timeout(timeout, Conn::new(opts)).await {
+        Ok(Ok(conn)) => {
+            // Closed in the background: the answer does not wait for it.
+            drop(conn);
+            None
+        }
+        Ok(Err(e)) => {
+            let refused = match &e {
+                mysql_async::Error::Io(mysql_async::IoError::Io(io)) => {
+                    io.kind() == std::io::ErrorKind::ConnectionRefused
+                }
+                // ER_SERVER_SHUTDOWN.
+                mysql_async::Error::Server(s) => s.code == 1053,
+                _ => false,
+            };
+            Some((e.to_string(), refused))
+        }
+        Err(_) => Some((
+            format!(
+                "no answer within {timeout:?} (the host accepts connections but the server \
+                 does not respond, or packets are dropped)"
+            ),
+            false,
+        )),
+    }
 }
 
 fn column<T: mysql_async::prelude::FromValue>(row: &Row, i: usize) -> Result<Option<T>, String> {

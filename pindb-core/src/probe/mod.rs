@@ -95,22 +95,37 @@ impl Probe {
     }
 
     /// The position `asked` of the server behind `probe`, shared by concurrent callers as
-    /// [`Probe::shared_row`] (a MariaDB connection answers one at a time).
+    /// [`Probe::shared_row`]. A MariaDB connection answers one caller at a time: waiting for
+    /// it counts in `limit` too, so callers queued behind a hung server each give up after
+    /// `limit`, not after all those before them.
+    /// `backend`: the probe's (known to the caller, so PostgreSQL's path takes no lock).
     pub(crate) async fn shared_position(
         probe: &tokio::sync::Mutex<Probe>,
+        backend: Backend,
         asked: Asked,
+        limit: Duration,
     ) -> Result<Option<Lsn>, String> {
-        #[cfg(feature = "mariadb")]
-        {
-            let mut p = probe.lock().await;
-            if p.backend == Backend::MariaDb {
-                let timeout = p.timeout;
-                return p
-                    .with_mariadb(|server| server.position(asked == Asked::Applied, timeout))
-                    .await;
-            }
+        if backend != Backend::Postgres {
+            let bounded =
+                tokio::time::timeout(limit, async { probe.lock().await.position(asked).await });
+            return bounded.await.unwrap_or_else(|_| {
+                Err(format!("no answer within {limit:?} (waiting for its turn)"))
+            });
         }
         let row = Probe::shared_row(probe, asked.postgres_sql()).await?;
+        lsn_column(&row, 0)
+    }
+
+    /// The position `asked` of this probe's server.
+    pub(crate) async fn position(&mut self, asked: Asked) -> Result<Option<Lsn>, String> {
+        #[cfg(feature = "mariadb")]
+        if self.backend == Backend::MariaDb {
+            let timeout = self.timeout;
+            return self
+                .with_mariadb(|server| server.position(asked == Asked::Applied, timeout))
+                .await;
+        }
+        let row = self.row(asked.postgres_sql()).await?;
         lsn_column(&row, 0)
     }
 
@@ -372,6 +387,10 @@ pub(crate) async fn diagnose(
     timeout: Duration,
     find_server: bool,
 ) -> Option<(String, bool)> {
+    #[cfg(feature = "mariadb")]
+    if db.backend == Backend::MariaDb {
+        return mariadb::diagnose(&db.url(), timeout).await;
+    }
     let deadline = tokio::time::Instant::now() + timeout;
     match tokio::time::timeout_at(deadline, tokio_postgres::connect(&db.probe_url(), NoTls)).await {
         Ok(Ok((client, connection))) => {

@@ -51,7 +51,9 @@ impl Statements {
     /// `with_footprint`: some replica carries only some tables.
     pub(super) fn shape_of(&self, sql: &str, with_table: bool, with_footprint: bool) -> Shape {
         let mut shape = Shape::of_sql_in(self.dialect, sql, with_table);
-        if shape.op == Operation::Read && (mentions(sql, &self.names) || self.refused(sql)) {
+        if shape.op == Operation::Read
+            && (mentions(self.dialect, sql, &self.names) || self.refused(sql))
+        {
             shape.op = Operation::Write;
         }
         if with_footprint && shape.op == Operation::Read {
