@@ -277,3 +277,62 @@ async fn no_stale_keyed_read_through_seaorm_while_replicas_stop_and_start_applyi
         "only {on_replicas} of {reads} reads on replicas: the promise was kept by the master alone"
     );
 }
+
+/// A MariaDB replica behind a proxy that freezes mid-read, or stops: the read in flight is
+/// given up once the monitor declares the replica down and is served by the master; later
+/// reads go to the master without an error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_then_stopped_replica_costs_no_failed_read() {
+    let cluster = MariaDbCluster::from_env();
+    let c = cluster.clone();
+    let _apply = blocking(move || c.shared()).await;
+    let target = cluster.replica_url(1).rsplit('@').next().unwrap();
+    let proxy = pindb_testkit::Proxy::start(target.split('/').next().unwrap()).await;
+    let proxied = format!("mysql://pindb:pindb@127.0.0.1:{}/pindb", proxy.port());
+    let mut config = Config::single_set(cluster.master_url(), [proxied.as_str()]);
+    config.router = RouterMode::Strict;
+    config.monitor.interval_ms = 100;
+    config.monitor.check_timeout_ms = 200;
+    let timeout = config.reads.timeout();
+    let db = PinDb::connect(config).await.unwrap();
+    db.router()
+        .start_monitor()
+        .await
+        .expect("the topology is right");
+    // A slow read, so that it is surely in flight on the replica when it freezes.
+    let slow = "SELECT SLEEP(0.3) AS slept, @@server_id";
+    assert_eq!(
+        scope(server_id(&db, slow)).await,
+        2,
+        "the replica serves it"
+    );
+    let started = Instant::now();
+    let (served, ()) = tokio::join!(scope(server_id(&db, slow)), async {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        proxy.freeze();
+    });
+    let took = started.elapsed();
+    eprintln!("MariaDB, SeaORM: the read in flight was served after {took:?}");
+    assert_eq!(served, 1, "served by the master");
+    let status = db
+        .router()
+        .topology()
+        .replica_status("default-1")
+        .unwrap()
+        .unwrap();
+    assert!(!status.up, "the monitor declared it down: {status:?}");
+    assert!(
+        took < timeout / 3,
+        "the read waited {took:?}, as if for reads.timeout_ms ({timeout:?}), although the \
+         monitor declared its replica down"
+    );
+    // Stopped for good: reads go on, on the master.
+    proxy.thaw();
+    proxy.stop();
+    for _ in 0..5 {
+        assert_eq!(
+            scope(server_id(&db, "SELECT 1 AS one, @@server_id")).await,
+            1
+        );
+    }
+}

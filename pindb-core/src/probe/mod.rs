@@ -475,4 +475,43 @@ mod tests {
             "one connection, set up for the first caller"
         );
     }
+
+    /// A MariaDB statement whose caller gives up (a 5 ms `max_wait_ms`) finishes on its
+    /// own: the next caller takes its connection back, none is opened twice.
+    #[cfg(feature = "mariadb")]
+    #[tokio::test]
+    async fn a_mariadb_statement_outlives_callers_that_give_up() {
+        let cluster = pindb_testkit::MariaDbCluster::from_env();
+        let target = cluster
+            .replica_url(1)
+            .rsplit('@')
+            .next()
+            .unwrap_or_default();
+        let proxy = pindb_testkit::Proxy::start(target.split('/').next().unwrap_or_default()).await;
+        let url = format!("mysql://pindb:pindb@127.0.0.1:{}/pindb", proxy.port());
+        let config = crate::Config::single_set(url.as_str(), Vec::<String>::new());
+        let topology = crate::topology::Topology::new(&config).unwrap();
+        let probe =
+            tokio::sync::Mutex::new(Probe::new(&topology.databases()[0], Duration::from_secs(5)));
+        let ask = || {
+            Probe::shared_position(
+                &probe,
+                Backend::MariaDb,
+                Asked::Applied,
+                Duration::from_secs(5),
+            )
+        };
+        let mut cut = 0;
+        for _ in 0..20 {
+            cut += usize::from(
+                tokio::time::timeout(Duration::from_micros(200), ask())
+                    .await
+                    .is_err(),
+            );
+        }
+        assert!(cut > 0, "no caller gave up: the test shows nothing");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        ask().await.expect("answered");
+        assert_eq!(proxy.accepted(), 1, "one connection for every caller");
+    }
 }

@@ -1,0 +1,82 @@
+#![allow(missing_docs, missing_debug_implementations, unreachable_pub)] // not a library: nothing here is public API
+//! Interleaved A/B on MariaDB: `find_by_id` through `pindb_seaorm::PinDb` in a pinning context
+//! vs. a plain `DatabaseConnection` to the same replica. Needs the dev cluster's MariaDB set
+//! (`scripts/cluster up`). `cargo bench -p pindb-seaorm --features mariadb --bench ab_mariadb`.
+
+use std::hint::black_box;
+use std::time::{Duration, Instant};
+
+use pindb_seaorm::PinDb;
+use pindb_testkit::ab::{interleave, report};
+use pindb_testkit::MariaDbCluster;
+use sea_orm::entity::prelude::*;
+use sea_orm::{ConnectOptions, Database, DatabaseConnection};
+
+mod bench_user {
+    use sea_orm::entity::prelude::*;
+
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "pindb_bench_users")]
+    pub struct Model {
+        #[sea_orm(primary_key)]
+        pub id: i32,
+        pub name: String,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+const BATCH: u32 = 200;
+
+async fn plain(db: &DatabaseConnection) -> Duration {
+    let start = Instant::now();
+    for _ in 0..BATCH {
+        black_box(bench_user::Entity::find_by_id(42).one(db).await.unwrap());
+    }
+    start.elapsed()
+}
+
+async fn routed(db: &PinDb) -> Duration {
+    let start = Instant::now();
+    for _ in 0..BATCH {
+        pindb_core::scope(async {
+            black_box(bench_user::Entity::find_by_id(42).one(db).await.unwrap());
+        })
+        .await;
+    }
+    start.elapsed()
+}
+
+fn main() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let cluster = MariaDbCluster::from_env();
+        cluster
+            .query_as_app(
+                0,
+                "CREATE TABLE IF NOT EXISTS pindb_bench_users \
+                 (id INT PRIMARY KEY, name VARCHAR(64) NOT NULL); \
+                 INSERT IGNORE INTO pindb_bench_users VALUES (42, 'bench')",
+            )
+            .expect("the bench table");
+        cluster.sync_replicas();
+        let config =
+            pindb_core::Config::single_set(cluster.master_url(), [cluster.replica_url(1)]);
+        let db = PinDb::connect(config).await.unwrap();
+        db.router().start_monitor().await.unwrap();
+        let mut opts = ConnectOptions::new(cluster.replica_url(1));
+        opts.max_connections(10).sqlx_logging(false);
+        let direct = Database::connect(opts).await.unwrap();
+        plain(&direct).await;
+        routed(&db).await;
+        let (p, r) = interleave(BATCH, || plain(&direct), || routed(&db)).await;
+        report("SeaORM find_by_id on MariaDB", &p, &r);
+    });
+}
