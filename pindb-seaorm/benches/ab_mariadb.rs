@@ -67,8 +67,7 @@ fn main() {
             )
             .expect("the bench table");
         cluster.sync_replicas();
-        let config =
-            pindb_core::Config::single_set(cluster.master_url(), [cluster.replica_url(1)]);
+        let config = pindb_core::Config::single_set(cluster.master_url(), [cluster.replica_url(1)]);
         let db = PinDb::connect(config).await.unwrap();
         db.router().start_monitor().await.unwrap();
         let mut opts = ConnectOptions::new(cluster.replica_url(1));
