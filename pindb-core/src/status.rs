@@ -236,10 +236,8 @@ async fn neutral(
     }
     match probe.standby().await {
         Err(e) => status.error = Some(e),
-        Ok(Err(problem)) => {
-            status.in_recovery = Some(false);
-            status.error = Some(format!("wrong role: {problem}"));
-        }
+        // Not a replica at all, or its position proves nothing (several GTID domains).
+        Ok(Err(problem)) => status.error = Some(problem),
         Ok(Ok((replay, applying))) => {
             status.up = true;
             status.in_recovery = Some(true);

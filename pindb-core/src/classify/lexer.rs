@@ -204,11 +204,10 @@ impl<'a> Lexer<'a> {
 
     /// MariaDB's comments: `#` and `-- ` (a space or control byte after the dashes: `1--1` is
     /// arithmetic) to the end of the line, and `/* .. */` to the first `*/` (they do not nest).
-    /// `/*!` and `/*M!` (with an optional version number) open an executable comment: its
-    /// content is read as SQL, since the server runs it. `true` (opaque) when the server may
-    /// read it otherwise: a comment opened inside an executable one, or a versioned one (which
-    /// a server of another version skips as a plain comment, to its first `*/`) whose content
-    /// holds a quote or a comment that would end it elsewhere when read as SQL.
+    /// `/*!` and `/*M!` open an executable comment: its content is read as SQL, since the
+    /// server runs it. `true` (opaque, and past it) when the server may read it otherwise: a
+    /// versioned one (`/*!80000`, which a server of another version skips), a comment opened
+    /// inside an executable one.
     fn skip_mariadb_trivia(&mut self) -> bool {
         loop {
             match (self.peek(0), self.peek(1), self.peek(2)) {
@@ -219,7 +218,10 @@ impl<'a> Lexer<'a> {
                     self.executable_comment = false;
                     self.pos += 2;
                 }
-                (Some(b'/'), Some(b'*'), _) if self.executable_comment => return true,
+                (Some(b'/'), Some(b'*'), _) if self.executable_comment => {
+                    self.pos += 2;
+                    return true;
+                }
                 (Some(b'/'), Some(b'*'), c) => {
                     let marker = match (c, self.peek(3)) {
                         (Some(b'!'), _) => Some(3),
@@ -234,24 +236,12 @@ impl<'a> Lexer<'a> {
                         }
                         continue;
                     }
-                    let version = self.pos;
-                    while self.peek(0).is_some_and(|c| c.is_ascii_digit()) {
-                        self.pos += 1;
-                    }
                     self.executable_comment = true;
-                    if self.pos > version {
-                        let rest = &self.src[self.pos..];
-                        let content = match rest.windows(2).position(|w| w == b"*/") {
-                            Some(i) => &rest[..i],
-                            None => rest,
-                        };
-                        let ambiguous = content
-                            .iter()
-                            .any(|c| matches!(c, b'\'' | b'"' | b'`' | b'#' | b'\\'))
-                            || content.windows(2).any(|w| w == b"--" || w == b"/*");
-                        if ambiguous {
-                            return true;
-                        }
+                    // Versioned: whether it runs depends on the server's version (and 50700
+                    // to 99999 never do), and a skipped one is a plain comment to its first
+                    // `*/`: no single reading is sure.
+                    if self.peek(0).is_some_and(|c| c.is_ascii_digit()) {
+                        return true;
                     }
                 }
                 _ => return false,
@@ -274,6 +264,15 @@ impl<'a> Lexer<'a> {
                 self.pos += 1;
                 name = self.word();
             }
+        }
+        // A name quoted, spaced or missing (`@@`last_gtid``, `@@session . x`): not read.
+        let plain = !name.is_empty()
+            && !matches!(self.peek(0), Some(b'`' | b'.'))
+            && !["SESSION", "GLOBAL", "LOCAL"]
+                .iter()
+                .any(|scope| name.eq_ignore_ascii_case(scope.as_bytes()));
+        if !plain {
+            return Token::Opaque;
         }
         match SESSION_BOUND
             .iter()

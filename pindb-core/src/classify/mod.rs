@@ -208,7 +208,7 @@ fn main_table_with<'a>(mut lexer: Lexer<'a>, sql: &'a str) -> Option<&'a str> {
     let mut depth = 0usize;
     loop {
         match lexer.next_token() {
-            Token::End | Token::Punct(b';') => return None,
+            Token::End | Token::Punct(b';') | Token::Opaque => return None,
             Token::Punct(b'(') => depth += 1,
             Token::Punct(b')') => depth = depth.saturating_sub(1),
             Token::Word(w) if depth == 0 && is(w, "FROM") => {
@@ -230,9 +230,9 @@ fn qualified_name<'a>(lexer: &mut Lexer<'a>, sql: &'a str) -> Option<&'a str> {
         _ => return None,
     };
     loop {
-        let checkpoint = lexer.pos;
+        let checkpoint = lexer.clone();
         if lexer.next_token() != Token::Punct(b'.') {
-            lexer.pos = checkpoint;
+            *lexer = checkpoint;
             break;
         }
         match lexer.next_token() {
@@ -312,7 +312,7 @@ fn explain_prefix(lexer: &mut Lexer<'_>) -> Explain {
     let mut analyze = false;
     let mut first = true;
     loop {
-        let checkpoint = lexer.pos;
+        let checkpoint = lexer.clone();
         let token = lexer.next_token();
         // Only `EXPLAIN (` opens an option list, and only if it does not start a statement:
         // `EXPLAIN ANALYZE (SELECT nextval('s'))` explains a parenthesised query.
@@ -331,13 +331,13 @@ fn explain_prefix(lexer: &mut Lexer<'_>) -> Explain {
                         Token::Punct(b'(') => depth += 1,
                         Token::Punct(b')') => depth -= 1,
                         Token::Word(w) if is(w, "ANALYZE") || is(w, "ANALYSE") => analyze = true,
-                        Token::End => return Explain::PlansOnly(Outcome::Write),
+                        Token::End | Token::Opaque => return Explain::PlansOnly(Outcome::Write),
                         _ => {}
                     }
                 }
             }
             _ => {
-                lexer.pos = checkpoint;
+                *lexer = checkpoint;
                 break;
             }
         }
@@ -345,9 +345,11 @@ fn explain_prefix(lexer: &mut Lexer<'_>) -> Explain {
     if analyze {
         return Explain::Runs;
     }
-    // Planning only: nothing runs. Skip to the end of the statement.
+    // Planning only: nothing runs. Skip to the end of the statement, unless something in it
+    // may end it elsewhere.
     loop {
         match lexer.next_token() {
+            Token::Opaque => return Explain::PlansOnly(Outcome::Write),
             Token::End => return Explain::PlansOnly(Outcome::Read { end_of_input: true }),
             Token::Punct(b';') => {
                 return Explain::PlansOnly(Outcome::Read {

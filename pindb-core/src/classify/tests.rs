@@ -396,7 +396,18 @@ const MARIADB: &[(&str, StatementKind)] = &[
     // read as SQL, a quote or comment inside would end it elsewhere.
     ("SELECT 1 /*!80000 # */, NEXTVAL(s)", Write),
     ("SELECT 1 /*M!999999 ' */, GET_LOCK('x',0) -- '", Write),
-    ("SELECT 1 /*!80000 , 2 */", Read),
+    // Versioned: skipped by a server of another version, read by this one: not provably a read.
+    ("SELECT 1 /*!80000 , 2 */", Write),
+    ("SELECT NEXT /*!50700 x */ VALUE FOR s", Write),
+    ("SELECT * FROM t LOCK /*!80000 x */ IN SHARE MODE", Write),
+    (
+        "EXPLAIN SELECT 1 /*!999999 ' */; DELETE FROM t; -- '",
+        Write,
+    ),
+    ("EXPLAIN /*! SELECT 1 */", Read),
+    ("EXPLAIN SELECT 1 /*! /* */", Write),
+    ("SELECT @@`last_gtid`", Write),
+    ("SELECT @@session . warning_count", Write),
     // A comment inside an executable one: the server's reading is not ours to guess.
     ("SELECT 1 /*! /*! , NEXTVAL(s) */", Write),
     ("SELECT 1 /*! /* x */ , 2 */", Write),
@@ -473,5 +484,23 @@ proptest::proptest! {
     fn mariadb_never_panics_on_arbitrary_text(s in "\\PC*") {
         let _ = Dialect::MariaDb.classify(&s);
         let _ = Dialect::MariaDb.main_table(&s);
+    }
+
+    /// Every piece of MariaDB's syntax that opens, ends or hides something, in any order:
+    /// each classification ends (no piece is read without moving on).
+    #[test]
+    fn mariadb_ends_on_any_mix_of_its_syntax(
+        parts in proptest::collection::vec(
+            proptest::sample::select(vec![
+                "EXPLAIN ", "SELECT ", "(", ")", "/*", "*/", "/*!", "/*!80000 ", "/*M!", "#",
+                "-- ", "\n", "'", "\"", "`", "\\", "@", "@@", "@@session.", ".", ";", "a ",
+                "FROM t ", "DELETE ",
+            ]),
+            0..24,
+        ),
+    ) {
+        let sql = parts.concat();
+        let _ = Dialect::MariaDb.classify(&sql);
+        let _ = Dialect::MariaDb.main_table(&sql);
     }
 }

@@ -112,6 +112,19 @@ impl Server {
         applied: bool,
         timeout: Duration,
     ) -> Result<Option<Lsn>, String> {
+        let (domain, position) = self.gtid(applied, timeout).await?;
+        // A master's too: a write made in another domain would not move the position pindb
+        // records, and a replica without it would pass for having it.
+        one_domain(&position, domain)?;
+        Ok(position.seq_in(domain).map(Lsn))
+    }
+
+    /// The server's `gtid_domain_id` and its written or applied GTID position.
+    async fn gtid(
+        &mut self,
+        applied: bool,
+        timeout: Duration,
+    ) -> Result<(u32, GtidPosition), String> {
         let sql = match applied {
             true => "SELECT @@gtid_domain_id, @@gtid_slave_pos",
             false => "SELECT @@gtid_domain_id, @@gtid_binlog_pos",
@@ -120,7 +133,7 @@ impl Server {
         let domain: u32 = column(&row, 0)?.ok_or("no gtid_domain_id")?;
         let text: String = column(&row, 1)?.unwrap_or_default();
         let position = GtidPosition::parse(&text).map_err(|e| e.to_string())?;
-        Ok(position.seq_in(domain).map(Lsn))
+        Ok((domain, position))
     }
 
     /// A replica's applied position and whether its SQL thread runs; the inner error says
@@ -134,7 +147,7 @@ impl Server {
     ) -> Result<Result<(Option<Lsn>, bool), String>, String> {
         let status = match self.slave_status(timeout).await? {
             SlaveStatus::Replica(row) => row,
-            SlaveStatus::Denied => return Ok(Ok((self.position(true, timeout).await?, true))),
+            SlaveStatus::Denied => return self.applied(true, timeout).await,
             SlaveStatus::NotReplica => {
                 return Ok(Err(
                     "no replication is configured (SHOW SLAVE STATUS is empty: a \
@@ -147,8 +160,36 @@ impl Server {
             .get_opt::<String, _>("Slave_SQL_Running")
             .and_then(Result::ok)
             .is_some_and(|running| running == "Yes");
-        let position = self.position(true, timeout).await?;
-        Ok(Ok((position, applying)))
+        self.applied(applying, timeout).await
+    }
+
+    /// A replica's applied position, `applying` or not; the inner error: its position is not
+    /// one domain's.
+    async fn applied(
+        &mut self,
+        applying: bool,
+        timeout: Duration,
+    ) -> Result<Result<(Option<Lsn>, bool), String>, String> {
+        let (domain, position) = self.gtid(true, timeout).await?;
+        Ok(one_domain(&position, domain).map(|()| (position.seq_in(domain).map(Lsn), applying)))
+    }
+}
+
+/// A position must lie in one domain, the server's own (the start-up check found a replica's
+/// to be its master's): a position of several domains (writes made in another domain, a
+/// server that changed domain, an old topology's GTIDs) would be compared in one domain only,
+/// and a replica could pass for having writes it lacks. Such a replica is not read from, and
+/// such a master's positions are not taken (its users' reads go to it), until the position is
+/// one domain again.
+fn one_domain(position: &GtidPosition, own: u32) -> Result<(), String> {
+    match position.gtids() {
+        [] => Ok(()),
+        [gtid] if gtid.domain == own => Ok(()),
+        _ => Err(format!(
+            "its GTID position `{position}` is not all in its gtid_domain_id {own}: pindb \
+             compares positions in one domain per set, so it cannot prove a replica has a \
+             write; not reading from replicas by position"
+        )),
     }
 }
 
@@ -167,6 +208,13 @@ enum Failure {
     Server(mysql_async::ServerError),
     /// No connection, no answer in time, a broken connection.
     Other(String),
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        // A statement under way would keep its task and socket after the probe is gone.
+        self.disconnect();
+    }
 }
 
 /// One statement on `conn` (or a new connection): the connection back unless it broke.
@@ -225,5 +273,21 @@ fn column<T: mysql_async::prelude::FromValue>(row: &Row, i: usize) -> Result<Opt
         Some(Ok(value)) => Ok(value),
         Some(Err(e)) => Err(format!("column {i}: {e}")),
         None => Err(format!("no column {i}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_replica_position_of_several_domains_or_another_domain_proves_nothing() {
+        let one = |text: &str, own| one_domain(&GtidPosition::parse(text).unwrap(), own);
+        assert!(one("", 0).is_ok(), "no transaction yet");
+        assert!(one("0-1-500", 0).is_ok());
+        // The reviewer's case: an old topology's GTIDs in its own domain 1, far ahead.
+        let e = one("0-1-480,1-3-90000", 1).unwrap_err();
+        assert!(e.contains("not all in its gtid_domain_id 1"), "{e}");
+        assert!(one("1-3-9", 0).is_err(), "another domain than its own");
     }
 }

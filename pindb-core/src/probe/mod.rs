@@ -95,9 +95,9 @@ impl Probe {
     }
 
     /// The position `asked` of the server behind `probe`, shared by concurrent callers as
-    /// [`Probe::shared_row`]. A MariaDB connection answers one caller at a time: waiting for
-    /// it counts in `limit` too, so callers queued behind a hung server each give up after
-    /// `limit`, not after all those before them.
+    /// [`Probe::shared_row`]. A MariaDB connection answers one caller at a time: a caller
+    /// waits at most `limit` for its turn, so callers queued behind a hung server give up
+    /// after `limit` and its statement's own timeout, not after all those before them.
     /// `backend`: the probe's (known to the caller, so PostgreSQL's path takes no lock).
     pub(crate) async fn shared_position(
         probe: &tokio::sync::Mutex<Probe>,
@@ -106,11 +106,11 @@ impl Probe {
         limit: Duration,
     ) -> Result<Option<Lsn>, String> {
         if backend != Backend::Postgres {
-            let bounded =
-                tokio::time::timeout(limit, async { probe.lock().await.position(asked).await });
-            return bounded.await.unwrap_or_else(|_| {
-                Err(format!("no answer within {limit:?} (waiting for its turn)"))
-            });
+            // The statement has its own timeout, which drops a connection that hangs.
+            let mut p = tokio::time::timeout(limit, probe.lock())
+                .await
+                .map_err(|_| format!("no turn within {limit:?} (the server answers slowly)"))?;
+            return p.position(asked).await;
         }
         let row = Probe::shared_row(probe, asked.postgres_sql()).await?;
         lsn_column(&row, 0)
