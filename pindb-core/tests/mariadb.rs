@@ -188,20 +188,7 @@ async fn no_stale_keyed_read_while_replicas_stop_and_start_applying() {
     );
     let end = Instant::now() + Duration::from_secs(6);
     // Flips one replica's SQL thread every 50-400 ms.
-    let flipper = tokio::task::spawn_blocking(move || {
-        let mut apply = apply;
-        let mut stopped = [false; 2];
-        while Instant::now() < end {
-            let n = fastrand::usize(1..=2);
-            match stopped[n - 1] {
-                true => apply.start_apply(n),
-                false => apply.stop_apply(n),
-            }
-            stopped[n - 1] = !stopped[n - 1];
-            std::thread::sleep(Duration::from_millis(fastrand::u64(50..400)));
-        }
-        apply
-    });
+    let flipper = tokio::task::spawn_blocking(move || apply.flip_until(end));
     let users = (0..USERS).map(|user| {
         let (router, pools, table) = (router.clone(), Arc::clone(&pools), table.clone());
         let (reads, stale, on_replicas) = (

@@ -212,20 +212,7 @@ async fn no_stale_keyed_read_through_seaorm_while_replicas_stop_and_start_applyi
         .expect("the topology is right");
     let counts = Arc::new([AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0)]);
     let end = Instant::now() + Duration::from_secs(6);
-    let flipper = tokio::task::spawn_blocking(move || {
-        let mut apply = apply;
-        let mut stopped = [false; 2];
-        while Instant::now() < end {
-            let n = fastrand::usize(1..=2);
-            match stopped[n - 1] {
-                true => apply.start_apply(n),
-                false => apply.stop_apply(n),
-            }
-            stopped[n - 1] = !stopped[n - 1];
-            std::thread::sleep(Duration::from_millis(fastrand::u64(50..400)));
-        }
-        apply
-    });
+    let flipper = tokio::task::spawn_blocking(move || apply.flip_until(end));
     let users = (0..USERS).map(|user| {
         let (db, table, counts) = (db.clone(), table.clone(), Arc::clone(&counts));
         tokio::spawn(async move {

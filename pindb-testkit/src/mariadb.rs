@@ -340,6 +340,25 @@ impl MariaDbApplyControl {
         }
         self.stopped.retain(|&s| s != n);
     }
+
+    /// Stops replica `n`'s SQL thread if this control has not stopped it, else starts it.
+    pub fn flip(&mut self, n: usize) {
+        match self.stopped.contains(&n) {
+            true => self.start_apply(n),
+            false => self.stop_apply(n),
+        }
+    }
+
+    /// Until `end`, flips one replica at random every 50-400 ms: a hunt's replicas stopping
+    /// and starting to apply. Blocks (run it with `spawn_blocking`); returns the control, so
+    /// that dropping it starts what is left stopped.
+    pub fn flip_until(mut self, end: Instant) -> Self {
+        while Instant::now() < end {
+            self.flip(fastrand::usize(1..=2));
+            std::thread::sleep(Duration::from_millis(fastrand::u64(50..400)));
+        }
+        self
+    }
 }
 
 impl Drop for MariaDbApplyControl {

@@ -215,15 +215,10 @@ impl Consistency {
                 true => Asked::Master,
                 false => Asked::Applied,
             };
+            let (backend, limit) = (self.topology.backend(), self.probe_timeout);
+            let applied = || Probe::shared_position(&self.probes[index], backend, asked, limit);
             let Some(slot) = self.topology.slot(index) else {
-                if let Ok(Some(lsn)) = Probe::shared_position(
-                    &self.probes[index],
-                    self.topology.backend(),
-                    asked,
-                    self.probe_timeout,
-                )
-                .await
-                {
+                if let Ok(Some(lsn)) = applied().await {
                     s.health[r].raise_replay(lsn);
                 }
                 continue;
@@ -243,14 +238,7 @@ impl Consistency {
             }
             // Shared with concurrent callers, as for any replica. The probe may have moved on
             // to a newer host meanwhile: `if_current` then drops what it says.
-            if let Ok(Some(lsn)) = Probe::shared_position(
-                &self.probes[index],
-                self.topology.backend(),
-                asked,
-                self.probe_timeout,
-            )
-            .await
-            {
+            if let Ok(Some(lsn)) = applied().await {
                 slot.if_current(generation, || s.health[r].raise_replay(lsn));
             }
         }

@@ -446,22 +446,24 @@ mod tests {
 
     use super::*;
 
+    /// A probe of the server at `url`, reached through a proxy that counts connections.
+    async fn proxied(url: &str) -> (pindb_testkit::Proxy, tokio::sync::Mutex<Probe>) {
+        let (head, rest) = url.rsplit_once('@').unwrap_or_default();
+        let (target, path) = rest.split_once('/').unwrap_or_default();
+        let proxy = pindb_testkit::Proxy::start(target).await;
+        let url = format!("{head}@127.0.0.1:{}/{path}", proxy.port());
+        let config = crate::Config::single_set(url.as_str(), Vec::<String>::new());
+        let topology = crate::topology::Topology::new(&config).unwrap();
+        let probe = Probe::new(&topology.databases()[0], Duration::from_secs(5));
+        (proxy, tokio::sync::Mutex::new(probe))
+    }
+
     /// A caller that gives up while the connection is being set up leaves the attempt
     /// running: the next caller gets that connection, none is opened twice.
     #[tokio::test]
     async fn a_connection_attempt_outlives_a_caller_that_gives_up() {
         let cluster = pindb_testkit::Cluster::from_env();
-        let target = cluster
-            .replica_url(1)
-            .rsplit('@')
-            .next()
-            .unwrap_or_default();
-        let proxy = pindb_testkit::Proxy::start(target.split('/').next().unwrap_or_default()).await;
-        let url = format!("postgres://pindb@127.0.0.1:{}/pindb", proxy.port());
-        let config = crate::Config::single_set(url.as_str(), Vec::<String>::new());
-        let topology = crate::topology::Topology::new(&config).unwrap();
-        let probe =
-            tokio::sync::Mutex::new(Probe::new(&topology.databases()[0], Duration::from_secs(5)));
+        let (proxy, probe) = proxied(cluster.replica_url(1)).await;
         let cut = tokio::time::timeout(Duration::from_micros(1), async {
             probe.lock().await.row("SELECT 1").await
         })
@@ -482,17 +484,7 @@ mod tests {
     #[tokio::test]
     async fn a_mariadb_statement_outlives_callers_that_give_up() {
         let cluster = pindb_testkit::MariaDbCluster::from_env();
-        let target = cluster
-            .replica_url(1)
-            .rsplit('@')
-            .next()
-            .unwrap_or_default();
-        let proxy = pindb_testkit::Proxy::start(target.split('/').next().unwrap_or_default()).await;
-        let url = format!("mysql://pindb:pindb@127.0.0.1:{}/pindb", proxy.port());
-        let config = crate::Config::single_set(url.as_str(), Vec::<String>::new());
-        let topology = crate::topology::Topology::new(&config).unwrap();
-        let probe =
-            tokio::sync::Mutex::new(Probe::new(&topology.databases()[0], Duration::from_secs(5)));
+        let (proxy, probe) = proxied(cluster.replica_url(1)).await;
         let ask = || {
             Probe::shared_position(
                 &probe,
