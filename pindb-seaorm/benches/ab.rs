@@ -1,7 +1,8 @@
 #![allow(missing_docs, missing_debug_implementations, unreachable_pub)] // not a library: nothing here is public API
 //! Interleaved A/B, SeaORM: `find_by_id` through `pindb_seaorm::PinDb` in a pinning context
 //! vs. a plain `DatabaseConnection` to the same replica. Needs the dev cluster
-//! (`scripts/cluster up`). `cargo bench -p pindb-seaorm --bench ab`.
+//! (`scripts/cluster up`). `cargo bench -p pindb-seaorm --bench ab`; with `--features mariadb`
+//! the same on the cluster's MariaDB set too.
 
 use std::hint::black_box;
 use std::time::{Duration, Instant};
@@ -72,5 +73,31 @@ fn main() {
         let (p, r) = interleave(BATCH, || plain(&direct), || routed(&db)).await;
         report("SeaORM find_by_id", &p, &r);
         schema.drop().await;
+        #[cfg(feature = "mariadb")]
+        mariadb().await;
     });
+}
+
+/// The same A/B on the MariaDB set's first replica.
+#[cfg(feature = "mariadb")]
+async fn mariadb() {
+    let cluster = pindb_testkit::MariaDbCluster::from_env();
+    cluster
+        .query_as_app(
+            0,
+            "CREATE TABLE IF NOT EXISTS bench_users (id INT PRIMARY KEY, name VARCHAR(64) NOT NULL); \
+             INSERT IGNORE INTO bench_users VALUES (42, 'bench')",
+        )
+        .expect("the bench table");
+    cluster.sync_replicas();
+    let config = pindb_core::Config::single_set(cluster.master_url(), [cluster.replica_url(1)]);
+    let db = PinDb::connect(config).await.unwrap();
+    db.router().start_monitor().await.unwrap();
+    let mut opts = ConnectOptions::new(cluster.replica_url(1));
+    opts.max_connections(10).sqlx_logging(false);
+    let direct = Database::connect(opts).await.unwrap();
+    plain(&direct).await;
+    routed(&db).await;
+    let (p, r) = interleave(BATCH, || plain(&direct), || routed(&db)).await;
+    report("SeaORM find_by_id on MariaDB", &p, &r);
 }
