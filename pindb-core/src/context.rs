@@ -82,6 +82,9 @@ pub(crate) struct State {
     /// Changes of any pin of this context (pinned, carried, unpinned): a write that never
     /// reached its server gives its pin back only if nothing changed a pin since.
     pub(crate) pin_changes: u64,
+    /// `pin_changes` when [`unpin_all`] last cleared the sets: a write decided before it
+    /// reports its position to nothing.
+    cleared_at: u64,
 }
 
 /// The replica a context reads a set from: which router chose it, its index among the set's
@@ -110,6 +113,16 @@ pub(crate) struct SetState {
     /// what it saw (that would take the master's position after the read, a round trip), so
     /// the rest of its reads of the set go to the master too (monotonic reads).
     pub(crate) read_master: bool,
+    /// Writes pinned in this context whose master position is not known yet. A write whose
+    /// adapter learned the position in the write's own flight
+    /// ([`Router::write_position`](crate::Router::write_position)) is taken off; one that
+    /// was never sent too.
+    unlearned: u32,
+    /// The latest explicit `pin` of this context (its `pin_changes`) not followed by a write
+    /// whose position was learned: it may stand for writes pindb did not see.
+    pinned_at: Option<u64>,
+    /// The highest master position learned with this context's writes.
+    learned: Option<Lsn>,
 }
 
 struct Frame {
@@ -133,6 +146,9 @@ impl State {
                     replica_reads: 0,
                     failed_over: false,
                     read_master: false,
+                    unlearned: 0,
+                    pinned_at: None,
+                    learned: None,
                 });
                 self.sets.len() - 1
             }
@@ -161,7 +177,11 @@ impl State {
     /// so its cookie expiry and write position are refreshed; carrying never downgrades.
     pub(crate) fn pin(&mut self, set: &Arc<str>, origin: PinOrigin) {
         self.pin_changes = self.pin_changes.wrapping_add(1);
+        let generation = self.pin_changes;
         let entry = self.set_mut(set);
+        if origin == PinOrigin::New {
+            entry.pinned_at = Some(generation);
+        }
         entry.pin = Some(match (entry.pin, origin) {
             (_, PinOrigin::New) => PinOrigin::New,
             (Some(existing), PinOrigin::Carried) => existing,
@@ -176,17 +196,50 @@ impl State {
         let generation = self.pin_changes;
         let entry = self.set_mut(set);
         let before = entry.pin.replace(PinOrigin::New);
+        entry.unlearned = entry.unlearned.saturating_add(1);
         NewPin { before, generation }
+    }
+
+    /// The write that made `pin` is behind the master position `lsn` (learned on its own
+    /// connection, after it): it needs no position read at the context's end.
+    pub(crate) fn learned(&mut self, set: &str, pin: NewPin, lsn: Lsn) {
+        if pin.generation <= self.cleared_at {
+            return;
+        }
+        if let Some(entry) = self.sets.iter_mut().find(|s| &*s.name == set) {
+            entry.unlearned = entry.unlearned.saturating_sub(1);
+            entry.learned = Some(entry.learned.map_or(lsn, |l| l.max(lsn)));
+            // An explicit pin before this write: the write's position also covers whatever
+            // was committed before it.
+            if entry.pinned_at.is_some_and(|at| at < pin.generation) {
+                entry.pinned_at = None;
+            }
+        }
+    }
+
+    /// The master position of `set` learned with this context's writes, when it covers all
+    /// of them (no write unlearned, no explicit pin after the last learned write).
+    pub(crate) fn learned_position(&self, set: &str) -> Option<Lsn> {
+        let entry = self.get(set)?;
+        match (entry.unlearned, entry.pinned_at) {
+            (0, None) => entry.learned,
+            _ => None,
+        }
     }
 
     /// Takes back the pin of a write that never reached its server, unless a pin of this
     /// context changed since (another write, which may have been sent; `pin`; `unpin_all`).
     pub(crate) fn unpin_unsent(&mut self, set: &str, pin: NewPin) {
-        if self.pin_changes != pin.generation {
-            return;
-        }
+        let current = self.pin_changes == pin.generation;
+        let cleared = pin.generation <= self.cleared_at;
         if let Some(entry) = self.sets.iter_mut().find(|s| &*s.name == set) {
-            entry.pin = pin.before;
+            // Nothing was written: no position to learn for it.
+            if !cleared {
+                entry.unlearned = entry.unlearned.saturating_sub(1);
+            }
+            if current {
+                entry.pin = pin.before;
+            }
         }
     }
 }
@@ -366,6 +419,7 @@ pub fn unpin_all() {
         let mut state = ctx.lock();
         state.sets.clear();
         state.pin_changes = state.pin_changes.wrapping_add(1);
+        state.cleared_at = state.pin_changes;
         state.store_unavailable = false;
     });
 }

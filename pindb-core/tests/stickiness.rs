@@ -141,3 +141,83 @@ async fn the_next_context_waits_for_every_recording_of_its_key_still_in_flight()
         "alice's `default` write is honoured"
     );
 }
+
+/// What a keyed context records when its adapter reported positions learned with the writes
+/// (`Router::write_position`): the highest, without asking the master, only when every write
+/// of the set reported one and no explicit pin came after the last; otherwise the master is
+/// asked (here it is gone: `Lsn::MAX`).
+#[tokio::test]
+async fn positions_learned_with_the_writes_are_recorded_only_when_they_cover_every_write() {
+    use pindb_core::{unpin_all, RouterMode};
+    let mut config = Config::single_set(
+        "postgres://app@127.0.0.1:1/app",
+        ["postgres://app@127.0.0.1:2/app"],
+    );
+    config.router = RouterMode::Greedy;
+    let router = Router::builder(config)
+        .store(Arc::new(MemoryStore::new(10)))
+        .build()
+        .unwrap();
+    let learned = |lsn| vec![("default".to_string(), Lsn(lsn))];
+    let unknown = learned(u64::MAX);
+    let cases: Vec<(&str, Vec<(String, Lsn)>, fn(&Router))> = vec![
+        ("two writes, both learned", learned(20), |r| {
+            let (a, b) = (write(r), write(r));
+            r.write_position(b.0, b.1, Lsn(20));
+            r.write_position(a.0, a.1, Lsn(10));
+        }),
+        ("two writes, one learned", unknown.clone(), |r| {
+            let (a, _) = (write(r), write(r));
+            r.write_position(a.0, a.1, Lsn(10));
+        }),
+        ("a write never sent, one learned", learned(10), |r| {
+            let (a, b) = (write(r), write(r));
+            r.write_not_sent(a.0, a.1);
+            r.write_position(b.0, b.1, Lsn(10));
+        }),
+        ("an explicit pin, then a learned write", learned(10), |r| {
+            r.pin("default").unwrap();
+            let a = write(r);
+            r.write_position(a.0, a.1, Lsn(10));
+        }),
+        (
+            "a learned write, then an explicit pin",
+            unknown.clone(),
+            |r| {
+                let a = write(r);
+                r.write_position(a.0, a.1, Lsn(10));
+                r.pin("default").unwrap();
+            },
+        ),
+        (
+            "a write from before unpin_all learned after it",
+            unknown.clone(),
+            |r| {
+                let (a, b) = (write(r), write(r));
+                unpin_all();
+                let _c = write(r);
+                r.write_position(a.0, a.1, Lsn(10));
+                r.write_position(b.0, b.1, Lsn(10));
+            },
+        ),
+    ];
+    for (case, expected, run) in cases {
+        let before = router.consistency().master_round_trips();
+        let ctx = pindb_core::Context::new();
+        ctx.clone().scope(async { run(&router) }).await;
+        let recorded = router.consistency().record_positions(&ctx, case).await;
+        assert_eq!(recorded, expected, "{case}");
+        let asked = router.consistency().master_round_trips() - before;
+        assert_eq!(
+            asked,
+            u64::from(expected == unknown),
+            "{case}: master asked"
+        );
+    }
+}
+
+/// A greedy write decision: its database and pin.
+fn write(router: &Router) -> (usize, pindb_core::adapter::NewPin) {
+    let route = router.db_for_write(&Hint::default()).unwrap();
+    (route.index, route.pin.unwrap())
+}

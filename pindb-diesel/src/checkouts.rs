@@ -336,6 +336,19 @@ impl<C: Held> Checkouts<C> {
         Ok(self.slot_for(router, route.index))
     }
 
+    /// The pin of the last decision when it was a write outside a transaction whose master
+    /// position the adapter should learn in the write's own flight
+    /// ([`Router::write_position`]).
+    pub(crate) fn pin_to_learn(&self, router: &Router) -> Option<NewPin> {
+        self.pin
+            .filter(|_| self.tx.is_none() && router.learns_positions())
+    }
+
+    /// The database index of the held connection.
+    pub(crate) fn held_index(&self) -> Option<usize> {
+        self.held.as_ref().map(|(index, _)| *index)
+    }
+
     /// The role of the last decision's database when it was decided.
     pub(crate) fn role(&self) -> Role {
         self.role

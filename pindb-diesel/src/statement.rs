@@ -161,6 +161,15 @@ fn sql_of_type<T: QueryFragment<Pg>>(id: TypeId, query: &T) -> QueryResult<Arc<s
     Ok(sql)
 }
 
+/// Whether `query` binds a value of a custom type (one diesel looks up on the connection).
+pub(crate) fn looks_up_types<T: QueryFragment<Pg>>(query: &T) -> bool {
+    let mut binds = RawBytesBindCollector::<Pg>::new();
+    let mut lookup = NoLookup::default();
+    let collected = query.collect_binds(&mut binds, &mut lookup as &mut dyn PgMetadataLookup, &Pg);
+    // A query whose binds cannot be collected fails anyway; not pipelined.
+    collected.is_err() || lookup.missing.is_some()
+}
+
 /// Whether `e` is [`Error::CustomTypeBeforeCheckout`]: the statement needs a connection to
 /// look its types up, not a routing change.
 pub(crate) fn needs_lookup(e: &diesel::result::Error) -> bool {

@@ -8,7 +8,8 @@ use std::time::Duration;
 use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
 use pindb_core::{
-    Config, Context, MemoryStore, PinDbError, RedisStore, Router, RouterMode, Store, TopologyCheck,
+    Config, Context, Lsn, MemoryStore, PinDbError, RedisStore, Router, RouterMode, Store,
+    TopologyCheck,
 };
 use pindb_diesel::bb8::PinDb;
 use pindb_testkit::{wait_until, Cluster, PrivateRedis};
@@ -283,8 +284,8 @@ async fn reads_cost_no_extra_round_trips_on_a_healthy_cluster() {
     write_as(&db, "alice", "once").await;
     let after_write = db.router().consistency().round_trips();
     assert_eq!(
-        after_write, 1,
-        "recording the write position is one round trip"
+        after_write, 0,
+        "the write's position is learned in its own flight: no round trip of its own"
     );
     let mut from_replica = 0;
     for _ in 0..1000 {
@@ -611,4 +612,126 @@ async fn a_recorded_write_makes_the_monitor_recheck_the_replicas() {
         [vec!["default-1".to_owned()], vec!["default".to_owned()]],
         "with the recheck a replica, without it the master"
     );
+}
+
+#[derive(QueryableByName)]
+struct Position {
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    lsn: String,
+}
+
+fn lsn(text: &str) -> Lsn {
+    Lsn::parse(text).unwrap()
+}
+
+/// A write outside a transaction learns the master's position in its own flight (a query
+/// pipelined behind it on its connection): recording it costs no round trip, and the position
+/// is past the write's commit, whether the write's statement was cached, prepared anew (it
+/// holds the connection's statement cache while preparing) or ran on the held connection.
+#[tokio::test]
+async fn a_write_outside_a_transaction_learns_its_position_in_its_own_flight() {
+    let w = World::new().await;
+    let db = started(config(&w, &[1, 2])).await;
+    let consistency = db.router().consistency();
+    for round in 0..20 {
+        let ctx = Context::new();
+        let seen = ctx
+            .clone()
+            .scope(async {
+                let mut seen = Vec::new();
+                let mut conn = db.get();
+                // A checkout, then the held connection; typed, so cached after the first.
+                for body in ["one", "two"] {
+                    let at: String = diesel::insert_into(notes::table)
+                        .values(NewNote { author: "a", body })
+                        .returning(diesel::dsl::sql::<diesel::sql_types::Text>(
+                            "pg_current_wal_insert_lsn()::text",
+                        ))
+                        .get_result(&mut conn)
+                        .await
+                        .unwrap();
+                    seen.push(lsn(&at));
+                }
+                // Never cached (its text changes): prepared in a round trip of its own first.
+                let row: Position = diesel::sql_query(format!(
+                    "INSERT INTO notes (author, body) VALUES ('a', 'three-{round}') \
+                     RETURNING pg_current_wal_insert_lsn()::text AS lsn"
+                ))
+                .get_result(&mut db.get())
+                .await
+                .unwrap();
+                seen.push(lsn(&row.lsn));
+                seen
+            })
+            .await;
+        let before = consistency.master_round_trips();
+        let positions = consistency.record_positions(&ctx, "a").await;
+        assert_eq!(
+            consistency.master_round_trips(),
+            before,
+            "round {round}: the position was read from the master at the context's end"
+        );
+        let [(ref set, recorded)] = positions[..] else {
+            panic!("round {round}: positions {positions:?}");
+        };
+        assert_eq!(set, "default");
+        for at in seen {
+            assert!(
+                recorded > at,
+                "round {round}: recorded {recorded} is not past a write that ran at {at}"
+            );
+        }
+    }
+    w.finish().await;
+}
+
+/// A transaction's position is read at the context's end (diesel-async commits through
+/// `&mut AsyncPgConnection`: nothing can be pipelined behind its `COMMIT`), past its commit;
+/// so is a transaction begun by hand.
+#[tokio::test]
+async fn a_transactions_position_is_past_its_commit() {
+    let w = World::new().await;
+    let db = started(config(&w, &[1, 2])).await;
+    let consistency = db.router().consistency();
+    for by_hand in [false, true] {
+        let ctx = Context::new();
+        ctx.clone()
+            .scope(async {
+                let mut conn = db.get();
+                let insert = diesel::insert_into(notes::table).values(NewNote {
+                    author: "t",
+                    body: "in a transaction",
+                });
+                if by_hand {
+                    diesel_async::SimpleAsyncConnection::batch_execute(&mut conn, "BEGIN")
+                        .await
+                        .unwrap();
+                    insert.execute(&mut conn).await.unwrap();
+                    diesel_async::SimpleAsyncConnection::batch_execute(&mut conn, "COMMIT")
+                        .await
+                        .unwrap();
+                } else {
+                    diesel_async::AsyncConnection::transaction(&mut conn, async |c| {
+                        insert.execute(c).await
+                    })
+                    .await
+                    .unwrap();
+                }
+            })
+            .await;
+        let committed = lsn(&w
+            .primary_column("SELECT pg_current_wal_insert_lsn()::text")
+            .await[0]);
+        let before = consistency.master_round_trips();
+        let positions = consistency.record_positions(&ctx, "t").await;
+        assert_eq!(consistency.master_round_trips(), before + 1);
+        let [(_, recorded)] = positions[..] else {
+            panic!("positions {positions:?}");
+        };
+        assert!(
+            recorded >= committed,
+            "by hand: {by_hand}: recorded {recorded}, committed by {committed}"
+        );
+    }
+    w.finish().await;
 }

@@ -445,13 +445,19 @@ async fn instrumentation_set_before_checkout_sees_every_statement_and_its_alias(
         .unwrap();
     drop(plain);
     let seen = seen.lock().unwrap().clone();
-    assert_eq!(seen.len(), 2, "{seen:?}");
+    assert_eq!(seen.len(), 3, "{seen:?}");
     assert!(
         seen[0].starts_with("/* pindb: default-1 */ SELECT"),
         "{seen:?}"
     );
     assert!(
         seen[1].starts_with("/* pindb: default */ INSERT"),
+        "{seen:?}"
+    );
+    // pindb's own statement, pipelined behind the write on its connection: the master's
+    // position after it.
+    assert!(
+        seen[2].starts_with("/* pindb: default */ SELECT pg_current_wal_insert_lsn()"),
         "{seen:?}"
     );
     w.finish().await;

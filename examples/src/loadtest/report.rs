@@ -9,11 +9,11 @@ use super::run::Outcome;
 /// The markdown table of a run.
 pub fn table(outcomes: &[Outcome]) -> String {
     let mut out = String::from(
-        "| strategy | req/s | decisions/s | p50 ms | p95 ms | p99 ms | p99 ms, no write just before | pindb p50/p99 µs | reads on replicas | oracle (strict-generous) | of oracle | stale reads | consistency round trips / 1k reads (master + replica) | master CPU ms |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
+        "| strategy | req/s | decisions/s | p50 ms | p95 ms | p99 ms | p99 ms, no write just before | writing requests p50/p99 ms | master round trips per writing request | pindb p50/p99 µs | reads on replicas | oracle (strict-generous) | of oracle | stale reads | consistency round trips / 1k reads (master + replica) | master CPU ms |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
     );
     for o in outcomes {
         out.push_str(&format!(
-            "| {} | {:.0} | {:.0} | {:.2} | {:.2} | {:.2} | {:.2} | {:.0}/{:.0} | {:.1}% | {:.1}-{:.1}% | {:.3}-{:.3} | {} | {:.1} + {:.1} | {} |\n",
+            "| {} | {:.0} | {:.0} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2}/{:.2} | {:.2} | {:.0}/{:.0} | {:.1}% | {:.1}-{:.1}% | {:.3}-{:.3} | {} | {:.1} + {:.1} | {} |\n",
             o.strategy.name(),
             o.throughput,
             o.decisions_per_second,
@@ -21,6 +21,9 @@ pub fn table(outcomes: &[Outcome]) -> String {
             o.p95_ms,
             o.p99_ms,
             o.quiet_p99_ms,
+            o.writer_p50_ms,
+            o.writer_p99_ms,
+            o.master_round_trips_per_write,
             o.pindb_p50_us,
             o.pindb_p99_us,
             o.replica_share * 100.0,

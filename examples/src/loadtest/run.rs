@@ -36,6 +36,15 @@ pub struct Outcome {
     /// user's write, in ms: what a wait for the replicas must not slow down.
     #[serde(default)]
     pub quiet_p99_ms: f64,
+    /// Latency percentiles of the requests that wrote, in ms.
+    #[serde(default)]
+    pub writer_p50_ms: f64,
+    /// See `writer_p50_ms`.
+    #[serde(default)]
+    pub writer_p99_ms: f64,
+    /// Round trips to the master for write positions per writing request.
+    #[serde(default)]
+    pub master_round_trips_per_write: f64,
     /// Reads done.
     pub reads: u64,
     /// Routing decisions (statements) per second.
@@ -174,9 +183,19 @@ pub async fn run(
     };
     t.latencies_us.sort_unstable();
     t.quiet_latencies_us.sort_unstable();
-    let quiet_p99_ms = match t.quiet_latencies_us.len() {
+    t.writer_latencies_us.sort_unstable();
+    let of = |sorted: &[u64], p: f64| match sorted.len() {
         0 => 0.0,
-        n => t.quiet_latencies_us[((n as f64 - 1.0) * 0.99).round() as usize] as f64 / 1000.0,
+        n => sorted[((n as f64 - 1.0) * p).round() as usize] as f64 / 1000.0,
+    };
+    let quiet_p99_ms = of(&t.quiet_latencies_us, 0.99);
+    let (writer_p50_ms, writer_p99_ms) = (
+        of(&t.writer_latencies_us, 0.50),
+        of(&t.writer_latencies_us, 0.99),
+    );
+    let master_round_trips_per_write = match t.writes {
+        0 => 0.0,
+        n => master_round_trips as f64 / n as f64,
     };
     let pct = |p: f64| -> f64 {
         if t.latencies_us.is_empty() {
@@ -203,6 +222,9 @@ pub async fn run(
         p95_ms: pct(0.95),
         p99_ms: pct(0.99),
         quiet_p99_ms,
+        writer_p50_ms,
+        writer_p99_ms,
+        master_round_trips_per_write,
         reads: t.reads,
         replica_share: if t.reads == 0 {
             0.0

@@ -33,11 +33,15 @@ pub enum Strategy {
     /// (`stickiness.max_wait_ms = 0`, the default before 5 ms): such a request reads from the
     /// master at once.
     LsnNoWait,
+    /// `lsn` with the master's position read at the end of each writing request, one round
+    /// trip (`stickiness.pipeline_positions = false`, what sync diesel and SeaORM do) instead
+    /// of learned in the write's own flight.
+    LsnRoundTrip,
 }
 
 impl Strategy {
     /// Every strategy, in report order.
-    pub const ALL: [Strategy; 9] = [
+    pub const ALL: [Strategy; 10] = [
         Strategy::MasterOnly,
         Strategy::RandomReplica,
         Strategy::PinRequest,
@@ -47,6 +51,7 @@ impl Strategy {
         Strategy::LsnNoRecheck,
         Strategy::LsnRedis,
         Strategy::LsnNoWait,
+        Strategy::LsnRoundTrip,
     ];
 
     /// The kebab-case name.
@@ -61,6 +66,7 @@ impl Strategy {
             Strategy::LsnNoRecheck => "lsn-no-recheck",
             Strategy::LsnRedis => "lsn-redis",
             Strategy::LsnNoWait => "lsn-no-wait",
+            Strategy::LsnRoundTrip => "lsn-round-trip",
         }
     }
 
@@ -68,7 +74,11 @@ impl Strategy {
     pub(super) fn keyed(self) -> bool {
         matches!(
             self,
-            Strategy::Lsn | Strategy::LsnNoRecheck | Strategy::LsnRedis | Strategy::LsnNoWait
+            Strategy::Lsn
+                | Strategy::LsnNoRecheck
+                | Strategy::LsnRedis
+                | Strategy::LsnNoWait
+                | Strategy::LsnRoundTrip
         )
     }
 
@@ -133,6 +143,7 @@ pub(super) fn config(f: &Fixture, s: Strategy, settings: &Settings) -> Config {
         Strategy::MasterOnly => config.enabled = false,
         Strategy::RandomReplica => config.replica_policy = ReplicaPolicy::Random,
         Strategy::LsnNoRecheck => config.monitor.recheck_after_write_ms = 0,
+        Strategy::LsnRoundTrip => config.stickiness.pipeline_positions = false,
         _ => {}
     }
     if let Some(wait) = settings.max_wait {

@@ -34,6 +34,11 @@ pub(super) struct Tally {
     /// The latencies of requests that neither wrote nor came right after the user's write:
     /// what a wait for the replicas at a keyed request's start must not slow down.
     pub(super) quiet_latencies_us: Vec<u64>,
+    /// The latencies of the requests that wrote (completed ones: not those cancelled or
+    /// panicking in the fault hunt).
+    pub(super) writer_latencies_us: Vec<u64>,
+    /// Requests that wrote, all of them.
+    pub(super) writes: u64,
     pub(super) reads: u64,
     pub(super) replica_reads: u64,
     pub(super) stale: u64,
@@ -191,7 +196,11 @@ fn record(tally: &Mutex<Tally>, start: Instant, done: Done, acked: i32, marks: &
     if !wrote && !after_write {
         t.quiet_latencies_us.push(latency);
     }
+    if wrote && overhead.is_some() {
+        t.writer_latencies_us.push(latency);
+    }
     t.statements += u64::from(wrote) + u64::from(seen.is_some());
+    t.writes += u64::from(wrote);
     if let Some(overhead) = overhead {
         t.overheads_us.push(overhead.as_micros() as u64);
     }
@@ -227,7 +236,11 @@ async fn request<F: std::future::Future>(
         Strategy::RandomReplica => {
             pindb_core::scope(async { UNPINNED.scope((), work).await }).await
         }
-        Strategy::Lsn | Strategy::LsnNoRecheck | Strategy::LsnRedis | Strategy::LsnNoWait => {
+        Strategy::Lsn
+        | Strategy::LsnNoRecheck
+        | Strategy::LsnRedis
+        | Strategy::LsnNoWait
+        | Strategy::LsnRoundTrip => {
             db.router()
                 .consistency()
                 .scope_with_key(Some(user), work)

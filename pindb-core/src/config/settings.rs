@@ -150,6 +150,12 @@ pub struct StickinessSettings {
     pub redis_prefix: String,
     /// Timeout of each Redis command and connection attempt.
     pub redis_timeout_ms: u64,
+    /// Where the adapter can (diesel-async), learn the master's position after a write in
+    /// the write's own flight: a tiny query pipelined behind it on its connection (behind
+    /// the `COMMIT` for a transaction), instead of one round trip to the master at the
+    /// context's end. On by default; `false` for a proxy between pindb and the master that
+    /// does not keep a connection's statements in order.
+    pub pipeline_positions: bool,
 }
 
 impl Default for StickinessSettings {
@@ -160,6 +166,7 @@ impl Default for StickinessSettings {
             memory_capacity: 100_000,
             redis_prefix: "pindb:lsn:".to_owned(),
             redis_timeout_ms: 100,
+            pipeline_positions: true,
         }
     }
 }

@@ -275,9 +275,15 @@ impl Consistency {
         positions
     }
 
+    /// Learned with the writes where the adapter could (no round trip), else read from each
+    /// master now.
     async fn master_positions(&self, ctx: &Context) -> Positions {
         let mut positions = Vec::new();
         for set in ctx.pinned(|o| o == PinOrigin::New) {
+            if let Some(lsn) = ctx.lock().learned_position(&set) {
+                positions.push((set, lsn));
+                continue;
+            }
             match self.master_insert_lsn(&set).await {
                 Ok(lsn) => positions.push((set, lsn)),
                 Err(e) => {

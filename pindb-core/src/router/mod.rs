@@ -20,6 +20,7 @@ use crate::context::GuardKind;
 use crate::context::{with_current, NewPin, PinOrigin};
 use crate::error::PinDbError;
 use crate::guard::Guard;
+use crate::lsn::Lsn;
 use crate::topology::{Target, Topology};
 
 mod builder;
@@ -449,6 +450,33 @@ impl Router {
             return;
         };
         with_current(|ctx| ctx.lock().unpin_unsent(set, pin));
+    }
+
+    /// Whether an adapter that can should learn the master's position in a write's own
+    /// flight and report it with [`Router::write_position`] (`stickiness.pipeline_positions`,
+    /// on by default).
+    pub fn learns_positions(&self) -> bool {
+        self.inner.config.stickiness.pipeline_positions
+    }
+
+    /// The write routed to the database at `index` with [`Route::pin`] `pin` is behind the
+    /// master position `lsn`: the adapter read it on the write's own connection, after the
+    /// write completed there and outside any transaction (for PostgreSQL,
+    /// `pg_current_wal_insert_lsn()` in a statement that has no transaction id). When every
+    /// write of a set in the context reported its position, the context's end records the
+    /// highest without a round trip to the master. Report nothing when unsure: the context
+    /// then reads the position at its end, as for any write.
+    pub fn write_position(&self, index: usize, pin: NewPin, lsn: Lsn) {
+        let Some(set) = self
+            .inner
+            .topology
+            .databases()
+            .get(index)
+            .and_then(|db| db.set())
+        else {
+            return;
+        };
+        with_current(|ctx| ctx.lock().learned(set, pin, lsn));
     }
 
     /// The database a statement with this hint belongs to: the index in [`Topology::databases`]

@@ -82,8 +82,8 @@ use diesel_async::{
 };
 use futures_util::future::BoxFuture;
 use futures_util::FutureExt;
-use pindb_core::adapter::Shape;
-use pindb_core::Operation;
+use pindb_core::adapter::{NewPin, Shape};
+use pindb_core::{Operation, Router};
 
 use super::{PinDb, Pooled};
 use crate::checkouts::{Checkouts, Forward, Held, Slot};
@@ -92,6 +92,7 @@ use crate::fallback::{after_attempt, checkout_error, timed_out, Attempted, Next}
 use crate::statement::{self, OwnedQuery};
 
 use super::attempt::{Attempt, Batch, Execute, Load};
+use super::position;
 use super::transaction::{Ansi, RoutedTransactionManager, TransactionCallback};
 
 /// A routed diesel-async connection, from [`PinDb::get`]. Use it wherever an
@@ -330,9 +331,18 @@ impl PinDbConnection {
         Q: AsQuery + Send + 'query + 'conn,
         Q::Query: QueryFragment<Pg> + QueryId + Send + 'query,
     {
+        let learn = self.learn();
         async move {
             let conn = self.hold(index).await?;
-            AsyncConnectionCore::load(&mut **conn, query).await
+            match learn {
+                Some((router, pin)) => {
+                    position::behind(router, index, pin, conn, |c| {
+                        AsyncConnectionCore::load(c, query)
+                    })
+                    .await
+                }
+                None => AsyncConnectionCore::load(&mut **conn, query).await,
+            }
         }
         .boxed()
     }
@@ -345,11 +355,38 @@ impl PinDbConnection {
     where
         Q: QueryFragment<Pg> + QueryId + Send + 'query + 'conn,
     {
+        let learn = self.learn();
         async move {
             let conn = self.hold(index).await?;
-            AsyncConnectionCore::execute_returning_count(&mut **conn, query).await
+            match learn {
+                Some((router, pin)) => {
+                    position::behind(router, index, pin, conn, |c| {
+                        AsyncConnectionCore::execute_returning_count(c, query)
+                    })
+                    .await
+                }
+                None => AsyncConnectionCore::execute_returning_count(&mut **conn, query).await,
+            }
         }
         .boxed()
+    }
+
+    /// For a write outside a transaction whose position is learned in its own flight
+    /// ([`position::behind`]): the router to tell, and the write's pin. An owned statement
+    /// has no custom type (it could not be rendered without a connection).
+    fn learn(&self) -> Option<(Router, NewPin)> {
+        let router = self.db.router();
+        self.slots
+            .pin_to_learn(router)
+            .map(|pin| (router.clone(), pin))
+    }
+
+    /// [`PinDbConnection::learn`] for a statement on the held connection, with its index;
+    /// never for one with a custom type (see [`position`]).
+    fn held_learn<T: QueryFragment<Pg>>(&self, query: &T) -> Option<(Router, usize, NewPin)> {
+        let (router, pin) = self.learn()?;
+        let index = self.slots.held_index()?;
+        (!statement::looks_up_types(query)).then_some((router, index, pin))
     }
 }
 
@@ -408,10 +445,18 @@ impl AsyncConnectionCore for PinDbConnection {
             }
         }
         match slot {
-            Slot::Held => match self.slots.get() {
-                Ok(conn) => AsyncConnectionCore::load(&mut **conn, query),
-                Err(e) => ready(Err(e)),
-            },
+            Slot::Held => {
+                let learn = self.held_learn(&query);
+                match (self.slots.get(), learn) {
+                    (Ok(conn), Some((router, index, pin))) => {
+                        position::behind(router, index, pin, conn, |c| {
+                            AsyncConnectionCore::load(c, query)
+                        })
+                    }
+                    (Ok(conn), None) => AsyncConnectionCore::load(&mut **conn, query),
+                    (Err(e), _) => ready(Err(e)),
+                }
+            }
             Slot::Checkout(index) => match statement::to_owned(&query, self.alias(index)) {
                 Err(e) => ready(Err(e)),
                 Ok(OwnedQuery::Static(owned)) => self.load_owned(index, owned),
@@ -449,10 +494,20 @@ impl AsyncConnectionCore for PinDbConnection {
             }
         }
         match slot {
-            Slot::Held => match self.slots.get() {
-                Ok(conn) => AsyncConnectionCore::execute_returning_count(&mut **conn, source),
-                Err(e) => ready(Err(e)),
-            },
+            Slot::Held => {
+                let learn = self.held_learn(&source);
+                match (self.slots.get(), learn) {
+                    (Ok(conn), Some((router, index, pin))) => {
+                        position::behind(router, index, pin, conn, |c| {
+                            AsyncConnectionCore::execute_returning_count(c, source)
+                        })
+                    }
+                    (Ok(conn), None) => {
+                        AsyncConnectionCore::execute_returning_count(&mut **conn, source)
+                    }
+                    (Err(e), _) => ready(Err(e)),
+                }
+            }
             Slot::Checkout(index) => match statement::to_owned(&source, self.alias(index)) {
                 Err(e) => ready(Err(e)),
                 Ok(OwnedQuery::Static(owned)) => self.execute_owned(index, owned),

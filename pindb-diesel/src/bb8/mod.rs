@@ -21,6 +21,7 @@ use crate::pools::Pools;
 
 mod attempt;
 mod connection;
+mod position;
 mod read_only;
 mod transaction;
 
