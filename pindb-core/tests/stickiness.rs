@@ -160,7 +160,8 @@ async fn positions_learned_with_the_writes_are_recorded_only_when_they_cover_eve
         .unwrap();
     let learned = |lsn| vec![("default".to_string(), Lsn(lsn))];
     let unknown = learned(u64::MAX);
-    let cases: Vec<(&str, Vec<(String, Lsn)>, fn(&Router))> = vec![
+    type Case = (&'static str, Vec<(String, Lsn)>, fn(&Router));
+    let cases: Vec<Case> = vec![
         ("two writes, both learned", learned(20), |r| {
             let (a, b) = (write(r), write(r));
             r.write_position(b.0, b.1, Lsn(20));
