@@ -735,3 +735,36 @@ async fn a_transactions_position_is_past_its_commit() {
     }
     w.finish().await;
 }
+
+/// A write dropped in flight (a timeout) reports no position: it may still commit, so the
+/// context's end asks the master, as for any write whose position is not known.
+#[tokio::test]
+async fn a_write_dropped_in_flight_learns_nothing() {
+    let w = World::new().await;
+    let db = started(config(&w, &[1, 2])).await;
+    let consistency = db.router().consistency();
+    let ctx = Context::new();
+    ctx.clone()
+        .scope(async {
+            let slow = diesel::sql_query(
+                "INSERT INTO notes (author, body) SELECT 'slow', 'late' FROM pg_sleep(0.3)",
+            );
+            let dropped =
+                tokio::time::timeout(Duration::from_millis(50), slow.execute(&mut db.get())).await;
+            assert!(dropped.is_err(), "the write finished within 50 ms");
+        })
+        .await;
+    let before = consistency.master_round_trips();
+    consistency.record_positions(&ctx, "slow").await;
+    assert_eq!(consistency.master_round_trips(), before + 1);
+    // The server finishes the insert on its own: let it, before the schema goes.
+    let deadline = std::time::Instant::now() + SOON;
+    while !w.primary_bodies().await.iter().any(|b| b == "late") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the insert never committed"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    w.finish().await;
+}
