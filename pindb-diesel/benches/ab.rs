@@ -7,6 +7,10 @@
 //!
 //! - `per request`: one checkout + one query, as a request that reads one row does.
 //! - `held connection`: the query alone on a connection already checked out.
+//! - `held connection, same server connection`: the same, both sides of a round on one
+//!   server connection (the plain side takes it from the routed side's pool with pindb's
+//!   explicit read handle, outside the timed part), so where the scheduler put that server
+//!   process weighs on both alike.
 //!
 //! Each round opens both sides afresh with one connection each (outside the timed part): on a
 //! 2-core machine a round trip's cost depends on where the scheduler put the server process
@@ -97,13 +101,72 @@ async fn routed_held(config: &pindb_core::Config) -> Duration {
     .await
 }
 
+/// The `PinDb` of the current round for the same-connection comparison: the first side to run
+/// in a round opens a fresh one (a fresh server connection, so a fresh placement), the second
+/// side reuses it, so both sides of a round time their queries on the one server connection.
+struct Shared {
+    calls: u32,
+    db: Option<PinDb>,
+}
+
+async fn round_db(shared: &std::sync::Mutex<Shared>, config: &pindb_core::Config) -> PinDb {
+    let reuse = {
+        let mut s = shared.lock().unwrap();
+        s.calls += 1;
+        match s.calls % 2 {
+            0 => s.db.clone(),
+            _ => None,
+        }
+    };
+    match reuse {
+        Some(db) => db,
+        None => {
+            let db = routed_db(config).await;
+            shared.lock().unwrap().db = Some(db.clone());
+            db
+        }
+    }
+}
+
+/// The query alone on the replica pool's one connection, checked out with pindb's explicit
+/// read handle: plain diesel-async on the routed side's server connection.
+async fn plain_held_same(
+    shared: &std::sync::Mutex<Shared>,
+    config: &pindb_core::Config,
+) -> Duration {
+    let db = round_db(shared, config).await;
+    let mut conn = pindb_core::scope(db.read()).await.unwrap();
+    let start = Instant::now();
+    for _ in 0..BATCH {
+        find_42!(&mut *conn);
+    }
+    start.elapsed()
+}
+
+async fn routed_held_same(
+    shared: &std::sync::Mutex<Shared>,
+    config: &pindb_core::Config,
+) -> Duration {
+    let db = round_db(shared, config).await;
+    pindb_core::scope(async {
+        let mut conn = db.get();
+        conn.checkout_for_read().await.unwrap();
+        let start = Instant::now();
+        for _ in 0..BATCH {
+            find_42!(&mut conn);
+        }
+        start.elapsed()
+    })
+    .await
+}
+
 fn main() {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
         .build()
         .unwrap();
-    rt.block_on(async {
+    let body = async {
         let cluster = Cluster::from_env();
         let pindb_testkit::BenchSet {
             schema,
@@ -128,6 +191,18 @@ fn main() {
         report("per request", &p, &r);
         let (p, r) = interleave(BATCH, || plain_held(url), || routed_held(config)).await;
         report("held connection", &p, &r);
+        // Both sides of a round on one server connection: its placement cancels out.
+        let shared = std::sync::Mutex::new(Shared { calls: 0, db: None });
+        let (p, r) = interleave(
+            BATCH,
+            || plain_held_same(&shared, config),
+            || routed_held_same(&shared, config),
+        )
+        .await;
+        report("held connection, same server connection", &p, &r);
         schema.drop().await;
-    });
+    };
+    // On the runtime's worker, beside the connections' tasks, as a server's handlers run
+    // (not on the thread that blocks on the runtime).
+    rt.block_on(rt.spawn(body)).unwrap();
 }
