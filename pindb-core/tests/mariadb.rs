@@ -145,6 +145,51 @@ async fn the_start_up_check_refuses_what_is_not_a_replica_of_the_master() {
     assert!(message.contains("is read_only"), "{message}");
 }
 
+/// A replica URL that balances over both replicas (a round-robin TCP endpoint) reaches two
+/// servers: refused at start-up, naming them; each replica given directly is not.
+#[tokio::test]
+async fn a_replica_url_that_reaches_several_servers_is_refused_at_start_up() {
+    let cluster = MariaDbCluster::from_env();
+    let c = cluster.clone();
+    let _apply = blocking(move || c.shared()).await;
+    let address = |url: &str| -> String {
+        let after = url.split_once('@').map_or(url, |(_, rest)| rest);
+        after.split('/').next().unwrap_or(after).to_owned()
+    };
+    let (one, two) = (
+        address(cluster.replica_url(1)),
+        address(cluster.replica_url(2)),
+    );
+    let endpoint = pindb_testkit::Proxy::round_robin(&[&one, &two]).await;
+    let url = cluster
+        .replica_url(1)
+        .replace(&one, &format!("127.0.0.1:{}", endpoint.port()));
+    match Router::new(config(cluster.master_url(), &[&url]))
+        .unwrap()
+        .start_monitor()
+        .await
+    {
+        Err(PinDbError::Config { alias, problem, .. }) => {
+            assert_eq!(alias.as_deref(), Some("default-1"));
+            assert!(problem.contains("reaches several servers"), "{problem}");
+            assert!(
+                problem.contains("server_id 2") && problem.contains("server_id 3"),
+                "{problem}"
+            );
+        }
+        other => panic!("not refused: {other:?}"),
+    }
+    let direct = config(
+        cluster.master_url(),
+        &[cluster.replica_url(1), cluster.replica_url(2)],
+    );
+    Router::new(direct)
+        .unwrap()
+        .start_monitor()
+        .await
+        .expect("each replica given directly reaches one server");
+}
+
 #[test]
 fn a_mixed_router_and_postgres_only_features_are_refused_with_the_fix() {
     let mixed = Config::single_set("mysql://app@10.0.0.1/app", ["postgres://app@10.0.0.2/app"]);

@@ -1,7 +1,7 @@
 //! The start-up topology check of a MariaDB set: its master writes a binary log and is not
 //! `read_only` (and `gtid_strict_mode` keeps its sequence numbers in order, a warning); each
 //! replica replicates from that master (by `server_id`), in the same GTID domain, without
-//! filters, and is `read_only`.
+//! filters, is `read_only`, and its URL reaches one server.
 
 use mysql_async::Row;
 
@@ -59,6 +59,54 @@ fn text(row: &Row, column: &str) -> String {
         .unwrap_or_default()
 }
 
+/// Connections opened at once to check that a replica's URL reaches one server.
+const SERVER_SAMPLES: usize = 4;
+
+/// Whether a replica's URL reaches one server, from a few connections opened at once, told
+/// apart by `server_id` (replication needs it unique among the servers of a topology): a
+/// load-balanced reader endpoint reaches several, while the monitor measures the one its
+/// connection reached, so a keyed read could land on a server that lacks the key's write.
+/// Best effort, as for PostgreSQL: a balancer that sent every sample to one server is not
+/// seen.
+async fn one_server(db: &Database, settings: &MonitorSettings, problems: &mut Vec<PinDbError>) {
+    let samples = (0..SERVER_SAMPLES).map(|_| async {
+        let mut probe = Probe::new(db, timeout(settings));
+        let row = probe
+            .mariadb_row("SELECT @@server_id, @@hostname, @@port")
+            .await
+            .ok()??;
+        let id = row.get_opt::<u64, _>(0)?.ok()?;
+        let host = row.get_opt::<String, _>(1)?.ok()?;
+        let port = row.get_opt::<u64, _>(2)?.ok()?;
+        Some((id, format!("{host}:{port}")))
+    });
+    let mut seen: Vec<(u64, String)> = Vec::new();
+    for (id, at) in futures_util::future::join_all(samples)
+        .await
+        .into_iter()
+        .flatten()
+    {
+        if !seen.iter().any(|(known, _)| *known == id) {
+            seen.push((id, at));
+        }
+    }
+    if seen.len() < 2 {
+        return;
+    }
+    let servers: Vec<String> = seen
+        .iter()
+        .map(|(id, at)| format!("server_id {id} at {at}"))
+        .collect();
+    problems.push(PinDbError::config(
+        db.alias.clone(),
+        format!(
+            "{} reaches several servers ({}): a load-balanced reader endpoint. pindb measures              each replica's position on one server, so a keyed read could land on one that              lacks the user's write, and reader endpoints (`servers`) are not supported for              MariaDB sets yet. Declare each replica as its own entry",
+            db.redacted_url(),
+            servers.join(", ")
+        ),
+    ));
+}
+
 pub(super) async fn verify_set(
     master_db: &Database,
     replicas: &[&Database],
@@ -109,6 +157,7 @@ pub(super) async fn verify_set(
         }
     };
     for db in replicas {
+        one_server(db, settings, found.problems).await;
         let mut probe = Probe::new(db, timeout(settings));
         let checked = async {
             let (_, own_domain, read_only, _) = server(&mut probe).await?;
