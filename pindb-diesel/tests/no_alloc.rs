@@ -1,0 +1,101 @@
+#![allow(missing_docs, missing_debug_implementations, unreachable_pub)] // not a library: nothing here is public API
+#![allow(unsafe_code)] // a counting global allocator is unsafe by nature
+//! What a routed statement on a held connection allocates, against the same statement on a
+//! plain diesel-async connection of the same pool: nothing more, on the master (a pinned
+//! context) and on a replica (where it keeps a copy to run the read again elsewhere if the
+//! replica fails). Counted per thread on a one-thread runtime, so the connections' own tasks
+//! count the same on both sides.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
+
+use diesel::prelude::*;
+use diesel_async::{AsyncConnection, RunQueryDsl};
+use pindb_core::RouterMode;
+use pindb_diesel::bb8::PinDb;
+
+mod common;
+
+use common::{notes, World};
+
+struct Counting;
+
+thread_local! {
+    static ALLOCATIONS: Cell<usize> = const { Cell::new(0) };
+}
+
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        ALLOCATIONS.with(|n| n.set(n.get() + 1));
+        System.alloc(layout)
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        System.dealloc(ptr, layout)
+    }
+}
+
+#[global_allocator]
+static ALLOC: Counting = Counting;
+
+const N: usize = 200;
+
+/// Allocations per statement of `N` runs of the primary-key read on `conn`, after a warm-up.
+async fn per_statement<C>(conn: &mut C) -> f64
+where
+    C: AsyncConnection<Backend = diesel::pg::Pg>,
+{
+    let read = |id: i32| notes::table.find(id).select(notes::body);
+    for _ in 0..20 {
+        read(1).first::<String>(conn).await.unwrap();
+    }
+    let before = ALLOCATIONS.with(Cell::get);
+    for _ in 0..N {
+        read(1).first::<String>(conn).await.unwrap();
+    }
+    (ALLOCATIONS.with(Cell::get) - before) as f64 / N as f64
+}
+
+#[test]
+fn a_held_statement_allocates_no_more_than_plain_diesel_async() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let w = World::new().await;
+        let db = PinDb::new(w.config(RouterMode::Greedy, &[1])).unwrap();
+        let (plain_master, routed_master, plain_replica, routed_replica) =
+            pindb_core::scope(async {
+                let plain_replica = per_statement(&mut *db.read().await.unwrap()).await;
+                let mut routed = db.get();
+                routed.checkout_for_read().await.unwrap();
+                let routed_replica = per_statement(&mut routed).await;
+                assert_eq!(routed.held_aliases(), ["default-1"]);
+                drop(routed);
+                db.router().pin("default").unwrap();
+                let plain_master = per_statement(&mut *db.write().await.unwrap()).await;
+                let mut routed = db.get();
+                let routed_master = per_statement(&mut routed).await;
+                assert_eq!(routed.held_aliases(), ["default"]);
+                (plain_master, routed_master, plain_replica, routed_replica)
+            })
+            .await;
+        eprintln!(
+            "allocations per statement: master {plain_master} plain, {routed_master} routed; \
+             replica {plain_replica} plain, {routed_replica} routed"
+        );
+        assert!(
+            routed_master <= plain_master,
+            "a routed read on a held master connection allocated {routed_master} times per \
+             statement, plain diesel-async {plain_master}"
+        );
+        // The read's copy (SQL shared per type, its binds) is what diesel-async then runs
+        // instead of collecting the binds itself: no more than plain either.
+        assert!(
+            routed_replica <= plain_replica,
+            "a routed read on a held replica connection allocated {routed_replica} times per \
+             statement, plain diesel-async {plain_replica}"
+        );
+        w.finish().await;
+    });
+}
