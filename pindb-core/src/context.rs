@@ -138,6 +138,8 @@ impl State {
         let i = match self.sets.iter().position(|s| *s.name == **set) {
             Some(i) => i,
             None => {
+                // Most contexts use one set: room for exactly one at first.
+                self.sets.reserve_exact(1);
                 self.sets.push(SetState {
                     name: Arc::clone(set),
                     pin: None,
