@@ -113,14 +113,12 @@ pub(crate) struct SetState {
     /// what it saw (that would take the master's position after the read, a round trip), so
     /// the rest of its reads of the set go to the master too (monotonic reads).
     pub(crate) read_master: bool,
-    /// Writes pinned in this context whose master position is not known yet. A write whose
-    /// adapter learned the position in the write's own flight
-    /// ([`Router::write_position`](crate::Router::write_position)) is taken off; one that
-    /// was never sent too.
+    /// Writes of this set in this context whose master position is not known: every write
+    /// decision, a write under a `master()` guard and an explicit `pin` (it may stand for
+    /// writes pindb does not see) add one; a write whose adapter learned the position in its
+    /// own flight ([`Router::write_position`](crate::Router::write_position)) or that was
+    /// never sent takes its own off.
     unlearned: u32,
-    /// The latest explicit `pin` of this context (its `pin_changes`) not followed by a write
-    /// whose position was learned: it may stand for writes pindb did not see.
-    pinned_at: Option<u64>,
     /// The highest master position learned with this context's writes.
     learned: Option<Lsn>,
 }
@@ -149,7 +147,6 @@ impl State {
                     failed_over: false,
                     read_master: false,
                     unlearned: 0,
-                    pinned_at: None,
                     learned: None,
                 });
                 self.sets.len() - 1
@@ -179,10 +176,9 @@ impl State {
     /// so its cookie expiry and write position are refreshed; carrying never downgrades.
     pub(crate) fn pin(&mut self, set: &Arc<str>, origin: PinOrigin) {
         self.pin_changes = self.pin_changes.wrapping_add(1);
-        let generation = self.pin_changes;
         let entry = self.set_mut(set);
         if origin == PinOrigin::New {
-            entry.pinned_at = Some(generation);
+            entry.unlearned = entry.unlearned.saturating_add(1);
         }
         entry.pin = Some(match (entry.pin, origin) {
             (_, PinOrigin::New) => PinOrigin::New,
@@ -211,20 +207,22 @@ impl State {
         if let Some(entry) = self.sets.iter_mut().find(|s| &*s.name == set) {
             entry.unlearned = entry.unlearned.saturating_sub(1);
             entry.learned = Some(entry.learned.map_or(lsn, |l| l.max(lsn)));
-            // An explicit pin before this write: the write's position also covers whatever
-            // was committed before it.
-            if entry.pinned_at.is_some_and(|at| at < pin.generation) {
-                entry.pinned_at = None;
-            }
         }
     }
 
+    /// A write of `set` that reports no position of its own (one under a `master()` guard):
+    /// the context's end asks the master.
+    pub(crate) fn write_unlearned(&mut self, set: &Arc<str>) {
+        let entry = self.set_mut(set);
+        entry.unlearned = entry.unlearned.saturating_add(1);
+    }
+
     /// The master position of `set` learned with this context's writes, when it covers all
-    /// of them (no write unlearned, no explicit pin after the last learned write).
+    /// of them (none unlearned).
     pub(crate) fn learned_position(&self, set: &str) -> Option<Lsn> {
         let entry = self.get(set)?;
-        match (entry.unlearned, entry.pinned_at) {
-            (0, None) => entry.learned,
+        match entry.unlearned {
+            0 => entry.learned,
             _ => None,
         }
     }

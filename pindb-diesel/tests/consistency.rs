@@ -768,3 +768,43 @@ async fn a_write_dropped_in_flight_learns_nothing() {
     }
     w.finish().await;
 }
+
+/// A write that returns many rows (`RETURNING` of a batch insert, held and checked out): its
+/// rows are read inside the flight, so the position query behind them is answered and the
+/// write completes, with its position learned.
+#[tokio::test]
+async fn a_write_returning_many_rows_completes_and_learns_its_position() {
+    let w = World::new().await;
+    let db = started(config(&w, &[1, 2])).await;
+    let consistency = db.router().consistency();
+    let body = "x".repeat(200);
+    let rows: Vec<NewNote> = (0..2_000)
+        .map(|_| NewNote {
+            author: "batch",
+            body: &body,
+        })
+        .collect();
+    let ctx = Context::new();
+    ctx.clone()
+        .scope(async {
+            let mut conn = db.get();
+            for path in ["checked out", "held"] {
+                let inserted = tokio::time::timeout(
+                    Duration::from_secs(20),
+                    diesel::insert_into(notes::table)
+                        .values(&rows)
+                        .returning(notes::id)
+                        .get_results::<i32>(&mut conn),
+                )
+                .await
+                .unwrap_or_else(|_| panic!("{path}: the write never completed"))
+                .unwrap();
+                assert_eq!(inserted.len(), 2_000, "{path}");
+            }
+        })
+        .await;
+    let before = consistency.master_round_trips();
+    consistency.record_positions(&ctx, "batch").await;
+    assert_eq!(consistency.master_round_trips(), before);
+    w.finish().await;
+}

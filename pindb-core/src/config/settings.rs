@@ -150,11 +150,11 @@ pub struct StickinessSettings {
     pub redis_prefix: String,
     /// Timeout of each Redis command and connection attempt.
     pub redis_timeout_ms: u64,
-    /// Where the adapter can (diesel-async), learn the master's position after a write in
-    /// the write's own flight: a tiny query pipelined behind it on its connection (behind
-    /// the `COMMIT` for a transaction), instead of one round trip to the master at the
-    /// context's end. On by default; `false` for a proxy between pindb and the master that
-    /// does not keep a connection's statements in order.
+    /// Where the adapter can (diesel-async, for a write outside a transaction), learn the
+    /// master's position after a write in the write's own flight: a tiny query pipelined
+    /// behind it on its connection, instead of one round trip to the master at the context's
+    /// end. On by default; `false` behind anything that may send one client's statements to
+    /// different servers (PgBouncer's session and transaction pooling keep them on one).
     pub pipeline_positions: bool,
 }
 

@@ -230,6 +230,9 @@ impl Router {
                     // no replica serves the set again in this context (monotonic reads).
                     if commit {
                         state.set_mut(&set.name).read_master = true;
+                        // Not pinned, so never reported: a position learned with an earlier
+                        // write of the context would not cover it.
+                        state.write_unlearned(&set.name);
                     }
                     return Ok((Reason::MasterGuard, None));
                 }

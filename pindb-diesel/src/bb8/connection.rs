@@ -337,7 +337,7 @@ impl PinDbConnection {
             match learn {
                 Some((router, pin)) => {
                     position::behind(router, index, pin, conn, |c| {
-                        AsyncConnectionCore::load(c, query)
+                        position::drained(AsyncConnectionCore::load(c, query))
                     })
                     .await
                 }
@@ -450,7 +450,7 @@ impl AsyncConnectionCore for PinDbConnection {
                 match (self.slots.get(), learn) {
                     (Ok(conn), Some((router, index, pin))) => {
                         position::behind(router, index, pin, conn, |c| {
-                            AsyncConnectionCore::load(c, query)
+                            position::drained(AsyncConnectionCore::load(c, query))
                         })
                     }
                     (Ok(conn), None) => AsyncConnectionCore::load(&mut **conn, query),

@@ -3,16 +3,19 @@
 //! master was without a round trip of its own at its end (`stickiness.pipeline_positions`).
 //!
 //! Why the answer covers the write: PostgreSQL runs a connection's statements in the order
-//! they arrive, and the query is sent after the write. `AsyncPgConnection` sends a statement
-//! on its future's first poll, or, when the statement must be prepared first, holds its
-//! statement cache while preparing, which the query needs too; both futures are polled in
-//! order, the write first (`futures_util::future::join`). A statement with a custom type is
+//! they arrive, and the query is sent after the write. `AsyncPgConnection` takes its statement
+//! cache (a tokio mutex) before sending a statement and holds it while preparing one, then
+//! sends it in the same poll; the write is polled first in every poll
+//! (`futures_util::future::join`), so it takes the cache first, and a poll the runtime's
+//! budget holds back holds the query back too. A statement with a custom type is
 //! not pipelined: its type lookup runs before the cache is taken, so the query could pass it.
 //! The query reports nothing when it ran inside a transaction that wrote
 //! (`txid_current_if_assigned()` is set): a transaction's writes are visible at its `COMMIT`,
 //! after that position. Transactions are not pipelined: diesel-async commits through
 //! `&mut AsyncPgConnection`, which no second statement can share while the `COMMIT` is in
 //! flight; a transaction's context reads the position at its end, as before.
+//!
+//! A write's `RETURNING` rows are read to their end inside the flight ([`drained`]).
 //!
 //! Cancellation: dropped with the write in flight, nothing is reported, so the context's
 //! end reads the position from the master (the write may have happened).
@@ -22,8 +25,10 @@ use diesel::result::QueryResult;
 use diesel::ExpressionMethods;
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use futures_util::future::BoxFuture;
-use futures_util::FutureExt;
+use futures_util::{FutureExt, StreamExt, TryFutureExt, TryStreamExt};
 use pindb_core::adapter::NewPin;
+
+use super::attempt::Rows;
 use pindb_core::{Lsn, Router};
 
 diesel::define_sql_function! {
@@ -34,6 +39,18 @@ diesel::define_sql_function! {
 diesel::define_sql_function! {
     /// The id of the statement's transaction if it has one (it wrote), else NULL.
     fn txid_current_if_assigned() -> diesel::sql_types::Nullable<diesel::sql_types::BigInt>;
+}
+
+/// A write's rows (`RETURNING`), read to their end inside the flight. The position query's
+/// answer comes after them, and tokio-postgres stops reading the socket while a statement's
+/// rows wait unread: left for the caller, who reads them only once the flight is over, they
+/// would hold the answer back forever (and the write, uncommitted, its locks).
+pub(super) fn drained<'a>(
+    rows: BoxFuture<'a, QueryResult<Rows>>,
+) -> BoxFuture<'a, QueryResult<Rows>> {
+    rows.and_then(|stream| stream.try_collect::<Vec<_>>())
+        .map_ok(|rows| futures_util::stream::iter(rows.into_iter().map(Ok)).boxed())
+        .boxed()
 }
 
 /// Runs `write` on `conn` with the position query pipelined behind it, and reports the
