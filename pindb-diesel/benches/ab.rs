@@ -88,7 +88,11 @@ async fn plain_held(url: &str) -> Duration {
 }
 
 async fn routed_held(config: &pindb_core::Config) -> Duration {
-    let db = routed_db(config).await;
+    held_on(routed_db(config).await).await
+}
+
+/// `BATCH` queries on a routed connection that holds its replica connection already.
+async fn held_on(db: PinDb) -> Duration {
     pindb_core::scope(async {
         let mut conn = db.get();
         conn.checkout_for_read().await.unwrap();
@@ -147,17 +151,7 @@ async fn routed_held_same(
     shared: &std::sync::Mutex<Shared>,
     config: &pindb_core::Config,
 ) -> Duration {
-    let db = round_db(shared, config).await;
-    pindb_core::scope(async {
-        let mut conn = db.get();
-        conn.checkout_for_read().await.unwrap();
-        let start = Instant::now();
-        for _ in 0..BATCH {
-            find_42!(&mut conn);
-        }
-        start.elapsed()
-    })
-    .await
+    held_on(round_db(shared, config).await).await
 }
 
 fn main() {

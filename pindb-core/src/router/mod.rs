@@ -440,16 +440,18 @@ impl Router {
     /// its later reads are not sent to a master that may be down. A write that may have been
     /// sent (its outcome unknown) must keep its pin: do not call this for it.
     pub fn write_not_sent(&self, index: usize, pin: NewPin) {
-        let Some(set) = self
-            .inner
+        if let Some(set) = self.set_of(index) {
+            with_current(|ctx| ctx.lock().unpin_unsent(set, pin));
+        }
+    }
+
+    /// The set the database at `index` belongs to.
+    fn set_of(&self, index: usize) -> Option<&str> {
+        self.inner
             .topology
             .databases()
             .get(index)
             .and_then(|db| db.set())
-        else {
-            return;
-        };
-        with_current(|ctx| ctx.lock().unpin_unsent(set, pin));
     }
 
     /// Whether an adapter that can should learn the master's position in a write's own
@@ -467,16 +469,9 @@ impl Router {
     /// highest without a round trip to the master. Report nothing when unsure: the context
     /// then reads the position at its end, as for any write.
     pub fn write_position(&self, index: usize, pin: NewPin, lsn: Lsn) {
-        let Some(set) = self
-            .inner
-            .topology
-            .databases()
-            .get(index)
-            .and_then(|db| db.set())
-        else {
-            return;
-        };
-        with_current(|ctx| ctx.lock().learned(set, pin, lsn));
+        if let Some(set) = self.set_of(index) {
+            with_current(|ctx| ctx.lock().learned(set, pin, lsn));
+        }
     }
 
     /// The database a statement with this hint belongs to: the index in [`Topology::databases`]
