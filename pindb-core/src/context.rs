@@ -83,8 +83,12 @@ pub(crate) struct State {
     /// reached its server gives its pin back only if nothing changed a pin since.
     pub(crate) pin_changes: u64,
     /// `pin_changes` when [`unpin_all`] last cleared the sets: a write decided before it
-    /// reports its position to nothing.
+    /// reports to [`State::unlearned_cleared`], not to its set's new entry.
     cleared_at: u64,
+    /// Writes whose position was not learned when [`unpin_all`] cleared their sets: one may
+    /// still be in flight and be acknowledged, so while any is left no set's learned position
+    /// is used (the context's end asks the master, past them all).
+    unlearned_cleared: u32,
 }
 
 /// The replica a context reads a set from: which router chose it, its index among the set's
@@ -201,11 +205,15 @@ impl State {
     /// The write that made `pin` is behind the master position `lsn` (learned on its own
     /// connection, after it): it needs no position read at the context's end.
     pub(crate) fn learned(&mut self, set: &str, pin: NewPin, lsn: Lsn) {
-        if pin.generation <= self.cleared_at {
-            return;
+        let cleared = pin.generation <= self.cleared_at;
+        if cleared {
+            self.unlearned_cleared = self.unlearned_cleared.saturating_sub(1);
         }
         if let Some(entry) = self.sets.iter_mut().find(|s| &*s.name == set) {
-            entry.unlearned = entry.unlearned.saturating_sub(1);
+            if !cleared {
+                entry.unlearned = entry.unlearned.saturating_sub(1);
+            }
+            // A higher position covers more: harmless for a write from before a clear.
             entry.learned = Some(entry.learned.map_or(lsn, |l| l.max(lsn)));
         }
     }
@@ -221,8 +229,8 @@ impl State {
     /// of them (none unlearned).
     pub(crate) fn learned_position(&self, set: &str) -> Option<Lsn> {
         let entry = self.get(set)?;
-        match entry.unlearned {
-            0 => entry.learned,
+        match (entry.unlearned, self.unlearned_cleared) {
+            (0, 0) => entry.learned,
             _ => None,
         }
     }
@@ -232,8 +240,11 @@ impl State {
     pub(crate) fn unpin_unsent(&mut self, set: &str, pin: NewPin) {
         let current = self.pin_changes == pin.generation;
         let cleared = pin.generation <= self.cleared_at;
+        // Nothing was written: no position to learn for it.
+        if cleared {
+            self.unlearned_cleared = self.unlearned_cleared.saturating_sub(1);
+        }
         if let Some(entry) = self.sets.iter_mut().find(|s| &*s.name == set) {
-            // Nothing was written: no position to learn for it.
             if !cleared {
                 entry.unlearned = entry.unlearned.saturating_sub(1);
             }
@@ -417,6 +428,8 @@ pub fn get_newly_pinned() -> Vec<String> {
 pub fn unpin_all() {
     with_current(|ctx| {
         let mut state = ctx.lock();
+        let unlearned: u32 = state.sets.iter().map(|s| s.unlearned).sum();
+        state.unlearned_cleared = state.unlearned_cleared.saturating_add(unlearned);
         state.sets.clear();
         state.pin_changes = state.pin_changes.wrapping_add(1);
         state.cleared_at = state.pin_changes;

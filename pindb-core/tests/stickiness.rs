@@ -205,6 +205,28 @@ async fn positions_learned_with_the_writes_are_recorded_only_when_they_cover_eve
                 r.pin("default").unwrap();
             },
         ),
+        // A write still in flight across unpin_all may be acknowledged after it.
+        (
+            "a write in flight across unpin_all, then a learned write",
+            unknown.clone(),
+            |r| {
+                let _in_flight = write(r);
+                unpin_all();
+                let b = write(r);
+                r.write_position(b.0, b.1, Lsn(20));
+            },
+        ),
+        (
+            "the same once the earlier write learned its position",
+            learned(30),
+            |r| {
+                let a = write(r);
+                unpin_all();
+                let b = write(r);
+                r.write_position(b.0, b.1, Lsn(20));
+                r.write_position(a.0, a.1, Lsn(30));
+            },
+        ),
         (
             "a write from before unpin_all learned after it",
             unknown.clone(),
