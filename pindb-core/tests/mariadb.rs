@@ -190,6 +190,60 @@ async fn a_replica_url_that_reaches_several_servers_is_refused_at_start_up() {
         .expect("each replica given directly reaches one server");
 }
 
+/// A replica is `read_only`, but a user with `READ ONLY ADMIN` writes past it: start-up warns,
+/// naming the replica and the privilege; for the application user it does not.
+#[tokio::test]
+async fn a_user_that_can_write_past_read_only_is_named_at_start_up() {
+    let cluster = MariaDbCluster::from_env();
+    let c = cluster.clone();
+    let _apply = blocking(move || c.shared()).await;
+    let user = format!("pindb_roa_{}", fastrand::u32(..));
+    let (c, u) = (cluster.clone(), user.clone());
+    blocking(move || {
+        c.query(
+            0,
+            &format!(
+                "CREATE USER '{u}'@'%' IDENTIFIED BY '{u}'; \
+                 GRANT SELECT ON pindb.* TO '{u}'@'%'; \
+                 GRANT SLAVE MONITOR, READ ONLY ADMIN ON *.* TO '{u}'@'%'"
+            ),
+        )
+        .expect("the user");
+        c.sync_replicas();
+    })
+    .await;
+    let as_user = cluster
+        .replica_url(1)
+        .replace("pindb:pindb@", &format!("{user}:{user}@"));
+    let warnings = Router::new(config(cluster.master_url(), &[&as_user]))
+        .unwrap()
+        .start_monitor()
+        .await
+        .expect("a warning, not a refusal");
+    let (c, u) = (cluster.clone(), user.clone());
+    blocking(move || {
+        c.query(0, &format!("DROP USER '{u}'@'%'"))
+            .expect("dropped");
+        c.sync_replicas();
+    })
+    .await;
+    assert!(
+        warnings
+            .iter()
+            .any(|w| w.contains("`default-1`") && w.contains("READ ONLY ADMIN")),
+        "{warnings:?}"
+    );
+    let warnings = Router::new(config(cluster.master_url(), &[cluster.replica_url(1)]))
+        .unwrap()
+        .start_monitor()
+        .await
+        .unwrap();
+    assert!(
+        !warnings.iter().any(|w| w.contains("write anyway")),
+        "{warnings:?}"
+    );
+}
+
 #[test]
 fn a_mixed_router_and_postgres_only_features_are_refused_with_the_fix() {
     let mixed = Config::single_set("mysql://app@10.0.0.1/app", ["postgres://app@10.0.0.2/app"]);

@@ -1,7 +1,8 @@
 //! The start-up topology check of a MariaDB set: its master writes a binary log and is not
 //! `read_only` (and `gtid_strict_mode` keeps its sequence numbers in order, a warning); each
 //! replica replicates from that master (by `server_id`), in the same GTID domain, without
-//! filters, is `read_only`, and its URL reaches one server.
+//! filters, is `read_only` (and pindb's user there cannot write past it), and its URL reaches
+//! one server.
 
 use mysql_async::Row;
 
@@ -226,6 +227,44 @@ pub(super) async fn verify_set(
                  on the replica alone; set read_only = ON",
                 db.alias
             ));
+        } else if let Some(privilege) = writes_past_read_only(&mut probe).await {
+            found.warnings.push(format!(
+                "`{}`: {url} is read_only, but pindb's user there has {privilege} on *.*, which \
+                 lets it write anyway: a write sent there by mistake would be applied on the \
+                 replica alone; connect as a user without it",
+                db.alias
+            ));
         }
+    }
+}
+
+/// The privilege of the connection's user that lets it write on a `read_only` server, if it
+/// has one: `READ ONLY ADMIN`, or `SUPER` before MariaDB 10.11 (which took it out of
+/// `SUPER`). Global grants of the user itself (not through a role).
+async fn writes_past_read_only(probe: &mut Probe) -> Option<&'static str> {
+    const SQL: &str = "SELECT \
+        (SELECT GROUP_CONCAT(PRIVILEGE_TYPE) FROM information_schema.USER_PRIVILEGES \
+         WHERE GRANTEE = CONCAT('''', SUBSTRING_INDEX(CURRENT_USER(), '@', 1), '''@''', \
+               SUBSTRING_INDEX(CURRENT_USER(), '@', -1), '''') \
+           AND PRIVILEGE_TYPE IN ('SUPER', 'READ ONLY ADMIN', 'READ_ONLY ADMIN')), \
+        @@version";
+    let row = probe.mariadb_row(SQL).await.ok()??;
+    let granted = row
+        .get_opt::<Option<String>, _>(0)?
+        .ok()?
+        .unwrap_or_default();
+    let version = row.get_opt::<String, _>(1)?.ok()?;
+    let before_10_11 = {
+        let mut parts = version
+            .split(['.', '-'])
+            .map(|p| p.parse::<u32>().unwrap_or(0));
+        (parts.next().unwrap_or(0), parts.next().unwrap_or(0)) < (10, 11)
+    };
+    let has = |privilege: &str| granted.split(',').any(|p| p == privilege);
+    match () {
+        // 10.11 spells it `READ_ONLY ADMIN` here.
+        () if has("READ ONLY ADMIN") || has("READ_ONLY ADMIN") => Some("READ ONLY ADMIN"),
+        () if has("SUPER") && before_10_11 => Some("SUPER"),
+        () => None,
     }
 }
