@@ -205,17 +205,25 @@ impl State {
     /// The write that made `pin` is behind the master position `lsn` (learned on its own
     /// connection, after it): it needs no position read at the context's end.
     pub(crate) fn learned(&mut self, set: &str, pin: NewPin, lsn: Lsn) {
+        // A higher position covers more: harmless for a write from before a clear.
+        if let Some(entry) = self.settle_write(set, pin) {
+            entry.learned = Some(entry.learned.map_or(lsn, |l| l.max(lsn)));
+        }
+    }
+
+    /// The write that made `pin` needs no position read at the context's end (it learned
+    /// its own, or was never sent): it is no longer counted as unlearned, where it was
+    /// counted (its set's entry, or the writes an [`unpin_all`] cleared). Its set's entry.
+    fn settle_write(&mut self, set: &str, pin: NewPin) -> Option<&mut SetState> {
         let cleared = pin.generation <= self.cleared_at;
         if cleared {
             self.unlearned_cleared = self.unlearned_cleared.saturating_sub(1);
         }
-        if let Some(entry) = self.sets.iter_mut().find(|s| &*s.name == set) {
-            if !cleared {
-                entry.unlearned = entry.unlearned.saturating_sub(1);
-            }
-            // A higher position covers more: harmless for a write from before a clear.
-            entry.learned = Some(entry.learned.map_or(lsn, |l| l.max(lsn)));
+        let entry = self.sets.iter_mut().find(|s| &*s.name == set)?;
+        if !cleared {
+            entry.unlearned = entry.unlearned.saturating_sub(1);
         }
+        Some(entry)
     }
 
     /// A write of `set` that reports no position of its own (one under a `master()` guard):
@@ -239,15 +247,8 @@ impl State {
     /// context changed since (another write, which may have been sent; `pin`; `unpin_all`).
     pub(crate) fn unpin_unsent(&mut self, set: &str, pin: NewPin) {
         let current = self.pin_changes == pin.generation;
-        let cleared = pin.generation <= self.cleared_at;
         // Nothing was written: no position to learn for it.
-        if cleared {
-            self.unlearned_cleared = self.unlearned_cleared.saturating_sub(1);
-        }
-        if let Some(entry) = self.sets.iter_mut().find(|s| &*s.name == set) {
-            if !cleared {
-                entry.unlearned = entry.unlearned.saturating_sub(1);
-            }
+        if let Some(entry) = self.settle_write(set, pin) {
             if current {
                 entry.pin = pin.before;
             }
