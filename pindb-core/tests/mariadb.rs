@@ -172,6 +172,7 @@ async fn a_replica_url_that_reaches_several_servers_is_refused_at_start_up() {
         Err(PinDbError::Config { alias, problem, .. }) => {
             assert_eq!(alias.as_deref(), Some("default-1"));
             assert!(problem.contains("reaches several servers"), "{problem}");
+            assert!(!problem.contains("  "), "one line of prose: {problem}");
             assert!(
                 problem.contains("server_id 2") && problem.contains("server_id 3"),
                 "{problem}"

@@ -101,7 +101,10 @@ async fn one_server(db: &Database, settings: &MonitorSettings, problems: &mut Ve
     problems.push(PinDbError::config(
         db.alias.clone(),
         format!(
-            "{} reaches several servers ({}): a load-balanced reader endpoint. pindb measures              each replica's position on one server, so a keyed read could land on one that              lacks the user's write, and reader endpoints (`servers`) are not supported for              MariaDB sets yet. Declare each replica as its own entry",
+            "{} reaches several servers ({}): a load-balanced reader endpoint. pindb measures \
+             each replica's position on one server, so a keyed read could land on one that \
+             lacks the user's write, and reader endpoints (`servers`) are not supported for \
+             MariaDB sets yet. Declare each replica as its own entry",
             db.redacted_url(),
             servers.join(", ")
         ),
@@ -227,13 +230,21 @@ pub(super) async fn verify_set(
                  on the replica alone; set read_only = ON",
                 db.alias
             ));
-        } else if let Some(privilege) = writes_past_read_only(&mut probe).await {
-            found.warnings.push(format!(
-                "`{}`: {url} is read_only, but pindb's user there has {privilege} on *.*, which \
-                 lets it write anyway: a write sent there by mistake would be applied on the \
-                 replica alone; connect as a user without it",
-                db.alias
-            ));
+        } else {
+            match writes_past_read_only(&mut probe).await {
+                Ok(None) => {}
+                Ok(Some(privilege)) => found.warnings.push(format!(
+                    "`{}`: {url} is read_only, but pindb's user there has {privilege} on *.*, \
+                     which lets it write anyway: a write sent there by mistake would be applied \
+                     on the replica alone; connect as a user without it",
+                    db.alias
+                )),
+                Err(e) => found.warnings.push(format!(
+                    "`{}`: whether pindb's user can write past read_only on {url} was not \
+                     checked: {e}",
+                    db.alias
+                )),
+            }
         }
     }
 }
@@ -241,19 +252,26 @@ pub(super) async fn verify_set(
 /// The privilege of the connection's user that lets it write on a `read_only` server, if it
 /// has one: `READ ONLY ADMIN`, or `SUPER` before MariaDB 10.11 (which took it out of
 /// `SUPER`). Global grants of the user itself (not through a role).
-async fn writes_past_read_only(probe: &mut Probe) -> Option<&'static str> {
+async fn writes_past_read_only(probe: &mut Probe) -> Result<Option<&'static str>, String> {
+    // The user part is all before the last `@` (a user name may hold one).
     const SQL: &str = "SELECT \
         (SELECT GROUP_CONCAT(PRIVILEGE_TYPE) FROM information_schema.USER_PRIVILEGES \
-         WHERE GRANTEE = CONCAT('''', SUBSTRING_INDEX(CURRENT_USER(), '@', 1), '''@''', \
-               SUBSTRING_INDEX(CURRENT_USER(), '@', -1), '''') \
+         WHERE GRANTEE = CONCAT('''', \
+               LEFT(me.cu, CHAR_LENGTH(me.cu) - CHAR_LENGTH(SUBSTRING_INDEX(me.cu, '@', -1)) - 1), \
+               '''@''', SUBSTRING_INDEX(me.cu, '@', -1), '''') \
            AND PRIVILEGE_TYPE IN ('SUPER', 'READ ONLY ADMIN', 'READ_ONLY ADMIN')), \
-        @@version";
-    let row = probe.mariadb_row(SQL).await.ok()??;
+        @@version FROM (SELECT CURRENT_USER() AS cu) AS me";
+    let row = probe.mariadb_row(SQL).await?.ok_or("no row")?;
+    let unreadable = |column: usize| format!("`{SQL}`: column {column} is unreadable");
     let granted = row
-        .get_opt::<Option<String>, _>(0)?
-        .ok()?
+        .get_opt::<Option<String>, _>(0)
+        .and_then(Result::ok)
+        .ok_or_else(|| unreadable(0))?
         .unwrap_or_default();
-    let version = row.get_opt::<String, _>(1)?.ok()?;
+    let version = row
+        .get_opt::<String, _>(1)
+        .and_then(Result::ok)
+        .ok_or_else(|| unreadable(1))?;
     let before_10_11 = {
         let mut parts = version
             .split(['.', '-'])
@@ -261,10 +279,10 @@ async fn writes_past_read_only(probe: &mut Probe) -> Option<&'static str> {
         (parts.next().unwrap_or(0), parts.next().unwrap_or(0)) < (10, 11)
     };
     let has = |privilege: &str| granted.split(',').any(|p| p == privilege);
-    match () {
+    Ok(match () {
         // 10.11 spells it `READ_ONLY ADMIN` here.
         () if has("READ ONLY ADMIN") || has("READ_ONLY ADMIN") => Some("READ ONLY ADMIN"),
         () if has("SUPER") && before_10_11 => Some("SUPER"),
         () => None,
-    }
+    })
 }
