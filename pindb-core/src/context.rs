@@ -141,7 +141,9 @@ impl State {
             Some(i) => i,
             None => {
                 // Most contexts use one set: room for exactly one at first.
-                self.sets.reserve_exact(1);
+                if self.sets.capacity() == 0 {
+                    self.sets.reserve_exact(1);
+                }
                 self.sets.push(SetState {
                     name: Arc::clone(set),
                     pin: None,
