@@ -1,6 +1,6 @@
 #![allow(missing_docs, missing_debug_implementations, unreachable_pub)] // not a library: nothing here is public API
 #![allow(unsafe_code)] // a counting global allocator is unsafe by nature
-//! What a routed statement on a held connection allocates, against the same statement on a
+//! What a routed read on a held connection allocates, against the same statement on a
 //! plain diesel-async connection of the same pool: nothing more, on the master (a pinned
 //! context) and on a replica (where it keeps a copy to run the read again elsewhere if the
 //! replica fails). Counted per thread on a one-thread runtime, so the connections' own tasks
@@ -56,7 +56,7 @@ where
 }
 
 #[test]
-fn a_held_statement_allocates_no_more_than_plain_diesel_async() {
+fn a_held_read_allocates_no_more_than_plain_diesel_async() {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
