@@ -105,6 +105,22 @@ pub enum Error {
         timeout: Duration,
     },
 
+    /// A set runs on another database than the pools' connection type.
+    #[error(
+        "`{alias}` is a {set:?} database, but this PinDb's pools are of {pool:?} connections; \
+         build the PinDb with that database's connection type (`PinDb::new` for PostgreSQL, \
+         `PinDb::<diesel_async::AsyncMysqlConnection>::from_config` for MariaDB), one PinDb \
+         per database"
+    )]
+    OtherDatabase {
+        /// The alias of the first database of the other kind.
+        alias: String,
+        /// Its database.
+        set: pindb_core::adapter::Backend,
+        /// The database of the pools' connection type.
+        pool: pindb_core::adapter::Backend,
+    },
+
     /// The call cannot work on a routed connection.
     #[error("{0}")]
     Unsupported(&'static str),
@@ -149,7 +165,12 @@ pub(crate) fn replica_failure(e: &diesel::result::Error) -> Option<ReplicaFailur
                     return lost.then_some(ReplicaFailure::Unreachable);
                 }
                 // diesel keeps no SQLSTATE for the rest (57P01, 57P03...): the message says.
-                Kind::Unknown => return ReplicaFailure::from_server_message(info.message()),
+                // diesel-async's MySQL driver keeps no error number either.
+                Kind::Unknown => {
+                    let message = info.message();
+                    return ReplicaFailure::from_server_message(message)
+                        .or_else(|| ReplicaFailure::from_mariadb_message(message));
+                }
                 _ => "",
             };
             ReplicaFailure::from_server(code, info.message())

@@ -33,6 +33,7 @@
 
 pub use pindb_core;
 
+mod backend;
 pub mod bb8;
 mod checkouts;
 mod error;
@@ -44,4 +45,5 @@ pub mod r2d2;
 mod server;
 mod statement;
 
+pub use backend::RoutedBackend;
 pub use error::{is_unpinned_write, routing_error, Error};

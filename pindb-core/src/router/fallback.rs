@@ -158,6 +158,34 @@ impl ReplicaFailure {
         ReplicaFailure::from_server(code, message)
     }
 
+    /// A MariaDB server error whose number the driver did not keep (diesel-async's MySQL
+    /// driver keeps only the message), by the message the server sends with it, or a lost
+    /// connection by mysql_async's own words. English messages (`lc_messages` of `en_US`, the
+    /// default); anything else is `None` (the statement's own fault).
+    ///
+    /// ```
+    /// use pindb_core::adapter::ReplicaFailure;
+    ///
+    /// let refused = "The MariaDB server is running with the --read-only option so it cannot execute this statement";
+    /// assert_eq!(ReplicaFailure::from_mariadb_message(refused), Some(ReplicaFailure::Refused));
+    /// let lost = "Input/output error: Connection reset by peer (os error 104)";
+    /// assert_eq!(ReplicaFailure::from_mariadb_message(lost), Some(ReplicaFailure::Unreachable));
+    /// assert_eq!(ReplicaFailure::from_mariadb_message("Division by 0"), None);
+    /// ```
+    pub fn from_mariadb_message(message: &str) -> Option<ReplicaFailure> {
+        // (message, number): MariaDB's errmsg-utf8.txt; mysql_async's error's Display.
+        const KNOWN: [(&str, u16); 6] = [
+            ("is running with the --read-only option", 1290),
+            ("Server shutdown in progress", 1053),
+            ("Connection was killed", 1927),
+            ("Input/output error", 2013),
+            ("Driver error: `Connection to the server is closed.", 2013),
+            ("Lost connection to server", 2013),
+        ];
+        let (_, number) = KNOWN.iter().find(|(m, _)| message.contains(m))?;
+        ReplicaFailure::from_mariadb(*number)
+    }
+
     /// A short name for logs and metrics labels.
     pub fn as_str(self) -> &'static str {
         match self {

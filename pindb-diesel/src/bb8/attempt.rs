@@ -1,22 +1,22 @@
 //! A statement the routed connection may run more than once (on a replica, then where
 //! pindb-core's fallback sends it): it owns what it runs.
 
-use diesel::pg::Pg;
 use diesel::query_builder::{QueryFragment, QueryId};
 use diesel::result::QueryResult;
-use diesel_async::{AsyncConnectionCore, AsyncPgConnection, SimpleAsyncConnection};
+use diesel_async::SimpleAsyncConnection;
 use futures_util::future::BoxFuture;
-use futures_util::{FutureExt, StreamExt};
+use futures_util::stream::BoxStream;
+use futures_util::FutureExt;
 use pindb_core::Router;
 
-use super::Pooled;
+use super::{Driver, Pooled};
 use crate::statement;
 
 /// A statement that may run more than once (on a replica, then elsewhere): it owns what it
 /// runs, and renders its SQL only when pindb-core must remember it.
-pub(super) trait Attempt: Send + Sync {
+pub(super) trait Attempt<C: Driver>: Send + Sync {
     type Output: Send;
-    fn run<'c>(&'c self, conn: &'c mut Pooled) -> BoxFuture<'c, QueryResult<Self::Output>>;
+    fn run<'c>(&'c self, conn: &'c mut Pooled<C>) -> BoxFuture<'c, QueryResult<Self::Output>>;
     /// A replica refused it: its SQL, for pindb-core to remember (and its cached shape is
     /// forgotten).
     fn refused(&self, router: &Router) -> String;
@@ -30,52 +30,49 @@ pub(super) struct Execute<Q>(pub(super) Q);
 /// `batch_execute`.
 pub(super) struct Batch(pub(super) String);
 
-pub(super) type Rows = <AsyncPgConnection as AsyncConnectionCore>::Stream<'static, 'static>;
+/// Rows freed of their connection ([`Driver::detach`]).
+pub(super) type Rows<C> = BoxStream<'static, QueryResult<<C as Driver>::OwnedRow>>;
 
-impl<Q> Attempt for Load<Q>
+impl<C, Q> Attempt<C> for Load<Q>
 where
-    Q: diesel::query_builder::Query + QueryFragment<Pg> + QueryId + Send + Sync,
+    C: Driver,
+    Q: diesel::query_builder::Query + QueryFragment<C::Backend> + QueryId + Send + Sync,
 {
-    type Output = Rows;
+    type Output = Rows<C>;
 
-    fn run<'c>(&'c self, conn: &'c mut Pooled) -> BoxFuture<'c, QueryResult<Rows>> {
+    fn run<'c>(&'c self, conn: &'c mut Pooled<C>) -> BoxFuture<'c, QueryResult<Rows<C>>> {
         async move {
-            let mut rows = AsyncConnectionCore::load(&mut **conn, &self.0).await?;
-            Ok(match rows.next().await {
-                Some(Err(e)) => return Err(e),
-                Some(Ok(first)) => futures_util::stream::once(std::future::ready(Ok(first)))
-                    .chain(rows)
-                    .boxed(),
-                None => futures_util::stream::empty().boxed(),
-            })
+            let rows = C::run_load(None, &mut **conn, &self.0).await?;
+            C::detach(rows).await
         }
         .boxed()
     }
 
     fn refused(&self, router: &Router) -> String {
-        statement::refused(&self.0, router)
+        statement::refused::<C::Backend, _>(&self.0, router)
     }
 }
 
-impl<Q> Attempt for Execute<Q>
+impl<C, Q> Attempt<C> for Execute<Q>
 where
-    Q: QueryFragment<Pg> + QueryId + Send + Sync,
+    C: Driver,
+    Q: QueryFragment<C::Backend> + QueryId + Send + Sync,
 {
     type Output = usize;
 
-    fn run<'c>(&'c self, conn: &'c mut Pooled) -> BoxFuture<'c, QueryResult<usize>> {
-        AsyncConnectionCore::execute_returning_count(&mut **conn, &self.0)
+    fn run<'c>(&'c self, conn: &'c mut Pooled<C>) -> BoxFuture<'c, QueryResult<usize>> {
+        C::run_execute(None, &mut **conn, &self.0)
     }
 
     fn refused(&self, router: &Router) -> String {
-        statement::refused(&self.0, router)
+        statement::refused::<C::Backend, _>(&self.0, router)
     }
 }
 
-impl Attempt for Batch {
+impl<C: Driver> Attempt<C> for Batch {
     type Output = ();
 
-    fn run<'c>(&'c self, conn: &'c mut Pooled) -> BoxFuture<'c, QueryResult<()>> {
+    fn run<'c>(&'c self, conn: &'c mut Pooled<C>) -> BoxFuture<'c, QueryResult<()>> {
         conn.batch_execute(&self.0).boxed()
     }
 

@@ -73,7 +73,6 @@ use std::future::Future;
 use std::num::NonZeroU32;
 
 use diesel::connection::{CacheSize, Instrumentation, TransactionManagerStatus};
-use diesel::pg::Pg;
 use diesel::query_builder::{AsQuery, QueryFragment, QueryId};
 use diesel::result::QueryResult;
 use diesel::{ConnectionError, ConnectionResult};
@@ -81,18 +80,18 @@ use diesel_async::{
     AsyncConnection, AsyncConnectionCore, AsyncPgConnection, SimpleAsyncConnection,
 };
 use futures_util::future::BoxFuture;
-use futures_util::FutureExt;
-use pindb_core::adapter::{NewPin, Shape};
-use pindb_core::{Operation, Router};
+use futures_util::{FutureExt, TryFutureExt};
+use pindb_core::adapter::Shape;
+use pindb_core::Operation;
 
-use super::{PinDb, Pooled};
+use super::driver::Learn;
+use super::{Driver, PinDb, Pooled};
 use crate::checkouts::{Checkouts, Forward, Held, Slot};
 use crate::error::Error;
 use crate::fallback::{after_attempt, checkout_error, timed_out, Attempted, Next};
 use crate::statement::{self, OwnedQuery};
 
 use super::attempt::{Attempt, Batch, Execute, Load};
-use super::position;
 use super::transaction::{Ansi, RoutedTransactionManager, TransactionCallback};
 
 /// A routed diesel-async connection, from [`PinDb::get`]. Use it wherever an
@@ -112,14 +111,14 @@ use super::transaction::{Ansi, RoutedTransactionManager, TransactionCallback};
 /// }).await
 /// # }
 /// ```
-pub struct PinDbConnection {
-    pub(super) db: PinDb,
-    pub(super) slots: Checkouts<Pooled>,
+pub struct PinDbConnection<C: Driver = AsyncPgConnection> {
+    pub(super) db: PinDb<C>,
+    pub(super) slots: Checkouts<Pooled<C>>,
     /// The status reported when no transaction is open.
     pub(super) idle: TransactionManagerStatus,
 }
 
-impl std::fmt::Debug for PinDbConnection {
+impl<C: Driver> std::fmt::Debug for PinDbConnection<C> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PinDbConnection")
             .field("held", &self.held_aliases())
@@ -128,7 +127,7 @@ impl std::fmt::Debug for PinDbConnection {
     }
 }
 
-impl Held for Pooled {
+impl<C: Driver> Held for Pooled<C> {
     fn poison(&mut self) {
         Ansi::transaction_manager_status_mut(self).set_in_error();
     }
@@ -152,8 +151,8 @@ impl Held for Pooled {
     }
 }
 
-impl PinDbConnection {
-    pub(crate) fn new(db: PinDb) -> Self {
+impl<C: Driver> PinDbConnection<C> {
+    pub(crate) fn new(db: PinDb<C>) -> Self {
         PinDbConnection {
             db,
             slots: Checkouts::new(),
@@ -223,7 +222,7 @@ impl PinDbConnection {
     /// Gives the held connection back, then checks out one of the database at `index`: never
     /// waits for a pool while holding another pool's connection. A failed checkout says
     /// whether the server is unreachable and why.
-    pub(super) async fn hold(&mut self, index: usize) -> QueryResult<&mut Pooled> {
+    pub(super) async fn hold(&mut self, index: usize) -> QueryResult<&mut Pooled<C>> {
         match self.try_hold(index).await {
             Ok(()) => self.slots.get(),
             Err(e) => {
@@ -245,7 +244,7 @@ impl PinDbConnection {
     /// Runs a read outside a transaction, first on the replica at `index`; if the replica
     /// refuses it, fails or does not answer within `reads.timeout_ms`, pindb-core says where
     /// it runs next (another replica, the master) and it runs there.
-    async fn read_with_fallback<A: Attempt>(
+    async fn read_with_fallback<A: Attempt<C>>(
         &mut self,
         mut index: usize,
         attempt: A,
@@ -298,7 +297,11 @@ impl PinDbConnection {
     }
 
     /// One attempt on the database at `index`, checking it out unless it is held.
-    async fn attempt_on<A: Attempt>(&mut self, index: usize, attempt: &A) -> Attempted<A::Output> {
+    async fn attempt_on<A: Attempt<C>>(
+        &mut self,
+        index: usize,
+        attempt: &A,
+    ) -> Attempted<A::Output> {
         if !self.slots.holds(self.db.router(), index) {
             if let Err(e) = self.try_hold(index).await {
                 return Attempted::CheckoutFailed(e);
@@ -329,20 +332,12 @@ impl PinDbConnection {
     ) -> <Self as AsyncConnectionCore>::LoadFuture<'conn, 'query>
     where
         Q: AsQuery + Send + 'query + 'conn,
-        Q::Query: QueryFragment<Pg> + QueryId + Send + 'query,
+        Q::Query: QueryFragment<C::Backend> + QueryId + Send + 'query,
     {
-        let learn = self.learn();
+        let learn = self.learn(index);
         async move {
             let conn = self.hold(index).await?;
-            match learn {
-                Some((router, pin)) => {
-                    position::behind(router, index, pin, conn, |c| {
-                        position::drained(AsyncConnectionCore::load(c, query))
-                    })
-                    .await
-                }
-                None => AsyncConnectionCore::load(&mut **conn, query).await,
-            }
+            C::run_load(learn, &mut **conn, query).await
         }
         .boxed()
     }
@@ -353,44 +348,38 @@ impl PinDbConnection {
         query: Q,
     ) -> <Self as AsyncConnectionCore>::ExecuteFuture<'conn, 'query>
     where
-        Q: QueryFragment<Pg> + QueryId + Send + 'query + 'conn,
+        Q: QueryFragment<C::Backend> + QueryId + Send + 'query + 'conn,
     {
-        let learn = self.learn();
+        let learn = self.learn(index);
         async move {
             let conn = self.hold(index).await?;
-            match learn {
-                Some((router, pin)) => {
-                    position::behind(router, index, pin, conn, |c| {
-                        AsyncConnectionCore::execute_returning_count(c, query)
-                    })
-                    .await
-                }
-                None => AsyncConnectionCore::execute_returning_count(&mut **conn, query).await,
-            }
+            C::run_execute(learn, &mut **conn, query).await
         }
         .boxed()
     }
 
-    /// For a write outside a transaction whose position is learned in its own flight
-    /// ([`position::behind`]): the router to tell, and the write's pin. An owned statement
-    /// has no custom type (it could not be rendered without a connection).
-    fn learn(&self) -> Option<(Router, NewPin)> {
+    /// For a write outside a transaction on the database at `index` whose position is
+    /// learned in its own flight ([`Driver::LEARNS_IN_FLIGHT`]): the router to tell, and the
+    /// write's pin. An owned statement has no custom type (it could not be rendered without a
+    /// connection).
+    fn learn(&self, index: usize) -> Option<Learn> {
+        if !C::LEARNS_IN_FLIGHT {
+            return None;
+        }
         let router = self.db.router();
-        self.slots
-            .pin_to_learn(router)
-            .map(|pin| (router.clone(), pin))
+        let pin = self.slots.pin_to_learn(router)?;
+        Some((router.clone(), index, pin))
     }
 
-    /// [`PinDbConnection::learn`] for a statement on the held connection, with its index;
-    /// never for one with a custom type (see [`position`]).
-    fn held_learn<T: QueryFragment<Pg>>(&self, query: &T) -> Option<(Router, usize, NewPin)> {
-        let (router, pin) = self.learn()?;
-        let index = self.slots.held_index()?;
-        (!statement::looks_up_types(query)).then_some((router, index, pin))
+    /// [`PinDbConnection::learn`] for a statement on the held connection; never for one with
+    /// a custom type (its type lookup would run outside the flight's order).
+    fn held_learn<T: QueryFragment<C::Backend>>(&self, query: &T) -> Option<Learn> {
+        let learn = self.learn(self.slots.held_index()?)?;
+        (!statement::looks_up_types::<C::Backend, _>(query)).then_some(learn)
     }
 }
 
-impl SimpleAsyncConnection for PinDbConnection {
+impl<C: Driver> SimpleAsyncConnection for PinDbConnection<C> {
     async fn batch_execute(&mut self, query: &str) -> QueryResult<()> {
         let shape = self.db.router().shape_of(query);
         let slot = self.slots.decide(self.db.router(), &shape)?;
@@ -410,33 +399,39 @@ fn ready<'a, T: Send + 'a>(result: QueryResult<T>) -> BoxFuture<'a, QueryResult<
     std::future::ready(result).boxed()
 }
 
-impl AsyncConnectionCore for PinDbConnection {
+impl<C: Driver> AsyncConnectionCore for PinDbConnection<C> {
     type ExecuteFuture<'conn, 'query> = BoxFuture<'conn, QueryResult<usize>>;
     type LoadFuture<'conn, 'query> = BoxFuture<'conn, QueryResult<Self::Stream<'conn, 'query>>>;
-    type Stream<'conn, 'query> = <AsyncPgConnection as AsyncConnectionCore>::Stream<'conn, 'query>;
-    type Row<'conn, 'query> = <AsyncPgConnection as AsyncConnectionCore>::Row<'conn, 'query>;
-    type Backend = Pg;
+    type Stream<'conn, 'query> = C::Rows<'conn>;
+    type Row<'conn, 'query> = C::OwnedRow;
+    type Backend = C::Backend;
 
     fn load<'conn, 'query, T>(&'conn mut self, source: T) -> Self::LoadFuture<'conn, 'query>
     where
         T: AsQuery + 'query,
-        T::Query: QueryFragment<Pg> + QueryId + 'query,
+        T::Query: QueryFragment<C::Backend> + QueryId + 'query,
     {
         let query = source.as_query();
         let router = self.db.router();
-        let slot = match statement::shape(&query, router)
+        let slot = match statement::shape::<C::Backend, _>(&query, router)
             .and_then(|shape| self.slots.decide(router, &shape))
         {
             Ok(slot) => slot,
             Err(e) => return ready(Err(e)),
         };
         if let Some(index) = self.slots.replica_read(router, &slot) {
-            match statement::to_owned(&query, self.alias(index)) {
+            match statement::to_owned::<C::Backend, _>(&query, self.alias(index)) {
                 Ok(OwnedQuery::Static(owned)) => {
-                    return self.read_with_fallback(index, Load(owned)).boxed()
+                    return self
+                        .read_with_fallback(index, Load(owned))
+                        .map_ok(C::attach)
+                        .boxed()
                 }
                 Ok(OwnedQuery::Dynamic(owned)) => {
-                    return self.read_with_fallback(index, Load(owned)).boxed()
+                    return self
+                        .read_with_fallback(index, Load(owned))
+                        .map_ok(C::attach)
+                        .boxed()
                 }
                 // A custom type is looked up on a connection: with one held, the statement
                 // runs there as before, without a fallback.
@@ -447,21 +442,18 @@ impl AsyncConnectionCore for PinDbConnection {
         match slot {
             Slot::Held => {
                 let learn = self.held_learn(&query);
-                match (self.slots.get(), learn) {
-                    (Ok(conn), Some((router, index, pin))) => {
-                        position::behind(router, index, pin, conn, |c| {
-                            position::drained(AsyncConnectionCore::load(c, query))
-                        })
-                    }
-                    (Ok(conn), None) => AsyncConnectionCore::load(&mut **conn, query),
-                    (Err(e), _) => ready(Err(e)),
+                match self.slots.get() {
+                    Ok(conn) => C::run_load(learn, &mut **conn, query),
+                    Err(e) => ready(Err(e)),
                 }
             }
-            Slot::Checkout(index) => match statement::to_owned(&query, self.alias(index)) {
-                Err(e) => ready(Err(e)),
-                Ok(OwnedQuery::Static(owned)) => self.load_owned(index, owned),
-                Ok(OwnedQuery::Dynamic(owned)) => self.load_owned(index, owned),
-            },
+            Slot::Checkout(index) => {
+                match statement::to_owned::<C::Backend, _>(&query, self.alias(index)) {
+                    Err(e) => ready(Err(e)),
+                    Ok(OwnedQuery::Static(owned)) => self.load_owned(index, owned),
+                    Ok(OwnedQuery::Dynamic(owned)) => self.load_owned(index, owned),
+                }
+            }
         }
     }
 
@@ -470,17 +462,17 @@ impl AsyncConnectionCore for PinDbConnection {
         source: T,
     ) -> Self::ExecuteFuture<'conn, 'query>
     where
-        T: QueryFragment<Pg> + QueryId + 'query,
+        T: QueryFragment<C::Backend> + QueryId + 'query,
     {
         let router = self.db.router();
-        let slot = match statement::shape(&source, router)
+        let slot = match statement::shape::<C::Backend, _>(&source, router)
             .and_then(|shape| self.slots.decide(router, &shape))
         {
             Ok(slot) => slot,
             Err(e) => return ready(Err(e)),
         };
         if let Some(index) = self.slots.replica_read(router, &slot) {
-            match statement::to_owned(&source, self.alias(index)) {
+            match statement::to_owned::<C::Backend, _>(&source, self.alias(index)) {
                 Ok(OwnedQuery::Static(owned)) => {
                     return self.read_with_fallback(index, Execute(owned)).boxed()
                 }
@@ -496,28 +488,23 @@ impl AsyncConnectionCore for PinDbConnection {
         match slot {
             Slot::Held => {
                 let learn = self.held_learn(&source);
-                match (self.slots.get(), learn) {
-                    (Ok(conn), Some((router, index, pin))) => {
-                        position::behind(router, index, pin, conn, |c| {
-                            AsyncConnectionCore::execute_returning_count(c, source)
-                        })
-                    }
-                    (Ok(conn), None) => {
-                        AsyncConnectionCore::execute_returning_count(&mut **conn, source)
-                    }
-                    (Err(e), _) => ready(Err(e)),
+                match self.slots.get() {
+                    Ok(conn) => C::run_execute(learn, &mut **conn, source),
+                    Err(e) => ready(Err(e)),
                 }
             }
-            Slot::Checkout(index) => match statement::to_owned(&source, self.alias(index)) {
-                Err(e) => ready(Err(e)),
-                Ok(OwnedQuery::Static(owned)) => self.execute_owned(index, owned),
-                Ok(OwnedQuery::Dynamic(owned)) => self.execute_owned(index, owned),
-            },
+            Slot::Checkout(index) => {
+                match statement::to_owned::<C::Backend, _>(&source, self.alias(index)) {
+                    Err(e) => ready(Err(e)),
+                    Ok(OwnedQuery::Static(owned)) => self.execute_owned(index, owned),
+                    Ok(OwnedQuery::Dynamic(owned)) => self.execute_owned(index, owned),
+                }
+            }
         }
     }
 }
 
-impl AsyncConnection for PinDbConnection {
+impl<C: Driver> AsyncConnection for PinDbConnection<C> {
     type TransactionManager = RoutedTransactionManager;
 
     fn establish(_database_url: &str) -> impl Future<Output = ConnectionResult<Self>> + Send {
@@ -560,8 +547,9 @@ mod save_changes {
     use super::PinDbConnection;
 
     /// `save_changes` on the routed connection: an `UPDATE ... RETURNING`, routed as a write.
-    impl<'b, Changes, Output, Tab, V> UpdateAndFetchResults<Changes, Output> for PinDbConnection
+    impl<'b, C, Changes, Output, Tab, V> UpdateAndFetchResults<Changes, Output> for PinDbConnection<C>
     where
+        C: super::Driver,
         Output: Send + 'static,
         Changes: Copy
             + AsChangeset<Target = Tab>

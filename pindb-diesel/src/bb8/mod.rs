@@ -1,4 +1,5 @@
-//! [`PinDb`]: one bb8 pool of `AsyncPgConnection` per alias, and the checkouts the routed
+//! [`PinDb`]: one bb8 pool of diesel-async connections per alias (`AsyncPgConnection`, or
+//! `AsyncMysqlConnection` for MariaDB: the [`Driver`]), and the checkouts the routed
 //! connection and the explicit handles make from them.
 //!
 //! This module owns pool construction (settings from the config; logical and emulated
@@ -9,8 +10,8 @@ use std::future::Future;
 use std::sync::Arc;
 use std::task::Poll;
 
-use diesel_async::pooled_connection::{AsyncDieselConnectionManager, ManagerConfig, PoolError};
-use diesel_async::{AsyncConnection, AsyncPgConnection};
+use diesel_async::pooled_connection::{ManagerConfig, PoolError};
+use diesel_async::AsyncPgConnection;
 use futures_util::FutureExt;
 use pindb_core::adapter::Database;
 use pindb_core::{Config, Hint, PinDbError, Router};
@@ -21,20 +22,47 @@ use crate::pools::Pools;
 
 mod attempt;
 mod connection;
+mod driver;
 mod position;
 mod read_only;
 mod transaction;
 
 pub use connection::PinDbConnection;
+pub use driver::Driver;
 pub use read_only::{ReadOnlyQuery, ReplicaConnection};
 pub use transaction::{RoutedTransactionManager, TransactionCallback};
 
-/// A pooled `AsyncPgConnection`, as bb8 hands it out.
-pub type Pooled = bb8::PooledConnection<'static, AsyncDieselConnectionManager<AsyncPgConnection>>;
+/// A pooled diesel-async connection, as bb8 hands it out: a `C` (it derefs to one), back to
+/// its pool when dropped.
+pub struct Pooled<C: Driver = AsyncPgConnection>(bb8::PooledConnection<'static, C::Manager>);
 
-type Pool = bb8::Pool<AsyncDieselConnectionManager<AsyncPgConnection>>;
+impl<C: Driver> std::ops::Deref for Pooled<C> {
+    type Target = C;
+
+    fn deref(&self) -> &C {
+        &self.0
+    }
+}
+
+impl<C: Driver> std::ops::DerefMut for Pooled<C> {
+    fn deref_mut(&mut self) -> &mut C {
+        &mut self.0
+    }
+}
+
+impl<C: Driver> std::fmt::Debug for Pooled<C> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pooled").finish_non_exhaustive()
+    }
+}
+
+type Pool<C> = bb8::Pool<<C as Driver>::Manager>;
 
 /// The entry point: the router plus a pool per alias. Cheap to clone.
+///
+/// `C` is the diesel-async connection of the sets' database: `AsyncPgConnection` (the
+/// default, built with [`PinDb::new`]) or, with the feature `mariadb`, `AsyncMysqlConnection`
+/// (built with [`PinDb::from_config`]: `PinDb::<AsyncMysqlConnection>::from_config(config)`).
 ///
 /// ```no_run
 /// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
@@ -50,12 +78,19 @@ type Pool = bb8::Pool<AsyncDieselConnectionManager<AsyncPgConnection>>;
 /// }).await?;
 /// # Ok(()) }
 /// ```
-#[derive(Clone)]
-pub struct PinDb {
-    inner: Arc<Pools<Pool>>,
+pub struct PinDb<C: Driver = AsyncPgConnection> {
+    inner: Arc<Pools<Pool<C>>>,
 }
 
-impl std::fmt::Debug for PinDb {
+impl<C: Driver> Clone for PinDb<C> {
+    fn clone(&self) -> Self {
+        PinDb {
+            inner: Arc::clone(&self.inner),
+        }
+    }
+}
+
+impl<C: Driver> std::fmt::Debug for PinDb<C> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PinDb")
             .field("router", self.inner.router())
@@ -64,20 +99,44 @@ impl std::fmt::Debug for PinDb {
 }
 
 impl PinDb {
-    /// Builds the router and one pool per alias. No connection is opened until first use, so a
-    /// server that is down at start-up does not stop the application. Must be called inside a
-    /// tokio runtime (bb8 starts its reaper task there): [`Error::NoRuntime`] otherwise.
+    /// Builds the router and one pool per alias, for PostgreSQL sets. No connection is opened
+    /// until first use, so a server that is down at start-up does not stop the application.
+    /// Must be called inside a tokio runtime (bb8 starts its reaper task there):
+    /// [`Error::NoRuntime`] otherwise.
     pub fn new(config: Config) -> Result<PinDb, Error> {
-        PinDb::from_router(Router::new(config)?)
+        PinDb::from_config(config)
     }
 
     /// Like [`PinDb::new`], from a router you built (delegates, a shared global router...).
     pub fn from_router(router: Router) -> Result<PinDb, Error> {
+        PinDb::with_router(router)
+    }
+}
+
+impl<C: Driver> PinDb<C> {
+    /// [`PinDb::new`] for the connection type `C`: `PinDb::<AsyncMysqlConnection>::from_config`
+    /// for MariaDB sets. A set of another database is refused
+    /// ([`Error::OtherDatabase`]).
+    pub fn from_config(config: Config) -> Result<PinDb<C>, Error> {
+        PinDb::with_router(Router::new(config)?)
+    }
+
+    /// [`PinDb::from_router`] for the connection type `C`.
+    pub fn with_router(router: Router) -> Result<PinDb<C>, Error> {
         if tokio::runtime::Handle::try_current().is_err() {
             return Err(Error::NoRuntime);
         }
+        let backend = <C::Backend as crate::backend::RoutedBackend>::BACKEND;
+        let databases = router.topology().databases();
+        if let Some(db) = databases.iter().find(|db| db.backend != backend) {
+            return Err(Error::OtherDatabase {
+                alias: db.alias.clone(),
+                set: db.backend,
+                pool: backend,
+            });
+        }
         Ok(PinDb {
-            inner: Arc::new(Pools::new(router, build_pool)),
+            inner: Arc::new(Pools::new(router, build_pool::<C>)),
         })
     }
 
@@ -88,26 +147,26 @@ impl PinDb {
 
     /// A routed connection. Nothing is checked out yet: the first read checks out the
     /// context's replica, the first write (or transaction) the master, each at most once.
-    pub fn get(&self) -> PinDbConnection {
+    pub fn get(&self) -> PinDbConnection<C> {
         PinDbConnection::new(self.clone())
     }
 
     /// An explicit read connection: the router's read route for `hint` (the context's
-    /// replica, or the master when the set is pinned). Plain `AsyncPgConnection`, no routing.
-    pub async fn read_with(&self, hint: &Hint<'_>) -> Result<Pooled, Error> {
+    /// replica, or the master when the set is pinned). A plain pooled connection, no routing.
+    pub async fn read_with(&self, hint: &Hint<'_>) -> Result<Pooled<C>, Error> {
         let route = self.inner.router().db_for_read(hint)?;
         let checkout = self.checkout_diagnosed(route.index, route.epoch).await;
         checkout.map_err(|e| e.routed_as(route.role))
     }
 
     /// [`PinDb::read_with`] for the `default` set.
-    pub async fn read(&self) -> Result<Pooled, Error> {
+    pub async fn read(&self) -> Result<Pooled<C>, Error> {
         self.read_with(&Hint::default()).await
     }
 
     /// An explicit write connection: the master of the hinted set, under the router's rules
     /// (strict: an error if the set is not pinned; greedy: pins it).
-    pub async fn write_with(&self, hint: &Hint<'_>) -> Result<Pooled, Error> {
+    pub async fn write_with(&self, hint: &Hint<'_>) -> Result<Pooled<C>, Error> {
         let route = self.inner.router().db_for_write(hint)?;
         let checkout = self.checkout_diagnosed(route.index, route.epoch).await;
         if checkout.is_err() {
@@ -117,18 +176,18 @@ impl PinDb {
     }
 
     /// [`PinDb::write_with`] for the `default` set.
-    pub async fn write(&self) -> Result<Pooled, Error> {
+    pub async fn write(&self) -> Result<Pooled<C>, Error> {
         self.write_with(&Hint::default()).await
     }
 
     /// A connection that only accepts queries that are reads by construction
     /// ([`ReadOnlyQuery`]), on the read route for `hint`.
-    pub async fn replica_with(&self, hint: &Hint<'_>) -> Result<ReplicaConnection, Error> {
+    pub async fn replica_with(&self, hint: &Hint<'_>) -> Result<ReplicaConnection<C>, Error> {
         Ok(ReplicaConnection::new(self.read_with(hint).await?))
     }
 
     /// [`PinDb::replica_with`] for the `default` set.
-    pub async fn replica(&self) -> Result<ReplicaConnection, Error> {
+    pub async fn replica(&self) -> Result<ReplicaConnection<C>, Error> {
         self.replica_with(&Hint::default()).await
     }
 
@@ -139,7 +198,7 @@ impl PinDb {
 
     /// [`PinDb::checkout`], with a failure explained: [`PinDbError::Unreachable`] (what really
     /// happened) when the server cannot be reached.
-    async fn checkout_diagnosed(&self, index: usize, epoch: u64) -> Result<Pooled, Error> {
+    async fn checkout_diagnosed(&self, index: usize, epoch: u64) -> Result<Pooled<C>, Error> {
         match self.checkout(index, epoch).await {
             Ok((_, conn)) => Ok(conn),
             Err(e) => Err(checkout_error(self.router(), index, e).await),
@@ -154,7 +213,7 @@ impl PinDb {
         &self,
         mut index: usize,
         mut epoch: u64,
-    ) -> Result<(usize, Pooled), Error> {
+    ) -> Result<(usize, Pooled<C>), Error> {
         loop {
             let (pool, db) = self.inner.pool_for_checkout(index, epoch)?;
             let promotion = self.router().watch_promotion(index);
@@ -183,7 +242,7 @@ impl PinDb {
                     }
                 },
             };
-            return got.map(|conn| (index, conn)).map_err(|e| match e {
+            return got.map(|conn| (index, Pooled(conn))).map_err(|e| match e {
                 // Every connection busy: the pool is exhausted, the server may be fine.
                 bb8::RunError::TimedOut
                     if pool.state().connections >= db.pool.max_size
@@ -213,7 +272,7 @@ impl PinDb {
     }
 }
 
-fn build_pool(db: &Database) -> Pool {
+fn build_pool<C: Driver>(db: &Database) -> Pool<C> {
     let mut config = ManagerConfig::default();
     // The whole set-up is bounded: a server can also hang after the handshake. (A replica
     // that would accept writes is opened read-only by a startup parameter in `pool_url`:
@@ -221,48 +280,20 @@ fn build_pool(db: &Database) -> Pool {
     let limit = db.pool.connect_timeout;
     let server = db.server.is_some().then(|| Arc::new(db.clone()));
     config.custom_setup = Box::new(move |url| {
-        let (url, server) = (url.to_owned(), server.clone());
+        let open = C::open(url.to_owned(), server.clone(), limit);
         async move {
-            tokio::time::timeout(limit, establish(&url, server.as_deref(), limit))
-                .await
-                .unwrap_or_else(|_| {
-                    Err(diesel::ConnectionError::BadConnection(format!(
-                        "no answer within {limit:?} while setting up the connection"
-                    )))
-                })
+            tokio::time::timeout(limit, open).await.unwrap_or_else(|_| {
+                Err(diesel::ConnectionError::BadConnection(format!(
+                    "no answer within {limit:?} while setting up the connection"
+                )))
+            })
         }
         .boxed()
     });
-    let manager = AsyncDieselConnectionManager::new_with_config(db.pool_url(), config);
+    let manager = C::manager(db.pool_url(), config);
     bb8::Pool::builder()
         .max_size(db.pool.max_size)
         .min_idle(db.pool.min_idle)
         .connection_timeout(db.pool.connect_timeout)
         .build_unchecked(manager)
-}
-
-/// A connection to `url`; for a server behind a reader endpoint, the first one that reached it.
-async fn establish(
-    url: &str,
-    server: Option<&Database>,
-    limit: std::time::Duration,
-) -> diesel::ConnectionResult<AsyncPgConnection> {
-    use diesel_async::RunQueryDsl;
-    let mut search = server.map(|db| pindb_core::adapter::ServerSearch::within(db, limit));
-    loop {
-        let mut conn = AsyncPgConnection::establish(url).await?;
-        let Some(search) = search.as_mut() else {
-            return Ok(conn);
-        };
-        let reached: crate::server::Reached = crate::server::question()
-            .get_result(&mut conn)
-            .await
-            .map_err(|e| diesel::ConnectionError::BadConnection(e.to_string()))?;
-        if search
-            .keep(reached.address)
-            .map_err(diesel::ConnectionError::BadConnection)?
-        {
-            return Ok(conn);
-        }
-    }
 }

@@ -23,12 +23,12 @@
 use diesel::pg::data_types::PgLsn;
 use diesel::result::QueryResult;
 use diesel::ExpressionMethods;
-use diesel_async::{AsyncPgConnection, RunQueryDsl};
+use diesel_async::{AsyncConnectionCore, AsyncPgConnection, RunQueryDsl};
 use futures_util::future::BoxFuture;
+use futures_util::stream::BoxStream;
 use futures_util::{FutureExt, StreamExt, TryFutureExt, TryStreamExt};
 use pindb_core::adapter::NewPin;
 
-use super::attempt::Rows;
 use pindb_core::{Lsn, Router};
 
 diesel::define_sql_function! {
@@ -40,6 +40,12 @@ diesel::define_sql_function! {
     /// The id of the statement's transaction if it has one (it wrote), else NULL.
     fn txid_current_if_assigned() -> diesel::sql_types::Nullable<diesel::sql_types::BigInt>;
 }
+
+/// tokio-postgres' rows.
+type Rows = BoxStream<
+    'static,
+    QueryResult<<AsyncPgConnection as AsyncConnectionCore>::Row<'static, 'static>>,
+>;
 
 /// A write's rows (`RETURNING`), read to their end inside the flight. The position query's
 /// answer comes after them, and tokio-postgres stops reading the socket while a statement's

@@ -8,7 +8,7 @@ use diesel::query_builder::{BoxedSelectStatement, SelectStatement};
 use diesel_async::methods::LoadQuery;
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 
-use super::Pooled;
+use super::{Driver, Pooled};
 
 /// A query that cannot write: a `SELECT` without `FOR UPDATE`/`FOR SHARE`.
 ///
@@ -44,18 +44,18 @@ impl<ST, QS, DB, GB> ReadOnlyQuery for BoxedSelectStatement<'_, ST, QS, DB, GB> 
 
 /// A replica (or, when the set is pinned, master) connection that only runs
 /// [`ReadOnlyQuery`] queries. From [`PinDb::replica`](crate::bb8::PinDb::replica).
-pub struct ReplicaConnection {
-    conn: Pooled,
+pub struct ReplicaConnection<C: Driver = AsyncPgConnection> {
+    conn: Pooled<C>,
 }
 
-impl std::fmt::Debug for ReplicaConnection {
+impl<C: Driver> std::fmt::Debug for ReplicaConnection<C> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ReplicaConnection").finish_non_exhaustive()
     }
 }
 
-impl ReplicaConnection {
-    pub(crate) fn new(conn: Pooled) -> Self {
+impl<C: Driver> ReplicaConnection<C> {
+    pub(crate) fn new(conn: Pooled<C>) -> Self {
         ReplicaConnection { conn }
     }
 
@@ -63,7 +63,7 @@ impl ReplicaConnection {
     /// implemented for every type and would shadow it.)
     pub async fn load_all<'q, Q, U>(&mut self, query: Q) -> diesel::QueryResult<Vec<U>>
     where
-        Q: ReadOnlyQuery + LoadQuery<'q, AsyncPgConnection, U> + Send + 'q,
+        Q: ReadOnlyQuery + LoadQuery<'q, C, U> + Send + 'q,
         U: Send,
     {
         query.load(&mut *self.conn).await
@@ -72,7 +72,7 @@ impl ReplicaConnection {
     /// `RunQueryDsl::get_result` for a read-only query.
     pub async fn get_one<'q, Q, U>(&mut self, query: Q) -> diesel::QueryResult<U>
     where
-        Q: ReadOnlyQuery + LoadQuery<'q, AsyncPgConnection, U> + Send + 'q,
+        Q: ReadOnlyQuery + LoadQuery<'q, C, U> + Send + 'q,
         U: Send,
     {
         query.get_result(&mut *self.conn).await

@@ -5,9 +5,9 @@ use std::future::Future;
 
 use diesel::connection::TransactionManagerStatus;
 use diesel::result::QueryResult;
-use diesel_async::{AnsiTransactionManager, AsyncPgConnection, TransactionManager};
+use diesel_async::{AnsiTransactionManager, TransactionManager};
 
-use super::{PinDbConnection, Pooled};
+use super::{Driver, PinDbConnection, Pooled};
 use crate::checkouts::Slot;
 
 /// The callback of a transaction, with its future named so it can be required `Send`: the
@@ -40,42 +40,38 @@ where
 #[derive(Debug, Default, Clone, Copy)]
 pub struct RoutedTransactionManager;
 
-/// diesel-async's transaction manager, on a pooled `AsyncPgConnection`.
+/// diesel-async's transaction manager, on a pooled connection.
 pub(super) struct Ansi;
 
 impl Ansi {
-    pub(super) fn transaction_manager_status_mut(
-        conn: &mut Pooled,
+    pub(super) fn transaction_manager_status_mut<C: Driver>(
+        conn: &mut Pooled<C>,
     ) -> &mut TransactionManagerStatus {
-        <AnsiTransactionManager as TransactionManager<AsyncPgConnection>>::transaction_manager_status_mut(conn)
+        <AnsiTransactionManager as TransactionManager<C>>::transaction_manager_status_mut(conn)
     }
-    async fn begin_transaction(conn: &mut Pooled) -> QueryResult<()> {
-        <AnsiTransactionManager as TransactionManager<AsyncPgConnection>>::begin_transaction(conn)
-            .await
+    async fn begin_transaction<C: Driver>(conn: &mut Pooled<C>) -> QueryResult<()> {
+        <AnsiTransactionManager as TransactionManager<C>>::begin_transaction(conn).await
     }
-    async fn commit_transaction(conn: &mut Pooled) -> QueryResult<()> {
-        <AnsiTransactionManager as TransactionManager<AsyncPgConnection>>::commit_transaction(conn)
-            .await
+    async fn commit_transaction<C: Driver>(conn: &mut Pooled<C>) -> QueryResult<()> {
+        <AnsiTransactionManager as TransactionManager<C>>::commit_transaction(conn).await
     }
-    async fn rollback_transaction(conn: &mut Pooled) -> QueryResult<()> {
-        <AnsiTransactionManager as TransactionManager<AsyncPgConnection>>::rollback_transaction(
-            conn,
-        )
-        .await
+    async fn rollback_transaction<C: Driver>(conn: &mut Pooled<C>) -> QueryResult<()> {
+        <AnsiTransactionManager as TransactionManager<C>>::rollback_transaction(conn).await
     }
 }
 
 impl RoutedTransactionManager {
     /// diesel-async's transaction loop, inside a scope guard that marks the transaction
     /// abandoned if this future is dropped or the callback panics before it ends.
-    pub(super) fn run<'a, 'conn, R, E, F>(
-        conn: &'conn mut PinDbConnection,
+    pub(super) fn run<'a, 'conn, C, R, E, F>(
+        conn: &'conn mut PinDbConnection<C>,
         set: Option<String>,
         callback: F,
     ) -> impl Future<Output = Result<R, E>> + Send + 'conn
     where
-        for<'r> F: AsyncFnOnce(&'r mut PinDbConnection) -> Result<R, E>
-            + TransactionCallback<&'r mut PinDbConnection, Result<R, E>, Fut: Send>
+        C: Driver,
+        for<'r> F: AsyncFnOnce(&'r mut PinDbConnection<C>) -> Result<R, E>
+            + TransactionCallback<&'r mut PinDbConnection<C>, Result<R, E>, Fut: Send>
             + Send
             + 'a,
         E: From<diesel::result::Error> + Send,
@@ -110,10 +106,10 @@ impl RoutedTransactionManager {
     }
 }
 
-impl TransactionManager<PinDbConnection> for RoutedTransactionManager {
+impl<C: Driver> TransactionManager<PinDbConnection<C>> for RoutedTransactionManager {
     type TransactionStateData = TransactionManagerStatus;
 
-    async fn begin_transaction(conn: &mut PinDbConnection) -> QueryResult<()> {
+    async fn begin_transaction(conn: &mut PinDbConnection<C>) -> QueryResult<()> {
         if let Slot::Checkout(index) = conn.slots.decide_begin(conn.db.router())? {
             conn.hold(index).await?;
         }
@@ -124,7 +120,7 @@ impl TransactionManager<PinDbConnection> for RoutedTransactionManager {
         result
     }
 
-    async fn rollback_transaction(conn: &mut PinDbConnection) -> QueryResult<()> {
+    async fn rollback_transaction(conn: &mut PinDbConnection<C>) -> QueryResult<()> {
         let Some(tx) = conn.slots.for_rollback()? else {
             return Ok(());
         };
@@ -133,23 +129,25 @@ impl TransactionManager<PinDbConnection> for RoutedTransactionManager {
         result
     }
 
-    async fn commit_transaction(conn: &mut PinDbConnection) -> QueryResult<()> {
+    async fn commit_transaction(conn: &mut PinDbConnection<C>) -> QueryResult<()> {
         let result = Ansi::commit_transaction(conn.slots.for_commit()?).await;
         conn.slots.settle();
         result
     }
 
-    fn transaction_manager_status_mut(conn: &mut PinDbConnection) -> &mut TransactionManagerStatus {
+    fn transaction_manager_status_mut(
+        conn: &mut PinDbConnection<C>,
+    ) -> &mut TransactionManagerStatus {
         conn.status_mut()
     }
 
     fn transaction<'a, 'conn, F, R, E>(
-        conn: &'conn mut PinDbConnection,
+        conn: &'conn mut PinDbConnection<C>,
         callback: F,
     ) -> impl Future<Output = Result<R, E>> + Send + 'conn
     where
-        for<'r> F: AsyncFnOnce(&'r mut PinDbConnection) -> Result<R, E>
-            + TransactionCallback<&'r mut PinDbConnection, Result<R, E>, Fut: Send>
+        for<'r> F: AsyncFnOnce(&'r mut PinDbConnection<C>) -> Result<R, E>
+            + TransactionCallback<&'r mut PinDbConnection<C>, Result<R, E>, Fut: Send>
             + Send
             + 'a,
         E: From<diesel::result::Error> + Send,

@@ -1,0 +1,287 @@
+//! [`Driver`]: the diesel-async connection type of each database pindb routes
+//! (`AsyncPgConnection`, and `AsyncMysqlConnection` with the feature `mariadb`), and what the
+//! routed connection needs from it beyond diesel-async's traits: opening one, rows that
+//! outlive their connection, and a write's position learned in its own flight where the
+//! driver pipelines.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use diesel::query_builder::{AsQuery, QueryFragment, QueryId};
+use diesel::result::QueryResult;
+use diesel::ConnectionResult;
+use diesel_async::pooled_connection::{
+    AsyncDieselConnectionManager, ManagerConfig, PoolError, PoolableConnection,
+};
+use diesel_async::{AnsiTransactionManager, AsyncConnection, AsyncConnectionCore};
+use futures_util::future::BoxFuture;
+use futures_util::stream::BoxStream;
+use pindb_core::adapter::{Database, NewPin};
+use pindb_core::Router;
+
+use crate::backend::RoutedBackend;
+
+/// A write whose position is learned in its own flight: the router to tell, the index of
+/// the master it ran on, and the write's pin.
+pub(super) type Learn = (Router, usize, NewPin);
+
+/// A diesel-async connection type pindb pools and routes: [`diesel_async::AsyncPgConnection`]
+/// (the default of [`PinDb`](super::PinDb)) and, with the feature `mariadb`,
+/// `diesel_async::AsyncMysqlConnection`. Sealed: its methods are pindb's own.
+pub trait Driver:
+    AsyncConnection<Backend: RoutedBackend, TransactionManager = AnsiTransactionManager>
+    + PoolableConnection
+    + sealed::Sealed
+    + 'static
+{
+    /// A row, owning its data.
+    #[doc(hidden)]
+    type OwnedRow: for<'a> diesel::row::Row<'a, Self::Backend> + Send + 'static;
+
+    /// The rows of a statement, borrowing the connection for at most `'c`: the driver's own
+    /// stream, named here so the routed connection's futures need no more bounds.
+    #[doc(hidden)]
+    type Rows<'c>: futures_util::Stream<Item = QueryResult<Self::OwnedRow>> + Send + 'c
+    where
+        Self: 'c;
+
+    /// diesel-async's bb8 manager of this connection type (named here so its bounds come
+    /// with the trait).
+    #[doc(hidden)]
+    type Manager: bb8::ManageConnection<Connection = Self, Error = PoolError>;
+
+    /// The manager of a pool of connections to `url`.
+    #[doc(hidden)]
+    fn manager(url: String, config: ManagerConfig<Self>) -> Self::Manager;
+
+    /// Whether a write's position can be learned in the write's own flight
+    /// ([`Driver::load_learning`]).
+    #[doc(hidden)]
+    const LEARNS_IN_FLIGHT: bool;
+
+    /// A connection to `url`; for a server behind a reader endpoint, the first one that
+    /// reached it.
+    #[doc(hidden)]
+    fn open(
+        url: String,
+        server: Option<Arc<Database>>,
+        limit: Duration,
+    ) -> BoxFuture<'static, ConnectionResult<Self>>;
+
+    /// `rows`, read to the point where a refusal or a hang would show (the first row), and
+    /// freed of the connection they came from: a read that may move to another server.
+    #[doc(hidden)]
+    fn detach(
+        rows: Self::Rows<'_>,
+    ) -> BoxFuture<'_, QueryResult<BoxStream<'static, QueryResult<Self::OwnedRow>>>>;
+
+    /// Detached rows, as the driver's stream.
+    #[doc(hidden)]
+    fn attach<'c>(rows: BoxStream<'static, QueryResult<Self::OwnedRow>>) -> Self::Rows<'c>;
+
+    /// Runs `query`; a write given `learn` reports its position to its router (only given
+    /// when [`Driver::LEARNS_IN_FLIGHT`]).
+    #[doc(hidden)]
+    fn run_load<'c, 'q, T>(
+        learn: Option<Learn>,
+        conn: &'c mut Self,
+        query: T,
+    ) -> BoxFuture<'c, QueryResult<Self::Rows<'c>>>
+    where
+        T: AsQuery + 'q,
+        T::Query: QueryFragment<Self::Backend> + QueryId + 'q;
+
+    /// [`Driver::run_load`] for `execute`.
+    #[doc(hidden)]
+    fn run_execute<'c, 'q, T>(
+        learn: Option<Learn>,
+        conn: &'c mut Self,
+        query: T,
+    ) -> BoxFuture<'c, QueryResult<usize>>
+    where
+        T: QueryFragment<Self::Backend> + QueryId + 'q;
+}
+
+mod sealed {
+    pub trait Sealed {}
+    impl Sealed for diesel_async::AsyncPgConnection {}
+    #[cfg(feature = "mariadb")]
+    impl Sealed for diesel_async::AsyncMysqlConnection {}
+}
+
+mod pg {
+    use diesel_async::{AsyncPgConnection, RunQueryDsl};
+    use futures_util::{FutureExt, StreamExt};
+
+    use super::*;
+    use crate::bb8::position;
+
+    impl Driver for AsyncPgConnection {
+        type OwnedRow = <AsyncPgConnection as AsyncConnectionCore>::Row<'static, 'static>;
+        type Rows<'c> = <AsyncPgConnection as AsyncConnectionCore>::Stream<'c, 'c>;
+        type Manager = AsyncDieselConnectionManager<Self>;
+        const LEARNS_IN_FLIGHT: bool = true;
+
+        fn manager(url: String, config: ManagerConfig<Self>) -> Self::Manager {
+            AsyncDieselConnectionManager::new_with_config(url, config)
+        }
+
+        fn open(
+            url: String,
+            server: Option<Arc<Database>>,
+            limit: Duration,
+        ) -> BoxFuture<'static, ConnectionResult<Self>> {
+            async move {
+                let mut search = server
+                    .as_deref()
+                    .map(|db| pindb_core::adapter::ServerSearch::within(db, limit));
+                loop {
+                    let mut conn = AsyncPgConnection::establish(&url).await?;
+                    let Some(search) = search.as_mut() else {
+                        return Ok(conn);
+                    };
+                    let reached: crate::server::Reached = crate::server::question()
+                        .get_result(&mut conn)
+                        .await
+                        .map_err(|e| diesel::ConnectionError::BadConnection(e.to_string()))?;
+                    if search
+                        .keep(reached.address)
+                        .map_err(diesel::ConnectionError::BadConnection)?
+                    {
+                        return Ok(conn);
+                    }
+                }
+            }
+            .boxed()
+        }
+
+        fn detach(
+            mut rows: Self::Rows<'_>,
+        ) -> BoxFuture<'_, QueryResult<BoxStream<'static, QueryResult<Self::OwnedRow>>>> {
+            // tokio-postgres' rows own their channel: only the first is awaited.
+            async move {
+                Ok(match rows.next().await {
+                    Some(Err(e)) => return Err(e),
+                    Some(Ok(first)) => futures_util::stream::once(std::future::ready(Ok(first)))
+                        .chain(rows)
+                        .boxed(),
+                    None => futures_util::stream::empty().boxed(),
+                })
+            }
+            .boxed()
+        }
+
+        fn attach<'c>(rows: BoxStream<'static, QueryResult<Self::OwnedRow>>) -> Self::Rows<'c> {
+            rows
+        }
+
+        fn run_load<'c, 'q, T>(
+            learn: Option<Learn>,
+            conn: &'c mut Self,
+            query: T,
+        ) -> BoxFuture<'c, QueryResult<Self::Rows<'c>>>
+        where
+            T: AsQuery + 'q,
+            T::Query: QueryFragment<Self::Backend> + QueryId + 'q,
+        {
+            match learn {
+                Some((router, index, pin)) => position::behind(router, index, pin, conn, |c| {
+                    position::drained(AsyncConnectionCore::load(c, query))
+                }),
+                None => AsyncConnectionCore::load(conn, query),
+            }
+        }
+
+        fn run_execute<'c, 'q, T>(
+            learn: Option<Learn>,
+            conn: &'c mut Self,
+            query: T,
+        ) -> BoxFuture<'c, QueryResult<usize>>
+        where
+            T: QueryFragment<Self::Backend> + QueryId + 'q,
+        {
+            match learn {
+                Some((router, index, pin)) => position::behind(router, index, pin, conn, |c| {
+                    AsyncConnectionCore::execute_returning_count(c, query)
+                }),
+                None => AsyncConnectionCore::execute_returning_count(conn, query),
+            }
+        }
+    }
+}
+
+#[cfg(feature = "mariadb")]
+mod mysql {
+    use diesel_async::AsyncMysqlConnection;
+    use futures_util::{FutureExt, StreamExt, TryStreamExt};
+
+    use super::*;
+
+    /// diesel-async's MySQL row.
+    type MysqlRow = <AsyncMysqlConnection as AsyncConnectionCore>::Row<'static, 'static>;
+
+    impl Driver for AsyncMysqlConnection {
+        type OwnedRow = MysqlRow;
+        type Rows<'c> = <AsyncMysqlConnection as AsyncConnectionCore>::Stream<'c, 'c>;
+        type Manager = AsyncDieselConnectionManager<Self>;
+        // mysql_async runs one statement at a time: the master is asked at the context's
+        // end, as for SeaORM.
+        const LEARNS_IN_FLIGHT: bool = false;
+
+        fn manager(url: String, config: ManagerConfig<Self>) -> Self::Manager {
+            AsyncDieselConnectionManager::new_with_config(url, config)
+        }
+
+        fn open(
+            url: String,
+            _server: Option<Arc<Database>>,
+            _limit: Duration,
+        ) -> BoxFuture<'static, ConnectionResult<Self>> {
+            // pindb-core refuses reader endpoints (`servers`) for MariaDB sets. mysql_async
+            // would move a loopback connection to the server's Unix socket: the connection
+            // goes where the URL says (a proxy there is not bypassed), as pindb's own do.
+            let sep = if url.contains('?') { '&' } else { '?' };
+            let url = match url.contains("prefer_socket=") {
+                true => url,
+                false => format!("{url}{sep}prefer_socket=false"),
+            };
+            async move { AsyncMysqlConnection::establish(&url).await }.boxed()
+        }
+
+        fn detach(
+            rows: Self::Rows<'_>,
+        ) -> BoxFuture<'_, QueryResult<BoxStream<'static, QueryResult<MysqlRow>>>> {
+            // mysql_async's rows borrow the connection: read to their end.
+            rows.try_collect::<Vec<_>>()
+                .map(|rows| Ok(futures_util::stream::iter(rows?.into_iter().map(Ok)).boxed()))
+                .boxed()
+        }
+
+        fn attach<'c>(rows: BoxStream<'static, QueryResult<MysqlRow>>) -> Self::Rows<'c> {
+            rows
+        }
+
+        fn run_load<'c, 'q, T>(
+            _: Option<Learn>,
+            conn: &'c mut Self,
+            query: T,
+        ) -> BoxFuture<'c, QueryResult<Self::Rows<'c>>>
+        where
+            T: AsQuery + 'q,
+            T::Query: QueryFragment<Self::Backend> + QueryId + 'q,
+        {
+            AsyncConnectionCore::load(conn, query)
+        }
+
+        fn run_execute<'c, 'q, T>(
+            _: Option<Learn>,
+            conn: &'c mut Self,
+            query: T,
+        ) -> BoxFuture<'c, QueryResult<usize>>
+        where
+            T: QueryFragment<Self::Backend> + QueryId + 'q,
+        {
+            AsyncConnectionCore::execute_returning_count(conn, query)
+        }
+    }
+}

@@ -1,0 +1,457 @@
+#![cfg(feature = "mariadb")]
+#![allow(missing_docs, missing_debug_implementations, unreachable_pub)] // not a library: nothing here is public API
+//! diesel-async's `AsyncMysqlConnection` through `PinDb` over the dev cluster's MariaDB set
+//! (`scripts/cluster up`): statements routed by pindb, strict mode refusing every kind of
+//! unpinned write, a read a replica refuses retried on the master, transactions, the keyed
+//! stale-read hunt while the replicas stop and start applying, and a replica that freezes.
+//! The diesel twin of `pindb-seaorm/tests/mariadb.rs`.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use diesel::prelude::*;
+use diesel::sql_types::BigInt;
+use diesel_async::{AsyncConnection, AsyncMysqlConnection, RunQueryDsl};
+use pindb_core::{scope, Config, Reason, RouterMode};
+use pindb_diesel::is_unpinned_write;
+use pindb_testkit::{MariaDbCluster, Proxy};
+
+type Db = pindb_diesel::bb8::PinDb<AsyncMysqlConnection>;
+type Conn = pindb_diesel::bb8::PinDbConnection<AsyncMysqlConnection>;
+
+/// Which server answered, as a signed column (`@@server_id` is unsigned): `scripts/mariadb`
+/// numbers the master 1 and the replicas 2 and 3.
+const SERVER_ID: &str = "CAST(@@server_id AS SIGNED) AS id";
+
+/// The table of the typed statements: `diesel::table!` needs its name at compile time, so
+/// this one is re-created by name, not named at random like the others.
+const ROUTED: &str = "diesel_routed";
+
+diesel::table! {
+    diesel_routed (user_id) {
+        user_id -> BigInt,
+        n -> BigInt,
+    }
+}
+
+#[derive(Debug, QueryableByName)]
+struct ServerId {
+    #[diesel(sql_type = BigInt)]
+    id: i64,
+}
+
+/// A user's `n`, and which server read it.
+#[derive(Debug, QueryableByName)]
+struct Seen {
+    #[diesel(sql_type = BigInt)]
+    n: i64,
+    #[diesel(sql_type = BigInt)]
+    id: i64,
+}
+
+fn config(cluster: &MariaDbCluster, mode: RouterMode) -> Config {
+    let mut config = Config::single_set(
+        cluster.master_url(),
+        [cluster.replica_url(1), cluster.replica_url(2)],
+    );
+    config.monitor.interval_ms = 100;
+    config.router = mode;
+    config
+}
+
+/// A `PinDb` with its monitor started (which also checks the topology).
+async fn started(config: Config) -> Db {
+    let db = Db::from_config(config).unwrap();
+    db.router()
+        .start_monitor()
+        .await
+        .expect("the topology is right");
+    db
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    tokio::task::spawn_blocking(f)
+        .await
+        .expect("the helper ran")
+}
+
+fn random_table() -> String {
+    format!("diesel_{}", fastrand::u32(..))
+}
+
+/// (Re-)creates table `t` with `users` rows `(user, 0)`, a sequence `t_seq` and a function
+/// `t_bump()` that writes, and waits until both replicas have them.
+async fn fresh_table(cluster: &MariaDbCluster, t: &str, users: i64) {
+    let (c, t) = (cluster.clone(), t.to_owned());
+    blocking(move || {
+        let rows: Vec<String> = (0..users).map(|u| format!("({u}, 0)")).collect();
+        c.query_as_app(
+            0,
+            &format!(
+                "CREATE OR REPLACE TABLE {t} (user_id BIGINT PRIMARY KEY, n BIGINT NOT NULL); \
+                 INSERT INTO {t} VALUES {}; CREATE OR REPLACE SEQUENCE {t}_seq",
+                rows.join(", ")
+            ),
+        )
+        .expect("the table");
+        // Made by the admin (with a binary log only SUPER may, and only a DETERMINISTIC one:
+        // a lie that does not matter here), run with the caller's rights: a read_only replica
+        // refuses it to the application.
+        c.query(
+            0,
+            &format!(
+                "DELIMITER //\n\
+                 CREATE OR REPLACE FUNCTION {t}_bump() RETURNS BIGINT DETERMINISTIC MODIFIES SQL DATA \
+                 SQL SECURITY INVOKER BEGIN UPDATE {t} SET n = n + 1 WHERE user_id = 0; RETURN 1; END//\n\
+                 DELIMITER ;"
+            ),
+        )
+        .expect("the function");
+        c.sync_replicas();
+    })
+    .await;
+}
+
+/// What the master holds of table `t`: its rows and how far its sequence went.
+async fn master_state(cluster: &MariaDbCluster, t: &str) -> String {
+    let (c, t) = (cluster.clone(), t.to_owned());
+    blocking(move || {
+        c.query(
+            0,
+            &format!(
+                "SELECT user_id, n FROM {t} ORDER BY user_id; \
+                 SELECT next_not_cached_value FROM {t}_seq"
+            ),
+        )
+        .expect("the master answers")
+    })
+    .await
+}
+
+/// Which server answered `text` (it selects [`SERVER_ID`]).
+async fn server_id(db: &Db, text: &str) -> i64 {
+    let answer: ServerId = diesel::sql_query(text)
+        .get_result(&mut db.get())
+        .await
+        .unwrap();
+    answer.id
+}
+
+async fn read_user(conn: &mut Conn, table: &str, user: i64) -> Seen {
+    diesel::sql_query(format!(
+        "SELECT `n`, {SERVER_ID} FROM `{table}` WHERE `user_id` = ?"
+    ))
+    .bind::<BigInt, _>(user)
+    .get_result(conn)
+    .await
+    .unwrap()
+}
+
+/// Asserts that `result` is pindb's refusal of an unpinned write.
+fn refused<T>(what: &str, result: QueryResult<T>) {
+    match result {
+        Ok(_) => panic!("{what}: it ran, but strict mode refuses an unpinned write"),
+        Err(e) => assert!(is_unpinned_write(&e), "{what}: {e}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn statements_are_routed_and_strict_mode_refuses_every_unpinned_write() {
+    use diesel_routed::dsl::{n, user_id};
+
+    let cluster = MariaDbCluster::from_env();
+    let c = cluster.clone();
+    let _apply = blocking(move || c.shared()).await;
+    fresh_table(&cluster, ROUTED, 2).await;
+    let db = started(config(&cluster, RouterMode::Strict)).await;
+    let before = master_state(&cluster, ROUTED).await;
+    scope(async {
+        let mut conn = db.get();
+        assert_ne!(
+            read_user(&mut conn, ROUTED, 1).await.id,
+            1,
+            "a raw read goes to a replica"
+        );
+        let typed: i64 = diesel_routed::table
+            .select(n)
+            .filter(user_id.eq(1))
+            .get_result(&mut conn)
+            .await
+            .unwrap();
+        assert_eq!(typed, 0);
+        let held = conn.held_aliases();
+        assert!(
+            held == ["default-1"] || held == ["default-2"],
+            "a typed read goes to a replica: {held:?}"
+        );
+
+        // A connection of its own: nothing checked out shows that nothing was sent.
+        let mut conn = db.get();
+        refused(
+            "typed INSERT",
+            diesel::insert_into(diesel_routed::table)
+                .values((user_id.eq(9), n.eq(0)))
+                .execute(&mut conn)
+                .await,
+        );
+        refused(
+            "typed UPDATE",
+            diesel::update(diesel_routed::table)
+                .set(n.eq(1))
+                .execute(&mut conn)
+                .await,
+        );
+        refused(
+            "typed DELETE",
+            diesel::delete(diesel_routed::table.filter(user_id.eq(1)))
+                .execute(&mut conn)
+                .await,
+        );
+        refused(
+            "typed REPLACE",
+            diesel::replace_into(diesel_routed::table)
+                .values((user_id.eq(1), n.eq(0)))
+                .execute(&mut conn)
+                .await,
+        );
+        refused(
+            "typed FOR UPDATE",
+            diesel_routed::table
+                .select(n)
+                .for_update()
+                .load::<i64>(&mut conn)
+                .await,
+        );
+        let t = ROUTED;
+        let writes = [
+            format!("INSERT INTO `{t}` (`user_id`, `n`) VALUES (9, 0)"),
+            format!("UPDATE `{t}` SET `n` = 1"),
+            format!("DELETE FROM `{t}` WHERE `user_id` = 9"),
+            format!("REPLACE INTO `{t}` VALUES (1, 0)"),
+            format!("SELECT * FROM `{t}` FOR UPDATE"),
+            format!("SELECT * FROM `{t}` LOCK IN SHARE MODE"),
+            format!("SELECT NEXTVAL({t}_seq)"),
+            format!("SELECT NEXT VALUE FOR {t}_seq"),
+            format!("SELECT 1 /*! , NEXTVAL({t}_seq) */"),
+            format!("SELECT `n` INTO @x FROM `{t}` LIMIT 1"),
+            "SELECT @x := 1".to_owned(),
+            "SELECT GET_LOCK('pindb', 0)".to_owned(),
+            "SELECT LAST_INSERT_ID()".to_owned(),
+            "SET @x = 1".to_owned(),
+            "DO 1".to_owned(),
+        ];
+        for write in &writes {
+            refused(write, diesel::sql_query(write).execute(&mut conn).await);
+        }
+        refused(
+            "a transaction",
+            conn.transaction(async |conn| {
+                diesel::update(diesel_routed::table)
+                    .set(n.eq(5))
+                    .execute(conn)
+                    .await
+            })
+            .await,
+        );
+        assert!(
+            conn.held_aliases().is_empty(),
+            "refused before any checkout"
+        );
+        assert_eq!(
+            master_state(&cluster, ROUTED).await,
+            before,
+            "nothing reached the master"
+        );
+
+        // Under `master()` writes run, on the master, and so do reads and transactions.
+        let guard = db.router().master("default").unwrap();
+        let mut conn = db.get();
+        diesel::update(diesel_routed::table.filter(user_id.eq(1)))
+            .set(n.eq(2))
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        assert_eq!(conn.held_aliases(), ["default"]);
+        let seen = read_user(&mut conn, ROUTED, 1).await;
+        assert_eq!((seen.n, seen.id), (2, 1), "read on the master");
+        let in_txn = conn
+            .transaction(async |conn| {
+                diesel::sql_query(format!("SELECT {SERVER_ID}"))
+                    .get_result::<ServerId>(conn)
+                    .await
+            })
+            .await
+            .unwrap();
+        assert_eq!(in_txn.id, 1, "a transaction runs on the master");
+        drop(guard);
+    })
+    .await;
+    // Pinned: a write runs on the master and later reads of the context see it there.
+    scope(async {
+        db.router().pin("default").unwrap();
+        let mut conn = db.get();
+        diesel::sql_query(format!("UPDATE `{ROUTED}` SET `n` = 3 WHERE `user_id` = 1"))
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        assert_eq!(conn.held_aliases(), ["default"]);
+        let seen = read_user(&mut db.get(), ROUTED, 1).await;
+        assert_eq!((seen.n, seen.id), (3, 1), "pinned: the master");
+    })
+    .await;
+    // Another context is not pinned: replicas again.
+    scope(async { assert_ne!(read_user(&mut db.get(), ROUTED, 1).await.id, 1) }).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_the_replica_refuses_runs_on_the_master_and_is_learned() {
+    let cluster = MariaDbCluster::from_env();
+    let c = cluster.clone();
+    let _apply = blocking(move || c.shared()).await;
+    let table = random_table();
+    fresh_table(&cluster, &table, 1).await;
+    let db = started(config(&cluster, RouterMode::Greedy)).await;
+    // A stored function that writes looks like a read; the read_only replica refuses it.
+    let call = format!("SELECT {table}_bump() AS bumped, {SERVER_ID}");
+    assert_eq!(
+        scope(server_id(&db, &call)).await,
+        1,
+        "retried on the master"
+    );
+    assert_eq!(
+        db.router().explain_sql(&call).unwrap().reason,
+        Reason::ReplicaRefused
+    );
+    let (c, t) = (cluster.clone(), table.clone());
+    let n = blocking(move || {
+        c.query(0, &format!("SELECT n FROM {t} WHERE user_id = 0"))
+            .unwrap()
+    })
+    .await;
+    assert_eq!(n.trim(), "1", "it ran once");
+}
+
+/// Each user waits for its last request (closed loop): it writes, then reads its row back in
+/// the next keyed context, while one replica's SQL thread stops or starts every 50-400 ms.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_stale_keyed_read_through_diesel_async_while_replicas_stop_and_start_applying() {
+    const USERS: i64 = 6;
+    let cluster = MariaDbCluster::from_env();
+    let c = cluster.clone();
+    let apply = blocking(move || c.exclusive()).await;
+    let table = random_table();
+    fresh_table(&cluster, &table, USERS).await;
+    let db = started(config(&cluster, RouterMode::Greedy)).await;
+    // Reads, reads on replicas, stale reads.
+    let counts = Arc::new([AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0)]);
+    let end = Instant::now() + Duration::from_secs(6);
+    let flipper = tokio::task::spawn_blocking(move || apply.flip_until(end));
+    let users = (0..USERS).map(|user| {
+        let (db, table, counts) = (db.clone(), table.clone(), Arc::clone(&counts));
+        tokio::spawn(async move {
+            let key = format!("user:{user}");
+            let consistency = db.router().consistency().clone();
+            let update = format!("UPDATE `{table}` SET `n` = ? WHERE `user_id` = ?");
+            let mut n = 0i64;
+            while Instant::now() < end {
+                n += 1;
+                consistency
+                    .scope_with_key(Some(&key), async {
+                        diesel::sql_query(&update)
+                            .bind::<BigInt, _>(n)
+                            .bind::<BigInt, _>(user)
+                            .execute(&mut db.get())
+                            .await
+                            .unwrap()
+                    })
+                    .await;
+                let seen = consistency
+                    .scope_with_key(Some(&key), async {
+                        read_user(&mut db.get(), &table, user).await
+                    })
+                    .await;
+                counts[0].fetch_add(1, Ordering::Relaxed);
+                if seen.id != 1 {
+                    counts[1].fetch_add(1, Ordering::Relaxed);
+                }
+                if seen.n != n {
+                    counts[2].fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        })
+    });
+    for user in futures_util::future::join_all(users).await {
+        user.expect("a user failed");
+    }
+    drop(flipper.await.expect("the flipper ran"));
+    let [reads, on_replicas, stale] =
+        [0, 1, 2].map(|i| AtomicU64::load(&counts[i], Ordering::Relaxed));
+    eprintln!("diesel-async on MariaDB: {reads} keyed reads after their writes, {on_replicas} on replicas, {stale} stale");
+    assert!(reads > 100, "too few requests to mean anything: {reads}");
+    assert_eq!(
+        stale, 0,
+        "{stale} of {reads} keyed reads missed their own write"
+    );
+    assert!(
+        on_replicas * 5 > reads,
+        "only {on_replicas} of {reads} reads on replicas: the promise was kept by the master alone"
+    );
+}
+
+/// A MariaDB replica behind a proxy that freezes mid-read, or stops: the read in flight is
+/// given up once the monitor declares the replica down and is served by the master; later
+/// reads go to the master without an error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_then_stopped_replica_costs_no_failed_read() {
+    let cluster = MariaDbCluster::from_env();
+    let c = cluster.clone();
+    let _apply = blocking(move || c.shared()).await;
+    // Replica 1's URL with the proxy in place of its address.
+    let (auth, at) = cluster.replica_url(1).rsplit_once('@').unwrap();
+    let (target, database) = at.split_once('/').unwrap();
+    let proxy = Proxy::start(target).await;
+    let proxied = format!("{auth}@127.0.0.1:{}/{database}", proxy.port());
+    let mut config = Config::single_set(cluster.master_url(), [proxied.as_str()]);
+    config.router = RouterMode::Strict;
+    config.monitor.interval_ms = 100;
+    config.monitor.check_timeout_ms = 200;
+    let timeout = config.reads.timeout();
+    let db = started(config).await;
+    // A slow read, so that it is surely in flight on the replica when it freezes.
+    let slow = format!("SELECT SLEEP(0.3) AS slept, {SERVER_ID}");
+    assert_eq!(
+        scope(server_id(&db, &slow)).await,
+        2,
+        "the replica serves it"
+    );
+    let began = Instant::now();
+    let (served, ()) = tokio::join!(scope(server_id(&db, &slow)), async {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        proxy.freeze();
+    });
+    let took = began.elapsed();
+    eprintln!("MariaDB, diesel-async: the read in flight was served after {took:?}");
+    assert_eq!(served, 1, "served by the master");
+    let status = db
+        .router()
+        .topology()
+        .replica_status("default-1")
+        .unwrap()
+        .unwrap();
+    assert!(!status.up, "the monitor declared it down: {status:?}");
+    assert!(
+        took < timeout / 3,
+        "the read waited {took:?}, as if for reads.timeout_ms ({timeout:?}), although the \
+         monitor declared its replica down"
+    );
+    // Stopped for good: reads go on, on the master.
+    proxy.thaw();
+    proxy.stop();
+    for _ in 0..5 {
+        assert_eq!(
+            scope(server_id(&db, &format!("SELECT 1 AS one, {SERVER_ID}"))).await,
+            1
+        );
+    }
+}
