@@ -108,9 +108,9 @@ pub enum Error {
     /// A set runs on another database than the pools' connection type.
     #[error(
         "`{alias}` is a {set:?} database, but this PinDb's pools are of {pool:?} connections; \
-         build the PinDb with that database's connection type (`PinDb::new` for PostgreSQL, \
-         `PinDb::<diesel_async::AsyncMysqlConnection>::from_config` for MariaDB), one PinDb \
-         per database"
+         build the PinDb with that database's connection type (`PinDb::new` for PostgreSQL; \
+         for MariaDB `PinDb::<AsyncMysqlConnection>::from_config` with bb8, \
+         `PinDb::<MysqlConnection>::from_config` with r2d2), one PinDb per database"
     )]
     OtherDatabase {
         /// The alias of the first database of the other kind.

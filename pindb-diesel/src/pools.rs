@@ -8,7 +8,21 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use pindb_core::adapter::{Database, DatabaseRef, PoolTable};
 use pindb_core::{PinDbError, Route, Router};
 
+use crate::backend::RoutedBackend;
 use crate::error::Error;
+
+/// Refuses a router with a set of another database than `B`, the pools' connections'.
+pub(crate) fn check_backend<B: RoutedBackend>(router: &Router) -> Result<(), Error> {
+    let databases = router.topology().databases();
+    match databases.iter().find(|db| db.backend != B::BACKEND) {
+        Some(db) => Err(Error::OtherDatabase {
+            alias: db.alias.clone(),
+            set: db.backend,
+            pool: B::BACKEND,
+        }),
+        None => Ok(()),
+    }
+}
 
 /// The router and one pool per alias (parallel to `router.topology().databases()`), with checkout
 /// counts. Shared by the bb8 and r2d2 `PinDb`s.

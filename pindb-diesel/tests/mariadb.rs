@@ -156,6 +156,28 @@ fn refused<T>(what: &str, result: QueryResult<T>) {
     }
 }
 
+/// Every kind of write MariaDB has that a raw statement can be, on table `t`: strict mode
+/// must refuse each before anything is sent.
+fn raw_writes(t: &str) -> Vec<String> {
+    vec![
+        format!("INSERT INTO `{t}` (`user_id`, `n`) VALUES (9, 0)"),
+        format!("UPDATE `{t}` SET `n` = 1"),
+        format!("DELETE FROM `{t}` WHERE `user_id` = 9"),
+        format!("REPLACE INTO `{t}` VALUES (1, 0)"),
+        format!("SELECT * FROM `{t}` FOR UPDATE"),
+        format!("SELECT * FROM `{t}` LOCK IN SHARE MODE"),
+        format!("SELECT NEXTVAL({t}_seq)"),
+        format!("SELECT NEXT VALUE FOR {t}_seq"),
+        format!("SELECT 1 /*! , NEXTVAL({t}_seq) */"),
+        format!("SELECT `n` INTO @x FROM `{t}` LIMIT 1"),
+        "SELECT @x := 1".to_owned(),
+        "SELECT GET_LOCK('pindb', 0)".to_owned(),
+        "SELECT LAST_INSERT_ID()".to_owned(),
+        "SET @x = 1".to_owned(),
+        "DO 1".to_owned(),
+    ]
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn statements_are_routed_and_strict_mode_refuses_every_unpinned_write() {
     use diesel_routed::dsl::{n, user_id};
@@ -223,25 +245,7 @@ async fn statements_are_routed_and_strict_mode_refuses_every_unpinned_write() {
                 .load::<i64>(&mut conn)
                 .await,
         );
-        let t = ROUTED;
-        let writes = [
-            format!("INSERT INTO `{t}` (`user_id`, `n`) VALUES (9, 0)"),
-            format!("UPDATE `{t}` SET `n` = 1"),
-            format!("DELETE FROM `{t}` WHERE `user_id` = 9"),
-            format!("REPLACE INTO `{t}` VALUES (1, 0)"),
-            format!("SELECT * FROM `{t}` FOR UPDATE"),
-            format!("SELECT * FROM `{t}` LOCK IN SHARE MODE"),
-            format!("SELECT NEXTVAL({t}_seq)"),
-            format!("SELECT NEXT VALUE FOR {t}_seq"),
-            format!("SELECT 1 /*! , NEXTVAL({t}_seq) */"),
-            format!("SELECT `n` INTO @x FROM `{t}` LIMIT 1"),
-            "SELECT @x := 1".to_owned(),
-            "SELECT GET_LOCK('pindb', 0)".to_owned(),
-            "SELECT LAST_INSERT_ID()".to_owned(),
-            "SET @x = 1".to_owned(),
-            "DO 1".to_owned(),
-        ];
-        for write in &writes {
+        for write in &raw_writes(ROUTED) {
             refused(write, diesel::sql_query(write).execute(&mut conn).await);
         }
         refused(
@@ -452,6 +456,246 @@ async fn a_frozen_then_stopped_replica_costs_no_failed_read() {
         assert_eq!(
             scope(server_id(&db, &format!("SELECT 1 AS one, {SERVER_ID}"))).await,
             1
+        );
+    }
+}
+
+/// Sync diesel (`MysqlConnection` over r2d2) on the same set: the same routing, refusals,
+/// fallback and keyed read-your-writes, with the context carried into the blocking thread.
+#[cfg(feature = "r2d2-mariadb")]
+mod sync {
+    // diesel's sync traits, over the async ones the glob brings.
+    use diesel::{Connection, MysqlConnection, RunQueryDsl};
+    use pindb_core::spawn_blocking;
+
+    use super::*;
+
+    type SyncDb = pindb_diesel::r2d2::PinDb<MysqlConnection>;
+
+    async fn started_sync(config: Config) -> SyncDb {
+        let db = SyncDb::from_config(config).unwrap();
+        db.router()
+            .start_monitor()
+            .await
+            .expect("the topology is right");
+        db
+    }
+
+    /// Runs `f` on a blocking thread inside the calling context.
+    async fn in_context<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+        spawn_blocking(f).await.expect("the blocking closure ran")
+    }
+
+    fn read_user(
+        conn: &mut pindb_diesel::r2d2::PinDbConnection<MysqlConnection>,
+        t: &str,
+        user: i64,
+    ) -> Seen {
+        diesel::sql_query(format!(
+            "SELECT `n`, {SERVER_ID} FROM `{t}` WHERE `user_id` = ?"
+        ))
+        .bind::<BigInt, _>(user)
+        .get_result(conn)
+        .unwrap()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn sync_diesel_routes_and_strict_mode_refuses_every_unpinned_write() {
+        use diesel_routed::dsl::{n, user_id};
+
+        let cluster = MariaDbCluster::from_env();
+        let c = cluster.clone();
+        let _apply = blocking(move || c.shared()).await;
+        fresh_table(&cluster, ROUTED, 2).await;
+        let db = started_sync(config(&cluster, RouterMode::Strict)).await;
+        let before = master_state(&cluster, ROUTED).await;
+        let d = db.clone();
+        scope(in_context(move || {
+            let mut conn = d.get();
+            assert_ne!(
+                read_user(&mut conn, ROUTED, 1).id,
+                1,
+                "a raw read goes to a replica"
+            );
+            let typed: i64 = diesel_routed::table
+                .select(n)
+                .filter(user_id.eq(1))
+                .get_result(&mut conn)
+                .unwrap();
+            assert_eq!(typed, 0);
+            let mut conn = d.get();
+            refused(
+                "typed INSERT",
+                diesel::insert_into(diesel_routed::table)
+                    .values((user_id.eq(9), n.eq(0)))
+                    .execute(&mut conn),
+            );
+            refused(
+                "typed UPDATE",
+                diesel::update(diesel_routed::table)
+                    .set(n.eq(1))
+                    .execute(&mut conn),
+            );
+            refused(
+                "typed DELETE",
+                diesel::delete(diesel_routed::table.filter(user_id.eq(1))).execute(&mut conn),
+            );
+            refused(
+                "typed FOR UPDATE",
+                diesel_routed::table
+                    .select(n)
+                    .for_update()
+                    .load::<i64>(&mut conn),
+            );
+            for write in &raw_writes(ROUTED) {
+                refused(write, diesel::sql_query(write).execute(&mut conn));
+            }
+            refused(
+                "a transaction",
+                conn.transaction(|conn| {
+                    diesel::update(diesel_routed::table)
+                        .set(n.eq(5))
+                        .execute(conn)
+                }),
+            );
+            assert!(
+                conn.held_aliases().is_empty(),
+                "refused before any checkout"
+            );
+        }))
+        .await;
+        assert_eq!(
+            master_state(&cluster, ROUTED).await,
+            before,
+            "nothing reached the master"
+        );
+        // Pinned: writes and the context's later reads run on the master.
+        let d = db.clone();
+        scope(async move {
+            d.router().pin("default").unwrap();
+            in_context(move || {
+                let mut conn = d.get();
+                let in_txn = conn
+                    .transaction(|conn| {
+                        diesel::update(diesel_routed::table.filter(user_id.eq(1)))
+                            .set(n.eq(4))
+                            .execute(conn)?;
+                        diesel::sql_query(format!("SELECT {SERVER_ID}"))
+                            .get_result::<ServerId>(conn)
+                    })
+                    .unwrap();
+                assert_eq!(in_txn.id, 1, "a transaction runs on the master");
+                let seen = read_user(&mut d.get(), ROUTED, 1);
+                assert_eq!((seen.n, seen.id), (4, 1), "pinned: the master");
+            })
+            .await
+        })
+        .await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn sync_diesel_runs_a_read_the_replica_refuses_on_the_master() {
+        let cluster = MariaDbCluster::from_env();
+        let c = cluster.clone();
+        let _apply = blocking(move || c.shared()).await;
+        let table = random_table();
+        fresh_table(&cluster, &table, 1).await;
+        let db = started_sync(config(&cluster, RouterMode::Greedy)).await;
+        // A stored function that writes looks like a read; the read_only replica refuses it.
+        let call = format!("SELECT {table}_bump() AS bumped, {SERVER_ID}");
+        let (d, sql) = (db.clone(), call.clone());
+        let answered = scope(in_context(move || {
+            let mut conn = d.get();
+            diesel::sql_query(sql)
+                .get_result::<ServerId>(&mut conn)
+                .unwrap()
+                .id
+        }))
+        .await;
+        assert_eq!(answered, 1, "retried on the master");
+        assert_eq!(
+            db.router().explain_sql(&call).unwrap().reason,
+            Reason::ReplicaRefused
+        );
+        let (c, t) = (cluster.clone(), table.clone());
+        let n = blocking(move || {
+            c.query(0, &format!("SELECT n FROM {t} WHERE user_id = 0"))
+                .unwrap()
+        })
+        .await;
+        assert_eq!(n.trim(), "1", "it ran once");
+    }
+
+    /// The keyed hunt of the async test, through sync diesel: each user waits for its last
+    /// request while one replica's SQL thread stops or starts every 50-400 ms.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn no_stale_keyed_read_through_sync_diesel_while_replicas_stop_and_start_applying() {
+        const USERS: i64 = 6;
+        let cluster = MariaDbCluster::from_env();
+        let c = cluster.clone();
+        let apply = blocking(move || c.exclusive()).await;
+        let table = random_table();
+        fresh_table(&cluster, &table, USERS).await;
+        let db = started_sync(config(&cluster, RouterMode::Greedy)).await;
+        // Reads, reads on replicas, stale reads.
+        let counts = Arc::new([AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0)]);
+        let end = Instant::now() + Duration::from_secs(6);
+        let flipper = tokio::task::spawn_blocking(move || apply.flip_until(end));
+        let users = (0..USERS).map(|user| {
+            let (db, table, counts) = (db.clone(), table.clone(), Arc::clone(&counts));
+            tokio::spawn(async move {
+                let key = format!("user:{user}");
+                let consistency = db.router().consistency().clone();
+                let mut n = 0i64;
+                while Instant::now() < end {
+                    n += 1;
+                    let (d, t) = (db.clone(), table.clone());
+                    consistency
+                        .scope_with_key(
+                            Some(&key),
+                            in_context(move || {
+                                diesel::sql_query(format!(
+                                    "UPDATE `{t}` SET `n` = ? WHERE `user_id` = ?"
+                                ))
+                                .bind::<BigInt, _>(n)
+                                .bind::<BigInt, _>(user)
+                                .execute(&mut d.get())
+                                .unwrap()
+                            }),
+                        )
+                        .await;
+                    let (d, t) = (db.clone(), table.clone());
+                    let seen = consistency
+                        .scope_with_key(
+                            Some(&key),
+                            in_context(move || read_user(&mut d.get(), &t, user)),
+                        )
+                        .await;
+                    counts[0].fetch_add(1, Ordering::Relaxed);
+                    if seen.id != 1 {
+                        counts[1].fetch_add(1, Ordering::Relaxed);
+                    }
+                    if seen.n != n {
+                        counts[2].fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            })
+        });
+        for user in futures_util::future::join_all(users).await {
+            user.expect("a user failed");
+        }
+        drop(flipper.await.expect("the flipper ran"));
+        let [reads, on_replicas, stale] =
+            [0, 1, 2].map(|i| AtomicU64::load(&counts[i], Ordering::Relaxed));
+        eprintln!("sync diesel on MariaDB: {reads} keyed reads after their writes, {on_replicas} on replicas, {stale} stale");
+        assert!(reads > 100, "too few requests to mean anything: {reads}");
+        assert_eq!(
+            stale, 0,
+            "{stale} of {reads} keyed reads missed their own write"
+        );
+        assert!(
+            on_replicas * 5 > reads,
+            "only {on_replicas} of {reads} reads on replicas: the promise was kept by the master alone"
         );
     }
 }

@@ -126,15 +126,7 @@ impl<C: Driver> PinDb<C> {
         if tokio::runtime::Handle::try_current().is_err() {
             return Err(Error::NoRuntime);
         }
-        let backend = <C::Backend as crate::backend::RoutedBackend>::BACKEND;
-        let databases = router.topology().databases();
-        if let Some(db) = databases.iter().find(|db| db.backend != backend) {
-            return Err(Error::OtherDatabase {
-                alias: db.alias.clone(),
-                set: db.backend,
-                pool: backend,
-            });
-        }
+        crate::pools::check_backend::<C::Backend>(&router)?;
         Ok(PinDb {
             inner: Arc::new(Pools::new(router, build_pool::<C>)),
         })

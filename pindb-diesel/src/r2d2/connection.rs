@@ -8,14 +8,14 @@ use diesel::connection::{
     Instrumentation, LoadConnection, SimpleConnection, TransactionManager,
     TransactionManagerStatus,
 };
-use diesel::pg::{Pg, PgConnection};
 use diesel::query_builder::{Query, QueryFragment, QueryId};
 use diesel::result::QueryResult;
+use diesel::PgConnection;
 use diesel::{ConnectionError, ConnectionResult};
 use pindb_core::adapter::Shape;
 use pindb_core::Router;
 
-use super::{PinDb, Pooled};
+use super::{Driver, PinDb, Pooled};
 use crate::checkouts::{Checkouts, Forward, Held, Slot};
 use crate::fallback::{after_attempt, timed_out, Attempted, Next};
 use crate::statement;
@@ -24,13 +24,13 @@ use crate::statement;
 /// and `save_changes` work on it as on a `PgConnection`. Same rules as the async
 /// [`bb8::PinDbConnection`](crate::bb8::PinDbConnection): at most one checkout held, transactions on
 /// their set's master, a panicked transaction never reused.
-pub struct PinDbConnection {
-    db: PinDb,
-    slots: Checkouts<Pooled>,
+pub struct PinDbConnection<C: Driver = PgConnection> {
+    db: PinDb<C>,
+    slots: Checkouts<Pooled<C>>,
     idle: TransactionManagerStatus,
 }
 
-impl std::fmt::Debug for PinDbConnection {
+impl<C: Driver> std::fmt::Debug for PinDbConnection<C> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PinDbConnection")
             .field("held", &self.held_aliases())
@@ -39,7 +39,7 @@ impl std::fmt::Debug for PinDbConnection {
     }
 }
 
-impl Held for Pooled {
+impl<C: Driver> Held for Pooled<C> {
     fn poison(&mut self) {
         AnsiTransactionManager::transaction_manager_status_mut(&mut **self).set_in_error();
     }
@@ -63,8 +63,8 @@ impl Held for Pooled {
     }
 }
 
-impl PinDbConnection {
-    pub(super) fn new(db: PinDb) -> Self {
+impl<C: Driver> PinDbConnection<C> {
+    pub(super) fn new(db: PinDb<C>) -> Self {
         PinDbConnection {
             db,
             slots: Checkouts::new(),
@@ -94,7 +94,7 @@ impl PinDbConnection {
     fn read_with_fallback<R>(
         &mut self,
         mut index: usize,
-        mut run: impl FnMut(&mut PgConnection) -> QueryResult<R>,
+        mut run: impl FnMut(&mut C) -> QueryResult<R>,
         refused: impl Fn(&Router) -> String,
     ) -> QueryResult<R> {
         let router = self.db.router().clone();
@@ -144,7 +144,7 @@ impl PinDbConnection {
         self.db.router().topology().is_replica_now(index)
     }
 
-    fn take(&mut self, slot: Slot) -> QueryResult<&mut PgConnection> {
+    fn take(&mut self, slot: Slot) -> QueryResult<&mut C> {
         Ok(match slot {
             Slot::Held => &mut **self.slots.get()?,
             Slot::Checkout(index) => {
@@ -162,8 +162,8 @@ impl PinDbConnection {
         })
     }
 
-    fn shape<T: QueryFragment<Pg> + QueryId>(&self, query: &T) -> QueryResult<Shape> {
-        statement::shape(query, self.db.router())
+    fn shape<T: QueryFragment<C::Backend> + QueryId>(&self, query: &T) -> QueryResult<Shape> {
+        statement::shape::<C::Backend, _>(query, self.db.router())
     }
 
     fn status_mut(&mut self) -> &mut TransactionManagerStatus {
@@ -175,7 +175,7 @@ impl PinDbConnection {
     }
 }
 
-impl SimpleConnection for PinDbConnection {
+impl<C: Driver> SimpleConnection for PinDbConnection<C> {
     fn batch_execute(&mut self, query: &str) -> QueryResult<()> {
         let shape = self.db.router().shape_of(query);
         let slot = self.slots.decide(self.db.router(), &shape)?;
@@ -190,10 +190,10 @@ impl SimpleConnection for PinDbConnection {
     }
 }
 
-impl ConnectionSealed for PinDbConnection {}
+impl<C: Driver> ConnectionSealed for PinDbConnection<C> {}
 
-impl Connection for PinDbConnection {
-    type Backend = Pg;
+impl<C: Driver> Connection for PinDbConnection<C> {
+    type Backend = C::Backend;
     type TransactionManager = RoutedTransactionManager;
 
     fn establish(_database_url: &str) -> ConnectionResult<Self> {
@@ -206,7 +206,7 @@ impl Connection for PinDbConnection {
 
     fn execute_returning_count<T>(&mut self, source: &T) -> QueryResult<usize>
     where
-        T: QueryFragment<Pg> + QueryId,
+        T: QueryFragment<C::Backend> + QueryId,
     {
         let shape = self.shape(source)?;
         let slot = self.slots.decide(self.db.router(), &shape)?;
@@ -214,7 +214,7 @@ impl Connection for PinDbConnection {
             return self.read_with_fallback(
                 index,
                 |conn| conn.execute_returning_count(source),
-                |router| statement::refused(source, router),
+                |router| statement::refused::<C::Backend, _>(source, router),
             );
         }
         self.take(slot)?.execute_returning_count(source)
@@ -241,13 +241,13 @@ impl Connection for PinDbConnection {
     }
 }
 
-impl LoadConnection<DefaultLoadingMode> for PinDbConnection {
+impl<C: Driver> LoadConnection<DefaultLoadingMode> for PinDbConnection<C> {
     type Cursor<'conn, 'query>
-        = <PgConnection as LoadConnection<DefaultLoadingMode>>::Cursor<'conn, 'query>
+        = C::Rows
     where
         Self: 'conn;
     type Row<'conn, 'query>
-        = <PgConnection as LoadConnection<DefaultLoadingMode>>::Row<'conn, 'query>
+        = C::OwnedRow
     where
         Self: 'conn;
 
@@ -256,19 +256,19 @@ impl LoadConnection<DefaultLoadingMode> for PinDbConnection {
         source: T,
     ) -> QueryResult<Self::Cursor<'conn, 'query>>
     where
-        T: Query + QueryFragment<Pg> + QueryId + 'query,
-        Pg: diesel::expression::QueryMetadata<T::SqlType>,
+        T: Query + QueryFragment<C::Backend> + QueryId + 'query,
+        C::Backend: diesel::expression::QueryMetadata<T::SqlType>,
     {
         let shape = self.shape(&source)?;
         let slot = self.slots.decide(self.db.router(), &shape)?;
         if let Some(index) = self.slots.replica_read(self.db.router(), &slot) {
             return self.read_with_fallback(
                 index,
-                |conn| LoadConnection::<DefaultLoadingMode>::load(conn, &source),
-                |router| statement::refused(&source, router),
+                |conn| C::load_rows(conn, &source),
+                |router| statement::refused::<C::Backend, _>(&source, router),
             );
         }
-        LoadConnection::<DefaultLoadingMode>::load(self.take(slot)?, source)
+        C::load_rows(self.take(slot)?, source)
     }
 }
 
@@ -281,9 +281,10 @@ pub struct RoutedTransactionManager;
 impl RoutedTransactionManager {
     /// diesel's transaction loop inside a scope guard that marks the transaction abandoned if
     /// the closure panics.
-    fn run<T, E, F>(conn: &mut PinDbConnection, set: Option<String>, f: F) -> Result<T, E>
+    fn run<C, T, E, F>(conn: &mut PinDbConnection<C>, set: Option<String>, f: F) -> Result<T, E>
     where
-        F: FnOnce(&mut PinDbConnection) -> Result<T, E>,
+        C: Driver,
+        F: FnOnce(&mut PinDbConnection<C>) -> Result<T, E>,
         E: From<diesel::result::Error>,
     {
         conn.slots.recover()?;
@@ -311,10 +312,10 @@ impl RoutedTransactionManager {
     }
 }
 
-impl TransactionManager<PinDbConnection> for RoutedTransactionManager {
+impl<C: Driver> TransactionManager<PinDbConnection<C>> for RoutedTransactionManager {
     type TransactionStateData = TransactionManagerStatus;
 
-    fn begin_transaction(conn: &mut PinDbConnection) -> QueryResult<()> {
+    fn begin_transaction(conn: &mut PinDbConnection<C>) -> QueryResult<()> {
         let slot = conn.slots.decide_begin(conn.db.router())?;
         conn.take(slot)?;
         conn.slots.start_transaction();
@@ -323,7 +324,7 @@ impl TransactionManager<PinDbConnection> for RoutedTransactionManager {
         result
     }
 
-    fn rollback_transaction(conn: &mut PinDbConnection) -> QueryResult<()> {
+    fn rollback_transaction(conn: &mut PinDbConnection<C>) -> QueryResult<()> {
         let Some(tx) = conn.slots.for_rollback()? else {
             return Ok(());
         };
@@ -332,19 +333,21 @@ impl TransactionManager<PinDbConnection> for RoutedTransactionManager {
         result
     }
 
-    fn commit_transaction(conn: &mut PinDbConnection) -> QueryResult<()> {
+    fn commit_transaction(conn: &mut PinDbConnection<C>) -> QueryResult<()> {
         let result = AnsiTransactionManager::commit_transaction(&mut **conn.slots.for_commit()?);
         conn.slots.settle();
         result
     }
 
-    fn transaction_manager_status_mut(conn: &mut PinDbConnection) -> &mut TransactionManagerStatus {
+    fn transaction_manager_status_mut(
+        conn: &mut PinDbConnection<C>,
+    ) -> &mut TransactionManagerStatus {
         conn.status_mut()
     }
 
-    fn transaction<F, R, E>(conn: &mut PinDbConnection, callback: F) -> Result<R, E>
+    fn transaction<F, R, E>(conn: &mut PinDbConnection<C>, callback: F) -> Result<R, E>
     where
-        F: FnOnce(&mut PinDbConnection) -> Result<R, E>,
+        F: FnOnce(&mut PinDbConnection<C>) -> Result<R, E>,
         E: From<diesel::result::Error>,
     {
         Self::run(conn, None, callback)
@@ -363,10 +366,11 @@ mod save_changes {
     use super::PinDbConnection;
 
     /// `save_changes` on the routed sync connection: an `UPDATE ... RETURNING`, a write.
-    impl<'b, Changes, Output> UpdateAndFetchResults<Changes, Output> for PinDbConnection
+    impl<'b, C, Changes, Output> UpdateAndFetchResults<Changes, Output> for PinDbConnection<C>
     where
+        C: super::Driver,
         Changes: Copy + AsChangeset<Target = <Changes as HasTable>::Table> + IntoUpdateTarget,
-        Update<Changes, Changes>: LoadQuery<'b, PinDbConnection, Output>,
+        Update<Changes, Changes>: LoadQuery<'b, PinDbConnection<C>, Output>,
         <Changes::Table as Table>::AllColumns: ValidGrouping<()>,
         <<Changes::Table as Table>::AllColumns as ValidGrouping<()>>::IsAggregate:
             MixedAggregates<is_aggregate::No, Output = is_aggregate::No>,

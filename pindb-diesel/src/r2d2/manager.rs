@@ -3,23 +3,24 @@
 
 use std::sync::Arc;
 
-use diesel::pg::PgConnection;
 use diesel::r2d2::{ConnectionManager, ManageConnection};
-use diesel::{ConnectionError, RunQueryDsl};
+use diesel::ConnectionError;
 use pindb_core::adapter::{Database, ServerSearch};
 
-/// The connection manager of pindb's r2d2 pools: diesel's `ConnectionManager<PgConnection>`,
-/// which for a server behind a reader endpoint (`servers`) closes a new connection that
-/// reached another server and opens the next one.
+use super::Driver;
+
+/// The connection manager of pindb's r2d2 pools: diesel's `ConnectionManager<C>`, which for
+/// a server behind a reader endpoint (`servers`) closes a new connection that reached another
+/// server and opens the next one.
 #[derive(Debug)]
-pub struct Manager {
-    inner: ConnectionManager<PgConnection>,
+pub struct Manager<C: Driver> {
+    inner: ConnectionManager<C>,
     server: Option<Arc<Database>>,
     limit: std::time::Duration,
 }
 
-impl Manager {
-    pub(crate) fn new(db: &Database) -> Manager {
+impl<C: Driver> Manager<C> {
+    pub(crate) fn new(db: &Database) -> Manager<C> {
         Manager {
             inner: ConnectionManager::new(db.pool_url()),
             server: db.server.is_some().then(|| Arc::new(db.clone())),
@@ -28,11 +29,11 @@ impl Manager {
     }
 }
 
-impl ManageConnection for Manager {
-    type Connection = PgConnection;
+impl<C: Driver> ManageConnection for Manager<C> {
+    type Connection = C;
     type Error = diesel::r2d2::Error;
 
-    fn connect(&self) -> Result<PgConnection, Self::Error> {
+    fn connect(&self) -> Result<C, Self::Error> {
         // Each attempt's handshake is bounded by the URL's `connect_timeout`, and no attempt
         // starts past 80 % of the pool's (the search's error then beats the pool's timeout,
         // as in the other adapters). The address question runs on blocking libpq without a
@@ -47,10 +48,8 @@ impl ManageConnection for Manager {
             let Some(search) = search.as_mut() else {
                 return Ok(conn);
             };
-            let reached: crate::server::Reached = crate::server::question()
-                .get_result(&mut conn)
-                .map_err(diesel::r2d2::Error::QueryError)?;
-            let keep = search.keep(reached.address).map_err(|missed| {
+            let reached = C::reached(&mut conn).map_err(diesel::r2d2::Error::QueryError)?;
+            let keep = search.keep(reached).map_err(|missed| {
                 diesel::r2d2::Error::ConnectionError(ConnectionError::BadConnection(missed))
             })?;
             if keep {
@@ -59,11 +58,11 @@ impl ManageConnection for Manager {
         }
     }
 
-    fn is_valid(&self, conn: &mut PgConnection) -> Result<(), Self::Error> {
+    fn is_valid(&self, conn: &mut C) -> Result<(), Self::Error> {
         self.inner.is_valid(conn)
     }
 
-    fn has_broken(&self, conn: &mut PgConnection) -> bool {
+    fn has_broken(&self, conn: &mut C) -> bool {
         self.inner.has_broken(conn)
     }
 }

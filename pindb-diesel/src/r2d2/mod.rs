@@ -1,5 +1,6 @@
-//! Sync diesel over r2d2 (feature `r2d2`): the same routing over r2d2 pools of `PgConnection`,
-//! for actix-web / `web::block` users. The same names as [`crate::bb8`]: [`PinDb`] (the pools),
+//! Sync diesel over r2d2 (feature `r2d2`): the same routing over r2d2 pools of `PgConnection`
+//! (or `MysqlConnection` for MariaDB sets, feature `r2d2-mariadb`: the [`Driver`]), for actix-web /
+//! `web::block` users. The same names as [`crate::bb8`]: [`PinDb`] (the pools),
 //! [`PinDbConnection`] (a routed connection), [`Pooled`], [`RoutedTransactionManager`].
 //!
 //! Everything is synchronous here, so a connection is simply checked out when the router
@@ -27,6 +28,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use diesel::r2d2::PooledConnection;
+use diesel::PgConnection;
 use pindb_core::adapter::{Database, REFUSED_GRACE};
 use pindb_core::{Config, Hint, PinDbError, Router};
 
@@ -34,23 +36,38 @@ use crate::error::Error;
 use crate::pools::Pools;
 
 mod connection;
+mod driver;
 mod manager;
+#[cfg(feature = "r2d2-mariadb")]
+mod mysql_row;
 
 pub use connection::{PinDbConnection, RoutedTransactionManager};
+pub use driver::Driver;
 pub use manager::Manager;
 
-/// A pooled sync `PgConnection`.
-pub type Pooled = PooledConnection<Manager>;
+/// A pooled sync diesel connection (a `C`).
+pub type Pooled<C = PgConnection> = PooledConnection<Manager<C>>;
 
-type Pool = diesel::r2d2::Pool<Manager>;
+type Pool<C> = diesel::r2d2::Pool<Manager<C>>;
 
 /// The sync entry point: the router plus an r2d2 pool per alias. Cheap to clone.
-#[derive(Clone)]
-pub struct PinDb {
-    inner: Arc<Pools<Pool>>,
+///
+/// `C` is the diesel connection of the sets' database: `PgConnection` (the default, built
+/// with [`PinDb::new`]) or, with the feature `r2d2-mariadb`, `MysqlConnection` (built with
+/// [`PinDb::from_config`]: `PinDb::<MysqlConnection>::from_config(config)`).
+pub struct PinDb<C: Driver = PgConnection> {
+    inner: Arc<Pools<Pool<C>>>,
 }
 
-impl std::fmt::Debug for PinDb {
+impl<C: Driver> Clone for PinDb<C> {
+    fn clone(&self) -> Self {
+        PinDb {
+            inner: Arc::clone(&self.inner),
+        }
+    }
+}
+
+impl<C: Driver> std::fmt::Debug for PinDb<C> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PinDb")
             .field("router", self.inner.router())
@@ -58,7 +75,7 @@ impl std::fmt::Debug for PinDb {
     }
 }
 
-fn build_pool(db: &Database) -> Pool {
+fn build_pool<C: Driver>(db: &Database) -> Pool<C> {
     let builder = Pool::builder()
         .max_size(db.pool.max_size)
         // As bb8 and sqlx: none unless asked (r2d2 alone would open `max_size` at once).
@@ -73,15 +90,30 @@ fn build_pool(db: &Database) -> Pool {
 const SLICE: Duration = Duration::from_millis(100);
 
 impl PinDb {
-    /// Builds the router and one r2d2 pool per alias; no connection is opened yet.
+    /// Builds the router and one r2d2 pool per alias, for PostgreSQL sets; no connection is
+    /// opened yet.
     pub fn new(config: Config) -> Result<PinDb, Error> {
-        PinDb::from_router(Router::new(config)?)
+        PinDb::from_config(config)
     }
 
     /// Like [`PinDb::new`], from a router you built.
     pub fn from_router(router: Router) -> Result<PinDb, Error> {
+        PinDb::with_router(router)
+    }
+}
+
+impl<C: Driver> PinDb<C> {
+    /// [`PinDb::new`] for the connection type `C`: `PinDb::<MysqlConnection>::from_config`
+    /// for MariaDB sets. A set of another database is refused ([`Error::OtherDatabase`]).
+    pub fn from_config(config: Config) -> Result<PinDb<C>, Error> {
+        PinDb::with_router(Router::new(config)?)
+    }
+
+    /// [`PinDb::from_router`] for the connection type `C`.
+    pub fn with_router(router: Router) -> Result<PinDb<C>, Error> {
+        crate::pools::check_backend::<C::Backend>(&router)?;
         Ok(PinDb {
-            inner: Arc::new(Pools::new(router, build_pool)),
+            inner: Arc::new(Pools::new(router, build_pool::<C>)),
         })
     }
 
@@ -91,19 +123,19 @@ impl PinDb {
     }
 
     /// A routed sync connection; nothing is checked out until the first statement.
-    pub fn get(&self) -> PinDbConnection {
+    pub fn get(&self) -> PinDbConnection<C> {
         PinDbConnection::new(self.clone())
     }
 
     /// An explicit read connection on the router's read route for `hint`.
-    pub fn read_with(&self, hint: &Hint<'_>) -> Result<Pooled, Error> {
+    pub fn read_with(&self, hint: &Hint<'_>) -> Result<Pooled<C>, Error> {
         let route = self.router().db_for_read(hint)?;
         let checkout = self.checkout(route.index, route.epoch);
         Ok(checkout.map_err(|e| e.routed_as(route.role))?.1)
     }
 
     /// An explicit write connection on the master of the hinted set, under the router's rules.
-    pub fn write_with(&self, hint: &Hint<'_>) -> Result<Pooled, Error> {
+    pub fn write_with(&self, hint: &Hint<'_>) -> Result<Pooled<C>, Error> {
         let route = self.router().db_for_write(hint)?;
         let checkout = self.checkout(route.index, route.epoch);
         if checkout.is_err() {
@@ -121,7 +153,7 @@ impl PinDb {
     /// ([`Route::epoch`](pindb_core::Route::epoch)), with the index the connection is of: a
     /// write's checkout still waiting when the monitor finds another primary (a set given as
     /// hosts) moves to it, since nothing was sent.
-    fn checkout(&self, mut index: usize, mut epoch: u64) -> Result<(usize, Pooled), Error> {
+    fn checkout(&self, mut index: usize, mut epoch: u64) -> Result<(usize, Pooled<C>), Error> {
         let started = Instant::now();
         let mut asked = false;
         // r2d2 keeps the last connection error for one `get_timeout` only: the last one seen.
@@ -168,12 +200,12 @@ impl PinDb {
     /// cause an earlier slice saw, when this one saw none).
     fn last_checkout(
         &self,
-        pool: &Pool,
+        pool: &Pool<C>,
         db: &Database,
         index: usize,
         left: Duration,
         last_cause: Option<String>,
-    ) -> Result<(usize, Pooled), Error> {
+    ) -> Result<(usize, Pooled<C>), Error> {
         // r2d2 only fails after its timeout; its message carries the last connection error,
         // if a connection attempt failed (else the pool was busy).
         pool.get_timeout(left)
