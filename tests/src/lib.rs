@@ -1,17 +1,32 @@
 //! The adapters under one trait, for the cross-crate scenarios in `tests/scenarios.rs`.
 //!
 //! Each [`Adapter`] runs its statements through the ORM's ordinary path (diesel's
-//! `RunQueryDsl` on `db.get()`, SeaORM's `ConnectionTrait`) and returns the port of the server
-//! that ran them (`current_setting('port')`), so a scenario can tell the primary from a replica.
+//! `RunQueryDsl` on `db.get()`, SeaORM's `ConnectionTrait`) and returns the number of the
+//! server that ran them (PostgreSQL's port, MariaDB's `@@server_id`: see [`Backend`]), so a
+//! scenario can tell the primary from a replica.
 #![forbid(unsafe_code)]
 
+mod backend;
+mod mariadb;
 pub mod store_hunt;
 
+use std::marker::PhantomData;
+
+use diesel::expression::SqlLiteral;
+use diesel::query_builder::SqlQuery;
+use diesel::sql_types::Integer;
+use diesel_async::methods::LoadQuery;
+use diesel_async::{AsyncMysqlConnection, AsyncPgConnection};
 use pindb_core::{Config, Router, RouterMode};
+use pindb_diesel::bb8::{Driver, PinDbConnection};
+use pindb_diesel::r2d2::Driver as SyncDriver;
 use pindb_testkit::{Cluster, SharedReplay, TestSchema};
 
-/// The table the writes go to; `{schema}` stands for the test's schema. Its `port` column
-/// defaults to the port of the server that runs the `INSERT`.
+pub use backend::{Backend, MariaDb, Postgres, Servers, WorldOf};
+pub use mariadb::MariaDbWorld;
+
+/// The table the writes go to on PostgreSQL; `{schema}` stands for the test's schema. Its
+/// `port` column defaults to the port of the server that runs the `INSERT`.
 pub const SETUP_SQL: &str = "CREATE TABLE {schema}.items \
     (id serial PRIMARY KEY, port int NOT NULL DEFAULT current_setting('port')::int)";
 
@@ -30,15 +45,17 @@ pub enum Failure {
     Other(String),
 }
 
-/// The port of the server that ran a statement, or why it did not run.
+/// The number of the server that ran a statement ([`Backend`]), or why it did not run.
 pub type Outcome = Result<i32, Failure>;
 
 /// One pindb adapter, seen by the scenarios.
 // The futures are awaited in place, on one task: no `Send` bound is needed.
 #[allow(async_fn_in_trait)]
 pub trait Adapter: Sized {
-    /// The name failures are reported under.
+    /// The name failures are reported under (the scenario table adds the database's).
     const NAME: &'static str;
+    /// The database it runs on: its statements and its world.
+    type Backend: Backend;
     /// Builds the adapter's pools from `config`.
     async fn open(config: Config) -> Self {
         Self::from_router(Router::new(config).expect("a valid config")).await
@@ -47,9 +64,9 @@ pub trait Adapter: Sized {
     async fn from_router(router: Router) -> Self;
     /// The adapter's router (pins and guards).
     fn router(&self) -> &Router;
-    /// `SELECT current_setting('port')`.
+    /// A `SELECT` of [`Backend::SERVER`].
     async fn read(&self) -> Outcome;
-    /// `INSERT INTO items DEFAULT VALUES RETURNING port`.
+    /// [`Backend::INSERT`], or the ORM's own insert into `items` returning `port`.
     async fn write(&self) -> Outcome;
     /// The same insert inside a transaction.
     async fn transaction_write(&self) -> Outcome;
@@ -67,10 +84,6 @@ mod items {
             id -> Integer,
             port -> Integer,
         }
-    }
-
-    pub(crate) fn server_port() -> diesel::expression::SqlLiteral<diesel::sql_types::Integer> {
-        diesel::dsl::sql("current_setting('port')::int")
     }
 
     pub(crate) fn failure(e: diesel::result::Error) -> super::Failure {
@@ -93,15 +106,80 @@ mod items {
     }
 }
 
-/// diesel-async over bb8: `pindb_diesel::bb8::PinDb`.
-#[derive(Debug)]
-pub struct DieselAsync(pindb_diesel::bb8::PinDb);
+/// `sql`'s `port`, on any diesel-async connection (routed or pooled, of either database).
+async fn sql_port<Conn>(conn: &mut Conn, sql: &str) -> diesel::QueryResult<i32>
+where
+    Conn: diesel_async::AsyncConnectionCore + Send,
+    SqlQuery: LoadQuery<'static, Conn, items::Port>,
+{
+    use diesel_async::RunQueryDsl;
+    let row: items::Port = diesel::sql_query(sql).get_result(conn).await?;
+    Ok(row.port)
+}
+
+/// diesel-async over bb8: `pindb_diesel::bb8::PinDb<C>`, `C` the connection type of the
+/// database ([`DieselAsync`], [`DieselAsyncMariaDb`]).
+pub struct DieselAsyncOn<C: Driver>(pindb_diesel::bb8::PinDb<C>);
+
+/// diesel-async on PostgreSQL.
+pub type DieselAsync = DieselAsyncOn<AsyncPgConnection>;
+
+/// diesel-async on MariaDB.
+pub type DieselAsyncMariaDb = DieselAsyncOn<AsyncMysqlConnection>;
+
+impl<C: Driver> std::fmt::Debug for DieselAsyncOn<C> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("DieselAsyncOn").field(&self.0).finish()
+    }
+}
+
+/// What the adapter does the same on every database; each `Adapter` impl delegates here.
+impl<C: Driver> DieselAsyncOn<C> {
+    fn with_router(router: Router) -> Self {
+        DieselAsyncOn(pindb_diesel::bb8::PinDb::with_router(router).expect("bb8 PinDb"))
+    }
+
+    /// A typed `SELECT` of `server` (a [`Backend::SERVER`]).
+    async fn select(&self, server: &str) -> Outcome
+    where
+        diesel::dsl::select<SqlLiteral<Integer>>: LoadQuery<'static, PinDbConnection<C>, i32>,
+    {
+        use diesel_async::RunQueryDsl;
+        let query = diesel::select(diesel::dsl::sql::<Integer>(server));
+        query
+            .get_result(&mut self.0.get())
+            .await
+            .map_err(items::failure)
+    }
+
+    async fn port_of(&self, sql: &str) -> Outcome
+    where
+        SqlQuery: LoadQuery<'static, PinDbConnection<C>, items::Port>,
+    {
+        sql_port(&mut self.0.get(), sql)
+            .await
+            .map_err(items::failure)
+    }
+
+    async fn port_of_on(&self, alias: &str, sql: &str) -> Outcome
+    where
+        SqlQuery: LoadQuery<'static, C, items::Port>,
+    {
+        let mut conn = self
+            .0
+            .read_with(&pindb_core::Hint::alias(alias))
+            .await
+            .map_err(|e| Failure::Other(e.to_string()))?;
+        sql_port(&mut *conn, sql).await.map_err(items::failure)
+    }
+}
 
 impl Adapter for DieselAsync {
     const NAME: &'static str = "diesel-async (bb8)";
+    type Backend = Postgres;
 
     async fn from_router(router: Router) -> Self {
-        DieselAsync(pindb_diesel::bb8::PinDb::from_router(router).expect("bb8 PinDb"))
+        Self::with_router(router)
     }
 
     fn router(&self) -> &Router {
@@ -109,14 +187,10 @@ impl Adapter for DieselAsync {
     }
 
     async fn read(&self) -> Outcome {
-        use diesel_async::RunQueryDsl;
-        let query = diesel::select(items::server_port());
-        query
-            .get_result(&mut self.0.get())
-            .await
-            .map_err(items::failure)
+        self.select(Postgres::SERVER).await
     }
 
+    // diesel's own insert: its typed path is the one applications use.
     async fn write(&self) -> Outcome {
         use diesel_async::RunQueryDsl;
         let insert = diesel::insert_into(items::items::table).default_values();
@@ -139,35 +213,79 @@ impl Adapter for DieselAsync {
     }
 
     async fn port_of_sql(&self, sql: &str) -> Outcome {
-        use diesel_async::RunQueryDsl;
-        let row: diesel::QueryResult<items::Port> =
-            diesel::sql_query(sql).get_result(&mut self.0.get()).await;
-        row.map(|r| r.port).map_err(items::failure)
+        self.port_of(sql).await
     }
 
     async fn port_of_sql_on(&self, alias: &str, sql: &str) -> Outcome {
-        use diesel_async::RunQueryDsl;
-        let mut conn = self
-            .0
-            .read_with(&pindb_core::Hint::alias(alias))
-            .await
-            .map_err(|e| Failure::Other(e.to_string()))?;
-        let row: diesel::QueryResult<items::Port> =
-            diesel::sql_query(sql).get_result(&mut *conn).await;
-        row.map(|r| r.port).map_err(items::failure)
+        self.port_of_on(alias, sql).await
     }
 }
 
-/// Sync diesel over r2d2: `pindb_diesel::r2d2::PinDb`, called from
-/// `pindb_core::spawn_blocking` so the pinning context follows.
-#[derive(Debug)]
-pub struct DieselSync(pindb_diesel::r2d2::PinDb);
+impl Adapter for DieselAsyncMariaDb {
+    const NAME: &'static str = "diesel-async (bb8)";
+    type Backend = MariaDb;
 
-impl DieselSync {
+    async fn from_router(router: Router) -> Self {
+        Self::with_router(router)
+    }
+
+    fn router(&self) -> &Router {
+        self.0.router()
+    }
+
+    async fn read(&self) -> Outcome {
+        self.select(MariaDb::SERVER).await
+    }
+
+    // diesel's MySQL backend has no `RETURNING`: the insert is raw SQL.
+    async fn write(&self) -> Outcome {
+        self.port_of(MariaDb::INSERT).await
+    }
+
+    async fn transaction_write(&self) -> Outcome {
+        use diesel_async::AsyncConnection;
+        let mut conn = self.0.get();
+        conn.transaction(async |conn| sql_port(conn, MariaDb::INSERT).await)
+            .await
+            .map_err(items::failure)
+    }
+
+    async fn port_of_sql(&self, sql: &str) -> Outcome {
+        self.port_of(sql).await
+    }
+
+    async fn port_of_sql_on(&self, alias: &str, sql: &str) -> Outcome {
+        self.port_of_on(alias, sql).await
+    }
+}
+
+/// Sync diesel over r2d2: `pindb_diesel::r2d2::PinDb<C>`, called from
+/// `pindb_core::spawn_blocking` so the pinning context follows; `C` the connection type of
+/// the database ([`DieselSync`], [`DieselSyncMariaDb`]).
+pub struct DieselSyncOn<C: SyncDriver>(pindb_diesel::r2d2::PinDb<C>);
+
+/// Sync diesel on PostgreSQL.
+pub type DieselSync = DieselSyncOn<diesel::PgConnection>;
+
+/// Sync diesel on MariaDB.
+pub type DieselSyncMariaDb = DieselSyncOn<diesel::MysqlConnection>;
+
+impl<C: SyncDriver> std::fmt::Debug for DieselSyncOn<C> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("DieselSyncOn").field(&self.0).finish()
+    }
+}
+
+/// What the adapter does the same on every database; each `Adapter` impl delegates here.
+impl<C: SyncDriver> DieselSyncOn<C> {
+    fn with_router(router: Router) -> Self {
+        DieselSyncOn(pindb_diesel::r2d2::PinDb::with_router(router).expect("r2d2 PinDb"))
+    }
+
     /// Runs `f` on a blocking thread that re-entered the current context.
     async fn blocking<F>(&self, f: F) -> Outcome
     where
-        F: FnOnce(&mut pindb_diesel::r2d2::PinDbConnection) -> diesel::QueryResult<i32>,
+        F: FnOnce(&mut pindb_diesel::r2d2::PinDbConnection<C>) -> diesel::QueryResult<i32>,
         F: Send + 'static,
     {
         let db = self.0.clone();
@@ -176,13 +294,60 @@ impl DieselSync {
             .expect("the blocking closure panicked")
             .map_err(items::failure)
     }
+
+    /// A typed `SELECT` of `server` (a [`Backend::SERVER`]).
+    async fn select(&self, server: &'static str) -> Outcome
+    where
+        for<'a> diesel::dsl::select<SqlLiteral<Integer>>:
+            diesel::query_dsl::LoadQuery<'a, pindb_diesel::r2d2::PinDbConnection<C>, i32>,
+    {
+        use diesel::RunQueryDsl;
+        self.blocking(move |conn| {
+            diesel::select(diesel::dsl::sql::<Integer>(server)).get_result(conn)
+        })
+        .await
+    }
+
+    async fn port_of(&self, sql: &str) -> Outcome
+    where
+        for<'a> SqlQuery:
+            diesel::query_dsl::LoadQuery<'a, pindb_diesel::r2d2::PinDbConnection<C>, items::Port>,
+    {
+        use diesel::RunQueryDsl;
+        let sql = sql.to_owned();
+        self.blocking(move |conn| {
+            let row: items::Port = diesel::sql_query(sql).get_result(conn)?;
+            Ok(row.port)
+        })
+        .await
+    }
+
+    async fn port_of_on(&self, alias: &str, sql: &str) -> Outcome
+    where
+        for<'a> SqlQuery: diesel::query_dsl::LoadQuery<'a, C, items::Port>,
+    {
+        use diesel::RunQueryDsl;
+        let (db, alias, sql) = (self.0.clone(), alias.to_owned(), sql.to_owned());
+        pindb_core::spawn_blocking(move || {
+            let mut conn = db
+                .read_with(&pindb_core::Hint::alias(&alias))
+                .map_err(|e| Failure::Other(e.to_string()))?;
+            let row: items::Port = diesel::sql_query(sql)
+                .get_result(&mut *conn)
+                .map_err(items::failure)?;
+            Ok(row.port)
+        })
+        .await
+        .expect("the blocking closure panicked")
+    }
 }
 
 impl Adapter for DieselSync {
     const NAME: &'static str = "sync diesel (r2d2)";
+    type Backend = Postgres;
 
     async fn from_router(router: Router) -> Self {
-        DieselSync(pindb_diesel::r2d2::PinDb::from_router(router).expect("r2d2 PinDb"))
+        Self::with_router(router)
     }
 
     fn router(&self) -> &Router {
@@ -190,9 +355,7 @@ impl Adapter for DieselSync {
     }
 
     async fn read(&self) -> Outcome {
-        use diesel::RunQueryDsl;
-        self.blocking(|conn| diesel::select(items::server_port()).get_result(conn))
-            .await
+        self.select(Postgres::SERVER).await
     }
 
     async fn write(&self) -> Outcome {
@@ -216,41 +379,79 @@ impl Adapter for DieselSync {
     }
 
     async fn port_of_sql(&self, sql: &str) -> Outcome {
-        use diesel::RunQueryDsl;
-        let sql = sql.to_owned();
-        self.blocking(move |conn| {
-            let row: items::Port = diesel::sql_query(sql).get_result(conn)?;
-            Ok(row.port)
-        })
-        .await
+        self.port_of(sql).await
     }
 
     async fn port_of_sql_on(&self, alias: &str, sql: &str) -> Outcome {
-        use diesel::RunQueryDsl;
-        let (db, alias, sql) = (self.0.clone(), alias.to_owned(), sql.to_owned());
-        pindb_core::spawn_blocking(move || {
-            let mut conn = db
-                .read_with(&pindb_core::Hint::alias(&alias))
-                .map_err(|e| Failure::Other(e.to_string()))?;
-            let row: items::Port = diesel::sql_query(sql)
-                .get_result(&mut *conn)
-                .map_err(items::failure)?;
-            Ok(row.port)
-        })
-        .await
-        .expect("the blocking closure panicked")
+        self.port_of_on(alias, sql).await
     }
 }
 
-/// SeaORM: `pindb_seaorm::PinDb`.
+/// One row into `items` through sync diesel on MariaDB, and the `server_id` it was written
+/// with. Not [`MariaDb::INSERT`]: libmariadb prepares `INSERT .. RETURNING` without result
+/// metadata, and diesel's sync driver then fails it ("No metadata exists"). `LAST_INSERT_ID()`
+/// is a write for pindb, so the second statement follows the insert to its server.
+fn sync_insert(
+    conn: &mut pindb_diesel::r2d2::PinDbConnection<diesel::MysqlConnection>,
+) -> diesel::QueryResult<i32> {
+    use diesel::RunQueryDsl;
+    diesel::sql_query("INSERT INTO items () VALUES ()").execute(conn)?;
+    let row: items::Port = diesel::sql_query(
+        "SELECT CAST(server_id AS SIGNED) AS port FROM items WHERE id = LAST_INSERT_ID()",
+    )
+    .get_result(conn)?;
+    Ok(row.port)
+}
+
+impl Adapter for DieselSyncMariaDb {
+    const NAME: &'static str = "sync diesel (r2d2)";
+    type Backend = MariaDb;
+
+    async fn from_router(router: Router) -> Self {
+        Self::with_router(router)
+    }
+
+    fn router(&self) -> &Router {
+        self.0.router()
+    }
+
+    async fn read(&self) -> Outcome {
+        self.select(MariaDb::SERVER).await
+    }
+
+    async fn write(&self) -> Outcome {
+        self.blocking(sync_insert).await
+    }
+
+    async fn transaction_write(&self) -> Outcome {
+        use diesel::Connection;
+        self.blocking(|conn| conn.transaction(sync_insert)).await
+    }
+
+    async fn port_of_sql(&self, sql: &str) -> Outcome {
+        self.port_of(sql).await
+    }
+
+    async fn port_of_sql_on(&self, alias: &str, sql: &str) -> Outcome {
+        self.port_of_on(alias, sql).await
+    }
+}
+
+/// SeaORM: `pindb_seaorm::PinDb`, the same type on either database; `B` says which, for the
+/// statements ([`SeaOrm`], [`SeaOrmMariaDb`]).
 #[derive(Debug)]
-pub struct SeaOrm(pindb_seaorm::PinDb);
+pub struct SeaOrmOn<B>(pindb_seaorm::PinDb, PhantomData<B>);
 
-const SEA_READ: &str = "SELECT current_setting('port')::int AS port";
-const SEA_INSERT: &str = "INSERT INTO items DEFAULT VALUES RETURNING port";
+/// SeaORM on PostgreSQL.
+pub type SeaOrm = SeaOrmOn<Postgres>;
 
+/// SeaORM on MariaDB.
+pub type SeaOrmMariaDb = SeaOrmOn<MariaDb>;
+
+/// `sql`'s `port`, through `db` (the routed connection, a pool, a transaction), in its own
+/// database's dialect.
 async fn sea_port<C: sea_orm::ConnectionTrait>(db: &C, sql: &str) -> Result<i32, sea_orm::DbErr> {
-    let statement = sea_orm::Statement::from_string(sea_orm::DbBackend::Postgres, sql);
+    let statement = sea_orm::Statement::from_string(db.get_database_backend(), sql);
     let row = db.query_one_raw(statement).await?;
     row.ok_or_else(|| sea_orm::DbErr::RecordNotFound(sql.to_owned()))?
         .try_get("", "port")
@@ -269,15 +470,13 @@ fn sea_failure(e: sea_orm::DbErr) -> Failure {
     }
 }
 
-impl Adapter for SeaOrm {
+impl<B: Backend> Adapter for SeaOrmOn<B> {
     const NAME: &'static str = "SeaORM";
+    type Backend = B;
 
     async fn from_router(router: Router) -> Self {
-        SeaOrm(
-            pindb_seaorm::PinDb::from_router(router)
-                .await
-                .expect("SeaORM PinDb"),
-        )
+        let db = pindb_seaorm::PinDb::from_router(router).await;
+        SeaOrmOn(db.expect("SeaORM PinDb"), PhantomData)
     }
 
     fn router(&self) -> &Router {
@@ -285,18 +484,19 @@ impl Adapter for SeaOrm {
     }
 
     async fn read(&self) -> Outcome {
-        sea_port(&self.0, SEA_READ).await.map_err(sea_failure)
+        self.port_of_sql(&format!("SELECT {} AS port", B::SERVER))
+            .await
     }
 
     async fn write(&self) -> Outcome {
-        sea_port(&self.0, SEA_INSERT).await.map_err(sea_failure)
+        self.port_of_sql(B::INSERT).await
     }
 
     async fn transaction_write(&self) -> Outcome {
         use sea_orm::{TransactionError, TransactionTrait};
         let result = self
             .0
-            .transaction::<_, i32, sea_orm::DbErr>(|txn| Box::pin(sea_port(txn, SEA_INSERT)))
+            .transaction::<_, i32, sea_orm::DbErr>(|txn| Box::pin(sea_port(txn, B::INSERT)))
             .await;
         result.map_err(|e| match e {
             TransactionError::Connection(e) | TransactionError::Transaction(e) => sea_failure(e),
@@ -313,8 +513,8 @@ impl Adapter for SeaOrm {
     }
 }
 
-/// A fresh schema with the `items` table, the servers' ports, and the shared replay lock (no
-/// test pauses or stops a replica meanwhile).
+/// The PostgreSQL world: a fresh schema with the `items` table, the servers' ports, and the
+/// shared replay lock (no test pauses or stops a replica meanwhile).
 #[allow(missing_debug_implementations)] // holds clients that do not implement Debug
 pub struct World {
     /// The dev cluster.
@@ -437,7 +637,7 @@ impl World {
     /// The cluster as one set, in this schema, with `router` mode (`None`: disabled).
     pub fn config(&self, router: Option<RouterMode>) -> Config {
         let url = |base: &str| self.schema.url(base);
-        let mut config = match &self.path {
+        let config = match &self.path {
             Path::Direct => Config::single_set(
                 url(&self.cluster.primary_url),
                 self.cluster.replica_urls.iter().map(|r| url(r)),
@@ -465,9 +665,7 @@ impl World {
                 config
             }
         };
-        config.router = router.unwrap_or(RouterMode::Strict);
-        config.enabled = router.is_some();
-        config
+        backend::routed(config, router)
     }
 
     /// Rows in `items`, on the primary.
@@ -482,5 +680,27 @@ impl World {
         if !matches!(self.path, Path::PgBouncer) {
             self.schema.drop().await;
         }
+    }
+}
+
+impl Servers for World {
+    fn master(&self) -> i32 {
+        self.master
+    }
+
+    fn replicas(&self) -> [i32; 2] {
+        self.replicas
+    }
+
+    fn config(&self, router: Option<RouterMode>) -> Config {
+        World::config(self, router)
+    }
+
+    async fn rows(&self) -> i64 {
+        World::rows(self).await
+    }
+
+    async fn finish(self) {
+        World::finish(self).await;
     }
 }

@@ -1,10 +1,14 @@
 #![allow(missing_docs, missing_debug_implementations, unreachable_pub)] // not a library: nothing here is public API
 //! One table of routing, strict-mode and guard scenarios, run against every adapter on the dev
-//! cluster (`scripts/cluster up`). Each scenario runs in a fresh pinning context; a failure
-//! names the scenario, the step and the adapter.
+//! cluster (`scripts/cluster up`): its PostgreSQL set, and its MariaDB set for the adapters
+//! that have a MariaDB driver. Each scenario runs in a fresh pinning context; a failure names
+//! the scenario, the step, the adapter and the database.
 
 use pindb_core::{scope, RouterMode};
-use pindb_scenarios::{Adapter, DieselAsync, DieselSync, Failure, Outcome, SeaOrm, World};
+use pindb_scenarios::{
+    Adapter, Backend, DieselAsync, DieselAsyncMariaDb, DieselSync, DieselSyncMariaDb, Failure,
+    MariaDbWorld, Outcome, SeaOrm, SeaOrmMariaDb, Servers, World, WorldOf,
+};
 
 use Expect::{Master, Refused, Replica};
 use Mode::{Disabled, Greedy, Strict};
@@ -166,12 +170,13 @@ const SCENARIOS: &[Scenario] = &[
 ];
 
 /// Where `outcome` came from, compared with `expected`.
-fn check(w: &World, expected: Expect, outcome: Outcome) -> Result<(), String> {
+fn check<A: Adapter>(w: &WorldOf<A>, expected: Expect, outcome: Outcome) -> Result<(), String> {
+    let number = <A::Backend as Backend>::NUMBER;
     let (got, what) = match outcome {
-        Ok(p) if p == w.master => (Master, format!("the master (port {p})")),
-        Ok(p) => match w.replicas.iter().position(|&r| r == p) {
-            Some(i) => (Replica, format!("replica {} (port {p})", i + 1)),
-            None => return Err(format!("expected {expected:?}, got unknown port {p}")),
+        Ok(n) if n == w.master() => (Master, format!("the master ({number} {n})")),
+        Ok(n) => match w.replicas().iter().position(|&r| r == n) {
+            Some(i) => (Replica, format!("replica {} ({number} {n})", i + 1)),
+            None => return Err(format!("expected {expected:?}, got unknown {number} {n}")),
         },
         Err(Failure::UnpinnedWrite) => (Refused, "an UnpinnedWrite refusal".to_owned()),
         Err(Failure::Other(e) | Failure::Unreachable(e) | Failure::NoPrimary(e)) => {
@@ -186,7 +191,7 @@ fn check(w: &World, expected: Expect, outcome: Outcome) -> Result<(), String> {
 }
 
 /// Runs the steps of `scenario` in the current context; the error names the failing step.
-async fn run<A: Adapter>(w: &World, db: &A, scenario: &Scenario) -> Result<(), String> {
+async fn run<A: Adapter>(w: &WorldOf<A>, db: &A, scenario: &Scenario) -> Result<(), String> {
     let router = db.router();
     let mut guards = Vec::new();
     for (i, &step) in scenario.steps.iter().enumerate() {
@@ -200,7 +205,7 @@ async fn run<A: Adapter>(w: &World, db: &A, scenario: &Scenario) -> Result<(), S
                     .map_err(|e| at(e.to_string()))?,
             ),
             DropGuard => drop(guards.pop().ok_or_else(|| at("no live guard".into()))?),
-            Read(expected) => check(w, expected, db.read().await).map_err(at)?,
+            Read(expected) => check::<A>(w, expected, db.read().await).map_err(at)?,
             Write(expected) | TxWrite(expected) => {
                 let before = w.rows().await;
                 let outcome = match step {
@@ -208,7 +213,7 @@ async fn run<A: Adapter>(w: &World, db: &A, scenario: &Scenario) -> Result<(), S
                     _ => db.transaction_write().await,
                 };
                 let written = w.rows().await - before;
-                check(w, expected, outcome).map_err(at)?;
+                check::<A>(w, expected, outcome).map_err(at)?;
                 let want = i64::from(expected != Refused);
                 if written != want {
                     return Err(at(format!(
@@ -223,7 +228,8 @@ async fn run<A: Adapter>(w: &World, db: &A, scenario: &Scenario) -> Result<(), S
 
 /// Every scenario against adapter `A`, each with its own pools and context; reports every
 /// failing scenario, not only the first.
-async fn run_all<A: Adapter>(w: World) {
+async fn run_all<A: Adapter>(w: WorldOf<A>) {
+    let adapter = format!("{} on {}", A::NAME, <A::Backend as Backend>::NAME);
     let mut failures = Vec::new();
     for scenario in SCENARIOS {
         let router = match scenario.mode {
@@ -233,21 +239,16 @@ async fn run_all<A: Adapter>(w: World) {
         };
         let db = A::open(w.config(router)).await;
         match scope(run(&w, &db, scenario)).await {
-            Ok(()) => println!("ok: {} / {}", A::NAME, scenario.name),
-            Err(e) => failures.push(format!(
-                "adapter {}, scenario `{}`, {e}",
-                A::NAME,
-                scenario.name
-            )),
+            Ok(()) => println!("ok: {adapter} / {}", scenario.name),
+            Err(e) => failures.push(format!("{adapter}, scenario `{}`, {e}", scenario.name)),
         }
     }
     w.finish().await;
     assert!(
         failures.is_empty(),
-        "{} of {} scenarios failed on {}:\n{}",
+        "{} of {} scenarios failed on {adapter}:\n{}",
         failures.len(),
         SCENARIOS.len(),
-        A::NAME,
         failures.join("\n")
     );
 }
@@ -295,4 +296,19 @@ async fn sync_diesel_r2d2_through_a_reader_endpoint() {
 #[tokio::test]
 async fn seaorm_through_a_reader_endpoint() {
     run_all::<SeaOrm>(World::through_endpoint().await).await;
+}
+
+#[tokio::test]
+async fn diesel_async_bb8_on_mariadb() {
+    run_all::<DieselAsyncMariaDb>(MariaDbWorld::new().await).await;
+}
+
+#[tokio::test]
+async fn diesel_sync_r2d2_on_mariadb() {
+    run_all::<DieselSyncMariaDb>(MariaDbWorld::new().await).await;
+}
+
+#[tokio::test]
+async fn seaorm_on_mariadb() {
+    run_all::<SeaOrmMariaDb>(MariaDbWorld::new().await).await;
 }

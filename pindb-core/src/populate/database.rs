@@ -189,9 +189,14 @@ impl Database {
 
     fn render(&self, with_password: bool) -> String {
         let mut s = format!("{}://", self.backend.scheme());
-        let enc = |v: &str| {
-            percent_encoding::utf8_percent_encode(v, percent_encoding::NON_ALPHANUMERIC).to_string()
-        };
+        // RFC 3986's unreserved characters stay as they are: diesel's MySQL driver does not
+        // decode a database name, so `app_db` must not reach it as `app%5Fdb`.
+        const COMPONENT: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+            .remove(b'-')
+            .remove(b'_')
+            .remove(b'.')
+            .remove(b'~');
+        let enc = |v: &str| percent_encoding::utf8_percent_encode(v, COMPONENT).to_string();
         if let Some(user) = &self.user {
             s.push_str(&enc(user));
             if let Some(pw) = &self.password {

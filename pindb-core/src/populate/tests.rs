@@ -237,7 +237,7 @@ fn overrides_merge_on_top_of_the_master() {
     assert_eq!(r2.pool.max_size, 4);
     assert_eq!(
         r1.url(),
-        "postgres://app:p%40ss@r1:5000/app?application%5Fname=web%2Dro&sslmode=disable"
+        "postgres://app:p%40ss@r1:5000/app?application_name=web-ro&sslmode=disable"
     );
     assert_eq!(
         r1.membership,
