@@ -13,6 +13,11 @@
 //! | a routed connection (`db.get()`) | [`bb8::PinDbConnection`] | `r2d2::PinDbConnection` |
 //! | a plain pooled connection | [`bb8::Pooled`] | `r2d2::Pooled` |
 //! | its transaction manager | [`bb8::RoutedTransactionManager`] | `r2d2::RoutedTransactionManager` |
+//! | the connection type it pools | [`bb8::Driver`] | `r2d2::Driver` |
+//!
+//! Each is generic over its connection type: PostgreSQL's by default (`PinDb::new`), and
+//! MariaDB's with the features `mariadb` (`bb8::PinDb::<AsyncMysqlConnection>::from_config`)
+//! and `r2d2-mariadb` (`r2d2::PinDb::<MysqlConnection>::from_config`).
 //!
 //! Three ways to use it:
 //! 1. **Automatic**: `db.get()` returns a `PinDbConnection` implementing diesel's connection
