@@ -107,10 +107,12 @@ pub enum Error {
 
     /// A set runs on another database than the pools' connection type.
     #[error(
-        "`{alias}` is a {set:?} database, but this PinDb's pools are of {pool:?} connections; \
+        "`{alias}` is a {} database, but this PinDb's pools are of {} connections; \
          build the PinDb with that database's connection type (`PinDb::new` for PostgreSQL; \
          for MariaDB `PinDb::<AsyncMysqlConnection>::from_config` with bb8, \
-         `PinDb::<MysqlConnection>::from_config` with r2d2), one PinDb per database"
+         `PinDb::<MysqlConnection>::from_config` with r2d2), one PinDb per database",
+        set.name(),
+        pool.name()
     )]
     OtherDatabase {
         /// The alias of the first database of the other kind.

@@ -460,6 +460,37 @@ async fn a_frozen_then_stopped_replica_costs_no_failed_read() {
     }
 }
 
+/// A MariaDB set given to the PostgreSQL pools (`PinDb::new`) is refused before any pool is
+/// built, and the error names the alias and the constructor to use.
+#[tokio::test]
+async fn a_mariadb_set_given_to_postgresql_pools_is_refused_naming_the_constructor() {
+    let config = Config::single_set(
+        "mysql://app@127.0.0.1:1/app",
+        ["mysql://app@127.0.0.1:2/app"],
+    );
+    let e = pindb_diesel::bb8::PinDb::new(config).expect_err("refused");
+    let message = e.to_string();
+    assert!(
+        matches!(e, pindb_diesel::Error::OtherDatabase { ref alias, .. } if alias == "default"),
+        "{message}"
+    );
+    assert!(
+        message.contains("PinDb::<AsyncMysqlConnection>::from_config"),
+        "names the fix: {message}"
+    );
+    let config = Config::single_set(
+        "postgres://app@127.0.0.1:1/app",
+        ["postgres://app@127.0.0.1:2/app"],
+    );
+    let e = Db::from_config(config).expect_err("refused");
+    assert!(
+        e.to_string().contains(
+            "`default` is a PostgreSQL database, but this PinDb's pools are of MariaDB connections"
+        ),
+        "{e}"
+    );
+}
+
 /// Sync diesel (`MysqlConnection` over r2d2) on the same set: the same routing, refusals,
 /// fallback and keyed read-your-writes, with the context carried into the blocking thread.
 #[cfg(feature = "r2d2-mariadb")]
