@@ -1,16 +1,15 @@
 #![allow(missing_docs, missing_debug_implementations, unreachable_pub)] // not a library: nothing here is public API
 //! The load test's stale-read checker can fail: with replicas paused, `random-replica` must
-//! show stale reads, while `lsn` under the same load shows none. Short (seconds); the full load
-//! test runs from its own command.
+//! show stale reads, while `lsn` under the same load shows none; the same on the MariaDB set.
+//! Short (seconds); the full load test runs from its own command.
 
 use std::time::Duration;
 
-use pindb_examples::loadtest::{run, Settings, Strategy, SCHEMA_SQL};
-use pindb_testkit::Fixture;
+use pindb_examples::loadtest::{run, Backend, Settings, Strategy, Target};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_stale_read_checker_catches_random_replica_and_clears_lsn() {
-    let mut f = Fixture::new(SCHEMA_SQL).await;
+    let mut f = Target::new(Backend::Postgres).await;
     let settings = Settings {
         users: 4,
         duration: Duration::from_secs(2),
@@ -26,7 +25,7 @@ async fn the_stale_read_checker_catches_random_replica_and_clears_lsn() {
         faults: false,
         max_wait: None,
     };
-    let redis = f.cluster.redis_url.clone();
+    let redis = pindb_testkit::Cluster::from_env().redis_url;
     let random = run(&mut f, Strategy::RandomReplica, &settings, &redis, |_| {})
         .await
         .unwrap();
@@ -53,7 +52,7 @@ async fn the_stale_read_checker_catches_random_replica_and_clears_lsn() {
 /// committed write; replicas still serve between faults.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_fault_hunt_finds_no_stale_read() {
-    let mut f = Fixture::new(SCHEMA_SQL).await;
+    let mut f = Target::new(Backend::Postgres).await;
     let settings = Settings {
         users: 8,
         duration: Duration::from_secs(12),
@@ -68,7 +67,7 @@ async fn the_fault_hunt_finds_no_stale_read() {
         faults: true,
         max_wait: None,
     };
-    let redis = f.cluster.redis_url.clone();
+    let redis = pindb_testkit::Cluster::from_env().redis_url;
     for strategy in [Strategy::Lsn, Strategy::LsnNoWait, Strategy::LsnRedis] {
         let outcome = run(&mut f, strategy, &settings, &redis, |_| {})
             .await
@@ -89,6 +88,73 @@ async fn the_fault_hunt_finds_no_stale_read() {
         );
     }
     f.finish().await;
+}
+
+/// The MariaDB round, the two checks above in one: with both replicas' SQL threads stopped
+/// for the whole run, `random-replica` must read stale (the checker can fail); then `lsn`, by
+/// GTID positions, under lag (replica 1 stops applying 400 ms of every second) with the
+/// faults injected (requests cancelled or panicking right after their write, 3 s position
+/// lifetimes), must read none while replicas still serve.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_mariadb_random_replica_reads_stale_and_the_fault_hunt_finds_none() {
+    let mut t = Target::new(Backend::Mariadb).await;
+    let redis = pindb_testkit::Cluster::from_env().redis_url;
+    let stopped = Settings {
+        users: 4,
+        duration: Duration::from_secs(2),
+        write_ratio: 0.5,
+        same_request_ratio: 0.0,
+        lag_pause: Duration::from_secs(60),
+        lag_period: Duration::from_secs(60),
+        lagging_replicas: vec![1, 2],
+        pool_size: 4,
+        think: Duration::from_millis(5),
+        think_max: Duration::ZERO,
+        faults: false,
+        max_wait: None,
+    };
+    let random = run(&mut t, Strategy::RandomReplica, &stopped, &redis, |_| {})
+        .await
+        .unwrap();
+    assert!(random.reads > 50, "{random:?}");
+    assert!(
+        random.stale_reads > 0,
+        "the checker saw no stale read on MariaDB: {random:?}"
+    );
+    let hunt = Settings {
+        users: 8,
+        duration: Duration::from_secs(5),
+        write_ratio: 0.3,
+        same_request_ratio: 0.3,
+        lag_pause: Duration::from_millis(400),
+        lag_period: Duration::from_secs(1),
+        lagging_replicas: vec![1],
+        pool_size: 8,
+        faults: true,
+        ..stopped
+    };
+    let lsn = run(&mut t, Strategy::Lsn, &hunt, &redis, |_| {})
+        .await
+        .unwrap();
+    eprintln!(
+        "MariaDB fault hunt lsn: {} requests, {} reads, {:.1}% on replicas, {} stale",
+        lsn.requests,
+        lsn.reads,
+        lsn.replica_share * 100.0,
+        lsn.stale_reads
+    );
+    assert!(lsn.reads > 100, "{lsn:?}");
+    assert_eq!(lsn.stale_reads, 0, "{lsn:?}");
+    assert!(
+        lsn.replica_share > 0.01,
+        "the hunt must exercise replicas, not only the fail-safe: {lsn:?}"
+    );
+    let refused = run(&mut t, Strategy::LsnRoundTrip, &hunt, &redis, |_| {}).await;
+    assert!(
+        refused.is_err_and(|e| e.to_string().contains("not supported on mariadb")),
+        "lsn-round-trip is refused on MariaDB"
+    );
+    t.finish().await;
 }
 
 /// The oracle counts a read as servable when the user had not written, or when a replica

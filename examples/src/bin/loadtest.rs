@@ -2,7 +2,8 @@
 //! `pindb-loadtest`: runs every consistency strategy back to back under the same load against
 //! the dev cluster (`scripts/cluster up` first), with real replica lag, and reports throughput,
 //! latency, replica offload, stale reads, consistency round trips and master CPU as a markdown
-//! table, a JSON file and plots.
+//! table, a JSON file and plots. `--backend mariadb` runs them on the MariaDB set instead
+//! (every strategy but `lsn-round-trip`).
 //!
 //! `cargo run --release -p pindb-examples --bin pindb-loadtest -- --duration 60s`
 
@@ -11,13 +12,18 @@ use std::time::Duration;
 
 use clap::Parser;
 use indicatif::{ProgressBar, ProgressStyle};
-use pindb_examples::loadtest::{self, Settings, Strategy};
-use pindb_testkit::{Cluster, Fixture};
+use pindb_examples::loadtest::{self, Backend, Settings, Strategy, Target};
+use pindb_testkit::Cluster;
 
 /// Load test of pindb's consistency strategies against the local primary + replicas.
 #[derive(Parser, Debug)]
 #[command(version, about)]
 struct Args {
+    /// The database set: PostgreSQL's primary and streaming replicas (replay paused for lag),
+    /// or MariaDB's primary and GTID replicas (SQL threads stopped for lag; `lsn` and its
+    /// variants by GTID sequence numbers; `lsn-round-trip` is refused there).
+    #[arg(long, value_enum, default_value_t = Backend::Postgres)]
+    backend: Backend,
     /// How long each strategy runs (`500ms`, `30s`, `2m`).
     #[arg(long, default_value = "20s", value_parser = parse_duration)]
     duration: Duration,
@@ -31,16 +37,16 @@ struct Args {
     /// like a POST/redirect/GET).
     #[arg(long, default_value_t = 0.3)]
     same_request: f64,
-    /// Replay is paused this long ...
+    /// Replay is paused (MariaDB: the SQL thread stopped) this long ...
     #[arg(long, default_value = "400ms", value_parser = parse_duration)]
     lag_pause: Duration,
     /// ... out of every period (pause = period: paused for the whole run).
     #[arg(long, default_value = "1s", value_parser = parse_duration)]
     lag_period: Duration,
-    /// Replicas whose replay lags (1, 2 or both: `1,2`).
+    /// Replicas whose replay (MariaDB: apply) lags (1, 2 or both: `1,2`).
     #[arg(long, default_value = "1", value_delimiter = ',')]
     lagging: Vec<usize>,
-    /// Strategies to run, in order (default: all).
+    /// Strategies to run, in order (default: all the backend supports).
     #[arg(long, value_enum, value_delimiter = ',')]
     strategies: Vec<Strategy>,
     /// Pool size per database alias.
@@ -104,10 +110,23 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         return Ok(());
     }
     let strategies = if args.strategies.is_empty() {
-        Strategy::ALL.to_vec()
+        Strategy::ALL
+            .into_iter()
+            .filter(|s| s.unsupported_on(args.backend).is_none())
+            .collect()
     } else {
         args.strategies.clone()
     };
+    for s in &strategies {
+        if let Some(why) = s.unsupported_on(args.backend) {
+            eprintln!(
+                "error: --strategies {}: not supported with --backend {}: {why}",
+                s.name(),
+                args.backend.name()
+            );
+            std::process::exit(2);
+        }
+    }
     let mut settings = Settings {
         users: args.users,
         duration: args.duration,
@@ -128,7 +147,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         settings.think_max = Duration::from_secs(5);
         settings.pool_size = 20;
     }
-    let mut fixture = Fixture::new(loadtest::SCHEMA_SQL).await;
+    let mut target = Target::new(args.backend).await;
     let redis_url = Cluster::from_env().redis_url;
     let mut outcomes = Vec::new();
     for strategy in strategies {
@@ -138,23 +157,25 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         )?);
         bar.set_prefix(strategy.name());
         let ticker = bar.clone();
-        let outcome = loadtest::run(&mut fixture, strategy, &settings, &redis_url, move |t| {
+        let outcome = loadtest::run(&mut target, strategy, &settings, &redis_url, move |t| {
             ticker.set_position(t.as_millis() as u64)
         })
         .await?;
         bar.finish();
         outcomes.push(outcome);
     }
-    fixture.finish().await;
+    target.finish().await;
 
-    println!("\n{}", loadtest::table(&outcomes));
+    println!("\n{}:\n{}", args.backend.name(), loadtest::table(&outcomes));
     std::fs::create_dir_all(&args.out)?;
     let json = args.out.join("result.json");
     std::fs::write(
         &json,
-        serde_json::to_string_pretty(
-            &serde_json::json!({ "settings": settings, "outcomes": outcomes }),
-        )?,
+        serde_json::to_string_pretty(&serde_json::json!({
+            "backend": args.backend,
+            "settings": settings,
+            "outcomes": outcomes
+        }))?,
     )?;
     println!("numbers: {}", json.display());
     match loadtest::plot(&args.out, &outcomes) {

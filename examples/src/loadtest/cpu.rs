@@ -1,10 +1,16 @@
 //! The primary's CPU time, read from `/proc`.
 
-/// utime + stime of the primary's postmaster and its children, in clock ticks.
-pub(super) fn master_cpu_ticks() -> Option<u64> {
+use super::backend::Backend;
+
+/// The primary's CPU time so far, in clock ticks: PostgreSQL's postmaster and its children
+/// (utime + stime), or MariaDB's `mariadbd` (one process: its threads' time included).
+pub(super) fn master_cpu_ticks(backend: Backend) -> Option<u64> {
     let dir = std::env::var("PINDB_CLUSTER_DIR").unwrap_or_else(|_| {
         concat!(env!("CARGO_MANIFEST_DIR"), "/../target/pindb-cluster").to_owned()
     });
+    if backend == Backend::Mariadb {
+        return mariadbd_ticks(&dir);
+    }
     let pid: u32 = std::fs::read_to_string(format!("{dir}/primary/postmaster.pid"))
         .ok()?
         .lines()
@@ -39,6 +45,21 @@ pub(super) fn master_cpu_ticks() -> Option<u64> {
         }
     }
     Some(total)
+}
+
+/// utime + stime of the MariaDB primary (`scripts/mariadb`'s pid file), with those of the
+/// children it reaped.
+fn mariadbd_ticks(dir: &str) -> Option<u64> {
+    let pid = std::fs::read_to_string(format!("{dir}/mariadb/primary/mariadbd.pid")).ok()?;
+    let stat = std::fs::read_to_string(format!("/proc/{}/stat", pid.trim())).ok()?;
+    let rest = stat.rsplit_once(") ")?.1;
+    let fields: Vec<u64> = rest
+        .split_whitespace()
+        .skip(11)
+        .take(4)
+        .map(|v| v.parse().unwrap_or(0))
+        .collect();
+    Some(fields.iter().sum())
 }
 
 /// Clock ticks per second (`getconf CLK_TCK`; 100 when unknown).

@@ -6,10 +6,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use pindb_core::{PinDbError, Router};
-use pindb_diesel::bb8::PinDb;
-use pindb_testkit::Fixture;
 use serde::Serialize;
 
+use super::backend::{Backend, Target};
 use super::cpu::{clock_ticks, master_cpu_ticks};
 use super::strategy::{config, Settings, Strategy};
 use super::user::{simulate_user, Tally};
@@ -58,7 +57,7 @@ pub struct Outcome {
     pub replica_share: f64,
     /// Share of reads a perfect oracle could have sent to a replica: reads for which some
     /// replica had replayed the user's last write when the read began (from replay positions
-    /// sampled every 2 ms; see [`oracle_share`]).
+    /// sampled every 2 ms, applied GTIDs on MariaDB; see [`oracle_share`]).
     pub oracle_share: f64,
     /// The same with a strict oracle: the replica had replayed the write by the last sample
     /// sent before the read began.
@@ -69,7 +68,8 @@ pub struct Outcome {
     pub round_trips_per_1000_reads: f64,
     /// Those of them made to the master (write positions).
     pub master_round_trips_per_1000_reads: f64,
-    /// CPU time of the primary's processes during the run, if readable.
+    /// CPU time of the primary's processes (MariaDB: its `mariadbd`) during the run, if
+    /// readable.
     pub master_cpu_ms: Option<u64>,
     /// Requests completed in each second of the run.
     pub per_second: Vec<u64>,
@@ -92,22 +92,39 @@ async fn break_redis(mut redis: pindb_testkit::PrivateRedis, stop: Arc<AtomicBoo
     }
 }
 
-/// Runs one strategy under load; `progress` is told the elapsed time.
+/// Runs one strategy under load on `target`'s set; `progress` is told the elapsed time. A
+/// strategy the backend does not support ([`Strategy::unsupported_on`]) is a config error.
 pub async fn run(
-    f: &mut Fixture,
+    target: &mut Target,
     strategy: Strategy,
     settings: &Settings,
     redis_url: &str,
     progress: impl Fn(Duration) + Send + Sync + 'static,
 ) -> Result<Outcome, PinDbError> {
+    let backend = target.backend();
+    if let Some(why) = strategy.unsupported_on(backend) {
+        return Err(PinDbError::Config {
+            alias: None,
+            problem: format!(
+                "{} is not supported on {}: {why}",
+                strategy.name(),
+                backend.name()
+            ),
+        });
+    }
     let mut private = None;
-    let mut builder = Router::builder(config(f, strategy, settings));
+    let mut builder = Router::builder(config(target.config(), strategy, settings));
     if strategy == Strategy::LsnRedis {
         // One prefix for every run: a Redis pindb has not used before is distrusted for
         // `ttl_seconds` (it looks like one that lost its positions), so a new prefix per run
         // would measure that window, not the steady state. Keys of earlier runs are
-        // positions those have long passed.
-        let prefix = "pindb:loadtest:".to_owned();
+        // positions those have long passed. One per backend: a user's LSN kept beside a
+        // sequence number of the same name would outweigh it (the higher one is kept).
+        let prefix = match backend {
+            Backend::Postgres => "pindb:loadtest:",
+            Backend::Mariadb => "pindb:loadtest:mariadb:",
+        }
+        .to_owned();
         private = settings
             .faults
             .then(|| pindb_testkit::PrivateRedis::start(FAULT_REDIS_PORT));
@@ -118,10 +135,7 @@ pub async fn run(
             Duration::from_millis(100),
         )?));
     }
-    let db = PinDb::from_router(builder.build()?).map_err(|e| PinDbError::Config {
-        alias: None,
-        problem: e.to_string(),
-    })?;
+    let db = target.pindb(builder.build()?)?;
     if strategy.keyed() {
         db.router().start_monitor().await?;
     }
@@ -129,15 +143,23 @@ pub async fn run(
     let breaker = private.map(|r| tokio::spawn(break_redis(r, Arc::clone(&stop))));
     let round_trips_before = db.router().consistency().round_trips();
     let master_round_trips_before = db.router().consistency().master_round_trips();
-    let cpu_before = master_cpu_ticks();
+    let cpu_before = master_cpu_ticks(backend);
 
-    let lag = tokio::spawn(make_lag(
-        f.cluster.clone(),
-        settings.clone(),
-        Arc::clone(&stop),
-    ));
+    let lag = match &*target {
+        Target::Postgres(f) => tokio::spawn(make_lag(
+            f.cluster.clone(),
+            settings.clone(),
+            Arc::clone(&stop),
+        )),
+        Target::MariaDb(m) => m.lag(settings.clone(), Arc::clone(&stop)),
+    };
     let start = Instant::now();
-    let sampler = tokio::spawn(sample_replay(f.cluster.clone(), start, Arc::clone(&stop)));
+    let sampler = match &*target {
+        Target::Postgres(f) => {
+            tokio::spawn(sample_replay(f.cluster.clone(), start, Arc::clone(&stop)))
+        }
+        Target::MariaDb(m) => tokio::spawn(m.sample_applied(start, Arc::clone(&stop))),
+    };
     let tally = Arc::new(Mutex::new(Tally::default()));
     let mut users = Vec::new();
     for u in 0..settings.users {
@@ -164,12 +186,14 @@ pub async fn run(
     if let Some(breaker) = breaker {
         let _ = breaker.await;
     }
-    for n in &settings.lagging_replicas {
-        f.control.resume(*n).await;
-    }
+    if let Target::Postgres(f) = target {
+        for n in &settings.lagging_replicas {
+            f.control.resume(*n).await;
+        }
+    } // MariaDB's lag started every SQL thread it stopped before it ended.
     let elapsed = start.elapsed();
     let cpu = cpu_before
-        .zip(master_cpu_ticks())
+        .zip(master_cpu_ticks(backend))
         .map(|(a, b)| (b.saturating_sub(a)) * 1000 / clock_ticks());
     let round_trips = db.router().consistency().round_trips() - round_trips_before;
     let master_round_trips =
@@ -273,7 +297,8 @@ async fn sample_replay(
 
 /// The share of reads an oracle could have served from a replica: the user had not written,
 /// or some replica had replayed the user's last write when the read began. The write's
-/// position is the insert position its statement saw (at or before its commit: generous).
+/// position is the insert position its statement saw (at or before its commit: generous); on
+/// MariaDB its GTID's sequence number, compared with the replicas' `@@gtid_slave_pos`.
 /// The generous oracle matches a read with the first sample sent at or after it began
 /// (replayed by then, or up to 2 ms later), the `strict` one with the last sample sent before
 /// it; the truth lies between.

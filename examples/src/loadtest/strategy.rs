@@ -2,9 +2,10 @@
 
 use std::time::Duration;
 
-use pindb_core::{Config, ReplicaPolicy, RouterMode};
-use pindb_testkit::Fixture;
+use pindb_core::{Config, ReplicaPolicy};
 use serde::Serialize;
+
+use super::backend::Backend;
 
 /// A consistency strategy, as users deploy them today and as pindb offers them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize, clap::ValueEnum)]
@@ -22,7 +23,8 @@ pub enum Strategy {
     /// Rails' default: all of a user's reads on the master for 2 s after a write.
     #[value(name = "delay-2s")]
     Delay2s,
-    /// pindb: per-user LSN stickiness with the replica monitor, in-memory store.
+    /// pindb: per-user LSN stickiness with the replica monitor, in-memory store. On MariaDB
+    /// the positions are GTID sequence numbers (the same config keys).
     Lsn,
     /// The same without the recheck after a write (`monitor.recheck_after_write_ms = 0`):
     /// replica positions only as fresh as the monitor interval.
@@ -67,6 +69,20 @@ impl Strategy {
             Strategy::LsnRedis => "lsn-redis",
             Strategy::LsnNoWait => "lsn-no-wait",
             Strategy::LsnRoundTrip => "lsn-round-trip",
+        }
+    }
+
+    /// Why this strategy does not run on `backend`, if it does not.
+    pub fn unsupported_on(self, backend: Backend) -> Option<&'static str> {
+        match (backend, self) {
+            (Backend::Mariadb, Strategy::LsnRoundTrip) => Some(
+                "`lsn-round-trip` is `lsn` with `stickiness.pipeline_positions = false`, and on \
+                 MariaDB there is nothing to turn off: diesel-async's MySQL driver runs one \
+                 statement at a time, so pindb never pipelines a write's position there and \
+                 every `lsn` strategy already asks the master in one round trip at the \
+                 context's end (`lsn-round-trip` would measure `lsn` again)",
+            ),
+            _ => None,
         }
     }
 
@@ -128,9 +144,9 @@ pub struct Settings {
     pub faults: bool,
 }
 
-/// The config of a strategy over the fixture's cluster.
-pub(super) fn config(f: &Fixture, s: Strategy, settings: &Settings) -> Config {
-    let mut config = f.config(RouterMode::Greedy, &[1, 2]);
+/// The config of a strategy, from the greedy config of the target's set (the master and both
+/// replicas).
+pub(super) fn config(mut config: Config, s: Strategy, settings: &Settings) -> Config {
     config.monitor.interval_ms = 50;
     for db in config
         .masters

@@ -12,6 +12,7 @@ use futures_util::FutureExt;
 use pindb_core::Context;
 use pindb_diesel::bb8::PinDb;
 
+use super::backend::Db;
 use super::strategy::{Settings, Strategy};
 
 diesel::table! {
@@ -22,7 +23,7 @@ diesel::table! {
     }
 }
 
-/// The table the load test writes, in `{schema}`.
+/// The table the load test writes, in `{schema}` (PostgreSQL; MariaDB's is in `mariadb.rs`).
 pub const SCHEMA_SQL: &str =
     "CREATE TABLE {schema}.lt_rows (id serial PRIMARY KEY, author text NOT NULL, seq int NOT NULL);
      CREATE INDEX ON {schema}.lt_rows (author, seq)";
@@ -43,8 +44,8 @@ pub(super) struct Tally {
     pub(super) replica_reads: u64,
     pub(super) stale: u64,
     pub(super) per_second: Vec<u64>,
-    /// For the oracle: each read's start (since the run's start) and the WAL position of the
-    /// user's last write before it (0: none).
+    /// For the oracle: each read's start (since the run's start) and the position (WAL, or
+    /// GTID sequence number) of the user's last write before it (0: none).
     pub(super) read_marks: Vec<(Duration, u64)>,
     /// Statements run (each one routing decision).
     pub(super) statements: u64,
@@ -63,8 +64,8 @@ struct Done {
     overhead: Option<Duration>,
 }
 
-/// The WAL position of a user's last write (set by [`insert`]) and the mark of its last read
-/// (set by [`list`]): the oracle's inputs.
+/// The position (WAL, or GTID sequence number) of a user's last write (set by [`insert`]) and
+/// the mark of its last read (set by [`list`]): the oracle's inputs.
 #[derive(Default)]
 struct Marks {
     last_write: AtomicU64,
@@ -73,7 +74,7 @@ struct Marks {
 
 /// One user's loop: write-then-list (same request or the next one) or list only.
 pub(super) async fn simulate_user(
-    db: &PinDb,
+    db: &Db,
     strategy: Strategy,
     s: &Settings,
     user: &str,
@@ -219,7 +220,7 @@ fn record(tally: &Mutex<Tally>, start: Instant, done: Done, acked: i32, marks: &
 /// One request under `strategy`'s rules; also the time it spent outside `work` (the context,
 /// the positions).
 async fn request<F: std::future::Future>(
-    db: &PinDb,
+    db: &Db,
     strategy: Strategy,
     user: &str,
     carried_until: &mut Option<Instant>,
@@ -267,46 +268,68 @@ tokio::task_local! {
     static UNPINNED: ();
 }
 
-/// Inserts the user's row; notes the WAL insert position the statement saw, a lower bound
-/// of its commit's (so the oracle, which needs a replica past it, is never too strict).
-async fn insert(db: &PinDb, user: &str, seq: i32, marks: &Marks) {
-    let q = diesel::insert_into(lt_rows::table)
+/// Whether this statement runs in a context of its own (`random-replica`).
+fn unpinned() -> bool {
+    UNPINNED.try_with(|_| ()).is_ok()
+}
+
+/// Inserts the user's row; notes its position for the oracle.
+async fn insert(db: &Db, user: &str, seq: i32, marks: &Marks) {
+    let write = async {
+        match db {
+            Db::Postgres(db) => insert_pg(db, user, seq).await,
+            Db::MariaDb(db) => db.insert(user, seq).await,
+        }
+    };
+    let position = match unpinned() {
+        true => pindb_core::scope(write).await,
+        false => write.await,
+    };
+    marks.last_write.store(position, Ordering::Relaxed);
+}
+
+/// PostgreSQL's insert: returns the WAL insert position the statement saw, a lower bound of
+/// its commit's (so the oracle, which needs a replica past it, is never too strict).
+async fn insert_pg(db: &PinDb, user: &str, seq: i32) -> u64 {
+    let lsn: String = diesel::insert_into(lt_rows::table)
         .values((lt_rows::author.eq(user), lt_rows::seq.eq(seq)))
         .returning(diesel::dsl::sql::<diesel::sql_types::Text>(
             "pg_current_wal_insert_lsn()::text",
-        ));
-    let result: QueryResult<String> = if UNPINNED.try_with(|_| ()).is_ok() {
-        pindb_core::scope(async { q.get_result(&mut db.get()).await }).await
-    } else {
-        q.get_result(&mut db.get()).await
-    };
-    let lsn = result.expect("load-test insert");
-    let lsn = pindb_core::Lsn::parse(&lsn).map_or(0, |l| l.0);
-    marks.last_write.store(lsn, Ordering::Relaxed);
+        ))
+        .get_result(&mut db.get())
+        .await
+        .expect("load-test insert");
+    pindb_core::Lsn::parse(&lsn).map_or(0, |l| l.0)
 }
 
 /// `(max seq seen, served by a replica)`.
-async fn list(db: &PinDb, user: &str, marks: &Marks) -> (i32, bool) {
+async fn list(db: &Db, user: &str, marks: &Marks) -> (i32, bool) {
     *marks.last_read.lock().unwrap_or_else(|p| p.into_inner()) = Some((
         Instant::now(),
         AtomicU64::load(&marks.last_write, Ordering::Relaxed),
     ));
     let run = async {
-        let mut conn = db.get();
-        let seen: Option<i32> = lt_rows::table
-            .filter(lt_rows::author.eq(user))
-            .select(max(lt_rows::seq))
-            .first(&mut conn)
-            .await
-            .expect("load-test list");
-        (
-            seen.unwrap_or(0),
-            conn.held_aliases().iter().any(|a| *a != "default"),
-        )
+        match db {
+            Db::Postgres(db) => list_pg(db, user).await,
+            Db::MariaDb(db) => db.list(user).await,
+        }
     };
-    if UNPINNED.try_with(|_| ()).is_ok() {
-        pindb_core::scope(run).await
-    } else {
-        run.await
+    match unpinned() {
+        true => pindb_core::scope(run).await,
+        false => run.await,
     }
+}
+
+async fn list_pg(db: &PinDb, user: &str) -> (i32, bool) {
+    let mut conn = db.get();
+    let seen: Option<i32> = lt_rows::table
+        .filter(lt_rows::author.eq(user))
+        .select(max(lt_rows::seq))
+        .first(&mut conn)
+        .await
+        .expect("load-test list");
+    (
+        seen.unwrap_or(0),
+        conn.held_aliases().iter().any(|a| *a != "default"),
+    )
 }
