@@ -22,12 +22,13 @@ pub trait RoutedBackend: diesel::backend::Backend + Default + sealed::Sealed + '
     #[doc(hidden)]
     fn render<T: QueryFragment<Self>>(query: &T) -> QueryResult<String>;
 
-    /// `query`'s binds with `sql`; `Ok(Err(type))` when a bind's type must be looked up on a
-    /// connection (a custom PostgreSQL type).
+    /// `query`'s binds with the SQL `sql` renders (only once the binds are known to need no
+    /// connection); `Ok(Err(type))` when a bind's type must be looked up on a connection (a
+    /// custom PostgreSQL type).
     #[doc(hidden)]
     fn collect<T: QueryFragment<Self>>(
         query: &T,
-        sql: String,
+        sql: impl FnOnce() -> QueryResult<String>,
         safe_to_cache: bool,
     ) -> QueryResult<Result<Self::Collected, String>>;
 }
@@ -72,7 +73,7 @@ mod pg {
 
         fn collect<T: QueryFragment<Pg>>(
             query: &T,
-            sql: String,
+            sql: impl FnOnce() -> QueryResult<String>,
             safe_to_cache: bool,
         ) -> QueryResult<Result<Self::Collected, String>> {
             let mut binds = RawBytesBindCollector::<Pg>::new();
@@ -80,7 +81,7 @@ mod pg {
             query.collect_binds(&mut binds, &mut lookup as &mut dyn PgMetadataLookup, &Pg)?;
             Ok(match lookup.missing {
                 Some(type_name) => Err(type_name),
-                None => Ok(CollectedQuery::new(sql, safe_to_cache, binds)),
+                None => Ok(CollectedQuery::new(sql()?, safe_to_cache, binds)),
             })
         }
     }
@@ -105,12 +106,12 @@ mod mysql {
         // MySQL's types are all known to diesel: nothing is looked up.
         fn collect<T: QueryFragment<Mysql>>(
             query: &T,
-            sql: String,
+            sql: impl FnOnce() -> QueryResult<String>,
             safe_to_cache: bool,
         ) -> QueryResult<Result<Self::Collected, String>> {
             let mut binds = RawBytesBindCollector::<Mysql>::new();
             query.collect_binds(&mut binds, &mut (), &Mysql)?;
-            Ok(Ok(CollectedQuery::new(sql, safe_to_cache, binds)))
+            Ok(Ok(CollectedQuery::new(sql()?, safe_to_cache, binds)))
         }
     }
 }

@@ -159,6 +159,9 @@ pub(crate) struct Checkouts<C: Held> {
     scopes: Option<Arc<Scopes>>,
     /// The open transaction was begun by hand, outside `transaction(..)`.
     manual: bool,
+    /// A statement outside a transaction is in flight on `held` (marked only where a
+    /// dropped statement leaves the connection unusable: [`Checkouts::flight`]).
+    in_flight: bool,
     /// The set the next top-level transaction opens on (`transaction_on`).
     next_tx: Option<String>,
     cache: Option<CacheSize>,
@@ -170,7 +173,7 @@ pub(crate) struct Checkouts<C: Held> {
 
 impl<C: Held> Drop for Checkouts<C> {
     fn drop(&mut self) {
-        if self.tx.is_some() {
+        if self.tx.is_some() || self.in_flight {
             // Dropped with a transaction open (a dropped request future): never back to the
             // pool.
             if let Some((_, conn)) = &mut self.held {
@@ -193,6 +196,7 @@ impl<C: Held> Checkouts<C> {
             tx: None,
             scopes: None,
             manual: false,
+            in_flight: false,
             next_tx: None,
             cache: None,
             events: None,
@@ -206,6 +210,14 @@ impl<C: Held> Checkouts<C> {
     /// running, its statements fail with [`Error::TransactionAbandoned`]: it has lost its
     /// transaction and must not go on outside one.
     pub(crate) fn recover(&mut self) -> QueryResult<()> {
+        if std::mem::take(&mut self.in_flight) {
+            // Its future was dropped mid-statement: the connection may be half-way through
+            // an answer.
+            if let Some((_, mut conn)) = self.held.take() {
+                conn.poison();
+                tracing::info!(target: "pindb", "a statement was dropped in flight; its connection was discarded rather than reused mid-answer");
+            }
+        }
         if !self.discard_abandoned() {
             return Ok(());
         }
@@ -435,6 +447,7 @@ impl<C: Held> Checkouts<C> {
     /// Drops the held connection without giving it back for reuse: it failed or hung
     /// mid-statement.
     pub(crate) fn discard(&mut self) {
+        self.in_flight = false;
         if let Some((_, mut conn)) = self.held.take() {
             conn.poison();
         }
@@ -446,6 +459,9 @@ impl<C: Held> Checkouts<C> {
             self.tx.is_none(),
             "a transaction's connection is never released"
         );
+        if std::mem::take(&mut self.in_flight) {
+            return self.discard();
+        }
         if let Some((_, mut conn)) = self.held.take() {
             // Back to the pool as it came: no setting of this routed connection leaks.
             if self.cache.is_some() {
@@ -475,6 +491,19 @@ impl<C: Held> Checkouts<C> {
     pub(crate) fn get(&mut self) -> QueryResult<&mut C> {
         match &mut self.held {
             Some((_, conn)) => Ok(conn),
+            None => Err(Error::Unsupported("no connection is checked out").into()),
+        }
+    }
+
+    /// The held connection for a statement, marked in flight when `mark` (a driver whose
+    /// connection a statement dropped mid-flight leaves unusable) until the caller clears
+    /// the flag it gets back: dropped before, the connection is discarded instead of reused
+    /// ([`Checkouts::recover`], `Drop`). Inside a transaction nothing is marked: a dropped
+    /// transaction's connection is discarded anyway.
+    pub(crate) fn flight(&mut self, mark: bool) -> QueryResult<(&mut C, &mut bool)> {
+        self.in_flight = mark && self.tx.is_none();
+        match &mut self.held {
+            Some((_, conn)) => Ok((conn, &mut self.in_flight)),
             None => Err(Error::Unsupported("no connection is checked out").into()),
         }
     }

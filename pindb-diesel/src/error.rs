@@ -107,10 +107,12 @@ pub enum Error {
 
     /// A set runs on another database than the pools' connection type.
     #[error(
-        "`{alias}` is a {} database, but this PinDb's pools are of {} connections; \
-         build the PinDb with that database's connection type (`PinDb::new` for PostgreSQL; \
-         for MariaDB `PinDb::<AsyncMysqlConnection>::from_config` with bb8, \
-         `PinDb::<MysqlConnection>::from_config` with r2d2), one PinDb per database",
+        "`{alias}` is a {} database, but this PinDb's pools are of {} connections: a PinDb \
+         routes one database, so give it a config (or router) of that database's sets only, \
+         built with its connection type: `PinDb::new` / `from_router` for PostgreSQL; for \
+         MariaDB `PinDb::<AsyncMysqlConnection>::from_config` / `with_router` (bb8, feature \
+         `mariadb`) or `PinDb::<MysqlConnection>::from_config` / `with_router` (r2d2, feature \
+         `r2d2-mariadb`)",
         set.name(),
         pool.name()
     )]
@@ -149,7 +151,12 @@ impl Error {
 
 /// How a replica failed a read, from diesel's error: `None` when the statement itself is at
 /// fault (another server would fail it the same way). pindb-core decides what follows.
-pub(crate) fn replica_failure(e: &diesel::result::Error) -> Option<ReplicaFailure> {
+/// `backend`: the database that answered (its drivers' messages are matched when diesel kept
+/// no code).
+pub(crate) fn replica_failure(
+    e: &diesel::result::Error,
+    backend: pindb_core::adapter::Backend,
+) -> Option<ReplicaFailure> {
     use diesel::result::DatabaseErrorKind as Kind;
     match e {
         diesel::result::Error::DatabaseError(kind, info) => {
@@ -166,12 +173,15 @@ pub(crate) fn replica_failure(e: &diesel::result::Error) -> Option<ReplicaFailur
                         .any(|m| message.contains(m));
                     return lost.then_some(ReplicaFailure::Unreachable);
                 }
-                // diesel keeps no SQLSTATE for the rest (57P01, 57P03...): the message says.
-                // diesel-async's MySQL driver keeps no error number either.
+                // diesel keeps no SQLSTATE for the rest (57P01, 57P03...), nor MySQL's error
+                // number: the message says.
                 Kind::Unknown => {
-                    let message = info.message();
-                    return ReplicaFailure::from_server_message(message)
-                        .or_else(|| ReplicaFailure::from_mariadb_message(message));
+                    return match backend {
+                        pindb_core::adapter::Backend::MariaDb => {
+                            ReplicaFailure::from_mariadb_message(info.message())
+                        }
+                        _ => ReplicaFailure::from_server_message(info.message()),
+                    };
                 }
                 _ => "",
             };

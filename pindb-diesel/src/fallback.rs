@@ -48,7 +48,7 @@ pub(crate) fn after_attempt<T>(
 ) -> Next<T> {
     let failure = match &attempted {
         Attempted::Done(Ok(_)) => None,
-        Attempted::Done(Err(e)) => replica_failure(e),
+        Attempted::Done(Err(e)) => replica_failure(e, router.topology().backend()),
         Attempted::CheckoutFailed(Error::PoolTimeout { .. }) => Some(ReplicaFailure::Busy),
         Attempted::CheckoutFailed(Error::Routing(PinDbError::NoHost { .. })) => {
             Some(ReplicaFailure::Moved)

@@ -111,20 +111,27 @@ where
     T: QueryFragment<B> + QueryId,
 {
     let safe_to_cache = query.is_safe_to_cache_prepared(&B::default())?;
-    let (sql, static_sql) = match T::query_id() {
-        Some(id) if safe_to_cache => (String::new(), Some(sql_of_type::<B, T>(id, query)?)),
-        Some(_) => (String::new(), Some(B::render(query)?.into())),
-        None => (B::render(query)?, None),
-    };
-    let binds = B::collect(query, sql, safe_to_cache)?.map_err(|type_name| {
-        Error::CustomTypeBeforeCheckout {
-            alias: alias.to_owned(),
-            type_name,
-        }
+    // The binds first: a statement that needs a connection to look its types up is not
+    // rendered at all.
+    let dynamic = T::query_id().is_none();
+    let binds = B::collect(
+        query,
+        || match dynamic {
+            true => B::render(query),
+            false => Ok(String::new()),
+        },
+        safe_to_cache,
+    )?
+    .map_err(|type_name| Error::CustomTypeBeforeCheckout {
+        alias: alias.to_owned(),
+        type_name,
     })?;
-    Ok(match static_sql {
-        Some(sql) => OwnedQuery::Static(Owned {
-            sql,
+    Ok(match T::query_id() {
+        Some(id) => OwnedQuery::Static(Owned {
+            sql: match safe_to_cache {
+                true => sql_of_type::<B, T>(id, query)?,
+                false => B::render(query)?.into(),
+            },
             binds,
             _id: PhantomData,
         }),
@@ -154,7 +161,7 @@ where
     T: QueryFragment<B>,
 {
     // A query whose binds cannot be collected fails anyway: counted as looking up.
-    !matches!(B::collect(query, String::new(), false), Ok(Ok(_)))
+    !matches!(B::collect(query, || Ok(String::new()), false), Ok(Ok(_)))
 }
 
 /// Whether `e` is [`Error::CustomTypeBeforeCheckout`]: the statement needs a connection to

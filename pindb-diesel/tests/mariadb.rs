@@ -460,6 +460,70 @@ async fn a_frozen_then_stopped_replica_costs_no_failed_read() {
     }
 }
 
+/// A statement dropped mid-flight (a request's timeout) leaves its MariaDB connection
+/// half-way through an answer: it is discarded, never handed to the next request (which read
+/// the rest of the old answer: "can't parse: buf doesn't have enough data"), whether the next
+/// statement comes from another routed connection or the same one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_statement_dropped_in_flight_leaves_no_broken_connection_behind() {
+    let cluster = MariaDbCluster::from_env();
+    let c = cluster.clone();
+    let _apply = blocking(move || c.shared()).await;
+    let mut config = config(&cluster, RouterMode::Greedy);
+    // One connection per pool: the next request gets the same one back, unless discarded.
+    for settings in config.masters.values_mut() {
+        settings.max_size = Some(1);
+    }
+    let db = started(config).await;
+    let slow = format!("SELECT SLEEP(0.3) AS slept, {SERVER_ID}");
+    for drop_after in [20, 100, 250] {
+        let cut = tokio::time::timeout(
+            Duration::from_millis(drop_after),
+            scope(async {
+                db.router().pin("default").unwrap();
+                let mut conn = db.get();
+                assert_eq!(
+                    server_id_on(&mut conn, &format!("SELECT {SERVER_ID}")).await,
+                    1
+                );
+                diesel::sql_query(&slow).execute(&mut conn).await
+            }),
+        )
+        .await;
+        assert!(cut.is_err(), "dropped mid-statement");
+        let next = scope(async {
+            db.router().pin("default").unwrap();
+            server_id_on(&mut db.get(), &format!("SELECT {SERVER_ID}")).await
+        })
+        .await;
+        assert_eq!(
+            next, 1,
+            "the next request, on the master (dropped after {drop_after} ms)"
+        );
+    }
+    // The same routed connection, after one of its statements was dropped.
+    scope(async {
+        db.router().pin("default").unwrap();
+        let mut conn = db.get();
+        let cut = tokio::time::timeout(
+            Duration::from_millis(100),
+            diesel::sql_query(&slow).execute(&mut conn),
+        )
+        .await;
+        assert!(cut.is_err(), "dropped mid-statement");
+        assert_eq!(
+            server_id_on(&mut conn, &format!("SELECT {SERVER_ID}")).await,
+            1
+        );
+    })
+    .await;
+}
+
+async fn server_id_on(conn: &mut Conn, text: &str) -> i64 {
+    let answer: ServerId = diesel::sql_query(text).get_result(conn).await.unwrap();
+    answer.id
+}
+
 /// A MariaDB set given to the PostgreSQL pools (`PinDb::new`) is refused before any pool is
 /// built, and the error names the alias and the constructor to use.
 #[tokio::test]
@@ -655,6 +719,47 @@ mod sync {
         })
         .await;
         assert_eq!(n.trim(), "1", "it ran once");
+    }
+
+    /// URLs that say `localhost`: the client library would take its Unix socket (another
+    /// server's, or none) and ignore the port; pindb's pools reach the server the port names,
+    /// the one its monitor checks.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn sync_diesel_reaches_the_server_a_localhost_url_names() {
+        let cluster = MariaDbCluster::from_env();
+        let c = cluster.clone();
+        let _apply = blocking(move || c.shared()).await;
+        let local = |url: &str| url.replace("@127.0.0.1:", "@localhost:");
+        let (master, r1, r2) = (
+            local(cluster.master_url()),
+            local(cluster.replica_url(1)),
+            local(cluster.replica_url(2)),
+        );
+        assert!(master.contains("@localhost:"), "{master}");
+        let mut config = Config::single_set(&master, [r1.as_str(), r2.as_str()]);
+        config.monitor.interval_ms = 100;
+        let db = started_sync(config).await;
+        let d = db.clone();
+        let (read, written) = scope(in_context(move || {
+            let mut conn = d.get();
+            let read = diesel::sql_query(format!("SELECT {SERVER_ID}"))
+                .get_result::<ServerId>(&mut conn)
+                .unwrap()
+                .id;
+            let written = conn
+                .transaction(|conn| {
+                    diesel::sql_query(format!("SELECT {SERVER_ID}")).get_result::<ServerId>(conn)
+                })
+                .unwrap()
+                .id;
+            (read, written)
+        }))
+        .await;
+        assert!(
+            read == 2 || read == 3,
+            "a replica of the set: server_id {read}"
+        );
+        assert_eq!(written, 1, "the set's master");
     }
 
     /// The keyed hunt of the async test, through sync diesel: each user waits for its last

@@ -160,8 +160,10 @@ impl ReplicaFailure {
 
     /// A MariaDB server error whose number the driver did not keep (diesel-async's MySQL
     /// driver keeps only the message), by the message the server sends with it, or a lost
-    /// connection by mysql_async's own words. English messages (`lc_messages` of `en_US`, the
-    /// default); anything else is `None` (the statement's own fault).
+    /// connection by the client's own words (mysql_async's, libmariadb's). Matched at the
+    /// message's start: a statement's own error may quote SQL or data anywhere after it.
+    /// English messages (`lc_messages` of `en_US`, the default); anything else is `None`
+    /// (the statement's own fault).
     ///
     /// ```
     /// use pindb_core::adapter::ReplicaFailure;
@@ -170,19 +172,34 @@ impl ReplicaFailure {
     /// assert_eq!(ReplicaFailure::from_mariadb_message(refused), Some(ReplicaFailure::Refused));
     /// let lost = "Input/output error: Connection reset by peer (os error 104)";
     /// assert_eq!(ReplicaFailure::from_mariadb_message(lost), Some(ReplicaFailure::Unreachable));
+    /// // Only quoted: the statement's own error.
+    /// let syntax = "You have an error in your SQL syntax; check the manual near 'Server has gone away'";
+    /// assert_eq!(ReplicaFailure::from_mariadb_message(syntax), None);
     /// assert_eq!(ReplicaFailure::from_mariadb_message("Division by 0"), None);
     /// ```
     pub fn from_mariadb_message(message: &str) -> Option<ReplicaFailure> {
-        // (message, number): MariaDB's errmsg-utf8.txt; mysql_async's error's Display.
-        const KNOWN: [(&str, u16); 6] = [
-            ("is running with the --read-only option", 1290),
+        // (message start, number): MariaDB's and MySQL's errmsg-utf8.txt, libmariadb's and
+        // libmysqlclient's client errors, mysql_async's error's Display.
+        const KNOWN: [(&str, u16); 11] = [
+            (
+                "The MariaDB server is running with the --read-only option",
+                1290,
+            ),
+            (
+                "The MySQL server is running with the --read-only option",
+                1290,
+            ),
             ("Server shutdown in progress", 1053),
             ("Connection was killed", 1927),
-            ("Input/output error", 2013),
-            ("Driver error: `Connection to the server is closed.", 2013),
+            ("Server has gone away", 2006),
+            ("MySQL server has gone away", 2006),
             ("Lost connection to server", 2013),
+            ("Lost connection to MySQL server", 2013),
+            ("Can't connect to server", 2013),
+            ("Input/output error: ", 2013),
+            ("Driver error: `Connection to the server is closed.", 2013),
         ];
-        let (_, number) = KNOWN.iter().find(|(m, _)| message.contains(m))?;
+        let (_, number) = KNOWN.iter().find(|(m, _)| message.starts_with(m))?;
         ReplicaFailure::from_mariadb(*number)
     }
 

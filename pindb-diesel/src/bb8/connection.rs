@@ -307,8 +307,12 @@ impl<C: Driver> PinDbConnection<C> {
                 return Attempted::CheckoutFailed(e);
             }
         }
-        match self.slots.get() {
-            Ok(conn) => Attempted::Done(attempt.run(conn).await),
+        match self.slots.flight(C::DROP_BREAKS) {
+            Ok((conn, flight)) => {
+                let done = attempt.run(conn).await;
+                *flight = false;
+                Attempted::Done(done)
+            }
             Err(e) => Attempted::Done(Err(e)),
         }
     }
@@ -336,8 +340,11 @@ impl<C: Driver> PinDbConnection<C> {
     {
         let learn = self.learn(index);
         async move {
-            let conn = self.hold(index).await?;
-            C::run_load(learn, &mut **conn, query).await
+            self.hold(index).await?;
+            let (conn, flight) = self.slots.flight(C::DROP_BREAKS)?;
+            let done = C::run_load(learn, &mut **conn, query).await;
+            *flight = false;
+            done
         }
         .boxed()
     }
@@ -352,8 +359,11 @@ impl<C: Driver> PinDbConnection<C> {
     {
         let learn = self.learn(index);
         async move {
-            let conn = self.hold(index).await?;
-            C::run_execute(learn, &mut **conn, query).await
+            self.hold(index).await?;
+            let (conn, flight) = self.slots.flight(C::DROP_BREAKS)?;
+            let done = C::run_execute(learn, &mut **conn, query).await;
+            *flight = false;
+            done
         }
         .boxed()
     }
@@ -391,7 +401,10 @@ impl<C: Driver> SimpleAsyncConnection for PinDbConnection<C> {
         if let Slot::Checkout(index) = slot {
             self.hold(index).await?;
         }
-        self.slots.get()?.batch_execute(query).await
+        let (conn, flight) = self.slots.flight(C::DROP_BREAKS)?;
+        let done = conn.batch_execute(query).await;
+        *flight = false;
+        done
     }
 }
 
@@ -442,8 +455,18 @@ impl<C: Driver> AsyncConnectionCore for PinDbConnection<C> {
         match slot {
             Slot::Held => {
                 let learn = self.held_learn(&query);
-                match self.slots.get() {
-                    Ok(conn) => C::run_load(learn, &mut **conn, query),
+                match self.slots.flight(C::DROP_BREAKS) {
+                    // Boxed again only to clear the flag: not for PostgreSQL's hot path.
+                    Ok((conn, flight)) if C::DROP_BREAKS => {
+                        let run = C::run_load(learn, &mut **conn, query);
+                        async move {
+                            let done = run.await;
+                            *flight = false;
+                            done
+                        }
+                        .boxed()
+                    }
+                    Ok((conn, _)) => C::run_load(learn, &mut **conn, query),
                     Err(e) => ready(Err(e)),
                 }
             }
@@ -488,8 +511,18 @@ impl<C: Driver> AsyncConnectionCore for PinDbConnection<C> {
         match slot {
             Slot::Held => {
                 let learn = self.held_learn(&source);
-                match self.slots.get() {
-                    Ok(conn) => C::run_execute(learn, &mut **conn, source),
+                match self.slots.flight(C::DROP_BREAKS) {
+                    // Boxed again only to clear the flag: not for PostgreSQL's hot path.
+                    Ok((conn, flight)) if C::DROP_BREAKS => {
+                        let run = C::run_execute(learn, &mut **conn, source);
+                        async move {
+                            let done = run.await;
+                            *flight = false;
+                            done
+                        }
+                        .boxed()
+                    }
+                    Ok((conn, _)) => C::run_execute(learn, &mut **conn, source),
                     Err(e) => ready(Err(e)),
                 }
             }

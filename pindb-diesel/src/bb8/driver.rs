@@ -54,6 +54,13 @@ pub trait Driver:
     #[doc(hidden)]
     fn manager(url: String, config: ManagerConfig<Self>) -> Self::Manager;
 
+    /// Whether a statement dropped mid-flight leaves the connection unusable (mysql_async's
+    /// does: the next statement reads the rest of the old answer), so the routed connection
+    /// discards it when that happens;
+    /// tokio-postgres reads the rest of a dropped statement's answer itself.
+    #[doc(hidden)]
+    const DROP_BREAKS: bool;
+
     /// Whether a write's position can be learned in the write's own flight
     /// ([`Driver::load_learning`]).
     #[doc(hidden)]
@@ -68,12 +75,17 @@ pub trait Driver:
         limit: Duration,
     ) -> BoxFuture<'static, ConnectionResult<Self>>;
 
-    /// `rows`, read to the point where a refusal or a hang would show (the first row), and
-    /// freed of the connection they came from: a read that may move to another server.
+    /// `rows`, read to the point where a refusal or a hang would show, and freed of the
+    /// connection they came from: a read that may move to another server. PostgreSQL's rows
+    /// own their channel, so only the first is awaited; MariaDB's borrow the connection, so
+    /// all are read (and `reads.timeout_ms` runs to the last).
     #[doc(hidden)]
     fn detach(
         rows: Self::Rows<'_>,
-    ) -> BoxFuture<'_, QueryResult<BoxStream<'static, QueryResult<Self::OwnedRow>>>>;
+    ) -> impl std::future::Future<
+        Output = QueryResult<BoxStream<'static, QueryResult<Self::OwnedRow>>>,
+    > + Send
+           + '_;
 
     /// Detached rows, as the driver's stream.
     #[doc(hidden)]
@@ -121,6 +133,7 @@ mod pg {
         type Rows<'c> = <AsyncPgConnection as AsyncConnectionCore>::Stream<'c, 'c>;
         type Manager = AsyncDieselConnectionManager<Self>;
         const LEARNS_IN_FLIGHT: bool = true;
+        const DROP_BREAKS: bool = false;
 
         fn manager(url: String, config: ManagerConfig<Self>) -> Self::Manager {
             AsyncDieselConnectionManager::new_with_config(url, config)
@@ -155,20 +168,16 @@ mod pg {
             .boxed()
         }
 
-        fn detach(
+        async fn detach(
             mut rows: Self::Rows<'_>,
-        ) -> BoxFuture<'_, QueryResult<BoxStream<'static, QueryResult<Self::OwnedRow>>>> {
-            // tokio-postgres' rows own their channel: only the first is awaited.
-            async move {
-                Ok(match rows.next().await {
-                    Some(Err(e)) => return Err(e),
-                    Some(Ok(first)) => futures_util::stream::once(std::future::ready(Ok(first)))
-                        .chain(rows)
-                        .boxed(),
-                    None => futures_util::stream::empty().boxed(),
-                })
-            }
-            .boxed()
+        ) -> QueryResult<BoxStream<'static, QueryResult<Self::OwnedRow>>> {
+            Ok(match rows.next().await {
+                Some(Err(e)) => return Err(e),
+                Some(Ok(first)) => futures_util::stream::once(std::future::ready(Ok(first)))
+                    .chain(rows)
+                    .boxed(),
+                None => futures_util::stream::empty().boxed(),
+            })
         }
 
         fn attach<'c>(rows: BoxStream<'static, QueryResult<Self::OwnedRow>>) -> Self::Rows<'c> {
@@ -227,6 +236,7 @@ mod mysql {
         // mysql_async runs one statement at a time: the master is asked at the context's
         // end, as for SeaORM.
         const LEARNS_IN_FLIGHT: bool = false;
+        const DROP_BREAKS: bool = true;
 
         fn manager(url: String, config: ManagerConfig<Self>) -> Self::Manager {
             AsyncDieselConnectionManager::new_with_config(url, config)
@@ -248,13 +258,11 @@ mod mysql {
             async move { AsyncMysqlConnection::establish(&url).await }.boxed()
         }
 
-        fn detach(
+        async fn detach(
             rows: Self::Rows<'_>,
-        ) -> BoxFuture<'_, QueryResult<BoxStream<'static, QueryResult<MysqlRow>>>> {
-            // mysql_async's rows borrow the connection: read to their end.
-            rows.try_collect::<Vec<_>>()
-                .map(|rows| Ok(futures_util::stream::iter(rows?.into_iter().map(Ok)).boxed()))
-                .boxed()
+        ) -> QueryResult<BoxStream<'static, QueryResult<MysqlRow>>> {
+            let rows = rows.try_collect::<Vec<_>>().await?;
+            Ok(futures_util::stream::iter(rows.into_iter().map(Ok)).boxed())
         }
 
         fn attach<'c>(rows: BoxStream<'static, QueryResult<MysqlRow>>) -> Self::Rows<'c> {

@@ -32,31 +32,37 @@ pub use driver::Driver;
 pub use read_only::{ReadOnlyQuery, ReplicaConnection};
 pub use transaction::{RoutedTransactionManager, TransactionCallback};
 
-/// A pooled diesel-async connection, as bb8 hands it out: a `C` (it derefs to one), back to
-/// its pool when dropped.
-pub struct Pooled<C: Driver = AsyncPgConnection>(bb8::PooledConnection<'static, C::Manager>);
+/// A pooled diesel-async connection, as bb8 hands it out.
+pub type Pooled<C = AsyncPgConnection> = bb8::PooledConnection<'static, Manager<C>>;
 
-impl<C: Driver> std::ops::Deref for Pooled<C> {
-    type Target = C;
+/// The connection manager of pindb's bb8 pools: diesel-async's for `C`
+/// (`AsyncDieselConnectionManager<C>`, with pindb's connection set-up).
+pub struct Manager<C: Driver>(C::Manager);
 
-    fn deref(&self) -> &C {
-        &self.0
-    }
-}
-
-impl<C: Driver> std::ops::DerefMut for Pooled<C> {
-    fn deref_mut(&mut self) -> &mut C {
-        &mut self.0
-    }
-}
-
-impl<C: Driver> std::fmt::Debug for Pooled<C> {
+impl<C: Driver> std::fmt::Debug for Manager<C> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Pooled").finish_non_exhaustive()
+        f.debug_struct("Manager").finish_non_exhaustive()
     }
 }
 
-type Pool<C> = bb8::Pool<<C as Driver>::Manager>;
+impl<C: Driver> bb8::ManageConnection for Manager<C> {
+    type Connection = C;
+    type Error = PoolError;
+
+    fn connect(&self) -> impl Future<Output = Result<C, PoolError>> + Send {
+        self.0.connect()
+    }
+
+    fn is_valid(&self, conn: &mut C) -> impl Future<Output = Result<(), PoolError>> + Send {
+        self.0.is_valid(conn)
+    }
+
+    fn has_broken(&self, conn: &mut C) -> bool {
+        self.0.has_broken(conn)
+    }
+}
+
+type Pool<C> = bb8::Pool<Manager<C>>;
 
 /// The entry point: the router plus a pool per alias. Cheap to clone.
 ///
@@ -234,7 +240,7 @@ impl<C: Driver> PinDb<C> {
                     }
                 },
             };
-            return got.map(|conn| (index, Pooled(conn))).map_err(|e| match e {
+            return got.map(|conn| (index, conn)).map_err(|e| match e {
                 // Every connection busy: the pool is exhausted, the server may be fine.
                 bb8::RunError::TimedOut
                     if pool.state().connections >= db.pool.max_size
@@ -282,7 +288,7 @@ fn build_pool<C: Driver>(db: &Database) -> Pool<C> {
         }
         .boxed()
     });
-    let manager = C::manager(db.pool_url(), config);
+    let manager = Manager(C::manager(db.pool_url(), config));
     bb8::Pool::builder()
         .max_size(db.pool.max_size)
         .min_idle(db.pool.min_idle)

@@ -36,6 +36,12 @@ pub trait Driver:
         T: Query + QueryFragment<Self::Backend> + QueryId,
         Self::Backend: QueryMetadata<T::SqlType>;
 
+    /// The URL of `db`'s pool.
+    #[doc(hidden)]
+    fn pool_url(db: &pindb_core::adapter::Database) -> String {
+        db.pool_url()
+    }
+
     /// The address (`host:port`, as the server sees itself) a new connection reached: only
     /// asked for a server behind a reader endpoint, which only PostgreSQL sets have.
     #[doc(hidden)]
@@ -102,6 +108,20 @@ mod mysql {
                 })
                 .collect();
             Ok(rows.into_iter())
+        }
+
+        // The client library takes `localhost` for its Unix socket and ignores the port: the
+        // pool would reach whichever server owns the socket, not the one pindb monitors (its
+        // own connections go over TCP). The port says which server is meant.
+        fn pool_url(db: &pindb_core::adapter::Database) -> String {
+            match db.host.eq_ignore_ascii_case("localhost") {
+                true => {
+                    let mut tcp = db.clone();
+                    tcp.host = "127.0.0.1".to_owned();
+                    tcp.pool_url()
+                }
+                false => db.pool_url(),
+            }
         }
 
         fn reached(_: &mut Self) -> QueryResult<String> {

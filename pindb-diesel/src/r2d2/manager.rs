@@ -22,7 +22,7 @@ pub struct Manager<C: Driver> {
 impl<C: Driver> Manager<C> {
     pub(crate) fn new(db: &Database) -> Manager<C> {
         Manager {
-            inner: ConnectionManager::new(db.pool_url()),
+            inner: ConnectionManager::new(C::pool_url(db)),
             server: db.server.is_some().then(|| Arc::new(db.clone())),
             limit: db.pool.connect_timeout,
         }
@@ -34,9 +34,11 @@ impl<C: Driver> ManageConnection for Manager<C> {
     type Error = diesel::r2d2::Error;
 
     fn connect(&self) -> Result<C, Self::Error> {
-        // Each attempt's handshake is bounded by the URL's `connect_timeout`, and no attempt
-        // starts past 80 % of the pool's (the search's error then beats the pool's timeout,
-        // as in the other adapters). The address question runs on blocking libpq without a
+        // PostgreSQL: each attempt's handshake is bounded by the URL's `connect_timeout`, and
+        // no attempt starts past 80 % of the pool's (the search's error then beats the pool's
+        // timeout, as in the other adapters). MariaDB: diesel's URL takes no timeout, so a
+        // server that never answers holds a connection thread until the OS gives up (r2d2's
+        // checkout still fails at `connect_timeout_ms`). The address question runs on blocking libpq without a
         // bound of its own: a server that hangs right after its handshake holds one of
         // r2d2's connection threads until the socket gives up.
         let mut search = self

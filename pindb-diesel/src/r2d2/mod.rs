@@ -44,6 +44,8 @@ mod mysql_row;
 pub use connection::{PinDbConnection, RoutedTransactionManager};
 pub use driver::Driver;
 pub use manager::Manager;
+#[cfg(feature = "r2d2-mariadb")]
+pub use mysql_row::{OwnedMysqlField, OwnedMysqlRow};
 
 /// A pooled sync diesel connection (a `C`).
 pub type Pooled<C = PgConnection> = PooledConnection<Manager<C>>;
