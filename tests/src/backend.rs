@@ -20,6 +20,9 @@ pub trait Backend {
     /// One row into the world's `items`, returning as `port` the number of the server that
     /// ran the insert.
     const INSERT: &'static str;
+    /// [`Backend::INSERT`] taking 0.5 s on the server: a write long enough to be cut while it
+    /// runs.
+    const SLOW_INSERT: &'static str;
     /// Its world.
     type World: Servers;
 }
@@ -33,6 +36,7 @@ impl Backend for Postgres {
     const NUMBER: &'static str = "port";
     const SERVER: &'static str = "current_setting('port')::int";
     const INSERT: &'static str = "INSERT INTO items DEFAULT VALUES RETURNING port";
+    const SLOW_INSERT: &'static str = "INSERT INTO items SELECT FROM pg_sleep(0.5) RETURNING port";
     type World = World;
 }
 
@@ -46,6 +50,8 @@ impl Backend for MariaDb {
     // Signed: `@@server_id` is unsigned, which sqlx will not decode as an `i32`.
     const SERVER: &'static str = "CAST(@@server_id AS SIGNED)";
     const INSERT: &'static str = "INSERT INTO items () VALUES () RETURNING server_id AS port";
+    const SLOW_INSERT: &'static str =
+        "INSERT INTO items (server_id) VALUES (@@server_id + SLEEP(0.5)) RETURNING server_id AS port";
     type World = MariaDbWorld;
 }
 
@@ -53,10 +59,27 @@ impl Backend for MariaDb {
 pub type WorldOf<A> = <<A as crate::Adapter>::Backend as Backend>::World;
 
 /// A world as the scenario table sees it, whatever the database: the number each server
-/// answers with, a config reaching them, and the rows written on the primary.
+/// answers with, a config reaching them, and the rows written on the primary; and for tests
+/// that build their own config (a server behind a proxy, a master nothing listens for) each
+/// server's URL, and setup of their own.
 // The futures are awaited in place, on one task: no `Send` bound is needed.
 #[allow(async_fn_in_trait)]
-pub trait Servers {
+pub trait Servers: Sized {
+    /// A fresh world on the dev cluster's set of this database, each server reached directly.
+    async fn fresh() -> Self;
+    /// The world's schema (PostgreSQL) or database (MariaDB): what `{schema}` stands for in
+    /// [`Servers::setup`], and the qualifier of the objects it made.
+    fn schema(&self) -> &str;
+    /// The URL of node `node` (0: the primary, 1 or 2: a replica), directly, in the world's
+    /// schema or database; [`crate::with_address`] points it elsewhere.
+    fn url(&self, node: usize) -> String;
+    /// Runs `sql` (statements; `{schema}` replaced by [`Servers::schema`]) on the primary as
+    /// the world's maker (PostgreSQL: the application user; MariaDB: the admin, the only one
+    /// that may make a function with a binary log), then waits until both replicas replayed
+    /// it.
+    async fn setup(&self, sql: &str);
+    /// Rows in the world's table `table`, on the primary.
+    async fn count(&self, table: &str) -> i64;
     /// The primary's number.
     fn master(&self) -> i32;
     /// The replicas' numbers.
@@ -64,7 +87,9 @@ pub trait Servers {
     /// The cluster as one set, with `router` mode (`None`: disabled).
     fn config(&self, router: Option<RouterMode>) -> Config;
     /// Rows in `items`, on the primary.
-    async fn rows(&self) -> i64;
+    async fn rows(&self) -> i64 {
+        self.count("items").await
+    }
     /// Drops what the world made.
     async fn finish(self);
 }

@@ -70,6 +70,12 @@ pub trait Adapter: Sized {
     async fn write(&self) -> Outcome;
     /// The same insert inside a transaction.
     async fn transaction_write(&self) -> Outcome;
+    /// [`Backend::SLOW_INSERT`] (or what the adapter can run of it): an insert that runs for
+    /// 0.5 s on the server, returning `port`.
+    async fn slow_write(&self) -> Outcome {
+        self.port_of_sql(<Self::Backend as Backend>::SLOW_INSERT)
+            .await
+    }
     /// Any statement returning one row with an integer column `port`, as raw SQL through the
     /// ORM (`diesel::sql_query`, SeaORM's `query_one_raw`).
     async fn port_of_sql(&self, sql: &str) -> Outcome;
@@ -394,8 +400,16 @@ impl Adapter for DieselSync {
 fn sync_insert(
     conn: &mut pindb_diesel::r2d2::PinDbConnection<diesel::MysqlConnection>,
 ) -> diesel::QueryResult<i32> {
+    sync_insert_with(conn, "INSERT INTO items () VALUES ()")
+}
+
+/// [`sync_insert`] with `insert` (its statement, without `RETURNING`).
+fn sync_insert_with(
+    conn: &mut pindb_diesel::r2d2::PinDbConnection<diesel::MysqlConnection>,
+    insert: &str,
+) -> diesel::QueryResult<i32> {
     use diesel::RunQueryDsl;
-    diesel::sql_query("INSERT INTO items () VALUES ()").execute(conn)?;
+    diesel::sql_query(insert).execute(conn)?;
     let row: items::Port = diesel::sql_query(
         "SELECT CAST(server_id AS SIGNED) AS port FROM items WHERE id = LAST_INSERT_ID()",
     )
@@ -426,6 +440,17 @@ impl Adapter for DieselSyncMariaDb {
     async fn transaction_write(&self) -> Outcome {
         use diesel::Connection;
         self.blocking(|conn| conn.transaction(sync_insert)).await
+    }
+
+    // `SLOW_INSERT` without its `RETURNING` (see `sync_insert`): the cut, if any, falls on the
+    // insert.
+    async fn slow_write(&self) -> Outcome {
+        let insert = MariaDb::SLOW_INSERT
+            .split(" RETURNING")
+            .next()
+            .unwrap_or_default();
+        self.blocking(move |conn| sync_insert_with(conn, insert))
+            .await
     }
 
     async fn port_of_sql(&self, sql: &str) -> Outcome {
@@ -541,10 +566,21 @@ enum Path {
     Endpoint(pindb_testkit::Proxy),
 }
 
-/// `host:port` of a URL.
-fn address(url: &str) -> String {
+/// `host:port` of a URL (`scheme://user:password@host:port/database?options`).
+pub fn address(url: &str) -> String {
     let tail = url.rsplit('@').next().unwrap_or_default();
     tail.split('/').next().unwrap_or_default().to_owned()
+}
+
+/// `url` with its `host:port` replaced by `address` (`127.0.0.1:port` of a proxy...), the
+/// user, password, database and options kept: the way to put a server of either database
+/// behind something else.
+pub fn with_address(url: &str, address: &str) -> String {
+    let (head, tail) = url
+        .rsplit_once('@')
+        .unwrap_or_else(|| panic!("`{url}` names no user"));
+    let rest = tail.find('/').map_or("", |at| &tail[at..]);
+    format!("{head}@{address}{rest}")
 }
 
 /// The port of the server behind `client`.
@@ -670,8 +706,7 @@ impl World {
 
     /// Rows in `items`, on the primary.
     pub async fn rows(&self) -> i64 {
-        let sql = format!("SELECT count(*) FROM {}.items", self.schema.name);
-        self.primary.query_one(&sql, &[]).await.expect(&sql).get(0)
+        Servers::count(self, "items").await
     }
 
     /// Drops the schema.
@@ -684,6 +719,32 @@ impl World {
 }
 
 impl Servers for World {
+    async fn fresh() -> World {
+        World::new().await
+    }
+
+    fn schema(&self) -> &str {
+        &self.schema.name
+    }
+
+    fn url(&self, node: usize) -> String {
+        match node {
+            0 => self.schema.url(&self.cluster.primary_url),
+            n => self.schema.url(self.cluster.replica_url(n)),
+        }
+    }
+
+    async fn setup(&self, sql: &str) {
+        let sql = sql.replace("{schema}", &self.schema.name);
+        self.primary.batch_execute(&sql).await.expect(&sql);
+        self.cluster.sync_replicas().await;
+    }
+
+    async fn count(&self, table: &str) -> i64 {
+        let sql = format!("SELECT count(*) FROM {}.{table}", self.schema.name);
+        self.primary.query_one(&sql, &[]).await.expect(&sql).get(0)
+    }
+
     fn master(&self) -> i32 {
         self.master
     }
@@ -696,11 +757,28 @@ impl Servers for World {
         World::config(self, router)
     }
 
-    async fn rows(&self) -> i64 {
-        World::rows(self).await
-    }
-
     async fn finish(self) {
         World::finish(self).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses() {
+        let pg = "postgres://pindb:pw@127.0.0.1:25433/pindb?options=-c%20search_path%3Ds";
+        assert_eq!(address(pg), "127.0.0.1:25433");
+        assert_eq!(
+            with_address(pg, "127.0.0.1:1"),
+            "postgres://pindb:pw@127.0.0.1:1/pindb?options=-c%20search_path%3Ds"
+        );
+        let mariadb = "mysql://pindb:p@ss@127.0.0.1:25491/scenarios_1";
+        assert_eq!(address(mariadb), "127.0.0.1:25491");
+        assert_eq!(
+            with_address(mariadb, "127.0.0.1:4242"),
+            "mysql://pindb:p@ss@127.0.0.1:4242/scenarios_1"
+        );
     }
 }

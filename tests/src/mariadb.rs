@@ -113,6 +113,40 @@ impl MariaDbWorld {
 }
 
 impl Servers for MariaDbWorld {
+    async fn fresh() -> MariaDbWorld {
+        MariaDbWorld::new().await
+    }
+
+    fn schema(&self) -> &str {
+        &self.database
+    }
+
+    fn url(&self, node: usize) -> String {
+        let c = &self.cluster;
+        let base = match node {
+            0 => c.master_url(),
+            n => c.replica_url(n),
+        };
+        in_database(base, &self.database)
+    }
+
+    async fn setup(&self, sql: &str) {
+        let c = self.cluster.clone();
+        let sql = sql.replace("{schema}", &self.database);
+        blocking(move || {
+            c.query(0, &sql)
+                .unwrap_or_else(|e| panic!("MariaDB primary: `{sql}`: {e}"));
+            c.sync_replicas();
+        })
+        .await;
+    }
+
+    async fn count(&self, table: &str) -> i64 {
+        let c = self.cluster.clone();
+        let sql = format!("SELECT count(*) FROM {}.{table}", self.database);
+        blocking(move || number(&c, 0, &sql)).await
+    }
+
     fn master(&self) -> i32 {
         self.master
     }
@@ -122,19 +156,8 @@ impl Servers for MariaDbWorld {
     }
 
     fn config(&self, router: Option<RouterMode>) -> Config {
-        let url = |base: &str| in_database(base, &self.database);
-        let c = &self.cluster;
-        let config = Config::single_set(
-            url(c.master_url()),
-            [url(c.replica_url(1)), url(c.replica_url(2))],
-        );
+        let config = Config::single_set(self.url(0), [self.url(1), self.url(2)]);
         routed(config, router)
-    }
-
-    async fn rows(&self) -> i64 {
-        let c = self.cluster.clone();
-        let sql = format!("SELECT count(*) FROM {}.items", self.database);
-        blocking(move || number(&c, 0, &sql)).await
     }
 
     async fn finish(self) {
