@@ -102,14 +102,7 @@ fn main() {
         .unwrap();
     let body = async {
         let cluster = MariaDbCluster::from_env();
-        cluster
-            .query_as_app(
-                0,
-                "CREATE TABLE IF NOT EXISTS bench_users (id INT PRIMARY KEY, name VARCHAR(64) NOT NULL); \
-                 INSERT IGNORE INTO bench_users VALUES (42, 'bench')",
-            )
-            .expect("the bench table");
-        cluster.sync_replicas();
+        cluster.bench_users();
         let url = cluster.replica_url(1).to_owned();
         let mut config =
             pindb_core::Config::single_set(cluster.master_url(), [cluster.replica_url(1)]);

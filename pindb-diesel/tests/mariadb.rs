@@ -148,6 +148,39 @@ async fn read_user(conn: &mut Conn, table: &str, user: i64) -> Seen {
     .unwrap()
 }
 
+/// What a keyed hunt saw: reads, reads a replica served, reads that missed their own write.
+#[derive(Default)]
+struct Tally([AtomicU64; 3]);
+
+impl Tally {
+    /// One read of a user's row whose last write set it to `written`.
+    fn saw(&self, seen: &Seen, written: i64) {
+        self.0[0].fetch_add(1, Ordering::Relaxed);
+        if seen.id != 1 {
+            self.0[1].fetch_add(1, Ordering::Relaxed);
+        }
+        if seen.n != written {
+            self.0[2].fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// No stale read, enough reads to mean something, and replicas that served a good share.
+    fn check(&self, adapter: &str) {
+        let [reads, on_replicas, stale] =
+            [0, 1, 2].map(|i| AtomicU64::load(&self.0[i], Ordering::Relaxed));
+        eprintln!("{adapter} on MariaDB: {reads} keyed reads after their writes, {on_replicas} on replicas, {stale} stale");
+        assert!(reads > 100, "too few requests to mean anything: {reads}");
+        assert_eq!(
+            stale, 0,
+            "{stale} of {reads} keyed reads missed their own write"
+        );
+        assert!(
+            on_replicas * 5 > reads,
+            "only {on_replicas} of {reads} reads on replicas: the promise was kept by the master alone"
+        );
+    }
+}
+
 /// Asserts that `result` is pindb's refusal of an unpinned write.
 fn refused<T>(what: &str, result: QueryResult<T>) {
     match result {
@@ -348,11 +381,11 @@ async fn no_stale_keyed_read_through_diesel_async_while_replicas_stop_and_start_
     fresh_table(&cluster, &table, USERS).await;
     let db = started(config(&cluster, RouterMode::Greedy)).await;
     // Reads, reads on replicas, stale reads.
-    let counts = Arc::new([AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0)]);
+    let tally = Arc::new(Tally::default());
     let end = Instant::now() + Duration::from_secs(6);
     let flipper = tokio::task::spawn_blocking(move || apply.flip_until(end));
     let users = (0..USERS).map(|user| {
-        let (db, table, counts) = (db.clone(), table.clone(), Arc::clone(&counts));
+        let (db, table, tally) = (db.clone(), table.clone(), Arc::clone(&tally));
         tokio::spawn(async move {
             let key = format!("user:{user}");
             let consistency = db.router().consistency().clone();
@@ -375,13 +408,7 @@ async fn no_stale_keyed_read_through_diesel_async_while_replicas_stop_and_start_
                         read_user(&mut db.get(), &table, user).await
                     })
                     .await;
-                counts[0].fetch_add(1, Ordering::Relaxed);
-                if seen.id != 1 {
-                    counts[1].fetch_add(1, Ordering::Relaxed);
-                }
-                if seen.n != n {
-                    counts[2].fetch_add(1, Ordering::Relaxed);
-                }
+                tally.saw(&seen, n);
             }
         })
     });
@@ -389,18 +416,7 @@ async fn no_stale_keyed_read_through_diesel_async_while_replicas_stop_and_start_
         user.expect("a user failed");
     }
     drop(flipper.await.expect("the flipper ran"));
-    let [reads, on_replicas, stale] =
-        [0, 1, 2].map(|i| AtomicU64::load(&counts[i], Ordering::Relaxed));
-    eprintln!("diesel-async on MariaDB: {reads} keyed reads after their writes, {on_replicas} on replicas, {stale} stale");
-    assert!(reads > 100, "too few requests to mean anything: {reads}");
-    assert_eq!(
-        stale, 0,
-        "{stale} of {reads} keyed reads missed their own write"
-    );
-    assert!(
-        on_replicas * 5 > reads,
-        "only {on_replicas} of {reads} reads on replicas: the promise was kept by the master alone"
-    );
+    tally.check("diesel-async");
 }
 
 /// A MariaDB replica behind a proxy that freezes mid-read, or stops: the read in flight is
@@ -774,11 +790,11 @@ mod sync {
         fresh_table(&cluster, &table, USERS).await;
         let db = started_sync(config(&cluster, RouterMode::Greedy)).await;
         // Reads, reads on replicas, stale reads.
-        let counts = Arc::new([AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0)]);
+        let tally = Arc::new(Tally::default());
         let end = Instant::now() + Duration::from_secs(6);
         let flipper = tokio::task::spawn_blocking(move || apply.flip_until(end));
         let users = (0..USERS).map(|user| {
-            let (db, table, counts) = (db.clone(), table.clone(), Arc::clone(&counts));
+            let (db, table, tally) = (db.clone(), table.clone(), Arc::clone(&tally));
             tokio::spawn(async move {
                 let key = format!("user:{user}");
                 let consistency = db.router().consistency().clone();
@@ -807,13 +823,7 @@ mod sync {
                             in_context(move || read_user(&mut d.get(), &t, user)),
                         )
                         .await;
-                    counts[0].fetch_add(1, Ordering::Relaxed);
-                    if seen.id != 1 {
-                        counts[1].fetch_add(1, Ordering::Relaxed);
-                    }
-                    if seen.n != n {
-                        counts[2].fetch_add(1, Ordering::Relaxed);
-                    }
+                    tally.saw(&seen, n);
                 }
             })
         });
@@ -821,17 +831,6 @@ mod sync {
             user.expect("a user failed");
         }
         drop(flipper.await.expect("the flipper ran"));
-        let [reads, on_replicas, stale] =
-            [0, 1, 2].map(|i| AtomicU64::load(&counts[i], Ordering::Relaxed));
-        eprintln!("sync diesel on MariaDB: {reads} keyed reads after their writes, {on_replicas} on replicas, {stale} stale");
-        assert!(reads > 100, "too few requests to mean anything: {reads}");
-        assert_eq!(
-            stale, 0,
-            "{stale} of {reads} keyed reads missed their own write"
-        );
-        assert!(
-            on_replicas * 5 > reads,
-            "only {on_replicas} of {reads} reads on replicas: the promise was kept by the master alone"
-        );
+        tally.check("sync diesel");
     }
 }

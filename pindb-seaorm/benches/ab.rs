@@ -82,14 +82,7 @@ fn main() {
 #[cfg(feature = "mariadb")]
 async fn mariadb() {
     let cluster = pindb_testkit::MariaDbCluster::from_env();
-    cluster
-        .query_as_app(
-            0,
-            "CREATE TABLE IF NOT EXISTS bench_users (id INT PRIMARY KEY, name VARCHAR(64) NOT NULL); \
-             INSERT IGNORE INTO bench_users VALUES (42, 'bench')",
-        )
-        .expect("the bench table");
-    cluster.sync_replicas();
+    cluster.bench_users();
     let config = pindb_core::Config::single_set(cluster.master_url(), [cluster.replica_url(1)]);
     let db = PinDb::connect(config).await.unwrap();
     db.router().start_monitor().await.unwrap();

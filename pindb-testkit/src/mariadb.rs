@@ -240,6 +240,17 @@ impl MariaDbCluster {
         self.wait_for_gtid(2, &pos);
     }
 
+    /// The benches' `bench_users` table, with the row they read (42), on every server.
+    pub fn bench_users(&self) {
+        self.query_as_app(
+            0,
+            "CREATE TABLE IF NOT EXISTS bench_users (id INT PRIMARY KEY, name VARCHAR(64) NOT NULL); \
+             INSERT IGNORE INTO bench_users VALUES (42, 'bench')",
+        )
+        .expect("the bench table");
+        self.sync_replicas();
+    }
+
     /// Exclusive control of the replicas' SQL threads: waits until no other test holds it or
     /// [`MariaDbCluster::shared`], then lets this test stop and start apply. Dropping it starts
     /// again every SQL thread it stopped (before the lock is released).
