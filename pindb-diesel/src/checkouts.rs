@@ -17,9 +17,9 @@
 //! No I/O here: the caller checks out when told to.
 
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
-use diesel::connection::{CacheSize, Instrumentation, InstrumentationEvent};
+use diesel::connection::{CacheSize, Instrumentation};
 use diesel::result::QueryResult;
 use pindb_core::adapter::{NewPin, Shape};
 use pindb_core::{Hint, Operation, Role, Router};
@@ -76,55 +76,6 @@ impl Drop for ScopeGuard {
             self.scopes.abandoned.store(true, Ordering::Release);
         }
         self.scopes.active.fetch_sub(1, Ordering::AcqRel);
-    }
-}
-
-/// The routed connection's instrumentation, installed on each connection it checks out so
-/// events reach it, with the serving alias in the query text.
-#[derive(Clone)]
-pub(crate) struct Forward {
-    alias: Option<Arc<str>>,
-    user: Arc<Mutex<Box<dyn Instrumentation>>>,
-}
-
-impl Forward {
-    fn with_alias(&self, alias: &str) -> Forward {
-        Forward {
-            alias: Some(Arc::from(alias)),
-            user: Arc::clone(&self.user),
-        }
-    }
-}
-
-/// A query as the instrumentation sees it: `/* pindb: <alias> */ <query>`.
-#[derive(Debug)]
-struct Served<'a> {
-    alias: &'a str,
-    query: &'a dyn diesel::connection::DebugQuery,
-}
-
-impl std::fmt::Display for Served<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "/* pindb: {} */ {}", self.alias, self.query)
-    }
-}
-
-impl diesel::connection::DebugQuery for Served<'_> {}
-
-impl Instrumentation for Forward {
-    fn on_connection_event(&mut self, event: InstrumentationEvent<'_>) {
-        let mut user = self.user.lock().unwrap_or_else(|e| e.into_inner());
-        match (&self.alias, event) {
-            (Some(alias), InstrumentationEvent::StartQuery { query, .. }) => {
-                let served = Served { alias, query };
-                user.on_connection_event(InstrumentationEvent::start_query(&served));
-            }
-            (Some(alias), InstrumentationEvent::FinishQuery { query, error, .. }) => {
-                let served = Served { alias, query };
-                user.on_connection_event(InstrumentationEvent::finish_query(&served, error));
-            }
-            (_, event) => user.on_connection_event(event),
-        }
     }
 }
 
@@ -581,10 +532,7 @@ impl<C: Held> Checkouts<C> {
         router: &Router,
         instrumentation: Box<dyn Instrumentation>,
     ) {
-        let events = Forward {
-            alias: None,
-            user: Arc::new(Mutex::new(instrumentation)),
-        };
+        let events = Forward::new(instrumentation);
         if let Some((i, conn)) = &mut self.held {
             conn.set_events(Some(
                 events.with_alias(&router.topology().databases()[*i].alias),
@@ -602,5 +550,8 @@ impl<C: Held> Checkouts<C> {
     }
 }
 
+mod forward;
 #[cfg(test)]
 mod tests;
+
+pub(crate) use forward::Forward;
