@@ -163,8 +163,11 @@ impl<C: Held> Checkouts<C> {
     pub(crate) fn recover(&mut self) -> QueryResult<()> {
         if std::mem::take(&mut self.in_flight) {
             // Its future was dropped mid-statement: the connection may be half-way through
-            // an answer.
-            if let Some((_, mut conn)) = self.held.take() {
+            // an answer. Inside a transaction, the transaction is lost with it.
+            if self.tx.is_some() {
+                let scopes = self.scopes.get_or_insert_with(Default::default);
+                scopes.abandoned.store(true, Ordering::Release);
+            } else if let Some((_, mut conn)) = self.held.take() {
                 conn.poison();
                 tracing::info!(target: "pindb", "a statement was dropped in flight; its connection was discarded rather than reused mid-answer");
             }
@@ -449,10 +452,11 @@ impl<C: Held> Checkouts<C> {
     /// The held connection for a statement, marked in flight when `mark` (a driver whose
     /// connection a statement dropped mid-flight leaves unusable) until the caller clears
     /// the flag it gets back: dropped before, the connection is discarded instead of reused
-    /// ([`Checkouts::recover`], `Drop`). Inside a transaction nothing is marked: a dropped
-    /// transaction's connection is discarded anyway.
+    /// ([`Checkouts::recover`], `Drop`), and a transaction open on it is abandoned (its next
+    /// statement or commit fails with [`Error::TransactionAbandoned`] instead of reading the
+    /// dropped statement's answer as its own).
     pub(crate) fn flight(&mut self, mark: bool) -> QueryResult<(&mut C, &mut bool)> {
-        self.in_flight = mark && self.tx.is_none();
+        self.in_flight = mark;
         match &mut self.held {
             Some((_, conn)) => Ok((conn, &mut self.in_flight)),
             None => Err(Error::Unsupported("no connection is checked out").into()),

@@ -535,6 +535,52 @@ async fn a_statement_dropped_in_flight_leaves_no_broken_connection_behind() {
     .await;
 }
 
+/// The same inside a transaction: the statement after the dropped one must not read the
+/// dropped one's answer as its own; the transaction is over (abandoned) and says so, and the
+/// routed connection works again afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_statement_dropped_in_flight_inside_a_transaction_abandons_it() {
+    let cluster = MariaDbCluster::from_env();
+    let c = cluster.clone();
+    let _apply = blocking(move || c.shared()).await;
+    let db = started(config(&cluster, RouterMode::Greedy)).await;
+    scope(async {
+        let mut conn = db.get();
+        let slow = "SELECT SLEEP(0.3) AS slept, 7 AS id";
+        let in_txn = conn
+            .transaction(async |conn| {
+                let cut = tokio::time::timeout(
+                    Duration::from_millis(100),
+                    diesel::sql_query(slow).get_result::<ServerId>(conn),
+                )
+                .await;
+                assert!(cut.is_err(), "dropped mid-statement");
+                diesel::sql_query("SELECT 1 AS id")
+                    .get_result::<ServerId>(conn)
+                    .await
+            })
+            .await;
+        match in_txn {
+            Ok(row) => panic!(
+                "the transaction went on after a dropped statement and read {}",
+                row.id
+            ),
+            Err(e) => assert!(
+                matches!(
+                    pindb_diesel::routing_error(&e),
+                    Some(pindb_diesel::Error::TransactionAbandoned)
+                ),
+                "{e}"
+            ),
+        }
+        assert_eq!(
+            server_id_on(&mut conn, &format!("SELECT {SERVER_ID}")).await,
+            1
+        );
+    })
+    .await;
+}
+
 async fn server_id_on(conn: &mut Conn, text: &str) -> i64 {
     let answer: ServerId = diesel::sql_query(text).get_result(conn).await.unwrap();
     answer.id
