@@ -57,13 +57,15 @@ pub enum Error {
     },
 
     /// A `transaction(..)` nested in the running one was abandoned (its future was dropped or
-    /// its closure panicked). pindb discarded the transaction's database connection, so the
-    /// whole transaction was rolled back; the enclosing transaction cannot go on.
+    /// its closure panicked), or, on MariaDB, one of its statements (or its `BEGIN`,
+    /// `COMMIT`, `ROLLBACK`) was dropped mid-flight. pindb discarded the transaction's
+    /// database connection, so the whole transaction was rolled back; it cannot go on.
     #[error(
         "this transaction was rolled back: a transaction inside it was abandoned (its future \
-         was dropped or its closure panicked) and pindb discarded the connection rather than \
-         reuse it in an unknown state; return this error so the enclosing transaction ends, \
-         then retry the whole unit of work"
+         was dropped or its closure panicked), or one of its statements was dropped before \
+         its answer came (a timeout, on MariaDB), and pindb discarded the connection rather \
+         than reuse it in an unknown state; return this error so the transaction ends, then \
+         retry the whole unit of work"
     )]
     TransactionAbandoned,
 

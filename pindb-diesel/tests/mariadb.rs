@@ -581,6 +581,54 @@ async fn a_statement_dropped_in_flight_inside_a_transaction_abandons_it() {
     .await;
 }
 
+/// A hand-begun transaction whose `COMMIT` is dropped before its answer: the transaction is
+/// abandoned at once (its statements fail with `TransactionAbandoned` until it is rolled
+/// back), and afterwards every statement reads its own answer, not the one before it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hand_made_commit_dropped_in_flight_abandons_the_transaction() {
+    use diesel_async::TransactionManager;
+    use futures_util::FutureExt;
+    use pindb_diesel::bb8::RoutedTransactionManager as Tm;
+
+    let cluster = MariaDbCluster::from_env();
+    let c = cluster.clone();
+    let _apply = blocking(move || c.shared()).await;
+    let db = started(config(&cluster, RouterMode::Greedy)).await;
+    let id = |n: i64| format!("SELECT {n} AS id");
+    scope(async {
+        db.router().pin("default").unwrap();
+        let mut conn = db.get();
+        Tm::begin_transaction(&mut conn).await.unwrap();
+        assert_eq!(server_id_on(&mut conn, &id(1)).await, 1);
+        // Polled once (COMMIT sent), then dropped.
+        assert!(
+            Tm::commit_transaction(&mut conn).now_or_never().is_none(),
+            "the commit was still waiting for its answer"
+        );
+        let lost = diesel::sql_query(id(2))
+            .get_result::<ServerId>(&mut conn)
+            .await;
+        match lost {
+            Ok(row) => panic!(
+                "the transaction went on after a dropped COMMIT and read {}",
+                row.id
+            ),
+            Err(e) => assert!(
+                matches!(
+                    pindb_diesel::routing_error(&e),
+                    Some(pindb_diesel::Error::TransactionAbandoned)
+                ),
+                "{e}"
+            ),
+        }
+        Tm::rollback_transaction(&mut conn).await.unwrap();
+        for n in [3, 4, 5] {
+            assert_eq!(server_id_on(&mut conn, &id(n)).await, n, "its own answer");
+        }
+    })
+    .await;
+}
+
 async fn server_id_on(conn: &mut Conn, text: &str) -> i64 {
     let answer: ServerId = diesel::sql_query(text).get_result(conn).await.unwrap();
     answer.id

@@ -113,24 +113,33 @@ impl<C: Driver> TransactionManager<PinDbConnection<C>> for RoutedTransactionMana
         if let Slot::Checkout(index) = conn.slots.decide_begin(conn.db.router())? {
             conn.hold(index).await?;
         }
-        // Marked before BEGIN is sent: dropped while in flight, the connection is poisoned.
+        // Marked before BEGIN is sent: dropped while in flight, the connection is poisoned
+        // (and, for a driver a dropped statement breaks, the transaction abandoned at once:
+        // a hand-begun one has no scope to mark it).
         conn.slots.start_transaction();
-        let result = Ansi::begin_transaction(conn.slots.get()?).await;
+        let (tx, flight) = conn.slots.flight(C::DROP_BREAKS)?;
+        let result = Ansi::begin_transaction(tx).await;
+        *flight = false;
         conn.slots.settle();
         result
     }
 
     async fn rollback_transaction(conn: &mut PinDbConnection<C>) -> QueryResult<()> {
-        let Some(tx) = conn.slots.for_rollback()? else {
+        if conn.slots.for_rollback()?.is_none() {
             return Ok(());
-        };
+        }
+        let (tx, flight) = conn.slots.flight(C::DROP_BREAKS)?;
         let result = Ansi::rollback_transaction(tx).await;
+        *flight = false;
         conn.slots.settle();
         result
     }
 
     async fn commit_transaction(conn: &mut PinDbConnection<C>) -> QueryResult<()> {
-        let result = Ansi::commit_transaction(conn.slots.for_commit()?).await;
+        conn.slots.for_commit()?;
+        let (tx, flight) = conn.slots.flight(C::DROP_BREAKS)?;
+        let result = Ansi::commit_transaction(tx).await;
+        *flight = false;
         conn.slots.settle();
         result
     }
