@@ -408,6 +408,23 @@ impl<C: Driver> SimpleAsyncConnection for PinDbConnection<C> {
     }
 }
 
+/// `run`, on a connection [`Checkouts::flight`] marked: the mark is cleared when it lands.
+/// Boxed again only for a driver a dropped statement breaks: not on PostgreSQL's hot path.
+fn landed<'a, C: Driver, T: Send + 'a>(
+    flight: &'a mut bool,
+    run: BoxFuture<'a, QueryResult<T>>,
+) -> BoxFuture<'a, QueryResult<T>> {
+    if !C::DROP_BREAKS {
+        return run;
+    }
+    async move {
+        let done = run.await;
+        *flight = false;
+        done
+    }
+    .boxed()
+}
+
 fn ready<'a, T: Send + 'a>(result: QueryResult<T>) -> BoxFuture<'a, QueryResult<T>> {
     std::future::ready(result).boxed()
 }
@@ -456,17 +473,9 @@ impl<C: Driver> AsyncConnectionCore for PinDbConnection<C> {
             Slot::Held => {
                 let learn = self.held_learn(&query);
                 match self.slots.flight(C::DROP_BREAKS) {
-                    // Boxed again only to clear the flag: not for PostgreSQL's hot path.
-                    Ok((conn, flight)) if C::DROP_BREAKS => {
-                        let run = C::run_load(learn, &mut **conn, query);
-                        async move {
-                            let done = run.await;
-                            *flight = false;
-                            done
-                        }
-                        .boxed()
+                    Ok((conn, flight)) => {
+                        landed::<C, _>(flight, C::run_load(learn, &mut **conn, query))
                     }
-                    Ok((conn, _)) => C::run_load(learn, &mut **conn, query),
                     Err(e) => ready(Err(e)),
                 }
             }
@@ -512,17 +521,9 @@ impl<C: Driver> AsyncConnectionCore for PinDbConnection<C> {
             Slot::Held => {
                 let learn = self.held_learn(&source);
                 match self.slots.flight(C::DROP_BREAKS) {
-                    // Boxed again only to clear the flag: not for PostgreSQL's hot path.
-                    Ok((conn, flight)) if C::DROP_BREAKS => {
-                        let run = C::run_execute(learn, &mut **conn, source);
-                        async move {
-                            let done = run.await;
-                            *flight = false;
-                            done
-                        }
-                        .boxed()
+                    Ok((conn, flight)) => {
+                        landed::<C, _>(flight, C::run_execute(learn, &mut **conn, source))
                     }
-                    Ok((conn, _)) => C::run_execute(learn, &mut **conn, source),
                     Err(e) => ready(Err(e)),
                 }
             }
@@ -567,53 +568,5 @@ impl<C: Driver> AsyncConnection for PinDbConnection<C> {
     /// goes back to its pool with the default restored).
     fn set_prepared_statement_cache_size(&mut self, size: CacheSize) {
         self.slots.set_cache_size(size);
-    }
-}
-
-mod save_changes {
-    use diesel::query_builder::{AsChangeset, IntoUpdateTarget};
-    use diesel_async::methods::LoadQuery;
-    use diesel_async::{RunQueryDsl, UpdateAndFetchResults};
-    use futures_util::future::BoxFuture;
-    use futures_util::FutureExt;
-
-    use super::PinDbConnection;
-
-    /// `save_changes` on the routed connection: an `UPDATE ... RETURNING`, routed as a write.
-    impl<'b, C, Changes, Output, Tab, V> UpdateAndFetchResults<Changes, Output> for PinDbConnection<C>
-    where
-        C: super::Driver,
-        Output: Send + 'static,
-        Changes: Copy
-            + AsChangeset<Target = Tab>
-            + Send
-            + diesel::associations::Identifiable<Table = Tab>,
-        Tab: diesel::Table + diesel::query_dsl::methods::FindDsl<Changes::Id> + 'b,
-        diesel::dsl::Find<Tab, Changes::Id>: IntoUpdateTarget<Table = Tab, WhereClause = V>,
-        diesel::query_builder::UpdateStatement<Tab, V, Changes::Changeset>:
-            diesel::query_builder::AsQuery,
-        diesel::dsl::Update<Changes, Changes>: LoadQuery<'b, Self, Output>,
-        V: Send + 'b,
-        Changes::Changeset: Send + 'b,
-        Tab::FromClause: Send,
-    {
-        fn update_and_fetch<'conn, 'changes>(
-            &'conn mut self,
-            changeset: Changes,
-        ) -> BoxFuture<'changes, diesel::QueryResult<Output>>
-        where
-            Changes: 'changes,
-            Changes::Changeset: 'changes,
-            'conn: 'changes,
-            Self: 'changes,
-        {
-            async move {
-                diesel::update(changeset)
-                    .set(changeset)
-                    .get_result(self)
-                    .await
-            }
-            .boxed()
-        }
     }
 }

@@ -25,6 +25,7 @@ mod connection;
 mod driver;
 mod position;
 mod read_only;
+mod save_changes;
 mod transaction;
 
 pub use connection::PinDbConnection;
