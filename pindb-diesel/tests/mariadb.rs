@@ -373,41 +373,65 @@ async fn a_read_the_replica_refuses_runs_on_the_master_and_is_learned() {
 /// the next keyed context, while one replica's SQL thread stops or starts every 50-400 ms.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_stale_keyed_read_through_diesel_async_while_replicas_stop_and_start_applying() {
-    const USERS: i64 = 6;
     let cluster = MariaDbCluster::from_env();
     let c = cluster.clone();
     let apply = blocking(move || c.exclusive()).await;
     let table = random_table();
     fresh_table(&cluster, &table, USERS).await;
     let db = started(config(&cluster, RouterMode::Greedy)).await;
-    // Reads, reads on replicas, stale reads.
+    let update = format!("UPDATE `{table}` SET `n` = ? WHERE `user_id` = ?");
+    let (d, t) = (db.clone(), table.clone());
+    let write = move |user, n| {
+        let (db, update) = (d.clone(), update.clone());
+        async move {
+            diesel::sql_query(&update)
+                .bind::<BigInt, _>(n)
+                .bind::<BigInt, _>(user)
+                .execute(&mut db.get())
+                .await
+                .unwrap();
+        }
+    };
+    let d = db.clone();
+    let read = move |user| {
+        let (db, t) = (d.clone(), t.clone());
+        async move { read_user(&mut db.get(), &t, user).await }
+    };
+    let consistency = db.router().consistency().clone();
+    hunt("diesel-async", consistency, apply, write, read).await;
+}
+
+/// Users of the keyed hunts.
+const USERS: i64 = 6;
+
+/// The keyed hunt: `USERS` users in closed loops (each waits for its last request) for 6 s,
+/// each writing `n` to its row in one keyed context (`write(user, n)`) and reading it back in
+/// the next (`read(user)`), while one replica's SQL thread stops or starts every 50-400 ms.
+async fn hunt<W, WF, R, RF>(
+    adapter: &str,
+    consistency: Arc<pindb_core::Consistency>,
+    apply: pindb_testkit::MariaDbApplyControl,
+    write: W,
+    read: R,
+) where
+    W: Fn(i64, i64) -> WF + Clone + Send + 'static,
+    WF: std::future::Future<Output = ()> + Send,
+    R: Fn(i64) -> RF + Clone + Send + 'static,
+    RF: std::future::Future<Output = Seen> + Send,
+{
     let tally = Arc::new(Tally::default());
     let end = Instant::now() + Duration::from_secs(6);
     let flipper = tokio::task::spawn_blocking(move || apply.flip_until(end));
     let users = (0..USERS).map(|user| {
-        let (db, table, tally) = (db.clone(), table.clone(), Arc::clone(&tally));
+        let (write, read, tally) = (write.clone(), read.clone(), Arc::clone(&tally));
+        let consistency = Arc::clone(&consistency);
         tokio::spawn(async move {
             let key = format!("user:{user}");
-            let consistency = db.router().consistency().clone();
-            let update = format!("UPDATE `{table}` SET `n` = ? WHERE `user_id` = ?");
             let mut n = 0i64;
             while Instant::now() < end {
                 n += 1;
-                consistency
-                    .scope_with_key(Some(&key), async {
-                        diesel::sql_query(&update)
-                            .bind::<BigInt, _>(n)
-                            .bind::<BigInt, _>(user)
-                            .execute(&mut db.get())
-                            .await
-                            .unwrap()
-                    })
-                    .await;
-                let seen = consistency
-                    .scope_with_key(Some(&key), async {
-                        read_user(&mut db.get(), &table, user).await
-                    })
-                    .await;
+                consistency.scope_with_key(Some(&key), write(user, n)).await;
+                let seen = consistency.scope_with_key(Some(&key), read(user)).await;
                 tally.saw(&seen, n);
             }
         })
@@ -416,7 +440,7 @@ async fn no_stale_keyed_read_through_diesel_async_while_replicas_stop_and_start_
         user.expect("a user failed");
     }
     drop(flipper.await.expect("the flipper ran"));
-    tally.check("diesel-async");
+    tally.check(adapter);
 }
 
 /// A MariaDB replica behind a proxy that freezes mid-read, or stops: the read in flight is
@@ -876,55 +900,30 @@ mod sync {
     /// request while one replica's SQL thread stops or starts every 50-400 ms.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn no_stale_keyed_read_through_sync_diesel_while_replicas_stop_and_start_applying() {
-        const USERS: i64 = 6;
         let cluster = MariaDbCluster::from_env();
         let c = cluster.clone();
         let apply = blocking(move || c.exclusive()).await;
         let table = random_table();
         fresh_table(&cluster, &table, USERS).await;
         let db = started_sync(config(&cluster, RouterMode::Greedy)).await;
-        // Reads, reads on replicas, stale reads.
-        let tally = Arc::new(Tally::default());
-        let end = Instant::now() + Duration::from_secs(6);
-        let flipper = tokio::task::spawn_blocking(move || apply.flip_until(end));
-        let users = (0..USERS).map(|user| {
-            let (db, table, tally) = (db.clone(), table.clone(), Arc::clone(&tally));
-            tokio::spawn(async move {
-                let key = format!("user:{user}");
-                let consistency = db.router().consistency().clone();
-                let mut n = 0i64;
-                while Instant::now() < end {
-                    n += 1;
-                    let (d, t) = (db.clone(), table.clone());
-                    consistency
-                        .scope_with_key(
-                            Some(&key),
-                            in_context(move || {
-                                diesel::sql_query(format!(
-                                    "UPDATE `{t}` SET `n` = ? WHERE `user_id` = ?"
-                                ))
-                                .bind::<BigInt, _>(n)
-                                .bind::<BigInt, _>(user)
-                                .execute(&mut d.get())
-                                .unwrap()
-                            }),
-                        )
-                        .await;
-                    let (d, t) = (db.clone(), table.clone());
-                    let seen = consistency
-                        .scope_with_key(
-                            Some(&key),
-                            in_context(move || read_user(&mut d.get(), &t, user)),
-                        )
-                        .await;
-                    tally.saw(&seen, n);
-                }
+        let (d, t) = (db.clone(), table.clone());
+        let write = move |user, n| {
+            let (d, t) = (d.clone(), t.clone());
+            in_context(move || {
+                diesel::sql_query(format!("UPDATE `{t}` SET `n` = ? WHERE `user_id` = ?"))
+                    .bind::<BigInt, _>(n)
+                    .bind::<BigInt, _>(user)
+                    .execute(&mut d.get())
+                    .map(drop)
+                    .unwrap()
             })
-        });
-        for user in futures_util::future::join_all(users).await {
-            user.expect("a user failed");
-        }
-        drop(flipper.await.expect("the flipper ran"));
-        tally.check("sync diesel");
+        };
+        let d = db.clone();
+        let read = move |user| {
+            let (d, t) = (d.clone(), table.clone());
+            in_context(move || read_user(&mut d.get(), &t, user))
+        };
+        let consistency = db.router().consistency().clone();
+        hunt("sync diesel", consistency, apply, write, read).await;
     }
 }
