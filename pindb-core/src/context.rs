@@ -51,7 +51,14 @@ tokio::task_local! {
 /// ```
 #[derive(Clone, Default)]
 pub struct Context {
-    state: Arc<Mutex<State>>,
+    shared: Arc<Shared>,
+}
+
+#[derive(Default)]
+struct Shared {
+    state: Mutex<State>,
+    /// Woken whenever a write in flight lands ([`WriteFlight`](crate::adapter::WriteFlight)).
+    landed: tokio::sync::Notify,
 }
 
 impl std::fmt::Debug for Context {
@@ -125,6 +132,39 @@ pub(crate) struct SetState {
     unlearned: u32,
     /// The highest master position learned with this context's writes.
     learned: Option<Lsn>,
+    /// Writes of this set sent to its master whose outcome is not known yet
+    /// ([`WriteFlight`](crate::adapter::WriteFlight)): a position read now could be before them.
+    pub(crate) in_flight: u32,
+    /// A write of this set was dropped in flight where nobody can tell when it lands: it
+    /// may still commit, at a position nobody will know.
+    pub(crate) lost_flight: bool,
+}
+
+impl SetState {
+    fn new(name: Arc<str>) -> Self {
+        SetState {
+            name,
+            pin: None,
+            replica: None,
+            required: None,
+            replica_reads: 0,
+            failed_over: false,
+            read_master: false,
+            unlearned: 0,
+            learned: None,
+            in_flight: 0,
+            lost_flight: false,
+        }
+    }
+
+    pub(crate) fn name(&self) -> &Arc<str> {
+        &self.name
+    }
+
+    /// A write of this set may still commit after now, at a position not known now.
+    pub(crate) fn unsure(&self) -> bool {
+        self.in_flight > 0 || self.lost_flight
+    }
 }
 
 struct Frame {
@@ -144,21 +184,21 @@ impl State {
                 if self.sets.capacity() == 0 {
                     self.sets.reserve_exact(1);
                 }
-                self.sets.push(SetState {
-                    name: Arc::clone(set),
-                    pin: None,
-                    replica: None,
-                    required: None,
-                    replica_reads: 0,
-                    failed_over: false,
-                    read_master: false,
-                    unlearned: 0,
-                    learned: None,
-                });
+                self.sets.push(SetState::new(Arc::clone(set)));
                 self.sets.len() - 1
             }
         };
         &mut self.sets[i]
+    }
+
+    /// The entry for `set`, if this context has one.
+    pub(crate) fn entry_mut(&mut self, set: &str) -> Option<&mut SetState> {
+        self.sets.iter_mut().find(|s| &*s.name == set)
+    }
+
+    /// Every set this context has an entry for.
+    pub(crate) fn sets(&self) -> impl Iterator<Item = &SetState> {
+        self.sets.iter()
     }
 
     fn get(&self, set: &str) -> Option<&SetState> {
@@ -361,7 +401,15 @@ impl Context {
     pub(crate) fn lock(&self) -> MutexGuard<'_, State> {
         // A panic while holding the lock cannot leave the state half-updated in a harmful way
         // (each update is a single assignment), so a poisoned lock is still usable.
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+        self.shared
+            .state
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Woken whenever a write in flight lands.
+    pub(crate) fn landed(&self) -> &tokio::sync::Notify {
+        &self.shared.landed
     }
 
     pub(crate) fn push_guard(&self, set: Arc<str>, kind: GuardKind) -> u64 {
@@ -433,7 +481,16 @@ pub fn unpin_all() {
         let mut state = ctx.lock();
         let unlearned: u32 = state.sets.iter().map(|s| s.unlearned).sum();
         state.unlearned_cleared = state.unlearned_cleared.saturating_add(unlearned);
-        state.sets.clear();
+        // A write still in flight (or lost in flight) may commit after the clear: its set
+        // keeps counting it, and nothing else.
+        state.sets.retain(SetState::unsure);
+        for entry in &mut state.sets {
+            *entry = SetState {
+                in_flight: entry.in_flight,
+                lost_flight: entry.lost_flight,
+                ..SetState::new(Arc::clone(&entry.name))
+            };
+        }
         state.pin_changes = state.pin_changes.wrapping_add(1);
         state.cleared_at = state.pin_changes;
         state.store_unavailable = false;

@@ -35,7 +35,7 @@
 //! Every public item has one path: the crate root, except what only adapters need, under
 //! [`adapter`]. Inside, one module per concept: `config` (settings, loading), `populate` (the
 //! alias map), `topology` (aliases, sets, health cells), `context` (the pinning context and
-//! its propagation), `guard` (`master` / `unpinned_replica`), `router` (decisions, the
+//! its propagation), `flight` (writes sent whose outcome is not known yet), `guard` (`master` / `unpinned_replica`), `router` (decisions, the
 //! builder, the global router), `replica` (replica choice and health), `probe` and `monitor`
 //! (pindb's own connections, replica polling, the topology check), `roles` (who is the
 //! primary of a set given as hosts), `discovery` (runtime replicas: slots, `set_replicas`),
@@ -57,6 +57,7 @@ mod discovery;
 mod dns;
 mod endpoint;
 mod error;
+mod flight;
 mod freshness;
 mod gtid;
 mod guard;
@@ -121,6 +122,7 @@ pub mod adapter {
     pub use crate::context::NewPin;
     pub use crate::discovery::DatabaseRef;
     pub use crate::endpoint::{ServerSearch, SERVER_ADDRESS_SQL, SERVER_TRIES};
+    pub use crate::flight::WriteFlight;
     pub use crate::pool_table::PoolTable;
     pub use crate::populate::{
         populate_replicas, Database, Membership, PoolSettings, DEFAULT_PORT,

@@ -21,7 +21,7 @@ use std::sync::Arc;
 
 use diesel::connection::{CacheSize, Instrumentation};
 use diesel::result::QueryResult;
-use pindb_core::adapter::{NewPin, Shape};
+use pindb_core::adapter::{NewPin, Shape, WriteFlight};
 use pindb_core::{Hint, Operation, Role, Router};
 
 use crate::error::Error;
@@ -38,6 +38,38 @@ pub(crate) trait Held {
     /// Forwards its events to the routed connection's instrumentation; `None` restores
     /// diesel's default instrumentation.
     fn set_events(&mut self, events: Option<Forward>);
+    /// Lets go of it, `write` having been dropped in flight on it: lands `write` once the
+    /// driver can tell the write is over, else drops it (its position becomes unknown).
+    fn land_after(self, write: WriteFlight)
+    where
+        Self: Sized,
+    {
+        drop((self, write));
+    }
+}
+
+/// The statement in flight on the held connection ([`Checkouts::flight`]).
+#[derive(Default)]
+pub(crate) struct InFlight {
+    /// Dropped before it lands, the connection is not reused as it is.
+    marked: bool,
+    /// The write it is, if it is one (or a `COMMIT`): its outcome is unknown until it lands.
+    write: Option<WriteFlight>,
+}
+
+impl InFlight {
+    /// Whether it must be landed: dropped before, the connection is not reused as it is.
+    pub(crate) fn is_marked(&self) -> bool {
+        self.marked
+    }
+
+    /// The statement's answer is in: the connection is usable, a write's outcome known.
+    pub(crate) fn land(&mut self) {
+        self.marked = false;
+        if let Some(write) = self.write.take() {
+            write.landed();
+        }
+    }
 }
 
 /// Where a statement runs.
@@ -110,9 +142,9 @@ pub(crate) struct Checkouts<C: Held> {
     scopes: Option<Arc<Scopes>>,
     /// The open transaction was begun by hand, outside `transaction(..)`.
     manual: bool,
-    /// A statement outside a transaction is in flight on `held` (marked only where a
-    /// dropped statement leaves the connection unusable: [`Checkouts::flight`]).
-    in_flight: bool,
+    /// A statement is in flight on `held` (marked only where a dropped statement leaves the
+    /// connection unusable, or is a write: [`Checkouts::flight`]).
+    in_flight: InFlight,
     /// The set the next top-level transaction opens on (`transaction_on`).
     next_tx: Option<String>,
     cache: Option<CacheSize>,
@@ -124,12 +156,10 @@ pub(crate) struct Checkouts<C: Held> {
 
 impl<C: Held> Drop for Checkouts<C> {
     fn drop(&mut self) {
-        if self.tx.is_some() || self.in_flight {
-            // Dropped with a transaction open (a dropped request future): never back to the
-            // pool.
-            if let Some((_, conn)) = &mut self.held {
-                conn.poison();
-            }
+        if self.tx.is_some() || self.in_flight.marked {
+            // Dropped with a transaction open or a statement in flight (a dropped request
+            // future): never back to the pool as it is.
+            self.let_go();
         } else {
             self.release();
         }
@@ -147,7 +177,7 @@ impl<C: Held> Checkouts<C> {
             tx: None,
             scopes: None,
             manual: false,
-            in_flight: false,
+            in_flight: InFlight::default(),
             next_tx: None,
             cache: None,
             events: None,
@@ -161,14 +191,15 @@ impl<C: Held> Checkouts<C> {
     /// running, its statements fail with [`Error::TransactionAbandoned`]: it has lost its
     /// transaction and must not go on outside one.
     pub(crate) fn recover(&mut self) -> QueryResult<()> {
-        if std::mem::take(&mut self.in_flight) {
+        if std::mem::take(&mut self.in_flight.marked) {
             // Its future was dropped mid-statement: the connection may be half-way through
-            // an answer. Inside a transaction, the transaction is lost with it.
+            // an answer. Inside a transaction, the transaction is lost with it (its
+            // connection goes with `discard_abandoned`, a `COMMIT` in flight with it).
             if self.tx.is_some() {
                 let scopes = self.scopes.get_or_insert_with(Default::default);
                 scopes.abandoned.store(true, Ordering::Release);
-            } else if let Some((_, mut conn)) = self.held.take() {
-                conn.poison();
+            } else if self.held.is_some() {
+                self.let_go();
                 tracing::info!(target: "pindb", "a statement was dropped in flight; its connection was discarded rather than reused mid-answer");
             }
         }
@@ -202,11 +233,9 @@ impl<C: Held> Checkouts<C> {
         {
             return false;
         }
-        if self.tx.take().is_some() {
-            if let Some((_, mut conn)) = self.held.take() {
-                conn.poison();
-                tracing::warn!(target: "pindb", "a transaction was abandoned (future dropped or closure panicked); its connection was discarded, so the server rolls it back (or, if COMMIT was in flight, its outcome is unknown)");
-            }
+        if self.tx.take().is_some() && self.held.is_some() {
+            self.let_go();
+            tracing::warn!(target: "pindb", "a transaction was abandoned (future dropped or closure panicked); its connection was discarded, so the server rolls it back (or, if COMMIT was in flight, its outcome is unknown until it lands)");
         }
         true
     }
@@ -401,9 +430,19 @@ impl<C: Held> Checkouts<C> {
     /// Drops the held connection without giving it back for reuse: it failed or hung
     /// mid-statement.
     pub(crate) fn discard(&mut self) {
-        self.in_flight = false;
+        self.let_go();
+    }
+
+    /// Gives the held connection up, poisoned: the pool discards it. A write dropped in
+    /// flight on it goes with it, to be landed once the driver can tell it is over.
+    fn let_go(&mut self) {
+        let InFlight { write, .. } = std::mem::take(&mut self.in_flight);
         if let Some((_, mut conn)) = self.held.take() {
             conn.poison();
+            match write {
+                Some(write) => conn.land_after(write),
+                None => drop(conn),
+            }
         }
     }
 
@@ -413,7 +452,7 @@ impl<C: Held> Checkouts<C> {
             self.tx.is_none(),
             "a transaction's connection is never released"
         );
-        if std::mem::take(&mut self.in_flight) {
+        if self.in_flight.marked {
             return self.discard();
         }
         if let Some((_, mut conn)) = self.held.take() {
@@ -450,17 +489,43 @@ impl<C: Held> Checkouts<C> {
     }
 
     /// The held connection for a statement, marked in flight when `mark` (a driver whose
-    /// connection a statement dropped mid-flight leaves unusable) until the caller clears
-    /// the flag it gets back: dropped before, the connection is discarded instead of reused
-    /// ([`Checkouts::recover`], `Drop`), and a transaction open on it is abandoned (its next
-    /// statement or commit fails with [`Error::TransactionAbandoned`] instead of reading the
-    /// dropped statement's answer as its own).
-    pub(crate) fn flight(&mut self, mark: bool) -> QueryResult<(&mut C, &mut bool)> {
-        self.in_flight = mark;
+    /// connection a statement dropped mid-flight leaves unusable) or when it is `write`,
+    /// until the caller lands what it gets back ([`InFlight::land`]): dropped before, the
+    /// connection is discarded instead of reused ([`Checkouts::recover`], `Drop`), a
+    /// transaction open on it is abandoned (its next statement or commit fails with
+    /// [`Error::TransactionAbandoned`] instead of reading the dropped statement's answer as
+    /// its own), and the write is landed once the driver can tell it is over
+    /// ([`Held::land_after`]).
+    pub(crate) fn flight(
+        &mut self,
+        mark: bool,
+        write: Option<WriteFlight>,
+    ) -> QueryResult<(&mut C, &mut InFlight)> {
+        self.in_flight = InFlight {
+            marked: mark || write.is_some(),
+            write,
+        };
         match &mut self.held {
             Some((_, conn)) => Ok((conn, &mut self.in_flight)),
             None => Err(Error::Unsupported("no connection is checked out").into()),
         }
+    }
+
+    /// A flight for the statement about to run on the held connection, when it is a write
+    /// outside a transaction: its outcome is unknown until it lands.
+    pub(crate) fn write_flight(&self, router: &Router) -> Option<WriteFlight> {
+        match (self.tx, self.pin, &self.held) {
+            (None, Some(_), Some((index, _))) => router.write_flight(*index),
+            _ => None,
+        }
+    }
+
+    /// A flight for the `COMMIT` about to run: the transaction's writes land with it.
+    pub(crate) fn commit_flight(&self, router: &Router) -> Option<WriteFlight> {
+        let index = self.tx?;
+        (!router.topology().is_replica_now(index))
+            .then(|| router.write_flight(index))
+            .flatten()
     }
 
     /// The open transaction's connection.

@@ -433,3 +433,72 @@ async fn a_redis_that_restarts_from_an_older_snapshot_is_not_trusted() {
         "keyed reads go to the master for ttl after the restart: {until:?}"
     );
 }
+
+/// The write still runs on the master when its keyed context is dropped (a timeout layer, a
+/// client gone): it commits later, and the key must not read from a replica that has
+/// everything up to the drop but not that write.
+#[tokio::test]
+async fn a_keyed_context_dropped_while_its_write_runs_records_a_position_past_the_write() {
+    let mut w = World::new().await;
+    let store = Arc::new(MemoryStore::new(1000));
+    let db = started_with(config(&w, &[1]), store.clone()).await;
+    let cancelled = tokio::time::timeout(
+        Duration::from_millis(150),
+        db.router()
+            .consistency()
+            .scope_with_key(Some("alice"), async {
+                // Commits about 800 ms after it was sent.
+                diesel::sql_query(
+                    "INSERT INTO notes (author, body) SELECT 'alice', 'mine' FROM pg_sleep(0.8)",
+                )
+                .execute(&mut db.get())
+                .await
+                .unwrap();
+            }),
+    )
+    .await;
+    assert!(cancelled.is_err(), "the write finished before the drop");
+    // Replica 1 has everything the master had at the drop, and stops before the write.
+    let at_drop = w.cluster.primary_lsn().await;
+    w.cluster.wait_for_replay(1, at_drop).await;
+    let router = db.router().clone();
+    wait_until("the monitor has seen replica 1 at the drop", SOON, || {
+        router
+            .topology()
+            .replica_status("default-1")
+            .unwrap()
+            .unwrap()
+            .replay_lsn
+            >= at_drop
+    })
+    .await;
+    w.control.pause(1).await;
+    assert_eq!(
+        w.primary_bodies().await,
+        ["old"],
+        "the write committed before the pause"
+    );
+    let deadline = Instant::now() + SOON;
+    while w.primary_bodies().await.len() < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "the dropped write never committed"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for _ in 0..3 {
+        let (rows, held) = read_as(&db, "alice").await;
+        assert_eq!(
+            rows,
+            ["old", "mine"],
+            "alice reads her write (from {held:?})"
+        );
+    }
+    // Known once the write landed (a query behind it on its own connection), not "unknown".
+    let saved = Store::load(&*store, "alice").await.unwrap();
+    assert!(
+        matches!(saved[..], [(_, lsn)] if lsn > at_drop && lsn < Lsn(u64::MAX)),
+        "{saved:?}"
+    );
+    w.finish().await;
+}

@@ -53,9 +53,7 @@ impl Consistency {
         // Contexts of this key were dropped and their positions are still being recorded:
         // wait for all of them (bounded), or the key could read without its own write.
         if let Some(pending) = self.pending_for(key) {
-            let wait = Duration::from_millis(self.settings.redis_timeout_ms)
-                .saturating_mul(3)
-                .max(Duration::from_secs(1));
+            let wait = self.settle_wait();
             // Boxed: rare, and a timer in every keyed context's state is not free.
             if Box::pin(tokio::time::timeout(wait, pending.settled()))
                 .await
@@ -236,7 +234,7 @@ impl<'a> RecordOnDrop<'a> {
 impl Drop for RecordOnDrop<'_> {
     fn drop(&mut self) {
         let Some(key) = self.key.take() else { return };
-        if !self.ctx.has_pin(|o| o == PinOrigin::New) {
+        if !self.ctx.has_pin(|o| o == PinOrigin::New) && !self.ctx.has_unsure_write() {
             return;
         }
         match tokio::runtime::Handle::try_current() {

@@ -246,12 +246,17 @@ impl Consistency {
     }
 
     /// [`Consistency::write_positions`], plus `Lsn::MAX` for a set whose master could not
-    /// tell its position (it went away right after the write): "beyond every replica", so the
+    /// tell its position (it went away right after the write) or whose write may still
+    /// commit ([`WriteFlight`](crate::adapter::WriteFlight)): "beyond every replica", so the
     /// key reads that set from its master until the position expires instead of from a
     /// replica that may lack the write.
     pub(crate) async fn write_positions_or_unknown(&self, ctx: &Context) -> Positions {
-        let mut positions = self.write_positions(ctx).await;
-        for set in ctx.pinned(|o| o == PinOrigin::New) {
+        let (mut positions, unsure) = self.positions_and_unsure(ctx).await;
+        for set in ctx
+            .pinned(|o| o == PinOrigin::New)
+            .into_iter()
+            .chain(unsure)
+        {
             if !positions.iter().any(|(s, _)| *s == set) {
                 positions.push((set, Lsn(u64::MAX)));
             }
@@ -259,11 +264,21 @@ impl Consistency {
         positions
     }
 
-    /// Master positions of the sets `ctx` pinned itself. A master that cannot be asked is
-    /// logged and skipped: its write already committed. The monitor is told to check those
-    /// sets' replicas again soon (`monitor.recheck_after_write_ms`).
+    /// Master positions of the sets `ctx` pinned itself, past its writes: writes still in
+    /// flight are waited for (briefly), and a set one of whose writes may still commit is
+    /// left out. A master that cannot be asked is logged and skipped: its write already
+    /// committed. The monitor is told to check those sets' replicas again soon
+    /// (`monitor.recheck_after_write_ms`).
     pub(crate) async fn write_positions(&self, ctx: &Context) -> Positions {
-        let positions = self.master_positions(ctx).await;
+        self.positions_and_unsure(ctx).await.0
+    }
+
+    /// [`Consistency::write_positions`], and the sets left out because a write of theirs
+    /// may still commit.
+    async fn positions_and_unsure(&self, ctx: &Context) -> (Positions, Vec<String>) {
+        // Rare (a write dropped mid-flight): boxed, so every keyed context's end stays small.
+        let unsure = Box::pin(ctx.flights_landed(self.settle_wait())).await;
+        let positions = self.master_positions(ctx, &unsure).await;
         for (set, _) in &positions {
             if let Some(entry) = self.topology.set_named(set) {
                 entry
@@ -272,14 +287,25 @@ impl Consistency {
                     .for_each(tokio::sync::Notify::notify_one);
             }
         }
-        positions
+        (positions, unsure)
+    }
+
+    /// How long a keyed context's end waits for writes still in flight, and its next start
+    /// for the recordings of contexts dropped before it: bounded by the store's timeout.
+    fn settle_wait(&self) -> Duration {
+        Duration::from_millis(self.settings.redis_timeout_ms)
+            .saturating_mul(3)
+            .max(Duration::from_secs(1))
     }
 
     /// Learned with the writes where the adapter could (no round trip), else read from each
-    /// master now.
-    async fn master_positions(&self, ctx: &Context) -> Positions {
+    /// master now; not for the sets in `unsure`.
+    async fn master_positions(&self, ctx: &Context, unsure: &[String]) -> Positions {
         let mut positions = Vec::new();
         for set in ctx.pinned(|o| o == PinOrigin::New) {
+            if unsure.contains(&set) {
+                continue;
+            }
             if let Some(lsn) = ctx.lock().learned_position(&set) {
                 positions.push((set, lsn));
                 continue;

@@ -19,6 +19,7 @@ use crate::consistency::Consistency;
 use crate::context::GuardKind;
 use crate::context::{with_current, NewPin, PinOrigin};
 use crate::error::PinDbError;
+use crate::flight::WriteFlight;
 use crate::guard::Guard;
 use crate::lsn::Lsn;
 use crate::topology::{Target, Topology};
@@ -443,6 +444,14 @@ impl Router {
         if let Some(set) = self.set_of(index) {
             with_current(|ctx| ctx.lock().unpin_unsent(set, pin));
         }
+    }
+
+    /// Marks a write about to be sent to the database at `index` as in flight in the current
+    /// context, until the returned flight is landed ([`WriteFlight`]). `None` outside a
+    /// context or for a database outside any set (no position is recorded for it).
+    pub fn write_flight(&self, index: usize) -> Option<WriteFlight> {
+        let set = self.set_of(index)?;
+        with_current(|ctx| WriteFlight::start(ctx, set))
     }
 
     /// The set the database at `index` belongs to.

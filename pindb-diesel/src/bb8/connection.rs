@@ -81,12 +81,15 @@ use diesel_async::{
 };
 use futures_util::future::BoxFuture;
 use futures_util::{FutureExt, TryFutureExt};
-use pindb_core::adapter::Shape;
+use pindb_core::adapter::{Shape, WriteFlight};
 use pindb_core::Operation;
 
 use super::driver::Learn;
 use super::{Driver, PinDb, Pooled};
-use crate::checkouts::{Checkouts, Forward, Held, Slot};
+use crate::checkouts::{Checkouts, Forward, Held, InFlight, Slot};
+
+/// How long a write dropped in flight is waited for on its own connection.
+const LANDING_LIMIT: std::time::Duration = std::time::Duration::from_secs(60);
 use crate::error::Error;
 use crate::fallback::{after_attempt, checkout_error, timed_out, Attempted, Next};
 use crate::statement::{self, OwnedQuery};
@@ -130,6 +133,24 @@ impl<C: Driver> std::fmt::Debug for PinDbConnection<C> {
 impl<C: Driver> Held for Pooled<C> {
     fn poison(&mut self) {
         Ansi::transaction_manager_status_mut(self).set_in_error();
+    }
+
+    fn land_after(mut self, write: WriteFlight) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        if !C::ANSWERS_IN_ORDER {
+            return;
+        }
+        runtime.spawn(async move {
+            // Answered once the dropped write is over. Bounded so that a hung server does not
+            // keep the connection forever: by then the context's end has stopped waiting and
+            // recorded the set's position as unknown.
+            let probe = (*self).batch_execute("SELECT 1");
+            if let Ok(Ok(())) = tokio::time::timeout(LANDING_LIMIT, probe).await {
+                write.landed();
+            }
+        });
     }
 
     fn depth(&mut self) -> QueryResult<Option<NonZeroU32>> {
@@ -307,10 +328,10 @@ impl<C: Driver> PinDbConnection<C> {
                 return Attempted::CheckoutFailed(e);
             }
         }
-        match self.slots.flight(C::DROP_BREAKS) {
+        match self.slots.flight(C::DROP_BREAKS, None) {
             Ok((conn, flight)) => {
                 let done = attempt.run(conn).await;
-                *flight = false;
+                flight.land();
                 Attempted::Done(done)
             }
             Err(e) => Attempted::Done(Err(e)),
@@ -341,9 +362,10 @@ impl<C: Driver> PinDbConnection<C> {
         let learn = self.learn(index);
         async move {
             self.hold(index).await?;
-            let (conn, flight) = self.slots.flight(C::DROP_BREAKS)?;
+            let write = self.slots.write_flight(self.db.router());
+            let (conn, flight) = self.slots.flight(C::DROP_BREAKS, write)?;
             let done = C::run_load(learn, &mut **conn, query).await;
-            *flight = false;
+            flight.land();
             done
         }
         .boxed()
@@ -360,9 +382,10 @@ impl<C: Driver> PinDbConnection<C> {
         let learn = self.learn(index);
         async move {
             self.hold(index).await?;
-            let (conn, flight) = self.slots.flight(C::DROP_BREAKS)?;
+            let write = self.slots.write_flight(self.db.router());
+            let (conn, flight) = self.slots.flight(C::DROP_BREAKS, write)?;
             let done = C::run_execute(learn, &mut **conn, query).await;
-            *flight = false;
+            flight.land();
             done
         }
         .boxed()
@@ -401,25 +424,27 @@ impl<C: Driver> SimpleAsyncConnection for PinDbConnection<C> {
         if let Slot::Checkout(index) = slot {
             self.hold(index).await?;
         }
-        let (conn, flight) = self.slots.flight(C::DROP_BREAKS)?;
+        let write = self.slots.write_flight(self.db.router());
+        let (conn, flight) = self.slots.flight(C::DROP_BREAKS, write)?;
         let done = conn.batch_execute(query).await;
-        *flight = false;
+        flight.land();
         done
     }
 }
 
 /// `run`, on a connection [`Checkouts::flight`] marked: the mark is cleared when it lands.
-/// Boxed again only for a driver a dropped statement breaks: not on PostgreSQL's hot path.
-fn landed<'a, C: Driver, T: Send + 'a>(
-    flight: &'a mut bool,
+/// Boxed again only when marked (a driver a dropped statement breaks, or a write): not on
+/// PostgreSQL's read path.
+fn landed<'a, T: Send + 'a>(
+    flight: &'a mut InFlight,
     run: BoxFuture<'a, QueryResult<T>>,
 ) -> BoxFuture<'a, QueryResult<T>> {
-    if !C::DROP_BREAKS {
+    if !flight.is_marked() {
         return run;
     }
     async move {
         let done = run.await;
-        *flight = false;
+        flight.land();
         done
     }
     .boxed()
@@ -472,10 +497,9 @@ impl<C: Driver> AsyncConnectionCore for PinDbConnection<C> {
         match slot {
             Slot::Held => {
                 let learn = self.held_learn(&query);
-                match self.slots.flight(C::DROP_BREAKS) {
-                    Ok((conn, flight)) => {
-                        landed::<C, _>(flight, C::run_load(learn, &mut **conn, query))
-                    }
+                let write = self.slots.write_flight(self.db.router());
+                match self.slots.flight(C::DROP_BREAKS, write) {
+                    Ok((conn, flight)) => landed(flight, C::run_load(learn, &mut **conn, query)),
                     Err(e) => ready(Err(e)),
                 }
             }
@@ -520,9 +544,10 @@ impl<C: Driver> AsyncConnectionCore for PinDbConnection<C> {
         match slot {
             Slot::Held => {
                 let learn = self.held_learn(&source);
-                match self.slots.flight(C::DROP_BREAKS) {
+                let write = self.slots.write_flight(self.db.router());
+                match self.slots.flight(C::DROP_BREAKS, write) {
                     Ok((conn, flight)) => {
-                        landed::<C, _>(flight, C::run_execute(learn, &mut **conn, source))
+                        landed(flight, C::run_execute(learn, &mut **conn, source))
                     }
                     Err(e) => ready(Err(e)),
                 }

@@ -66,6 +66,13 @@ pub trait Driver:
     #[doc(hidden)]
     const LEARNS_IN_FLIGHT: bool;
 
+    /// Whether a statement sent on a connection after one that was dropped in flight is
+    /// answered after the dropped one is over (tokio-postgres sends a connection's
+    /// statements in order and reads every answer): how a dropped write is known to have
+    /// landed ([`Held::land_after`](crate::checkouts::Held::land_after)).
+    #[doc(hidden)]
+    const ANSWERS_IN_ORDER: bool;
+
     /// A connection to `url`; for a server behind a reader endpoint, the first one that
     /// reached it.
     #[doc(hidden)]
@@ -134,6 +141,7 @@ mod pg {
         type Manager = AsyncDieselConnectionManager<Self>;
         const LEARNS_IN_FLIGHT: bool = true;
         const DROP_BREAKS: bool = false;
+        const ANSWERS_IN_ORDER: bool = true;
 
         fn manager(url: String, config: ManagerConfig<Self>) -> Self::Manager {
             AsyncDieselConnectionManager::new_with_config(url, config)
@@ -237,6 +245,9 @@ mod mysql {
         // end, as for SeaORM.
         const LEARNS_IN_FLIGHT: bool = false;
         const DROP_BREAKS: bool = true;
+        // mysql_async leaves a dropped statement's answer unread: the connection is closed,
+        // and a write dropped in flight has an unknown position.
+        const ANSWERS_IN_ORDER: bool = false;
 
         fn manager(url: String, config: ManagerConfig<Self>) -> Self::Manager {
             AsyncDieselConnectionManager::new_with_config(url, config)

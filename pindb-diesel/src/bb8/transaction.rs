@@ -117,9 +117,9 @@ impl<C: Driver> TransactionManager<PinDbConnection<C>> for RoutedTransactionMana
         // (and, for a driver a dropped statement breaks, the transaction abandoned at once:
         // a hand-begun one has no scope to mark it).
         conn.slots.start_transaction();
-        let (tx, flight) = conn.slots.flight(C::DROP_BREAKS)?;
+        let (tx, flight) = conn.slots.flight(C::DROP_BREAKS, None)?;
         let result = Ansi::begin_transaction(tx).await;
-        *flight = false;
+        flight.land();
         conn.slots.settle();
         result
     }
@@ -128,18 +128,21 @@ impl<C: Driver> TransactionManager<PinDbConnection<C>> for RoutedTransactionMana
         if conn.slots.for_rollback()?.is_none() {
             return Ok(());
         }
-        let (tx, flight) = conn.slots.flight(C::DROP_BREAKS)?;
+        let (tx, flight) = conn.slots.flight(C::DROP_BREAKS, None)?;
         let result = Ansi::rollback_transaction(tx).await;
-        *flight = false;
+        flight.land();
         conn.slots.settle();
         result
     }
 
     async fn commit_transaction(conn: &mut PinDbConnection<C>) -> QueryResult<()> {
         conn.slots.for_commit()?;
-        let (tx, flight) = conn.slots.flight(C::DROP_BREAKS)?;
+        // The transaction's writes land with its COMMIT: dropped in flight, it may still
+        // commit.
+        let write = conn.slots.commit_flight(conn.db.router());
+        let (tx, flight) = conn.slots.flight(C::DROP_BREAKS, write)?;
         let result = Ansi::commit_transaction(tx).await;
-        *flight = false;
+        flight.land();
         conn.slots.settle();
         result
     }
