@@ -218,7 +218,14 @@ impl PinDb {
                 // Kept to send it to a new primary, only where a promotion can come.
                 let again = promotion.armed().then(|| stmt.clone());
                 let statement = unsent::unless_unsent(router, index, &promotion, run(conn, stmt));
-                let sent = match (statement.await, again) {
+                // Dropped before it lands, the write may still commit: its set's position is
+                // unknown (sqlx gives no way to wait for a dropped statement).
+                let flight = pin.and_then(|_| router.write_flight(index));
+                let landed = statement.await;
+                if let Some(flight) = flight {
+                    flight.landed();
+                }
+                let sent = match (landed, again) {
                     (Ok(sent), _) => sent,
                     (Err(Unsent::Moved(primary)), Some(copy)) => {
                         let dbs = router.topology().databases();
@@ -430,7 +437,12 @@ impl ConnectionTrait for PinDb {
         loop {
             let promotion = router.watch_promotion(routed.index);
             let statement = routed.conn.execute_unprepared(sql);
-            match unsent::unless_unsent(router, routed.index, &promotion, statement).await {
+            let flight = routed.pin.and_then(|_| router.write_flight(routed.index));
+            let landed = unsent::unless_unsent(router, routed.index, &promotion, statement).await;
+            if let Some(flight) = flight {
+                flight.landed();
+            }
+            match landed {
                 Ok(result) => return self.settle(routed.index, routed.pin, result),
                 // Nothing was sent: the text runs on the new primary.
                 Err(Unsent::Moved(primary)) => {

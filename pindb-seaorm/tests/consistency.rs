@@ -88,3 +88,81 @@ async fn a_writer_reads_its_write_and_others_read_replicas() {
     assert!(on_replica, "caught up: alice reads the replica");
     f.finish().await;
 }
+
+/// A keyed context dropped while its write still runs on the master: the write commits after
+/// the drop, and the key must not read from a replica that has everything up to the drop
+/// but not that write. sqlx cannot say when a dropped statement is over, so the set's
+/// position is recorded as unknown: the key reads it from the master until it expires.
+#[tokio::test]
+async fn a_keyed_context_dropped_while_its_write_runs_never_reads_without_it() {
+    let mut f = Fixture::new(
+        "CREATE TABLE {schema}.users (id serial PRIMARY KEY, name text NOT NULL);
+         INSERT INTO {schema}.users (name) VALUES ('old');",
+    )
+    .await;
+    let mut config = f.config(RouterMode::Greedy, &[1]);
+    config.monitor.interval_ms = 20;
+    let db = PinDb::connect(config).await.unwrap();
+    db.router().start_monitor().await.unwrap();
+    let router = db.router().clone();
+    let cancelled = tokio::time::timeout(
+        Duration::from_millis(150),
+        router.consistency().scope_with_key(Some("alice"), async {
+            db.execute_unprepared("INSERT INTO users (name) SELECT 'mine' FROM pg_sleep(0.8)")
+                .await
+                .unwrap();
+        }),
+    )
+    .await;
+    assert!(cancelled.is_err(), "the write finished before the drop");
+    // Replica 1 has everything the master had at the drop, and stops before the write.
+    let at_drop = f.cluster.primary_lsn().await;
+    f.cluster.wait_for_replay(1, at_drop).await;
+    wait_until(
+        "the monitor saw replica 1 at the drop",
+        Duration::from_secs(10),
+        || {
+            router
+                .topology()
+                .replica_status("default-1")
+                .unwrap()
+                .unwrap()
+                .replay_lsn
+                >= at_drop
+        },
+    )
+    .await;
+    f.control.pause(1).await;
+    let on_primary = || f.primary_column("SELECT name FROM {schema}.users ORDER BY id");
+    assert_eq!(
+        on_primary().await,
+        ["old"],
+        "the write committed before the pause"
+    );
+    wait_until_async(|| async { on_primary().await.len() == 2 }).await;
+    for _ in 0..3 {
+        let (rows, on_replica) = router
+            .consistency()
+            .scope_with_key(Some("alice"), names(&db))
+            .await;
+        assert_eq!(
+            rows,
+            ["old", "mine"],
+            "alice reads her write (replica: {on_replica})"
+        );
+    }
+    f.finish().await;
+}
+
+/// Polls `done` every 20 ms for up to 10 s.
+async fn wait_until_async<F, Fut>(done: F)
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !done().await {
+        assert!(std::time::Instant::now() < deadline, "never happened");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
