@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use diesel::prelude::*;
 use diesel::sql_types::BigInt;
-use diesel_async::{AsyncConnection, AsyncMysqlConnection, RunQueryDsl};
+use diesel_async::{AsyncConnection, AsyncMysqlConnection, RunQueryDsl, SimpleAsyncConnection};
 use pindb_core::{scope, Config, Reason, RouterMode};
 use pindb_diesel::is_unpinned_write;
 use pindb_testkit::{MariaDbCluster, Proxy};
@@ -926,4 +926,68 @@ mod sync {
         let consistency = db.router().consistency().clone();
         hunt("sync diesel", consistency, apply, write, read).await;
     }
+}
+
+/// A keyed context dropped while its write still runs on the master: the write commits after
+/// the drop, and the key must not read from a replica that has everything up to the drop
+/// but not that write. mysql_async cannot be asked after a dropped statement (its connection
+/// is closed), so the set's position is recorded as unknown: the key reads the master.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_keyed_context_dropped_while_its_write_runs_never_reads_without_it() {
+    let cluster = MariaDbCluster::from_env();
+    let c = cluster.clone();
+    let _apply = blocking(move || c.exclusive()).await;
+    let t = random_table();
+    fresh_table(&cluster, &t, 1).await;
+    let db = started(config(&cluster, RouterMode::Greedy)).await;
+    // Each replica's SQL thread will wait behind a row lock held there: still applying (a
+    // stopped one serves no read), but without the write.
+    let mut locks = Vec::new();
+    for n in [1, 2] {
+        let mut lock = AsyncMysqlConnection::establish(&cluster.node_admin_url(n))
+            .await
+            .unwrap();
+        lock.batch_execute("BEGIN").await.unwrap();
+        lock.batch_execute(&format!(
+            "SELECT `n` FROM `{t}` WHERE `user_id` = 0 FOR UPDATE"
+        ))
+        .await
+        .unwrap();
+        locks.push(lock);
+    }
+    let slow = format!("UPDATE `{t}` SET `n` = `n` + 1 WHERE `user_id` = 0 AND SLEEP(0.8) = 0");
+    let cut = tokio::time::timeout(
+        Duration::from_millis(150),
+        db.router()
+            .consistency()
+            .scope_with_key(Some("alice"), async {
+                diesel::sql_query(&slow).execute(&mut db.get()).await
+            }),
+    )
+    .await;
+    assert!(cut.is_err(), "the write finished before the drop");
+    let state = master_state(&cluster, &t).await;
+    assert!(
+        state.starts_with("0\t0"),
+        "the write committed at once: {state}"
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !master_state(&cluster, &t).await.starts_with("0\t1") {
+        assert!(
+            Instant::now() < deadline,
+            "the dropped write never committed"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for _ in 0..3 {
+        let seen = db
+            .router()
+            .consistency()
+            .scope_with_key(Some("alice"), async {
+                read_user(&mut db.get(), &t, 0).await
+            })
+            .await;
+        assert_eq!(seen.n, 1, "alice reads her write (server {})", seen.id);
+    }
+    drop(locks);
 }

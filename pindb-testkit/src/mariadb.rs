@@ -120,6 +120,16 @@ impl MariaDbCluster {
         &self.admin_url
     }
 
+    /// The admin user's URL of node `node` (0: the primary, 1 or 2: a replica): for a test
+    /// that holds a session there (a lock the replica's SQL thread waits behind).
+    pub fn node_admin_url(&self, node: usize) -> String {
+        let at = self.admin(node);
+        format!(
+            "mysql://{}:{}@{}:{}/{}",
+            at.user, at.password, at.host, at.port, at.database
+        )
+    }
+
     /// The application user's URL of node `node` (0: the primary, 1 or 2: a replica).
     fn node_url(&self, node: usize) -> &str {
         match node {
