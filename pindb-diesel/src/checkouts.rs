@@ -40,10 +40,13 @@ pub(crate) trait Held {
     fn set_events(&mut self, events: Option<Forward>);
     /// Lets go of it, `write` having been dropped in flight on it: lands `write` once the
     /// driver can tell the write is over, else drops it (its position becomes unknown).
-    fn land_after(self, write: WriteFlight)
+    /// Poisoned when `broken` (a transaction was open on it) or when the driver cannot tell.
+    fn land_after(mut self, write: WriteFlight, broken: bool)
     where
         Self: Sized,
     {
+        let _ = broken;
+        self.poison();
         drop((self, write));
     }
 }
@@ -58,6 +61,14 @@ pub(crate) struct InFlight {
 }
 
 impl InFlight {
+    /// The statement is sent now: marked, with its write's flight if it is one.
+    pub(crate) fn take_off(&mut self, write: Option<WriteFlight>) {
+        if write.is_some() {
+            self.marked = true;
+        }
+        self.write = write;
+    }
+
     /// Whether it must be landed: dropped before, the connection is not reused as it is.
     pub(crate) fn is_marked(&self) -> bool {
         self.marked
@@ -134,6 +145,8 @@ pub(crate) struct Checkouts<C: Held> {
     held_epoch: u64,
     /// The pin the last decision made (a write): given back if its checkout fails.
     pin: Option<NewPin>,
+    /// The last decision was a write's (pinning or not: under a `master()` guard).
+    writes: bool,
     /// The role the last decision routed to: what a failed checkout's error names (a host
     /// the monitor demoted meanwhile was the master the write was sent to).
     role: Role,
@@ -159,7 +172,7 @@ impl<C: Held> Drop for Checkouts<C> {
         if self.tx.is_some() || self.in_flight.marked {
             // Dropped with a transaction open or a statement in flight (a dropped request
             // future): never back to the pool as it is.
-            self.let_go();
+            self.let_go(self.tx.is_some());
         } else {
             self.release();
         }
@@ -173,6 +186,7 @@ impl<C: Held> Checkouts<C> {
             epoch: 0,
             held_epoch: 0,
             pin: None,
+            writes: false,
             role: Role::Master,
             tx: None,
             scopes: None,
@@ -199,7 +213,7 @@ impl<C: Held> Checkouts<C> {
                 let scopes = self.scopes.get_or_insert_with(Default::default);
                 scopes.abandoned.store(true, Ordering::Release);
             } else if self.held.is_some() {
-                self.let_go();
+                self.let_go(false);
                 tracing::info!(target: "pindb", "a statement was dropped in flight; its connection was discarded rather than reused mid-answer");
             }
         }
@@ -234,7 +248,7 @@ impl<C: Held> Checkouts<C> {
             return false;
         }
         if self.tx.take().is_some() && self.held.is_some() {
-            self.let_go();
+            self.let_go(true);
             tracing::warn!(target: "pindb", "a transaction was abandoned (future dropped or closure panicked); its connection was discarded, so the server rolls it back (or, if COMMIT was in flight, its outcome is unknown until it lands)");
         }
         true
@@ -295,6 +309,7 @@ impl<C: Held> Checkouts<C> {
     /// before any I/O.
     pub(crate) fn decide(&mut self, router: &Router, shape: &Shape) -> QueryResult<Slot> {
         self.pin = None;
+        self.writes = false;
         self.recover()?;
         let op = shape.op;
         let tables;
@@ -328,6 +343,7 @@ impl<C: Held> Checkouts<C> {
         }
         .map_err(Error::from)?;
         (self.epoch, self.pin, self.role) = (route.epoch, route.pin, route.role);
+        self.writes = op == Operation::Write;
         Ok(self.slot_for(router, route.index))
     }
 
@@ -380,6 +396,7 @@ impl<C: Held> Checkouts<C> {
     pub(crate) fn decide_begin(&mut self, router: &Router) -> QueryResult<Slot> {
         let named = self.next_tx.take();
         self.pin = None;
+        self.writes = false;
         self.recover()?;
         let hint = named.as_deref().map(Hint::alias).unwrap_or_default();
         if let Some(home) = self.tx {
@@ -430,18 +447,18 @@ impl<C: Held> Checkouts<C> {
     /// Drops the held connection without giving it back for reuse: it failed or hung
     /// mid-statement.
     pub(crate) fn discard(&mut self) {
-        self.let_go();
+        self.let_go(true);
     }
 
-    /// Gives the held connection up, poisoned: the pool discards it. A write dropped in
-    /// flight on it goes with it, to be landed once the driver can tell it is over.
-    fn let_go(&mut self) {
+    /// Gives the held connection up, poisoned (the pool discards it), unless a write dropped
+    /// in flight on it can be waited for there: then it goes with the write, to land it once
+    /// the driver can tell it is over, and back to the pool after unless `broken`.
+    fn let_go(&mut self, broken: bool) {
         let InFlight { write, .. } = std::mem::take(&mut self.in_flight);
         if let Some((_, mut conn)) = self.held.take() {
-            conn.poison();
             match write {
-                Some(write) => conn.land_after(write),
-                None => drop(conn),
+                Some(write) => conn.land_after(write, broken),
+                None => conn.poison(),
             }
         }
     }
@@ -453,7 +470,8 @@ impl<C: Held> Checkouts<C> {
             "a transaction's connection is never released"
         );
         if self.in_flight.marked {
-            return self.discard();
+            // Its statement was dropped in flight.
+            return self.let_go(false);
         }
         if let Some((_, mut conn)) = self.held.take() {
             // Back to the pool as it came: no setting of this routed connection leaks.
@@ -511,11 +529,12 @@ impl<C: Held> Checkouts<C> {
         }
     }
 
-    /// A flight for the statement about to run on the held connection, when it is a write
-    /// outside a transaction: its outcome is unknown until it lands.
-    pub(crate) fn write_flight(&self, router: &Router) -> Option<WriteFlight> {
-        match (self.tx, self.pin, &self.held) {
-            (None, Some(_), Some((index, _))) => router.write_flight(*index),
+    /// The master the statement about to run on the held connection writes to, when it is
+    /// a write outside a transaction (pinning or under a `master()` guard): its outcome is
+    /// unknown until it lands ([`Router::write_flight`]).
+    pub(crate) fn write_target(&self) -> Option<usize> {
+        match (self.tx, self.writes, self.role, &self.held) {
+            (None, true, Role::Master, Some((index, _))) => Some(*index),
             _ => None,
         }
     }

@@ -502,3 +502,47 @@ async fn a_keyed_context_dropped_while_its_write_runs_records_a_position_past_th
     );
     w.finish().await;
 }
+
+/// A position recorded as unknown (a write lost in flight) sends the key to the master for
+/// `ttl_seconds`, not for as long as the key keeps writing: stores refresh a key's expiry at
+/// every save, so it is kept apart from the real positions, with its own end.
+#[tokio::test]
+async fn an_unknown_position_expires_while_the_key_keeps_writing() {
+    let w = World::new().await;
+    let db = started(config(&w, &[1])).await;
+    let consistency = db.router().consistency().clone();
+    consistency
+        .scope_with_key(Some("alice"), async {
+            insert(&db, "alice", "lost").await;
+            // A write whose outcome nobody will know (as SeaORM's or MariaDB's, dropped).
+            drop(db.router().write_flight(0));
+        })
+        .await;
+    assert!(
+        on_master(&read_as(&db, "alice").await.1),
+        "unknown: the master"
+    );
+    let unknown_since = Instant::now();
+    // Alice goes on writing, every 0.5 s, past the unknown position's end.
+    while unknown_since.elapsed() < TTL + Duration::from_millis(500) {
+        write_as(&db, "alice", "more").await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let lsn = w.cluster.primary_lsn().await;
+    w.cluster.wait_for_replay(1, lsn).await;
+    let router = db.router().clone();
+    wait_until("the monitor saw replica 1 caught up", SOON, || {
+        router
+            .topology()
+            .replica_status("default-1")
+            .unwrap()
+            .unwrap()
+            .replay_lsn
+            >= lsn
+    })
+    .await;
+    let (rows, held) = read_as(&db, "alice").await;
+    assert!(!on_master(&held), "still unknown after its end: {held:?}");
+    assert_eq!(rows.last().map(String::as_str), Some("more"));
+    w.finish().await;
+}

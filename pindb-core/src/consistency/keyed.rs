@@ -95,8 +95,14 @@ impl Consistency {
                     self.store_failed(store.name(), "lost", &e);
                     return;
                 }
+                let now = super::unix_now();
                 for (set, lsn) in &positions {
-                    ctx.require(set, *lsn);
+                    match set.strip_suffix(UNKNOWN_UNTIL) {
+                        // Unknown until then: from the master.
+                        Some(set) if lsn.0 > now => ctx.require(set, Lsn(u64::MAX)),
+                        Some(_) => {}
+                        None => ctx.require(set, *lsn),
+                    }
                 }
                 if self.settings.max_wait_ms > 0 && !positions.is_empty() {
                     // Boxed: its probe futures would make every keyed context's state large.
@@ -119,7 +125,8 @@ impl Consistency {
         }
         let store = &self.store;
         let ttl = self.ttl();
-        if let Err(e) = store.save(key, &positions, ttl).await {
+        let saved = stored(&positions, ttl);
+        if let Err(e) = store.save(key, &saved, ttl).await {
             self.store_failed(store.name(), "save", &e);
         }
         positions
@@ -160,6 +167,31 @@ impl Consistency {
             }
         }
     }
+}
+
+/// Marks a set's entry that says its position is unknown until the Unix time it holds.
+/// Stores keep the higher value per entry and refresh a key's expiry at every save, so an
+/// unknown position kept as `Lsn::MAX` would last as long as the key keeps writing; kept
+/// apart, it expires `ttl_seconds` after it was recorded while the key's real positions go
+/// on. A set name has no whitespace, so no set is named like this.
+const UNKNOWN_UNTIL: &str = " unknown until";
+
+/// `positions` as a store keeps them: an unknown one (`Lsn::MAX`) as "unknown until" now
+/// plus `ttl`.
+fn stored(positions: &Positions, ttl: Duration) -> std::borrow::Cow<'_, Positions> {
+    if !positions.iter().any(|(_, lsn)| lsn.0 == u64::MAX) {
+        return std::borrow::Cow::Borrowed(positions);
+    }
+    let until = super::unix_now().saturating_add(ttl.as_secs());
+    std::borrow::Cow::Owned(
+        positions
+            .iter()
+            .map(|(set, lsn)| match lsn.0 {
+                u64::MAX => (format!("{set}{UNKNOWN_UNTIL}"), Lsn(until)),
+                _ => (set.clone(), *lsn),
+            })
+            .collect(),
+    )
 }
 
 /// Recordings of one key's positions in flight (contexts dropped mid-flight).

@@ -80,9 +80,9 @@ use diesel_async::{
     AsyncConnection, AsyncConnectionCore, AsyncPgConnection, SimpleAsyncConnection,
 };
 use futures_util::future::BoxFuture;
-use futures_util::{FutureExt, TryFutureExt};
+use futures_util::{FutureExt, StreamExt, TryFutureExt, TryStreamExt};
 use pindb_core::adapter::{Shape, WriteFlight};
-use pindb_core::Operation;
+use pindb_core::{Operation, Router};
 
 use super::driver::Learn;
 use super::{Driver, PinDb, Pooled};
@@ -135,20 +135,23 @@ impl<C: Driver> Held for Pooled<C> {
         Ansi::transaction_manager_status_mut(self).set_in_error();
     }
 
-    fn land_after(mut self, write: WriteFlight) {
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            return;
+    fn land_after(mut self, write: WriteFlight, broken: bool) {
+        let runtime = match tokio::runtime::Handle::try_current() {
+            Ok(runtime) if C::ANSWERS_IN_ORDER => runtime,
+            // Nobody can tell when the write is over: `write` goes unlanded.
+            _ => return self.poison(),
         };
-        if !C::ANSWERS_IN_ORDER {
-            return;
-        }
         runtime.spawn(async move {
             // Answered once the dropped write is over. Bounded so that a hung server does not
             // keep the connection forever: by then the context's end has stopped waiting and
             // recorded the set's position as unknown.
             let probe = (*self).batch_execute("SELECT 1");
-            if let Ok(Ok(())) = tokio::time::timeout(LANDING_LIMIT, probe).await {
-                write.landed();
+            match tokio::time::timeout(LANDING_LIMIT, probe).await {
+                Ok(Ok(())) => write.landed(),
+                _ => self.poison(),
+            }
+            if broken {
+                self.poison();
             }
         });
     }
@@ -328,7 +331,13 @@ impl<C: Driver> PinDbConnection<C> {
                 return Attempted::CheckoutFailed(e);
             }
         }
-        match self.slots.flight(C::DROP_BREAKS, None) {
+        // On a master, a read a replica refused (or failed) may be a write (a function that
+        // writes): in flight until it lands.
+        let write = match self.is_replica(index) {
+            true => None,
+            false => self.db.router().write_flight(index),
+        };
+        match self.slots.flight(C::DROP_BREAKS, write) {
             Ok((conn, flight)) => {
                 let done = attempt.run(conn).await;
                 flight.land();
@@ -362,9 +371,20 @@ impl<C: Driver> PinDbConnection<C> {
         let learn = self.learn(index);
         async move {
             self.hold(index).await?;
-            let write = self.slots.write_flight(self.db.router());
+            let router = self.db.router();
+            let write = self
+                .slots
+                .write_target()
+                .and_then(|i| router.write_flight(i));
+            let drain = write.is_some() && learn.is_none();
             let (conn, flight) = self.slots.flight(C::DROP_BREAKS, write)?;
-            let done = C::run_load(learn, &mut **conn, query).await;
+            let run = C::run_load(learn, &mut **conn, query);
+            // A write's rows are read whole in its flight: it is not over before.
+            let done = if drain {
+                drained::<C>(run).await
+            } else {
+                run.await
+            };
             flight.land();
             done
         }
@@ -382,7 +402,11 @@ impl<C: Driver> PinDbConnection<C> {
         let learn = self.learn(index);
         async move {
             self.hold(index).await?;
-            let write = self.slots.write_flight(self.db.router());
+            let router = self.db.router();
+            let write = self
+                .slots
+                .write_target()
+                .and_then(|i| router.write_flight(i));
             let (conn, flight) = self.slots.flight(C::DROP_BREAKS, write)?;
             let done = C::run_execute(learn, &mut **conn, query).await;
             flight.land();
@@ -424,7 +448,11 @@ impl<C: Driver> SimpleAsyncConnection for PinDbConnection<C> {
         if let Slot::Checkout(index) = slot {
             self.hold(index).await?;
         }
-        let write = self.slots.write_flight(self.db.router());
+        let router = self.db.router();
+        let write = self
+            .slots
+            .write_target()
+            .and_then(|i| router.write_flight(i));
         let (conn, flight) = self.slots.flight(C::DROP_BREAKS, write)?;
         let done = conn.batch_execute(query).await;
         flight.land();
@@ -433,21 +461,36 @@ impl<C: Driver> SimpleAsyncConnection for PinDbConnection<C> {
 }
 
 /// `run`, on a connection [`Checkouts::flight`] marked: the mark is cleared when it lands.
-/// Boxed again only when marked (a driver a dropped statement breaks, or a write): not on
-/// PostgreSQL's read path.
+/// A write (to the master at the index given) takes off when first polled: one dropped
+/// unpolled was never sent. Boxed again only when marked (a driver a dropped statement
+/// breaks) or a write: not on PostgreSQL's read path.
 fn landed<'a, T: Send + 'a>(
     flight: &'a mut InFlight,
+    write: Option<(usize, Router)>,
     run: BoxFuture<'a, QueryResult<T>>,
 ) -> BoxFuture<'a, QueryResult<T>> {
-    if !flight.is_marked() {
+    if !flight.is_marked() && write.is_none() {
         return run;
     }
     async move {
+        if let Some((index, router)) = write {
+            flight.take_off(router.write_flight(index));
+        }
         let done = run.await;
         flight.land();
         done
     }
     .boxed()
+}
+
+/// A write's rows, read to their end before its flight lands: tokio-postgres hands the
+/// stream back before the statement has run.
+fn drained<'a, C: Driver>(
+    run: BoxFuture<'a, QueryResult<C::Rows<'a>>>,
+) -> BoxFuture<'a, QueryResult<C::Rows<'a>>> {
+    run.and_then(|rows| rows.try_collect::<Vec<_>>())
+        .map_ok(|rows| C::attach(futures_util::stream::iter(rows.into_iter().map(Ok)).boxed()))
+        .boxed()
 }
 
 fn ready<'a, T: Send + 'a>(result: QueryResult<T>) -> BoxFuture<'a, QueryResult<T>> {
@@ -497,9 +540,16 @@ impl<C: Driver> AsyncConnectionCore for PinDbConnection<C> {
         match slot {
             Slot::Held => {
                 let learn = self.held_learn(&query);
-                let write = self.slots.write_flight(self.db.router());
-                match self.slots.flight(C::DROP_BREAKS, write) {
-                    Ok((conn, flight)) => landed(flight, C::run_load(learn, &mut **conn, query)),
+                let write = self.slots.write_target();
+                let router = write.map(|_| self.db.router().clone());
+                match self.slots.flight(C::DROP_BREAKS, None) {
+                    Ok((conn, flight)) => {
+                        let drain = write.is_some() && learn.is_none();
+                        let run = C::run_load(learn, &mut **conn, query);
+                        // A write's rows are read whole in its flight: it is not over before.
+                        let run = if drain { drained::<C>(run) } else { run };
+                        landed(flight, write.zip(router), run)
+                    }
                     Err(e) => ready(Err(e)),
                 }
             }
@@ -544,11 +594,14 @@ impl<C: Driver> AsyncConnectionCore for PinDbConnection<C> {
         match slot {
             Slot::Held => {
                 let learn = self.held_learn(&source);
-                let write = self.slots.write_flight(self.db.router());
-                match self.slots.flight(C::DROP_BREAKS, write) {
-                    Ok((conn, flight)) => {
-                        landed(flight, C::run_execute(learn, &mut **conn, source))
-                    }
+                let write = self.slots.write_target();
+                let router = write.map(|_| self.db.router().clone());
+                match self.slots.flight(C::DROP_BREAKS, None) {
+                    Ok((conn, flight)) => landed(
+                        flight,
+                        write.zip(router),
+                        C::run_execute(learn, &mut **conn, source),
+                    ),
                     Err(e) => ready(Err(e)),
                 }
             }
