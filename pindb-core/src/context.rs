@@ -408,7 +408,7 @@ impl Context {
     }
 
     /// Woken whenever a write in flight lands.
-    pub(crate) fn landed(&self) -> &tokio::sync::Notify {
+    pub(crate) fn landings(&self) -> &tokio::sync::Notify {
         &self.shared.landed
     }
 

@@ -82,7 +82,7 @@ impl WriteFlight {
                 entry.lost_flight |= lost;
             }
         }
-        self.ctx.landed().notify_waiters();
+        self.ctx.landings().notify_waiters();
     }
 }
 
@@ -109,7 +109,7 @@ impl Context {
         }
         let deadline = tokio::time::Instant::now() + wait;
         loop {
-            let notified = self.landed().notified();
+            let notified = self.landings().notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
             if !self.lock().sets().any(|s| s.in_flight > 0) {

@@ -237,7 +237,7 @@ async fn finish<B>(
         }
         let positions = match record {
             Some(record) => record.record().await,
-            None if layer.token => router.consistency().write_positions(ctx).await,
+            None if layer.token => router.consistency().write_positions_or_unknown(ctx).await,
             None => return response,
         };
         if !layer.token {

@@ -214,7 +214,7 @@ impl<C: Held> Checkouts<C> {
                 scopes.abandoned.store(true, Ordering::Release);
             } else if self.held.is_some() {
                 self.let_go(false);
-                tracing::info!(target: "pindb", "a statement was dropped in flight; its connection was discarded rather than reused mid-answer");
+                tracing::info!(target: "pindb", "a statement was dropped in flight; its connection is not reused mid-answer (discarded, or a dropped write's awaited first)");
             }
         }
         if !self.discard_abandoned() {
@@ -457,7 +457,10 @@ impl<C: Held> Checkouts<C> {
         let InFlight { write, .. } = std::mem::take(&mut self.in_flight);
         if let Some((_, mut conn)) = self.held.take() {
             match write {
-                Some(write) => conn.land_after(write, broken),
+                Some(write) => {
+                    self.restore(&mut conn);
+                    conn.land_after(write, broken);
+                }
                 None => conn.poison(),
             }
         }
@@ -474,13 +477,17 @@ impl<C: Held> Checkouts<C> {
             return self.let_go(false);
         }
         if let Some((_, mut conn)) = self.held.take() {
-            // Back to the pool as it came: no setting of this routed connection leaks.
-            if self.cache.is_some() {
-                conn.set_cache(CacheSize::Unbounded);
-            }
-            if self.events.is_some() {
-                conn.set_events(None);
-            }
+            self.restore(&mut conn);
+        }
+    }
+
+    /// Back to the pool as it came: no setting of this routed connection leaks.
+    fn restore(&self, conn: &mut C) {
+        if self.cache.is_some() {
+            conn.set_cache(CacheSize::Unbounded);
+        }
+        if self.events.is_some() {
+            conn.set_events(None);
         }
     }
 

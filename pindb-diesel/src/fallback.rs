@@ -30,6 +30,9 @@ pub(crate) enum Next<T> {
         /// The new route's [`Route::epoch`](pindb_core::Route::epoch).
         epoch: u64,
         discard: bool,
+        /// The replica refused it: it may write (a function), so on a master it is a write
+        /// in flight until it lands.
+        refused: bool,
     },
     /// The checkout failed and nowhere else can serve: ask pindb-core what really happened.
     Diagnose(Error),
@@ -87,6 +90,7 @@ pub(crate) fn after_attempt<T>(
             index: next,
             epoch,
             discard,
+            refused: failure == Some(ReplicaFailure::Refused),
         },
         (Ok(None), Attempted::Done(result)) => Next::Return(result),
         (Ok(None), Attempted::CheckoutFailed(e)) => Next::Diagnose(e),

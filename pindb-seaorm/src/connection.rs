@@ -190,8 +190,12 @@ impl PinDb {
         Fut: Future<Output = Result<T, DbErr>>,
     {
         let router = &self.inner.router;
-        let route = router.route_sql(&stmt.sql).map_err(to_db_err)?;
+        let shape = router.shape_of(&stmt.sql);
+        let route = router.route_shape(&shape).map_err(to_db_err)?;
         let pin = route.pin;
+        // On a master, a write (pinning or under a `master()` guard) or a read a replica
+        // refused (it may write: a function) is in flight until it lands.
+        let mut may_write = shape.op == Operation::Write;
         let (mut index, mut role, mut epoch) = (route.index, route.role, route.epoch);
         let mut tries = 0u32;
         loop {
@@ -220,7 +224,7 @@ impl PinDb {
                 let statement = unsent::unless_unsent(router, index, &promotion, run(conn, stmt));
                 // Dropped before it lands, the write may still commit: its set's position is
                 // unknown (sqlx gives no way to wait for a dropped statement).
-                let flight = pin.and_then(|_| router.write_flight(index));
+                let flight = may_write.then(|| router.write_flight(index)).flatten();
                 let landed = statement.await;
                 if let Some(flight) = flight {
                     flight.landed();
@@ -266,6 +270,7 @@ impl PinDb {
             };
             let next = match failure {
                 Some(failure) => {
+                    may_write |= failure == ReplicaFailure::Refused;
                     // Rendered only if it is logged.
                     let cause: &dyn std::fmt::Display = match &result {
                         Ok(Err(e)) => e,
@@ -437,7 +442,7 @@ impl ConnectionTrait for PinDb {
         loop {
             let promotion = router.watch_promotion(routed.index);
             let statement = routed.conn.execute_unprepared(sql);
-            let flight = routed.pin.and_then(|_| router.write_flight(routed.index));
+            let flight = router.write_flight(routed.index);
             let landed = unsent::unless_unsent(router, routed.index, &promotion, statement).await;
             if let Some(flight) = flight {
                 flight.landed();

@@ -182,6 +182,8 @@ fn stored(positions: &Positions, ttl: Duration) -> std::borrow::Cow<'_, Position
     if !positions.iter().any(|(_, lsn)| lsn.0 == u64::MAX) {
         return std::borrow::Cow::Borrowed(positions);
     }
+    // By this instance's clock: `ttl_seconds` bounds how long a dropped write is assumed
+    // to take anyway, as it bounds how long a replica may lag.
     let until = super::unix_now().saturating_add(ttl.as_secs());
     std::borrow::Cow::Owned(
         positions

@@ -245,18 +245,14 @@ impl Consistency {
         Some(())
     }
 
-    /// [`Consistency::write_positions`], plus `Lsn::MAX` for a set whose master could not
-    /// tell its position (it went away right after the write) or whose write may still
-    /// commit ([`WriteFlight`](crate::adapter::WriteFlight)): "beyond every replica", so the
-    /// key reads that set from its master until the position expires instead of from a
-    /// replica that may lack the write.
+    /// Master positions of the sets `ctx` pinned itself, past its writes, and `Lsn::MAX` for
+    /// one whose master could not tell its position (it went away right after the write) or
+    /// a write of which may still commit ([`WriteFlight`](crate::adapter::WriteFlight)):
+    /// "beyond every replica", so the key reads that set from its master until the position
+    /// expires instead of from a replica that may lack the write.
     pub(crate) async fn write_positions_or_unknown(&self, ctx: &Context) -> Positions {
-        let (mut positions, unsure) = self.positions_and_unsure(ctx).await;
-        for set in ctx
-            .pinned(|o| o == PinOrigin::New)
-            .into_iter()
-            .chain(unsure)
-        {
+        let (mut positions, _) = self.positions_and_unsure(ctx).await;
+        for set in ctx.pinned(|o| o == PinOrigin::New) {
             if !positions.iter().any(|(s, _)| *s == set) {
                 positions.push((set, Lsn(u64::MAX)));
             }
@@ -264,20 +260,18 @@ impl Consistency {
         positions
     }
 
-    /// Master positions of the sets `ctx` pinned itself, past its writes: writes still in
-    /// flight are waited for (briefly), and a set one of whose writes may still commit is
-    /// left out. A master that cannot be asked is logged and skipped: its write already
-    /// committed. The monitor is told to check those sets' replicas again soon
+    /// Master positions of the sets `ctx` pinned itself, past its writes (writes still in
+    /// flight are waited for, briefly), and the pinned sets left out because a write of
+    /// theirs may still commit. A master that cannot be asked is logged and skipped: its
+    /// write already committed. The monitor is told to check those sets' replicas again soon
     /// (`monitor.recheck_after_write_ms`).
-    pub(crate) async fn write_positions(&self, ctx: &Context) -> Positions {
-        self.positions_and_unsure(ctx).await.0
-    }
-
-    /// [`Consistency::write_positions`], and the sets left out because a write of theirs
-    /// may still commit.
     async fn positions_and_unsure(&self, ctx: &Context) -> (Positions, Vec<String>) {
-        // Rare (a write dropped mid-flight): boxed, so every keyed context's end stays small.
-        let unsure = Box::pin(ctx.flights_landed(self.settle_wait())).await;
+        let unsure = match ctx.has_unsure_write() {
+            // Rare (a write dropped mid-flight): boxed, so every keyed context's end stays
+            // small and allocates nothing for it.
+            true => Box::pin(ctx.flights_landed(self.settle_wait())).await,
+            false => Vec::new(),
+        };
         let positions = self.master_positions(ctx, &unsure).await;
         for (set, _) in &positions {
             if let Some(entry) = self.topology.set_named(set) {

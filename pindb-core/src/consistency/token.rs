@@ -83,13 +83,6 @@ impl ConsistencyToken {
         Some(self.issued[i])
     }
 
-    /// Replaces the position of `set`, keeping its issue time.
-    pub(crate) fn set_position(&mut self, set: &str, lsn: Lsn) {
-        if let Some((_, old)) = self.positions.iter_mut().find(|(s, _)| s == set) {
-            *old = lsn;
-        }
-    }
-
     /// Gives positions without an issue time the time `now`.
     pub(crate) fn stamp_unknown(&mut self, now: u64) {
         for issued in &mut self.issued {
@@ -212,27 +205,19 @@ impl Consistency {
                 && now.saturating_sub(issued) <= ttl.saturating_add(CLOCK_SKEW_SECS)
         });
         let mut implausible = Vec::new();
-        let mut resolved = Vec::new();
         for (set, lsn) in token.positions() {
             let known = self.topology.best_replay(set).unwrap_or(Lsn(0));
-            if *lsn == Lsn(u64::MAX) {
-                // pindb's own "unknown, beyond every replica" marker (the master could not
-                // tell its position when the write's context ended): now that it may answer,
-                // its current position covers the write; if not, the marker stays (reads of
-                // the set go to the master until it expires).
-                if let Ok(master) = self.master_insert_lsn(set).await {
-                    resolved.push((set.clone(), master));
-                }
-            } else if lsn.0 > known.0.saturating_add(PLAUSIBLE_AHEAD) {
+            // pindb's own "unknown, beyond every replica" marker (the master could not tell
+            // its position, or a write was dropped in flight and may commit later) is kept:
+            // reads of the set go to the master until it expires. The master's position now
+            // would not cover a write still running.
+            if *lsn != Lsn(u64::MAX) && lsn.0 > known.0.saturating_add(PLAUSIBLE_AHEAD) {
                 match self.master_insert_lsn(set).await {
                     Ok(master) if *lsn > master => implausible.push(set.clone()),
                     // Cannot check: keep it (at worst, reads of the set go to the master).
                     _ => {}
                 }
             }
-        }
-        for (set, lsn) in resolved {
-            token.set_position(&set, lsn);
         }
         if !implausible.is_empty() {
             metrics::counter!("pindb_tokens_rejected_total", "reason" => "beyond-master")

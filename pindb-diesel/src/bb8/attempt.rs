@@ -6,7 +6,7 @@ use diesel::result::QueryResult;
 use diesel_async::SimpleAsyncConnection;
 use futures_util::future::BoxFuture;
 use futures_util::stream::BoxStream;
-use futures_util::FutureExt;
+use futures_util::{FutureExt, StreamExt, TryStreamExt};
 use pindb_core::Router;
 
 use super::{Driver, Pooled};
@@ -16,7 +16,13 @@ use crate::statement;
 /// runs, and renders its SQL only when pindb-core must remember it.
 pub(super) trait Attempt<C: Driver>: Send + Sync {
     type Output: Send;
-    fn run<'c>(&'c self, conn: &'c mut Pooled<C>) -> BoxFuture<'c, QueryResult<Self::Output>>;
+    /// Runs it on `conn`; a load's rows are all read first when `whole` (a write's: it is
+    /// not over before).
+    fn run<'c>(
+        &'c self,
+        conn: &'c mut Pooled<C>,
+        whole: bool,
+    ) -> BoxFuture<'c, QueryResult<Self::Output>>;
     /// A replica refused it: its SQL, for pindb-core to remember (and its cached shape is
     /// forgotten).
     fn refused(&self, router: &Router) -> String;
@@ -40,9 +46,17 @@ where
 {
     type Output = Rows<C>;
 
-    fn run<'c>(&'c self, conn: &'c mut Pooled<C>) -> BoxFuture<'c, QueryResult<Rows<C>>> {
+    fn run<'c>(
+        &'c self,
+        conn: &'c mut Pooled<C>,
+        whole: bool,
+    ) -> BoxFuture<'c, QueryResult<Rows<C>>> {
         async move {
             let rows = C::run_load(None, &mut **conn, &self.0).await?;
+            if whole {
+                let rows: Vec<_> = rows.try_collect().await?;
+                return Ok(futures_util::stream::iter(rows.into_iter().map(Ok)).boxed());
+            }
             C::detach(rows).await
         }
         .boxed()
@@ -60,7 +74,7 @@ where
 {
     type Output = usize;
 
-    fn run<'c>(&'c self, conn: &'c mut Pooled<C>) -> BoxFuture<'c, QueryResult<usize>> {
+    fn run<'c>(&'c self, conn: &'c mut Pooled<C>, _: bool) -> BoxFuture<'c, QueryResult<usize>> {
         C::run_execute(None, &mut **conn, &self.0)
     }
 
@@ -72,7 +86,7 @@ where
 impl<C: Driver> Attempt<C> for Batch {
     type Output = ();
 
-    fn run<'c>(&'c self, conn: &'c mut Pooled<C>) -> BoxFuture<'c, QueryResult<()>> {
+    fn run<'c>(&'c self, conn: &'c mut Pooled<C>, _: bool) -> BoxFuture<'c, QueryResult<()>> {
         conn.batch_execute(&self.0).boxed()
     }
 

@@ -82,14 +82,12 @@ use diesel_async::{
 use futures_util::future::BoxFuture;
 use futures_util::{FutureExt, StreamExt, TryFutureExt, TryStreamExt};
 use pindb_core::adapter::{Shape, WriteFlight};
-use pindb_core::{Operation, Router};
+use pindb_core::Operation;
 
 use super::driver::Learn;
 use super::{Driver, PinDb, Pooled};
 use crate::checkouts::{Checkouts, Forward, Held, InFlight, Slot};
 
-/// How long a write dropped in flight is waited for on its own connection.
-const LANDING_LIMIT: std::time::Duration = std::time::Duration::from_secs(60);
 use crate::error::Error;
 use crate::fallback::{after_attempt, checkout_error, timed_out, Attempted, Next};
 use crate::statement::{self, OwnedQuery};
@@ -275,15 +273,16 @@ impl<C: Driver> PinDbConnection<C> {
     ) -> QueryResult<A::Output> {
         let router = self.db.router().clone();
         let mut tries = 0u32;
+        let mut refused = false;
         loop {
             let replica = tries == 0 || self.is_replica(index);
             let attempted = if replica {
                 router
-                    .watch_replica_read(index, self.attempt_on(index, &attempt))
+                    .watch_replica_read(index, self.attempt_on(index, &attempt, false))
                     .await
                     .unwrap_or_else(Attempted::Abandoned)
             } else {
-                self.attempt_on(index, &attempt).await
+                self.attempt_on(index, &attempt, refused).await
             };
             if !replica {
                 return match attempted {
@@ -304,7 +303,9 @@ impl<C: Driver> PinDbConnection<C> {
                     index: next,
                     epoch,
                     discard,
+                    refused: by_refusal,
                 } => {
+                    refused |= by_refusal;
                     if discard {
                         self.slots.discard();
                     }
@@ -320,26 +321,28 @@ impl<C: Driver> PinDbConnection<C> {
         self.db.router().topology().is_replica_now(index)
     }
 
-    /// One attempt on the database at `index`, checking it out unless it is held.
+    /// One attempt on the database at `index`, checking it out unless it is held; one that
+    /// `may_write` (a replica refused it) is a write in flight on a master, its rows read
+    /// whole before it lands.
     async fn attempt_on<A: Attempt<C>>(
         &mut self,
         index: usize,
         attempt: &A,
+        may_write: bool,
     ) -> Attempted<A::Output> {
         if !self.slots.holds(self.db.router(), index) {
             if let Err(e) = self.try_hold(index).await {
                 return Attempted::CheckoutFailed(e);
             }
         }
-        // On a master, a read a replica refused (or failed) may be a write (a function that
-        // writes): in flight until it lands.
-        let write = match self.is_replica(index) {
-            true => None,
-            false => self.db.router().write_flight(index),
+        let write = match may_write && !self.is_replica(index) {
+            true => self.db.router().write_flight(index),
+            false => None,
         };
+        let whole = write.is_some();
         match self.slots.flight(C::DROP_BREAKS, write) {
             Ok((conn, flight)) => {
-                let done = attempt.run(conn).await;
+                let done = attempt.run(conn, whole).await;
                 flight.land();
                 Attempted::Done(done)
             }
@@ -460,27 +463,41 @@ impl<C: Driver> SimpleAsyncConnection for PinDbConnection<C> {
     }
 }
 
+/// How long a write dropped in flight is waited for on its own connection.
+const LANDING_LIMIT: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// `run`, on a connection [`Checkouts::flight`] marked: the mark is cleared when it lands.
-/// A write (to the master at the index given) takes off when first polled: one dropped
-/// unpolled was never sent. Boxed again only when marked (a driver a dropped statement
-/// breaks) or a write: not on PostgreSQL's read path.
-fn landed<'a, T: Send + 'a>(
+/// A write takes off when first polled (its flight made in the caller's context): dropped
+/// unpolled, it was never sent and lands at once. Boxed again only when marked (a driver a
+/// dropped statement breaks) or a write: not on PostgreSQL's read path.
+fn in_flight<'a, T: Send + 'a>(
     flight: &'a mut InFlight,
-    write: Option<(usize, Router)>,
+    write: Option<WriteFlight>,
     run: BoxFuture<'a, QueryResult<T>>,
 ) -> BoxFuture<'a, QueryResult<T>> {
     if !flight.is_marked() && write.is_none() {
         return run;
     }
+    let mut unsent = Unsent(write);
     async move {
-        if let Some((index, router)) = write {
-            flight.take_off(router.write_flight(index));
-        }
+        flight.take_off(unsent.0.take());
         let done = run.await;
         flight.land();
         done
     }
     .boxed()
+}
+
+/// A write's flight until its statement is first polled.
+struct Unsent(Option<WriteFlight>);
+
+impl Drop for Unsent {
+    fn drop(&mut self) {
+        // Never polled: never sent.
+        if let Some(write) = self.0.take() {
+            write.landed();
+        }
+    }
 }
 
 /// A write's rows, read to their end before its flight lands: tokio-postgres hands the
@@ -540,15 +557,18 @@ impl<C: Driver> AsyncConnectionCore for PinDbConnection<C> {
         match slot {
             Slot::Held => {
                 let learn = self.held_learn(&query);
-                let write = self.slots.write_target();
-                let router = write.map(|_| self.db.router().clone());
+                let router = self.db.router();
+                let write = self
+                    .slots
+                    .write_target()
+                    .and_then(|i| router.write_flight(i));
                 match self.slots.flight(C::DROP_BREAKS, None) {
                     Ok((conn, flight)) => {
                         let drain = write.is_some() && learn.is_none();
                         let run = C::run_load(learn, &mut **conn, query);
                         // A write's rows are read whole in its flight: it is not over before.
                         let run = if drain { drained::<C>(run) } else { run };
-                        landed(flight, write.zip(router), run)
+                        in_flight(flight, write, run)
                     }
                     Err(e) => ready(Err(e)),
                 }
@@ -594,14 +614,15 @@ impl<C: Driver> AsyncConnectionCore for PinDbConnection<C> {
         match slot {
             Slot::Held => {
                 let learn = self.held_learn(&source);
-                let write = self.slots.write_target();
-                let router = write.map(|_| self.db.router().clone());
+                let router = self.db.router();
+                let write = self
+                    .slots
+                    .write_target()
+                    .and_then(|i| router.write_flight(i));
                 match self.slots.flight(C::DROP_BREAKS, None) {
-                    Ok((conn, flight)) => landed(
-                        flight,
-                        write.zip(router),
-                        C::run_execute(learn, &mut **conn, source),
-                    ),
+                    Ok((conn, flight)) => {
+                        in_flight(flight, write, C::run_execute(learn, &mut **conn, source))
+                    }
                     Err(e) => ready(Err(e)),
                 }
             }

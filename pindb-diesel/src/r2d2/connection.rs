@@ -128,6 +128,7 @@ impl<C: Driver> PinDbConnection<C> {
                     index: next,
                     epoch,
                     discard,
+                    ..
                 } => {
                     if discard {
                         self.slots.discard();
