@@ -645,3 +645,86 @@ async fn a_write_lost_on_a_connection_that_outlives_its_context_is_unknown_for_t
     assert_eq!(rows.last().map(String::as_str), Some("more"));
     w.finish().await;
 }
+
+/// A closed-loop hunt: four users each write (a slow insert, cut by a timeout at a random
+/// moment or not), then, once the master shows whatever the write did, read their rows in a
+/// new keyed context, while replica 1's replay pauses and resumes at random. No read may
+/// miss a row the master had before the read began.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_keyed_read_misses_a_write_cut_in_flight() {
+    let mut w = world().await;
+    let (db, _) = started(&w, true).await;
+    let end = Instant::now() + Duration::from_secs(6);
+    let mut users = Vec::new();
+    for u in 0..4 {
+        let (db, master) = (db.clone(), w.cluster.primary().await);
+        let count = format!(
+            "SELECT count(*) FROM {}.notes WHERE author = $1",
+            w.schema.name
+        );
+        users.push(tokio::spawn(async move {
+            let consistency = db.router().consistency().clone();
+            let author = format!("u{u}");
+            let (mut reads, mut stale, mut on_replica) = (0u32, 0u32, 0u32);
+            while Instant::now() < end {
+                let cut = Duration::from_millis(fastrand::u64(0..60));
+                let sleep = fastrand::u64(0..50) as f64 / 1000.0;
+                let _ = tokio::time::timeout(
+                    cut,
+                    consistency.scope_with_key(Some(&author), async {
+                        diesel::sql_query(
+                            "INSERT INTO notes (author, body) SELECT $1, 'w' FROM pg_sleep($2)",
+                        )
+                        .bind::<Text, _>(&author)
+                        .bind::<diesel::sql_types::Double, _>(sleep)
+                        .execute(&mut db.get())
+                        .await
+                    }),
+                )
+                .await;
+                // A cut write may commit meanwhile: what the master has before the read is
+                // what the read must see.
+                tokio::time::sleep(Duration::from_millis(fastrand::u64(0..80))).await;
+                let before: i64 = master.query_one(&count, &[&author]).await.unwrap().get(0);
+                let (seen, held) = consistency
+                    .scope_with_key(Some(&author), async {
+                        let mut conn = db.get();
+                        let seen: common::Count =
+                            diesel::sql_query("SELECT count(*) AS n FROM notes WHERE author = $1")
+                                .bind::<Text, _>(&author)
+                                .get_result(&mut conn)
+                                .await
+                                .unwrap();
+                        (seen.n, conn.held_aliases() != ["default"])
+                    })
+                    .await;
+                reads += 1;
+                stale += u32::from(seen < before);
+                on_replica += u32::from(held);
+            }
+            (reads, stale, on_replica)
+        }));
+    }
+    while Instant::now() < end {
+        w.control.flip(1).await;
+        tokio::time::sleep(Duration::from_millis(fastrand::u64(50..300))).await;
+    }
+    let (mut reads, mut stale, mut on_replica) = (0, 0, 0);
+    for user in users {
+        let (r, s, o) = user.await.unwrap();
+        (reads, stale, on_replica) = (reads + r, stale + s, on_replica + o);
+    }
+    eprintln!(
+        "{reads} keyed reads after a write cut or not, {on_replica} on replica 1, {stale} stale"
+    );
+    assert!(reads > 100, "too few rounds to mean anything: {reads}");
+    assert_eq!(
+        stale, 0,
+        "{stale} of {reads} keyed reads missed a committed write"
+    );
+    assert!(
+        on_replica * 10 > reads,
+        "replica 1 served {on_replica} of {reads}"
+    );
+    w.finish().await;
+}
