@@ -481,13 +481,14 @@ pub fn unpin_all() {
         let mut state = ctx.lock();
         let unlearned: u32 = state.sets.iter().map(|s| s.unlearned).sum();
         state.unlearned_cleared = state.unlearned_cleared.saturating_add(unlearned);
-        // A write still in flight (or lost in flight) may commit after the clear: its set
-        // keeps counting it, and nothing else.
-        state.sets.retain(SetState::unsure);
+        // A write still in flight may commit after the clear: its set keeps counting it, and
+        // nothing else. One lost in flight is forgotten with the pins (a worker clearing
+        // between jobs in one long context would otherwise record every later position of
+        // the set as unknown).
+        state.sets.retain(|s| s.in_flight > 0);
         for entry in &mut state.sets {
             *entry = SetState {
                 in_flight: entry.in_flight,
-                lost_flight: entry.lost_flight,
                 ..SetState::new(Arc::clone(&entry.name))
             };
         }

@@ -545,3 +545,28 @@ async fn an_unknown_position_expires_while_the_key_keeps_writing() {
     assert_eq!(rows.last().map(String::as_str), Some("more"));
     w.finish().await;
 }
+
+/// A write lost in flight is forgotten with the pins by `unpin_all` (a worker clearing
+/// between jobs in one long context): the next job's token carries a real position, not
+/// "unknown" for as long as the worker lives.
+#[tokio::test]
+async fn unpin_all_forgets_a_write_lost_in_flight() {
+    let w = World::new().await;
+    let db = started(config(&w, &[1])).await;
+    pindb_core::scope(async {
+        insert(&db, "alice", "job 1").await;
+        // A write whose outcome nobody will know (as SeaORM's or MariaDB's, dropped).
+        drop(db.router().write_flight(0));
+        let token = db.router().consistency().token().await;
+        assert_eq!(token.positions()[0].1, Lsn(u64::MAX), "job 1: unknown");
+        pindb_core::unpin_all();
+        insert(&db, "alice", "job 2").await;
+        let token = db.router().consistency().token().await;
+        assert!(
+            matches!(token.positions(), [(_, lsn)] if *lsn < Lsn(u64::MAX)),
+            "job 2: {token:?}"
+        );
+    })
+    .await;
+    w.finish().await;
+}

@@ -174,12 +174,6 @@ impl PinDb {
         built.map(|(conn, _)| conn).map_err(Routed::into_db_err)
     }
 
-    /// The pool a statement with this text goes to, under the router's rules.
-    fn route_sql(&self, sql: &str) -> Result<Cow<'_, DatabaseConnection>, DbErr> {
-        let route = self.inner.router.route_sql(sql).map_err(to_db_err)?;
-        self.conn(route.index, route.epoch)
-    }
-
     /// Runs `stmt` where the router sends it. A read on a replica that the replica refuses,
     /// fails or leaves unanswered for `reads.timeout_ms` runs again where pindb-core says
     /// (another replica, the master): SeaORM's `ConnectionTrait` calls here never run inside
@@ -499,7 +493,15 @@ impl StreamTrait for PinDb {
         &'a self,
         stmt: Statement,
     ) -> Pin<Box<dyn Future<Output = Result<QueryStream, DbErr>> + 'a + Send>> {
-        match self.route_sql(&stmt.sql) {
+        let router = &self.inner.router;
+        let shape = router.shape_of(&stmt.sql);
+        let routed = router.route_shape(&shape).map_err(to_db_err);
+        if let (Ok(route), Operation::Write) = (&routed, shape.op) {
+            // A write's stream ends when its caller stops reading it, out of pindb's sight:
+            // its set's position is recorded as unknown (a flight never landed).
+            drop(router.write_flight(route.index));
+        }
+        match routed.and_then(|route| self.conn(route.index, route.epoch)) {
             Ok(Cow::Borrowed(conn)) => conn.stream_raw(stmt),
             // A runtime replica's pool, held by the future (the stream owns its connection).
             Ok(Cow::Owned(conn)) => Box::pin(async move { conn.stream_raw(stmt).await }),

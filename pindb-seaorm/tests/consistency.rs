@@ -4,10 +4,11 @@
 
 use std::time::Duration;
 
+use futures_util::StreamExt;
 use pindb_core::RouterMode;
 use pindb_seaorm::PinDb;
 use pindb_testkit::{wait_until, Fixture};
-use sea_orm::{ConnectionTrait, DbBackend, Statement};
+use sea_orm::{ConnectionTrait, DbBackend, Statement, StreamTrait};
 
 async fn names(db: &PinDb) -> (Vec<String>, bool) {
     let rows = db
@@ -95,6 +96,19 @@ async fn a_writer_reads_its_write_and_others_read_replicas() {
 /// position is recorded as unknown: the key reads it from the master until it expires.
 #[tokio::test]
 async fn a_keyed_context_dropped_while_its_write_runs_never_reads_without_it() {
+    write_cut_in_flight_is_never_missed(false).await;
+}
+
+/// The same through `stream_raw`: the write's stream ends out of pindb's sight, so its set's
+/// position is unknown whether or not the stream is read to its end.
+#[tokio::test]
+async fn a_keyed_context_dropped_while_its_streamed_write_runs_never_reads_without_it() {
+    write_cut_in_flight_is_never_missed(true).await;
+}
+
+/// A slow write (streamed or not) cut by a timeout; replica 1 has everything up to the cut
+/// and stops before the write commits; alice's next reads must see it.
+async fn write_cut_in_flight_is_never_missed(stream: bool) {
     let mut f = Fixture::new(
         "CREATE TABLE {schema}.users (id serial PRIMARY KEY, name text NOT NULL);
          INSERT INTO {schema}.users (name) VALUES ('old');",
@@ -108,9 +122,16 @@ async fn a_keyed_context_dropped_while_its_write_runs_never_reads_without_it() {
     let cancelled = tokio::time::timeout(
         Duration::from_millis(150),
         router.consistency().scope_with_key(Some("alice"), async {
-            db.execute_unprepared("INSERT INTO users (name) SELECT 'mine' FROM pg_sleep(0.8)")
-                .await
-                .unwrap();
+            let sql = "INSERT INTO users (name) SELECT 'mine' FROM pg_sleep(0.8) RETURNING name";
+            if stream {
+                let statement = Statement::from_string(DbBackend::Postgres, sql);
+                let mut rows = db.stream_raw(statement).await.unwrap();
+                while let Some(row) = rows.next().await {
+                    row.unwrap();
+                }
+            } else {
+                db.execute_unprepared(sql).await.unwrap();
+            }
         }),
     )
     .await;
