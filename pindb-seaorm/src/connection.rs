@@ -14,8 +14,8 @@ use pindb_core::adapter::{Database, NewPin, PoolTable, ReplicaFailure, Shape};
 use pindb_core::{Config, Hint, Operation, Role, Route, Router};
 use sea_orm::{
     AccessMode, ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbBackend, DbErr,
-    ExecResult, IsolationLevel, QueryResult, QueryStream, Statement, StreamTrait, TransactionError,
-    TransactionOptions, TransactionTrait,
+    ExecResult, IsolationLevel, QueryResult, Statement, TransactionError, TransactionOptions,
+    TransactionTrait,
 };
 
 use crate::error::{replica_failure, to_db_err, Error};
@@ -167,7 +167,11 @@ impl PinDb {
     /// The pool of the database at `index` for a route decided at `epoch`: for a runtime
     /// replica, of its host now (built at the first use after the host changed), refused if
     /// a runtime host changed since the route was decided.
-    fn conn(&self, index: usize, epoch: u64) -> Result<Cow<'_, DatabaseConnection>, DbErr> {
+    pub(crate) fn conn(
+        &self,
+        index: usize,
+        epoch: u64,
+    ) -> Result<Cow<'_, DatabaseConnection>, DbErr> {
         let topology = self.inner.router.topology();
         let build = |db: &Database| pool(db).map_err(Routed::Db);
         let built = self.inner.conns.get(topology, index, epoch, build);
@@ -479,34 +483,6 @@ impl ConnectionTrait for PinDb {
             |conn, stmt| async move { conn.query_all_raw(stmt).await },
         )
         .await
-    }
-}
-
-impl StreamTrait for PinDb {
-    type Stream<'a> = QueryStream;
-
-    fn get_database_backend(&self) -> DbBackend {
-        self.inner.backend
-    }
-
-    fn stream_raw<'a>(
-        &'a self,
-        stmt: Statement,
-    ) -> Pin<Box<dyn Future<Output = Result<QueryStream, DbErr>> + 'a + Send>> {
-        let router = &self.inner.router;
-        let shape = router.shape_of(&stmt.sql);
-        let routed = router.route_shape(&shape).map_err(to_db_err);
-        if let (Ok(route), Operation::Write) = (&routed, shape.op) {
-            // A write's stream ends when its caller stops reading it, out of pindb's sight:
-            // its set's position is recorded as unknown (a flight never landed).
-            drop(router.write_flight(route.index));
-        }
-        match routed.and_then(|route| self.conn(route.index, route.epoch)) {
-            Ok(Cow::Borrowed(conn)) => conn.stream_raw(stmt),
-            // A runtime replica's pool, held by the future (the stream owns its connection).
-            Ok(Cow::Owned(conn)) => Box::pin(async move { conn.stream_raw(stmt).await }),
-            Err(e) => Box::pin(std::future::ready(Err(e))),
-        }
     }
 }
 

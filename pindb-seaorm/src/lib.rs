@@ -66,6 +66,7 @@ mod connection;
 mod error;
 mod pool;
 mod server;
+mod stream;
 mod unsent;
 
 pub use connection::PinDb;

@@ -70,7 +70,6 @@
 //!   are not on the routed connection; use [`PinDb::write`] for a plain master connection.
 
 use std::future::Future;
-use std::num::NonZeroU32;
 
 use diesel::connection::{CacheSize, Instrumentation, TransactionManagerStatus};
 use diesel::query_builder::{AsQuery, QueryFragment, QueryId};
@@ -80,13 +79,14 @@ use diesel_async::{
     AsyncConnection, AsyncConnectionCore, AsyncPgConnection, SimpleAsyncConnection,
 };
 use futures_util::future::BoxFuture;
-use futures_util::{FutureExt, StreamExt, TryFutureExt, TryStreamExt};
-use pindb_core::adapter::{Shape, WriteFlight};
+use futures_util::{FutureExt, TryFutureExt};
+use pindb_core::adapter::Shape;
 use pindb_core::Operation;
 
 use super::driver::Learn;
+use super::flight::{drained, in_flight};
 use super::{Driver, PinDb, Pooled};
-use crate::checkouts::{Checkouts, Forward, Held, InFlight, Slot};
+use crate::checkouts::{Checkouts, Slot};
 
 use crate::error::Error;
 use crate::fallback::{after_attempt, checkout_error, timed_out, Attempted, Next};
@@ -125,51 +125,6 @@ impl<C: Driver> std::fmt::Debug for PinDbConnection<C> {
             .field("held", &self.held_aliases())
             .field("in_transaction", &self.slots.in_transaction())
             .finish()
-    }
-}
-
-impl<C: Driver> Held for Pooled<C> {
-    fn poison(&mut self) {
-        Ansi::transaction_manager_status_mut(self).set_in_error();
-    }
-
-    fn land_after(mut self, write: WriteFlight, broken: bool) {
-        let runtime = match tokio::runtime::Handle::try_current() {
-            Ok(runtime) if C::ANSWERS_IN_ORDER => runtime,
-            // Nobody can tell when the write is over: `write` goes unlanded.
-            _ => return self.poison(),
-        };
-        runtime.spawn(async move {
-            // Answered once the dropped write is over. Bounded so that a hung server does not
-            // keep the connection forever: by then the context's end has stopped waiting and
-            // recorded the set's position as unknown.
-            let probe = (*self).batch_execute("SELECT 1");
-            match tokio::time::timeout(LANDING_LIMIT, probe).await {
-                Ok(Ok(())) => write.landed(),
-                _ => self.poison(),
-            }
-            if broken {
-                self.poison();
-            }
-        });
-    }
-
-    fn depth(&mut self) -> QueryResult<Option<NonZeroU32>> {
-        Ansi::transaction_manager_status_mut(self).transaction_depth()
-    }
-
-    fn set_cache(&mut self, size: CacheSize) {
-        AsyncConnection::set_prepared_statement_cache_size(&mut **self, size);
-    }
-
-    fn set_events(&mut self, events: Option<Forward>) {
-        match events {
-            Some(events) => AsyncConnection::set_instrumentation(&mut **self, events),
-            None => AsyncConnection::set_instrumentation(
-                &mut **self,
-                diesel::connection::get_default_instrumentation(),
-            ),
-        }
     }
 }
 
@@ -461,53 +416,6 @@ impl<C: Driver> SimpleAsyncConnection for PinDbConnection<C> {
         flight.land();
         done
     }
-}
-
-/// How long a write dropped in flight is waited for on its own connection.
-const LANDING_LIMIT: std::time::Duration = std::time::Duration::from_secs(60);
-
-/// `run`, on a connection [`Checkouts::flight`] marked: the mark is cleared when it lands.
-/// A write takes off when first polled (its flight made in the caller's context): dropped
-/// unpolled, it was never sent and lands at once. Boxed again only when marked (a driver a
-/// dropped statement breaks) or a write: not on PostgreSQL's read path.
-fn in_flight<'a, T: Send + 'a>(
-    flight: &'a mut InFlight,
-    write: Option<WriteFlight>,
-    run: BoxFuture<'a, QueryResult<T>>,
-) -> BoxFuture<'a, QueryResult<T>> {
-    if !flight.is_marked() && write.is_none() {
-        return run;
-    }
-    let mut unsent = Unsent(write);
-    async move {
-        flight.take_off(unsent.0.take());
-        let done = run.await;
-        flight.land();
-        done
-    }
-    .boxed()
-}
-
-/// A write's flight until its statement is first polled.
-struct Unsent(Option<WriteFlight>);
-
-impl Drop for Unsent {
-    fn drop(&mut self) {
-        // Never polled: never sent.
-        if let Some(write) = self.0.take() {
-            write.landed();
-        }
-    }
-}
-
-/// A write's rows, read to their end before its flight lands: tokio-postgres hands the
-/// stream back before the statement has run.
-fn drained<'a, C: Driver>(
-    run: BoxFuture<'a, QueryResult<C::Rows<'a>>>,
-) -> BoxFuture<'a, QueryResult<C::Rows<'a>>> {
-    run.and_then(|rows| rows.try_collect::<Vec<_>>())
-        .map_ok(|rows| C::attach(futures_util::stream::iter(rows.into_iter().map(Ok)).boxed()))
-        .boxed()
 }
 
 fn ready<'a, T: Send + 'a>(result: QueryResult<T>) -> BoxFuture<'a, QueryResult<T>> {

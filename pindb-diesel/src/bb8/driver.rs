@@ -4,22 +4,31 @@
 //! outlive their connection, and a write's position learned in its own flight where the
 //! driver pipelines.
 
+use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::Duration;
 
+use diesel::connection::{CacheSize, TransactionManagerStatus};
 use diesel::query_builder::{AsQuery, QueryFragment, QueryId};
 use diesel::result::QueryResult;
 use diesel::ConnectionResult;
 use diesel_async::pooled_connection::{
     AsyncDieselConnectionManager, ManagerConfig, PoolError, PoolableConnection,
 };
-use diesel_async::{AnsiTransactionManager, AsyncConnection, AsyncConnectionCore};
+use diesel_async::{
+    AnsiTransactionManager, AsyncConnection, AsyncConnectionCore, TransactionManager,
+};
 use futures_util::future::BoxFuture;
 use futures_util::stream::BoxStream;
-use pindb_core::adapter::{Database, NewPin};
+use pindb_core::adapter::{Database, NewPin, WriteFlight};
 use pindb_core::Router;
 
+use super::Pooled;
 use crate::backend::RoutedBackend;
+use crate::checkouts::{Forward, Held};
+
+/// How long a write dropped in flight is waited for on its own connection.
+const LANDING_LIMIT: Duration = Duration::from_secs(60);
 
 /// A write whose position is learned in its own flight: the router to tell, the index of
 /// the master it ran on, and the write's pin.
@@ -301,6 +310,57 @@ mod mysql {
             T: QueryFragment<Self::Backend> + QueryId + 'q,
         {
             AsyncConnectionCore::execute_returning_count(conn, query)
+        }
+    }
+}
+
+/// diesel-async's transaction state of a connection.
+fn status<C: Driver>(conn: &mut C) -> &mut TransactionManagerStatus {
+    <AnsiTransactionManager as TransactionManager<C>>::transaction_manager_status_mut(conn)
+}
+
+/// What the routed connection needs from a pooled connection of any driver.
+impl<C: Driver> Held for Pooled<C> {
+    fn poison(&mut self) {
+        status::<C>(self).set_in_error();
+    }
+
+    fn land_after(mut self, write: WriteFlight, broken: bool) {
+        let runtime = match tokio::runtime::Handle::try_current() {
+            Ok(runtime) if C::ANSWERS_IN_ORDER => runtime,
+            // Nobody can tell when the write is over: `write` goes unlanded.
+            _ => return self.poison(),
+        };
+        runtime.spawn(async move {
+            // Answered once the dropped write is over. Bounded so that a hung server does not
+            // keep the connection forever: by then the context's end has stopped waiting and
+            // recorded the set's position as unknown.
+            let probe = (*self).batch_execute("SELECT 1");
+            match tokio::time::timeout(LANDING_LIMIT, probe).await {
+                Ok(Ok(())) => write.landed(),
+                _ => self.poison(),
+            }
+            if broken {
+                self.poison();
+            }
+        });
+    }
+
+    fn depth(&mut self) -> QueryResult<Option<NonZeroU32>> {
+        status::<C>(self).transaction_depth()
+    }
+
+    fn set_cache(&mut self, size: CacheSize) {
+        AsyncConnection::set_prepared_statement_cache_size(&mut **self, size);
+    }
+
+    fn set_events(&mut self, events: Option<Forward>) {
+        match events {
+            Some(events) => AsyncConnection::set_instrumentation(&mut **self, events),
+            None => AsyncConnection::set_instrumentation(
+                &mut **self,
+                diesel::connection::get_default_instrumentation(),
+            ),
         }
     }
 }

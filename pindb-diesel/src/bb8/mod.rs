@@ -23,6 +23,7 @@ use crate::pools::Pools;
 mod attempt;
 mod connection;
 mod driver;
+mod flight;
 mod position;
 mod read_only;
 mod save_changes;
