@@ -507,8 +507,24 @@ async fn a_keyed_context_dropped_while_its_write_runs_records_a_position_past_th
 /// every save, so it is kept apart from the real positions, with its own end.
 #[tokio::test]
 async fn an_unknown_position_expires_while_the_key_keeps_writing() {
+    unknown_expires_while_writing(Arc::new(MemoryStore::new(1000)), false).await;
+}
+
+/// The same on a real Redis: its save script keeps the higher value per field and refreshes
+/// the key's expiry, and the "unknown until" field must still end on its own.
+#[tokio::test]
+async fn an_unknown_position_expires_on_redis_while_the_key_keeps_writing() {
+    let redis = PrivateRedis::start(26395);
+    let store = RedisStore::new(&redis.url(), "pindb:", Duration::from_millis(100)).unwrap();
+    unknown_expires_while_writing(Arc::new(store), true).await;
+}
+
+async fn unknown_expires_while_writing(store: Arc<dyn Store>, new_store: bool) {
     let w = World::new().await;
-    let db = started(config(&w, &[1])).await;
+    let db = started_with(config(&w, &[1]), store).await;
+    if new_store {
+        until_store_trusted(&db).await;
+    }
     let consistency = db.router().consistency().clone();
     consistency
         .scope_with_key(Some("alice"), async {
