@@ -15,7 +15,7 @@ use pindb_core::TopologyCheck;
 use pindb_core::{Config, Lsn, Router, RouterMode};
 use pindb_core::{MemoryStore, RedisStore, Store};
 use pindb_diesel::bb8::PinDb;
-use pindb_testkit::{wait_until, PrivateRedis};
+use pindb_testkit::{monitor_saw_replay, wait_until, PrivateRedis};
 
 mod common;
 
@@ -460,17 +460,7 @@ async fn a_keyed_context_dropped_while_its_write_runs_records_a_position_past_th
     // Replica 1 has everything the master had at the drop, and stops before the write.
     let at_drop = w.cluster.primary_lsn().await;
     w.cluster.wait_for_replay(1, at_drop).await;
-    let router = db.router().clone();
-    wait_until("the monitor has seen replica 1 at the drop", SOON, || {
-        router
-            .topology()
-            .replica_status("default-1")
-            .unwrap()
-            .unwrap()
-            .replay_lsn
-            >= at_drop
-    })
-    .await;
+    monitor_saw_replay(db.router(), "default-1", at_drop).await;
     w.control.pause(1).await;
     assert_eq!(
         w.primary_bodies().await,
@@ -545,17 +535,7 @@ async fn unknown_expires_while_writing(store: Arc<dyn Store>, new_store: bool) {
     }
     let lsn = w.cluster.primary_lsn().await;
     w.cluster.wait_for_replay(1, lsn).await;
-    let router = db.router().clone();
-    wait_until("the monitor saw replica 1 caught up", SOON, || {
-        router
-            .topology()
-            .replica_status("default-1")
-            .unwrap()
-            .unwrap()
-            .replay_lsn
-            >= lsn
-    })
-    .await;
+    monitor_saw_replay(db.router(), "default-1", lsn).await;
     let (rows, held) = read_as(&db, "alice").await;
     assert!(!on_master(&held), "still unknown after its end: {held:?}");
     assert_eq!(rows.last().map(String::as_str), Some("more"));

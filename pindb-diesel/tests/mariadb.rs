@@ -76,6 +76,12 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> 
         .expect("the helper ran")
 }
 
+/// Replication left applying for the whole test (no other test stops it meanwhile).
+async fn shared_apply(cluster: &MariaDbCluster) -> pindb_testkit::MariaDbSharedApply {
+    let c = cluster.clone();
+    blocking(move || c.shared()).await
+}
+
 fn random_table() -> String {
     format!("diesel_{}", fastrand::u32(..))
 }
@@ -216,8 +222,7 @@ async fn statements_are_routed_and_strict_mode_refuses_every_unpinned_write() {
     use diesel_routed::dsl::{n, user_id};
 
     let cluster = MariaDbCluster::from_env();
-    let c = cluster.clone();
-    let _apply = blocking(move || c.shared()).await;
+    let _apply = shared_apply(&cluster).await;
     fresh_table(&cluster, ROUTED, 2).await;
     let db = started(config(&cluster, RouterMode::Strict)).await;
     let before = master_state(&cluster, ROUTED).await;
@@ -344,8 +349,7 @@ async fn statements_are_routed_and_strict_mode_refuses_every_unpinned_write() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_read_the_replica_refuses_runs_on_the_master_and_is_learned() {
     let cluster = MariaDbCluster::from_env();
-    let c = cluster.clone();
-    let _apply = blocking(move || c.shared()).await;
+    let _apply = shared_apply(&cluster).await;
     let table = random_table();
     fresh_table(&cluster, &table, 1).await;
     let db = started(config(&cluster, RouterMode::Greedy)).await;
@@ -449,8 +453,7 @@ async fn hunt<W, WF, R, RF>(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_frozen_then_stopped_replica_costs_no_failed_read() {
     let cluster = MariaDbCluster::from_env();
-    let c = cluster.clone();
-    let _apply = blocking(move || c.shared()).await;
+    let _apply = shared_apply(&cluster).await;
     // Replica 1's URL with the proxy in place of its address.
     let (auth, at) = cluster.replica_url(1).rsplit_once('@').unwrap();
     let (target, database) = at.split_once('/').unwrap();
@@ -507,8 +510,7 @@ async fn a_frozen_then_stopped_replica_costs_no_failed_read() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_statement_dropped_in_flight_leaves_no_broken_connection_behind() {
     let cluster = MariaDbCluster::from_env();
-    let c = cluster.clone();
-    let _apply = blocking(move || c.shared()).await;
+    let _apply = shared_apply(&cluster).await;
     let mut config = config(&cluster, RouterMode::Greedy);
     // One connection per pool: the next request gets the same one back, unless discarded.
     for settings in config.masters.values_mut() {
@@ -565,8 +567,7 @@ async fn a_statement_dropped_in_flight_leaves_no_broken_connection_behind() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_statement_dropped_in_flight_inside_a_transaction_abandons_it() {
     let cluster = MariaDbCluster::from_env();
-    let c = cluster.clone();
-    let _apply = blocking(move || c.shared()).await;
+    let _apply = shared_apply(&cluster).await;
     let db = started(config(&cluster, RouterMode::Greedy)).await;
     scope(async {
         let mut conn = db.get();
@@ -615,8 +616,7 @@ async fn a_hand_made_commit_dropped_in_flight_abandons_the_transaction() {
     use pindb_diesel::bb8::RoutedTransactionManager as Tm;
 
     let cluster = MariaDbCluster::from_env();
-    let c = cluster.clone();
-    let _apply = blocking(move || c.shared()).await;
+    let _apply = shared_apply(&cluster).await;
     let db = started(config(&cluster, RouterMode::Greedy)).await;
     let id = |n: i64| format!("SELECT {n} AS id");
     scope(async {
@@ -733,8 +733,7 @@ mod sync {
         use diesel_routed::dsl::{n, user_id};
 
         let cluster = MariaDbCluster::from_env();
-        let c = cluster.clone();
-        let _apply = blocking(move || c.shared()).await;
+        let _apply = shared_apply(&cluster).await;
         fresh_table(&cluster, ROUTED, 2).await;
         let db = started_sync(config(&cluster, RouterMode::Strict)).await;
         let before = master_state(&cluster, ROUTED).await;
@@ -825,8 +824,7 @@ mod sync {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn sync_diesel_runs_a_read_the_replica_refuses_on_the_master() {
         let cluster = MariaDbCluster::from_env();
-        let c = cluster.clone();
-        let _apply = blocking(move || c.shared()).await;
+        let _apply = shared_apply(&cluster).await;
         let table = random_table();
         fresh_table(&cluster, &table, 1).await;
         let db = started_sync(config(&cluster, RouterMode::Greedy)).await;
@@ -861,8 +859,7 @@ mod sync {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn sync_diesel_reaches_the_server_a_localhost_url_names() {
         let cluster = MariaDbCluster::from_env();
-        let c = cluster.clone();
-        let _apply = blocking(move || c.shared()).await;
+        let _apply = shared_apply(&cluster).await;
         let local = |url: &str| url.replace("@127.0.0.1:", "@localhost:");
         let (master, r1, r2) = (
             local(cluster.master_url()),

@@ -17,7 +17,7 @@ use diesel_async::{AsyncConnection, RunQueryDsl, SimpleAsyncConnection};
 use pindb_core::{Config, Lsn, Router, RouterMode};
 use pindb_core::{MemoryStore, Store};
 use pindb_diesel::bb8::PinDb;
-use pindb_testkit::wait_until;
+use pindb_testkit::monitor_saw_replay;
 
 mod common;
 
@@ -93,26 +93,8 @@ async fn started(w: &World, pipeline: bool) -> (PinDb, Arc<MemoryStore>) {
         .unwrap();
     let db = PinDb::from_router(router).unwrap();
     db.router().start_monitor().await.unwrap();
-    until_monitor_sees(&db, Lsn(1)).await;
+    monitor_saw_replay(db.router(), "default-1", Lsn(1)).await;
     (db, store)
-}
-
-async fn until_monitor_sees(db: &PinDb, lsn: Lsn) {
-    let router = db.router().clone();
-    wait_until(
-        "the monitor has seen replica 1 replay that far",
-        SOON,
-        || {
-            router
-                .topology()
-                .replica_status("default-1")
-                .unwrap()
-                .unwrap()
-                .replay_lsn
-                >= lsn
-        },
-    )
-    .await;
 }
 
 fn new(body: &str) -> NewNote<'_> {
@@ -183,7 +165,7 @@ async fn slow_write_then_read(
         tokio::time::sleep(PAUSE_AT).await;
         let at = w.cluster.primary_lsn().await;
         w.cluster.wait_for_replay(1, at).await;
-        until_monitor_sees(db, at).await;
+        monitor_saw_replay(db.router(), "default-1", at).await;
         w.control.pause(1).await;
         assert!(
             !w.primary_bodies().await.iter().any(|b| b == want),
@@ -635,7 +617,7 @@ async fn a_write_lost_on_a_connection_that_outlives_its_context_is_unknown_for_t
     }
     let lsn = w.cluster.primary_lsn().await;
     w.cluster.wait_for_replay(1, lsn).await;
-    until_monitor_sees(&db, lsn).await;
+    monitor_saw_replay(db.router(), "default-1", lsn).await;
     let (rows, held) = read_as(&db, "alice").await;
     eprintln!(
         "after the ttl: {:?}, read from {held:?}",

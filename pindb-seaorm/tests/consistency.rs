@@ -7,7 +7,7 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use pindb_core::RouterMode;
 use pindb_seaorm::PinDb;
-use pindb_testkit::{wait_until, Fixture};
+use pindb_testkit::{monitor_saw_replay, Fixture};
 use sea_orm::{ConnectionTrait, DbBackend, Statement, StreamTrait};
 
 async fn names(db: &PinDb) -> (Vec<String>, bool) {
@@ -71,16 +71,7 @@ async fn a_writer_reads_its_write_and_others_read_replicas() {
 
     f.control.resume(1).await;
     let lsn = f.cluster.primary_lsn().await;
-    wait_until("the replica caught up", Duration::from_secs(10), || {
-        router
-            .topology()
-            .replica_status("default-1")
-            .unwrap()
-            .unwrap()
-            .replay_lsn
-            >= lsn
-    })
-    .await;
+    monitor_saw_replay(&router, "default-1", lsn).await;
     let (rows, on_replica) = router
         .consistency()
         .scope_with_key(Some("alice"), names(&db))
@@ -139,20 +130,7 @@ async fn write_cut_in_flight_is_never_missed(stream: bool) {
     // Replica 1 has everything the master had at the drop, and stops before the write.
     let at_drop = f.cluster.primary_lsn().await;
     f.cluster.wait_for_replay(1, at_drop).await;
-    wait_until(
-        "the monitor saw replica 1 at the drop",
-        Duration::from_secs(10),
-        || {
-            router
-                .topology()
-                .replica_status("default-1")
-                .unwrap()
-                .unwrap()
-                .replay_lsn
-                >= at_drop
-        },
-    )
-    .await;
+    monitor_saw_replay(&router, "default-1", at_drop).await;
     f.control.pause(1).await;
     let on_primary = || f.primary_column("SELECT name FROM {schema}.users ORDER BY id");
     assert_eq!(

@@ -407,6 +407,23 @@ pub async fn monitor_started(router: &pindb_core::Router) {
     }
 }
 
+/// Waits (up to 10 s) until `router`'s monitor has seen replica `alias` replay `lsn`.
+pub async fn monitor_saw_replay(router: &pindb_core::Router, alias: &str, lsn: pindb_core::Lsn) {
+    crate::wait_until(
+        &format!("the monitor has seen {alias} replay {lsn:?}"),
+        Duration::from_secs(10),
+        || {
+            router
+                .topology()
+                .replica_status(alias)
+                .ok()
+                .flatten()
+                .is_some_and(|s| s.replay_lsn >= lsn)
+        },
+    )
+    .await;
+}
+
 /// `rounds` keyed write-then-read rounds of one user (`alice`), each in its own context of
 /// `router`'s consistency: `write(body)` writes a row, `read()` returns the newest row's body
 /// and whether a standby served it; every 30 rounds one replica's replay is paused or resumed
