@@ -272,6 +272,10 @@ impl Consistency {
             true => Box::pin(ctx.flights_landed(self.settle_wait())).await,
             false => Vec::new(),
         };
+        if !unsure.is_empty() {
+            metrics::counter!("pindb_positions_unknown_total").increment(1);
+            tracing::info!(target: "pindb", sets = ?unsure, "pindb: a write of this context was dropped in flight and may still commit; its set's position is recorded as unknown (the key reads it from the master for ttl_seconds)");
+        }
         let positions = self.master_positions(ctx, &unsure).await;
         for (set, _) in &positions {
             if let Some(entry) = self.topology.set_named(set) {

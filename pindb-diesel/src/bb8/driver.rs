@@ -338,7 +338,15 @@ impl<C: Driver> Held for Pooled<C> {
             let probe = (*self).batch_execute("SELECT 1");
             match tokio::time::timeout(LANDING_LIMIT, probe).await {
                 Ok(Ok(())) => write.landed(),
-                _ => self.poison(),
+                // Said, not hidden: the write's outcome stays unknown (its set's position too).
+                Ok(Err(e)) => {
+                    tracing::info!(target: "pindb", error = %e, "pindb: the connection of a write dropped in flight failed before it could tell the write was over");
+                    self.poison();
+                }
+                Err(_) => {
+                    tracing::info!(target: "pindb", limit = ?LANDING_LIMIT, "pindb: a write dropped in flight was still running on its connection at the limit");
+                    self.poison();
+                }
             }
             if broken {
                 self.poison();
