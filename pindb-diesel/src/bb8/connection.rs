@@ -83,8 +83,9 @@ use futures_util::{FutureExt, TryFutureExt};
 use pindb_core::adapter::Shape;
 use pindb_core::Operation;
 
+use super::driver::drained;
 use super::driver::Learn;
-use super::flight::{drained, in_flight};
+use super::flight::in_flight;
 use super::{Driver, PinDb, Pooled};
 use crate::checkouts::{Checkouts, Slot};
 

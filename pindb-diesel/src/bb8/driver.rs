@@ -20,6 +20,7 @@ use diesel_async::{
 };
 use futures_util::future::BoxFuture;
 use futures_util::stream::BoxStream;
+use futures_util::{FutureExt, StreamExt, TryFutureExt, TryStreamExt};
 use pindb_core::adapter::{Database, NewPin, WriteFlight};
 use pindb_core::Router;
 
@@ -212,7 +213,7 @@ mod pg {
         {
             match learn {
                 Some((router, index, pin)) => position::behind(router, index, pin, conn, |c| {
-                    position::drained(AsyncConnectionCore::load(c, query))
+                    super::drained::<AsyncPgConnection>(AsyncConnectionCore::load(c, query))
                 }),
                 None => AsyncConnectionCore::load(conn, query),
             }
@@ -312,6 +313,18 @@ mod mysql {
             AsyncConnectionCore::execute_returning_count(conn, query)
         }
     }
+}
+
+/// A write's rows, read to their end: tokio-postgres hands the stream back before the
+/// statement has run (its flight must not land before), and stops reading the socket while a
+/// statement's rows wait unread (a position query pipelined behind it would wait forever,
+/// and the write, uncommitted, hold its locks).
+pub(super) fn drained<'a, C: Driver>(
+    run: BoxFuture<'a, QueryResult<C::Rows<'a>>>,
+) -> BoxFuture<'a, QueryResult<C::Rows<'a>>> {
+    run.and_then(|rows| rows.try_collect::<Vec<_>>())
+        .map_ok(|rows| C::attach(futures_util::stream::iter(rows.into_iter().map(Ok)).boxed()))
+        .boxed()
 }
 
 /// diesel-async's transaction state of a connection.

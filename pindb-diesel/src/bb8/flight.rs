@@ -5,10 +5,9 @@
 
 use diesel::result::QueryResult;
 use futures_util::future::BoxFuture;
-use futures_util::{FutureExt, StreamExt, TryFutureExt, TryStreamExt};
+use futures_util::FutureExt;
 use pindb_core::adapter::WriteFlight;
 
-use super::Driver;
 use crate::checkouts::InFlight;
 
 /// `run`, on a connection [`Checkouts::flight`](crate::checkouts::Checkouts::flight) marked: the mark is cleared when it lands.
@@ -43,14 +42,4 @@ impl Drop for Unsent {
             write.landed();
         }
     }
-}
-
-/// A write's rows, read to their end before its flight lands: tokio-postgres hands the
-/// stream back before the statement has run.
-pub(super) fn drained<'a, C: Driver>(
-    run: BoxFuture<'a, QueryResult<C::Rows<'a>>>,
-) -> BoxFuture<'a, QueryResult<C::Rows<'a>>> {
-    run.and_then(|rows| rows.try_collect::<Vec<_>>())
-        .map_ok(|rows| C::attach(futures_util::stream::iter(rows.into_iter().map(Ok)).boxed()))
-        .boxed()
 }

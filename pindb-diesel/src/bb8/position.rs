@@ -15,7 +15,7 @@
 //! `&mut AsyncPgConnection`, which no second statement can share while the `COMMIT` is in
 //! flight; a transaction's context reads the position at its end, as before.
 //!
-//! A write's `RETURNING` rows are read to their end inside the flight ([`drained`]).
+//! A write's `RETURNING` rows are read to their end inside the flight (`drained`, with the drivers).
 //!
 //! Cancellation: dropped with the write in flight, nothing is reported, so the context's
 //! end reads the position from the master (the write may have happened).
@@ -23,10 +23,9 @@
 use diesel::pg::data_types::PgLsn;
 use diesel::result::QueryResult;
 use diesel::ExpressionMethods;
-use diesel_async::{AsyncConnectionCore, AsyncPgConnection, RunQueryDsl};
+use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use futures_util::future::BoxFuture;
-use futures_util::stream::BoxStream;
-use futures_util::{FutureExt, StreamExt, TryFutureExt, TryStreamExt};
+use futures_util::FutureExt;
 use pindb_core::adapter::NewPin;
 
 use pindb_core::{Lsn, Router};
@@ -39,24 +38,6 @@ diesel::define_sql_function! {
 diesel::define_sql_function! {
     /// The id of the statement's transaction if it has one (it wrote), else NULL.
     fn txid_current_if_assigned() -> diesel::sql_types::Nullable<diesel::sql_types::BigInt>;
-}
-
-/// tokio-postgres' rows.
-type Rows = BoxStream<
-    'static,
-    QueryResult<<AsyncPgConnection as AsyncConnectionCore>::Row<'static, 'static>>,
->;
-
-/// A write's rows (`RETURNING`), read to their end inside the flight. The position query's
-/// answer comes after them, and tokio-postgres stops reading the socket while a statement's
-/// rows wait unread: left for the caller, who reads them only once the flight is over, they
-/// would hold the answer back forever (and the write, uncommitted, its locks).
-pub(super) fn drained<'a>(
-    rows: BoxFuture<'a, QueryResult<Rows>>,
-) -> BoxFuture<'a, QueryResult<Rows>> {
-    rows.and_then(|stream| stream.try_collect::<Vec<_>>())
-        .map_ok(|rows| futures_util::stream::iter(rows.into_iter().map(Ok)).boxed())
-        .boxed()
 }
 
 /// Runs `write` on `conn` with the position query pipelined behind it, and reports the
