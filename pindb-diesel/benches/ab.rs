@@ -154,6 +154,40 @@ async fn routed_held_same(
     held_on(round_db(shared, config).await).await
 }
 
+/// `PINDB_AB_PROFILE=plain|routed`: one side of the held-connection comparison alone, on one
+/// connection for `PINDB_AB_SECONDS` (10), so a profiler (`perf record`) sees the queries and
+/// nothing else; prints the queries run, to turn samples into time per query.
+async fn profile(side: &str, url: &str, config: &pindb_core::Config) {
+    let seconds = std::env::var("PINDB_AB_SECONDS").map_or(10, |s| s.parse().unwrap());
+    let end = Instant::now() + Duration::from_secs(seconds);
+    let mut queries = 0u64;
+    match side {
+        "plain" => {
+            let plain = plain_pool(url).await;
+            let mut conn = plain.get().await.unwrap();
+            while Instant::now() < end {
+                find_42!(&mut *conn);
+                queries += 1;
+            }
+        }
+        "routed" => {
+            let db = routed_db(config).await;
+            pindb_core::scope(async {
+                let mut conn = db.get();
+                conn.checkout_for_read().await.unwrap();
+                while Instant::now() < end {
+                    find_42!(&mut conn);
+                    queries += 1;
+                }
+            })
+            .await;
+        }
+        other => panic!("PINDB_AB_PROFILE={other}: expected plain or routed"),
+    }
+    let per = Duration::from_secs(seconds) / queries as u32;
+    println!("{side} held: {queries} queries, {per:?} each");
+}
+
 fn main() {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
@@ -176,6 +210,11 @@ fn main() {
             replica.max_size = Some(1);
         }
         let (url, config) = (&replica_url, &config);
+        if let Ok(side) = std::env::var("PINDB_AB_PROFILE") {
+            profile(&side, url, config).await;
+            schema.drop().await;
+            return;
+        }
         let (p, r) = interleave(
             BATCH,
             || plain_per_request(url),

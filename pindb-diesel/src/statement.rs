@@ -58,12 +58,16 @@ pub(crate) enum OwnedQuery<Id, B: RoutedBackend> {
     Dynamic(B::Collected),
 }
 
+/// Keyed by type ids, which nobody outside the program chooses: a fast fixed hash, not
+/// SipHash's (looked up on every statement).
+type ByType<K, V> = HashMap<K, V, foldhash::fast::FixedState>;
+
 thread_local! {
     // Per thread, so the hot path takes no lock. Bounded by the number of query types.
-    static SHAPES: RefCell<HashMap<(TypeId, u64), Shape>> = RefCell::new(HashMap::new());
+    static SHAPES: RefCell<ByType<(TypeId, u64), Shape>> = RefCell::default();
     // The SQL of each query type diesel caches by type (its SQL is fixed by the type and
     // the backend).
-    static SQL: RefCell<HashMap<(TypeId, TypeId), Arc<str>>> = RefCell::new(HashMap::new());
+    static SQL: RefCell<ByType<(TypeId, TypeId), Arc<str>>> = RefCell::default();
 }
 
 /// The shape of `query`: cached by its static `QueryId` when it has one (with the table

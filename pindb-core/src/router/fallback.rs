@@ -431,7 +431,8 @@ impl Router {
     /// the pool: busy, or its connections hang). Logged once per 10 s per database, counted
     /// in `pindb_unreachable_total`.
     pub async fn diagnose(&self, index: usize) -> Option<PinDbError> {
-        self.diagnosis(index, false).await
+        // Boxed: a failure's path, kept out of the futures of the statements that may take it.
+        Box::pin(self.diagnosis(index, false)).await
     }
 
     /// [`Router::diagnose`], but only a refusal counts (nothing listens at the address: the
@@ -439,7 +440,7 @@ impl Router {
     /// pool asks, so that a write to a stopped master fails at once, while a server that is
     /// slow, full ("too many clients") or hanging leaves the pool its own timeout.
     pub async fn refused(&self, index: usize) -> Option<PinDbError> {
-        self.diagnosis(index, true).await
+        Box::pin(self.diagnosis(index, true)).await
     }
 
     /// Resolves once [`Router::refused`] says the database at `index` refuses connections:

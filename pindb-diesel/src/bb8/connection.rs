@@ -213,7 +213,10 @@ impl<C: Driver> PinDbConnection<C> {
 
     async fn try_hold(&mut self, index: usize) -> Result<(), Error> {
         self.slots.release();
-        let (index, conn) = self.db.checkout(index, self.slots.epoch()).await?;
+        // Boxed when taken: a statement's future holds what it awaits, and is moved into its
+        // own box on every statement; a checkout's (bb8's, the promotion watch) is kilobytes.
+        let checkout = Box::pin(self.db.checkout(index, self.slots.epoch()));
+        let (index, conn) = checkout.await?;
         let alias = &self.db.router().topology().databases()[index].alias;
         self.slots.hold(index, alias, conn);
         Ok(())
