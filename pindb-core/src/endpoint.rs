@@ -14,6 +14,7 @@
 //! Not behind a transaction-mode pooler: it may move a client to another server between
 //! statements, which no check at connect time can see.
 
+use crate::backend::Backend;
 use crate::populate::{normal_address, Database};
 
 /// The SQL expression of the address a server sees itself at, as `host:port` (IPv6 in
@@ -32,6 +33,10 @@ pub(crate) use server_address;
 /// column.
 pub const SERVER_ADDRESS_SQL: &str = concat!("SELECT ", server_address!(), " AS address");
 
+/// What a MariaDB server behind an endpoint is asked: its `@@server_id` (unique among the
+/// servers of a replication topology; MariaDB cannot tell the address a client reached it at).
+pub const MARIADB_SERVER_SQL: &str = "SELECT CAST(@@server_id AS CHAR) AS address";
+
 /// Connections opened through an endpoint to reach one server before giving up: with `n`
 /// servers picked at random, all miss with odds of ((n-1)/n)^64: 1 in 10^19 for 2, 1 in 10^8
 /// for 4, 1 in 5,000 for 8, 1 in 60 for 16. Each try is a connection set-up, within the
@@ -39,13 +44,40 @@ pub const SERVER_ADDRESS_SQL: &str = concat!("SELECT ", server_address!(), " AS 
 pub const SERVER_TRIES: usize = 64;
 
 impl Database {
-    /// Whether a connection that reached `address` (from [`SERVER_ADDRESS_SQL`]) may serve
-    /// this database: always, unless it is a server behind an endpoint and `address` is
+    /// What a new connection through this database's endpoint is asked, one row with one text
+    /// column: where it landed, as the server names itself ([`SERVER_ADDRESS_SQL`] on
+    /// PostgreSQL, [`MARIADB_SERVER_SQL`] on MariaDB).
+    pub fn server_question(&self) -> &'static str {
+        match self.backend {
+            Backend::Postgres => SERVER_ADDRESS_SQL,
+            Backend::MariaDb => MARIADB_SERVER_SQL,
+        }
+    }
+
+    /// Whether a connection that answered `address` to [`Database::server_question`] may
+    /// serve this database: always, unless it is a server behind an endpoint and `address` is
     /// another.
     pub fn reaches(&self, address: &str) -> bool {
-        match &self.server {
-            None => true,
-            Some(server) => same_address(server, address),
+        match (&self.server, self.backend) {
+            (None, _) => true,
+            (Some(server), Backend::Postgres) => same_address(server, address),
+            (Some(server), Backend::MariaDb) => server == address.trim(),
+        }
+    }
+
+    /// How `servers` names a server, for messages.
+    fn named_by(&self) -> &'static str {
+        match self.backend {
+            Backend::Postgres => "as it sees itself, inet_server_addr():inet_server_port()",
+            Backend::MariaDb => "by its @@server_id",
+        }
+    }
+
+    /// A server as an answer to [`Database::server_question`] names it, for messages.
+    fn server_named(&self, answer: &str) -> String {
+        match self.backend {
+            Backend::Postgres => answer.to_owned(),
+            Backend::MariaDb => format!("server_id {answer}"),
         }
     }
 
@@ -53,35 +85,36 @@ impl Database {
     /// reached only `seen`.
     pub fn server_missed(&self, seen: &[String]) -> String {
         let tries = seen.len();
-        let mut seen = seen.to_vec();
+        let mut seen: Vec<String> = seen.iter().map(|s| self.server_named(s)).collect();
         seen.sort();
         seen.dedup();
         format!(
             "{} connections through the reader endpoint {} reached {}, never {}: is that \
-             server still behind it? (`servers` lists each as it sees itself, \
-             inet_server_addr():inet_server_port())",
+             server still behind it? (`servers` lists each {})",
             tries,
             self.redacted_url(),
             seen.join(", "),
-            self.server.as_deref().unwrap_or("-"),
+            self.server_named(self.server.as_deref().unwrap_or("-")),
+            self.named_by(),
         )
     }
 
     /// Why a connection that reached `address` is not kept (another is opened).
     pub fn wrong_server(&self, address: &str) -> String {
         format!(
-            "`{}` is {} behind the reader endpoint {}; this connection reached {address}: \
-             closed, another is opened",
+            "`{}` is {} behind the reader endpoint {}; this connection reached {}: closed, \
+             another is opened",
             self.alias,
-            self.server.as_deref().unwrap_or("-"),
+            self.server_named(self.server.as_deref().unwrap_or("-")),
             self.redacted_url(),
+            self.server_named(address),
         )
     }
 }
 
 /// An adapter's search for a connection to a server behind an endpoint, one new connection
-/// at a time: open one with the database's URL, ask it [`SERVER_ADDRESS_SQL`], and give the
-/// answer to [`ServerSearch::keep`].
+/// at a time: open one with the database's URL, ask it [`Database::server_question`], and
+/// give the answer to [`ServerSearch::keep`].
 ///
 /// ```
 /// # let db = pindb_core::Config::single_set("postgres://app@reader/app", Vec::<String>::new()).databases().unwrap().remove(0);
@@ -173,6 +206,50 @@ mod tests {
         assert!(dbs[3].reaches("anything:1"));
         let missed = dbs[1].server_missed(&["10.0.0.6:5432".into()]);
         assert!(missed.contains("never 10.0.0.5:5432"), "{missed}");
+    }
+
+    #[test]
+    fn mariadb_servers_are_named_by_server_id() {
+        use std::collections::BTreeMap;
+        let masters = BTreeMap::from([(
+            "default".to_string(),
+            DatabaseSettings::from_url("mysql://app@db0/app"),
+        )]);
+        let endpoint = |servers: &[&str]| DatabaseSettings {
+            url: Some("mysql://app@reader:3306/app".into()),
+            servers: servers.iter().map(|s| s.to_string()).collect(),
+            ..Default::default()
+        };
+        let sets = BTreeMap::from([("default".to_string(), vec![endpoint(&["2", " 3 "])])]);
+        let dbs = crate::adapter::populate_replicas(&masters, &sets, &BTreeMap::new(), false)
+            .expect("valid");
+        let servers: Vec<(&str, Option<&str>)> = dbs[1..]
+            .iter()
+            .map(|d| (d.alias.as_str(), d.server.as_deref()))
+            .collect();
+        assert_eq!(
+            servers,
+            [("default-1.1", Some("2")), ("default-1.2", Some("3"))]
+        );
+        assert_eq!(dbs[1].server_question(), MARIADB_SERVER_SQL);
+        assert!(dbs[1].reaches("2") && !dbs[1].reaches("3") && !dbs[1].reaches(""));
+        let missed = dbs[1].server_missed(&["3".into()]);
+        assert!(missed.contains("never server_id 2"), "{missed}");
+        assert!(missed.contains("reached server_id 3"), "{missed}");
+        for bad in ["10.0.0.5:3306", "replica-1", "-1", "2", "server_id=2"] {
+            let servers: &[&str] = match bad {
+                "2" => &["2", "02"], // the same server twice
+                other => &[other],
+            };
+            let sets = BTreeMap::from([("default".to_string(), vec![endpoint(servers)])]);
+            let e = crate::adapter::populate_replicas(&masters, &sets, &BTreeMap::new(), false)
+                .expect_err("refused");
+            let text = e.to_string();
+            match bad {
+                "2" => assert!(text.contains("twice"), "{text}"),
+                _ => assert!(text.contains("@@server_id"), "{bad}: {text}"),
+            }
+        }
     }
 
     #[test]

@@ -146,7 +146,8 @@ async fn the_start_up_check_refuses_what_is_not_a_replica_of_the_master() {
 }
 
 /// A replica URL that balances over both replicas (a round-robin TCP endpoint) reaches two
-/// servers: refused at start-up, naming them; each replica given directly is not.
+/// servers: refused at start-up, naming them and the `servers` line that declares them; each
+/// replica given directly is not, nor the endpoint with its servers declared.
 #[tokio::test]
 async fn a_replica_url_that_reaches_several_servers_is_refused_at_start_up() {
     let cluster = MariaDbCluster::from_env();
@@ -177,9 +178,37 @@ async fn a_replica_url_that_reaches_several_servers_is_refused_at_start_up() {
                 problem.contains("server_id 2") && problem.contains("server_id 3"),
                 "{problem}"
             );
+            // The fix, ready to paste (in the order the samples met them).
+            assert!(
+                problem.contains(r#"servers = ["2", "3"]"#)
+                    || problem.contains(r#"servers = ["3", "2"]"#),
+                "{problem}"
+            );
         }
         other => panic!("not refused: {other:?}"),
     }
+    let (_endpoint, declared) = cluster.reader_endpoint().await;
+    let mut through = config(cluster.master_url(), &[]);
+    through.sets.insert("default".to_owned(), vec![declared]);
+    let router = Router::new(through).unwrap();
+    router
+        .start_monitor()
+        .await
+        .expect("the servers behind the endpoint, declared: one replica each");
+    let status = router.status().await;
+    let seen: Vec<(&str, bool)> = status
+        .iter()
+        .map(|d| (d.alias.as_str(), d.up && d.position.is_some()))
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            ("default", true),
+            ("default-1.1", true),
+            ("default-1.2", true)
+        ],
+        "{status:?}"
+    );
     let direct = config(
         cluster.master_url(),
         &[cluster.replica_url(1), cluster.replica_url(2)],

@@ -4,14 +4,16 @@
 use diesel::query_builder::SqlQuery;
 use diesel::sql_types::Text;
 
-/// The address a connection reached, `host:port` as the server sees itself.
+/// Where a connection landed, as the server names itself (PostgreSQL: `host:port`; MariaDB:
+/// its `server_id`).
 #[derive(diesel::QueryableByName)]
 pub(crate) struct Reached {
     #[diesel(sql_type = Text)]
     pub(crate) address: String,
 }
 
-/// [`SERVER_ADDRESS_SQL`](pindb_core::adapter::SERVER_ADDRESS_SQL), as diesel runs it.
-pub(crate) fn question() -> SqlQuery {
-    diesel::sql_query(pindb_core::adapter::SERVER_ADDRESS_SQL)
+/// [`Database::server_question`](pindb_core::adapter::Database::server_question) of `db`, as
+/// diesel runs it.
+pub(crate) fn question(db: &pindb_core::adapter::Database) -> SqlQuery {
+    diesel::sql_query(db.server_question())
 }

@@ -378,11 +378,46 @@ async fn a_read_the_replica_refuses_runs_on_the_master_and_is_learned() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_stale_keyed_read_through_diesel_async_while_replicas_stop_and_start_applying() {
     let cluster = MariaDbCluster::from_env();
+    diesel_async_hunt("diesel-async", config(&cluster, RouterMode::Greedy)).await;
+}
+
+/// Both replicas behind one round-robin reader endpoint (the testkit's proxy, as HAProxy or
+/// a Kubernetes Service would balance them), declared by `server_id`: each is a replica of
+/// its own, whose connections are kept only if they reached it, so the keyed hunt holds as
+/// with the replicas given directly. Without `servers` the endpoint is refused at start-up
+/// (pindb-core's MariaDB tests).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_stale_keyed_read_through_a_reader_endpoint_while_replicas_stop_and_start_applying() {
+    let cluster = MariaDbCluster::from_env();
+    let (endpoint, config) = through_endpoint(&cluster).await;
+    let aliases: Vec<String> = pindb_core::Router::new(config.clone())
+        .unwrap()
+        .topology()
+        .databases()
+        .iter()
+        .map(|d| d.alias.clone())
+        .collect();
+    assert_eq!(aliases, ["default", "default-1.1", "default-1.2"]);
+    diesel_async_hunt("diesel-async through a reader endpoint", config).await;
+    assert!(endpoint.accepted() > 0, "nothing went through the endpoint");
+}
+
+/// The replicas behind one round-robin endpoint, declared with `servers` by `server_id`.
+async fn through_endpoint(cluster: &MariaDbCluster) -> (pindb_testkit::Proxy, Config) {
+    let (endpoint, replica) = cluster.reader_endpoint().await;
+    let mut config = config(cluster, RouterMode::Greedy);
+    config.sets.insert("default".to_owned(), vec![replica]);
+    (endpoint, config)
+}
+
+/// The keyed hunt through diesel-async with `config`.
+async fn diesel_async_hunt(adapter: &str, config: Config) {
+    let cluster = MariaDbCluster::from_env();
     let c = cluster.clone();
     let apply = blocking(move || c.exclusive()).await;
     let table = random_table();
     fresh_table(&cluster, &table, USERS).await;
-    let db = started(config(&cluster, RouterMode::Greedy)).await;
+    let db = started(config).await;
     let update = format!("UPDATE `{table}` SET `n` = ? WHERE `user_id` = ?");
     let (d, t) = (db.clone(), table.clone());
     let write = move |user, n| {
@@ -402,7 +437,7 @@ async fn no_stale_keyed_read_through_diesel_async_while_replicas_stop_and_start_
         async move { read_user(&mut db.get(), &t, user).await }
     };
     let consistency = db.router().consistency().clone();
-    hunt("diesel-async", consistency, apply, write, read).await;
+    hunt(adapter, consistency, apply, write, read).await;
 }
 
 /// Users of the keyed hunts.
@@ -898,11 +933,26 @@ mod sync {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn no_stale_keyed_read_through_sync_diesel_while_replicas_stop_and_start_applying() {
         let cluster = MariaDbCluster::from_env();
+        sync_hunt("sync diesel", config(&cluster, RouterMode::Greedy)).await;
+    }
+
+    /// The same through a reader endpoint (`servers`): r2d2's manager keeps only the
+    /// connections that reached their server.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn no_stale_keyed_read_through_a_reader_endpoint_with_sync_diesel() {
+        let cluster = MariaDbCluster::from_env();
+        let (endpoint, config) = through_endpoint(&cluster).await;
+        sync_hunt("sync diesel through a reader endpoint", config).await;
+        assert!(endpoint.accepted() > 0, "nothing went through the endpoint");
+    }
+
+    async fn sync_hunt(adapter: &str, config: Config) {
+        let cluster = MariaDbCluster::from_env();
         let c = cluster.clone();
         let apply = blocking(move || c.exclusive()).await;
         let table = random_table();
         fresh_table(&cluster, &table, USERS).await;
-        let db = started_sync(config(&cluster, RouterMode::Greedy)).await;
+        let db = started_sync(config).await;
         let (d, t) = (db.clone(), table.clone());
         let write = move |user, n| {
             let (d, t) = (d.clone(), t.clone());
@@ -921,7 +971,7 @@ mod sync {
             in_context(move || read_user(&mut d.get(), &t, user))
         };
         let consistency = db.router().consistency().clone();
-        hunt("sync diesel", consistency, apply, write, read).await;
+        hunt(adapter, consistency, apply, write, read).await;
     }
 }
 

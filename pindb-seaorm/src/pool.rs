@@ -20,8 +20,8 @@ pub(crate) fn pool(db: &Database) -> Result<DatabaseConnection, DbErr> {
 }
 
 /// A MariaDB database's pool: pindb-core refuses, for MariaDB sets, what needs a startup
-/// parameter or a server search (read-only replicas that would accept writes, reader
-/// endpoints), so only the write pools' hooks are added.
+/// parameter (read-only replicas that would accept writes), so only the write pools' hooks
+/// and the server search of a server behind a reader endpoint are added.
 #[cfg(feature = "mariadb")]
 fn mariadb_pool(db: &Database) -> Result<DatabaseConnection, DbErr> {
     use sea_orm::sqlx::mysql::{MySqlConnectOptions, MySqlPoolOptions};
@@ -37,6 +37,7 @@ fn mariadb_pool(db: &Database) -> Result<DatabaseConnection, DbErr> {
     if !db.is_replica() {
         pool = unsent::tell_when_handed_out(pool);
     }
+    pool = server::keep_only_its_server(pool, db);
     if let Some(min) = db.pool.min_idle {
         pool = pool.min_connections(min);
     }

@@ -5,12 +5,19 @@
 
 use std::sync::Arc;
 
-use pindb_core::adapter::{Database, SERVER_ADDRESS_SQL};
-use sea_orm::sqlx::postgres::PgPoolOptions;
+use pindb_core::adapter::Database;
+use sea_orm::sqlx;
+use sea_orm::sqlx::pool::PoolOptions;
 
 /// Installs the check on every new connection of `db`'s pool, if `db` is a server behind an
 /// endpoint.
-pub(crate) fn keep_only_its_server(pool: PgPoolOptions, db: &Database) -> PgPoolOptions {
+pub(crate) fn keep_only_its_server<DB>(pool: PoolOptions<DB>, db: &Database) -> PoolOptions<DB>
+where
+    DB: sqlx::Database,
+    for<'c> &'c mut DB::Connection: sqlx::Executor<'c, Database = DB>,
+    String: for<'r> sqlx::Decode<'r, DB> + sqlx::Type<DB>,
+    usize: sqlx::ColumnIndex<DB::Row>,
+{
     if db.server.is_none() {
         return pool;
     }
@@ -20,19 +27,19 @@ pub(crate) fn keep_only_its_server(pool: PgPoolOptions, db: &Database) -> PgPool
         Box::pin(async move {
             // One round trip, simple protocol: nothing stays prepared on the server. Bounded
             // here too: sqlx's pool maintenance runs this outside any acquire timeout.
-            let asked = sea_orm::sqlx::raw_sql(SERVER_ADDRESS_SQL).fetch_one(&mut *conn);
+            let asked = sqlx::raw_sql(db.server_question()).fetch_one(&mut *conn);
             let row = tokio::time::timeout(db.pool.connect_timeout, asked)
                 .await
                 .map_err(|_| {
-                    sea_orm::sqlx::Error::Protocol(format!(
+                    sqlx::Error::Protocol(format!(
                         "`{}`: no answer to where the connection landed within {:?}",
                         db.alias, db.pool.connect_timeout
                     ))
                 })??;
-            let address: String = sea_orm::sqlx::Row::try_get(&row, 0)?;
+            let address: String = sqlx::Row::try_get(&row, 0)?;
             match db.reaches(&address) {
                 true => Ok(()),
-                false => Err(sea_orm::sqlx::Error::Protocol(db.wrong_server(&address))),
+                false => Err(sqlx::Error::Protocol(db.wrong_server(&address))),
             }
         })
     })

@@ -198,14 +198,31 @@ async fn a_read_the_replica_refuses_runs_on_the_master_and_is_learned() {
 /// the next keyed context, while one replica's SQL thread stops or starts every 50-400 ms.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_stale_keyed_read_through_seaorm_while_replicas_stop_and_start_applying() {
+    let cluster = MariaDbCluster::from_env();
+    hunt("SeaORM", config(&cluster, RouterMode::Greedy)).await;
+}
+
+/// The same through a reader endpoint (`servers`): each server's sqlx pool keeps only the
+/// connections that reached it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_stale_keyed_read_through_a_reader_endpoint_with_seaorm() {
+    let cluster = MariaDbCluster::from_env();
+    let (endpoint, replica) = cluster.reader_endpoint().await;
+    let mut config = config(&cluster, RouterMode::Greedy);
+    config.sets.insert("default".to_owned(), vec![replica]);
+    hunt("SeaORM through a reader endpoint", config).await;
+    assert!(endpoint.accepted() > 0, "nothing went through the endpoint");
+}
+
+/// The keyed hunt: 6 users in closed loops for 6 s, each writing then reading its row back
+/// in a new keyed context, while one replica's SQL thread stops or starts every 50-400 ms.
+async fn hunt(adapter: &str, config: Config) {
     const USERS: u64 = 6;
     let cluster = MariaDbCluster::from_env();
     let c = cluster.clone();
     let apply = blocking(move || c.exclusive()).await;
     let table = fresh_table(&cluster, USERS).await;
-    let db = PinDb::connect(config(&cluster, RouterMode::Greedy))
-        .await
-        .unwrap();
+    let db = PinDb::connect(config).await.unwrap();
     db.router()
         .start_monitor()
         .await
@@ -253,7 +270,7 @@ async fn no_stale_keyed_read_through_seaorm_while_replicas_stop_and_start_applyi
     }
     drop(flipper.await.expect("the flipper ran"));
     let [reads, on_replicas, stale] = [0, 1, 2].map(|i| counts[i].load(Ordering::Relaxed));
-    eprintln!("SeaORM on MariaDB: {reads} keyed reads after their writes, {on_replicas} on replicas, {stale} stale");
+    eprintln!("{adapter} on MariaDB: {reads} keyed reads after their writes, {on_replicas} on replicas, {stale} stale");
     assert!(reads > 100, "too few requests to mean anything: {reads}");
     assert_eq!(
         stale, 0,

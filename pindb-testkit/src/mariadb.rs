@@ -153,6 +153,29 @@ impl MariaDbCluster {
         }
     }
 
+    /// Both replicas behind one round-robin reader endpoint (the testkit's [`Proxy`](crate::Proxy), as
+    /// HAProxy or a Kubernetes Service would balance them), and the replica entry that
+    /// declares them by `server_id` (`servers`): each becomes a replica of its own. Blocks (the
+    /// `server_id`s are asked with the `mariadb` client).
+    pub async fn reader_endpoint(&self) -> (crate::Proxy, pindb_core::DatabaseSettings) {
+        let address = |url: &str| -> String {
+            let after = url.split_once('@').map_or(url, |(_, rest)| rest);
+            after.split('/').next().unwrap_or(after).to_owned()
+        };
+        let (one, two) = (address(self.replica_url(1)), address(self.replica_url(2)));
+        let endpoint = crate::Proxy::round_robin(&[&one, &two]).await;
+        let url = self
+            .replica_url(1)
+            .replace(&one, &format!("127.0.0.1:{}", endpoint.port()));
+        let replica = pindb_core::DatabaseSettings {
+            servers: [1, 2]
+                .map(|node| self.query_ok(node, "SELECT @@server_id").trim().to_owned())
+                .to_vec(),
+            ..pindb_core::DatabaseSettings::from_url(url)
+        };
+        (endpoint, replica)
+    }
+
     /// Runs `sql` (one or more `;`-separated statements) on node `node` (0: the primary, 1 or
     /// 2: a replica) as the admin user `pindb_admin`, in the database `pindb`. `Ok` is the
     /// output without column names: rows on lines, columns separated by tabs (the client's

@@ -28,6 +28,8 @@ pub struct MariaDbWorld {
     pub master: i32,
     /// The replicas' `@@server_id`s.
     pub replicas: [i32; 2],
+    /// Both replicas behind one round-robin reader endpoint, declared with `servers`.
+    endpoint: Option<pindb_testkit::Proxy>,
     _shared: MariaDbSharedApply,
 }
 
@@ -107,8 +109,21 @@ impl MariaDbWorld {
             database,
             master,
             replicas,
+            endpoint: None,
             _shared: shared,
         }
+    }
+
+    /// [`MariaDbWorld::new`], with both replicas behind one round-robin reader endpoint (the
+    /// testkit's proxy), declared with `servers` by their `server_id`s.
+    pub async fn through_endpoint() -> MariaDbWorld {
+        let mut w = MariaDbWorld::new().await;
+        let (r1, r2) = (
+            crate::address(w.cluster.replica_url(1)),
+            crate::address(w.cluster.replica_url(2)),
+        );
+        w.endpoint = Some(pindb_testkit::Proxy::round_robin(&[&r1, &r2]).await);
+        w
     }
 }
 
@@ -156,7 +171,17 @@ impl Servers for MariaDbWorld {
     }
 
     fn config(&self, router: Option<RouterMode>) -> Config {
-        let config = Config::single_set(self.url(0), [self.url(1), self.url(2)]);
+        let Some(endpoint) = &self.endpoint else {
+            let config = Config::single_set(self.url(0), [self.url(1), self.url(2)]);
+            return routed(config, router);
+        };
+        let through = crate::with_address(&self.url(1), &format!("127.0.0.1:{}", endpoint.port()));
+        let mut config = Config::single_set(self.url(0), Vec::<String>::new());
+        let replica = pindb_core::DatabaseSettings {
+            servers: self.replicas.iter().map(i32::to_string).collect(),
+            ..pindb_core::DatabaseSettings::from_url(through)
+        };
+        config.sets.insert("default".to_owned(), vec![replica]);
         routed(config, router)
     }
 

@@ -312,3 +312,18 @@ async fn diesel_sync_r2d2_on_mariadb() {
 async fn seaorm_on_mariadb() {
     run_all::<SeaOrmMariaDb>(MariaDbWorld::new().await).await;
 }
+
+#[tokio::test]
+async fn diesel_async_bb8_on_mariadb_through_a_reader_endpoint() {
+    run_all::<DieselAsyncMariaDb>(MariaDbWorld::through_endpoint().await).await;
+}
+
+#[tokio::test]
+async fn diesel_sync_r2d2_on_mariadb_through_a_reader_endpoint() {
+    run_all::<DieselSyncMariaDb>(MariaDbWorld::through_endpoint().await).await;
+}
+
+#[tokio::test]
+async fn seaorm_on_mariadb_through_a_reader_endpoint() {
+    run_all::<SeaOrmMariaDb>(MariaDbWorld::through_endpoint().await).await;
+}

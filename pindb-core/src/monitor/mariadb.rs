@@ -98,17 +98,29 @@ async fn one_server(db: &Database, settings: &MonitorSettings, problems: &mut Ve
         .iter()
         .map(|(id, at)| format!("server_id {id} at {at}"))
         .collect();
-    problems.push(PinDbError::config(
-        db.alias.clone(),
-        format!(
-            "{} reaches several servers ({}): a load-balanced reader endpoint. pindb measures \
-             each replica's position on one server, so a keyed read could land on one that \
-             lacks the user's write, and reader endpoints (`servers`) are not supported for \
-             MariaDB sets yet. Declare each replica as its own entry",
+    let problem = match &db.server {
+        // Its probes keep only connections that answered its server_id.
+        Some(id) => format!(
+            "several servers answer as server_id {id} through {} ({}): servers behind a \
+             reader endpoint are told apart by server_id, so each needs its own",
             db.redacted_url(),
             servers.join(", ")
         ),
-    ));
+        None => {
+            let ids: Vec<String> = seen.iter().map(|(id, _)| id.to_string()).collect();
+            format!(
+                "{} reaches several servers ({}): a load-balanced reader endpoint. pindb \
+                 measures each replica's position on one server, so a keyed read could land \
+                 on one that lacks the user's write. Declare the servers behind it on this \
+                 replica by server_id, `servers = [\"{}\"]` (each becomes a replica of its \
+                 own, reached through the endpoint), or each replica as its own entry",
+                db.redacted_url(),
+                servers.join(", "),
+                ids.join("\", \"")
+            )
+        }
+    };
+    problems.push(PinDbError::config(db.alias.clone(), problem));
 }
 
 pub(super) async fn verify_set(

@@ -41,8 +41,6 @@ fn refuse_for_mariadb(
         "`discovery`"
     } else if settings.is_multi_host() || !settings.hosts.is_empty() {
         "a list of hosts"
-    } else if !settings.servers.is_empty() {
-        "`servers` (a reader endpoint)"
     } else {
         return Ok(());
     };
@@ -304,7 +302,7 @@ pub fn populate_replicas(
             };
             // A replica behind a reader endpoint is one replica per server behind it,
             // `<set>-<n>.<k>`: the entry keeps its number (its env override, its settings).
-            let servers = servers::servers(&alias, overrides)?;
+            let servers = servers::servers(&alias, overrides, backend)?;
             if servers.is_empty() {
                 claim(&alias, "a generated replica alias")?;
                 out.push(parts.finish(alias, membership)?);

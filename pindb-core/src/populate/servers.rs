@@ -2,23 +2,36 @@
 //! a replica of its own, see [`crate::endpoint`]), as addresses.
 
 use super::{host_port, DatabaseSettings, DEFAULT_PORT};
+use crate::backend::Backend;
 use crate::error::PinDbError;
 
-/// The servers a replica's settings put behind its endpoint, normalised (`ip:port`, the way
-/// `inet_server_addr()` prints the address); empty for a plain replica.
-pub(crate) fn servers(alias: &str, settings: &DatabaseSettings) -> Result<Vec<String>, PinDbError> {
+/// The servers a replica's settings put behind its endpoint, normalised as each names itself
+/// (see [`crate::endpoint`]): `ip:port` on PostgreSQL (the way `inet_server_addr()` prints
+/// the address), the `server_id` on MariaDB; empty for a plain replica.
+pub(crate) fn servers(
+    alias: &str,
+    settings: &DatabaseSettings,
+    backend: Backend,
+) -> Result<Vec<String>, PinDbError> {
     let mut out: Vec<String> = Vec::new();
     for text in &settings.servers {
-        let normal = normal_address(text).ok_or_else(|| {
-            PinDbError::config(
-                alias,
-                format!(
-                    "`servers` entry `{text}` is not `ip:port` (`10.0.0.5:5432`, `[fd00::5]:5432`): \
-                     list each server by the address it sees itself at, \
-                     `SELECT inet_server_addr(), inet_server_port()` on it (a host name never \
-                     matches)"
-                ),
-            )
+        let normal = match backend {
+            Backend::Postgres => normal_address(text),
+            Backend::MariaDb => text.trim().parse::<u32>().ok().map(|id| id.to_string()),
+        };
+        let normal = normal.ok_or_else(|| {
+            let how = match backend {
+                Backend::Postgres => {
+                    "is not `ip:port` (`10.0.0.5:5432`, `[fd00::5]:5432`): list each server by \
+                     the address it sees itself at, `SELECT inet_server_addr(), \
+                     inet_server_port()` on it (a host name never matches)"
+                }
+                Backend::MariaDb => {
+                    "is not a `server_id`: list each MariaDB server behind the endpoint by its \
+                     `SELECT @@server_id` (`servers = [\"2\", \"3\"]`)"
+                }
+            };
+            PinDbError::config(alias, format!("`servers` entry `{text}` {how}"))
         })?;
         if out.contains(&normal) {
             return Err(PinDbError::config(

@@ -56,7 +56,8 @@ pub struct DatabaseSettings {
     /// ones: from DNS, or from [`Router::set_replicas`](crate::Router::set_replicas).
     pub discovery: Option<DiscoverySettings>,
     /// Replicas only: the standbys behind a load-balanced reader endpoint (`url`), each as
-    /// it sees itself (`inet_server_addr()`:`inet_server_port()`; `host` alone takes 5432).
+    /// it sees itself: on PostgreSQL its address (`inet_server_addr()`:`inet_server_port()`;
+    /// `host` alone takes 5432), on MariaDB its `@@server_id` (`"2"`).
     /// Each becomes a replica of its own (`<set>-<n>.<k>`, in this order) whose connections are
     /// opened through the endpoint and kept only when they reached it: positions and lag hold
     /// per server. See "Poolers and load balancers" in the README.

@@ -7,18 +7,23 @@
 //! `max_wait_ms`, a dropped future) leaves it to finish, and the next call takes the
 //! connection back instead of opening another. Only a timeout drops it.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use mysql_async::prelude::Queryable;
 use mysql_async::{Conn, Opts, OptsBuilder, Row};
 use tokio::task::JoinHandle;
 
+use crate::endpoint::{ServerSearch, MARIADB_SERVER_SQL};
 use crate::gtid::GtidPosition;
 use crate::lsn::Lsn;
+use crate::populate::Database;
 
 /// One connection to a MariaDB server, made on demand.
 pub(super) struct Server {
     opts: Opts,
+    /// A server behind a reader endpoint: connections are kept only if they reached it.
+    behind: Option<Arc<Database>>,
     conn: Option<Conn>,
     /// A statement under way, which owns the connection until it ends.
     pending: Option<JoinHandle<Asked>>,
@@ -28,7 +33,7 @@ pub(super) struct Server {
 type Asked = (Option<Conn>, Result<Option<Row>, Failure>);
 
 impl Server {
-    pub(super) fn new(url: &str) -> Result<Server, String> {
+    pub(super) fn new(url: &str, behind: Option<Arc<Database>>) -> Result<Server, String> {
         let opts = Opts::from_url(url).map_err(|e| format!("the url does not parse: {e}"))?;
         let opts = OptsBuilder::from_opts(opts)
             // mysql_async would move a connection to 127.0.0.1 onto the server's local
@@ -37,6 +42,7 @@ impl Server {
             .stmt_cache_size(0);
         Ok(Server {
             opts: opts.into(),
+            behind,
             conn: None,
             pending: None,
         })
@@ -73,7 +79,10 @@ impl Server {
                 self.pending = None;
             }
             let (conn, opts, sql) = (self.conn.take(), self.opts.clone(), sql.to_owned());
-            let task = self.pending.insert(tokio::spawn(run(conn, opts, sql)));
+            let behind = self.behind.clone();
+            let task = self
+                .pending
+                .insert(tokio::spawn(run(conn, opts, behind, timeout, sql)));
             let (conn, answer) = task
                 .await
                 .unwrap_or_else(|e| (None, Err(Failure::Other(format!("the probe task: {e}")))));
@@ -218,12 +227,18 @@ impl Drop for Server {
 }
 
 /// One statement on `conn` (or a new connection): the connection back unless it broke.
-async fn run(conn: Option<Conn>, opts: Opts, sql: String) -> Asked {
+async fn run(
+    conn: Option<Conn>,
+    opts: Opts,
+    behind: Option<Arc<Database>>,
+    limit: Duration,
+    sql: String,
+) -> Asked {
     let mut conn = match conn {
         Some(conn) => conn,
-        None => match Conn::new(opts).await {
+        None => match connect(opts, behind.as_deref(), limit).await {
             Ok(conn) => conn,
-            Err(e) => return (None, Err(Failure::Other(format!("no connection: {e}")))),
+            Err(e) => return (None, Err(Failure::Other(e))),
         },
     };
     match conn.query_first::<Row, _>(sql).await {
@@ -231,6 +246,29 @@ async fn run(conn: Option<Conn>, opts: Opts, sql: String) -> Asked {
         // The server refused the statement; the connection is fine.
         Err(mysql_async::Error::Server(e)) => (Some(conn), Err(Failure::Server(e))),
         Err(e) => (None, Err(Failure::Other(e.to_string()))),
+    }
+}
+
+/// A connection with `opts`; for a server behind a reader endpoint, the first of up to
+/// [`SERVER_TRIES`](crate::endpoint::SERVER_TRIES) that reached it.
+async fn connect(opts: Opts, behind: Option<&Database>, limit: Duration) -> Result<Conn, String> {
+    let mut search = behind.map(|db| ServerSearch::within(db, limit));
+    loop {
+        let mut conn = Conn::new(opts.clone())
+            .await
+            .map_err(|e| format!("no connection: {e}"))?;
+        let Some(search) = search.as_mut() else {
+            return Ok(conn);
+        };
+        let reached: Option<String> = conn
+            .query_first(MARIADB_SERVER_SQL)
+            .await
+            .map_err(|e| format!("asking where the connection landed: {e}"))?;
+        if search.keep(reached.unwrap_or_default())? {
+            return Ok(conn);
+        }
+        // Another server: said goodbye to, and the next one opened.
+        let _ = conn.disconnect().await;
     }
 }
 

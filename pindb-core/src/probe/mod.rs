@@ -90,7 +90,10 @@ impl Probe {
             connecting: None,
             backend: db.backend,
             #[cfg(feature = "mariadb")]
-            mariadb: (db.backend == Backend::MariaDb).then(|| mariadb::Server::new(&db.url())),
+            mariadb: (db.backend == Backend::MariaDb).then(|| {
+                let behind = db.server.is_some().then(|| Arc::new(db.clone()));
+                mariadb::Server::new(&db.url(), behind)
+            }),
         }
     }
 

@@ -138,8 +138,41 @@ mod sealed {
     impl Sealed for diesel_async::AsyncMysqlConnection {}
 }
 
+/// A connection to `url`; for a server behind a reader endpoint, the first of up to
+/// [`SERVER_TRIES`](pindb_core::adapter::SERVER_TRIES) that reached it (asked once, when it
+/// is opened: nothing per statement), the others closed.
+async fn reaching<C>(
+    url: String,
+    server: Option<Arc<Database>>,
+    limit: Duration,
+) -> ConnectionResult<C>
+where
+    C: AsyncConnection,
+    for<'q> diesel::query_builder::SqlQuery:
+        diesel_async::methods::LoadQuery<'q, C, crate::server::Reached>,
+{
+    use diesel_async::RunQueryDsl;
+    let Some(db) = server.as_deref() else {
+        return C::establish(&url).await;
+    };
+    let mut search = pindb_core::adapter::ServerSearch::within(db, limit);
+    loop {
+        let mut conn = C::establish(&url).await?;
+        let reached: crate::server::Reached = crate::server::question(db)
+            .get_result(&mut conn)
+            .await
+            .map_err(|e| diesel::ConnectionError::BadConnection(e.to_string()))?;
+        if search
+            .keep(reached.address)
+            .map_err(diesel::ConnectionError::BadConnection)?
+        {
+            return Ok(conn);
+        }
+    }
+}
+
 mod pg {
-    use diesel_async::{AsyncPgConnection, RunQueryDsl};
+    use diesel_async::AsyncPgConnection;
     use futures_util::{FutureExt, StreamExt};
 
     use super::*;
@@ -162,28 +195,7 @@ mod pg {
             server: Option<Arc<Database>>,
             limit: Duration,
         ) -> BoxFuture<'static, ConnectionResult<Self>> {
-            async move {
-                let mut search = server
-                    .as_deref()
-                    .map(|db| pindb_core::adapter::ServerSearch::within(db, limit));
-                loop {
-                    let mut conn = AsyncPgConnection::establish(&url).await?;
-                    let Some(search) = search.as_mut() else {
-                        return Ok(conn);
-                    };
-                    let reached: crate::server::Reached = crate::server::question()
-                        .get_result(&mut conn)
-                        .await
-                        .map_err(|e| diesel::ConnectionError::BadConnection(e.to_string()))?;
-                    if search
-                        .keep(reached.address)
-                        .map_err(diesel::ConnectionError::BadConnection)?
-                    {
-                        return Ok(conn);
-                    }
-                }
-            }
-            .boxed()
+            reaching(url, server, limit).boxed()
         }
 
         async fn detach(
@@ -265,18 +277,17 @@ mod mysql {
 
         fn open(
             url: String,
-            _server: Option<Arc<Database>>,
-            _limit: Duration,
+            server: Option<Arc<Database>>,
+            limit: Duration,
         ) -> BoxFuture<'static, ConnectionResult<Self>> {
-            // pindb-core refuses reader endpoints (`servers`) for MariaDB sets. mysql_async
-            // would move a loopback connection to the server's Unix socket: the connection
+            // mysql_async would move a loopback connection to the server's Unix socket: the connection
             // goes where the URL says (a proxy there is not bypassed), as pindb's own do.
             let sep = if url.contains('?') { '&' } else { '?' };
             let url = match url.contains("prefer_socket=") {
                 true => url,
                 false => format!("{url}{sep}prefer_socket=false"),
             };
-            async move { AsyncMysqlConnection::establish(&url).await }.boxed()
+            reaching(url, server, limit).boxed()
         }
 
         async fn detach(

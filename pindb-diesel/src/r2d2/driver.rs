@@ -42,10 +42,10 @@ pub trait Driver:
         db.pool_url()
     }
 
-    /// The address (`host:port`, as the server sees itself) a new connection reached: only
-    /// asked for a server behind a reader endpoint, which only PostgreSQL sets have.
+    /// Where a new connection landed, as the server names itself (`host:port` on PostgreSQL,
+    /// the `server_id` on MariaDB): only asked for a server behind a reader endpoint (`db`).
     #[doc(hidden)]
-    fn reached(conn: &mut Self) -> QueryResult<String>;
+    fn reached(conn: &mut Self, db: &pindb_core::adapter::Database) -> QueryResult<String>;
 }
 
 mod sealed {
@@ -74,8 +74,8 @@ mod pg {
             LoadConnection::<DefaultLoadingMode>::load(conn, query)
         }
 
-        fn reached(conn: &mut Self) -> QueryResult<String> {
-            let reached: crate::server::Reached = crate::server::question().get_result(conn)?;
+        fn reached(conn: &mut Self, db: &pindb_core::adapter::Database) -> QueryResult<String> {
+            let reached: crate::server::Reached = crate::server::question(db).get_result(conn)?;
             Ok(reached.address)
         }
     }
@@ -124,9 +124,10 @@ mod mysql {
             }
         }
 
-        fn reached(_: &mut Self) -> QueryResult<String> {
-            // pindb-core refuses reader endpoints (`servers`) for MariaDB sets.
-            Err(crate::Error::Unsupported("reader endpoints (`servers`) on MariaDB").into())
+        fn reached(conn: &mut Self, db: &pindb_core::adapter::Database) -> QueryResult<String> {
+            use diesel::RunQueryDsl;
+            let reached: crate::server::Reached = crate::server::question(db).get_result(conn)?;
+            Ok(reached.address)
         }
     }
 }

@@ -38,8 +38,8 @@ impl<C: Driver> ManageConnection for Manager<C> {
         // no attempt starts past 80 % of the pool's (the search's error then beats the pool's
         // timeout, as in the other adapters). MariaDB: diesel's URL takes no timeout, so a
         // server that never answers holds a connection thread until the OS gives up (r2d2's
-        // checkout still fails at `connect_timeout_ms`). The address question runs on blocking libpq without a
-        // bound of its own: a server that hangs right after its handshake holds one of
+        // checkout still fails at `connect_timeout_ms`). The question where it landed runs on the
+        // blocking client library without a bound of its own: a server that hangs right after its handshake holds one of
         // r2d2's connection threads until the socket gives up.
         let mut search = self
             .server
@@ -47,10 +47,10 @@ impl<C: Driver> ManageConnection for Manager<C> {
             .map(|db| ServerSearch::within(db, self.limit));
         loop {
             let mut conn = self.inner.connect()?;
-            let Some(search) = search.as_mut() else {
+            let (Some(search), Some(db)) = (search.as_mut(), self.server.as_deref()) else {
                 return Ok(conn);
             };
-            let reached = C::reached(&mut conn).map_err(diesel::r2d2::Error::QueryError)?;
+            let reached = C::reached(&mut conn, db).map_err(diesel::r2d2::Error::QueryError)?;
             let keep = search.keep(reached).map_err(|missed| {
                 diesel::r2d2::Error::ConnectionError(ConnectionError::BadConnection(missed))
             })?;
