@@ -8,9 +8,9 @@ use crate::classify::Dialect;
 /// PostgreSQL (`postgres://`, `postgresql://`) has every feature. MariaDB (`mysql://`,
 /// `mariadb://`, feature `mariadb`) is being built (#28): a master and its GTID replicas
 /// (`MASTER_USE_GTID`, one replication domain per set), monitored for position, lag and
-/// health, with read-your-writes by GTID; sets given as hosts, discovery, reader endpoints,
-/// logical and emulated replicas, and URL options are PostgreSQL's only and refused with a
-/// clear error.
+/// health, with read-your-writes by GTID, reader endpoints (`servers`, by `server_id`); sets
+/// given as hosts, discovery, logical and emulated replicas, and URL options are PostgreSQL's
+/// only and refused with a clear error.
 ///
 /// ```
 /// use pindb_core::adapter::{Backend, Dialect};

@@ -3,13 +3,15 @@
 //!
 //! Read-your-writes needs the position of the server a read lands on, and the monitor's
 //! connection reaches one server while the pool's connections reach the others. So a replica
-//! declares the servers behind its endpoint (`servers = ["10.0.0.5:5432", ...]`, each as the
-//! server sees itself: `inet_server_addr()`:`inet_server_port()`), and each becomes a replica
-//! of its own: its own alias, health, position and pool. Every connection of that pool (and of
-//! pindb's own probes) is opened through the endpoint and kept only if it reached that server
-//! (one query per new connection, none per statement); connections that reached another are
-//! closed and the next one tried. Positions thus hold per server, as if each standby were
-//! configured directly, and nothing on the hot path changes.
+//! declares the servers behind its endpoint, each as the server names itself (PostgreSQL:
+//! `servers = ["10.0.0.5:5432", ...]`, `inet_server_addr()`:`inet_server_port()`; MariaDB,
+//! which cannot tell the address a client reached it at: `servers = ["2", ...]`, its
+//! `server_id`), and each becomes a replica of its own: its own alias, health, position and
+//! pool. Every connection of that pool (and of pindb's own probes) is opened through the
+//! endpoint and kept only if it reached that server (one query per new connection, none per
+//! statement); connections that reached another are closed and the next one tried. Positions
+//! thus hold per server, as if each standby were configured directly, and nothing on the hot
+//! path changes.
 //!
 //! Not behind a transaction-mode pooler: it may move a client to another server between
 //! statements, which no check at connect time can see.
@@ -236,7 +238,7 @@ mod tests {
         let missed = dbs[1].server_missed(&["3".into()]);
         assert!(missed.contains("never server_id 2"), "{missed}");
         assert!(missed.contains("reached server_id 3"), "{missed}");
-        for bad in ["10.0.0.5:3306", "replica-1", "-1", "2", "server_id=2"] {
+        for bad in ["10.0.0.5:3306", "replica-1", "-1", "0", "2", "server_id=2"] {
             let servers: &[&str] = match bad {
                 "2" => &["2", "02"], // the same server twice
                 other => &[other],

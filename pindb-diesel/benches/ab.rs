@@ -158,7 +158,10 @@ async fn routed_held_same(
 /// connection for `PINDB_AB_SECONDS` (10), so a profiler (`perf record`) sees the queries and
 /// nothing else; prints the queries run, to turn samples into time per query.
 async fn profile(side: &str, url: &str, config: &pindb_core::Config) {
-    let seconds = std::env::var("PINDB_AB_SECONDS").map_or(10, |s| s.parse().unwrap());
+    let seconds: u64 = std::env::var("PINDB_AB_SECONDS").map_or(10, |s| {
+        s.parse()
+            .unwrap_or_else(|e| panic!("PINDB_AB_SECONDS={s}: {e}"))
+    });
     let end = Instant::now() + Duration::from_secs(seconds);
     let mut queries = 0u64;
     match side {
@@ -184,7 +187,7 @@ async fn profile(side: &str, url: &str, config: &pindb_core::Config) {
         }
         other => panic!("PINDB_AB_PROFILE={other}: expected plain or routed"),
     }
-    let per = Duration::from_secs(seconds) / queries as u32;
+    let per = Duration::from_secs(seconds) / queries.max(1) as u32;
     println!("{side} held: {queries} queries, {per:?} each");
 }
 

@@ -153,10 +153,10 @@ impl MariaDbCluster {
         }
     }
 
-    /// Both replicas behind one round-robin reader endpoint (the testkit's [`Proxy`](crate::Proxy), as
-    /// HAProxy or a Kubernetes Service would balance them), and the replica entry that
-    /// declares them by `server_id` (`servers`): each becomes a replica of its own. Blocks (the
-    /// `server_id`s are asked with the `mariadb` client).
+    /// Both replicas behind one round-robin reader endpoint (the testkit's
+    /// [`Proxy`](crate::Proxy), as HAProxy or a Kubernetes Service would balance them), and
+    /// the replica entry that declares them by `server_id` (`servers`): each becomes a replica
+    /// of its own.
     pub async fn reader_endpoint(&self) -> (crate::Proxy, pindb_core::DatabaseSettings) {
         let address = |url: &str| -> String {
             let after = url.split_once('@').map_or(url, |(_, rest)| rest);
@@ -167,10 +167,15 @@ impl MariaDbCluster {
         let url = self
             .replica_url(1)
             .replace(&one, &format!("127.0.0.1:{}", endpoint.port()));
+        let c = self.clone();
+        // The `mariadb` client blocks.
+        let servers = tokio::task::spawn_blocking(move || {
+            [1, 2].map(|node| c.query_ok(node, "SELECT @@server_id").trim().to_owned())
+        })
+        .await
+        .expect("asking the replicas' server_ids");
         let replica = pindb_core::DatabaseSettings {
-            servers: [1, 2]
-                .map(|node| self.query_ok(node, "SELECT @@server_id").trim().to_owned())
-                .to_vec(),
+            servers: servers.to_vec(),
             ..pindb_core::DatabaseSettings::from_url(url)
         };
         (endpoint, replica)

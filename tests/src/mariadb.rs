@@ -28,8 +28,9 @@ pub struct MariaDbWorld {
     pub master: i32,
     /// The replicas' `@@server_id`s.
     pub replicas: [i32; 2],
-    /// Both replicas behind one round-robin reader endpoint, declared with `servers`.
-    endpoint: Option<pindb_testkit::Proxy>,
+    /// Both replicas behind one round-robin reader endpoint, and the replica entry that
+    /// declares them with `servers`.
+    endpoint: Option<(pindb_testkit::Proxy, pindb_core::DatabaseSettings)>,
     _shared: MariaDbSharedApply,
 }
 
@@ -118,11 +119,7 @@ impl MariaDbWorld {
     /// testkit's proxy), declared with `servers` by their `server_id`s.
     pub async fn through_endpoint() -> MariaDbWorld {
         let mut w = MariaDbWorld::new().await;
-        let (r1, r2) = (
-            crate::address(w.cluster.replica_url(1)),
-            crate::address(w.cluster.replica_url(2)),
-        );
-        w.endpoint = Some(pindb_testkit::Proxy::round_robin(&[&r1, &r2]).await);
+        w.endpoint = Some(w.cluster.reader_endpoint().await);
         w
     }
 }
@@ -171,15 +168,15 @@ impl Servers for MariaDbWorld {
     }
 
     fn config(&self, router: Option<RouterMode>) -> Config {
-        let Some(endpoint) = &self.endpoint else {
+        let Some((_, endpoint)) = &self.endpoint else {
             let config = Config::single_set(self.url(0), [self.url(1), self.url(2)]);
             return routed(config, router);
         };
-        let through = crate::with_address(&self.url(1), &format!("127.0.0.1:{}", endpoint.port()));
         let mut config = Config::single_set(self.url(0), Vec::<String>::new());
+        let url = endpoint.url.as_deref().unwrap_or_default();
         let replica = pindb_core::DatabaseSettings {
-            servers: self.replicas.iter().map(i32::to_string).collect(),
-            ..pindb_core::DatabaseSettings::from_url(through)
+            url: Some(in_database(url, &self.database)),
+            ..endpoint.clone()
         };
         config.sets.insert("default".to_owned(), vec![replica]);
         routed(config, router)

@@ -8,8 +8,10 @@
 //! (`scenarios.rs`).
 
 use pindb_core::{Config, DatabaseSettings};
-use pindb_scenarios::{Adapter, DieselAsync, DieselSync, SeaOrm};
-use pindb_testkit::{Cluster, Fixture, Proxy};
+use pindb_scenarios::{
+    Adapter, DieselAsync, DieselAsyncMariaDb, DieselSync, DieselSyncMariaDb, SeaOrm, SeaOrmMariaDb,
+};
+use pindb_testkit::{Cluster, Fixture, MariaDbCluster, Proxy};
 
 /// `host:port` of a URL.
 fn address(url: &str) -> String {
@@ -251,6 +253,88 @@ async fn a_server_missing_from_behind_the_endpoint_is_named_sync_diesel() {
 #[tokio::test]
 async fn a_server_missing_from_behind_the_endpoint_is_named_seaorm() {
     a_server_missing_from_behind_the_endpoint_is_named::<SeaOrm>().await;
+}
+
+/// The same on MariaDB, whose servers behind an endpoint are named by `server_id`: one
+/// declared that the endpoint never reaches (`99`) is down and says what was reached instead.
+async fn a_mariadb_server_missing_from_behind_the_endpoint_is_named<A: Adapter>() {
+    let c = MariaDbCluster::from_env();
+    let apply = c.clone();
+    let _apply = tokio::task::spawn_blocking(move || apply.shared())
+        .await
+        .unwrap();
+    let (_two, mut replica) = c.reader_endpoint().await;
+    let id: i32 = replica.servers[0].parse().unwrap();
+    // Only replica 1 behind this endpoint.
+    let r1 = address(c.replica_url(1));
+    let endpoint = Proxy::round_robin(&[&r1]).await;
+    replica.url = Some(
+        c.replica_url(1)
+            .replace(&r1, &format!("127.0.0.1:{}", endpoint.port())),
+    );
+    replica.servers[1] = "99".to_owned();
+    replica.connect_timeout_ms = Some(1_000);
+    let mut config = Config::single_set(c.master_url(), Vec::<String>::new());
+    config.sets.insert("default".to_owned(), vec![replica]);
+    config.monitor.interval_ms = 20;
+    config.monitor.check_timeout_ms = 2_000;
+    let db = A::open(config).await;
+    let _ = db.router().start_monitor().await;
+    pindb_testkit::wait_until(
+        "the monitor finds default-1.1 up and default-1.2 down",
+        std::time::Duration::from_secs(10),
+        || {
+            let status = |alias| {
+                db.router()
+                    .topology()
+                    .replica_status(alias)
+                    .unwrap()
+                    .unwrap()
+            };
+            status("default-1.1").up && !status("default-1.2").up
+        },
+    )
+    .await;
+    let sql = "SELECT CAST(@@server_id AS SIGNED) AS port";
+    assert_eq!(db.port_of_sql_on("default-1.1", sql).await, Ok(id));
+    for _ in 0..20 {
+        let served = pindb_core::scope(db.read()).await;
+        assert!(served.is_ok(), "{}: {served:?}", A::NAME);
+    }
+    let explicit = format!(
+        "{:?}",
+        db.port_of_sql_on("default-1.2", sql).await.unwrap_err()
+    );
+    assert!(
+        A::NAME == "SeaORM" || explicit.contains("never server_id 99"),
+        "{}: {explicit}",
+        A::NAME
+    );
+    let status = db.router().status().await;
+    let missing = status.iter().find(|s| s.alias == "default-1.2").unwrap();
+    let e = missing.error.clone().unwrap_or_default();
+    assert!(
+        !missing.up
+            && e.contains(&format!("reached server_id {id}"))
+            && e.contains("never server_id 99"),
+        "{}: {missing:?}",
+        A::NAME
+    );
+}
+
+#[tokio::test]
+async fn a_mariadb_server_missing_from_behind_the_endpoint_is_named_diesel_async() {
+    a_mariadb_server_missing_from_behind_the_endpoint_is_named::<DieselAsyncMariaDb>().await;
+}
+
+#[tokio::test]
+async fn a_mariadb_server_missing_from_behind_the_endpoint_is_named_sync_diesel() {
+    a_mariadb_server_missing_from_behind_the_endpoint_is_named::<DieselSyncMariaDb>().await;
+}
+
+#[tokio::test]
+async fn a_mariadb_server_missing_from_behind_the_endpoint_is_named_seaorm() {
+    a_mariadb_server_missing_from_behind_the_endpoint_is_named::<SeaOrmMariaDb>().await;
 }
 
 /// pindb's diagnosis of a healthy server behind an endpoint (what a failed checkout asks) is

@@ -64,11 +64,12 @@ fn text(row: &Row, column: &str) -> String {
 const SERVER_SAMPLES: usize = 4;
 
 /// Whether a replica's URL reaches one server, from a few connections opened at once, told
-/// apart by `server_id` (replication needs it unique among the servers of a topology): a
-/// load-balanced reader endpoint reaches several, while the monitor measures the one its
-/// connection reached, so a keyed read could land on a server that lacks the key's write.
-/// Best effort, as for PostgreSQL: a balancer that sent every sample to one server is not
-/// seen.
+/// apart by `server_id` and where each says it runs (`@@hostname:@@port`): a load-balanced
+/// reader endpoint reaches several, while the monitor measures the one its connection
+/// reached, so a keyed read could land on a server that lacks the key's write. For a server
+/// declared behind an endpoint (`servers`), the probes keep only connections that answered
+/// its `server_id`: two servers answering so (one `server_id` given twice) are refused. Best
+/// effort, as for PostgreSQL: a balancer that sent every sample to one server is not seen.
 async fn one_server(db: &Database, settings: &MonitorSettings, problems: &mut Vec<PinDbError>) {
     let samples = (0..SERVER_SAMPLES).map(|_| async {
         let mut probe = Probe::new(db, timeout(settings));
@@ -82,45 +83,63 @@ async fn one_server(db: &Database, settings: &MonitorSettings, problems: &mut Ve
         Some((id, format!("{host}:{port}")))
     });
     let mut seen: Vec<(u64, String)> = Vec::new();
-    for (id, at) in futures_util::future::join_all(samples)
+    for sample in futures_util::future::join_all(samples)
         .await
         .into_iter()
         .flatten()
     {
-        if !seen.iter().any(|(known, _)| *known == id) {
-            seen.push((id, at));
+        if !seen.contains(&sample) {
+            seen.push(sample);
         }
     }
+    if let Some(problem) = several_servers(db, &seen) {
+        problems.push(PinDbError::config(db.alias.clone(), problem));
+    }
+}
+
+/// What is wrong with a replica URL whose connections reached the servers `seen`
+/// (`server_id`, `host:port`), each once; `None` for one server.
+fn several_servers(db: &Database, seen: &[(u64, String)]) -> Option<String> {
     if seen.len() < 2 {
-        return;
+        return None;
     }
     let servers: Vec<String> = seen
         .iter()
         .map(|(id, at)| format!("server_id {id} at {at}"))
         .collect();
-    let problem = match &db.server {
-        // Its probes keep only connections that answered its server_id.
-        Some(id) => format!(
+    let mut ids: Vec<String> = seen.iter().map(|(id, _)| id.to_string()).collect();
+    ids.dedup();
+    let shared = {
+        let mut sorted = ids.clone();
+        sorted.sort();
+        sorted.dedup();
+        sorted.len() < seen.len()
+    };
+    Some(match (&db.server, shared) {
+        (Some(id), _) => format!(
             "several servers answer as server_id {id} through {} ({}): servers behind a \
              reader endpoint are told apart by server_id, so each needs its own",
             db.redacted_url(),
             servers.join(", ")
         ),
-        None => {
-            let ids: Vec<String> = seen.iter().map(|(id, _)| id.to_string()).collect();
-            format!(
-                "{} reaches several servers ({}): a load-balanced reader endpoint. pindb \
-                 measures each replica's position on one server, so a keyed read could land \
-                 on one that lacks the user's write. Declare the servers behind it on this \
-                 replica by server_id, `servers = [\"{}\"]` (each becomes a replica of its \
-                 own, reached through the endpoint), or each replica as its own entry",
-                db.redacted_url(),
-                servers.join(", "),
-                ids.join("\", \"")
-            )
-        }
-    };
-    problems.push(PinDbError::config(db.alias.clone(), problem));
+        (None, true) => format!(
+            "{} reaches several servers ({}), and some share a server_id: a load-balanced \
+             reader endpoint, whose servers cannot be told apart. Give each server its own \
+             server_id, or declare each replica as its own entry",
+            db.redacted_url(),
+            servers.join(", ")
+        ),
+        (None, false) => format!(
+            "{} reaches several servers ({}): a load-balanced reader endpoint. pindb \
+             measures each replica's position on one server, so a keyed read could land on \
+             one that lacks the user's write. Declare the servers behind it on this replica \
+             by server_id, `servers = [\"{}\"]` (each becomes a replica of its own, reached \
+             through the endpoint), or each replica as its own entry",
+            db.redacted_url(),
+            servers.join(", "),
+            ids.join("\", \"")
+        ),
+    })
 }
 
 pub(super) async fn verify_set(
@@ -297,4 +316,39 @@ async fn writes_past_read_only(probe: &mut Probe) -> Result<Option<&'static str>
         () if has("SUPER") && before_10_11 => Some("SUPER"),
         () => None,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn replica(servers: &[&str]) -> Database {
+        let mut config =
+            crate::Config::single_set("mysql://app@db0/app", ["mysql://app@reader:3306/app"]);
+        if let Some(entry) = config.sets.get_mut("default").and_then(|s| s.first_mut()) {
+            entry.servers = servers.iter().map(|s| s.to_string()).collect();
+        }
+        config.databases().expect("valid").remove(1)
+    }
+
+    #[test]
+    fn a_url_reaching_several_servers_is_named_with_the_fix() {
+        let at = |id: u64, port: u16| (id, format!("db:{port}"));
+        let undeclared = replica(&[]);
+        assert_eq!(several_servers(&undeclared, &[at(2, 3306)]), None);
+        let two = several_servers(&undeclared, &[at(2, 3306), at(3, 3307)]).unwrap();
+        assert!(two.contains(r#"servers = ["2", "3"]"#), "{two}");
+        let shared = several_servers(&undeclared, &[at(2, 3306), at(2, 3307)]).unwrap();
+        assert!(shared.contains("share a server_id"), "{shared}");
+        // A declared server's probes keep only connections that answered its server_id: two
+        // places answering it are two servers.
+        let declared = replica(&["2", "3"]);
+        assert_eq!(declared.alias, "default-1.1");
+        assert_eq!(several_servers(&declared, &[at(2, 3306)]), None);
+        let twice = several_servers(&declared, &[at(2, 3306), at(2, 3307)]).unwrap();
+        assert!(
+            twice.contains("several servers answer as server_id 2"),
+            "{twice}"
+        );
+    }
 }

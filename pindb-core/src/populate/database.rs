@@ -107,8 +107,9 @@ pub struct Database {
     /// session state a pooler hands on: PgBouncer refuses them (`start_monitor` then says
     /// so) or drops them (it warns).
     pub read_only: bool,
-    /// A server behind a reader endpoint (`servers`), as `host:port`: connections opened
-    /// with this database's URL are kept only when they reached it ([`Database::reaches`]).
+    /// A server behind a reader endpoint (`servers`), as it names itself (PostgreSQL:
+    /// `host:port`; MariaDB: its `server_id`): connections opened with this database's URL
+    /// are kept only when they reached it ([`Database::reaches`]).
     pub server: Option<String>,
 }
 

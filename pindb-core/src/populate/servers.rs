@@ -17,7 +17,13 @@ pub(crate) fn servers(
     for text in &settings.servers {
         let normal = match backend {
             Backend::Postgres => normal_address(text),
-            Backend::MariaDb => text.trim().parse::<u32>().ok().map(|id| id.to_string()),
+            // 0 is no server_id: such a server cannot replicate.
+            Backend::MariaDb => text
+                .trim()
+                .parse::<u32>()
+                .ok()
+                .filter(|id| *id != 0)
+                .map(|id| id.to_string()),
         };
         let normal = normal.ok_or_else(|| {
             let how = match backend {

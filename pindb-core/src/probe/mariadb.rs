@@ -260,30 +260,50 @@ async fn connect(opts: Opts, behind: Option<&Database>, limit: Duration) -> Resu
         let Some(search) = search.as_mut() else {
             return Ok(conn);
         };
-        let reached: Option<String> = conn
+        let reached: String = conn
             .query_first(MARIADB_SERVER_SQL)
             .await
-            .map_err(|e| format!("asking where the connection landed: {e}"))?;
-        if search.keep(reached.unwrap_or_default())? {
+            .map_err(|e| format!("asking where the connection landed: {e}"))?
+            .ok_or("asking where the connection landed: no row")?;
+        if search.keep(reached)? {
             return Ok(conn);
         }
-        // Another server: said goodbye to, and the next one opened.
-        let _ = conn.disconnect().await;
+        // Another server: closed in the background (the search's time is for new ones).
+        drop(conn);
     }
 }
 
-/// Why a fresh connection to `url` cannot be made within `timeout` (`None`: it can), and
-/// whether it was refused (nothing listens; the server is shutting down).
-pub(super) async fn diagnose(url: &str, timeout: Duration) -> Option<(String, bool)> {
-    let opts = match Opts::from_url(url) {
-        Ok(opts) => OptsBuilder::from_opts(opts).prefer_socket(false),
+/// Why a fresh connection to `db` cannot be made within `timeout` (`None`: it can), and
+/// whether it was refused (nothing listens; the server is shutting down). With `find_server`,
+/// for a server behind a reader endpoint, a connection reaches it within the same `timeout`,
+/// or what it reached instead is the cause.
+pub(super) async fn diagnose(
+    db: &Database,
+    timeout: Duration,
+    find_server: bool,
+) -> Option<(String, bool)> {
+    let opts: Opts = match Opts::from_url(&db.url()) {
+        Ok(opts) => OptsBuilder::from_opts(opts).prefer_socket(false).into(),
         Err(e) => return Some((format!("the url does not parse: {e}"), false)),
     };
-    match tokio::time::timeout(timeout, Conn::new(opts)).await {
+    let deadline = tokio::time::Instant::now() + timeout;
+    match tokio::time::timeout_at(deadline, Conn::new(opts.clone())).await {
         Ok(Ok(conn)) => {
             // Closed in the background: the answer does not wait for it.
             drop(conn);
-            None
+            let server = db.server.as_deref().filter(|_| find_server)?;
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match tokio::time::timeout_at(deadline, connect(opts, Some(db), left)).await {
+                Ok(Ok(_)) => None,
+                Ok(Err(e)) => Some((e, false)),
+                Err(_) => Some((
+                    format!(
+                        "no connection through the reader endpoint reached server_id {server} \
+                         within {timeout:?}"
+                    ),
+                    false,
+                )),
+            }
         }
         Ok(Err(e)) => {
             let refused = match &e {

@@ -75,6 +75,7 @@ pub(crate) struct Probe {
 
 impl Probe {
     pub(crate) fn new(db: &Database, timeout: Duration) -> Probe {
+        let server = db.server.is_some().then(|| Arc::new(db.clone()));
         Probe {
             url: db.probe_url(),
             // A runtime replica's alias names whichever host it has: say which.
@@ -85,15 +86,13 @@ impl Probe {
             redacted_url: db.redacted_url(),
             generation: 0,
             timeout,
-            server: db.server.is_some().then(|| Arc::new(db.clone())),
+            #[cfg(feature = "mariadb")]
+            mariadb: (db.backend == Backend::MariaDb)
+                .then(|| mariadb::Server::new(&db.url(), server.clone())),
+            server,
             client: None,
             connecting: None,
             backend: db.backend,
-            #[cfg(feature = "mariadb")]
-            mariadb: (db.backend == Backend::MariaDb).then(|| {
-                let behind = db.server.is_some().then(|| Arc::new(db.clone()));
-                mariadb::Server::new(&db.url(), behind)
-            }),
         }
     }
 
@@ -392,7 +391,7 @@ pub(crate) async fn diagnose(
 ) -> Option<(String, bool)> {
     #[cfg(feature = "mariadb")]
     if db.backend == Backend::MariaDb {
-        return mariadb::diagnose(&db.url(), timeout).await;
+        return mariadb::diagnose(db, timeout, find_server).await;
     }
     let deadline = tokio::time::Instant::now() + timeout;
     match tokio::time::timeout_at(deadline, tokio_postgres::connect(&db.probe_url(), NoTls)).await {

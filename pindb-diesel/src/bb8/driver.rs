@@ -280,8 +280,9 @@ mod mysql {
             server: Option<Arc<Database>>,
             limit: Duration,
         ) -> BoxFuture<'static, ConnectionResult<Self>> {
-            // mysql_async would move a loopback connection to the server's Unix socket: the connection
-            // goes where the URL says (a proxy there is not bypassed), as pindb's own do.
+            // mysql_async would move a loopback connection to the server's Unix socket: the
+            // connection goes where the URL says (a proxy there is not bypassed), as pindb's
+            // own do.
             let sep = if url.contains('?') { '&' } else { '?' };
             let url = match url.contains("prefer_socket=") {
                 true => url,

@@ -38,9 +38,10 @@ impl<C: Driver> ManageConnection for Manager<C> {
         // no attempt starts past 80 % of the pool's (the search's error then beats the pool's
         // timeout, as in the other adapters). MariaDB: diesel's URL takes no timeout, so a
         // server that never answers holds a connection thread until the OS gives up (r2d2's
-        // checkout still fails at `connect_timeout_ms`). The question where it landed runs on the
-        // blocking client library without a bound of its own: a server that hangs right after its handshake holds one of
-        // r2d2's connection threads until the socket gives up.
+        // checkout still fails at `connect_timeout_ms`). The question where it landed runs on
+        // the blocking client library without a bound of its own: a server that hangs right
+        // after its handshake holds one of r2d2's connection threads until the socket gives
+        // up.
         let mut search = self
             .server
             .as_deref()
