@@ -84,18 +84,24 @@ impl Database {
     }
 
     /// Why no connection could be kept: [`SERVER_TRIES`] connections through the endpoint
-    /// reached only `seen`.
-    pub fn server_missed(&self, seen: &[String]) -> String {
-        let tries = seen.len();
-        let mut seen: Vec<String> = seen.iter().map(|s| self.server_named(s)).collect();
-        seen.sort();
-        seen.dedup();
+    /// reached only `seen`, or `failed` (their errors).
+    pub fn server_missed(&self, seen: &[String], failed: &[String]) -> String {
+        let tries = seen.len() + failed.len();
+        let mut reached: Vec<String> = seen.iter().map(|s| self.server_named(s)).collect();
+        reached.sort();
+        reached.dedup();
+        let reached = match reached.is_empty() {
+            true => "no server".to_owned(),
+            false => reached.join(", "),
+        };
+        let failed = match failed.last() {
+            None => String::new(),
+            Some(last) => format!(" ({} failed, the last: {last})", failed.len()),
+        };
         format!(
-            "{} connections through the reader endpoint {} reached {}, never {}: is that \
-             server still behind it? (`servers` lists each {})",
-            tries,
+            "{tries} connections through the reader endpoint {} reached {reached}{failed}, \
+             never {}: is that server still behind it? (`servers` lists each {})",
             self.redacted_url(),
-            seen.join(", "),
             self.server_named(self.server.as_deref().unwrap_or("-")),
             self.named_by(),
         )
@@ -127,7 +133,9 @@ impl Database {
 pub struct ServerSearch<'a> {
     db: &'a Database,
     seen: Vec<String>,
+    failed: Vec<String>,
     until: std::time::Instant,
+    attempt: std::time::Duration,
 }
 
 impl<'a> ServerSearch<'a> {
@@ -137,8 +145,22 @@ impl<'a> ServerSearch<'a> {
         ServerSearch {
             db,
             seen: Vec::new(),
+            failed: Vec::new(),
             until: std::time::Instant::now() + limit.mul_f64(0.8),
+            attempt: limit / 4,
         }
+    }
+
+    /// How long one attempt (a connection and its question) may take: an attempt that lands
+    /// on a server that hangs costs at most this (a quarter of the limit), and the next one
+    /// may land on another.
+    pub fn attempt_limit(&self) -> std::time::Duration {
+        let left = self
+            .until
+            .saturating_duration_since(std::time::Instant::now());
+        self.attempt
+            .min(left)
+            .max(std::time::Duration::from_millis(1))
     }
 
     /// Whether the connection that reached `address` is kept (`Ok(true)`), closed for another
@@ -149,10 +171,25 @@ impl<'a> ServerSearch<'a> {
             return Ok(true);
         }
         self.seen.push(address);
+        self.go_on().map(|()| false)
+    }
+
+    /// An attempt that failed (did not connect or answer within [`attempt_limit`]): another
+    /// server behind the endpoint may be down while this one is up, so it is a miss, not the
+    /// end. `Ok` to try again; `Err` when the search is over (what to report).
+    ///
+    /// [`attempt_limit`]: ServerSearch::attempt_limit
+    pub fn failed(&mut self, error: String) -> Result<(), String> {
+        self.failed.push(error);
+        self.go_on()
+    }
+
+    fn go_on(&self) -> Result<(), String> {
+        let tries = self.seen.len() + self.failed.len();
         let late = std::time::Instant::now() >= self.until;
-        match self.seen.len() < SERVER_TRIES && !late {
-            true => Ok(false),
-            false => Err(self.db.server_missed(&self.seen)),
+        match tries < SERVER_TRIES && !late {
+            true => Ok(()),
+            false => Err(self.db.server_missed(&self.seen, &self.failed)),
         }
     }
 }
@@ -206,7 +243,7 @@ mod tests {
         assert!(!dbs[1].reaches("10.0.0.6:5432"));
         assert!(!dbs[1].reaches("a local socket:-"));
         assert!(dbs[3].reaches("anything:1"));
-        let missed = dbs[1].server_missed(&["10.0.0.6:5432".into()]);
+        let missed = dbs[1].server_missed(&["10.0.0.6:5432".into()], &[]);
         assert!(missed.contains("never 10.0.0.5:5432"), "{missed}");
     }
 
@@ -235,7 +272,11 @@ mod tests {
         );
         assert_eq!(dbs[1].server_question(), MARIADB_SERVER_SQL);
         assert!(dbs[1].reaches("2") && !dbs[1].reaches("3") && !dbs[1].reaches(""));
-        let missed = dbs[1].server_missed(&["3".into()]);
+        let missed = dbs[1].server_missed(&["3".into()], &["connection closed".into()]);
+        assert!(
+            missed.contains("1 failed, the last: connection closed"),
+            "{missed}"
+        );
         assert!(missed.contains("never server_id 2"), "{missed}");
         assert!(missed.contains("reached server_id 3"), "{missed}");
         for bad in ["10.0.0.5:3306", "replica-1", "-1", "0", "2", "server_id=2"] {

@@ -157,6 +157,7 @@ async fn routed_held_same(
 /// `PINDB_AB_PROFILE=plain|routed`: one side of the held-connection comparison alone, on one
 /// connection for `PINDB_AB_SECONDS` (10), so a profiler (`perf record`) sees the queries and
 /// nothing else; prints the queries run, to turn samples into time per query.
+/// `plain-request|routed-request`: the same per request (a checkout and the query).
 async fn profile(side: &str, url: &str, config: &pindb_core::Config) {
     let seconds: u64 = std::env::var("PINDB_AB_SECONDS").map_or(10, |s| {
         s.parse()
@@ -185,7 +186,29 @@ async fn profile(side: &str, url: &str, config: &pindb_core::Config) {
             })
             .await;
         }
-        other => panic!("PINDB_AB_PROFILE={other}: expected plain or routed"),
+        "plain-request" => {
+            let plain = plain_pool(url).await;
+            while Instant::now() < end {
+                let mut conn = plain.get().await.unwrap();
+                find_42!(&mut *conn);
+                queries += 1;
+            }
+        }
+        "routed-request" => {
+            let db = routed_db(config).await;
+            while Instant::now() < end {
+                pindb_core::scope(async {
+                    let mut conn = db.get();
+                    find_42!(&mut conn);
+                })
+                .await;
+                queries += 1;
+            }
+        }
+        other => panic!(
+            "PINDB_AB_PROFILE={other}: expected plain or routed (held), plain-request or \
+             routed-request"
+        ),
     }
     let per = Duration::from_secs(seconds) / queries.max(1) as u32;
     println!("{side} held: {queries} queries, {per:?} each");

@@ -402,6 +402,61 @@ async fn no_stale_keyed_read_through_a_reader_endpoint_while_replicas_stop_and_s
     assert!(endpoint.accepted() > 0, "nothing went through the endpoint");
 }
 
+/// One server behind the endpoint stopped, or frozen (it accepts and never answers): an
+/// attempt that lands on it is a miss, and the next one is tried, so the other server's pool
+/// and monitor go on. Every connection through the endpoint is cut before each checkout, so
+/// each opens a new one. Before, one failed attempt failed the whole search.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_down_behind_the_endpoint_costs_the_others_nothing() {
+    let cluster = MariaDbCluster::from_env();
+    let _apply = shared_apply(&cluster).await;
+    let address = |url: &str| -> String {
+        let after = url.split_once('@').map_or(url, |(_, rest)| rest);
+        after.split('/').next().unwrap_or(after).to_owned()
+    };
+    let (one, two) = (
+        address(cluster.replica_url(1)),
+        address(cluster.replica_url(2)),
+    );
+    for fault in ["stopped", "frozen"] {
+        // Server 2 (`default-1.2`) behind a proxy of its own, to stop or freeze it.
+        let inner = Proxy::start(&two).await;
+        let outer = Proxy::round_robin(&[&one, &format!("127.0.0.1:{}", inner.port())]).await;
+        let (_, mut replica) = cluster.reader_endpoint().await;
+        let id: i64 = replica.servers[0].parse().unwrap();
+        replica.url = Some(
+            cluster
+                .replica_url(1)
+                .replace(&one, &format!("127.0.0.1:{}", outer.port())),
+        );
+        replica.connect_timeout_ms = Some(2_000);
+        let mut config = config(&cluster, RouterMode::Greedy);
+        config.monitor.check_timeout_ms = 2_000;
+        config.sets.insert("default".to_owned(), vec![replica]);
+        let db = started(config).await;
+        match fault {
+            "stopped" => inner.stop(),
+            _ => inner.freeze(),
+        }
+        for round in 0..6 {
+            outer.sever();
+            let hint = pindb_core::Hint::alias("default-1.1");
+            let mut conn = db
+                .read_with(&hint)
+                .await
+                .unwrap_or_else(|e| panic!("{fault}, round {round}: {e}"));
+            let seen: ServerId = diesel::sql_query("SELECT CAST(@@server_id AS SIGNED) AS id")
+                .get_result(&mut *conn)
+                .await
+                .unwrap();
+            assert_eq!(seen.id, id, "{fault}, round {round}");
+        }
+        let status = db.router().status().await;
+        let healthy = status.iter().find(|s| s.alias == "default-1.1").unwrap();
+        assert!(healthy.up, "{fault}: {healthy:?}");
+    }
+}
+
 /// The replicas behind one round-robin endpoint, declared with `servers` by `server_id`.
 async fn through_endpoint(cluster: &MariaDbCluster) -> (pindb_testkit::Proxy, Config) {
     let (endpoint, replica) = cluster.reader_endpoint().await;

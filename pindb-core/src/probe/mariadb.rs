@@ -252,24 +252,39 @@ async fn run(
 /// A connection with `opts`; for a server behind a reader endpoint, the first of up to
 /// [`SERVER_TRIES`](crate::endpoint::SERVER_TRIES) that reached it.
 async fn connect(opts: Opts, behind: Option<&Database>, limit: Duration) -> Result<Conn, String> {
-    let mut search = behind.map(|db| ServerSearch::within(db, limit));
+    let open = |opts: Opts| async move {
+        Conn::new(opts)
+            .await
+            .map_err(|e| format!("no connection: {e}"))
+    };
+    let Some(db) = behind else {
+        return open(opts).await;
+    };
+    let mut search = ServerSearch::within(db, limit);
     loop {
-        let mut conn = Conn::new(opts.clone())
-            .await
-            .map_err(|e| format!("no connection: {e}"))?;
-        let Some(search) = search.as_mut() else {
-            return Ok(conn);
+        let opts = opts.clone();
+        let attempt = async {
+            let mut conn = open(opts).await?;
+            let reached: String = conn
+                .query_first(MARIADB_SERVER_SQL)
+                .await
+                .map_err(|e| format!("asking where the connection landed: {e}"))?
+                .ok_or("asking where the connection landed: no row")?;
+            Ok::<_, String>((conn, reached))
         };
-        let reached: String = conn
-            .query_first(MARIADB_SERVER_SQL)
-            .await
-            .map_err(|e| format!("asking where the connection landed: {e}"))?
-            .ok_or("asking where the connection landed: no row")?;
-        if search.keep(reached)? {
-            return Ok(conn);
+        let within = search.attempt_limit();
+        match tokio::time::timeout(within, attempt).await {
+            Ok(Ok((conn, reached))) => {
+                if search.keep(reached)? {
+                    return Ok(conn);
+                }
+                // Another server: said goodbye to in the background (a connection just
+                // dropped is an aborted client in the server's log), the search going on.
+                tokio::spawn(conn.disconnect());
+            }
+            Ok(Err(e)) => search.failed(e)?,
+            Err(_) => search.failed(format!("no answer within {within:?}"))?,
         }
-        // Another server: closed in the background (the search's time is for new ones).
-        drop(conn);
     }
 }
 

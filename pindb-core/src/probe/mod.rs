@@ -329,26 +329,40 @@ async fn connect(
     server: Option<&Database>,
     limit: Duration,
 ) -> Result<Client, String> {
-    let mut search = server.map(|db| ServerSearch::within(db, limit));
-    loop {
+    let open = || async {
         let (client, connection) = config.connect(NoTls).await.map_err(|e| describe(&e))?;
         tokio::spawn(async move {
             // Ends when the client is dropped; errors surface on the next query.
             let _ = connection.await;
         });
-        let Some(search) = search.as_mut() else {
-            return Ok(client);
+        Ok::<_, String>(client)
+    };
+    let Some(db) = server else {
+        return open().await;
+    };
+    let mut search = ServerSearch::within(db, limit);
+    loop {
+        let attempt = async {
+            let client = open().await?;
+            let rows = client
+                .query_typed(SERVER_ADDRESS_SQL, &[])
+                .await
+                .map_err(|e| describe(&e))?;
+            let address: String = rows
+                .first()
+                .and_then(|row| row.try_get(0).ok())
+                .unwrap_or_default();
+            Ok::<_, String>((client, address))
         };
-        let rows = client
-            .query_typed(SERVER_ADDRESS_SQL, &[])
-            .await
-            .map_err(|e| describe(&e))?;
-        let address: String = rows
-            .first()
-            .and_then(|row| row.try_get(0).ok())
-            .unwrap_or_default();
-        if search.keep(address)? {
-            return Ok(client);
+        let within = search.attempt_limit();
+        match tokio::time::timeout(within, attempt).await {
+            Ok(Ok((client, address))) => {
+                if search.keep(address)? {
+                    return Ok(client);
+                }
+            }
+            Ok(Err(e)) => search.failed(e)?,
+            Err(_) => search.failed(format!("no answer within {within:?}"))?,
         }
     }
 }

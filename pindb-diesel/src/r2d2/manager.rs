@@ -46,17 +46,25 @@ impl<C: Driver> ManageConnection for Manager<C> {
             .server
             .as_deref()
             .map(|db| ServerSearch::within(db, self.limit));
+        let over =
+            |missed| diesel::r2d2::Error::ConnectionError(ConnectionError::BadConnection(missed));
         loop {
-            let mut conn = self.inner.connect()?;
             let (Some(search), Some(db)) = (search.as_mut(), self.server.as_deref()) else {
-                return Ok(conn);
+                return self.inner.connect();
             };
-            let reached = C::reached(&mut conn, db).map_err(diesel::r2d2::Error::QueryError)?;
-            let keep = search.keep(reached).map_err(|missed| {
-                diesel::r2d2::Error::ConnectionError(ConnectionError::BadConnection(missed))
-            })?;
-            if keep {
-                return Ok(conn);
+            // A failed attempt may have landed on another server, down while this one is up:
+            // a miss, not the end.
+            let attempt = self.inner.connect().and_then(|mut conn| {
+                let reached = C::reached(&mut conn, db).map_err(diesel::r2d2::Error::QueryError)?;
+                Ok((conn, reached))
+            });
+            match attempt {
+                Ok((conn, reached)) => {
+                    if search.keep(reached).map_err(over)? {
+                        return Ok(conn);
+                    }
+                }
+                Err(e) => search.failed(e.to_string()).map_err(over)?,
             }
         }
     }
