@@ -184,6 +184,33 @@ impl<'a> ServerSearch<'a> {
         self.go_on()
     }
 
+    /// The whole search for an async adapter: `attempt` opens a connection and asks it where
+    /// it landed, within [`attempt_limit`]; a connection that reached another server goes to
+    /// `close`; the first that reached this one is the answer, else what the search met.
+    ///
+    /// [`attempt_limit`]: ServerSearch::attempt_limit
+    pub async fn find<C, A, F>(
+        mut self,
+        mut attempt: A,
+        mut close: impl FnMut(C),
+    ) -> Result<C, String>
+    where
+        A: FnMut() -> F,
+        F: std::future::Future<Output = Result<(C, String), String>>,
+    {
+        loop {
+            let within = self.attempt_limit();
+            match tokio::time::timeout(within, attempt()).await {
+                Ok(Ok((conn, reached))) => match self.keep(reached)? {
+                    true => return Ok(conn),
+                    false => close(conn),
+                },
+                Ok(Err(e)) => self.failed(e)?,
+                Err(_) => self.failed(format!("no answer within {within:?}"))?,
+            }
+        }
+    }
+
     fn go_on(&self) -> Result<(), String> {
         let tries = self.seen.len() + self.failed.len();
         let late = std::time::Instant::now() >= self.until;

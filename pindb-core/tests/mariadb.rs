@@ -153,13 +153,9 @@ async fn a_replica_url_that_reaches_several_servers_is_refused_at_start_up() {
     let cluster = MariaDbCluster::from_env();
     let c = cluster.clone();
     let _apply = blocking(move || c.shared()).await;
-    let address = |url: &str| -> String {
-        let after = url.split_once('@').map_or(url, |(_, rest)| rest);
-        after.split('/').next().unwrap_or(after).to_owned()
-    };
     let (one, two) = (
-        address(cluster.replica_url(1)),
-        address(cluster.replica_url(2)),
+        pindb_testkit::address(cluster.replica_url(1)),
+        pindb_testkit::address(cluster.replica_url(2)),
     );
     let endpoint = pindb_testkit::Proxy::round_robin(&[&one, &two]).await;
     let url = cluster

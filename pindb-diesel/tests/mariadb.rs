@@ -410,13 +410,9 @@ async fn no_stale_keyed_read_through_a_reader_endpoint_while_replicas_stop_and_s
 async fn a_server_down_behind_the_endpoint_costs_the_others_nothing() {
     let cluster = MariaDbCluster::from_env();
     let _apply = shared_apply(&cluster).await;
-    let address = |url: &str| -> String {
-        let after = url.split_once('@').map_or(url, |(_, rest)| rest);
-        after.split('/').next().unwrap_or(after).to_owned()
-    };
     let (one, two) = (
-        address(cluster.replica_url(1)),
-        address(cluster.replica_url(2)),
+        pindb_testkit::address(cluster.replica_url(1)),
+        pindb_testkit::address(cluster.replica_url(2)),
     );
     for fault in ["stopped", "frozen"] {
         // Server 2 (`default-1.2`) behind a proxy of its own, to stop or freeze it.
@@ -424,11 +420,11 @@ async fn a_server_down_behind_the_endpoint_costs_the_others_nothing() {
         let outer = Proxy::round_robin(&[&one, &format!("127.0.0.1:{}", inner.port())]).await;
         let (_, mut replica) = cluster.reader_endpoint().await;
         let id: i64 = replica.servers[0].parse().unwrap();
-        replica.url = Some(
-            cluster
-                .replica_url(1)
-                .replace(&one, &format!("127.0.0.1:{}", outer.port())),
-        );
+        let through = format!("127.0.0.1:{}", outer.port());
+        replica.url = Some(pindb_testkit::with_address(
+            cluster.replica_url(1),
+            &through,
+        ));
         replica.connect_timeout_ms = Some(2_000);
         let mut config = config(&cluster, RouterMode::Greedy);
         config.monitor.check_timeout_ms = 2_000;

@@ -70,7 +70,7 @@ pub use mariadb::{
     MARIADB_MASTER_URL_VAR, MARIADB_REPLICA1_URL_VAR, MARIADB_REPLICA2_URL_VAR,
 };
 pub use pindb_core::Lsn;
-pub use proxy::Proxy;
+pub use proxy::{address, with_address, Proxy};
 pub use redis::PrivateRedis;
 pub use redis_cluster::RedisCluster;
 pub use replay::{pause_replay, resume_replay, ReplayControl, SharedReplay};

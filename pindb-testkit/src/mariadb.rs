@@ -158,15 +158,15 @@ impl MariaDbCluster {
     /// the replica entry that declares them by `server_id` (`servers`): each becomes a replica
     /// of its own.
     pub async fn reader_endpoint(&self) -> (crate::Proxy, pindb_core::DatabaseSettings) {
-        let address = |url: &str| -> String {
-            let after = url.split_once('@').map_or(url, |(_, rest)| rest);
-            after.split('/').next().unwrap_or(after).to_owned()
-        };
-        let (one, two) = (address(self.replica_url(1)), address(self.replica_url(2)));
+        let (one, two) = (
+            crate::address(self.replica_url(1)),
+            crate::address(self.replica_url(2)),
+        );
         let endpoint = crate::Proxy::round_robin(&[&one, &two]).await;
-        let url = self
-            .replica_url(1)
-            .replace(&one, &format!("127.0.0.1:{}", endpoint.port()));
+        let url = crate::with_address(
+            self.replica_url(1),
+            &format!("127.0.0.1:{}", endpoint.port()),
+        );
         let c = self.clone();
         // The `mariadb` client blocks.
         let servers = tokio::task::spawn_blocking(move || {

@@ -10,6 +10,23 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::AbortHandle;
 
+/// `host:port` of a URL (`scheme://user:password@host:port/database?options`).
+pub fn address(url: &str) -> String {
+    let tail = url.rsplit('@').next().unwrap_or_default();
+    tail.split('/').next().unwrap_or_default().to_owned()
+}
+
+/// `url` with its `host:port` replaced by `address` (`127.0.0.1:port` of a proxy...), the
+/// user, password, database and options kept: the way to put a server of either database
+/// behind something else.
+pub fn with_address(url: &str, address: &str) -> String {
+    let (head, tail) = url
+        .rsplit_once('@')
+        .unwrap_or_else(|| panic!("`{url}` names no user"));
+    let rest = tail.find('/').map_or("", |at| &tail[at..]);
+    format!("{head}@{address}{rest}")
+}
+
 /// A loopback TCP proxy to `target`. Dropping it closes the listener and every connection.
 #[derive(Debug)]
 pub struct Proxy {

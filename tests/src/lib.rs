@@ -24,6 +24,7 @@ use pindb_testkit::{Cluster, SharedReplay, TestSchema};
 
 pub use backend::{Backend, MariaDb, Postgres, Servers, WorldOf};
 pub use mariadb::MariaDbWorld;
+pub use pindb_testkit::{address, with_address};
 
 /// The table the writes go to on PostgreSQL; `{schema}` stands for the test's schema. Its
 /// `port` column defaults to the port of the server that runs the `INSERT`.
@@ -564,23 +565,6 @@ enum Path {
     PgBouncer,
     /// The primary directly, both standbys behind one round-robin endpoint (`servers`).
     Endpoint(pindb_testkit::Proxy),
-}
-
-/// `host:port` of a URL (`scheme://user:password@host:port/database?options`).
-pub fn address(url: &str) -> String {
-    let tail = url.rsplit('@').next().unwrap_or_default();
-    tail.split('/').next().unwrap_or_default().to_owned()
-}
-
-/// `url` with its `host:port` replaced by `address` (`127.0.0.1:port` of a proxy...), the
-/// user, password, database and options kept: the way to put a server of either database
-/// behind something else.
-pub fn with_address(url: &str, address: &str) -> String {
-    let (head, tail) = url
-        .rsplit_once('@')
-        .unwrap_or_else(|| panic!("`{url}` names no user"));
-    let rest = tail.find('/').map_or("", |at| &tail[at..]);
-    format!("{head}@{address}{rest}")
 }
 
 /// The port of the server behind `client`.

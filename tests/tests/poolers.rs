@@ -11,13 +11,7 @@ use pindb_core::{Config, DatabaseSettings};
 use pindb_scenarios::{
     Adapter, DieselAsync, DieselAsyncMariaDb, DieselSync, DieselSyncMariaDb, SeaOrm, SeaOrmMariaDb,
 };
-use pindb_testkit::{Cluster, Fixture, MariaDbCluster, Proxy};
-
-/// `host:port` of a URL.
-fn address(url: &str) -> String {
-    let tail = url.rsplit('@').next().unwrap_or_default();
-    tail.split('/').next().unwrap_or_default().to_owned()
-}
+use pindb_testkit::{address, with_address, Cluster, Fixture, MariaDbCluster, Proxy};
 
 /// How the adapter reaches the servers.
 #[derive(Clone, Copy)]
@@ -194,7 +188,18 @@ async fn a_server_missing_from_behind_the_endpoint_is_named<A: Adapter>() {
     config.sets.get_mut("default").unwrap()[0].connect_timeout_ms = Some(1_000);
     // Room for a few tries on a loaded machine: the message names what they reached.
     config.monitor.check_timeout_ms = 2_000;
+    let port: i32 = r1.rsplit(':').next().unwrap().parse().unwrap();
+    let sql = "SELECT current_setting('port')::int AS port";
     let db = A::open(config).await;
+    is_named(&db, sql, port, &r1, "127.0.0.1:1").await;
+}
+
+/// On `db`, whose `default-1.2` is declared behind the endpoint but never reached: the monitor
+/// finds it down and `default-1.1` up, routed reads never fail, an explicit checkout of it
+/// fails saying why (diesel; SeaORM's plain pool only that it timed out), and its status names
+/// what was `reached` instead of the `missing` server. `sql` reads the number of the server
+/// that answers, `id` default-1.1's.
+async fn is_named<A: Adapter>(db: &A, sql: &str, id: i32, reached: &str, missing: &str) {
     let _ = db.router().start_monitor().await;
     pindb_testkit::wait_until(
         "the monitor finds default-1.1 up and default-1.2 down",
@@ -211,31 +216,29 @@ async fn a_server_missing_from_behind_the_endpoint_is_named<A: Adapter>() {
         },
     )
     .await;
-    let port: i32 = r1.rsplit(':').next().unwrap().parse().unwrap();
-    let sql = "SELECT current_setting('port')::int AS port";
-    assert_eq!(db.port_of_sql_on("default-1.1", sql).await, Ok(port));
+    assert_eq!(db.port_of_sql_on("default-1.1", sql).await, Ok(id));
     // Routed reads never fail: default-1.1 or the master serves them.
     for _ in 0..20 {
         let served = pindb_core::scope(db.read()).await;
         assert!(served.is_ok(), "{}: {served:?}", A::NAME);
     }
-    // An explicit checkout of it fails; diesel's says why (pindb's own diagnosis looks for
-    // the server), SeaORM's plain pool only that it timed out.
     let explicit = format!(
         "{:?}",
         db.port_of_sql_on("default-1.2", sql).await.unwrap_err()
     );
     assert!(
-        A::NAME == "SeaORM" || explicit.contains("never 127.0.0.1:1"),
+        A::NAME == "SeaORM" || explicit.contains(&format!("never {missing}")),
         "{}: {explicit}",
         A::NAME
     );
     let status = db.router().status().await;
-    let missing = status.iter().find(|s| s.alias == "default-1.2").unwrap();
-    let e = missing.error.clone().unwrap_or_default();
+    let down = status.iter().find(|s| s.alias == "default-1.2").unwrap();
+    let e = down.error.clone().unwrap_or_default();
     assert!(
-        !missing.up && e.contains(&format!("reached {r1}")) && e.contains("never 127.0.0.1:1"),
-        "{}: {missing:?}",
+        !down.up
+            && e.contains(&format!("reached {reached}"))
+            && e.contains(&format!("never {missing}")),
+        "{}: {down:?}",
         A::NAME
     );
 }
@@ -268,10 +271,8 @@ async fn a_mariadb_server_missing_from_behind_the_endpoint_is_named<A: Adapter>(
     // Only replica 1 behind this endpoint.
     let r1 = address(c.replica_url(1));
     let endpoint = Proxy::round_robin(&[&r1]).await;
-    replica.url = Some(
-        c.replica_url(1)
-            .replace(&r1, &format!("127.0.0.1:{}", endpoint.port())),
-    );
+    let through = format!("127.0.0.1:{}", endpoint.port());
+    replica.url = Some(with_address(c.replica_url(1), &through));
     replica.servers[1] = "99".to_owned();
     replica.connect_timeout_ms = Some(1_000);
     let mut config = Config::single_set(c.master_url(), Vec::<String>::new());
@@ -279,47 +280,8 @@ async fn a_mariadb_server_missing_from_behind_the_endpoint_is_named<A: Adapter>(
     config.monitor.interval_ms = 20;
     config.monitor.check_timeout_ms = 2_000;
     let db = A::open(config).await;
-    let _ = db.router().start_monitor().await;
-    pindb_testkit::wait_until(
-        "the monitor finds default-1.1 up and default-1.2 down",
-        std::time::Duration::from_secs(10),
-        || {
-            let status = |alias| {
-                db.router()
-                    .topology()
-                    .replica_status(alias)
-                    .unwrap()
-                    .unwrap()
-            };
-            status("default-1.1").up && !status("default-1.2").up
-        },
-    )
-    .await;
     let sql = "SELECT CAST(@@server_id AS SIGNED) AS port";
-    assert_eq!(db.port_of_sql_on("default-1.1", sql).await, Ok(id));
-    for _ in 0..20 {
-        let served = pindb_core::scope(db.read()).await;
-        assert!(served.is_ok(), "{}: {served:?}", A::NAME);
-    }
-    let explicit = format!(
-        "{:?}",
-        db.port_of_sql_on("default-1.2", sql).await.unwrap_err()
-    );
-    assert!(
-        A::NAME == "SeaORM" || explicit.contains("never server_id 99"),
-        "{}: {explicit}",
-        A::NAME
-    );
-    let status = db.router().status().await;
-    let missing = status.iter().find(|s| s.alias == "default-1.2").unwrap();
-    let e = missing.error.clone().unwrap_or_default();
-    assert!(
-        !missing.up
-            && e.contains(&format!("reached server_id {id}"))
-            && e.contains("never server_id 99"),
-        "{}: {missing:?}",
-        A::NAME
-    );
+    is_named(&db, sql, id, &format!("server_id {id}"), "server_id 99").await;
 }
 
 #[tokio::test]

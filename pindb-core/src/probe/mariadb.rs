@@ -260,32 +260,19 @@ async fn connect(opts: Opts, behind: Option<&Database>, limit: Duration) -> Resu
     let Some(db) = behind else {
         return open(opts).await;
     };
-    let mut search = ServerSearch::within(db, limit);
-    loop {
-        let opts = opts.clone();
-        let attempt = async {
-            let mut conn = open(opts).await?;
-            let reached: String = conn
-                .query_first(MARIADB_SERVER_SQL)
-                .await
-                .map_err(|e| format!("asking where the connection landed: {e}"))?
-                .ok_or("asking where the connection landed: no row")?;
-            Ok::<_, String>((conn, reached))
-        };
-        let within = search.attempt_limit();
-        match tokio::time::timeout(within, attempt).await {
-            Ok(Ok((conn, reached))) => {
-                if search.keep(reached)? {
-                    return Ok(conn);
-                }
-                // Another server: said goodbye to in the background (a connection just
-                // dropped is an aborted client in the server's log), the search going on.
-                tokio::spawn(conn.disconnect());
-            }
-            Ok(Err(e)) => search.failed(e)?,
-            Err(_) => search.failed(format!("no answer within {within:?}"))?,
-        }
-    }
+    let attempt = || async {
+        let mut conn = open(opts.clone()).await?;
+        let reached: String = conn
+            .query_first(MARIADB_SERVER_SQL)
+            .await
+            .map_err(|e| format!("asking where the connection landed: {e}"))?
+            .ok_or("asking where the connection landed: no row")?;
+        Ok((conn, reached))
+    };
+    // Another server's connection: said goodbye to in the background (a connection just
+    // dropped is an aborted client in the server's log), the search going on.
+    let close = |conn: Conn| drop(tokio::spawn(conn.disconnect()));
+    ServerSearch::within(db, limit).find(attempt, close).await
 }
 
 /// Why a fresh connection to `db` cannot be made within `timeout` (`None`: it can), and

@@ -340,31 +340,19 @@ async fn connect(
     let Some(db) = server else {
         return open().await;
     };
-    let mut search = ServerSearch::within(db, limit);
-    loop {
-        let attempt = async {
-            let client = open().await?;
-            let rows = client
-                .query_typed(SERVER_ADDRESS_SQL, &[])
-                .await
-                .map_err(|e| describe(&e))?;
-            let address: String = rows
-                .first()
-                .and_then(|row| row.try_get(0).ok())
-                .unwrap_or_default();
-            Ok::<_, String>((client, address))
-        };
-        let within = search.attempt_limit();
-        match tokio::time::timeout(within, attempt).await {
-            Ok(Ok((client, address))) => {
-                if search.keep(address)? {
-                    return Ok(client);
-                }
-            }
-            Ok(Err(e)) => search.failed(e)?,
-            Err(_) => search.failed(format!("no answer within {within:?}"))?,
-        }
-    }
+    let attempt = || async {
+        let client = open().await?;
+        let rows = client
+            .query_typed(SERVER_ADDRESS_SQL, &[])
+            .await
+            .map_err(|e| describe(&e))?;
+        let address: String = rows
+            .first()
+            .and_then(|row| row.try_get(0).ok())
+            .unwrap_or_default();
+        Ok((client, address))
+    };
+    ServerSearch::within(db, limit).find(attempt, drop).await
 }
 
 /// The server's message, or the client error with its causes ("error connecting to server:

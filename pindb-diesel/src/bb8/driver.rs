@@ -155,30 +155,18 @@ where
     let Some(db) = server.as_deref() else {
         return C::establish(&url).await;
     };
-    let mut search = pindb_core::adapter::ServerSearch::within(db, limit);
-    let over = diesel::ConnectionError::BadConnection;
-    loop {
-        let attempt = async {
-            let mut conn = C::establish(&url).await.map_err(|e| e.to_string())?;
-            let reached: crate::server::Reached = crate::server::question(db)
-                .get_result(&mut conn)
-                .await
-                .map_err(|e| e.to_string())?;
-            Ok::<_, String>((conn, reached.address))
-        };
-        let within = search.attempt_limit();
-        match tokio::time::timeout(within, attempt).await {
-            Ok(Ok((conn, reached))) => {
-                if search.keep(reached).map_err(over)? {
-                    return Ok(conn);
-                }
-            }
-            Ok(Err(e)) => search.failed(e).map_err(over)?,
-            Err(_) => search
-                .failed(format!("no answer within {within:?}"))
-                .map_err(over)?,
-        }
-    }
+    let attempt = || async {
+        let mut conn = C::establish(&url).await.map_err(|e| e.to_string())?;
+        let reached: crate::server::Reached = crate::server::question(db)
+            .get_result(&mut conn)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok((conn, reached.address))
+    };
+    pindb_core::adapter::ServerSearch::within(db, limit)
+        .find(attempt, drop)
+        .await
+        .map_err(diesel::ConnectionError::BadConnection)
 }
 
 mod pg {
