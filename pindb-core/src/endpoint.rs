@@ -45,6 +45,23 @@ pub const MARIADB_SERVER_SQL: &str = "SELECT CAST(@@server_id AS CHAR) AS addres
 /// pool's `connect_timeout_ms` (pindb's own: `check_timeout_ms`).
 pub const SERVER_TRIES: usize = 64;
 
+/// Attempts that may fail (no answer, a broken connection) before a search gives up: a server
+/// down behind the endpoint costs a miss, but a failure every server gives is not repeated
+/// [`SERVER_TRIES`] times.
+pub const FAILED_TRIES: usize = 4;
+
+/// Why an attempt through a reader endpoint failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Failed {
+    /// No answer in time, or the connection broke: the server it landed on may be down or
+    /// hang while another behind the endpoint serves. A miss (at most [`FAILED_TRIES`]).
+    Unreachable(String),
+    /// A server answered with a refusal (a login refused, no such database): the servers
+    /// behind one endpoint share their users, so the search ends at once rather than repeat
+    /// a failed login.
+    Refused(String),
+}
+
 impl Database {
     /// What a new connection through this database's endpoint is asked, one row with one text
     /// column: where it landed, as the server names itself ([`SERVER_ADDRESS_SQL`] on
@@ -90,10 +107,13 @@ impl Database {
         let mut reached: Vec<String> = seen.iter().map(|s| self.server_named(s)).collect();
         reached.sort();
         reached.dedup();
-        let reached = match reached.is_empty() {
-            true => "no server".to_owned(),
-            false => reached.join(", "),
-        };
+        if let (true, Some(last)) = (reached.is_empty(), failed.last()) {
+            return format!(
+                "{tries} connections through the reader endpoint {} failed, the last: {last}",
+                self.redacted_url(),
+            );
+        }
+        let reached = reached.join(", ");
         let failed = match failed.last() {
             None => String::new(),
             Some(last) => format!(" ({} failed, the last: {last})", failed.len()),
@@ -174,14 +194,21 @@ impl<'a> ServerSearch<'a> {
         self.go_on().map(|()| false)
     }
 
-    /// An attempt that failed (did not connect or answer within [`attempt_limit`]): another
-    /// server behind the endpoint may be down while this one is up, so it is a miss, not the
-    /// end. `Ok` to try again; `Err` when the search is over (what to report).
+    /// An attempt that failed: one that did not connect or answer within [`attempt_limit`]
+    /// is a miss, not the end (another server behind the endpoint may be down while this one
+    /// is up), up to [`FAILED_TRIES`]; a server's refusal ends the search. `Ok` to try again;
+    /// `Err` when the search is over (what to report).
     ///
     /// [`attempt_limit`]: ServerSearch::attempt_limit
-    pub fn failed(&mut self, error: String) -> Result<(), String> {
-        self.failed.push(error);
-        self.go_on()
+    pub fn failed(&mut self, failed: Failed) -> Result<(), String> {
+        let refused = matches!(failed, Failed::Refused(_));
+        self.failed.push(match failed {
+            Failed::Unreachable(e) | Failed::Refused(e) => e,
+        });
+        match refused || self.failed.len() >= FAILED_TRIES {
+            true => Err(self.db.server_missed(&self.seen, &self.failed)),
+            false => self.go_on(),
+        }
     }
 
     /// The whole search for an async adapter: `attempt` opens a connection and asks it where
@@ -196,7 +223,7 @@ impl<'a> ServerSearch<'a> {
     ) -> Result<C, String>
     where
         A: FnMut() -> F,
-        F: std::future::Future<Output = Result<(C, String), String>>,
+        F: std::future::Future<Output = Result<(C, String), Failed>>,
     {
         loop {
             let within = self.attempt_limit();
@@ -206,7 +233,10 @@ impl<'a> ServerSearch<'a> {
                     false => close(conn),
                 },
                 Ok(Err(e)) => self.failed(e)?,
-                Err(_) => self.failed(format!("no answer within {within:?}"))?,
+                Err(_) => {
+                    let late = format!("no answer within {within:?}");
+                    self.failed(Failed::Unreachable(late))?
+                }
             }
         }
     }
@@ -320,6 +350,35 @@ mod tests {
                 _ => assert!(text.contains("@@server_id"), "{bad}: {text}"),
             }
         }
+    }
+
+    #[test]
+    fn a_refusal_ends_a_search_and_failures_are_few() {
+        let mut db = crate::Config::single_set("postgres://app@reader/app", Vec::<String>::new())
+            .databases()
+            .unwrap()
+            .remove(0);
+        db.server = normal_address("10.0.0.5:5432");
+        let limit = std::time::Duration::from_secs(60);
+        let mut search = ServerSearch::within(&db, limit);
+        assert_eq!(search.keep("10.0.0.6:5432".into()), Ok(false));
+        let refused = search.failed(Failed::Refused("password authentication failed".into()));
+        let refused = refused.expect_err("a refusal ends it");
+        assert!(
+            refused.contains("the last: password authentication failed"),
+            "{refused}"
+        );
+        let mut search = ServerSearch::within(&db, limit);
+        for _ in 1..FAILED_TRIES {
+            assert_eq!(search.failed(Failed::Unreachable("closed".into())), Ok(()));
+        }
+        let over = search
+            .failed(Failed::Unreachable("closed".into()))
+            .unwrap_err();
+        assert!(
+            over.contains("4 connections") && over.contains("failed"),
+            "{over}"
+        );
     }
 
     #[test]

@@ -121,7 +121,9 @@ pub mod adapter {
     pub use crate::classify::{classify, main_table, Dialect, Footprint, StatementKind};
     pub use crate::context::NewPin;
     pub use crate::discovery::DatabaseRef;
-    pub use crate::endpoint::{ServerSearch, MARIADB_SERVER_SQL, SERVER_ADDRESS_SQL, SERVER_TRIES};
+    pub use crate::endpoint::{
+        Failed, ServerSearch, FAILED_TRIES, MARIADB_SERVER_SQL, SERVER_ADDRESS_SQL, SERVER_TRIES,
+    };
     pub use crate::flight::WriteFlight;
     pub use crate::pool_table::PoolTable;
     pub use crate::populate::{

@@ -158,6 +158,45 @@ struct Last {
     standby: bool,
 }
 
+/// A login the servers behind an endpoint refuse (a role that does not exist) ends the search
+/// for a declared server at once: the servers share their users, so trying the 64 connections
+/// a search allows would repeat a failed login 64 times per checkout and per monitor check
+/// (609 a second were seen). The error is the server's own.
+#[tokio::test]
+async fn a_login_refused_behind_an_endpoint_is_not_repeated() {
+    let c = Cluster::from_env();
+    let (r1, r2) = (
+        pindb_testkit::address(c.replica_url(1)),
+        pindb_testkit::address(c.replica_url(2)),
+    );
+    let endpoint = pindb_testkit::Proxy::round_robin(&[&r1, &r2]).await;
+    let through = pindb_testkit::with_address(
+        &c.replica_url(1)
+            .replacen("://pindb@", "://no_such_role@", 1),
+        &format!("127.0.0.1:{}", endpoint.port()),
+    );
+    let mut config = Config::single_set(c.primary_url.clone(), Vec::<String>::new());
+    config.sets.insert(
+        "default".to_owned(),
+        vec![pindb_core::DatabaseSettings {
+            servers: vec![r1, r2],
+            ..pindb_core::DatabaseSettings::from_url(through)
+        }],
+    );
+    config.monitor.interval_ms = 100;
+    let router = Router::new(config).unwrap();
+    let _ = router.start_monitor().await;
+    let before = endpoint.accepted();
+    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    let made = endpoint.accepted() - before;
+    let status = router.status().await;
+    let refused = status.iter().find(|s| s.alias == "default-1.1").unwrap();
+    let e = refused.error.clone().unwrap_or_default();
+    assert!(e.contains("no_such_role"), "{refused:?}");
+    // Two servers checked every 100 ms, one connection each: about 20, not 64 times that.
+    assert!(made < 50, "{made} connections through the endpoint in 1 s");
+}
+
 #[tokio::test]
 async fn no_keyed_read_is_stale_through_pgbouncer_session_mode() {
     use diesel_async::RunQueryDsl as _;

@@ -14,7 +14,7 @@ use mysql_async::prelude::Queryable;
 use mysql_async::{Conn, Opts, OptsBuilder, Row};
 use tokio::task::JoinHandle;
 
-use crate::endpoint::{ServerSearch, MARIADB_SERVER_SQL};
+use crate::endpoint::{Failed, ServerSearch, MARIADB_SERVER_SQL};
 use crate::gtid::GtidPosition;
 use crate::lsn::Lsn;
 use crate::populate::Database;
@@ -252,21 +252,29 @@ async fn run(
 /// A connection with `opts`; for a server behind a reader endpoint, the first of up to
 /// [`SERVER_TRIES`](crate::endpoint::SERVER_TRIES) that reached it.
 async fn connect(opts: Opts, behind: Option<&Database>, limit: Duration) -> Result<Conn, String> {
-    let open = |opts: Opts| async move {
-        Conn::new(opts)
-            .await
-            .map_err(|e| format!("no connection: {e}"))
-    };
     let Some(db) = behind else {
-        return open(opts).await;
+        return Conn::new(opts)
+            .await
+            .map_err(|e| format!("no connection: {e}"));
     };
     let attempt = || async {
-        let mut conn = open(opts.clone()).await?;
+        let mut conn = Conn::new(opts.clone()).await.map_err(|e| {
+            let text = format!("no connection: {e}");
+            match e {
+                // A login refused, no such database: every server behind the endpoint says
+                // so. Too many connections, or shutting down: this one only.
+                mysql_async::Error::Server(s) if !matches!(s.code, 1040 | 1053 | 1203) => {
+                    Failed::Refused(text)
+                }
+                _ => Failed::Unreachable(text),
+            }
+        })?;
+        let asked = |e: String| Failed::Unreachable(format!("asking where it landed: {e}"));
         let reached: String = conn
             .query_first(MARIADB_SERVER_SQL)
             .await
-            .map_err(|e| format!("asking where the connection landed: {e}"))?
-            .ok_or("asking where the connection landed: no row")?;
+            .map_err(|e| asked(e.to_string()))?
+            .ok_or_else(|| asked("no row".to_owned()))?;
         Ok((conn, reached))
     };
     // Another server's connection: said goodbye to in the background (a connection just

@@ -24,7 +24,7 @@ use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::{Client, NoTls, Row};
 
 use crate::backend::Backend;
-use crate::endpoint::{ServerSearch, SERVER_ADDRESS_SQL};
+use crate::endpoint::{Failed, ServerSearch, SERVER_ADDRESS_SQL};
 use crate::lsn::Lsn;
 use crate::populate::Database;
 
@@ -330,22 +330,29 @@ async fn connect(
     limit: Duration,
 ) -> Result<Client, String> {
     let open = || async {
-        let (client, connection) = config.connect(NoTls).await.map_err(|e| describe(&e))?;
+        let (client, connection) = config.connect(NoTls).await?;
         tokio::spawn(async move {
             // Ends when the client is dropped; errors surface on the next query.
             let _ = connection.await;
         });
-        Ok::<_, String>(client)
+        Ok::<_, tokio_postgres::Error>(client)
     };
     let Some(db) = server else {
-        return open().await;
+        return open().await.map_err(|e| describe(&e));
     };
     let attempt = || async {
-        let client = open().await?;
+        let client = open().await.map_err(|e| match e.as_db_error() {
+            // A login refused, no such database: every server behind the endpoint says so.
+            // Too many clients, or starting up / shutting down: this one only.
+            Some(db) if !matches!(db.code().code(), "53300" | "57P01" | "57P03") => {
+                Failed::Refused(describe(&e))
+            }
+            _ => Failed::Unreachable(describe(&e)),
+        })?;
         let rows = client
             .query_typed(SERVER_ADDRESS_SQL, &[])
             .await
-            .map_err(|e| describe(&e))?;
+            .map_err(|e| Failed::Unreachable(describe(&e)))?;
         let address: String = rows
             .first()
             .and_then(|row| row.try_get(0).ok())

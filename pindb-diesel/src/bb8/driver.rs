@@ -21,7 +21,7 @@ use diesel_async::{
 use futures_util::future::BoxFuture;
 use futures_util::stream::BoxStream;
 use futures_util::{FutureExt, StreamExt, TryFutureExt, TryStreamExt};
-use pindb_core::adapter::{Database, NewPin, WriteFlight};
+use pindb_core::adapter::{Database, Failed, NewPin, WriteFlight};
 use pindb_core::Router;
 
 use super::Pooled;
@@ -155,12 +155,14 @@ where
     let Some(db) = server.as_deref() else {
         return C::establish(&url).await;
     };
+    // diesel's connection errors are text: every failure is a miss, up to `FAILED_TRIES`.
+    let failed = |e: &dyn std::fmt::Display| Failed::Unreachable(e.to_string());
     let attempt = || async {
-        let mut conn = C::establish(&url).await.map_err(|e| e.to_string())?;
+        let mut conn = C::establish(&url).await.map_err(|e| failed(&e))?;
         let reached: crate::server::Reached = crate::server::question(db)
             .get_result(&mut conn)
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| failed(&e))?;
         Ok((conn, reached.address))
     };
     pindb_core::adapter::ServerSearch::within(db, limit)

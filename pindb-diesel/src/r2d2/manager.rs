@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use diesel::r2d2::{ConnectionManager, ManageConnection};
 use diesel::ConnectionError;
-use pindb_core::adapter::{Database, ServerSearch};
+use pindb_core::adapter::{Database, Failed, ServerSearch};
 
 use super::Driver;
 
@@ -64,7 +64,10 @@ impl<C: Driver> ManageConnection for Manager<C> {
                         return Ok(conn);
                     }
                 }
-                Err(e) => search.failed(e.to_string()).map_err(over)?,
+                // diesel's errors are text: a miss, up to `FAILED_TRIES`.
+                Err(e) => search
+                    .failed(Failed::Unreachable(e.to_string()))
+                    .map_err(over)?,
             }
         }
     }
