@@ -107,14 +107,14 @@ fn several_servers(db: &Database, seen: &[(u64, String)]) -> Option<String> {
         .iter()
         .map(|(id, at)| format!("server_id {id} at {at}"))
         .collect();
-    let mut ids: Vec<String> = seen.iter().map(|(id, _)| id.to_string()).collect();
-    ids.dedup();
-    let shared = {
-        let mut sorted = ids.clone();
-        sorted.sort();
-        sorted.dedup();
-        sorted.len() < seen.len()
-    };
+    // Each server once, in the order met: fewer ids than servers means some share one.
+    let mut ids: Vec<String> = Vec::new();
+    for (id, _) in seen {
+        if !ids.contains(&id.to_string()) {
+            ids.push(id.to_string());
+        }
+    }
+    let shared = ids.len() < seen.len();
     Some(match (&db.server, shared) {
         (Some(id), _) => format!(
             "several servers answer as server_id {id} through {} ({}): servers behind a \
