@@ -236,9 +236,13 @@ async fn neutral(
     }
     match probe.standby().await {
         Err(e) => status.error = Some(e),
-        // Not a replica at all, or its position proves nothing (several GTID domains).
+        // Not a replica at all.
         Ok(Err(problem)) => status.error = Some(problem),
-        Ok(Ok((replay, applying))) => {
+        Ok(Ok(crate::probe::Applied {
+            position: replay,
+            applying,
+            ..
+        })) => {
             status.up = true;
             status.in_recovery = Some(true);
             status.position = show(replay);

@@ -304,6 +304,7 @@ impl MariaDbCluster {
         MariaDbApplyControl {
             cluster: self.clone(),
             stopped: Vec::new(),
+            deaf: Vec::new(),
             _lock: lock,
         }
     }
@@ -333,20 +334,30 @@ impl MariaDbCluster {
     /// `STOP SLAVE SQL_THREAD` or `START SLAVE SQL_THREAD` on replica `n`, then waits until
     /// `Slave_SQL_Running` says `state`.
     fn set_apply(&self, n: usize, verb: &str, state: &str) -> Result<(), String> {
+        self.set_thread(n, "SQL", verb, state)
+    }
+
+    /// `{verb} SLAVE {thread}_THREAD` on replica `n` (`thread`: `SQL` or `IO`), then waits
+    /// until `Slave_{thread}_Running` says `state`.
+    fn set_thread(&self, n: usize, thread: &str, verb: &str, state: &str) -> Result<(), String> {
         self.replica_url(n);
-        self.query(n, &format!("{verb} SLAVE SQL_THREAD"))?;
+        self.query(n, &format!("{verb} SLAVE {thread}_THREAD"))?;
         let deadline = Instant::now() + REPLICATION_TIMEOUT;
         loop {
             let status = self.slave_status(n);
-            let running = status.get("Slave_SQL_Running").map_or("", String::as_str);
+            let running = status
+                .get(&format!("Slave_{thread}_Running"))
+                .map_or("", String::as_str);
             if running == state {
                 return Ok(());
             }
             if Instant::now() > deadline {
                 return Err(format!(
-                    "the SQL thread of MariaDB replica {n} is `{running}`, not `{state}`, \
+                    "the {thread} thread of MariaDB replica {n} is `{running}`, not `{state}`, \
                      after {REPLICATION_TIMEOUT:?} ({})",
-                    status.get("Last_SQL_Error").map_or("", String::as_str)
+                    status
+                        .get(&format!("Last_{thread}_Error"))
+                        .map_or("", String::as_str)
                 ));
             }
             std::thread::sleep(Duration::from_millis(10));
@@ -366,6 +377,8 @@ pub struct MariaDbSharedApply {
 pub struct MariaDbApplyControl {
     cluster: MariaDbCluster,
     stopped: Vec<usize>,
+    /// Replicas whose IO thread this control stopped.
+    deaf: Vec<usize>,
     // Last field: dropped after `Drop::drop` started apply again, which releases the lock.
     _lock: File,
 }
@@ -380,6 +393,26 @@ impl MariaDbApplyControl {
         if let Err(e) = self.cluster.set_apply(n, "STOP", "No") {
             panic!("stopping apply on MariaDB replica {n} failed: {e}");
         }
+    }
+
+    /// Stops replica `n`'s IO thread (`STOP SLAVE IO_THREAD`): it receives nothing more, and
+    /// its SQL thread still runs (so the monitor sees it applying), having applied
+    /// everything it received.
+    pub fn stop_receiving(&mut self, n: usize) {
+        if !self.deaf.contains(&n) {
+            self.deaf.push(n);
+        }
+        if let Err(e) = self.cluster.set_thread(n, "IO", "STOP", "No") {
+            panic!("stopping the IO thread of MariaDB replica {n} failed: {e}");
+        }
+    }
+
+    /// Starts replica `n`'s IO thread again and waits until `Slave_IO_Running` is `Yes`.
+    pub fn start_receiving(&mut self, n: usize) {
+        if let Err(e) = self.cluster.set_thread(n, "IO", "START", "Yes") {
+            panic!("starting the IO thread of MariaDB replica {n} failed: {e}");
+        }
+        self.deaf.retain(|&s| s != n);
     }
 
     /// Starts replica `n`'s SQL thread again and waits until `Slave_SQL_Running` is `Yes`.
@@ -412,6 +445,13 @@ impl MariaDbApplyControl {
 
 impl Drop for MariaDbApplyControl {
     fn drop(&mut self) {
+        for n in std::mem::take(&mut self.deaf) {
+            if let Err(e) = self.cluster.set_thread(n, "IO", "START", "Yes") {
+                if !std::thread::panicking() {
+                    panic!("could not start the IO thread again on MariaDB replica {n}: {e}");
+                }
+            }
+        }
         for n in std::mem::take(&mut self.stopped) {
             if let Err(e) = self.cluster.set_apply(n, "START", "Yes") {
                 if !std::thread::panicking() {

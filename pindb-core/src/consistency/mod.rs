@@ -63,6 +63,8 @@ pub struct Consistency {
     /// When a master that could not tell its position was last logged: once per outage,
     /// not once per failed write.
     position_logged_at: AtomicU64,
+    /// When a position left out for a write outside the set's GTID domain was last logged.
+    outside_logged_at: AtomicU64,
     started: Instant,
     /// Database round trips made for consistency (write positions, direct replica checks).
     round_trips: AtomicU64,
@@ -104,6 +106,7 @@ impl Consistency {
             store,
             store_logged_at: AtomicU64::new(u64::MAX),
             position_logged_at: AtomicU64::new(u64::MAX),
+            outside_logged_at: AtomicU64::new(u64::MAX),
             started: Instant::now(),
             round_trips: AtomicU64::new(0),
             master_round_trips: AtomicU64::new(0),
@@ -170,8 +173,10 @@ impl Consistency {
     }
 
     /// The master's position after the writes (`pg_current_wal_insert_lsn()`, MariaDB's
-    /// `@@gtid_binlog_pos`) of `set`, over pindb's own connection.
-    pub(crate) async fn master_insert_lsn(&self, set: &str) -> Result<Lsn, String> {
+    /// `@@gtid_binlog_pos`) of `set`, over pindb's own connection, with the fingerprint of
+    /// its position outside the set's GTID domain (recorded as `SetEntry::outside_seen`; 0
+    /// for PostgreSQL).
+    pub(crate) async fn master_insert_lsn(&self, set: &str) -> Result<(Lsn, u64), String> {
         let s = self
             .topology
             .set_named(set)
@@ -180,14 +185,17 @@ impl Consistency {
             .master()
             .ok_or_else(|| format!("set `{set}` has no primary right now"))?;
         self.count_round_trip(true);
-        Probe::shared_position(
+        let (lsn, outside) = Probe::shared_reading(
             &self.probes[master],
             self.topology.backend(),
             Asked::Written,
             self.probe_timeout,
         )
-        .await?
-        .ok_or_else(|| "the master returned no position".to_owned())
+        .await?;
+        let outside = outside.fingerprint();
+        s.outside_seen.store(outside, Ordering::Release);
+        let lsn = lsn.ok_or_else(|| "the master returned no position".to_owned())?;
+        Ok((lsn, outside))
     }
 
     /// Asks each usable replica of `set` for its replay position and records it. `None` when
@@ -309,7 +317,21 @@ impl Consistency {
                 continue;
             }
             match self.master_insert_lsn(&set).await {
-                Ok(lsn) => positions.push((set, lsn)),
+                Ok((lsn, outside)) => {
+                    // The same outside the set's GTID domain as before the context's first
+                    // write (or nothing there at all, for a set pinned by hand): its writes
+                    // are all in the domain, where `lsn` covers them. Otherwise something was
+                    // written outside it meanwhile, maybe its own write, which no position in
+                    // the domain covers: left out, as unknown.
+                    if ctx.lock().outside_before(&set).unwrap_or(0) == outside {
+                        positions.push((set, lsn));
+                        continue;
+                    }
+                    metrics::counter!("pindb_positions_unknown_total").increment(1);
+                    if self.once_per_10s(&self.outside_logged_at) {
+                        tracing::info!(target: "pindb", %set, "pindb: the master wrote outside the set's GTID domain while this context wrote; its position is recorded as unknown (the key reads the set from the master for ttl_seconds)");
+                    }
+                }
                 Err(e) => {
                     metrics::counter!("pindb_position_failures_total").increment(1);
                     if !self.once_per_10s(&self.position_logged_at) {

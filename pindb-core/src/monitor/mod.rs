@@ -63,6 +63,7 @@ pub(crate) fn spawn(
             master_probe,
             topology.backend(),
             timeout(settings),
+            Arc::clone(&entry.outside_seen),
         ));
         // From now on a bound is proved by the monitor's checks: until a replica's first
         // one, nothing proves it fresh (emulated replicas are the master itself).
@@ -274,6 +275,7 @@ async fn watch_replica(
             Ok(Ok(Observed {
                 position: replay,
                 applying,
+                outside,
             })) => {
                 failures = 0;
                 successes = successes.saturating_add(1);
@@ -284,7 +286,9 @@ async fn watch_replica(
                     // The receiver stopped or never started: infinitely behind.
                     None => (u64::MAX, Proof::None),
                     // No master sample yet: nothing proves it fresh.
-                    Some(replay) => track.lag(replay, silent).unwrap_or((0, Proof::None)),
+                    Some(replay) => track
+                        .lag_of(replay, &outside, silent)
+                        .unwrap_or((0, Proof::None)),
                 };
                 // Time lag is decided at each read against the proof; bytes at the check. A
                 // subscription that is not applying is frozen: no read, whatever its lag.

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use crate::coverage::{Carried, Coverage};
 use crate::discovery::Slot;
+use crate::gtid::GtidPosition;
 use crate::lsn::Lsn;
 use crate::probe::{lsn_column, Probe};
 use crate::replica::Health;
@@ -112,6 +113,8 @@ pub(super) struct Observed {
     /// `false`: a logical replica whose subscription is not applying (disabled, failing): it
     /// serves no read, whatever its position.
     pub(super) applying: bool,
+    /// A MariaDB replica's position outside its set's GTID domain (empty otherwise).
+    pub(super) outside: GtidPosition,
 }
 
 impl Source {
@@ -141,6 +144,7 @@ impl Source {
         let observed = |position| Observed {
             position,
             applying: true,
+            outside: GtidPosition::default(),
         };
         match self {
             Source::Host {
@@ -216,10 +220,11 @@ impl Source {
                 let row = probe.row("SELECT pg_current_wal_lsn()::text").await?;
                 Ok(Ok(observed(lsn_column(&row, 0)?)))
             }
-            Source::Standby(probe) => Ok(probe
-                .standby()
-                .await?
-                .map(|(position, applying)| Observed { position, applying })),
+            Source::Standby(probe) => Ok(probe.standby().await?.map(|a| Observed {
+                position: a.position,
+                applying: a.applying,
+                outside: a.outside,
+            })),
             Source::Logical {
                 replica,
                 master,
@@ -257,6 +262,7 @@ impl Source {
                 Ok(Ok(Observed {
                     position: following.position,
                     applying: following.applying,
+                    outside: GtidPosition::default(),
                 }))
             }
         }

@@ -2,11 +2,13 @@
 //! the proof of how fresh a replica is (see the module above).
 
 use std::collections::VecDeque;
-use std::sync::{Mutex, PoisonError};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use crate::backend::Backend;
 use crate::freshness::Proof;
+use crate::gtid::GtidPosition;
 use crate::lsn::Lsn;
 use crate::probe::{Asked, Probe};
 
@@ -15,7 +17,7 @@ use crate::probe::{Asked, Probe};
 pub(super) struct MasterTrack {
     /// When it was made (the monitor started): a master never heard since is silent.
     started: Instant,
-    samples: Mutex<VecDeque<(Instant, Lsn)>>,
+    samples: Mutex<VecDeque<Sample>>,
     /// The master's probe, shared (pipelined) by its task and the replicas' checks: each
     /// replica check samples the master just before asking the replica, so a caught-up
     /// replica is proved fresh as of its check, not as of the master's last tick. `None`
@@ -28,7 +30,16 @@ pub(super) struct MasterTrack {
     limit: Duration,
     /// The master's database.
     backend: Backend,
+    /// Where the fingerprint of the master's position outside the set's domain goes
+    /// (`SetEntry::outside_seen`).
+    outside_seen: Arc<AtomicU64>,
 }
+
+/// When the master was asked, its position in the set's domain, and (MariaDB) its position
+/// outside it, which a replica must have too to be proved as fresh (`None`: nothing outside
+/// it; shared by consecutive samples that agree, so a master whose other domains stay still
+/// allocates nothing per sample).
+type Sample = (Instant, Lsn, Option<Arc<GtidPosition>>);
 
 impl Default for MasterTrack {
     fn default() -> Self {
@@ -39,6 +50,7 @@ impl Default for MasterTrack {
             failing: std::sync::atomic::AtomicBool::default(),
             limit: Duration::from_secs(1),
             backend: Backend::Postgres,
+            outside_seen: Arc::default(),
         }
     }
 }
@@ -52,11 +64,13 @@ impl MasterTrack {
         master: Option<tokio::sync::Mutex<Probe>>,
         backend: Backend,
         limit: Duration,
+        outside_seen: Arc<AtomicU64>,
     ) -> MasterTrack {
         MasterTrack {
             master,
             backend,
             limit,
+            outside_seen,
             ..MasterTrack::default()
         }
     }
@@ -73,8 +87,21 @@ impl MasterTrack {
     /// The master was at `lsn` (at least) when asked at `asked` (taken before the query was
     /// sent: a later instant would claim commits the position may not cover).
     pub(super) fn push(&self, asked: Instant, lsn: Lsn) {
+        self.push_reading(asked, lsn, GtidPosition::default());
+    }
+
+    /// [`MasterTrack::push`], with the master's position outside the set's domain.
+    fn push_reading(&self, asked: Instant, lsn: Lsn, outside: GtidPosition) {
         let mut s = self.samples.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(last) = s.back_mut().filter(|(t, l)| *l == lsn && *t <= asked) {
+        let outside = match (outside.gtids().is_empty(), s.back()) {
+            (true, _) => None,
+            (false, Some((_, _, Some(last)))) if **last == outside => Some(Arc::clone(last)),
+            (false, _) => Some(Arc::new(outside)),
+        };
+        if let Some(last) = s
+            .back_mut()
+            .filter(|(t, l, o)| *l == lsn && *t <= asked && *o == outside)
+        {
             // An idle master: the later instant proves more, the earlier one nothing more.
             last.0 = asked;
             return;
@@ -89,7 +116,7 @@ impl MasterTrack {
                 i > half || i % 2 == 0
             });
         }
-        s.push_back((asked, lsn));
+        s.push_back((asked, lsn, outside));
     }
 
     /// Asks the master for its position and records it (nothing for a set given as hosts).
@@ -102,12 +129,14 @@ impl MasterTrack {
             return Ok(None);
         }
         let asked = Instant::now();
-        let lsn = Probe::shared_position(master, self.backend, Asked::Master, self.limit).await;
+        let reading = Probe::shared_reading(master, self.backend, Asked::Master, self.limit).await;
         self.failing
-            .store(lsn.is_err(), std::sync::atomic::Ordering::Relaxed);
-        let lsn = lsn?;
+            .store(reading.is_err(), std::sync::atomic::Ordering::Relaxed);
+        let (lsn, outside) = reading?;
+        self.outside_seen
+            .store(outside.fingerprint(), Ordering::Release);
         if let Some(lsn) = lsn {
-            self.push(asked, lsn);
+            self.push_reading(asked, lsn, outside);
         }
         Ok(lsn)
     }
@@ -121,9 +150,23 @@ impl MasterTrack {
     /// reported is then as stale as the silence allows, `silent`, and no more (so standbys
     /// keep serving while the master is down, as a failover needs). A replica past the last
     /// sample shows a master still writing (a partition): no such allowance.
+    #[cfg(test)]
     pub(super) fn lag(&self, replay: Lsn, silent: Duration) -> Option<(u64, Proof)> {
+        self.lag_of(replay, &GtidPosition::default(), silent)
+    }
+
+    /// [`MasterTrack::lag`] of a replica whose position outside the set's domain is
+    /// `outside`: a sample proves it fresh only if it has the master's other domains as that
+    /// sample saw them too (domain by domain), so a replica behind in another domain is as
+    /// stale as the last sample it has whole.
+    pub(super) fn lag_of(
+        &self,
+        replay: Lsn,
+        outside: &GtidPosition,
+        silent: Duration,
+    ) -> Option<(u64, Proof)> {
         let s = self.samples.lock().unwrap_or_else(PoisonError::into_inner);
-        let Some(newest) = s.iter().map(|(_, lsn)| *lsn).max() else {
+        let Some(newest) = s.iter().map(|(_, lsn, _)| *lsn).max() else {
             // No master heard since the monitor started (none found, or unreachable): nothing
             // is being committed that we know of, so a standby is as stale as the silence.
             return (self.started.elapsed() > silent)
@@ -132,16 +175,17 @@ impl MasterTrack {
                 .map(|at| (0, Proof::At(at)));
         };
         let bytes = newest.0.saturating_sub(replay.0);
+        let has = |(_, lsn, other): &&Sample| {
+            *lsn <= replay && other.as_deref().is_none_or(|o| outside.includes(o))
+        };
         // Samples taken concurrently (pipelined) may be recorded out of order: the latest
-        // instant of any sample at or below `replay`.
-        let last = s
-            .iter()
-            .filter(|(_, lsn)| *lsn <= replay)
-            .map(|(t, _)| *t)
-            .max();
-        let heard = s.iter().map(|(t, _)| *t).max();
+        // instant of any sample the replica has.
+        let last = s.iter().filter(has).map(|(t, _, _)| *t).max();
+        let heard = s.iter().max_by_key(|(t, _, _)| *t);
         let proof = match (last, heard) {
-            (Some(_), Some(heard)) if replay == newest && heard.elapsed() > silent => {
+            (Some(_), Some(latest))
+                if replay == newest && has(&latest) && latest.0.elapsed() > silent =>
+            {
                 Instant::now()
                     .checked_sub(silent)
                     .map_or(Proof::None, Proof::At)
@@ -230,12 +274,44 @@ mod tests {
             Proof::At(start + Duration::from_micros(1)),
             "the second oldest is kept"
         );
-        let last = *t.samples.lock().unwrap().back().unwrap();
+        let last = t.samples.lock().unwrap().back().unwrap().clone();
         t.push(last.0 + Duration::from_millis(5), last.1);
         assert_eq!(
             t.samples.lock().unwrap().len(),
             len,
             "an idle master: one sample"
+        );
+    }
+
+    #[test]
+    fn a_replica_behind_in_another_domain_is_as_stale_as_the_last_sample_it_has_whole() {
+        let t = MasterTrack::default();
+        let at = |text: &str| GtidPosition::parse(text).unwrap();
+        let start = Instant::now();
+        let (first, second, third) = (
+            start,
+            start + Duration::from_millis(1),
+            start + Duration::from_millis(2),
+        );
+        // Domain 0 is the set's; domain 1's GTIDs come from elsewhere.
+        t.push_reading(first, Lsn(10), at("1-5-7"));
+        t.push_reading(second, Lsn(10), at("1-5-8"));
+        t.push_reading(third, Lsn(10), at("1-5-8"));
+        assert_eq!(t.samples.lock().unwrap().len(), 2, "domain 1 still: merged");
+        assert_eq!(
+            t.lag_of(Lsn(10), &at("1-5-8"), HOUR),
+            Some((0, Proof::At(third)))
+        );
+        assert_eq!(
+            t.lag_of(Lsn(10), &at("1-5-7"), HOUR),
+            Some((0, Proof::At(first))),
+            "all of domain 0 but not domain 1's last write: fresh as of the sample before it"
+        );
+        assert_eq!(t.lag_of(Lsn(10), &at(""), HOUR), Some((0, Proof::None)));
+        assert_eq!(
+            t.lag_of(Lsn(10), &at("1-5-9,2-1-1"), HOUR),
+            Some((0, Proof::At(third))),
+            "ahead, or with domains the master lacks: as fresh as the last sample"
         );
     }
 }

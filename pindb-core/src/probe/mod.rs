@@ -25,6 +25,7 @@ use tokio_postgres::{Client, NoTls, Row};
 
 use crate::backend::Backend;
 use crate::endpoint::{Failed, ServerSearch, SERVER_ADDRESS_SQL};
+use crate::gtid::GtidPosition;
 use crate::lsn::Lsn;
 use crate::populate::Database;
 
@@ -47,6 +48,18 @@ impl Asked {
             Asked::Applied => "SELECT pg_last_wal_replay_lsn()::text",
         }
     }
+}
+
+/// What a replica says of itself.
+pub(crate) struct Applied {
+    /// What it has applied (replayed), in its set's replication domain on MariaDB.
+    pub(crate) position: Option<Lsn>,
+    /// Whether it applies changes now (a PostgreSQL standby always does; a MariaDB replica
+    /// whose SQL thread stopped does not).
+    pub(crate) applying: bool,
+    /// MariaDB: its position outside the set's domain, which `position` does not cover
+    /// (empty for PostgreSQL: one WAL).
+    pub(crate) outside: GtidPosition,
 }
 
 /// A small connection of pindb's own, reconnected on demand.
@@ -107,19 +120,39 @@ impl Probe {
         asked: Asked,
         limit: Duration,
     ) -> Result<Option<Lsn>, String> {
+        Ok(Probe::shared_reading(probe, backend, asked, limit).await?.0)
+    }
+
+    /// [`Probe::shared_position`] with the position outside the set's domain
+    /// ([`Probe::reading`]).
+    pub(crate) async fn shared_reading(
+        probe: &tokio::sync::Mutex<Probe>,
+        backend: Backend,
+        asked: Asked,
+        limit: Duration,
+    ) -> Result<(Option<Lsn>, GtidPosition), String> {
         if backend != Backend::Postgres {
             // The statement has its own timeout, which drops a connection that hangs.
             let mut p = tokio::time::timeout(limit, probe.lock())
                 .await
                 .map_err(|_| format!("no turn within {limit:?} (the server answers slowly)"))?;
-            return p.position(asked).await;
+            return p.reading(asked).await;
         }
         let row = Probe::shared_row(probe, asked.postgres_sql()).await?;
-        lsn_column(&row, 0)
+        Ok((lsn_column(&row, 0)?, GtidPosition::default()))
     }
 
     /// The position `asked` of this probe's server.
     pub(crate) async fn position(&mut self, asked: Asked) -> Result<Option<Lsn>, String> {
+        Ok(self.reading(asked).await?.0)
+    }
+
+    /// The position `asked` of this probe's server, and (MariaDB) its position outside the
+    /// set's replication domain (empty for PostgreSQL).
+    pub(crate) async fn reading(
+        &mut self,
+        asked: Asked,
+    ) -> Result<(Option<Lsn>, GtidPosition), String> {
         #[cfg(feature = "mariadb")]
         if self.backend == Backend::MariaDb {
             let timeout = self.timeout;
@@ -128,13 +161,12 @@ impl Probe {
                 .await;
         }
         let row = self.row(asked.postgres_sql()).await?;
-        lsn_column(&row, 0)
+        Ok((lsn_column(&row, 0)?, GtidPosition::default()))
     }
 
-    /// A replica's applied position and whether it applies changes now (a PostgreSQL standby
-    /// always does; a MariaDB replica whose SQL thread stopped does not). The inner error:
-    /// it is not a replica (a primary, promoted, no replication configured), in words.
-    pub(crate) async fn standby(&mut self) -> Result<Result<(Option<Lsn>, bool), String>, String> {
+    /// A replica's reading of itself. The inner error: it is not a replica (a primary,
+    /// promoted, no replication configured), in words.
+    pub(crate) async fn standby(&mut self) -> Result<Result<Applied, String>, String> {
         #[cfg(feature = "mariadb")]
         if self.backend == Backend::MariaDb {
             let timeout = self.timeout;
@@ -145,7 +177,11 @@ impl Probe {
             .await?;
         let in_recovery: bool = row.try_get(0).map_err(|e| e.to_string())?;
         Ok(match in_recovery {
-            true => Ok((lsn_column(&row, 1)?, true)),
+            true => Ok(Applied {
+                position: lsn_column(&row, 1)?,
+                applying: true,
+                outside: GtidPosition::default(),
+            }),
             false => Err(format!(
                 "`{}` is not in recovery (promoted?); not reading from it",
                 self.alias

@@ -240,7 +240,12 @@ impl Router {
                 _ if strict => return Err(refused()),
                 _ => Reason::GreedyPin,
             };
-            Ok((reason, commit.then(|| state.pin_for_write(&set.name))))
+            // Taken before the write is sent: see `SetEntry::outside_seen`.
+            let pin = commit.then(|| {
+                let outside = set.outside_seen.load(std::sync::atomic::Ordering::Acquire);
+                state.pin_for_write(&set.name, outside)
+            });
+            Ok((reason, pin))
         })
         .unwrap_or_else(|| {
             if strict {

@@ -60,6 +60,12 @@ pub(crate) struct SetEntry {
     assigning: Mutex<()>,
     /// Bumped at every change of one of its runtime replicas' hosts (see [`Topology::epoch`]).
     epoch: Arc<AtomicU64>,
+    /// MariaDB: the fingerprint of the master's position outside the set's GTID domain, as
+    /// last read (`GtidPosition::fingerprint`; 0 before, and always for PostgreSQL). A
+    /// context takes it before its first write: a different one at its end means something
+    /// was written outside the domain meanwhile, maybe its own write, which its position in
+    /// the domain would not cover.
+    pub(crate) outside_seen: Arc<AtomicU64>,
 }
 
 impl SetEntry {
@@ -177,6 +183,7 @@ impl Topology {
                     runtime: 0..0,
                     assigning: Mutex::new(()),
                     epoch: Arc::new(AtomicU64::new(0)),
+                    outside_seen: Arc::new(AtomicU64::new(0)),
                 });
             }
             // Every host of a set given as hosts is a replica slot too: a standby serves

@@ -21,6 +21,9 @@ use tokio::task::JoinHandle;
 
 use crate::lsn::Lsn;
 
+mod set;
+pub(crate) use set::{SetState, Sticky};
+
 /// What a guard does to its set while it lives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum GuardKind {
@@ -98,75 +101,6 @@ pub(crate) struct State {
     unlearned_cleared: u32,
 }
 
-/// The replica a context reads a set from: which router chose it, its index among the set's
-/// replicas, and the host generation it had then (a runtime replica's host can change, and
-/// what the context read came from the host it had).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Sticky {
-    pub(crate) router: u64,
-    pub(crate) replica: usize,
-    pub(crate) generation: u64,
-}
-
-pub(crate) struct SetState {
-    name: Arc<str>,
-    pub(crate) pin: Option<PinOrigin>,
-    /// The replica chosen for this set, kept for the rest of the context.
-    pub(crate) replica: Option<Sticky>,
-    /// The WAL position a replica must have replayed to serve this context (read-your-writes).
-    pub(crate) required: Option<Lsn>,
-    /// Reads of this set routed to `replica` so far.
-    pub(crate) replica_reads: u32,
-    /// A replica this context had read from failed: the rest of its reads of the set go to
-    /// the master, the one server known to be past whatever it read (monotonic reads).
-    pub(crate) failed_over: bool,
-    /// The master served a read of this set in this context: no replica is known to be past
-    /// what it saw (that would take the master's position after the read, a round trip), so
-    /// the rest of its reads of the set go to the master too (monotonic reads).
-    pub(crate) read_master: bool,
-    /// Writes of this set in this context whose master position is not known: every write
-    /// decision, a write under a `master()` guard and an explicit `pin` (it may stand for
-    /// writes pindb does not see) add one; a write whose adapter learned the position in its
-    /// own flight ([`Router::write_position`](crate::Router::write_position)) or that was
-    /// never sent takes its own off.
-    unlearned: u32,
-    /// The highest master position learned with this context's writes.
-    learned: Option<Lsn>,
-    /// Writes of this set sent to its master whose outcome is not known yet
-    /// ([`WriteFlight`](crate::adapter::WriteFlight)): a position read now could be before them.
-    pub(crate) in_flight: u32,
-    /// A write of this set was dropped in flight where nobody can tell when it lands: it
-    /// may still commit, at a position nobody will know.
-    pub(crate) lost_flight: bool,
-}
-
-impl SetState {
-    fn new(name: Arc<str>) -> Self {
-        SetState {
-            name,
-            pin: None,
-            replica: None,
-            required: None,
-            replica_reads: 0,
-            failed_over: false,
-            read_master: false,
-            unlearned: 0,
-            learned: None,
-            in_flight: 0,
-            lost_flight: false,
-        }
-    }
-
-    pub(crate) fn name(&self) -> &Arc<str> {
-        &self.name
-    }
-
-    /// A write of this set may still commit after now, at a position not known now.
-    pub(crate) fn unsure(&self) -> bool {
-        self.in_flight > 0 || self.lost_flight
-    }
-}
-
 struct Frame {
     id: u64,
     set: Arc<str>,
@@ -234,11 +168,13 @@ impl State {
     }
 
     /// Pins `set` for a write about to be sent, and says how to take the pin back if the write
-    /// never reaches its server ([`State::unpin_unsent`]).
-    pub(crate) fn pin_for_write(&mut self, set: &Arc<str>) -> NewPin {
+    /// never reaches its server ([`State::unpin_unsent`]). `outside_seen`: the set's
+    /// `SetEntry::outside_seen` now, kept from the context's first write.
+    pub(crate) fn pin_for_write(&mut self, set: &Arc<str>, outside_seen: u64) -> NewPin {
         self.pin_changes = self.pin_changes.wrapping_add(1);
         let generation = self.pin_changes;
         let entry = self.set_mut(set);
+        entry.outside_before.get_or_insert(outside_seen);
         let before = entry.pin.replace(PinOrigin::New);
         entry.unlearned = entry.unlearned.saturating_add(1);
         NewPin { before, generation }
@@ -273,6 +209,11 @@ impl State {
     pub(crate) fn write_unlearned(&mut self, set: &Arc<str>) {
         let entry = self.set_mut(set);
         entry.unlearned = entry.unlearned.saturating_add(1);
+    }
+
+    /// `SetEntry::outside_seen` before this context's first write of `set`, if taken.
+    pub(crate) fn outside_before(&self, set: &str) -> Option<u64> {
+        self.get(set)?.outside_before
     }
 
     /// The master position of `set` learned with this context's writes, when it covers all
