@@ -685,3 +685,99 @@ async fn a_keyed_write_made_in_another_gtid_domain_is_never_read_stale() {
     }
     drop(apply);
 }
+
+/// The set's master and replica 3, which follows it through the named replication connection
+/// `main` (as a replica of several masters does), declared as such or not.
+fn on_named_connection(cluster: &MariaDbCluster, connection: Option<&str>) -> Config {
+    let mut config = config(cluster.master_url(), &[cluster.replica_url(3)]);
+    for replica in config.sets.values_mut().flatten() {
+        replica.replication_connection = connection.map(str::to_owned);
+    }
+    config
+}
+
+/// A replica of several masters follows the set's master through a named connection: pindb
+/// reads that connection's status (its master, its SQL thread) and reads from it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_on_a_named_replication_connection_is_followed_through_it() {
+    let cluster = MariaDbCluster::from_env();
+    let c = cluster.clone();
+    let mut apply = blocking(move || c.exclusive()).await;
+    let table = fresh_table(&cluster, 1).await;
+    let router = Router::new(on_named_connection(
+        &cluster,
+        Some(pindb_testkit::MULTI_SOURCE_CONNECTION),
+    ))
+    .unwrap();
+    pindb_testkit::monitor_started(&router).await;
+    let pools = pools(&router);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    for n in 1.. {
+        let update = format!("UPDATE {table} SET n = {n} WHERE user_id = 0");
+        keyed_write(&router, &pools, "user:0", &update).await;
+        let (seen, role) = keyed_read(&router, &pools, "user:0", &table).await;
+        assert_eq!(
+            seen,
+            Some(n),
+            "the keyed read from the {role:?} missed its write"
+        );
+        if role == Role::Replica {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no keyed read went to the replica in 10 s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Its connection's SQL thread stops: not applying, out of rotation.
+    apply = blocking(move || {
+        apply.stop_apply(3);
+        apply
+    })
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let status = router.status().await;
+        let error = status[1].error.as_deref().unwrap_or("");
+        if error.contains("not applying") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never not applying: {status:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let select = format!("SELECT n FROM {table} WHERE user_id = 0");
+    pindb_testkit::wait_until(
+        "the monitor takes the replica out of rotation",
+        Duration::from_secs(10),
+        || {
+            router
+                .route_sql(&select)
+                .is_ok_and(|r| r.role == Role::Master)
+        },
+    )
+    .await;
+    drop(blocking(move || drop(apply)).await);
+}
+
+/// A replica whose default connection replicates nothing, but which follows the master
+/// through a named one, is refused at start-up with the fix; so is a connection it lacks.
+#[tokio::test]
+async fn a_named_replication_connection_left_out_or_unknown_is_refused_with_the_fix() {
+    let cluster = MariaDbCluster::from_env();
+    let c = cluster.clone();
+    let _apply = blocking(move || c.shared()).await;
+    for (connection, says) in [
+        (None, "replication_connection = \"<Connection_name>\""),
+        (Some("nope"), "no such connection"),
+    ] {
+        let config = on_named_connection(&cluster, connection);
+        match Router::new(config).unwrap().start_monitor().await {
+            Err(PinDbError::Config { alias, problem, .. }) => {
+                assert_eq!(alias.as_deref(), Some("default-1"));
+                assert!(problem.contains(says), "{problem}");
+            }
+            other => panic!("not refused: {other:?}"),
+        }
+    }
+}

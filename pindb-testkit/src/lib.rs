@@ -68,6 +68,7 @@ pub use logical::{as_superuser, SubscriptionControl, PUBLICATION, SUBSCRIPTION};
 pub use mariadb::{
     gtid_seq, MariaDbApplyControl, MariaDbCluster, MariaDbSharedApply, MARIADB_ADMIN_URL_VAR,
     MARIADB_MASTER_URL_VAR, MARIADB_REPLICA1_URL_VAR, MARIADB_REPLICA2_URL_VAR,
+    MARIADB_REPLICA3_URL_VAR, MULTI_SOURCE_CONNECTION,
 };
 pub use pindb_core::Lsn;
 pub use proxy::{address, with_address, Proxy};

@@ -1,5 +1,6 @@
 //! The dev cluster's MariaDB set (`scripts/mariadb`, which `scripts/cluster up` runs): a primary
-//! with two GTID replicas. Its addresses (from the environment), queries through the `mariadb`
+//! with three GTID replicas, the third following it through the named replication connection
+//! [`MULTI_SOURCE_CONNECTION`] (as a replica of several masters does). Its addresses (from the environment), queries through the `mariadb`
 //! command-line client, GTID positions and waiting for replicas, and stopping a replica's SQL
 //! (apply) thread under a lock that keeps such tests apart from tests that need it flowing.
 //!
@@ -19,6 +20,11 @@ pub const MARIADB_MASTER_URL_VAR: &str = "PINDB_MARIADB_MASTER_URL";
 pub const MARIADB_REPLICA1_URL_VAR: &str = "PINDB_MARIADB_REPLICA1_URL";
 /// Replica 2's URL variable (the application user).
 pub const MARIADB_REPLICA2_URL_VAR: &str = "PINDB_MARIADB_REPLICA2_URL";
+/// Replica 3's URL variable (the application user): the replica on a named connection.
+pub const MARIADB_REPLICA3_URL_VAR: &str = "PINDB_MARIADB_REPLICA3_URL";
+/// The replication connection replica 3 follows the primary through (`CHANGE MASTER 'main'
+/// TO`): pindb's `replication_connection` for it.
+pub const MULTI_SOURCE_CONNECTION: &str = "main";
 /// The admin user's URL variable (`pindb_admin` on the primary; the same user exists on the
 /// replicas, by replication).
 pub const MARIADB_ADMIN_URL_VAR: &str = "PINDB_MARIADB_ADMIN_URL";
@@ -29,12 +35,12 @@ const CLIENT_TIMEOUT_SECS: u32 = 120;
 const START_HINT: &str = "Start it with `scripts/cluster up` (or `scripts/mariadb up`) and \
                           `eval \"$(scripts/cluster env)\"`; `scripts/mariadb status` shows it.";
 
-/// The MariaDB primary and its two replicas; see the module doc. Nodes are numbered 0 (the
-/// primary), 1 and 2 (the replicas).
+/// The MariaDB primary and its three replicas; see the module doc. Nodes are numbered 0 (the
+/// primary), 1, 2 and 3 (the replicas; 3 on the named connection).
 #[derive(Debug, Clone)]
 pub struct MariaDbCluster {
     master_url: String,
-    replica_urls: [String; 2],
+    replica_urls: [String; 3],
     admin_url: String,
 }
 
@@ -82,8 +88,8 @@ fn env_url(name: &str) -> String {
 }
 
 impl MariaDbCluster {
-    /// Reads `PINDB_MARIADB_MASTER_URL`, `PINDB_MARIADB_REPLICA1_URL`,
-    /// `PINDB_MARIADB_REPLICA2_URL` and `PINDB_MARIADB_ADMIN_URL` (what `scripts/cluster env`
+    /// Reads `PINDB_MARIADB_MASTER_URL`, `PINDB_MARIADB_REPLICA1_URL` (2, 3) and
+    /// `PINDB_MARIADB_ADMIN_URL` (what `scripts/cluster env`
     /// prints); panics, saying to run `scripts/cluster up`, when one is missing.
     pub fn from_env() -> MariaDbCluster {
         let cluster = MariaDbCluster {
@@ -91,11 +97,12 @@ impl MariaDbCluster {
             replica_urls: [
                 env_url(MARIADB_REPLICA1_URL_VAR),
                 env_url(MARIADB_REPLICA2_URL_VAR),
+                env_url(MARIADB_REPLICA3_URL_VAR),
             ],
             admin_url: env_url(MARIADB_ADMIN_URL_VAR),
         };
         // Malformed URLs fail here, not in the middle of a test.
-        for node in 0..3 {
+        for node in 0..4 {
             cluster.app(node);
         }
         cluster.admin(0);
@@ -107,11 +114,20 @@ impl MariaDbCluster {
         &self.master_url
     }
 
-    /// The URL of replica `n` (1 or 2), as the application user.
+    /// The URL of replica `n` (1, 2 or 3), as the application user.
     pub fn replica_url(&self, n: usize) -> &str {
         match n {
-            1 | 2 => &self.replica_urls[n - 1],
-            _ => panic!("the MariaDB set has replicas 1 and 2, not {n}"),
+            1..=3 => &self.replica_urls[n - 1],
+            _ => panic!("the MariaDB set has replicas 1, 2 and 3, not {n}"),
+        }
+    }
+
+    /// `SHOW SLAVE {connection} STATUS`: replica `n`'s replication connection, quoted, or
+    /// nothing for the default one.
+    fn connection(n: usize) -> String {
+        match n {
+            3 => format!("'{MULTI_SOURCE_CONNECTION}'"),
+            _ => String::new(),
         }
     }
 
@@ -134,8 +150,8 @@ impl MariaDbCluster {
     fn node_url(&self, node: usize) -> &str {
         match node {
             0 => &self.master_url,
-            1 | 2 => self.replica_url(node),
-            _ => panic!("the MariaDB set has nodes 0 (primary), 1 and 2, not {node}"),
+            1..=3 => self.replica_url(node),
+            _ => panic!("the MariaDB set has nodes 0 (primary), 1, 2 and 3, not {node}"),
         }
     }
 
@@ -181,8 +197,8 @@ impl MariaDbCluster {
         (endpoint, replica)
     }
 
-    /// Runs `sql` (one or more `;`-separated statements) on node `node` (0: the primary, 1 or
-    /// 2: a replica) as the admin user `pindb_admin`, in the database `pindb`. `Ok` is the
+    /// Runs `sql` (one or more `;`-separated statements) on node `node` (0: the primary, 1, 2
+    /// or 3: a replica) as the admin user `pindb_admin`, in the database `pindb`. `Ok` is the
     /// output without column names: rows on lines, columns separated by tabs (the client's
     /// `--batch` escapes: `\t`, `\n`, `\\`, `NULL`). `Err` is the client's error, e.g.
     /// `ERROR 1290 (HY000) at line 1: The MariaDB server is running with the --read-only
@@ -219,7 +235,8 @@ impl MariaDbCluster {
     /// `Gtid_IO_Pos` (what the IO thread received), `Last_SQL_Error`...
     pub fn slave_status(&self, n: usize) -> BTreeMap<String, String> {
         self.replica_url(n);
-        let out = run(&self.admin(n), "SHOW SLAVE STATUS", true).unwrap_or_else(|e| {
+        let sql = format!("SHOW SLAVE {} STATUS", Self::connection(n));
+        let out = run(&self.admin(n), &sql, true).unwrap_or_else(|e| {
             panic!("MariaDB replica {n}: SHOW SLAVE STATUS failed: {e}\n{START_HINT}")
         });
         let mut lines = out.lines();
@@ -271,11 +288,12 @@ impl MariaDbCluster {
         }
     }
 
-    /// Waits until both replicas have applied everything committed on the primary so far.
+    /// Waits until every replica has applied everything committed on the primary so far.
     pub fn sync_replicas(&self) {
         let pos = self.gtid_binlog_pos();
-        self.wait_for_gtid(1, &pos);
-        self.wait_for_gtid(2, &pos);
+        for n in 1..=3 {
+            self.wait_for_gtid(n, &pos);
+        }
     }
 
     /// The benches' `bench_users` table, with the row they read (42), on every server.
@@ -341,7 +359,8 @@ impl MariaDbCluster {
     /// until `Slave_{thread}_Running` says `state`.
     fn set_thread(&self, n: usize, thread: &str, verb: &str, state: &str) -> Result<(), String> {
         self.replica_url(n);
-        self.query(n, &format!("{verb} SLAVE {thread}_THREAD"))?;
+        let connection = Self::connection(n);
+        self.query(n, &format!("{verb} SLAVE {connection} {thread}_THREAD"))?;
         let deadline = Instant::now() + REPLICATION_TIMEOUT;
         loop {
             let status = self.slave_status(n);

@@ -226,17 +226,29 @@ pub(super) async fn verify_set(
                 ));
                 None
             }
-            SlaveStatus::NotReplica => Some(format!(
-                "configured as a replica but {url} replicates from nothing (SHOW SLAVE STATUS \
-                 is empty); point it at a replica of `{}`",
-                master_db.alias
-            )),
+            SlaveStatus::NotReplica => Some(match &db.replication_connection {
+                Some(name) => format!(
+                    "configured to follow `{}` through the replication connection `{name}`, \
+                     but {url} has no such connection (SHOW SLAVE '{name}' STATUS is empty); \
+                     give a `Connection_name` that `SHOW ALL SLAVES STATUS` lists",
+                    master_db.alias
+                ),
+                None => format!(
+                    "configured as a replica but {url} replicates from nothing on its default \
+                     connection (SHOW SLAVE STATUS is empty); point it at a replica of `{0}`, \
+                     or, if it follows `{0}` through a named connection (a replica of several \
+                     masters), name it: `replication_connection = \"<Connection_name>\"`",
+                    master_db.alias
+                ),
+            }),
             SlaveStatus::Replica(status)
                 if text(&status, "Master_Server_Id") != master_id.to_string() =>
             {
                 Some(format!(
                     "{url} replicates from server_id {} ({}:{}), not from its master `{}` \
-                     (server_id {master_id}); point it at a replica of that master",
+                     (server_id {master_id}); point it at a replica of that master (a replica \
+                     of several masters: name the connection that follows it, \
+                     `replication_connection = \"<Connection_name>\"`)",
                     text(&status, "Master_Server_Id"),
                     text(&status, "Master_Host"),
                     text(&status, "Master_Port"),

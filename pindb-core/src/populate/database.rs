@@ -111,6 +111,9 @@ pub struct Database {
     /// `host:port`; MariaDB: its `server_id`): connections opened with this database's URL
     /// are kept only when they reached it ([`Database::reaches`]).
     pub server: Option<String>,
+    /// MariaDB: the named replication connection this replica follows its master through
+    /// (`replication_connection`; `None`: the default connection).
+    pub replication_connection: Option<String>,
 }
 
 impl Database {

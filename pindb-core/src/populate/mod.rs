@@ -259,6 +259,7 @@ pub fn populate_replicas(
         servers::refuse_servers(set, master_settings)?;
         let master = Parts::from_settings(set, master_settings)?;
         let backend = master.backend.unwrap_or_default();
+        connection::refuse_replication_connection(set, master_settings)?;
         refuse_for_mariadb(set, master_settings, backend, &master)?;
         let hosts = match master_settings.hosts.is_empty() {
             true => master.url_hosts.clone(),
@@ -303,9 +304,12 @@ pub fn populate_replicas(
             // A replica behind a reader endpoint is one replica per server behind it,
             // `<set>-<n>.<k>`: the entry keeps its number (its env override, its settings).
             let servers = servers::servers(&alias, overrides, backend)?;
+            let connection = connection::replication_connection(&alias, overrides, backend)?;
             if servers.is_empty() {
                 claim(&alias, "a generated replica alias")?;
-                out.push(parts.finish(alias, membership)?);
+                let mut db = parts.finish(alias, membership)?;
+                db.replication_connection = connection;
+                out.push(db);
                 continue;
             }
             for (k, server) in servers.into_iter().enumerate() {
@@ -313,6 +317,7 @@ pub fn populate_replicas(
                 claim(&alias, "a generated replica alias")?;
                 let mut db = parts.clone().finish(alias, membership.clone())?;
                 db.server = Some(server);
+                db.replication_connection = connection.clone();
                 out.push(db);
             }
         }
@@ -325,6 +330,7 @@ pub fn populate_replicas(
         claim(alias, "an unmanaged database")?;
         refuse_hosts(alias, settings)?;
         servers::refuse_servers(alias, settings)?;
+        connection::refuse_replication_connection(alias, settings)?;
         out.push(
             Parts::from_settings(alias, settings)?.finish(alias.clone(), Membership::Unmanaged)?,
         );
@@ -332,6 +338,7 @@ pub fn populate_replicas(
     Ok(out)
 }
 
+mod connection;
 mod database;
 mod options;
 mod parts;

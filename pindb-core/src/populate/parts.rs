@@ -140,6 +140,7 @@ impl Parts {
             kind,
             runtime: false,
             server: None,
+            replication_connection: None,
             alias,
             membership,
             host,

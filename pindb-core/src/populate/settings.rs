@@ -63,6 +63,11 @@ pub struct DatabaseSettings {
     /// per server. See "Poolers and load balancers" in the README.
     #[serde(default)]
     pub servers: Vec<String>,
+    /// MariaDB replicas only: the named replication connection through which it follows the
+    /// set's master (`CHANGE MASTER 'name' TO ..`), on a replica of several masters
+    /// (multi-source). pindb then reads that connection's status (`SHOW SLAVE 'name'
+    /// STATUS`) instead of the default one's.
+    pub replication_connection: Option<String>,
 }
 
 /// Where a set's runtime replicas come from (`[masters.<set>.discovery]`), as GitLab's load

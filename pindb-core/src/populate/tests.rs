@@ -157,6 +157,44 @@ fn a_set_of_two_backends_and_postgres_only_features_on_mariadb_are_refused() {
 }
 
 #[test]
+fn a_replication_connection_is_a_mariadb_replicas_and_a_plain_name() {
+    if cfg!(not(feature = "mariadb")) {
+        return;
+    }
+    let databases = |toml: &str| Config::from_toml_str(toml).unwrap().databases().unwrap();
+    let dbs = databases(
+        "[masters.default]\nurl = 'mysql://h/d'\n[sets]\n\
+         default = [{ host = 'r1', replication_connection = 'main-1' }, { host = 'r2' }]",
+    );
+    let named: Vec<_> = dbs
+        .iter()
+        .map(|d| d.replication_connection.as_deref())
+        .collect();
+    assert_eq!(named, [None, Some("main-1"), None]);
+    for (toml, alias, says) in [
+        (
+            "[masters.default]\nurl = 'mysql://h/d'\nreplication_connection = 'main'\n[sets]\ndefault = []",
+            "default",
+            "give it to a replica",
+        ),
+        (
+            "[masters.default]\nurl = 'postgres://h/d'\n[sets]\ndefault = [{ replication_connection = 'main' }]",
+            "default-1",
+            "MariaDB's",
+        ),
+        (
+            "[masters.default]\nurl = 'mysql://h/d'\n[sets]\ndefault = [{ replication_connection = \"x'; DROP\" }]",
+            "default-1",
+            "letters, digits",
+        ),
+    ] {
+        let (refused, problem) = err(toml);
+        assert_eq!(refused.as_deref(), Some(alias), "{problem}");
+        assert!(problem.contains(says), "{problem}");
+    }
+}
+
+#[test]
 fn replica_url_error_names_the_replica_alias() {
     let (alias, _) = err(
         "[masters.default]\nurl = 'postgres://h/d'\n[sets]\ndefault = [{}, { url = 'nonsense' }]",

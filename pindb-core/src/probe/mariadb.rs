@@ -28,13 +28,20 @@ pub(super) struct Server {
     conn: Option<Conn>,
     /// A statement under way, which owns the connection until it ends.
     pending: Option<JoinHandle<Asked>>,
+    /// `SHOW SLAVE STATUS` for the default replication connection, or `SHOW SLAVE 'name'
+    /// STATUS` for the one a replica follows its master through (`replication_connection`).
+    show_status: String,
 }
 
 /// What a statement's task gives back: the connection (unless it broke) and the answer.
 type Asked = (Option<Conn>, Result<Option<Row>, Failure>);
 
 impl Server {
-    pub(super) fn new(url: &str, behind: Option<Arc<Database>>) -> Result<Server, String> {
+    pub(super) fn new(
+        url: &str,
+        behind: Option<Arc<Database>>,
+        connection: Option<&str>,
+    ) -> Result<Server, String> {
         let opts = Opts::from_url(url).map_err(|e| format!("the url does not parse: {e}"))?;
         let opts = OptsBuilder::from_opts(opts)
             // mysql_async would move a connection to 127.0.0.1 onto the server's local
@@ -46,6 +53,11 @@ impl Server {
             behind,
             conn: None,
             pending: None,
+            // The name is letters, digits, `_` and `-` (checked with the config).
+            show_status: match connection {
+                Some(name) => format!("SHOW SLAVE '{name}' STATUS"),
+                None => "SHOW SLAVE STATUS".to_owned(),
+            },
         })
     }
 
@@ -101,11 +113,15 @@ impl Server {
         }
     }
 
-    /// `SHOW SLAVE STATUS`, which needs the `SLAVE MONITOR` privilege.
+    /// `SHOW SLAVE STATUS` (of its replication connection), which needs the `SLAVE MONITOR`
+    /// privilege.
     pub(super) async fn slave_status(&mut self, timeout: Duration) -> Result<SlaveStatus, String> {
-        match self.ask("SHOW SLAVE STATUS", timeout).await {
+        let sql = self.show_status.clone();
+        match self.ask(&sql, timeout).await {
             Ok(Some(row)) => Ok(SlaveStatus::Replica(row)),
             Ok(None) => Ok(SlaveStatus::NotReplica),
+            // ER_MASTER_CONNECTION_NOT_FOUND: no replication connection of that name.
+            Err(Failure::Server(e)) if e.code == 1617 => Ok(SlaveStatus::NotReplica),
             // ER_SPECIFIC_ACCESS_DENIED_ERROR: the statement is kept back (the server runs
             // fine); the connection stays usable.
             Err(Failure::Server(e)) if e.code == 1227 => Ok(SlaveStatus::Denied),

@@ -100,8 +100,13 @@ impl Probe {
             generation: 0,
             timeout,
             #[cfg(feature = "mariadb")]
-            mariadb: (db.backend == Backend::MariaDb)
-                .then(|| mariadb::Server::new(&db.url(), server.clone())),
+            mariadb: (db.backend == Backend::MariaDb).then(|| {
+                mariadb::Server::new(
+                    &db.url(),
+                    server.clone(),
+                    db.replication_connection.as_deref(),
+                )
+            }),
             server,
             client: None,
             connecting: None,
