@@ -41,7 +41,7 @@
 //! primary of a set given as hosts), `discovery` (runtime replicas: slots, `set_replicas`),
 //! `dns` (their DNS refresh), `pool_table` (adapters' pools that follow them), `consistency`
 //! (read-your-writes across contexts, tokens), `store` (where positions are kept), `lsn`,
-//! `gtid` (MariaDB's positions), `classify` (read or write, per SQL dialect), `jobs`, `web`
+//! `gtid` (MariaDB's positions), `domain` (a MariaDB set's replication domain), `classify` (read or write, per SQL dialect), `jobs`, `web`
 //! (the tower layer), `error`.
 #![forbid(unsafe_code)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
@@ -55,6 +55,7 @@ mod coverage;
 mod discovery;
 #[cfg(feature = "dns")]
 mod dns;
+mod domain;
 mod endpoint;
 mod error;
 mod flight;

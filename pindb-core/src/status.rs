@@ -10,9 +10,10 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use crate::backend::Backend;
+use crate::gtid::GtidPosition;
 use crate::lsn::Lsn;
 use crate::populate::{Database, Membership};
-use crate::probe::{Asked, Probe};
+use crate::probe::{Applied, Asked, Probe, Reading};
 use crate::subscription;
 use crate::topology::Topology;
 
@@ -81,6 +82,10 @@ const POLL: Duration = Duration::from_millis(5);
 struct MasterSample {
     lsn: Lsn,
     probe: Probe,
+    /// MariaDB: the master's domain and what it has outside it, which a replica must have
+    /// too to be as fresh as `lsn` says.
+    outside: GtidPosition,
+    domain: Option<u32>,
 }
 
 pub(crate) async fn status(topology: &Topology, timeout: Duration) -> Vec<DatabaseStatus> {
@@ -125,8 +130,17 @@ pub(crate) async fn status(topology: &Topology, timeout: Duration) -> Vec<Databa
         if db.backend != Backend::Postgres {
             let master = db.set().and_then(|set| masters.get_mut(set));
             let sample = neutral(db, &mut probe, master, timeout, &mut status).await;
-            if let (Membership::Master { set }, Some(lsn)) = (&db.membership, sample) {
-                masters.insert(set.clone(), MasterSample { lsn, probe });
+            if let (Membership::Master { set }, Some(reading)) = (&db.membership, sample) {
+                if let Some(lsn) = reading.position {
+                    let (outside, domain) = (reading.outside, reading.domain);
+                    let sample = MasterSample {
+                        lsn,
+                        probe,
+                        outside,
+                        domain,
+                    };
+                    masters.insert(set.clone(), sample);
+                }
             }
             out.push(status);
             continue;
@@ -157,8 +171,9 @@ pub(crate) async fn status(topology: &Topology, timeout: Duration) -> Vec<Databa
                     );
                 } else if replica {
                     let master = db.set().and_then(|set| masters.get_mut(set));
-                    if let (Some(master), Some(replay)) = (master, lsn) {
-                        lag(master, &mut probe, replay, timeout, &mut status).await;
+                    if let (Some(master), Some(_)) = (master, lsn) {
+                        let replay = Reading::of_wal(lsn);
+                        lag(master, &mut probe, &replay, timeout, &mut status).await;
                     }
                 } else {
                     let slots: String = row.try_get(2).unwrap_or_default();
@@ -174,7 +189,14 @@ pub(crate) async fn status(topology: &Topology, timeout: Duration) -> Vec<Databa
                         })
                         .collect();
                     if let (Membership::Master { set }, Some(lsn)) = (&db.membership, lsn) {
-                        masters.insert(set.clone(), MasterSample { lsn, probe });
+                        let (outside, domain) = (GtidPosition::default(), None);
+                        let sample = MasterSample {
+                            lsn,
+                            probe,
+                            outside,
+                            domain,
+                        };
+                        masters.insert(set.clone(), sample);
                     }
                 }
             }
@@ -188,13 +210,16 @@ pub(crate) async fn status(topology: &Topology, timeout: Duration) -> Vec<Databa
 async fn lag(
     master: &mut MasterSample,
     replica: &mut Probe,
-    replay: Lsn,
+    replay: &Reading,
     timeout: Duration,
     status: &mut DatabaseStatus,
 ) {
-    let behind = master.lsn.0.saturating_sub(replay.0);
+    let Some(position) = replay.position else {
+        return;
+    };
+    let behind = master.lsn.0.saturating_sub(position.0);
     status.lag_bytes = Some(behind);
-    if behind == 0 {
+    if behind == 0 && replay.outside.includes(&master.outside) {
         // It had replayed all the master had when status sampled it.
         status.lag_ms = Some(0);
         return;
@@ -218,19 +243,19 @@ async fn neutral(
     master: Option<&mut MasterSample>,
     timeout: Duration,
     status: &mut DatabaseStatus,
-) -> Option<Lsn> {
+) -> Option<Reading> {
     let show = |lsn: Option<Lsn>| lsn.map(|l| l.0.to_string());
     if !db.is_replica() {
-        return match probe.position(Asked::Master).await {
+        return match probe.reading(Asked::Master).await {
             Err(e) => {
                 status.error = Some(e);
                 None
             }
-            Ok(lsn) => {
+            Ok(reading) => {
                 status.up = true;
                 status.in_recovery = Some(false);
-                status.position = show(lsn);
-                lsn
+                status.position = show(reading.position);
+                Some(reading)
             }
         };
     }
@@ -238,19 +263,23 @@ async fn neutral(
         Err(e) => status.error = Some(e),
         // Not a replica at all.
         Ok(Err(problem)) => status.error = Some(problem),
-        Ok(Ok(crate::probe::Applied {
-            position: replay,
-            applying,
-            ..
-        })) => {
+        Ok(Ok(Applied { reading, applying })) => {
             status.up = true;
             status.in_recovery = Some(true);
-            status.position = show(replay);
+            status.position = show(reading.position);
             if !applying {
                 status.error = Some("not applying: its SQL thread is stopped".to_owned());
             }
-            if let (Some(master), Some(replay)) = (master, replay) {
-                lag(master, probe, replay, timeout, status).await;
+            match master {
+                Some(master) if master.domain != reading.domain => {
+                    status.error = Some(format!(
+                        "its gtid_domain_id is {:?} and its master's {:?}: its position says \
+                         nothing of the set's writes",
+                        reading.domain, master.domain
+                    ));
+                }
+                Some(master) => lag(master, probe, &reading, timeout, status).await,
+                None => {}
             }
         }
     }
@@ -293,12 +322,16 @@ async fn time_lag(
     let position =
         |lsn: Option<Lsn>, alias: &str| lsn.ok_or_else(|| format!("`{alias}`: no position"));
     let asked = Instant::now();
-    let target = position(master.position(Asked::Master).await?, &master.alias)?;
+    let target = master.reading(Asked::Master).await?;
     let answered = Instant::now();
+    let wanted = position(target.position, &master.alias)?;
     loop {
         let sent = Instant::now();
-        let replay = position(replica.position(Asked::Applied).await?, &replica.alias)?;
-        if replay >= target {
+        let replay = replica.reading(Asked::Applied).await?;
+        // MariaDB: the master's other domains as it had them too.
+        if position(replay.position, &replica.alias)? >= wanted
+            && replay.outside.includes(&target.outside)
+        {
             // An upper bound: rounded up.
             let micros = asked.elapsed().as_micros();
             return Ok(TimeLag::AtMost(

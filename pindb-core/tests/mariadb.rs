@@ -757,7 +757,7 @@ async fn a_replica_on_a_named_replication_connection_is_followed_through_it() {
         },
     )
     .await;
-    drop(blocking(move || drop(apply)).await);
+    blocking(move || drop(apply)).await;
 }
 
 /// A replica whose default connection replicates nothing, but which follows the master
@@ -780,4 +780,83 @@ async fn a_named_replication_connection_left_out_or_unknown_is_refused_with_the_
             other => panic!("not refused: {other:?}"),
         }
     }
+}
+
+/// A write in another GTID domain made before the context's first routed write, where no
+/// snapshot of the master's other domains was taken yet by that routed write: under a hand
+/// `pin` (sent on a pool pindb does not see), under a `master()` guard, or before
+/// `unpin_all`. The monitor reads the master in between (the write is then in what it last
+/// saw), then a routed write that changes nothing: the next keyed read must still see the
+/// first write. The adversarial pass read it stale in all three, 3 of 3 each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_in_another_domain_before_the_first_routed_one_is_never_read_stale() {
+    let cluster = MariaDbCluster::from_env();
+    let c = cluster.clone();
+    let mut apply = blocking(move || c.exclusive()).await;
+    let table = fresh_table(&cluster, 1).await;
+    gtids_in_another_domain(&cluster).await;
+    let (master, r1, r2) = (
+        cluster.node_admin_url(0),
+        cluster.node_admin_url(1),
+        cluster.node_admin_url(2),
+    );
+    let router = Router::new(config(&master, &[&r1, &r2])).unwrap();
+    pindb_testkit::monitor_started(&router).await;
+    let pools = pools(&router);
+    for (n, how) in [(1u64, "pin"), (2, "master guard"), (3, "unpin_all")] {
+        apply = blocking(move || {
+            apply.stop_receiving(1);
+            apply.stop_receiving(2);
+            apply
+        })
+        .await;
+        let in_seven = format!(
+            "SET STATEMENT gtid_domain_id = 7 FOR UPDATE {table} SET n = {n} WHERE user_id = 0"
+        );
+        let nothing = format!("UPDATE {table} SET n = n WHERE user_id = -1");
+        // A key of its own: one recorded as unknown reads from the master for `ttl_seconds`.
+        let key = format!("user:{n}");
+        router
+            .consistency()
+            .scope_with_key(Some(&key), async {
+                match how {
+                    "pin" => {
+                        router.pin("default").unwrap();
+                        let mut conn = pools[0].get_conn().await.unwrap();
+                        conn.query_drop(&in_seven).await.unwrap();
+                    }
+                    "master guard" => {
+                        let _guard = router.master("default").unwrap();
+                        let route = router.route_sql(&in_seven).unwrap();
+                        let mut conn = pools[route.index].get_conn().await.unwrap();
+                        conn.query_drop(&in_seven).await.unwrap();
+                    }
+                    _ => {
+                        let route = router.route_sql(&in_seven).unwrap();
+                        let mut conn = pools[route.index].get_conn().await.unwrap();
+                        conn.query_drop(&in_seven).await.unwrap();
+                        pindb_core::unpin_all();
+                    }
+                }
+                // The monitor reads the master (every 100 ms) meanwhile.
+                tokio::time::sleep(Duration::from_millis(400)).await;
+                let route = router.route_sql(&nothing).unwrap();
+                let mut conn = pools[route.index].get_conn().await.unwrap();
+                conn.query_drop(&nothing).await.unwrap();
+            })
+            .await;
+        let (seen, role) = keyed_read(&router, &pools, &key, &table).await;
+        apply = blocking(move || {
+            apply.start_receiving(1);
+            apply.start_receiving(2);
+            apply
+        })
+        .await;
+        assert_eq!(
+            seen,
+            Some(n),
+            "{how}: the keyed read from the {role:?} missed the write made in domain 7"
+        );
+    }
+    blocking(move || drop(apply)).await;
 }

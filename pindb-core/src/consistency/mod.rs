@@ -174,9 +174,9 @@ impl Consistency {
 
     /// The master's position after the writes (`pg_current_wal_insert_lsn()`, MariaDB's
     /// `@@gtid_binlog_pos`) of `set`, over pindb's own connection, with the fingerprint of
-    /// its position outside the set's GTID domain (recorded as `SetEntry::outside_seen`; 0
-    /// for PostgreSQL).
-    pub(crate) async fn master_insert_lsn(&self, set: &str) -> Result<(Lsn, u64), String> {
+    /// what it has outside the set's GTID domain (0 for PostgreSQL), which the set's
+    /// [`SetDomain`](crate::domain::SetDomain) records too.
+    pub(crate) async fn master_position(&self, set: &str) -> Result<(Lsn, u64), String> {
         let s = self
             .topology
             .set_named(set)
@@ -185,17 +185,18 @@ impl Consistency {
             .master()
             .ok_or_else(|| format!("set `{set}` has no primary right now"))?;
         self.count_round_trip(true);
-        let (lsn, outside) = Probe::shared_reading(
+        let reading = Probe::shared_reading(
             &self.probes[master],
             self.topology.backend(),
             Asked::Written,
             self.probe_timeout,
         )
         .await?;
-        let outside = outside.fingerprint();
-        s.outside_seen.store(outside, Ordering::Release);
-        let lsn = lsn.ok_or_else(|| "the master returned no position".to_owned())?;
-        Ok((lsn, outside))
+        s.gtid.master_read(&reading)?;
+        let lsn = reading
+            .position
+            .ok_or_else(|| "the master returned no position".to_owned())?;
+        Ok((lsn, reading.outside.fingerprint()))
     }
 
     /// Asks each usable replica of `set` for its replay position and records it. `None` when
@@ -224,7 +225,13 @@ impl Consistency {
                 false => Asked::Applied,
             };
             let (backend, limit) = (self.topology.backend(), self.probe_timeout);
-            let applied = || Probe::shared_position(&self.probes[index], backend, asked, limit);
+            // A MariaDB replica's position counts only in its set's domain.
+            let applied = || async {
+                let reading =
+                    Probe::shared_reading(&self.probes[index], backend, asked, limit).await?;
+                s.gtid.replica_read(&reading)?;
+                Ok::<_, String>(reading.position)
+            };
             let Some(slot) = self.topology.slot(index) else {
                 if let Ok(Some(lsn)) = applied().await {
                     s.health[r].raise_replay(lsn);
@@ -316,7 +323,7 @@ impl Consistency {
                 positions.push((set, lsn));
                 continue;
             }
-            match self.master_insert_lsn(&set).await {
+            match self.master_position(&set).await {
                 Ok((lsn, outside)) => {
                     // The same outside the set's GTID domain as before the context's first
                     // write (or nothing there at all, for a set pinned by hand): its writes
@@ -329,7 +336,7 @@ impl Consistency {
                     }
                     metrics::counter!("pindb_positions_unknown_total").increment(1);
                     if self.once_per_10s(&self.outside_logged_at) {
-                        tracing::info!(target: "pindb", %set, "pindb: the master wrote outside the set's GTID domain while this context wrote; its position is recorded as unknown (the key reads the set from the master for ttl_seconds)");
+                        tracing::info!(target: "pindb", %set, "pindb: the master has written outside the set's GTID domain since this context's first write (or, for a set pinned by hand, has anything there at all), which its position in the domain does not cover; recorded as unknown (the key reads the set from the master for ttl_seconds)");
                     }
                 }
                 Err(e) => {

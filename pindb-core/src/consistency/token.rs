@@ -212,7 +212,7 @@ impl Consistency {
             // reads of the set go to the master until it expires. The master's position now
             // would not cover a write still running.
             if *lsn != Lsn(u64::MAX) && lsn.0 > known.0.saturating_add(PLAUSIBLE_AHEAD) {
-                match self.master_insert_lsn(set).await {
+                match self.master_position(set).await {
                     Ok((master, _)) if *lsn > master => implausible.push(set.clone()),
                     // Cannot check: keep it (at worst, reads of the set go to the master).
                     _ => {}

@@ -99,6 +99,9 @@ pub(crate) struct State {
     /// still be in flight and be acknowledged, so while any is left no set's learned position
     /// is used (the context's end asks the master, past them all).
     unlearned_cleared: u32,
+    /// MariaDB: the `outside_before` of the sets [`unpin_all`] cleared (the first per set):
+    /// a later position of the set must cover their writes too.
+    outside_cleared: Vec<(Arc<str>, u64)>,
 }
 
 struct Frame {
@@ -159,6 +162,9 @@ impl State {
         let entry = self.set_mut(set);
         if origin == PinOrigin::New {
             entry.unlearned = entry.unlearned.saturating_add(1);
+            // By hand: it may stand for writes made before it, outside the set's GTID domain
+            // too, which no earlier reading can rule out.
+            entry.outside_before = Some(0);
         }
         entry.pin = Some(match (entry.pin, origin) {
             (_, PinOrigin::New) => PinOrigin::New,
@@ -168,8 +174,9 @@ impl State {
     }
 
     /// Pins `set` for a write about to be sent, and says how to take the pin back if the write
-    /// never reaches its server ([`State::unpin_unsent`]). `outside_seen`: the set's
-    /// `SetEntry::outside_seen` now, kept from the context's first write.
+    /// never reaches its server ([`State::unpin_unsent`]). `outside_seen`: what the set's
+    /// master had outside its GTID domain, as last read (`SetDomain::outside_seen`), kept
+    /// from the context's first write.
     pub(crate) fn pin_for_write(&mut self, set: &Arc<str>, outside_seen: u64) -> NewPin {
         self.pin_changes = self.pin_changes.wrapping_add(1);
         let generation = self.pin_changes;
@@ -205,15 +212,23 @@ impl State {
     }
 
     /// A write of `set` that reports no position of its own (one under a `master()` guard):
-    /// the context's end asks the master.
-    pub(crate) fn write_unlearned(&mut self, set: &Arc<str>) {
+    /// the context's end asks the master. `outside_seen` as for [`State::pin_for_write`].
+    pub(crate) fn write_unlearned(&mut self, set: &Arc<str>, outside_seen: u64) {
         let entry = self.set_mut(set);
+        entry.outside_before.get_or_insert(outside_seen);
         entry.unlearned = entry.unlearned.saturating_add(1);
     }
 
-    /// `SetEntry::outside_seen` before this context's first write of `set`, if taken.
+    /// `SetDomain::outside_seen` before this context's first write of `set`, if taken.
     pub(crate) fn outside_before(&self, set: &str) -> Option<u64> {
-        self.get(set)?.outside_before
+        let cleared = self.outside_cleared.iter().find(|(s, _)| &**s == set);
+        let entry = self.get(set).and_then(|e| e.outside_before);
+        // The earliest, the cleared one; but 0 (pinned by hand) wins over any.
+        match (cleared.map(|(_, seen)| *seen), entry) {
+            (Some(0), _) | (_, Some(0)) => Some(0),
+            (Some(seen), _) => Some(seen),
+            (None, entry) => entry,
+        }
     }
 
     /// The master position of `set` learned with this context's writes, when it covers all
@@ -418,25 +433,37 @@ pub fn get_newly_pinned() -> Vec<String> {
 /// # }
 /// ```
 pub fn unpin_all() {
-    with_current(|ctx| {
-        let mut state = ctx.lock();
-        let unlearned: u32 = state.sets.iter().map(|s| s.unlearned).sum();
-        state.unlearned_cleared = state.unlearned_cleared.saturating_add(unlearned);
+    with_current(|ctx| ctx.lock().clear_pins());
+}
+
+impl State {
+    /// [`unpin_all`] on this state.
+    fn clear_pins(&mut self) {
+        let unlearned: u32 = self.sets.iter().map(|s| s.unlearned).sum();
+        self.unlearned_cleared = self.unlearned_cleared.saturating_add(unlearned);
+        for entry in &self.sets {
+            let (name, seen) = (&entry.name, entry.outside_before);
+            if let Some(seen) =
+                seen.filter(|_| !self.outside_cleared.iter().any(|(s, _)| s == name))
+            {
+                self.outside_cleared.push((Arc::clone(name), seen));
+            }
+        }
         // A write still in flight may commit after the clear: its set keeps counting it, and
         // nothing else. One lost in flight is forgotten with the pins (a worker clearing
         // between jobs in one long context would otherwise record every later position of
         // the set as unknown).
-        state.sets.retain(|s| s.in_flight > 0);
-        for entry in &mut state.sets {
+        self.sets.retain(|s| s.in_flight > 0);
+        for entry in &mut self.sets {
             *entry = SetState {
                 in_flight: entry.in_flight,
                 ..SetState::new(Arc::clone(&entry.name))
             };
         }
-        state.pin_changes = state.pin_changes.wrapping_add(1);
-        state.cleared_at = state.pin_changes;
-        state.store_unavailable = false;
-    });
+        self.pin_changes = self.pin_changes.wrapping_add(1);
+        self.cleared_at = self.pin_changes;
+        self.store_unavailable = false;
+    }
 }
 
 pin_project_lite::pin_project! {
@@ -536,4 +563,54 @@ where
         Some(ctx) => ctx.enter(f),
         None => f(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What a context compares its master's other GTID domains with at its end: what was seen
+    /// before its first write of any kind, or nothing at all once pinned by hand.
+    #[test]
+    fn the_outside_snapshot_is_the_first_writes_or_none_after_a_hand_pin() {
+        let set: Arc<str> = Arc::from("default");
+        let mut state = State::default();
+        state.pin_for_write(&set, 7);
+        state.pin_for_write(&set, 8);
+        state.write_unlearned(&set, 9);
+        assert_eq!(
+            state.outside_before("default"),
+            Some(7),
+            "the first write's"
+        );
+        let mut guarded = State::default();
+        guarded.write_unlearned(&set, 3);
+        guarded.pin_for_write(&set, 4);
+        assert_eq!(
+            guarded.outside_before("default"),
+            Some(3),
+            "a guarded write first"
+        );
+        state.pin(&set, PinOrigin::New);
+        state.pin_for_write(&set, 9);
+        assert_eq!(state.outside_before("default"), Some(0), "pinned by hand");
+        let mut cleared = State::default();
+        cleared.pin_for_write(&set, 5);
+        cleared.clear_pins();
+        cleared.pin_for_write(&set, 6);
+        assert_eq!(
+            cleared.outside_before("default"),
+            Some(5),
+            "before unpin_all"
+        );
+        cleared.pin(&set, PinOrigin::New);
+        assert_eq!(cleared.outside_before("default"), Some(0));
+        let mut carried = State::default();
+        carried.pin(&set, PinOrigin::Carried);
+        assert_eq!(
+            carried.outside_before("default"),
+            None,
+            "a carried pin wrote nothing"
+        );
+    }
 }

@@ -46,8 +46,9 @@ pub(crate) struct SetState {
     /// A write of this set was dropped in flight where nobody can tell when it lands: it
     /// may still commit, at a position nobody will know.
     pub(crate) lost_flight: bool,
-    /// MariaDB: `SetEntry::outside_seen` before this context's first write of the set
-    /// (`None`: it wrote none, or pinned by hand, for writes pindb may not have seen).
+    /// MariaDB: `SetDomain::outside_seen` before this context's first write of the set
+    /// (`None`: none yet; `Some(0)` once pinned by hand, for writes made before the pin: its
+    /// master must have nothing outside the domain at all).
     pub(super) outside_before: Option<u64>,
 }
 

@@ -35,7 +35,9 @@ async fn server(probe: &mut Probe) -> Result<(u32, u32, bool, bool), String> {
 
 /// The replication filters a replica has, in words (`None`: none).
 fn filters(status: &Row) -> Option<String> {
-    const FILTERS: [&str; 7] = [
+    // The domain filters too: what they skip counts as applied in another domain, which
+    // pindb compares (see `MasterTrack::lag`).
+    const FILTERS: [&str; 9] = [
         "Replicate_Do_DB",
         "Replicate_Ignore_DB",
         "Replicate_Do_Table",
@@ -43,6 +45,8 @@ fn filters(status: &Row) -> Option<String> {
         "Replicate_Wild_Do_Table",
         "Replicate_Wild_Ignore_Table",
         "Replicate_Ignore_Server_Ids",
+        "Replicate_Do_Domain_Ids",
+        "Replicate_Ignore_Domain_Ids",
     ];
     let set: Vec<String> = FILTERS
         .iter()

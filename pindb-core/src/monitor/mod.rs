@@ -25,7 +25,7 @@ use tokio::task::AbortHandle;
 
 use crate::config::MonitorSettings;
 use crate::freshness::{self, Proof};
-use crate::probe::Probe;
+use crate::probe::{Applied, Probe, Reading};
 use crate::replica::Health;
 use crate::topology::Topology;
 
@@ -35,7 +35,7 @@ mod source;
 mod startup;
 mod track;
 
-use source::{after_change, Observed, Source};
+use source::{after_change, Source};
 pub(crate) use startup::{first_checks, verify_topology};
 use track::MasterTrack;
 
@@ -63,7 +63,7 @@ pub(crate) fn spawn(
             master_probe,
             topology.backend(),
             timeout(settings),
-            Arc::clone(&entry.outside_seen),
+            Arc::clone(&entry.gtid),
         ));
         // From now on a bound is proved by the monitor's checks: until a replica's first
         // one, nothing proves it fresh (emulated replicas are the master itself).
@@ -259,7 +259,11 @@ async fn watch_replica(
             // failure here leaves the proof to the master's own task.
             let _ = track.sample(true).await;
         }
-        let checked = source.position(r).await;
+        // A MariaDB replica's position counts only in its set's domain.
+        let checked = source
+            .position(r)
+            .await
+            .map(|checked| checked.and_then(|a| track.domain.replica_read(&a.reading).map(|()| a)));
         if let Some((_, generation)) = source.checked_slot() {
             // A runtime replica's new host: the old one's failures are not its own.
             if checked_generation.replace(generation) != Some(generation) {
@@ -272,10 +276,14 @@ async fn watch_replica(
             successes = 0;
         }
         match checked {
-            Ok(Ok(Observed {
-                position: replay,
+            Ok(Ok(Applied {
+                reading:
+                    Reading {
+                        position: replay,
+                        outside,
+                        ..
+                    },
                 applying,
-                outside,
             })) => {
                 failures = 0;
                 successes = successes.saturating_add(1);
@@ -287,7 +295,7 @@ async fn watch_replica(
                     None => (u64::MAX, Proof::None),
                     // No master sample yet: nothing proves it fresh.
                     Some(replay) => track
-                        .lag_of(replay, &outside, silent)
+                        .lag(replay, &outside, silent)
                         .unwrap_or((0, Proof::None)),
                 };
                 // Time lag is decided at each read against the proof; bytes at the check. A

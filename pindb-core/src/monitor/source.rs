@@ -7,9 +7,7 @@ use std::time::{Duration, Instant};
 
 use crate::coverage::{Carried, Coverage};
 use crate::discovery::Slot;
-use crate::gtid::GtidPosition;
-use crate::lsn::Lsn;
-use crate::probe::{lsn_column, Probe};
+use crate::probe::{lsn_column, Applied, Probe, Reading};
 use crate::replica::Health;
 use crate::roles::{Change, Report, Roles, Verdict};
 use crate::subscription;
@@ -107,16 +105,6 @@ pub(super) async fn host_report(probe: &mut Probe) -> Result<Report, String> {
 /// How often a logical replica's own functions are learned again.
 const FUNCTIONS_EVERY: Duration = Duration::from_secs(5);
 
-/// A replica's position, and whether it moves at all.
-pub(super) struct Observed {
-    pub(super) position: Option<Lsn>,
-    /// `false`: a logical replica whose subscription is not applying (disabled, failing): it
-    /// serves no read, whatever its position.
-    pub(super) applying: bool,
-    /// A MariaDB replica's position outside its set's GTID domain (empty otherwise).
-    pub(super) outside: GtidPosition,
-}
-
 impl Source {
     /// A runtime replica's slot and the generation of the host its last check asked.
     pub(super) fn checked_slot(&self) -> Option<(&Slot, u64)> {
@@ -140,11 +128,10 @@ impl Source {
 
     /// The replica's position. The outer error: it could not be asked. The inner one: it is
     /// not a replica of this master (promoted, a primary, not subscribed), in words.
-    pub(super) async fn position(&mut self, r: usize) -> Result<Result<Observed, String>, String> {
-        let observed = |position| Observed {
-            position,
+    pub(super) async fn position(&mut self, r: usize) -> Result<Result<Applied, String>, String> {
+        let observed = |position| Applied {
+            reading: Reading::of_wal(position),
             applying: true,
-            outside: GtidPosition::default(),
         };
         match self {
             Source::Host {
@@ -220,11 +207,7 @@ impl Source {
                 let row = probe.row("SELECT pg_current_wal_lsn()::text").await?;
                 Ok(Ok(observed(lsn_column(&row, 0)?)))
             }
-            Source::Standby(probe) => Ok(probe.standby().await?.map(|a| Observed {
-                position: a.position,
-                applying: a.applying,
-                outside: a.outside,
-            })),
+            Source::Standby(probe) => probe.standby().await,
             Source::Logical {
                 replica,
                 master,
@@ -259,10 +242,9 @@ impl Source {
                     relations,
                     functions,
                 }));
-                Ok(Ok(Observed {
-                    position: following.position,
+                Ok(Ok(Applied {
+                    reading: Reading::of_wal(following.position),
                     applying: following.applying,
-                    outside: GtidPosition::default(),
                 }))
             }
         }

@@ -2,15 +2,16 @@
 //! the proof of how fresh a replica is (see the module above).
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use crate::backend::Backend;
+use crate::domain::SetDomain;
 use crate::freshness::Proof;
 use crate::gtid::GtidPosition;
 use crate::lsn::Lsn;
-use crate::probe::{Asked, Probe};
+use crate::probe::{Asked, Probe, Reading};
 
 /// The master's recent positions, in the order they were recorded: what replica lag is
 /// measured against.
@@ -30,15 +31,15 @@ pub(super) struct MasterTrack {
     limit: Duration,
     /// The master's database.
     backend: Backend,
-    /// Where the fingerprint of the master's position outside the set's domain goes
-    /// (`SetEntry::outside_seen`).
-    outside_seen: Arc<AtomicU64>,
+    /// MariaDB: the set's domain, which every sample must be in, and where the fingerprint
+    /// of what the master has outside it goes.
+    pub(super) domain: Arc<SetDomain>,
 }
 
 /// When the master was asked, its position in the set's domain, and (MariaDB) its position
 /// outside it, which a replica must have too to be proved as fresh (`None`: nothing outside
-/// it; shared by consecutive samples that agree, so a master whose other domains stay still
-/// allocates nothing per sample).
+/// it; one `Arc` shared by consecutive samples that agree, so a still master's samples hold
+/// no copy each).
 type Sample = (Instant, Lsn, Option<Arc<GtidPosition>>);
 
 impl Default for MasterTrack {
@@ -50,7 +51,7 @@ impl Default for MasterTrack {
             failing: std::sync::atomic::AtomicBool::default(),
             limit: Duration::from_secs(1),
             backend: Backend::Postgres,
-            outside_seen: Arc::default(),
+            domain: Arc::default(),
         }
     }
 }
@@ -64,13 +65,13 @@ impl MasterTrack {
         master: Option<tokio::sync::Mutex<Probe>>,
         backend: Backend,
         limit: Duration,
-        outside_seen: Arc<AtomicU64>,
+        domain: Arc<SetDomain>,
     ) -> MasterTrack {
         MasterTrack {
             master,
             backend,
             limit,
-            outside_seen,
+            domain,
             ..MasterTrack::default()
         }
     }
@@ -125,41 +126,36 @@ impl MasterTrack {
         let Some(master) = &self.master else {
             return Ok(None);
         };
-        if before_check && self.failing.load(std::sync::atomic::Ordering::Relaxed) {
+        if before_check && self.failing.load(Ordering::Relaxed) {
             return Ok(None);
         }
         let asked = Instant::now();
-        let reading = Probe::shared_reading(master, self.backend, Asked::Master, self.limit).await;
-        self.failing
-            .store(reading.is_err(), std::sync::atomic::Ordering::Relaxed);
-        let (lsn, outside) = reading?;
-        self.outside_seen
-            .store(outside.fingerprint(), Ordering::Release);
-        if let Some(lsn) = lsn {
+        let reading = Probe::shared_reading(master, self.backend, Asked::Master, self.limit)
+            .await
+            .and_then(|r| self.domain.master_read(&r).map(|()| r));
+        self.failing.store(reading.is_err(), Ordering::Relaxed);
+        let Reading {
+            position, outside, ..
+        } = reading?;
+        if let Some(lsn) = position {
             self.push_reading(asked, lsn, outside);
         }
-        Ok(lsn)
+        Ok(position)
     }
 
-    /// `(lag bytes, proof)` of a replica at `replay`: bytes behind the newest position, and
-    /// the latest instant before which it provably has every commit. `None` before the first
-    /// master sample.
+    /// `(lag bytes, proof)` of a replica at `replay` (and, MariaDB, `outside` the set's
+    /// domain): bytes behind the newest position, and the latest instant before which it
+    /// provably has every commit. `None` before the first master sample. A sample proves it
+    /// fresh only if it has the master's other domains as that sample saw them too (domain by
+    /// domain): a replica behind in another domain is as stale as the last sample it has
+    /// whole.
     ///
     /// A master silent for `silent` (no sample answered: it is down, or unreachable) commits
     /// nothing a replica could miss if it is down: a replica that has everything it last
     /// reported is then as stale as the silence allows, `silent`, and no more (so standbys
     /// keep serving while the master is down, as a failover needs). A replica past the last
     /// sample shows a master still writing (a partition): no such allowance.
-    #[cfg(test)]
-    pub(super) fn lag(&self, replay: Lsn, silent: Duration) -> Option<(u64, Proof)> {
-        self.lag_of(replay, &GtidPosition::default(), silent)
-    }
-
-    /// [`MasterTrack::lag`] of a replica whose position outside the set's domain is
-    /// `outside`: a sample proves it fresh only if it has the master's other domains as that
-    /// sample saw them too (domain by domain), so a replica behind in another domain is as
-    /// stale as the last sample it has whole.
-    pub(super) fn lag_of(
+    pub(super) fn lag(
         &self,
         replay: Lsn,
         outside: &GtidPosition,
@@ -207,9 +203,12 @@ mod tests {
         let (first, second) = (Instant::now(), Instant::now());
         t.push(first, Lsn(100));
         t.push(second, Lsn(100));
-        assert_eq!(t.lag(Lsn(100), HOUR), Some((0, Proof::At(second))));
         assert_eq!(
-            t.lag(Lsn(120), HOUR),
+            t.lag(Lsn(100), &GtidPosition::default(), HOUR),
+            Some((0, Proof::At(second)))
+        );
+        assert_eq!(
+            t.lag(Lsn(120), &GtidPosition::default(), HOUR),
             Some((0, Proof::At(second))),
             "a replica ahead of the last sample is as fresh as that sample"
         );
@@ -218,9 +217,16 @@ mod tests {
     #[test]
     fn freshness_is_proved_by_the_last_sample_a_replica_has_replayed() {
         let t = MasterTrack::default();
-        assert_eq!(t.lag(Lsn(1), HOUR), None, "no master sample yet");
+        assert_eq!(
+            t.lag(Lsn(1), &GtidPosition::default(), HOUR),
+            None,
+            "no master sample yet"
+        );
         assert!(
-            matches!(t.lag(Lsn(1), Duration::ZERO), Some((0, Proof::At(_)))),
+            matches!(
+                t.lag(Lsn(1), &GtidPosition::default(), Duration::ZERO),
+                Some((0, Proof::At(_)))
+            ),
             "a master silent since the start"
         );
         let t0 = Instant::now();
@@ -230,10 +236,16 @@ mod tests {
         // At 150 it has everything committed before the first sample was asked for, and
         // nothing proves more: its staleness grows from t0, not from when the master passed
         // 150 (which the samples cannot tell).
-        assert_eq!(t.lag(Lsn(150), HOUR), Some((50, Proof::At(t0))));
-        assert_eq!(t.lag(Lsn(200), HOUR), Some((0, Proof::At(t1))));
         assert_eq!(
-            t.lag(Lsn(50), HOUR),
+            t.lag(Lsn(150), &GtidPosition::default(), HOUR),
+            Some((50, Proof::At(t0)))
+        );
+        assert_eq!(
+            t.lag(Lsn(200), &GtidPosition::default(), HOUR),
+            Some((0, Proof::At(t1)))
+        );
+        assert_eq!(
+            t.lag(Lsn(50), &GtidPosition::default(), HOUR),
             Some((150, Proof::None)),
             "older than every sample"
         );
@@ -247,7 +259,7 @@ mod tests {
         let long_ago = Instant::now().checked_sub(Duration::from_secs(60)).unwrap();
         t.push(long_ago, Lsn(100));
         let silent = Duration::from_secs(1);
-        let Some((0, Proof::At(at))) = t.lag(Lsn(100), silent) else {
+        let Some((0, Proof::At(at))) = t.lag(Lsn(100), &GtidPosition::default(), silent) else {
             panic!("caught up with the last sample")
         };
         let staleness = at.elapsed();
@@ -257,7 +269,10 @@ mod tests {
         );
         // Behind the last sample: the bound keeps growing from the proof.
         t.push(long_ago + Duration::from_millis(1), Lsn(200));
-        assert_eq!(t.lag(Lsn(100), silent), Some((100, Proof::At(long_ago))));
+        assert_eq!(
+            t.lag(Lsn(100), &GtidPosition::default(), silent),
+            Some((100, Proof::At(long_ago)))
+        );
     }
 
     #[test]
@@ -270,7 +285,7 @@ mod tests {
         let len = t.samples.lock().unwrap().len();
         assert!(len < MasterTrack::CAPACITY, "{len}");
         assert_eq!(
-            t.lag(Lsn(2), HOUR).unwrap().1,
+            t.lag(Lsn(2), &GtidPosition::default(), HOUR).unwrap().1,
             Proof::At(start + Duration::from_micros(1)),
             "the second oldest is kept"
         );
@@ -299,17 +314,17 @@ mod tests {
         t.push_reading(third, Lsn(10), at("1-5-8"));
         assert_eq!(t.samples.lock().unwrap().len(), 2, "domain 1 still: merged");
         assert_eq!(
-            t.lag_of(Lsn(10), &at("1-5-8"), HOUR),
+            t.lag(Lsn(10), &at("1-5-8"), HOUR),
             Some((0, Proof::At(third)))
         );
         assert_eq!(
-            t.lag_of(Lsn(10), &at("1-5-7"), HOUR),
+            t.lag(Lsn(10), &at("1-5-7"), HOUR),
             Some((0, Proof::At(first))),
             "all of domain 0 but not domain 1's last write: fresh as of the sample before it"
         );
-        assert_eq!(t.lag_of(Lsn(10), &at(""), HOUR), Some((0, Proof::None)));
+        assert_eq!(t.lag(Lsn(10), &at(""), HOUR), Some((0, Proof::None)));
         assert_eq!(
-            t.lag_of(Lsn(10), &at("1-5-9,2-1-1"), HOUR),
+            t.lag(Lsn(10), &at("1-5-9,2-1-1"), HOUR),
             Some((0, Proof::At(third))),
             "ahead, or with domains the master lacks: as fresh as the last sample"
         );

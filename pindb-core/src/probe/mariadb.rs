@@ -14,7 +14,7 @@ use mysql_async::prelude::Queryable;
 use mysql_async::{Conn, Opts, OptsBuilder, Row};
 use tokio::task::JoinHandle;
 
-use super::Applied;
+use super::{Applied, Reading};
 use crate::endpoint::{Failed, ServerSearch, MARIADB_SERVER_SQL};
 use crate::gtid::GtidPosition;
 use crate::lsn::Lsn;
@@ -130,18 +130,22 @@ impl Server {
         }
     }
 
-    /// The server's position in its own replication domain: what it has written
-    /// (`@@gtid_binlog_pos`, a master) or applied as a replica (`@@gtid_slave_pos`), `None`
-    /// before the domain's first transaction; and its position outside that domain (other
-    /// domains' GTIDs: an old topology's, another master's, writes made with
-    /// `SET gtid_domain_id`), which the position in the domain does not cover.
+    /// The server's position in its own replication domain (which `SetDomain` holds to the
+    /// set's): what it has written (`@@gtid_binlog_pos`, a master) or applied as a replica
+    /// (`@@gtid_slave_pos`), `None` before the domain's first transaction; and its position
+    /// outside that domain (other domains' GTIDs: an old topology's, another master's, writes
+    /// made with `SET gtid_domain_id`), which the position in the domain does not cover.
     pub(super) async fn position(
         &mut self,
         applied: bool,
         timeout: Duration,
-    ) -> Result<(Option<Lsn>, GtidPosition), String> {
+    ) -> Result<Reading, String> {
         let (domain, position) = self.gtid(applied, timeout).await?;
-        Ok((position.seq_in(domain).map(Lsn), position.outside(domain)))
+        Ok(Reading {
+            position: position.seq_in(domain).map(Lsn),
+            outside: position.outside(domain),
+            domain: Some(domain),
+        })
     }
 
     /// The server's `gtid_domain_id` and its written or applied GTID position.
@@ -184,11 +188,9 @@ impl Server {
                 ))
             }
         };
-        let (position, outside) = self.position(true, timeout).await?;
         Ok(Ok(Applied {
-            position,
+            reading: self.position(true, timeout).await?,
             applying,
-            outside,
         }))
     }
 }

@@ -8,7 +8,7 @@
 //! connection to anyone between statements.
 //!
 //! A probe of a MariaDB database (`mariadb.rs`) answers the backend-neutral questions
-//! ([`Probe::shared_position`], [`Probe::standby`]); the PostgreSQL queries of the features
+//! ([`Probe::shared_reading`], [`Probe::standby`]); the PostgreSQL queries of the features
 //! MariaDB sets do not have yet ([`Probe::row`]) fail on it, naming the backend.
 
 #[cfg(feature = "mariadb")]
@@ -50,16 +50,37 @@ impl Asked {
     }
 }
 
+/// A server's position, as it reads it.
+#[derive(Debug)]
+pub(crate) struct Reading {
+    /// PostgreSQL: its WAL position. MariaDB: its sequence number in its own replication
+    /// domain, which must be its set's (`SetDomain` checks it).
+    pub(crate) position: Option<Lsn>,
+    /// MariaDB: its position outside that domain, which `position` does not cover (empty
+    /// for PostgreSQL).
+    pub(crate) outside: GtidPosition,
+    /// MariaDB: its `gtid_domain_id`; `None` for PostgreSQL.
+    pub(crate) domain: Option<u32>,
+}
+
+impl Reading {
+    /// A PostgreSQL position: one WAL, nothing outside it.
+    pub(crate) fn of_wal(position: Option<Lsn>) -> Reading {
+        Reading {
+            position,
+            outside: GtidPosition::default(),
+            domain: None,
+        }
+    }
+}
+
 /// What a replica says of itself.
 pub(crate) struct Applied {
-    /// What it has applied (replayed), in its set's replication domain on MariaDB.
-    pub(crate) position: Option<Lsn>,
+    /// What it has applied (replayed).
+    pub(crate) reading: Reading,
     /// Whether it applies changes now (a PostgreSQL standby always does; a MariaDB replica
-    /// whose SQL thread stopped does not).
+    /// whose SQL thread stopped, or a logical subscription that is not applying, does not).
     pub(crate) applying: bool,
-    /// MariaDB: its position outside the set's domain, which `position` does not cover
-    /// (empty for PostgreSQL: one WAL).
-    pub(crate) outside: GtidPosition,
 }
 
 /// A small connection of pindb's own, reconnected on demand.
@@ -119,23 +140,12 @@ impl Probe {
     /// waits at most `limit` for its turn, so callers queued behind a hung server give up
     /// after `limit` and its statement's own timeout, not after all those before them.
     /// `backend`: the probe's (known to the caller, so PostgreSQL's path takes no lock).
-    pub(crate) async fn shared_position(
-        probe: &tokio::sync::Mutex<Probe>,
-        backend: Backend,
-        asked: Asked,
-        limit: Duration,
-    ) -> Result<Option<Lsn>, String> {
-        Ok(Probe::shared_reading(probe, backend, asked, limit).await?.0)
-    }
-
-    /// [`Probe::shared_position`] with the position outside the set's domain
-    /// ([`Probe::reading`]).
     pub(crate) async fn shared_reading(
         probe: &tokio::sync::Mutex<Probe>,
         backend: Backend,
         asked: Asked,
         limit: Duration,
-    ) -> Result<(Option<Lsn>, GtidPosition), String> {
+    ) -> Result<Reading, String> {
         if backend != Backend::Postgres {
             // The statement has its own timeout, which drops a connection that hangs.
             let mut p = tokio::time::timeout(limit, probe.lock())
@@ -144,20 +154,11 @@ impl Probe {
             return p.reading(asked).await;
         }
         let row = Probe::shared_row(probe, asked.postgres_sql()).await?;
-        Ok((lsn_column(&row, 0)?, GtidPosition::default()))
+        Ok(Reading::of_wal(lsn_column(&row, 0)?))
     }
 
     /// The position `asked` of this probe's server.
-    pub(crate) async fn position(&mut self, asked: Asked) -> Result<Option<Lsn>, String> {
-        Ok(self.reading(asked).await?.0)
-    }
-
-    /// The position `asked` of this probe's server, and (MariaDB) its position outside the
-    /// set's replication domain (empty for PostgreSQL).
-    pub(crate) async fn reading(
-        &mut self,
-        asked: Asked,
-    ) -> Result<(Option<Lsn>, GtidPosition), String> {
+    pub(crate) async fn reading(&mut self, asked: Asked) -> Result<Reading, String> {
         #[cfg(feature = "mariadb")]
         if self.backend == Backend::MariaDb {
             let timeout = self.timeout;
@@ -166,7 +167,7 @@ impl Probe {
                 .await;
         }
         let row = self.row(asked.postgres_sql()).await?;
-        Ok((lsn_column(&row, 0)?, GtidPosition::default()))
+        Ok(Reading::of_wal(lsn_column(&row, 0)?))
     }
 
     /// A replica's reading of itself. The inner error: it is not a replica (a primary,
@@ -183,9 +184,8 @@ impl Probe {
         let in_recovery: bool = row.try_get(0).map_err(|e| e.to_string())?;
         Ok(match in_recovery {
             true => Ok(Applied {
-                position: lsn_column(&row, 1)?,
+                reading: Reading::of_wal(lsn_column(&row, 1)?),
                 applying: true,
-                outside: GtidPosition::default(),
             }),
             false => Err(format!(
                 "`{}` is not in recovery (promoted?); not reading from it",
@@ -538,7 +538,7 @@ mod tests {
         let cluster = pindb_testkit::MariaDbCluster::from_env();
         let (proxy, probe) = proxied(cluster.replica_url(1)).await;
         let ask = || {
-            Probe::shared_position(
+            Probe::shared_reading(
                 &probe,
                 Backend::MariaDb,
                 Asked::Applied,

@@ -232,7 +232,7 @@ impl Router {
                         state.set_mut(&set.name).read_master = true;
                         // Not pinned, so never reported: a position learned with an earlier
                         // write of the context would not cover it.
-                        state.write_unlearned(&set.name);
+                        state.write_unlearned(&set.name, set.gtid.outside_seen());
                     }
                     return Ok((Reason::MasterGuard, None));
                 }
@@ -240,11 +240,8 @@ impl Router {
                 _ if strict => return Err(refused()),
                 _ => Reason::GreedyPin,
             };
-            // Taken before the write is sent: see `SetEntry::outside_seen`.
-            let pin = commit.then(|| {
-                let outside = set.outside_seen.load(std::sync::atomic::Ordering::Acquire);
-                state.pin_for_write(&set.name, outside)
-            });
+            // Taken before the write is sent: see `Consistency::master_positions`.
+            let pin = commit.then(|| state.pin_for_write(&set.name, set.gtid.outside_seen()));
             Ok((reason, pin))
         })
         .unwrap_or_else(|| {

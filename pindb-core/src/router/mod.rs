@@ -476,8 +476,13 @@ impl Router {
     /// `pg_current_wal_insert_lsn()` in a statement that has no transaction id). When every
     /// write of a set in the context reported its position, the context's end records the
     /// highest without a round trip to the master. Report nothing when unsure: the context
-    /// then reads the position at its end, as for any write.
+    /// then reads the position at its end, as for any write. PostgreSQL's only: a MariaDB
+    /// position in the set's domain does not cover a write made in another (the context's
+    /// end checks that), so it is ignored for a MariaDB set.
     pub fn write_position(&self, index: usize, pin: NewPin, lsn: Lsn) {
+        if self.inner.topology.backend() != crate::backend::Backend::Postgres {
+            return;
+        }
         if let Some(set) = self.set_of(index) {
             with_current(|ctx| ctx.lock().learned(set, pin, lsn));
         }

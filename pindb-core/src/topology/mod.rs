@@ -13,6 +13,7 @@ use crate::classify::Footprint;
 use crate::config::Config;
 use crate::coverage::Coverage;
 use crate::discovery::Slot;
+use crate::domain::SetDomain;
 use crate::error::PinDbError;
 use crate::lsn::Lsn;
 use crate::populate::{Database, Membership};
@@ -60,12 +61,8 @@ pub(crate) struct SetEntry {
     assigning: Mutex<()>,
     /// Bumped at every change of one of its runtime replicas' hosts (see [`Topology::epoch`]).
     epoch: Arc<AtomicU64>,
-    /// MariaDB: the fingerprint of the master's position outside the set's GTID domain, as
-    /// last read (`GtidPosition::fingerprint`; 0 before, and always for PostgreSQL). A
-    /// context takes it before its first write: a different one at its end means something
-    /// was written outside the domain meanwhile, maybe its own write, which its position in
-    /// the domain would not cover.
-    pub(crate) outside_seen: Arc<AtomicU64>,
+    /// MariaDB: the set's replication domain, and what its master has outside it.
+    pub(crate) gtid: Arc<SetDomain>,
 }
 
 impl SetEntry {
@@ -183,7 +180,7 @@ impl Topology {
                     runtime: 0..0,
                     assigning: Mutex::new(()),
                     epoch: Arc::new(AtomicU64::new(0)),
-                    outside_seen: Arc::new(AtomicU64::new(0)),
+                    gtid: Arc::default(),
                 });
             }
             // Every host of a set given as hosts is a replica slot too: a standby serves
