@@ -4,7 +4,7 @@
 //! `Consistency::master_positions`). A PostgreSQL set has one WAL: its readings carry no
 //! domain, and nothing here applies to them.
 
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 
 use crate::probe::Reading;
 
@@ -18,6 +18,8 @@ pub(crate) struct SetDomain {
     /// `GtidPosition::fingerprint` of the master's position outside the domain, as last
     /// read (0 before, and always on PostgreSQL).
     outside_seen: AtomicU64,
+    /// A master reading was refused for a domain change.
+    changed: AtomicBool,
 }
 
 impl Default for SetDomain {
@@ -25,6 +27,7 @@ impl Default for SetDomain {
         SetDomain {
             domain: AtomicU64::new(UNKNOWN),
             outside_seen: AtomicU64::new(0),
+            changed: AtomicBool::new(false),
         }
     }
 }
@@ -45,11 +48,12 @@ impl SetDomain {
             Ok(_) => {}
             Err(set) if set == domain => {}
             Err(set) => {
+                self.changed.store(true, Relaxed);
                 return Err(format!(
                     "its gtid_domain_id is {domain}, and its set's was {set} when pindb first \
                      read it: positions in two domains cannot be compared; restart the service \
                      after changing a set's gtid_domain_id"
-                ))
+                ));
             }
         }
         let print = reading.outside.fingerprint();
@@ -60,26 +64,21 @@ impl SetDomain {
         Ok(())
     }
 
-    /// A reading of one of the set's replicas: its position is in its own domain, which must
-    /// be the set's (checked at every reading: a server's `gtid_domain_id` can change while
-    /// pindb runs, and its position in another domain says nothing of the set's writes).
-    pub(crate) fn replica_read(&self, reading: &Reading) -> Result<(), String> {
-        let Some(domain) = reading.domain else {
-            return Ok(());
-        };
+    /// A reading of one of the set's replicas, in the set's domain: a replica's own
+    /// `gtid_domain_id` does not matter (it writes nothing; a replica of several masters has
+    /// one of its own), what it applied in the set's domain does. Before the master's first
+    /// reading, as the replica read it (the start-up check found its domain the master's).
+    pub(crate) fn replica_read(&self, reading: Reading) -> Reading {
         match self.domain.load(Relaxed) {
-            UNKNOWN => Err(
-                "the set's GTID domain is not known yet (its master was not read \
-                            yet): its position proves nothing"
-                    .to_owned(),
-            ),
-            set if set == u64::from(domain) => Ok(()),
-            set => Err(format!(
-                "its gtid_domain_id is {domain} and its set's {set}: its position in its own \
-                 domain says nothing of the set's writes; give every server of the set the same \
-                 gtid_domain_id"
-            )),
+            UNKNOWN => reading,
+            set => reading.in_domain(set as u32),
         }
+    }
+
+    /// Whether a reading of the master was refused for a domain change: its samples since
+    /// prove no replica fresh.
+    pub(crate) fn changed(&self) -> bool {
+        self.changed.load(Relaxed)
     }
 
     /// The fingerprint of the master's position outside the domain, as last read: a keyed
@@ -94,31 +93,32 @@ mod tests {
     use super::*;
     use crate::gtid::GtidPosition;
 
-    fn reading(domain: u32, outside: &str) -> Reading {
-        Reading {
-            position: None,
-            outside: GtidPosition::parse(outside).unwrap(),
-            domain: Some(domain),
-        }
+    fn reading(domain: u32, whole: &str) -> Reading {
+        Reading::of_gtids(GtidPosition::parse(whole).unwrap(), domain)
     }
 
     #[test]
-    fn the_masters_first_reading_says_the_domain_and_every_reading_after_must_be_in_it() {
+    fn the_masters_first_reading_says_the_domain_and_replicas_are_read_in_it() {
         let set = SetDomain::default();
-        assert!(
-            set.replica_read(&reading(0, "")).is_err(),
-            "before the master"
+        let before = set.replica_read(reading(1, "0-1-480,1-3-90000"));
+        assert_eq!(
+            before.position,
+            Some(crate::lsn::Lsn(90_000)),
+            "as read, before"
         );
-        set.master_read(&reading(0, "7-1-5")).unwrap();
+        set.master_read(&reading(0, "0-1-500,7-1-5")).unwrap();
         assert_ne!(set.outside_seen(), 0);
-        set.replica_read(&reading(0, "7-1-4")).unwrap();
-        let e = set.replica_read(&reading(1, "0-1-480")).unwrap_err();
-        assert!(e.contains("gtid_domain_id is 1 and its set's 0"), "{e}");
-        let e = set.master_read(&reading(1, "0-1-500")).unwrap_err();
+        // A replica of several masters: its own domain 1, far ahead, is not the set's.
+        let replica = set.replica_read(reading(1, "0-1-480,1-3-90000"));
+        assert_eq!(replica.position, Some(crate::lsn::Lsn(480)));
+        assert_eq!(replica.outside.to_string(), "1-3-90000");
+        assert!(!set.changed());
+        let e = set.master_read(&reading(1, "0-1-500,1-1-1")).unwrap_err();
         assert!(e.contains("restart"), "{e}");
+        assert!(set.changed());
         // PostgreSQL: one WAL.
         let wal = Reading::of_wal(None);
         set.master_read(&wal).unwrap();
-        set.replica_read(&wal).unwrap();
+        assert_eq!(set.replica_read(wal).domain, None);
     }
 }

@@ -111,7 +111,6 @@ impl GtidPosition {
     }
 
     /// This position outside `domain`: the other domains' GTIDs.
-    #[cfg(any(feature = "mariadb", test))]
     pub(crate) fn outside(&self, domain: u32) -> GtidPosition {
         GtidPosition {
             gtids: self

@@ -225,12 +225,11 @@ impl Consistency {
                 false => Asked::Applied,
             };
             let (backend, limit) = (self.topology.backend(), self.probe_timeout);
-            // A MariaDB replica's position counts only in its set's domain.
+            // A MariaDB replica's position, in its set's domain.
             let applied = || async {
                 let reading =
                     Probe::shared_reading(&self.probes[index], backend, asked, limit).await?;
-                s.gtid.replica_read(&reading)?;
-                Ok::<_, String>(reading.position)
+                Ok::<_, String>(s.gtid.replica_read(reading).position)
             };
             let Some(slot) = self.topology.slot(index) else {
                 if let Ok(Some(lsn)) = applied().await {

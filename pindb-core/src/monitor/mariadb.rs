@@ -1,7 +1,7 @@
 //! The start-up topology check of a MariaDB set: its master writes a binary log and is not
 //! `read_only` (and `gtid_strict_mode` keeps its sequence numbers in order, a warning); each
-//! replica replicates from that master (by `server_id`), in the same GTID domain, without
-//! filters, is `read_only` (and pindb's user there cannot write past it), and its URL reaches
+//! replica replicates from that master (by `server_id`; its own GTID domain does not matter,
+//! its position is read in the master's), without filters, is `read_only` (and pindb's user there cannot write past it), and its URL reaches
 //! one server.
 
 use mysql_async::Row;
@@ -153,8 +153,8 @@ pub(super) async fn verify_set(
     found: Findings<'_>,
 ) {
     let mut master = Probe::new(master_db, timeout(settings));
-    let (master_id, domain) = match server(&mut master).await {
-        Ok((id, domain, read_only, log_bin)) => {
+    let master_id = match server(&mut master).await {
+        Ok((id, _, read_only, log_bin)) => {
             let problem = if !log_bin {
                 Some(
                     "writes no binary log (log_bin is OFF): replicas cannot follow it and pindb \
@@ -185,7 +185,7 @@ pub(super) async fn verify_set(
                     ));
                 }
             }
-            (id, domain)
+            id
         }
         Err(e) => {
             found.warnings.push(format!(
@@ -199,11 +199,11 @@ pub(super) async fn verify_set(
         one_server(db, settings, found.problems).await;
         let mut probe = Probe::new(db, timeout(settings));
         let checked = async {
-            let (_, own_domain, read_only, _) = server(&mut probe).await?;
+            let (_, _, read_only, _) = server(&mut probe).await?;
             let status = probe.mariadb_status().await?;
-            Ok::<_, String>((own_domain, read_only, status))
+            Ok::<_, String>((read_only, status))
         };
-        let (own_domain, read_only, status) = match checked.await {
+        let (read_only, status) = match checked.await {
             Ok(answers) => answers,
             Err(e) => {
                 found
@@ -214,12 +214,6 @@ pub(super) async fn verify_set(
         };
         let url = db.redacted_url();
         let problem = match status {
-            _ if own_domain != domain => Some(format!(
-                "{url} has gtid_domain_id {own_domain} and its master `{}` {domain}: pindb \
-                 compares positions in the master's domain; give every server of the set the \
-                 same gtid_domain_id",
-                master_db.alias
-            )),
             SlaveStatus::Denied => {
                 found.warnings.push(format!(
                     "`{}`: pindb may not read the replica status of {url} (SHOW SLAVE STATUS \
@@ -233,8 +227,8 @@ pub(super) async fn verify_set(
             SlaveStatus::NotReplica => Some(match &db.replication_connection {
                 Some(name) => format!(
                     "configured to follow `{}` through the replication connection `{name}`, \
-                     but {url} has no such connection (SHOW SLAVE '{name}' STATUS is empty); \
-                     give a `Connection_name` that `SHOW ALL SLAVES STATUS` lists",
+                     but {url} has no such connection (SHOW SLAVE '{name}' STATUS: unknown \
+                     or empty); give a `Connection_name` that `SHOW ALL SLAVES STATUS` lists",
                     master_db.alias
                 ),
                 None => format!(

@@ -259,11 +259,13 @@ async fn watch_replica(
             // failure here leaves the proof to the master's own task.
             let _ = track.sample(true).await;
         }
-        // A MariaDB replica's position counts only in its set's domain.
-        let checked = source
-            .position(r)
-            .await
-            .map(|checked| checked.and_then(|a| track.domain.replica_read(&a.reading).map(|()| a)));
+        // A MariaDB replica's position, in its set's domain.
+        let checked = source.position(r).await.map(|checked| {
+            checked.map(|a| Applied {
+                reading: track.domain.replica_read(a.reading),
+                ..a
+            })
+        });
         if let Some((_, generation)) = source.checked_slot() {
             // A runtime replica's new host: the old one's failures are not its own.
             if checked_generation.replace(generation) != Some(generation) {

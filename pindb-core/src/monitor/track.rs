@@ -165,12 +165,17 @@ impl MasterTrack {
         let Some(newest) = s.iter().map(|(_, lsn, _)| *lsn).max() else {
             // No master heard since the monitor started (none found, or unreachable): nothing
             // is being committed that we know of, so a standby is as stale as the silence.
-            return (self.started.elapsed() > silent)
+            return (self.started.elapsed() > silent && !self.domain.changed())
                 .then(|| Instant::now().checked_sub(silent))
                 .flatten()
                 .map(|at| (0, Proof::At(at)));
         };
         let bytes = newest.0.saturating_sub(replay.0);
+        if self.domain.changed() {
+            // The master now writes in another domain, which its refused samples would have
+            // shown: no sample proves anything since, and its silence is no allowance.
+            return Some((bytes, Proof::None));
+        }
         let has = |(_, lsn, other): &&Sample| {
             *lsn <= replay && other.as_deref().is_none_or(|o| outside.includes(o))
         };
@@ -327,6 +332,17 @@ mod tests {
             t.lag(Lsn(10), &at("1-5-9,2-1-1"), HOUR),
             Some((0, Proof::At(third))),
             "ahead, or with domains the master lacks: as fresh as the last sample"
+        );
+        // The master's domain changed while pindb runs: its samples since were refused.
+        let reading = |text: &str, domain| {
+            crate::probe::Reading::of_gtids(GtidPosition::parse(text).unwrap(), domain)
+        };
+        t.domain.master_read(&reading("0-1-10", 0)).unwrap();
+        assert!(t.domain.master_read(&reading("0-1-10,1-1-1", 1)).is_err());
+        assert_eq!(
+            t.lag(Lsn(10), &at("1-5-8"), HOUR),
+            Some((0, Proof::None)),
+            "nothing proves it fresh after the master's domain changed"
         );
     }
 }

@@ -17,7 +17,6 @@ use tokio::task::JoinHandle;
 use super::{Applied, Reading};
 use crate::endpoint::{Failed, ServerSearch, MARIADB_SERVER_SQL};
 use crate::gtid::GtidPosition;
-use crate::lsn::Lsn;
 use crate::populate::Database;
 
 /// One connection to a MariaDB server, made on demand.
@@ -55,7 +54,12 @@ impl Server {
             pending: None,
             // The name is letters, digits, `_` and `-` (checked with the config).
             show_status: match connection {
-                Some(name) => format!("SHOW SLAVE '{name}' STATUS"),
+                Some(name) => {
+                    debug_assert!(name
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || "_-".contains(c)));
+                    format!("SHOW SLAVE '{name}' STATUS")
+                }
                 None => "SHOW SLAVE STATUS".to_owned(),
             },
         })
@@ -120,7 +124,7 @@ impl Server {
         match self.ask(&sql, timeout).await {
             Ok(Some(row)) => Ok(SlaveStatus::Replica(row)),
             Ok(None) => Ok(SlaveStatus::NotReplica),
-            // ER_MASTER_CONNECTION_NOT_FOUND: no replication connection of that name.
+            // WARN_NO_MASTER_INFO: no replication connection of that name.
             Err(Failure::Server(e)) if e.code == 1617 => Ok(SlaveStatus::NotReplica),
             // ER_SPECIFIC_ACCESS_DENIED_ERROR: the statement is kept back (the server runs
             // fine); the connection stays usable.
@@ -141,11 +145,7 @@ impl Server {
         timeout: Duration,
     ) -> Result<Reading, String> {
         let (domain, position) = self.gtid(applied, timeout).await?;
-        Ok(Reading {
-            position: position.seq_in(domain).map(Lsn),
-            outside: position.outside(domain),
-            domain: Some(domain),
-        })
+        Ok(Reading::of_gtids(position, domain))
     }
 
     /// The server's `gtid_domain_id` and its written or applied GTID position.
@@ -181,11 +181,11 @@ impl Server {
                 .is_some_and(|running| running == "Yes"),
             SlaveStatus::Denied => true,
             SlaveStatus::NotReplica => {
-                return Ok(Err(
-                    "no replication is configured (SHOW SLAVE STATUS is empty: a \
-                     master, or CHANGE MASTER TO was never run); not reading from it"
-                        .to_owned(),
-                ))
+                return Ok(Err(format!(
+                    "no replication is configured ({} is empty or unknown: a master, or \
+                     CHANGE MASTER TO was never run); not reading from it",
+                    self.show_status
+                )))
             }
         };
         Ok(Ok(Applied {

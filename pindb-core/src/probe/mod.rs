@@ -53,14 +53,16 @@ impl Asked {
 /// A server's position, as it reads it.
 #[derive(Debug)]
 pub(crate) struct Reading {
-    /// PostgreSQL: its WAL position. MariaDB: its sequence number in its own replication
-    /// domain, which must be its set's (`SetDomain` checks it).
+    /// PostgreSQL: its WAL position. MariaDB: its sequence number in `domain`.
     pub(crate) position: Option<Lsn>,
-    /// MariaDB: its position outside that domain, which `position` does not cover (empty
-    /// for PostgreSQL).
+    /// MariaDB: its position outside `domain`, which `position` does not cover (empty for
+    /// PostgreSQL).
     pub(crate) outside: GtidPosition,
-    /// MariaDB: its `gtid_domain_id`; `None` for PostgreSQL.
+    /// MariaDB: the domain `position` is in: the server's own `gtid_domain_id` as read, its
+    /// set's once [`Reading::in_domain`] moved it there; `None` for PostgreSQL.
     pub(crate) domain: Option<u32>,
+    /// MariaDB: the whole GTID position it was read from.
+    whole: GtidPosition,
 }
 
 impl Reading {
@@ -70,6 +72,26 @@ impl Reading {
             position,
             outside: GtidPosition::default(),
             domain: None,
+            whole: GtidPosition::default(),
+        }
+    }
+
+    /// A MariaDB position, in `domain`.
+    pub(crate) fn of_gtids(whole: GtidPosition, domain: u32) -> Reading {
+        Reading {
+            position: whole.seq_in(domain).map(Lsn),
+            outside: whole.outside(domain),
+            domain: Some(domain),
+            whole,
+        }
+    }
+
+    /// The same reading in another replication `domain` (a replica's set's: a replica of
+    /// several masters has a domain of its own, which it never writes in).
+    pub(crate) fn in_domain(self, domain: u32) -> Reading {
+        match self.domain {
+            Some(own) if own != domain => Reading::of_gtids(self.whole, domain),
+            _ => self,
         }
     }
 }
