@@ -88,6 +88,18 @@ struct MasterSample {
     domain: Option<u32>,
 }
 
+impl MasterSample {
+    /// `None` without a position (a master that wrote nothing yet).
+    fn new(probe: Probe, reading: Reading) -> Option<MasterSample> {
+        Some(MasterSample {
+            lsn: reading.position?,
+            probe,
+            outside: reading.outside,
+            domain: reading.domain,
+        })
+    }
+}
+
 pub(crate) async fn status(topology: &Topology, timeout: Duration) -> Vec<DatabaseStatus> {
     let mut out = Vec::new();
     // Per set: a replica is compared with its own master only.
@@ -131,14 +143,7 @@ pub(crate) async fn status(topology: &Topology, timeout: Duration) -> Vec<Databa
             let master = db.set().and_then(|set| masters.get_mut(set));
             let sample = neutral(db, &mut probe, master, timeout, &mut status).await;
             if let (Membership::Master { set }, Some(reading)) = (&db.membership, sample) {
-                if let Some(lsn) = reading.position {
-                    let (outside, domain) = (reading.outside, reading.domain);
-                    let sample = MasterSample {
-                        lsn,
-                        probe,
-                        outside,
-                        domain,
-                    };
+                if let Some(sample) = MasterSample::new(probe, reading) {
                     masters.insert(set.clone(), sample);
                 }
             }
@@ -188,14 +193,10 @@ pub(crate) async fn status(topology: &Topology, timeout: Duration) -> Vec<Databa
                             })
                         })
                         .collect();
-                    if let (Membership::Master { set }, Some(lsn)) = (&db.membership, lsn) {
-                        let (outside, domain) = (GtidPosition::default(), None);
-                        let sample = MasterSample {
-                            lsn,
-                            probe,
-                            outside,
-                            domain,
-                        };
+                    if let (Membership::Master { set }, Some(sample)) = (
+                        &db.membership,
+                        MasterSample::new(probe, Reading::of_wal(lsn)),
+                    ) {
                         masters.insert(set.clone(), sample);
                     }
                 }

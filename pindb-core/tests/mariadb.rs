@@ -583,6 +583,31 @@ async fn keyed_read(
         .await
 }
 
+/// A keyed user writes user 0's `n`, then reads it back in its next request, until a read
+/// goes to a replica (once the monitor saw one has the write): within 10 s, never stale.
+async fn keyed_reads_reach_a_replica(router: &Router, pools: &[Pool], table: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    for n in 1.. {
+        let update = format!("UPDATE {table} SET n = {n} WHERE user_id = 0");
+        keyed_write(router, pools, "user:0", &update).await;
+        let (seen, role) = keyed_read(router, pools, "user:0", table).await;
+        assert_eq!(
+            seen,
+            Some(n),
+            "the keyed read from the {role:?} missed its write"
+        );
+        if role == Role::Replica {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no keyed read went to a replica in 10 s: {:?}",
+            router.status().await
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// Replicas whose positions also carry another domain's GTIDs are compared in the set's
 /// domain, and have everything of the other one the master has: they serve reads, keyed
 /// ones included (pindb once refused every such replica).
@@ -602,26 +627,7 @@ async fn replicas_that_also_carry_another_gtid_domain_still_serve_reads() {
     .unwrap();
     pindb_testkit::monitor_started(&router).await;
     let pools = pools(&router);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    for n in 1.. {
-        let update = format!("UPDATE {table} SET n = {n} WHERE user_id = 0");
-        keyed_write(&router, &pools, "user:0", &update).await;
-        let (seen, role) = keyed_read(&router, &pools, "user:0", &table).await;
-        assert_eq!(
-            seen,
-            Some(n),
-            "the keyed read from the {role:?} missed its write"
-        );
-        if role == Role::Replica {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no keyed read went to a replica in 10 s: {:?}",
-            router.status().await
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    keyed_reads_reach_a_replica(&router, &pools, &table).await;
     drop(apply);
 }
 
@@ -711,25 +717,7 @@ async fn a_replica_on_a_named_replication_connection_is_followed_through_it() {
     .unwrap();
     pindb_testkit::monitor_started(&router).await;
     let pools = pools(&router);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    for n in 1.. {
-        let update = format!("UPDATE {table} SET n = {n} WHERE user_id = 0");
-        keyed_write(&router, &pools, "user:0", &update).await;
-        let (seen, role) = keyed_read(&router, &pools, "user:0", &table).await;
-        assert_eq!(
-            seen,
-            Some(n),
-            "the keyed read from the {role:?} missed its write"
-        );
-        if role == Role::Replica {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no keyed read went to the replica in 10 s"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    keyed_reads_reach_a_replica(&router, &pools, &table).await;
     // Its connection's SQL thread stops: not applying, out of rotation.
     apply = blocking(move || {
         apply.stop_apply(3);
