@@ -881,3 +881,22 @@ async fn unseen_write_before_a_routed_one(
     );
     (still, apply)
 }
+
+/// A master url that reaches a replica (a balancer, a virtual IP mid-change): its position is
+/// not the master's, and pindb does not take it as one (the monitor would measure lag against
+/// the replica itself). `pindb status` says why.
+#[tokio::test]
+async fn a_master_url_that_reaches_a_replica_gives_no_master_position() {
+    let cluster = MariaDbCluster::from_env();
+    let router = Router::new(config(cluster.replica_url(1), &[cluster.replica_url(2)])).unwrap();
+    let status = router.status().await;
+    let master = &status[0];
+    assert_eq!(master.position, None, "{master:?}");
+    assert!(
+        master
+            .error
+            .as_deref()
+            .is_some_and(|e| e.contains("read_only")),
+        "{master:?}"
+    );
+}

@@ -154,11 +154,21 @@ impl Server {
         applied: bool,
         timeout: Duration,
     ) -> Result<(u32, GtidPosition), String> {
+        // The server's own domain (a session's `SET gtid_domain_id` is not the server's); a
+        // master's reading must come from a writable server: a URL that reached a replica
+        // (a balancer, a VIP mid-change) would measure lag against the replica itself.
         let sql = match applied {
-            true => "SELECT @@gtid_domain_id, @@gtid_slave_pos",
-            false => "SELECT @@gtid_domain_id, @@gtid_binlog_pos",
+            true => "SELECT @@global.gtid_domain_id, @@gtid_slave_pos, 0",
+            false => "SELECT @@global.gtid_domain_id, @@gtid_binlog_pos, @@global.read_only",
         };
         let row = self.row(sql, timeout).await?.ok_or("no row")?;
+        if column::<u64>(&row, 2)? != Some(0) {
+            return Err(
+                "it is read_only (a replica?), so its position is not the master's; \
+                        point the master's url at the writable master"
+                    .to_owned(),
+            );
+        }
         let domain: u32 = column(&row, 0)?.ok_or("no gtid_domain_id")?;
         let text: String = column(&row, 1)?.unwrap_or_default();
         let position = GtidPosition::parse(&text).map_err(|e| e.to_string())?;
