@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use mysql_async::prelude::Queryable;
 use mysql_async::{OptsBuilder, Pool};
 use pindb_core::{Config, PinDbError, Role, Router};
-use pindb_testkit::MariaDbCluster;
+use pindb_testkit::{MariaDbApplyControl, MariaDbCluster};
 
 fn config(master: &str, replicas: &[&str]) -> Config {
     let mut config = Config::single_set(master, replicas.iter().copied());
@@ -631,6 +631,48 @@ async fn replicas_that_also_carry_another_gtid_domain_still_serve_reads() {
     drop(apply);
 }
 
+/// A router whose user may write in another domain (`SET STATEMENT gtid_domain_id`): the
+/// admin (which the start-up check warns of), monitor started, with its pools.
+async fn as_admin(cluster: &MariaDbCluster) -> (Router, Vec<Pool>) {
+    let (master, r1, r2) = (
+        cluster.node_admin_url(0),
+        cluster.node_admin_url(1),
+        cluster.node_admin_url(2),
+    );
+    let router = Router::new(config(&master, &[&r1, &r2])).unwrap();
+    pindb_testkit::monitor_started(&router).await;
+    let pools = pools(&router);
+    (router, pools)
+}
+
+/// Replicas 1 and 2 stop receiving (their SQL threads run: they count as applying).
+async fn deaf(mut apply: MariaDbApplyControl) -> MariaDbApplyControl {
+    blocking(move || {
+        apply.stop_receiving(1);
+        apply.stop_receiving(2);
+        apply
+    })
+    .await
+}
+
+/// Whether both replicas still had all of domain 0 (a try is conclusive only then: another
+/// test's writes may land meanwhile); then they receive again and catch up.
+async fn hearing_again(
+    cluster: &MariaDbCluster,
+    mut apply: MariaDbApplyControl,
+) -> (bool, MariaDbApplyControl) {
+    let c = cluster.clone();
+    blocking(move || {
+        let master = pindb_testkit::gtid_seq(&c.gtid_binlog_pos(), 0);
+        let still = (1..=2).all(|r| pindb_testkit::gtid_seq(&c.gtid_slave_pos(r), 0) == master);
+        apply.start_receiving(1);
+        apply.start_receiving(2);
+        c.sync_replicas();
+        (still, apply)
+    })
+    .await
+}
+
 /// A keyed write made in another GTID domain (`SET STATEMENT gtid_domain_id = 7 FOR ..`): the
 /// master's position in the set's domain does not move with it, so it cannot prove a replica
 /// has it. The replicas stop receiving (their SQL threads run, so they count as applying, and
@@ -642,15 +684,7 @@ async fn a_keyed_write_made_in_another_gtid_domain_is_never_read_stale() {
     let mut apply = blocking(move || c.exclusive()).await;
     let table = fresh_table(&cluster, 1).await;
     gtids_in_another_domain(&cluster).await;
-    // pindb's user here may set the domain: the admin (which the start-up check warns of).
-    let (master, r1, r2) = (
-        cluster.node_admin_url(0),
-        cluster.node_admin_url(1),
-        cluster.node_admin_url(2),
-    );
-    let router = Router::new(config(&master, &[&r1, &r2])).unwrap();
-    pindb_testkit::monitor_started(&router).await;
-    let pools = pools(&router);
+    let (router, pools) = as_admin(&cluster).await;
     // Conclusive only if both replicas had all of the set's domain when the user read
     // (another test's writes may land meanwhile): tried until that held 3 times.
     let (mut conclusive, mut tries) = (0, 0);
@@ -660,12 +694,7 @@ async fn a_keyed_write_made_in_another_gtid_domain_is_never_read_stale() {
             tries <= 20,
             "the set's domain never stood still for one try"
         );
-        apply = blocking(move || {
-            apply.stop_receiving(1);
-            apply.stop_receiving(2);
-            apply
-        })
-        .await;
+        apply = deaf(apply).await;
         let update = format!(
             "SET STATEMENT gtid_domain_id = 7 FOR UPDATE {table} SET n = {tries} WHERE user_id = 0"
         );
@@ -676,16 +705,7 @@ async fn a_keyed_write_made_in_another_gtid_domain_is_never_read_stale() {
             Some(tries),
             "the keyed read from the {role:?} missed its write made in domain 7"
         );
-        let c = cluster.clone();
-        let (still, back) = blocking(move || {
-            let master = pindb_testkit::gtid_seq(&c.gtid_binlog_pos(), 0);
-            let still = (1..=2).all(|r| pindb_testkit::gtid_seq(&c.gtid_slave_pos(r), 0) == master);
-            apply.start_receiving(1);
-            apply.start_receiving(2);
-            c.sync_replicas();
-            (still, apply)
-        })
-        .await;
+        let (still, back) = hearing_again(&cluster, apply).await;
         apply = back;
         conclusive += u32::from(still);
     }
@@ -783,14 +803,7 @@ async fn a_write_in_another_domain_before_the_first_routed_one_is_never_read_sta
     let mut apply = blocking(move || c.exclusive()).await;
     let table = fresh_table(&cluster, 1).await;
     gtids_in_another_domain(&cluster).await;
-    let (master, r1, r2) = (
-        cluster.node_admin_url(0),
-        cluster.node_admin_url(1),
-        cluster.node_admin_url(2),
-    );
-    let router = Router::new(config(&master, &[&r1, &r2])).unwrap();
-    pindb_testkit::monitor_started(&router).await;
-    let pools = pools(&router);
+    let (router, pools) = as_admin(&cluster).await;
     // Each way tried until it was conclusive: both replicas had all of domain 0 when the
     // user read (another test's writes may land meanwhile), with a key of its own each try
     // (one recorded as unknown reads from the master for `ttl_seconds`).
@@ -821,14 +834,9 @@ async fn unseen_write_before_a_routed_one(
     table: &str,
     how: &str,
     n: u64,
-    mut apply: pindb_testkit::MariaDbApplyControl,
-) -> (bool, pindb_testkit::MariaDbApplyControl) {
-    apply = blocking(move || {
-        apply.stop_receiving(1);
-        apply.stop_receiving(2);
-        apply
-    })
-    .await;
+    mut apply: MariaDbApplyControl,
+) -> (bool, MariaDbApplyControl) {
+    apply = deaf(apply).await;
     let in_seven = format!(
         "SET STATEMENT gtid_domain_id = 7 FOR UPDATE {table} SET n = {n} WHERE user_id = 0"
     );
@@ -864,16 +872,7 @@ async fn unseen_write_before_a_routed_one(
         })
         .await;
     let (seen, role) = keyed_read(router, pools, &key, table).await;
-    let c = MariaDbCluster::from_env();
-    let (still, apply) = blocking(move || {
-        let master = pindb_testkit::gtid_seq(&c.gtid_binlog_pos(), 0);
-        let still = (1..=2).all(|r| pindb_testkit::gtid_seq(&c.gtid_slave_pos(r), 0) == master);
-        apply.start_receiving(1);
-        apply.start_receiving(2);
-        c.sync_replicas();
-        (still, apply)
-    })
-    .await;
+    let (still, apply) = hearing_again(&MariaDbCluster::from_env(), apply).await;
     assert_eq!(
         seen,
         Some(n),
