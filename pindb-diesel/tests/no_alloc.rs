@@ -101,6 +101,35 @@ fn a_held_read_allocates_no_more_than_plain_diesel_async() {
     });
 }
 
+/// Locks taken on the context by `N` routed reads on a held replica connection, after the
+/// two that settle the context's replica: none (the decision is remembered, see pindb-core's
+/// `ReadMemo`), where each used to take the context's lock.
+#[tokio::test]
+async fn a_held_read_that_changes_nothing_takes_no_lock() {
+    let w = World::new().await;
+    let db = PinDb::new(w.config(RouterMode::Greedy, &[1])).unwrap();
+    let taken = pindb_core::scope(async {
+        let ctx = pindb_core::Context::current().unwrap();
+        let mut routed = db.get();
+        let read = |id: i32| notes::table.find(id).select(notes::body);
+        for _ in 0..2 {
+            read(1).first::<String>(&mut routed).await.unwrap();
+        }
+        let before = ctx.locks_taken();
+        for _ in 0..N {
+            read(1).first::<String>(&mut routed).await.unwrap();
+        }
+        assert_eq!(routed.held_aliases(), ["default-1"]);
+        ctx.locks_taken() - before
+    })
+    .await;
+    assert_eq!(
+        taken, 0,
+        "{N} routed reads on a held replica connection took the context's lock {taken} times"
+    );
+    w.finish().await;
+}
+
 /// Bytes of the future a statement on `conn` returns (before it is polled): diesel-async
 /// boxes it, for plain connections and routed ones alike. `read` or `write` (an insert).
 macro_rules! future_bytes {

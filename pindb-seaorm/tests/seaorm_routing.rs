@@ -160,6 +160,32 @@ async fn a_routed_statement_future_is_no_bigger_than_plain_seaorm() {
     f.finish().await;
 }
 
+/// A read that decides as the last one did takes no lock on the context (pindb-core
+/// remembers the decision while nothing changes); each used to take it.
+#[tokio::test]
+async fn a_read_that_changes_nothing_takes_no_lock() {
+    let f = world().await;
+    let db = db(&f, RouterMode::Greedy, &[1]).await;
+    let stmt = Statement::from_string(DbBackend::Postgres, "SELECT 1");
+    let taken = scope(async {
+        let ctx = pindb_core::Context::current().unwrap();
+        for _ in 0..2 {
+            db.query_one_raw(stmt.clone()).await.unwrap();
+        }
+        let before = ctx.locks_taken();
+        for _ in 0..50 {
+            db.query_one_raw(stmt.clone()).await.unwrap();
+        }
+        ctx.locks_taken() - before
+    })
+    .await;
+    assert_eq!(
+        taken, 0,
+        "50 routed reads took the context's lock {taken} times"
+    );
+    f.finish().await;
+}
+
 #[tokio::test]
 async fn strict_refuses_every_unpinned_write_and_nothing_changes() {
     let f = world().await;

@@ -21,7 +21,9 @@ use tokio::task::JoinHandle;
 
 use crate::lsn::Lsn;
 
+mod memo;
 mod set;
+pub(crate) use memo::Remembered;
 pub(crate) use set::{SetState, Sticky};
 
 /// What a guard does to its set while it lives.
@@ -62,6 +64,8 @@ struct Shared {
     state: Mutex<State>,
     /// Woken whenever a write in flight lands ([`WriteFlight`](crate::adapter::WriteFlight)).
     landed: tokio::sync::Notify,
+    /// The last replica read that changed nothing: the next one takes no lock.
+    memo: memo::ReadMemo,
 }
 
 impl std::fmt::Debug for Context {
@@ -138,7 +142,8 @@ impl State {
         self.sets.iter()
     }
 
-    fn get(&self, set: &str) -> Option<&SetState> {
+    /// The entry for `set`, if this context has one.
+    pub(crate) fn entry(&self, set: &str) -> Option<&SetState> {
         self.sets.iter().find(|s| &*s.name == set)
     }
 
@@ -152,7 +157,7 @@ impl State {
     }
 
     pub(crate) fn is_pinned(&self, set: &str) -> bool {
-        self.get(set).is_some_and(|s| s.pin.is_some())
+        self.entry(set).is_some_and(|s| s.pin.is_some())
     }
 
     /// Pins `set`. Pinning in this context (a write, or `pin`) makes even a carried pin new,
@@ -222,7 +227,7 @@ impl State {
     /// `SetDomain::outside_seen` before this context's first write of `set`, if taken.
     pub(crate) fn outside_before(&self, set: &str) -> Option<u64> {
         let cleared = self.outside_cleared.iter().find(|(s, _)| &**s == set);
-        let entry = self.get(set).and_then(|e| e.outside_before);
+        let entry = self.entry(set).and_then(|e| e.outside_before);
         // The earliest, the cleared one; but 0 (pinned by hand) wins over any.
         match (cleared.map(|(_, seen)| *seen), entry) {
             (Some(0), _) | (_, Some(0)) => Some(0),
@@ -234,7 +239,7 @@ impl State {
     /// The master position of `set` learned with this context's writes, when it covers all
     /// of them (none unlearned).
     pub(crate) fn learned_position(&self, set: &str) -> Option<Lsn> {
-        let entry = self.get(set)?;
+        let entry = self.entry(set)?;
         match (entry.unlearned, self.unlearned_cleared) {
             (0, 0) => entry.learned,
             _ => None,
@@ -357,10 +362,33 @@ impl Context {
     pub(crate) fn lock(&self) -> MutexGuard<'_, State> {
         // A panic while holding the lock cannot leave the state half-updated in a harmful way
         // (each update is a single assignment), so a poisoned lock is still usable.
-        self.shared
+        let state = self
+            .shared
             .state
             .lock()
-            .unwrap_or_else(PoisonError::into_inner)
+            .unwrap_or_else(PoisonError::into_inner);
+        // Whatever this lock changes voids the read memo.
+        self.shared.memo.locked();
+        state
+    }
+
+    /// Under `_state` (this context's lock): a replica read that changed nothing, for the
+    /// next read of its set to decide without the lock ([`Context::recall_read`]).
+    pub(crate) fn remember_read(&self, _state: &MutexGuard<'_, State>, read: Remembered) {
+        self.shared.memo.remember(read);
+    }
+
+    /// The last replica read remembered, if this context's lock was not taken since. Takes
+    /// no lock.
+    pub(crate) fn recall_read(&self) -> Option<Remembered> {
+        self.shared.memo.recall()
+    }
+
+    /// How many times this context's state was locked (read or changed) so far: what shows
+    /// that a routed read on a held connection that changed nothing took no lock.
+    #[doc(hidden)]
+    pub fn locks_taken(&self) -> u64 {
+        self.shared.memo.locks()
     }
 
     /// Woken whenever a write in flight lands.

@@ -3,10 +3,12 @@
 //! One uncontended lock on the context per decision; no I/O, no allocation after a set's
 //! first use in a context.
 
+use std::sync::MutexGuard;
+
 use super::{Hint, Operation, Reason, Role, Route, Router};
 
 use crate::config::RouterMode;
-use crate::context::{with_current, GuardKind, State, Sticky};
+use crate::context::{with_current, Context, GuardKind, Remembered, State, Sticky};
 use crate::error::PinDbError;
 use crate::replica::NoReplica;
 use crate::topology::{SetEntry, Target};
@@ -78,6 +80,14 @@ impl Router {
         };
         // Before any replica's health is read (see `Route::epoch`).
         let epoch = self.inner.topology.set(s).epoch();
+        if commit {
+            if let Some(i) = self.read_again(s, hint) {
+                return Ok(Route {
+                    epoch,
+                    ..self.route(i, Role::Replica, Reason::Replica)
+                });
+            }
+        }
         let name = &self.inner.topology.set(s).name;
         // One lock for guard, pin, stickiness and the replica choice.
         let (reason, pick) = with_current(|ctx| {
@@ -104,6 +114,9 @@ impl Router {
             if commit && master_serves && self.inner.topology.set(s).master().is_some() {
                 state.set_mut(name).read_master = true;
             }
+            if commit && reason == Reason::Replica && !master_serves {
+                self.remember_read(ctx, &state, s);
+            }
             (reason, pick)
         })
         .unwrap_or_else(|| {
@@ -124,6 +137,55 @@ impl Router {
                     .increment(1);
                 self.master_route(s, reason)
             }
+        }
+    }
+
+    /// The replica the context's last read of set `s` went to, when that read changed
+    /// nothing ([`Router::remember_read`]) and a full decision would choose it again: the
+    /// context unchanged since (no lock taken on it), no staleness hint, and the replica on
+    /// the same host, carrying what this read reads and fit now. Takes no lock.
+    fn read_again(&self, s: usize, hint: &Hint<'_>) -> Option<usize> {
+        if hint.max_staleness.is_some() {
+            return None;
+        }
+        let memo = with_current(Context::recall_read).flatten()?;
+        let set = self.inner.topology.set(s);
+        let r = memo.replica.replica;
+        let again = memo.set == s
+            && r < set.replicas.len()
+            && self.sticky(set, r) == memo.replica
+            && set.covers(r, hint.footprint)
+            && set.health[r].fit(memo.required);
+        again.then(|| set.replicas[r])
+    }
+
+    /// After a read of set `s` went to a replica, under the context's lock: if it changed
+    /// nothing a later read would see (its replica kept, counted past the first reads, no
+    /// guard, pin, fallback or unreadable store), the next read of the set takes the same
+    /// decision without the lock ([`Router::read_again`]).
+    fn remember_read(&self, ctx: &Context, state: &MutexGuard<'_, State>, s: usize) {
+        let name = &self.inner.topology.set(s).name;
+        let Some(entry) = state.entry(name) else {
+            return;
+        };
+        let settled = state.guard(name).is_none()
+            && entry.pin.is_none()
+            && !state.store_unavailable
+            && !entry.failed_over
+            && !entry.read_master
+            // The count matters up to 2 (a first read fails over differently): past it, one
+            // more changes nothing.
+            && entry.replica_reads >= 2;
+        match entry.replica {
+            Some(kept) if settled && kept.router == self.inner.id => ctx.remember_read(
+                state,
+                Remembered {
+                    set: s,
+                    replica: kept,
+                    required: entry.required,
+                },
+            ),
+            _ => {}
         }
     }
 
@@ -570,6 +632,85 @@ mod tests {
                 Role::Master,
                 "capped at the ceiling"
             );
+        })
+        .await;
+    }
+
+    /// Two replicas at `Lsn(100)`, fresh now.
+    fn fresh() -> Router {
+        let router = lagging(AllLaggingPolicy::Master, 60_000);
+        let health = &router.inner.topology.set(0).health;
+        let proof = crate::freshness::Proof::ago;
+        health[0].set_position(Lsn(100), 0, proof(0), false, true, 0);
+        health[1].set_position(Lsn(100), 0, proof(0), false, true, 0);
+        router
+    }
+
+    fn locks() -> u64 {
+        crate::Context::current().unwrap().locks_taken()
+    }
+
+    /// Reads until the memo is made, then `n` more: the replica they went to, the locks
+    /// they took.
+    fn settled_reads(r: &Router, n: usize) -> (String, u64) {
+        let first = read(r, &Hint::default());
+        assert_eq!((first.0, first.1), (Role::Replica, Reason::Replica));
+        read(r, &Hint::default());
+        let before = locks();
+        for _ in 0..n {
+            assert_eq!(read(r, &Hint::default()), first);
+        }
+        (first.2, locks() - before)
+    }
+
+    #[tokio::test]
+    async fn a_read_that_changes_nothing_takes_no_lock() {
+        let r = fresh();
+        scope(async {
+            let (_, taken) = settled_reads(&r, 100);
+            assert_eq!(taken, 0, "100 reads of the kept replica took {taken} locks");
+        })
+        .await;
+    }
+
+    /// What voids the memo: every change of the context (a pin, a guard, a required
+    /// position), and a kept replica that no longer fits.
+    #[tokio::test]
+    async fn a_remembered_read_follows_every_change() {
+        let r = fresh();
+        scope(async {
+            settled_reads(&r, 1);
+            r.pin("default").unwrap();
+            assert_eq!(read(&r, &Hint::default()).1, Reason::Pinned);
+        })
+        .await;
+        scope(async {
+            settled_reads(&r, 1);
+            let guard = r.master("default").unwrap();
+            assert_eq!(read(&r, &Hint::default()).1, Reason::MasterGuard);
+            drop(guard);
+        })
+        .await;
+        let ctx = crate::context::Context::new();
+        ctx.clone()
+            .scope(async {
+                settled_reads(&r, 1);
+                ctx.require("default", Lsn(120));
+                assert_eq!(read(&r, &Hint::default()).0, Role::Master);
+            })
+            .await;
+        scope(async {
+            let (kept, _) = settled_reads(&r, 1);
+            let i = usize::from(kept == "default-2");
+            let proof = crate::freshness::Proof::ago;
+            let health = &r.inner.topology.set(0).health;
+            health[i].set_position(Lsn(100), 0, proof(20_000), true, true, 0);
+            let (role, _, alias) = read(&r, &Hint::default());
+            assert!(
+                role == Role::Master || alias != kept,
+                "read from {kept}, 20 s behind"
+            );
+            health[i].set_position(Lsn(100), 0, proof(0), false, true, 0);
         })
         .await;
     }
