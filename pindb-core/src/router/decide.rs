@@ -1,7 +1,8 @@
 //! The decisions themselves: resolving a hint to a set (delegates, the alias table), then the
 //! read and write rules (guards, pins, strict or greedy, stickiness) and the replica choice.
-//! One uncontended lock on the context per decision; no I/O, no allocation after a set's
-//! first use in a context.
+//! One uncontended lock on the context per decision, none for a replica read that decides as
+//! the context's last one did (`read_again`); no I/O, no allocation after a set's first use in
+//! a context.
 
 use std::sync::MutexGuard;
 
