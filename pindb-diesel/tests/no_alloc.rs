@@ -4,8 +4,9 @@
 //! plain diesel-async connection of the same pool: nothing more, on the master (a pinned
 //! context) and on a replica (where it keeps a copy to run the read again elsewhere if the
 //! replica fails). Counted per thread on a one-thread runtime, so the connections' own tasks
-//! count the same on both sides. And what a routed statement's future weighs: it is boxed
-//! (moved into its box) on every statement.
+//! count the same on both sides. What a routed statement's future weighs: it is boxed
+//! (moved into its box) on every statement. And the context's lock: a read on a held
+//! connection that decides as the last one did takes none.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
@@ -116,6 +117,7 @@ async fn a_held_read_that_changes_nothing_takes_no_lock() {
             read(1).first::<String>(&mut routed).await.unwrap();
         }
         let before = ctx.locks_taken();
+        assert!(before > 0, "the reads were decided outside the context");
         for _ in 0..N {
             read(1).first::<String>(&mut routed).await.unwrap();
         }

@@ -2,19 +2,19 @@
 //! takes no lock ([`ReadMemo`]).
 //!
 //! A read decision takes the context's lock: guards, pins, the required position and the
-//! kept replica live there. When a read of a set went to the replica the context keeps, and
-//! the decision changed nothing, the next read of the set decides the same as long as the
-//! context is unchanged and that replica still fits. Every change of a context takes its
-//! lock, and every lock counts ([`Context::lock`](super::Context)): a memo is valid only at
-//! the count it was made at. The replica's own state (health, lag, host) is read again each
-//! time, lock-free, as the full decision would.
+//! kept replica live there. Once a context has read a set from the replica it keeps, past the
+//! reads whose count the rules tell apart ([`SetState::settled`](super::SetState::settled)),
+//! the next read of the set decides the same as long as the context is unchanged and that
+//! replica still fits. Every change of a context takes its lock, and every lock counts
+//! (`Context::lock`): a memo is valid only at the count it was made at. The replica's own
+//! state (health, lag, host) is read again each time, lock-free, as the full decision would.
 
-use std::sync::atomic::{fence, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{fence, AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
 use super::Sticky;
 use crate::lsn::Lsn;
 
-/// A replica read that changed nothing, as of lock count `valid_at` (0: none, since counts
+/// The kept replica of a settled read, as of lock count `valid_at` (0: none, since counts
 /// start at 1 when the first lock is taken). A seqlock: written under the context's lock,
 /// read without it.
 #[derive(Default)]
@@ -27,12 +27,12 @@ pub(super) struct ReadMemo {
     set: AtomicUsize,
     replica: AtomicUsize,
     generation: AtomicU64,
-    /// The position required of the replica; `u64::MAX` with `required_none` set for none.
+    /// The position required of the replica (when `required_some`).
     required: AtomicU64,
-    required_none: AtomicU64,
+    required_some: AtomicBool,
 }
 
-/// What a memo says: the kept replica, with the position it must have.
+/// What a memo says: the set, its kept replica, and the position that replica must have.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Remembered {
     pub(crate) set: usize,
@@ -42,7 +42,7 @@ pub(crate) struct Remembered {
 
 impl ReadMemo {
     /// Under the context's lock, before anything changes: every memo made before is void.
-    pub(super) fn locked(&self) {
+    pub(super) fn count_lock(&self) {
         // One writer at a time (the lock is held): no read-modify-write needed.
         let count = self.locks.load(Ordering::Relaxed).wrapping_add(1);
         self.locks.store(count, Ordering::Relaxed);
@@ -50,8 +50,8 @@ impl ReadMemo {
         fence(Ordering::Release);
     }
 
-    /// Under the context's lock: this read changed nothing, and the next read of the set
-    /// decides the same while nothing changes.
+    /// Under the context's lock, its last change: the next read of the set decides as `memo`
+    /// says while nothing changes.
     pub(super) fn remember(&self, memo: Remembered) {
         self.router.store(memo.replica.router, Ordering::Relaxed);
         self.set.store(memo.set, Ordering::Relaxed);
@@ -59,9 +59,9 @@ impl ReadMemo {
         self.generation
             .store(memo.replica.generation, Ordering::Relaxed);
         self.required
-            .store(memo.required.map_or(u64::MAX, |l| l.0), Ordering::Relaxed);
-        self.required_none
-            .store(u64::from(memo.required.is_none()), Ordering::Relaxed);
+            .store(memo.required.map_or(0, |l| l.0), Ordering::Relaxed);
+        self.required_some
+            .store(memo.required.is_some(), Ordering::Relaxed);
         self.valid_at
             .store(self.locks.load(Ordering::Relaxed), Ordering::Release);
     }
@@ -79,10 +79,10 @@ impl ReadMemo {
                 replica: self.replica.load(Ordering::Relaxed),
                 generation: self.generation.load(Ordering::Relaxed),
             },
-            required: match self.required_none.load(Ordering::Relaxed) {
-                0 => Some(Lsn(self.required.load(Ordering::Relaxed))),
-                _ => None,
-            },
+            required: self
+                .required_some
+                .load(Ordering::Relaxed)
+                .then(|| Lsn(self.required.load(Ordering::Relaxed))),
         };
         // A lock taken while the fields were read shows here (seqlock reader).
         fence(Ordering::Acquire);
@@ -90,6 +90,7 @@ impl ReadMemo {
     }
 
     /// How many times the context's lock was taken.
+    #[cfg(any(test, feature = "test-hooks"))]
     pub(super) fn locks(&self) -> u64 {
         self.locks.load(Ordering::Relaxed)
     }

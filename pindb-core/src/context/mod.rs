@@ -368,12 +368,12 @@ impl Context {
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         // Whatever this lock changes voids the read memo.
-        self.shared.memo.locked();
+        self.shared.memo.count_lock();
         state
     }
 
-    /// Under `_state` (this context's lock): a replica read that changed nothing, for the
-    /// next read of its set to decide without the lock ([`Context::recall_read`]).
+    /// Under `_state`, this context's lock (the last change made under it): a replica read
+    /// the next read of its set may decide as, without the lock ([`Context::recall_read`]).
     pub(crate) fn remember_read(&self, _state: &MutexGuard<'_, State>, read: Remembered) {
         self.shared.memo.remember(read);
     }
@@ -385,7 +385,9 @@ impl Context {
     }
 
     /// How many times this context's state was locked (read or changed) so far: what shows
-    /// that a routed read on a held connection that changed nothing took no lock.
+    /// that a routed read on a held connection that changed nothing took no lock. For tests
+    /// (feature `test-hooks`).
+    #[cfg(any(test, feature = "test-hooks"))]
     #[doc(hidden)]
     pub fn locks_taken(&self) -> u64 {
         self.shared.memo.locks()

@@ -23,7 +23,8 @@ pub(crate) struct SetState {
     pub(crate) replica: Option<Sticky>,
     /// The WAL position a replica must have replayed to serve this context (read-your-writes).
     pub(crate) required: Option<Lsn>,
-    /// Reads of this set routed to `replica` so far.
+    /// Reads of this set routed to `replica` so far, counted until [`SetState::settled`]: the
+    /// rules tell none, one and more apart, nothing else.
     pub(crate) replica_reads: u32,
     /// A replica this context had read from failed: the rest of its reads of the set go to
     /// the master, the one server known to be past whatever it read (monotonic reads).
@@ -72,6 +73,14 @@ impl SetState {
 
     pub(crate) fn name(&self) -> &Arc<str> {
         &self.name
+    }
+
+    /// More reads of `replica` change nothing any rule tells apart: the rules compare
+    /// `replica_reads` with 0 (read before: monotonic reads) and 1 (`Router::reroute`: a
+    /// replica that failed the context's first read may be swapped for another). A settled
+    /// read may be remembered, uncounted (the context's read memo).
+    pub(crate) fn settled(&self) -> bool {
+        self.replica_reads > 1
     }
 
     /// A write of this set may still commit after now, at a position not known now.

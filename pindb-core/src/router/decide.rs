@@ -153,6 +153,7 @@ impl Router {
         let set = self.inner.topology.set(s);
         let r = memo.replica.replica;
         let again = memo.set == s
+            && set.replicas_enabled()
             && r < set.replicas.len()
             && self.sticky(set, r) == memo.replica
             && set.covers(r, hint.footprint)
@@ -160,33 +161,24 @@ impl Router {
         again.then(|| set.replicas[r])
     }
 
-    /// After a read of set `s` went to a replica, under the context's lock: if it changed
-    /// nothing a later read would see (its replica kept, counted past the first reads, no
-    /// guard, pin, fallback or unreadable store), the next read of the set takes the same
+    /// After a read of set `s` went to the replica the context keeps (no guard, pin,
+    /// fallback or unreadable store: `pick_replica` said so), under the context's lock, its
+    /// last change: once the reads are settled, the next read of the set may take the same
     /// decision without the lock ([`Router::read_again`]).
     fn remember_read(&self, ctx: &Context, state: &MutexGuard<'_, State>, s: usize) {
-        let name = &self.inner.topology.set(s).name;
-        let Some(entry) = state.entry(name) else {
+        let Some(entry) = state.entry(&self.inner.topology.set(s).name) else {
             return;
         };
-        let settled = state.guard(name).is_none()
-            && entry.pin.is_none()
-            && !state.store_unavailable
-            && !entry.failed_over
-            && !entry.read_master
-            // The count matters up to 2 (a first read fails over differently): past it, one
-            // more changes nothing.
-            && entry.replica_reads >= 2;
-        match entry.replica {
-            Some(kept) if settled && kept.router == self.inner.id => ctx.remember_read(
+        if let Some(kept) = entry.replica.filter(|_| entry.settled()) {
+            let required = entry.required;
+            ctx.remember_read(
                 state,
                 Remembered {
                     set: s,
                     replica: kept,
-                    required: entry.required,
+                    required,
                 },
-            ),
-            _ => {}
+            );
         }
     }
 
@@ -633,85 +625,6 @@ mod tests {
                 Role::Master,
                 "capped at the ceiling"
             );
-        })
-        .await;
-    }
-
-    /// Two replicas at `Lsn(100)`, fresh now.
-    fn fresh() -> Router {
-        let router = lagging(AllLaggingPolicy::Master, 60_000);
-        let health = &router.inner.topology.set(0).health;
-        let proof = crate::freshness::Proof::ago;
-        health[0].set_position(Lsn(100), 0, proof(0), false, true, 0);
-        health[1].set_position(Lsn(100), 0, proof(0), false, true, 0);
-        router
-    }
-
-    fn locks() -> u64 {
-        crate::Context::current().unwrap().locks_taken()
-    }
-
-    /// Reads until the memo is made, then `n` more: the replica they went to, the locks
-    /// they took.
-    fn settled_reads(r: &Router, n: usize) -> (String, u64) {
-        let first = read(r, &Hint::default());
-        assert_eq!((first.0, first.1), (Role::Replica, Reason::Replica));
-        read(r, &Hint::default());
-        let before = locks();
-        for _ in 0..n {
-            assert_eq!(read(r, &Hint::default()), first);
-        }
-        (first.2, locks() - before)
-    }
-
-    #[tokio::test]
-    async fn a_read_that_changes_nothing_takes_no_lock() {
-        let r = fresh();
-        scope(async {
-            let (_, taken) = settled_reads(&r, 100);
-            assert_eq!(taken, 0, "100 reads of the kept replica took {taken} locks");
-        })
-        .await;
-    }
-
-    /// What voids the memo: every change of the context (a pin, a guard, a required
-    /// position), and a kept replica that no longer fits.
-    #[tokio::test]
-    async fn a_remembered_read_follows_every_change() {
-        let r = fresh();
-        scope(async {
-            settled_reads(&r, 1);
-            r.pin("default").unwrap();
-            assert_eq!(read(&r, &Hint::default()).1, Reason::Pinned);
-        })
-        .await;
-        scope(async {
-            settled_reads(&r, 1);
-            let guard = r.master("default").unwrap();
-            assert_eq!(read(&r, &Hint::default()).1, Reason::MasterGuard);
-            drop(guard);
-        })
-        .await;
-        let ctx = crate::context::Context::new();
-        ctx.clone()
-            .scope(async {
-                settled_reads(&r, 1);
-                ctx.require("default", Lsn(120));
-                assert_eq!(read(&r, &Hint::default()).0, Role::Master);
-            })
-            .await;
-        scope(async {
-            let (kept, _) = settled_reads(&r, 1);
-            let i = usize::from(kept == "default-2");
-            let proof = crate::freshness::Proof::ago;
-            let health = &r.inner.topology.set(0).health;
-            health[i].set_position(Lsn(100), 0, proof(20_000), true, true, 0);
-            let (role, _, alias) = read(&r, &Hint::default());
-            assert!(
-                role == Role::Master || alias != kept,
-                "read from {kept}, 20 s behind"
-            );
-            health[i].set_position(Lsn(100), 0, proof(0), false, true, 0);
         })
         .await;
     }

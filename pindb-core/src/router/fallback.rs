@@ -299,8 +299,9 @@ impl Router {
                     (same_host && set.health[c].fit(entry.required) && covers(c)).then_some(c)
                 }
                 // The failed read counted one; more means the context read from it before,
-                // and another replica may be behind what it read: the master.
-                _ if mine && entry.replica_reads > 1 || attempt >= retries => {
+                // and another replica may be behind what it read: the master. (`settled`:
+                // reads remembered by the context's read memo are not counted past it.)
+                _ if mine && entry.settled() || attempt >= retries => {
                     entry.failed_over = mine || entry.replica_reads > 0;
                     None
                 }

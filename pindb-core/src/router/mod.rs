@@ -4,7 +4,8 @@
 //! This module owns the strict/greedy/disabled rules, delegate chains and guards; `route.rs`
 //! holds the vocabulary ([`Route`], [`Hint`], ...), `builder.rs` the construction, `global.rs`
 //! the router behind the free functions. A decision reads the context under one uncontended
-//! lock and does not allocate (the first decision for a set in a context adds its entry). It
+//! lock (none for a replica read that decides as the context's last one did: its read memo)
+//! and does not allocate (the first decision for a set in a context adds its entry). It
 //! does no I/O: the alias table is the [`Topology`], the I/O of read-your-writes is
 //! [`Consistency`]'s, and adapters act on the [`Route`] returned.
 
@@ -28,6 +29,8 @@ mod builder;
 mod decide;
 mod fallback;
 mod global;
+#[cfg(test)]
+mod memo_tests;
 #[cfg(test)]
 mod monotonic_tests;
 mod promotion;
