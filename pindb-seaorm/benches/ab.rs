@@ -2,7 +2,9 @@
 //! Interleaved A/B, SeaORM: `find_by_id` through `pindb_seaorm::PinDb` in a pinning context
 //! vs. a plain `DatabaseConnection` to the same replica. Needs the dev cluster
 //! (`scripts/cluster up`). `cargo bench -p pindb-seaorm --bench ab`; with `--features mariadb`
-//! the same on the cluster's MariaDB set too.
+//! the same on the cluster's MariaDB set too. `PINDB_AB_PROFILE=plain|routed` runs one side
+//! alone for `PINDB_AB_SECONDS` (10) and prints its queries, for a profiler
+//! (`scripts/instructions seaorm`).
 
 use std::hint::black_box;
 use std::time::{Duration, Instant};
@@ -70,12 +72,36 @@ fn main() {
         let direct = Database::connect(opts).await.unwrap();
         plain(&direct).await;
         routed(&db).await;
+        if let Ok(side) = std::env::var("PINDB_AB_PROFILE") {
+            profile(&side, &direct, &db).await;
+            schema.drop().await;
+            return;
+        }
         let (p, r) = interleave(BATCH, || plain(&direct), || routed(&db)).await;
         report("SeaORM find_by_id", &p, &r);
         schema.drop().await;
         #[cfg(feature = "mariadb")]
         mariadb().await;
     });
+}
+
+/// One side alone for `PINDB_AB_SECONDS`, in batches: what a profiler divides by.
+async fn profile(side: &str, direct: &DatabaseConnection, db: &PinDb) {
+    let seconds: u64 = std::env::var("PINDB_AB_SECONDS").map_or(10, |s| {
+        s.parse()
+            .unwrap_or_else(|e| panic!("PINDB_AB_SECONDS={s}: {e}"))
+    });
+    let end = Instant::now() + Duration::from_secs(seconds);
+    let mut queries = 0u64;
+    while Instant::now() < end {
+        match side {
+            "plain" => plain(direct).await,
+            "routed" => routed(db).await,
+            other => panic!("PINDB_AB_PROFILE={other}: expected plain or routed"),
+        };
+        queries += u64::from(BATCH);
+    }
+    println!("{side}: {queries} queries");
 }
 
 /// The same A/B on the MariaDB set's first replica.

@@ -377,9 +377,8 @@ impl Router {
     /// that names one is a write); the main table when delegates need it; the read's
     /// footprint when a logical replica may carry only some tables.
     pub fn shape_of(&self, sql: &str) -> Shape {
-        self.inner
-            .statements
-            .shape_of(sql, self.has_delegates(), self.inner.topology.has_partial())
+        let (table, footprint) = (self.has_delegates(), self.inner.topology.has_partial());
+        (self.inner.statements).shape_of(self.inner.id, sql, table, footprint)
     }
 
     /// The decision [`Router::route_sql`] would make, without pinning anything: how

@@ -1,8 +1,11 @@
 //! What the router knows about statements beyond their text: the configured
 //! `write_functions` / `write_relations`, and statements a replica refused (learned once per
-//! process, so the next one goes straight to the master).
+//! process, so the next one goes straight to the master). And the shapes of texts it
+//! classified, per thread: an ORM that hands pindb SQL text (SeaORM, diesel's `sql_query`)
+//! sends the same few texts again and again, and classifying one costs microseconds.
 
-use std::collections::HashSet;
+use std::cell::RefCell;
+use std::collections::{HashMap, HashSet};
 use std::hash::{BuildHasher, RandomState};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{PoisonError, RwLock};
@@ -14,6 +17,27 @@ use crate::config::Config;
 /// At most this many refused statements are remembered: SQL with inlined literals must not
 /// grow the set without bound (a forgotten one costs one more refusal, then is learned again).
 const MAX_LEARNED: usize = 10_000;
+
+/// At most this many shapes are kept per thread, of texts up to `MAX_CACHED_LEN` bytes: SQL
+/// with inlined literals must not grow the cache without bound (a full cache starts over).
+const MAX_CACHED: usize = 256;
+const MAX_CACHED_LEN: usize = 4096;
+
+/// A text's shape as its router's configuration makes it (what a replica refused is learned
+/// at run time: checked on every statement), with the router and the text it is of.
+struct Cached {
+    router: u64,
+    sql: Box<str>,
+    shape: Shape,
+}
+
+thread_local! {
+    // Per thread, so the hot path takes no lock; keyed by a hash of router and text with a
+    // seed of its own (an entry whose hash collides is replaced, never confused: the text is
+    // compared).
+    static SHAPES: RefCell<(foldhash::fast::RandomState, HashMap<u64, Cached>)> =
+        RefCell::default();
+}
 
 pub(super) struct Statements {
     /// The SQL of the router's databases.
@@ -48,12 +72,51 @@ impl Statements {
         }
     }
 
-    /// `with_footprint`: some replica carries only some tables.
-    pub(super) fn shape_of(&self, sql: &str, with_table: bool, with_footprint: bool) -> Shape {
+    /// `with_table`: delegates need the main table; `with_footprint`: some replica carries
+    /// only some tables (both fixed for a router, `router`).
+    pub(super) fn shape_of(
+        &self,
+        router: u64,
+        sql: &str,
+        with_table: bool,
+        with_footprint: bool,
+    ) -> Shape {
+        let mut shape = match sql.len() <= MAX_CACHED_LEN {
+            true => SHAPES.with(|cache| {
+                let (hasher, shapes) = &mut *cache.borrow_mut();
+                let key = hasher.hash_one((router, sql));
+                match shapes.get(&key) {
+                    Some(hit) if hit.router == router && *hit.sql == *sql => hit.shape.clone(),
+                    _ => {
+                        let shape = self.configured(sql, with_table, with_footprint);
+                        if shapes.len() >= MAX_CACHED {
+                            shapes.clear();
+                        }
+                        let sql = sql.into();
+                        let cached = Cached {
+                            router,
+                            sql,
+                            shape: shape.clone(),
+                        };
+                        shapes.insert(key, cached);
+                        shape
+                    }
+                }
+            }),
+            false => self.configured(sql, with_table, with_footprint),
+        };
+        if shape.op == Operation::Read && self.refused(sql) {
+            shape.op = Operation::Write;
+            shape.footprint = None;
+        }
+        shape
+    }
+
+    /// The shape of `sql` under the configuration: pindb's classifier, then the configured
+    /// `write_functions` / `write_relations`.
+    fn configured(&self, sql: &str, with_table: bool, with_footprint: bool) -> Shape {
         let mut shape = Shape::of_sql_in(self.dialect, sql, with_table);
-        if shape.op == Operation::Read
-            && (mentions(self.dialect, sql, &self.names) || self.refused(sql))
-        {
+        if shape.op == Operation::Read && mentions(self.dialect, sql, &self.names) {
             shape.op = Operation::Write;
         }
         if with_footprint && shape.op == Operation::Read {
@@ -81,5 +144,58 @@ impl Statements {
         let new = refused.insert(self.hasher.hash_one(sql));
         self.any_refused.store(true, Ordering::Release);
         new
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::adapter::ReplicaFailure;
+    use crate::config::Config;
+    use crate::router::{Operation, Router};
+
+    fn router(write_functions: &[&str]) -> Router {
+        let mut config =
+            Config::single_set("postgres://m@127.0.0.1:1/a", ["postgres://r@127.0.0.1:2/a"]);
+        config.write_functions = write_functions.iter().map(|f| f.to_string()).collect();
+        Router::new(config).unwrap()
+    }
+
+    /// A text's shape is kept per router: two routers that see the same text differently
+    /// each keep their own, and a statement a replica refuses is a write from then on,
+    /// however often its text was seen before.
+    #[test]
+    fn a_kept_shape_is_its_routers_and_yields_to_a_refusal() {
+        let sql = "SELECT bump_views($1)";
+        let (plain, configured) = (router(&[]), router(&["bump_views"]));
+        for _ in 0..3 {
+            assert_eq!(plain.shape_of(sql).op, Operation::Read);
+            assert_eq!(configured.shape_of(sql).op, Operation::Write);
+        }
+        let replica = plain.topology().index_of("default-1").unwrap();
+        let refused = ReplicaFailure::Refused;
+        plain.reroute(replica, refused, 0, sql, &"test").unwrap();
+        assert_eq!(plain.shape_of(sql).op, Operation::Write);
+        let other = "SELECT id FROM notes";
+        assert_eq!(plain.shape_of(other).op, Operation::Read, "only that text");
+    }
+
+    /// Texts past the cache's bound, or longer than it keeps, are classified all the same.
+    #[test]
+    fn a_full_cache_starts_over() {
+        let r = router(&[]);
+        for i in 0..2 * super::MAX_CACHED {
+            let sql = format!("SELECT {i} FROM notes");
+            assert_eq!(r.shape_of(&sql).op, Operation::Read);
+            assert_eq!(
+                r.shape_of(&format!("DELETE FROM notes WHERE id = {i}")).op,
+                Operation::Write
+            );
+        }
+        let long = format!(
+            "UPDATE notes SET body = '{}'",
+            "x".repeat(super::MAX_CACHED_LEN)
+        );
+        assert_eq!(r.shape_of(&long).op, Operation::Write);
+        super::SHAPES.with(|c| assert!(c.borrow().1.len() <= super::MAX_CACHED));
     }
 }
