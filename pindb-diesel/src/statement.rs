@@ -8,8 +8,10 @@
 use std::any::TypeId;
 use std::cell::RefCell;
 use std::collections::HashMap;
+use std::hash::Hash;
 use std::marker::PhantomData;
 use std::sync::Arc;
+use std::thread::LocalKey;
 
 use diesel::query_builder::{AstPass, Query, QueryFragment, QueryId};
 use diesel::result::QueryResult;
@@ -70,6 +72,23 @@ thread_local! {
     static SQL: RefCell<ByType<(TypeId, TypeId), Arc<str>>> = RefCell::default();
 }
 
+/// `key`'s value in this thread's `cache`; `None` where the cache cannot be used (this
+/// thread's locals being destroyed: a statement run from another local's destructor).
+fn cached<K: Hash + Eq, V: Clone>(
+    cache: &'static LocalKey<RefCell<ByType<K, V>>>,
+    key: &K,
+) -> Option<V> {
+    cache
+        .try_with(|c| c.try_borrow().ok()?.get(key).cloned())
+        .ok()
+        .flatten()
+}
+
+/// Keeps `value` for `key` in this thread's `cache`, where it can be used.
+fn keep<K: Hash + Eq, V>(cache: &'static LocalKey<RefCell<ByType<K, V>>>, key: K, value: V) {
+    let _ = cache.try_with(|c| c.try_borrow_mut().map(|mut c| c.insert(key, value)));
+}
+
 /// The shape of `query`: cached by its static `QueryId` when it has one (with the table
 /// worked out once), else rendered each time (and the table only looked for when asked).
 /// A router routes one backend, so its instance id keys the backend too.
@@ -82,7 +101,7 @@ where
         return Ok(router.shape_of(&B::render(query)?));
     };
     let key = (id, router.instance_id());
-    if let Some(shape) = SHAPES.with(|c| c.borrow().get(&key).cloned()) {
+    if let Some(shape) = cached(&SHAPES, &key) {
         return Ok(shape);
     }
     // Diesel's own rule: only a statement whose SQL is fixed by its type is cached by type.
@@ -91,7 +110,7 @@ where
         return Ok(router.shape_of(&B::render(query)?));
     }
     let shape = router.shape_of(&B::render(query)?);
-    SHAPES.with(|c| c.borrow_mut().insert(key, shape.clone()));
+    keep(&SHAPES, key, shape.clone());
     Ok(shape)
 }
 
@@ -103,7 +122,8 @@ where
     T: QueryFragment<B> + QueryId,
 {
     if let Some(id) = T::query_id() {
-        SHAPES.with(|c| c.borrow_mut().remove(&(id, router.instance_id())));
+        let key = (id, router.instance_id());
+        let _ = SHAPES.try_with(|c| c.try_borrow_mut().map(|mut c| c.remove(&key)));
     }
     B::render(query).unwrap_or_default()
 }
@@ -150,11 +170,11 @@ where
     T: QueryFragment<B>,
 {
     let key = (TypeId::of::<B>(), id);
-    if let Some(sql) = SQL.with(|c| c.borrow().get(&key).cloned()) {
+    if let Some(sql) = cached(&SQL, &key) {
         return Ok(sql);
     }
     let sql: Arc<str> = B::render(query)?.into();
-    SQL.with(|c| c.borrow_mut().insert(key, Arc::clone(&sql)));
+    keep(&SQL, key, Arc::clone(&sql));
     Ok(sql)
 }
 

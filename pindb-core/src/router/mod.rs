@@ -339,8 +339,8 @@ impl Router {
         &self.inner.consistency
     }
 
-    /// Distinct for each router built (clones share it): adapters key per-router caches
-    /// by it.
+    /// Distinct for each router built (clones share it), never reused: per-router caches
+    /// (the adapters', pindb-core's shapes of SQL texts) are keyed by it.
     pub fn instance_id(&self) -> u64 {
         self.inner.id
     }
@@ -375,7 +375,8 @@ impl Router {
     /// What the router makes of `sql`: pindb's classifier, then the configured
     /// `write_functions` / `write_relations` and the statements a replica refused (a read
     /// that names one is a write); the main table when delegates need it; the read's
-    /// footprint when a logical replica may carry only some tables.
+    /// footprint when a logical replica may carry only some tables. Kept per thread for the
+    /// texts seen last (what a replica refused is checked every time).
     pub fn shape_of(&self, sql: &str) -> Shape {
         let (table, footprint) = (self.has_delegates(), self.inner.topology.has_partial());
         (self.inner.statements).shape_of(self.inner.id, sql, table, footprint)

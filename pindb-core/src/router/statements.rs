@@ -18,10 +18,12 @@ use crate::config::Config;
 /// grow the set without bound (a forgotten one costs one more refusal, then is learned again).
 const MAX_LEARNED: usize = 10_000;
 
-/// At most this many shapes are kept per thread, of texts up to `MAX_CACHED_LEN` bytes: SQL
-/// with inlined literals must not grow the cache without bound (a full cache starts over).
+/// Per thread, at most this many shapes, of texts up to `MAX_CACHED_LEN` bytes and
+/// `MAX_CACHED_BYTES` in all (so at most about 256 KiB a thread): SQL with inlined literals
+/// must not grow the cache without bound (a full cache starts over).
 const MAX_CACHED: usize = 256;
 const MAX_CACHED_LEN: usize = 4096;
+const MAX_CACHED_BYTES: usize = 256 * 1024;
 
 /// A text's shape as its router's configuration makes it (what a replica refused is learned
 /// at run time: checked on every statement), with the router and the text it is of.
@@ -31,12 +33,19 @@ struct Cached {
     shape: Shape,
 }
 
+/// A thread's kept shapes, the hasher of their keys, and the bytes of their texts.
+#[derive(Default)]
+struct Kept {
+    hasher: foldhash::fast::RandomState,
+    shapes: HashMap<u64, Cached>,
+    bytes: usize,
+}
+
 thread_local! {
     // Per thread, so the hot path takes no lock; keyed by a hash of router and text with a
     // seed of its own (an entry whose hash collides is replaced, never confused: the text is
     // compared).
-    static SHAPES: RefCell<(foldhash::fast::RandomState, HashMap<u64, Cached>)> =
-        RefCell::default();
+    static SHAPES: RefCell<Kept> = RefCell::default();
 }
 
 pub(super) struct Statements {
@@ -72,8 +81,8 @@ impl Statements {
         }
     }
 
-    /// `with_table`: delegates need the main table; `with_footprint`: some replica carries
-    /// only some tables (both fixed for a router, `router`).
+    /// `router` is the router's instance id; `with_table` (delegates need the main table) and
+    /// `with_footprint` (some replica carries only some tables) are fixed per router.
     pub(super) fn shape_of(
         &self,
         router: u64,
@@ -81,35 +90,54 @@ impl Statements {
         with_table: bool,
         with_footprint: bool,
     ) -> Shape {
-        let mut shape = match sql.len() <= MAX_CACHED_LEN {
-            true => SHAPES.with(|cache| {
-                let (hasher, shapes) = &mut *cache.borrow_mut();
-                let key = hasher.hash_one((router, sql));
-                match shapes.get(&key) {
-                    Some(hit) if hit.router == router && *hit.sql == *sql => hit.shape.clone(),
-                    _ => {
-                        let shape = self.configured(sql, with_table, with_footprint);
-                        if shapes.len() >= MAX_CACHED {
-                            shapes.clear();
-                        }
-                        let sql = sql.into();
-                        let cached = Cached {
-                            router,
-                            sql,
-                            shape: shape.clone(),
-                        };
-                        shapes.insert(key, cached);
-                        shape
-                    }
-                }
-            }),
-            false => self.configured(sql, with_table, with_footprint),
-        };
+        let kept = (sql.len() <= MAX_CACHED_LEN)
+            .then(|| self.kept(router, sql, with_table, with_footprint))
+            .flatten();
+        let mut shape = kept.unwrap_or_else(|| self.configured(sql, with_table, with_footprint));
         if shape.op == Operation::Read && self.refused(sql) {
             shape.op = Operation::Write;
             shape.footprint = None;
         }
         shape
+    }
+
+    /// The shape of `sql` from this thread's cache, classified and kept on a miss; `None`
+    /// where the cache cannot be used (this thread's locals being destroyed).
+    fn kept(
+        &self,
+        router: u64,
+        sql: &str,
+        with_table: bool,
+        with_footprint: bool,
+    ) -> Option<Shape> {
+        SHAPES
+            .try_with(|cache| {
+                // Nothing under the borrow calls back here; a failed borrow classifies anew.
+                let mut kept = cache.try_borrow_mut().ok()?;
+                let key = kept.hasher.hash_one((router, sql));
+                if let Some(hit) = kept.shapes.get(&key) {
+                    if hit.router == router && *hit.sql == *sql {
+                        return Some(hit.shape.clone());
+                    }
+                }
+                let shape = self.configured(sql, with_table, with_footprint);
+                if kept.shapes.len() >= MAX_CACHED || kept.bytes + sql.len() > MAX_CACHED_BYTES {
+                    kept.shapes.clear();
+                    kept.bytes = 0;
+                }
+                let cached = Cached {
+                    router,
+                    sql: sql.into(),
+                    shape: shape.clone(),
+                };
+                if let Some(replaced) = kept.shapes.insert(key, cached) {
+                    kept.bytes -= replaced.sql.len();
+                }
+                kept.bytes += sql.len();
+                Some(shape)
+            })
+            .ok()
+            .flatten()
     }
 
     /// The shape of `sql` under the configuration: pindb's classifier, then the configured
@@ -191,11 +219,31 @@ mod tests {
                 Operation::Write
             );
         }
+        let kept = || super::SHAPES.with(|c| c.borrow().shapes.len());
+        let before = kept();
         let long = format!(
             "UPDATE notes SET body = '{}'",
             "x".repeat(super::MAX_CACHED_LEN)
         );
         assert_eq!(r.shape_of(&long).op, Operation::Write);
-        super::SHAPES.with(|c| assert!(c.borrow().1.len() <= super::MAX_CACHED));
+        assert_eq!(
+            kept(),
+            before,
+            "a text longer than the cache keeps is not kept"
+        );
+        assert!(before <= super::MAX_CACHED);
+        super::SHAPES.with(|c| assert!(c.borrow().bytes <= super::MAX_CACHED_BYTES));
+    }
+
+    /// Where this thread's cache cannot be used (taken, or its locals being destroyed), the
+    /// text is classified all the same, no panic.
+    #[test]
+    fn without_the_cache_a_text_is_classified_anew() {
+        let r = router(&["bump_views"]);
+        super::SHAPES.with(|c| {
+            let _taken = c.borrow_mut();
+            assert_eq!(r.shape_of("SELECT bump_views($1)").op, Operation::Write);
+            assert_eq!(r.shape_of("SELECT 1").op, Operation::Read);
+        });
     }
 }
