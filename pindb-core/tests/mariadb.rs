@@ -41,6 +41,20 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> 
         .expect("the helper ran")
 }
 
+/// The cluster, its replicas' replication this test's alone: it stops, pauses or deafens them.
+async fn exclusive() -> (MariaDbCluster, MariaDbApplyControl) {
+    let cluster = MariaDbCluster::from_env();
+    let c = cluster.clone();
+    (cluster, blocking(move || c.exclusive()).await)
+}
+
+/// The cluster, its replicas' replication left running (shared with other such tests).
+async fn shared() -> (MariaDbCluster, pindb_testkit::MariaDbSharedApply) {
+    let cluster = MariaDbCluster::from_env();
+    let c = cluster.clone();
+    (cluster, blocking(move || c.shared()).await)
+}
+
 async fn fresh_table(cluster: &MariaDbCluster, users: u64) -> String {
     let table = format!("hunt_{}", fastrand::u32(..));
     let (c, t) = (cluster.clone(), table.clone());
@@ -63,9 +77,7 @@ async fn fresh_table(cluster: &MariaDbCluster, users: u64) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_monitor_follows_a_replica_that_stops_applying() {
-    let cluster = MariaDbCluster::from_env();
-    let c = cluster.clone();
-    let mut apply = blocking(move || c.exclusive()).await;
+    let (cluster, mut apply) = exclusive().await;
     let router = Router::new(config(
         cluster.master_url(),
         &[cluster.replica_url(1), cluster.replica_url(2)],
@@ -126,9 +138,7 @@ async fn the_monitor_follows_a_replica_that_stops_applying() {
 
 #[tokio::test]
 async fn the_start_up_check_refuses_what_is_not_a_replica_of_the_master() {
-    let cluster = MariaDbCluster::from_env();
-    let c = cluster.clone();
-    let _apply = blocking(move || c.shared()).await;
+    let (cluster, _apply) = shared().await;
     let refused = |config: Config| async {
         match Router::new(config).unwrap().start_monitor().await {
             Err(PinDbError::Config { alias, problem, .. }) => (alias, problem),
@@ -150,9 +160,7 @@ async fn the_start_up_check_refuses_what_is_not_a_replica_of_the_master() {
 /// replica given directly is not, nor the endpoint with its servers declared.
 #[tokio::test]
 async fn a_replica_url_that_reaches_several_servers_is_refused_at_start_up() {
-    let cluster = MariaDbCluster::from_env();
-    let c = cluster.clone();
-    let _apply = blocking(move || c.shared()).await;
+    let (cluster, _apply) = shared().await;
     let (one, two) = (
         pindb_testkit::address(cluster.replica_url(1)),
         pindb_testkit::address(cluster.replica_url(2)),
@@ -220,9 +228,7 @@ async fn a_replica_url_that_reaches_several_servers_is_refused_at_start_up() {
 /// naming the replica and the privilege; for the application user it does not.
 #[tokio::test]
 async fn a_user_that_can_write_past_read_only_is_named_at_start_up() {
-    let cluster = MariaDbCluster::from_env();
-    let c = cluster.clone();
-    let _apply = blocking(move || c.shared()).await;
+    let (cluster, _apply) = shared().await;
     let user = format!("pindb_roa_{}", fastrand::u32(..));
     let (c, u) = (cluster.clone(), user.clone());
     blocking(move || {
@@ -295,9 +301,7 @@ fn a_mixed_router_and_postgres_only_features_are_refused_with_the_fix() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_stale_keyed_read_while_replicas_stop_and_start_applying() {
     const USERS: u64 = 6;
-    let cluster = MariaDbCluster::from_env();
-    let c = cluster.clone();
-    let apply = blocking(move || c.exclusive()).await;
+    let (cluster, apply) = exclusive().await;
     let router = Router::new(config(
         cluster.master_url(),
         &[cluster.replica_url(1), cluster.replica_url(2)],
@@ -415,9 +419,7 @@ async fn every_statement_a_read_only_replica_refuses_is_a_write_for_the_dialect(
         " , NEXTVAL(pindb_fuzz_seq)",
         " SETVAL(pindb_fuzz_seq, 1)",
     ];
-    let cluster = MariaDbCluster::from_env();
-    let c = cluster.clone();
-    let _apply = blocking(move || c.shared()).await;
+    let (cluster, _apply) = shared().await;
     let c = cluster.clone();
     blocking(move || {
         c.query_as_app(0, "CREATE SEQUENCE IF NOT EXISTS pindb_fuzz_seq")
@@ -480,9 +482,7 @@ async fn every_statement_a_read_only_replica_refuses_is_a_write_for_the_dialect(
 /// applying named, its lag counted in transactions and measured in time.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn status_shows_positions_and_a_replica_that_stopped_applying() {
-    let cluster = MariaDbCluster::from_env();
-    let c = cluster.clone();
-    let mut apply = blocking(move || c.exclusive()).await;
+    let (cluster, mut apply) = exclusive().await;
     let table = fresh_table(&cluster, 1).await;
     let router = Router::new(config(
         cluster.master_url(),
@@ -613,11 +613,9 @@ async fn keyed_reads_reach_a_replica(router: &Router, pools: &[Pool], table: &st
 /// ones included (pindb once refused every such replica).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replicas_that_also_carry_another_gtid_domain_still_serve_reads() {
-    let cluster = MariaDbCluster::from_env();
     // A write in another domain while a hunt's users write sends them to the master for
     // `ttl_seconds` (their positions are unknown): not while a hunt runs.
-    let c = cluster.clone();
-    let apply = blocking(move || c.exclusive()).await;
+    let (cluster, apply) = exclusive().await;
     let table = fresh_table(&cluster, 1).await;
     gtids_in_another_domain(&cluster).await;
     let router = Router::new(config(
@@ -679,9 +677,7 @@ async fn hearing_again(
 /// have everything of the set's domain): the next keyed read must still see the write.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_keyed_write_made_in_another_gtid_domain_is_never_read_stale() {
-    let cluster = MariaDbCluster::from_env();
-    let c = cluster.clone();
-    let mut apply = blocking(move || c.exclusive()).await;
+    let (cluster, mut apply) = exclusive().await;
     let table = fresh_table(&cluster, 1).await;
     gtids_in_another_domain(&cluster).await;
     let (router, pools) = as_admin(&cluster).await;
@@ -726,9 +722,7 @@ fn on_named_connection(cluster: &MariaDbCluster, connection: Option<&str>) -> Co
 /// reads that connection's status (its master, its SQL thread) and reads from it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_on_a_named_replication_connection_is_followed_through_it() {
-    let cluster = MariaDbCluster::from_env();
-    let c = cluster.clone();
-    let mut apply = blocking(move || c.exclusive()).await;
+    let (cluster, mut apply) = exclusive().await;
     let table = fresh_table(&cluster, 1).await;
     let router = Router::new(on_named_connection(
         &cluster,
@@ -772,9 +766,7 @@ async fn a_replica_on_a_named_replication_connection_is_followed_through_it() {
 /// through a named one, is refused at start-up with the fix; so is a connection it lacks.
 #[tokio::test]
 async fn a_named_replication_connection_left_out_or_unknown_is_refused_with_the_fix() {
-    let cluster = MariaDbCluster::from_env();
-    let c = cluster.clone();
-    let _apply = blocking(move || c.shared()).await;
+    let (cluster, _apply) = shared().await;
     for (connection, says) in [
         (None, "replication_connection = \"<Connection_name>\""),
         (Some("nope"), "no such connection"),
@@ -798,9 +790,7 @@ async fn a_named_replication_connection_left_out_or_unknown_is_refused_with_the_
 /// first write. The adversarial pass read it stale in all three, 3 of 3 each.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_write_in_another_domain_before_the_first_routed_one_is_never_read_stale() {
-    let cluster = MariaDbCluster::from_env();
-    let c = cluster.clone();
-    let mut apply = blocking(move || c.exclusive()).await;
+    let (cluster, mut apply) = exclusive().await;
     let table = fresh_table(&cluster, 1).await;
     gtids_in_another_domain(&cluster).await;
     let (router, pools) = as_admin(&cluster).await;

@@ -64,7 +64,7 @@ struct Shared {
     state: Mutex<State>,
     /// Woken whenever a write in flight lands ([`WriteFlight`](crate::adapter::WriteFlight)).
     landed: tokio::sync::Notify,
-    /// The last replica read that changed nothing: the next one takes no lock.
+    /// The kept replica of the last settled read: the next read of its set takes no lock.
     memo: memo::ReadMemo,
 }
 

@@ -29,7 +29,7 @@ pub(super) struct Server {
     pending: Option<JoinHandle<Asked>>,
     /// `SHOW SLAVE STATUS` for the default replication connection, or `SHOW SLAVE 'name'
     /// STATUS` for the one a replica follows its master through (`replication_connection`).
-    show_status: String,
+    show_status: Arc<str>,
 }
 
 /// What a statement's task gives back: the connection (unless it broke) and the answer.
@@ -58,9 +58,9 @@ impl Server {
                     debug_assert!(name
                         .chars()
                         .all(|c| c.is_ascii_alphanumeric() || "_-".contains(c)));
-                    format!("SHOW SLAVE '{name}' STATUS")
+                    format!("SHOW SLAVE '{name}' STATUS").into()
                 }
-                None => "SHOW SLAVE STATUS".to_owned(),
+                None => "SHOW SLAVE STATUS".into(),
             },
         })
     }
@@ -120,7 +120,7 @@ impl Server {
     /// `SHOW SLAVE STATUS` (of its replication connection), which needs the `SLAVE MONITOR`
     /// privilege.
     pub(super) async fn slave_status(&mut self, timeout: Duration) -> Result<SlaveStatus, String> {
-        let sql = self.show_status.clone();
+        let sql = Arc::clone(&self.show_status);
         match self.ask(&sql, timeout).await {
             Ok(Some(row)) => Ok(SlaveStatus::Replica(row)),
             Ok(None) => Ok(SlaveStatus::NotReplica),

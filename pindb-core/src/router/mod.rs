@@ -30,6 +30,8 @@ mod decide;
 mod fallback;
 mod global;
 #[cfg(test)]
+mod lagging_tests;
+#[cfg(test)]
 mod memo_tests;
 #[cfg(test)]
 mod monotonic_tests;

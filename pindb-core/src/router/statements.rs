@@ -37,7 +37,8 @@ struct Cached {
 #[derive(Default)]
 struct Kept {
     hasher: foldhash::fast::RandomState,
-    shapes: HashMap<u64, Cached>,
+    /// Keyed by the hash above: a fixed fast hash of it is enough.
+    shapes: HashMap<u64, Cached, foldhash::fast::FixedState>,
     bytes: usize,
 }
 
