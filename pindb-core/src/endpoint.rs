@@ -50,6 +50,10 @@ pub const SERVER_TRIES: usize = 64;
 /// [`SERVER_TRIES`] times.
 pub const FAILED_TRIES: usize = 4;
 
+/// Attempts of one async search unanswered at once ([`ServerSearch::find`]): enough to step
+/// past a server that hangs, few enough not to flood the endpoint.
+pub const ATTEMPTS_IN_FLIGHT: usize = 4;
+
 /// Why an attempt through a reader endpoint failed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Failed {
@@ -215,7 +219,15 @@ impl<'a> ServerSearch<'a> {
     /// it landed, within [`attempt_limit`]; a connection that reached another server goes to
     /// `close`; the first that reached this one is the answer, else what the search met.
     ///
+    /// Attempts overlap: one still unanswered after [`hedge_delay`] gets a second beside it
+    /// (at most [`ATTEMPTS_IN_FLIGHT`] at once), and a miss starts the next at once. So a server that
+    /// hangs behind the endpoint costs a hedge delay, not an attempt limit, and the search
+    /// cannot be kept in step with it by other clients of a round-robin balancer (each of
+    /// its attempts landing on the hung server). The attempts still unanswered when one
+    /// reaches the server are dropped, which closes their connections.
+    ///
     /// [`attempt_limit`]: ServerSearch::attempt_limit
+    /// [`hedge_delay`]: ServerSearch::hedge_delay
     pub async fn find<C, A, F>(
         mut self,
         mut attempt: A,
@@ -225,24 +237,85 @@ impl<'a> ServerSearch<'a> {
         A: FnMut() -> F,
         F: std::future::Future<Output = Result<(C, String), Failed>>,
     {
+        use futures_util::stream::{FuturesUnordered, StreamExt};
+        let mut flying = FuturesUnordered::new();
+        // What ended the search, once no attempt may start; the attempts in flight may
+        // still reach the server.
+        let mut over: Option<String> = None;
+        let mut hedge = std::pin::pin!(tokio::time::sleep(std::time::Duration::ZERO));
+        let mut start_now = true;
         loop {
-            let within = self.attempt_limit();
-            match tokio::time::timeout(within, attempt()).await {
-                Ok(Ok((conn, reached))) => match self.keep(reached)? {
-                    true => return Ok(conn),
-                    false => close(conn),
+            if start_now && over.is_none() && flying.len() < ATTEMPTS_IN_FLIGHT {
+                match self.room(flying.len()) {
+                    Ok(()) => {
+                        let within = self.attempt_limit();
+                        let next = tokio::time::timeout(within, attempt());
+                        flying.push(async move { (within, next.await) });
+                        let due = tokio::time::Instant::now() + self.hedge_delay();
+                        hedge.as_mut().reset(due);
+                    }
+                    Err(e) if flying.is_empty() => return Err(e),
+                    Err(e) => over = Some(e),
+                }
+            }
+            start_now = false;
+            let done = tokio::select! {
+                done = flying.next(), if !flying.is_empty() => done,
+                () = &mut hedge, if over.is_none() && flying.len() < ATTEMPTS_IN_FLIGHT => {
+                    start_now = true;
+                    continue;
+                }
+                else => None,
+            };
+            let Some((within, done)) = done else {
+                // Nothing in flight and nothing may start.
+                let missed = || self.db.server_missed(&self.seen, &self.failed);
+                return Err(over.unwrap_or_else(missed));
+            };
+            let went = match done {
+                Ok(Ok((conn, reached))) => match self.keep(reached) {
+                    Ok(true) => return Ok(conn),
+                    went => {
+                        close(conn);
+                        went.map(drop)
+                    }
                 },
-                Ok(Err(e)) => self.failed(e)?,
+                Ok(Err(failed)) => {
+                    let refused = matches!(failed, Failed::Refused(_));
+                    match self.failed(failed) {
+                        // The servers behind one endpoint share their users: no other
+                        // attempt will be let in.
+                        Err(e) if refused => return Err(e),
+                        went => went,
+                    }
+                }
                 Err(_) => {
                     let late = format!("no answer within {within:?}");
-                    self.failed(Failed::Unreachable(late))?
+                    self.failed(Failed::Unreachable(late))
                 }
+            };
+            match went {
+                Ok(()) => (over, start_now) = (None, true),
+                Err(e) if flying.is_empty() => return Err(e),
+                Err(e) => over = Some(e),
             }
         }
     }
 
+    /// How long an attempt goes unanswered before another starts beside it: a quarter of
+    /// [`attempt_limit`](ServerSearch::attempt_limit)'s full length (a server that answers
+    /// at all usually does well within it).
+    pub fn hedge_delay(&self) -> std::time::Duration {
+        self.attempt / 4
+    }
+
     fn go_on(&self) -> Result<(), String> {
-        let tries = self.seen.len() + self.failed.len();
+        self.room(0)
+    }
+
+    /// Whether another attempt may start beside `in_flight` unanswered ones.
+    fn room(&self, in_flight: usize) -> Result<(), String> {
+        let tries = self.seen.len() + self.failed.len() + in_flight;
         let late = std::time::Instant::now() >= self.until;
         match tries < SERVER_TRIES && !late {
             true => Ok(()),
@@ -379,6 +452,149 @@ mod tests {
             over.contains("4 connections") && over.contains("failed"),
             "{over}"
         );
+    }
+
+    /// A balancer for [`ServerSearch::find`]: the `n`th attempt lands where `lands(n)` says
+    /// ("hang": a server that accepts and never answers). Counts the connections alive.
+    struct Balancer {
+        started: std::sync::atomic::AtomicUsize,
+        alive: std::sync::Arc<()>,
+    }
+
+    /// A connection the balancer handed out, alive until dropped.
+    struct Conn(#[allow(dead_code)] std::sync::Arc<()>);
+
+    impl Balancer {
+        fn new() -> Self {
+            Balancer {
+                started: Default::default(),
+                alive: std::sync::Arc::new(()),
+            }
+        }
+
+        fn attempt(
+            &self,
+            lands: impl Fn(usize) -> &'static str,
+        ) -> impl std::future::Future<Output = Result<(Conn, String), Failed>> + '_ {
+            use std::sync::atomic::Ordering;
+            let n = self.started.fetch_add(1, Ordering::SeqCst) + 1;
+            let conn = Conn(std::sync::Arc::clone(&self.alive));
+            let server = lands(n);
+            async move {
+                match server {
+                    "hang" => std::future::pending().await,
+                    "refuse" => Err(Failed::Refused("password authentication failed".into())),
+                    other => Ok((conn, other.to_owned())),
+                }
+            }
+        }
+
+        fn alive(&self) -> usize {
+            std::sync::Arc::strong_count(&self.alive) - 1
+        }
+    }
+
+    fn behind_endpoint(server: &str) -> Database {
+        let mut db = crate::Config::single_set("postgres://app@reader/app", Vec::<String>::new())
+            .databases()
+            .unwrap()
+            .remove(0);
+        db.server = normal_address(server);
+        db
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_server_that_hangs_behind_the_endpoint_costs_a_hedge_delay() {
+        let db = behind_endpoint("10.0.0.5:5432");
+        let limit = std::time::Duration::from_secs(2);
+        let hedge = ServerSearch::within(&db, limit).hedge_delay();
+        let balancer = Balancer::new();
+        // Round robin over a server that hangs and this one.
+        let lands = |n: usize| if n % 2 == 1 { "hang" } else { "10.0.0.5:5432" };
+        let start = tokio::time::Instant::now();
+        let found = ServerSearch::within(&db, limit)
+            .find(|| balancer.attempt(lands), drop)
+            .await;
+        assert!(found.is_ok(), "{:?}", found.err());
+        // Virtual time: the second attempt started beside the hung one, not after it.
+        assert_eq!(start.elapsed(), hedge);
+        drop(found);
+        assert_eq!(balancer.alive(), 0, "the hung attempt was dropped");
+    }
+
+    /// Four attempts in a row landing on a hung server (1 in 16 with two servers behind a
+    /// random balancer, every time for a search kept in step with a round robin by other
+    /// clients) used to end the search: four failures, the deadline.
+    #[tokio::test(start_paused = true)]
+    async fn four_attempts_on_a_hung_server_do_not_end_the_search() {
+        let db = behind_endpoint("10.0.0.5:5432");
+        let limit = std::time::Duration::from_secs(2);
+        let balancer = Balancer::new();
+        let lands = |n: usize| if n <= 4 { "hang" } else { "10.0.0.5:5432" };
+        let found = ServerSearch::within(&db, limit)
+            .find(|| balancer.attempt(lands), drop)
+            .await;
+        assert!(found.is_ok(), "{:?}", found.err());
+        drop(found);
+        assert_eq!(balancer.alive(), 0);
+        // Never more than ATTEMPTS_IN_FLIGHT at once: the fifth waited for a slot.
+        let balancer = Balancer::new();
+        let most = std::sync::atomic::AtomicUsize::new(0);
+        let found = ServerSearch::within(&db, limit)
+            .find(
+                || {
+                    let alive = balancer.alive() + 1;
+                    most.fetch_max(alive, std::sync::atomic::Ordering::SeqCst);
+                    balancer.attempt(|_| "hang")
+                },
+                drop,
+            )
+            .await;
+        let missed = found.err().expect("every attempt hangs");
+        assert!(missed.contains("no answer within"), "{missed}");
+        assert_eq!(most.into_inner(), ATTEMPTS_IN_FLIGHT);
+        assert_eq!(balancer.alive(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_refusal_ends_a_search_with_attempts_in_flight() {
+        let db = behind_endpoint("10.0.0.5:5432");
+        let limit = std::time::Duration::from_secs(2);
+        let balancer = Balancer::new();
+        let lands = |n: usize| if n == 1 { "hang" } else { "refuse" };
+        let closed = std::cell::Cell::new(0);
+        let found = ServerSearch::within(&db, limit)
+            .find(|| balancer.attempt(lands), |_| closed.set(closed.get() + 1))
+            .await;
+        let refused = found.err().expect("refused");
+        assert!(
+            refused.contains("password authentication failed"),
+            "{refused}"
+        );
+        assert_eq!(balancer.alive(), 0, "the hung attempt was dropped");
+        // A connection that reached another server is given to `close`, and the search
+        // goes on.
+        let balancer = Balancer::new();
+        let lands = |n: usize| match n {
+            1 => "10.0.0.6:5432",
+            _ => "10.0.0.5:5432",
+        };
+        let found = ServerSearch::within(&db, limit)
+            .find(|| balancer.attempt(lands), |_| closed.set(closed.get() + 1))
+            .await;
+        assert!(found.is_ok() && closed.get() == 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_search_dropped_midway_closes_every_attempt() {
+        let db = behind_endpoint("10.0.0.5:5432");
+        let balancer = Balancer::new();
+        let search = ServerSearch::within(&db, std::time::Duration::from_secs(2))
+            .find(|| balancer.attempt(|_| "hang"), drop);
+        let gave_up = tokio::time::timeout(std::time::Duration::from_millis(300), search).await;
+        assert!(gave_up.is_err());
+        assert!(balancer.started.load(std::sync::atomic::Ordering::SeqCst) >= 2);
+        assert_eq!(balancer.alive(), 0);
     }
 
     #[test]
