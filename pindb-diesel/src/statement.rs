@@ -66,7 +66,8 @@ type ByType<K, V> = HashMap<K, V, foldhash::fast::FixedState>;
 
 thread_local! {
     // Per thread, so the hot path takes no lock. Bounded by the number of query types.
-    static SHAPES: RefCell<ByType<(TypeId, u64), Shape>> = RefCell::default();
+    // Each shape with the router's count of learned refusals when it was classified.
+    static SHAPES: RefCell<ByType<(TypeId, u64), (u64, Shape)>> = RefCell::default();
     // The SQL of each query type diesel caches by type (its SQL is fixed by the type and
     // the backend).
     static SQL: RefCell<ByType<(TypeId, TypeId), Arc<str>>> = RefCell::default();
@@ -101,8 +102,11 @@ where
         return Ok(router.shape_of(&B::render(query)?));
     };
     let key = (id, router.instance_id());
-    if let Some(shape) = cached(&SHAPES, &key) {
-        return Ok(shape);
+    // A replica's refusal learned since (on any thread) may make this type a write.
+    let learned = router.refusals_learned();
+    match cached(&SHAPES, &key) {
+        Some((when, shape)) if when == learned => return Ok(shape),
+        _ => {}
     }
     // Diesel's own rule: only a statement whose SQL is fixed by its type is cached by type.
     // Checked on a miss only, so the hit path stays one lookup.
@@ -110,21 +114,18 @@ where
         return Ok(router.shape_of(&B::render(query)?));
     }
     let shape = router.shape_of(&B::render(query)?);
-    keep(&SHAPES, key, shape.clone());
+    keep(&SHAPES, key, (learned, shape.clone()));
     Ok(shape)
 }
 
-/// A replica refused `query`: forgets its cached shape on this thread (pindb-core remembers
-/// the statement, so its next shape is a write) and returns its SQL for pindb-core.
-pub(crate) fn refused<B, T>(query: &T, router: &Router) -> String
+/// A replica refused `query`: its SQL, for pindb-core to learn (which moves
+/// [`Router::refusals_learned`], so every thread's cached shape of it is asked for again and
+/// is a write).
+pub(crate) fn refused<B, T>(query: &T) -> String
 where
     B: RoutedBackend,
-    T: QueryFragment<B> + QueryId,
+    T: QueryFragment<B>,
 {
-    if let Some(id) = T::query_id() {
-        let key = (id, router.instance_id());
-        let _ = SHAPES.try_with(|c| c.try_borrow_mut().map(|mut c| c.remove(&key)));
-    }
     B::render(query).unwrap_or_default()
 }
 
@@ -195,4 +196,41 @@ pub(crate) fn needs_lookup(e: &diesel::result::Error) -> bool {
         crate::error::routing_error(e),
         Some(Error::CustomTypeBeforeCheckout { .. })
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use diesel::pg::Pg;
+    use pindb_core::adapter::ReplicaFailure;
+    use pindb_core::{Config, Operation, Router};
+
+    use super::{refused, shape};
+
+    diesel::define_sql_function! {
+        /// A function that writes, unknown to pindb: a read until a replica refuses it.
+        fn bump_views() -> diesel::sql_types::Integer;
+    }
+
+    /// A shape cached by type on one thread yields to a refusal learned on another: the
+    /// statement runs on the master from then on, everywhere, rather than be refused once
+    /// more by a replica on each thread.
+    #[test]
+    fn a_refusal_learned_on_one_thread_reaches_shapes_cached_on_another() {
+        let config =
+            Config::single_set("postgres://m@127.0.0.1:1/a", ["postgres://r@127.0.0.1:2/a"]);
+        let router = Router::new(config).unwrap();
+        let query = diesel::select(bump_views());
+        assert_eq!(shape::<Pg, _>(&query, &router).unwrap().op, Operation::Read);
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                let sql = refused::<Pg, _>(&query);
+                let refused = "cannot execute UPDATE in a read-only transaction";
+                (router.reroute(1, ReplicaFailure::Refused, 0, &sql, &refused)).unwrap();
+            });
+        });
+        assert_eq!(
+            shape::<Pg, _>(&query, &router).unwrap().op,
+            Operation::Write
+        );
+    }
 }

@@ -384,6 +384,13 @@ impl Router {
         (self.inner.statements).shape_of(self.inner.id, sql, table, footprint)
     }
 
+    /// How many statements replicas refused so far (each is a write from then on): a shape
+    /// an adapter kept from before the count moved must be asked for again
+    /// ([`Router::shape_of`]), so a refusal seen on one thread reaches the others' caches.
+    pub fn refusals_learned(&self) -> u64 {
+        self.inner.statements.learned()
+    }
+
     /// The decision [`Router::route_sql`] would make, without pinning anything: how
     /// `explain` sees a statement, including one that a replica refused earlier.
     pub fn explain_sql(&self, sql: &str) -> Result<Route<'_>, PinDbError> {

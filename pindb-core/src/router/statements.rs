@@ -7,7 +7,7 @@
 use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
 use std::hash::{BuildHasher, RandomState};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{PoisonError, RwLock};
 
 use super::{Operation, Shape};
@@ -56,8 +56,9 @@ pub(super) struct Statements {
     names: Box<[Box<str>]>,
     /// Hashes of statements a replica refused.
     refused: RwLock<HashSet<u64>>,
-    /// Whether `refused` has any: the common case skips the hash and the lock.
-    any_refused: AtomicBool,
+    /// How many statements a replica refused so far (0: the common case skips the hash and
+    /// the lock); adapters that cache shapes by type compare it to know theirs still hold.
+    learned: AtomicU64,
     hasher: RandomState,
 }
 
@@ -77,7 +78,7 @@ impl Statements {
             dialect,
             names,
             refused: RwLock::new(HashSet::new()),
-            any_refused: AtomicBool::new(false),
+            learned: AtomicU64::new(0),
             hasher: RandomState::new(),
         }
     }
@@ -156,7 +157,7 @@ impl Statements {
 
     /// Whether a replica refused `sql` before.
     pub(super) fn refused(&self, sql: &str) -> bool {
-        self.any_refused.load(Ordering::Acquire)
+        self.learned() != 0
             && self
                 .refused
                 .read()
@@ -171,8 +172,15 @@ impl Statements {
             refused.clear();
         }
         let new = refused.insert(self.hasher.hash_one(sql));
-        self.any_refused.store(true, Ordering::Release);
+        // Under the lock, after the insert: whoever sees the new count sees the statement.
+        self.learned.fetch_add(1, Ordering::Release);
         new
+    }
+
+    /// How many refusals were learned: a shape classified before the count moved may be a
+    /// read that is a write now.
+    pub(super) fn learned(&self) -> u64 {
+        self.learned.load(Ordering::Acquire)
     }
 }
 

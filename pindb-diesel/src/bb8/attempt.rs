@@ -7,7 +7,6 @@ use diesel_async::SimpleAsyncConnection;
 use futures_util::future::BoxFuture;
 use futures_util::stream::BoxStream;
 use futures_util::{FutureExt, StreamExt, TryStreamExt};
-use pindb_core::Router;
 
 use super::{Driver, Pooled};
 use crate::statement;
@@ -23,9 +22,8 @@ pub(super) trait Attempt<C: Driver>: Send + Sync {
         conn: &'c mut Pooled<C>,
         whole: bool,
     ) -> BoxFuture<'c, QueryResult<Self::Output>>;
-    /// A replica refused it: its SQL, for pindb-core to remember (and its cached shape is
-    /// forgotten).
-    fn refused(&self, router: &Router) -> String;
+    /// A replica refused it: its SQL, for pindb-core to remember.
+    fn refused(&self) -> String;
 }
 
 /// `load`: the first row is awaited here, because a standby refuses a statement (and a
@@ -62,8 +60,8 @@ where
         .boxed()
     }
 
-    fn refused(&self, router: &Router) -> String {
-        statement::refused::<C::Backend, _>(&self.0, router)
+    fn refused(&self) -> String {
+        statement::refused::<C::Backend, _>(&self.0)
     }
 }
 
@@ -78,8 +76,8 @@ where
         C::run_execute(None, &mut **conn, &self.0)
     }
 
-    fn refused(&self, router: &Router) -> String {
-        statement::refused::<C::Backend, _>(&self.0, router)
+    fn refused(&self) -> String {
+        statement::refused::<C::Backend, _>(&self.0)
     }
 }
 
@@ -90,7 +88,7 @@ impl<C: Driver> Attempt<C> for Batch {
         conn.batch_execute(&self.0).boxed()
     }
 
-    fn refused(&self, _: &Router) -> String {
+    fn refused(&self) -> String {
         self.0.clone()
     }
 }

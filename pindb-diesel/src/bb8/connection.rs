@@ -253,9 +253,7 @@ impl<C: Driver> PinDbConnection<C> {
                     Attempted::Abandoned(_) => Err(timed_out(&router, index)),
                 };
             }
-            match after_attempt(&router, index, attempted, tries, || {
-                attempt.refused(&router)
-            }) {
+            match after_attempt(&router, index, attempted, tries, || attempt.refused()) {
                 Next::Return(result) => return result,
                 Next::Diagnose(e) => return Err(checkout_error(&router, index, e).await.into()),
                 Next::Retry {

@@ -13,7 +13,6 @@ use diesel::result::QueryResult;
 use diesel::PgConnection;
 use diesel::{ConnectionError, ConnectionResult};
 use pindb_core::adapter::Shape;
-use pindb_core::Router;
 
 use super::{Driver, PinDb, Pooled};
 use crate::checkouts::{Checkouts, Forward, Held, Slot};
@@ -95,7 +94,7 @@ impl<C: Driver> PinDbConnection<C> {
         &mut self,
         mut index: usize,
         mut run: impl FnMut(&mut C) -> QueryResult<R>,
-        refused: impl Fn(&Router) -> String,
+        refused: impl Fn() -> String,
     ) -> QueryResult<R> {
         let router = self.db.router().clone();
         let mut tries = 0u32;
@@ -121,7 +120,7 @@ impl<C: Driver> PinDbConnection<C> {
                     Attempted::Abandoned(_) => Err(timed_out(&router, index)),
                 };
             }
-            match after_attempt(&router, index, attempted, tries, || refused(&router)) {
+            match after_attempt(&router, index, attempted, tries, &refused) {
                 Next::Return(result) => return result,
                 Next::Diagnose(e) => return Err(e.into()),
                 Next::Retry {
@@ -184,7 +183,7 @@ impl<C: Driver> SimpleConnection for PinDbConnection<C> {
             return self.read_with_fallback(
                 index,
                 |conn| conn.batch_execute(query),
-                |_| query.to_owned(),
+                || query.to_owned(),
             );
         }
         self.take(slot)?.batch_execute(query)
@@ -215,7 +214,7 @@ impl<C: Driver> Connection for PinDbConnection<C> {
             return self.read_with_fallback(
                 index,
                 |conn| conn.execute_returning_count(source),
-                |router| statement::refused::<C::Backend, _>(source, router),
+                || statement::refused::<C::Backend, _>(source),
             );
         }
         self.take(slot)?.execute_returning_count(source)
@@ -266,7 +265,7 @@ impl<C: Driver> LoadConnection<DefaultLoadingMode> for PinDbConnection<C> {
             return self.read_with_fallback(
                 index,
                 |conn| C::load_rows(conn, &source),
-                |router| statement::refused::<C::Backend, _>(&source, router),
+                || statement::refused::<C::Backend, _>(&source),
             );
         }
         C::load_rows(self.take(slot)?, source)
