@@ -51,8 +51,8 @@ pub const SERVER_TRIES: usize = 64;
 pub const FAILED_TRIES: usize = 4;
 
 /// Attempts of one async search unanswered at once ([`ServerSearch::find`]): enough to step
-/// past a server that hangs, few enough not to flood the endpoint.
-pub const ATTEMPTS_IN_FLIGHT: usize = 4;
+/// past a server that hangs, few enough not to flood the endpoint or its servers.
+const ATTEMPTS_IN_FLIGHT: usize = 2;
 
 /// Why an attempt through a reader endpoint failed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -144,9 +144,11 @@ impl Database {
     }
 }
 
-/// An adapter's search for a connection to a server behind an endpoint, one new connection
-/// at a time: open one with the database's URL, ask it [`Database::server_question`], and
-/// give the answer to [`ServerSearch::keep`].
+/// An adapter's search for a connection to a server behind an endpoint: open one with the
+/// database's URL, ask it [`Database::server_question`], and give the answer to
+/// [`ServerSearch::keep`], one connection at a time (a blocking adapter), or let
+/// [`ServerSearch::find`] overlap them (an async one). Its clock is tokio's (the standard
+/// clock outside a runtime), as the async search's timeouts are.
 ///
 /// ```
 /// # let db = pindb_core::Config::single_set("postgres://app@reader/app", Vec::<String>::new()).databases().unwrap().remove(0);
@@ -158,7 +160,7 @@ pub struct ServerSearch<'a> {
     db: &'a Database,
     seen: Vec<String>,
     failed: Vec<String>,
-    until: std::time::Instant,
+    until: tokio::time::Instant,
     attempt: std::time::Duration,
 }
 
@@ -170,18 +172,18 @@ impl<'a> ServerSearch<'a> {
             db,
             seen: Vec::new(),
             failed: Vec::new(),
-            until: std::time::Instant::now() + limit.mul_f64(0.8),
+            until: tokio::time::Instant::now() + limit.mul_f64(0.8),
             attempt: limit / 4,
         }
     }
 
-    /// How long one attempt (a connection and its question) may take: an attempt that lands
-    /// on a server that hangs costs at most this (a quarter of the limit), and the next one
-    /// may land on another.
+    /// How long one attempt (a connection and its question) may take (a quarter of the
+    /// limit): an attempt that lands on a server that hangs is given up after this, and
+    /// another may land elsewhere ([`ServerSearch::find`] starts one beside it sooner).
     pub fn attempt_limit(&self) -> std::time::Duration {
         let left = self
             .until
-            .saturating_duration_since(std::time::Instant::now());
+            .saturating_duration_since(tokio::time::Instant::now());
         self.attempt
             .min(left)
             .max(std::time::Duration::from_millis(1))
@@ -219,15 +221,16 @@ impl<'a> ServerSearch<'a> {
     /// it landed, within [`attempt_limit`]; a connection that reached another server goes to
     /// `close`; the first that reached this one is the answer, else what the search met.
     ///
-    /// Attempts overlap: one still unanswered after [`hedge_delay`] gets a second beside it
-    /// (at most [`ATTEMPTS_IN_FLIGHT`] at once), and a miss starts the next at once. So a server that
-    /// hangs behind the endpoint costs a hedge delay, not an attempt limit, and the search
-    /// cannot be kept in step with it by other clients of a round-robin balancer (each of
-    /// its attempts landing on the hung server). The attempts still unanswered when one
-    /// reaches the server are dropped, which closes their connections.
+    /// Attempts overlap, two at most: one unanswered after half its limit gets another
+    /// beside it, and a miss starts the next at once. So a server that hangs behind the
+    /// endpoint costs half an attempt limit, not a whole one, and the search cannot be kept
+    /// in step with it by the other clients of a round-robin balancer (its every attempt
+    /// landing there). An attempt still unanswered when another reaches the server, or when
+    /// the search is dropped, is dropped with its connection (on MariaDB an aborted connect
+    /// in the server's counters). With overlap, a search may see up to five failures (four
+    /// and the one in flight) where a sequential one sees [`FAILED_TRIES`].
     ///
     /// [`attempt_limit`]: ServerSearch::attempt_limit
-    /// [`hedge_delay`]: ServerSearch::hedge_delay
     pub async fn find<C, A, F>(
         mut self,
         mut attempt: A,
@@ -239,38 +242,30 @@ impl<'a> ServerSearch<'a> {
     {
         use futures_util::stream::{FuturesUnordered, StreamExt};
         let mut flying = FuturesUnordered::new();
-        // What ended the search, once no attempt may start; the attempts in flight may
-        // still reach the server.
-        let mut over: Option<String> = None;
         let mut hedge = std::pin::pin!(tokio::time::sleep(std::time::Duration::ZERO));
-        let mut start_now = true;
+        // Once no attempt may start, none does; those in flight may still reach the server.
+        let mut over = false;
         loop {
-            if start_now && over.is_none() && flying.len() < ATTEMPTS_IN_FLIGHT {
+            // Start one: at first, after a miss, or when the hedge is due.
+            if !over && flying.len() < ATTEMPTS_IN_FLIGHT {
                 match self.room(flying.len()) {
                     Ok(()) => {
                         let within = self.attempt_limit();
                         let next = tokio::time::timeout(within, attempt());
                         flying.push(async move { (within, next.await) });
-                        let due = tokio::time::Instant::now() + self.hedge_delay();
+                        let due = tokio::time::Instant::now() + self.attempt / 2;
                         hedge.as_mut().reset(due);
                     }
-                    Err(e) if flying.is_empty() => return Err(e),
-                    Err(e) => over = Some(e),
+                    Err(_) => over = true,
                 }
             }
-            start_now = false;
-            let done = tokio::select! {
+            let Some((within, done)) = (tokio::select! {
                 done = flying.next(), if !flying.is_empty() => done,
-                () = &mut hedge, if over.is_none() && flying.len() < ATTEMPTS_IN_FLIGHT => {
-                    start_now = true;
-                    continue;
-                }
-                else => None,
-            };
-            let Some((within, done)) = done else {
+                () = &mut hedge, if !over && flying.len() < ATTEMPTS_IN_FLIGHT => continue,
                 // Nothing in flight and nothing may start.
-                let missed = || self.db.server_missed(&self.seen, &self.failed);
-                return Err(over.unwrap_or_else(missed));
+                else => None,
+            }) else {
+                return Err(self.db.server_missed(&self.seen, &self.failed));
             };
             let went = match done {
                 Ok(Ok((conn, reached))) => match self.keep(reached) {
@@ -283,8 +278,8 @@ impl<'a> ServerSearch<'a> {
                 Ok(Err(failed)) => {
                     let refused = matches!(failed, Failed::Refused(_));
                     match self.failed(failed) {
-                        // The servers behind one endpoint share their users: no other
-                        // attempt will be let in.
+                        // The servers behind one endpoint share their users: none will let
+                        // it in, so the attempt in flight is not waited for.
                         Err(e) if refused => return Err(e),
                         went => went,
                     }
@@ -294,19 +289,8 @@ impl<'a> ServerSearch<'a> {
                     self.failed(Failed::Unreachable(late))
                 }
             };
-            match went {
-                Ok(()) => (over, start_now) = (None, true),
-                Err(e) if flying.is_empty() => return Err(e),
-                Err(e) => over = Some(e),
-            }
+            over |= went.is_err();
         }
-    }
-
-    /// How long an attempt goes unanswered before another starts beside it: a quarter of
-    /// [`attempt_limit`](ServerSearch::attempt_limit)'s full length (a server that answers
-    /// at all usually does well within it).
-    pub fn hedge_delay(&self) -> std::time::Duration {
-        self.attempt / 4
     }
 
     fn go_on(&self) -> Result<(), String> {
@@ -316,7 +300,7 @@ impl<'a> ServerSearch<'a> {
     /// Whether another attempt may start beside `in_flight` unanswered ones.
     fn room(&self, in_flight: usize) -> Result<(), String> {
         let tries = self.seen.len() + self.failed.len() + in_flight;
-        let late = std::time::Instant::now() >= self.until;
+        let late = tokio::time::Instant::now() >= self.until;
         match tries < SERVER_TRIES && !late {
             true => Ok(()),
             false => Err(self.db.server_missed(&self.seen, &self.failed)),
@@ -455,7 +439,8 @@ mod tests {
     }
 
     /// A balancer for [`ServerSearch::find`]: the `n`th attempt lands where `lands(n)` says
-    /// ("hang": a server that accepts and never answers). Counts the connections alive.
+    /// ("hang": a server that accepts and never answers; "late": another server, answering
+    /// after 400 ms). Counts the connections alive.
     struct Balancer {
         started: std::sync::atomic::AtomicUsize,
         alive: std::sync::Arc<()>,
@@ -483,6 +468,11 @@ mod tests {
             async move {
                 match server {
                     "hang" => std::future::pending().await,
+                    "late" => {
+                        let late = std::time::Duration::from_millis(400);
+                        tokio::time::sleep(late).await;
+                        Ok((conn, "10.0.0.6:5432".to_owned()))
+                    }
                     "refuse" => Err(Failed::Refused("password authentication failed".into())),
                     other => Ok((conn, other.to_owned())),
                 }
@@ -503,11 +493,17 @@ mod tests {
         db
     }
 
+    /// When an attempt gets another beside it: half its limit (the test runs on tokio's
+    /// paused clock, so elapsed times are exact).
+    fn hedge(db: &Database, limit: std::time::Duration) -> std::time::Duration {
+        ServerSearch::within(db, limit).attempt_limit() / 2
+    }
+
     #[tokio::test(start_paused = true)]
-    async fn a_server_that_hangs_behind_the_endpoint_costs_a_hedge_delay() {
+    async fn a_server_that_hangs_behind_the_endpoint_costs_half_an_attempt() {
         let db = behind_endpoint("10.0.0.5:5432");
         let limit = std::time::Duration::from_secs(2);
-        let hedge = ServerSearch::within(&db, limit).hedge_delay();
+        let hedge = hedge(&db, limit);
         let balancer = Balancer::new();
         // Round robin over a server that hangs and this one.
         let lands = |n: usize| if n % 2 == 1 { "hang" } else { "10.0.0.5:5432" };
@@ -516,7 +512,7 @@ mod tests {
             .find(|| balancer.attempt(lands), drop)
             .await;
         assert!(found.is_ok(), "{:?}", found.err());
-        // Virtual time: the second attempt started beside the hung one, not after it.
+        // The second attempt started beside the hung one, not after it.
         assert_eq!(start.elapsed(), hedge);
         drop(found);
         assert_eq!(balancer.alive(), 0, "the hung attempt was dropped");
@@ -537,7 +533,8 @@ mod tests {
         assert!(found.is_ok(), "{:?}", found.err());
         drop(found);
         assert_eq!(balancer.alive(), 0);
-        // Never more than ATTEMPTS_IN_FLIGHT at once: the fifth waited for a slot.
+        // Never more than ATTEMPTS_IN_FLIGHT at once; every server hanging, the search ends
+        // after its fourth failure and the one in flight, within the deadline.
         let balancer = Balancer::new();
         let most = std::sync::atomic::AtomicUsize::new(0);
         let found = ServerSearch::within(&db, limit)
@@ -551,9 +548,34 @@ mod tests {
             )
             .await;
         let missed = found.err().expect("every attempt hangs");
-        assert!(missed.contains("no answer within"), "{missed}");
+        assert!(
+            missed.contains("5 connections") && missed.contains("no answer within"),
+            "{missed}"
+        );
         assert_eq!(most.into_inner(), ATTEMPTS_IN_FLIGHT);
         assert_eq!(balancer.alive(), 0);
+    }
+
+    /// After its fourth failure a search starts nothing more, even when an attempt still in
+    /// flight then lands on another server (a miss that is not a failure).
+    #[tokio::test(start_paused = true)]
+    async fn four_failures_end_a_search_for_good() {
+        let db = behind_endpoint("10.0.0.5:5432");
+        let limit = std::time::Duration::from_secs(2);
+        let balancer = Balancer::new();
+        // Four hang (the fourth fails at 1.25 s), the fifth (started at 1 s) answers late
+        // from another server; a sixth would reach this one.
+        let lands = |n: usize| match n {
+            1..=4 => "hang",
+            5 => "late",
+            _ => "10.0.0.5:5432",
+        };
+        let found = ServerSearch::within(&db, limit)
+            .find(|| balancer.attempt(lands), drop)
+            .await;
+        let missed = found.err().expect("over after four failures");
+        assert!(missed.contains("4 failed"), "{missed}");
+        assert_eq!(balancer.started.into_inner(), 5);
     }
 
     #[tokio::test(start_paused = true)]
@@ -562,18 +584,26 @@ mod tests {
         let limit = std::time::Duration::from_secs(2);
         let balancer = Balancer::new();
         let lands = |n: usize| if n == 1 { "hang" } else { "refuse" };
-        let closed = std::cell::Cell::new(0);
+        let start = tokio::time::Instant::now();
         let found = ServerSearch::within(&db, limit)
-            .find(|| balancer.attempt(lands), |_| closed.set(closed.get() + 1))
+            .find(|| balancer.attempt(lands), drop)
             .await;
         let refused = found.err().expect("refused");
         assert!(
             refused.contains("password authentication failed"),
             "{refused}"
         );
-        assert_eq!(balancer.alive(), 0, "the hung attempt was dropped");
-        // A connection that reached another server is given to `close`, and the search
-        // goes on.
+        // Refused beside the hung attempt, which was not waited for.
+        assert_eq!(start.elapsed(), hedge(&db, limit));
+        assert_eq!(balancer.started.into_inner(), 2);
+    }
+
+    /// A connection that reached another server is given to `close`, and the search goes on.
+    #[tokio::test(start_paused = true)]
+    async fn another_servers_connection_is_closed_and_the_search_goes_on() {
+        let db = behind_endpoint("10.0.0.5:5432");
+        let limit = std::time::Duration::from_secs(2);
+        let closed = std::cell::Cell::new(0);
         let balancer = Balancer::new();
         let lands = |n: usize| match n {
             1 => "10.0.0.6:5432",
@@ -582,11 +612,12 @@ mod tests {
         let found = ServerSearch::within(&db, limit)
             .find(|| balancer.attempt(lands), |_| closed.set(closed.get() + 1))
             .await;
-        assert!(found.is_ok() && closed.get() == 1);
+        assert!(found.is_ok(), "{:?}", found.err());
+        assert_eq!(closed.get(), 1);
     }
 
     #[tokio::test(start_paused = true)]
-    async fn a_search_dropped_midway_closes_every_attempt() {
+    async fn a_search_dropped_midway_drops_every_attempt() {
         let db = behind_endpoint("10.0.0.5:5432");
         let balancer = Balancer::new();
         let search = ServerSearch::within(&db, std::time::Duration::from_secs(2))

@@ -123,8 +123,7 @@ pub mod adapter {
     pub use crate::context::NewPin;
     pub use crate::discovery::DatabaseRef;
     pub use crate::endpoint::{
-        Failed, ServerSearch, ATTEMPTS_IN_FLIGHT, FAILED_TRIES, MARIADB_SERVER_SQL,
-        SERVER_ADDRESS_SQL, SERVER_TRIES,
+        Failed, ServerSearch, FAILED_TRIES, MARIADB_SERVER_SQL, SERVER_ADDRESS_SQL, SERVER_TRIES,
     };
     pub use crate::flight::WriteFlight;
     pub use crate::pool_table::PoolTable;

@@ -117,11 +117,11 @@ pub(crate) struct Probe {
     /// A server behind a reader endpoint: the database, whose connections are kept only when
     /// they reached it.
     server: Option<Arc<Database>>,
-    client: Option<Arc<Client>>,
+    client: Option<Arc<Connected>>,
     /// A connection attempt under way, in a task of its own: a caller that gives up (its
     /// own deadline, a dropped future) leaves it running for the next caller, so a wait
     /// shorter than a connection's set-up still gets a connection the next time.
-    connecting: Option<tokio::task::JoinHandle<Result<Client, String>>>,
+    connecting: Option<tokio::task::JoinHandle<Result<Connected, String>>>,
     backend: Backend,
     /// A MariaDB database's connection (`None` for PostgreSQL, or a url that does not parse:
     /// then every question says so).
@@ -343,7 +343,7 @@ impl Probe {
         )
     }
 
-    async fn client(&mut self) -> Result<Arc<Client>, String> {
+    async fn client(&mut self) -> Result<Arc<Connected>, String> {
         if let Some(c) = self.client.as_ref().filter(|c| !c.is_closed()) {
             return Ok(Arc::clone(c));
         }
@@ -385,20 +385,47 @@ impl Probe {
     }
 }
 
+/// A client of pindb's own, whose connection's task ends at most `limit` after it is dropped.
+pub(crate) struct Connected {
+    client: Client,
+    /// Dropped with the client: tells the connection's task.
+    _gone: tokio::sync::oneshot::Sender<()>,
+}
+
+impl std::ops::Deref for Connected {
+    type Target = Client;
+
+    fn deref(&self) -> &Client {
+        &self.client
+    }
+}
+
 /// A connection with `config`; for a server behind a reader endpoint, the first of up to
 /// [`SERVER_TRIES`](crate::endpoint::SERVER_TRIES) that reached it.
 async fn connect(
     config: tokio_postgres::Config,
     server: Option<&Database>,
     limit: Duration,
-) -> Result<Client, String> {
+) -> Result<Connected, String> {
     let open = || async {
         let (client, connection) = config.connect(NoTls).await?;
+        let (gone, dropped) = tokio::sync::oneshot::channel::<()>();
         tokio::spawn(async move {
-            // Ends when the client is dropped; errors surface on the next query.
-            let _ = connection.await;
+            // Ends when the client is dropped (errors surface on the next query)...
+            tokio::pin!(connection);
+            tokio::select! {
+                _ = &mut connection => return,
+                _ = dropped => {}
+            }
+            // ...unless a query is still unanswered: on a server that hangs, tokio-postgres
+            // would wait for its answer for good (a search's attempt dropped, a check timed
+            // out).
+            let _ = tokio::time::timeout(limit, connection).await;
         });
-        Ok::<_, tokio_postgres::Error>(client)
+        Ok::<_, tokio_postgres::Error>(Connected {
+            client,
+            _gone: gone,
+        })
     };
     let Some(db) = server else {
         return open().await.map_err(|e| describe(&e));
@@ -550,6 +577,32 @@ mod tests {
             1,
             "one connection, set up for the first caller"
         );
+    }
+
+    /// A check that got no answer (the server hangs mid-query) drops its connection, and
+    /// the connection's task ends within the probe's timeout: tokio-postgres alone would
+    /// wait for the answer for good, one task and socket per hang.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_connection_dropped_while_its_question_hangs_ends() {
+        let cluster = pindb_testkit::Cluster::from_env();
+        let (proxy, probe) = proxied(cluster.replica_url(1)).await;
+        probe.lock().await.timeout = Duration::from_millis(300);
+        probe.lock().await.row("SELECT 1").await.expect("connected");
+        let alive = || {
+            tokio::runtime::Handle::current()
+                .metrics()
+                .num_alive_tasks()
+        };
+        let before = alive();
+        proxy.freeze();
+        let hung = probe.lock().await.row("SELECT 1").await;
+        assert!(hung.is_err_and(|e| e.contains("no answer")));
+        // The proxy's tasks stay (frozen); the connection's task goes.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while alive() >= before && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(alive(), before - 1, "the connection's task ended");
     }
 
     /// A MariaDB statement whose caller gives up (a 5 ms `max_wait_ms`) finishes on its
