@@ -102,7 +102,8 @@ where
         return Ok(router.shape_of(&B::render(query)?));
     };
     let key = (id, router.instance_id());
-    // A replica's refusal learned since (on any thread) may make this type a write.
+    // A replica's refusal learned since (on any thread) may make this type a write. Read
+    // before the shape is classified, so a kept shape is never older than its count.
     let learned = router.refusals_learned();
     match cached(&SHAPES, &key) {
         Some((when, shape)) if when == learned => return Ok(shape),
@@ -221,11 +222,22 @@ mod tests {
         let router = Router::new(config).unwrap();
         let query = diesel::select(bump_views());
         assert_eq!(shape::<Pg, _>(&query, &router).unwrap().op, Operation::Read);
+        fn id_of<T: diesel::query_builder::QueryId>(_: &T) -> Option<std::any::TypeId> {
+            T::query_id()
+        }
+        let key = (id_of(&query).unwrap(), router.instance_id());
+        let kept = |key| super::cached(&super::SHAPES, &key).map(|(_, s)| s.op);
+        assert_eq!(
+            kept(key),
+            Some(Operation::Read),
+            "kept by type on this thread"
+        );
+        let replica = router.topology().index_of("default-1").unwrap();
         std::thread::scope(|s| {
             s.spawn(|| {
                 let sql = refused::<Pg, _>(&query);
                 let refused = "cannot execute UPDATE in a read-only transaction";
-                (router.reroute(1, ReplicaFailure::Refused, 0, &sql, &refused)).unwrap();
+                (router.reroute(replica, ReplicaFailure::Refused, 0, &sql, &refused)).unwrap();
             });
         });
         assert_eq!(

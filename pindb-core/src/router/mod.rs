@@ -384,9 +384,10 @@ impl Router {
         (self.inner.statements).shape_of(self.inner.id, sql, table, footprint)
     }
 
-    /// How many statements replicas refused so far (each is a write from then on): a shape
-    /// an adapter kept from before the count moved must be asked for again
-    /// ([`Router::shape_of`]), so a refusal seen on one thread reaches the others' caches.
+    /// A count that moves whenever a replica's refusal of a statement is learned (it is a
+    /// write from then on): a shape an adapter kept from before it moved must be asked for
+    /// again ([`Router::shape_of`]), so a refusal seen on one thread reaches the others'
+    /// caches. Compare it for equality only.
     pub fn refusals_learned(&self) -> u64 {
         self.inner.statements.learned()
     }

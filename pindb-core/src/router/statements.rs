@@ -49,6 +49,12 @@ thread_local! {
     static SHAPES: RefCell<Kept> = RefCell::default();
 }
 
+/// The count of learned refusals, on a cache line of its own: read by every typed diesel
+/// statement, it must not share one with the refused set's lock, which SeaORM's statements
+/// write once any refusal is known.
+#[repr(align(64))]
+struct Learned(AtomicU64);
+
 pub(super) struct Statements {
     /// The SQL of the router's databases.
     dialect: Dialect,
@@ -58,7 +64,7 @@ pub(super) struct Statements {
     refused: RwLock<HashSet<u64>>,
     /// How many statements a replica refused so far (0: the common case skips the hash and
     /// the lock); adapters that cache shapes by type compare it to know theirs still hold.
-    learned: AtomicU64,
+    learned: Learned,
     hasher: RandomState,
 }
 
@@ -78,7 +84,7 @@ impl Statements {
             dialect,
             names,
             refused: RwLock::new(HashSet::new()),
-            learned: AtomicU64::new(0),
+            learned: Learned(AtomicU64::new(0)),
             hasher: RandomState::new(),
         }
     }
@@ -173,14 +179,17 @@ impl Statements {
         }
         let new = refused.insert(self.hasher.hash_one(sql));
         // Under the lock, after the insert: whoever sees the new count sees the statement.
-        self.learned.fetch_add(1, Ordering::Release);
+        // Only a new one: each move makes every thread's typed shapes be asked for again.
+        if new {
+            self.learned.0.fetch_add(1, Ordering::Release);
+        }
         new
     }
 
     /// How many refusals were learned: a shape classified before the count moved may be a
     /// read that is a write now.
     pub(super) fn learned(&self) -> u64 {
-        self.learned.load(Ordering::Acquire)
+        self.learned.0.load(Ordering::Acquire)
     }
 }
 
