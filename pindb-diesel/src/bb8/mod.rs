@@ -7,8 +7,9 @@
 //! of its own: callers pass the router's [`Route`](pindb_core::Route).
 
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::task::Poll;
+use std::time::{Duration, Instant};
 
 use diesel_async::pooled_connection::{ManagerConfig, PoolError};
 use diesel_async::AsyncPgConnection;
@@ -64,7 +65,31 @@ impl<C: Driver> bb8::ManageConnection for Manager<C> {
     }
 }
 
-type Pool<C> = bb8::Pool<Manager<C>>;
+/// A bb8 pool and its last connection failure: bb8 gives a failed connection's error to no
+/// checkout (one that waited only times out), so a checkout that timed out says it from here.
+struct Pool<C: Driver> {
+    pool: bb8::Pool<Manager<C>>,
+    failed: Arc<Mutex<Option<(Instant, String)>>>,
+}
+
+impl<C: Driver> Clone for Pool<C> {
+    fn clone(&self) -> Self {
+        Pool {
+            pool: self.pool.clone(),
+            failed: Arc::clone(&self.failed),
+        }
+    }
+}
+
+impl<C: Driver> Pool<C> {
+    /// The last connection failure, if within `window` (a checkout's own wait: an older
+    /// one says nothing about it).
+    fn failed_within(&self, window: Duration) -> Option<String> {
+        let failed = self.failed.lock().unwrap_or_else(PoisonError::into_inner);
+        let (at, why) = failed.as_ref()?;
+        (at.elapsed() <= window).then(|| why.clone())
+    }
+}
 
 /// The entry point: the router plus a pool per alias. Cheap to clone.
 ///
@@ -217,7 +242,7 @@ impl<C: Driver> PinDb<C> {
         loop {
             let (pool, db) = self.inner.pool_for_checkout(index, epoch)?;
             let promotion = self.router().watch_promotion(index);
-            let get = pool.get_owned();
+            let get = pool.pool.get_owned();
             tokio::pin!(get);
             // Handed over at once: no timer.
             let first = std::future::poll_fn(|cx| Poll::Ready(get.as_mut().poll(cx))).await;
@@ -245,21 +270,24 @@ impl<C: Driver> PinDb<C> {
             return got.map(|conn| (index, conn)).map_err(|e| match e {
                 // Every connection busy: the pool is exhausted, the server may be fine.
                 bb8::RunError::TimedOut
-                    if pool.state().connections >= db.pool.max_size
-                        && pool.state().idle_connections == 0 =>
+                    if pool.pool.state().connections >= db.pool.max_size
+                        && pool.pool.state().idle_connections == 0 =>
                 {
                     Error::PoolTimeout {
                         alias: db.alias.clone(),
                         timeout: db.pool.connect_timeout,
                     }
                 }
-                bb8::RunError::TimedOut => Error::connect(
-                    &db,
-                    format!(
-                        "no connection could be made within {:?}",
-                        db.pool.connect_timeout
-                    ),
-                ),
+                bb8::RunError::TimedOut => {
+                    let within = db.pool.connect_timeout;
+                    let why = match pool.failed_within(within) {
+                        Some(last) => format!(
+                            "no connection could be made within {within:?}; the last attempt: {last}"
+                        ),
+                        None => format!("no connection could be made within {within:?}"),
+                    };
+                    Error::connect(&db, why)
+                }
                 bb8::RunError::User(e) => Error::connect(
                     &db,
                     match e {
@@ -279,21 +307,70 @@ fn build_pool<C: Driver>(db: &Database) -> Pool<C> {
     // nothing is set on the session, which a pooler could hand to another client.)
     let limit = db.pool.connect_timeout;
     let server = db.server.is_some().then(|| Arc::new(db.clone()));
+    let failed = Arc::new(Mutex::new(None));
+    let record = Arc::clone(&failed);
     config.custom_setup = Box::new(move |url| {
         let open = C::open(url.to_owned(), server.clone(), limit);
+        let record = Arc::clone(&record);
         async move {
-            tokio::time::timeout(limit, open).await.unwrap_or_else(|_| {
+            let opened = tokio::time::timeout(limit, open).await.unwrap_or_else(|_| {
                 Err(diesel::ConnectionError::BadConnection(format!(
                     "no answer within {limit:?} while setting up the connection"
                 )))
-            })
+            });
+            if let Err(e) = &opened {
+                let mut last = record.lock().unwrap_or_else(PoisonError::into_inner);
+                *last = Some((Instant::now(), e.to_string()));
+            }
+            opened
         }
         .boxed()
     });
     let manager = Manager(C::manager(db.pool_url(), config));
-    bb8::Pool::builder()
+    let pool = bb8::Pool::builder()
         .max_size(db.pool.max_size)
         .min_idle(db.pool.min_idle)
         .connection_timeout(db.pool.connect_timeout)
-        .build_unchecked(manager)
+        .build_unchecked(manager);
+    Pool { pool, failed }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A checkout that timed out can say why the pool made no connection: bb8 hands the
+    /// failure to no waiter, the pool keeps the last one.
+    #[tokio::test]
+    async fn a_pool_keeps_its_last_connection_failure() {
+        let hole = pindb_testkit::Proxy::black_hole().await;
+        let url = format!("postgres://app@127.0.0.1:{}/app", hole.port());
+        let config = Config::single_set(url.as_str(), Vec::<String>::new());
+        let mut db = config.databases().unwrap().remove(0);
+        db.pool.connect_timeout = Duration::from_millis(300);
+        db.pool.min_idle = None;
+        let pool = build_pool::<AsyncPgConnection>(&db);
+        let window = Duration::from_secs(60);
+        assert_eq!(pool.failed_within(window), None);
+        assert!(matches!(
+            pool.pool.get().await,
+            Err(bb8::RunError::TimedOut)
+        ));
+        // The set-up's own timeout ends with bb8's wait or just after it.
+        let mut why = None;
+        for _ in 0..100 {
+            why = pool.failed_within(window);
+            if why.is_some() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let why = why.expect("the failure was kept");
+        assert!(why.contains("no answer within 300ms"), "{why}");
+        assert_eq!(
+            pool.failed_within(Duration::ZERO),
+            None,
+            "an older one says nothing"
+        );
+    }
 }
