@@ -68,6 +68,45 @@ pub enum Failed {
     Refused(String),
 }
 
+impl Failed {
+    /// A failed connection attempt by its error's text, for drivers that keep no error code
+    /// for it (diesel's): a login or a database the server refused is [`Failed::Refused`]
+    /// (every server behind the endpoint would say so), anything else (no answer, a broken
+    /// connection, too many clients, a server starting up) [`Failed::Unreachable`]. English
+    /// server messages, PostgreSQL's and MariaDB's; an unknown one is a miss, as before.
+    ///
+    /// ```
+    /// use pindb_core::adapter::Failed;
+    ///
+    /// let role = r#"role "app" does not exist"#;
+    /// assert!(matches!(Failed::from_message(role.into()), Failed::Refused(_)));
+    /// let denied = "Access denied for user 'app'@'10.0.0.9' (using password: YES)";
+    /// assert!(matches!(Failed::from_message(denied.into()), Failed::Refused(_)));
+    /// let full = "sorry, too many clients already";
+    /// assert!(matches!(Failed::from_message(full.into()), Failed::Unreachable(_)));
+    /// ```
+    pub fn from_message(message: String) -> Failed {
+        // Found anywhere: libpq puts its own words before the server's ("connection to
+        // server at ... failed: FATAL:  ..."), and no statement's text is in a login's error.
+        const REFUSED: [&str; 7] = [
+            "password authentication failed",
+            "no pg_hba.conf entry",
+            "pg_hba.conf rejects connection",
+            "is not permitted to log in",
+            "permission denied for database",
+            "Access denied for user",
+            "Unknown database",
+        ];
+        // PostgreSQL's 28000 and 3D000: `role "app" does not exist`, `database "app" ...`.
+        let missing = message.contains(" does not exist")
+            && (message.contains("role \"") || message.contains("database \""));
+        match missing || REFUSED.iter().any(|r| message.contains(r)) {
+            true => Failed::Refused(message),
+            false => Failed::Unreachable(message),
+        }
+    }
+}
+
 impl Database {
     /// What a new connection through this database's endpoint is asked, one row with one text
     /// column: where it landed, as the server names itself ([`SERVER_ADDRESS_SQL`] on

@@ -197,6 +197,45 @@ async fn a_login_refused_behind_an_endpoint_is_not_repeated() {
     assert!(made < 50, "{made} connections through the endpoint in 1 s");
 }
 
+/// A checkout from the pool of a server behind an endpoint whose login is refused: each of
+/// the pool's searches ends at its first refusal, so a checkout repeats the failed login only
+/// as often as bb8 retries a connection (with pindb's diagnosis, about 5 in 2 s), not four
+/// times per retry (14 were seen).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_checkout_behind_an_endpoint_repeats_a_refused_login_only_as_the_pool_retries() {
+    let c = Cluster::from_env();
+    let (r1, r2) = (
+        pindb_testkit::address(c.replica_url(1)),
+        pindb_testkit::address(c.replica_url(2)),
+    );
+    let endpoint = pindb_testkit::Proxy::round_robin(&[&r1, &r2]).await;
+    let through = pindb_testkit::with_address(
+        &c.replica_url(1)
+            .replacen("://pindb@", "://no_such_role@", 1),
+        &format!("127.0.0.1:{}", endpoint.port()),
+    );
+    let mut config = Config::single_set(c.primary_url.clone(), Vec::<String>::new());
+    config.sets.insert(
+        "default".to_owned(),
+        vec![pindb_core::DatabaseSettings {
+            servers: vec![r1, r2],
+            connect_timeout_ms: Some(2_000),
+            min_idle: Some(0),
+            ..pindb_core::DatabaseSettings::from_url(through)
+        }],
+    );
+    let db = PinDb::from_router(Router::new(config).unwrap()).unwrap();
+    let before = endpoint.accepted();
+    let read = pindb_core::scope(db.read_with(&Hint::alias("default-1.2"))).await;
+    let made = endpoint.accepted() - before;
+    let e = read.err().expect("refused").to_string();
+    assert!(e.contains("no_such_role"), "{e}");
+    assert!(
+        made <= 8,
+        "{made} logins through the endpoint for one checkout"
+    );
+}
+
 #[tokio::test]
 async fn no_keyed_read_is_stale_through_pgbouncer_session_mode() {
     use diesel_async::RunQueryDsl as _;

@@ -155,14 +155,16 @@ where
     let Some(db) = server.as_deref() else {
         return C::establish(&url).await;
     };
-    // diesel's connection errors are text: every failure is a miss, up to `FAILED_TRIES`.
-    let failed = |e: &dyn std::fmt::Display| Failed::Unreachable(e.to_string());
+    // diesel's connection errors are text: a login refused ends the search (the servers
+    // share their users), any other failure is a miss, up to `FAILED_TRIES`.
     let attempt = || async {
-        let mut conn = C::establish(&url).await.map_err(|e| failed(&e))?;
+        let mut conn = C::establish(&url)
+            .await
+            .map_err(|e| Failed::from_message(e.to_string()))?;
         let reached: crate::server::Reached = crate::server::question(db)
             .get_result(&mut conn)
             .await
-            .map_err(|e| failed(&e))?;
+            .map_err(|e| Failed::Unreachable(e.to_string()))?;
         Ok((conn, reached.address))
     };
     pindb_core::adapter::ServerSearch::within(db, limit)

@@ -54,20 +54,24 @@ impl<C: Driver> ManageConnection for Manager<C> {
             };
             // A failed attempt may have landed on another server, down while this one is up:
             // a miss, not the end.
-            let attempt = self.inner.connect().and_then(|mut conn| {
-                let reached = C::reached(&mut conn, db).map_err(diesel::r2d2::Error::QueryError)?;
-                Ok((conn, reached))
-            });
+            let attempt = self
+                .inner
+                .connect()
+                .map_err(|e| Failed::from_message(e.to_string()))
+                .and_then(|mut conn| {
+                    let reached = C::reached(&mut conn, db)
+                        .map_err(|e| Failed::Unreachable(e.to_string()))?;
+                    Ok((conn, reached))
+                });
             match attempt {
                 Ok((conn, reached)) => {
                     if search.keep(reached).map_err(over)? {
                         return Ok(conn);
                     }
                 }
-                // diesel's errors are text: a miss, up to `FAILED_TRIES`.
-                Err(e) => search
-                    .failed(Failed::Unreachable(e.to_string()))
-                    .map_err(over)?,
+                // diesel's errors are text: a login refused ends the search, any other
+                // failure is a miss, up to `FAILED_TRIES`.
+                Err(failed) => search.failed(failed).map_err(over)?,
             }
         }
     }
