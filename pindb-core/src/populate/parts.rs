@@ -116,6 +116,13 @@ impl Parts {
                 "max_size = 0 would make every checkout time out; use at least 1",
             ));
         }
+        if self.connect_timeout_ms == Some(0) {
+            return Err(PinDbError::config(
+                alias,
+                "connect_timeout_ms = 0 would give no connection any time; use at least 1 \
+                 (5000 for a master and 1000 for a replica by default)",
+            ));
+        }
         let kind = match (&membership, self.kind) {
             (Membership::Replica { .. }, kind) => kind.unwrap_or_default(),
             (_, None) => ReplicaKind::Streaming,

@@ -216,6 +216,18 @@ fn zero_max_size() {
     assert!(problem.contains("max_size"), "{problem}");
 }
 
+/// A pool's `connect_timeout` of 0 would panic in bb8's builder at the first checkout.
+#[test]
+fn zero_connect_timeout() {
+    for at in [
+        "[masters.default]\nurl = 'postgres://h/d'\nconnect_timeout_ms = 0\n[sets]\ndefault = []",
+        "[masters.default]\nurl = 'postgres://h/d'\n[sets]\ndefault = [{ host = 'r1', connect_timeout_ms = 0 }]",
+    ] {
+        let (_, problem) = err(at);
+        assert!(problem.contains("connect_timeout_ms = 0"), "{problem}");
+    }
+}
+
 #[test]
 fn aliases_are_named_and_ordered_deterministically() {
     let c = Config::from_toml_str(
