@@ -158,12 +158,11 @@ struct Last {
     standby: bool,
 }
 
-/// A login the servers behind an endpoint refuse (a role that does not exist) ends the search
-/// for a declared server at once: the servers share their users, so trying the 64 connections
-/// a search allows would repeat a failed login 64 times per checkout and per monitor check
-/// (609 a second were seen). The error is the server's own.
-#[tokio::test]
-async fn a_login_refused_behind_an_endpoint_is_not_repeated() {
+/// Both replicas behind a round-robin endpoint, declared with `servers`, for a role that does
+/// not exist; `shape` adjusts the replica's settings.
+async fn refused_behind_an_endpoint(
+    shape: impl FnOnce(&mut pindb_core::DatabaseSettings),
+) -> (pindb_testkit::Proxy, Config) {
     let c = Cluster::from_env();
     let (r1, r2) = (
         pindb_testkit::address(c.replica_url(1)),
@@ -175,14 +174,23 @@ async fn a_login_refused_behind_an_endpoint_is_not_repeated() {
             .replacen("://pindb@", "://no_such_role@", 1),
         &format!("127.0.0.1:{}", endpoint.port()),
     );
+    let mut replica = pindb_core::DatabaseSettings {
+        servers: vec![r1, r2],
+        ..pindb_core::DatabaseSettings::from_url(through)
+    };
+    shape(&mut replica);
     let mut config = Config::single_set(c.primary_url.clone(), Vec::<String>::new());
-    config.sets.insert(
-        "default".to_owned(),
-        vec![pindb_core::DatabaseSettings {
-            servers: vec![r1, r2],
-            ..pindb_core::DatabaseSettings::from_url(through)
-        }],
-    );
+    config.sets.insert("default".to_owned(), vec![replica]);
+    (endpoint, config)
+}
+
+/// A login the servers behind an endpoint refuse (a role that does not exist) ends the search
+/// for a declared server at once: the servers share their users, so trying the 64 connections
+/// a search allows would repeat a failed login 64 times per checkout and per monitor check
+/// (609 a second were seen). The error is the server's own.
+#[tokio::test]
+async fn a_login_refused_behind_an_endpoint_is_not_repeated() {
+    let (endpoint, mut config) = refused_behind_an_endpoint(|_| {}).await;
     config.monitor.interval_ms = 100;
     let router = Router::new(config).unwrap();
     let _ = router.start_monitor().await;
@@ -203,27 +211,11 @@ async fn a_login_refused_behind_an_endpoint_is_not_repeated() {
 /// times per retry (14 were seen).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_checkout_behind_an_endpoint_repeats_a_refused_login_only_as_the_pool_retries() {
-    let c = Cluster::from_env();
-    let (r1, r2) = (
-        pindb_testkit::address(c.replica_url(1)),
-        pindb_testkit::address(c.replica_url(2)),
-    );
-    let endpoint = pindb_testkit::Proxy::round_robin(&[&r1, &r2]).await;
-    let through = pindb_testkit::with_address(
-        &c.replica_url(1)
-            .replacen("://pindb@", "://no_such_role@", 1),
-        &format!("127.0.0.1:{}", endpoint.port()),
-    );
-    let mut config = Config::single_set(c.primary_url.clone(), Vec::<String>::new());
-    config.sets.insert(
-        "default".to_owned(),
-        vec![pindb_core::DatabaseSettings {
-            servers: vec![r1, r2],
-            connect_timeout_ms: Some(2_000),
-            min_idle: Some(0),
-            ..pindb_core::DatabaseSettings::from_url(through)
-        }],
-    );
+    let (endpoint, config) = refused_behind_an_endpoint(|replica| {
+        replica.connect_timeout_ms = Some(2_000);
+        replica.min_idle = Some(0);
+    })
+    .await;
     let db = PinDb::from_router(Router::new(config).unwrap()).unwrap();
     let before = endpoint.accepted();
     let read = pindb_core::scope(db.read_with(&Hint::alias("default-1.2"))).await;
