@@ -268,10 +268,9 @@ impl<'a> ServerSearch<'a> {
     /// whole one, and the other clients of a round-robin balancer are much less likely to
     /// keep the search in step with it (its every attempt landing there): its rhythm is
     /// neither the timeouts' nor fixed. An attempt still unanswered when another reaches the
-    /// server, or when
-    /// the search is dropped, is dropped with its connection (on MariaDB an aborted connect
-    /// in the server's counters). With overlap, a search may see up to five failures (four
-    /// and the one in flight) where a sequential one sees [`FAILED_TRIES`].
+    /// server, or when the search is dropped, is dropped with its connection (on MariaDB an
+    /// aborted connect in the server's counters). With overlap, a search may see up to five
+    /// failures (four and the one in flight) where a sequential one sees [`FAILED_TRIES`].
     ///
     /// [`attempt_limit`]: ServerSearch::attempt_limit
     pub async fn find<C, A, F>(
