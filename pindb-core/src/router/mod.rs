@@ -378,7 +378,8 @@ impl Router {
     /// `write_functions` / `write_relations` and the statements a replica refused (a read
     /// that names one is a write); the main table when delegates need it; the read's
     /// footprint when a logical replica may carry only some tables. Kept per thread for the
-    /// texts seen last (what a replica refused is checked every time).
+    /// texts seen last, each with the count of refusals learned when it was classified: a
+    /// refusal learned since, on any thread, makes it be classified again.
     pub fn shape_of(&self, sql: &str) -> Shape {
         let (table, footprint) = (self.has_delegates(), self.inner.topology.has_partial());
         (self.inner.statements).shape_of(self.inner.id, sql, table, footprint)

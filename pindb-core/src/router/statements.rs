@@ -25,11 +25,13 @@ const MAX_CACHED: usize = 256;
 const MAX_CACHED_LEN: usize = 4096;
 const MAX_CACHED_BYTES: usize = 256 * 1024;
 
-/// A text's shape as its router's configuration makes it (what a replica refused is learned
-/// at run time: checked on every statement), with the router and the text it is of.
+/// A text's shape (its router's configuration and the refusals learned when it was
+/// classified), with the router, the text it is of, and the count of learned refusals then:
+/// a refusal learned since may make it a write.
 struct Cached {
     router: u64,
     sql: Box<str>,
+    learned: u64,
     shape: Shape,
 }
 
@@ -49,9 +51,9 @@ thread_local! {
     static SHAPES: RefCell<Kept> = RefCell::default();
 }
 
-/// The count of learned refusals, on a cache line of its own: read by every typed diesel
-/// statement, it must not share one with the refused set's lock, which SeaORM's statements
-/// write once any refusal is known.
+/// The count of learned refusals, on a cache line of its own: read by every statement whose
+/// shape is kept (diesel's by type, SeaORM's by text), it must not share one with the refused
+/// set's lock, which a statement classified anew takes once any refusal is known.
 #[repr(align(64))]
 struct Learned(AtomicU64);
 
@@ -101,7 +103,12 @@ impl Statements {
         let kept = (sql.len() <= MAX_CACHED_LEN)
             .then(|| self.kept(router, sql, with_table, with_footprint))
             .flatten();
-        let mut shape = kept.unwrap_or_else(|| self.configured(sql, with_table, with_footprint));
+        kept.unwrap_or_else(|| self.decided(sql, with_table, with_footprint))
+    }
+
+    /// The shape of `sql` under the configuration and the refusals learned so far.
+    fn decided(&self, sql: &str, with_table: bool, with_footprint: bool) -> Shape {
+        let mut shape = self.configured(sql, with_table, with_footprint);
         if shape.op == Operation::Read && self.refused(sql) {
             shape.op = Operation::Write;
             shape.footprint = None;
@@ -123,12 +130,15 @@ impl Statements {
                 // Nothing under the borrow calls back here; a failed borrow classifies anew.
                 let mut kept = cache.try_borrow_mut().ok()?;
                 let key = kept.hasher.hash_one((router, sql));
+                // Read before the shape is decided, so a kept shape is never older than its
+                // count: the refused set (a shared lock) is read only when the count moved.
+                let learned = self.learned();
                 if let Some(hit) = kept.shapes.get(&key) {
-                    if hit.router == router && *hit.sql == *sql {
+                    if hit.router == router && hit.learned == learned && *hit.sql == *sql {
                         return Some(hit.shape.clone());
                     }
                 }
-                let shape = self.configured(sql, with_table, with_footprint);
+                let shape = self.decided(sql, with_table, with_footprint);
                 if kept.shapes.len() >= MAX_CACHED || kept.bytes + sql.len() > MAX_CACHED_BYTES {
                     kept.shapes.clear();
                     kept.bytes = 0;
@@ -136,6 +146,7 @@ impl Statements {
                 let cached = Cached {
                     router,
                     sql: sql.into(),
+                    learned,
                     shape: shape.clone(),
                 };
                 if let Some(replaced) = kept.shapes.insert(key, cached) {

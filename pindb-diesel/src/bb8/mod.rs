@@ -305,7 +305,9 @@ fn build_pool<C: Driver>(db: &Database) -> Pool<C> {
     // The whole set-up is bounded: a server can also hang after the handshake. (A replica
     // that would accept writes is opened read-only by a startup parameter in `pool_url`:
     // nothing is set on the session, which a pooler could hand to another client.)
-    let limit = db.pool.connect_timeout;
+    // Ended before the checkout's own wait, so that the failure is kept by the time the
+    // checkout that waited for it times out and says it.
+    let limit = db.pool.connect_timeout.mul_f64(0.9);
     let server = db.server.is_some().then(|| Arc::new(db.clone()));
     let failed = Arc::new(Mutex::new(None));
     let record = Arc::clone(&failed);
@@ -318,10 +320,13 @@ fn build_pool<C: Driver>(db: &Database) -> Pool<C> {
                     "no answer within {limit:?} while setting up the connection"
                 )))
             });
-            if let Err(e) = &opened {
-                let mut last = record.lock().unwrap_or_else(PoisonError::into_inner);
-                *last = Some((Instant::now(), e.to_string()));
-            }
+            // Once per new connection, not per checkout. A success clears it: an older
+            // failure would be told as the last attempt's.
+            let mut last = record.lock().unwrap_or_else(PoisonError::into_inner);
+            *last = opened
+                .as_ref()
+                .err()
+                .map(|e| (Instant::now(), e.to_string()));
             opened
         }
         .boxed()
@@ -366,7 +371,7 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         let why = why.expect("the failure was kept");
-        assert!(why.contains("no answer within 300ms"), "{why}");
+        assert!(why.contains("no answer within 270ms"), "{why}");
         assert_eq!(
             pool.failed_within(Duration::ZERO),
             None,
