@@ -694,27 +694,46 @@ async fn a_statement_dropped_in_flight_inside_a_transaction_abandons_it() {
 
 /// A hand-begun transaction whose `COMMIT` is dropped before its answer: the transaction is
 /// abandoned at once (its statements fail with `TransactionAbandoned` until it is rolled
-/// back), and afterwards every statement reads its own answer, not the one before it.
+/// back), and afterwards every statement reads its own answer, not the one before it. The
+/// master is behind a proxy frozen while the `COMMIT` is under way, so the commit surely
+/// waits for its answer when it is dropped (on loopback a commit polled once could already
+/// have its answer), and the answer reaches the connection afterwards.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hand_made_commit_dropped_in_flight_abandons_the_transaction() {
     use diesel_async::TransactionManager;
-    use futures_util::FutureExt;
     use pindb_diesel::bb8::RoutedTransactionManager as Tm;
 
     let cluster = MariaDbCluster::from_env();
     let _apply = shared_apply(&cluster).await;
-    let db = started(config(&cluster, RouterMode::Greedy)).await;
+    let master = cluster.master_url();
+    let proxy = Proxy::start(&pindb_testkit::address(&master)).await;
+    let proxied = pindb_testkit::with_address(&master, &format!("127.0.0.1:{}", proxy.port()));
+    let mut config = Config::single_set(
+        proxied.as_str(),
+        [cluster.replica_url(1), cluster.replica_url(2)],
+    );
+    config.monitor.interval_ms = 100;
+    config.router = RouterMode::Greedy;
+    let db = started(config).await;
     let id = |n: i64| format!("SELECT {n} AS id");
     scope(async {
         db.router().pin("default").unwrap();
         let mut conn = db.get();
         Tm::begin_transaction(&mut conn).await.unwrap();
         assert_eq!(server_id_on(&mut conn, &id(1)).await, 1);
-        // Polled once (COMMIT sent), then dropped.
+        proxy.freeze();
+        let commit = tokio::time::timeout(
+            Duration::from_millis(100),
+            Tm::commit_transaction(&mut conn),
+        )
+        .await;
         assert!(
-            Tm::commit_transaction(&mut conn).now_or_never().is_none(),
-            "the commit was still waiting for its answer"
+            commit.is_err(),
+            "the commit was dropped waiting for its answer"
         );
+        // The COMMIT reaches the server, and its answer the connection.
+        proxy.thaw();
+        tokio::time::sleep(Duration::from_millis(50)).await;
         let lost = diesel::sql_query(id(2))
             .get_result::<ServerId>(&mut conn)
             .await;
