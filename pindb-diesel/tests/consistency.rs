@@ -601,8 +601,9 @@ async fn a_recorded_write_makes_the_monitor_recheck_the_replicas() {
         let db = started(config).await;
         let key = format!("recheck-{recheck_ms}");
         write_as(&db, &key, "fresh").await;
-        // Replication takes about a millisecond here; the recheck comes 10 ms after.
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        // Replication takes about a millisecond here; the recheck comes 10 ms after, and
+        // again 20, 40, 80... ms later while the replica is behind (a loaded host).
+        tokio::time::sleep(Duration::from_millis(700)).await;
         let (bodies, held) = read_as(&db, &key).await;
         assert!(bodies.contains(&"fresh".to_owned()), "{bodies:?}");
         served.push(held);
@@ -612,6 +613,44 @@ async fn a_recorded_write_makes_the_monitor_recheck_the_replicas() {
         [vec!["default-1".to_owned()], vec!["default".to_owned()]],
         "with the recheck a replica, without it the master"
     );
+}
+
+/// A replica slow to replay a write (its replay paused past the first recheck, then
+/// resumed): the monitor checks it again, twice as late each time, so the writer soon reads
+/// from the replica, not a regular interval (a minute here) after the write.
+#[tokio::test]
+async fn a_recheck_that_finds_the_replica_behind_checks_again() {
+    let mut w = World::new().await;
+    let mut config = config(&w, &[2]);
+    config.monitor.interval_ms = 60_000;
+    config.stickiness.ttl_seconds = 600;
+    config.monitor.recheck_after_write_ms = 10;
+    config.stickiness.max_wait_ms = 0;
+    let db = started(config).await;
+    w.control.pause(2).await;
+    write_as(&db, "slow-replay", "fresh").await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (bodies, held) = read_as(&db, "slow-replay").await;
+    assert!(bodies.contains(&"fresh".to_owned()), "{bodies:?}");
+    assert!(
+        on_master(&held),
+        "the replica has not replayed it: {held:?}"
+    );
+    w.control.resume(2).await;
+    let deadline = std::time::Instant::now() + SOON;
+    loop {
+        let (bodies, held) = read_as(&db, "slow-replay").await;
+        assert!(bodies.contains(&"fresh".to_owned()), "{bodies:?}");
+        if held == ["default-1"] {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the writer's reads stayed on the master: no recheck saw the replica catch up"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    w.finish().await;
 }
 
 #[derive(QueryableByName)]

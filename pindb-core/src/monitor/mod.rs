@@ -244,13 +244,27 @@ async fn watch_replica(
     // `MasterTrack::lag`): two checks and their timeout.
     let silent = 2 * Duration::from_millis(settings.interval_ms) + timeout(&settings);
     let gauge_labels = [("set", set.clone()), ("alias", alias.clone())];
+    // A recheck after a write that found the replica behind: the next one, twice as late,
+    // so a replica slow to replay (a loaded host) is seen caught up soon, not an interval
+    // later, for a bounded number of checks.
+    let mut again: Option<Duration> = None;
+    let regular = Duration::from_millis(settings.interval_ms);
     loop {
+        // Set when this check is a recheck after a write: its delay.
+        let mut after_write = None;
         tokio::select! {
             _ = every.tick() => {}
             // A write was recorded: check once it has had time to replicate (signals that
             // arrive meanwhile are one check).
-            _ = written[r].notified(), if !recheck.is_zero() => tokio::time::sleep(recheck).await,
+            _ = written[r].notified(), if !recheck.is_zero() => {
+                tokio::time::sleep(recheck).await;
+                after_write = Some(recheck);
+            }
+            _ = tokio::time::sleep(again.unwrap_or_default()), if again.is_some() => {
+                after_write = again;
+            }
         }
+        again = None;
         // A suspicion raised while the check runs (a promotion elsewhere, a failed read)
         // wins over what the check saw.
         let seen = health[r].suspicions();
@@ -348,6 +362,12 @@ async fn watch_replica(
                 // `stalled_after_ms` by the monitor's own clock: a paused replay or
                 // subscription, a broken receiver. Lag alone can be a burst; this is worth an
                 // alert.
+                // Behind (not stopped: that has no position to wait for) when a write
+                // asked for this check: once more, twice as late, while under an interval.
+                again = after_write
+                    .filter(|_| lag_bytes > 0 && replay.is_some())
+                    .map(|d| d * 2)
+                    .filter(|next| *next < regular);
                 if replay != last_position || lag_bytes == 0 {
                     last_position = replay;
                     unchanged_since = Instant::now();
