@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use axum::extract::State;
 use axum::routing::{get, post};
-use axum::Json;
+use axum::{Extension, Json};
 use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
 use pindb_core::RouterMode;
@@ -174,17 +174,21 @@ async fn the_pin_cookie_round_trips_and_expires() {
     f.finish().await;
 }
 
+/// A pin of 8 s, written at 0 s and 4.5 s, read at 9 s: pinned only if the second write
+/// restarted it. A pin expires on a whole second, so it lasts more than 7 s: each pause of
+/// 4.5 s leaves 2.5 s for the requests around it on a loaded machine, and the read comes after
+/// the first pin's end whatever they take.
 #[tokio::test]
 async fn a_write_under_a_carried_pin_restarts_its_expiry() {
     let f = Fixture::new(SCHEMA_SQL).await;
-    let (base, _db) = service(&f, RouterMode::Greedy, 4).await;
+    let (base, _db) = service(&f, RouterMode::Greedy, 8).await;
     let browser = reqwest::Client::builder()
         .cookie_store(true)
         .build()
         .unwrap();
     browser.post(format!("{base}/write")).send().await.unwrap();
-    tokio::time::sleep(Duration::from_millis(2500)).await;
-    // Still pinned by the cookie; this write must push the pin's expiry 4 s further.
+    tokio::time::sleep(Duration::from_millis(4500)).await;
+    // Still pinned by the cookie; this write must push the pin's expiry 8 s further.
     let r = browser.post(format!("{base}/write")).send().await.unwrap();
     assert!(
         r.headers().get("set-cookie").is_some(),
@@ -195,12 +199,12 @@ async fn a_write_under_a_carried_pin_restarts_its_expiry() {
         reply.routes[0].reason, "pinned",
         "the second write ran under the carried pin"
     );
-    tokio::time::sleep(Duration::from_millis(2500)).await;
+    tokio::time::sleep(Duration::from_millis(4500)).await;
     let reply = fetch(&browser, format!("{base}/read")).await;
     assert_eq!(
         read_role(&reply),
         "master",
-        "5 s after the first write, 2.5 s after the second"
+        "9 s after the first write, 4.5 s after the second"
     );
     f.finish().await;
 }
@@ -368,21 +372,33 @@ async fn the_token_header_carries_read_your_writes_to_another_instance() {
 }
 
 /// A writing request that never finishes (its client gives up) or panics after its write;
-/// replica 1 paused, positions in a store the test can look into.
-async fn faulty_service(f: &Fixture) -> (String, std::sync::Arc<pindb_core::MemoryStore>) {
+/// replica 1 paused, positions in a store the test can look into. The `Notify` is signalled
+/// when the never-finishing request's write is done.
+async fn faulty_service(
+    f: &Fixture,
+) -> (
+    String,
+    std::sync::Arc<pindb_core::MemoryStore>,
+    std::sync::Arc<tokio::sync::Notify>,
+) {
     capture::install();
     let mut config = f.config(RouterMode::Greedy, &[1]);
     config.web.cookie_secret = Some("a-test-secret-of-more-than-thirty-two-bytes".into());
     config.monitor.interval_ms = 20;
     let store = std::sync::Arc::new(pindb_core::MemoryStore::new(100));
+    let written = std::sync::Arc::new(tokio::sync::Notify::new());
     let router = pindb_core::Router::builder(config)
         .store(store.clone())
         .build()
         .unwrap();
     let db = PinDb::from_router(router).unwrap();
     db.router().start_monitor().await.unwrap();
-    async fn write_then_hang(State(db): State<PinDb>) -> Answer {
+    async fn write_then_hang(
+        State(db): State<PinDb>,
+        Extension(written): Extension<std::sync::Arc<tokio::sync::Notify>>,
+    ) -> Answer {
         write(&db).await.unwrap();
+        written.notify_one();
         tokio::time::sleep(Duration::from_secs(3600)).await;
         respond(Ok(Vec::new()), Vec::new())
     }
@@ -400,9 +416,10 @@ async fn faulty_service(f: &Fixture) -> (String, std::sync::Arc<pindb_core::Memo
                 .unwrap()
                 .with_key(user_key),
         )
+        .layer(Extension(written.clone()))
         // Outside pindb's layer: the panic unwinds through it.
         .layer(tower_http::catch_panic::CatchPanicLayer::new());
-    (serve(app).await, store)
+    (serve(app).await, store, written)
 }
 
 async fn until_saved(store: &pindb_core::MemoryStore, key: &str) {
@@ -420,18 +437,20 @@ async fn until_saved(store: &pindb_core::MemoryStore, key: &str) {
 #[tokio::test]
 async fn a_client_that_disconnects_after_its_write_still_reads_it_next_time() {
     let mut f = Fixture::new(SCHEMA_SQL).await;
-    let (base, store) = faulty_service(&f).await;
+    let (base, store, written) = faulty_service(&f).await;
     f.control.pause(1).await;
-    let impatient = reqwest::Client::builder()
-        .timeout(Duration::from_millis(500))
-        .build()
-        .unwrap();
-    let gave_up = impatient
+    let impatient = reqwest::Client::new();
+    let request = impatient
         .post(format!("{base}/write-then-hang"))
         .header("x-user", "alice")
-        .send()
-        .await;
-    assert!(gave_up.is_err(), "the client gave up and disconnected");
+        .send();
+    // The client gives up once the write is done (a fixed timeout could cut the write itself
+    // on a loaded machine, before anything was pinned): dropping the request disconnects.
+    tokio::select! {
+        answered = request => panic!("the handler answered: {answered:?}"),
+        () = written.notified() => {}
+        () = tokio::time::sleep(Duration::from_secs(30)) => panic!("no write within 30 s"),
+    }
     drop(impatient);
     until_saved(&store, "user:alice").await;
     let next: Reply = reqwest::Client::new()
@@ -451,7 +470,7 @@ async fn a_client_that_disconnects_after_its_write_still_reads_it_next_time() {
 #[tokio::test]
 async fn a_handler_that_panics_after_its_write_still_leaves_its_position() {
     let mut f = Fixture::new(SCHEMA_SQL).await;
-    let (base, store) = faulty_service(&f).await;
+    let (base, store, _) = faulty_service(&f).await;
     f.control.pause(1).await;
     let client = reqwest::Client::new();
     let r = client
@@ -480,7 +499,7 @@ async fn a_handler_that_panics_after_its_write_still_leaves_its_position() {
 async fn a_request_future_dropped_by_a_timeout_still_records_its_position() {
     use tower::ServiceExt;
     let mut f = Fixture::new(SCHEMA_SQL).await;
-    let (_, store) = faulty_service(&f).await;
+    let (_, store, _) = faulty_service(&f).await;
     f.control.pause(1).await;
     // The same layer without a server: a timeout drops the service future mid-handler.
     let mut config = f.config(RouterMode::Greedy, &[1]);
@@ -490,6 +509,8 @@ async fn a_request_future_dropped_by_a_timeout_still_records_its_position() {
         .build()
         .unwrap();
     let db = PinDb::from_router(router).unwrap();
+    let written = std::sync::Arc::new(tokio::sync::Notify::new());
+    let signal = written.clone();
     let svc = tower::ServiceBuilder::new()
         .layer(
             PinDbLayer::new(db.router().clone())
@@ -497,9 +518,10 @@ async fn a_request_future_dropped_by_a_timeout_still_records_its_position() {
                 .with_key(user_key),
         )
         .service_fn(move |_req: axum::http::Request<()>| {
-            let db = db.clone();
+            let (db, signal) = (db.clone(), signal.clone());
             async move {
                 write(&db).await.unwrap();
+                signal.notify_one();
                 tokio::time::sleep(Duration::from_secs(3600)).await;
                 Ok::<_, std::convert::Infallible>(axum::http::Response::new(()))
             }
@@ -508,8 +530,13 @@ async fn a_request_future_dropped_by_a_timeout_still_records_its_position() {
         .header("x-user", "bob")
         .body(())
         .unwrap();
-    let dropped = tokio::time::timeout(Duration::from_millis(300), svc.oneshot(req)).await;
-    assert!(dropped.is_err());
+    // Dropped once its write is done, as a timeout drops it then (a fixed one could cut the
+    // write itself on a loaded machine, before anything was pinned).
+    tokio::select! {
+        answered = svc.oneshot(req) => panic!("the service answered: {answered:?}"),
+        () = written.notified() => {}
+        () = tokio::time::sleep(Duration::from_secs(30)) => panic!("no write within 30 s"),
+    }
     until_saved(&store, "user:bob").await;
     f.finish().await;
 }

@@ -278,18 +278,22 @@ fn status_lag_is_how_long_the_master_has_had_wal_the_replica_has_not_replayed() 
         .unwrap();
     let dir = std::env::temp_dir().join(format!("pindb-cli-{}-lag", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let config = dir.join("pindb.toml");
-    // A check timeout (status's deadline for a replica to catch up) well past the resume below.
-    std::fs::write(
-        &config,
-        format!(
-            "[masters.default]\nurl = '{}'\n[sets]\ndefault = [{{ url = '{}' }}]\n\
-             [monitor]\ncheck_timeout_ms = 2000\n",
-            c.primary_url,
-            c.replica_url(1)
-        ),
-    )
-    .unwrap();
+    // The check timeout is status's deadline for a replica to catch up.
+    let config_with = |name: &str, check_timeout_ms: u64| {
+        let path = dir.join(name);
+        std::fs::write(
+            &path,
+            format!(
+                "[masters.default]\nurl = '{}'\n[sets]\ndefault = [{{ url = '{}' }}]\n\
+                 [monitor]\ncheck_timeout_ms = {check_timeout_ms}\n",
+                c.primary_url,
+                c.replica_url(1)
+            ),
+        )
+        .unwrap();
+        path
+    };
+    let config = config_with("pindb.toml", 2000);
     // A transaction that commits: a WAL-logged one (a transactional message, which the logical
     // subscriber is not sent), so its commit is flushed before it returns (a bare
     // `txid_current()` commits asynchronously).
@@ -317,7 +321,12 @@ fn status_lag_is_how_long_the_master_has_had_wal_the_replica_has_not_replayed() 
     });
     let (code, table) = pindb(&["status"], &config);
     assert_eq!(code, 0, "{table}");
-    assert_eq!(lag_ms_cell(&table, "default-1"), "0", "caught up:\n{table}");
+    // 0, or the round trip of a replay it waited for (WAL another test or the server itself
+    // wrote meanwhile): not the 3 s age of its last transaction.
+    let lag: u64 = lag_ms_cell(&table, "default-1")
+        .parse()
+        .unwrap_or_else(|_| panic!("caught up:\n{table}"));
+    assert!(lag < 1000, "caught up, lag {lag} ms:\n{table}");
 
     // Behind (a write it received but cannot replay): at least the 2 s status waited for it.
     rt.block_on(async {
@@ -338,10 +347,13 @@ fn status_lag_is_how_long_the_master_has_had_wal_the_replica_has_not_replayed() 
     assert!(json.contains("\"lag_ms_at_least\": true"), "{json}");
 
     // Behind when status asks, replaying 300 ms later: its lag is how long it took, not the
-    // age of the transaction it replayed last (3 s and more: the old figure).
+    // age of the transaction it replayed last (the write above, 4 s old and more after the two
+    // runs of status that waited 2 s for it: the old figure). A loaded machine may resume
+    // late: status waits up to 5 s for the replay here, and the lag may be up to 2.5 s.
+    let patient = config_with("patient.toml", 5000);
     let status = Command::new(env!("CARGO_BIN_EXE_pindb"))
         .args(["status", "--config"])
-        .arg(&config)
+        .arg(&patient)
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
@@ -358,7 +370,7 @@ fn status_lag_is_how_long_the_master_has_had_wal_the_replica_has_not_replayed() 
         .parse()
         .unwrap_or_else(|_| panic!("caught up within the check timeout:\n{table}"));
     assert!(
-        lag < 1000,
+        lag < 2500,
         "lag {lag} ms, not the last replay's age:\n{table}"
     );
     drop(control);

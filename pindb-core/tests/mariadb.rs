@@ -86,7 +86,13 @@ async fn the_monitor_follows_a_replica_that_stops_applying() {
     let warnings = router.start_monitor().await.expect("the topology is right");
     assert!(warnings.is_empty(), "{warnings:?}");
     let status = |alias: &str| router.topology().replica_status(alias).unwrap().unwrap();
-    assert!(status("default-1").up && !status("default-1").over_lag);
+    // Up and fresh once checked (the first checks may outlast start_monitor's wait).
+    pindb_testkit::wait_until(
+        "the monitor finds default-1 up and fresh",
+        Duration::from_secs(10),
+        || status("default-1").up && !status("default-1").over_lag,
+    )
+    .await;
     let table = fresh_table(&cluster, 1).await;
     apply = blocking(move || {
         apply.stop_apply(1);

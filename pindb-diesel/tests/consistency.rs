@@ -20,11 +20,13 @@ use common::{notes, NewNote, World};
 
 const SOON: Duration = Duration::from_secs(10);
 
-/// A greedy config over the given replicas with a fast monitor.
+/// A greedy config over the given replicas with a fast monitor. The replica faults here are
+/// paused replay and stopped servers (refused at once): the check timeout is long enough
+/// that a loaded machine never marks a healthy replica down.
 fn config(w: &World, replicas: &[usize]) -> Config {
     let mut config = w.config(RouterMode::Greedy, replicas);
     config.monitor.interval_ms = 20;
-    config.monitor.check_timeout_ms = 300;
+    config.monitor.check_timeout_ms = 2_000;
     config.monitor.failures_before_down = 2;
     config
 }
@@ -55,18 +57,23 @@ async fn started_with(config: Config, store: Arc<dyn Store>) -> PinDb {
     db
 }
 
-/// A short position lifetime (with a lag limit it outlives), so tests can wait out the
-/// time a store that may have lost positions is not trusted.
+/// A short position lifetime (with a lag limit it outlives, with the time to notice it), so
+/// tests can wait out the time a store that may have lost positions is not trusted.
 fn short_ttl(mut config: Config) -> Config {
     config.monitor.max_lag_ms = 2_500;
-    config.stickiness.ttl_seconds = 4;
+    config.stickiness.ttl_seconds = 6;
     config
 }
+
+/// A Redis command timeout far above a loaded machine's slowest answer: a command that times
+/// out makes the store untrusted for ttl. The outages here are a stopped or restarted Redis,
+/// which refuses commands at once.
+const REDIS_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Waits until keyed reads go to replicas again: a store that is new (or lost data) is
 /// trusted only `ttl_seconds` after pindb first saw it.
 async fn until_store_trusted(db: &PinDb) {
-    let deadline = std::time::Instant::now() + SOON;
+    let deadline = std::time::Instant::now() + 2 * SOON;
     loop {
         let (_, held) = read_as(db, "probe").await;
         if !on_master(&held) {
@@ -287,6 +294,17 @@ async fn reads_cost_no_extra_round_trips_on_a_healthy_cluster() {
         after_write, 0,
         "the write's position is learned in its own flight: no round trip of its own"
     );
+    // Healthy: the replicas replay the write and the monitor sees it (a loaded machine may
+    // take longer than the reads' wait, which then asks the replicas or reads the master).
+    let consistency = db.router().consistency();
+    // Not `.load`: diesel's `RunQueryDsl::load` would be taken for it.
+    let positions = Store::load(&**consistency.store(), "alice").await.unwrap();
+    let [(_, written)] = positions[..] else {
+        panic!("alice's one position: {positions:?}");
+    };
+    for alias in replicas_of(&db) {
+        pindb_testkit::monitor_saw_replay(db.router(), &alias, written).await;
+    }
     let mut from_replica = 0;
     for _ in 0..1000 {
         let (rows, held) = read_as(&db, "alice").await;
@@ -306,12 +324,11 @@ async fn reads_cost_no_extra_round_trips_on_a_healthy_cluster() {
 async fn two_app_instances_share_positions_through_redis() {
     let mut w = World::new().await;
     let prefix = format!("pindb:test:{}:", w.schema.name);
-    let timeout = Duration::from_millis(200);
     let mut instances = Vec::new();
     for _ in 0..2 {
         let db = started_with(
             short_ttl(config(&w, &[1])),
-            Arc::new(RedisStore::new(&w.cluster.redis_url, &prefix, timeout).unwrap()),
+            Arc::new(RedisStore::new(&w.cluster.redis_url, &prefix, REDIS_TIMEOUT).unwrap()),
         )
         .await;
         until_store_trusted(&db).await;
@@ -337,7 +354,7 @@ async fn redis_going_down_never_errors_and_sends_keyed_reads_to_the_master() {
     let mut redis = PrivateRedis::start(26391);
     let db = started_with(
         short_ttl(config(&w, &[1])),
-        Arc::new(RedisStore::new(&redis.url(), "pindb:", Duration::from_millis(100)).unwrap()),
+        Arc::new(RedisStore::new(&redis.url(), "pindb:", REDIS_TIMEOUT).unwrap()),
     )
     .await;
     until_store_trusted(&db).await;
@@ -483,13 +500,28 @@ async fn a_replica_past_max_lag_bytes_is_ejected_for_everyone_and_returns() {
     w.finish().await;
 }
 
+/// An idle primary is not replica lag: caught-up replicas stay within `max_lag_ms` however
+/// long nothing is written (a lag counted from the last write, as replay timestamps count
+/// it, takes them out once the primary has been idle that long).
 #[tokio::test]
 async fn an_idle_primary_is_not_replica_lag() {
     let w = World::new().await;
     let mut config = config(&w, &[1, 2]);
-    config.monitor.max_lag_ms = 500;
+    // Far above what a stalled machine adds to a checked replica's bound (checked every
+    // 20 ms); below the idle stretch watched for.
+    config.monitor.max_lag_ms = 2_000;
     let db = started(config).await;
-    for _ in 0..30 {
+    // Watched until the primary has stayed idle for 3 s (a test holds the replay lock for
+    // its whole run, so only tests without it may write meanwhile; PostgreSQL itself logs
+    // a snapshot of running transactions at most every 15 s), for at most 20 s.
+    let primary = w.cluster.primary().await;
+    let position = async || {
+        let row = primary.query_one("SELECT pg_current_wal_lsn()::text", &[]);
+        lsn(&row.await.unwrap().get::<_, String>(0))
+    };
+    let (mut last, mut idle_since) = (position().await, std::time::Instant::now());
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while idle_since.elapsed() < Duration::from_secs(3) && std::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(100)).await;
         for alias in ["default-1", "default-2"] {
             let status = db
@@ -498,9 +530,21 @@ async fn an_idle_primary_is_not_replica_lag() {
                 .replica_status(alias)
                 .unwrap()
                 .unwrap();
-            assert!(status.up && !status.over_lag, "{alias}: {status:?}");
+            assert!(
+                status.up && !status.over_lag,
+                "{alias}, the primary idle for {:?}: {status:?}",
+                idle_since.elapsed()
+            );
+        }
+        let now = position().await;
+        if now != last {
+            (last, idle_since) = (now, std::time::Instant::now());
         }
     }
+    assert!(
+        idle_since.elapsed() >= Duration::from_secs(3),
+        "the primary was never idle for 3 s in 20 s: nothing proved"
+    );
     w.finish().await;
 }
 

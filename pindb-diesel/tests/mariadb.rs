@@ -706,8 +706,8 @@ async fn a_hand_made_commit_dropped_in_flight_abandons_the_transaction() {
     let cluster = MariaDbCluster::from_env();
     let _apply = shared_apply(&cluster).await;
     let master = cluster.master_url();
-    let proxy = Proxy::start(&pindb_testkit::address(&master)).await;
-    let proxied = pindb_testkit::with_address(&master, &format!("127.0.0.1:{}", proxy.port()));
+    let proxy = Proxy::start(&pindb_testkit::address(master)).await;
+    let proxied = pindb_testkit::with_address(master, &format!("127.0.0.1:{}", proxy.port()));
     let mut config = Config::single_set(
         proxied.as_str(),
         [cluster.replica_url(1), cluster.replica_url(2)],
@@ -1072,22 +1072,57 @@ async fn a_keyed_context_dropped_while_its_write_runs_never_reads_without_it() {
         .unwrap();
         locks.push(lock);
     }
-    let slow = format!("UPDATE `{t}` SET `n` = `n` + 1 WHERE `user_id` = 0 AND SLEEP(0.8) = 0");
-    let cut = tokio::time::timeout(
-        Duration::from_millis(150),
-        db.router()
-            .consistency()
-            .scope_with_key(Some("alice"), async {
-                diesel::sql_query(&slow).execute(&mut db.get()).await
-            }),
-    )
-    .await;
-    assert!(cut.is_err(), "the write finished before the drop");
+    // The master's row too: the write waits behind it, in flight, until the test lets go.
+    let mut gate = AsyncMysqlConnection::establish(&cluster.node_admin_url(0))
+        .await
+        .unwrap();
+    gate.batch_execute("BEGIN").await.unwrap();
+    gate.batch_execute(&format!(
+        "SELECT `n` FROM `{t}` WHERE `user_id` = 0 FOR UPDATE"
+    ))
+    .await
+    .unwrap();
+    #[derive(QueryableByName)]
+    struct Waiting {
+        #[diesel(sql_type = BigInt)]
+        n: i64,
+    }
+    // The write runs on the master (behind the row: it cannot end).
+    let waiting = format!(
+        "SELECT CAST(COUNT(*) AS SIGNED) AS n FROM information_schema.PROCESSLIST \
+         WHERE INFO LIKE 'UPDATE `{t}`%'"
+    );
+    let slow = format!("UPDATE `{t}` SET `n` = `n` + 1 WHERE `user_id` = 0");
+    let context = db
+        .router()
+        .consistency()
+        .scope_with_key(Some("alice"), async {
+            diesel::sql_query(&slow).execute(&mut db.get()).await
+        });
+    // Dropped once the write waits for the row: sent, unanswered.
+    tokio::select! {
+        _ = context => panic!("the write finished before the drop"),
+        () = async {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            loop {
+                let seen: Waiting = diesel::sql_query(&waiting)
+                    .get_result(&mut gate)
+                    .await
+                    .unwrap();
+                if seen.n > 0 {
+                    break;
+                }
+                assert!(Instant::now() < deadline, "the write never waited for the row");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        } => {}
+    }
     let state = master_state(&cluster, &t).await;
     assert!(
         state.starts_with("0\t0"),
-        "the write committed at once: {state}"
+        "the write committed before the row was let go: {state}"
     );
+    gate.batch_execute("ROLLBACK").await.unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
     while !master_state(&cluster, &t).await.starts_with("0\t1") {
         assert!(

@@ -27,27 +27,94 @@ const SOON: Duration = Duration::from_secs(10);
 const TTL: Duration = Duration::from_secs(4);
 /// How a store keeps the `default` set's position once it is unknown.
 const UNKNOWN: &str = "default unknown until";
-/// A slow write commits about 0.8 s after it is sent: replica 1 stops well before that, and
-/// its dropped context ends well before that.
-const PAUSE_AT: Duration = Duration::from_millis(100);
-const DROP_AT: Duration = Duration::from_millis(300);
 
-/// A deferred constraint trigger that sleeps 0.8 s at `COMMIT` for each row whose body is
-/// 'mine-late'; a function that writes 'mine', then sleeps 0.8 s (a "read" replicas refuse).
+/// `gate()` waits for an advisory lock the test holds ([`Gate`]); a deferred constraint
+/// trigger that waits for it at `COMMIT` for each row whose body is 'mine-late'; a function
+/// that writes 'mine', then waits for it (a "read" replicas refuse); a table whose inserts
+/// only flush the master's WAL.
 const SLOW: &str = "
+CREATE TABLE {schema}.flushes (n int);
+CREATE FUNCTION {schema}.gate() RETURNS void LANGUAGE plpgsql AS $$
+BEGIN PERFORM pg_advisory_xact_lock(hashtext('{schema}')); END $$;
 CREATE FUNCTION {schema}.slow_commit() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN PERFORM pg_sleep(0.8); RETURN NULL; END $$;
+BEGIN PERFORM {schema}.gate(); RETURN NULL; END $$;
 CREATE CONSTRAINT TRIGGER slow_commit AFTER INSERT ON {schema}.notes
   DEFERRABLE INITIALLY DEFERRED FOR EACH ROW WHEN (NEW.body = 'mine-late')
   EXECUTE FUNCTION {schema}.slow_commit();
 CREATE FUNCTION {schema}.write_slowly() RETURNS bigint LANGUAGE plpgsql AS $$
 BEGIN INSERT INTO {schema}.notes (author, body) VALUES ('alice', 'mine');
-PERFORM pg_sleep(0.8); RETURN 1; END $$;
+PERFORM {schema}.gate(); RETURN 1; END $$;
 ";
 
-/// A plain insert of 'mine' that commits 0.8 s after it is sent.
-const SLOW_INSERT: &str =
-    "INSERT INTO notes (author, body) SELECT 'alice', 'mine' FROM pg_sleep(0.8)";
+/// A plain insert of 'mine' that commits once the gate opens.
+const SLOW_INSERT: &str = "INSERT INTO notes (author, body) SELECT 'alice', 'mine' FROM gate()";
+
+/// The advisory lock every slow write of the world waits for, held on a session of the
+/// test's own: a write stays in flight (sent, unanswered, uncommitted) until [`Gate::open`].
+struct Gate {
+    client: tokio_postgres::Client,
+    pid: i32,
+    schema: String,
+}
+
+impl Gate {
+    async fn close(w: &World) -> Gate {
+        let client = w.cluster.primary().await;
+        let schema = w.schema.name.clone();
+        tokio_postgres::Client::execute(
+            &client,
+            "SELECT pg_advisory_lock(hashtext($1))",
+            &[&schema],
+        )
+        .await
+        .unwrap();
+        let pid = client
+            .query_one("SELECT pg_backend_pid()", &[])
+            .await
+            .unwrap()
+            .get(0);
+        Gate {
+            client,
+            pid,
+            schema,
+        }
+    }
+
+    /// Waits until a write waits for the gate: it is on the master, in flight.
+    async fn until_waited_on(&self) {
+        let deadline = Instant::now() + SOON;
+        loop {
+            let waiting: i64 = self
+                .client
+                .query_one(
+                    "SELECT count(*) FROM pg_stat_activity WHERE $1 = ANY(pg_blocking_pids(pid))",
+                    &[&self.pid],
+                )
+                .await
+                .unwrap()
+                .get(0);
+            if waiting > 0 {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no write ever waited for the gate"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Lets the writes waiting for the gate go on.
+    async fn open(self) {
+        let opened: bool = self
+            .client
+            .query_one("SELECT pg_advisory_unlock(hashtext($1))", &[&self.schema])
+            .await
+            .unwrap()
+            .get(0);
+        assert!(opened, "the gate was not closed");
+    }
+}
 
 #[derive(QueryableByName)]
 struct Big {
@@ -86,6 +153,20 @@ async fn world() -> World {
 async fn started(w: &World, pipeline: bool) -> (PinDb, Arc<MemoryStore>) {
     let mut config = config(w, &[1]);
     config.stickiness.pipeline_positions = pipeline;
+    start(config).await
+}
+
+/// [`started`], where a context's end waits up to 30 s (3 × `redis_timeout_ms`, which
+/// nothing else uses with a memory store) for its writes still in flight: longer than a
+/// test holds a dropped write at its gate, so the position recorded is the one after it.
+async fn started_waiting(w: &World, pipeline: bool) -> (PinDb, Arc<MemoryStore>) {
+    let mut config = config(w, &[1]);
+    config.stickiness.pipeline_positions = pipeline;
+    config.stickiness.redis_timeout_ms = 10_000;
+    start(config).await
+}
+
+async fn start(config: Config) -> (PinDb, Arc<MemoryStore>) {
     let store = Arc::new(MemoryStore::new(1000));
     let router = Router::builder(config)
         .store(store.clone())
@@ -136,11 +217,11 @@ async fn write_as(db: &PinDb, key: &str, body: &str) {
         .await;
 }
 
-/// Runs `work` (a write of `want` that commits about 0.8 s after it is sent) as alice's
-/// keyed context, dropped at `DROP_AT` when `dropped`. Meanwhile, while that write still
-/// runs, replica 1 replays all the master has and stops: it never has the write. Once the
-/// write has committed, alice must read it, three times. Returns where replica 1 stopped and
-/// what the store keeps for alice.
+/// Runs `work` (a write of `want` that waits for the gate) as alice's keyed context. Once
+/// the write waits there, in flight, the context is dropped when `dropped`; then replica 1
+/// replays all the master has and stops: it never has the write. Then the gate opens, and
+/// once the write has committed, alice must read it, three times. Returns where replica 1
+/// stopped and what the store keeps for alice.
 async fn slow_write_then_read(
     w: &mut World,
     db: &PinDb,
@@ -149,20 +230,22 @@ async fn slow_write_then_read(
     want: &str,
     work: impl Future<Output = ()>,
 ) -> (Lsn, Vec<(String, Lsn)>) {
-    let context = db
-        .router()
-        .consistency()
-        .scope_with_key(Some("alice"), work);
-    let context = async {
-        if dropped {
-            let cut = tokio::time::timeout(DROP_AT, context).await;
-            assert!(cut.is_err(), "the write finished before the drop");
-        } else {
-            context.await;
-        }
-    };
+    let gate = Gate::close(w).await;
+    let mut context = Box::pin(
+        db.router()
+            .consistency()
+            .scope_with_key(Some("alice"), work),
+    );
+    tokio::select! {
+        () = &mut context => panic!("the write finished before the gate opened"),
+        () = gate.until_waited_on() => {}
+    }
     let stop_replica = async {
-        tokio::time::sleep(PAUSE_AT).await;
+        // A commit of the test's own flushes the master's WAL, the waiting write's rows
+        // included: replica 1 gets everything but the write's commit (pindb reads
+        // `pg_current_wal_insert_lsn()`, which may be ahead of the flush).
+        w.on_primary("INSERT INTO {schema}.flushes VALUES (1)")
+            .await;
         let at = w.cluster.primary_lsn().await;
         w.cluster.wait_for_replay(1, at).await;
         monitor_saw_replay(db.router(), "default-1", at).await;
@@ -171,9 +254,15 @@ async fn slow_write_then_read(
             !w.primary_bodies().await.iter().any(|b| b == want),
             "the write committed before replica 1 stopped"
         );
+        gate.open().await;
         at
     };
-    let ((), stopped_at) = tokio::join!(context, stop_replica);
+    let stopped_at = if dropped {
+        drop(context);
+        stop_replica.await
+    } else {
+        tokio::join!(context, stop_replica).1
+    };
     let deadline = Instant::now() + SOON;
     while !w.primary_bodies().await.iter().any(|b| b == want) {
         assert!(Instant::now() < deadline, "the write never committed");
@@ -201,7 +290,7 @@ fn real_past(saved: &[(String, Lsn)], stopped_at: Lsn) -> bool {
 #[tokio::test]
 async fn a_write_on_the_held_master_dropped_in_flight_is_waited_for() {
     let mut w = world().await;
-    let (db, store) = started(&w, true).await;
+    let (db, store) = started_waiting(&w, true).await;
     let (stopped_at, saved) = slow_write_then_read(&mut w, &db, &store, true, "mine", async {
         let mut conn = db.get();
         diesel::insert_into(notes::table)
@@ -225,7 +314,7 @@ async fn a_write_on_the_held_master_dropped_in_flight_is_waited_for() {
 #[tokio::test]
 async fn a_master_guarded_write_dropped_in_flight_is_waited_for() {
     let mut w = world().await;
-    let (db, store) = started(&w, true).await;
+    let (db, store) = started_waiting(&w, true).await;
     let (stopped_at, saved) = slow_write_then_read(&mut w, &db, &store, true, "mine", async {
         diesel::insert_into(notes::table)
             .values(new("first"))
@@ -248,7 +337,7 @@ async fn a_master_guarded_write_dropped_in_flight_is_waited_for() {
 #[tokio::test]
 async fn a_refused_read_rerun_on_the_master_and_dropped_in_flight_is_waited_for() {
     let mut w = world().await;
-    let (db, store) = started(&w, true).await;
+    let (db, store) = started_waiting(&w, true).await;
     let (stopped_at, saved) = slow_write_then_read(&mut w, &db, &store, true, "mine", async {
         let _: Vec<N> = diesel::sql_query("SELECT write_slowly() AS n")
             .load(&mut db.get())
@@ -264,7 +353,7 @@ async fn a_refused_read_rerun_on_the_master_and_dropped_in_flight_is_waited_for(
 #[tokio::test]
 async fn a_batch_execute_write_dropped_in_flight_is_waited_for() {
     let mut w = world().await;
-    let (db, store) = started(&w, true).await;
+    let (db, store) = started_waiting(&w, true).await;
     let (stopped_at, saved) = slow_write_then_read(&mut w, &db, &store, true, "mine", async {
         db.get().batch_execute(SLOW_INSERT).await.unwrap();
     })
@@ -277,7 +366,7 @@ async fn a_batch_execute_write_dropped_in_flight_is_waited_for() {
 #[tokio::test]
 async fn a_transaction_dropped_during_its_commit_is_waited_for() {
     let mut w = world().await;
-    let (db, store) = started(&w, true).await;
+    let (db, store) = started_waiting(&w, true).await;
     let (stopped_at, saved) = slow_write_then_read(&mut w, &db, &store, true, "mine-late", async {
         db.get()
             .transaction::<_, diesel::result::Error, _>(async |c| {
@@ -327,7 +416,7 @@ async fn a_commit_dropped_on_a_connection_that_outlives_its_context_makes_the_po
 #[tokio::test]
 async fn a_returning_write_without_pipelined_positions_dropped_in_flight_is_waited_for() {
     let mut w = world().await;
-    let (db, store) = started(&w, false).await;
+    let (db, store) = started_waiting(&w, false).await;
     let (stopped_at, saved) = slow_write_then_read(&mut w, &db, &store, true, "mine-late", async {
         // The big value makes the server send the row before it runs the COMMIT.
         let big: Big = diesel::sql_query(
@@ -586,14 +675,18 @@ async fn a_write_lost_on_a_connection_that_outlives_its_context_is_unknown_for_t
     let mut w = world().await;
     let (db, store) = started(&w, true).await;
     w.control.pause(1).await;
+    let gate = Gate::close(&w).await;
     let mut conn = db.get();
     let lose = async {
         let write = diesel::sql_query(
-            "INSERT INTO notes (author, body) SELECT 'alice', 'lost' FROM pg_sleep(0.3)",
+            "INSERT INTO notes (author, body) SELECT 'alice', 'lost' FROM gate()",
         )
         .execute(&mut conn);
-        let cut = tokio::time::timeout(Duration::from_millis(100), write).await;
-        assert!(cut.is_err(), "the write finished before the drop");
+        // Dropped once it waits at the gate: sent, unanswered.
+        tokio::select! {
+            _ = write => panic!("the write finished before the drop"),
+            () = gate.until_waited_on() => {}
+        }
     };
     db.router()
         .consistency()
@@ -604,6 +697,12 @@ async fn a_write_lost_on_a_connection_that_outlives_its_context_is_unknown_for_t
         matches!(&saved[..], [(set, _)] if set == UNKNOWN),
         "{saved:?}"
     );
+    gate.open().await;
+    let deadline = Instant::now() + SOON;
+    while w.primary_bodies().await.len() < 2 {
+        assert!(Instant::now() < deadline, "the write never committed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let (rows, held) = read_as(&db, "alice").await;
     assert_eq!(rows, ["old", "lost"], "alice reads her write");
     assert_eq!(held, ["default"], "unknown: the master");

@@ -97,12 +97,14 @@ async fn a_keyed_context_dropped_while_its_streamed_write_runs_never_reads_witho
     write_cut_in_flight_is_never_missed(true).await;
 }
 
-/// A slow write (streamed or not) cut by a timeout; replica 1 has everything up to the cut
-/// and stops before the write commits; alice's next reads must see it.
+/// A slow write (streamed or not) dropped while it waits at a gate the test holds; replica 1
+/// has everything up to the drop and stops before the write commits; alice's next reads must
+/// see it.
 async fn write_cut_in_flight_is_never_missed(stream: bool) {
     let mut f = Fixture::new(
         "CREATE TABLE {schema}.users (id serial PRIMARY KEY, name text NOT NULL);
-         INSERT INTO {schema}.users (name) VALUES ('old');",
+         INSERT INTO {schema}.users (name) VALUES ('old');
+         CREATE TABLE {schema}.flushes (n int);",
     )
     .await;
     let mut config = f.config(RouterMode::Greedy, &[1]);
@@ -110,24 +112,33 @@ async fn write_cut_in_flight_is_never_missed(stream: bool) {
     let db = PinDb::connect(config).await.unwrap();
     db.router().start_monitor().await.unwrap();
     let router = db.router().clone();
-    let cancelled = tokio::time::timeout(
-        Duration::from_millis(150),
-        router.consistency().scope_with_key(Some("alice"), async {
-            let sql = "INSERT INTO users (name) SELECT 'mine' FROM pg_sleep(0.8) RETURNING name";
-            if stream {
-                let statement = Statement::from_string(DbBackend::Postgres, sql);
-                let mut rows = db.stream_raw(statement).await.unwrap();
-                while let Some(row) = rows.next().await {
-                    row.unwrap();
-                }
-            } else {
-                db.execute_unprepared(sql).await.unwrap();
+    let gate = Gate::close(&f).await;
+    let sql = format!(
+        "INSERT INTO users (name) SELECT 'mine' FROM {} RETURNING name",
+        gate.lock()
+    );
+    let context = router.consistency().scope_with_key(Some("alice"), async {
+        // Commits once the gate opens.
+        if stream {
+            let statement = Statement::from_string(DbBackend::Postgres, &sql);
+            let mut rows = db.stream_raw(statement).await.unwrap();
+            while let Some(row) = rows.next().await {
+                row.unwrap();
             }
-        }),
-    )
-    .await;
-    assert!(cancelled.is_err(), "the write finished before the drop");
-    // Replica 1 has everything the master had at the drop, and stops before the write.
+        } else {
+            db.execute_unprepared(&sql).await.unwrap();
+        }
+    });
+    // Dropped once the write waits at the gate: sent, unanswered.
+    tokio::select! {
+        () = context => panic!("the write finished before the drop"),
+        () = gate.until_waited_on() => {}
+    }
+    // Replica 1 has everything the master had at the drop, and stops before the write. A
+    // commit of the test's own flushes the master's WAL: all it had at the drop is before
+    // `at_drop` (pindb reads `pg_current_wal_insert_lsn()`, which may be ahead of the flush).
+    f.on_primary("INSERT INTO {schema}.flushes VALUES (1)")
+        .await;
     let at_drop = f.cluster.primary_lsn().await;
     f.cluster.wait_for_replay(1, at_drop).await;
     monitor_saw_replay(&router, "default-1", at_drop).await;
@@ -138,6 +149,7 @@ async fn write_cut_in_flight_is_never_missed(stream: bool) {
         ["old"],
         "the write committed before the pause"
     );
+    gate.open().await;
     wait_until_async(|| async { on_primary().await.len() == 2 }).await;
     for _ in 0..3 {
         let (rows, on_replica) = router
@@ -151,6 +163,71 @@ async fn write_cut_in_flight_is_never_missed(stream: bool) {
         );
     }
     f.finish().await;
+}
+
+/// An advisory lock the test holds on a session of its own: a write that takes it
+/// ([`Gate::lock`]) stays in flight (sent, unanswered, uncommitted) until [`Gate::open`].
+struct Gate {
+    client: tokio_postgres::Client,
+    pid: i32,
+    key: String,
+}
+
+impl Gate {
+    async fn close(f: &Fixture) -> Gate {
+        let client = f.cluster.primary().await;
+        let key = f.schema.name.clone();
+        client
+            .execute("SELECT pg_advisory_lock(hashtext($1))", &[&key])
+            .await
+            .unwrap();
+        let pid = client
+            .query_one("SELECT pg_backend_pid()", &[])
+            .await
+            .unwrap()
+            .get(0);
+        Gate { client, pid, key }
+    }
+
+    /// What a statement calls to wait for the gate.
+    fn lock(&self) -> String {
+        format!("pg_advisory_xact_lock(hashtext('{}'))", self.key)
+    }
+
+    /// Waits until a write waits for the gate: it is on the master, in flight.
+    async fn until_waited_on(&self) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let waiting: i64 = self
+                .client
+                .query_one(
+                    "SELECT count(*) FROM pg_stat_activity WHERE $1 = ANY(pg_blocking_pids(pid))",
+                    &[&self.pid],
+                )
+                .await
+                .unwrap()
+                .get(0);
+            if waiting > 0 {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no write ever waited for the gate"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Lets the writes waiting for the gate go on.
+    async fn open(self) {
+        let opened: bool = self
+            .client
+            .query_one("SELECT pg_advisory_unlock(hashtext($1))", &[&self.key])
+            .await
+            .unwrap()
+            .get(0);
+        assert!(opened, "the gate was not closed");
+    }
 }
 
 /// Polls `done` every 20 ms for up to 10 s.

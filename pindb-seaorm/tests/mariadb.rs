@@ -296,13 +296,24 @@ async fn a_frozen_then_stopped_replica_costs_no_failed_read() {
     let mut config = Config::single_set(cluster.master_url(), [proxied.as_str()]);
     config.router = RouterMode::Strict;
     config.monitor.interval_ms = 100;
-    config.monitor.check_timeout_ms = 200;
+    // Roomy for a healthy check on a loaded machine; two that time out still declare the
+    // frozen replica down in about 2 s, far below what the read would wait (`timeout`).
+    config.monitor.check_timeout_ms = 1_000;
     let timeout = config.reads.timeout();
     let db = PinDb::connect(config).await.unwrap();
     db.router()
         .start_monitor()
         .await
         .expect("the topology is right");
+    pindb_testkit::wait_until(
+        "the monitor finds the replica up and fresh",
+        Duration::from_secs(10),
+        || {
+            let status = db.router().topology().replica_status("default-1");
+            status.unwrap().is_some_and(|s| s.up && !s.over_lag)
+        },
+    )
+    .await;
     // A slow read, so that it is surely in flight on the replica when it freezes.
     let slow = "SELECT SLEEP(0.3) AS slept, @@server_id";
     assert_eq!(

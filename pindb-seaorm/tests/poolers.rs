@@ -40,9 +40,24 @@ async fn seaorm_behind_pgbouncer_reads_from_replicas() {
             .unwrap()
             .options
             .insert("statement-cache-capacity".to_owned(), "0".to_owned());
+        // Roomy for a check through the pooler on a loaded machine.
+        config.monitor.check_timeout_ms = 2_000;
         let db = PinDb::connect(config).await.unwrap();
         let warnings = db.router().start_monitor().await.unwrap();
         assert!(warnings.is_empty(), "{warnings:?}");
+        // Both replicas in rotation first (the first checks may outlast start_monitor's
+        // wait): the reads below measure where they go, not how soon the monitor answered.
+        let router = db.router().clone();
+        let in_rotation = |alias: &str| {
+            let status = router.topology().replica_status(alias).unwrap().unwrap();
+            status.up && !status.over_lag
+        };
+        wait_until(
+            "the monitor finds both replicas up and fresh",
+            Duration::from_secs(10),
+            || in_rotation("default-1") && in_rotation("default-2"),
+        )
+        .await;
         let mut replica = 0;
         for _ in 0..40 {
             if pindb_core::scope(on_replica(&db)).await {
@@ -54,7 +69,6 @@ async fn seaorm_behind_pgbouncer_reads_from_replicas() {
             replica >= 36,
             "{mode} mode: {replica} of 40 reads on replicas"
         );
-        let router = db.router().clone();
         wait_until(
             "the monitor still sees both replicas",
             Duration::from_secs(5),

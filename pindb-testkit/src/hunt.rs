@@ -111,6 +111,23 @@ impl MasterSamples {
         began.checked_duration_since(*answered)
     }
 
+    /// How long, between `from` and `to`, the primary could pass a position that no sample
+    /// shows within `late` of it: in each stretch between answers (and from `from` to the
+    /// first, from the last to `to`) longer than `late`, all but its last `late`. A read there
+    /// is measured as up to that much less stale than it was.
+    pub fn time_unsampled(&self, late: Duration, from: Instant, to: Instant) -> Duration {
+        let samples = self.samples.lock().unwrap_or_else(PoisonError::into_inner);
+        let answers = samples.iter().map(|(_, answered, _)| *answered);
+        let within: Vec<Instant> = std::iter::once(from)
+            .chain(answers.filter(|at| *at > from && *at < to))
+            .chain(std::iter::once(to))
+            .collect();
+        within
+            .windows(2)
+            .map(|w| w[1].saturating_duration_since(w[0]).saturating_sub(late))
+            .sum()
+    }
+
     /// How far the primary's position moved while sampled, in bytes.
     pub fn advanced(&self) -> u64 {
         let samples = self.samples.lock().unwrap_or_else(PoisonError::into_inner);
@@ -181,7 +198,8 @@ where
         Duration::from_millis(500),
     );
     let c = counters();
-    let deadline = Instant::now() + run;
+    let started = Instant::now();
+    let deadline = started + run;
     let readers: Vec<_> = (0..6)
         .map(|_| {
             let (read, samples, c) = (read.clone(), samples.clone(), c.clone());
@@ -209,10 +227,16 @@ where
         r.await.expect("a reader panicked");
     }
     lag.stop(cluster).await;
+    // Sampled densely enough to measure against the bound: a read is measured at most a
+    // quarter of the bound less stale than it was, but where a loaded machine held the
+    // sampler up, at most a tenth of the run.
+    let unsampled = samples.time_unsampled(bound / 4, started, deadline);
     assert!(
-        samples.len() > 1000,
-        "the primary was sampled {} times",
-        samples.len()
+        unsampled <= run / 10,
+        "the primary was sampled {} times, leaving {unsampled:?} of {run:?} with no sample \
+         within {:?}: too sparse to measure {bound:?}",
+        samples.len(),
+        bound / 4
     );
     // A ticker that died would leave nothing to be stale about.
     assert!(

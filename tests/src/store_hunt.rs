@@ -4,9 +4,11 @@
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
-use pindb_core::{Config, DatabaseSettings, Router, RouterMode, Store};
+use pindb_core::{
+    Config, DatabaseSettings, Lsn, Positions, Router, RouterMode, Store, StoreFuture,
+};
 use pindb_testkit::Fixture;
 
 use crate::{Adapter, Outcome};
@@ -60,6 +62,70 @@ impl Phases {
     }
 }
 
+/// Failed store commands (loads and saves), counted over every store [`StoreFailures::wrap`]
+/// wrapped. A failed command makes the store (on a Redis Cluster, the key's bucket) untrusted
+/// for `ttl`, keyed reads going to the master meanwhile: a phase whose replica share is low
+/// with a failure within `ttl` before or during it says nothing about the routing.
+#[derive(Debug, Clone, Default)]
+pub struct StoreFailures(Arc<AtomicUsize>);
+
+impl StoreFailures {
+    /// `store`, its failed commands counted here.
+    pub fn wrap(&self, store: impl Store) -> Arc<dyn Store> {
+        Arc::new(Counted {
+            store,
+            failures: self.clone(),
+        })
+    }
+
+    /// How many commands failed so far.
+    pub fn count(&self) -> usize {
+        self.0.load(Ordering::Relaxed)
+    }
+
+    fn add<T, E>(&self, result: &Result<T, E>) {
+        self.0
+            .fetch_add(usize::from(result.is_err()), Ordering::Relaxed);
+    }
+}
+
+/// A store whose failed commands [`StoreFailures`] counts; otherwise the store itself.
+struct Counted<S> {
+    store: S,
+    failures: StoreFailures,
+}
+
+impl<S: Store> Store for Counted<S> {
+    fn load<'a>(&'a self, key: &'a str) -> StoreFuture<'a, Positions> {
+        Box::pin(async move {
+            let loaded = self.store.load(key).await;
+            self.failures.add(&loaded);
+            loaded
+        })
+    }
+
+    fn save<'a>(
+        &'a self,
+        key: &'a str,
+        positions: &'a [(String, Lsn)],
+        ttl: Duration,
+    ) -> StoreFuture<'a, ()> {
+        Box::pin(async move {
+            let saved = self.store.save(key, positions, ttl).await;
+            self.failures.add(&saved);
+            saved
+        })
+    }
+
+    fn name(&self) -> &'static str {
+        self.store.name()
+    }
+
+    fn lost_until(&self, key: &str, ttl: Duration) -> Option<SystemTime> {
+        self.store.lost_until(key, ttl)
+    }
+}
+
 /// An application instance on the fixture's primary and both standbys, greedy, sharing
 /// `store`. A standby paused less than 4 s stays in rotation: only the positions keep keyed
 /// reads off it (`ttl` must outlive that lag).
@@ -75,7 +141,10 @@ pub async fn instance<A: Adapter>(w: &Fixture, store: Arc<dyn Store>, ttl: Durat
     );
     config.router = RouterMode::Greedy;
     config.monitor.interval_ms = 20;
-    config.monitor.check_timeout_ms = 300;
+    // The hunts pause replay, never a standby's host: a check that times out is a loaded
+    // machine, whose standby must stay in rotation. As long as `ttl` (6 s) allows: it must
+    // outlive max_lag_ms plus two intervals, a check timeout and a second.
+    config.monitor.check_timeout_ms = 900;
     config.monitor.max_lag_ms = 4_000;
     config.monitor.max_lag_bytes = u64::MAX;
     config.stickiness.ttl_seconds = ttl.as_secs();

@@ -102,9 +102,9 @@ struct Seen {
     reads: usize,
     /// The first failure of no known kind, for the report.
     other: Option<String>,
-    /// Keyed reads a standby served after the promotion finished.
+    /// Keyed reads a standby served once the standbys were fit again after the promotion.
     standby_reads_after: usize,
-    /// Unkeyed reads after the promotion finished, and how many a standby served.
+    /// Unkeyed reads once the standbys were fit again, and how many a standby served.
     unkeyed_after: (usize, usize),
 }
 
@@ -139,12 +139,37 @@ async fn a_promotion_moves_writes_without_a_restart_and_loses_nothing() {
     });
     let mut seen = Seen::default();
     let mut done_at: Option<Instant> = None;
+    // Once the promotion finished and the monitor shows both standbys fit again (up, not over
+    // the lag limits): how many rounds are left to count the reads they serve.
+    let mut rounds_left: Option<usize> = None;
+    let topology = a.router().topology();
+    let standbys_fit = || {
+        ["default-1", "default-3"].iter().all(|alias| {
+            let s = topology.replica_status(alias).unwrap().unwrap();
+            s.up && !s.over_lag
+        })
+    };
     let mut user = 0usize;
-    // Keyed users write, then read their write back in a later request, until 2 s after the
-    // promotion finished.
-    while done_at.is_none_or(|t| t.elapsed() < Duration::from_secs(2)) {
+    // Keyed users write, then read their write back in a later request, until the standbys
+    // serve reads again after the promotion (however long a loaded machine takes to get them
+    // there, up to 30 s), then 50 rounds more.
+    loop {
         if done_at.is_none() && promotion.is_finished() {
             done_at = Some(Instant::now());
+        }
+        if let Some(done) = done_at {
+            match rounds_left {
+                None if standbys_fit() => rounds_left = Some(50),
+                None => assert!(
+                    done.elapsed() < Duration::from_secs(30),
+                    "the standbys are not fit 30 s after the promotion: {:?}, {:?}; {}",
+                    topology.replica_status("default-1"),
+                    topology.replica_status("default-3"),
+                    seen.summary()
+                ),
+                Some(0) => break,
+                Some(n) => rounds_left = Some(n - 1),
+            }
         }
         user = (user + 1) % 8;
         let key = format!("user-{user}");
@@ -175,15 +200,15 @@ async fn a_promotion_moves_writes_without_a_restart_and_loses_nothing() {
             Ok(v) if v / 100_000 == 1 => {
                 seen.reads += 1;
                 let standby = v % 100_000 != i32::from(f.nodes.port(1));
-                if done_at.is_some() && standby {
+                if rounds_left.is_some() && standby {
                     seen.standby_reads_after += 1;
                 }
             }
             Ok(_) => seen.stale.push(id),
             Err(e) => *seen.failures.entry(kind(&e)).or_default() += 1,
         }
-        // Someone who never wrote: any standby that is up serves it.
-        if done_at.is_some() {
+        // Someone who never wrote: any standby that is fit serves it.
+        if rounds_left.is_some() {
             if let Ok(port) = scope(async { a.read().await }).await {
                 seen.unkeyed_after.0 += 1;
                 if port != i32::from(f.nodes.port(1)) {
@@ -277,7 +302,13 @@ async fn a_promotion_moves_writes_without_a_restart_and_loses_nothing() {
 async fn writers_follow_a_promotion<A: Adapter>(bound: Option<Duration>) {
     let f = FailoverCluster::exclusive();
     let schema = schema(&f).await;
-    let a = A::open(config(&f, &schema, &[0, 1, 2])).await;
+    let mut config = config(&f, &schema, &[0, 1, 2]);
+    config
+        .masters
+        .get_mut("default")
+        .unwrap()
+        .connect_timeout_ms = Some(WAITED_OUT.as_millis() as u64);
+    let a = A::open(config).await;
     a.router().start_monitor().await.unwrap();
     let consistency = a.router().consistency().clone();
     let nodes = f.nodes;
@@ -408,9 +439,17 @@ async fn writers_follow_a_promotion_seaorm() {
     writers_follow_a_promotion::<SeaOrm>(Some(UNAVAILABLE_AT_MOST)).await
 }
 
-/// How much longer than the promotion itself a write may be unavailable (the issue's
-/// target: a write waiting the pool's whole `connect_timeout_ms`, 5 s, fails it).
-const UNAVAILABLE_AT_MOST: Duration = Duration::from_secs(1);
+/// How much longer than the promotion itself a write may be unavailable: the monitor's next
+/// checks find the new primary and a connection is made to it, with room for a loaded
+/// machine. The bug, a write waiting out its pool's whole `connect_timeout_ms` on the
+/// stopped primary, waits [`WAITED_OUT`]: far above.
+const UNAVAILABLE_AT_MOST: Duration = Duration::from_secs(3);
+
+/// The master's `connect_timeout_ms` in the writers' test: what a write that waits it out
+/// (the bug) is unavailable for, well above any promotion's time plus
+/// [`UNAVAILABLE_AT_MOST`] (and below the workload's 30 s limit, so the bound's assertion is
+/// what fails).
+const WAITED_OUT: Duration = Duration::from_secs(15);
 
 /// A write whose checkout waits on a primary that hangs (a proxy in front of it stops
 /// forwarding) when a standby is promoted goes to the new primary: nothing was sent. Before, it
@@ -427,8 +466,16 @@ async fn a_write_waiting_for_a_hung_primary_follows_the_promotion<A: Adapter>() 
         f.nodes.port(1),
         f.nodes.port(2)
     );
-    // The master's `connect_timeout_ms` is the default, 5 s.
-    let a = A::open(config_of(&schema.url(&url))).await;
+    // The master's `connect_timeout_ms` is 30 s: far longer than any promotion, so the write
+    // ends only by following it (a loaded machine's promotion can outlast the default 5 s).
+    // Before, it waited those 30 s out and failed.
+    let mut config = config_of(&schema.url(&url));
+    config
+        .masters
+        .get_mut("default")
+        .unwrap()
+        .connect_timeout_ms = Some(30_000);
+    let a = A::open(config).await;
     a.router().start_monitor().await.unwrap();
     const WRITE_PORT: &str = "INSERT INTO items DEFAULT VALUES RETURNING port";
     // The pool keeps a connection to the primary through the proxy.
@@ -564,15 +611,16 @@ async fn a_silent_primary_stays_the_primary_and_its_writes_fail_as_retryable() {
         "read from {read}"
     );
     f.nodes.start_node(0);
-    // Its pool reconnects on the next checkout: no restart, a few tries at most.
-    let mut wrote = Err(Failure::Other("not tried".into()));
-    for _ in 0..50 {
-        wrote = scope(async { a.write().await }).await;
-        if wrote.is_ok() {
-            break;
+    // Its pool reconnects on a later checkout: no restart (retried until a deadline a loaded
+    // machine cannot reach; a pool that never reconnects still fails).
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let wrote = loop {
+        let wrote = scope(async { a.write().await }).await;
+        if wrote.is_ok() || Instant::now() > deadline {
+            break wrote;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    };
     assert_eq!(wrote, Ok(i32::from(f.nodes.port(0))));
 }
 

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use pindb_core::{scope, Config, DatabaseSettings, Reason, ReplicaKind, Role, Router, RouterMode};
 use pindb_scenarios::{port_of, Adapter, DieselAsync, DieselSync, Failure, SeaOrm};
-use pindb_testkit::Cluster;
+use pindb_testkit::{wait_until, Cluster};
 
 /// The cluster as one set: the primary, optionally replica 1 (streaming), then the logical
 /// subscriber (`default-1`, or `default-2` after replica 1).
@@ -262,6 +262,20 @@ async fn reads_go_where_their_tables_are_seaorm() {
     reads_go_where_their_tables_are::<SeaOrm>().await;
 }
 
+/// Until the monitor has checked the subscriber since now: its known position reaches the
+/// primary's position now. A check learns the tables the subscriber carries after its
+/// position, so that check saw every publication change made before this call.
+async fn monitor_checked_since_now<A: Adapter>(c: &Cluster, db: &A) {
+    let now = c.primary_lsn().await;
+    let subscriber = || db.router().topology().replica_status("default-1").unwrap();
+    wait_until(
+        &format!("the monitor saw the subscriber at {now}"),
+        Duration::from_secs(20),
+        || subscriber().unwrap().replay_lsn >= now,
+    )
+    .await;
+}
+
 /// What the master publishes is not enough: a table published after the subscription was
 /// made is not copied until `REFRESH PUBLICATION`, and a table published with a row filter is
 /// only partly there. Neither serves a read; published whole again, the table does.
@@ -272,7 +286,9 @@ async fn a_table_is_carried_only_when_published_whole_and_synchronized() {
     let p = ports(&c).await;
     let db = DieselAsync::open(config(&c, false)).await;
     db.router().start_monitor().await.unwrap();
-    let settle = || tokio::time::sleep(Duration::from_millis(400));
+    // Each read below waits for a monitor check that learned the change (a fixed pause may not
+    // cover one on a loaded machine).
+    let settle = || monitor_checked_since_now(&c, &db);
     let served = |table: &'static str| {
         let db = &db;
         async move { scope(count(db, table, "nobody")).await.1 }
@@ -314,9 +330,10 @@ async fn a_user_always_reads_their_own_write<A: Adapter>() {
             .await;
         assert_eq!(wrote, Ok(p.master), "{}", A::NAME);
         if i % 4 == 0 {
-            // Some reads later: the subscriber confirms a write about 200 ms after it (it
-            // commits asynchronously and flushes every `wal_writer_delay`), so it may serve.
-            tokio::time::sleep(Duration::from_millis(400)).await;
+            // Some reads later: once the subscriber confirmed the write (about 200 ms after it:
+            // it commits asynchronously and flushes every `wal_writer_delay`) and the monitor
+            // saw that, so that it may serve.
+            monitor_checked_since_now(&c, &db).await;
         }
         let (rows, port) = consistency
             .scope_with_key(Some(&user), count(&db, "notes", &user))
@@ -363,7 +380,11 @@ async fn a_disabled_subscription_never_serves_a_stale_read<A: Adapter>() {
     let c = Cluster::from_env();
     let mut control = c.subscription_exclusive().await;
     let p = ports(&c).await;
-    let db = A::open(config(&c, false)).await;
+    // Time lag cannot take the subscriber out within the test's waits: only its not applying
+    // can.
+    let mut config = config(&c, false);
+    config.monitor.max_lag_ms = 25_000;
+    let db = A::open(config).await;
     db.router().start_monitor().await.unwrap();
     let consistency = db.router().consistency().clone();
     let user = unique("paused");
@@ -394,7 +415,15 @@ async fn a_disabled_subscription_never_serves_a_stale_read<A: Adapter>() {
         on_subscriber, 0,
         "the subscriber is behind: the test proves something"
     );
-    // A subscription that is not applying is frozen: nobody reads from it.
+    // A subscription that is not applying is frozen: nobody reads from it, once the monitor
+    // saw it (a check after the disable; the user's reads above never needed one).
+    let subscriber = || db.router().topology().replica_status("default-1").unwrap();
+    wait_until(
+        "the monitor takes the disabled subscription out",
+        Duration::from_secs(20),
+        || subscriber().unwrap().over_lag,
+    )
+    .await;
     let other = scope(count(&db, "notes", &user)).await;
     assert_eq!(other, (1, p.master), "{}: an unkeyed read", A::NAME);
 

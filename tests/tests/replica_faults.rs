@@ -70,10 +70,12 @@ fn through(url: &str, proxy: &Proxy) -> String {
     with_address(url, &format!("127.0.0.1:{}", proxy.port()))
 }
 
-/// Short timeouts: a test waits for each fault at most this long.
+/// Short timeouts: a test waits for each fault at most this long (a read that hangs, 3 s
+/// rather than the default 30 s). Roomy still for a new connection through the in-process
+/// proxy and its handshake, and a healthy read, on a loaded machine.
 fn impatient(mut config: Config) -> Config {
-    config.reads.replica_connect_timeout_ms = 300;
-    config.reads.timeout_ms = 500;
+    config.reads.replica_connect_timeout_ms = 2_000;
+    config.reads.timeout_ms = 3_000;
     config
 }
 
@@ -460,10 +462,32 @@ async fn a_write_under_way_when_the_master_stops_listening_finishes<A: Adapter>(
     }
     let before = w.rows().await;
     // Longer than pindb caches its own connection attempt (1 s): it is asked again while the
-    // write runs, and finds the master refusing.
-    let slow = "WITH s AS (SELECT pg_sleep(1.5)) INSERT INTO items SELECT FROM s RETURNING port";
-    let (wrote, ()) = tokio::join!(scope(db.port_of_sql(slow)), async {
-        tokio::time::sleep(Duration::from_millis(200)).await;
+    // write runs, and finds the master refusing. Named for this test, so that the master's
+    // sessions show when it runs.
+    let marker = format!("slow_{}", w.schema.name);
+    let slow = format!(
+        "WITH {marker} AS (SELECT pg_sleep(1.5)) INSERT INTO items SELECT FROM {marker} \
+         RETURNING port"
+    );
+    let running = format!(
+        "SELECT count(*) FROM pg_stat_activity \
+         WHERE state = 'active' AND query LIKE '%{marker} AS%' AND pid <> pg_backend_pid()"
+    );
+    let (wrote, ()) = tokio::join!(scope(db.port_of_sql(&slow)), async {
+        // Once the write runs on the master (its connection made, on a fresh pool too).
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let runs: i64 = w.primary.query_one(&running, &[]).await.unwrap().get(0);
+            if runs > 0 {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{}: the write never ran",
+                A::NAME
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
         proxy.stop_listening();
     });
     assert_eq!(
@@ -550,10 +574,21 @@ async fn a_frozen_replica_costs_one_monitor_verdict<A: Adapter<Backend: Faults>>
     let mut config = Config::single_set(w.url(0), [through(&w.url(1), &proxy)]);
     config.router = RouterMode::Strict;
     config.monitor.interval_ms = 100;
-    config.monitor.check_timeout_ms = 200;
+    // Roomy for a healthy check on a loaded machine; two that time out still declare the
+    // frozen replica down in about 2 s, far below what the read would wait (`timeout`).
+    config.monitor.check_timeout_ms = 1_000;
     let timeout = config.reads.timeout();
     let db = A::open(config).await;
     db.router().start_monitor().await.expect("monitor");
+    pindb_testkit::wait_until(
+        "the monitor finds the replica up and fresh",
+        Duration::from_secs(10),
+        || {
+            let status = db.router().topology().replica_status("default-1");
+            status.unwrap().is_some_and(|s| s.up && !s.over_lag)
+        },
+    )
+    .await;
     // A slow read, so that it is surely in flight on the replica when it freezes.
     let slow = <A::Backend as Faults>::SLOW_READ;
     scope(async {
@@ -758,14 +793,16 @@ async fn a_pool_recovers_from_a_server_that_hung_diesel_async() {
         [hole],
     ));
     config.sets.get_mut("default").unwrap()[0].max_size = Some(2);
+    let connect = Duration::from_millis(config.reads.replica_connect_timeout_ms);
     let db = pindb_diesel::bb8::PinDb::new(config).unwrap();
     let replica = pindb_core::Hint::alias("default-1");
     for _ in 0..3 {
         assert!(db.read_with(&replica).await.is_err(), "nothing answers yet");
     }
     proxy.thaw();
-    // Longer than the connect timeout (1 s): swallowed attempts have given up by now.
-    tokio::time::sleep(std::time::Duration::from_millis(1_500)).await;
+    // Longer than the connect timeout, which bounds a connection's set-up: swallowed attempts
+    // have given up by now.
+    tokio::time::sleep(connect + Duration::from_millis(500)).await;
     let mut conn = db
         .read_with(&replica)
         .await

@@ -108,9 +108,24 @@ async fn a_removed_host_serves_no_new_read_finishes_its_work_then_its_pool_close
         "the pool keeps its connection"
     );
 
-    // A read on replica 1 is under way when the host is replaced.
-    let long = "SELECT current_setting('port')::int AS port, pg_sleep(1.5)::text AS slept";
-    let (in_flight, after) = tokio::join!(scope(db.port_of_sql(long)), async {
+    // A read on replica 1 is under way when the host is replaced: it waits for `items`, which
+    // replica 1's replay holds locked for an open transaction of the primary until the test
+    // commits it (no sleep that a loaded machine's steps below could outlast).
+    let items = format!("{}.items", w.schema.name);
+    let locker = w.cluster.primary().await;
+    let lock = format!("BEGIN; LOCK TABLE {items} IN ACCESS EXCLUSIVE MODE");
+    locker.batch_execute(&lock).await.unwrap();
+    // A commit elsewhere flushes the lock's WAL record: replayed, replica 1 holds the lock.
+    let flush = "SELECT pg_logical_emit_message(true, 'pindb-test', 'flush')::text";
+    w.primary.batch_execute(flush).await.unwrap();
+    w.cluster
+        .wait_for_replay(1, w.cluster.primary_lsn().await)
+        .await;
+    let long = format!(
+        "SELECT current_setting('port')::int AS port, \
+         (SELECT count(*) FROM {items})::text AS waited"
+    );
+    let (in_flight, after) = tokio::join!(scope(db.port_of_sql(&long)), async {
         wait_backends(&w, 1, &app, true, 1).await;
         let changed_at = Instant::now();
         let changed = router.set_replicas("default", [replica(&w, 2)]).unwrap();
@@ -128,7 +143,10 @@ async fn a_removed_host_serves_no_new_read_finishes_its_work_then_its_pool_close
             "the read under way was not cut"
         );
         wait_up(router, "default-2").await;
-        changed_at.elapsed()
+        let served_after = changed_at.elapsed();
+        // Replayed, the commit lets the read under way finish.
+        locker.batch_execute("COMMIT").await.unwrap();
+        served_after
     });
     let served_after = after;
     assert_eq!(

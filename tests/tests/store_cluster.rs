@@ -10,11 +10,16 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use pindb_core::{Lsn, RedisStore, Store};
-use pindb_scenarios::store_hunt::{self, keyed_user, Phases};
+use pindb_scenarios::store_hunt::{self, keyed_user, Phases, StoreFailures};
 use pindb_scenarios::{Adapter, DieselAsync, SeaOrm};
 use pindb_testkit::{Fixture, RedisCluster};
 
-const TIMEOUT: Duration = Duration::from_millis(200);
+/// The command timeout where the faults are kills, restarts, failovers and slot moves, which
+/// fail or redirect commands at once: long enough that a loaded machine never times one out
+/// (a failed command makes its bucket untrusted for ttl; the first also connects the client).
+const TIMEOUT: Duration = Duration::from_secs(2);
+/// The command timeout of the tests of a seed that hangs: connecting waits this long for it.
+const HUNG_SEED_TIMEOUT: Duration = Duration::from_millis(200);
 
 fn store_on(redis: &RedisCluster) -> RedisStore {
     RedisStore::cluster(&redis.seed_urls(), "pindb:", TIMEOUT).expect("a cluster store")
@@ -96,7 +101,7 @@ async fn a_hung_seed_does_not_keep_the_store_from_connecting() {
     let hung = pindb_testkit::Proxy::black_hole().await;
     let mut seeds = vec![format!("redis://127.0.0.1:{}/", hung.port())];
     seeds.extend(redis.seed_urls());
-    let store = RedisStore::cluster(&seeds, "pindb:", TIMEOUT).unwrap();
+    let store = RedisStore::cluster(&seeds, "pindb:", HUNG_SEED_TIMEOUT).unwrap();
     let position = [("default".to_owned(), Lsn(7))];
     let deadline = Instant::now() + Duration::from_secs(8);
     let mut failed = 0;
@@ -140,7 +145,8 @@ fn a_store_whose_runtime_ended_connects_again_on_the_next() {
     seeds.extend(redis.seed_urls());
     let position = [("default".to_owned(), Lsn(7))];
     let first = runtime();
-    let store = first.block_on(async { RedisStore::cluster(&seeds, "pindb:", TIMEOUT).unwrap() });
+    let store =
+        first.block_on(async { RedisStore::cluster(&seeds, "pindb:", HUNG_SEED_TIMEOUT).unwrap() });
     let save = first.block_on(store.save("user1", &position, Duration::from_secs(60)));
     assert!(
         save.is_err(),
@@ -282,8 +288,8 @@ impl Late {
 
 const TTL: Duration = Duration::from_secs(6);
 
-async fn instance<A: Adapter>(w: &Fixture, redis: &RedisCluster) -> A {
-    store_hunt::instance(w, Arc::new(store_on(redis)), TTL).await
+async fn instance<A: Adapter>(w: &Fixture, redis: &RedisCluster, failures: &StoreFailures) -> A {
+    store_hunt::instance(w, failures.wrap(store_on(redis)), TTL).await
 }
 
 /// Two instances share the cluster store; eight users write on one and read their newest row
@@ -296,9 +302,10 @@ async fn no_stale_read_across_cluster_faults<A: Adapter>(base: u16) {
         Fixture::new("CREATE TABLE {schema}.notes (author int NOT NULL, n int NOT NULL);").await;
     let table = format!("{}.notes", w.schema.name);
     let redis = start(base).await;
+    let failures = StoreFailures::default();
     let instances = [
-        instance::<A>(&w, &redis).await,
-        instance::<A>(&w, &redis).await,
+        instance::<A>(&w, &redis, &failures).await,
+        instance::<A>(&w, &redis, &failures).await,
     ];
     let redis = Arc::new(std::sync::Mutex::new(redis));
     let primary = pindb_scenarios::port_of(&w.cluster.primary().await).await;
@@ -366,6 +373,8 @@ async fn no_stale_read_across_cluster_faults<A: Adapter>(base: u16) {
         let before = set_phase();
         tokio::time::sleep(Duration::from_secs(2)).await;
         let faults = set_phase();
+        // Every store command since the first must have answered for the share before.
+        let failed_before = failures.count();
         // Slots move (nothing is lost): standby 1 lacks every write from the move's start
         // until 3 s later, yet stays in rotation: a read that lost its position may land there.
         control.lock().await.pause(1).await;
@@ -397,18 +406,24 @@ async fn no_stale_read_across_cluster_faults<A: Adapter>(base: u16) {
             }),
         )
         .await;
+        // Failures from now on would still count against 'after'.
+        let settled = failures.count();
         // Whatever was lost would have expired by then.
         tokio::time::sleep(TTL + Duration::from_millis(500)).await;
         let after = set_phase();
         tokio::time::sleep(Duration::from_secs(2)).await;
         stop.store(true, Ordering::Relaxed);
-        (before, faults, after, moved, restarted, failed_over)
+        let failed = (failed_before, failures.count() - settled, failures.count());
+        (before, faults, after, moved, restarted, failed_over, failed)
     };
     let users = futures_util::future::join_all((1..=8).map(user));
-    let (_, (before, faults, after, moved, restarted, failed_over)) = tokio::join!(users, script);
+    let (_, script) = tokio::join!(users, script);
+    let (before, faults, after, moved, restarted, failed_over, failed) = script;
+    let (failed_before, failed_after, failed_in_all) = failed;
     let summary = format!(
         "{}: 2,000 slots moved in {moved:.1?}; a shard restarted empty: {}; a lossy failover: \
-         {}; {}; {}; {}",
+         {}; {}; {}; {}; store commands failed: {failed_before} up to the end of 'before', \
+         {failed_after} from ttl before 'after' to its end, {failed_in_all} in all",
         A::NAME,
         restarted.report(),
         failed_over.report(),
@@ -433,6 +448,13 @@ async fn no_stale_read_across_cluster_faults<A: Adapter>(base: u16) {
     assert!(
         faults.reads.load(Ordering::Relaxed) > 0,
         "reads are served during the faults: {summary}"
+    );
+    // A failed command keeps its bucket's keyed reads on the master for ttl, whatever the
+    // routing: the shares below would say nothing.
+    assert_eq!(
+        (failed_before, failed_after),
+        (0, 0),
+        "no store command fails outside the faults: {summary}"
     );
     assert!(
         before.share() > 0.2 && after.share() > 0.2,

@@ -9,25 +9,27 @@
 //! replicas serve keyed reads again once the lost positions would have expired.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use pindb_core::RedisStore;
-use pindb_scenarios::store_hunt::{self, keyed_user, Phases};
+use pindb_scenarios::store_hunt::{self, keyed_user, Phases, StoreFailures};
 use pindb_scenarios::{Adapter, DieselAsync, DieselSync, SeaOrm};
 use pindb_testkit::{Fixture, SentinelRedis, SENTINEL_MASTER};
 
 const TTL: Duration = Duration::from_secs(6);
 
-/// A store on the set's Sentinels, as each application instance opens it.
+/// A store on the set's Sentinels, as each application instance opens it. The faults here
+/// are kills and failovers, which fail commands at once, and a frozen Sentinel, which the
+/// others outvote: the timeout is long enough that a loaded machine never times a command
+/// out (a failed one makes the store untrusted for ttl).
 fn store_on(redis: &SentinelRedis) -> RedisStore {
     let urls = redis.sentinel_urls();
-    let store = RedisStore::sentinel(&urls, SENTINEL_MASTER, "pindb:", Duration::from_millis(200));
+    let store = RedisStore::sentinel(&urls, SENTINEL_MASTER, "pindb:", Duration::from_secs(2));
     store.expect("a Sentinel store")
 }
 
-async fn instance<A: Adapter>(w: &Fixture, redis: &SentinelRedis) -> A {
-    store_hunt::instance(w, Arc::new(store_on(redis)), TTL).await
+async fn instance<A: Adapter>(w: &Fixture, redis: &SentinelRedis, failures: &StoreFailures) -> A {
+    store_hunt::instance(w, failures.wrap(store_on(redis)), TTL).await
 }
 
 async fn no_stale_read_across_a_sentinel_failover<A: Adapter>(base: u16) {
@@ -37,9 +39,10 @@ async fn no_stale_read_across_a_sentinel_failover<A: Adapter>(base: u16) {
     let redis = tokio::task::spawn_blocking(move || SentinelRedis::start(base))
         .await
         .unwrap();
+    let failures = StoreFailures::default();
     let instances = [
-        instance::<A>(&w, &redis).await,
-        instance::<A>(&w, &redis).await,
+        instance::<A>(&w, &redis, &failures).await,
+        instance::<A>(&w, &redis, &failures).await,
     ];
     let primary = pindb_scenarios::port_of(&w.cluster.primary().await).await;
     let mut redis = Some(redis);
@@ -60,6 +63,8 @@ async fn no_stale_read_across_a_sentinel_failover<A: Adapter>(base: u16) {
         let before = set_phase();
         tokio::time::sleep(Duration::from_secs(2)).await;
         let during = set_phase();
+        // Every store command since the first must have answered for the share before.
+        let failed_before = failures.count();
         // Replica 1 lacks every write from now on, yet stays in rotation for 4 s: a read
         // that has lost its position may land there.
         control.lock().await.pause(1).await;
@@ -111,26 +116,30 @@ async fn no_stale_read_across_a_sentinel_failover<A: Adapter>(base: u16) {
         }
         tokio::time::sleep(Duration::from_secs(2)).await;
         control.lock().await.resume(1).await;
+        // Failures from now on would still count against 'after'.
+        let settled = failures.count();
         // The lost positions would have expired by then.
         tokio::time::sleep(TTL + Duration::from_millis(500)).await;
         let after = set_phase();
         tokio::time::sleep(Duration::from_secs(2)).await;
         stop.store(true, Ordering::Relaxed);
+        let failed_after = failures.count() - settled;
         (
-            before,
-            during,
-            after,
+            (before, during, after),
             failover,
-            late_stale,
-            late_reads,
-            late_on_master,
+            (late_stale, late_reads, late_on_master),
+            (failed_before, failed_after, failures.count()),
         )
     };
-    let (_, _, _, _, (before, during, after, failover, late_stale, late_reads, late_on_master)) =
-        tokio::join!(user(1), user(2), user(3), user(4), script);
+    let (_, _, _, _, script) = tokio::join!(user(1), user(2), user(3), user(4), script);
+    let ((before, during, after), failover, late, failed) = script;
+    let (failed_before, failed_after, failed_in_all) = failed;
+    let (late_stale, late_reads, late_on_master) = late;
     let summary = format!(
         "{}: failover {failover:?}; {late_stale} of {late_reads} late reads stale, \
-         {late_on_master} on the master; {}; {}; {}",
+         {late_on_master} on the master; {}; {}; {}; store commands failed: {failed_before} \
+         up to the end of 'before', {failed_after} from ttl before 'after' to its end, \
+         {failed_in_all} in all",
         A::NAME,
         before.report("before"),
         during.report("during"),
@@ -144,6 +153,13 @@ async fn no_stale_read_across_a_sentinel_failover<A: Adapter>(base: u16) {
         assert_eq!(c.stale.load(Ordering::Relaxed), 0, "{summary}");
         assert_eq!(c.failed.load(Ordering::Relaxed), 0, "{summary}");
     }
+    // A failed command keeps keyed reads on the master for ttl, whatever the routing: the
+    // shares below would say nothing.
+    assert_eq!(
+        (failed_before, failed_after),
+        (0, 0),
+        "no store command fails outside the failover: {summary}"
+    );
     assert!(
         before.share() > 0.2 && after.share() > 0.2,
         "the replicas serve keyed reads before the failover and again after: {summary}"
