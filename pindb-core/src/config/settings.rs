@@ -107,9 +107,9 @@ pub struct MonitorSettings {
     /// When a context records a write position (a keyed context or a token), the set's
     /// replicas are checked again this long after, besides the regular `interval_ms`: the
     /// user's next request then finds a replica position that shows the write replayed,
-    /// instead of one up to an interval old. A recheck that finds the replica behind is
-    /// repeated, twice as late each time, until it shows the replica caught up or the delay
-    /// reaches `interval_ms` (a loaded host that replays late). Checks of one replica are
+    /// instead of one up to an interval old. A recheck that finds the replica behind the
+    /// master's position it saw is repeated, twice as late each time, until the replica has
+    /// that position or the delay reaches `interval_ms` (a loaded host that replays late). Checks of one replica are
     /// never closer than this. 0: only the regular interval.
     pub recheck_after_write_ms: u64,
 }

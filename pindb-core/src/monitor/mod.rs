@@ -25,6 +25,7 @@ use tokio::task::AbortHandle;
 
 use crate::config::MonitorSettings;
 use crate::freshness::{self, Proof};
+use crate::lsn::Lsn;
 use crate::probe::{Applied, Probe, Reading};
 use crate::replica::Health;
 use crate::topology::Topology;
@@ -219,6 +220,14 @@ struct Replica {
     r: usize,
 }
 
+/// A replica chased after a write: its next check, the wait before it, and the master
+/// position it must reach.
+struct Chase {
+    at: tokio::time::Instant,
+    step: Duration,
+    target: Lsn,
+}
+
 async fn watch_replica(
     set: String,
     mut source: Source,
@@ -244,34 +253,37 @@ async fn watch_replica(
     // `MasterTrack::lag`): two checks and their timeout.
     let silent = 2 * Duration::from_millis(settings.interval_ms) + timeout(&settings);
     let gauge_labels = [("set", set.clone()), ("alias", alias.clone())];
-    // A recheck after a write that found the replica behind: the next one, twice as late,
-    // so a replica slow to replay (a loaded host) is seen caught up soon, not an interval
-    // later, for a bounded number of checks.
-    let mut again: Option<Duration> = None;
+    // A write's recheck that found the replica behind: it is checked again, twice as late
+    // each time, until it has the master's position that recheck saw, so a replica slow to
+    // replay (a loaded host) is seen caught up soon, not an interval later.
+    let mut chase: Option<Chase> = None;
     let regular = Duration::from_millis(settings.interval_ms);
     loop {
-        // Set when this check is a recheck after a write: its delay.
+        // Set when this check is a write's recheck, or a chase's: how long it waited.
         let mut after_write = None;
+        let chase_at = chase.as_ref().map(|c| c.at);
         tokio::select! {
             _ = every.tick() => {}
             // A write was recorded: check once it has had time to replicate (signals that
-            // arrive meanwhile are one check).
+            // arrive meanwhile are one check). It chases the master's position anew.
             _ = written[r].notified(), if !recheck.is_zero() => {
                 tokio::time::sleep(recheck).await;
                 after_write = Some(recheck);
+                chase = None;
             }
-            _ = tokio::time::sleep(again.unwrap_or_default()), if again.is_some() => {
-                after_write = again;
+            _ = tokio::time::sleep_until(chase_at.unwrap_or_else(tokio::time::Instant::now)),
+                if chase_at.is_some() => {
+                after_write = chase.as_ref().map(|c| c.step);
             }
         }
-        again = None;
         // A suspicion raised while the check runs (a promotion elsewhere, a failed read)
         // wins over what the check saw.
         let seen = health[r].suspicions();
+        let mut sampled = None;
         if !emulated {
             // Just before the replica is asked: what proves it fresh if it has caught up. A
             // failure here leaves the proof to the master's own task.
-            let _ = track.sample(true).await;
+            sampled = track.sample(true).await.ok().flatten();
         }
         // A MariaDB replica's position, in its set's domain.
         let checked = source.position(r).await.map(|checked| {
@@ -362,12 +374,30 @@ async fn watch_replica(
                 // `stalled_after_ms` by the monitor's own clock: a paused replay or
                 // subscription, a broken receiver. Lag alone can be a burst; this is worth an
                 // alert.
-                // Behind (not stopped: that has no position to wait for) when a write
-                // asked for this check: once more, twice as late, while under an interval.
-                again = after_write
-                    .filter(|_| lag_bytes > 0 && replay.is_some())
-                    .map(|d| d * 2)
-                    .filter(|next| *next < regular);
+                // What a write's recheck chases: the master's position it saw, until this
+                // replica has it (a replica down, not applying or without a position is
+                // not chased). A regular check meanwhile keeps the chase's rhythm.
+                let target = match &chase {
+                    Some(c) => Some(c.target),
+                    None => sampled.filter(|_| after_write.is_some()),
+                };
+                chase = match (target, replay) {
+                    (Some(target), Some(at)) if at < target && applying && was_up => {
+                        match after_write {
+                            Some(step) => {
+                                Some(step * 2)
+                                    .filter(|next| *next < regular)
+                                    .map(|step| Chase {
+                                        at: tokio::time::Instant::now() + step,
+                                        step,
+                                        target,
+                                    })
+                            }
+                            None => chase.take(),
+                        }
+                    }
+                    _ => None,
+                };
                 if replay != last_position || lag_bytes == 0 {
                     last_position = replay;
                     unchanged_since = Instant::now();
@@ -388,6 +418,7 @@ async fn watch_replica(
                 });
             }
             Ok(Err(problem)) => {
+                chase = None;
                 // Promoted, a primary by mistake, unsubscribed: never read from it. A host of
                 // a set given as hosts answered, though: its next failure is its first.
                 failures = match source {
@@ -410,6 +441,7 @@ async fn watch_replica(
                 }
             }
             Err(e) => {
+                chase = None;
                 failures = failures.saturating_add(1);
                 successes = 0;
                 if failures >= settings.failures_before_down {
