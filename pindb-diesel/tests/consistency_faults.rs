@@ -15,7 +15,7 @@ use pindb_core::TopologyCheck;
 use pindb_core::{Config, Lsn, Router, RouterMode};
 use pindb_core::{MemoryStore, RedisStore, Store};
 use pindb_diesel::bb8::PinDb;
-use pindb_testkit::{monitor_saw_replay, wait_until, PrivateRedis};
+use pindb_testkit::{monitor_saw_replay, wait_until, Gate, PrivateRedis};
 
 mod common;
 
@@ -439,70 +439,6 @@ async fn a_redis_that_restarts_from_an_older_snapshot_is_not_trusted() {
     );
 }
 
-/// An advisory lock the test holds on a session of its own: a write that takes it
-/// ([`Gate::lock`]) stays in flight (sent, unanswered, uncommitted) until [`Gate::open`].
-struct Gate {
-    client: tokio_postgres::Client,
-    pid: i32,
-    key: String,
-}
-
-impl Gate {
-    async fn close(w: &World) -> Gate {
-        let client = w.cluster.primary().await;
-        let key = w.schema.name.clone();
-        tokio_postgres::Client::execute(&client, "SELECT pg_advisory_lock(hashtext($1))", &[&key])
-            .await
-            .unwrap();
-        let pid = client
-            .query_one("SELECT pg_backend_pid()", &[])
-            .await
-            .unwrap()
-            .get(0);
-        Gate { client, pid, key }
-    }
-
-    /// What a statement calls to wait for the gate.
-    fn lock(&self) -> String {
-        format!("pg_advisory_xact_lock(hashtext('{}'))", self.key)
-    }
-
-    /// Waits until a write waits for the gate: it is on the master, in flight.
-    async fn until_waited_on(&self) {
-        let deadline = Instant::now() + SOON;
-        loop {
-            let waiting: i64 = self
-                .client
-                .query_one(
-                    "SELECT count(*) FROM pg_stat_activity WHERE $1 = ANY(pg_blocking_pids(pid))",
-                    &[&self.pid],
-                )
-                .await
-                .unwrap()
-                .get(0);
-            if waiting > 0 {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no write ever waited for the gate"
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    }
-
-    /// Lets the writes waiting for the gate go on.
-    async fn open(self) {
-        let opened: bool = self
-            .client
-            .query_one("SELECT pg_advisory_unlock(hashtext($1))", &[&self.key])
-            .await
-            .unwrap()
-            .get(0);
-        assert!(opened, "the gate was not closed");
-    }
-}
-
 /// The write still runs on the master when its keyed context is dropped (a timeout layer, a
 /// client gone): it commits later, and the key must not read from a replica that has
 /// everything up to the drop but not that write.
@@ -515,7 +451,7 @@ async fn a_keyed_context_dropped_while_its_write_runs_records_a_position_past_th
     // with a memory store) for its write in flight: longer than the test holds it.
     config.stickiness.redis_timeout_ms = 10_000;
     let db = started_with(config, store.clone()).await;
-    let gate = Gate::close(&w).await;
+    let gate = Gate::close(&w.cluster, &w.schema.name).await;
     let slow = format!(
         "INSERT INTO notes (author, body) SELECT 'alice', 'mine' FROM {}",
         gate.lock()

@@ -17,7 +17,7 @@ use diesel_async::{AsyncConnection, RunQueryDsl, SimpleAsyncConnection};
 use pindb_core::{Config, Lsn, Router, RouterMode};
 use pindb_core::{MemoryStore, Store};
 use pindb_diesel::bb8::PinDb;
-use pindb_testkit::monitor_saw_replay;
+use pindb_testkit::{monitor_saw_replay, Gate};
 
 mod common;
 
@@ -48,73 +48,6 @@ PERFORM {schema}.gate(); RETURN 1; END $$;
 
 /// A plain insert of 'mine' that commits once the gate opens.
 const SLOW_INSERT: &str = "INSERT INTO notes (author, body) SELECT 'alice', 'mine' FROM gate()";
-
-/// The advisory lock every slow write of the world waits for, held on a session of the
-/// test's own: a write stays in flight (sent, unanswered, uncommitted) until [`Gate::open`].
-struct Gate {
-    client: tokio_postgres::Client,
-    pid: i32,
-    schema: String,
-}
-
-impl Gate {
-    async fn close(w: &World) -> Gate {
-        let client = w.cluster.primary().await;
-        let schema = w.schema.name.clone();
-        tokio_postgres::Client::execute(
-            &client,
-            "SELECT pg_advisory_lock(hashtext($1))",
-            &[&schema],
-        )
-        .await
-        .unwrap();
-        let pid = client
-            .query_one("SELECT pg_backend_pid()", &[])
-            .await
-            .unwrap()
-            .get(0);
-        Gate {
-            client,
-            pid,
-            schema,
-        }
-    }
-
-    /// Waits until a write waits for the gate: it is on the master, in flight.
-    async fn until_waited_on(&self) {
-        let deadline = Instant::now() + SOON;
-        loop {
-            let waiting: i64 = self
-                .client
-                .query_one(
-                    "SELECT count(*) FROM pg_stat_activity WHERE $1 = ANY(pg_blocking_pids(pid))",
-                    &[&self.pid],
-                )
-                .await
-                .unwrap()
-                .get(0);
-            if waiting > 0 {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no write ever waited for the gate"
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    }
-
-    /// Lets the writes waiting for the gate go on.
-    async fn open(self) {
-        let opened: bool = self
-            .client
-            .query_one("SELECT pg_advisory_unlock(hashtext($1))", &[&self.schema])
-            .await
-            .unwrap()
-            .get(0);
-        assert!(opened, "the gate was not closed");
-    }
-}
 
 #[derive(QueryableByName)]
 struct Big {
@@ -230,7 +163,7 @@ async fn slow_write_then_read(
     want: &str,
     work: impl Future<Output = ()>,
 ) -> (Lsn, Vec<(String, Lsn)>) {
-    let gate = Gate::close(w).await;
+    let gate = Gate::close(&w.cluster, &w.schema.name).await;
     let mut context = Box::pin(
         db.router()
             .consistency()
@@ -675,7 +608,7 @@ async fn a_write_lost_on_a_connection_that_outlives_its_context_is_unknown_for_t
     let mut w = world().await;
     let (db, store) = started(&w, true).await;
     w.control.pause(1).await;
-    let gate = Gate::close(&w).await;
+    let gate = Gate::close(&w.cluster, &w.schema.name).await;
     let mut conn = db.get();
     let lose = async {
         let write = diesel::sql_query(

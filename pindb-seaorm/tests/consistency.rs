@@ -7,7 +7,7 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use pindb_core::RouterMode;
 use pindb_seaorm::PinDb;
-use pindb_testkit::{monitor_saw_replay, Fixture};
+use pindb_testkit::{monitor_saw_replay, Fixture, Gate};
 use sea_orm::{ConnectionTrait, DbBackend, Statement, StreamTrait};
 
 async fn names(db: &PinDb) -> (Vec<String>, bool) {
@@ -112,7 +112,7 @@ async fn write_cut_in_flight_is_never_missed(stream: bool) {
     let db = PinDb::connect(config).await.unwrap();
     db.router().start_monitor().await.unwrap();
     let router = db.router().clone();
-    let gate = Gate::close(&f).await;
+    let gate = Gate::close(&f.cluster, &f.schema.name).await;
     let sql = format!(
         "INSERT INTO users (name) SELECT 'mine' FROM {} RETURNING name",
         gate.lock()
@@ -163,71 +163,6 @@ async fn write_cut_in_flight_is_never_missed(stream: bool) {
         );
     }
     f.finish().await;
-}
-
-/// An advisory lock the test holds on a session of its own: a write that takes it
-/// ([`Gate::lock`]) stays in flight (sent, unanswered, uncommitted) until [`Gate::open`].
-struct Gate {
-    client: tokio_postgres::Client,
-    pid: i32,
-    key: String,
-}
-
-impl Gate {
-    async fn close(f: &Fixture) -> Gate {
-        let client = f.cluster.primary().await;
-        let key = f.schema.name.clone();
-        client
-            .execute("SELECT pg_advisory_lock(hashtext($1))", &[&key])
-            .await
-            .unwrap();
-        let pid = client
-            .query_one("SELECT pg_backend_pid()", &[])
-            .await
-            .unwrap()
-            .get(0);
-        Gate { client, pid, key }
-    }
-
-    /// What a statement calls to wait for the gate.
-    fn lock(&self) -> String {
-        format!("pg_advisory_xact_lock(hashtext('{}'))", self.key)
-    }
-
-    /// Waits until a write waits for the gate: it is on the master, in flight.
-    async fn until_waited_on(&self) {
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        loop {
-            let waiting: i64 = self
-                .client
-                .query_one(
-                    "SELECT count(*) FROM pg_stat_activity WHERE $1 = ANY(pg_blocking_pids(pid))",
-                    &[&self.pid],
-                )
-                .await
-                .unwrap()
-                .get(0);
-            if waiting > 0 {
-                return;
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "no write ever waited for the gate"
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    }
-
-    /// Lets the writes waiting for the gate go on.
-    async fn open(self) {
-        let opened: bool = self
-            .client
-            .query_one("SELECT pg_advisory_unlock(hashtext($1))", &[&self.key])
-            .await
-            .unwrap()
-            .get(0);
-        assert!(opened, "the gate was not closed");
-    }
 }
 
 /// Polls `done` every 20 ms for up to 10 s.

@@ -26,7 +26,7 @@
 //!
 //! Files, one concept each: `cluster.rs` ([`Cluster`]: addresses, connections, waiting for
 //! replicas), `replay.rs` (pausing replay, the replay locks), `schema.rs` ([`TestSchema`]),
-//! `fixture.rs` ([`Fixture`], [`bench_users`]), `logical.rs` (the logical subscriber,
+//! `fixture.rs` ([`Fixture`], [`bench_users`]), `gate.rs` ([`Gate`]: a write held in flight), `logical.rs` (the logical subscriber,
 //! [`SubscriptionControl`]), `isolation.rs`
 //! ([`contexts_that_saw_foreign_pins`]), `hunt.rs` ([`ticker`], [`MasterSamples`]: what the
 //! promise hunts measure with), `redis.rs` ([`PrivateRedis`]), `dns.rs` ([`DnsServer`]), `wait.rs`
@@ -39,6 +39,7 @@ mod cluster;
 mod dns;
 mod failover;
 mod fixture;
+mod gate;
 mod hunt;
 mod isolation;
 mod logical;
@@ -59,6 +60,7 @@ pub use cluster::{
 pub use dns::DnsServer;
 pub use failover::{FailoverCluster, FAILOVER_PORT_BASE_VAR};
 pub use fixture::{bench_set, bench_users, BenchSet, Fixture};
+pub use gate::Gate;
 pub use hunt::{
     keyed_rounds, monitor_saw_replay, monitor_started, monotonic_hunt, staleness_hunt, ticker,
     ticker_world, Background, HuntReport, MasterSamples,
