@@ -305,15 +305,7 @@ async fn a_frozen_then_stopped_replica_costs_no_failed_read() {
         .start_monitor()
         .await
         .expect("the topology is right");
-    pindb_testkit::wait_until(
-        "the monitor finds the replica up and fresh",
-        Duration::from_secs(10),
-        || {
-            let status = db.router().topology().replica_status("default-1");
-            status.unwrap().is_some_and(|s| s.up && !s.over_lag)
-        },
-    )
-    .await;
+    pindb_testkit::monitor_finds_fit(db.router(), "default-1").await;
     // A slow read, so that it is surely in flight on the replica when it freezes.
     let slow = "SELECT SLEEP(0.3) AS slept, @@server_id";
     assert_eq!(

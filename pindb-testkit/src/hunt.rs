@@ -419,6 +419,24 @@ pub async fn monitor_started(router: &pindb_core::Router) {
     }
 }
 
+/// Waits (up to 10 s) until `router`'s monitor finds replica `alias` up and within its lag
+/// limits: it serves reads (a test that reads right after start-up, on a loaded machine).
+pub async fn monitor_finds_fit(router: &pindb_core::Router, alias: &str) {
+    crate::wait_until(
+        &format!("the monitor finds {alias} up and fresh"),
+        Duration::from_secs(10),
+        || {
+            router
+                .topology()
+                .replica_status(alias)
+                .ok()
+                .flatten()
+                .is_some_and(|s| s.up && !s.over_lag)
+        },
+    )
+    .await;
+}
+
 /// Waits (up to 10 s) until `router`'s monitor has seen replica `alias` replay `lsn`.
 pub async fn monitor_saw_replay(router: &pindb_core::Router, alias: &str, lsn: pindb_core::Lsn) {
     crate::wait_until(
@@ -445,13 +463,42 @@ pub async fn keyed_rounds(
     router: &pindb_core::Router,
     control: &mut crate::ReplayControl,
     rounds: usize,
+    write: impl AsyncFnMut(&str),
+    read: impl AsyncFnMut() -> (String, bool),
+) -> usize {
+    rounds_paused(router, control, rounds, false, write, read).await
+}
+
+/// [`keyed_rounds`] with replay paused on one replica, then on the other instead, in turns of
+/// 30 rounds: one always replays, so no read needs the master, and the share the replicas
+/// serve follows the schedule, not the machine's speed.
+pub async fn keyed_rounds_in_turns(
+    router: &pindb_core::Router,
+    control: &mut crate::ReplayControl,
+    rounds: usize,
+    write: impl AsyncFnMut(&str),
+    read: impl AsyncFnMut() -> (String, bool),
+) -> usize {
+    rounds_paused(router, control, rounds, true, write, read).await
+}
+
+/// The rounds of [`keyed_rounds`]; `in_turns`: one replica paused at a time.
+async fn rounds_paused(
+    router: &pindb_core::Router,
+    control: &mut crate::ReplayControl,
+    rounds: usize,
+    in_turns: bool,
     mut write: impl AsyncFnMut(&str),
     mut read: impl AsyncFnMut() -> (String, bool),
 ) -> usize {
     let consistency = router.consistency().clone();
     let (mut stale, mut from_replica) = (0, 0);
     for i in 0..rounds {
-        if i % 30 == 0 {
+        if i % 30 == 0 && in_turns {
+            let (paused, replaying) = if i / 30 % 2 == 0 { (1, 2) } else { (2, 1) };
+            control.resume(replaying).await;
+            control.pause(paused).await;
+        } else if i % 30 == 0 {
             control.flip((i / 30) % 2 + 1).await;
         }
         let body = format!("w{i}");

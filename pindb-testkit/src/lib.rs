@@ -62,8 +62,8 @@ pub use failover::{FailoverCluster, FAILOVER_PORT_BASE_VAR};
 pub use fixture::{bench_set, bench_users, BenchSet, Fixture};
 pub use gate::Gate;
 pub use hunt::{
-    keyed_rounds, monitor_saw_replay, monitor_started, monotonic_hunt, staleness_hunt, ticker,
-    ticker_world, Background, HuntReport, MasterSamples,
+    keyed_rounds, keyed_rounds_in_turns, monitor_finds_fit, monitor_saw_replay, monitor_started,
+    monotonic_hunt, staleness_hunt, ticker, ticker_world, Background, HuntReport, MasterSamples,
 };
 pub use isolation::contexts_that_saw_foreign_pins;
 pub use logical::{as_superuser, SubscriptionControl, PUBLICATION, SUBSCRIPTION};

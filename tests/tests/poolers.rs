@@ -57,7 +57,8 @@ fn config(c: &Cluster, via: Via<'_>) -> Config {
 
 /// 300 keyed write-then-read rounds of one user through `A`, replay paused on one standby
 /// then the other every 30 rounds (through PgBouncer as [`pindb_testkit::keyed_rounds`] does,
-/// both at times; directly and through the endpoint [`in_turns`]): asserts none read stale and
+/// both at times; directly and through the endpoint as
+/// [`pindb_testkit::keyed_rounds_in_turns`] does, one at a time): asserts none read stale and
 /// returns how many reads the standbys served.
 async fn rounds<A: Adapter>(w: &mut Fixture, via: Via<'_>) -> usize {
     // A table per run: each starts from round 0.
@@ -108,49 +109,16 @@ async fn rounds<A: Adapter>(w: &mut Fixture, via: Via<'_>) -> usize {
         Via::PgBouncer => {
             pindb_testkit::keyed_rounds(db.router(), &mut w.control, 300, write, read).await
         }
-        _ => in_turns(db.router(), &mut w.control, write, read).await,
+        _ => {
+            pindb_testkit::keyed_rounds_in_turns(db.router(), &mut w.control, 300, write, read)
+                .await
+        }
     };
     drop(db);
     // The next run starts from the same replay state.
     w.control.resume(1).await;
     w.control.resume(2).await;
     w.cluster.sync_replicas().await;
-    served
-}
-
-/// [`pindb_testkit::keyed_rounds`] with replay paused on one standby, then on the other
-/// instead, in turns of 30 rounds: one always replays, so none of the 300 reads needs the
-/// master. Asserts none read stale and the standbys served some; returns how many they served.
-async fn in_turns(
-    router: &pindb_core::Router,
-    control: &mut pindb_testkit::ReplayControl,
-    mut write: impl AsyncFnMut(&str),
-    mut read: impl AsyncFnMut() -> (String, bool),
-) -> usize {
-    let consistency = router.consistency().clone();
-    let (mut stale, mut served) = (0, 0);
-    for i in 0..300 {
-        if i % 30 == 0 {
-            let (paused, replaying) = if i / 30 % 2 == 0 { (1, 2) } else { (2, 1) };
-            control.resume(replaying).await;
-            control.pause(paused).await;
-        }
-        let body = format!("w{i}");
-        consistency
-            .scope_with_key(Some("alice"), write(&body))
-            .await;
-        let (last, standby) = consistency.scope_with_key(Some("alice"), read()).await;
-        stale += usize::from(last != body);
-        served += usize::from(standby);
-    }
-    assert_eq!(
-        stale, 0,
-        "alice read her own write stale {stale} times of 300"
-    );
-    assert!(
-        served > 30,
-        "the replicas served alice too: {served} of 300"
-    );
     served
 }
 

@@ -580,15 +580,7 @@ async fn a_frozen_replica_costs_one_monitor_verdict<A: Adapter<Backend: Faults>>
     let timeout = config.reads.timeout();
     let db = A::open(config).await;
     db.router().start_monitor().await.expect("monitor");
-    pindb_testkit::wait_until(
-        "the monitor finds the replica up and fresh",
-        Duration::from_secs(10),
-        || {
-            let status = db.router().topology().replica_status("default-1");
-            status.unwrap().is_some_and(|s| s.up && !s.over_lag)
-        },
-    )
-    .await;
+    pindb_testkit::monitor_finds_fit(db.router(), "default-1").await;
     // A slow read, so that it is surely in flight on the replica when it freezes.
     let slow = <A::Backend as Faults>::SLOW_READ;
     scope(async {
